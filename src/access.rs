@@ -1,0 +1,229 @@
+//! Access tokens: their format, scopes, roles and who may do what.
+//!
+//! A token is `kh_` followed by 43 characters of url-safe base64 (32 random
+//! bytes), shown once at creation and stored only as its SHA-256. Lookups
+//! go by digest and the digest is compared in constant time.
+//!
+//! Not for: storing tokens (see `store`) or HTTP (see `http`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::secret::SecretString;
+
+/// The prefix every keyhold access token carries, so secret scanners can
+/// recognise one.
+pub const TOKEN_PREFIX: &str = "kh_";
+const TOKEN_RANDOM_BYTES: usize = 32;
+/// Length of a well-formed token: prefix plus unpadded base64 of 32 bytes.
+pub const TOKEN_LEN: usize = 3 + 43;
+
+/// What a token may do. One source of truth for scope names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum Scope {
+    KeysWrite,
+    KeysList,
+    KeysReveal,
+    AuditRead,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 5] = [
+        Scope::KeysWrite,
+        Scope::KeysList,
+        Scope::KeysReveal,
+        Scope::AuditRead,
+        Scope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::KeysWrite => "keys:write",
+            Scope::KeysList => "keys:list",
+            Scope::KeysReveal => "keys:reveal",
+            Scope::AuditRead => "audit:read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Token presets. One source of truth for what each role grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Create, delete and list keys (a dashboard backend).
+    Writer,
+    /// List and reveal keys (an orchestrator).
+    Reader,
+    /// Read and verify the audit log.
+    Auditor,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Writer, Role::Reader, Role::Auditor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    pub fn scopes(self) -> Vec<Scope> {
+        match self {
+            Role::Admin => Scope::ALL.to_vec(),
+            Role::Writer => vec![Scope::KeysWrite, Scope::KeysList],
+            Role::Reader => vec![Scope::KeysList, Scope::KeysReveal],
+            Role::Auditor => vec![Scope::AuditRead],
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role `{0}`: use one of admin, writer, reader, auditor")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.chars().take(40).collect()))
+    }
+}
+
+/// The rule for provider names (also used for token provider limits).
+pub fn valid_provider(p: &str) -> bool {
+    let b = p.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b[1..].iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
+}
+
+/// The rule for token names: 1–64 characters, letters, digits, `_.-@`.
+pub fn valid_token_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'@'))
+}
+
+/// A freshly generated token: the secret (shown once) and its digest.
+pub struct NewToken {
+    pub secret: SecretString,
+    pub hash: [u8; 32],
+}
+
+/// Generates a new random access token.
+pub fn generate_token() -> Result<NewToken, getrandom::Error> {
+    let mut raw = zeroize::Zeroizing::new([0u8; TOKEN_RANDOM_BYTES]);
+    getrandom::fill(raw.as_mut())?;
+    let mut s = String::with_capacity(TOKEN_LEN);
+    s.push_str(TOKEN_PREFIX);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(raw.as_ref(), &mut s);
+    let secret = SecretString::new(s);
+    let hash = hash_token(secret.expose());
+    Ok(NewToken { secret, hash })
+}
+
+/// SHA-256 of a token's text.
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// True when `token` has the shape of a keyhold token (cheap pre-check, so
+/// garbage never reaches the store).
+pub fn well_formed(token: &str) -> bool {
+    token.len() == TOKEN_LEN
+        && token.starts_with(TOKEN_PREFIX)
+        && token[3..]
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
+/// Constant-time equality of two digests.
+pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// Who is calling: a token's identity and grants (never the token).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub providers: Option<Vec<String>>,
+}
+
+impl Caller {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+
+    pub fn may_use_provider(&self, provider: &str) -> bool {
+        match &self.providers {
+            None => true,
+            Some(list) => list.iter().any(|p| p == provider),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_prefixed_long_and_distinct() {
+        let a = generate_token().unwrap();
+        let b = generate_token().unwrap();
+        assert!(well_formed(a.secret.expose()));
+        assert_eq!(a.secret.expose().len(), TOKEN_LEN);
+        assert_ne!(a.secret.expose(), b.secret.expose());
+        assert!(digests_equal(&a.hash, &hash_token(a.secret.expose())));
+        assert!(!digests_equal(&a.hash, &b.hash));
+    }
+
+    #[test]
+    fn provider_rule() {
+        assert!(valid_provider("claude"));
+        assert!(valid_provider("0x.y-z_"));
+        assert!(!valid_provider(""));
+        assert!(!valid_provider("Claude"));
+        assert!(!valid_provider("-a"));
+        assert!(!valid_provider(&"a".repeat(65)));
+        assert!(valid_provider(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn roles_grant_their_scopes() {
+        assert!(Role::Reader.scopes().contains(&Scope::KeysReveal));
+        assert!(!Role::Writer.scopes().contains(&Scope::KeysReveal));
+        assert_eq!("auditor".parse::<Role>().unwrap(), Role::Auditor);
+        assert!("root".parse::<Role>().is_err());
+    }
+}

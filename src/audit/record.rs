@@ -1,0 +1,281 @@
+//! Audit records: what one entry says, its canonical bytes, its stored
+//! form and its exported (JSON) form.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::store::{corrupt, StoreError};
+use crate::time;
+
+/// What was attempted. Variants are only ever appended (postcard stores
+/// the index). `as_str` is the one source of truth for the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    Init,
+    Reveal,
+    KeyCreate,
+    KeyDelete,
+    TokenCreate,
+    TokenRevoke,
+    AuditExport,
+    Rotate,
+    Import,
+    Backup,
+    Restore,
+}
+
+impl Action {
+    pub const ALL: [Action; 11] = [
+        Action::Init,
+        Action::Reveal,
+        Action::KeyCreate,
+        Action::KeyDelete,
+        Action::TokenCreate,
+        Action::TokenRevoke,
+        Action::AuditExport,
+        Action::Rotate,
+        Action::Import,
+        Action::Backup,
+        Action::Restore,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Init => "init",
+            Action::Reveal => "reveal",
+            Action::KeyCreate => "key_create",
+            Action::KeyDelete => "key_delete",
+            Action::TokenCreate => "token_create",
+            Action::TokenRevoke => "token_revoke",
+            Action::AuditExport => "audit_export",
+            Action::Rotate => "rotate",
+            Action::Import => "import",
+            Action::Backup => "backup",
+            Action::Restore => "restore",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// How an attempt ended. Variants are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    Success,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    Expired,
+    DecryptFailed,
+    RateLimited,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Success,
+        Outcome::Unauthenticated,
+        Outcome::Forbidden,
+        Outcome::NotFound,
+        Outcome::Expired,
+        Outcome::DecryptFailed,
+        Outcome::RateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Forbidden => "forbidden",
+            Outcome::NotFound => "not_found",
+            Outcome::Expired => "expired",
+            Outcome::DecryptFailed => "decrypt_failed",
+            Outcome::RateLimited => "rate_limited",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// What a caller submits to the log; the writer adds seq, time and chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub request_id: String,
+    pub action: Action,
+    pub key_id: Option<Uuid>,
+    pub provider: Option<String>,
+    /// The token's name, or `anonymous`, or `cli` for offline commands.
+    pub caller: String,
+    pub caller_id: Option<Uuid>,
+    /// The client address the request is attributed to.
+    pub ip: String,
+    /// The TCP peer, when it differs from `ip` (a trusted proxy).
+    pub peer: Option<String>,
+    pub outcome: Outcome,
+    /// How many attempts a coalesced record stands for.
+    pub count: Option<u64>,
+    /// Free text: never a secret.
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event of an offline command run by the operator.
+    pub fn cli(action: Action, outcome: Outcome, detail: Option<String>) -> AuditEvent {
+        AuditEvent {
+            request_id: Uuid::new_v4().to_string(),
+            action,
+            key_id: None,
+            provider: None,
+            caller: "cli".into(),
+            caller_id: None,
+            ip: "local".into(),
+            peer: None,
+            outcome,
+            count: None,
+            detail,
+        }
+    }
+}
+
+/// One chained record as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at_us: i64,
+    pub event: AuditEvent,
+    pub prev: [u8; 32],
+    pub mac: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredRecord {
+    V1(AuditRecord),
+}
+
+/// Domain separation for the record MAC.
+const RECORD_TAG: &[u8] = b"keyhold-audit-record-v1";
+
+impl AuditRecord {
+    /// The bytes the MAC covers after `prev`: a tag, seq, time and the
+    /// event, postcard-encoded (deterministic).
+    pub fn canonical_bytes(seq: u64, at_us: i64, event: &AuditEvent) -> Vec<u8> {
+        let mut out = RECORD_TAG.to_vec();
+        // postcard to a Vec cannot fail for these types; fall back to an
+        // empty body rather than panic (the MAC would then not verify).
+        if let Ok(b) = postcard::to_stdvec(&(seq, at_us, event)) {
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        postcard::to_stdvec(&StoredRecord::V1(self.clone())).map_err(corrupt("audit"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<AuditRecord, StoreError> {
+        let StoredRecord::V1(r) = postcard::from_bytes(bytes).map_err(corrupt("audit"))?;
+        Ok(r)
+    }
+
+    /// The exported form.
+    pub fn to_export(&self) -> ExportRecord {
+        let e = &self.event;
+        ExportRecord {
+            seq: self.seq,
+            at: time::to_rfc3339(self.at_us),
+            request_id: e.request_id.clone(),
+            action: e.action.as_str().to_string(),
+            key_id: e.key_id.map(|u| u.to_string()),
+            provider: e.provider.clone(),
+            caller: e.caller.clone(),
+            caller_id: e.caller_id.map(|u| u.to_string()),
+            ip: e.ip.clone(),
+            peer: e.peer.clone(),
+            outcome: e.outcome.as_str().to_string(),
+            count: e.count,
+            detail: e.detail.clone(),
+            prev: hex(&self.prev),
+            mac: hex(&self.mac),
+        }
+    }
+}
+
+impl AuditRecord {
+    /// Rebuilds a record from its exported form (for `verify --file`).
+    pub fn from_export(e: &ExportRecord) -> Result<AuditRecord, String> {
+        let uuid = |v: &Option<String>, name: &str| -> Result<Option<Uuid>, String> {
+            v.as_deref()
+                .map(|s| Uuid::parse_str(s).map_err(|_| format!("`{name}` is not a UUID")))
+                .transpose()
+        };
+        Ok(AuditRecord {
+            seq: e.seq,
+            at_us: time::parse_rfc3339(&e.at).ok_or("`at` is not an RFC 3339 time")?,
+            event: AuditEvent {
+                request_id: e.request_id.clone(),
+                action: Action::parse(&e.action).ok_or("unknown `action`")?,
+                key_id: uuid(&e.key_id, "key_id")?,
+                provider: e.provider.clone(),
+                caller: e.caller.clone(),
+                caller_id: uuid(&e.caller_id, "caller_id")?,
+                ip: e.ip.clone(),
+                peer: e.peer.clone(),
+                outcome: Outcome::parse(&e.outcome).ok_or("unknown `outcome`")?,
+                count: e.count,
+                detail: e.detail.clone(),
+            },
+            prev: unhex32(&e.prev).ok_or("`prev` is not 64 hex digits")?,
+            mac: unhex32(&e.mac).ok_or("`mac` is not 64 hex digits")?,
+        })
+    }
+}
+
+/// An audit record as exported (JSON Lines, CSV). Field order is the
+/// column order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRecord {
+    pub seq: u64,
+    pub at: String,
+    pub request_id: String,
+    pub action: String,
+    pub key_id: Option<String>,
+    pub provider: Option<String>,
+    pub caller: String,
+    pub caller_id: Option<String>,
+    pub ip: String,
+    pub peer: Option<String>,
+    pub outcome: String,
+    pub count: Option<u64>,
+    pub detail: Option<String>,
+    pub prev: String,
+    pub mac: String,
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Parses 64 hex digits into 32 bytes.
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in b.chunks(2).enumerate() {
+        let hi = (chunk[0] as char).to_digit(16)?;
+        let lo = (chunk[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}

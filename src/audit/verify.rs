@@ -1,0 +1,285 @@
+//! Chain verification, shared by the store check and the export check.
+
+use serde::Serialize;
+
+use super::{hex, AuditRecord, Head, MacKey};
+
+/// What is wrong at the first bad seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    /// The record's bytes, or its MAC, or the head's MAC, are not authentic.
+    Altered,
+    /// One or more records are gone from the middle of the log.
+    Missing,
+    /// A record is not where its seq says it belongs.
+    Reordered,
+    /// The newest records are gone (the head says there were more).
+    Truncated,
+}
+
+impl Problem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::Altered => "altered",
+            Problem::Missing => "missing",
+            Problem::Reordered => "reordered",
+            Problem::Truncated => "truncated",
+        }
+    }
+}
+
+/// The result of a verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum VerifyReport {
+    Ok {
+        records: u64,
+        head_seq: u64,
+        head_mac: String,
+        /// True for a filtered export: each record's MAC was checked, and
+        /// gaps between records are expected.
+        gaps_expected: bool,
+    },
+    Broken {
+        seq: u64,
+        problem: Problem,
+        detail: String,
+    },
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, VerifyReport::Ok { .. })
+    }
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyReport::Ok {
+                records,
+                head_seq,
+                head_mac,
+                gaps_expected,
+            } => {
+                write!(
+                    f,
+                    "ok: {records} records, head seq {head_seq} mac {head_mac}"
+                )?;
+                if *gaps_expected {
+                    write!(
+                        f,
+                        " (filtered export: each record's MAC checked; gaps between records are expected)"
+                    )?;
+                }
+                Ok(())
+            }
+            VerifyReport::Broken {
+                seq,
+                problem,
+                detail,
+            } => write!(f, "BROKEN at seq {seq}: {}: {detail}", problem.as_str()),
+        }
+    }
+}
+
+/// Feeds records in order; stops at the first problem.
+pub struct ChainVerifier {
+    key: MacKey,
+    expected_seq: u64,
+    prev: [u8; 32],
+    count: u64,
+    last_seq: u64,
+    gaps_allowed: bool,
+}
+
+impl ChainVerifier {
+    /// A verifier of a whole chain starting at seq 1.
+    pub fn new(key: MacKey) -> ChainVerifier {
+        ChainVerifier {
+            key,
+            expected_seq: 1,
+            prev: super::GENESIS,
+            count: 0,
+            last_seq: 0,
+            gaps_allowed: false,
+        }
+    }
+
+    /// A verifier of a filtered selection: each MAC, and increasing seqs.
+    pub fn filtered(key: MacKey) -> ChainVerifier {
+        ChainVerifier {
+            gaps_allowed: true,
+            ..ChainVerifier::new(key)
+        }
+    }
+
+    /// A record as stored under key `stored_seq` (`None`: did not decode).
+    pub fn feed_stored(
+        &mut self,
+        stored_seq: u64,
+        rec: Option<AuditRecord>,
+    ) -> Option<VerifyReport> {
+        let Some(rec) = rec else {
+            return Some(broken(
+                stored_seq,
+                Problem::Altered,
+                "the stored record does not decode".into(),
+            ));
+        };
+        if !self.mac_ok(&rec) {
+            return Some(broken(
+                stored_seq,
+                Problem::Altered,
+                "the record's MAC does not match its contents".into(),
+            ));
+        }
+        if rec.seq != stored_seq {
+            return Some(broken(
+                stored_seq,
+                Problem::Reordered,
+                format!(
+                    "the record stored at seq {stored_seq} is authentic record {}",
+                    rec.seq
+                ),
+            ));
+        }
+        self.feed(rec)
+    }
+
+    fn mac_ok(&self, rec: &AuditRecord) -> bool {
+        let want = self
+            .key
+            .record_mac(&rec.prev, rec.seq, rec.at_us, &rec.event);
+        crate::access::digests_equal(&want, &rec.mac)
+    }
+
+    /// The next record in order.
+    pub fn feed(&mut self, rec: AuditRecord) -> Option<VerifyReport> {
+        if !self.mac_ok(&rec) {
+            return Some(broken(
+                rec.seq,
+                Problem::Altered,
+                "the record's MAC does not match its contents".into(),
+            ));
+        }
+        if self.gaps_allowed {
+            if self.count > 0 && rec.seq <= self.last_seq {
+                return Some(broken(
+                    rec.seq,
+                    Problem::Reordered,
+                    format!("seq {} comes after seq {}", rec.seq, self.last_seq),
+                ));
+            }
+        } else {
+            if rec.seq > self.expected_seq {
+                return Some(broken(
+                    self.expected_seq,
+                    Problem::Missing,
+                    format!(
+                        "records {}..={} are missing (the next record present is seq {})",
+                        self.expected_seq,
+                        rec.seq - 1,
+                        rec.seq
+                    ),
+                ));
+            }
+            if rec.seq < self.expected_seq {
+                return Some(broken(
+                    rec.seq,
+                    Problem::Reordered,
+                    format!("seq {} comes after seq {}", rec.seq, self.expected_seq - 1),
+                ));
+            }
+            if !crate::access::digests_equal(&rec.prev, &self.prev) {
+                return Some(broken(
+                    rec.seq,
+                    Problem::Altered,
+                    format!(
+                        "its prev does not match the mac of seq {}: a record before it was replaced",
+                        rec.seq.saturating_sub(1)
+                    ),
+                ));
+            }
+        }
+        self.expected_seq = rec.seq + 1;
+        self.prev = rec.mac;
+        self.last_seq = rec.seq;
+        self.count += 1;
+        None
+    }
+
+    /// Ends the walk. `head` is the stored chain head (for a store), or
+    /// `None` for an export.
+    pub fn finish(self, head: Option<Head>) -> VerifyReport {
+        let ok = VerifyReport::Ok {
+            records: self.count,
+            head_seq: self.last_seq,
+            head_mac: hex(&self.prev),
+            gaps_expected: self.gaps_allowed,
+        };
+        let Some(head) = head else {
+            return ok;
+        };
+        if !self.key.head_is_authentic(&head) {
+            return broken(
+                head.seq,
+                Problem::Altered,
+                "the stored chain head's MAC is wrong".into(),
+            );
+        }
+        if head.seq > self.last_seq {
+            return broken(
+                self.last_seq + 1,
+                Problem::Truncated,
+                format!(
+                    "the chain head says the log ends at seq {} but the last record is seq {}: records {}..={} were removed",
+                    head.seq,
+                    self.last_seq,
+                    self.last_seq + 1,
+                    head.seq
+                ),
+            );
+        }
+        if head.seq < self.last_seq {
+            return broken(
+                head.seq + 1,
+                Problem::Altered,
+                format!(
+                    "records after the chain head (seq {}) are present; they were not written by keyhold",
+                    head.seq
+                ),
+            );
+        }
+        if !crate::access::digests_equal(&head.mac, &self.prev) {
+            return broken(
+                head.seq,
+                Problem::Altered,
+                "the last record's mac differs from the chain head's".into(),
+            );
+        }
+        ok
+    }
+
+    /// Verifies a stored store-less walk that must not be empty-headed:
+    /// used when a store has records but no head.
+    pub fn finish_store(self, head: Option<Head>) -> VerifyReport {
+        if head.is_none() && self.count > 0 {
+            return broken(
+                self.last_seq,
+                Problem::Altered,
+                "the chain head is missing from the store".into(),
+            );
+        }
+        self.finish(head)
+    }
+}
+
+fn broken(seq: u64, problem: Problem, detail: String) -> VerifyReport {
+    VerifyReport::Broken {
+        seq,
+        problem,
+        detail,
+    }
+}

@@ -1,0 +1,72 @@
+//! `keyhold init [--data-dir DIR]`
+
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::CHECK_PLAINTEXT;
+use crate::access::Role;
+use crate::audit::{Action, AuditEvent, AuditLog, MacKey, Outcome};
+use crate::config::DataDir;
+use crate::keyring::Keyring;
+use crate::store::{Store, StoreError};
+use crate::tokens;
+
+pub fn run(args: DataDir) -> anyhow::Result<ExitCode> {
+    let keyring = Keyring::from_env()?;
+    let dir = &args.data_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let store = Store::open(dir)?;
+    if store.is_initialised()? {
+        return Err(StoreError::AlreadyInitialised(dir.display().to_string()).into());
+    }
+    let token = initialise(&store, &keyring, "admin")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", token.expose()).context("cannot write to stdout")?;
+    out.flush().ok();
+    eprintln!(
+        "keyhold: initialised {}. The line above is the admin token `admin`: it is shown only \
+         once, so store it in your secret manager now. Start the server with `keyhold serve \
+         --data-dir {}`.",
+        dir.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the meta values and the first admin token (audited). Returns the
+/// token (shown once).
+pub(crate) fn initialise(
+    store: &Store,
+    keyring: &Keyring,
+    admin_name: &str,
+) -> anyhow::Result<crate::secret::SecretString> {
+    let check = keyring.encrypt(CHECK_PLAINTEXT);
+    let mac_key = MacKey::generate().context("the system random generator failed")?;
+    store.initialise(&check, &mac_key.seal(keyring))?;
+    let log = AuditLog::open(store.clone(), keyring)?;
+    let prepared = tokens::prepare(store, admin_name, Role::Admin, None)?;
+    let mut token_ev = AuditEvent::cli(
+        Action::TokenCreate,
+        Outcome::Success,
+        Some(format!(
+            "token {} `{}` role admin",
+            prepared.record.id, prepared.record.name
+        )),
+    );
+    token_ev.caller = "init".into();
+    let mut init_ev = AuditEvent::cli(
+        Action::Init,
+        Outcome::Success,
+        Some(format!("keyring key {}", keyring.fingerprints()[0])),
+    );
+    init_ev.caller = "init".into();
+    log.append(&[(init_ev, vec![]), (token_ev, vec![prepared.write()])])?;
+    Ok(prepared.token.secret)
+}

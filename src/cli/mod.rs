@@ -1,0 +1,137 @@
+//! The command line: one module per subcommand group. anyhow lives here
+//! (the edge); the library below uses typed errors.
+//!
+//! Exit status: 0 success; 1 a failure while working (or a verification
+//! that found damage); 2 a configuration problem found before any work
+//! (keyring, data directory, flags).
+
+mod audit;
+mod init;
+mod keygen;
+mod serve;
+mod token;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::audit::AuditLog;
+use crate::config::{Cli, Command};
+use crate::keyring::{Keyring, KeyringError};
+use crate::store::{Store, StoreError};
+
+/// The plaintext whose Fernet token is the keyring check value.
+pub const CHECK_PLAINTEXT: &[u8] = b"keyhold keyring check v1";
+
+/// A configuration problem: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Parses arguments, runs the command, maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("keyhold: error: {err:#}");
+            exit_code_for(&err)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keygen(a) => keygen::run(a),
+        Command::Init(a) => init::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Token(c) => token::run(c),
+        Command::Audit(c) => audit::run(c),
+    }
+}
+
+fn exit_code_for(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if cause.is::<KeyringError>() || cause.is::<ConfigError>() {
+            return ExitCode::from(2);
+        }
+        if let Some(e) = cause.downcast_ref::<StoreError>() {
+            return match e {
+                StoreError::NotInitialised(_)
+                | StoreError::AlreadyInitialised(_)
+                | StoreError::Open { .. }
+                | StoreError::NewerSchema { .. } => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<crate::audit::AuditError>() {
+            if matches!(
+                e,
+                crate::audit::AuditError::MacKeyLocked | crate::audit::AuditError::NoMacKey
+            ) {
+                return ExitCode::from(2);
+            }
+        }
+    }
+    ExitCode::from(1)
+}
+
+/// Opens an initialised store and checks that the keyring opens its check
+/// value (a wrong key fails here, not at the first reveal).
+pub(crate) fn open_checked(dir: &Path, keyring: &Keyring) -> anyhow::Result<Store> {
+    let store = open_initialised(dir)?;
+    check_keyring(&store, keyring, dir)?;
+    Ok(store)
+}
+
+/// Opens a store that `init` has run on.
+pub(crate) fn open_initialised(dir: &Path) -> anyhow::Result<Store> {
+    if !dir.exists() {
+        return Err(StoreError::NotInitialised(dir.display().to_string()).into());
+    }
+    let store = Store::open(dir)?;
+    if !store.is_initialised()? {
+        return Err(StoreError::NotInitialised(dir.display().to_string()).into());
+    }
+    store.check_schema()?;
+    Ok(store)
+}
+
+/// Refuses a keyring none of whose keys opens the check value.
+pub(crate) fn check_keyring(store: &Store, keyring: &Keyring, dir: &Path) -> anyhow::Result<()> {
+    let check = store.check_value()?.ok_or_else(|| {
+        ConfigError(format!(
+            "the store in {} has no keyring check value: it is damaged; restore it from a backup",
+            dir.display()
+        ))
+    })?;
+    match keyring.decrypt(&check) {
+        Ok(opened) if opened.plaintext.expose() == CHECK_PLAINTEXT => Ok(()),
+        _ => Err(ConfigError(format!(
+            "wrong key: no key from {} opens the store in {} (it was initialised with another \
+             Fernet key). Set the key it was initialised with (FERNET_KEYS=new,old during a \
+             rotation)",
+            keyring.source(),
+            dir.display()
+        ))
+        .into()),
+    }
+}
+
+/// Opens the audit log for an offline command.
+pub(crate) fn open_log(store: Store, keyring: &Keyring) -> anyhow::Result<AuditLog> {
+    Ok(AuditLog::open(store, keyring)?)
+}
+
+/// Starts logging to stderr (never a secret: nothing secret is logged).
+pub(crate) fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

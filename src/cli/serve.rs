@@ -1,0 +1,184 @@
+//! `keyhold serve [--dev] [--listen ADDR]`
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{init_logging, open_checked, ConfigError};
+use crate::audit::{AuditLog, AuditWriter, Coalescer};
+use crate::config::ServeArgs;
+use crate::http::server::{serve_tcp, Limits};
+use crate::http::{routes, AppState};
+use crate::keyring::Keyring;
+use crate::limiter::RevealLimiter;
+use crate::store::Store;
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&args.log);
+    // Everything that can be wrong with the configuration is found here,
+    // before the runtime starts and before binding.
+    let listen: SocketAddr = args.listen.parse().map_err(|_| {
+        ConfigError(format!(
+            "invalid --listen / KEYHOLD_LISTEN `{}`: use host:port, for example 127.0.0.1:8787",
+            args.listen
+        ))
+    })?;
+    let (store, keyring, dev_token) = if args.dev {
+        if !listen.ip().is_loopback() {
+            return Err(ConfigError(
+                "--dev listens on loopback only: use --listen 127.0.0.1:PORT".into(),
+            )
+            .into());
+        }
+        let keyring = Keyring::ephemeral();
+        let store = Store::temporary()?;
+        let token = super::init::initialise(&store, &keyring, "root")?;
+        (store, keyring, Some(token))
+    } else {
+        let keyring = Keyring::from_env()?;
+        let store = open_checked(&args.data.data_dir, &keyring)?;
+        (store, keyring, None)
+    };
+    let log = Arc::new(AuditLog::open(store.clone(), &keyring)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args, listen, store, keyring, log, dev_token))
+}
+
+async fn serve(
+    args: ServeArgs,
+    listen: SocketAddr,
+    store: Store,
+    keyring: Keyring,
+    log: Arc<AuditLog>,
+    dev_token: Option<crate::secret::SecretString>,
+) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| ConfigError(format!("cannot listen on {listen}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let writer = AuditWriter::start(
+        log.clone(),
+        Duration::from_millis(args.audit_timeout_ms.max(1)),
+        None,
+    );
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        keyring: Arc::new(keyring),
+        audit: writer,
+        limiter: RevealLimiter::new(args.reveal_rate),
+        proxies: args.trusted_proxies.clone(),
+        coalescer: Coalescer::new(),
+    });
+    spawn_housekeeping(state.clone());
+
+    if !local.ip().is_loopback() {
+        tracing::warn!(
+            addr = %local,
+            "serving plain HTTP on a non-loopback address: tokens and keys cross the network in clear; put TLS in front"
+        );
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "keyhold listening on http://{local}").ok();
+        if let Some(token) = &dev_token {
+            print_dev_banner(&mut out, local, token.expose());
+        }
+        out.flush().ok();
+    }
+    tracing::info!(
+        addr = %local,
+        keys = store.key_count(),
+        audit_records = store.audit_len(),
+        reveal_rate = %args.reveal_rate,
+        "keyhold serving"
+    );
+
+    let limits = Limits {
+        max_connections: args.max_connections,
+        header_read_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        ..Limits::default()
+    };
+    serve_tcp(listener, routes(state.clone()), limits, shutdown_signal()).await;
+
+    // Counted but not yet written attempts go in now.
+    let pending = state.coalescer.drain(0, true);
+    if !pending.is_empty() {
+        let batch: Vec<_> = pending.into_iter().map(|e| (e, vec![])).collect();
+        if let Err(e) = log.append(&batch) {
+            tracing::error!(error = %e, "could not write the last coalesced audit records");
+        }
+    }
+    store.flush_async().await?;
+    tracing::info!("keyhold stopped; store flushed");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_dev_banner(out: &mut impl Write, addr: SocketAddr, token: &str) {
+    let _ = writeln!(
+        out,
+        "\n\
+         ************************************************************************\n\
+         *  DEVELOPMENT MODE: in-memory store, random Fernet key.               *\n\
+         *  NOTHING PERSISTS: every key and audit record is gone at exit.       *\n\
+         ************************************************************************\n\
+         root token (admin): {token}\n\
+         \n\
+         try:\n\
+         \x20 curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n\
+         \x20      -d '{{\"provider\":\"claude\",\"key_name\":\"demo\",\"api_key\":\"sk-demo\"}}' \\\n\
+         \x20      http://{addr}/api/keys\n\
+         \x20 curl -s -H 'Authorization: Bearer {token}' http://{addr}/api/providers/claude/key\n"
+    );
+}
+
+/// Periodic work: prune limiter state, write coalesced records.
+fn spawn_housekeeping(state: Arc<AppState>) {
+    let s = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            s.limiter.prune();
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            for ev in state.coalescer.drain(crate::time::now_us(), false) {
+                if let Err(e) = state.audit.record(ev, vec![]).await {
+                    tracing::error!(error = %e, "could not write a coalesced audit record");
+                }
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested: finishing requests in flight");
+}

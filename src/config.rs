@@ -1,0 +1,214 @@
+//! Command-line flags and their environment variables, defined once (clap
+//! derive with `env`); `--help` prints these doc comments.
+//!
+//! Secrets are never flags: Fernet keys come from FERNET_KEY, FERNET_KEYS,
+//! FERNET_KEY_FILE or KEYHOLD_KEY_COMMAND (see `keyring`), API keys from
+//! stdin, access tokens from KEYHOLD_TOKEN or a file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::access::Role;
+use crate::limiter::{RevealRate, TrustedProxies};
+
+/// keyhold: a self-hosted, audit-first vault for API keys.
+///
+/// Fernet keys are read from the environment: exactly one of FERNET_KEY,
+/// FERNET_KEYS (comma-separated, newest first), FERNET_KEY_FILE or
+/// KEYHOLD_KEY_COMMAND.
+#[derive(Debug, Parser)]
+#[command(name = "keyhold", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a new Fernet key (or append FERNET_KEY=... to an env file).
+    Keygen(KeygenArgs),
+    /// Create the store, its keyring check value and the first admin token
+    /// (printed alone on stdout).
+    Init(DataDir),
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+    /// Manage access tokens offline (the server must be stopped).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Export or verify the audit log offline (the server must be stopped).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DataDir {
+    /// Directory of the store.
+    #[arg(long, env = "KEYHOLD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Append `FERNET_KEY=<key>` to this file (created with mode 0600)
+    /// instead of printing the key; refuses if it already sets FERNET_KEY.
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// Address to listen on (host:port; port 0 picks a free one).
+    #[arg(long, env = "KEYHOLD_LISTEN", default_value = "127.0.0.1:8787")]
+    pub listen: String,
+    /// Run on a temporary in-memory store with a random key: nothing
+    /// persists. Loopback only. For trying keyhold out.
+    #[arg(long)]
+    pub dev: bool,
+    /// Reveals allowed per client IP, shared by every reveal route: N/s,
+    /// N/min or N/h (burst N).
+    #[arg(long, env = "KEYHOLD_REVEAL_RATE", default_value = "10/min")]
+    pub reveal_rate: RevealRate,
+    /// Proxies whose X-Forwarded-For is believed: comma-separated
+    /// addresses or CIDRs. Empty: the header is ignored.
+    #[arg(long, env = "KEYHOLD_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+    /// Open connections at most.
+    #[arg(long, env = "KEYHOLD_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, env = "KEYHOLD_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Milliseconds a request waits for its audit record to be durable
+    /// before it is refused with 503.
+    #[arg(long, env = "KEYHOLD_AUDIT_TIMEOUT_MS", default_value_t = 5000)]
+    pub audit_timeout_ms: u64,
+    /// Log filter (tracing syntax: error, warn, info, debug).
+    #[arg(long, env = "KEYHOLD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it alone on stdout (shown once).
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    List(TokenListArgs),
+    /// Revoke a token by id or name.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Writer,
+    Reader,
+    Auditor,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Writer => Role::Writer,
+            RoleArg::Reader => Role::Reader,
+            RoleArg::Auditor => Role::Auditor,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// Name recorded in the audit log as the caller.
+    #[arg(long)]
+    pub name: String,
+    /// admin (everything), writer (create/delete/list keys), reader
+    /// (list/reveal keys), auditor (read the audit log).
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// Limit the token to these providers (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub providers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenListArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// The token's id or name.
+    pub token: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Stream the log (oldest first) as JSON Lines or CSV.
+    Export(AuditExportArgs),
+    /// Check the whole chain; exit 0 when intact, 1 when not.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportFilterArgs {
+    /// Records at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Records before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Records about this key id.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// Records of this caller (token name or id).
+    #[arg(long)]
+    pub caller: Option<String>,
+    /// Records with this outcome (success, unauthenticated, forbidden,
+    /// not_found, expired, decrypt_failed, rate_limited).
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Records of this action (reveal, key_create, key_delete, ...).
+    #[arg(long)]
+    pub action: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditExportArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// jsonl or csv.
+    #[arg(long, default_value = "jsonl")]
+    pub format: String,
+    /// Write here instead of stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub filter: ExportFilterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// Verify this JSON Lines export instead of the store.
+    #[arg(long, value_name = "EXPORT.jsonl")]
+    pub file: Option<PathBuf>,
+    /// Check that the store holds exactly this record: SEQ:MAC (from the
+    /// server's anchor log lines). May be repeated.
+    #[arg(long, value_name = "SEQ:MAC")]
+    pub anchor: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,178 @@
+//! Handlers of the admin token routes (scope `admin`).
+
+use bytes::Buf;
+use futures_util::Stream;
+use http::StatusCode;
+use serde::Serialize;
+use serde_json::Value;
+use warp::reply::Response;
+
+use super::context::Ctx;
+use super::error::ApiError;
+use super::keys::string_field;
+use super::{require, State};
+use crate::access::{Caller, Role, Scope};
+use crate::audit::{Action, Outcome};
+use crate::store::TokenRecord;
+use crate::time::to_rfc3339;
+use crate::tokens::{self, TokenError};
+
+/// A token as listed (never the secret).
+#[derive(Debug, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub scopes: Vec<&'static str>,
+    pub providers: Option<Vec<String>>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl TokenInfo {
+    pub fn of(r: &TokenRecord) -> TokenInfo {
+        TokenInfo {
+            id: r.id.to_string(),
+            name: r.name.clone(),
+            role: r.role.clone(),
+            scopes: r.scopes.iter().map(|s| s.as_str()).collect(),
+            providers: r.providers.clone(),
+            created_at: to_rfc3339(r.created_at_us),
+            revoked_at: r.revoked_at_us.map(to_rfc3339),
+        }
+    }
+}
+
+fn token_error(e: TokenError) -> ApiError {
+    match e {
+        TokenError::InvalidName(_) | TokenError::InvalidProvider(_) => {
+            ApiError::invalid(e.to_string())
+        }
+        TokenError::NameTaken(_) | TokenError::AlreadyRevoked(_) => {
+            ApiError::conflict(e.to_string())
+        }
+        TokenError::NotFound(_) => ApiError::not_found(e.to_string()),
+        TokenError::Random(_) | TokenError::Store(_) => ApiError::storage(&e),
+    }
+}
+
+async fn admin_caller(state: &State, ctx: &Ctx, action: Action) -> Result<Caller, ApiError> {
+    let caller = state.authenticate(ctx)?;
+    if let Err(e) = require(&caller, Scope::Admin) {
+        if action != Action::Init {
+            let ev = state.event(ctx, action, Some(&caller), Outcome::Forbidden);
+            state.audit(ev, vec![]).await?;
+        }
+        return Err(e);
+    }
+    Ok(caller)
+}
+
+/// GET /api/tokens
+pub async fn list_tokens(state: State, ctx: Ctx) -> Response {
+    let res = async {
+        let caller = state.authenticate(&ctx)?;
+        require(&caller, Scope::Admin)?;
+        let all = state
+            .store
+            .list_tokens()
+            .map_err(|e| ApiError::storage(&e))?;
+        let out: Vec<TokenInfo> = all.iter().map(|(_, r)| TokenInfo::of(r)).collect();
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &out))
+    }
+    .await;
+    res.unwrap_or_else(|e| ctx.error(&e))
+}
+
+/// GET /api/tokens/{id}
+pub async fn get_token(id: String, state: State, ctx: Ctx) -> Response {
+    let res = async {
+        let caller = state.authenticate(&ctx)?;
+        require(&caller, Scope::Admin)?;
+        let (_, rec) = tokens::find(&state.store, &id).map_err(token_error)?;
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &TokenInfo::of(&rec)))
+    }
+    .await;
+    res.unwrap_or_else(|e| ctx.error(&e))
+}
+
+/// POST /api/tokens  `{name, role, providers?}`
+pub async fn create_token<S, B>(state: State, ctx: Ctx, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let res = async {
+        let caller = admin_caller(&state, &ctx, Action::TokenCreate).await?;
+        let body = ctx.read_json_body(body).await?;
+        let obj = body.as_object().ok_or_else(|| {
+            ApiError::invalid("the body must be a JSON object with name and role")
+        })?;
+        let name = string_field(obj, "name")?;
+        let role: Role =
+            string_field(obj, "role")?
+                .parse()
+                .map_err(|e: crate::access::UnknownRole| {
+                    ApiError::invalid(format!("field `role`: {e}"))
+                })?;
+        let providers = match obj.get("providers") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for it in items {
+                    match it {
+                        Value::String(s) => out.push(s.clone()),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                "field `providers` must be a list of strings",
+                            ))
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "field `providers` must be a list of strings",
+                ))
+            }
+        };
+        let prepared =
+            tokens::prepare(&state.store, &name, role, providers).map_err(token_error)?;
+        let mut ev = state.event(&ctx, Action::TokenCreate, Some(&caller), Outcome::Success);
+        ev.detail = Some(format!(
+            "token {} `{}` role {}",
+            prepared.record.id, prepared.record.name, prepared.record.role
+        ));
+        state.audit(ev, vec![prepared.write()]).await?;
+        let info = TokenInfo::of(&prepared.record);
+        let mut v = serde_json::to_value(&info).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.insert(
+                "token".into(),
+                Value::String(prepared.token.secret.expose().to_string()),
+            );
+        }
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &v))
+    }
+    .await;
+    res.unwrap_or_else(|e| ctx.error(&e))
+}
+
+/// DELETE /api/tokens/{id}
+pub async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response {
+    let res = async {
+        let caller = admin_caller(&state, &ctx, Action::TokenRevoke).await?;
+        let (hash, rec) = tokens::find(&state.store, &id).map_err(token_error)?;
+        let (rec, write) = tokens::revoke(hash, rec).map_err(token_error)?;
+        let mut ev = state.event(&ctx, Action::TokenRevoke, Some(&caller), Outcome::Success);
+        ev.detail = Some(format!("token {} `{}`", rec.id, rec.name));
+        state.audit(ev, vec![write]).await?;
+        Ok::<_, ApiError>(ctx.json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "revoked", "id": rec.id.to_string()}),
+        ))
+    }
+    .await;
+    res.unwrap_or_else(|e| ctx.error(&e))
+}

@@ -1,0 +1,265 @@
+//! Per-request context: request id, peer, client IP, headers; and the
+//! helpers every handler uses to read bodies and write answers.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use bytes::{Buf, Bytes};
+use futures_util::{Stream, StreamExt};
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::StatusCode;
+use serde::Serialize;
+use warp::reply::Response;
+
+use super::error::ApiError;
+use crate::limiter::{Decision, TrustedProxies};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The connection a request came over, inserted by keyhold's own server
+/// as a request extension (warp 0.4 has no remote-address filter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A Unix socket; the peer's uid/pid where the OS gives them.
+    Unix {
+        path: String,
+        uid: Option<u32>,
+        pid: Option<i32>,
+    },
+}
+
+impl Peer {
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            Peer::Tcp(a) => crate::limiter::canonical(a.ip()),
+            Peer::Unix { .. } => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    /// How the audit log names this peer.
+    pub fn describe(&self) -> String {
+        match self {
+            Peer::Tcp(a) => crate::limiter::canonical(a.ip()).to_string(),
+            Peer::Unix { path, uid, pid } => {
+                let mut s = format!("unix:{path}");
+                if let Some(u) = uid {
+                    s.push_str(&format!(" uid={u}"));
+                }
+                if let Some(p) = pid {
+                    s.push_str(&format!(" pid={p}"));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// What every handler knows about its request.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub request_id: String,
+    pub peer: Peer,
+    /// The address the request is attributed to (limiter, audit).
+    pub client_ip: IpAddr,
+    /// True when `client_ip` came from a trusted proxy's X-Forwarded-For.
+    pub forwarded: bool,
+    pub headers: HeaderMap,
+}
+
+impl Ctx {
+    pub fn new(peer: Option<Peer>, headers: HeaderMap, proxies: &TrustedProxies) -> Ctx {
+        let peer = peer.unwrap_or(Peer::Tcp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))));
+        let xff = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let (client_ip, forwarded) = match &peer {
+            Peer::Tcp(_) => proxies.client_ip(peer.ip(), xff),
+            Peer::Unix { .. } => (peer.ip(), false),
+        };
+        Ctx {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            peer,
+            client_ip,
+            forwarded,
+            headers,
+        }
+    }
+
+    /// The client as the audit log records it (`ip`), and the peer when it
+    /// differs (`peer`).
+    pub fn audit_addresses(&self) -> (String, Option<String>) {
+        match &self.peer {
+            Peer::Unix { .. } => (self.peer.describe(), None),
+            Peer::Tcp(_) if self.forwarded => {
+                (self.client_ip.to_string(), Some(self.peer.describe()))
+            }
+            Peer::Tcp(_) => (self.client_ip.to_string(), None),
+        }
+    }
+
+    /// The bearer token, or why there is none usable.
+    pub fn bearer(&self) -> Result<&str, ApiError> {
+        let mut values = self.headers.get_all(AUTHORIZATION).iter();
+        let value = values.next().ok_or_else(|| {
+            ApiError::unauthenticated(
+                "missing Authorization header: send `Authorization: Bearer <token>` (make a token with `keyhold token create`)",
+            )
+        })?;
+        if values.next().is_some() {
+            return Err(ApiError::unauthenticated(
+                "more than one Authorization header: send exactly one `Authorization: Bearer <token>`",
+            ));
+        }
+        let text = value.to_str().map_err(|_| {
+            ApiError::unauthenticated("the Authorization header is not readable text: send `Authorization: Bearer <token>`")
+        })?;
+        let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::unauthenticated(
+                "unsupported Authorization scheme: send `Authorization: Bearer <token>`",
+            ));
+        }
+        let token = rest.trim();
+        if token.is_empty() {
+            return Err(ApiError::unauthenticated(
+                "empty bearer token: send `Authorization: Bearer <token>`",
+            ));
+        }
+        Ok(token)
+    }
+
+    /// Reads a body of at most [`MAX_BODY`] bytes from `stream`, checking
+    /// the content type is JSON.
+    pub async fn read_json_body<S, B>(&self, stream: S) -> Result<serde_json::Value, ApiError>
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Unpin,
+        B: Buf,
+    {
+        if let Some(ct) = self.headers.get(CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if !(essence == "application/json" || essence.ends_with("+json")) {
+                return Err(ApiError::unsupported_media(
+                    "the body must be JSON: send `Content-Type: application/json`",
+                ));
+            }
+        }
+        if let Some(len) = self.headers.get(CONTENT_LENGTH) {
+            match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+                Some(n) if n > MAX_BODY as u64 => return Err(too_large()),
+                Some(_) => {}
+                None => return Err(ApiError::bad_request("invalid Content-Length header")),
+            }
+        }
+        let bytes = read_limited(stream).await?;
+        if bytes.is_empty() {
+            return Err(ApiError::bad_request(
+                "the request body is empty: send a JSON object",
+            ));
+        }
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the request body is not valid JSON ({}): send a JSON object",
+                e.classify_str()
+            ))
+        })
+    }
+
+    /// Adds the request id (and no-store) to an answer.
+    pub fn finish(&self, mut resp: Response) -> Response {
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            h.insert("x-request-id", v);
+        }
+        h.insert("cache-control", HeaderValue::from_static("no-store"));
+        resp
+    }
+
+    pub fn json<T: Serialize>(&self, status: StatusCode, body: &T) -> Response {
+        self.finish(json_response(status, body))
+    }
+
+    pub fn error(&self, err: &ApiError) -> Response {
+        self.finish(error_response(err))
+    }
+}
+
+trait ClassifyStr {
+    fn classify_str(&self) -> &'static str;
+}
+
+impl ClassifyStr for serde_json::Error {
+    fn classify_str(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "unexpected data",
+            serde_json::error::Category::Eof => "unexpected end of input",
+        }
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::too_large(format!(
+        "the request body is larger than {} KiB: send less",
+        MAX_BODY / 1024
+    ))
+}
+
+async fn read_limited<S, B>(mut stream: S) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|_| {
+            ApiError::bad_request("the request body could not be read: send it again")
+        })?;
+        if out.len() + chunk.remaining() > MAX_BODY {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+/// A JSON answer.
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(bytes.into());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// `{"detail": ...}` with its status (and Retry-After / WWW-Authenticate).
+pub fn error_response(err: &ApiError) -> Response {
+    let mut resp = json_response(err.status, &serde_json::json!({ "detail": err.detail }));
+    if let Some(secs) = err.retry_after {
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from(secs));
+    }
+    if err.status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+/// Adds the RateLimit-* headers of a decision.
+pub fn with_rate_headers(mut resp: Response, d: &Decision) -> Response {
+    let h = resp.headers_mut();
+    h.insert("ratelimit-limit", HeaderValue::from(d.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
+    resp
+}

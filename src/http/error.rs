@@ -1,0 +1,91 @@
+//! API errors: one type, one mapping to status codes, `{"detail": ...}`.
+
+use http::StatusCode;
+
+/// An error answer. `detail` says what happened and what to do; it never
+/// holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub detail: String,
+    /// Seconds for `Retry-After` (429, some 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    pub fn unauthenticated(detail: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::UNAUTHORIZED, detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::FORBIDDEN, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::CONFLICT, detail)
+    }
+
+    pub fn gone(detail: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::GONE, detail)
+    }
+
+    pub fn too_large(detail: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, detail)
+    }
+
+    pub fn unsupported_media(detail: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail)
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+    }
+
+    pub fn rate_limited(retry_after: u64) -> ApiError {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            detail: format!(
+                "too many reveals from this address: retry in {retry_after} s (see Retry-After)"
+            ),
+            retry_after: Some(retry_after),
+        }
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            detail: detail.into(),
+            retry_after: Some(1),
+        }
+    }
+
+    /// The audit record could not be made durable: nothing is answered.
+    pub fn audit_unavailable() -> ApiError {
+        Self::unavailable(
+            "the audit log cannot be written right now, so the request was not served; \
+             retry shortly, and tell the operator (check disk space and `/healthz`)",
+        )
+    }
+
+    /// A storage error: logged in full, answered without internals.
+    pub fn storage(err: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(error = %err, "storage error");
+        Self::unavailable("storage is unavailable right now; retry shortly and tell the operator")
+    }
+}

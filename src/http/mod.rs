@@ -1,0 +1,289 @@
+//! The HTTP API: warp filters (one function per route, composed in
+//! [`routes`]), their handlers, and keyhold's own server loop.
+//!
+//! A request's whole path: [`routes`] → a route filter below → the handler
+//! in `keys.rs` / `admin.rs` / `audit_routes.rs` → `access`, `store`,
+//! `keyring` → the `audit` writer.
+//!
+//! Handlers never reject: they answer every error themselves, so each
+//! answer carries `X-Request-Id`. Only unknown paths and methods reach
+//! [`recover`].
+
+mod admin;
+mod audit_routes;
+pub mod context;
+pub mod error;
+mod keys;
+pub mod server;
+
+pub use admin::TokenInfo;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::StatusCode;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::access::{Caller, Scope};
+use crate::audit::{Action, AuditEvent, AuditWriter, Coalescer, Outcome};
+use crate::keyring::Keyring;
+use crate::limiter::{RevealLimiter, TrustedProxies};
+use crate::store::Store;
+use context::{error_response, Ctx, Peer};
+use error::ApiError;
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub store: Store,
+    pub keyring: Arc<Keyring>,
+    pub audit: AuditWriter,
+    pub limiter: RevealLimiter,
+    pub proxies: TrustedProxies,
+    pub coalescer: Coalescer,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+pub type State = Arc<AppState>;
+
+impl AppState {
+    /// Authenticates the request's bearer token.
+    pub(crate) fn authenticate(&self, ctx: &Ctx) -> Result<Caller, ApiError> {
+        let token = ctx.bearer()?;
+        match crate::tokens::authenticate(&self.store, token) {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(ApiError::unauthenticated(
+                "invalid or revoked token: check the token, or ask an admin for a new one",
+            )),
+            Err(e) => Err(ApiError::storage(&e)),
+        }
+    }
+
+    /// A base audit event for this request.
+    pub(crate) fn event(
+        &self,
+        ctx: &Ctx,
+        action: Action,
+        caller: Option<&Caller>,
+        outcome: Outcome,
+    ) -> AuditEvent {
+        let (ip, peer) = ctx.audit_addresses();
+        AuditEvent {
+            request_id: ctx.request_id.clone(),
+            action,
+            key_id: None,
+            provider: None,
+            caller: caller.map_or_else(|| "anonymous".to_string(), |c| c.name.clone()),
+            caller_id: caller.map(|c| c.id),
+            ip,
+            peer,
+            outcome,
+            count: None,
+            detail: None,
+        }
+    }
+
+    /// Writes a record durably; a failure becomes the 503 answer.
+    pub(crate) async fn audit(
+        &self,
+        event: AuditEvent,
+        writes: Vec<crate::store::Write>,
+    ) -> Result<u64, ApiError> {
+        self.audit.record(event, writes).await.map_err(|e| {
+            tracing::error!(error = %e, "audit write failed");
+            ApiError::audit_unavailable()
+        })
+    }
+}
+
+/// Checks a scope, answering 403 naming the scope when missing.
+pub(crate) fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
+    if caller.has(scope) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "this token lacks the `{scope}` scope: use a token whose role grants it"
+        )))
+    }
+}
+
+fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// Builds the request context (peer from keyhold's server, headers).
+fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
+    warp::ext::optional::<Peer>()
+        .and(warp::header::headers_cloned())
+        .map(move |peer, headers| Ctx::new(peer, headers, &state.proxies))
+}
+
+/// The raw query string, empty when there is none.
+fn query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// `/api/keys`, with or without the trailing slash (the Python
+/// reference's front end calls `/api/keys/`).
+fn keys_root() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::path!("api" / "keys")
+        .or(exact_path("/api/keys/"))
+        .unify()
+}
+
+fn exact_path(path: &'static str) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::path::full()
+        .and_then(move |full: warp::path::FullPath| async move {
+            if full.as_str() == path {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+}
+
+/// The whole API. Order matters only where paths overlap: specific paths
+/// come before the `{id}` captures.
+pub fn routes(state: State) -> BoxedFilter<(Response,)> {
+    let s = state;
+    // POST /api/keys — create a key (keys:write)
+    let create_key = keys_root()
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(warp::body::stream())
+        .then(|st, cx, body| keys::create(st, cx, body));
+    // GET /api/keys?provider= — list metadata (keys:list)
+    let list_keys = keys_root()
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(query())
+        .then(keys::list);
+    // GET /api/keys/{id} — reveal one key (keys:reveal)
+    let reveal_key = warp::path!("api" / "keys" / String)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(keys::reveal_by_id);
+    // DELETE /api/keys/{id} — delete a key (keys:write)
+    let delete_key = warp::path!("api" / "keys" / String)
+        .and(warp::delete())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(keys::delete);
+    // GET /api/providers/{provider}/key — reveal the newest live key
+    let reveal_provider = warp::path!("api" / "providers" / String / "key")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(keys::reveal_newest);
+    // GET/POST /api/tokens, GET/DELETE /api/tokens/{id} — admin
+    let list_tokens = warp::path!("api" / "tokens")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::list_tokens);
+    let create_token = warp::path!("api" / "tokens")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(warp::body::stream())
+        .then(|st, cx, body| admin::create_token(st, cx, body));
+    let get_token = warp::path!("api" / "tokens" / String)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::get_token);
+    let revoke_token = warp::path!("api" / "tokens" / String)
+        .and(warp::delete())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::revoke_token);
+    // GET /api/audit — export (audit:read); GET /api/audit/verify
+    let export = warp::path!("api" / "audit")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(query())
+        .then(audit_routes::export);
+    let verify = warp::path!("api" / "audit" / "verify")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(audit_routes::verify);
+    // GET /healthz — liveness, and whether the audit writer works
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .map(|st: State| healthz(&st));
+
+    create_key
+        .or(list_keys)
+        .unify()
+        .or(reveal_key)
+        .unify()
+        .or(delete_key)
+        .unify()
+        .or(reveal_provider)
+        .unify()
+        .or(list_tokens)
+        .unify()
+        .or(create_token)
+        .unify()
+        .or(get_token)
+        .unify()
+        .or(revoke_token)
+        .unify()
+        .or(export)
+        .unify()
+        .or(verify)
+        .unify()
+        .or(health)
+        .unify()
+        .recover(recover)
+        .unify()
+        .boxed()
+}
+
+fn healthz(state: &AppState) -> Response {
+    let ok = state.audit.is_healthy();
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "audit_writer": if ok { "ok" } else { "failing" },
+    });
+    context::json_response(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
+}
+
+/// Unknown paths and methods (handlers answer everything else).
+async fn recover(rej: Rejection) -> Result<Response, Infallible> {
+    let err = if rej.is_not_found() {
+        ApiError::not_found("no such route: see the API table in the README")
+    } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this route: see the API table in the README",
+        )
+    } else {
+        ApiError::bad_request("the request could not be read: check its headers and body")
+    };
+    let mut resp = error_response(&err);
+    if let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    Ok(resp)
+}

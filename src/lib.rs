@@ -1,0 +1,19 @@
+//! keyhold: a self-hosted, audit-first vault for API keys.
+//!
+//! The library holds everything the `keyhold` binary does; `main.rs` only
+//! parses arguments and maps errors to exit codes. Layers point one way:
+//! [`http`] and [`cli`] call [`keyring`], [`store`], [`audit`] and
+//! [`access`]; those never call back up.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod keyring;
+pub mod limiter;
+pub mod secret;
+pub mod store;
+pub mod time;
+pub mod tokens;

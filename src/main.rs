@@ -1,0 +1,6 @@
+//! The `keyhold` binary: everything lives in the library.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    keyhold::cli::main()
+}

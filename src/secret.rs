@@ -1,0 +1,84 @@
+//! Types that hold secret material: zeroized on drop, never printed.
+//!
+//! Anything decrypted (an API key), any access token and any Fernet key
+//! lives in one of these so that `Debug`, `Display` and logs cannot show it.
+
+use std::fmt;
+
+use zeroize::{Zeroize, Zeroizing};
+
+/// Secret bytes (a decrypted API key, an access token). Zeroized on drop;
+/// `Debug` prints `[REDACTED]`.
+#[derive(Clone, Default)]
+pub struct SecretBytes(Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        SecretBytes(Zeroizing::new(bytes))
+    }
+
+    /// The secret itself. Call sites are few and easy to audit.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for SecretBytes {
+    fn from(s: String) -> Self {
+        SecretBytes::new(s.into_bytes())
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// A secret string (an access token as typed by a user, a Fernet key in
+/// text form). Zeroized on drop; `Debug` prints `[REDACTED]`.
+#[derive(Clone, Default)]
+pub struct SecretString(Zeroizing<String>);
+
+impl SecretString {
+    pub fn new(s: String) -> Self {
+        SecretString(Zeroizing::new(s))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl Zeroize for SecretString {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let s = SecretBytes::new(b"sk-live-123".to_vec());
+        assert_eq!(format!("{s:?}"), "[REDACTED]");
+        let t = SecretString::new("kh_abc".into());
+        assert_eq!(format!("{t:?}"), "[REDACTED]");
+    }
+}

@@ -1,0 +1,532 @@
+//! The sled store: trees, record types, their (de)serialisation and the
+//! schema version.
+//!
+//! Records are postcard-encoded inside enums whose variants are only ever
+//! appended, so old records stay readable. Times are integer microseconds.
+//! The store knows bytes and records; it knows nothing of HTTP, and it
+//! never holds a secret in clear (API keys are Fernet tokens, access tokens
+//! are SHA-256 digests, the audit MAC key is Fernet-encrypted).
+//!
+//! Not for: deciding who may do what (see `access`) or chaining audit
+//! records (see `audit`), though the audit writer commits through
+//! [`Store::commit`] so that a change and its audit record land together.
+
+mod records;
+
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Db, Transactional, Tree};
+use uuid::Uuid;
+
+pub use records::{KeyRecord, TokenRecord};
+
+/// The schema this binary writes. A store with a newer one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub(crate) const META_SCHEMA: &[u8] = b"schema_version";
+pub(crate) const META_CHECK: &[u8] = b"keyring_check";
+pub(crate) const META_AUDIT_KEY: &[u8] = b"audit_mac_key";
+pub(crate) const META_AUDIT_HEAD: &[u8] = b"audit_head";
+
+/// Errors from the store. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the data directory {0} is not initialised: run `keyhold init --data-dir {0}` first")]
+    NotInitialised(String),
+    #[error("the data directory {0} is already initialised; nothing was changed")]
+    AlreadyInitialised(String),
+    #[error(
+        "cannot open the store in {path}: {error}. If `keyhold serve` (or another keyhold command) \
+         is running on it, stop it or use the HTTP API instead"
+    )]
+    Open { path: String, error: sled::Error },
+    #[error("storage error: {0}; check the disk (space, permissions) and retry")]
+    Sled(#[from] sled::Error),
+    #[error(
+        "the store was written by a newer keyhold (schema {found}, this binary knows {SCHEMA_VERSION}): \
+         upgrade keyhold"
+    )]
+    NewerSchema { found: u32 },
+    #[error("a stored {what} record is corrupt ({detail}); run `keyhold check` and restore from a backup if needed")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// One change that is committed together with its audit record.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Insert a new key (and its provider index entry).
+    PutKey(KeyRecord),
+    /// Remove a key, its usage and its provider index entry.
+    DeleteKey(KeyRecord),
+    /// Set a key's last_used (skipped if the key is gone).
+    TouchKey { id: Uuid, at_us: i64 },
+    /// Insert or replace an access token record under its SHA-256.
+    PutToken { hash: [u8; 32], record: TokenRecord },
+}
+
+/// The open store: one sled database and its trees.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    pub(crate) keys: Tree,
+    pub(crate) key_usage: Tree,
+    pub(crate) by_provider: Tree,
+    pub(crate) audit: Tree,
+    pub(crate) tokens: Tree,
+    pub(crate) meta: Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|error| StoreError::Open {
+                path: dir.display().to_string(),
+                error,
+            })?;
+        Self::from_db(db)
+    }
+
+    /// A temporary store that lives in memory and is gone at exit.
+    pub fn temporary() -> Result<Store> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: Db) -> Result<Store> {
+        Ok(Store {
+            keys: db.open_tree("keys")?,
+            key_usage: db.open_tree("key_usage")?,
+            by_provider: db.open_tree("by_provider")?,
+            audit: db.open_tree("audit")?,
+            tokens: db.open_tree("tokens")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// True when `init` has run on this store.
+    pub fn is_initialised(&self) -> Result<bool> {
+        Ok(self.meta.contains_key(META_SCHEMA)?)
+    }
+
+    /// The stored schema version, refusing a newer one.
+    pub fn check_schema(&self) -> Result<()> {
+        match self.meta.get(META_SCHEMA)? {
+            None => Ok(()),
+            Some(v) => {
+                let found: u32 = postcard::from_bytes(&v).map_err(|e| StoreError::Corrupt {
+                    what: "schema version",
+                    detail: e.to_string(),
+                })?;
+                if found > SCHEMA_VERSION {
+                    Err(StoreError::NewerSchema { found })
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Writes the initial meta values (schema, keyring check value, the
+    /// encrypted audit MAC key) in one durable transaction.
+    pub fn initialise(&self, check_token: &str, audit_key_token: &str) -> Result<()> {
+        let schema = postcard::to_stdvec(&SCHEMA_VERSION).map_err(corrupt("schema version"))?;
+        let res: std::result::Result<(), TransactionError<()>> = self.meta.transaction(|m| {
+            if m.get(META_SCHEMA)?.is_some() {
+                return Err(ConflictableTransactionError::Abort(()));
+            }
+            m.insert(META_SCHEMA, schema.as_slice())?;
+            m.insert(META_CHECK, check_token.as_bytes())?;
+            m.insert(META_AUDIT_KEY, audit_key_token.as_bytes())?;
+            Ok(())
+        });
+        match res {
+            Ok(()) => {}
+            Err(TransactionError::Abort(())) => {
+                return Err(StoreError::AlreadyInitialised(String::from("(this store)")))
+            }
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        self.flush()
+    }
+
+    /// The keyring check value (a Fernet token of a fixed plaintext).
+    pub fn check_value(&self) -> Result<Option<String>> {
+        self.meta_string(META_CHECK)
+    }
+
+    /// The audit MAC key, as a Fernet token.
+    pub fn audit_key_token(&self) -> Result<Option<String>> {
+        self.meta_string(META_AUDIT_KEY)
+    }
+
+    fn meta_string(&self, name: &[u8]) -> Result<Option<String>> {
+        match self.meta.get(name)? {
+            None => Ok(None),
+            Some(v) => String::from_utf8(v.to_vec())
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    what: "meta",
+                    detail: e.to_string(),
+                }),
+        }
+    }
+
+    /// fsync everything written so far.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Async flush for use on the runtime.
+    pub async fn flush_async(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    // ---- keys ----
+
+    /// One key by id.
+    pub fn get_key(&self, id: &Uuid) -> Result<Option<KeyRecord>> {
+        match self.keys.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(Some(KeyRecord::decode(*id, &v)?)),
+        }
+    }
+
+    /// A key's last_used, if it was ever revealed.
+    pub fn last_used(&self, id: &Uuid) -> Result<Option<i64>> {
+        match self.key_usage.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(Some(decode_i64(&v)?)),
+        }
+    }
+
+    /// Keys, oldest first, optionally for one provider.
+    pub fn list_keys(&self, provider: Option<&str>) -> Result<Vec<KeyRecord>> {
+        let mut out = Vec::new();
+        match provider {
+            Some(p) => {
+                for item in self.by_provider.scan_prefix(provider_prefix(p)) {
+                    let (k, _) = item?;
+                    if let Some(id) = id_from_index(&k) {
+                        if let Some(rec) = self.get_key(&id)? {
+                            out.push(rec);
+                        }
+                    }
+                }
+            }
+            None => {
+                for item in self.keys.iter() {
+                    let (k, v) = item?;
+                    let id = Uuid::from_slice(&k).map_err(corrupt("key id"))?;
+                    out.push(KeyRecord::decode(id, &v)?);
+                }
+                out.sort_by(|a, b| (a.created_at_us, a.id).cmp(&(b.created_at_us, b.id)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keys of a provider, newest first, lazily (for "newest live key").
+    pub fn provider_keys_newest_first(
+        &self,
+        provider: &str,
+    ) -> impl Iterator<Item = Result<KeyRecord>> + '_ {
+        self.by_provider
+            .scan_prefix(provider_prefix(provider))
+            .rev()
+            .filter_map(move |item| match item {
+                Err(e) => Some(Err(e.into())),
+                Ok((k, _)) => {
+                    let id = id_from_index(&k)?;
+                    self.get_key(&id).transpose()
+                }
+            })
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    // ---- tokens ----
+
+    /// A token record by the SHA-256 of the token.
+    pub fn get_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>> {
+        match self.tokens.get(hash)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(TokenRecord::decode(&v)?)),
+        }
+    }
+
+    /// Every token record with its hash.
+    pub fn list_tokens(&self) -> Result<Vec<([u8; 32], TokenRecord)>> {
+        let mut out = Vec::new();
+        for item in self.tokens.iter() {
+            let (k, v) = item?;
+            let hash: [u8; 32] = k.as_ref().try_into().map_err(corrupt("token hash"))?;
+            out.push((hash, TokenRecord::decode(&v)?));
+        }
+        out.sort_by_key(|(_, r)| r.created_at_us);
+        Ok(out)
+    }
+
+    // ---- the commit used by the audit writer ----
+
+    /// Applies `writes` and audit `records` (already chained and encoded,
+    /// keyed by big-endian seq) plus the new chain head in one transaction
+    /// across every tree. Not durable until [`Store::flush`].
+    pub(crate) fn commit(
+        &self,
+        records: &[(u64, Vec<u8>)],
+        head: &[u8],
+        writes: &[Write],
+    ) -> Result<()> {
+        let encoded: Vec<EncodedWrite> = writes
+            .iter()
+            .map(EncodedWrite::from_write)
+            .collect::<Result<_>>()?;
+        let trees = (
+            &self.audit,
+            &self.meta,
+            &self.keys,
+            &self.key_usage,
+            &self.by_provider,
+            &self.tokens,
+        );
+        let res: std::result::Result<(), TransactionError<()>> =
+            trees.transaction(|(audit, meta, keys, usage, by_provider, tokens)| {
+                for (seq, bytes) in records {
+                    audit.insert(&seq.to_be_bytes(), bytes.as_slice())?;
+                }
+                meta.insert(META_AUDIT_HEAD, head)?;
+                for w in &encoded {
+                    w.apply(keys, usage, by_provider, tokens)?;
+                }
+                Ok(())
+            });
+        match res {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(())) => unreachable_abort(),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// The stored chain head, if any record was ever written.
+    pub(crate) fn audit_head_bytes(&self) -> Result<Option<sled::IVec>> {
+        Ok(self.meta.get(META_AUDIT_HEAD)?)
+    }
+
+    /// The newest audit record's seq and bytes.
+    pub(crate) fn last_audit(&self) -> Result<Option<(u64, sled::IVec)>> {
+        match self.audit.last()? {
+            None => Ok(None),
+            Some((k, v)) => Ok(Some((decode_seq(&k)?, v))),
+        }
+    }
+
+    /// Audit records from `from_seq` on, oldest first, lazily.
+    pub fn audit_iter(
+        &self,
+        from_seq: u64,
+    ) -> impl DoubleEndedIterator<Item = Result<(u64, sled::IVec)>> + '_ {
+        self.audit.range(from_seq.to_be_bytes()..).map(|item| {
+            let (k, v) = item?;
+            Ok((decode_seq(&k)?, v))
+        })
+    }
+
+    pub fn audit_len(&self) -> usize {
+        self.audit.len()
+    }
+}
+
+fn unreachable_abort() -> Result<()> {
+    Err(StoreError::Corrupt {
+        what: "transaction",
+        detail: "aborted without a reason".into(),
+    })
+}
+
+/// A write with its values already encoded, so the transaction closure
+/// (which sled may run more than once) only inserts bytes.
+enum EncodedWrite {
+    PutKey {
+        id: [u8; 16],
+        value: Vec<u8>,
+        index: Vec<u8>,
+    },
+    DeleteKey {
+        id: [u8; 16],
+        index: Vec<u8>,
+    },
+    TouchKey {
+        id: [u8; 16],
+        at: [u8; 8],
+    },
+    PutToken {
+        hash: [u8; 32],
+        value: Vec<u8>,
+    },
+}
+
+impl EncodedWrite {
+    fn from_write(w: &Write) -> Result<EncodedWrite> {
+        Ok(match w {
+            Write::PutKey(rec) => EncodedWrite::PutKey {
+                id: *rec.id.as_bytes(),
+                value: rec.encode()?,
+                index: provider_index_key(rec),
+            },
+            Write::DeleteKey(rec) => EncodedWrite::DeleteKey {
+                id: *rec.id.as_bytes(),
+                index: provider_index_key(rec),
+            },
+            Write::TouchKey { id, at_us } => EncodedWrite::TouchKey {
+                id: *id.as_bytes(),
+                at: at_us.to_be_bytes(),
+            },
+            Write::PutToken { hash, record } => EncodedWrite::PutToken {
+                hash: *hash,
+                value: record.encode()?,
+            },
+        })
+    }
+
+    fn apply(
+        &self,
+        keys: &TransactionalTree,
+        usage: &TransactionalTree,
+        by_provider: &TransactionalTree,
+        tokens: &TransactionalTree,
+    ) -> std::result::Result<(), ConflictableTransactionError<()>> {
+        match self {
+            EncodedWrite::PutKey { id, value, index } => {
+                keys.insert(id, value.as_slice())?;
+                by_provider.insert(index.as_slice(), &[])?;
+            }
+            EncodedWrite::DeleteKey { id, index } => {
+                keys.remove(id)?;
+                usage.remove(id)?;
+                by_provider.remove(index.as_slice())?;
+            }
+            EncodedWrite::TouchKey { id, at } => {
+                if keys.get(id)?.is_some() {
+                    usage.insert(id, at)?;
+                }
+            }
+            EncodedWrite::PutToken { hash, value } => {
+                tokens.insert(hash, value.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `provider 0x00 created_at(u64 BE, offset) id(16)`: sorted by time
+/// within a provider, so the newest is the last.
+fn provider_index_key(rec: &KeyRecord) -> Vec<u8> {
+    let mut k = provider_prefix(&rec.provider);
+    // Offset so negative times still sort correctly as unsigned bytes.
+    let t = (rec.created_at_us as u64) ^ (1u64 << 63);
+    k.extend_from_slice(&t.to_be_bytes());
+    k.extend_from_slice(rec.id.as_bytes());
+    k
+}
+
+fn provider_prefix(provider: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(provider.len() + 25);
+    k.extend_from_slice(provider.as_bytes());
+    k.push(0);
+    k
+}
+
+fn id_from_index(k: &[u8]) -> Option<Uuid> {
+    if k.len() < 16 {
+        return None;
+    }
+    Uuid::from_slice(&k[k.len() - 16..]).ok()
+}
+
+fn decode_seq(k: &[u8]) -> Result<u64> {
+    let b: [u8; 8] = k.try_into().map_err(corrupt("audit seq"))?;
+    Ok(u64::from_be_bytes(b))
+}
+
+fn decode_i64(v: &[u8]) -> Result<i64> {
+    let b: [u8; 8] = v.try_into().map_err(corrupt("last_used"))?;
+    Ok(i64::from_be_bytes(b))
+}
+
+pub(crate) fn corrupt<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(provider: &str, at: i64) -> KeyRecord {
+        KeyRecord {
+            id: Uuid::new_v4(),
+            provider: provider.into(),
+            key_name: "k".into(),
+            token: "gAAAA-not-a-real-token".into(),
+            created_at_us: at,
+            expires_at_us: None,
+        }
+    }
+
+    #[test]
+    fn newest_per_provider_is_by_created_at() {
+        let s = Store::temporary().unwrap();
+        let a = key("claude", 10);
+        let b = key("claude", 30);
+        let c = key("claude", 20);
+        let other = key("claudex", 40);
+        s.commit(
+            &[],
+            b"head",
+            &[
+                Write::PutKey(a.clone()),
+                Write::PutKey(b.clone()),
+                Write::PutKey(c.clone()),
+                Write::PutKey(other),
+            ],
+        )
+        .unwrap();
+        let ids: Vec<Uuid> = s
+            .provider_keys_newest_first("claude")
+            .map(|r| r.unwrap().id)
+            .collect();
+        assert_eq!(ids, vec![b.id, c.id, a.id]);
+        assert_eq!(s.list_keys(Some("claude")).unwrap().len(), 3);
+        s.commit(&[], b"head", &[Write::DeleteKey(b.clone())])
+            .unwrap();
+        assert!(s.get_key(&b.id).unwrap().is_none());
+        assert_eq!(
+            s.provider_keys_newest_first("claude")
+                .next()
+                .unwrap()
+                .unwrap()
+                .id,
+            c.id
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! Shared test harness: runs the real `keyhold` binary, starts servers on
+//! ephemeral loopback ports, stops them by their own process id, and
+//! keeps everything they printed for secret scans.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keyhold");
+
+/// Every environment variable that can hold a keyring.
+pub const KEY_VARS: [&str; 4] = [
+    "FERNET_KEY",
+    "FERNET_KEYS",
+    "FERNET_KEY_FILE",
+    "KEYHOLD_KEY_COMMAND",
+];
+
+/// A `keyhold` command with no keyring and no KEYHOLD_* settings inherited.
+pub fn keyhold() -> Command {
+    let mut c = Command::new(BIN);
+    for v in KEY_VARS {
+        c.env_remove(v);
+    }
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KEYHOLD_") {
+            c.env_remove(k);
+        }
+    }
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs keyhold with `FERNET_KEY=key` and the arguments.
+pub fn run_with_key(key: &str, args: &[&str]) -> Output {
+    keyhold()
+        .env("FERNET_KEY", key)
+        .args(args)
+        .output()
+        .expect("run keyhold")
+}
+
+pub fn keygen() -> String {
+    let out = keyhold().arg("keygen").output().expect("run keygen");
+    assert!(
+        out.status.success(),
+        "keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A fresh data directory, initialised with `key`; returns the admin token.
+pub fn init(dir: &Path, key: &str) -> String {
+    let out = run_with_key(key, &["init", "--data-dir", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.trim().to_string();
+    assert!(token.starts_with("kh_"), "init printed {token:?}");
+    token
+}
+
+/// A workspace: temp dir, key, initialised store and admin token.
+pub struct Vault {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub key: String,
+    pub admin: String,
+}
+
+impl Vault {
+    pub fn new() -> Vault {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let key = keygen();
+        let admin = init(&dir, &key);
+        Vault {
+            tmp,
+            dir,
+            key,
+            admin,
+        }
+    }
+
+    pub fn dir_str(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// Starts a server on this vault with extra environment.
+    pub fn serve(&self, env: &[(&str, &str)]) -> Server {
+        let mut all = vec![("FERNET_KEY", self.key.as_str())];
+        all.extend_from_slice(env);
+        Server::start(&self.dir, &all)
+    }
+
+    /// An offline token of `role`.
+    pub fn token(&self, name: &str, role: &str, providers: Option<&str>) -> String {
+        let mut args = vec![
+            "token",
+            "create",
+            "--data-dir",
+            self.dir_str(),
+            "--name",
+            name,
+            "--role",
+            role,
+        ];
+        if let Some(p) = providers {
+            args.push("--providers");
+            args.push(p);
+        }
+        let out = run_with_key(&self.key, &args);
+        assert!(
+            out.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The audit log, read back from the store offline (server stopped).
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        let out = run_with_key(
+            &self.key,
+            &["audit", "export", "--data-dir", self.dir_str()],
+        );
+        assert!(
+            out.status.success(),
+            "export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("jsonl line"))
+            .collect()
+    }
+}
+
+/// A running `keyhold serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: String,
+    pub base: String,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn pump(mut r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match r.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n])),
+            }
+        }
+    });
+}
+
+impl Server {
+    /// `keyhold serve --data-dir DIR --listen 127.0.0.1:0` with `env`.
+    pub fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = keyhold();
+        cmd.args([
+            "serve",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        Self::spawn(cmd, env)
+    }
+
+    /// `keyhold serve --dev`.
+    pub fn start_dev() -> Server {
+        let mut cmd = keyhold();
+        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0"]);
+        Self::spawn(cmd, &[])
+    }
+
+    fn spawn(mut cmd: Command, env: &[(&str, &str)]) -> Server {
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn keyhold serve");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        pump(child.stderr.take().unwrap(), stderr.clone());
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("read serve stdout");
+        let addr = match first.trim().strip_prefix("keyhold listening on http://") {
+            Some(a) => a.to_string(),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "serve did not start: stdout {first:?} stderr {}",
+                    stderr.lock().unwrap()
+                )
+            }
+        };
+        stdout.lock().unwrap().push_str(&first);
+        pump(reader, stdout.clone());
+        let base = format!("http://{addr}");
+        let s = Server {
+            child: Some(child),
+            addr,
+            base,
+            stdout,
+            stderr,
+        };
+        s.wait_healthy();
+        s
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(r) = client().get(self.url("/healthz")).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server at {} never became healthy", self.base);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGTERM by pid, wait for exit; returns (exit code, stdout, stderr).
+    pub fn stop(mut self) -> (Option<i32>, String, String) {
+        let code = self.terminate();
+        std::thread::sleep(Duration::from_millis(50));
+        let out = self.stdout.lock().unwrap().clone();
+        let err = self.stderr.lock().unwrap().clone();
+        (code, out, err)
+    }
+
+    fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything printed so far (stdout + stderr).
+    pub fn output(&self) -> String {
+        format!(
+            "{}{}",
+            self.stdout.lock().unwrap(),
+            self.stderr.lock().unwrap()
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Small HTTP helpers bound to a server and a token.
+pub struct Api<'a> {
+    pub server: &'a Server,
+    pub token: Option<String>,
+    pub http: reqwest::blocking::Client,
+}
+
+impl<'a> Api<'a> {
+    pub fn new(server: &'a Server, token: &str) -> Api<'a> {
+        Api {
+            server,
+            token: Some(token.to_string()),
+            http: client(),
+        }
+    }
+
+    pub fn anonymous(server: &'a Server) -> Api<'a> {
+        Api {
+            server,
+            token: None,
+            http: client(),
+        }
+    }
+
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let mut r = self.http.request(method, self.server.url(path));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.req(reqwest::Method::GET, path).send().unwrap()
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::blocking::Response {
+        self.req(reqwest::Method::DELETE, path).send().unwrap()
+    }
+
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::blocking::Response {
+        self.req(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .unwrap()
+    }
+
+    /// Creates a key and returns its id.
+    pub fn create_key(&self, provider: &str, name: &str, api_key: &str) -> String {
+        let r = self.post_json(
+            "/api/keys",
+            &serde_json::json!({"provider": provider, "key_name": name, "api_key": api_key}),
+        );
+        assert_eq!(r.status(), 200, "create: {:?}", r.text());
+        let v: serde_json::Value = r.json().unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+}
+
+/// The `detail` of an error answer (and checks it has one).
+pub fn detail(r: reqwest::blocking::Response) -> String {
+    let v: serde_json::Value = r.json().expect("error body is JSON");
+    v["detail"]
+        .as_str()
+        .expect("error has a detail")
+        .to_string()
+}
+
+/// Every regular file under `dir`, read whole.
+pub fn read_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
