@@ -266,13 +266,42 @@ impl Keyring {
         self.keys[0].fernet.encrypt_at_time(plaintext, timestamp)
     }
 
-    /// Tries every key, newest first. Never checks a TTL (see DESIGN.md:
-    /// age checks are done by the caller with checked arithmetic).
+    /// Tries every key, newest first, at the current time. Never checks a
+    /// TTL (keyhold's expiry is `expires_at`).
     pub fn decrypt(&self, token: &str) -> Result<Opened, DecryptError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.decrypt_at(token, now, None)
+    }
+
+    /// Decrypts as of `now` (seconds since the epoch), refusing tokens
+    /// stamped more than 60 s in the future and, with `max_age`, tokens
+    /// older than that. The age check is keyhold's own, with checked
+    /// arithmetic: the crate's `decrypt_with_ttl` adds the TTL to the
+    /// token's timestamp before the HMAC check and can overflow on a
+    /// crafted token.
+    pub fn decrypt_at(
+        &self,
+        token: &str,
+        now: u64,
+        max_age: Option<u64>,
+    ) -> Result<Opened, DecryptError> {
+        // The crate computes `now + 60`; keep that from overflowing.
+        let now = now.min(u64::MAX - 120);
         for (i, k) in self.keys.iter().enumerate() {
-            if let Ok(plain) = k.fernet.decrypt(token) {
+            if let Ok(plain) = k.fernet.decrypt_at_time(token, None, now) {
+                let plain = SecretBytes::new(plain);
+                if let Some(age) = max_age {
+                    let ts = token_timestamp(token).ok_or(DecryptError)?;
+                    // An expiry past u64::MAX never comes.
+                    if ts.checked_add(age).is_some_and(|limit| limit < now) {
+                        return Err(DecryptError);
+                    }
+                }
                 return Ok(Opened {
-                    plaintext: SecretBytes::new(plain),
+                    plaintext: plain,
                     key_index: i,
                     fingerprint: k.fingerprint.clone(),
                 });

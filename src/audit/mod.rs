@@ -54,7 +54,7 @@ pub enum AuditError {
         "the audit writer did not finish in time (storage stalled?); the request was not served"
     )]
     Timeout,
-    #[error("the audit log cannot be written: {0}")]
+    #[error("{0}")]
     WriteFailed(String),
     #[error("the audit writer has stopped; restart keyhold")]
     Stopped,

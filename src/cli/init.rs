@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::CHECK_PLAINTEXT;
+use super::{ConfigError, CHECK_PLAINTEXT};
 use crate::access::Role;
 use crate::audit::{Action, AuditEvent, AuditLog, MacKey, Outcome};
 use crate::config::DataDir;
@@ -17,6 +17,9 @@ use crate::tokens;
 pub fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let dir = &args.data_dir;
+    // Decide before opening sled: opening a store writes to it, and a
+    // refused init must change nothing.
+    refuse_non_empty(dir)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -38,6 +41,26 @@ pub fn run(args: DataDir) -> anyhow::Result<ExitCode> {
         dir.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn refuse_non_empty(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    if dir.join("db").exists() || dir.join("conf").exists() {
+        return Err(StoreError::AlreadyInitialised(dir.display().to_string()).into());
+    }
+    if entries.next().is_some() {
+        return Err(ConfigError(format!(
+            "the data directory {} is not empty and holds no keyhold store: pick an empty or new \
+             directory (nothing was changed)",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Writes the meta values and the first admin token (audited). Returns the

@@ -35,7 +35,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("keyhold: error: {err:#}");
+            eprintln!("keyhold: error: {}", describe(&err));
             exit_code_for(&err)
         }
     }
@@ -49,6 +49,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(c) => token::run(c),
         Command::Audit(c) => audit::run(c),
     }
+}
+
+/// The error and its causes, each said once (a cause whose text is
+/// already in the message is not repeated).
+fn describe(err: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
 }
 
 fn exit_code_for(err: &anyhow::Error) -> ExitCode {
@@ -87,7 +104,8 @@ pub(crate) fn open_checked(dir: &Path, keyring: &Keyring) -> anyhow::Result<Stor
 
 /// Opens a store that `init` has run on.
 pub(crate) fn open_initialised(dir: &Path) -> anyhow::Result<Store> {
-    if !dir.exists() {
+    // Never create a store here: only `init` does (sled writes files on open).
+    if !dir.join("db").is_file() {
         return Err(StoreError::NotInitialised(dir.display().to_string()).into());
     }
     let store = Store::open(dir)?;

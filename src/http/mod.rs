@@ -159,7 +159,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .and(warp::body::stream())
-        .then(|st, cx, body| keys::create(st, cx, body));
+        .then(keys::create);
     // GET /api/keys?provider= — list metadata (keys:list)
     let list_keys = keys_root()
         .and(warp::get())
@@ -196,7 +196,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .and(warp::body::stream())
-        .then(|st, cx, body| admin::create_token(st, cx, body));
+        .then(admin::create_token);
     let get_token = warp::path!("api" / "tokens" / String)
         .and(warp::get())
         .and(with_state(s.clone()))

@@ -42,7 +42,7 @@ pub enum StoreError {
     )]
     Open { path: String, error: sled::Error },
     #[error("storage error: {0}; check the disk (space, permissions) and retry")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     #[error(
         "the store was written by a newer keyhold (schema {found}, this binary knows {SCHEMA_VERSION}): \
          upgrade keyhold"
@@ -50,6 +50,12 @@ pub enum StoreError {
     NewerSchema { found: u32 },
     #[error("a stored {what} record is corrupt ({detail}); run `keyhold check` and restore from a backup if needed")]
     Corrupt { what: &'static str, detail: String },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -235,7 +241,7 @@ impl Store {
                     let id = Uuid::from_slice(&k).map_err(corrupt("key id"))?;
                     out.push(KeyRecord::decode(id, &v)?);
                 }
-                out.sort_by(|a, b| (a.created_at_us, a.id).cmp(&(b.created_at_us, b.id)));
+                out.sort_by_key(|k| (k.created_at_us, k.id));
             }
         }
         Ok(out)

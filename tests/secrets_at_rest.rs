@@ -1,0 +1,81 @@
+//! After a session of work, no API key, access token or Fernet key is in
+//! clear in any file of the data directory, nor anywhere in what the
+//! server printed.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use serde_json::json;
+
+#[test]
+fn no_secret_in_the_data_directory_or_the_server_output() {
+    let v = Vault::new();
+    let reader = v.token("orchestrator", "reader", None);
+    let s = v.serve(&[("KEYHOLD_LOG", "debug")]);
+    let admin = Api::new(&s, &v.admin);
+    let api_keys: Vec<String> = (0..5)
+        .map(|i| format!("sk-ant-api03-PLAINTEXT-MARKER-{i}-{}", "q".repeat(20)))
+        .collect();
+    let mut ids = Vec::new();
+    for (i, k) in api_keys.iter().enumerate() {
+        ids.push(admin.create_key(
+            if i % 2 == 0 { "claude" } else { "gemini" },
+            &format!("k{i}"),
+            k,
+        ));
+    }
+    let r = admin.post_json("/api/tokens", &json!({"name": "online", "role": "writer"}));
+    let online: serde_json::Value = r.json().unwrap();
+    let online = online["token"].as_str().unwrap().to_string();
+    let rd = Api::new(&s, &reader);
+    for id in &ids {
+        assert_eq!(rd.get(&format!("/api/keys/{id}")).status(), 200);
+    }
+    assert_eq!(rd.get("/api/providers/claude/key").status(), 200);
+    // Failed attempts with a wrong token and a secret-looking path too.
+    let _ = client()
+        .get(s.url("/api/keys"))
+        .bearer_auth(format!("{online}x"))
+        .send();
+    assert_eq!(admin.get("/api/audit").status(), 200);
+    admin.delete(&format!("/api/keys/{}", ids[4]));
+    let (code, stdout, stderr) = s.stop();
+    assert_eq!(code, Some(0));
+
+    let raw_key = base64::engine::general_purpose::URL_SAFE
+        .decode(&v.key)
+        .unwrap();
+    let mut needles: Vec<(String, Vec<u8>)> = vec![
+        ("Fernet key (text)".into(), v.key.as_bytes().to_vec()),
+        ("Fernet signing key (raw)".into(), raw_key[..16].to_vec()),
+        ("Fernet encryption key (raw)".into(), raw_key[16..].to_vec()),
+        ("admin token".into(), v.admin.as_bytes().to_vec()),
+        ("reader token".into(), reader.as_bytes().to_vec()),
+        ("online token".into(), online.as_bytes().to_vec()),
+    ];
+    for k in &api_keys {
+        needles.push((format!("api key {k}"), k.as_bytes().to_vec()));
+        // A distinctive part too, in case of a partial copy.
+        needles.push((format!("part of {k}"), b"PLAINTEXT-MARKER".to_vec()));
+    }
+    let files = read_tree(&v.dir);
+    assert!(files.len() >= 2, "the store wrote files");
+    for (path, bytes) in &files {
+        for (what, needle) in &needles {
+            assert!(
+                !contains(bytes, needle),
+                "{what} found in clear in {}",
+                path.display()
+            );
+        }
+    }
+    let printed = format!("{stdout}{stderr}");
+    assert!(!printed.is_empty());
+    for (what, needle) in &needles {
+        assert!(
+            !contains(printed.as_bytes(), needle),
+            "{what} found in the server's output"
+        );
+    }
+}
