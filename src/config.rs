@@ -85,6 +85,9 @@ pub struct ServeArgs {
     /// before it is refused with 503.
     #[arg(long, env = "KEYHOLD_AUDIT_TIMEOUT_MS", default_value_t = 5000)]
     pub audit_timeout_ms: u64,
+    /// Page cache of the store, in MiB.
+    #[arg(long, env = "KEYHOLD_CACHE_MB", default_value_t = 16)]
+    pub cache_mb: u64,
     /// Log filter (tracing syntax: error, warn, info, debug).
     #[arg(long, env = "KEYHOLD_LOG", default_value = "info")]
     pub log: String,
@@ -204,6 +207,10 @@ pub struct AuditVerifyArgs {
     /// Verify this JSON Lines export instead of the store.
     #[arg(long, value_name = "EXPORT.jsonl")]
     pub file: Option<PathBuf>,
+    /// With --file: the export must be complete (unfiltered); a gap in
+    /// its seqs is an error instead of an expected filter gap.
+    #[arg(long, requires = "file")]
+    pub complete: bool,
     /// Check that the store holds exactly this record: SEQ:MAC (from the
     /// server's anchor log lines). May be repeated.
     #[arg(long, value_name = "SEQ:MAC")]

@@ -26,7 +26,7 @@ pub use coalesce::Coalescer;
 pub use export::{ExportFilter, ExportFormat, Exporter, FilterError, EXPORT_COLUMNS};
 pub use record::{hex, unhex32, Action, AuditEvent, AuditRecord, ExportRecord, Outcome};
 pub use verify::{ChainVerifier, Problem, VerifyReport};
-pub use writer::AuditWriter;
+pub use writer::{AuditWriter, BatchObserver};
 
 use crate::keyring::Keyring;
 use crate::store::{Store, StoreError, Write};

@@ -40,6 +40,8 @@ pub enum VerifyReport {
         /// True for a filtered export: each record's MAC was checked, and
         /// gaps between records are expected.
         gaps_expected: bool,
+        /// How many gaps between consecutive records (filtered exports).
+        gaps: u64,
     },
     Broken {
         seq: u64,
@@ -62,6 +64,7 @@ impl std::fmt::Display for VerifyReport {
                 head_seq,
                 head_mac,
                 gaps_expected,
+                gaps,
             } => {
                 write!(
                     f,
@@ -70,7 +73,7 @@ impl std::fmt::Display for VerifyReport {
                 if *gaps_expected {
                     write!(
                         f,
-                        " (filtered export: each record's MAC checked; gaps between records are expected)"
+                        " (filtered export: each record's MAC checked; {gaps} gaps between records, which a filter makes; completeness not checked: use --complete for an unfiltered export)"
                     )?;
                 }
                 Ok(())
@@ -92,6 +95,7 @@ pub struct ChainVerifier {
     count: u64,
     last_seq: u64,
     gaps_allowed: bool,
+    gaps: u64,
 }
 
 impl ChainVerifier {
@@ -104,6 +108,7 @@ impl ChainVerifier {
             count: 0,
             last_seq: 0,
             gaps_allowed: false,
+            gaps: 0,
         }
     }
 
@@ -172,6 +177,20 @@ impl ChainVerifier {
                     format!("seq {} comes after seq {}", rec.seq, self.last_seq),
                 ));
             }
+            let adjacent = rec.seq == self.last_seq + 1 && (self.count > 0 || rec.seq == 1);
+            if adjacent && !crate::access::digests_equal(&rec.prev, &self.prev) {
+                return Some(broken(
+                    rec.seq,
+                    Problem::Altered,
+                    format!(
+                        "its prev does not match the mac of seq {}: a record before it was replaced",
+                        rec.seq.saturating_sub(1)
+                    ),
+                ));
+            }
+            if !adjacent {
+                self.gaps += 1;
+            }
         } else {
             if rec.seq > self.expected_seq {
                 return Some(broken(
@@ -218,6 +237,7 @@ impl ChainVerifier {
             head_seq: self.last_seq,
             head_mac: hex(&self.prev),
             gaps_expected: self.gaps_allowed,
+            gaps: self.gaps,
         };
         let Some(head) = head else {
             return ok;

@@ -1,6 +1,7 @@
 //! `keyhold audit export|verify` (offline).
 
 use std::io::{BufRead, Write};
+
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -53,11 +54,17 @@ fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
     );
     log.append(&[(ev, vec![])])?;
     let exporter = Exporter::new(&store, filter, format);
+    let bar = progress_bar(store.audit_last_seq()?, a.output.is_some());
+    let tick = |seq: u64| {
+        if seq % 1024 == 0 {
+            bar.set_position(seq);
+        }
+    };
     let written = match &a.output {
         Some(path) => {
             let file = std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
-            let n = exporter.write_to(&file, |_| {})?;
+            let n = exporter.write_to(&file, tick)?;
             file.sync_all()
                 .with_context(|| format!("cannot write {}", path.display()))?;
             n
@@ -65,11 +72,29 @@ fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
         None => {
             let stdout = std::io::stdout();
             let out = stdout.lock();
-            exporter.write_to(out, |_| {})?
+            exporter.write_to(out, tick)?
         }
     };
+    bar.finish_and_clear();
     eprintln!("keyhold: exported {written} audit records");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr when it is a terminal (and the export itself
+/// is not going to that terminal); hidden when piped.
+fn progress_bar(total: u64, to_file: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let visible = std::io::stderr().is_terminal() && (to_file || !std::io::stdout().is_terminal());
+    if !visible {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} exporting [{bar:40}] {pos}/{len} records ({eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
@@ -78,7 +103,7 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     let key = MacKey::unseal(&store, &keyring)?;
     let mut reports = Vec::new();
     match &a.file {
-        Some(path) => reports.push(verify_file(path, &key)?),
+        Some(path) => reports.push(verify_file(path, &key, a.complete)?),
         None => reports.push(audit::verify_store(&store, &key)?),
     }
     for anchor in &a.anchor {
@@ -101,19 +126,21 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Verifies a JSON Lines export: the whole chain when the export starts at
-/// seq 1 with no gap; otherwise each record's MAC (a filtered export).
-fn verify_file(path: &std::path::Path, key: &MacKey) -> anyhow::Result<VerifyReport> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader = std::io::BufReader::new(file);
-    let mut records = Vec::new();
+/// Verifies a JSON Lines export. An export that starts at seq 1 with no
+/// gap is verified as a whole chain; any other is taken as a filtered
+/// export: each record's MAC, increasing seqs, and the `prev` link wherever
+/// two consecutive seqs sit side by side — the report counts the gaps.
+/// With `complete`, a gap is an error instead. Two passes over the file,
+/// so memory stays flat.
+fn verify_file(
+    path: &std::path::Path,
+    key: &MacKey,
+    complete: bool,
+) -> anyhow::Result<VerifyReport> {
     let mut contiguous_from_one = true;
     let mut last = 0u64;
-    // First pass: parse and decide the mode. Streaming twice keeps memory
-    // small; the file is read once here and once below.
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+    for (i, line) in read_lines(path)?.enumerate() {
+        let line = line?;
         if line.trim().is_empty() {
             continue;
         }
@@ -131,17 +158,13 @@ fn verify_file(path: &std::path::Path, key: &MacKey) -> anyhow::Result<VerifyRep
             contiguous_from_one = false;
         }
         last = rec.seq;
-        records.push(rec.seq);
     }
-    drop(records);
-    let mut v = if contiguous_from_one {
+    let mut v = if contiguous_from_one || complete {
         ChainVerifier::new(key.clone())
     } else {
         ChainVerifier::filtered(key.clone())
     };
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    for line in std::io::BufReader::new(file).lines() {
+    for line in read_lines(path)? {
         let line = line?;
         if line.trim().is_empty() {
             continue;
@@ -152,6 +175,14 @@ fn verify_file(path: &std::path::Path, key: &MacKey) -> anyhow::Result<VerifyRep
         }
     }
     Ok(v.finish(None))
+}
+
+fn read_lines(
+    path: &std::path::Path,
+) -> anyhow::Result<impl Iterator<Item = std::io::Result<String>>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(std::io::BufReader::new(file).lines())
 }
 
 fn parse_line(line: &str) -> Result<AuditRecord, String> {
@@ -181,6 +212,7 @@ fn check_anchor(store: &crate::store::Store, anchor: &str) -> anyhow::Result<Ver
             head_seq: seq,
             head_mac: audit::hex(&mac),
             gaps_expected: false,
+            gaps: 0,
         },
         Some(_) => VerifyReport::Broken {
             seq,

@@ -97,18 +97,30 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
 /// Opens an initialised store and checks that the keyring opens its check
 /// value (a wrong key fails here, not at the first reveal).
 pub(crate) fn open_checked(dir: &Path, keyring: &Keyring) -> anyhow::Result<Store> {
-    let store = open_initialised(dir)?;
+    open_checked_with_cache(dir, keyring, crate::store::DEFAULT_CACHE_BYTES)
+}
+
+pub(crate) fn open_checked_with_cache(
+    dir: &Path,
+    keyring: &Keyring,
+    cache_bytes: u64,
+) -> anyhow::Result<Store> {
+    let store = open_initialised_with_cache(dir, cache_bytes)?;
     check_keyring(&store, keyring, dir)?;
     Ok(store)
 }
 
 /// Opens a store that `init` has run on.
 pub(crate) fn open_initialised(dir: &Path) -> anyhow::Result<Store> {
+    open_initialised_with_cache(dir, crate::store::DEFAULT_CACHE_BYTES)
+}
+
+fn open_initialised_with_cache(dir: &Path, cache_bytes: u64) -> anyhow::Result<Store> {
     // Never create a store here: only `init` does (sled writes files on open).
     if !dir.join("db").is_file() {
         return Err(StoreError::NotInitialised(dir.display().to_string()).into());
     }
-    let store = Store::open(dir)?;
+    let store = Store::open_with_cache(dir, cache_bytes)?;
     if !store.is_initialised()? {
         return Err(StoreError::NotInitialised(dir.display().to_string()).into());
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{init_logging, open_checked, ConfigError};
+use super::{init_logging, ConfigError};
 use crate::audit::{AuditLog, AuditWriter, Coalescer};
 use crate::config::ServeArgs;
 use crate::http::server::{serve_tcp, Limits};
@@ -40,7 +40,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (store, keyring, Some(token))
     } else {
         let keyring = Keyring::from_env()?;
-        let store = open_checked(&args.data.data_dir, &keyring)?;
+        let store = super::open_checked_with_cache(
+            &args.data.data_dir,
+            &keyring,
+            args.cache_mb.saturating_mul(1024 * 1024),
+        )?;
         (store, keyring, None)
     };
     let log = Arc::new(AuditLog::open(store.clone(), &keyring)?);
@@ -68,7 +72,7 @@ async fn serve(
     let writer = AuditWriter::start(
         log.clone(),
         Duration::from_millis(args.audit_timeout_ms.max(1)),
-        None,
+        Some(anchor_observer()),
     );
     let state = Arc::new(AppState {
         store: store.clone(),
@@ -96,8 +100,7 @@ async fn serve(
     }
     tracing::info!(
         addr = %local,
-        keys = store.key_count(),
-        audit_records = store.audit_len(),
+        audit_head_seq = store.audit_last_seq().unwrap_or(0),
         reveal_rate = %args.reveal_rate,
         "keyhold serving"
     );
@@ -118,8 +121,39 @@ async fn serve(
         }
     }
     store.flush_async().await?;
+    let (seq, mac) = log.head();
+    log_anchor(seq, &mac);
     tracing::info!("keyhold stopped; store flushed");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the chain head to the log at most once a minute while records
+/// are added, so a collector on another host holds anchors that
+/// `keyhold audit verify --anchor SEQ:MAC` checks (a rollback of the whole
+/// store to an older copy is then caught too).
+fn anchor_observer() -> crate::audit::BatchObserver {
+    let last = std::sync::Mutex::new(None::<std::time::Instant>);
+    Box::new(move |records, _elapsed| {
+        let Some(newest) = records.last() else { return };
+        let mut last = match last.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(std::time::Instant::now());
+            log_anchor(newest.seq, &newest.mac);
+        }
+    })
+}
+
+fn log_anchor(seq: u64, mac: &[u8; 32]) {
+    if seq == 0 {
+        return;
+    }
+    tracing::info!(
+        anchor = %format!("{seq}:{}", crate::audit::hex(mac)),
+        "audit chain anchor (keep it off-box; check with `keyhold audit verify --anchor SEQ:MAC`)"
+    );
 }
 
 fn print_dev_banner(out: &mut impl Write, addr: SocketAddr, token: &str) {

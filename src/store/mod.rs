@@ -21,6 +21,9 @@ use uuid::Uuid;
 
 pub use records::{KeyRecord, TokenRecord};
 
+/// Default sled page cache: 16 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The schema this binary writes. A store with a newer one is refused.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -92,10 +95,18 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir` with the default
+    /// page cache.
     pub fn open(dir: &Path) -> Result<Store> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store with a page cache of at most `cache_bytes` (sled's
+    /// own default is 1 GiB, far more than keyhold needs).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|error| StoreError::Open {
@@ -355,8 +366,10 @@ impl Store {
         })
     }
 
-    pub fn audit_len(&self) -> usize {
-        self.audit.len()
+    /// The newest audit seq (0 when the log is empty); cheap, unlike a
+    /// count of the tree.
+    pub fn audit_last_seq(&self) -> Result<u64> {
+        Ok(self.last_audit()?.map_or(0, |(s, _)| s))
     }
 }
 
