@@ -39,6 +39,76 @@ pub enum Command {
     /// Export or verify the audit log offline (the server must be stopped).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Re-encrypt every stored key, the check value and the audit MAC key
+    /// under the newest key (FERNET_KEYS=new,old). Offline.
+    Rotate(RotateArgs),
+    /// Report whether the keyring opens everything, what still needs an
+    /// older key, and whether the audit chain verifies. Exit 0 when all is
+    /// well, 1 otherwise.
+    Check(CheckArgs),
+    /// Import the Python reference's `api_keys` rows (sqlite3 -json, JSON
+    /// Lines or sqlite3 -csv -header). Tokens are kept as they are. Offline.
+    Import(ImportArgs),
+    /// Write one consistent, checksummed snapshot of the store to FILE
+    /// (`-` for stdout). Offline.
+    Backup(BackupArgs),
+    /// Restore a backup into a new or empty directory.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// Where to write the backup (`-`: stdout).
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup to restore.
+    pub file: PathBuf,
+    /// A new or empty directory to restore into.
+    #[arg(long, env = "KEYHOLD_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// The rows to import.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// json (sqlite3 -json), jsonl or csv (sqlite3 -csv -header); guessed
+    /// from the file's extension when not given.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Check every row and report, writing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// Milliseconds to sleep between records, to spread the I/O of a large
+    /// store.
+    #[arg(long, default_value_t = 0)]
+    pub pace_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod http;
 pub mod keyring;
 pub mod limiter;
+pub mod ops;
 pub mod secret;
 pub mod store;
 pub mod time;

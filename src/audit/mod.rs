@@ -281,6 +281,16 @@ impl AuditLog {
         Ok(records.iter().map(|r| r.seq).collect())
     }
 
+    /// Runs `f` with every write held back (all writes go through this
+    /// log), so `f` sees one consistent state of the store.
+    pub fn with_writes_paused<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f()
+    }
+
     /// The newest seq and mac (what an off-box anchor records).
     pub fn head(&self) -> (u64, [u8; 32]) {
         let state = match self.state.lock() {

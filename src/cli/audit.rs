@@ -80,21 +80,14 @@ fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A progress bar on stderr when it is a terminal (and the export itself
-/// is not going to that terminal); hidden when piped.
+/// The export's progress bar: on a terminal, unless the export itself goes
+/// to that terminal.
 fn progress_bar(total: u64, to_file: bool) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
-    let visible = std::io::stderr().is_terminal() && (to_file || !std::io::stdout().is_terminal());
-    if !visible {
+    if !to_file && std::io::stdout().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} exporting [{bar:40}] {pos}/{len} records ({eta} left)",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
+    super::progress_bar(total, "exporting")
 }
 
 fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {

@@ -8,6 +8,7 @@
 mod audit;
 mod init;
 mod keygen;
+mod lifecycle;
 mod serve;
 mod token;
 
@@ -48,6 +49,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(a),
         Command::Token(c) => token::run(c),
         Command::Audit(c) => audit::run(c),
+        Command::Rotate(a) => lifecycle::rotate(a),
+        Command::Check(a) => lifecycle::check(a),
+        Command::Import(a) => lifecycle::import(a),
+        Command::Backup(a) => lifecycle::backup(a),
+        Command::Restore(a) => lifecycle::restore(a),
     }
 }
 
@@ -71,6 +77,9 @@ fn describe(err: &anyhow::Error) -> String {
 fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
         if cause.is::<KeyringError>() || cause.is::<ConfigError>() {
+            return ExitCode::from(2);
+        }
+        if let Some(crate::ops::backup::BackupError::NotEmpty(_)) = cause.downcast_ref() {
             return ExitCode::from(2);
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {
@@ -152,6 +161,21 @@ pub(crate) fn check_keyring(store: &Store, keyring: &Keyring, dir: &Path) -> any
 /// Opens the audit log for an offline command.
 pub(crate) fn open_log(store: Store, keyring: &Keyring) -> anyhow::Result<AuditLog> {
     Ok(AuditLog::open(store, keyring)?)
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise.
+pub(crate) fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} ({{eta}} left)"
+    )) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 /// Starts logging to stderr (never a secret: nothing secret is logged).

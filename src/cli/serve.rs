@@ -81,6 +81,7 @@ async fn serve(
         limiter: RevealLimiter::new(args.reveal_rate),
         proxies: args.trusted_proxies.clone(),
         coalescer: Coalescer::new(),
+        maintenance: Arc::new(tokio::sync::Mutex::new(())),
     });
     spawn_housekeeping(state.clone());
 

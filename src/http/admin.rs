@@ -176,3 +176,89 @@ pub async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response {
     .await;
     res.unwrap_or_else(|e| ctx.error(&e))
 }
+
+/// POST /api/admin/rotate — re-encrypt everything under the newest key.
+pub async fn rotate(state: State, ctx: Ctx) -> Response {
+    let res = async {
+        let caller = admin_caller(&state, &ctx, Action::Rotate).await?;
+        let Ok(_guard) = state.maintenance.try_lock() else {
+            return Err(ApiError::conflict(
+                "a rotation or backup is already running: wait for it to finish",
+            ));
+        };
+        let st = state.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            crate::ops::rotate::rotate(&st.store, &st.keyring, std::time::Duration::ZERO, |_| {})
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("the rotation was interrupted; run it again"))?
+        .map_err(|e| ApiError::storage(&e))?;
+        let mut ev = state.event(&ctx, Action::Rotate, Some(&caller), Outcome::Success);
+        ev.detail = Some(format!(
+            "{}; newest key {}",
+            report.summary(),
+            state.keyring.fingerprints()[0]
+        ));
+        state.audit(ev, vec![]).await?;
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
+    }
+    .await;
+    res.unwrap_or_else(|e| ctx.error(&e))
+}
+
+/// GET /api/admin/backup — streams one consistent snapshot of the store.
+///
+/// Writes are held back only while the snapshot is copied to a private
+/// temporary file (local disk speed), not while a slow client downloads.
+pub async fn backup(state: State, ctx: Ctx) -> Response {
+    let res = async {
+        let caller = admin_caller(&state, &ctx, Action::Backup).await?;
+        let guard = state.maintenance.clone().try_lock_owned().map_err(|_| {
+            ApiError::conflict("a rotation or backup is already running: wait for it to finish")
+        })?;
+        let ev = state.event(&ctx, Action::Backup, Some(&caller), Outcome::Success);
+        state.audit(ev, vec![]).await?;
+        let st = state.clone();
+        let file = tokio::task::spawn_blocking(move || -> Result<std::fs::File, String> {
+            let file = private_temp_file().map_err(|e| e.to_string())?;
+            st.audit
+                .log()
+                .with_writes_paused(|| crate::ops::backup::write_backup(&st.store, &file))
+                .map_err(|e| e.to_string())?;
+            Ok(file)
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("the backup was interrupted; retry"))?
+        .map_err(|e| ApiError::storage(&e))?;
+        let mut resp = super::stream::stream_blocking(move |out| {
+            let _guard = guard;
+            let mut file = file;
+            std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+            std::io::copy(&mut file, out)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        Ok::<_, ApiError>(ctx.finish(resp))
+    }
+    .await;
+    res.unwrap_or_else(|e| ctx.error(&e))
+}
+
+/// A read-write temporary file, mode 0600, already unlinked: it vanishes
+/// when closed, whatever happens.
+fn private_temp_file() -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::env::temp_dir().join(format!("keyhold-backup-{}", uuid::Uuid::new_v4()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}

@@ -1,18 +1,14 @@
 //! Handlers of the audit routes: streamed export and chain verification
 //! (scope `audit:read`).
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
-use tokio::sync::mpsc;
-use warp::reply::{Reply, Response};
+use warp::reply::Response;
 
 use super::context::Ctx;
 use super::error::ApiError;
 use super::keys::form_pairs;
+use super::stream::stream_blocking;
 use super::{require, State};
 use crate::access::Scope;
 use crate::audit::{self, Action, ExportFilter, ExportFormat, Exporter, Outcome};
@@ -52,17 +48,13 @@ pub async fn export(state: State, ctx: Ctx, query: String) -> Response {
         ev.detail = Some(format!("format={} {}", format.as_str(), filter.describe()));
         state.audit(ev, vec![]).await?;
 
-        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
         let store = state.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let writer = ChannelWriter { tx: tx.clone() };
-            let exporter = Exporter::new(&store, filter, format);
-            if let Err(e) = exporter.write_to(writer, |_| {}) {
-                tracing::warn!(error = %e, "audit export stopped");
-                let _ = tx.blocking_send(Err(std::io::Error::other("export failed")));
-            }
+        let mut resp = stream_blocking(move |out| {
+            Exporter::new(&store, filter, format)
+                .write_to(out, |_| {})
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         });
-        let mut resp = warp::reply::stream(ChunkStream(rx)).into_response();
         resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static(format.content_type()),
@@ -88,32 +80,4 @@ pub async fn verify(state: State, ctx: Ctx) -> Response {
     }
     .await;
     res.unwrap_or_else(|e| ctx.error(&e))
-}
-
-/// `std::io::Write` into a bounded channel: the blocking exporter waits
-/// when the client reads slowly, so memory stays flat.
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-struct ChunkStream(mpsc::Receiver<Result<Bytes, std::io::Error>>);
-
-impl futures_util::Stream for ChunkStream {
-    type Item = Result<Bytes, std::io::Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
 }

@@ -15,6 +15,7 @@ pub mod context;
 pub mod error;
 mod keys;
 pub mod server;
+mod stream;
 
 pub use admin::TokenInfo;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub limiter: RevealLimiter,
     pub proxies: TrustedProxies,
     pub coalescer: Coalescer,
+    /// Held by a rotation or a backup, so they do not overlap.
+    pub maintenance: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -219,6 +222,18 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .then(audit_routes::verify);
+    // POST /api/admin/rotate — re-encrypt under the newest key (admin)
+    let rotate = warp::path!("api" / "admin" / "rotate")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::rotate);
+    // GET /api/admin/backup — a consistent, checksummed snapshot (admin)
+    let backup = warp::path!("api" / "admin" / "backup")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::backup);
     // GET /healthz — liveness, and whether the audit writer works
     let health = warp::path!("healthz")
         .and(warp::get())
@@ -245,6 +260,10 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .or(export)
         .unify()
         .or(verify)
+        .unify()
+        .or(rotate)
+        .unify()
+        .or(backup)
         .unify()
         .or(health)
         .unify()

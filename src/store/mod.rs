@@ -28,8 +28,8 @@ pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 pub const SCHEMA_VERSION: u32 = 1;
 
 pub(crate) const META_SCHEMA: &[u8] = b"schema_version";
-pub(crate) const META_CHECK: &[u8] = b"keyring_check";
-pub(crate) const META_AUDIT_KEY: &[u8] = b"audit_mac_key";
+pub const META_CHECK: &[u8] = b"keyring_check";
+pub const META_AUDIT_KEY: &[u8] = b"audit_mac_key";
 pub(crate) const META_AUDIT_HEAD: &[u8] = b"audit_head";
 
 /// Errors from the store. Each says what to do.
@@ -134,6 +134,11 @@ impl Store {
         })
     }
 
+    /// A tree by name (for backup and restore).
+    pub fn tree(&self, name: &str) -> Result<Tree> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// True when `init` has run on this store.
     pub fn is_initialised(&self) -> Result<bool> {
         Ok(self.meta.contains_key(META_SCHEMA)?)
@@ -224,6 +229,19 @@ impl Store {
         }
     }
 
+    /// One key by id with its stored bytes (for compare-and-swap).
+    pub fn get_key_raw(&self, id: &Uuid) -> Result<Option<(KeyRecord, sled::IVec)>> {
+        match self.keys.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(Some((KeyRecord::decode(*id, &v)?, v))),
+        }
+    }
+
+    /// A raw meta value.
+    pub fn meta_value(&self, name: &[u8]) -> Result<Option<sled::IVec>> {
+        Ok(self.meta.get(name)?)
+    }
+
     /// A key's last_used, if it was ever revealed.
     pub fn last_used(&self, id: &Uuid) -> Result<Option<i64>> {
         match self.key_usage.get(id.as_bytes())? {
@@ -277,6 +295,31 @@ impl Store {
 
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Every key with its stored bytes (for compare-and-swap), in id order.
+    pub fn iter_keys(&self) -> impl Iterator<Item = Result<(KeyRecord, sled::IVec)>> + '_ {
+        self.keys.iter().map(|item| {
+            let (k, v) = item?;
+            let id = Uuid::from_slice(&k).map_err(corrupt("key id"))?;
+            Ok((KeyRecord::decode(id, &v)?, v))
+        })
+    }
+
+    /// Replaces a key record only if it still holds `current` (atomic; a
+    /// crash leaves either the old or the new record). `false` when the
+    /// record changed or is gone meanwhile.
+    pub fn swap_key(&self, current: &[u8], new: &KeyRecord) -> Result<bool> {
+        let res =
+            self.keys
+                .compare_and_swap(new.id.as_bytes(), Some(current), Some(new.encode()?))?;
+        Ok(res.is_ok())
+    }
+
+    /// Replaces a meta value only if it still holds `current`.
+    pub fn swap_meta(&self, name: &[u8], current: &[u8], new: &[u8]) -> Result<bool> {
+        let res = self.meta.compare_and_swap(name, Some(current), Some(new))?;
+        Ok(res.is_ok())
     }
 
     // ---- tokens ----

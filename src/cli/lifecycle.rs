@@ -1,0 +1,192 @@
+//! `keyhold rotate` and `keyhold check` (offline).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{open_checked, open_initialised, open_log, progress_bar, ConfigError};
+use crate::audit::{Action, AuditEvent, Outcome};
+use crate::config::{BackupArgs, CheckArgs, ImportArgs, RestoreArgs, RotateArgs};
+use crate::keyring::Keyring;
+use crate::ops;
+use crate::ops::import::ImportFormat;
+
+pub fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
+    let keyring = Keyring::from_env()?;
+    let store = open_checked(&a.data.data_dir, &keyring)?;
+    let log = open_log(store.clone(), &keyring)?;
+    if keyring.len() < 2 {
+        eprintln!(
+            "keyhold: the keyring holds one key, so everything is already under it; to rotate, set \
+             FERNET_KEYS=new,old (see `Rotating the Fernet key` in the README)"
+        );
+    }
+    let bar = progress_bar(store.key_count() as u64, "rotating");
+    let report = ops::rotate::rotate(&store, &keyring, Duration::from_millis(a.pace_ms), |n| {
+        bar.set_position(n)
+    })?;
+    bar.finish_and_clear();
+    let outcome = Outcome::Success;
+    let ev = AuditEvent::cli(
+        Action::Rotate,
+        outcome,
+        Some(format!(
+            "{}; newest key {}",
+            report.summary(),
+            keyring.fingerprints()[0]
+        )),
+    );
+    log.append(&[(ev, vec![])])?;
+    eprintln!("keyhold: {}", report.summary());
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let keyring = Keyring::from_env()?;
+    let store = open_initialised(&a.data.data_dir)?;
+    let report = ops::check::check(&store, &keyring)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        for line in report.lines() {
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(if report.all_well() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
+    let format = match &a.format {
+        Some(f) => ImportFormat::parse(f)
+            .ok_or_else(|| ConfigError("--format must be json, jsonl or csv".into()))?,
+        None => ImportFormat::guess(&a.from).ok_or_else(|| {
+            ConfigError(format!(
+                "cannot tell the format of {} from its name: add --format json, jsonl or csv",
+                a.from.display()
+            ))
+        })?,
+    };
+    let keyring = Keyring::from_env()?;
+    let store = open_checked(&a.data.data_dir, &keyring)?;
+    let file = std::fs::File::open(&a.from)
+        .with_context(|| format!("cannot open {}", a.from.display()))?;
+    let plan = ops::import::plan(&store, &keyring, std::io::BufReader::new(file), format)?;
+    let report = if a.dry_run {
+        let mut r = plan.report;
+        r.dry_run = true;
+        r
+    } else {
+        let log = open_log(store.clone(), &keyring)?;
+        let bar = progress_bar(plan.report.imported, "importing");
+        let source = a.from.display().to_string();
+        let r = ops::import::apply(&log, plan, &source, |n| bar.set_position(n))?;
+        bar.finish_and_clear();
+        r
+    };
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", report.summary())?;
+        for r in &report.rejected {
+            writeln!(
+                out,
+                "  row {}{}: {}",
+                r.row,
+                r.id.as_ref()
+                    .map(|i| format!(" (id {i})"))
+                    .unwrap_or_default(),
+                r.reason
+            )?;
+        }
+    }
+    Ok(if report.rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
+    let keyring = Keyring::from_env()?;
+    let store = open_checked(&a.data.data_dir, &keyring)?;
+    let log = open_log(store.clone(), &keyring)?;
+    let to_stdout = a.file.as_os_str() == "-";
+    let target = if to_stdout {
+        "stdout".to_string()
+    } else {
+        a.file.display().to_string()
+    };
+    let ev = AuditEvent::cli(
+        Action::Backup,
+        Outcome::Success,
+        Some(format!("backup to {target}")),
+    );
+    log.append(&[(ev, vec![])])?;
+    let entries = if to_stdout {
+        ops::backup::write_backup(&store, std::io::stdout().lock())?
+    } else {
+        // Written beside the target, then renamed: never a half backup
+        // under the final name.
+        let tmp = a.file.with_extension("partial");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let n = ops::backup::write_backup(&store, &file)?;
+        file.sync_all()
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &a.file)
+            .with_context(|| format!("cannot move the backup to {}", a.file.display()))?;
+        n
+    };
+    eprintln!("keyhold: backed up {entries} entries to {target}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let keyring = Keyring::from_env()?;
+    let file = std::fs::File::open(&a.file)
+        .with_context(|| format!("cannot open {}", a.file.display()))?;
+    let info = ops::backup::restore(file, &a.data_dir)?;
+    // The same keyring must open what was restored; the chain must verify.
+    let store = open_checked(&a.data_dir, &keyring)?;
+    let log = open_log(store.clone(), &keyring)?;
+    let ev = AuditEvent::cli(
+        Action::Restore,
+        Outcome::Success,
+        Some(format!(
+            "restored {} entries from {} (backup made {})",
+            info.entries,
+            a.file.display(),
+            crate::time::to_rfc3339(info.created_at_us)
+        )),
+    );
+    log.append(&[(ev, vec![])])?;
+    let report = crate::audit::verify_store(&store, log.mac_key())?;
+    eprintln!(
+        "keyhold: restored {} entries into {}; audit chain: {report}",
+        info.entries,
+        a.data_dir.display()
+    );
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
