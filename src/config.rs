@@ -135,7 +135,7 @@ pub struct ServeArgs {
     pub listen: String,
     /// Run on a temporary in-memory store with a random key: nothing
     /// persists. Loopback only. For trying keyhold out.
-    #[arg(long)]
+    #[arg(long, env = "KEYHOLD_DEV")]
     pub dev: bool,
     /// Reveals allowed per client IP, shared by every reveal route: N/s,
     /// N/min or N/h (burst N).
@@ -148,7 +148,8 @@ pub struct ServeArgs {
     /// Open connections at most.
     #[arg(long, env = "KEYHOLD_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
-    /// Seconds a client has to send a request's headers.
+    /// Seconds a client has to send a request's headers, and again its
+    /// body (slow-loris guard; 408 for a body that does not arrive).
     #[arg(long, env = "KEYHOLD_HEADER_TIMEOUT", default_value_t = 10)]
     pub header_timeout: u64,
     /// Milliseconds a request waits for its audit record to be durable
@@ -277,12 +278,14 @@ pub struct AuditVerifyArgs {
     /// Verify this JSON Lines export instead of the store.
     #[arg(long, value_name = "EXPORT.jsonl")]
     pub file: Option<PathBuf>,
-    /// With --file: the export must be complete (unfiltered); a gap in
-    /// its seqs is an error instead of an expected filter gap.
+    /// With --file: the export was filtered, so gaps between its records
+    /// are expected; each record's MAC is checked. Without it, the file
+    /// must be a complete export (the whole chain from seq 1).
     #[arg(long, requires = "file")]
-    pub complete: bool,
-    /// Check that the store holds exactly this record: SEQ:MAC (from the
-    /// server's anchor log lines). May be repeated.
+    pub filtered: bool,
+    /// Check that the store (or, with --file, the file) holds exactly this
+    /// record: SEQ:MAC, from the server's anchor log lines or an export's
+    /// message. May be repeated.
     #[arg(long, value_name = "SEQ:MAC")]
     pub anchor: Vec<String>,
     /// Print the report as JSON.

@@ -276,9 +276,10 @@ impl Keyring {
         self.decrypt_at(token, now, None)
     }
 
-    /// Decrypts as of `now` (seconds since the epoch), refusing tokens
-    /// stamped more than 60 s in the future and, with `max_age`, tokens
-    /// older than that. The age check is keyhold's own, with checked
+    /// Decrypts as of `now` (seconds since the epoch). With `max_age`,
+    /// tokens older than that, or stamped more than 60 s in the future, are
+    /// refused (the spec's TTL semantics); without it, any authentic token
+    /// opens, whatever its timestamp. The age check is keyhold's own, with checked
     /// arithmetic: the crate's `decrypt_with_ttl` adds the TTL to the
     /// token's timestamp before the HMAC check and can overflow on a
     /// crafted token.
@@ -288,6 +289,15 @@ impl Keyring {
         now: u64,
         max_age: Option<u64>,
     ) -> Result<Opened, DecryptError> {
+        // Without a maximum age, a token stamped ahead of this machine's
+        // clock (a clock moved back, a token made on a host running fast)
+        // is as good as any: the crate's 60 s skew check would refuse it,
+        // Python's `decrypt()` without a TTL does not. So present the
+        // token's own time as "now" when it is later.
+        let now = match max_age {
+            None => token_timestamp(token).map_or(now, |ts| now.max(ts)),
+            Some(_) => now,
+        };
         // The crate computes `now + 60`; keep that from overflowing.
         let now = now.min(u64::MAX - 120);
         for (i, k) in self.keys.iter().enumerate() {

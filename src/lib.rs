@@ -9,6 +9,7 @@
 pub mod access;
 pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod keyring;

@@ -73,6 +73,15 @@ impl FromStr for RevealRate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientKey(IpAddr);
 
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
 impl ClientKey {
     /// IPv4 as is (IPv4-mapped IPv6 too); IPv6 by its /64.
     pub fn of(ip: IpAddr) -> ClientKey {

@@ -1,8 +1,7 @@
 //! Access-token management shared by the offline CLI and the admin HTTP
 //! routes: authenticate, create, find, revoke.
 //!
-//! Lookups go by the token's SHA-256 (the store never holds a token), and
-//! the stored digest is compared to the computed one in constant time.
+//! Lookups go by the token's SHA-256 (the store never holds a token).
 
 use uuid::Uuid;
 
@@ -35,12 +34,14 @@ pub fn authenticate(store: &Store, token: &str) -> Result<Option<Caller>, StoreE
     if !access::well_formed(token) {
         return Ok(None);
     }
+    // The token is looked up by its SHA-256: no comparison ever touches
+    // the token itself, and the store compares digests, whose timing
+    // reveals nothing usable about a token (SHA-256 cannot be inverted).
     let hash = access::hash_token(token);
     let Some(rec) = store.get_token(&hash)? else {
         return Ok(None);
     };
-    // Lookup is by digest; confirm in constant time all the same.
-    if !access::digests_equal(&hash, &access::hash_token(token)) || rec.revoked_at_us.is_some() {
+    if rec.revoked_at_us.is_some() {
         return Ok(None);
     }
     Ok(Some(Caller {

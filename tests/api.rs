@@ -452,3 +452,26 @@ fn healthz_answers_without_a_token() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["audit_writer"], "ok");
 }
+
+#[test]
+fn a_body_that_does_not_arrive_answers_408_and_others_are_served() {
+    use std::io::{Read, Write};
+    let v = Vault::new();
+    let s = v.serve(&[("KEYHOLD_HEADER_TIMEOUT", "1")]);
+    let mut sock = std::net::TcpStream::connect(&s.addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "POST /api/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        v.admin
+    );
+    sock.write_all(head.as_bytes()).unwrap();
+    // Meanwhile another client is served.
+    assert_eq!(Api::new(&s, &v.admin).get("/api/keys").status(), 200);
+    let mut buf = Vec::new();
+    let _ = sock.read_to_end(&mut buf);
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("detail"));
+}

@@ -71,8 +71,12 @@ fn verify_file(v: &Vault, path: &std::path::Path, extra: &[&str]) -> (i32, Value
     ];
     args.extend_from_slice(extra);
     let out = run_with_key(&v.key, &args);
-    let report = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    // One JSON report a line: the file's, then one per anchor.
+    let mut reports = serde_json::Deserializer::from_slice(&out.stdout).into_iter::<Value>();
+    let report = reports
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().unwrap(), report)
 }
 
@@ -127,22 +131,95 @@ fn an_export_verifies_and_an_edited_line_is_caught() {
     assert_eq!(report["seq"], target);
     assert_eq!(report["problem"], "altered");
 
-    // A removed line: with --complete it is missing; without, the report
-    // says the file is not complete (gaps) rather than ok-as-whole.
+    // A removed line is missing (an unfiltered export must be whole);
+    // verified as a filtered export, the gap is counted, not hidden.
     let removed: Vec<&str> = text
         .lines()
         .filter(|l| !l.contains(&format!("\"seq\":{target},")))
         .collect();
     let gap = h.v.tmp.path().join("gap.jsonl");
     std::fs::write(&gap, removed.join("\n") + "\n").unwrap();
-    let (code, report) = verify_file(&h.v, &gap, &["--complete"]);
+    let (code, report) = verify_file(&h.v, &gap, &[]);
     assert_eq!(code, 1);
     assert_eq!(report["problem"], "missing");
     assert_eq!(report["seq"], target);
-    let (code, report) = verify_file(&h.v, &gap, &[]);
+    assert!(report["detail"].as_str().unwrap().contains("--filtered"));
+    let (code, report) = verify_file(&h.v, &gap, &["--filtered"]);
     assert_eq!(code, 0);
     assert_eq!(report["gaps_expected"], true);
     assert_eq!(report["gaps"], 1);
+    // The first line cut: missing at seq 1.
+    let headless = h.v.tmp.path().join("headless.jsonl");
+    std::fs::write(
+        &headless,
+        text.lines().skip(1).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+    let (code, report) = verify_file(&h.v, &headless, &[]);
+    assert_eq!((code, report["seq"].as_u64()), (1, Some(1)));
+}
+
+#[test]
+fn a_cut_tail_is_caught_with_the_anchor_the_export_printed() {
+    let h = history();
+    let path = h.v.tmp.path().join("all.jsonl");
+    let out = run_with_key(
+        &h.v.key,
+        &[
+            "audit",
+            "export",
+            "--data-dir",
+            h.v.dir_str(),
+            "-o",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr).into_owned();
+    let anchor = msg
+        .split("--anchor ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| c == '`' || c.is_whitespace()).next())
+        .unwrap_or_else(|| panic!("the export names its anchor: {msg}"))
+        .to_string();
+    let (code, report) = verify_file(&h.v, &path, &["--anchor", &anchor]);
+    assert_eq!(code, 0, "{report}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = h.v.tmp.path().join("cut.jsonl");
+    std::fs::write(&cut, lines[..lines.len() - 3].join("\n") + "\n").unwrap();
+    // Without the anchor a cut tail is a shorter, intact chain...
+    let (code, _) = verify_file(&h.v, &cut, &[]);
+    assert_eq!(code, 0);
+    // ...with it, the cut is caught.
+    let out = run_with_key(
+        &h.v.key,
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            h.v.dir_str(),
+            "--file",
+            cut.to_str().unwrap(),
+            "--anchor",
+            &anchor,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("truncated"));
+    // The HTTP export names its head too.
+    let s = h.v.serve(&[]);
+    let r = Api::new(&s, &h.v.admin).get("/api/audit");
+    let head = r.headers()["x-keyhold-audit-head"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = r.text().unwrap();
+    s.stop();
+    let online = h.v.tmp.path().join("online.jsonl");
+    std::fs::write(&online, body).unwrap();
+    let (code, report) = verify_file(&h.v, &online, &["--anchor", &head]);
+    assert_eq!(code, 0, "{report}");
 }
 
 #[test]
@@ -235,7 +312,7 @@ fn filters_return_exactly_the_matching_records() {
     s.stop();
     let path = h.v.tmp.path().join("filtered.jsonl");
     std::fs::write(&path, &text).unwrap();
-    let (code, report) = verify_file(&h.v, &path, &[]);
+    let (code, report) = verify_file(&h.v, &path, &["--filtered"]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["gaps_expected"], true);
 }

@@ -113,3 +113,38 @@ fn a_trusted_proxys_forwarded_client_is_limited_on_its_own() {
         .expect("a record for client A");
     assert_eq!(a["peer"], "127.0.0.1");
 }
+
+#[test]
+fn rotating_addresses_inside_one_ipv6_64_are_coalesced_together() {
+    let v = Vault::new();
+    let s = v.serve(&[
+        ("KEYHOLD_REVEAL_RATE", "1/h"),
+        ("KEYHOLD_TRUSTED_PROXIES", "127.0.0.1"),
+    ]);
+    let api = Api::new(&s, &v.admin);
+    let id = api.create_key("claude", "k", "sk-1");
+    let mut limited = 0u64;
+    for i in 0..400u32 {
+        let r = api
+            .req(reqwest::Method::GET, &format!("/api/keys/{id}"))
+            .header(
+                "X-Forwarded-For",
+                format!("2001:db8:7:7:{:x}::{:x}", i / 7, i % 7 + 1),
+            )
+            .send()
+            .unwrap();
+        if r.status() == 429 {
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 399, "one /64, one budget");
+    s.stop();
+    let recs = v.audit_records();
+    let lim: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r["outcome"] == "rate_limited")
+        .collect();
+    let total: u64 = lim.iter().map(|r| r["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 399);
+    assert!(lim.len() <= 10, "{} records for one /64", lim.len());
+}

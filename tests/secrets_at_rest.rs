@@ -46,6 +46,17 @@ fn no_secret_in_the_data_directory_or_the_server_output() {
     let raw_key = base64::engine::general_purpose::URL_SAFE
         .decode(&v.key)
         .unwrap();
+    let mac_key = {
+        let store = keyhold::store::Store::open(&v.dir).unwrap();
+        let ring = keyhold::keyring::Keyring::parse_list(
+            keyhold::keyring::KeySource::FernetKey,
+            [v.key.as_str()],
+        )
+        .unwrap();
+        *keyhold::audit::MacKey::unseal(&store, &ring)
+            .unwrap()
+            .expose()
+    };
     let mut needles: Vec<(String, Vec<u8>)> = vec![
         ("Fernet key (text)".into(), v.key.as_bytes().to_vec()),
         ("Fernet signing key (raw)".into(), raw_key[..16].to_vec()),
@@ -53,6 +64,11 @@ fn no_secret_in_the_data_directory_or_the_server_output() {
         ("admin token".into(), v.admin.as_bytes().to_vec()),
         ("reader token".into(), reader.as_bytes().to_vec()),
         ("online token".into(), online.as_bytes().to_vec()),
+        ("audit MAC key (raw)".into(), mac_key.to_vec()),
+        (
+            "audit MAC key (hex)".into(),
+            keyhold::audit::hex(&mac_key).into_bytes(),
+        ),
     ];
     for k in &api_keys {
         needles.push((format!("api key {k}"), k.as_bytes().to_vec()));

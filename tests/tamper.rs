@@ -192,3 +192,83 @@ fn the_http_verify_route_reports_the_same() {
     assert_eq!(r["seq"], 4);
     assert_eq!(r["problem"], "missing");
 }
+
+#[test]
+fn a_cut_tail_stays_caught_after_new_records_are_appended() {
+    let (v, _) = vault_with_history();
+    let last = {
+        let db = sled::open(&v.dir).unwrap();
+        let t = db.open_tree("audit").unwrap();
+        let (k, _) = t.last().unwrap().unwrap();
+        u64::from_be_bytes(k.as_ref().try_into().unwrap())
+    };
+    let dir = tampered(&v, "cut-then-append", |t| {
+        for s in last - 2..=last {
+            t.remove(key(s)).unwrap();
+        }
+    });
+    // An auditor's export (which appends its own record), then a server
+    // restart and a request: the cut must still show.
+    let out = run_with_key(
+        &v.key,
+        &["audit", "export", "--data-dir", dir.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not end at its chain head"),
+        "{stderr}"
+    );
+    let s = Server::start(&dir, &[("FERNET_KEY", v.key.as_str())]);
+    Api::new(&s, &v.admin).create_key("claude", "after", "sk-after");
+    s.stop();
+    assert_broken(&v, &dir, last - 2, "missing");
+}
+
+#[test]
+fn a_wiped_log_and_head_is_caught() {
+    let (v, _) = vault_with_history();
+    let dir = v.tmp.path().join("wiped");
+    copy_dir(&v.dir, &dir);
+    {
+        let db = sled::open(&dir).unwrap();
+        db.open_tree("audit").unwrap().clear().unwrap();
+        db.open_tree("meta").unwrap().remove("audit_head").unwrap();
+        db.flush().unwrap();
+    }
+    assert_broken(&v, &dir, 1, "truncated");
+}
+
+#[test]
+fn online_verify_under_concurrent_writes_never_reports_false_damage() {
+    let v = Vault::new();
+    let s = v.serve(&[("KEYHOLD_REVEAL_RATE", "100000/s")]);
+    let admin = Api::new(&s, &v.admin);
+    let id = admin.create_key("claude", "k", "sk-1");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, token, stop) = (
+                s.url(&format!("/api/keys/{id}")),
+                v.admin.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let c = client();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 3000 {
+                    let _ = c.get(&url).bearer_auth(&token).send();
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for _ in 0..40 {
+        let r: Value = admin.get("/api/audit/verify").json().unwrap();
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+}

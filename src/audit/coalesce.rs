@@ -1,27 +1,31 @@
 //! Flood-proof records: rate-limited attempts are counted in memory and
-//! written as at most one record per client IP per second, with a `count`,
+//! written as at most one record per client per second, with a `count`,
 //! so a flood cannot fill the disk and no attempt goes uncounted.
+//!
+//! A client is what the rate limiter keys on (an IPv4 address, an IPv6
+//! /64), so rotating addresses inside one /64 does not defeat it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::AuditEvent;
 
-/// Past this many distinct addresses in one second, further addresses
-/// are counted together under `ip = "*"`, so memory stays bounded.
+/// Past this many distinct clients pending, further ones are counted
+/// together under `ip = "*"`, so memory stays bounded.
 const MAX_PENDING: usize = 65_536;
 
 struct Pending {
     event: AuditEvent,
     count: u64,
-    second: i64,
     mixed_target: bool,
+    mixed_ip: bool,
 }
 
 /// Counts coalesced attempts until they are drained into records.
 #[derive(Default)]
 pub struct Coalescer {
-    pending: Mutex<HashMap<String, Pending>>,
+    /// (client key, second) → what is counted.
+    pending: Mutex<HashMap<(String, i64), Pending>>,
 }
 
 impl std::fmt::Debug for Coalescer {
@@ -35,89 +39,109 @@ impl Coalescer {
         Coalescer::default()
     }
 
-    /// Counts one attempt at `now_us`. Returns records that must be
-    /// written now (an earlier second's count for the same address).
-    pub fn add(&self, event: AuditEvent, now_us: i64) -> Vec<AuditEvent> {
-        let second = now_us.div_euclid(1_000_000);
-        let mut out = Vec::new();
+    /// Counts one attempt by `client` (the limiter's key) at `now_us`.
+    pub fn add(&self, client: &str, event: AuditEvent, now_us: i64) {
+        self.add_count(client, event, now_us.div_euclid(1_000_000), 1);
+    }
+
+    fn add_count(&self, client: &str, event: AuditEvent, second: i64, n: u64) {
         let mut map = match self.pending.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        let mut key = event.ip.clone();
+        let mut key = (client.to_string(), second);
         if !map.contains_key(&key) && map.len() >= MAX_PENDING {
-            key = "*".to_string();
+            key.0 = "*".to_string();
         }
         match map.get_mut(&key) {
-            Some(p) if p.second == second => {
-                p.count += 1;
+            Some(p) => {
+                p.count += n;
                 if p.event.key_id != event.key_id || p.event.provider != event.provider {
                     p.mixed_target = true;
                 }
-            }
-            Some(_) => {
-                if let Some(old) = map.remove(&key) {
-                    out.push(finish(old));
+                if p.event.ip != event.ip {
+                    p.mixed_ip = true;
                 }
-                map.insert(key.clone(), start(event, second, &key));
             }
             None => {
-                map.insert(key.clone(), start(event, second, &key));
+                let mut event = event;
+                if key.0 == "*" {
+                    event.ip = "*".into();
+                    event.peer = None;
+                }
+                map.insert(
+                    key,
+                    Pending {
+                        event,
+                        count: n,
+                        mixed_target: false,
+                        mixed_ip: false,
+                    },
+                );
             }
         }
-        out
     }
 
     /// Takes every count from seconds before `now_us` (or all of them when
-    /// `all`) as records to write.
-    pub fn drain(&self, now_us: i64, all: bool) -> Vec<AuditEvent> {
+    /// `all`) as records to write, each with its client and second so a
+    /// failed write can be put back with [`restore`](Self::restore).
+    pub fn drain(&self, now_us: i64, all: bool) -> Vec<Drained> {
         let second = now_us.div_euclid(1_000_000);
         let mut map = match self.pending.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        let due: Vec<String> = map
-            .iter()
-            .filter(|(_, p)| all || p.second < second)
-            .map(|(k, _)| k.clone())
+        let due: Vec<(String, i64)> = map
+            .keys()
+            .filter(|(_, s)| all || *s < second)
+            .cloned()
             .collect();
         due.into_iter()
-            .filter_map(|k| map.remove(&k))
-            .map(finish)
+            .filter_map(|k| map.remove(&k).map(|p| (k, p)))
+            .map(|((client, second), p)| Drained {
+                event: finish(&client, second, p),
+                client,
+                second,
+            })
             .collect()
     }
-}
 
-fn start(mut event: AuditEvent, second: i64, key: &str) -> Pending {
-    if key == "*" {
-        event.ip = "*".into();
-        event.peer = None;
-    }
-    Pending {
-        event,
-        count: 1,
-        second,
-        mixed_target: false,
+    /// Puts back the count of a record that could not be written, so it is
+    /// written later and no attempt goes uncounted.
+    pub fn restore(&self, d: Drained) {
+        let n = d.event.count.unwrap_or(1);
+        let mut event = d.event;
+        event.count = None;
+        event.detail = None;
+        self.add_count(&d.client, event, d.second, n);
     }
 }
 
-fn finish(p: Pending) -> AuditEvent {
+/// A coalesced record ready to write.
+#[derive(Debug, Clone)]
+pub struct Drained {
+    pub event: AuditEvent,
+    client: String,
+    second: i64,
+}
+
+fn finish(client: &str, second: i64, p: Pending) -> AuditEvent {
     let mut e = p.event;
     e.count = Some(p.count);
-    let window = format!(
+    let mut detail = format!(
         "{} attempts coalesced in the second starting {}",
         p.count,
-        crate::time::to_rfc3339(p.second * 1_000_000)
+        crate::time::to_rfc3339(second * 1_000_000)
     );
+    if p.mixed_ip {
+        detail.push_str(&format!("; from several addresses of {client}"));
+    }
     if p.mixed_target {
         e.key_id = None;
         e.provider = None;
-        e.detail = Some(format!(
-            "{window}; several keys or providers were asked for"
-        ));
-    } else {
-        e.detail = Some(window);
+        detail.push_str("; several keys or providers were asked for");
     }
+    e.detail = Some(detail);
     e
 }
 
@@ -143,17 +167,47 @@ mod tests {
     }
 
     #[test]
-    fn counts_add_up_one_record_per_ip_per_second() {
+    fn counts_add_up_one_record_per_client_per_second() {
         let c = Coalescer::new();
-        let mut written = Vec::new();
         for i in 0..1000i64 {
-            // 1000 attempts over 2.5 seconds from two addresses.
+            // 1000 attempts over 2.5 seconds from two clients.
             let now = 10_000_000 + i * 2_500;
-            written.extend(c.add(ev(if i % 2 == 0 { "a" } else { "b" }), now));
+            let client = if i % 2 == 0 { "a" } else { "b" };
+            c.add(client, ev(client), now);
         }
-        written.extend(c.drain(20_000_000, true));
-        let total: u64 = written.iter().map(|e| e.count.unwrap()).sum();
+        let written = c.drain(20_000_000, true);
+        let total: u64 = written.iter().map(|d| d.event.count.unwrap()).sum();
         assert_eq!(total, 1000);
-        assert!(written.len() <= 6, "{}", written.len());
+        assert_eq!(written.len(), 6, "2 clients x 3 seconds");
+    }
+
+    #[test]
+    fn a_failed_write_is_put_back_and_counted_again() {
+        let c = Coalescer::new();
+        for _ in 0..5 {
+            c.add("a", ev("1.2.3.4"), 1_000_000);
+        }
+        let d = c.drain(5_000_000, false);
+        assert_eq!(d.len(), 1);
+        c.restore(d.into_iter().next().unwrap());
+        c.add("a", ev("1.2.3.4"), 1_500_000);
+        let d = c.drain(5_000_000, false);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].event.count, Some(6));
+    }
+
+    #[test]
+    fn addresses_of_one_client_share_a_record() {
+        let c = Coalescer::new();
+        c.add("2001:db8::/64", ev("2001:db8::1"), 0);
+        c.add("2001:db8::/64", ev("2001:db8::2"), 0);
+        let d = c.drain(2_000_000, false);
+        assert_eq!(d.len(), 1);
+        assert!(d[0]
+            .event
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("several addresses"));
     }
 }

@@ -184,36 +184,47 @@ impl<'a> Exporter<'a> {
                 for item in self.store.audit_iter(0) {
                     let (seq, bytes) = item?;
                     progress(seq);
-                    let rec = AuditRecord::decode(&bytes)?;
-                    if !self.filter.matches(&rec) {
-                        continue;
+                    match AuditRecord::decode(&bytes) {
+                        Ok(rec) if !self.filter.matches(&rec) => continue,
+                        Ok(rec) => serde_json::to_writer(&mut out, &rec.to_export())
+                            .map_err(std::io::Error::other)?,
+                        // A damaged record is shown, not skipped, and the
+                        // export goes on: an auditor needs the rest most
+                        // when something is wrong.
+                        Err(e) => serde_json::to_writer(
+                            &mut out,
+                            &serde_json::json!({"seq": seq, "error": format!("{UNDECODABLE}: {e}")}),
+                        )
+                        .map_err(std::io::Error::other)?,
                     }
-                    serde_json::to_writer(&mut out, &rec.to_export())
-                        .map_err(std::io::Error::other)?;
                     out.write_all(b"\n")?;
                     written += 1;
                 }
                 out.flush()?;
             }
             ExportFormat::Csv => {
+                // The header is written here, once, whatever the rows are.
                 let mut w = csv::WriterBuilder::new()
-                    .has_headers(true)
+                    .has_headers(false)
                     .buffer_capacity(64 * 1024)
                     .from_writer(out);
-                let mut any = false;
+                w.write_record(EXPORT_COLUMNS)?;
                 for item in self.store.audit_iter(0) {
                     let (seq, bytes) = item?;
                     progress(seq);
-                    let rec = AuditRecord::decode(&bytes)?;
-                    if !self.filter.matches(&rec) {
-                        continue;
+                    match AuditRecord::decode(&bytes) {
+                        Ok(rec) if !self.filter.matches(&rec) => continue,
+                        Ok(rec) => w.serialize(rec.to_export())?,
+                        Err(e) => {
+                            let seq = seq.to_string();
+                            let detail = format!("{UNDECODABLE}: {e}");
+                            let mut row = vec![""; EXPORT_COLUMNS.len()];
+                            row[0] = &seq;
+                            row[12] = &detail;
+                            w.write_record(&row)?;
+                        }
                     }
-                    w.serialize(rec.to_export())?;
-                    any = true;
                     written += 1;
-                }
-                if !any {
-                    w.write_record(EXPORT_COLUMNS)?;
                 }
                 w.flush()?;
             }
@@ -221,6 +232,9 @@ impl<'a> Exporter<'a> {
         Ok(written)
     }
 }
+
+/// How an export shows a stored record that does not decode.
+const UNDECODABLE: &str = "UNDECODABLE RECORD (damaged or altered; run `keyhold audit verify`)";
 
 /// The column names, in order (the CSV header).
 pub const EXPORT_COLUMNS: [&str; 15] = [

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-pub use coalesce::Coalescer;
+pub use coalesce::{Coalescer, Drained};
 pub use export::{ExportFilter, ExportFormat, Exporter, FilterError, EXPORT_COLUMNS};
 pub use record::{hex, unhex32, Action, AuditEvent, AuditRecord, ExportRecord, Outcome};
 pub use verify::{ChainVerifier, Problem, VerifyReport};
@@ -51,9 +51,13 @@ pub enum AuditError {
     )]
     MacKeyLocked,
     #[error(
-        "the audit writer did not finish in time (storage stalled?); the request was not served"
+        "the audit record could not be written in time (storage stalled?); nothing was written and the request was not served"
     )]
     Timeout,
+    #[error(
+        "the audit record is still being written (storage stalled?); the request was not served, and its record may still land"
+    )]
+    Unknown,
     #[error("{0}")]
     WriteFailed(String),
     #[error("the audit writer has stopped; restart keyhold")]
@@ -89,6 +93,12 @@ impl MacKey {
         let mut k = Zeroizing::new([0u8; 32]);
         getrandom::fill(k.as_mut())?;
         Ok(MacKey(k))
+    }
+
+    /// The raw key. Only for checks of where it must never appear (the
+    /// secrets-at-rest test); keyhold itself only ever seals it.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
     }
 
     /// The key Fernet-encrypted for `meta`.
@@ -196,20 +206,39 @@ impl std::fmt::Debug for AuditLog {
 
 impl AuditLog {
     /// Opens the log: unseals the MAC key and continues the chain after
-    /// the newest stored record.
+    /// the authentic chain head. If the newest records were cut (the head
+    /// says the log ends later than its last record), appends continue
+    /// after the head, so the cut stays visible to `audit verify` as
+    /// missing records instead of being papered over.
     pub fn open(store: Store, keyring: &Keyring) -> Result<AuditLog, AuditError> {
         let key = MacKey::unseal(&store, keyring)?;
-        let (next_seq, prev) = match store.last_audit()? {
-            None => (1, GENESIS),
-            Some((seq, bytes)) => {
-                // A damaged newest record must not stop appends: the chain
-                // then continues from its stored mac if readable, and
-                // `audit verify` reports the damage where it is.
-                let prev = AuditRecord::decode(&bytes)
-                    .map(|r| r.mac)
-                    .unwrap_or(GENESIS);
-                (seq.saturating_add(1), prev)
+        // A damaged newest record must not stop appends; verify reports
+        // the damage where it is.
+        let last = store.last_audit()?.map(|(seq, bytes)| {
+            let mac = AuditRecord::decode(&bytes)
+                .map(|r| r.mac)
+                .unwrap_or(GENESIS);
+            (seq, mac)
+        });
+        let head = Head::load(&store)?.filter(|h| key.head_is_authentic(h));
+        let (next_seq, prev) = match (head, last) {
+            (Some(h), Some((seq, mac))) if h.seq == seq && h.mac == mac => (seq + 1, mac),
+            (Some(h), last) => {
+                tracing::warn!(
+                    head_seq = h.seq,
+                    last_seq = last.map_or(0, |l| l.0),
+                    "the audit log does not end at its chain head: records were removed or added \
+                     outside keyhold; run `keyhold audit verify`. New records continue after the head"
+                );
+                (h.seq.max(last.map_or(0, |l| l.0)) + 1, h.mac)
             }
+            (None, Some((seq, mac))) => {
+                tracing::warn!(
+                    "the audit chain head is missing or not authentic; run `keyhold audit verify`"
+                );
+                (seq.saturating_add(1), mac)
+            }
+            (None, None) => (1, GENESIS),
         };
         Ok(AuditLog {
             store,
@@ -301,9 +330,12 @@ impl AuditLog {
     }
 }
 
-/// Verifies the whole chain in the store.
+/// Verifies the whole chain in the store. The head is read first, so
+/// records a running server appends meanwhile are simply further records
+/// that must chain on from it (no false "truncated" under load).
 pub fn verify_store(store: &Store, key: &MacKey) -> Result<VerifyReport, StoreError> {
-    let mut v = ChainVerifier::new(key.clone());
+    let head = Head::load(store)?;
+    let mut v = ChainVerifier::for_store(key.clone(), head.map(|h| h.seq));
     for item in store.audit_iter(0) {
         let (seq, bytes) = item?;
         let rec = AuditRecord::decode(&bytes).ok();
@@ -311,5 +343,5 @@ pub fn verify_store(store: &Store, key: &MacKey) -> Result<VerifyReport, StoreEr
             return Ok(report);
         }
     }
-    Ok(v.finish_store(Head::load(store)?))
+    Ok(v.finish_store(head))
 }

@@ -2,7 +2,7 @@
 //! whole batch, commits it in one transaction, fsyncs once, then answers
 //! every waiter. Many concurrent reveals so share one fsync.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +16,21 @@ const MAX_BATCH: usize = 512;
 /// Queue length; senders wait (bounded memory) when it is full.
 const QUEUE: usize = 8192;
 
+/// A job's life: waiting in the queue, taken into a batch by the writer,
+/// or given up by its requester (then it is never written).
+const PENDING: u8 = 0;
+const CLAIMED: u8 = 1;
+const CANCELLED: u8 = 2;
+
+/// After a timeout, how long a requester still waits for a record the
+/// writer already took into a batch.
+const CLAIMED_GRACE: Duration = Duration::from_secs(2);
+
 struct Job {
     event: AuditEvent,
     writes: Vec<Write>,
     done: oneshot::Sender<Result<u64, String>>,
+    state: Arc<AtomicU8>,
 }
 
 /// Observes each durable batch (metrics, anchors). Called on the writer
@@ -56,13 +67,26 @@ impl AuditWriter {
         let spawned = std::thread::Builder::new()
             .name("keyhold-audit".into())
             .spawn(move || {
+                // A job its requester gave up on is dropped, never written.
+                let claim = |j: &Job| {
+                    j.state
+                        .compare_exchange(PENDING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                };
                 while let Some(first) = rx.blocking_recv() {
-                    let mut jobs = vec![first];
+                    let mut jobs = Vec::new();
+                    if claim(&first) {
+                        jobs.push(first);
+                    }
                     while jobs.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(j) => jobs.push(j),
+                            Ok(j) if claim(&j) => jobs.push(j),
+                            Ok(_) => {}
                             Err(_) => break,
                         }
+                    }
+                    if jobs.is_empty() {
+                        continue;
                     }
                     let batch: Vec<(AuditEvent, Vec<Write>)> = jobs
                         .iter_mut()
@@ -107,27 +131,46 @@ impl AuditWriter {
     /// Appends one record (with the writes that go with it) and waits until
     /// it is durable, at most the configured timeout.
     pub async fn record(&self, event: AuditEvent, writes: Vec<Write>) -> Result<u64, AuditError> {
-        let (done, wait) = oneshot::channel();
+        let (done, mut wait) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(PENDING));
         let job = Job {
             event,
             writes,
             done,
+            state: state.clone(),
+        };
+        let outcome = |r: Result<Result<u64, String>, oneshot::error::RecvError>| match r {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(msg)) => Err(AuditError::WriteFailed(msg)),
+            Err(_) => Err(AuditError::Stopped),
         };
         let fut = async {
             self.tx.send(job).await.map_err(|_| AuditError::Stopped)?;
-            match wait.await {
-                Ok(Ok(seq)) => Ok(seq),
-                Ok(Err(msg)) => Err(AuditError::WriteFailed(msg)),
-                Err(_) => Err(AuditError::Stopped),
-            }
+            outcome((&mut wait).await)
         };
-        match tokio::time::timeout(self.timeout, fut).await {
+        let res = match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r,
             Err(_) => {
                 self.healthy.store(false, Ordering::Relaxed);
-                Err(AuditError::Timeout)
+                // Give the job up if the writer has not taken it yet: then
+                // it is never written, and the 503 means "nothing happened".
+                if state
+                    .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Err(AuditError::Timeout);
+                }
+                // Taken into a batch: its fate is being decided now.
+                match tokio::time::timeout(CLAIMED_GRACE, &mut wait).await {
+                    Ok(r) => outcome(r),
+                    Err(_) => Err(AuditError::Unknown),
+                }
             }
+        };
+        if matches!(res, Err(AuditError::Stopped)) {
+            self.healthy.store(false, Ordering::Relaxed);
         }
+        res
     }
 
     /// False after the last batch failed or timed out, until one succeeds.
@@ -193,5 +236,74 @@ mod tests {
         );
         let report = crate::audit::verify_store(&store, w.log().mac_key()).unwrap();
         assert!(report.is_ok(), "{report}");
+    }
+}
+
+#[cfg(test)]
+mod cancel_tests {
+    use super::*;
+    use crate::audit::{Action, Outcome};
+    use crate::keyring::Keyring;
+    use crate::store::{KeyRecord, Store};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_given_up_before_the_writer_took_it_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ring = Keyring::ephemeral();
+        let key = crate::audit::MacKey::generate().unwrap();
+        store
+            .initialise(&ring.encrypt(b"c"), &key.seal(&ring))
+            .unwrap();
+        let log = Arc::new(AuditLog::open(store.clone(), &ring).unwrap());
+        let w = AuditWriter::start(log.clone(), Duration::from_millis(100), None);
+        // Stall the writer: hold every write back for a while.
+        let (held, release) = std::sync::mpsc::channel::<()>();
+        let l = log.clone();
+        let staller = std::thread::spawn(move || {
+            l.with_writes_paused(|| {
+                let _ = release.recv();
+            })
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A is taken by the writer (which then blocks); B waits in the queue.
+        let wa = w.clone();
+        let a = tokio::spawn(async move {
+            wa.record(
+                AuditEvent::cli(Action::Reveal, Outcome::Success, None),
+                vec![],
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let rec = KeyRecord {
+            id: uuid::Uuid::new_v4(),
+            provider: "claude".into(),
+            key_name: "b".into(),
+            token: ring.encrypt(b"x"),
+            created_at_us: 1,
+            expires_at_us: None,
+        };
+        let b = w
+            .record(
+                AuditEvent::cli(Action::KeyCreate, Outcome::Success, None),
+                vec![Write::PutKey(rec.clone())],
+            )
+            .await;
+        assert!(matches!(b, Err(AuditError::Timeout)), "{b:?}");
+        held.send(()).unwrap();
+        staller.join().unwrap();
+        // A was claimed before the timeout, so it lands (within the grace).
+        assert!(a.await.unwrap().is_ok());
+        // B was given up while queued: neither its record nor its key exist.
+        let c = w
+            .record(
+                AuditEvent::cli(Action::Reveal, Outcome::Success, None),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(c, 2, "B took no seq");
+        assert!(store.get_key(&rec.id).unwrap().is_none());
     }
 }

@@ -76,7 +76,13 @@ fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
         }
     };
     bar.finish_and_clear();
-    eprintln!("keyhold: exported {written} audit records");
+    let (seq, mac) = log.head();
+    eprintln!(
+        "keyhold: exported {written} audit records; the log's head when the export began was \
+         {seq}:{} (verify an unfiltered export with `keyhold audit verify --file FILE --anchor {seq}:{}`)",
+        audit::hex(&mac),
+        audit::hex(&mac)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -94,13 +100,35 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let store = open_checked(&a.data.data_dir, &keyring)?;
     let key = MacKey::unseal(&store, &keyring)?;
+    let anchors = a
+        .anchor
+        .iter()
+        .map(|s| parse_anchor(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut reports = Vec::new();
     match &a.file {
-        Some(path) => reports.push(verify_file(path, &key, a.complete)?),
-        None => reports.push(audit::verify_store(&store, &key)?),
-    }
-    for anchor in &a.anchor {
-        reports.push(check_anchor(&store, anchor)?);
+        Some(path) => {
+            let (report, found) = verify_file(path, &key, a.filtered, &anchors)?;
+            reports.push(report);
+            // Anchors given with --file apply to the file: it must hold
+            // exactly those records (a cut tail is then caught).
+            for ((seq, mac), got) in anchors.iter().zip(found) {
+                reports.push(anchor_report(*seq, mac, got, "the file"));
+            }
+        }
+        None => {
+            reports.push(audit::verify_store(&store, &key)?);
+            for (seq, mac) in &anchors {
+                let got = store
+                    .audit_iter(*seq)
+                    .next()
+                    .transpose()?
+                    .filter(|(s, _)| s == seq)
+                    .and_then(|(_, b)| AuditRecord::decode(&b).ok())
+                    .map(|r| r.mac);
+                reports.push(anchor_report(*seq, mac, got, "the store"));
+            }
+        }
     }
     let ok = reports.iter().all(VerifyReport::is_ok);
     let mut out = std::io::stdout().lock();
@@ -119,106 +147,100 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Verifies a JSON Lines export. An export that starts at seq 1 with no
-/// gap is verified as a whole chain; any other is taken as a filtered
-/// export: each record's MAC, increasing seqs, and the `prev` link wherever
-/// two consecutive seqs sit side by side — the report counts the gaps.
-/// With `complete`, a gap is an error instead. Two passes over the file,
-/// so memory stays flat.
+/// Verifies a JSON Lines export in one pass. By default the file must be
+/// a complete, unfiltered export: the whole chain from seq 1, no gap.
+/// With `filtered`, each record's MAC is checked, seqs must increase, and
+/// `prev` must link wherever two consecutive seqs sit side by side; the
+/// report counts the gaps, which a filter makes. Returns the report and,
+/// for each anchor, the mac the file holds at its seq.
 fn verify_file(
     path: &std::path::Path,
     key: &MacKey,
-    complete: bool,
-) -> anyhow::Result<VerifyReport> {
-    let mut contiguous_from_one = true;
+    filtered: bool,
+    anchors: &[(u64, [u8; 32])],
+) -> anyhow::Result<(VerifyReport, Vec<Option<[u8; 32]>>)> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut v = if filtered {
+        ChainVerifier::filtered(key.clone())
+    } else {
+        ChainVerifier::new(key.clone())
+    };
+    let mut found = vec![None; anchors.len()];
     let mut last = 0u64;
-    for (i, line) in read_lines(path)?.enumerate() {
-        let line = line?;
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
         if line.trim().is_empty() {
             continue;
         }
         let rec = match parse_line(&line) {
             Ok(r) => r,
             Err(why) => {
-                return Ok(VerifyReport::Broken {
+                let report = VerifyReport::Broken {
                     seq: last + 1,
                     problem: Problem::Altered,
-                    detail: format!("line {} does not parse: {why}", i + 1),
-                })
+                    detail: format!("line {} is not an audit record: {why}", i + 1),
+                };
+                return Ok((report, found));
             }
         };
-        if rec.seq != last + 1 {
-            contiguous_from_one = false;
-        }
         last = rec.seq;
-    }
-    let mut v = if contiguous_from_one || complete {
-        ChainVerifier::new(key.clone())
-    } else {
-        ChainVerifier::filtered(key.clone())
-    };
-    for line in read_lines(path)? {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
+        for (slot, (seq, _)) in found.iter_mut().zip(anchors) {
+            if rec.seq == *seq {
+                *slot = Some(rec.mac);
+            }
         }
-        let rec = parse_line(&line).map_err(|e| anyhow::anyhow!(e))?;
-        if let Some(report) = v.feed(rec) {
-            return Ok(report);
+        if let Some(mut report) = v.feed(rec) {
+            if let VerifyReport::Broken {
+                problem: Problem::Missing,
+                detail,
+                ..
+            } = &mut report
+            {
+                detail.push_str(" (if this export was filtered, verify it with --filtered)");
+            }
+            return Ok((report, found));
         }
     }
-    Ok(v.finish(None))
+    Ok((v.finish(), found))
 }
 
-fn read_lines(
-    path: &std::path::Path,
-) -> anyhow::Result<impl Iterator<Item = std::io::Result<String>>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(std::io::BufReader::new(file).lines())
-}
-
-fn parse_line(line: &str) -> Result<AuditRecord, String> {
-    let e: ExportRecord = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    AuditRecord::from_export(&e)
-}
-
-/// `SEQ:MAC` — the store must hold exactly this record at this seq.
-fn check_anchor(store: &crate::store::Store, anchor: &str) -> anyhow::Result<VerifyReport> {
-    let (seq, mac) = anchor
+fn parse_anchor(anchor: &str) -> anyhow::Result<(u64, [u8; 32])> {
+    anchor
         .split_once(':')
         .and_then(|(s, m)| Some((s.trim().parse::<u64>().ok()?, unhex32(m.trim())?)))
         .ok_or_else(|| {
             ConfigError(format!(
                 "--anchor `{anchor}`: write SEQ:MAC, for example 42:<64 hex digits>"
             ))
-        })?;
-    let found = store
-        .audit_iter(seq)
-        .next()
-        .transpose()?
-        .filter(|(s, _)| *s == seq)
-        .and_then(|(_, b)| AuditRecord::decode(&b).ok());
-    Ok(match found {
-        Some(r) if crate::access::digests_equal(&r.mac, &mac) => VerifyReport::Ok {
+            .into()
+        })
+}
+
+/// Whether `got` (the mac held at `seq`, if any) matches the anchor.
+fn anchor_report(seq: u64, mac: &[u8; 32], got: Option<[u8; 32]>, holder: &str) -> VerifyReport {
+    match got {
+        Some(g) if crate::access::digests_equal(&g, mac) => VerifyReport::Ok {
             records: 1,
             head_seq: seq,
-            head_mac: audit::hex(&mac),
+            head_mac: audit::hex(mac),
             gaps_expected: false,
             gaps: 0,
         },
         Some(_) => VerifyReport::Broken {
             seq,
             problem: Problem::Altered,
-            detail:
-                "the store's record at this seq differs from the anchor (rolled back or replaced)"
-                    .into(),
+            detail: format!("{holder}'s record at this seq differs from the anchor (rolled back or replaced)"),
         },
         None => VerifyReport::Broken {
             seq,
             problem: Problem::Truncated,
-            detail: "the store holds no record at the anchor's seq (rolled back to an older copy?)"
-                .into(),
+            detail: format!("{holder} holds no record at the anchor's seq (cut, or rolled back to an older copy)"),
         },
-    })
+    }
+}
+
+fn parse_line(line: &str) -> Result<AuditRecord, String> {
+    let e: ExportRecord = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    AuditRecord::from_export(&e)
 }

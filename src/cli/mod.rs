@@ -43,6 +43,11 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // `serve` sets its own level; offline commands print warnings (such as
+    // a chain head that does not match the log) on stderr.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging("warn");
+    }
     match cli.command {
         Command::Keygen(a) => keygen::run(a),
         Command::Init(a) => init::run(a),

@@ -69,11 +69,35 @@ async fn serve(
     let local = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    let anchors = Arc::new(Anchors::default());
+    let observer = {
+        let anchors = anchors.clone();
+        Box::new(
+            move |records: &[crate::audit::AuditRecord], _elapsed: Duration| {
+                if let Some(r) = records.last() {
+                    anchors.offer(r.seq, &r.mac);
+                }
+            },
+        )
+    };
     let writer = AuditWriter::start(
         log.clone(),
         Duration::from_millis(args.audit_timeout_ms.max(1)),
-        Some(anchor_observer()),
+        Some(observer),
     );
+    {
+        // A head that moved since the last anchor is anchored within a
+        // minute even if no further batch comes.
+        let (anchors, log) = (anchors.clone(), log.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Anchors::EVERY);
+            loop {
+                tick.tick().await;
+                let (seq, mac) = log.head();
+                anchors.offer(seq, &mac);
+            }
+        });
+    }
     let state = Arc::new(AppState {
         store: store.clone(),
         keyring: Arc::new(keyring),
@@ -81,6 +105,7 @@ async fn serve(
         limiter: RevealLimiter::new(args.reveal_rate),
         proxies: args.trusted_proxies.clone(),
         coalescer: Coalescer::new(),
+        read_timeout: Duration::from_secs(args.header_timeout.max(1)),
         maintenance: Arc::new(tokio::sync::Mutex::new(())),
     });
     spawn_housekeeping(state.clone());
@@ -116,7 +141,7 @@ async fn serve(
     // Counted but not yet written attempts go in now.
     let pending = state.coalescer.drain(0, true);
     if !pending.is_empty() {
-        let batch: Vec<_> = pending.into_iter().map(|e| (e, vec![])).collect();
+        let batch: Vec<_> = pending.into_iter().map(|d| (d.event, vec![])).collect();
         if let Err(e) = log.append(&batch) {
             tracing::error!(error = %e, "could not write the last coalesced audit records");
         }
@@ -128,23 +153,32 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the chain head to the log at most once a minute while records
-/// are added, so a collector on another host holds anchors that
+/// Off-box anchors: the chain head is written to the log at most once a
+/// minute while records are being added (at the first batch, then when a
+/// minute has passed and the head moved, from a batch or the timer), and
+/// once at shutdown, so a log collector on another host holds anchors that
 /// `keyhold audit verify --anchor SEQ:MAC` checks (a rollback of the whole
 /// store to an older copy is then caught too).
-fn anchor_observer() -> crate::audit::BatchObserver {
-    let last = std::sync::Mutex::new(None::<std::time::Instant>);
-    Box::new(move |records, _elapsed| {
-        let Some(newest) = records.last() else { return };
-        let mut last = match last.lock() {
+#[derive(Default)]
+struct Anchors {
+    /// When the last anchor was logged, and its seq.
+    last: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Anchors {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn offer(&self, seq: u64, mac: &[u8; 32]) {
+        let mut last = match self.last.lock() {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-            *last = Some(std::time::Instant::now());
-            log_anchor(newest.seq, &newest.mac);
+        let due = last.0.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if seq != 0 && seq != last.1 && due {
+            *last = (Some(std::time::Instant::now()), seq);
+            log_anchor(seq, mac);
         }
-    })
+    }
 }
 
 fn log_anchor(seq: u64, mac: &[u8; 32]) {
@@ -189,11 +223,26 @@ fn spawn_housekeeping(state: Arc<AppState>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            for ev in state.coalescer.drain(crate::time::now_us(), false) {
-                if let Err(e) = state.audit.record(ev, vec![]).await {
-                    tracing::error!(error = %e, "could not write a coalesced audit record");
+            // Submitted together, so they share one fsync; a record that
+            // cannot be written is put back and counted again later.
+            let due = state.coalescer.drain(crate::time::now_us(), false);
+            let writes = due.into_iter().map(|d| {
+                let st = state.clone();
+                async move {
+                    match st.audit.record(d.event.clone(), vec![]).await {
+                        Ok(_) => {}
+                        // It may still land: do not count it twice.
+                        Err(crate::audit::AuditError::Unknown) => {
+                            tracing::error!("a coalesced audit record is still being written");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not write a coalesced audit record; kept for later");
+                            st.coalescer.restore(d);
+                        }
+                    }
                 }
-            }
+            });
+            futures_util::future::join_all(writes).await;
         }
     });
 }

@@ -47,6 +47,9 @@ pub async fn export(state: State, ctx: Ctx, query: String) -> Response {
         let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Success);
         ev.detail = Some(format!("format={} {}", format.as_str(), filter.describe()));
         state.audit(ev, vec![]).await?;
+        // The head once the export's own record is in: an unfiltered export
+        // holds this record, which `audit verify --file --anchor` checks.
+        let (head_seq, head_mac) = state.audit.log().head();
 
         let store = state.store.clone();
         let mut resp = stream_blocking(move |out| {
@@ -59,6 +62,9 @@ pub async fn export(state: State, ctx: Ctx, query: String) -> Response {
             CONTENT_TYPE,
             HeaderValue::from_static(format.content_type()),
         );
+        if let Ok(v) = HeaderValue::from_str(&format!("{head_seq}:{}", audit::hex(&head_mac))) {
+            resp.headers_mut().insert("x-keyhold-audit-head", v);
+        }
         Ok::<_, ApiError>(ctx.finish(resp))
     }
     .await;

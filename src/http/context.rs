@@ -9,6 +9,7 @@ use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTEN
 use http::StatusCode;
 use serde::Serialize;
 use warp::reply::Response;
+use zeroize::Zeroizing;
 
 use super::error::ApiError;
 use crate::limiter::{Decision, TrustedProxies};
@@ -55,8 +56,9 @@ impl Peer {
     }
 }
 
-/// What every handler knows about its request.
-#[derive(Debug, Clone)]
+/// What every handler knows about its request. `Debug` leaves the
+/// headers out: they carry the bearer token.
+#[derive(Clone)]
 pub struct Ctx {
     pub request_id: String,
     pub peer: Peer,
@@ -65,10 +67,28 @@ pub struct Ctx {
     /// True when `client_ip` came from a trusted proxy's X-Forwarded-For.
     pub forwarded: bool,
     pub headers: HeaderMap,
+    /// Time the client has to send the body once its headers arrived.
+    pub read_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("request_id", &self.request_id)
+            .field("peer", &self.peer)
+            .field("client_ip", &self.client_ip)
+            .field("forwarded", &self.forwarded)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ctx {
-    pub fn new(peer: Option<Peer>, headers: HeaderMap, proxies: &TrustedProxies) -> Ctx {
+    pub fn new(
+        peer: Option<Peer>,
+        headers: HeaderMap,
+        proxies: &TrustedProxies,
+        read_timeout: std::time::Duration,
+    ) -> Ctx {
         let peer = peer.unwrap_or(Peer::Tcp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))));
         let xff = headers
             .get_all("x-forwarded-for")
@@ -84,6 +104,7 @@ impl Ctx {
             client_ip,
             forwarded,
             headers,
+            read_timeout,
         }
     }
 
@@ -153,7 +174,14 @@ impl Ctx {
                 None => return Err(ApiError::bad_request("invalid Content-Length header")),
             }
         }
-        let bytes = read_limited(stream).await?;
+        let bytes = tokio::time::timeout(self.read_timeout, read_limited(stream))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time: send it whole, promptly",
+                )
+            })??;
         if bytes.is_empty() {
             return Err(ApiError::bad_request(
                 "the request body is empty: send a JSON object",
@@ -208,12 +236,14 @@ fn too_large() -> ApiError {
     ))
 }
 
-async fn read_limited<S, B>(mut stream: S) -> Result<Bytes, ApiError>
+/// Reads the body into one buffer allocated once at its largest size (no
+/// reallocation copies) and zeroized when dropped: bodies carry API keys.
+async fn read_limited<S, B>(mut stream: S) -> Result<Zeroizing<Vec<u8>>, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let mut out = Vec::new();
+    let mut out = Zeroizing::new(Vec::with_capacity(MAX_BODY));
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|_| {
             ApiError::bad_request("the request body could not be read: send it again")
@@ -228,7 +258,29 @@ where
             chunk.advance(n);
         }
     }
-    Ok(Bytes::from(out))
+    Ok(out)
+}
+
+/// A JSON answer that holds a secret: serialised into one buffer sized up
+/// front (no reallocation copies) that is zeroized when hyper drops it.
+pub fn secret_json_response<T: Serialize>(
+    status: StatusCode,
+    body: &T,
+    secret_len: usize,
+) -> Response {
+    // JSON escaping at most sextuples a byte (\u00XX); plus the fields.
+    let mut buf = Zeroizing::new(Vec::with_capacity(secret_len * 6 + 1024));
+    if serde_json::to_writer(&mut *buf, body).is_err() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"detail": "the answer could not be encoded; retry"}),
+        );
+    }
+    let mut resp = Response::new(Bytes::from_owner(buf).into());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// A JSON answer.

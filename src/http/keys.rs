@@ -13,7 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 use warp::reply::Response;
 
-use super::context::{with_rate_headers, Ctx};
+use super::context::{secret_json_response, with_rate_headers, Ctx};
 use super::error::ApiError;
 use super::{require, State};
 use crate::access::{valid_provider, Caller, Scope};
@@ -314,12 +314,8 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
     }
     if !decision.allowed {
         ev.outcome = Outcome::RateLimited;
-        for due in state.coalescer.add(ev, now_us()) {
-            let st = state.clone();
-            tokio::spawn(async move {
-                let _ = st.audit(due, vec![]).await;
-            });
-        }
+        let client = crate::limiter::ClientKey::of(ctx.client_ip).to_string();
+        state.coalescer.add(&client, ev, now_us());
         let err = ApiError::rate_limited(decision.retry_after_secs);
         return with_rate_headers(ctx.error(&err), &decision);
     }
@@ -411,6 +407,8 @@ async fn reveal_allowed(
         )
         .await?;
     // 9. answer
+    // Borrowed, not copied, when the key is UTF-8 (it always is when it
+    // came through the API).
     let api_key = String::from_utf8_lossy(opened.plaintext.expose());
     let body = Revealed {
         id: rec.id.to_string(),
@@ -418,7 +416,8 @@ async fn reveal_allowed(
         key_name: &rec.key_name,
         api_key: &api_key,
     };
-    Ok(ctx.json(StatusCode::OK, &body))
+    let resp = secret_json_response(StatusCode::OK, &body, api_key.len());
+    Ok(ctx.finish(resp))
 }
 
 fn expired() -> ApiError {

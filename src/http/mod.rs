@@ -43,6 +43,8 @@ pub struct AppState {
     pub limiter: RevealLimiter,
     pub proxies: TrustedProxies,
     pub coalescer: Coalescer,
+    /// Time a client has to send a request body (slow-body guard).
+    pub read_timeout: std::time::Duration,
     /// Held by a rotation or a backup, so they do not overlap.
     pub maintenance: Arc<tokio::sync::Mutex<()>>,
 }
@@ -124,7 +126,7 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
 fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::ext::optional::<Peer>()
         .and(warp::header::headers_cloned())
-        .map(move |peer, headers| Ctx::new(peer, headers, &state.proxies))
+        .map(move |peer, headers| Ctx::new(peer, headers, &state.proxies, state.read_timeout))
 }
 
 /// The raw query string, empty when there is none.

@@ -20,8 +20,9 @@ where
     F: FnOnce(&mut ChannelWriter) -> Result<(), String> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(IN_FLIGHT);
+    let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let mut writer = ChannelWriter { tx };
+        let mut writer = ChannelWriter { tx, handle };
         if let Err(e) = produce(&mut writer) {
             tracing::warn!(error = %e, "a streamed answer stopped early");
             let _ = writer
@@ -32,17 +33,33 @@ where
     warp::reply::stream(ChunkStream(rx)).into_response()
 }
 
+/// How long a producer waits for a client that stopped reading.
+const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `std::io::Write` into the bounded channel.
 pub struct ChannelWriter {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    handle: tokio::runtime::Handle,
 }
 
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
-        Ok(buf.len())
+        // A client that stops reading does not park this thread forever.
+        let chunk = Ok(Bytes::copy_from_slice(buf));
+        let sent = self
+            .handle
+            .block_on(async { tokio::time::timeout(STALL_LIMIT, self.tx.send(chunk)).await });
+        match sent {
+            Ok(Ok(())) => Ok(buf.len()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "client went away",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client stopped reading",
+            )),
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

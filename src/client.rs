@@ -1,0 +1,336 @@
+//! The HTTP client behind `keyhold exec`, `keyhold keys …` and
+//! `keyhold token … --remote`.
+//!
+//! The address comes from `--addr` / `KEYHOLD_ADDR`, the access token from
+//! `KEYHOLD_TOKEN` or `--token-file` (never argv). `https://` uses rustls
+//! with the system's roots, plus `--ca-cert` for a private CA.
+//!
+//! Not for: the server side (see `http`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::secret::SecretString;
+
+/// Default server address.
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:8787";
+
+/// Why a client call failed. Messages say what to do; none holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no access token: set KEYHOLD_TOKEN or pass --token-file FILE (make one with `keyhold token create`)")]
+    NoToken,
+    #[error("cannot read the token file {path}: {error}")]
+    TokenFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("invalid server address `{0}`: use http://HOST:PORT or https://HOST:PORT (KEYHOLD_ADDR or --addr)")]
+    BadAddr(String),
+    #[error("cannot use the CA certificate {path}: {detail}")]
+    CaCert { path: PathBuf, detail: String },
+    #[error("cannot reach keyhold at {addr}: {detail}; check KEYHOLD_ADDR (or --addr) and that the server is running")]
+    Unreachable { addr: String, detail: String },
+    #[error("{}", api_message(*status, detail, *retry_after))]
+    Api {
+        status: u16,
+        detail: String,
+        retry_after: Option<u64>,
+    },
+    #[error("unexpected answer from keyhold: {0}")]
+    Protocol(String),
+}
+
+fn api_message(status: u16, detail: &str, retry_after: Option<u64>) -> String {
+    let hint = match status {
+        401 => " (check KEYHOLD_TOKEN / --token-file)",
+        403 => " (the token lacks the scope or provider; ask an admin)",
+        429 => "",
+        _ => "",
+    };
+    let retry = retry_after
+        .map(|s| format!("; retry in {s} s"))
+        .unwrap_or_default();
+    format!("keyhold answered {status}: {detail}{hint}{retry}")
+}
+
+/// A revealed key. `api_key` is zeroized on drop and never printed by Debug.
+#[derive(Debug)]
+pub struct Revealed {
+    pub id: String,
+    pub provider: String,
+    pub key_name: String,
+    pub api_key: SecretString,
+}
+
+#[derive(Deserialize)]
+struct RevealBody {
+    id: String,
+    provider: String,
+    key_name: String,
+    api_key: String,
+}
+
+/// Reads the access token: `--token-file` if given, else `KEYHOLD_TOKEN`.
+pub fn token_from(token_file: Option<&Path>) -> Result<SecretString, ClientError> {
+    if let Some(path) = token_file {
+        let text = std::fs::read_to_string(path).map_err(|error| ClientError::TokenFile {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let t = SecretString::new(text.trim().to_string());
+        if t.expose().is_empty() {
+            return Err(ClientError::NoToken);
+        }
+        return Ok(t);
+    }
+    match std::env::var("KEYHOLD_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Ok(SecretString::new(t.trim().to_string())),
+        _ => Err(ClientError::NoToken),
+    }
+}
+
+/// A connection to one keyhold server with one token.
+pub struct Client {
+    http: reqwest::blocking::Client,
+    base: String,
+    token: SecretString,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(
+        addr: &str,
+        token: SecretString,
+        ca_cert: Option<&Path>,
+    ) -> Result<Client, ClientError> {
+        let base = addr.trim().trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&base).map_err(|_| ClientError::BadAddr(addr.into()))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(ClientError::BadAddr(addr.into()));
+        }
+        let mut builder = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("keyhold/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).map_err(|e| ClientError::CaCert {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaCert {
+                    path: path.to_path_buf(),
+                    detail: format!("not a PEM certificate ({e})"),
+                })?;
+            if certs.is_empty() {
+                return Err(ClientError::CaCert {
+                    path: path.to_path_buf(),
+                    detail: "no certificate in the file".into(),
+                });
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Client { http, base, token })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn send(
+        &self,
+        req: reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response, ClientError> {
+        let resp =
+            req.bearer_auth(self.token.expose())
+                .send()
+                .map_err(|e| ClientError::Unreachable {
+                    addr: self.base.clone(),
+                    detail: describe(&e),
+                })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let detail = resp
+            .json::<Value>()
+            .ok()
+            .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| "(no detail)".into());
+        Err(ClientError::Api {
+            status,
+            detail,
+            retry_after,
+        })
+    }
+
+    fn json<T: for<'de> Deserialize<'de>>(
+        resp: reqwest::blocking::Response,
+    ) -> Result<T, ClientError> {
+        resp.json::<T>().map_err(|e| {
+            ClientError::Protocol(format!("the answer is not the expected JSON ({e})"))
+        })
+    }
+
+    /// The newest live key of `provider`. `purpose` (the program the key
+    /// is for) goes to the audit record.
+    pub fn reveal_newest(
+        &self,
+        provider: &str,
+        purpose: Option<&str>,
+    ) -> Result<Revealed, ClientError> {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/api/providers/{}/key", encode(provider))));
+        if let Some(p) = purpose {
+            req = req.header("X-Keyhold-Purpose", p);
+        }
+        Self::revealed(self.send(req)?)
+    }
+
+    /// One key by id.
+    pub fn reveal(&self, id: &str) -> Result<Revealed, ClientError> {
+        let req = self
+            .http
+            .get(self.url(&format!("/api/keys/{}", encode(id))));
+        Self::revealed(self.send(req)?)
+    }
+
+    fn revealed(resp: reqwest::blocking::Response) -> Result<Revealed, ClientError> {
+        let b: RevealBody = Self::json(resp)?;
+        Ok(Revealed {
+            id: b.id,
+            provider: b.provider,
+            key_name: b.key_name,
+            api_key: SecretString::new(b.api_key),
+        })
+    }
+
+    /// Key metadata, optionally for one provider.
+    pub fn list(&self, provider: Option<&str>) -> Result<Vec<Value>, ClientError> {
+        let mut req = self.http.get(self.url("/api/keys"));
+        if let Some(p) = provider {
+            req = req.query(&[("provider", p)]);
+        }
+        Self::json(self.send(req)?)
+    }
+
+    /// Stores a key; returns its metadata.
+    pub fn add(
+        &self,
+        provider: &str,
+        name: &str,
+        api_key: &SecretString,
+        ttl: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({"provider": provider, "key_name": name, "api_key": api_key.expose()});
+        if let Some(t) = ttl {
+            body["ttl_seconds"] = json!(t);
+        }
+        let resp = self.send(self.http.post(self.url("/api/keys")).json(&body));
+        // The body held the secret; overwrite it before it is dropped.
+        if let Some(Value::String(s)) = body.get_mut("api_key") {
+            zeroize::Zeroize::zeroize(s);
+        }
+        Self::json(resp?)
+    }
+
+    pub fn delete(&self, id: &str) -> Result<Value, ClientError> {
+        Self::json(
+            self.send(
+                self.http
+                    .delete(self.url(&format!("/api/keys/{}", encode(id)))),
+            )?,
+        )
+    }
+
+    pub fn tokens(&self) -> Result<Vec<Value>, ClientError> {
+        Self::json(self.send(self.http.get(self.url("/api/tokens")))?)
+    }
+
+    /// Creates a token; the answer's `token` is the secret, shown once.
+    pub fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        providers: Option<&[String]>,
+    ) -> Result<Value, ClientError> {
+        let body = json!({"name": name, "role": role, "providers": providers});
+        Self::json(self.send(self.http.post(self.url("/api/tokens")).json(&body))?)
+    }
+
+    pub fn revoke_token(&self, id_or_name: &str) -> Result<Value, ClientError> {
+        Self::json(
+            self.send(
+                self.http
+                    .delete(self.url(&format!("/api/tokens/{}", encode(id_or_name)))),
+            )?,
+        )
+    }
+}
+
+/// Percent-encodes one path segment.
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A reqwest error and its causes, without the URL's query (no secrets in
+/// URLs anyway) and without repeating itself.
+fn describe(e: &reqwest::Error) -> String {
+    let mut msg = e.without_url_ref().to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    msg
+}
+
+trait WithoutUrl {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        if self.is_connect() {
+            "connection failed".into()
+        } else if self.is_timeout() {
+            "timed out".into()
+        } else {
+            "request failed".into()
+        }
+    }
+}
