@@ -54,6 +54,92 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup into a new or empty directory.
     Restore(RestoreArgs),
+    /// Fetch the newest key of each provider over HTTP and run CMD with it
+    /// in CMD's environment only (the process replaces itself with CMD).
+    Exec(ExecArgs),
+    /// Store, list, reveal and delete keys over HTTP (a client of `serve`).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// How a client command reaches the server. The token is never a flag:
+/// KEYHOLD_TOKEN, or a file.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The server: http://HOST:PORT or https://HOST:PORT.
+    #[arg(long, env = "KEYHOLD_ADDR", default_value = crate::client::DEFAULT_ADDR)]
+    pub addr: String,
+    /// Read the access token from this file instead of KEYHOLD_TOKEN.
+    #[arg(long, env = "KEYHOLD_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Trust this PEM CA certificate (a private CA) for https://.
+    #[arg(long, env = "KEYHOLD_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A provider whose newest live key to fetch (repeatable; pairs with
+    /// --env in order).
+    #[arg(long = "provider", value_name = "P", required = true)]
+    pub providers: Vec<String>,
+    /// The variable that receives the key of the --provider at the same
+    /// position (repeatable).
+    #[arg(long = "env", value_name = "VAR", required = true)]
+    pub envs: Vec<String>,
+    /// Start CMD with only PATH, HOME, LANG, TERM and the injected
+    /// variables, so nothing else of this environment leaks into it.
+    #[arg(long)]
+    pub pristine: bool,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Store a key read from stdin (not echoed on a terminal; never argv).
+    Add(KeysAddArgs),
+    /// List key metadata (a table, or --json).
+    List(KeysListArgs),
+    /// Print one key alone on stdout.
+    Reveal(KeysIdArgs),
+    /// Delete a key.
+    Delete(KeysIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysAddArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub provider: String,
+    /// The key's name.
+    #[arg(long)]
+    pub name: String,
+    /// Seconds until the key expires.
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysListArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub provider: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysIdArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The key's id.
+    pub id: String,
 }
 
 #[derive(Debug, Args)]
@@ -193,10 +279,23 @@ impl From<RoleArg> for Role {
     }
 }
 
+/// `--remote`: manage tokens through a running server's admin routes.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// Use the server's admin routes (KEYHOLD_ADDR, KEYHOLD_TOKEN) instead
+    /// of the store.
+    #[arg(long)]
+    pub remote: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct TokenCreateArgs {
     #[command(flatten)]
     pub data: DataDir,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// Name recorded in the audit log as the caller.
     #[arg(long)]
     pub name: String,
@@ -213,6 +312,8 @@ pub struct TokenCreateArgs {
 pub struct TokenListArgs {
     #[command(flatten)]
     pub data: DataDir,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -222,6 +323,8 @@ pub struct TokenListArgs {
 pub struct TokenRevokeArgs {
     #[command(flatten)]
     pub data: DataDir,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// The token's id or name.
     pub token: String,
 }

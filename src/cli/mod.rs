@@ -9,6 +9,7 @@ mod audit;
 mod init;
 mod keygen;
 mod lifecycle;
+mod remote;
 mod serve;
 mod token;
 
@@ -59,6 +60,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(a) => lifecycle::import(a),
         Command::Backup(a) => lifecycle::backup(a),
         Command::Restore(a) => lifecycle::restore(a),
+        Command::Exec(a) => remote::exec(a),
+        Command::Keys(c) => remote::keys(c),
     }
 }
 

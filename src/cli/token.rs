@@ -14,6 +14,74 @@ use crate::tokens;
 
 pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        TokenCommand::Create(a) if a.remote.remote => remote(&a.remote, |c| {
+            let role = crate::access::Role::from(a.role).as_str();
+            let v = c.create_token(&a.name, role, a.providers.as_deref())?;
+            let token = v
+                .get("token")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            println!("{token}");
+            eprintln!(
+                "keyhold: created token `{}` ({}), role {role}. It is shown only once.",
+                a.name,
+                v.get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
+            );
+            Ok(())
+        }),
+        TokenCommand::List(a) if a.remote.remote => remote(&a.remote, |c| {
+            let list = c.tokens()?;
+            let mut out = std::io::stdout().lock();
+            if a.json {
+                let _ = serde_json::to_writer_pretty(&mut out, &list);
+                let _ = writeln!(out);
+            } else {
+                let s = |v: &serde_json::Value, f: &str| {
+                    v.get(f)
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let _ = print_table_header(&mut out);
+                for t in &list {
+                    let providers = t
+                        .get("providers")
+                        .and_then(serde_json::Value::as_array)
+                        .map_or("*".to_string(), |p| {
+                            p.iter()
+                                .filter_map(serde_json::Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        });
+                    let status = t
+                        .get("revoked_at")
+                        .and_then(serde_json::Value::as_str)
+                        .map_or("live".to_string(), |r| format!("revoked {r}"));
+                    let _ = print_table_row(
+                        &mut out,
+                        &s(t, "id"),
+                        &s(t, "name"),
+                        &s(t, "role"),
+                        &providers,
+                        &s(t, "created_at"),
+                        &status,
+                    );
+                }
+            }
+            Ok(())
+        }),
+        TokenCommand::Revoke(a) if a.remote.remote => remote(&a.remote, |c| {
+            let v = c.revoke_token(&a.token)?;
+            eprintln!(
+                "keyhold: revoked token {}",
+                v.get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or(&a.token)
+            );
+            Ok(())
+        }),
         TokenCommand::Create(a) => {
             let keyring = Keyring::from_env()?;
             let store = open_checked(&a.data.data_dir, &keyring)?;
@@ -49,11 +117,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 serde_json::to_writer_pretty(&mut out, &list)?;
                 writeln!(out)?;
             } else {
-                writeln!(
-                    out,
-                    "{:<36}  {:<20}  {:<8}  {:<20}  {:<27}  STATUS",
-                    "ID", "NAME", "ROLE", "PROVIDERS", "CREATED"
-                )?;
+                print_table_header(&mut out)?;
                 for (_, r) in &all {
                     let providers = r
                         .providers
@@ -62,14 +126,14 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                     let status = r
                         .revoked_at_us
                         .map_or("live".to_string(), |t| format!("revoked {}", to_rfc3339(t)));
-                    writeln!(
-                        out,
-                        "{:<36}  {:<20}  {:<8}  {:<20}  {:<27}  {status}",
-                        r.id,
-                        r.name,
-                        r.role,
-                        providers,
-                        to_rfc3339(r.created_at_us)
+                    print_table_row(
+                        &mut out,
+                        &r.id.to_string(),
+                        &r.name,
+                        &r.role,
+                        &providers,
+                        &to_rfc3339(r.created_at_us),
+                        &status,
                     )?;
                 }
             }
@@ -91,4 +155,41 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs a `--remote` token command; client errors exit 2 (setup) or 1.
+fn remote(
+    a: &crate::config::RemoteArgs,
+    f: impl FnOnce(&crate::client::Client) -> Result<(), crate::client::ClientError>,
+) -> anyhow::Result<ExitCode> {
+    match super::remote::connect(&a.client).and_then(|c| f(&c)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("keyhold: error: {e}");
+            Ok(super::remote::client_exit(&e))
+        }
+    }
+}
+
+fn print_table_header(out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<36}  {:<20}  {:<8}  {:<20}  {:<27}  STATUS",
+        "ID", "NAME", "ROLE", "PROVIDERS", "CREATED"
+    )
+}
+
+fn print_table_row(
+    out: &mut impl Write,
+    id: &str,
+    name: &str,
+    role: &str,
+    providers: &str,
+    created: &str,
+    status: &str,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{id:<36}  {name:<20}  {role:<8}  {providers:<20}  {created:<27}  {status}"
+    )
 }

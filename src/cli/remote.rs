@@ -1,0 +1,224 @@
+//! Client commands over HTTP: `keyhold exec`, `keyhold keys …` and the
+//! `--remote` token commands.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use super::ConfigError;
+use crate::client::{token_from, Client, ClientError};
+use crate::config::{ClientArgs, ExecArgs, KeysCommand};
+use crate::secret::SecretString;
+
+/// Opens a client from the shared flags.
+pub(crate) fn connect(a: &ClientArgs) -> Result<Client, ClientError> {
+    let token = token_from(a.token_file.as_deref())?;
+    Client::new(&a.addr, token, a.ca_cert.as_deref())
+}
+
+/// Client errors a user fixes in their setup exit 2; answers of the
+/// server (and an unreachable one) exit 1.
+pub(crate) fn client_exit(e: &ClientError) -> ExitCode {
+    match e {
+        ClientError::NoToken
+        | ClientError::TokenFile { .. }
+        | ClientError::BadAddr(_)
+        | ClientError::CaCert { .. } => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn valid_env_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// Variables a `--pristine` command keeps from this environment.
+const PRISTINE_KEEP: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
+
+/// `keyhold exec`: every failure exits 2 and runs nothing.
+pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
+    if a.providers.len() != a.envs.len() {
+        return Err(ConfigError(format!(
+            "{} --provider but {} --env: give one --env VAR for each --provider, in order; nothing was run",
+            a.providers.len(),
+            a.envs.len()
+        ))
+        .into());
+    }
+    for var in &a.envs {
+        if !valid_env_name(var) {
+            return Err(ConfigError(format!(
+                "--env `{var}` is not a variable name (letters, digits and _, not starting with a digit); nothing was run"
+            ))
+            .into());
+        }
+    }
+    let Some(program) = a.command.first() else {
+        return Err(ConfigError(
+            "no command to run: add `-- CMD [ARGS...]`; nothing was run".into(),
+        )
+        .into());
+    };
+    let purpose = std::path::Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| program.clone());
+    let client = match connect(&a.client) {
+        Ok(c) => c,
+        Err(e) => return Err(ConfigError(format!("{e}; nothing was run")).into()),
+    };
+    let mut secrets: Vec<(String, SecretString)> = Vec::new();
+    for (provider, var) in a.providers.iter().zip(&a.envs) {
+        match client.reveal_newest(provider, Some(&format!("exec {purpose}"))) {
+            Ok(r) => secrets.push((var.clone(), r.api_key)),
+            Err(e) => {
+                return Err(ConfigError(format!(
+                    "{} for provider `{provider}`: {e}; nothing was run",
+                    match &e {
+                        ClientError::Api { status: 404, .. } => "no key",
+                        ClientError::Api { status: 410, .. } => "the key expired",
+                        ClientError::Api { status: 429, .. } => "rate limited",
+                        ClientError::Api { status: 401, .. } => "not authenticated",
+                        ClientError::Api { status: 403, .. } => "not allowed",
+                        _ => "cannot fetch the key",
+                    }
+                ))
+                .into())
+            }
+        }
+    }
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(&a.command[1..]);
+    if a.pristine {
+        cmd.env_clear();
+        for k in PRISTINE_KEEP {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+    }
+    // keyhold's own credential is not the command's business.
+    cmd.env_remove("KEYHOLD_TOKEN");
+    for (var, secret) in &secrets {
+        cmd.env(var, secret.expose());
+    }
+    // Only returns on failure; on success this process is CMD now, with its
+    // exit status, and no other process holds the key.
+    let err = cmd.exec();
+    drop(secrets);
+    eprintln!("keyhold exec: cannot run `{program}`: {err}");
+    Ok(ExitCode::from(127))
+}
+
+/// `keyhold keys …`
+pub fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
+    let res = match c {
+        KeysCommand::Add(a) => {
+            let key = read_secret_from_stdin()?;
+            connect(&a.client).and_then(|client| {
+                let meta = client.add(&a.provider, &a.name, &key, a.ttl)?;
+                eprintln!(
+                    "keyhold: stored key {} ({} / {})",
+                    str_of(&meta, "id"),
+                    a.provider,
+                    a.name
+                );
+                println!("{}", str_of(&meta, "id"));
+                Ok(())
+            })
+        }
+        KeysCommand::List(a) => connect(&a.client).and_then(|client| {
+            let list = client.list(a.provider.as_deref())?;
+            let mut out = std::io::stdout().lock();
+            if a.json {
+                let _ = serde_json::to_writer_pretty(&mut out, &list);
+                let _ = writeln!(out);
+            } else {
+                print_key_table(&mut out, &list);
+            }
+            Ok(())
+        }),
+        KeysCommand::Reveal(a) => connect(&a.client).and_then(|client| {
+            let r = client.reveal(&a.id)?;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(r.api_key.expose().as_bytes());
+            let _ = out.write_all(b"\n");
+            Ok(())
+        }),
+        KeysCommand::Delete(a) => connect(&a.client).and_then(|client| {
+            client.delete(&a.id)?;
+            eprintln!("keyhold: deleted key {}", a.id);
+            Ok(())
+        }),
+    };
+    match res {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("keyhold: error: {e}");
+            Ok(client_exit(&e))
+        }
+    }
+}
+
+fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+fn print_key_table(out: &mut impl Write, list: &[Value]) {
+    let _ = writeln!(
+        out,
+        "{:<36}  {:<16}  {:<24}  {:<27}  {:<27}  EXPIRES",
+        "ID", "PROVIDER", "NAME", "CREATED", "LAST USED"
+    );
+    for k in list {
+        let name: String = str_of(k, "key_name").chars().take(24).collect();
+        let _ = writeln!(
+            out,
+            "{:<36}  {:<16}  {:<24}  {:<27}  {:<27}  {}",
+            str_of(k, "id"),
+            str_of(k, "provider"),
+            name,
+            str_of(k, "created_at"),
+            k.get("last_used").and_then(Value::as_str).unwrap_or("-"),
+            k.get("expires_at").and_then(Value::as_str).unwrap_or("-"),
+        );
+    }
+}
+
+/// The API key to store: typed without echo on a terminal, else read from
+/// stdin (a pipe). Never from argv.
+fn read_secret_from_stdin() -> anyhow::Result<SecretString> {
+    let text = if std::io::stdin().is_terminal() {
+        SecretString::new(
+            rpassword::prompt_password("API key (not echoed): ")
+                .map_err(|e| ConfigError(format!("cannot read the key from the terminal: {e}")))?,
+        )
+    } else {
+        let mut buf = zeroize::Zeroizing::new(Vec::new());
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| ConfigError(format!("cannot read the key from stdin: {e}")))?;
+        let mut s = String::from_utf8(std::mem::take(&mut *buf))
+            .map_err(|_| ConfigError("the key on stdin is not UTF-8 text".into()))?;
+        // One trailing newline (from `echo` or a file) is not part of it.
+        if s.ends_with('\n') {
+            s.pop();
+            if s.ends_with('\r') {
+                s.pop();
+            }
+        }
+        SecretString::new(s)
+    };
+    if text.expose().is_empty() {
+        return Err(ConfigError(
+            "no key given: pipe it in (`printf %s \"$KEY\" | keyhold keys add ...`) or type it at the prompt".into(),
+        )
+        .into());
+    }
+    Ok(text)
+}
