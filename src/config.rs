@@ -216,9 +216,19 @@ pub struct KeygenArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub data: DataDir,
-    /// Address to listen on (host:port; port 0 picks a free one).
+    /// Address to listen on: host:port (port 0 picks a free one), or
+    /// unix:/path for a Unix socket (mode 0660).
     #[arg(long, env = "KEYHOLD_LISTEN", default_value = "127.0.0.1:8787")]
     pub listen: String,
+    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
+    #[arg(long, env = "KEYHOLD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "KEYHOLD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Log lines as `text` (for people) or `json` (for collectors).
+    #[arg(long, env = "KEYHOLD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Run on a temporary in-memory store with a random key: nothing
     /// persists. Loopback only. For trying keyhold out.
     #[arg(long, env = "KEYHOLD_DEV")]
@@ -234,6 +244,10 @@ pub struct ServeArgs {
     /// Open connections at most.
     #[arg(long, env = "KEYHOLD_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Open connections from one client address at most (trusted proxies
+    /// are exempt).
+    #[arg(long, env = "KEYHOLD_MAX_CONNECTIONS_PER_IP", default_value_t = 128)]
+    pub max_connections_per_ip: usize,
     /// Seconds a client has to send a request's headers, and again its
     /// body (slow-loris guard; 408 for a body that does not arrive).
     #[arg(long, env = "KEYHOLD_HEADER_TIMEOUT", default_value_t = 10)]
@@ -248,6 +262,12 @@ pub struct ServeArgs {
     /// Log filter (tracing syntax: error, warn, info, debug).
     #[arg(long, env = "KEYHOLD_LOG", default_value = "info")]
     pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,6 @@
 //! `keyhold serve [--dev] [--listen ADDR]`
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,29 +9,46 @@ use anyhow::Context;
 
 use super::{init_logging, ConfigError};
 use crate::audit::{AuditLog, AuditWriter, Coalescer};
-use crate::config::ServeArgs;
-use crate::http::server::{serve_tcp, Limits};
-use crate::http::{routes, AppState};
+use crate::config::{LogFormat, ServeArgs};
+use crate::http::server::{load_tls, serve as serve_http, Bind, Limits, Listener};
+use crate::http::{observe, routes, AppState};
 use crate::keyring::Keyring;
 use crate::limiter::RevealLimiter;
 use crate::store::Store;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_logging(&args.log);
+    init_logging_as(&args.log, args.log_format);
     // Everything that can be wrong with the configuration is found here,
     // before the runtime starts and before binding.
-    let listen: SocketAddr = args.listen.parse().map_err(|_| {
-        ConfigError(format!(
-            "invalid --listen / KEYHOLD_LISTEN `{}`: use host:port, for example 127.0.0.1:8787",
-            args.listen
-        ))
-    })?;
+    let bind: Bind = args
+        .listen
+        .parse()
+        .map_err(|e| ConfigError(format!("invalid --listen / KEYHOLD_LISTEN: {e}")))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            if matches!(bind, Bind::Unix(_)) {
+                return Err(ConfigError(
+                    "TLS is for TCP listeners; a Unix socket is protected by its file mode".into(),
+                )
+                .into());
+            }
+            Some(load_tls(cert, key).map_err(|e| ConfigError(e.to_string()))?)
+        }
+        (None, None) => None,
+        _ => return Err(ConfigError(
+            "give both --tls-cert and --tls-key (KEYHOLD_TLS_CERT, KEYHOLD_TLS_KEY), or neither"
+                .into(),
+        )
+        .into()),
+    };
     let (store, keyring, dev_token) = if args.dev {
-        if !listen.ip().is_loopback() {
-            return Err(ConfigError(
-                "--dev listens on loopback only: use --listen 127.0.0.1:PORT".into(),
-            )
-            .into());
+        if let Bind::Tcp(a) = &bind {
+            if !a.ip().is_loopback() {
+                return Err(ConfigError(
+                    "--dev listens on loopback only: use --listen 127.0.0.1:PORT".into(),
+                )
+                .into());
+            }
         }
         let keyring = Keyring::ephemeral();
         let store = Store::temporary()?;
@@ -52,28 +68,58 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, listen, store, keyring, log, dev_token))
+    runtime.block_on(serve(args, bind, tls, store, keyring, log, dev_token))
+}
+
+fn init_logging_as(filter: &str, format: LogFormat) {
+    match format {
+        LogFormat::Text => init_logging(filter),
+        LogFormat::Json => {
+            let filter = tracing_subscriber::EnvFilter::try_new(filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let _ = tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_current_span(false)
+                .try_init();
+        }
+    }
 }
 
 async fn serve(
     args: ServeArgs,
-    listen: SocketAddr,
+    bind: Bind,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     store: Store,
     keyring: Keyring,
     log: Arc<AuditLog>,
     dev_token: Option<crate::secret::SecretString>,
 ) -> anyhow::Result<ExitCode> {
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = Listener::bind(&bind, tls)
         .await
-        .map_err(|e| ConfigError(format!("cannot listen on {listen}: {e}")))?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
+        .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", args.listen)))?;
+    let metrics = observe::install_recorder();
+    let gauges = observe::Gauges::new();
+    {
+        // Counting keys reads the whole tree: done once, off the start path.
+        let (store, gauges) = (store.clone(), gauges.clone());
+        tokio::task::spawn_blocking(move || {
+            let n = store.key_count() as i64;
+            let _ = gauges.keys.compare_exchange(
+                -1,
+                n,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        });
+    }
     let anchors = Arc::new(Anchors::default());
     let observer = {
         let anchors = anchors.clone();
         Box::new(
-            move |records: &[crate::audit::AuditRecord], _elapsed: Duration| {
+            move |records: &[crate::audit::AuditRecord], elapsed: Duration| {
+                observe::audit_batch(records.len(), elapsed);
                 if let Some(r) = records.last() {
                     anchors.offer(r.seq, &r.mac);
                 }
@@ -106,26 +152,31 @@ async fn serve(
         proxies: args.trusted_proxies.clone(),
         coalescer: Coalescer::new(),
         read_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        metrics,
+        gauges,
         maintenance: Arc::new(tokio::sync::Mutex::new(())),
     });
     spawn_housekeeping(state.clone());
 
-    if !local.ip().is_loopback() {
-        tracing::warn!(
-            addr = %local,
-            "serving plain HTTP on a non-loopback address: tokens and keys cross the network in clear; put TLS in front"
-        );
+    let shown = listener.describe();
+    if let Some(local) = listener.local_addr() {
+        if !local.ip().is_loopback() && !listener.is_tls() {
+            tracing::warn!(
+                addr = %local,
+                "serving plain HTTP on a non-loopback address: tokens and keys cross the network in clear; use --tls-cert/--tls-key or put TLS in front"
+            );
+        }
     }
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "keyhold listening on http://{local}").ok();
+        writeln!(out, "keyhold listening on {shown}").ok();
         if let Some(token) = &dev_token {
-            print_dev_banner(&mut out, local, token.expose());
+            print_dev_banner(&mut out, &shown, token.expose());
         }
         out.flush().ok();
     }
     tracing::info!(
-        addr = %local,
+        addr = %shown,
         audit_head_seq = store.audit_last_seq().unwrap_or(0),
         reveal_rate = %args.reveal_rate,
         "keyhold serving"
@@ -133,10 +184,19 @@ async fn serve(
 
     let limits = Limits {
         max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         header_read_timeout: Duration::from_secs(args.header_timeout.max(1)),
         ..Limits::default()
     };
-    serve_tcp(listener, routes(state.clone()), limits, shutdown_signal()).await;
+    serve_http(
+        listener,
+        routes(state.clone()),
+        limits,
+        args.trusted_proxies.clone(),
+        observe::request_observer(),
+        shutdown_signal(),
+    )
+    .await;
 
     // Counted but not yet written attempts go in now.
     let pending = state.coalescer.drain(0, true);
@@ -191,7 +251,7 @@ fn log_anchor(seq: u64, mac: &[u8; 32]) {
     );
 }
 
-fn print_dev_banner(out: &mut impl Write, addr: SocketAddr, token: &str) {
+fn print_dev_banner(out: &mut impl Write, url: &str, token: &str) {
     let _ = writeln!(
         out,
         "\n\
@@ -204,8 +264,8 @@ fn print_dev_banner(out: &mut impl Write, addr: SocketAddr, token: &str) {
          try:\n\
          \x20 curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n\
          \x20      -d '{{\"provider\":\"claude\",\"key_name\":\"demo\",\"api_key\":\"sk-demo\"}}' \\\n\
-         \x20      http://{addr}/api/keys\n\
-         \x20 curl -s -H 'Authorization: Bearer {token}' http://{addr}/api/providers/claude/key\n"
+         \x20      {url}/api/keys\n\
+         \x20 curl -s -H 'Authorization: Bearer {token}' {url}/api/providers/claude/key\n"
     );
 }
 

@@ -69,6 +69,8 @@ pub struct Ctx {
     pub headers: HeaderMap,
     /// Time the client has to send the body once its headers arrived.
     pub read_timeout: std::time::Duration,
+    /// The authenticated caller's name, for the request log.
+    caller: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -105,6 +107,7 @@ impl Ctx {
             forwarded,
             headers,
             read_timeout,
+            caller: Default::default(),
         }
     }
 
@@ -195,8 +198,22 @@ impl Ctx {
         })
     }
 
-    /// Adds the request id (and no-store) to an answer.
+    /// Notes who the request is from (the request log names the caller).
+    pub fn set_caller(&self, name: &str) {
+        if let Ok(mut c) = self.caller.lock() {
+            *c = Some(name.to_string());
+        }
+    }
+
+    /// Adds the request id (and no-store) to an answer, and leaves the
+    /// request's facts for the request log in its extensions.
     pub fn finish(&self, mut resp: Response) -> Response {
+        let caller = self.caller.lock().ok().and_then(|c| c.clone());
+        resp.extensions_mut().insert(super::server::RequestInfo {
+            request_id: self.request_id.clone(),
+            client: self.client_ip.to_string(),
+            caller,
+        });
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&self.request_id) {
             h.insert("x-request-id", v);

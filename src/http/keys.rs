@@ -106,6 +106,7 @@ where
     ev.key_id = Some(record.id);
     ev.provider = Some(record.provider.clone());
     state.audit(ev, vec![Write::PutKey(record.clone())]).await?;
+    state.gauges.add_keys(1);
     Ok(ctx.json(StatusCode::OK, &KeyMeta::of(&record, None)))
 }
 
@@ -265,6 +266,7 @@ async fn delete_inner(state: &State, ctx: &Ctx, id: &str) -> Result<Response, Ap
         return Err(provider_forbidden(&rec.provider));
     }
     state.audit(ev, vec![Write::DeleteKey(rec)]).await?;
+    state.gauges.add_keys(-1);
     Ok(ctx.json(
         StatusCode::OK,
         &serde_json::json!({"status": "deleted", "id": id.to_string()}),
@@ -314,6 +316,9 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
     }
     if !decision.allowed {
         ev.outcome = Outcome::RateLimited;
+        metrics::counter!("keyhold_rate_limited_total").increment(1);
+        metrics::counter!("keyhold_reveals_total", "outcome" => Outcome::RateLimited.as_str())
+            .increment(1);
         let client = crate::limiter::ClientKey::of(ctx.client_ip).to_string();
         state.coalescer.add(&client, ev, now_us());
         let err = ApiError::rate_limited(decision.retry_after_secs);

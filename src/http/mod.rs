@@ -14,6 +14,7 @@ mod audit_routes;
 pub mod context;
 pub mod error;
 mod keys;
+pub mod observe;
 pub mod server;
 mod stream;
 
@@ -43,6 +44,9 @@ pub struct AppState {
     pub limiter: RevealLimiter,
     pub proxies: TrustedProxies,
     pub coalescer: Coalescer,
+    /// Serves /metrics (absent when no recorder could be installed).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub gauges: Arc<observe::Gauges>,
     /// Time a client has to send a request body (slow-body guard).
     pub read_timeout: std::time::Duration,
     /// Held by a rotation or a backup, so they do not overlap.
@@ -58,11 +62,15 @@ impl std::fmt::Debug for AppState {
 pub type State = Arc<AppState>;
 
 impl AppState {
-    /// Authenticates the request's bearer token.
+    /// Authenticates the request's bearer token (and notes the caller's
+    /// name for the request log).
     pub(crate) fn authenticate(&self, ctx: &Ctx) -> Result<Caller, ApiError> {
         let token = ctx.bearer()?;
         match crate::tokens::authenticate(&self.store, token) {
-            Ok(Some(c)) => Ok(c),
+            Ok(Some(c)) => {
+                ctx.set_caller(&c.name);
+                Ok(c)
+            }
             Ok(None) => Err(ApiError::unauthenticated(
                 "invalid or revoked token: check the token, or ask an admin for a new one",
             )),
@@ -100,11 +108,61 @@ impl AppState {
         event: AuditEvent,
         writes: Vec<crate::store::Write>,
     ) -> Result<u64, ApiError> {
+        if event.action == Action::Reveal {
+            metrics::counter!("keyhold_reveals_total", "outcome" => event.outcome.as_str())
+                .increment(1);
+        }
         self.audit.record(event, writes).await.map_err(|e| {
             tracing::error!(error = %e, "audit write failed");
             ApiError::audit_unavailable()
         })
     }
+}
+
+/// Every route the API serves: method and path pattern. One source of
+/// truth for the metrics' `route` label, the request log and the OpenAPI
+/// document's test.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/keys"),
+    ("GET", "/api/keys"),
+    ("GET", "/api/keys/{id}"),
+    ("DELETE", "/api/keys/{id}"),
+    ("GET", "/api/providers/{provider}/key"),
+    ("GET", "/api/tokens"),
+    ("POST", "/api/tokens"),
+    ("GET", "/api/tokens/{id}"),
+    ("DELETE", "/api/tokens/{id}"),
+    ("GET", "/api/audit"),
+    ("GET", "/api/audit/verify"),
+    ("POST", "/api/admin/rotate"),
+    ("GET", "/api/admin/backup"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+];
+
+/// The route pattern a request path falls under (`unmatched` for none):
+/// ids never become labels.
+pub fn route_label(method: &http::Method, path: &str) -> &'static str {
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let segs: Vec<&str> = path.split('/').collect();
+    let fits = |pattern: &str| {
+        let p: Vec<&str> = pattern.split('/').collect();
+        p.len() == segs.len()
+            && p.iter()
+                .zip(&segs)
+                .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
+    };
+    ROUTES
+        .iter()
+        .filter(|(_, p)| fits(p))
+        // A literal route beats a pattern (`/api/audit/verify`).
+        .min_by_key(|(m, p)| (*m != method.as_str(), p.contains('{')))
+        .map_or("unmatched", |(_, p)| p)
 }
 
 /// Checks a scope, answering 403 naming the scope when missing.
@@ -236,6 +294,20 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .then(admin::backup);
+    // GET /metrics — Prometheus text (no token)
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .map(|st: State| metrics_answer(&st));
+    // GET /openapi.json — the API document (no token)
+    let openapi = warp::path!("openapi.json").and(warp::get()).map(|| {
+        let mut r = Response::new(OPENAPI.into());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    });
     // GET /healthz — liveness, and whether the audit writer works
     let health = warp::path!("healthz")
         .and(warp::get())
@@ -269,9 +341,37 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .unify()
         .or(health)
         .unify()
+        .or(metrics)
+        .unify()
+        .or(openapi)
+        .unify()
         .recover(recover)
         .unify()
         .boxed()
+}
+
+/// The OpenAPI 3 document of this API (kept true by tests/openapi.rs).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+fn metrics_answer(state: &AppState) -> Response {
+    let Some(handle) = &state.metrics else {
+        return context::json_response(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"detail": "metrics are not enabled in this process"}),
+        );
+    };
+    metrics::gauge!("keyhold_audit_records").set(state.audit.log().head().0 as f64);
+    let keys = state.gauges.keys.load(std::sync::atomic::Ordering::Relaxed);
+    if keys >= 0 {
+        metrics::gauge!("keyhold_keys").set(keys as f64);
+    }
+    metrics::gauge!("keyhold_limiter_addresses").set(state.limiter.tracked() as f64);
+    let mut r = Response::new(handle.render().into());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
 }
 
 fn healthz(state: &AppState) -> Response {

@@ -201,7 +201,14 @@ impl Server {
         let mut reader = BufReader::new(child.stdout.take().unwrap());
         let mut first = String::new();
         reader.read_line(&mut first).expect("read serve stdout");
-        let addr = match first.trim().strip_prefix("keyhold listening on http://") {
+        let url = first
+            .trim()
+            .strip_prefix("keyhold listening on ")
+            .map(str::to_string);
+        let addr = match url
+            .as_deref()
+            .map(|u| u.split_once("://").map_or(u, |(_, a)| a))
+        {
             Some(a) => a.to_string(),
             None => {
                 let _ = child.kill();
@@ -215,7 +222,7 @@ impl Server {
         };
         stdout.lock().unwrap().push_str(&first);
         pump(reader, stdout.clone());
-        let base = format!("http://{addr}");
+        let base = url.unwrap_or_default();
         let s = Server {
             child: Some(child),
             addr,
@@ -223,8 +230,17 @@ impl Server {
             stdout,
             stderr,
         };
-        s.wait_healthy();
+        if s.base.starts_with("http://") {
+            s.wait_healthy();
+        }
         s
+    }
+
+    /// `keyhold serve` with these arguments (the caller picks --listen).
+    pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = keyhold();
+        cmd.arg("serve").args(args);
+        Self::spawn(cmd, env)
     }
 
     fn wait_healthy(&self) {

@@ -1,0 +1,72 @@
+//! The OpenAPI document served at /openapi.json is kept true: every
+//! documented route answers on the running server, and every served route
+//! is documented.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use serde_json::Value;
+
+fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if item.get(method).is_some() {
+                out.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_served_document_and_the_served_routes_agree() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    let r = client().get(s.url("/openapi.json")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let docs = documented(&doc);
+    let served: BTreeSet<(String, String)> = keyhold::http::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(docs, served, "the document and the route table differ");
+
+    // Each documented route exists on the server: it does not answer with
+    // the router's "no such route" 404 or a 405.
+    let api = Api::new(&s, &v.admin);
+    let id = api.create_key("claude", "k", "sk-1");
+    for (method, path) in &docs {
+        let concrete = path.replace("{id}", &id).replace("{provider}", "claude");
+        let m: reqwest::Method = method.parse().unwrap();
+        let mut req = api.req(m, &concrete);
+        if method == "POST" && path == "/api/keys" {
+            req = req.json(&serde_json::json!({"provider": "x", "key_name": "x", "api_key": "x"}));
+        }
+        if method == "POST" && path == "/api/tokens" {
+            req = req.json(&serde_json::json!({"name": "doc-bot", "role": "reader"}));
+        }
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().unwrap_or_default();
+        assert!(status != 405, "{method} {path}: 405");
+        assert!(
+            !(status == 404 && body.contains("no such route")),
+            "{method} {path} is documented but not served"
+        );
+        // Documented responses include the status the server gave.
+        let responses = &doc["paths"][path][method.to_lowercase()]["responses"];
+        assert!(
+            responses.get(status.to_string()).is_some(),
+            "{method} {path} answered {status}, which is not documented"
+        );
+    }
+    // An undocumented path is not served.
+    let r = api.get("/api/not-documented");
+    assert_eq!(r.status(), 404);
+    assert!(r.text().unwrap().contains("no such route"));
+}
