@@ -212,34 +212,7 @@ impl AuditLog {
     /// missing records instead of being papered over.
     pub fn open(store: Store, keyring: &Keyring) -> Result<AuditLog, AuditError> {
         let key = MacKey::unseal(&store, keyring)?;
-        // A damaged newest record must not stop appends; verify reports
-        // the damage where it is.
-        let last = store.last_audit()?.map(|(seq, bytes)| {
-            let mac = AuditRecord::decode(&bytes)
-                .map(|r| r.mac)
-                .unwrap_or(GENESIS);
-            (seq, mac)
-        });
-        let head = Head::load(&store)?.filter(|h| key.head_is_authentic(h));
-        let (next_seq, prev) = match (head, last) {
-            (Some(h), Some((seq, mac))) if h.seq == seq && h.mac == mac => (seq + 1, mac),
-            (Some(h), last) => {
-                tracing::warn!(
-                    head_seq = h.seq,
-                    last_seq = last.map_or(0, |l| l.0),
-                    "the audit log does not end at its chain head: records were removed or added \
-                     outside keyhold; run `keyhold audit verify`. New records continue after the head"
-                );
-                (h.seq.max(last.map_or(0, |l| l.0)) + 1, h.mac)
-            }
-            (None, Some((seq, mac))) => {
-                tracing::warn!(
-                    "the audit chain head is missing or not authentic; run `keyhold audit verify`"
-                );
-                (seq.saturating_add(1), mac)
-            }
-            (None, None) => (1, GENESIS),
-        };
+        let (next_seq, prev) = chain_position(&store, &key)?;
         Ok(AuditLog {
             store,
             key,
@@ -310,6 +283,30 @@ impl AuditLog {
         Ok(records.iter().map(|r| r.seq).collect())
     }
 
+    /// After a failed write: if the store keeps failing (sled keeps an IO
+    /// error until the database is opened again), reopens it and takes the
+    /// chain up again from what is durable. Returns whether it reopened.
+    /// Appends wait meanwhile; nothing acknowledged is affected, since an
+    /// append is acknowledged only after its fsync succeeded.
+    pub fn recover(&self) -> Result<bool, AuditError> {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if self.store.flush().is_ok() {
+            return Ok(false);
+        }
+        self.store.reopen(std::time::Duration::from_secs(5))?;
+        let (next_seq, prev) = chain_position(&self.store, &self.key)?;
+        state.next_seq = next_seq;
+        state.prev = prev;
+        tracing::warn!(
+            next_seq,
+            "storage reopened after a disk error; the audit chain continues"
+        );
+        Ok(true)
+    }
+
     /// Runs `f` with every write held back (all writes go through this
     /// log), so `f` sees one consistent state of the store.
     pub fn with_writes_paused<T>(&self, f: impl FnOnce() -> T) -> T {
@@ -328,6 +325,42 @@ impl AuditLog {
         };
         (state.next_seq - 1, state.prev)
     }
+}
+
+/// Where the chain continues: after the authentic head. If the newest
+/// records were cut (the head says the log ends later than its last
+/// record), appends continue after the head, so the cut stays visible to
+/// `audit verify` as missing records instead of being papered over.
+fn chain_position(store: &Store, key: &MacKey) -> Result<(u64, [u8; 32]), AuditError> {
+    // A damaged newest record must not stop appends; verify reports
+    // the damage where it is.
+    let last = store.last_audit()?.map(|(seq, bytes)| {
+        let mac = AuditRecord::decode(&bytes)
+            .map(|r| r.mac)
+            .unwrap_or(GENESIS);
+        (seq, mac)
+    });
+    let head = Head::load(store)?.filter(|h| key.head_is_authentic(h));
+    let (next_seq, prev) = match (head, last) {
+        (Some(h), Some((seq, mac))) if h.seq == seq && h.mac == mac => (seq + 1, mac),
+        (Some(h), last) => {
+            tracing::warn!(
+                    head_seq = h.seq,
+                    last_seq = last.map_or(0, |l| l.0),
+                    "the audit log does not end at its chain head: records were removed or added \
+                     outside keyhold; run `keyhold audit verify`. New records continue after the head"
+                );
+            (h.seq.max(last.map_or(0, |l| l.0)) + 1, h.mac)
+        }
+        (None, Some((seq, mac))) => {
+            tracing::warn!(
+                "the audit chain head is missing or not authentic; run `keyhold audit verify`"
+            );
+            (seq.saturating_add(1), mac)
+        }
+        (None, None) => (1, GENESIS),
+    };
+    Ok((next_seq, prev))
 }
 
 /// Verifies the whole chain in the store. The head is read first, so

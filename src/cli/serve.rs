@@ -269,8 +269,29 @@ fn print_dev_banner(out: &mut impl Write, url: &str, token: &str) {
     );
 }
 
-/// Periodic work: prune limiter state, write coalesced records.
+/// Periodic work: prune limiter state, write coalesced records, and bring
+/// the store back after a disk error.
 fn spawn_housekeeping(state: Arc<AppState>) {
+    let s = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if s.audit.is_healthy() {
+                continue;
+            }
+            // sled keeps returning an IO error (a full or failing disk)
+            // until the database is opened again: reopen it, so service
+            // resumes by itself once the disk recovers.
+            let log = s.audit.log().clone();
+            match tokio::task::spawn_blocking(move || log.recover()).await {
+                Ok(Ok(true)) => tracing::info!("storage reopened"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "storage still failing"),
+                Err(_) => {}
+            }
+        }
+    });
     let s = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));

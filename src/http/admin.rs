@@ -103,8 +103,9 @@ where
     B: Buf,
 {
     let res = async {
+        let body = ctx.read_json_body(body).await;
         let caller = admin_caller(&state, &ctx, Action::TokenCreate).await?;
-        let body = ctx.read_json_body(body).await?;
+        let body = body?;
         let obj = body.as_object().ok_or_else(|| {
             ApiError::invalid("the body must be a JSON object with name and role")
         })?;

@@ -161,6 +161,24 @@ impl Ctx {
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: Buf,
     {
+        if let Some(len) = self.headers.get(CONTENT_LENGTH) {
+            match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+                Some(n) if n > MAX_BODY as u64 => return Err(too_large()),
+                Some(_) => {}
+                None => return Err(ApiError::bad_request("invalid Content-Length header")),
+            }
+        }
+        // The (bounded) body is read before any other verdict, so the
+        // client is never cut off mid-upload and the connection stays
+        // usable for its next request.
+        let bytes = tokio::time::timeout(self.read_timeout, read_limited(stream))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time: send it whole, promptly",
+                )
+            })??;
         if let Some(ct) = self.headers.get(CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
             let essence = ct.split(';').next().unwrap_or("").trim();
@@ -170,21 +188,6 @@ impl Ctx {
                 ));
             }
         }
-        if let Some(len) = self.headers.get(CONTENT_LENGTH) {
-            match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-                Some(n) if n > MAX_BODY as u64 => return Err(too_large()),
-                Some(_) => {}
-                None => return Err(ApiError::bad_request("invalid Content-Length header")),
-            }
-        }
-        let bytes = tokio::time::timeout(self.read_timeout, read_limited(stream))
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body did not arrive in time: send it whole, promptly",
-                )
-            })??;
         if bytes.is_empty() {
             return Err(ApiError::bad_request(
                 "the request body is empty: send a JSON object",

@@ -70,13 +70,16 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
+    // Read the (bounded) body first so the client is never cut off
+    // mid-upload; authentication and scope still decide the answer first.
+    let body = ctx.read_json_body(body).await;
     let caller = state.authenticate(ctx)?;
     if let Err(e) = require(&caller, Scope::KeysWrite) {
         let ev = state.event(ctx, Action::KeyCreate, Some(&caller), Outcome::Forbidden);
         state.audit(ev, vec![]).await?;
         return Err(e);
     }
-    let mut body = ctx.read_json_body(body).await?;
+    let mut body = body?;
     let input = NewKey::from_json(&mut body)?;
     if !caller.may_use_provider(&input.provider) {
         let mut ev = state.event(ctx, Action::KeyCreate, Some(&caller), Outcome::Forbidden);

@@ -224,9 +224,10 @@ pub fn apply(
     Ok(report)
 }
 
-type Row = serde_json::Map<String, Value>;
+/// One input row, by column name.
+pub type Row = serde_json::Map<String, Value>;
 
-fn read_rows(
+pub fn read_rows(
     mut input: impl Read,
     format: ImportFormat,
 ) -> Result<Vec<Result<Row, String>>, ImportError> {

@@ -14,6 +14,7 @@
 mod records;
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Db, Transactional, Tree};
@@ -44,6 +45,8 @@ pub enum StoreError {
          is running on it, stop it or use the HTTP API instead"
     )]
     Open { path: String, error: sled::Error },
+    #[error("storage is being reopened after a disk error; retry shortly")]
+    Unavailable,
     #[error("storage error: {0}; check the disk (space, permissions) and retry")]
     Sled(sled::Error),
     #[error(
@@ -77,15 +80,48 @@ pub enum Write {
 }
 
 /// The open store: one sled database and its trees.
+/// The open database and its trees.
+struct Trees {
+    db: Db,
+    keys: Tree,
+    key_usage: Tree,
+    by_provider: Tree,
+    audit: Tree,
+    tokens: Tree,
+    meta: Tree,
+}
+
+impl Trees {
+    fn of(db: Db) -> Result<Trees> {
+        Ok(Trees {
+            keys: db.open_tree("keys")?,
+            key_usage: db.open_tree("key_usage")?,
+            by_provider: db.open_tree("by_provider")?,
+            audit: db.open_tree("audit")?,
+            tokens: db.open_tree("tokens")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+}
+
+/// Where a store lives, so it can be opened again.
+#[derive(Clone)]
+enum Origin {
+    Dir {
+        path: std::path::PathBuf,
+        cache: u64,
+    },
+    Temporary,
+}
+
+/// The open store: one sled database and its trees. Clones share it, and
+/// [`Store::reopen`] replaces it for all of them (sled's IO errors are
+/// sticky until the database is opened again).
 #[derive(Clone)]
 pub struct Store {
-    db: Db,
-    pub(crate) keys: Tree,
-    pub(crate) key_usage: Tree,
-    pub(crate) by_provider: Tree,
-    pub(crate) audit: Tree,
-    pub(crate) tokens: Tree,
-    pub(crate) meta: Tree,
+    current: Arc<RwLock<Option<Arc<Trees>>>>,
+    origin: Origin,
 }
 
 impl std::fmt::Debug for Store {
@@ -104,49 +140,89 @@ impl Store {
     /// Opens the store with a page cache of at most `cache_bytes` (sled's
     /// own default is 1 GiB, far more than keyhold needs).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|error| StoreError::Open {
-                path: dir.display().to_string(),
-                error,
-            })?;
-        Self::from_db(db)
+        let origin = Origin::Dir {
+            path: dir.to_path_buf(),
+            cache: cache_bytes,
+        };
+        Ok(Store {
+            current: Arc::new(RwLock::new(Some(Arc::new(Self::open_trees(&origin)?)))),
+            origin,
+        })
+    }
+
+    fn open_trees(origin: &Origin) -> Result<Trees> {
+        let db = match origin {
+            Origin::Dir { path, cache } => sled::Config::new()
+                .path(path)
+                .cache_capacity(*cache)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+                .map_err(|error| StoreError::Open {
+                    path: path.display().to_string(),
+                    error,
+                })?,
+            Origin::Temporary => sled::Config::new().temporary(true).open()?,
+        };
+        Trees::of(db)
     }
 
     /// A temporary store that lives in memory and is gone at exit.
     pub fn temporary() -> Result<Store> {
-        let db = sled::Config::new().temporary(true).open()?;
-        Self::from_db(db)
+        Ok(Store {
+            current: Arc::new(RwLock::new(Some(Arc::new(Self::open_trees(
+                &Origin::Temporary,
+            )?)))),
+            origin: Origin::Temporary,
+        })
     }
 
-    fn from_db(db: Db) -> Result<Store> {
-        Ok(Store {
-            keys: db.open_tree("keys")?,
-            key_usage: db.open_tree("key_usage")?,
-            by_provider: db.open_tree("by_provider")?,
-            audit: db.open_tree("audit")?,
-            tokens: db.open_tree("tokens")?,
-            meta: db.open_tree("meta")?,
-            db,
-        })
+    fn t(&self) -> Result<Arc<Trees>> {
+        let guard = match self.current.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard.clone().ok_or(StoreError::Unavailable)
+    }
+
+    /// Opens the database again (after a disk error, which sled keeps
+    /// returning until then). Waits up to `wait` for operations in flight
+    /// to let go of the old one. A temporary store cannot be reopened.
+    pub fn reopen(&self, wait: std::time::Duration) -> Result<()> {
+        if matches!(self.origin, Origin::Temporary) {
+            return Ok(());
+        }
+        let mut guard = match self.current.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(old) = guard.take() {
+            let deadline = std::time::Instant::now() + wait;
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if Arc::strong_count(&old) > 1 {
+                *guard = Some(old);
+                return Err(StoreError::Unavailable);
+            }
+            drop(old);
+        }
+        *guard = Some(Arc::new(Self::open_trees(&self.origin)?));
+        Ok(())
     }
 
     /// A tree by name (for backup and restore).
     pub fn tree(&self, name: &str) -> Result<Tree> {
-        Ok(self.db.open_tree(name)?)
+        Ok(self.t()?.db.open_tree(name)?)
     }
 
     /// True when `init` has run on this store.
     pub fn is_initialised(&self) -> Result<bool> {
-        Ok(self.meta.contains_key(META_SCHEMA)?)
+        Ok(self.t()?.meta.contains_key(META_SCHEMA)?)
     }
 
     /// The stored schema version, refusing a newer one.
     pub fn check_schema(&self) -> Result<()> {
-        match self.meta.get(META_SCHEMA)? {
+        match self.t()?.meta.get(META_SCHEMA)? {
             None => Ok(()),
             Some(v) => {
                 let found: u32 = postcard::from_bytes(&v).map_err(|e| StoreError::Corrupt {
@@ -166,7 +242,7 @@ impl Store {
     /// encrypted audit MAC key) in one durable transaction.
     pub fn initialise(&self, check_token: &str, audit_key_token: &str) -> Result<()> {
         let schema = postcard::to_stdvec(&SCHEMA_VERSION).map_err(corrupt("schema version"))?;
-        let res: std::result::Result<(), TransactionError<()>> = self.meta.transaction(|m| {
+        let res: std::result::Result<(), TransactionError<()>> = self.t()?.meta.transaction(|m| {
             if m.get(META_SCHEMA)?.is_some() {
                 return Err(ConflictableTransactionError::Abort(()));
             }
@@ -196,7 +272,7 @@ impl Store {
     }
 
     fn meta_string(&self, name: &[u8]) -> Result<Option<String>> {
-        match self.meta.get(name)? {
+        match self.t()?.meta.get(name)? {
             None => Ok(None),
             Some(v) => String::from_utf8(v.to_vec())
                 .map(Some)
@@ -209,13 +285,13 @@ impl Store {
 
     /// fsync everything written so far.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        self.t()?.db.flush()?;
         Ok(())
     }
 
     /// Async flush for use on the runtime.
     pub async fn flush_async(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        self.t()?.db.flush_async().await?;
         Ok(())
     }
 
@@ -223,7 +299,7 @@ impl Store {
 
     /// One key by id.
     pub fn get_key(&self, id: &Uuid) -> Result<Option<KeyRecord>> {
-        match self.keys.get(id.as_bytes())? {
+        match self.t()?.keys.get(id.as_bytes())? {
             None => Ok(None),
             Some(v) => Ok(Some(KeyRecord::decode(*id, &v)?)),
         }
@@ -231,7 +307,7 @@ impl Store {
 
     /// One key by id with its stored bytes (for compare-and-swap).
     pub fn get_key_raw(&self, id: &Uuid) -> Result<Option<(KeyRecord, sled::IVec)>> {
-        match self.keys.get(id.as_bytes())? {
+        match self.t()?.keys.get(id.as_bytes())? {
             None => Ok(None),
             Some(v) => Ok(Some((KeyRecord::decode(*id, &v)?, v))),
         }
@@ -239,12 +315,12 @@ impl Store {
 
     /// A raw meta value.
     pub fn meta_value(&self, name: &[u8]) -> Result<Option<sled::IVec>> {
-        Ok(self.meta.get(name)?)
+        Ok(self.t()?.meta.get(name)?)
     }
 
     /// A key's last_used, if it was ever revealed.
     pub fn last_used(&self, id: &Uuid) -> Result<Option<i64>> {
-        match self.key_usage.get(id.as_bytes())? {
+        match self.t()?.key_usage.get(id.as_bytes())? {
             None => Ok(None),
             Some(v) => Ok(Some(decode_i64(&v)?)),
         }
@@ -255,7 +331,7 @@ impl Store {
         let mut out = Vec::new();
         match provider {
             Some(p) => {
-                for item in self.by_provider.scan_prefix(provider_prefix(p)) {
+                for item in self.t()?.by_provider.scan_prefix(provider_prefix(p)) {
                     let (k, _) = item?;
                     if let Some(id) = id_from_index(&k) {
                         if let Some(rec) = self.get_key(&id)? {
@@ -265,7 +341,7 @@ impl Store {
                 }
             }
             None => {
-                for item in self.keys.iter() {
+                for item in self.t()?.keys.iter() {
                     let (k, v) = item?;
                     let id = Uuid::from_slice(&k).map_err(corrupt("key id"))?;
                     out.push(KeyRecord::decode(id, &v)?);
@@ -281,44 +357,54 @@ impl Store {
         &self,
         provider: &str,
     ) -> impl Iterator<Item = Result<KeyRecord>> + '_ {
-        self.by_provider
-            .scan_prefix(provider_prefix(provider))
-            .rev()
-            .filter_map(move |item| match item {
-                Err(e) => Some(Err(e.into())),
-                Ok((k, _)) => {
-                    let id = id_from_index(&k)?;
-                    self.get_key(&id).transpose()
-                }
-            })
+        let prefix = provider_prefix(provider);
+        let (iter, err) = split(self.t().map(|t| t.by_provider.scan_prefix(prefix).rev()));
+        err.into_iter().chain(
+            iter.into_iter()
+                .flatten()
+                .filter_map(move |item| match item {
+                    Err(e) => Some(Err(e.into())),
+                    Ok((k, _)) => {
+                        let id = id_from_index(&k)?;
+                        self.get_key(&id).transpose()
+                    }
+                }),
+        )
     }
 
     pub fn key_count(&self) -> usize {
-        self.keys.len()
+        self.t().map(|t| t.keys.len()).unwrap_or(0)
     }
 
     /// Every key with its stored bytes (for compare-and-swap), in id order.
     pub fn iter_keys(&self) -> impl Iterator<Item = Result<(KeyRecord, sled::IVec)>> + '_ {
-        self.keys.iter().map(|item| {
-            let (k, v) = item?;
-            let id = Uuid::from_slice(&k).map_err(corrupt("key id"))?;
-            Ok((KeyRecord::decode(id, &v)?, v))
-        })
+        let (iter, err) = split(self.t().map(|t| t.keys.iter()));
+        err.into_iter()
+            .chain(iter.into_iter().flatten().map(|item| {
+                let (k, v) = item?;
+                let id = Uuid::from_slice(&k).map_err(corrupt("key id"))?;
+                Ok((KeyRecord::decode(id, &v)?, v))
+            }))
     }
 
     /// Replaces a key record only if it still holds `current` (atomic; a
     /// crash leaves either the old or the new record). `false` when the
     /// record changed or is gone meanwhile.
     pub fn swap_key(&self, current: &[u8], new: &KeyRecord) -> Result<bool> {
-        let res =
-            self.keys
-                .compare_and_swap(new.id.as_bytes(), Some(current), Some(new.encode()?))?;
+        let res = self.t()?.keys.compare_and_swap(
+            new.id.as_bytes(),
+            Some(current),
+            Some(new.encode()?),
+        )?;
         Ok(res.is_ok())
     }
 
     /// Replaces a meta value only if it still holds `current`.
     pub fn swap_meta(&self, name: &[u8], current: &[u8], new: &[u8]) -> Result<bool> {
-        let res = self.meta.compare_and_swap(name, Some(current), Some(new))?;
+        let res = self
+            .t()?
+            .meta
+            .compare_and_swap(name, Some(current), Some(new))?;
         Ok(res.is_ok())
     }
 
@@ -326,7 +412,7 @@ impl Store {
 
     /// A token record by the SHA-256 of the token.
     pub fn get_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>> {
-        match self.tokens.get(hash)? {
+        match self.t()?.tokens.get(hash)? {
             None => Ok(None),
             Some(v) => Ok(Some(TokenRecord::decode(&v)?)),
         }
@@ -335,7 +421,7 @@ impl Store {
     /// Every token record with its hash.
     pub fn list_tokens(&self) -> Result<Vec<([u8; 32], TokenRecord)>> {
         let mut out = Vec::new();
-        for item in self.tokens.iter() {
+        for item in self.t()?.tokens.iter() {
             let (k, v) = item?;
             let hash: [u8; 32] = k.as_ref().try_into().map_err(corrupt("token hash"))?;
             out.push((hash, TokenRecord::decode(&v)?));
@@ -359,13 +445,14 @@ impl Store {
             .iter()
             .map(EncodedWrite::from_write)
             .collect::<Result<_>>()?;
+        let t = self.t()?;
         let trees = (
-            &self.audit,
-            &self.meta,
-            &self.keys,
-            &self.key_usage,
-            &self.by_provider,
-            &self.tokens,
+            &t.audit,
+            &t.meta,
+            &t.keys,
+            &t.key_usage,
+            &t.by_provider,
+            &t.tokens,
         );
         let res: std::result::Result<(), TransactionError<()>> =
             trees.transaction(|(audit, meta, keys, usage, by_provider, tokens)| {
@@ -387,12 +474,12 @@ impl Store {
 
     /// The stored chain head, if any record was ever written.
     pub(crate) fn audit_head_bytes(&self) -> Result<Option<sled::IVec>> {
-        Ok(self.meta.get(META_AUDIT_HEAD)?)
+        Ok(self.t()?.meta.get(META_AUDIT_HEAD)?)
     }
 
     /// The newest audit record's seq and bytes.
     pub(crate) fn last_audit(&self) -> Result<Option<(u64, sled::IVec)>> {
-        match self.audit.last()? {
+        match self.t()?.audit.last()? {
             None => Ok(None),
             Some((k, v)) => Ok(Some((decode_seq(&k)?, v))),
         }
@@ -402,17 +489,28 @@ impl Store {
     pub fn audit_iter(
         &self,
         from_seq: u64,
-    ) -> impl DoubleEndedIterator<Item = Result<(u64, sled::IVec)>> + '_ {
-        self.audit.range(from_seq.to_be_bytes()..).map(|item| {
-            let (k, v) = item?;
-            Ok((decode_seq(&k)?, v))
-        })
+    ) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + '_ {
+        let (iter, err) = split(self.t().map(|t| t.audit.range(from_seq.to_be_bytes()..)));
+        err.into_iter()
+            .chain(iter.into_iter().flatten().map(|item| {
+                let (k, v) = item?;
+                Ok((decode_seq(&k)?, v))
+            }))
     }
 
     /// The newest audit seq (0 when the log is empty); cheap, unlike a
     /// count of the tree.
     pub fn audit_last_seq(&self) -> Result<u64> {
         Ok(self.last_audit()?.map_or(0, |(s, _)| s))
+    }
+}
+
+/// An iterator, or the error that kept it from being made (as the first
+/// and only item).
+fn split<I, T>(r: Result<I>) -> (Option<I>, Option<Result<T>>) {
+    match r {
+        Ok(i) => (Some(i), None),
+        Err(e) => (None, Some(Err(e))),
     }
 }
 

@@ -56,7 +56,7 @@ impl KeyRecord {
         .map_err(corrupt("key"))
     }
 
-    pub(crate) fn decode(id: Uuid, bytes: &[u8]) -> Result<KeyRecord> {
+    pub fn decode(id: Uuid, bytes: &[u8]) -> Result<KeyRecord> {
         let StoredKey::V1(v) = postcard::from_bytes(bytes).map_err(corrupt("key"))?;
         Ok(KeyRecord {
             id,
@@ -93,7 +93,7 @@ impl TokenRecord {
         postcard::to_stdvec(&StoredToken::V1(self.clone())).map_err(corrupt("token"))
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<TokenRecord> {
+    pub fn decode(bytes: &[u8]) -> Result<TokenRecord> {
         let StoredToken::V1(v) = postcard::from_bytes(bytes).map_err(corrupt("token"))?;
         Ok(v)
     }

@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyhold");
 
+/// The binary under test: `KEYHOLD_BIN` (a release build, for the crash
+/// script) or the one cargo built for these tests.
+pub fn bin() -> String {
+    std::env::var("KEYHOLD_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// Every environment variable that can hold a keyring.
 pub const KEY_VARS: [&str; 4] = [
     "FERNET_KEY",
@@ -21,7 +27,7 @@ pub const KEY_VARS: [&str; 4] = [
 
 /// A `keyhold` command with no keyring and no KEYHOLD_* settings inherited.
 pub fn keyhold() -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     for v in KEY_VARS {
         c.env_remove(v);
     }
@@ -262,6 +268,16 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL by pid (a crash), and wait for the process to be gone.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
     }
 
     /// SIGTERM by pid, wait for exit; returns (exit code, stdout, stderr).
