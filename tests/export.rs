@@ -458,7 +458,7 @@ fn anchors_in_the_server_log_catch_a_rollback_to_an_older_copy() {
     let v = Vault::new();
     // An older copy of the whole store, before the session below.
     let old = v.tmp.path().join("old");
-    copy(&v.dir, &old);
+    copy_dir(&v.dir, &old);
     let s = v.serve(&[]);
     let api = Api::new(&s, &v.admin);
     api.create_key("claude", "k", "sk-1");
@@ -503,16 +503,4 @@ fn anchors_in_the_server_log_catch_a_rollback_to_an_older_copy() {
     );
     assert_eq!(rolled_back.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&rolled_back.stdout).contains("BROKEN"));
-}
-
-fn copy(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }

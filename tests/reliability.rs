@@ -133,32 +133,13 @@ fn sigkill_at_random_moments_loses_no_acknowledged_create_or_reveal() {
     );
 }
 
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/scripts/make_reference_fixture.py"
-);
-
 #[test]
 fn an_import_killed_part_way_then_rerun_imports_everything_once() {
     let key = keygen();
     let tmp = tempfile::tempdir().unwrap();
     let fx = tmp.path().join("fx");
-    let made = Command::new("python3")
-        .arg(FIXTURE)
-        .arg(&fx)
-        .args(["--rows", "6000"])
-        .env("FERNET_KEY", &key)
-        .output();
-    match &made {
-        Ok(o) if o.status.success() => {}
-        other => {
-            let why = format!("{other:?}");
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("the import fixture needs Python 3 with `cryptography`: {why}");
-            }
-            eprintln!("import kill test not run here: {why}");
-            return;
-        }
+    if reference_fixture(&key, &fx, &["--rows", "6000"]).is_none() {
+        return;
     }
     let dir = tmp.path().join("data");
     let admin = init(&dir, &key);

@@ -33,19 +33,6 @@ fn vault_with_history() -> (Vault, u64) {
     (v, n)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
 /// Copies the store, lets `edit` change its audit tree with sled itself,
 /// and returns the copy.
 fn tampered(v: &Vault, name: &str, edit: impl FnOnce(&sled::Tree)) -> PathBuf {

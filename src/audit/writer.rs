@@ -188,11 +188,11 @@ mod tests {
     use super::*;
     use crate::audit::{Action, Outcome};
     use crate::keyring::Keyring;
-    use crate::store::Store;
+    use crate::store::{KeyRecord, Store};
     use std::sync::atomic::AtomicUsize;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_records_share_batches_and_get_contiguous_seqs() {
+    /// An initialised on-disk store and its log.
+    fn fresh_log() -> (tempfile::TempDir, Store, Keyring, Arc<AuditLog>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let ring = Keyring::ephemeral();
@@ -201,6 +201,12 @@ mod tests {
             .initialise(&ring.encrypt(b"c"), &key.seal(&ring))
             .unwrap();
         let log = Arc::new(AuditLog::open(store.clone(), &ring).unwrap());
+        (dir, store, ring, log)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_records_share_batches_and_get_contiguous_seqs() {
+        let (_dir, store, _ring, log) = fresh_log();
         let batches = Arc::new(AtomicUsize::new(0));
         let b = batches.clone();
         let w = AuditWriter::start(
@@ -237,25 +243,10 @@ mod tests {
         let report = crate::audit::verify_store(&store, w.log().mac_key()).unwrap();
         assert!(report.is_ok(), "{report}");
     }
-}
-
-#[cfg(test)]
-mod cancel_tests {
-    use super::*;
-    use crate::audit::{Action, Outcome};
-    use crate::keyring::Keyring;
-    use crate::store::{KeyRecord, Store};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_record_given_up_before_the_writer_took_it_is_never_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let ring = Keyring::ephemeral();
-        let key = crate::audit::MacKey::generate().unwrap();
-        store
-            .initialise(&ring.encrypt(b"c"), &key.seal(&ring))
-            .unwrap();
-        let log = Arc::new(AuditLog::open(store.clone(), &ring).unwrap());
+        let (_dir, store, ring, log) = fresh_log();
         let w = AuditWriter::start(log.clone(), Duration::from_millis(100), None);
         // Stall the writer: hold every write back for a while.
         let (held, release) = std::sync::mpsc::channel::<()>();

@@ -423,3 +423,53 @@ pub fn read_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Copies a directory tree (a store, for tampering or rollback tests).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/scripts/make_reference_fixture.py"
+);
+
+/// Builds the Python reference's `api_keys` fixture in `dir`
+/// (scripts/make_reference_fixture.py); `None` outside CI when Python or
+/// `cryptography` is missing (under CI=true that fails, saying why).
+pub fn reference_fixture(key: &str, dir: &Path, extra: &[&str]) -> Option<()> {
+    let out = Command::new("python3")
+        .arg(FIXTURE)
+        .arg(dir)
+        .args(extra)
+        .env("FERNET_KEY", key)
+        .output();
+    let why = match &out {
+        Err(e) => format!("python3 cannot be started: {e}"),
+        Ok(o) if o.status.code() == Some(3) => String::from_utf8_lossy(&o.stderr).into_owned(),
+        Ok(o) => {
+            assert!(
+                o.status.success(),
+                "fixture: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return Some(());
+        }
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "the import fixture needs Python 3 with `cryptography` (.ci/run installs it): {why}"
+        );
+    }
+    eprintln!("import test not run here: {why}");
+    None
+}
