@@ -376,7 +376,7 @@ fn a_full_disk_refuses_reveals_with_503_then_service_resumes_by_itself() {
     let (status, took) = reveal_until(&api, &id, 503, Duration::from_secs(5));
     assert_eq!(status, 503);
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(8),
         "a refused reveal took {took:?}"
     );
     assert_eq!(health(&s).1["audit_writer"], "failing");
@@ -456,7 +456,7 @@ fn a_stalled_disk_fails_reveals_in_bounded_time_then_service_resumes() {
     assert_eq!(status, 503, "{body}");
     assert!(!body.contains("sk-disk-secret"));
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(8),
         "a stalled write held the request {took:?}"
     );
     let (status, _) = reveal_until(&api, &id, 200, Duration::from_secs(15));

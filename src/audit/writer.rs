@@ -247,7 +247,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_record_given_up_before_the_writer_took_it_is_never_written() {
         let (_dir, store, ring, log) = fresh_log();
-        let w = AuditWriter::start(log.clone(), Duration::from_millis(100), None);
+        let w = AuditWriter::start(log.clone(), Duration::from_millis(500), None);
         // Stall the writer: hold every write back for a while.
         let (held, release) = std::sync::mpsc::channel::<()>();
         let l = log.clone();
@@ -256,7 +256,7 @@ mod tests {
                 let _ = release.recv();
             })
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         // A is taken by the writer (which then blocks); B waits in the queue.
         let wa = w.clone();
         let a = tokio::spawn(async move {
@@ -266,7 +266,7 @@ mod tests {
             )
             .await
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let rec = KeyRecord {
             id: uuid::Uuid::new_v4(),
             provider: "claude".into(),

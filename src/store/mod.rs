@@ -47,6 +47,11 @@ pub enum StoreError {
     Open { path: String, error: sled::Error },
     #[error("storage is being reopened after a disk error; retry shortly")]
     Unavailable,
+    #[error("cannot {what}: {error}; check the disk (space, permissions) and retry")]
+    Io {
+        what: &'static str,
+        error: std::io::Error,
+    },
     #[error("storage error: {0}; check the disk (space, permissions) and retry")]
     Sled(sled::Error),
     #[error(
@@ -83,6 +88,10 @@ pub enum Write {
 /// The open database and its trees.
 struct Trees {
     db: Db,
+    /// sled's data file, opened again by keyhold to fsync it: sled's own
+    /// flush ends in `sync_file_range` on Linux, which writes the pages but
+    /// neither the file's metadata nor the disk's write cache.
+    data_file: Option<std::fs::File>,
     keys: Tree,
     key_usage: Tree,
     by_provider: Tree,
@@ -92,8 +101,9 @@ struct Trees {
 }
 
 impl Trees {
-    fn of(db: Db) -> Result<Trees> {
+    fn of(db: Db, data_file: Option<std::fs::File>) -> Result<Trees> {
         Ok(Trees {
+            data_file,
             keys: db.open_tree("keys")?,
             key_usage: db.open_tree("key_usage")?,
             by_provider: db.open_tree("by_provider")?,
@@ -163,7 +173,16 @@ impl Store {
                 })?,
             Origin::Temporary => sled::Config::new().temporary(true).open()?,
         };
-        Trees::of(db)
+        let data_file = match origin {
+            Origin::Dir { path, .. } => Some(std::fs::File::open(path.join("db")).map_err(
+                |error| StoreError::Io {
+                    what: "open the store's data file to fsync it",
+                    error,
+                },
+            )?),
+            Origin::Temporary => None,
+        };
+        Trees::of(db, data_file)
     }
 
     /// A temporary store that lives in memory and is gone at exit.
@@ -283,16 +302,27 @@ impl Store {
         }
     }
 
-    /// fsync everything written so far.
+    /// Makes everything written so far durable: sled writes out its
+    /// buffers, then keyhold fsyncs the data file (file data, metadata and
+    /// the disk's write cache).
     pub fn flush(&self) -> Result<()> {
-        self.t()?.db.flush()?;
+        let t = self.t()?;
+        t.db.flush()?;
+        if let Some(f) = &t.data_file {
+            f.sync_all().map_err(|error| StoreError::Io {
+                what: "fsync the store",
+                error,
+            })?;
+        }
         Ok(())
     }
 
-    /// Async flush for use on the runtime.
+    /// [`flush`](Self::flush) off the async runtime's threads.
     pub async fn flush_async(&self) -> Result<()> {
-        self.t()?.db.flush_async().await?;
-        Ok(())
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|_| StoreError::Unavailable)?
     }
 
     // ---- keys ----
