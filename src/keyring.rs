@@ -294,12 +294,14 @@ impl Keyring {
         // is as good as any: the crate's 60 s skew check would refuse it,
         // Python's `decrypt()` without a TTL does not. So present the
         // token's own time as "now" when it is later.
+        // The crate computes `now + 60`: keep that from overflowing (and,
+        // without a TTL, let a token stamped at the very end of time open).
         let now = match max_age {
-            None => token_timestamp(token).map_or(now, |ts| now.max(ts)),
-            Some(_) => now,
+            None => token_timestamp(token)
+                .map_or(now, |ts| now.max(ts))
+                .min(u64::MAX - 60),
+            Some(_) => now.min(u64::MAX - 120),
         };
-        // The crate computes `now + 60`; keep that from overflowing.
-        let now = now.min(u64::MAX - 120);
         for (i, k) in self.keys.iter().enumerate() {
             if let Ok(plain) = k.fernet.decrypt_at_time(token, None, now) {
                 let plain = SecretBytes::new(plain);

@@ -191,7 +191,8 @@ impl ChainVerifier {
                     format!("seq {} comes after seq {}", rec.seq, self.last_seq),
                 ));
             }
-            let adjacent = rec.seq == self.last_seq + 1 && (self.count > 0 || rec.seq == 1);
+            let adjacent =
+                self.last_seq.checked_add(1) == Some(rec.seq) && (self.count > 0 || rec.seq == 1);
             if adjacent && !crate::access::digests_equal(&rec.prev, &self.prev) {
                 return Some(broken(
                     rec.seq,
@@ -239,7 +240,7 @@ impl ChainVerifier {
         if self.head_seq == Some(rec.seq) {
             self.mac_at_head = Some(rec.mac);
         }
-        self.expected_seq = rec.seq + 1;
+        self.expected_seq = rec.seq.saturating_add(1);
         self.prev = rec.mac;
         self.last_seq = rec.seq;
         self.count += 1;
