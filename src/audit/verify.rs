@@ -193,15 +193,10 @@ impl ChainVerifier {
             }
             let adjacent =
                 self.last_seq.checked_add(1) == Some(rec.seq) && (self.count > 0 || rec.seq == 1);
-            if adjacent && !crate::access::digests_equal(&rec.prev, &self.prev) {
-                return Some(broken(
-                    rec.seq,
-                    Problem::Altered,
-                    format!(
-                        "its prev does not match the mac of seq {}: a record before it was replaced",
-                        rec.seq.saturating_sub(1)
-                    ),
-                ));
+            if adjacent {
+                if let Some(b) = self.unlinked(&rec) {
+                    return Some(b);
+                }
             }
             if !adjacent {
                 self.gaps += 1;
@@ -226,15 +221,8 @@ impl ChainVerifier {
                     format!("seq {} comes after seq {}", rec.seq, self.expected_seq - 1),
                 ));
             }
-            if !crate::access::digests_equal(&rec.prev, &self.prev) {
-                return Some(broken(
-                    rec.seq,
-                    Problem::Altered,
-                    format!(
-                        "its prev does not match the mac of seq {}: a record before it was replaced",
-                        rec.seq.saturating_sub(1)
-                    ),
-                ));
+            if let Some(b) = self.unlinked(&rec) {
+                return Some(b);
             }
         }
         if self.head_seq == Some(rec.seq) {
@@ -245,6 +233,20 @@ impl ChainVerifier {
         self.last_seq = rec.seq;
         self.count += 1;
         None
+    }
+
+    /// The record does not link to the one before it.
+    fn unlinked(&self, rec: &AuditRecord) -> Option<VerifyReport> {
+        (!crate::access::digests_equal(&rec.prev, &self.prev)).then(|| {
+            broken(
+                rec.seq,
+                Problem::Altered,
+                format!(
+                    "its prev does not match the mac of seq {}: a record before it was replaced",
+                    rec.seq.saturating_sub(1)
+                ),
+            )
+        })
     }
 
     /// Ends the walk of an export (no chain head to compare with).
