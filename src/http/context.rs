@@ -320,6 +320,15 @@ pub fn error_response(err: &ApiError) -> Response {
         resp.headers_mut()
             .insert("retry-after", HeaderValue::from(secs));
     }
+    // The body was not (wholly) read: the connection cannot carry another
+    // request, so tell the client not to reuse it.
+    if matches!(
+        err.status,
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+    ) {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if err.status == StatusCode::UNAUTHORIZED {
         resp.headers_mut()
             .insert("www-authenticate", HeaderValue::from_static("Bearer"));
