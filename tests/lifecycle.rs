@@ -285,23 +285,7 @@ fn import_from_the_python_reference_in_each_form_then_reveal() {
             0,
             "a dry run writes nothing"
         );
-        let out = run_with_key(
-            &key,
-            &[
-                "import",
-                "--json",
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--from",
-                file.to_str().unwrap(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{form}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r = import_json(&key, &dir, &file);
         assert_eq!(r["imported"], 7, "{form}: {r}");
         // Idempotent.
         let again = run_with_key(

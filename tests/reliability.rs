@@ -164,23 +164,7 @@ fn an_import_killed_part_way_then_rerun_imports_everything_once() {
         .status();
     let killed = !child.wait().unwrap().success();
     let before = Store::open(&dir).unwrap().key_count();
-    let out = run_with_key(
-        &key,
-        &[
-            "import",
-            "--json",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--from",
-            file.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = import_json(&key, &dir, &file);
     assert_eq!(
         r["imported"].as_u64().unwrap() + r["already_present"].as_u64().unwrap(),
         6000

@@ -127,12 +127,7 @@ fn two_swapped_records_are_caught_as_reordered() {
 #[test]
 fn dropping_the_newest_three_is_caught_as_truncated() {
     let (v, _) = vault_with_history();
-    let last = {
-        let db = sled::open(&v.dir).unwrap();
-        let t = db.open_tree("audit").unwrap();
-        let (k, _) = t.last().unwrap().unwrap();
-        u64::from_be_bytes(k.as_ref().try_into().unwrap())
-    };
+    let last = last_seq(&v.dir);
     let dir = tampered(&v, "truncated", |t| {
         for s in last - 2..=last {
             t.remove(key(s)).unwrap();
@@ -183,12 +178,7 @@ fn the_http_verify_route_reports_the_same() {
 #[test]
 fn a_cut_tail_stays_caught_after_new_records_are_appended() {
     let (v, _) = vault_with_history();
-    let last = {
-        let db = sled::open(&v.dir).unwrap();
-        let t = db.open_tree("audit").unwrap();
-        let (k, _) = t.last().unwrap().unwrap();
-        u64::from_be_bytes(k.as_ref().try_into().unwrap())
-    };
+    let last = last_seq(&v.dir);
     let dir = tampered(&v, "cut-then-append", |t| {
         for s in last - 2..=last {
             t.remove(key(s)).unwrap();
@@ -258,4 +248,12 @@ fn online_verify_under_concurrent_writes_never_reports_false_damage() {
     for w in writers {
         w.join().unwrap();
     }
+}
+
+/// The newest audit seq in a (stopped) store.
+fn last_seq(dir: &Path) -> u64 {
+    let db = sled::open(dir).unwrap();
+    let t = db.open_tree("audit").unwrap();
+    let (k, _) = t.last().unwrap().unwrap();
+    u64::from_be_bytes(k.as_ref().try_into().unwrap())
 }

@@ -473,3 +473,25 @@ pub fn reference_fixture(key: &str, dir: &Path, extra: &[&str]) -> Option<()> {
     eprintln!("import test not run here: {why}");
     None
 }
+
+/// `keyhold import --json --data-dir DIR --from FILE`, which must succeed;
+/// its JSON report.
+pub fn import_json(key: &str, dir: &Path, file: &Path) -> serde_json::Value {
+    let out = run_with_key(
+        key,
+        &[
+            "import",
+            "--json",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--from",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
