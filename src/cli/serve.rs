@@ -100,6 +100,17 @@ async fn serve(
         .await
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", args.listen)))?;
     let metrics = observe::install_recorder();
+    if let Some(handle) = metrics.clone() {
+        // Histogram samples are kept until they are folded into buckets; an
+        // unscraped server would keep every request's latency forever.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(observe::UPKEEP_EVERY);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let gauges = observe::Gauges::new();
     {
         // Counting keys reads the whole tree: done once, off the start path.

@@ -19,6 +19,10 @@ const LATENCY_BUCKETS: [f64; 14] = [
 /// Audit batch sizes.
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// How often histogram samples are folded into their buckets (the
+/// exporter keeps raw samples until then, 8 bytes each).
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(2);
+
 /// Installs the process-wide Prometheus recorder. `None` if one is
 /// already installed (then metrics are not served).
 pub fn install_recorder() -> Option<PrometheusHandle> {
