@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::store::{Store, StoreError, SCHEMA_VERSION};
+use crate::store::{Store, StoreError, META_KEY_COUNT, SCHEMA_VERSION};
 
 const MAGIC: &[u8] = b"KEYHOLD-BACKUP\n";
 /// The backup format this binary writes (and the newest it reads).
@@ -270,6 +270,12 @@ pub fn restore(input: impl Read, target: &Path) -> Result<BackupInfo, BackupErro
             trees.push((name, store.tree(name)?));
         }
         let info = read_backup(input, |name, k, v| {
+            // An online backup reads the trees one after another, so its
+            // key count may be off by the keys created meanwhile: the
+            // restored store counts its keys when first opened.
+            if name == "meta" && k == META_KEY_COUNT {
+                return Ok(());
+            }
             if let Some((_, t)) = trees.iter().find(|(n, _)| *n == name) {
                 t.insert(k, v).map_err(StoreError::from)?;
             }
@@ -293,5 +299,44 @@ pub fn restore(input: impl Read, target: &Path) -> Result<BackupInfo, BackupErro
             let _ = std::fs::remove_dir_all(&staging);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{KeyRecord, Write};
+
+    #[test]
+    fn a_restored_store_counts_its_keys_instead_of_trusting_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("a")).unwrap();
+        store.initialise("check", "audit-key").unwrap();
+        let keys: Vec<Write> = (0..3)
+            .map(|i| {
+                Write::PutKey(KeyRecord {
+                    id: uuid::Uuid::new_v4(),
+                    provider: "claude".into(),
+                    key_name: format!("k{i}"),
+                    token: "gAAAA-not-a-real-token".into(),
+                    created_at_us: i,
+                    expires_at_us: None,
+                })
+            })
+            .collect();
+        store.commit(&[], b"h", &keys).unwrap();
+        // An online backup can read the count before keys created while it
+        // runs: make the backed-up count disagree with the keys.
+        store
+            .tree("meta")
+            .unwrap()
+            .insert(META_KEY_COUNT, &1u64.to_be_bytes())
+            .unwrap();
+        let mut backup = Vec::new();
+        write_backup(&store, &mut backup).unwrap();
+        drop(store);
+        let target = dir.path().join("b");
+        restore(backup.as_slice(), &target).unwrap();
+        assert_eq!(Store::open(&target).unwrap().key_count(), 3);
     }
 }
