@@ -257,7 +257,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYHOLD_AUDIT_TIMEOUT_MS", default_value_t = 5000)]
     pub audit_timeout_ms: u64,
     /// Page cache of the store, in MiB.
-    #[arg(long, env = "KEYHOLD_CACHE_MB", default_value_t = 16)]
+    #[arg(long, env = "KEYHOLD_CACHE_MB", default_value_t = 8)]
     pub cache_mb: u64,
     /// Log filter (tracing syntax: error, warn, info, debug).
     #[arg(long, env = "KEYHOLD_LOG", default_value = "info")]
