@@ -85,7 +85,7 @@ pub enum Write {
     PutKey(KeyRecord),
     /// Remove a key, its usage and its provider index entry.
     DeleteKey(KeyRecord),
-    /// Set a key's last_used (skipped if the key is gone).
+    /// Set a key's last_used.
     TouchKey { id: Uuid, at_us: i64 },
     /// Insert or replace an access token record under its SHA-256.
     PutToken { hash: [u8; 32], record: TokenRecord },
@@ -646,6 +646,10 @@ impl EncodedWrite {
             EncodedWrite::PutKey { id, value, index } => {
                 if keys.insert(id, value.as_slice())?.is_none() {
                     added = 1;
+                    // A usage entry left by a reveal that raced the key's
+                    // deletion must not show on a key imported again
+                    // under the same id.
+                    usage.remove(id)?;
                 }
                 by_provider.insert(index.as_slice(), &[])?;
             }
@@ -657,9 +661,11 @@ impl EncodedWrite {
                 by_provider.remove(index.as_slice())?;
             }
             EncodedWrite::TouchKey { id, at } => {
-                if keys.get(id)?.is_some() {
-                    usage.insert(id, at)?;
-                }
+                // Not checked against `keys`: that read cost the single
+                // audit writer a node load per reveal on a large store. A
+                // reveal that races a deletion leaves a 24-byte entry that
+                // nothing reads (usage is only read through a key).
+                usage.insert(id, at)?;
             }
             EncodedWrite::PutToken { hash, value } => {
                 tokens.insert(hash, value.as_slice())?;
@@ -765,6 +771,22 @@ mod tests {
                 .id,
             c.id
         );
+    }
+
+    #[test]
+    fn a_reveal_racing_a_delete_leaves_no_last_used_on_a_key_made_again() {
+        let s = Store::temporary().unwrap();
+        let k = key("claude", 1);
+        s.commit(&[], b"h", &[Write::PutKey(k.clone())]).unwrap();
+        s.commit(&[], b"h", &[Write::DeleteKey(k.clone())]).unwrap();
+        // The reveal loaded the key before the delete; its record lands after.
+        s.commit(&[], b"h", &[Write::TouchKey { id: k.id, at_us: 7 }])
+            .unwrap();
+        s.commit(&[], b"h", &[Write::PutKey(k.clone())]).unwrap();
+        assert_eq!(s.last_used(&k.id).unwrap(), None);
+        s.commit(&[], b"h", &[Write::TouchKey { id: k.id, at_us: 9 }])
+            .unwrap();
+        assert_eq!(s.last_used(&k.id).unwrap(), Some(9));
     }
 
     fn stored_count(s: &Store) -> Option<u64> {
