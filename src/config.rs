@@ -256,9 +256,10 @@ pub struct ServeArgs {
     /// before it is refused with 503.
     #[arg(long, env = "KEYHOLD_AUDIT_TIMEOUT_MS", default_value_t = 5000)]
     pub audit_timeout_ms: u64,
-    /// Page cache of the store, in MiB.
-    #[arg(long, env = "KEYHOLD_CACHE_MB", default_value_t = 8)]
-    pub cache_mb: u64,
+    /// Page cache of the store, in MiB [default: 64 bytes a stored key,
+    /// at least 8 and at most 256].
+    #[arg(long, env = "KEYHOLD_CACHE_MB")]
+    pub cache_mb: Option<u64>,
     /// Log filter (tracing syntax: error, warn, info, debug).
     #[arg(long, env = "KEYHOLD_LOG", default_value = "info")]
     pub log: String,

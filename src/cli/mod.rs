@@ -114,13 +114,14 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
 /// Opens an initialised store and checks that the keyring opens its check
 /// value (a wrong key fails here, not at the first reveal).
 pub(crate) fn open_checked(dir: &Path, keyring: &Keyring) -> anyhow::Result<Store> {
-    open_checked_with_cache(dir, keyring, crate::store::DEFAULT_CACHE_BYTES)
+    open_checked_with_cache(dir, keyring, Some(crate::store::DEFAULT_CACHE_BYTES))
 }
 
+/// Opens with a page cache of `cache_bytes`, or sized to the store if `None`.
 pub(crate) fn open_checked_with_cache(
     dir: &Path,
     keyring: &Keyring,
-    cache_bytes: u64,
+    cache_bytes: Option<u64>,
 ) -> anyhow::Result<Store> {
     let store = open_initialised_with_cache(dir, cache_bytes)?;
     check_keyring(&store, keyring, dir)?;
@@ -129,15 +130,22 @@ pub(crate) fn open_checked_with_cache(
 
 /// Opens a store that `init` has run on.
 pub(crate) fn open_initialised(dir: &Path) -> anyhow::Result<Store> {
-    open_initialised_with_cache(dir, crate::store::DEFAULT_CACHE_BYTES)
+    open_initialised_with_cache(dir, Some(crate::store::DEFAULT_CACHE_BYTES))
 }
 
-fn open_initialised_with_cache(dir: &Path, cache_bytes: u64) -> anyhow::Result<Store> {
+fn open_initialised_with_cache(dir: &Path, cache_bytes: Option<u64>) -> anyhow::Result<Store> {
     // Never create a store here: only `init` does (sled writes files on open).
     if !dir.join("db").is_file() {
         return Err(StoreError::NotInitialised(dir.display().to_string()).into());
     }
-    let store = Store::open_with_cache(dir, cache_bytes)?;
+    let store = match cache_bytes {
+        Some(bytes) => Store::open_with_cache(dir, bytes)?,
+        None => {
+            let (store, bytes) = Store::open_auto_cache(dir)?;
+            tracing::debug!(cache_mib = bytes >> 20, "page cache sized to the store");
+            store
+        }
+    };
     if !store.is_initialised()? {
         return Err(StoreError::NotInitialised(dir.display().to_string()).into());
     }

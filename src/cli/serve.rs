@@ -59,7 +59,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let store = super::open_checked_with_cache(
             &args.data.data_dir,
             &keyring,
-            args.cache_mb.saturating_mul(1024 * 1024),
+            args.cache_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
         )?;
         (store, keyring, None)
     };

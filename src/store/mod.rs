@@ -22,10 +22,25 @@ use uuid::Uuid;
 
 pub use records::{KeyRecord, TokenRecord};
 
-/// Default sled page cache: 8 MiB. Reveals of 100,000 keys ran as fast
-/// with 8 as with 16 (the OS page cache holds the file); the smaller cache
-/// keeps a loaded server under 64 MiB (BENCHMARKS.md).
+/// Default sled page cache: 8 MiB, the smallest `serve` sizes itself.
+/// Reveals of 100,000 keys ran as fast with 8 as with 16 (the OS page
+/// cache holds the file); the smaller cache keeps a loaded server under
+/// 64 MiB (BENCHMARKS.md).
 pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// Page cache `serve` gives each stored key when it sizes the cache itself.
+pub const CACHE_BYTES_PER_KEY: u64 = 64;
+/// The largest page cache `serve` sizes itself: 256 MiB.
+pub const MAX_AUTO_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The page cache for a store of `keys` keys: 64 bytes a key, at least
+/// 8 MiB and at most 256 MiB. Reveals of random keys pull a whole leaf
+/// each; on 1,000,000 keys an 8 MiB cache held too few of them and cost a
+/// third of the throughput, while the store's own index already takes
+/// ~150 MiB there (BENCHMARKS.md).
+pub fn auto_cache_bytes(keys: u64) -> u64 {
+    keys.saturating_mul(CACHE_BYTES_PER_KEY)
+        .clamp(DEFAULT_CACHE_BYTES, MAX_AUTO_CACHE_BYTES)
+}
 
 /// The schema this binary writes. A store with a newer one is refused.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -152,6 +167,19 @@ impl Store {
     /// page cache.
     pub fn open(dir: &Path) -> Result<Store> {
         Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store with the page cache [`auto_cache_bytes`] gives its
+    /// key count (opened once with the default to read the count, and
+    /// again if the store needs more). Returns the store and the size.
+    pub fn open_auto_cache(dir: &Path) -> Result<(Store, u64)> {
+        let store = Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)?;
+        let want = auto_cache_bytes(store.key_count() as u64);
+        if want <= DEFAULT_CACHE_BYTES {
+            return Ok((store, DEFAULT_CACHE_BYTES));
+        }
+        drop(store);
+        Ok((Self::open_with_cache(dir, want)?, want))
     }
 
     /// Opens the store with a page cache of at most `cache_bytes` (sled's
@@ -787,6 +815,27 @@ mod tests {
         s.commit(&[], b"h", &[Write::TouchKey { id: k.id, at_us: 9 }])
             .unwrap();
         assert_eq!(s.last_used(&k.id).unwrap(), Some(9));
+    }
+
+    #[test]
+    fn the_cache_is_sized_to_the_store() {
+        assert_eq!(auto_cache_bytes(0), DEFAULT_CACHE_BYTES);
+        assert_eq!(auto_cache_bytes(100_000), DEFAULT_CACHE_BYTES);
+        assert_eq!(auto_cache_bytes(1_000_000), 64_000_000);
+        assert_eq!(auto_cache_bytes(u64::MAX), MAX_AUTO_CACHE_BYTES);
+        let dir = tempfile::tempdir().unwrap();
+        let (s, bytes) = Store::open_auto_cache(dir.path()).unwrap();
+        assert_eq!(bytes, DEFAULT_CACHE_BYTES);
+        s.initialise("check", "audit-key").unwrap();
+        let keys: Vec<Write> = (0..140_000).map(|i| Write::PutKey(key("p", i))).collect();
+        s.commit(&[], b"h", &keys).unwrap();
+        s.flush().unwrap();
+        drop(s);
+        let (s, bytes) = Store::open_auto_cache(dir.path()).unwrap();
+        assert_eq!(
+            (bytes, s.key_count()),
+            (140_000 * CACHE_BYTES_PER_KEY, 140_000)
+        );
     }
 
     fn stored_count(s: &Store) -> Option<u64> {
