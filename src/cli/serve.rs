@@ -113,7 +113,8 @@ async fn serve(
     }
     let gauges = observe::Gauges::new();
     {
-        // Counting keys reads the whole tree: done once, off the start path.
+        // The count is kept in the store; read off the start path all the
+        // same, as an unreadable count makes it walk the keys.
         let (store, gauges) = (store.clone(), gauges.clone());
         tokio::task::spawn_blocking(move || {
             let n = store.key_count() as i64;
