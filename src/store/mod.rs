@@ -173,8 +173,12 @@ impl Store {
     /// key count (opened once with the default to read the count, and
     /// again if the store needs more). Returns the store and the size.
     pub fn open_auto_cache(dir: &Path) -> Result<(Store, u64)> {
+        Self::open_cache_sized_by(dir, auto_cache_bytes)
+    }
+
+    fn open_cache_sized_by(dir: &Path, size: impl Fn(u64) -> u64) -> Result<(Store, u64)> {
         let store = Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)?;
-        let want = auto_cache_bytes(store.key_count() as u64);
+        let want = size(store.key_count() as u64);
         if want <= DEFAULT_CACHE_BYTES {
             return Ok((store, DEFAULT_CACHE_BYTES));
         }
@@ -827,15 +831,18 @@ mod tests {
         let (s, bytes) = Store::open_auto_cache(dir.path()).unwrap();
         assert_eq!(bytes, DEFAULT_CACHE_BYTES);
         s.initialise("check", "audit-key").unwrap();
-        let keys: Vec<Write> = (0..140_000).map(|i| Write::PutKey(key("p", i))).collect();
+        let keys: Vec<Write> = (0..10).map(|i| Write::PutKey(key("p", i))).collect();
         s.commit(&[], b"h", &keys).unwrap();
         s.flush().unwrap();
         drop(s);
-        let (s, bytes) = Store::open_auto_cache(dir.path()).unwrap();
-        assert_eq!(
-            (bytes, s.key_count()),
-            (140_000 * CACHE_BYTES_PER_KEY, 140_000)
-        );
+        // A store that needs more than the default is opened again with it
+        // (1 MiB a key here, so that 10 keys are enough to need more).
+        let (s, bytes) = Store::open_cache_sized_by(dir.path(), |n| n << 20).unwrap();
+        assert_eq!((bytes, s.key_count()), (10 << 20, 10));
+        assert!(s
+            .get_key(&s.list_keys(None).unwrap()[0].id)
+            .unwrap()
+            .is_some());
     }
 
     fn stored_count(s: &Store) -> Option<u64> {
