@@ -140,11 +140,7 @@ fn exec_injects_several_providers_and_pristine_keeps_only_the_basics() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let env = String::from_utf8(out.stdout).unwrap();
     let names: std::collections::BTreeSet<&str> = env
         .lines()
@@ -298,11 +294,7 @@ fn keys_add_list_reveal_delete_round_trip_through_the_cli() {
     )
     .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(id.len(), 36);
     // list: a table by default, JSON on request; never the key.
@@ -370,11 +362,7 @@ fn token_commands_work_remotely() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(token.starts_with("kh_"));
     assert_eq!(Api::new(&s, &token).get("/api/keys").status(), 200);
@@ -388,11 +376,7 @@ fn token_commands_work_remotely() {
         .args(["token", "revoke", "--remote", "bot"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(Api::new(&s, &token).get("/api/keys").status(), 401);
     // A non-admin token is refused by the server.
     let out = client_cmd(&s, &token)

@@ -45,11 +45,7 @@ fn export_cli(v: &Vault, args: &[&str]) -> String {
     let mut all = vec!["audit", "export", "--data-dir", v.dir_str()];
     all.extend_from_slice(args);
     let out = run_with_key(&v.key, &all);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     String::from_utf8(out.stdout).unwrap()
 }
 

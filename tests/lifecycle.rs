@@ -82,11 +82,7 @@ fn rotation_moves_every_record_to_the_new_key_and_keeps_times() {
         "keys, check value and MAC key"
     );
     let out = with_keys(&both, &["rotate", "--data-dir", v.dir_str()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("rotated {} keys", keys.len())));
     let after = Store::open(&v.dir).unwrap().list_keys(None).unwrap();
     assert_eq!(before.len(), after.len());
@@ -422,11 +418,7 @@ fn backup_then_restore_then_reveal_and_verify() {
             backup.to_str().unwrap(),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     // No secret in clear in the backup.
     let bytes = std::fs::read(&backup).unwrap();
     for (_, plain) in &keys {
@@ -541,9 +533,5 @@ fn restore_ok(v: &Vault, file: &std::path::Path, target: &std::path::Path) {
             target.to_str().unwrap(),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 }

@@ -161,11 +161,7 @@ fn https_round_trip_with_a_private_ca_records_the_client_ip() {
         .write_all(b"sk-over-tls")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let out = cli(&["keys", "reveal", &id], Some(&ca)).output().unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "sk-over-tls\n");

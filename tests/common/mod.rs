@@ -49,6 +49,16 @@ pub fn run_with_key(key: &str, args: &[&str]) -> Output {
         .expect("run keyhold")
 }
 
+/// Fails the test, with what the command said on stderr, unless it exited 0.
+#[track_caller]
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn keygen() -> String {
     let out = keyhold().arg("keygen").output().expect("run keygen");
     assert!(
