@@ -3,12 +3,18 @@
 //! `keyhold audit verify` at the right seq.
 //!
 //! The edits go through sled itself (not keyhold), as an attacker who can
-//! rewrite the database files and knows sled's format would make them;
-//! flipping raw bytes of sled's log instead would only trip sled's own
-//! page checksums, which proves nothing about keyhold.
+//! rewrite the database files and knows sled's format and keyhold's would
+//! make them; flipping raw bytes of sled's log instead would only trip
+//! sled's own page checksums, which proves nothing about keyhold.
+//!
+//! keyhold's format, read and written here independently of its code: the
+//! `audit` tree's key is the big-endian seq of an entry's first record; a
+//! value starting 0xFF is a chunk of `seq:u64 BE len:u32 BE record`
+//! entries, any other value is one record (schema 1).
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -33,14 +39,66 @@ fn vault_with_history() -> (Vault, u64) {
     (v, n)
 }
 
-/// Copies the store, lets `edit` change its audit tree with sled itself,
-/// and returns the copy.
-fn tampered(v: &Vault, name: &str, edit: impl FnOnce(&sled::Tree)) -> PathBuf {
+/// The audit records of a tree, by the seq each is stored under.
+type Log = BTreeMap<u64, Vec<u8>>;
+
+const CHUNK_TAG: u8 = 0xFF;
+
+fn read_log(t: &sled::Tree) -> Log {
+    let mut log = Log::new();
+    for item in t.iter() {
+        let (k, v) = item.unwrap();
+        let key = u64::from_be_bytes(k.as_ref().try_into().unwrap());
+        if v.first() != Some(&CHUNK_TAG) {
+            log.insert(key, v.to_vec());
+            continue;
+        }
+        let mut rest = &v[1..];
+        while !rest.is_empty() {
+            let seq = u64::from_be_bytes(rest[..8].try_into().unwrap());
+            let len = u32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
+            log.insert(seq, rest[12..12 + len].to_vec());
+            rest = &rest[12 + len..];
+        }
+    }
+    log
+}
+
+/// Replaces the tree's contents with `log`: chunks of up to `per_chunk`
+/// records, or one record per entry (as schema 1 stored them) when
+/// `per_chunk` is 0.
+fn write_log(t: &sled::Tree, log: &Log, per_chunk: usize) {
+    t.clear().unwrap();
+    let records: Vec<_> = log.iter().collect();
+    if per_chunk == 0 {
+        for (seq, bytes) in records {
+            t.insert(seq.to_be_bytes(), bytes.as_slice()).unwrap();
+        }
+        return;
+    }
+    for chunk in records.chunks(per_chunk) {
+        let mut value = vec![CHUNK_TAG];
+        for (seq, bytes) in chunk {
+            value.extend_from_slice(&seq.to_be_bytes());
+            value.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            value.extend_from_slice(bytes);
+        }
+        t.insert(chunk[0].0.to_be_bytes(), value).unwrap();
+    }
+}
+
+/// Copies the store, lets `edit` change its audit records, writes them
+/// back with sled itself, and returns the copy.
+fn tampered(v: &Vault, name: &str, edit: impl FnOnce(&mut Log)) -> PathBuf {
     let dir = v.tmp.path().join(name);
     copy_dir(&v.dir, &dir);
     let db = sled::open(&dir).unwrap();
     let audit = db.open_tree("audit").unwrap();
-    edit(&audit);
+    let mut log = read_log(&audit);
+    edit(&mut log);
+    // Chunks of 4, not the server's 8: records 8 and 9 land in different
+    // chunks, and verify must not care how records are grouped.
+    write_log(&audit, &log, 4);
     db.flush().unwrap();
     drop(audit);
     drop(db);
@@ -68,10 +126,6 @@ fn verify(v: &Vault, dir: &Path) -> (i32, Value) {
     (out.status.code().unwrap(), report)
 }
 
-fn key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
-}
-
 fn assert_broken(v: &Vault, dir: &Path, seq: u64, problem: &str) {
     let (code, report) = verify(v, dir);
     assert_eq!(code, 1, "{report}");
@@ -93,12 +147,11 @@ fn an_untouched_log_verifies() {
 #[test]
 fn a_changed_byte_is_caught_at_its_seq() {
     let (v, _) = vault_with_history();
-    let dir = tampered(&v, "byte", |t| {
-        let mut val = t.get(key(7)).unwrap().unwrap().to_vec();
+    let dir = tampered(&v, "byte", |log| {
+        let val = log.get_mut(&7).unwrap();
         // A byte inside the record's text (the caller name region).
         let mid = val.len() / 2;
         val[mid] ^= 0x01;
-        t.insert(key(7), val).unwrap();
     });
     assert_broken(&v, &dir, 7, "altered");
 }
@@ -106,8 +159,8 @@ fn a_changed_byte_is_caught_at_its_seq() {
 #[test]
 fn a_deleted_record_is_caught_as_missing() {
     let (v, _) = vault_with_history();
-    let dir = tampered(&v, "deleted", |t| {
-        t.remove(key(5)).unwrap();
+    let dir = tampered(&v, "deleted", |log| {
+        log.remove(&5).unwrap();
     });
     assert_broken(&v, &dir, 5, "missing");
 }
@@ -115,11 +168,11 @@ fn a_deleted_record_is_caught_as_missing() {
 #[test]
 fn two_swapped_records_are_caught_as_reordered() {
     let (v, _) = vault_with_history();
-    let dir = tampered(&v, "swapped", |t| {
-        let a = t.get(key(8)).unwrap().unwrap();
-        let b = t.get(key(9)).unwrap().unwrap();
-        t.insert(key(8), b).unwrap();
-        t.insert(key(9), a).unwrap();
+    let dir = tampered(&v, "swapped", |log| {
+        let a = log.remove(&8).unwrap();
+        let b = log.remove(&9).unwrap();
+        log.insert(8, b);
+        log.insert(9, a);
     });
     assert_broken(&v, &dir, 8, "reordered");
 }
@@ -128,26 +181,96 @@ fn two_swapped_records_are_caught_as_reordered() {
 fn dropping_the_newest_three_is_caught_as_truncated() {
     let (v, _) = vault_with_history();
     let last = last_seq(&v.dir);
-    let dir = tampered(&v, "truncated", |t| {
+    let dir = tampered(&v, "truncated", |log| {
         for s in last - 2..=last {
-            t.remove(key(s)).unwrap();
+            log.remove(&s).unwrap();
         }
     });
     assert_broken(&v, &dir, last - 2, "truncated");
 }
 
 #[test]
+fn broken_chunk_framing_is_caught_as_altered() {
+    let (v, _) = vault_with_history();
+    let dir = tampered(&v, "framing", |_| {});
+    {
+        let db = sled::open(&dir).unwrap();
+        let t = db.open_tree("audit").unwrap();
+        // The chunk of records 9..=12: its first record now claims to run
+        // past the end of the value.
+        let mut value = t.get(9u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        value[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+        t.insert(9u64.to_be_bytes(), value).unwrap();
+        db.flush().unwrap();
+    }
+    assert_broken(&v, &dir, 9, "altered");
+}
+
+#[test]
+fn a_schema_1_log_is_read_as_it_is_and_grows_in_chunks() {
+    let (v, n) = vault_with_history();
+    // As keyhold's schema 1 stored the log: one record per entry. The
+    // schema version is a postcard varint.
+    let dir = v.tmp.path().join("schema1");
+    copy_dir(&v.dir, &dir);
+    {
+        let db = sled::open(&dir).unwrap();
+        let t = db.open_tree("audit").unwrap();
+        let log = read_log(&t);
+        write_log(&t, &log, 0);
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("schema_version", &[1u8]).unwrap();
+        db.flush().unwrap();
+    }
+    let (code, report) = verify(&v, &dir);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["records"], n);
+
+    // An edit of a schema-1 entry is caught like any other.
+    let edited = v.tmp.path().join("schema1-edited");
+    copy_dir(&dir, &edited);
+    {
+        let db = sled::open(&edited).unwrap();
+        db.open_tree("audit")
+            .unwrap()
+            .remove(5u64.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert_broken(&v, &edited, 5, "missing");
+
+    // A server appends after the old entries, in a chunk, and marks the
+    // store schema 2 (which an older keyhold refuses).
+    let s = Server::start(&dir, &[("FERNET_KEY", v.key.as_str())]);
+    Api::new(&s, &v.admin).create_key("claude", "after", "sk-after");
+    s.stop();
+    let (code, report) = verify(&v, &dir);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["records"], n + 1);
+    let db = sled::open(&dir).unwrap();
+    let t = db.open_tree("audit").unwrap();
+    let (first_key, first) = t.first().unwrap().unwrap();
+    assert_eq!(first_key.as_ref(), 1u64.to_be_bytes());
+    assert_ne!(first[0], CHUNK_TAG, "old entries are left as they are");
+    let (last_key, last) = t.last().unwrap().unwrap();
+    assert_eq!(last_key.as_ref(), (n + 1).to_be_bytes());
+    assert_eq!(last[0], CHUNK_TAG);
+    let schema = db.open_tree("meta").unwrap().get("schema_version").unwrap();
+    assert_eq!(schema.as_deref(), Some(&[2u8][..]));
+}
+
+#[test]
 fn a_rewritten_record_with_a_plain_sha256_is_caught() {
     let (v, _) = vault_with_history();
-    let dir = tampered(&v, "rewritten", |t| {
-        let mut rec = AuditRecord::decode(&t.get(key(10)).unwrap().unwrap()).unwrap();
+    let dir = tampered(&v, "rewritten", |log| {
+        let mut rec = AuditRecord::decode(&log[&10]).unwrap();
         rec.event.caller = "someone-else".into();
         rec.event.ip = "10.9.9.9".into();
         let mut h = Sha256::new();
         h.update(rec.prev);
         h.update(AuditRecord::canonical_bytes(rec.seq, rec.at_us, &rec.event));
         rec.mac = h.finalize().into();
-        t.insert(key(10), rec.encode().unwrap()).unwrap();
+        log.insert(10, rec.encode().unwrap());
     });
     assert_broken(&v, &dir, 10, "altered");
 }
@@ -162,8 +285,8 @@ fn the_http_verify_route_reports_the_same() {
         .unwrap();
     assert_eq!(r["status"], "ok", "{r}");
     s.stop();
-    let dir = tampered(&v, "http", |t| {
-        t.remove(key(4)).unwrap();
+    let dir = tampered(&v, "http", |log| {
+        log.remove(&4).unwrap();
     });
     let s = Server::start(&dir, &[("FERNET_KEY", v.key.as_str())]);
     let r: Value = Api::new(&s, &v.admin)
@@ -179,9 +302,9 @@ fn the_http_verify_route_reports_the_same() {
 fn a_cut_tail_stays_caught_after_new_records_are_appended() {
     let (v, _) = vault_with_history();
     let last = last_seq(&v.dir);
-    let dir = tampered(&v, "cut-then-append", |t| {
+    let dir = tampered(&v, "cut-then-append", |log| {
         for s in last - 2..=last {
-            t.remove(key(s)).unwrap();
+            log.remove(&s).unwrap();
         }
     });
     // An auditor's export (which appends its own record), then a server
@@ -254,6 +377,5 @@ fn online_verify_under_concurrent_writes_never_reports_false_damage() {
 fn last_seq(dir: &Path) -> u64 {
     let db = sled::open(dir).unwrap();
     let t = db.open_tree("audit").unwrap();
-    let (k, _) = t.last().unwrap().unwrap();
-    u64::from_be_bytes(k.as_ref().try_into().unwrap())
+    *read_log(&t).keys().next_back().unwrap()
 }

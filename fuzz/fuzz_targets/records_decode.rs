@@ -1,10 +1,12 @@
-//! Stored-record decoding: the bytes sled hands back for the audit log,
-//! the chain head, keys and access tokens. Every decoder returns a
+//! Stored-record decoding: the bytes sled hands back for the audit log
+//! (chunks of records and single records), the chain head, keys and
+//! access tokens. Every decoder returns a
 //! `Result`; none may panic, and a decoded audit record must survive its
 //! own encode/decode and export round trips unchanged.
 #![no_main]
 
 use keyhold::audit::{AuditRecord, ExportRecord, Head};
+use keyhold::store::audit_chunks::{plan_append, Entries};
 use keyhold::store::{KeyRecord, TokenRecord};
 use libfuzzer_sys::fuzz_target;
 
@@ -23,6 +25,22 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(back, rec, "export/import changed the record");
         }
     }
+    // An entry of the audit tree: a chunk of records, or one record.
+    let mut framed = 0;
+    for (_, bytes) in Entries::new(1, data) {
+        framed += bytes.len();
+        let _ = AuditRecord::decode(&bytes);
+    }
+    assert!(framed <= data.len(), "entries framed more bytes than there are");
+    // Records appended after it read back as the last ones planned.
+    let records = vec![(2, b"two".to_vec()), (3, data.to_vec())];
+    let plan = plan_append(Some((1, data)), &records);
+    let back: Vec<(u64, Vec<u8>)> = plan
+        .iter()
+        .flat_map(|(key, value)| Entries::new(*key, value.as_slice()))
+        .map(|(seq, bytes)| (seq, bytes.to_vec()))
+        .collect();
+    assert!(back.ends_with(&records), "appended records do not read back");
     let _ = Head::decode(data);
     let _ = KeyRecord::decode(uuid::Uuid::nil(), data);
     let _ = TokenRecord::decode(data);

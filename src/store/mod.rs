@@ -11,13 +11,14 @@
 //! records (see `audit`), though the audit writer commits through
 //! [`Store::commit`] so that a change and its audit record land together.
 
+pub mod audit_chunks;
 mod records;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{Db, Transactional, Tree};
+use sled::{Db, IVec, Transactional, Tree};
 use uuid::Uuid;
 
 pub use records::{KeyRecord, TokenRecord};
@@ -43,7 +44,9 @@ pub fn auto_cache_bytes(keys: u64) -> u64 {
 }
 
 /// The schema this binary writes. A store with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: audit records are packed several to a sled entry (`audit_chunks`);
+/// a schema-1 store is marked 2 when opened, its records stay as they are.
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub(crate) const META_SCHEMA: &[u8] = b"schema_version";
 pub const META_CHECK: &[u8] = b"keyring_check";
@@ -227,6 +230,13 @@ impl Store {
             // this returns, and sled locks the directory to one process.
             let n = trees.by_provider.len() as u64;
             trees.meta.insert(META_KEY_COUNT, &n.to_be_bytes())?;
+        }
+        let schema_1 = postcard::to_stdvec(&1u32).map_err(corrupt("schema version"))?;
+        if trees.meta.get(META_SCHEMA)?.as_deref() == Some(schema_1.as_slice()) {
+            // Schema 2 reads every schema-1 audit entry as it is; the mark
+            // keeps an older keyhold from misreading the chunks to come.
+            let schema = postcard::to_stdvec(&SCHEMA_VERSION).map_err(corrupt("schema version"))?;
+            trees.meta.insert(META_SCHEMA, schema)?;
         }
         Ok(trees)
     }
@@ -526,8 +536,11 @@ impl Store {
     // ---- the commit used by the audit writer ----
 
     /// Applies `writes` and audit `records` (already chained and encoded,
-    /// keyed by big-endian seq) plus the new chain head in one transaction
-    /// across every tree. Not durable until [`Store::flush`].
+    /// ascending seqs) plus the new chain head in one transaction across
+    /// every tree. Not durable until [`Store::flush`]. The records go into
+    /// the audit tree's newest chunk while it has room (`audit_chunks`):
+    /// callers serialise their commits (the audit log's lock), so the tail
+    /// read here is still the tail inside the transaction.
     pub(crate) fn commit(
         &self,
         records: &[(u64, Vec<u8>)],
@@ -539,6 +552,15 @@ impl Store {
             .map(EncodedWrite::from_write)
             .collect::<Result<_>>()?;
         let t = self.t()?;
+        let tail = t.audit.last()?;
+        let chunks: Vec<([u8; 8], Vec<u8>)> = audit_chunks::plan_append(
+            tail.as_ref()
+                .and_then(|(k, v)| Some((decode_seq(k).ok()?, v.as_ref()))),
+            records,
+        )
+        .into_iter()
+        .map(|(key, value)| (key.to_be_bytes(), value))
+        .collect();
         let trees = (
             &t.audit,
             &t.meta,
@@ -549,8 +571,8 @@ impl Store {
         );
         let res: std::result::Result<(), TransactionError<()>> =
             trees.transaction(|(audit, meta, keys, usage, by_provider, tokens)| {
-                for (seq, bytes) in records {
-                    audit.insert(&seq.to_be_bytes(), bytes.as_slice())?;
+                for (key, value) in &chunks {
+                    audit.insert(key, value.as_slice())?;
                 }
                 meta.insert(META_AUDIT_HEAD, head)?;
                 let mut added: i64 = 0;
@@ -578,24 +600,37 @@ impl Store {
     }
 
     /// The newest audit record's seq and bytes.
-    pub(crate) fn last_audit(&self) -> Result<Option<(u64, sled::IVec)>> {
-        match self.t()?.audit.last()? {
-            None => Ok(None),
-            Some((k, v)) => Ok(Some((decode_seq(&k)?, v))),
+    pub(crate) fn last_audit(&self) -> Result<Option<(u64, IVec)>> {
+        for item in self.t()?.audit.iter().rev() {
+            let (k, v) = item?;
+            if let Some(last) = audit_chunks::Entries::new(decode_seq(&k)?, v).last() {
+                return Ok(Some(last));
+            }
         }
+        Ok(None)
     }
 
-    /// Audit records from `from_seq` on, oldest first, lazily.
-    pub fn audit_iter(
-        &self,
-        from_seq: u64,
-    ) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + '_ {
-        let (iter, err) = split(self.t().map(|t| t.audit.range(from_seq.to_be_bytes()..)));
+    /// Audit records from `from_seq` on, oldest first, lazily, each with
+    /// the seq it is stored under.
+    pub fn audit_iter(&self, from_seq: u64) -> impl Iterator<Item = Result<(u64, IVec)>> + '_ {
+        let from = from_seq.to_be_bytes();
+        let (iter, err) = split(self.t().and_then(|t| {
+            // The entry holding `from_seq` starts at or before it.
+            let start = match t.audit.range(..=from).next_back() {
+                Some(item) => item?.0,
+                None => IVec::from(&from),
+            };
+            Ok(t.audit.range(start..))
+        }));
         err.into_iter()
-            .chain(iter.into_iter().flatten().map(|item| {
-                let (k, v) = item?;
-                Ok((decode_seq(&k)?, v))
+            .chain(iter.into_iter().flatten().flat_map(|item| {
+                let (entries, err) = split(
+                    item.map_err(StoreError::from)
+                        .and_then(|(k, v)| Ok(audit_chunks::Entries::new(decode_seq(&k)?, v))),
+                );
+                err.into_iter().chain(entries.into_iter().flatten().map(Ok))
             }))
+            .skip_while(move |item| item.as_ref().is_ok_and(|(seq, _)| *seq < from_seq))
     }
 
     /// The newest audit seq (0 when the log is empty); cheap, unlike a
@@ -803,6 +838,40 @@ mod tests {
                 .id,
             c.id
         );
+    }
+
+    fn audit_seqs(s: &Store, from: u64) -> Vec<(u64, Vec<u8>)> {
+        s.audit_iter(from)
+            .map(|r| r.map(|(seq, b)| (seq, b.to_vec())).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn audit_records_commit_in_chunks_and_read_back_from_any_seq() {
+        let s = Store::temporary().unwrap();
+        // Schema-1 entries (one record each) from an older keyhold come first.
+        let t = s.tree("audit").unwrap();
+        for seq in 1..=3u64 {
+            t.insert(seq.to_be_bytes(), vec![0, seq as u8]).unwrap();
+        }
+        let all: Vec<(u64, Vec<u8>)> = (1..=40u64).map(|q| (q, vec![0, q as u8, 7])).collect();
+        let mut expected: Vec<(u64, Vec<u8>)> = (1..=3u64).map(|q| (q, vec![0, q as u8])).collect();
+        // Commits of 1, 2, 5 and 29 records, as group commit makes them.
+        let mut at = 3;
+        for n in [1, 2, 5, 29] {
+            s.commit(&all[at..at + n], b"h", &[]).unwrap();
+            expected.extend_from_slice(&all[at..at + n]);
+            at += n;
+        }
+        assert_eq!(audit_seqs(&s, 0), expected);
+        assert_eq!(audit_seqs(&s, 13), expected[12..].to_vec());
+        assert_eq!(audit_seqs(&s, 2), expected[1..].to_vec());
+        assert!(audit_seqs(&s, 41).is_empty());
+        let (last, bytes) = s.last_audit().unwrap().unwrap();
+        assert_eq!((last, bytes.to_vec()), all[39].clone());
+        // 37 records in chunks of at most 8, after the 3 old entries.
+        let entries = t.len();
+        assert!((3 + 5..=3 + 8).contains(&entries), "{entries} entries");
     }
 
     #[test]
