@@ -611,25 +611,20 @@ impl Store {
     }
 
     /// Audit records from `from_seq` on, oldest first, lazily, each with
-    /// the seq it is stored under.
+    /// the seq it is stored under. Records appended while the walk runs
+    /// are included up to where it ends (see [`audit_chunks::Walk`]).
     pub fn audit_iter(&self, from_seq: u64) -> impl Iterator<Item = Result<(u64, IVec)>> + '_ {
         let from = from_seq.to_be_bytes();
-        let (iter, err) = split(self.t().and_then(|t| {
+        let (walk, err) = split(self.t().and_then(|t| {
             // The entry holding `from_seq` starts at or before it.
             let start = match t.audit.range(..=from).next_back() {
-                Some(item) => item?.0,
-                None => IVec::from(&from),
+                Some(item) => item?.0.to_vec(),
+                None => from.to_vec(),
             };
-            Ok(t.audit.range(start..))
+            Ok(audit_chunks::Walk::new(t.audit.clone(), start))
         }));
         err.into_iter()
-            .chain(iter.into_iter().flatten().flat_map(|item| {
-                let (entries, err) = split(
-                    item.map_err(StoreError::from)
-                        .and_then(|(k, v)| Ok(audit_chunks::Entries::new(decode_seq(&k)?, v))),
-                );
-                err.into_iter().chain(entries.into_iter().flatten().map(Ok))
-            }))
+            .chain(walk.into_iter().flatten())
             .skip_while(move |item| item.as_ref().is_ok_and(|(seq, _)| *seq < from_seq))
     }
 
@@ -872,6 +867,21 @@ mod tests {
         // 37 records in chunks of at most 8, after the 3 old entries.
         let entries = t.len();
         assert!((3 + 5..=3 + 8).contains(&entries), "{entries} entries");
+    }
+
+    #[test]
+    fn a_walk_includes_records_appended_to_an_entry_it_already_read() {
+        let s = Store::temporary().unwrap();
+        let rec = |q: u64| (q, vec![0, q as u8]);
+        s.commit(&(1..=3).map(rec).collect::<Vec<_>>(), b"h", &[])
+            .unwrap();
+        let mut walk = s.audit_iter(0);
+        let mut seen: Vec<u64> = (&mut walk).take(3).map(|r| r.unwrap().0).collect();
+        // The writer fills the entry just read and starts the next one.
+        s.commit(&(4..=12).map(rec).collect::<Vec<_>>(), b"h", &[])
+            .unwrap();
+        seen.extend(walk.map(|r| r.unwrap().0));
+        assert_eq!(seen, (1..=12).collect::<Vec<_>>());
     }
 
     #[test]
