@@ -204,15 +204,7 @@ impl Store {
 
     fn open_trees(origin: &Origin) -> Result<Trees> {
         let db = match origin {
-            Origin::Dir { path, cache } => sled::Config::new()
-                .path(path)
-                .cache_capacity(*cache)
-                .mode(sled::Mode::HighThroughput)
-                .open()
-                .map_err(|error| StoreError::Open {
-                    path: path.display().to_string(),
-                    error,
-                })?,
+            Origin::Dir { path, cache } => open_sled(path, *cache)?,
             Origin::Temporary => sled::Config::new().temporary(true).open()?,
         };
         let data_file = match origin {
@@ -635,6 +627,40 @@ impl Store {
     }
 }
 
+/// How long opening waits for sled's lock on the data directory. sled lets
+/// go of it only when the last of its IO threads drops the database, which
+/// can be a moment after this process closed a store it is about to open
+/// again (`restore` closes the store it staged, then opens it to check it;
+/// `reopen` after a disk error). A lock still held after this belongs to
+/// another process, such as a running `serve`.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn open_sled(path: &Path, cache: u64) -> Result<Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let res = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match res {
+            // sled =0.34.7 reports a held lock only by this message.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            res => {
+                return res.map_err(|error| StoreError::Open {
+                    path: path.display().to_string(),
+                    error,
+                })
+            }
+        }
+    }
+}
+
 /// An iterator, or the error that kept it from being made (as the first
 /// and only item).
 fn split<I, T>(r: Result<I>) -> (Option<I>, Option<Result<T>>) {
@@ -882,6 +908,27 @@ mod tests {
             .unwrap();
         seen.extend(walk.map(|r| r.unwrap().0));
         assert_eq!(seen, (1..=12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_store_this_process_closed_opens_again_and_a_held_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for seq in 1..=20u64 {
+            let s = Store::open(dir.path()).unwrap();
+            s.commit(&[(seq, vec![0, seq as u8])], b"h", &[]).unwrap();
+            s.flush().unwrap();
+        }
+        assert_eq!(
+            Store::open(dir.path()).unwrap().audit_last_seq().unwrap(),
+            20
+        );
+        let _held = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+        assert!(
+            err.to_string().contains("stop it or use the HTTP API"),
+            "{err}"
+        );
     }
 
     #[test]
