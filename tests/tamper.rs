@@ -239,8 +239,9 @@ fn a_schema_1_log_is_read_as_it_is_and_grows_in_chunks() {
     }
     assert_broken(&v, &edited, 5, "missing");
 
-    // A server appends after the old entries, in a chunk, and marks the
-    // store schema 2 (which an older keyhold refuses).
+    // A server appends after the old entries, in a chunk. Opening the
+    // store (`audit verify` above already did) marked it schema 2, which
+    // an older keyhold refuses.
     let s = Server::start(&dir, &[("FERNET_KEY", v.key.as_str())]);
     Api::new(&s, &v.admin).create_key("claude", "after", "sk-after");
     s.stop();

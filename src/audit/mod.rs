@@ -5,7 +5,9 @@
 //! (stored Fernet-encrypted in `meta`), over the previous record's mac and
 //! the record's canonical bytes. The chain head (last seq and mac) is kept
 //! MAC'd too, so dropping the newest records is detected. No code path
-//! here or elsewhere deletes or rewrites an audit record.
+//! here or elsewhere deletes or changes an audit record; a commit rewrites
+//! the newest store entry only to append records to it, and never writes
+//! over an entry it did not read (see `store::audit_chunks`).
 //!
 //! Not for: deciding outcomes (callers do) or HTTP.
 
@@ -268,7 +270,7 @@ impl AuditLog {
             records.push(rec);
             writes.extend(w.iter().cloned());
             prev = mac;
-            seq += 1;
+            seq = seq.checked_add(1).ok_or_else(seq_space_used_up)?;
         }
         let last_seq = seq - 1;
         let head = self.key.head(last_seq, prev).encode()?;
@@ -323,7 +325,18 @@ impl AuditLog {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        (state.next_seq - 1, state.prev)
+        (state.next_seq.saturating_sub(1), state.prev)
+    }
+}
+
+/// A seq after `u64::MAX` would wrap to 0 and write over the log's start;
+/// only a log edited outside keyhold gets there.
+fn seq_space_used_up() -> StoreError {
+    StoreError::Corrupt {
+        what: "audit log",
+        detail: "its newest seq is the largest possible, so no record can follow it (records \
+                 were added outside keyhold); run `keyhold audit verify`"
+            .into(),
     }
 }
 
@@ -342,7 +355,9 @@ fn chain_position(store: &Store, key: &MacKey) -> Result<(u64, [u8; 32]), AuditE
     });
     let head = Head::load(store)?.filter(|h| key.head_is_authentic(h));
     let (next_seq, prev) = match (head, last) {
-        (Some(h), Some((seq, mac))) if h.seq == seq && h.mac == mac => (seq + 1, mac),
+        (Some(h), Some((seq, mac))) if h.seq == seq && h.mac == mac => {
+            (seq.checked_add(1).ok_or_else(seq_space_used_up)?, mac)
+        }
         (Some(h), last) => {
             tracing::warn!(
                     head_seq = h.seq,
@@ -350,13 +365,14 @@ fn chain_position(store: &Store, key: &MacKey) -> Result<(u64, [u8; 32]), AuditE
                     "the audit log does not end at its chain head: records were removed or added \
                      outside keyhold; run `keyhold audit verify`. New records continue after the head"
                 );
-            (h.seq.max(last.map_or(0, |l| l.0)) + 1, h.mac)
+            let newest = h.seq.max(last.map_or(0, |l| l.0));
+            (newest.checked_add(1).ok_or_else(seq_space_used_up)?, h.mac)
         }
         (None, Some((seq, mac))) => {
             tracing::warn!(
                 "the audit chain head is missing or not authentic; run `keyhold audit verify`"
             );
-            (seq.saturating_add(1), mac)
+            (seq.checked_add(1).ok_or_else(seq_space_used_up)?, mac)
         }
         (None, None) => (1, GENESIS),
     };

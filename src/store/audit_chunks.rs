@@ -36,9 +36,10 @@ use super::{corrupt, StoreError};
 pub const CHUNK_TAG: u8 = 0xFF;
 /// Most records in one chunk.
 pub const MAX_RECORDS: usize = 8;
-/// A chunk takes no further record once this large (a record larger than
-/// this still gets a chunk of its own, and a full sled leaf stays far below
-/// sled's 512 KiB segment, past which it would go to a separate blob file).
+/// A chunk takes no further record once this large. A leaf of 16 such
+/// chunks stays well under the ~128 KiB (a quarter of a segment) past which
+/// sled 0.34 writes a page to a separate blob file. A record larger than
+/// this still gets a chunk of its own; records are a few hundred bytes.
 pub const MAX_BYTES: usize = 2 * 1024;
 const ENTRY_HEADER: usize = 12;
 
@@ -121,10 +122,12 @@ impl Iterator for Entries {
 /// 1,000,000 records, ~14,000 leaves of ~20 KiB, peaked at 168 MiB). A
 /// lookup counts every level of the tree as an access, so the LRU keeps up.
 ///
-/// Only the newest entry ever grows, and the writer extends it in the same
-/// transaction that adds the entry after it. So before leaving an entry
-/// the walk first looks up the next one, then reads the current one again
-/// and yields what was appended to it meanwhile: a record written while
+/// Only the newest entry ever grows, and an entry never changes once a
+/// later one exists (the writer extends only the newest entry, and a
+/// commit that starts a new one finishes filling the old one in the same
+/// transaction). So before leaving an entry the walk first looks up the
+/// next one and, if one exists, the current one is final: it reads it
+/// again and yields what was appended meanwhile. A record written while
 /// the walk runs is never skipped with later ones read (which `audit
 /// verify` would take for a missing record).
 pub struct Walk {
@@ -133,6 +136,10 @@ pub struct Walk {
     /// Where the first lookup starts, until it is made.
     start: Option<Vec<u8>>,
     done: bool,
+    /// Runs between finding the next entry and re-reading the current
+    /// one, so a test can append at the worst moment.
+    #[cfg(test)]
+    pub(crate) between: Option<Box<dyn FnMut()>>,
 }
 
 /// The entry a walk is reading.
@@ -151,6 +158,8 @@ impl Walk {
             current: None,
             start: Some(start),
             done: false,
+            #[cfg(test)]
+            between: None,
         }
     }
 
@@ -172,6 +181,10 @@ impl Walk {
             (None, None) => return Ok(false),
         };
         let next = self.tree.range(from..).next().transpose()?;
+        #[cfg(test)]
+        if let Some(f) = &mut self.between {
+            f();
+        }
         if let Some(reading) = &mut self.current {
             if let Some(value) = self.tree.get(&reading.key)? {
                 let more: Vec<(u64, IVec)> = Self::entry(&reading.key, value)?

@@ -17,7 +17,9 @@ mod records;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
 use sled::{Db, IVec, Transactional, Tree};
 use uuid::Uuid;
 
@@ -44,8 +46,9 @@ pub fn auto_cache_bytes(keys: u64) -> u64 {
 }
 
 /// The schema this binary writes. A store with a newer one is refused.
-/// 2: audit records are packed several to a sled entry (`audit_chunks`);
-/// a schema-1 store is marked 2 when opened, its records stay as they are.
+/// 2: audit records are packed several to a sled entry (`audit_chunks`).
+/// A schema-1 store is marked 2 when this keyhold opens it (any command,
+/// before it writes a chunk); its records stay as they are.
 pub const SCHEMA_VERSION: u32 = 2;
 
 pub(crate) const META_SCHEMA: &[u8] = b"schema_version";
@@ -544,7 +547,46 @@ impl Store {
             .map(EncodedWrite::from_write)
             .collect::<Result<_>>()?;
         let t = self.t()?;
-        let tail = t.audit.last()?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.commit_once(&t, records, head, &encoded) {
+                Err(CommitAbort::TailMoved) if attempts < 3 => continue,
+                Err(CommitAbort::TailMoved) => {
+                    return Err(StoreError::Corrupt {
+                        what: "audit log",
+                        detail: "its newest entry kept changing under the writer".into(),
+                    })
+                }
+                Err(CommitAbort::Occupied(seq)) => {
+                    return Err(StoreError::Corrupt {
+                        what: "audit log",
+                        detail: format!(
+                            "an entry at seq {seq} already exists where new records were to go \
+                             (records were added outside keyhold; nothing was overwritten). \
+                             Run `keyhold audit verify`"
+                        ),
+                    })
+                }
+                Err(CommitAbort::Store(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// One attempt of [`Store::commit`]. The tail entry is read before the
+    /// transaction and checked again inside it, and a new entry never
+    /// replaces one that exists: an append can only extend the newest
+    /// entry it read, or add entries after it.
+    fn commit_once(
+        &self,
+        t: &Trees,
+        records: &[(u64, Vec<u8>)],
+        head: &[u8],
+        encoded: &[EncodedWrite],
+    ) -> std::result::Result<(), CommitAbort> {
+        let tail = t.audit.last().map_err(|e| CommitAbort::Store(e.into()))?;
+        let tail_key = tail.as_ref().map(|(k, _)| k.clone());
         let chunks: Vec<([u8; 8], Vec<u8>)> = audit_chunks::plan_append(
             tail.as_ref()
                 .and_then(|(k, v)| Some((decode_seq(k).ok()?, v.as_ref()))),
@@ -561,14 +603,26 @@ impl Store {
             &t.by_provider,
             &t.tokens,
         );
-        let res: std::result::Result<(), TransactionError<()>> =
+        let res: std::result::Result<(), TransactionError<CommitAbort>> =
             trees.transaction(|(audit, meta, keys, usage, by_provider, tokens)| {
                 for (key, value) in &chunks {
+                    let now = audit.get(key)?;
+                    if tail_key.as_deref() == Some(&key[..]) {
+                        if now.as_ref() != tail.as_ref().map(|(_, v)| v) {
+                            return Err(ConflictableTransactionError::Abort(
+                                CommitAbort::TailMoved,
+                            ));
+                        }
+                    } else if now.is_some() {
+                        return Err(ConflictableTransactionError::Abort(CommitAbort::Occupied(
+                            u64::from_be_bytes(*key),
+                        )));
+                    }
                     audit.insert(key, value.as_slice())?;
                 }
                 meta.insert(META_AUDIT_HEAD, head)?;
                 let mut added: i64 = 0;
-                for w in &encoded {
+                for w in encoded {
                     added += w.apply(keys, usage, by_provider, tokens)?;
                 }
                 if added != 0 {
@@ -581,8 +635,8 @@ impl Store {
             });
         match res {
             Ok(()) => Ok(()),
-            Err(TransactionError::Abort(())) => unreachable_abort(),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(a)) => Err(a),
+            Err(TransactionError::Storage(e)) => Err(CommitAbort::Store(e.into())),
         }
     }
 
@@ -632,7 +686,8 @@ impl Store {
 /// can be a moment after this process closed a store it is about to open
 /// again (`restore` closes the store it staged, then opens it to check it;
 /// `reopen` after a disk error). A lock still held after this belongs to
-/// another process, such as a running `serve`.
+/// another process, such as a running `serve`, or to a handle this process
+/// still holds (an export streaming from the old database, for `reopen`).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn open_sled(path: &Path, cache: u64) -> Result<Db> {
@@ -670,11 +725,15 @@ fn split<I, T>(r: Result<I>) -> (Option<I>, Option<Result<T>>) {
     }
 }
 
-fn unreachable_abort() -> Result<()> {
-    Err(StoreError::Corrupt {
-        what: "transaction",
-        detail: "aborted without a reason".into(),
-    })
+/// Why one attempt of [`Store::commit`] did not apply.
+enum CommitAbort {
+    /// The newest audit entry changed between reading it and the
+    /// transaction (only a second writer could do that): plan again.
+    TailMoved,
+    /// A new entry's key is taken: the log holds entries keyhold did not
+    /// write there. Nothing is overwritten.
+    Occupied(u64),
+    Store(StoreError),
 }
 
 /// A write with its values already encoded, so the transaction closure
@@ -728,7 +787,7 @@ impl EncodedWrite {
         usage: &TransactionalTree,
         by_provider: &TransactionalTree,
         tokens: &TransactionalTree,
-    ) -> std::result::Result<i64, ConflictableTransactionError<()>> {
+    ) -> std::result::Result<i64, UnabortableTransactionError> {
         let mut added = 0;
         match self {
             EncodedWrite::PutKey { id, value, index } => {
@@ -890,9 +949,46 @@ mod tests {
         assert!(audit_seqs(&s, 41).is_empty());
         let (last, bytes) = s.last_audit().unwrap().unwrap();
         assert_eq!((last, bytes.to_vec()), all[39].clone());
-        // 37 records in chunks of at most 8, after the 3 old entries.
-        let entries = t.len();
-        assert!((3 + 5..=3 + 8).contains(&entries), "{entries} entries");
+        // 37 records in 5 chunks (4..=11 filled across three commits, then
+        // 12..=19, 20..=27, 28..=35, 36..=40), after the 3 old entries.
+        assert_eq!(t.len(), 3 + 5);
+    }
+
+    #[test]
+    fn a_walk_leaving_an_entry_as_the_writer_fills_it_skips_nothing() {
+        let s = Store::temporary().unwrap();
+        let rec = |q: u64| (q, vec![0, q as u8]);
+        s.commit(&(1..=3).map(rec).collect::<Vec<_>>(), b"h", &[])
+            .unwrap();
+        let mut walk = audit_chunks::Walk::new(s.tree("audit").unwrap(), vec![0; 8]);
+        let writer = s.clone();
+        let mut calls = 0;
+        // After the walk read records 1..=3 and found no entry after
+        // theirs, the writer fills that entry and starts the next one.
+        walk.between = Some(Box::new(move || {
+            calls += 1;
+            if calls == 2 {
+                writer
+                    .commit(&(4..=12).map(rec).collect::<Vec<_>>(), b"h", &[])
+                    .unwrap();
+            }
+        }));
+        let seen: Vec<u64> = walk.map(|r| r.unwrap().0).collect();
+        assert_eq!(seen, (1..=12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_commit_never_writes_over_an_entry_it_did_not_write() {
+        let s = Store::temporary().unwrap();
+        s.commit(&[(1, vec![0, 1])], b"h", &[]).unwrap();
+        // Entries added outside keyhold: one where record 2 would go, and
+        // a newer one that is not a chunk.
+        let t = s.tree("audit").unwrap();
+        t.insert(2u64.to_be_bytes(), vec![0, 42]).unwrap();
+        t.insert(9u64.to_be_bytes(), vec![0, 9]).unwrap();
+        let err = s.commit(&[(2, vec![0, 2])], b"h", &[]).unwrap_err();
+        assert!(err.to_string().contains("seq 2 already exists"), "{err}");
+        assert_eq!(t.get(2u64.to_be_bytes()).unwrap().unwrap(), vec![0, 42]);
     }
 
     #[test]
