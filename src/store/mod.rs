@@ -607,8 +607,13 @@ impl Store {
             trees.transaction(|(audit, meta, keys, usage, by_provider, tokens)| {
                 for (key, value) in &chunks {
                     let now = audit.get(key)?;
-                    if tail_key.as_deref() == Some(&key[..]) {
-                        if now.as_ref() != tail.as_ref().map(|(_, v)| v) {
+                    let read = tail.as_ref().map(|(_, v)| v);
+                    // The one entry a commit may rewrite: the tail it read,
+                    // extended (its bytes stay a prefix of the new value).
+                    let extends_tail = tail_key.as_deref() == Some(&key[..])
+                        && read.is_some_and(|v| value.starts_with(v));
+                    if extends_tail {
+                        if now.as_ref() != read {
                             return Err(ConflictableTransactionError::Abort(
                                 CommitAbort::TailMoved,
                             ));
@@ -989,6 +994,11 @@ mod tests {
         let err = s.commit(&[(2, vec![0, 2])], b"h", &[]).unwrap_err();
         assert!(err.to_string().contains("seq 2 already exists"), "{err}");
         assert_eq!(t.get(2u64.to_be_bytes()).unwrap().unwrap(), vec![0, 42]);
+        // Nor over the tail itself when it cannot be extended (here a
+        // single record stored where the next record would go).
+        let err = s.commit(&[(9, vec![0, 99])], b"h", &[]).unwrap_err();
+        assert!(err.to_string().contains("seq 9 already exists"), "{err}");
+        assert_eq!(t.get(9u64.to_be_bytes()).unwrap().unwrap(), vec![0, 9]);
     }
 
     #[test]
