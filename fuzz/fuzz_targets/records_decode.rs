@@ -6,7 +6,7 @@
 #![no_main]
 
 use keyhold::audit::{AuditRecord, ExportRecord, Head};
-use keyhold::store::audit_chunks::{plan_append, Entries};
+use keyhold::store::audit_chunks::{plan_append, Entries, IVec};
 use keyhold::store::{KeyRecord, TokenRecord};
 use libfuzzer_sys::fuzz_target;
 
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(framed <= data.len(), "entries framed more bytes than there are");
     // Records appended after it read back as the last ones planned.
     let records = vec![(2, b"two".to_vec()), (3, data.to_vec())];
-    let plan = plan_append(Some((1, data)), &records);
+    let plan = plan_append(Some((1, &IVec::from(data))), &records);
     let back: Vec<(u64, Vec<u8>)> = plan
         .iter()
         .flat_map(|(key, value)| Entries::new(*key, value.as_slice()))

@@ -354,10 +354,8 @@ fn chain_position(store: &Store, key: &MacKey) -> Result<(u64, [u8; 32]), AuditE
         (seq, mac)
     });
     let head = Head::load(store)?.filter(|h| key.head_is_authentic(h));
-    let (next_seq, prev) = match (head, last) {
-        (Some(h), Some((seq, mac))) if h.seq == seq && h.mac == mac => {
-            (seq.checked_add(1).ok_or_else(seq_space_used_up)?, mac)
-        }
+    let (newest, prev) = match (head, last) {
+        (Some(h), Some((seq, mac))) if h.seq == seq && h.mac == mac => (seq, mac),
         (Some(h), last) => {
             tracing::warn!(
                     head_seq = h.seq,
@@ -365,18 +363,17 @@ fn chain_position(store: &Store, key: &MacKey) -> Result<(u64, [u8; 32]), AuditE
                     "the audit log does not end at its chain head: records were removed or added \
                      outside keyhold; run `keyhold audit verify`. New records continue after the head"
                 );
-            let newest = h.seq.max(last.map_or(0, |l| l.0));
-            (newest.checked_add(1).ok_or_else(seq_space_used_up)?, h.mac)
+            (h.seq.max(last.map_or(0, |l| l.0)), h.mac)
         }
         (None, Some((seq, mac))) => {
             tracing::warn!(
                 "the audit chain head is missing or not authentic; run `keyhold audit verify`"
             );
-            (seq.checked_add(1).ok_or_else(seq_space_used_up)?, mac)
+            (seq, mac)
         }
-        (None, None) => (1, GENESIS),
+        (None, None) => return Ok((1, GENESIS)),
     };
-    Ok((next_seq, prev))
+    Ok((newest.checked_add(1).ok_or_else(seq_space_used_up)?, prev))
 }
 
 /// Verifies the whole chain in the store. The head is read first, so

@@ -26,7 +26,8 @@
 //! position of a record is never inferred: `audit verify` compares where a
 //! record is stored with what it says.
 
-use sled::IVec;
+/// The bytes of a stored entry (sled's shared buffer).
+pub use sled::IVec;
 
 use super::{corrupt, StoreError};
 
@@ -260,20 +261,20 @@ impl Open {
     }
 
     /// The tail entry as an open chunk, if it is one that can grow.
-    fn from_tail(key: u64, value: &[u8]) -> Option<Open> {
-        if value.first() != Some(&CHUNK_TAG) {
+    fn from_tail(key: u64, value: &IVec) -> Option<Open> {
+        if value.first() != Some(&CHUNK_TAG) || value.len() >= MAX_BYTES {
             return None;
         }
         let mut count = 0;
         let mut last_seq = None;
         let mut pos = 1;
-        for (seq, bytes) in Entries::new(key, IVec::from(value)) {
+        for (seq, bytes) in Entries::new(key, value.clone()) {
             // Only a chunk that frames exactly is extended.
             pos += ENTRY_HEADER + bytes.len();
             count += 1;
             last_seq = Some(seq);
         }
-        if pos != value.len() || count >= MAX_RECORDS || value.len() >= MAX_BYTES {
+        if pos != value.len() || count >= MAX_RECORDS {
             return None;
         }
         Some(Open {
@@ -308,7 +309,7 @@ impl Open {
 /// has room, then new chunks. A record always gets its own chunk key when
 /// it does not directly follow the previous record (after a cut tail, the
 /// chain continues after its head, leaving a visible gap).
-pub fn plan_append(tail: Option<(u64, &[u8])>, records: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
+pub fn plan_append(tail: Option<(u64, &IVec)>, records: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     let mut open = tail.and_then(|(key, value)| Open::from_tail(key, value));
     for (seq, bytes) in records {
@@ -361,7 +362,7 @@ mod tests {
     fn the_tail_chunk_is_extended_until_full() {
         let first = plan_append(None, &recs(1..=3, 50));
         let (k, v) = &first[0];
-        let next = plan_append(Some((*k, v)), &recs(4..=12, 50));
+        let next = plan_append(Some((*k, &IVec::from(v.as_slice()))), &recs(4..=12, 50));
         assert_eq!(next.len(), 2, "tail extended, then a new chunk");
         assert_eq!(next[0].0, 1);
         assert_eq!(unpack(1, &next[0].1), recs(1..=8, 50));
@@ -369,7 +370,7 @@ mod tests {
         assert_eq!(unpack(9, &next[1].1), recs(9..=12, 50));
         // A full tail is left alone.
         let (k, v) = &next[0];
-        let after = plan_append(Some((*k, v)), &recs(13..=13, 50));
+        let after = plan_append(Some((*k, &IVec::from(v.as_slice()))), &recs(13..=13, 50));
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].0, 13);
     }
@@ -386,7 +387,7 @@ mod tests {
     fn a_gap_in_seqs_starts_a_new_chunk() {
         let first = plan_append(None, &recs(1..=5, 10));
         let (k, v) = &first[0];
-        let next = plan_append(Some((*k, v)), &recs(9..=9, 10));
+        let next = plan_append(Some((*k, &IVec::from(v.as_slice()))), &recs(9..=9, 10));
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].0, 9);
     }
@@ -395,7 +396,7 @@ mod tests {
     fn a_schema_1_entry_is_one_record_and_is_never_extended() {
         let legacy = vec![0u8, 1, 2, 3];
         assert_eq!(unpack(7, &legacy), vec![(7, legacy.clone())]);
-        let next = plan_append(Some((7, &legacy)), &recs(8..=8, 10));
+        let next = plan_append(Some((7, &IVec::from(legacy.as_slice()))), &recs(8..=8, 10));
         assert_eq!(next[0].0, 8);
     }
 
@@ -412,7 +413,7 @@ mod tests {
         assert_eq!(got[1].0, 2);
         assert_eq!(got[1].1, v[second..].to_vec());
         // A damaged tail is not extended: new records get a new chunk.
-        let next = plan_append(Some((1, &v)), &recs(4..=4, 10));
+        let next = plan_append(Some((1, &IVec::from(v.as_slice()))), &recs(4..=4, 10));
         assert_eq!(next[0].0, 4);
     }
 }

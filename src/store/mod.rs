@@ -585,16 +585,16 @@ impl Store {
         head: &[u8],
         encoded: &[EncodedWrite],
     ) -> std::result::Result<(), CommitAbort> {
-        let tail = t.audit.last().map_err(|e| CommitAbort::Store(e.into()))?;
-        let tail_key = tail.as_ref().map(|(k, _)| k.clone());
-        let chunks: Vec<([u8; 8], Vec<u8>)> = audit_chunks::plan_append(
-            tail.as_ref()
-                .and_then(|(k, v)| Some((decode_seq(k).ok()?, v.as_ref()))),
-            records,
-        )
-        .into_iter()
-        .map(|(key, value)| (key.to_be_bytes(), value))
-        .collect();
+        let last = t.audit.last().map_err(|e| CommitAbort::Store(e.into()))?;
+        // A tail whose key is not a seq is never extended (so never
+        // rewritten): new entries all have 8-byte keys.
+        let tail = last
+            .as_ref()
+            .and_then(|(k, v)| Some((decode_seq(k).ok()?, v)));
+        let chunks: Vec<([u8; 8], Vec<u8>)> = audit_chunks::plan_append(tail, records)
+            .into_iter()
+            .map(|(key, value)| (key.to_be_bytes(), value))
+            .collect();
         let trees = (
             &t.audit,
             &t.meta,
@@ -607,13 +607,12 @@ impl Store {
             trees.transaction(|(audit, meta, keys, usage, by_provider, tokens)| {
                 for (key, value) in &chunks {
                     let now = audit.get(key)?;
-                    let read = tail.as_ref().map(|(_, v)| v);
                     // The one entry a commit may rewrite: the tail it read,
                     // extended (its bytes stay a prefix of the new value).
-                    let extends_tail = tail_key.as_deref() == Some(&key[..])
-                        && read.is_some_and(|v| value.starts_with(v));
-                    if extends_tail {
-                        if now.as_ref() != read {
+                    let extended = tail
+                        .filter(|(seq, read)| seq.to_be_bytes() == *key && value.starts_with(read));
+                    if let Some((_, read)) = extended {
+                        if now.as_ref() != Some(read) {
                             return Err(ConflictableTransactionError::Abort(
                                 CommitAbort::TailMoved,
                             ));
@@ -959,12 +958,21 @@ mod tests {
         assert_eq!(t.len(), 3 + 5);
     }
 
+    /// Records `seqs`, each two bytes, as the audit writer hands them over.
+    fn records(seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+        seqs.map(|q| (q, vec![0, q as u8])).collect()
+    }
+
+    /// A store holding audit records 1..=3 in one entry.
+    fn store_with_three_records() -> Store {
+        let s = Store::temporary().unwrap();
+        s.commit(&records(1..=3), b"h", &[]).unwrap();
+        s
+    }
+
     #[test]
     fn a_walk_leaving_an_entry_as_the_writer_fills_it_skips_nothing() {
-        let s = Store::temporary().unwrap();
-        let rec = |q: u64| (q, vec![0, q as u8]);
-        s.commit(&(1..=3).map(rec).collect::<Vec<_>>(), b"h", &[])
-            .unwrap();
+        let s = store_with_three_records();
         let mut walk = audit_chunks::Walk::new(s.tree("audit").unwrap(), vec![0; 8]);
         let writer = s.clone();
         let mut calls = 0;
@@ -973,9 +981,7 @@ mod tests {
         walk.between = Some(Box::new(move || {
             calls += 1;
             if calls == 2 {
-                writer
-                    .commit(&(4..=12).map(rec).collect::<Vec<_>>(), b"h", &[])
-                    .unwrap();
+                writer.commit(&records(4..=12), b"h", &[]).unwrap();
             }
         }));
         let seen: Vec<u64> = walk.map(|r| r.unwrap().0).collect();
@@ -1003,15 +1009,11 @@ mod tests {
 
     #[test]
     fn a_walk_includes_records_appended_to_an_entry_it_already_read() {
-        let s = Store::temporary().unwrap();
-        let rec = |q: u64| (q, vec![0, q as u8]);
-        s.commit(&(1..=3).map(rec).collect::<Vec<_>>(), b"h", &[])
-            .unwrap();
+        let s = store_with_three_records();
         let mut walk = s.audit_iter(0);
         let mut seen: Vec<u64> = (&mut walk).take(3).map(|r| r.unwrap().0).collect();
         // The writer fills the entry just read and starts the next one.
-        s.commit(&(4..=12).map(rec).collect::<Vec<_>>(), b"h", &[])
-            .unwrap();
+        s.commit(&records(4..=12), b"h", &[]).unwrap();
         seen.extend(walk.map(|r| r.unwrap().0));
         assert_eq!(seen, (1..=12).collect::<Vec<_>>());
     }
