@@ -56,7 +56,7 @@ fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
     let exporter = Exporter::new(&store, filter, format);
     let bar = progress_bar(store.audit_last_seq()?, a.output.is_some());
     let tick = |seq: u64| {
-        if seq % 1024 == 0 {
+        if seq.is_multiple_of(1024) {
             bar.set_position(seq);
         }
     };

@@ -283,7 +283,8 @@ pub fn restore(input: impl Read, target: &Path) -> Result<BackupInfo, BackupErro
         })?;
         store.flush()?;
         drop(trees);
-        drop(store);
+        // The check that follows opens the store at its new path.
+        store.close()?;
         Ok(info)
     })();
     match result {

@@ -107,7 +107,7 @@ pub fn rotate(
         }
         visited += 1;
         progress(visited);
-        if visited % FLUSH_EVERY == 0 {
+        if visited.is_multiple_of(FLUSH_EVERY) {
             store.flush()?;
         }
         if !pace.is_zero() {

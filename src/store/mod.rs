@@ -188,7 +188,7 @@ impl Store {
         if want <= DEFAULT_CACHE_BYTES {
             return Ok((store, DEFAULT_CACHE_BYTES));
         }
-        drop(store);
+        store.close()?;
         Ok((Self::open_with_cache(dir, want)?, want))
     }
 
@@ -236,6 +236,23 @@ impl Store {
         Ok(trees)
     }
 
+    /// Closes this handle. When it was the last handle on a store on disk,
+    /// returns once sled has let go of the directory (see
+    /// [`wait_until_released`]), so that it can be opened again at once,
+    /// by this process or another.
+    pub fn close(self) -> Result<()> {
+        let last = Arc::strong_count(&self.current) == 1;
+        let path = match &self.origin {
+            Origin::Dir { path, .. } if last => Some(path.clone()),
+            _ => None,
+        };
+        drop(self);
+        match path {
+            Some(p) => wait_until_released(&p),
+            None => Ok(()),
+        }
+    }
+
     /// A temporary store that lives in memory and is gone at exit.
     pub fn temporary() -> Result<Store> {
         Ok(Store {
@@ -275,6 +292,9 @@ impl Store {
                 return Err(StoreError::Unavailable);
             }
             drop(old);
+            if let Origin::Dir { path, .. } = &self.origin {
+                wait_until_released(path)?;
+            }
         }
         *guard = Some(Arc::new(Self::open_trees(&self.origin)?));
         Ok(())
@@ -685,14 +705,44 @@ impl Store {
     }
 }
 
-/// How long opening waits for sled's lock on the data directory. sled lets
-/// go of it only when the last of its IO threads drops the database, which
-/// can be a moment after this process closed a store it is about to open
-/// again (`restore` closes the store it staged, then opens it to check it;
-/// `reopen` after a disk error). A lock still held after this belongs to
-/// another process, such as a running `serve`, or to a handle this process
-/// still holds (an export streaming from the old database, for `reopen`).
+/// How long opening waits for sled's lock on the data directory, in case
+/// whoever holds it is about to let go. A lock still held after this
+/// belongs to another process, such as a running `serve`.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long [`wait_until_released`] waits for a store this process closed.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until nothing holds sled's lock on the store in `dir`: call it
+/// after dropping this process's last handle on a store, before opening it
+/// again or moving it. sled lets go of its lock (a `flock` on `dir/db`)
+/// only when the last of its background threads drops the database, which
+/// can be well after the handle was dropped on a loaded machine. Gives up
+/// after [`RELEASE_WAIT`] and leaves the error to the open that follows.
+pub fn wait_until_released(dir: &Path) -> Result<()> {
+    let file = match std::fs::File::open(dir.join("db")) {
+        Ok(f) => f,
+        // Nothing to wait for: opening will say what is wrong.
+        Err(_) => return Ok(()),
+    };
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        match file.try_lock() {
+            // Closing `file` lets go of the probe's own lock.
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(()),
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(StoreError::Io {
+                    what: "wait for the store's lock",
+                    error,
+                })
+            }
+        }
+    }
+}
 
 fn open_sled(path: &Path, cache: u64) -> Result<Db> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
@@ -1025,18 +1075,42 @@ mod tests {
             let s = Store::open(dir.path()).unwrap();
             s.commit(&[(seq, vec![0, seq as u8])], b"h", &[]).unwrap();
             s.flush().unwrap();
+            s.close().unwrap();
+            // Closed means free, for this process or another.
+            let db = std::fs::File::open(dir.path().join("db")).unwrap();
+            assert!(db.try_lock().is_ok(), "still locked after close");
         }
-        assert_eq!(
-            Store::open(dir.path()).unwrap().audit_last_seq().unwrap(),
-            20
-        );
-        let _held = Store::open(dir.path()).unwrap();
+        let held = Store::open(dir.path()).unwrap();
+        assert_eq!(held.audit_last_seq().unwrap(), 20);
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Open { .. }), "{err}");
         assert!(
             err.to_string().contains("stop it or use the HTTP API"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn waiting_for_release_returns_once_the_lock_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Store::open(dir.path()).unwrap();
+        let copy = held.clone();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // Not the last handle: nothing to wait for yet.
+            copy.close().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(held);
+        });
+        wait_until_released(dir.path()).unwrap();
+        // Free now, not merely at some point during the wait.
+        let db = std::fs::File::open(dir.path().join("db")).unwrap();
+        assert!(db.try_lock().is_ok(), "still locked after the wait");
+        drop(db);
+        closer.join().unwrap();
+        Store::open(dir.path()).unwrap();
+        // A directory with no store has nothing to wait for.
+        wait_until_released(&dir.path().join("none")).unwrap();
     }
 
     #[test]
@@ -1068,7 +1142,7 @@ mod tests {
         let keys: Vec<Write> = (0..10).map(|i| Write::PutKey(key("p", i))).collect();
         s.commit(&[], b"h", &keys).unwrap();
         s.flush().unwrap();
-        drop(s);
+        s.close().unwrap();
         // A store that needs more than the default is opened again with it
         // (1 MiB a key here, so that 10 keys are enough to need more).
         let (s, bytes) = Store::open_cache_sized_by(dir.path(), |n| n << 20).unwrap();
@@ -1113,7 +1187,7 @@ mod tests {
         // A store from before the count (or restored): counted at open.
         s.t().unwrap().meta.remove(META_KEY_COUNT).unwrap();
         s.flush().unwrap();
-        drop(s);
+        s.close().unwrap();
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(stored_count(&s), Some(1));
         s.commit(&[], b"h", &[Write::PutKey(key("claude", 3))])
