@@ -99,9 +99,9 @@ fn a_key_stored_through_the_api_decrypts_in_python() {
     let id = Api::new(&s, &admin).create_key("claude", "k", "sk-ant-stored-by-keyhold");
     s.stop();
     // Read the stored ciphertext with the library and hand it to Python.
-    let store = keyhold::store::Store::open(&dir).unwrap();
-    let rec = store.get_key(&id.parse().unwrap()).unwrap().unwrap();
-    drop(store);
+    let rec = with_store(&dir, |store| {
+        store.get_key(&id.parse().unwrap()).unwrap().unwrap()
+    });
     let plain = python("decrypt", Some(&key), rec.token.as_bytes()).unwrap();
     assert_eq!(plain, b"sk-ant-stored-by-keyhold");
 }

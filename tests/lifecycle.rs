@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use keyhold::keyring::token_timestamp;
-use keyhold::store::Store;
 use serde_json::Value;
 
 fn with_keys(keys: &str, args: &[&str]) -> std::process::Output {
@@ -67,10 +66,7 @@ fn rotation_moves_every_record_to_the_new_key_and_keeps_times() {
         "ghp-ttl".into(),
     ));
     s.stop();
-    let before: Vec<_> = {
-        let st = Store::open(&v.dir).unwrap();
-        st.list_keys(None).unwrap()
-    };
+    let before = with_store(&v.dir, |st| st.list_keys(None).unwrap());
     let new = keygen();
     let both = format!("{new},{}", v.key);
     // Before rotating, check says what still needs the old key.
@@ -84,7 +80,7 @@ fn rotation_moves_every_record_to_the_new_key_and_keeps_times() {
     let out = with_keys(&both, &["rotate", "--data-dir", v.dir_str()]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("rotated {} keys", keys.len())));
-    let after = Store::open(&v.dir).unwrap().list_keys(None).unwrap();
+    let after = with_store(&v.dir, |st| st.list_keys(None).unwrap());
     assert_eq!(before.len(), after.len());
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(b.id, a.id);
@@ -277,7 +273,7 @@ fn import_from_the_python_reference_in_each_form_then_reveal() {
         assert_eq!(r["imported"], 7);
         assert_eq!(r["dry_run"], true);
         assert_eq!(
-            Store::open(&dir).unwrap().key_count(),
+            with_store(&dir, |st| st.key_count()),
             0,
             "a dry run writes nothing"
         );
@@ -313,7 +309,7 @@ fn import_from_the_python_reference_in_each_form_then_reveal() {
                 k["created_at"].as_str().unwrap().starts_with("2024-"),
                 "{k}"
             );
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 assert!(k["last_used"].is_null());
             } else {
                 assert!(
@@ -390,7 +386,7 @@ fn import_lists_a_foreign_key_row_and_bad_rows_without_importing_them() {
     assert!(reasons.iter().any(|x| x.contains("not JSON")));
     assert!(reasons.iter().any(|x| x.contains("duplicate id")));
     assert!(reasons.iter().any(|x| x.contains("provider")));
-    assert_eq!(Store::open(&dir).unwrap().key_count(), 3);
+    assert_eq!(with_store(&dir, |st| st.key_count()), 3);
     drop(out);
     let recs = v_export(&key, &dir);
     assert!(recs.contains("\"action\":\"import\""));
@@ -447,7 +443,7 @@ fn backup_then_restore_then_reveal_and_verify() {
     std::fs::write(&file, &online).unwrap();
     let again = v.tmp.path().join("again");
     restore_ok(&v, &file, &again);
-    assert_eq!(Store::open(&again).unwrap().key_count(), 6);
+    assert_eq!(with_store(&again, |st| st.key_count()), 6);
 }
 
 #[test]

@@ -46,17 +46,16 @@ fn no_secret_in_the_data_directory_or_the_server_output() {
     let raw_key = base64::engine::general_purpose::URL_SAFE
         .decode(&v.key)
         .unwrap();
-    let mac_key = {
-        let store = keyhold::store::Store::open(&v.dir).unwrap();
+    let mac_key = with_store(&v.dir, |store| {
         let ring = keyhold::keyring::Keyring::parse_list(
             keyhold::keyring::KeySource::FernetKey,
             [v.key.as_str()],
         )
         .unwrap();
-        *keyhold::audit::MacKey::unseal(&store, &ring)
+        *keyhold::audit::MacKey::unseal(store, &ring)
             .unwrap()
             .expose()
-    };
+    });
     let mut needles: Vec<(String, Vec<u8>)> = vec![
         ("Fernet key (text)".into(), v.key.as_bytes().to_vec()),
         ("Fernet signing key (raw)".into(), raw_key[..16].to_vec()),

@@ -284,14 +284,14 @@ fn sigterm_during_a_stream_of_creates_loses_no_acknowledged_write() {
     assert_eq!(code, Some(0), "graceful shutdown exits 0");
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 10, "creates were flowing ({})", acked.len());
-    let store = keyhold::store::Store::open(&v.dir).unwrap();
-    for id in &acked {
-        assert!(
-            store.get_key(&id.parse().unwrap()).unwrap().is_some(),
-            "acknowledged create {id} lost"
-        );
-    }
-    drop(store);
+    with_store(&v.dir, |store| {
+        for id in &acked {
+            assert!(
+                store.get_key(&id.parse().unwrap()).unwrap().is_some(),
+                "acknowledged create {id} lost"
+            );
+        }
+    });
     let out = run_with_key(&v.key, &["audit", "verify", "--data-dir", v.dir_str()]);
     assert!(out.status.success());
 }

@@ -87,21 +87,34 @@ fn write_log(t: &sled::Tree, log: &Log, per_chunk: usize) {
     }
 }
 
+/// Runs `f` on the stopped store in `dir`, opened with sled itself, and
+/// returns once sled has let go of it: its lock outlives the handle for a
+/// moment (its background threads drop it), and the `keyhold` run that
+/// follows must find the store free.
+fn with_sled<T>(dir: &Path, f: impl FnOnce(&sled::Db) -> T) -> T {
+    keyhold::store::wait_until_released(dir).unwrap();
+    let db = sled::open(dir).unwrap();
+    let out = f(&db);
+    db.flush().unwrap();
+    drop(db);
+    keyhold::store::wait_until_released(dir).unwrap();
+    out
+}
+
 /// Copies the store, lets `edit` change its audit records, writes them
 /// back with sled itself, and returns the copy.
 fn tampered(v: &Vault, name: &str, edit: impl FnOnce(&mut Log)) -> PathBuf {
     let dir = v.tmp.path().join(name);
     copy_dir(&v.dir, &dir);
-    let db = sled::open(&dir).unwrap();
-    let audit = db.open_tree("audit").unwrap();
-    let mut log = read_log(&audit);
-    edit(&mut log);
-    // Chunks of 4, not the server's 8: records 8 and 9 land in different
-    // chunks, and verify must not care how records are grouped.
-    write_log(&audit, &log, 4);
-    db.flush().unwrap();
-    drop(audit);
-    drop(db);
+    with_sled(&dir, |db| {
+        let audit = db.open_tree("audit").unwrap();
+        let mut log = read_log(&audit);
+        edit(&mut log);
+        // Chunks of 4, not the server's 8: records 8 and 9 land in
+        // different chunks, and verify must not care how records are
+        // grouped.
+        write_log(&audit, &log, 4);
+    });
     dir
 }
 
@@ -193,16 +206,14 @@ fn dropping_the_newest_three_is_caught_as_truncated() {
 fn broken_chunk_framing_is_caught_as_altered() {
     let (v, _) = vault_with_history();
     let dir = tampered(&v, "framing", |_| {});
-    {
-        let db = sled::open(&dir).unwrap();
+    with_sled(&dir, |db| {
         let t = db.open_tree("audit").unwrap();
         // The chunk of records 9..=12: its first record now claims to run
         // past the end of the value.
         let mut value = t.get(9u64.to_be_bytes()).unwrap().unwrap().to_vec();
         value[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
         t.insert(9u64.to_be_bytes(), value).unwrap();
-        db.flush().unwrap();
-    }
+    });
     assert_broken(&v, &dir, 9, "altered");
 }
 
@@ -213,15 +224,13 @@ fn a_schema_1_log_is_read_as_it_is_and_grows_in_chunks() {
     // schema version is a postcard varint.
     let dir = v.tmp.path().join("schema1");
     copy_dir(&v.dir, &dir);
-    {
-        let db = sled::open(&dir).unwrap();
+    with_sled(&dir, |db| {
         let t = db.open_tree("audit").unwrap();
         let log = read_log(&t);
         write_log(&t, &log, 0);
         let meta = db.open_tree("meta").unwrap();
         meta.insert("schema_version", &[1u8]).unwrap();
-        db.flush().unwrap();
-    }
+    });
     let (code, report) = verify(&v, &dir);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["records"], n);
@@ -229,14 +238,12 @@ fn a_schema_1_log_is_read_as_it_is_and_grows_in_chunks() {
     // An edit of a schema-1 entry is caught like any other.
     let edited = v.tmp.path().join("schema1-edited");
     copy_dir(&dir, &edited);
-    {
-        let db = sled::open(&edited).unwrap();
+    with_sled(&edited, |db| {
         db.open_tree("audit")
             .unwrap()
             .remove(5u64.to_be_bytes())
             .unwrap();
-        db.flush().unwrap();
-    }
+    });
     assert_broken(&v, &edited, 5, "missing");
 
     // A server appends after the old entries, in a chunk. Opening the
@@ -248,15 +255,19 @@ fn a_schema_1_log_is_read_as_it_is_and_grows_in_chunks() {
     let (code, report) = verify(&v, &dir);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["records"], n + 1);
-    let db = sled::open(&dir).unwrap();
-    let t = db.open_tree("audit").unwrap();
-    let (first_key, first) = t.first().unwrap().unwrap();
+    let ((first_key, first), (last_key, last), schema) = with_sled(&dir, |db| {
+        let t = db.open_tree("audit").unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        (
+            t.first().unwrap().unwrap(),
+            t.last().unwrap().unwrap(),
+            meta.get("schema_version").unwrap(),
+        )
+    });
     assert_eq!(first_key.as_ref(), 1u64.to_be_bytes());
     assert_ne!(first[0], CHUNK_TAG, "old entries are left as they are");
-    let (last_key, last) = t.last().unwrap().unwrap();
     assert_eq!(last_key.as_ref(), (n + 1).to_be_bytes());
     assert_eq!(last[0], CHUNK_TAG);
-    let schema = db.open_tree("meta").unwrap().get("schema_version").unwrap();
     assert_eq!(schema.as_deref(), Some(&[2u8][..]));
 }
 
@@ -331,12 +342,10 @@ fn a_wiped_log_and_head_is_caught() {
     let (v, _) = vault_with_history();
     let dir = v.tmp.path().join("wiped");
     copy_dir(&v.dir, &dir);
-    {
-        let db = sled::open(&dir).unwrap();
+    with_sled(&dir, |db| {
         db.open_tree("audit").unwrap().clear().unwrap();
         db.open_tree("meta").unwrap().remove("audit_head").unwrap();
-        db.flush().unwrap();
-    }
+    });
     assert_broken(&v, &dir, 1, "truncated");
 }
 
@@ -376,7 +385,8 @@ fn online_verify_under_concurrent_writes_never_reports_false_damage() {
 
 /// The newest audit seq in a (stopped) store.
 fn last_seq(dir: &Path) -> u64 {
-    let db = sled::open(dir).unwrap();
-    let t = db.open_tree("audit").unwrap();
-    *read_log(&t).keys().next_back().unwrap()
+    with_sled(dir, |db| {
+        let t = db.open_tree("audit").unwrap();
+        *read_log(&t).keys().next_back().unwrap()
+    })
 }

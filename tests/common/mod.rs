@@ -448,6 +448,16 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Runs `f` on the stopped store in `dir`, opened with the library, and
+/// returns once the store is closed and free for the next `keyhold` run
+/// (sled lets go of its lock a moment after the handle is dropped).
+pub fn with_store<T>(dir: &Path, f: impl FnOnce(&keyhold::store::Store) -> T) -> T {
+    let store = keyhold::store::Store::open(dir).unwrap();
+    let out = f(&store);
+    store.close().unwrap();
+    out
+}
+
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/scripts/make_reference_fixture.py"
