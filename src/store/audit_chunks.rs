@@ -340,6 +340,11 @@ mod tests {
         seqs.map(|s| (s, vec![s as u8; len])).collect()
     }
 
+    /// `plan_append` after a stored tail entry.
+    fn after_tail(key: u64, value: &[u8], new: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
+        plan_append(Some((key, &IVec::from(value))), new)
+    }
+
     fn unpack(key: u64, value: &[u8]) -> Vec<(u64, Vec<u8>)> {
         Entries::new(key, IVec::from(value))
             .map(|(s, b)| (s, b.to_vec()))
@@ -362,7 +367,7 @@ mod tests {
     fn the_tail_chunk_is_extended_until_full() {
         let first = plan_append(None, &recs(1..=3, 50));
         let (k, v) = &first[0];
-        let next = plan_append(Some((*k, &IVec::from(v.as_slice()))), &recs(4..=12, 50));
+        let next = after_tail(*k, v, &recs(4..=12, 50));
         assert_eq!(next.len(), 2, "tail extended, then a new chunk");
         assert_eq!(next[0].0, 1);
         assert_eq!(unpack(1, &next[0].1), recs(1..=8, 50));
@@ -370,7 +375,7 @@ mod tests {
         assert_eq!(unpack(9, &next[1].1), recs(9..=12, 50));
         // A full tail is left alone.
         let (k, v) = &next[0];
-        let after = plan_append(Some((*k, &IVec::from(v.as_slice()))), &recs(13..=13, 50));
+        let after = after_tail(*k, v, &recs(13..=13, 50));
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].0, 13);
     }
@@ -387,7 +392,7 @@ mod tests {
     fn a_gap_in_seqs_starts_a_new_chunk() {
         let first = plan_append(None, &recs(1..=5, 10));
         let (k, v) = &first[0];
-        let next = plan_append(Some((*k, &IVec::from(v.as_slice()))), &recs(9..=9, 10));
+        let next = after_tail(*k, v, &recs(9..=9, 10));
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].0, 9);
     }
@@ -396,7 +401,7 @@ mod tests {
     fn a_schema_1_entry_is_one_record_and_is_never_extended() {
         let legacy = vec![0u8, 1, 2, 3];
         assert_eq!(unpack(7, &legacy), vec![(7, legacy.clone())]);
-        let next = plan_append(Some((7, &IVec::from(legacy.as_slice()))), &recs(8..=8, 10));
+        let next = after_tail(7, &legacy, &recs(8..=8, 10));
         assert_eq!(next[0].0, 8);
     }
 
@@ -413,7 +418,7 @@ mod tests {
         assert_eq!(got[1].0, 2);
         assert_eq!(got[1].1, v[second..].to_vec());
         // A damaged tail is not extended: new records get a new chunk.
-        let next = plan_append(Some((1, &IVec::from(v.as_slice()))), &recs(4..=4, 10));
+        let next = after_tail(1, &v, &recs(4..=4, 10));
         assert_eq!(next[0].0, 4);
     }
 }
