@@ -89,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     if !store.is_initialised()? {
         bail!("{} is not initialised", args.data_dir.display());
     }
+    keyhold::unlock::unlock(&store, &keyring)?;
     let log = AuditLog::open(store.clone(), &keyring)?;
     let started = Instant::now();
 

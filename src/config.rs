@@ -146,8 +146,13 @@ pub struct KeysIdArgs {
 pub struct BackupArgs {
     #[command(flatten)]
     pub data: DataDir,
-    /// Where to write the backup (`-`: stdout).
+    /// Where to write the backup (`-`: stdout); with --verify, the backup
+    /// to check.
     pub file: PathBuf,
+    /// Check FILE (its MAC under the keyring, and every entry) without
+    /// restoring it, and print what it holds.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +162,11 @@ pub struct RestoreArgs {
     /// A new or empty directory to restore into.
     #[arg(long, env = "KEYHOLD_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// Restore a backup made before backups were authenticated (format 1,
+    /// a plain checksum that anyone can recompute). Only for a backup you
+    /// know is intact; make a new backup right after.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Args)]
@@ -356,6 +366,15 @@ pub enum AuditCommand {
     Export(AuditExportArgs),
     /// Check the whole chain; exit 0 when intact, 1 when not.
     Verify(AuditVerifyArgs),
+    /// Print the public key that signs the audit log (`ed25519:<hex>`), for
+    /// auditors who verify exports without the keyring.
+    PublicKey(AuditPublicKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditPublicKeyArgs {
+    #[command(flatten)]
+    pub data: DataDir,
 }
 
 #[derive(Debug, Args)]
@@ -402,6 +421,12 @@ pub struct AuditVerifyArgs {
     /// Verify this JSON Lines export instead of the store.
     #[arg(long, value_name = "EXPORT.jsonl")]
     pub file: Option<PathBuf>,
+    /// With --file: verify with this audit public key alone (as printed by
+    /// `keyhold audit public-key`), with no keyring and no store. Every
+    /// record must be covered by a signature of this key (or of a key it
+    /// handed over to).
+    #[arg(long, value_name = "KEY", requires = "file")]
+    pub public_key: Option<String>,
     /// With --file: the export was filtered, so gaps between its records
     /// are expected; each record's MAC is checked. Without it, the file
     /// must be a complete export (the whole chain from seq 1).

@@ -6,6 +6,13 @@
 //! whose stdout holds the key(s) in the file format). The newest key
 //! encrypts; every key is tried to decrypt (MultiFernet semantics).
 //!
+//! Each keyring key also yields purpose-bound keys (HKDF-SHA256, one label
+//! each): one seals keyhold's own secrets, one makes the check value, one
+//! authenticates backups. API keys stay plain Fernet under the keyring key
+//! itself (byte-compatible with Python), so no ciphertext a caller can
+//! obtain by storing a key of their choosing opens under a derived key:
+//! none can stand in for a sealed secret or the check value.
+//!
 //! Not for: storage. The keyring never touches the database.
 
 use std::fmt;
@@ -102,6 +109,65 @@ pub struct DecryptError;
 struct KeyEntry {
     fernet: Fernet,
     fingerprint: String,
+    derived: Derived,
+}
+
+/// Keys derived from one keyring key, each for one purpose only.
+struct Derived {
+    /// Fernet key that seals keyhold's own secrets (`seal`/`unseal`).
+    seal: Fernet,
+    /// Fernet key of the check value.
+    check: Fernet,
+    /// HMAC-SHA256 key of backups.
+    backup_mac: Zeroizing<[u8; 32]>,
+}
+
+/// HKDF salt: fixed, names the scheme.
+const HKDF_SALT: &[u8] = b"keyhold keyring derivation v1";
+const LABEL_SEAL: &[u8] = b"keyhold/seal";
+const LABEL_CHECK: &[u8] = b"keyhold/check";
+const LABEL_BACKUP: &[u8] = b"keyhold/backup-mac";
+/// What every sealed value's plaintext starts with, before its purpose.
+const SEAL_PREFIX: &[u8] = b"keyhold-sealed-v1:";
+
+/// The plaintext whose Fernet token (under the derived check key) is the
+/// keyring check value.
+pub const CHECK_PLAINTEXT: &[u8] = b"keyhold keyring check v1";
+
+impl Derived {
+    /// Derives the purpose keys from a Fernet key's text (already checked
+    /// to be a valid key).
+    fn of(key_text: &str) -> Option<Derived> {
+        let raw = Zeroizing::new(
+            base64::engine::general_purpose::URL_SAFE
+                .decode(key_text.trim())
+                .ok()?,
+        );
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(HKDF_SALT), &raw);
+        let expand = |label: &[u8]| -> Option<Zeroizing<[u8; 32]>> {
+            let mut out = Zeroizing::new([0u8; 32]);
+            hk.expand(label, out.as_mut()).ok()?;
+            Some(out)
+        };
+        let fernet_of = |label: &[u8]| -> Option<Fernet> {
+            let k = expand(label)?;
+            let text = Zeroizing::new(base64::engine::general_purpose::URL_SAFE.encode(k.as_ref()));
+            Fernet::new(&text)
+        };
+        Some(Derived {
+            seal: fernet_of(LABEL_SEAL)?,
+            check: fernet_of(LABEL_CHECK)?,
+            backup_mac: expand(LABEL_BACKUP)?,
+        })
+    }
+}
+
+/// A sealed secret opened: the secret (zeroized on drop) and which key of
+/// the keyring opened it (0 is the newest).
+#[derive(Debug)]
+pub struct Unsealed {
+    pub secret: SecretBytes,
+    pub key_index: usize,
 }
 
 /// The keys, newest first. `Debug` shows the source and fingerprints only.
@@ -207,13 +273,16 @@ impl Keyring {
         let mut entries = Vec::new();
         for (i, raw) in keys.into_iter().enumerate() {
             let raw = raw.trim();
-            let fernet = Fernet::new(raw).ok_or(KeyringError::Malformed {
+            let malformed = || KeyringError::Malformed {
                 origin: source.clone(),
                 position: i + 1,
-            })?;
+            };
+            let fernet = Fernet::new(raw).ok_or_else(malformed)?;
+            let derived = Derived::of(raw).ok_or_else(malformed)?;
             entries.push(KeyEntry {
                 fernet,
                 fingerprint: fingerprint(raw),
+                derived,
             });
         }
         if entries.is_empty() {
@@ -229,10 +298,12 @@ impl Keyring {
     pub fn ephemeral() -> Keyring {
         let key = SecretString::new(Fernet::generate_key());
         let fernet = Fernet::new(key.expose()).unwrap_or_else(|| unreachable!());
+        let derived = Derived::of(key.expose()).unwrap_or_else(|| unreachable!());
         Keyring {
             keys: vec![KeyEntry {
                 fingerprint: fingerprint(key.expose()),
                 fernet,
+                derived,
             }],
             source: KeySource::Ephemeral,
         }
@@ -321,6 +392,82 @@ impl Keyring {
         }
         Err(DecryptError)
     }
+}
+
+impl Keyring {
+    /// Seals one of keyhold's own secrets for the store: Fernet under the
+    /// newest key's derived sealing key, the plaintext naming its purpose,
+    /// so a sealed value opens only as what it was sealed as.
+    pub fn seal(&self, purpose: &str, secret: &[u8]) -> String {
+        let mut plain = Zeroizing::new(Vec::with_capacity(
+            SEAL_PREFIX.len() + purpose.len() + 1 + secret.len(),
+        ));
+        plain.extend_from_slice(SEAL_PREFIX);
+        plain.extend_from_slice(purpose.as_bytes());
+        plain.push(b':');
+        plain.extend_from_slice(secret);
+        self.keys[0].derived.seal.encrypt(&plain)
+    }
+
+    /// Opens a value sealed by [`seal`](Self::seal) for `purpose`, trying
+    /// every key of the keyring. A token made any other way (an API key's
+    /// ciphertext, a value sealed for another purpose) does not open.
+    pub fn unseal(&self, purpose: &str, token: &str) -> Result<Unsealed, DecryptError> {
+        let mut prefix = SEAL_PREFIX.to_vec();
+        prefix.extend_from_slice(purpose.as_bytes());
+        prefix.push(b':');
+        for (i, k) in self.keys.iter().enumerate() {
+            if let Ok(plain) = k
+                .derived
+                .seal
+                .decrypt_at_time(token, None, token_now(token))
+            {
+                let plain = Zeroizing::new(plain);
+                if let Some(secret) = plain.strip_prefix(prefix.as_slice()) {
+                    return Ok(Unsealed {
+                        secret: SecretBytes::new(secret.to_vec()),
+                        key_index: i,
+                    });
+                }
+                return Err(DecryptError);
+            }
+        }
+        Err(DecryptError)
+    }
+
+    /// The check value for a new store: a token of [`CHECK_PLAINTEXT`]
+    /// under the newest key's derived check key.
+    pub fn check_token(&self) -> String {
+        self.keys[0].derived.check.encrypt(CHECK_PLAINTEXT)
+    }
+
+    /// Which key of the keyring opens the check value, if any.
+    pub fn opens_check(&self, token: &str) -> Option<usize> {
+        self.keys.iter().position(|k| {
+            k.derived
+                .check
+                .decrypt_at_time(token, None, token_now(token))
+                .is_ok_and(|p| p == CHECK_PLAINTEXT)
+        })
+    }
+
+    /// The backup MAC keys, newest first (index as in the keyring).
+    pub fn backup_mac_keys(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.keys.iter().map(|k| &*k.derived.backup_mac)
+    }
+}
+
+/// The "now" that lets any authentic token open whatever its timestamp
+/// (sealed values never expire): the later of the clock and the token's
+/// own time, kept from overflowing in the crate's `now + 60`.
+fn token_now(token: &str) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    token_timestamp(token)
+        .map_or(now, |ts| now.max(ts))
+        .min(u64::MAX - 60)
 }
 
 /// A Fernet token's timestamp (seconds since the epoch): bytes 1..9 of the
@@ -438,6 +585,50 @@ mod tests {
         let t = ring.encrypt_at(b"x", 499_162_800);
         assert_eq!(token_timestamp(&t), Some(499_162_800));
         assert_eq!(token_timestamp("%%%"), None);
+    }
+
+    #[test]
+    fn an_api_key_ciphertext_never_opens_as_a_sealed_secret_or_check_value() {
+        let ring = Keyring::ephemeral();
+        // A caller stores 32 bytes of their choosing as an API key.
+        let chosen = ring.encrypt(&[7u8; 32]);
+        assert!(ring.unseal("record-secret", &chosen).is_err());
+        let framed =
+            ring.encrypt(b"keyhold-sealed-v1:record-secret:0123456789abcdef0123456789abcdef");
+        assert!(ring.unseal("record-secret", &framed).is_err());
+        assert!(ring.opens_check(&ring.encrypt(CHECK_PLAINTEXT)).is_none());
+        // What is sealed opens, only for its purpose.
+        let sealed = ring.seal("record-secret", &[9u8; 32]);
+        assert_eq!(
+            ring.unseal("record-secret", &sealed)
+                .unwrap()
+                .secret
+                .expose(),
+            &[9u8; 32]
+        );
+        assert!(ring.unseal("audit-signing-key", &sealed).is_err());
+        assert!(
+            ring.decrypt(&sealed).is_err(),
+            "the keyring key itself does not open it"
+        );
+        assert_eq!(ring.opens_check(&ring.check_token()), Some(0));
+    }
+
+    #[test]
+    fn derived_keys_differ_per_keyring_key_and_older_keys_still_open() {
+        let (new, old) = (generate_key(), generate_key());
+        let old_ring = Keyring::from_lookup(env(&[("FERNET_KEY", old.expose())])).unwrap();
+        let both = Keyring::from_lookup(env(&[(
+            "FERNET_KEYS",
+            &format!("{},{}", new.expose(), old.expose()),
+        )]))
+        .unwrap();
+        let sealed_old = old_ring.seal("p", b"s");
+        let opened = both.unseal("p", &sealed_old).unwrap();
+        assert_eq!((opened.secret.expose(), opened.key_index), (&b"s"[..], 1));
+        assert_eq!(both.opens_check(&old_ring.check_token()), Some(1));
+        let macs: Vec<_> = both.backup_mac_keys().collect();
+        assert_ne!(macs[0], macs[1]);
     }
 
     #[test]

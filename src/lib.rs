@@ -19,3 +19,4 @@ pub mod secret;
 pub mod store;
 pub mod time;
 pub mod tokens;
+pub mod unlock;

@@ -1,7 +1,9 @@
 //! Access-token management shared by the offline CLI and the admin HTTP
 //! routes: authenticate, create, find, revoke.
 //!
-//! Lookups go by the token's SHA-256 (the store never holds a token).
+//! Lookups go by a keyed digest of the token (the store never holds a
+//! token, and nobody without the keyring can say where a token's record
+//! would be stored); records are authenticated by the store.
 
 use uuid::Uuid;
 
@@ -38,7 +40,7 @@ pub fn authenticate(store: &Store, token: &str) -> Result<Option<Caller>, StoreE
     // the token itself, and the store compares digests, whose timing
     // reveals nothing usable about a token (SHA-256 cannot be inverted).
     let hash = access::hash_token(token);
-    let Some(rec) = store.get_token(&hash)? else {
+    let Some((_, rec)) = store.get_token(&hash)? else {
         return Ok(None);
     };
     if rec.revoked_at_us.is_some() {
@@ -56,12 +58,14 @@ pub fn authenticate(store: &Store, token: &str) -> Result<Option<Caller>, StoreE
 pub struct PreparedToken {
     pub token: NewToken,
     pub record: TokenRecord,
+    /// Where the record is stored (the token's keyed digest).
+    at: [u8; 32],
 }
 
 impl PreparedToken {
     pub fn write(&self) -> Write {
         Write::PutToken {
-            hash: self.token.hash,
+            hash: self.at,
             record: self.record.clone(),
         }
     }
@@ -108,7 +112,8 @@ pub fn prepare(
         created_at_us: crate::time::now_us(),
         revoked_at_us: None,
     };
-    Ok(PreparedToken { token, record })
+    let at = store.token_key(&token.hash)?;
+    Ok(PreparedToken { token, record, at })
 }
 
 /// Finds a token by id, or by name (the live one first).

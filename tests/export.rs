@@ -337,7 +337,9 @@ fn csv_export_parses_back_with_a_csv_reader() {
             "count",
             "detail",
             "prev",
-            "mac"
+            "mac",
+            "tag",
+            "sig"
         ]
     );
     let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();

@@ -42,6 +42,7 @@ fn exporting_a_million_records_stays_in_bounded_memory() {
     {
         let store = Store::open(&v.dir).unwrap();
         let ring = Keyring::parse_list(KeySource::FernetKey, [v.key.as_str()]).unwrap();
+        keyhold::unlock::unlock(&store, &ring).unwrap();
         let log = AuditLog::open(store, &ring).unwrap();
         let started = Instant::now();
         let mut written = log.store().audit_last_seq().unwrap();

@@ -15,7 +15,7 @@ use base64::Engine;
 
 use keyhold::audit::{
     Action, AuditEvent, AuditRecord, ChainVerifier, ExportRecord, Head, MacKey, Outcome,
-    VerifyReport, GENESIS,
+    VerifyKeys, VerifyReport, GENESIS,
 };
 use keyhold::keyring::{token_timestamp, KeySource, Keyring, KeyringError};
 use keyhold::limiter::{RevealRate, TrustedProxies};
@@ -62,7 +62,20 @@ fn record(seq: u64) -> AuditRecord {
         event: event(),
         prev: GENESIS,
         mac: [0u8; 32],
+        tag: None,
+        sig: None,
     }
+}
+
+/// A MAC key for records from before schema 3, and the verifier keys
+/// holding it.
+fn legacy_key() -> (MacKey, VerifyKeys) {
+    let key = MacKey::from_bytes(&[7u8; 32]).unwrap();
+    let keys = VerifyKeys {
+        legacy: Some(key.clone()),
+        ..VerifyKeys::default()
+    };
+    (key, keys)
 }
 
 // ---------------------------------------------------------------- records_decode
@@ -361,13 +374,13 @@ fn audit_export_lines_reject_hostile_json() {
 
 #[test]
 fn chain_verifier_reports_unsigned_records_without_panicking() {
-    let key = MacKey::generate().unwrap();
-    let mut v = ChainVerifier::new(key.clone());
+    let (_, keys) = legacy_key();
+    let mut v = ChainVerifier::new(keys.clone());
     let e: ExportRecord = serde_json::from_str(&export_line(1)).unwrap();
     let rec = AuditRecord::from_export(&e).unwrap();
     let report = v.feed(rec).expect("an unsigned record is reported");
     assert!(!report.is_ok());
-    assert!(ChainVerifier::filtered(key).finish().is_ok());
+    assert!(ChainVerifier::filtered(keys).finish().is_ok());
 }
 
 /// Fuzz finding (audit_export, fuzz/seeds/audit_export/
@@ -385,12 +398,12 @@ fn fuzz_found_filtered_verify_seq_u64_max() {
         r#""prev":"0000000000000000000000000000000000000000000000000000000000000000","#,
         r#""mac":"0000000000000000000000000000000000000000000000000000000000000000"}"#
     );
-    let key = MacKey::generate().unwrap();
+    let (key, keys) = legacy_key();
     let e: ExportRecord = serde_json::from_str(line).unwrap();
     let mut rec = AuditRecord::from_export(&e).unwrap();
     // As the fuzz harness does (flags 1): give it its correct MAC.
     rec.mac = key.record_mac(&rec.prev, rec.seq, rec.at_us, &rec.event);
-    let mut v = ChainVerifier::filtered(key.clone());
+    let mut v = ChainVerifier::filtered(keys.clone());
     let first = no_panic("filtered feed of seq u64::MAX", || v.feed(rec.clone()));
     assert_eq!(first, None, "an authentic record alone is not broken");
     // Anything after the last possible seq is out of order.
@@ -491,17 +504,32 @@ fn entry(tree: u8, k: &[u8], v: &[u8]) -> Vec<u8> {
     b
 }
 
+/// The keyring the backups below are authenticated under.
+fn backup_ring() -> Keyring {
+    Keyring::parse_list(
+        KeySource::FernetKey,
+        ["cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4="],
+    )
+    .unwrap()
+}
+
+/// Ends a format-2 body with its trailer: the count and the MAC under the
+/// keyring's backup key.
 fn seal(mut body: Vec<u8>, count: u64) -> Vec<u8> {
+    use hmac::Mac;
     body.push(2);
     body.extend_from_slice(&count.to_be_bytes());
-    let digest = Sha256::digest(&body);
-    body.extend_from_slice(&digest);
+    let ring = backup_ring();
+    let key = ring.backup_mac_keys().next().unwrap();
+    let mut m = <hmac::Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+    m.update(&body);
+    body.extend_from_slice(&m.finalize().into_bytes());
     body
 }
 
 fn read(bytes: &[u8]) -> Result<BackupInfo, BackupError> {
     no_panic(&format!("read_backup on {} bytes", bytes.len()), || {
-        read_backup(bytes, |_tree, _k, _v| Ok(()))
+        read_backup(bytes, &backup_ring(), false, |_tree, _k, _v| Ok(()))
     })
 }
 
@@ -534,6 +562,21 @@ fn backup_reader_rejects_hostile_streams() {
         ("wrong count", seal(with(&entry(0, b"k", b"v")), 2)),
         ("count u64::MAX", seal(h.clone(), u64::MAX)),
         ("trailing byte", [good.clone(), vec![0]].concat()),
+        ("a plain SHA-256 trailer", {
+            let mut b = good.clone();
+            let n = b.len();
+            let digest = Sha256::digest(&b[..n - 32]);
+            b[n - 32..].copy_from_slice(&digest);
+            b
+        }),
+        ("format 1 (unauthenticated)", {
+            let mut b = header(1, SCHEMA_VERSION);
+            b.push(2);
+            b.extend_from_slice(&0u64.to_be_bytes());
+            let digest = Sha256::digest(&b);
+            b.extend_from_slice(&digest);
+            b
+        }),
         ("checksum altered", {
             let mut b = good.clone();
             let n = b.len();
@@ -545,7 +588,7 @@ fn backup_reader_rejects_hostile_streams() {
         assert!(read(&bytes).is_err(), "{what}");
     }
     // A sink's refusal stops the read.
-    let refused = read_backup(&good[..], |_tree, _k, _v| {
+    let refused = read_backup(&good[..], &backup_ring(), false, |_tree, _k, _v| {
         Err(BackupError::Corrupt("sink".into()))
     });
     assert!(matches!(refused, Err(BackupError::Corrupt(_))));

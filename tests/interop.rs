@@ -99,7 +99,7 @@ fn a_key_stored_through_the_api_decrypts_in_python() {
     let id = Api::new(&s, &admin).create_key("claude", "k", "sk-ant-stored-by-keyhold");
     s.stop();
     // Read the stored ciphertext with the library and hand it to Python.
-    let rec = with_store(&dir, |store| {
+    let rec = with_unlocked_store(&dir, &key, |store| {
         store.get_key(&id.parse().unwrap()).unwrap().unwrap()
     });
     let plain = python("decrypt", Some(&key), rec.token.as_bytes()).unwrap();

@@ -92,6 +92,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_create_or_reveal() {
         }
         // Everything acknowledged so far is there after the crash.
         let store = Store::open(&v.dir).unwrap();
+        unlock(&store, &v.key);
         let a = acked.lock().unwrap();
         for (id, plain) in &a.creates {
             let rec = store
@@ -171,6 +172,7 @@ fn an_import_killed_part_way_then_rerun_imports_everything_once() {
     );
     assert_eq!(r["already_present"].as_u64().unwrap(), before as u64);
     let store = Store::open(&dir).unwrap();
+    unlock(&store, &key);
     assert_eq!(store.key_count(), 6000);
     let ring = Keyring::parse_list(KeySource::FernetKey, [key.as_str()]).unwrap();
     for k in store.list_keys(None).unwrap().iter().step_by(500) {

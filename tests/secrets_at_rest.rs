@@ -46,15 +46,34 @@ fn no_secret_in_the_data_directory_or_the_server_output() {
     let raw_key = base64::engine::general_purpose::URL_SAFE
         .decode(&v.key)
         .unwrap();
-    let mac_key = with_store(&v.dir, |store| {
+    // keyhold's own secrets, unsealed with the keyring as keyhold does.
+    let (record_secret, signing_seed) = with_store(&v.dir, |store| {
         let ring = keyhold::keyring::Keyring::parse_list(
             keyhold::keyring::KeySource::FernetKey,
             [v.key.as_str()],
         )
         .unwrap();
-        *keyhold::audit::MacKey::unseal(store, &ring)
-            .unwrap()
-            .expose()
+        let open = |name: &[u8], purpose: &str| {
+            let sealed = store
+                .meta_string(name)
+                .unwrap()
+                .expect("sealed secret stored");
+            ring.unseal(purpose, &sealed)
+                .unwrap()
+                .secret
+                .expose()
+                .to_vec()
+        };
+        (
+            open(
+                keyhold::store::META_RECORD_SECRET,
+                keyhold::store::RECORD_SECRET_PURPOSE,
+            ),
+            open(
+                keyhold::store::META_SIGNING_KEY,
+                keyhold::audit::SIGNING_PURPOSE,
+            ),
+        )
     });
     let mut needles: Vec<(String, Vec<u8>)> = vec![
         ("Fernet key (text)".into(), v.key.as_bytes().to_vec()),
@@ -63,10 +82,15 @@ fn no_secret_in_the_data_directory_or_the_server_output() {
         ("admin token".into(), v.admin.as_bytes().to_vec()),
         ("reader token".into(), reader.as_bytes().to_vec()),
         ("online token".into(), online.as_bytes().to_vec()),
-        ("audit MAC key (raw)".into(), mac_key.to_vec()),
+        ("record secret (raw)".into(), record_secret.clone()),
         (
-            "audit MAC key (hex)".into(),
-            keyhold::audit::hex(&mac_key).into_bytes(),
+            "record secret (hex)".into(),
+            keyhold::audit::hex(&record_secret).into_bytes(),
+        ),
+        ("audit signing seed (raw)".into(), signing_seed.clone()),
+        (
+            "audit signing seed (hex)".into(),
+            keyhold::audit::hex(&signing_seed).into_bytes(),
         ),
     ];
     for k in &api_keys {

@@ -284,7 +284,7 @@ fn sigterm_during_a_stream_of_creates_loses_no_acknowledged_write() {
     assert_eq!(code, Some(0), "graceful shutdown exits 0");
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 10, "creates were flowing ({})", acked.len());
-    with_store(&v.dir, |store| {
+    with_unlocked_store(&v.dir, &v.key, |store| {
         for id in &acked {
             assert!(
                 store.get_key(&id.parse().unwrap()).unwrap().is_some(),

@@ -4,20 +4,29 @@
 //! Input: a mode byte, an 8-byte entry count, then the body. A random
 //! stream never has the right header or SHA-256 trailer, so the harness
 //! can supply them to reach the checks behind them:
-//!   mode & 1: prepend a valid header (magic, format 1, current schema);
+//!   mode & 1: prepend a valid header (magic, format 1, current schema;
+//!             read with `allow_unauthenticated`, since format 2's keyed
+//!             MAC cannot be hit by chance: tests/fuzz_regressions.rs
+//!             builds format-2 streams with the key);
 //!   mode & 2: append a trailer (0x02, the count, the correct SHA-256);
 //!   mode & 4: append one stray byte after the trailer;
 //!   mode & 8: the sink refuses the second entry.
 #![no_main]
 
-use keyhold::ops::backup::{read_backup, BackupError, FORMAT_VERSION};
+use keyhold::keyring::Keyring;
+use keyhold::ops::backup::{read_backup, BackupError};
 use keyhold::store::SCHEMA_VERSION;
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 
+fn ring() -> &'static Keyring {
+    static RING: std::sync::OnceLock<Keyring> = std::sync::OnceLock::new();
+    RING.get_or_init(Keyring::ephemeral)
+}
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 9 {
-        let _ = read_backup(data, |_tree, _k, _v| Ok(()));
+        let _ = read_backup(data, ring(), true, |_tree, _k, _v| Ok(()));
         return;
     }
     let mode = data[0];
@@ -28,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let mut stream = Vec::with_capacity(body.len() + 80);
     if mode & 1 != 0 {
         stream.extend_from_slice(b"KEYHOLD-BACKUP\n");
-        stream.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        stream.extend_from_slice(&1u32.to_be_bytes());
         stream.extend_from_slice(&SCHEMA_VERSION.to_be_bytes());
         stream.extend_from_slice(&0i64.to_be_bytes());
     }
@@ -44,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let mut handed = 0u64;
-    let result = read_backup(&stream[..], |_tree, _k, _v| {
+    let result = read_backup(&stream[..], ring(), true, |_tree, _k, _v| {
         handed += 1;
         if mode & 8 != 0 && handed == 2 {
             return Err(BackupError::Corrupt("refused by the sink".into()));

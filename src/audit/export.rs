@@ -237,7 +237,7 @@ impl<'a> Exporter<'a> {
 const UNDECODABLE: &str = "UNDECODABLE RECORD (damaged or altered; run `keyhold audit verify`)";
 
 /// The column names, in order (the CSV header).
-pub const EXPORT_COLUMNS: [&str; 15] = [
+pub const EXPORT_COLUMNS: [&str; 17] = [
     "seq",
     "at",
     "request_id",
@@ -253,4 +253,6 @@ pub const EXPORT_COLUMNS: [&str; 15] = [
     "detail",
     "prev",
     "mac",
+    "tag",
+    "sig",
 ];

@@ -1,10 +1,12 @@
-//! The audit log: records, the HMAC chain, the append-only writer (group
-//! commit), verification and export.
+//! The audit log: records, the hash chain and its signatures, the
+//! append-only writer (group commit), verification and export.
 //!
-//! Every record's `mac` is HMAC-SHA256, keyed by a random audit MAC key
-//! (stored Fernet-encrypted in `meta`), over the previous record's mac and
-//! the record's canonical bytes. The chain head (last seq and mac) is kept
-//! MAC'd too, so dropping the newest records is detected. No code path
+//! Every record's `mac` is SHA-256 over the previous record's mac and the
+//! record's canonical bytes; each commit signs its newest (seq, mac) with
+//! the Ed25519 audit signing key (`sign`), so anyone holding the public
+//! key verifies an export. Records written before schema 3 keep their
+//! HMAC chain (checked with the keyring). The chain head is stored with
+//! its signature, so dropping the newest records is detected. No code path
 //! here or elsewhere deletes or changes an audit record; a commit rewrites
 //! the newest store entry only to append records to it, and never writes
 //! over an entry it did not read (see `store::audit_chunks`).
@@ -14,6 +16,7 @@
 mod coalesce;
 mod export;
 mod record;
+mod sign;
 mod verify;
 mod writer;
 
@@ -27,11 +30,12 @@ use zeroize::Zeroizing;
 pub use coalesce::{Coalescer, Drained};
 pub use export::{ExportFilter, ExportFormat, Exporter, FilterError, EXPORT_COLUMNS};
 pub use record::{hex, unhex32, Action, AuditEvent, AuditRecord, ExportRecord, Outcome};
+pub use sign::{AuditSigner, PublicKey, Signature, SignerError, HAND_OVER_PREFIX, SIGNING_PURPOSE};
 pub use verify::{ChainVerifier, Problem, VerifyReport};
 pub use writer::{AuditWriter, BatchObserver};
 
 use crate::keyring::Keyring;
-use crate::store::{Store, StoreError, Write};
+use crate::store::{Store, StoreError, Write, META_AUDIT_KEY, META_PUBLIC_KEY, META_SIGNING_KEY};
 
 /// The `prev` of the first record.
 pub const GENESIS: [u8; 32] = [0u8; 32];
@@ -48,8 +52,10 @@ pub enum AuditError {
     )]
     NoMacKey,
     #[error(
-        "no key of the keyring opens the audit MAC key: the keyring is not the one this store was \
-         initialised with; set the right FERNET_KEY (or add it to FERNET_KEYS)"
+        "no key of the keyring opens the audit log's sealed keys (its signing key, or the MAC key \
+         of records from before schema 3): the keyring is not the one this store was initialised \
+         with (set the right FERNET_KEY, or add it to FERNET_KEYS), or they were replaced outside \
+         keyhold (restore the store from a backup)"
     )]
     MacKeyLocked,
     #[error(
@@ -66,20 +72,44 @@ pub enum AuditError {
     Stopped,
 }
 
-/// Stored chain head: the newest record's seq and mac, MAC'd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Head {
-    pub seq: u64,
-    pub mac: [u8; 32],
-    pub head_mac: [u8; 32],
+/// Stored chain head: the newest record's seq and mac, authenticated: by
+/// an HMAC under the audit MAC key (before schema 3) or by the signature
+/// of the commit that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    V1 {
+        seq: u64,
+        mac: [u8; 32],
+        head_mac: [u8; 32],
+    },
+    V2 {
+        seq: u64,
+        mac: [u8; 32],
+        sig: Signature,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeadV1 {
+    seq: u64,
+    mac: [u8; 32],
+    head_mac: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeadV2 {
+    seq: u64,
+    mac: [u8; 32],
+    sig: Signature,
 }
 
 #[derive(Serialize, Deserialize)]
 enum StoredHead {
-    V1(Head),
+    V1(HeadV1),
+    V2(HeadV2),
 }
 
-/// The MAC key, zeroized on drop.
+/// The MAC key of records written before schema 3, zeroized on drop.
 #[derive(Clone)]
 pub struct MacKey(Zeroizing<[u8; 32]>);
 
@@ -89,12 +119,14 @@ impl std::fmt::Debug for MacKey {
     }
 }
 
+/// The purpose name the pre-schema-3 audit MAC key is sealed under.
+pub const MAC_KEY_PURPOSE: &str = "audit-mac-key";
+
 impl MacKey {
-    /// A new random MAC key.
-    pub fn generate() -> Result<MacKey, getrandom::Error> {
-        let mut k = Zeroizing::new([0u8; 32]);
-        getrandom::fill(k.as_mut())?;
-        Ok(MacKey(k))
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<MacKey> {
+        let b: [u8; 32] = bytes.try_into().ok()?;
+        Some(MacKey(Zeroizing::new(b)))
     }
 
     /// The raw key. Only for checks of where it must never appear (the
@@ -103,34 +135,11 @@ impl MacKey {
         &self.0
     }
 
-    /// The key Fernet-encrypted for `meta`.
-    pub fn seal(&self, keyring: &Keyring) -> String {
-        keyring.encrypt(self.0.as_ref())
-    }
-
-    /// Opens the sealed key from the store with the keyring.
-    pub fn unseal(store: &Store, keyring: &Keyring) -> Result<MacKey, AuditError> {
-        let token = store.audit_key_token()?.ok_or(AuditError::NoMacKey)?;
-        let opened = keyring
-            .decrypt(&token)
-            .map_err(|_| AuditError::MacKeyLocked)?;
-        let bytes: [u8; 32] = opened
-            .plaintext
-            .expose()
-            .try_into()
-            .map_err(|_| AuditError::MacKeyLocked)?;
-        Ok(MacKey(Zeroizing::new(bytes)))
-    }
-
     fn hmac(&self) -> Hmac<Sha256> {
-        // HMAC takes keys of any length; 32 bytes never fails.
-        match <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_ref()) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC accepts any key length"),
-        }
+        hmac_of(&self.0)
     }
 
-    /// mac = HMAC(key, prev || canonical bytes).
+    /// mac = HMAC(key, prev || canonical bytes) (V1 records).
     pub fn record_mac(
         &self,
         prev: &[u8; 32],
@@ -152,30 +161,176 @@ impl MacKey {
         m.finalize().into_bytes().into()
     }
 
-    /// A head for (seq, mac).
+    /// A V1 head for (seq, mac).
     pub fn head(&self, seq: u64, mac: [u8; 32]) -> Head {
-        Head {
+        Head::V1 {
             seq,
             mac,
             head_mac: self.head_mac(seq, &mac),
         }
     }
+}
 
-    /// True when the head's MAC is right.
-    pub fn head_is_authentic(&self, head: &Head) -> bool {
-        crate::access::digests_equal(&self.head_mac(head.seq, &head.mac), &head.head_mac)
+fn hmac_of(key: &[u8; 32]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length; 32 bytes never fails.
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts any key length"),
+    }
+}
+
+/// The keyed tag of a V2 record: HMAC(tag key, mac).
+pub fn record_tag(tag_key: &[u8; 32], mac: &[u8; 32]) -> [u8; 32] {
+    let mut m = hmac_of(tag_key);
+    m.update(mac);
+    m.finalize().into_bytes().into()
+}
+
+/// What a verifier checks records with. Any part may be absent: an
+/// auditor holding only a public key has no MAC or tag key.
+#[derive(Clone, Default)]
+pub struct VerifyKeys {
+    /// Checks records written before schema 3.
+    pub legacy: Option<MacKey>,
+    /// Checks each V2 record's tag.
+    pub tag: Option<Zeroizing<[u8; 32]>>,
+    /// Public keys whose signatures are trusted (and, through hand-over
+    /// records they sign, their successors').
+    pub trusted: Vec<PublicKey>,
+}
+
+impl std::fmt::Debug for VerifyKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKeys")
+            .field("legacy", &self.legacy.is_some())
+            .field("tag", &self.tag.is_some())
+            .field("trusted", &self.trusted)
+            .finish()
+    }
+}
+
+impl VerifyKeys {
+    /// Only a public key (an auditor without the keyring).
+    pub fn public(key: PublicKey) -> VerifyKeys {
+        VerifyKeys {
+            trusted: vec![key],
+            ..VerifyKeys::default()
+        }
+    }
+}
+
+/// The audit log's secrets, unsealed from the store with the keyring.
+pub struct AuditKeys {
+    pub legacy: Option<MacKey>,
+    tag: Zeroizing<[u8; 32]>,
+    signer: AuditSigner,
+}
+
+impl std::fmt::Debug for AuditKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditKeys")
+            .field("public", &self.signer.public_key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditKeys {
+    /// Unseals the signing key (and the MAC key of older records) with
+    /// the keyring; the tag key comes from the store's record keys, which
+    /// must be applied (`crate::unlock`).
+    pub fn unseal(store: &Store, keyring: &Keyring) -> Result<AuditKeys, AuditError> {
+        let tag = store
+            .record_keys()
+            .ok_or(AuditError::Store(StoreError::Locked))?;
+        let tag = Zeroizing::new(*tag.audit_tag_key());
+        let seed = store
+            .meta_string(META_SIGNING_KEY)?
+            .ok_or(AuditError::NoMacKey)?;
+        let seed = keyring
+            .unseal(SIGNING_PURPOSE, &seed)
+            .map_err(|_| AuditError::MacKeyLocked)?;
+        let signer =
+            AuditSigner::from_seed(seed.secret.expose()).map_err(|_| AuditError::MacKeyLocked)?;
+        let legacy = match store.meta_string(META_AUDIT_KEY)? {
+            None => None,
+            Some(t) => {
+                let opened = keyring
+                    .unseal(MAC_KEY_PURPOSE, &t)
+                    .map_err(|_| AuditError::MacKeyLocked)?;
+                Some(MacKey::from_bytes(opened.secret.expose()).ok_or(AuditError::MacKeyLocked)?)
+            }
+        };
+        Ok(AuditKeys {
+            legacy,
+            tag,
+            signer,
+        })
+    }
+
+    /// The current signing key's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.signer.public_key()
+    }
+
+    /// What the store's own verification uses: every key, trusting the
+    /// current signing key.
+    pub fn verify_keys(&self) -> VerifyKeys {
+        VerifyKeys {
+            legacy: self.legacy.clone(),
+            tag: Some(self.tag.clone()),
+            trusted: vec![self.signer.public_key()],
+        }
     }
 }
 
 impl Head {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Head::V1 { seq, .. } | Head::V2 { seq, .. } => *seq,
+        }
+    }
+
+    pub fn mac(&self) -> [u8; 32] {
+        match self {
+            Head::V1 { mac, .. } | Head::V2 { mac, .. } => *mac,
+        }
+    }
+
+    /// True when the head's HMAC (V1, with the MAC key) or signature (V2)
+    /// is right. The trust in a V2 signer is the verifier's to judge.
+    pub fn is_authentic(&self, legacy: Option<&MacKey>) -> bool {
+        match self {
+            Head::V1 {
+                seq, mac, head_mac, ..
+            } => legacy
+                .is_some_and(|k| crate::access::digests_equal(&k.head_mac(*seq, mac), head_mac)),
+            Head::V2 { seq, mac, sig } => sig.verifies(*seq, mac),
+        }
+    }
+
     fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        postcard::to_stdvec(&StoredHead::V1(*self)).map_err(crate::store::corrupt("audit head"))
+        let stored = match self.clone() {
+            Head::V1 { seq, mac, head_mac } => StoredHead::V1(HeadV1 { seq, mac, head_mac }),
+            Head::V2 { seq, mac, sig } => StoredHead::V2(HeadV2 { seq, mac, sig }),
+        };
+        postcard::to_stdvec(&stored).map_err(crate::store::corrupt("audit head"))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Head, StoreError> {
-        let StoredHead::V1(h) =
-            postcard::from_bytes(bytes).map_err(crate::store::corrupt("audit head"))?;
-        Ok(h)
+        Ok(
+            match postcard::from_bytes(bytes).map_err(crate::store::corrupt("audit head"))? {
+                StoredHead::V1(h) => Head::V1 {
+                    seq: h.seq,
+                    mac: h.mac,
+                    head_mac: h.head_mac,
+                },
+                StoredHead::V2(h) => Head::V2 {
+                    seq: h.seq,
+                    mac: h.mac,
+                    sig: h.sig,
+                },
+            },
+        )
     }
 
     /// Reads the stored head.
@@ -190,13 +345,16 @@ impl Head {
 struct ChainState {
     next_seq: u64,
     prev: [u8; 32],
+    /// Signs each commit's newest record; replaced by a hand-over.
+    signer: AuditSigner,
 }
 
 /// The append side of the log: chains records and commits them, with
 /// their side writes, in one transaction, then fsyncs.
 pub struct AuditLog {
     store: Store,
-    key: MacKey,
+    legacy: Option<MacKey>,
+    tag: Zeroizing<[u8; 32]>,
     state: Mutex<ChainState>,
 }
 
@@ -207,18 +365,29 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Opens the log: unseals the MAC key and continues the chain after
-    /// the authentic chain head. If the newest records were cut (the head
+    /// Opens the log: unseals its keys and continues the chain after the
+    /// authentic chain head. If the newest records were cut (the head
     /// says the log ends later than its last record), appends continue
     /// after the head, so the cut stays visible to `audit verify` as
-    /// missing records instead of being papered over.
+    /// missing records instead of being papered over. The store's record
+    /// keys must be applied first (`crate::unlock`).
     pub fn open(store: Store, keyring: &Keyring) -> Result<AuditLog, AuditError> {
-        let key = MacKey::unseal(&store, keyring)?;
-        let (next_seq, prev) = chain_position(&store, &key)?;
+        let keys = AuditKeys::unseal(&store, keyring)?;
+        Self::with_keys(store, keys)
+    }
+
+    /// Opens the log with keys already unsealed.
+    pub fn with_keys(store: Store, keys: AuditKeys) -> Result<AuditLog, AuditError> {
+        let (next_seq, prev) = chain_position(&store, keys.legacy.as_ref())?;
         Ok(AuditLog {
             store,
-            key,
-            state: Mutex::new(ChainState { next_seq, prev }),
+            legacy: keys.legacy,
+            tag: keys.tag,
+            state: Mutex::new(ChainState {
+                next_seq,
+                prev,
+                signer: keys.signer,
+            }),
         })
     }
 
@@ -226,8 +395,26 @@ impl AuditLog {
         &self.store
     }
 
-    pub fn mac_key(&self) -> &MacKey {
-        &self.key
+    /// What verifying this log takes: its keys, trusting the current
+    /// signing key.
+    pub fn verify_keys(&self) -> VerifyKeys {
+        VerifyKeys {
+            legacy: self.legacy.clone(),
+            tag: Some(self.tag.clone()),
+            trusted: vec![self.public_key()],
+        }
+    }
+
+    /// The current signing key's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.lock().signer.public_key()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChainState> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// Chains and commits a batch, then fsyncs. Returns each record's seq.
@@ -242,47 +429,123 @@ impl AuditLog {
     pub fn append_with(
         &self,
         batch: &[(AuditEvent, Vec<Write>)],
-        mut on_record: impl FnMut(&AuditRecord),
+        on_record: impl FnMut(&AuditRecord),
     ) -> Result<Vec<u64>, AuditError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut state = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut state = self.lock();
+        self.append_locked(&mut state, batch, &[], None, on_record)
+    }
+
+    /// Chains `batch`, signs its newest record with the current signer
+    /// (and, for a hand-over, the record at `hand_over` with the new key),
+    /// commits it with `extra` writes and fsyncs.
+    fn append_locked(
+        &self,
+        state: &mut ChainState,
+        batch: &[(AuditEvent, Vec<Write>)],
+        extra: &[Write],
+        hand_over: Option<(usize, &AuditSigner)>,
+        mut on_record: impl FnMut(&AuditRecord),
+    ) -> Result<Vec<u64>, AuditError> {
         let mut seq = state.next_seq;
         let mut prev = state.prev;
-        let mut encoded = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
         let mut writes = Vec::new();
         for (event, w) in batch {
             let at_us = crate::time::now_us();
-            let mac = self.key.record_mac(&prev, seq, at_us, event);
-            let rec = AuditRecord {
+            let mac = AuditRecord::chain_hash(&prev, seq, at_us, event);
+            records.push(AuditRecord {
                 seq,
                 at_us,
                 event: event.clone(),
                 prev,
                 mac,
-            };
-            encoded.push((seq, rec.encode()?));
-            records.push(rec);
+                tag: Some(record_tag(&self.tag, &mac)),
+                sig: None,
+            });
             writes.extend(w.iter().cloned());
             prev = mac;
             seq = seq.checked_add(1).ok_or_else(seq_space_used_up)?;
         }
-        let last_seq = seq - 1;
-        let head = self.key.head(last_seq, prev).encode()?;
+        writes.extend(extra.iter().cloned());
+        let n = records.len();
+        // A hand-over: the old key signs every record up to the hand-over
+        // record; the new key signs the newest.
+        let (old_signs, new_signs) = match hand_over {
+            Some((i, new)) => (i, new),
+            None => (n - 1, &state.signer),
+        };
+        if hand_over.is_some() {
+            let r = &mut records[old_signs];
+            r.sig = Some(state.signer.sign(r.seq, &r.mac));
+        }
+        let last = &mut records[n - 1];
+        let sig = new_signs.sign(last.seq, &last.mac);
+        last.sig = Some(sig.clone());
+        let head = Head::V2 {
+            seq: last.seq,
+            mac: last.mac,
+            sig,
+        }
+        .encode()?;
+        let encoded = records
+            .iter()
+            .map(|r| Ok((r.seq, r.encode()?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         self.store.commit(&encoded, &head, &writes)?;
         state.next_seq = seq;
         state.prev = prev;
         self.store.flush()?;
-        drop(state);
         for r in &records {
             on_record(r);
         }
         Ok(records.iter().map(|r| r.seq).collect())
+    }
+
+    /// Starts a new signing key, sealed with the keyring's newest key:
+    /// one commit holds the hand-over record (naming the new public key,
+    /// signed by the old key), the first record the new key signs, and the
+    /// new sealed seed. Returns the new public key.
+    pub fn hand_over(&self, keyring: &Keyring, caller: &str) -> Result<PublicKey, AuditError> {
+        let (new, seed) =
+            AuditSigner::generate().map_err(|e| AuditError::WriteFailed(e.to_string()))?;
+        let sealed = keyring.seal(SIGNING_PURPOSE, seed.as_ref());
+        let public = new.public_key();
+        let mut state = self.lock();
+        let old = state.signer.public_key();
+        let mut first = AuditEvent::cli(
+            Action::SigningKey,
+            Outcome::Success,
+            Some(format!("{HAND_OVER_PREFIX}{public} (from {old})")),
+        );
+        first.caller = caller.to_string();
+        let mut second = AuditEvent::cli(
+            Action::SigningKey,
+            Outcome::Success,
+            Some(format!("first record signed by {public}")),
+        );
+        second.caller = caller.to_string();
+        let extra = [
+            Write::Meta {
+                name: META_SIGNING_KEY,
+                value: Some(sealed.into_bytes()),
+            },
+            Write::Meta {
+                name: META_PUBLIC_KEY,
+                value: Some(public.0.to_vec()),
+            },
+        ];
+        self.append_locked(
+            &mut state,
+            &[(first, vec![]), (second, vec![])],
+            &extra,
+            Some((0, &new)),
+            |_| {},
+        )?;
+        state.signer = new;
+        Ok(public)
     }
 
     /// After a failed write: if the store keeps failing (sled keeps an IO
@@ -291,15 +554,12 @@ impl AuditLog {
     /// Appends wait meanwhile; nothing acknowledged is affected, since an
     /// append is acknowledged only after its fsync succeeded.
     pub fn recover(&self) -> Result<bool, AuditError> {
-        let mut state = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut state = self.lock();
         if self.store.flush().is_ok() {
             return Ok(false);
         }
         self.store.reopen(std::time::Duration::from_secs(5))?;
-        let (next_seq, prev) = chain_position(&self.store, &self.key)?;
+        let (next_seq, prev) = chain_position(&self.store, self.legacy.as_ref())?;
         state.next_seq = next_seq;
         state.prev = prev;
         tracing::warn!(
@@ -312,19 +572,13 @@ impl AuditLog {
     /// Runs `f` with every write held back (all writes go through this
     /// log), so `f` sees one consistent state of the store.
     pub fn with_writes_paused<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _state = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let _state = self.lock();
         f()
     }
 
     /// The newest seq and mac (what an off-box anchor records).
     pub fn head(&self) -> (u64, [u8; 32]) {
-        let state = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let state = self.lock();
         (state.next_seq.saturating_sub(1), state.prev)
     }
 }
@@ -344,7 +598,7 @@ fn seq_space_used_up() -> StoreError {
 /// records were cut (the head says the log ends later than its last
 /// record), appends continue after the head, so the cut stays visible to
 /// `audit verify` as missing records instead of being papered over.
-fn chain_position(store: &Store, key: &MacKey) -> Result<(u64, [u8; 32]), AuditError> {
+fn chain_position(store: &Store, legacy: Option<&MacKey>) -> Result<(u64, [u8; 32]), AuditError> {
     // A damaged newest record must not stop appends; verify reports
     // the damage where it is.
     let last = store.last_audit()?.map(|(seq, bytes)| {
@@ -353,17 +607,17 @@ fn chain_position(store: &Store, key: &MacKey) -> Result<(u64, [u8; 32]), AuditE
             .unwrap_or(GENESIS);
         (seq, mac)
     });
-    let head = Head::load(store)?.filter(|h| key.head_is_authentic(h));
+    let head = Head::load(store)?.filter(|h| h.is_authentic(legacy));
     let (newest, prev) = match (head, last) {
-        (Some(h), Some((seq, mac))) if h.seq == seq && h.mac == mac => (seq, mac),
+        (Some(h), Some((seq, mac))) if h.seq() == seq && h.mac() == mac => (seq, mac),
         (Some(h), last) => {
             tracing::warn!(
-                    head_seq = h.seq,
+                    head_seq = h.seq(),
                     last_seq = last.map_or(0, |l| l.0),
                     "the audit log does not end at its chain head: records were removed or added \
                      outside keyhold; run `keyhold audit verify`. New records continue after the head"
                 );
-            (h.seq.max(last.map_or(0, |l| l.0)), h.mac)
+            (h.seq().max(last.map_or(0, |l| l.0)), h.mac())
         }
         (None, Some((seq, mac))) => {
             tracing::warn!(
@@ -379,9 +633,9 @@ fn chain_position(store: &Store, key: &MacKey) -> Result<(u64, [u8; 32]), AuditE
 /// Verifies the whole chain in the store. The head is read first, so
 /// records a running server appends meanwhile are simply further records
 /// that must chain on from it (no false "truncated" under load).
-pub fn verify_store(store: &Store, key: &MacKey) -> Result<VerifyReport, StoreError> {
+pub fn verify_store(store: &Store, keys: &VerifyKeys) -> Result<VerifyReport, StoreError> {
     let head = Head::load(store)?;
-    let mut v = ChainVerifier::for_store(key.clone(), head.map(|h| h.seq));
+    let mut v = ChainVerifier::for_store(keys.clone(), head.as_ref().map(Head::seq));
     for item in store.audit_iter(0) {
         let (seq, bytes) = item?;
         let rec = AuditRecord::decode(&bytes).ok();

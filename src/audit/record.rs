@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::sign::Signature;
 use crate::store::{corrupt, StoreError};
 use crate::time;
 
@@ -22,10 +23,18 @@ pub enum Action {
     Import,
     Backup,
     Restore,
+    /// The upgrade of a store to schema 3 (signed chain from here on).
+    Upgrade,
+    /// A new audit signing key: the hand-over (signed by the old key) and
+    /// the first record the new key signs.
+    SigningKey,
+    /// A request refused before its route's own action: the token's
+    /// stored record failed its integrity check.
+    Authenticate,
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 14] = [
         Action::Init,
         Action::Reveal,
         Action::KeyCreate,
@@ -37,6 +46,9 @@ impl Action {
         Action::Import,
         Action::Backup,
         Action::Restore,
+        Action::Upgrade,
+        Action::SigningKey,
+        Action::Authenticate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +64,9 @@ impl Action {
             Action::Import => "import",
             Action::Backup => "backup",
             Action::Restore => "restore",
+            Action::Upgrade => "upgrade",
+            Action::SigningKey => "signing_key",
+            Action::Authenticate => "authenticate",
         }
     }
 
@@ -70,10 +85,12 @@ pub enum Outcome {
     Expired,
     DecryptFailed,
     RateLimited,
+    /// A stored record failed its integrity check and was refused.
+    Tampered,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Success,
         Outcome::Unauthenticated,
         Outcome::Forbidden,
@@ -81,6 +98,7 @@ impl Outcome {
         Outcome::Expired,
         Outcome::DecryptFailed,
         Outcome::RateLimited,
+        Outcome::Tampered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +110,7 @@ impl Outcome {
             Outcome::Expired => "expired",
             Outcome::DecryptFailed => "decrypt_failed",
             Outcome::RateLimited => "rate_limited",
+            Outcome::Tampered => "tampered",
         }
     }
 
@@ -140,25 +159,78 @@ impl AuditEvent {
     }
 }
 
-/// One chained record as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One chained record.
+///
+/// Two forms share the chain. Records written before schema 3 are V1:
+/// `mac` is HMAC-SHA256 under the audit MAC key over `prev` and the
+/// record, so only the keyring checks them. From schema 3 on, records are
+/// V2: `mac` is the public hash SHA-256(tag, `prev`, record), `tag` is
+/// HMAC under a key of the store's record secret over that hash (checked
+/// with the keyring on filtered exports), and the newest record of each
+/// commit carries `sig`, an Ed25519 signature of (seq, mac).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     pub seq: u64,
     pub at_us: i64,
     pub event: AuditEvent,
     pub prev: [u8; 32],
     pub mac: [u8; 32],
+    /// V2 only (its presence is what makes a record V2).
+    pub tag: Option<[u8; 32]>,
+    /// V2 only, on the newest record of a commit.
+    pub sig: Option<Signature>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordV1 {
+    seq: u64,
+    at_us: i64,
+    event: AuditEvent,
+    prev: [u8; 32],
+    mac: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordV2 {
+    seq: u64,
+    at_us: i64,
+    event: AuditEvent,
+    prev: [u8; 32],
+    mac: [u8; 32],
+    tag: [u8; 32],
+    sig: Option<Signature>,
 }
 
 #[derive(Serialize, Deserialize)]
 enum StoredRecord {
-    V1(AuditRecord),
+    V1(RecordV1),
+    V2(RecordV2),
 }
 
-/// Domain separation for the record MAC.
+/// Domain separation for the V1 record MAC.
 const RECORD_TAG: &[u8] = b"keyhold-audit-record-v1";
+/// Domain separation for the V2 record hash.
+const RECORD_HASH_TAG: &[u8] = b"keyhold-audit-record-v2";
 
 impl AuditRecord {
+    /// True for a V2 (hash-chained) record.
+    pub fn is_v2(&self) -> bool {
+        self.tag.is_some()
+    }
+
+    /// The V2 hash of a record: SHA-256 over a tag, `prev`, seq, time and
+    /// the event (postcard, deterministic).
+    pub fn chain_hash(prev: &[u8; 32], seq: u64, at_us: i64, event: &AuditEvent) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(RECORD_HASH_TAG);
+        h.update(prev);
+        if let Ok(b) = postcard::to_stdvec(&(seq, at_us, event)) {
+            h.update(&b);
+        }
+        h.finalize().into()
+    }
+
     /// The bytes the MAC covers after `prev`: a tag, seq, time and the
     /// event, postcard-encoded (deterministic).
     pub fn canonical_bytes(seq: u64, at_us: i64, event: &AuditEvent) -> Vec<u8> {
@@ -172,12 +244,50 @@ impl AuditRecord {
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        postcard::to_stdvec(&StoredRecord::V1(self.clone())).map_err(corrupt("audit"))
+        let stored = match self.tag {
+            None => StoredRecord::V1(RecordV1 {
+                seq: self.seq,
+                at_us: self.at_us,
+                event: self.event.clone(),
+                prev: self.prev,
+                mac: self.mac,
+            }),
+            Some(tag) => StoredRecord::V2(RecordV2 {
+                seq: self.seq,
+                at_us: self.at_us,
+                event: self.event.clone(),
+                prev: self.prev,
+                mac: self.mac,
+                tag,
+                sig: self.sig.clone(),
+            }),
+        };
+        postcard::to_stdvec(&stored).map_err(corrupt("audit"))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<AuditRecord, StoreError> {
-        let StoredRecord::V1(r) = postcard::from_bytes(bytes).map_err(corrupt("audit"))?;
-        Ok(r)
+        Ok(
+            match postcard::from_bytes(bytes).map_err(corrupt("audit"))? {
+                StoredRecord::V1(r) => AuditRecord {
+                    seq: r.seq,
+                    at_us: r.at_us,
+                    event: r.event,
+                    prev: r.prev,
+                    mac: r.mac,
+                    tag: None,
+                    sig: None,
+                },
+                StoredRecord::V2(r) => AuditRecord {
+                    seq: r.seq,
+                    at_us: r.at_us,
+                    event: r.event,
+                    prev: r.prev,
+                    mac: r.mac,
+                    tag: Some(r.tag),
+                    sig: r.sig,
+                },
+            },
+        )
     }
 
     /// The exported form.
@@ -199,6 +309,8 @@ impl AuditRecord {
             detail: e.detail.clone(),
             prev: hex(&self.prev),
             mac: hex(&self.mac),
+            tag: self.tag.map(|t| hex(&t)),
+            sig: self.sig.as_ref().map(Signature::to_text),
         }
     }
 }
@@ -229,6 +341,16 @@ impl AuditRecord {
             },
             prev: unhex32(&e.prev).ok_or("`prev` is not 64 hex digits")?,
             mac: unhex32(&e.mac).ok_or("`mac` is not 64 hex digits")?,
+            tag: e
+                .tag
+                .as_deref()
+                .map(|t| unhex32(t).ok_or("`tag` is not 64 hex digits"))
+                .transpose()?,
+            sig: e
+                .sig
+                .as_deref()
+                .map(|s| Signature::parse(s).ok_or("`sig` is not ed25519:KEY:SIGNATURE"))
+                .transpose()?,
         })
     }
 }
@@ -252,6 +374,12 @@ pub struct ExportRecord {
     pub detail: Option<String>,
     pub prev: String,
     pub mac: String,
+    /// V2 records: the keyed tag (hex).
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// The newest record of each commit: `ed25519:KEY:SIGNATURE`.
+    #[serde(default)]
+    pub sig: Option<String>,
 }
 
 /// Lower-case hex.

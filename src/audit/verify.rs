@@ -1,8 +1,17 @@
 //! Chain verification, shared by the store check and the export check.
+//!
+//! A verifier holds whatever keys its user has ([`VerifyKeys`]): the
+//! keyring's (MAC key of older records, tag key) and trusted public keys.
+//! For every record it checks the hash (V2) or MAC (V1, when the MAC key is
+//! there), the link to the record before, each signature, and at the end
+//! that every V2 record is covered by a signature of a trusted key (one
+//! signature covers every record before it through the hash chain). A
+//! hand-over record signed by a trusted key makes the key it names
+//! trusted from there on.
 
 use serde::Serialize;
 
-use super::{hex, AuditRecord, Head, MacKey};
+use super::{hex, record_tag, Action, AuditRecord, Head, PublicKey, VerifyKeys, HAND_OVER_PREFIX};
 
 /// What is wrong at the first bad seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -16,6 +25,9 @@ pub enum Problem {
     Reordered,
     /// The newest records are gone (the head says there were more).
     Truncated,
+    /// Records no signature of a trusted key covers (forged after the
+    /// last signature, or signed by a key the verifier does not trust).
+    Unsigned,
 }
 
 impl Problem {
@@ -25,6 +37,7 @@ impl Problem {
             Problem::Missing => "missing",
             Problem::Reordered => "reordered",
             Problem::Truncated => "truncated",
+            Problem::Unsigned => "unsigned",
         }
     }
 }
@@ -42,6 +55,12 @@ pub enum VerifyReport {
         gaps_expected: bool,
         /// How many gaps between consecutive records (filtered exports).
         gaps: u64,
+        /// The trusted key whose newest signature covers the records.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signed_by: Option<String>,
+        /// Records from before schema 3 (HMAC-chained) whose contents were
+        /// not checked because the MAC key (the keyring) was not at hand.
+        legacy_unchecked: u64,
     },
     Broken {
         seq: u64,
@@ -65,15 +84,30 @@ impl std::fmt::Display for VerifyReport {
                 head_mac,
                 gaps_expected,
                 gaps,
+                signed_by,
+                legacy_unchecked,
             } => {
                 write!(
                     f,
                     "ok: {records} records, head seq {head_seq} mac {head_mac}"
                 )?;
+                if let Some(k) = signed_by {
+                    write!(f, ", signed by {k}")?;
+                }
+                if *legacy_unchecked > 0 {
+                    write!(
+                        f,
+                        " ({legacy_unchecked} records from before signatures were linked but their \
+                         contents not checked: that takes the keyring, `keyhold audit verify --file` \
+                         with FERNET_KEY set)"
+                    )?;
+                }
                 if *gaps_expected {
                     write!(
                         f,
-                        " (filtered export: each record's MAC checked; {gaps} gaps between records, which a filter makes; completeness not checked: use --complete for an unfiltered export)"
+                        " (filtered export: each record's tag checked; {gaps} gaps between records, \
+                         which a filter makes; completeness not checked: verify an unfiltered export \
+                         without --filtered for that)"
                     )?;
                 }
                 Ok(())
@@ -89,7 +123,15 @@ impl std::fmt::Display for VerifyReport {
 
 /// Feeds records in order; stops at the first problem.
 pub struct ChainVerifier {
-    key: MacKey,
+    keys: VerifyKeys,
+    /// Any V2 record seen yet (V1 records may only come before).
+    seen_v2: bool,
+    /// The newest seq covered by a trusted signature, and by which key.
+    covered_to: u64,
+    covered_by: Option<PublicKey>,
+    /// The newest V2 record's seq.
+    last_v2: u64,
+    legacy_unchecked: u64,
     expected_seq: u64,
     prev: [u8; 32],
     count: u64,
@@ -103,9 +145,14 @@ pub struct ChainVerifier {
 
 impl ChainVerifier {
     /// A verifier of a whole chain starting at seq 1.
-    pub fn new(key: MacKey) -> ChainVerifier {
+    pub fn new(keys: VerifyKeys) -> ChainVerifier {
         ChainVerifier {
-            key,
+            keys,
+            seen_v2: false,
+            covered_to: 0,
+            covered_by: None,
+            last_v2: 0,
+            legacy_unchecked: 0,
             expected_seq: 1,
             prev: super::GENESIS,
             count: 0,
@@ -119,18 +166,20 @@ impl ChainVerifier {
 
     /// A verifier of a store whose chain head (read before the walk) is at
     /// `head_seq`.
-    pub fn for_store(key: MacKey, head_seq: Option<u64>) -> ChainVerifier {
+    pub fn for_store(keys: VerifyKeys, head_seq: Option<u64>) -> ChainVerifier {
         ChainVerifier {
             head_seq,
-            ..ChainVerifier::new(key)
+            ..ChainVerifier::new(keys)
         }
     }
 
-    /// A verifier of a filtered selection: each MAC, and increasing seqs.
-    pub fn filtered(key: MacKey) -> ChainVerifier {
+    /// A verifier of a filtered selection: each record's own MAC or tag,
+    /// and increasing seqs. Needs the keyring's keys: without the records
+    /// between them, a public key alone proves nothing of a record.
+    pub fn filtered(keys: VerifyKeys) -> ChainVerifier {
         ChainVerifier {
             gaps_allowed: true,
-            ..ChainVerifier::new(key)
+            ..ChainVerifier::new(keys)
         }
     }
 
@@ -147,12 +196,8 @@ impl ChainVerifier {
                 "the stored record does not decode".into(),
             ));
         };
-        if !self.mac_ok(&rec) {
-            return Some(broken(
-                stored_seq,
-                Problem::Altered,
-                "the record's MAC does not match its contents".into(),
-            ));
+        if let Some(why) = self.contents_wrong(&rec) {
+            return Some(broken(stored_seq, Problem::Altered, why));
         }
         if rec.seq != stored_seq {
             return Some(broken(
@@ -167,21 +212,103 @@ impl ChainVerifier {
         self.feed(rec)
     }
 
-    fn mac_ok(&self, rec: &AuditRecord) -> bool {
-        let want = self
-            .key
-            .record_mac(&rec.prev, rec.seq, rec.at_us, &rec.event);
-        crate::access::digests_equal(&want, &rec.mac)
+    /// Why the record's own contents are not authentic, if they are not:
+    /// its hash and tag (V2), its MAC (V1, with the MAC key), its
+    /// signature. Records whose contents cannot be checked with the keys
+    /// at hand (V1 without the MAC key) are counted.
+    fn contents_wrong(&mut self, rec: &AuditRecord) -> Option<String> {
+        match rec.tag {
+            Some(tag) => {
+                let want = AuditRecord::chain_hash(&rec.prev, rec.seq, rec.at_us, &rec.event);
+                if !crate::access::digests_equal(&want, &rec.mac) {
+                    return Some("the record's contents do not match its hash (mac)".into());
+                }
+                if let Some(k) = &self.keys.tag {
+                    if !crate::access::digests_equal(&record_tag(k, &rec.mac), &tag) {
+                        return Some("the record's tag does not match its hash".into());
+                    }
+                }
+                if let Some(sig) = &rec.sig {
+                    if !sig.verifies(rec.seq, &rec.mac) {
+                        return Some("the record's signature does not verify".into());
+                    }
+                }
+                None
+            }
+            None => {
+                if self.seen_v2 {
+                    return Some(
+                        "a record without a tag (an old-format record) follows signed records"
+                            .into(),
+                    );
+                }
+                if rec.sig.is_some() {
+                    return Some("an old-format record carries a signature".into());
+                }
+                match &self.keys.legacy {
+                    Some(k) => {
+                        let want = k.record_mac(&rec.prev, rec.seq, rec.at_us, &rec.event);
+                        if !crate::access::digests_equal(&want, &rec.mac) {
+                            return Some("the record's MAC does not match its contents".into());
+                        }
+                    }
+                    None => self.legacy_unchecked += 1,
+                }
+                None
+            }
+        }
+    }
+
+    /// Notes what a V2 record adds: the start of the signed chain, trust
+    /// handed over, coverage by a trusted signature.
+    fn note_signed(&mut self, rec: &AuditRecord) -> Option<VerifyReport> {
+        if !rec.is_v2() {
+            return None;
+        }
+        if !self.seen_v2 && !self.gaps_allowed {
+            // The signed chain starts at seq 1 (a new store) or with the
+            // upgrade record; otherwise a record was made to look old.
+            let starts_well = rec.seq == 1 || rec.event.action == Action::Upgrade;
+            if !starts_well {
+                return Some(broken(
+                    rec.seq,
+                    Problem::Altered,
+                    "the signed chain does not start with the upgrade record: a record before it \
+                     was altered to look like an old-format one"
+                        .into(),
+                ));
+            }
+        }
+        self.seen_v2 = true;
+        self.last_v2 = rec.seq;
+        if let Some(sig) = &rec.sig {
+            if self.keys.trusted.contains(&sig.key) {
+                self.covered_to = rec.seq;
+                self.covered_by = Some(sig.key);
+            }
+        }
+        // A hand-over vouched for by a trusted key trusts the next key.
+        if rec.event.action == Action::SigningKey && self.covered_to == rec.seq {
+            let next = rec
+                .event
+                .detail
+                .as_deref()
+                .and_then(|d| d.strip_prefix(HAND_OVER_PREFIX))
+                .and_then(|d| d.split_whitespace().next())
+                .and_then(|k| k.parse::<PublicKey>().ok());
+            if let Some(k) = next {
+                if !self.keys.trusted.contains(&k) {
+                    self.keys.trusted.push(k);
+                }
+            }
+        }
+        None
     }
 
     /// The next record in order.
     pub fn feed(&mut self, rec: AuditRecord) -> Option<VerifyReport> {
-        if !self.mac_ok(&rec) {
-            return Some(broken(
-                rec.seq,
-                Problem::Altered,
-                "the record's MAC does not match its contents".into(),
-            ));
+        if let Some(why) = self.contents_wrong(&rec) {
+            return Some(broken(rec.seq, Problem::Altered, why));
         }
         if self.gaps_allowed {
             if self.count > 0 && rec.seq <= self.last_seq {
@@ -225,6 +352,9 @@ impl ChainVerifier {
                 return Some(b);
             }
         }
+        if let Some(b) = self.note_signed(&rec) {
+            return Some(b);
+        }
         if self.head_seq == Some(rec.seq) {
             self.mac_at_head = Some(rec.mac);
         }
@@ -249,15 +379,43 @@ impl ChainVerifier {
         })
     }
 
-    /// Ends the walk of an export (no chain head to compare with).
+    /// Ends the walk of an export (no chain head to compare with). Every
+    /// V2 record must be covered by a trusted signature (a filtered
+    /// selection is checked record by record instead).
     pub fn finish(self) -> VerifyReport {
+        if !self.gaps_allowed && self.seen_v2 && self.covered_to < self.last_v2 {
+            let from = self.covered_to.max(self.first_v2_candidate()) + 1;
+            let why = if self.covered_to == 0 {
+                format!(
+                    "no signature of a trusted key covers records {from}..={}: they were signed by \
+                     another key than the one given, or forged",
+                    self.last_v2
+                )
+            } else {
+                format!(
+                    "records {from}..={} come after the last signature of a trusted key: forged, or \
+                     the export ends in the middle of a commit",
+                    self.last_v2
+                )
+            };
+            return broken(from, Problem::Unsigned, why);
+        }
         VerifyReport::Ok {
             records: self.count,
             head_seq: self.last_seq,
             head_mac: hex(&self.prev),
             gaps_expected: self.gaps_allowed,
             gaps: self.gaps,
+            signed_by: self.covered_by.map(|k| k.to_string()),
+            legacy_unchecked: self.legacy_unchecked,
         }
+    }
+
+    /// The seq before the first record that needs a signature's cover.
+    fn first_v2_candidate(&self) -> u64 {
+        self.last_seq
+            .saturating_sub(self.count)
+            .min(self.last_v2.saturating_sub(1))
     }
 
     /// Ends the walk of a store against its chain head, read before the
@@ -282,30 +440,37 @@ impl ChainVerifier {
                 )
             };
         };
-        if !self.key.head_is_authentic(&head) {
+        let head_seq = head.seq();
+        let authentic = match &head {
+            Head::V1 { .. } => {
+                self.keys.legacy.is_none() || head.is_authentic(self.keys.legacy.as_ref())
+            }
+            Head::V2 { .. } => head.is_authentic(None),
+        };
+        if !authentic || (self.seen_v2 && matches!(head, Head::V1 { .. })) {
             return broken(
-                head.seq,
+                head_seq,
                 Problem::Altered,
-                "the stored chain head's MAC is wrong".into(),
+                "the stored chain head's MAC or signature is wrong".into(),
             );
         }
-        if head.seq > self.last_seq {
+        if head_seq > self.last_seq {
             return broken(
                 self.last_seq + 1,
                 Problem::Truncated,
                 format!(
                     "the chain head says the log ends at seq {} but the last record is seq {}: records {}..={} were removed",
-                    head.seq,
+                    head_seq,
                     self.last_seq,
                     self.last_seq + 1,
-                    head.seq
+                    head_seq
                 ),
             );
         }
         match self.mac_at_head {
-            Some(mac) if crate::access::digests_equal(&head.mac, &mac) => self.finish(),
+            Some(mac) if crate::access::digests_equal(&head.mac(), &mac) => self.finish(),
             _ => broken(
-                head.seq,
+                head_seq,
                 Problem::Altered,
                 "the record at the chain head's seq differs from the head".into(),
             ),

@@ -196,10 +196,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let ring = Keyring::ephemeral();
-        let key = crate::audit::MacKey::generate().unwrap();
-        store
-            .initialise(&ring.encrypt(b"c"), &key.seal(&ring))
-            .unwrap();
+        crate::unlock::initialise(&store, &ring).unwrap();
         let log = Arc::new(AuditLog::open(store.clone(), &ring).unwrap());
         (dir, store, ring, log)
     }
@@ -251,7 +248,7 @@ mod tests {
             batches < n,
             "{n} records took {batches} fsyncs: no group commit"
         );
-        let report = crate::audit::verify_store(&store, w.log().mac_key()).unwrap();
+        let report = crate::audit::verify_store(&store, &w.log().verify_keys()).unwrap();
         assert!(report.is_ok(), "{report}");
     }
 

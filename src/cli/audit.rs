@@ -8,17 +8,29 @@ use anyhow::Context;
 
 use super::{open_checked, open_log, ConfigError};
 use crate::audit::{
-    self, unhex32, Action, AuditEvent, AuditRecord, ChainVerifier, ExportFilter, ExportFormat,
-    ExportRecord, Exporter, MacKey, Outcome, Problem, VerifyReport,
+    self, unhex32, Action, AuditEvent, AuditKeys, AuditRecord, ChainVerifier, ExportFilter,
+    ExportFormat, ExportRecord, Exporter, Outcome, Problem, PublicKey, VerifyKeys, VerifyReport,
 };
-use crate::config::{AuditCommand, AuditExportArgs, AuditVerifyArgs, ExportFilterArgs};
+use crate::config::{
+    AuditCommand, AuditExportArgs, AuditPublicKeyArgs, AuditVerifyArgs, ExportFilterArgs,
+};
 use crate::keyring::Keyring;
 
 pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCommand::Export(a) => export(a),
         AuditCommand::Verify(a) => verify(a),
+        AuditCommand::PublicKey(a) => public_key(a),
     }
+}
+
+/// `keyhold audit public-key`: the key that signs the log now.
+fn public_key(a: AuditPublicKeyArgs) -> anyhow::Result<ExitCode> {
+    let keyring = Keyring::from_env()?;
+    let store = open_checked(&a.data.data_dir, &keyring)?;
+    let keys = AuditKeys::unseal(&store, &keyring)?;
+    writeln!(std::io::stdout().lock(), "{}", keys.public_key())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn filter_of(a: &ExportFilterArgs) -> anyhow::Result<ExportFilter> {
@@ -97,18 +109,40 @@ fn progress_bar(total: u64, to_file: bool) -> indicatif::ProgressBar {
 }
 
 fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
-    let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data.data_dir, &keyring)?;
-    let key = MacKey::unseal(&store, &keyring)?;
     let anchors = a
         .anchor
         .iter()
         .map(|s| parse_anchor(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // With a public key, nothing but the file is read: no keyring, no store.
+    let (keys, store) = match &a.public_key {
+        Some(text) => {
+            let key: PublicKey = text
+                .parse()
+                .map_err(|e: String| ConfigError(format!("--public-key: {e}")))?;
+            if a.filtered {
+                return Err(ConfigError(
+                    "a filtered export cannot be verified with the public key alone (the records \
+                     between its records are not in the file): verify it with the keyring \
+                     (FERNET_KEY set, without --public-key), or verify an unfiltered export with \
+                     the public key"
+                        .into(),
+                )
+                .into());
+            }
+            (VerifyKeys::public(key), None)
+        }
+        None => {
+            let keyring = Keyring::from_env()?;
+            let store = open_checked(&a.data.data_dir, &keyring)?;
+            let keys = AuditKeys::unseal(&store, &keyring)?.verify_keys();
+            (keys, Some(store))
+        }
+    };
     let mut reports = Vec::new();
-    match &a.file {
-        Some(path) => {
-            let (report, found) = verify_file(path, &key, a.filtered, &anchors)?;
+    match (&a.file, store) {
+        (Some(path), _) => {
+            let (report, found) = verify_file(path, &keys, a.filtered, &anchors)?;
             reports.push(report);
             // Anchors given with --file apply to the file: it must hold
             // exactly those records (a cut tail is then caught).
@@ -116,8 +150,9 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
                 reports.push(anchor_report(*seq, mac, got, "the file"));
             }
         }
-        None => {
-            reports.push(audit::verify_store(&store, &key)?);
+        (None, None) => unreachable!("--public-key requires --file"),
+        (None, Some(store)) => {
+            reports.push(audit::verify_store(&store, &keys)?);
             for (seq, mac) in &anchors {
                 let got = store
                     .audit_iter(*seq)
@@ -155,16 +190,16 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
 /// for each anchor, the mac the file holds at its seq.
 fn verify_file(
     path: &std::path::Path,
-    key: &MacKey,
+    keys: &VerifyKeys,
     filtered: bool,
     anchors: &[(u64, [u8; 32])],
 ) -> anyhow::Result<(VerifyReport, Vec<Option<[u8; 32]>>)> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut v = if filtered {
-        ChainVerifier::filtered(key.clone())
+        ChainVerifier::filtered(keys.clone())
     } else {
-        ChainVerifier::new(key.clone())
+        ChainVerifier::new(keys.clone())
     };
     let mut found = vec![None; anchors.len()];
     let mut last = 0u64;
@@ -172,6 +207,14 @@ fn verify_file(
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
         if line.trim().is_empty() {
             continue;
+        }
+        if i == 0 && line.starts_with("seq,at,") {
+            return Err(ConfigError(format!(
+                "{} is a CSV export: verification reads JSON Lines; export again with \
+                 `keyhold audit export --format jsonl`",
+                path.display()
+            ))
+            .into());
         }
         let rec = match parse_line(&line) {
             Ok(r) => r,
@@ -226,6 +269,8 @@ fn anchor_report(seq: u64, mac: &[u8; 32], got: Option<[u8; 32]>, holder: &str) 
             head_mac: audit::hex(mac),
             gaps_expected: false,
             gaps: 0,
+            signed_by: None,
+            legacy_unchecked: 0,
         },
         Some(_) => VerifyReport::Broken {
             seq,

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::{ConfigError, CHECK_PLAINTEXT};
+use super::ConfigError;
 use crate::access::Role;
-use crate::audit::{Action, AuditEvent, AuditLog, MacKey, Outcome};
+use crate::audit::{Action, AuditEvent, AuditLog, Outcome, PublicKey};
 use crate::config::DataDir;
 use crate::keyring::Keyring;
 use crate::store::{Store, StoreError};
@@ -29,14 +29,15 @@ pub fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     if store.is_initialised()? {
         return Err(StoreError::AlreadyInitialised(dir.display().to_string()).into());
     }
-    let token = initialise(&store, &keyring, "admin")?;
+    let (token, public) = initialise(&store, &keyring, "admin")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", token.expose()).context("cannot write to stdout")?;
     out.flush().ok();
     eprintln!(
         "keyhold: initialised {}. The line above is the admin token `admin`: it is shown only \
          once, so store it in your secret manager now. Start the server with `keyhold serve \
-         --data-dir {}`.",
+         --data-dir {}`. The audit log is signed by {public}: keep this public key where \
+         auditors can find it (`keyhold audit public-key` prints it again).",
         dir.display(),
         dir.display()
     );
@@ -60,19 +61,20 @@ fn refuse_non_empty(dir: &std::path::Path) -> anyhow::Result<()> {
         ))
         .into());
     }
+    // An existing empty directory is tightened to the owner only.
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
     Ok(())
 }
 
 /// Writes the meta values and the first admin token (audited). Returns the
-/// token (shown once).
+/// token (shown once) and the audit public key.
 pub(crate) fn initialise(
     store: &Store,
     keyring: &Keyring,
     admin_name: &str,
-) -> anyhow::Result<crate::secret::SecretString> {
-    let check = keyring.encrypt(CHECK_PLAINTEXT);
-    let mac_key = MacKey::generate().context("the system random generator failed")?;
-    store.initialise(&check, &mac_key.seal(keyring))?;
+) -> anyhow::Result<(crate::secret::SecretString, PublicKey)> {
+    let public = crate::unlock::initialise(store, keyring)?;
     let log = AuditLog::open(store.clone(), keyring)?;
     let prepared = tokens::prepare(store, admin_name, Role::Admin, None)?;
     let mut token_ev = AuditEvent::cli(
@@ -87,9 +89,12 @@ pub(crate) fn initialise(
     let mut init_ev = AuditEvent::cli(
         Action::Init,
         Outcome::Success,
-        Some(format!("keyring key {}", keyring.fingerprints()[0])),
+        Some(format!(
+            "keyring key {}; audit signing key {public}",
+            keyring.fingerprints()[0]
+        )),
     );
     init_ev.caller = "init".into();
     log.append(&[(init_ev, vec![]), (token_ev, vec![prepared.write()])])?;
-    Ok(prepared.token.secret)
+    Ok((prepared.token.secret, public))
 }

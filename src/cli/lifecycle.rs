@@ -1,6 +1,7 @@
 //! `keyhold rotate` and `keyhold check` (offline).
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
         bar.set_position(n)
     })?;
     bar.finish_and_clear();
+    if let Some(k) = ops::rotate::rotate_signing_key(&log, &keyring, "cli")? {
+        eprintln!("keyhold: the audit log is now signed by {k} (the old key signed the hand-over)");
+    }
     let outcome = Outcome::Success;
     let ev = AuditEvent::cli(
         Action::Rotate,
@@ -50,6 +54,12 @@ pub fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
 pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let store = open_initialised(&a.data.data_dir)?;
+    // A wrong key is what check reports, not an error; damage is too.
+    if let Err(e) = crate::unlock::unlock(&store, &keyring) {
+        if !matches!(e, crate::unlock::UnlockError::WrongKey { .. }) {
+            return Err(e.into());
+        }
+    }
     let report = ops::check::check(&store, &keyring)?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -122,6 +132,9 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
 
 pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
+    if a.verify {
+        return verify_backup(&a.file, &keyring);
+    }
     let store = open_checked(&a.data.data_dir, &keyring)?;
     let log = open_log(store.clone(), &keyring)?;
     let to_stdout = a.file.as_os_str() == "-";
@@ -137,7 +150,7 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     );
     log.append(&[(ev, vec![])])?;
     let entries = if to_stdout {
-        ops::backup::write_backup(&store, std::io::stdout().lock())?
+        ops::backup::write_backup(&store, &keyring, std::io::stdout().lock())?
     } else {
         // Written beside the target, then renamed: never a half backup
         // under the final name.
@@ -146,9 +159,10 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let n = ops::backup::write_backup(&store, &file)?;
+        let n = ops::backup::write_backup(&store, &keyring, &file)?;
         file.sync_all()
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &a.file)
@@ -159,13 +173,54 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `keyhold backup --verify FILE`: checks a backup without restoring it.
+fn verify_backup(path: &std::path::Path, keyring: &Keyring) -> anyhow::Result<ExitCode> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut entries_per_tree = std::collections::BTreeMap::<String, u64>::new();
+    let info = ops::backup::read_backup(file, keyring, false, |tree, _, _| {
+        *entries_per_tree.entry(tree.to_string()).or_default() += 1;
+        Ok(())
+    })
+    .with_context(|| format!("{} did not verify", path.display()))?;
+    let trees: Vec<String> = entries_per_tree
+        .iter()
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect();
+    writeln!(
+        std::io::stdout().lock(),
+        "ok: {} is an intact keyhold backup (format {}, schema {}, made {}; {} entries: {}), \
+         authenticated under this keyring",
+        path.display(),
+        info.format,
+        info.schema,
+        crate::time::to_rfc3339(info.created_at_us),
+        info.entries,
+        trees.join(", ")
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
-    let file = std::fs::File::open(&a.file)
-        .with_context(|| format!("cannot open {}", a.file.display()))?;
-    let info = ops::backup::restore(file, &a.data_dir)?;
+    if !a.file.is_file() {
+        return Err(ConfigError(format!(
+            "cannot read the backup {}: no such file",
+            a.file.display()
+        ))
+        .into());
+    }
+    let info = ops::backup::restore(&a.file, &a.data_dir, &keyring, a.allow_unauthenticated)?;
     // The same keyring must open what was restored; the chain must verify.
-    let store = open_checked(&a.data_dir, &keyring)?;
+    // A refused restore leaves nothing behind (the target was new or empty).
+    let store = match open_checked(&a.data_dir, &keyring) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = crate::store::wait_until_released(&a.data_dir);
+            let _ = std::fs::remove_dir_all(&a.data_dir);
+            return Err(e);
+        }
+    };
     let log = open_log(store.clone(), &keyring)?;
     let ev = AuditEvent::cli(
         Action::Restore,
@@ -178,7 +233,7 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         )),
     );
     log.append(&[(ev, vec![])])?;
-    let report = crate::audit::verify_store(&store, log.mac_key())?;
+    let report = crate::audit::verify_store(&store, &log.verify_keys())?;
     eprintln!(
         "keyhold: restored {} entries into {}; audit chain: {report}",
         info.entries,

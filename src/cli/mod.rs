@@ -16,15 +16,13 @@ mod token;
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 
 use crate::audit::AuditLog;
 use crate::config::{Cli, Command};
 use crate::keyring::{Keyring, KeyringError};
 use crate::store::{Store, StoreError};
-
-/// The plaintext whose Fernet token is the keyring check value.
-pub const CHECK_PLAINTEXT: &[u8] = b"keyhold keyring check v1";
 
 /// A configuration problem: exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +31,11 @@ pub struct ConfigError(pub String);
 
 /// Parses arguments, runs the command, maps errors to exit codes.
 pub fn main() -> ExitCode {
+    // Everything keyhold (and sled) creates holds store data or secrets:
+    // data directory, backups, exports, env files. Owner only, whatever
+    // the umask it was started with (a Unix socket is opened up to its
+    // group explicitly).
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -87,7 +90,12 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
         if cause.is::<KeyringError>() || cause.is::<ConfigError>() {
             return ExitCode::from(2);
         }
-        if let Some(crate::ops::backup::BackupError::NotEmpty(_)) = cause.downcast_ref() {
+        if let Some(
+            crate::ops::backup::BackupError::NotEmpty(_)
+            | crate::ops::backup::BackupError::NotAuthentic
+            | crate::ops::backup::BackupError::Unauthenticated,
+        ) = cause.downcast_ref()
+        {
             return ExitCode::from(2);
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {
@@ -98,6 +106,15 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                 | StoreError::NewerSchema { .. } => ExitCode::from(2),
                 _ => ExitCode::from(1),
             };
+        }
+        if let Some(e) = cause.downcast_ref::<crate::unlock::UnlockError>() {
+            if matches!(
+                e,
+                crate::unlock::UnlockError::WrongKey { .. }
+                    | crate::unlock::UnlockError::Missing(_)
+            ) {
+                return ExitCode::from(2);
+            }
         }
         if let Some(e) = cause.downcast_ref::<crate::audit::AuditError>() {
             if matches!(
@@ -153,25 +170,12 @@ fn open_initialised_with_cache(dir: &Path, cache_bytes: Option<u64>) -> anyhow::
     Ok(store)
 }
 
-/// Refuses a keyring none of whose keys opens the check value.
+/// Refuses a keyring none of whose keys opens the check value; applies
+/// the record keys (and upgrades a store from an older keyhold, audited).
 pub(crate) fn check_keyring(store: &Store, keyring: &Keyring, dir: &Path) -> anyhow::Result<()> {
-    let check = store.check_value()?.ok_or_else(|| {
-        ConfigError(format!(
-            "the store in {} has no keyring check value: it is damaged; restore it from a backup",
-            dir.display()
-        ))
-    })?;
-    match keyring.decrypt(&check) {
-        Ok(opened) if opened.plaintext.expose() == CHECK_PLAINTEXT => Ok(()),
-        _ => Err(ConfigError(format!(
-            "wrong key: no key from {} opens the store in {} (it was initialised with another \
-             Fernet key). Set the key it was initialised with (FERNET_KEYS=new,old during a \
-             rotation)",
-            keyring.source(),
-            dir.display()
-        ))
-        .into()),
-    }
+    crate::unlock::unlock(store, keyring)
+        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    Ok(())
 }
 
 /// Opens the audit log for an offline command.

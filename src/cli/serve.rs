@@ -52,7 +52,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         let keyring = Keyring::ephemeral();
         let store = Store::temporary()?;
-        let token = super::init::initialise(&store, &keyring, "root")?;
+        let (token, _) = super::init::initialise(&store, &keyring, "root")?;
         (store, keyring, Some(token))
     } else {
         let keyring = Keyring::from_env()?;
@@ -132,8 +132,8 @@ async fn serve(
         Box::new(
             move |records: &[crate::audit::AuditRecord], elapsed: Duration| {
                 observe::audit_batch(records.len(), elapsed);
-                if let Some(r) = records.last() {
-                    anchors.offer(r.seq, &r.mac);
+                if let Some((r, sig)) = records.last().and_then(|r| Some((r, r.sig.as_ref()?))) {
+                    anchors.offer(r.seq, &r.mac, sig.key);
                 }
             },
         )
@@ -152,7 +152,7 @@ async fn serve(
             loop {
                 tick.tick().await;
                 let (seq, mac) = log.head();
-                anchors.offer(seq, &mac);
+                anchors.offer(seq, &mac, log.public_key());
             }
         });
     }
@@ -220,7 +220,7 @@ async fn serve(
     }
     store.flush_async().await?;
     let (seq, mac) = log.head();
-    log_anchor(seq, &mac);
+    log_anchor(seq, &mac, log.public_key());
     tracing::info!("keyhold stopped; store flushed");
     Ok(ExitCode::SUCCESS)
 }
@@ -240,7 +240,7 @@ struct Anchors {
 impl Anchors {
     const EVERY: Duration = Duration::from_secs(60);
 
-    fn offer(&self, seq: u64, mac: &[u8; 32]) {
+    fn offer(&self, seq: u64, mac: &[u8; 32], key: crate::audit::PublicKey) {
         let mut last = match self.last.lock() {
             Ok(l) => l,
             Err(p) => p.into_inner(),
@@ -248,17 +248,18 @@ impl Anchors {
         let due = last.0.is_none_or(|t| t.elapsed() >= Self::EVERY);
         if seq != 0 && seq != last.1 && due {
             *last = (Some(std::time::Instant::now()), seq);
-            log_anchor(seq, mac);
+            log_anchor(seq, mac, key);
         }
     }
 }
 
-fn log_anchor(seq: u64, mac: &[u8; 32]) {
+fn log_anchor(seq: u64, mac: &[u8; 32], key: crate::audit::PublicKey) {
     if seq == 0 {
         return;
     }
     tracing::info!(
         anchor = %format!("{seq}:{}", crate::audit::hex(mac)),
+        audit_public_key = %key,
         "audit chain anchor (keep it off-box; check with `keyhold audit verify --anchor SEQ:MAC`)"
     );
 }

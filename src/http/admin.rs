@@ -188,12 +188,26 @@ pub async fn rotate(state: State, ctx: Ctx) -> Response {
             ));
         };
         let st = state.clone();
-        let report = tokio::task::spawn_blocking(move || {
-            crate::ops::rotate::rotate(&st.store, &st.keyring, std::time::Duration::ZERO, |_| {})
+        let name = caller.name.clone();
+        let (report, new_key) = tokio::task::spawn_blocking(move || {
+            let report = crate::ops::rotate::rotate(
+                &st.store,
+                &st.keyring,
+                std::time::Duration::ZERO,
+                |_| {},
+            )
+            .map_err(|e| e.to_string())?;
+            let new_key =
+                crate::ops::rotate::rotate_signing_key(st.audit.log(), &st.keyring, &name)
+                    .map_err(|e| e.to_string())?;
+            Ok::<_, String>((report, new_key))
         })
         .await
         .map_err(|_| ApiError::unavailable("the rotation was interrupted; run it again"))?
         .map_err(|e| ApiError::storage(&e))?;
+        if let Some(k) = new_key {
+            tracing::info!(audit_public_key = %k, "rotation started a new audit signing key");
+        }
         let mut ev = state.event(&ctx, Action::Rotate, Some(&caller), Outcome::Success);
         ev.detail = Some(format!(
             "{}; newest key {}",
@@ -224,7 +238,9 @@ pub async fn backup(state: State, ctx: Ctx) -> Response {
             let file = private_temp_file().map_err(|e| e.to_string())?;
             st.audit
                 .log()
-                .with_writes_paused(|| crate::ops::backup::write_backup(&st.store, &file))
+                .with_writes_paused(|| {
+                    crate::ops::backup::write_backup(&st.store, &st.keyring, &file)
+                })
                 .map_err(|e| e.to_string())?;
             Ok(file)
         })

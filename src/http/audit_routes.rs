@@ -77,8 +77,8 @@ pub async fn verify(state: State, ctx: Ctx) -> Response {
         let caller = state.authenticate(&ctx)?;
         require(&caller, Scope::AuditRead)?;
         let store = state.store.clone();
-        let key = state.audit.log().mac_key().clone();
-        let report = tokio::task::spawn_blocking(move || audit::verify_store(&store, &key))
+        let keys = state.audit.log().verify_keys();
+        let report = tokio::task::spawn_blocking(move || audit::verify_store(&store, &keys))
             .await
             .map_err(|_| ApiError::unavailable("verification was interrupted; retry"))?
             .map_err(|e| ApiError::storage(&e))?;

@@ -10,6 +10,9 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds for `Retry-After` (429, some 503).
     pub retry_after: Option<u64>,
+    /// The refusal is about a stored record that failed its integrity
+    /// check (its audit record says `tampered`).
+    pub tampered: bool,
 }
 
 impl ApiError {
@@ -18,6 +21,7 @@ impl ApiError {
             status,
             detail: detail.into(),
             retry_after: None,
+            tampered: false,
         }
     }
 
@@ -64,6 +68,7 @@ impl ApiError {
                 "too many reveals from this address: retry in {retry_after} s (see Retry-After)"
             ),
             retry_after: Some(retry_after),
+            tampered: false,
         }
     }
 
@@ -72,6 +77,7 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             detail: detail.into(),
             retry_after: Some(1),
+            tampered: false,
         }
     }
 
@@ -84,6 +90,18 @@ impl ApiError {
     }
 
     /// A storage error: logged in full, answered without internals.
+    /// A stored record failed its integrity check: refused, never honoured.
+    pub fn tampered(status: StatusCode, detail: impl Into<String>) -> ApiError {
+        tracing::error!(
+            "a stored record failed its integrity check (written or changed outside keyhold); \
+             it was refused. Run `keyhold check`"
+        );
+        ApiError {
+            tampered: true,
+            ..ApiError::new(status, detail)
+        }
+    }
+
     pub fn storage(err: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(error = %err, "storage error");
         Self::unavailable("storage is unavailable right now; retry shortly and tell the operator")

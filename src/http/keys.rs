@@ -221,7 +221,14 @@ fn list_inner(state: &State, ctx: &Ctx, query: &str) -> Result<Response, ApiErro
     let keys = state
         .store
         .list_keys(provider.as_deref())
-        .map_err(|e| ApiError::storage(&e))?;
+        .map_err(|e| match e {
+            crate::store::StoreError::Tampered { .. } => ApiError::tampered(
+                StatusCode::CONFLICT,
+                "a stored key record failed its integrity check (it was changed outside keyhold), \
+                 so the list is refused: tell the operator to run `keyhold check`",
+            ),
+            e => ApiError::storage(&e),
+        })?;
     let mut out = Vec::with_capacity(keys.len());
     for k in keys.iter().filter(|k| caller.may_use_provider(&k.provider)) {
         let used = state
@@ -353,7 +360,8 @@ async fn reveal_allowed(
     let caller = match state.authenticate(ctx) {
         Ok(c) => c,
         Err(e) => {
-            if e.status == StatusCode::UNAUTHORIZED {
+            // A tampered token record was recorded by `authenticate`.
+            if e.status == StatusCode::UNAUTHORIZED && !e.tampered {
                 ev.outcome = Outcome::Unauthenticated;
                 state.audit(ev, vec![]).await?;
             }
@@ -438,7 +446,17 @@ fn load(
     target: &Target,
     ev: &mut AuditEvent,
 ) -> Result<KeyRecord, (Outcome, ApiError)> {
-    let storage = |e: crate::store::StoreError| (Outcome::NotFound, ApiError::storage(&e));
+    let storage = |e: crate::store::StoreError| match e {
+        crate::store::StoreError::Tampered { .. } => (
+            Outcome::Tampered,
+            ApiError::tampered(
+                StatusCode::CONFLICT,
+                "the stored record of this key failed its integrity check (it was changed outside \
+                 keyhold) and is refused: tell the operator to run `keyhold check`",
+            ),
+        ),
+        e => (Outcome::NotFound, ApiError::storage(&e)),
+    };
     match target {
         Target::Id(id) => {
             let Ok(id) = Uuid::parse_str(id) else {

@@ -74,6 +74,27 @@ impl AppState {
             Ok(None) => Err(ApiError::unauthenticated(
                 "invalid or revoked token: check the token, or ask an admin for a new one",
             )),
+            Err(crate::store::StoreError::Tampered { .. }) => {
+                // Recorded here for every route; the answer does not wait
+                // for it (nothing is served to this caller).
+                let mut ev = self.event(ctx, Action::Authenticate, None, Outcome::Tampered);
+                ev.detail = Some(
+                    "the token's stored record failed its integrity check (planted, edited or \
+                     moved outside keyhold); refused"
+                        .into(),
+                );
+                let writer = self.audit.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = writer.record(ev, vec![]).await {
+                        tracing::error!(error = %e, "could not record a tampered token record");
+                    }
+                });
+                Err(ApiError::tampered(
+                    StatusCode::UNAUTHORIZED,
+                    "this token's stored record failed its integrity check (it was changed outside \
+                     keyhold) and is refused: tell the operator to run `keyhold check`",
+                ))
+            }
             Err(e) => Err(ApiError::storage(&e)),
         }
     }

@@ -1,29 +1,38 @@
 //! Backup and restore: one consistent snapshot of every tree (ciphertext,
-//! hashed tokens, audit log, meta) in a versioned, checksummed stream.
+//! token records, audit log, meta) in a versioned, authenticated stream.
 //!
-//! Format v1 (all integers big-endian):
+//! Format 2 (all integers big-endian):
 //!
 //! ```text
 //! header   "KEYHOLD-BACKUP\n"  version:u32  schema:u32  created_at_us:i64
 //! entry    0x01  tree:u8  key_len:u32  key  value_len:u32  value     (repeated)
-//! trailer  0x02  entries:u64  sha256(everything before these 32 bytes)
+//! trailer  0x02  entries:u64  mac(everything before these 32 bytes)
 //! ```
 //!
+//! The MAC is HMAC-SHA256 under the backup key derived from the newest key
+//! of the keyring (`Keyring::backup_mac_keys`), so nobody without the
+//! keyring can edit a backup and make it restore. Format 1 (from before
+//! schema 3) ended in a plain SHA-256 that anyone can recompute: it is
+//! restored only when the operator says so (`--allow-unauthenticated`).
+//!
 //! Nothing in it is a secret in clear: the trees hold Fernet tokens,
-//! SHA-256 digests of access tokens and the Fernet-encrypted MAC key.
-//! Restore reads into a fresh directory beside the target and moves it
-//! into place only once the whole stream checked out.
+//! keyed digests of access tokens and sealed secrets. Restore checks the
+//! whole stream first and writes nothing unless it is intact; it then
+//! reads it again into a fresh directory beside the target and moves that
+//! into place.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::keyring::Keyring;
 use crate::store::{Store, StoreError, META_KEY_COUNT, SCHEMA_VERSION};
 
 const MAGIC: &[u8] = b"KEYHOLD-BACKUP\n";
 /// The backup format this binary writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const ENTRY: u8 = 1;
 const TRAILER: u8 = 2;
 /// Tree ids, in the order they are written. Only ever appended.
@@ -56,17 +65,33 @@ pub enum BackupError {
     Truncated,
     #[error("the backup is corrupt: {0}; make a new backup, or use an older intact copy")]
     Corrupt(String),
+    #[error(
+        "the backup's MAC does not match under any key of the keyring: it was edited, or it was \
+         made under another Fernet key (set that key, or FERNET_KEYS=new,old). Nothing was written"
+    )]
+    NotAuthentic,
+    #[error(
+        "this backup was made by an older keyhold (format 1): it carries only a plain checksum, \
+         which anyone who edits it can recompute. Restore it only if you know it is intact, with \
+         --allow-unauthenticated, and make a new backup right after. Nothing was written"
+    )]
+    Unauthenticated,
     #[error("the target directory {0} is not empty: restore into a new or empty directory")]
     NotEmpty(PathBuf),
 }
 
-/// Writes every tree of `store` to `out`. The caller keeps writes out
-/// while this runs (offline: sled's lock; online: the audit writer is
-/// paused) so the snapshot is consistent. Returns the entry count.
-pub fn write_backup(store: &Store, out: impl Write) -> Result<u64, BackupError> {
+/// Writes every tree of `store` to `out`, authenticated under the
+/// keyring's newest backup key. The caller keeps writes out while this
+/// runs (offline: sled's lock; online: the audit writer is paused) so the
+/// snapshot is consistent. Returns the entry count.
+pub fn write_backup(store: &Store, keyring: &Keyring, out: impl Write) -> Result<u64, BackupError> {
+    let newest = keyring
+        .backup_mac_keys()
+        .next()
+        .ok_or_else(|| BackupError::Corrupt("the keyring holds no key".into()))?;
     let mut w = HashingWriter {
         inner: std::io::BufWriter::with_capacity(256 * 1024, out),
-        hash: Sha256::new(),
+        hash: Digests::Mac(vec![hmac_of(newest)]),
     };
     w.write_all(MAGIC)?;
     w.write_all(&FORMAT_VERSION.to_be_bytes())?;
@@ -86,15 +111,49 @@ pub fn write_backup(store: &Store, out: impl Write) -> Result<u64, BackupError> 
     }
     w.write_all(&[TRAILER])?;
     w.write_all(&count.to_be_bytes())?;
-    let digest = w.hash.clone().finalize();
+    let digest = w.hash.finish().into_iter().next().unwrap_or([0; 32]);
     w.inner.write_all(&digest)?;
     w.inner.flush()?;
     Ok(count)
 }
 
+fn hmac_of(key: &[u8; 32]) -> Hmac<Sha256> {
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts any key length"),
+    }
+}
+
+/// What a backup's trailer is checked against: a plain SHA-256 (format 1)
+/// or one HMAC per key of the keyring (format 2).
+enum Digests {
+    Plain(Sha256),
+    Mac(Vec<Hmac<Sha256>>),
+}
+
+impl Digests {
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Digests::Plain(h) => h.update(bytes),
+            Digests::Mac(ms) => ms.iter_mut().for_each(|m| m.update(bytes)),
+        }
+    }
+
+    /// Every candidate value of the trailer.
+    fn finish(&self) -> Vec<[u8; 32]> {
+        match self {
+            Digests::Plain(h) => vec![h.clone().finalize().into()],
+            Digests::Mac(ms) => ms
+                .iter()
+                .map(|m| m.clone().finalize().into_bytes().into())
+                .collect(),
+        }
+    }
+}
+
 struct HashingWriter<W: Write> {
     inner: W,
-    hash: Sha256,
+    hash: Digests,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
@@ -110,7 +169,7 @@ impl<W: Write> Write for HashingWriter<W> {
 
 struct HashingReader<R: Read> {
     inner: R,
-    hash: Sha256,
+    hash: Digests,
 }
 
 impl<R: Read> HashingReader<R> {
@@ -166,15 +225,19 @@ pub struct BackupInfo {
 
 /// Reads a backup, handing each entry to `sink(tree, key, value)`. Fails
 /// on anything but a complete, intact stream of a format and schema this
-/// binary knows. Entries handed over before a failure must be discarded by
-/// the caller.
+/// binary knows, authenticated under a key of `keyring` (format 1 only
+/// with `allow_unauthenticated`). Entries handed over before a failure
+/// must be discarded by the caller: [`restore`] reads a backup through
+/// once with no sink before it writes anything.
 pub fn read_backup(
     input: impl Read,
+    keyring: &Keyring,
+    allow_unauthenticated: bool,
     mut sink: impl FnMut(&str, Vec<u8>, Vec<u8>) -> Result<(), BackupError>,
 ) -> Result<BackupInfo, BackupError> {
     let mut r = HashingReader {
         inner: std::io::BufReader::with_capacity(256 * 1024, input),
-        hash: Sha256::new(),
+        hash: Digests::Plain(Sha256::new()),
     };
     let mut magic = [0u8; 15];
     match r.exact(&mut magic) {
@@ -189,6 +252,19 @@ pub fn read_backup(
     }
     if format == 0 {
         return Err(BackupError::Corrupt("format version 0".into()));
+    }
+    if format == 1 && !allow_unauthenticated {
+        return Err(BackupError::Unauthenticated);
+    }
+    if format >= 2 {
+        // The MAC covers the whole stream from its first byte.
+        let mut ms: Vec<Hmac<Sha256>> = keyring.backup_mac_keys().map(hmac_of).collect();
+        for m in &mut ms {
+            m.update(MAGIC);
+            m.update(&format.to_be_bytes());
+            m.update(&schema.to_be_bytes());
+        }
+        r.hash = Digests::Mac(ms);
     }
     let created_at_us = r.u64()? as i64;
     let mut entries = 0u64;
@@ -206,7 +282,7 @@ pub fn read_backup(
             }
             TRAILER => {
                 let count = r.u64()?;
-                let want = r.hash.clone().finalize();
+                let candidates = r.hash.finish();
                 let mut got = [0u8; 32];
                 match r.inner.read_exact(&mut got) {
                     Ok(()) => {}
@@ -215,8 +291,16 @@ pub fn read_backup(
                     }
                     Err(e) => return Err(e.into()),
                 }
-                if !crate::access::digests_equal(&got, &want.into()) {
-                    return Err(BackupError::Corrupt("the checksum does not match".into()));
+                let matches = candidates
+                    .iter()
+                    .fold(false, |any, c| any | crate::access::digests_equal(&got, c));
+                if !matches {
+                    return Err(match r.hash {
+                        Digests::Plain(_) => {
+                            BackupError::Corrupt("the checksum does not match".into())
+                        }
+                        Digests::Mac(_) => BackupError::NotAuthentic,
+                    });
                 }
                 if count != entries {
                     return Err(BackupError::Corrupt(format!(
@@ -241,15 +325,29 @@ pub fn read_backup(
     }
 }
 
-/// Restores a backup into `target`, which must not exist or be empty.
-/// Writes into a sibling directory first and moves it into place only once
-/// the whole stream checked out; on failure nothing is left behind.
-pub fn restore(input: impl Read, target: &Path) -> Result<BackupInfo, BackupError> {
+/// Restores the backup at `path` into `target`, which must not exist or
+/// be empty. The whole backup is checked first (MAC under the keyring,
+/// every entry) and nothing is written unless it is intact; then it is
+/// read again into a sibling directory, which is moved into place. On
+/// failure nothing is left behind.
+pub fn restore(
+    path: &Path,
+    target: &Path,
+    keyring: &Keyring,
+    allow_unauthenticated: bool,
+) -> Result<BackupInfo, BackupError> {
     if let Ok(mut entries) = std::fs::read_dir(target) {
         if entries.next().is_some() {
             return Err(BackupError::NotEmpty(target.to_path_buf()));
         }
     }
+    let checked = read_backup(
+        std::fs::File::open(path)?,
+        keyring,
+        allow_unauthenticated,
+        |_, _, _| Ok(()),
+    )?;
+    let input = std::fs::File::open(path)?;
     let parent = target
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -269,7 +367,7 @@ pub fn restore(input: impl Read, target: &Path) -> Result<BackupInfo, BackupErro
         for name in TREES {
             trees.push((name, store.tree(name)?));
         }
-        let info = read_backup(input, |name, k, v| {
+        let info = read_backup(input, keyring, allow_unauthenticated, |name, k, v| {
             // An online backup reads the trees one after another, so its
             // key count may be off by the keys created meanwhile: the
             // restored store counts its keys when first opened.
@@ -281,6 +379,11 @@ pub fn restore(input: impl Read, target: &Path) -> Result<BackupInfo, BackupErro
             }
             Ok(())
         })?;
+        if info != checked {
+            return Err(BackupError::Corrupt(
+                "the file changed while it was being restored".into(),
+            ));
+        }
         store.flush()?;
         drop(trees);
         // The check that follows opens the store at its new path.
@@ -312,7 +415,8 @@ mod tests {
     fn a_restored_store_counts_its_keys_instead_of_trusting_the_backup() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("a")).unwrap();
-        store.initialise("check", "audit-key").unwrap();
+        store.set_record_keys(crate::store::RecordKeys::from_secret(&[4u8; 32]));
+        store.initialise("check", &[]).unwrap();
         let keys: Vec<Write> = (0..3)
             .map(|i| {
                 Write::PutKey(KeyRecord {
@@ -333,11 +437,57 @@ mod tests {
             .unwrap()
             .insert(META_KEY_COUNT, &1u64.to_be_bytes())
             .unwrap();
-        let mut backup = Vec::new();
-        write_backup(&store, &mut backup).unwrap();
+        let ring = Keyring::ephemeral();
+        let path = dir.path().join("backup");
+        write_backup(&store, &ring, std::fs::File::create(&path).unwrap()).unwrap();
         drop(store);
         let target = dir.path().join("b");
-        restore(backup.as_slice(), &target).unwrap();
+        restore(&path, &target, &ring, false).unwrap();
         assert_eq!(Store::open(&target).unwrap().key_count(), 3);
+    }
+
+    #[test]
+    fn an_edited_backup_with_its_checksum_recomputed_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("a")).unwrap();
+        store.set_record_keys(crate::store::RecordKeys::from_secret(&[4u8; 32]));
+        store.initialise("check", &[]).unwrap();
+        let ring = Keyring::ephemeral();
+        let mut backup = Vec::new();
+        write_backup(&store, &ring, &mut backup).unwrap();
+        drop(store);
+        // Flip a byte in the body and recompute a plain SHA-256 trailer,
+        // as someone without the keyring can.
+        let n = backup.len();
+        let at = backup
+            .windows(5)
+            .position(|w| w == b"check")
+            .expect("the check value is in the backup");
+        backup[at] ^= 1;
+        let digest: [u8; 32] = Sha256::digest(&backup[..n - 32]).into();
+        backup[n - 32..].copy_from_slice(&digest);
+        let path = dir.path().join("edited");
+        std::fs::write(&path, &backup).unwrap();
+        let target = dir.path().join("b");
+        let err = restore(&path, &target, &ring, false).unwrap_err();
+        assert!(matches!(err, BackupError::NotAuthentic), "{err}");
+        // Nothing was written beside the target either.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !left.iter().any(|n| n.contains("restore") || n == "b"),
+            "{left:?}"
+        );
+        // The wrong key is refused the same way.
+        let mut intact = Vec::new();
+        let store = Store::open(&dir.path().join("a")).unwrap();
+        store.set_record_keys(crate::store::RecordKeys::from_secret(&[4u8; 32]));
+        write_backup(&store, &ring, &mut intact).unwrap();
+        std::fs::write(&path, &intact).unwrap();
+        let err = restore(&path, &target, &Keyring::ephemeral(), false).unwrap_err();
+        assert!(matches!(err, BackupError::NotAuthentic), "{err}");
+        assert!(!target.exists());
     }
 }

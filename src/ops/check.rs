@@ -4,9 +4,11 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::audit::{verify_store, MacKey, VerifyReport};
+use crate::audit::{verify_store, AuditKeys, VerifyReport, MAC_KEY_PURPOSE, SIGNING_PURPOSE};
 use crate::keyring::Keyring;
-use crate::store::{Store, StoreError, META_AUDIT_KEY, META_CHECK};
+use crate::store::{
+    Store, StoreError, META_AUDIT_KEY, META_RECORD_SECRET, META_SIGNING_KEY, RECORD_SECRET_PURPOSE,
+};
 
 /// The findings of a check.
 #[derive(Debug, Clone, Serialize)]
@@ -17,6 +19,9 @@ pub struct CheckReport {
     pub keys_ok: u64,
     /// Keys no key of the keyring opens.
     pub keys_failed: Vec<Uuid>,
+    /// Records that failed their integrity check (planted, edited or
+    /// moved outside keyhold): key ids, or `token records`.
+    pub tampered: Vec<String>,
     /// Records (keys and meta values) still under an older key of the
     /// keyring: run `keyhold rotate` before retiring it.
     pub on_older_key: u64,
@@ -28,6 +33,7 @@ impl CheckReport {
     pub fn all_well(&self) -> bool {
         self.keyring_opens_store
             && self.keys_failed.is_empty()
+            && self.tampered.is_empty()
             && self.on_older_key == 0
             && self.audit.as_ref().is_some_and(VerifyReport::is_ok)
     }
@@ -48,6 +54,15 @@ impl CheckReport {
         for id in self.keys_failed.iter().take(50) {
             out.push(format!("       does not decrypt: {id}"));
         }
+        out.push(format!(
+            "{} every key and token record passes its integrity check",
+            mark(self.tampered.is_empty())
+        ));
+        for what in self.tampered.iter().take(50) {
+            out.push(format!(
+                "       tampered (written or changed outside keyhold; restore from a backup): {what}"
+            ));
+        }
         out.push(if self.on_older_key == 0 {
             format!("{} nothing needs an older key of the keyring", mark(true))
         } else {
@@ -60,7 +75,7 @@ impl CheckReport {
         match &self.audit {
             Some(r) => out.push(format!("{} audit chain: {r}", mark(r.is_ok()))),
             None => out.push(format!(
-                "{} audit chain: the keyring cannot open the audit MAC key",
+                "{} audit chain: the keyring cannot open the audit signing key",
                 mark(false)
             )),
         }
@@ -68,25 +83,49 @@ impl CheckReport {
     }
 }
 
-/// Runs every check.
+/// Runs every check. The caller has tried `crate::unlock::unlock`; when
+/// the keyring did not open the store, only that is reported.
 pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError> {
     let mut on_older_key = 0;
-    let mut keyring_opens_store = false;
-    for name in [META_CHECK, META_AUDIT_KEY] {
-        if let Some(v) = store.meta_value(name)? {
-            if let Ok(o) = keyring.decrypt(&String::from_utf8_lossy(&v)) {
-                if name == META_CHECK {
-                    keyring_opens_store = true;
-                }
-                if o.key_index > 0 {
-                    on_older_key += 1;
-                }
+    let check = store.check_value()?;
+    let opened = check.as_deref().and_then(|c| keyring.opens_check(c));
+    let keyring_opens_store = opened.is_some() && store.record_keys().is_some();
+    if !keyring_opens_store {
+        return Ok(CheckReport {
+            keyring_opens_store,
+            keys_total: 0,
+            keys_ok: 0,
+            keys_failed: Vec::new(),
+            tampered: Vec::new(),
+            on_older_key: 0,
+            audit: None,
+        });
+    }
+    if opened.is_some_and(|i| i > 0) {
+        on_older_key += 1;
+    }
+    for (name, purpose) in [
+        (META_RECORD_SECRET, RECORD_SECRET_PURPOSE),
+        (META_SIGNING_KEY, SIGNING_PURPOSE),
+        (META_AUDIT_KEY, MAC_KEY_PURPOSE),
+    ] {
+        if let Some(v) = store.meta_string(name)? {
+            if keyring.unseal(purpose, &v).is_ok_and(|o| o.key_index > 0) {
+                on_older_key += 1;
             }
         }
     }
-    let (mut total, mut ok, mut failed) = (0, 0, Vec::new());
+    let (mut total, mut ok, mut failed, mut tampered) = (0, 0, Vec::new(), Vec::new());
     for item in store.iter_keys() {
-        let (rec, _) = item?;
+        let rec = match item {
+            Ok((rec, _)) => rec,
+            Err(StoreError::Tampered { id, .. }) => {
+                total += 1;
+                tampered.push(format!("key {id}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         total += 1;
         match keyring.decrypt(&rec.token) {
             Ok(o) => {
@@ -98,8 +137,13 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
             Err(_) => failed.push(rec.id),
         }
     }
-    let audit = match MacKey::unseal(store, keyring) {
-        Ok(key) => Some(verify_store(store, &key)?),
+    match store.list_tokens() {
+        Ok(_) => {}
+        Err(StoreError::Tampered { id, .. }) => tampered.push(format!("token record {id}")),
+        Err(e) => return Err(e),
+    }
+    let audit = match AuditKeys::unseal(store, keyring) {
+        Ok(keys) => Some(verify_store(store, &keys.verify_keys())?),
         Err(_) => None,
     };
     Ok(CheckReport {
@@ -107,6 +151,7 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
         keys_total: total,
         keys_ok: ok,
         keys_failed: failed,
+        tampered,
         on_older_key,
         audit,
     })

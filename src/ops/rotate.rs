@@ -1,5 +1,8 @@
-//! Re-encrypts every stored key, the keyring check value and the audit MAC
-//! key under the newest key of the keyring.
+//! Re-encrypts every stored key under the newest key of the keyring,
+//! re-seals keyhold's own secrets (record secret, the MAC key of older
+//! audit records) and remakes the check value under the newest key's
+//! derived keys, and starts a new audit signing key
+//! ([`rotate_signing_key`]).
 //!
 //! Each record is replaced on its own by compare-and-swap, so a kill -9 at
 //! any moment leaves every record readable by the keyring (old or new
@@ -12,8 +15,12 @@ use std::time::Duration;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::audit::{AuditError, AuditLog, PublicKey, MAC_KEY_PURPOSE, SIGNING_PURPOSE};
 use crate::keyring::{token_timestamp, Keyring};
-use crate::store::{Store, StoreError, META_AUDIT_KEY, META_CHECK};
+use crate::store::{
+    Store, StoreError, META_AUDIT_KEY, META_CHECK, META_RECORD_SECRET, META_SIGNING_KEY,
+    RECORD_SECRET_PURPOSE,
+};
 
 /// What a rotation did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -66,8 +73,22 @@ pub fn rotate(
 ) -> Result<RotateReport, StoreError> {
     let mut report = RotateReport::default();
     // The meta values first: the server checks them at start-up.
-    for name in [META_CHECK, META_AUDIT_KEY] {
-        if rotate_meta(store, keyring, name)? {
+    if let Some(check) = store.check_value()? {
+        if keyring.opens_check(&check).is_some_and(|i| i > 0)
+            && store.swap_meta(
+                META_CHECK,
+                check.as_bytes(),
+                keyring.check_token().as_bytes(),
+            )?
+        {
+            report.meta_rotated.push("keyring_check".into());
+        }
+    }
+    for (name, purpose) in [
+        (META_RECORD_SECRET, RECORD_SECRET_PURPOSE),
+        (META_AUDIT_KEY, MAC_KEY_PURPOSE),
+    ] {
+        if reseal_meta(store, keyring, name, purpose)? {
             report
                 .meta_rotated
                 .push(String::from_utf8_lossy(name).into_owned());
@@ -118,21 +139,42 @@ pub fn rotate(
     Ok(report)
 }
 
-/// Re-encrypts one meta value if it is under an older key.
-fn rotate_meta(store: &Store, keyring: &Keyring, name: &[u8]) -> Result<bool, StoreError> {
-    let Some(current) = store.meta_value(name)? else {
+/// Re-seals one sealed meta value if it is under an older key.
+fn reseal_meta(
+    store: &Store,
+    keyring: &Keyring,
+    name: &'static [u8],
+    purpose: &str,
+) -> Result<bool, StoreError> {
+    let Some(current) = store.meta_string(name)? else {
         return Ok(false);
     };
-    let token = String::from_utf8_lossy(&current).into_owned();
-    let Ok(opened) = keyring.decrypt(&token) else {
+    let Ok(opened) = keyring.unseal(purpose, &current) else {
         return Ok(false);
     };
     if opened.key_index == 0 {
         return Ok(false);
     }
-    let stamp = token_timestamp(&token).unwrap_or_else(now_secs);
-    let new = keyring.encrypt_at(opened.plaintext.expose(), stamp);
-    store.swap_meta(name, &current, new.as_bytes())
+    let new = keyring.seal(purpose, opened.secret.expose());
+    store.swap_meta(name, current.as_bytes(), new.as_bytes())
+}
+
+/// Starts a new audit signing key when the current one is sealed under an
+/// older key of the keyring (a rotation): the old key signs the hand-over
+/// record. Returns the new public key, or `None` when nothing was due.
+pub fn rotate_signing_key(
+    log: &AuditLog,
+    keyring: &Keyring,
+    caller: &str,
+) -> Result<Option<PublicKey>, AuditError> {
+    let Some(sealed) = log.store().meta_string(META_SIGNING_KEY)? else {
+        return Ok(None);
+    };
+    match keyring.unseal(SIGNING_PURPOSE, &sealed) {
+        Ok(o) if o.key_index == 0 => Ok(None),
+        Ok(_) => Ok(Some(log.hand_over(keyring, caller)?)),
+        Err(_) => Err(AuditError::MacKeyLocked),
+    }
 }
 
 fn now_secs() -> u64 {

@@ -5,16 +5,21 @@
 //! appended, so old records stay readable. Times are integer microseconds.
 //! The store knows bytes and records; it knows nothing of HTTP, and it
 //! never holds a secret in clear (API keys are Fernet tokens, access tokens
-//! are SHA-256 digests, the audit MAC key is Fernet-encrypted).
+//! are keyed digests, keyhold's own secrets are sealed under the keyring's
+//! derived sealing key). From schema 3 on, every key and token record is
+//! authenticated (`auth`): one planted, edited or moved outside keyhold is
+//! refused as [`StoreError::Tampered`].
 //!
 //! Not for: deciding who may do what (see `access`) or chaining audit
 //! records (see `audit`), though the audit writer commits through
 //! [`Store::commit`] so that a change and its audit record land together.
 
 pub mod audit_chunks;
+mod auth;
 mod records;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sled::transaction::{
@@ -23,6 +28,8 @@ use sled::transaction::{
 use sled::{Db, IVec, Transactional, Tree};
 use uuid::Uuid;
 
+pub use auth::{RecordKeys, SEALED_PURPOSE as RECORD_SECRET_PURPOSE};
+use records::Auth;
 pub use records::{KeyRecord, TokenRecord};
 
 /// Default sled page cache: 8 MiB, the smallest `serve` sizes itself.
@@ -49,11 +56,24 @@ pub fn auto_cache_bytes(keys: u64) -> u64 {
 /// 2: audit records are packed several to a sled entry (`audit_chunks`).
 /// A schema-1 store is marked 2 when this keyhold opens it (any command,
 /// before it writes a chunk); its records stay as they are.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: token records under keyed digests, key and token records
+/// authenticated, secrets sealed under derived keys, audit records
+/// hash-chained and signed (the upgrade from 2 is `crate::upgrade`).
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub(crate) const META_SCHEMA: &[u8] = b"schema_version";
 pub const META_CHECK: &[u8] = b"keyring_check";
+/// The HMAC key of the audit records written before schema 3, sealed.
 pub const META_AUDIT_KEY: &[u8] = b"audit_mac_key";
+/// The record secret (see `auth`), sealed.
+pub const META_RECORD_SECRET: &[u8] = b"record_secret";
+/// The audit signing key's Ed25519 seed, sealed.
+pub const META_SIGNING_KEY: &[u8] = b"audit_signing_key";
+/// The audit signing key's public key (32 bytes; informative only: trust
+/// comes from the sealed seed or from the operator).
+pub const META_PUBLIC_KEY: &[u8] = b"audit_public_key";
+/// Present while the upgrade to schema 3 is under way (its step 1 done).
+pub const META_UPGRADING: &[u8] = b"upgrade_to_3";
 pub(crate) const META_AUDIT_HEAD: &[u8] = b"audit_head";
 /// The number of stored keys (u64, big-endian), kept by every commit that
 /// adds or removes a key, so that counting never walks the store. A store
@@ -89,6 +109,15 @@ pub enum StoreError {
     NewerSchema { found: u32 },
     #[error("a stored {what} record is corrupt ({detail}); run `keyhold check` and restore from a backup if needed")]
     Corrupt { what: &'static str, detail: String },
+    #[error(
+        "the stored {what} record {id} failed its integrity check: it was written or changed \
+         outside keyhold and is refused. Run `keyhold check`, and restore from a backup if needed"
+    )]
+    Tampered { what: &'static str, id: String },
+    #[error(
+        "the store's record keys are not unlocked (a keyhold bug: the keyring was not applied)"
+    )]
+    Locked,
 }
 
 impl From<sled::Error> for StoreError {
@@ -108,8 +137,14 @@ pub enum Write {
     DeleteKey(KeyRecord),
     /// Set a key's last_used.
     TouchKey { id: Uuid, at_us: i64 },
-    /// Insert or replace an access token record under its SHA-256.
+    /// Insert or replace an access token record under its storage key
+    /// (the keyed digest: [`Store::token_key`]).
     PutToken { hash: [u8; 32], record: TokenRecord },
+    /// Set (or, with `None`, remove) a meta value.
+    Meta {
+        name: &'static [u8],
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// The open store: one sled database and its trees.
@@ -160,6 +195,10 @@ enum Origin {
 pub struct Store {
     current: Arc<RwLock<Option<Arc<Trees>>>>,
     origin: Origin,
+    /// The record keys, once the keyring unsealed them.
+    keys: Arc<RwLock<Option<Arc<RecordKeys>>>>,
+    /// The schema read at open (raised by the upgrade).
+    schema: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for Store {
@@ -199,9 +238,19 @@ impl Store {
             path: dir.to_path_buf(),
             cache: cache_bytes,
         };
+        Self::of_trees(Self::open_trees(&origin)?, origin)
+    }
+
+    fn of_trees(trees: Trees, origin: Origin) -> Result<Store> {
+        let schema = match trees.meta.get(META_SCHEMA)? {
+            Some(v) => postcard::from_bytes::<u32>(&v).map_err(corrupt("schema version"))?,
+            None => SCHEMA_VERSION,
+        };
         Ok(Store {
-            current: Arc::new(RwLock::new(Some(Arc::new(Self::open_trees(&origin)?)))),
+            current: Arc::new(RwLock::new(Some(Arc::new(trees)))),
             origin,
+            keys: Arc::new(RwLock::new(None)),
+            schema: Arc::new(AtomicU32::new(schema)),
         })
     }
 
@@ -230,7 +279,9 @@ impl Store {
         if trees.meta.get(META_SCHEMA)?.as_deref() == Some(schema_1.as_slice()) {
             // Schema 2 reads every schema-1 audit entry as it is; the mark
             // keeps an older keyhold from misreading the chunks to come.
-            let schema = postcard::to_stdvec(&SCHEMA_VERSION).map_err(corrupt("schema version"))?;
+            // Marked 2, not the newest: the upgrade to 3 needs the keyring
+            // (`crate::unlock`) and runs when a command opens the store.
+            let schema = postcard::to_stdvec(&2u32).map_err(corrupt("schema version"))?;
             trees.meta.insert(META_SCHEMA, schema)?;
         }
         Ok(trees)
@@ -255,11 +306,79 @@ impl Store {
 
     /// A temporary store that lives in memory and is gone at exit.
     pub fn temporary() -> Result<Store> {
-        Ok(Store {
-            current: Arc::new(RwLock::new(Some(Arc::new(Self::open_trees(
-                &Origin::Temporary,
-            )?)))),
-            origin: Origin::Temporary,
+        Self::of_trees(Self::open_trees(&Origin::Temporary)?, Origin::Temporary)
+    }
+
+    /// Applies the record keys (unsealed from meta by the keyring): from
+    /// now on records are written authenticated and read only if authentic.
+    pub fn set_record_keys(&self, keys: RecordKeys) {
+        let mut guard = match self.keys.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *guard = Some(Arc::new(keys));
+    }
+
+    /// The record keys, if applied.
+    pub fn record_keys(&self) -> Option<Arc<RecordKeys>> {
+        match self.keys.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The schema this store is at (as opened, or raised by the upgrade).
+    pub fn schema(&self) -> u32 {
+        self.schema.load(Ordering::Acquire)
+    }
+
+    /// Notes that the upgrade raised the schema (after its commit).
+    pub(crate) fn set_schema(&self, v: u32) {
+        self.schema.store(v, Ordering::Release);
+    }
+
+    /// The stored schema value for `v`.
+    pub fn schema_bytes(v: u32) -> Result<Vec<u8>> {
+        postcard::to_stdvec(&v).map_err(corrupt("schema version"))
+    }
+
+    fn read_keys(&self) -> Result<Option<Arc<RecordKeys>>> {
+        let keys = self.record_keys();
+        if keys.is_none() && self.schema() >= 3 {
+            return Err(StoreError::Locked);
+        }
+        Ok(keys)
+    }
+
+    fn write_keys(&self) -> Result<Arc<RecordKeys>> {
+        self.record_keys().ok_or(StoreError::Locked)
+    }
+
+    /// Decodes a key record as the store's state requires: authenticated
+    /// from schema 3 on, either form while the upgrade is under way.
+    fn decode_key(&self, id: Uuid, bytes: &[u8]) -> Result<KeyRecord> {
+        match self.read_keys()? {
+            None => KeyRecord::decode_checked(id, bytes, Auth::Legacy),
+            Some(_) if self.schema() < 3 && KeyRecord::is_legacy(bytes) => {
+                KeyRecord::decode_checked(id, bytes, Auth::Legacy)
+            }
+            Some(k) => KeyRecord::decode_checked(id, bytes, Auth::Keys(&k)),
+        }
+    }
+
+    fn decode_token(&self, at: &[u8; 32], bytes: &[u8]) -> Result<TokenRecord> {
+        match self.read_keys()? {
+            None => TokenRecord::decode_checked(at, bytes, Auth::Legacy),
+            Some(k) => TokenRecord::decode_checked(at, bytes, Auth::Keys(&k)),
+        }
+    }
+
+    /// Where the record of the token whose SHA-256 is `sha` is stored: its
+    /// keyed digest (or, before the upgrade, the SHA-256 itself).
+    pub fn token_key(&self, sha: &[u8; 32]) -> Result<[u8; 32]> {
+        Ok(match self.read_keys()? {
+            Some(k) => k.token_key(sha),
+            None => *sha,
         })
     }
 
@@ -329,8 +448,8 @@ impl Store {
     }
 
     /// Writes the initial meta values (schema, keyring check value, the
-    /// encrypted audit MAC key) in one durable transaction.
-    pub fn initialise(&self, check_token: &str, audit_key_token: &str) -> Result<()> {
+    /// sealed secrets and the audit public key) in one durable transaction.
+    pub fn initialise(&self, check_token: &str, meta: &[(&'static [u8], Vec<u8>)]) -> Result<()> {
         let schema = postcard::to_stdvec(&SCHEMA_VERSION).map_err(corrupt("schema version"))?;
         let res: std::result::Result<(), TransactionError<()>> = self.t()?.meta.transaction(|m| {
             if m.get(META_SCHEMA)?.is_some() {
@@ -338,7 +457,9 @@ impl Store {
             }
             m.insert(META_SCHEMA, schema.as_slice())?;
             m.insert(META_CHECK, check_token.as_bytes())?;
-            m.insert(META_AUDIT_KEY, audit_key_token.as_bytes())?;
+            for (name, value) in meta {
+                m.insert(*name, value.as_slice())?;
+            }
             m.insert(META_KEY_COUNT, &0u64.to_be_bytes())?;
             Ok(())
         });
@@ -362,7 +483,8 @@ impl Store {
         self.meta_string(META_AUDIT_KEY)
     }
 
-    fn meta_string(&self, name: &[u8]) -> Result<Option<String>> {
+    /// A meta value as text (sealed values are Fernet tokens).
+    pub fn meta_string(&self, name: &[u8]) -> Result<Option<String>> {
         match self.t()?.meta.get(name)? {
             None => Ok(None),
             Some(v) => String::from_utf8(v.to_vec())
@@ -403,7 +525,7 @@ impl Store {
     pub fn get_key(&self, id: &Uuid) -> Result<Option<KeyRecord>> {
         match self.t()?.keys.get(id.as_bytes())? {
             None => Ok(None),
-            Some(v) => Ok(Some(KeyRecord::decode(*id, &v)?)),
+            Some(v) => Ok(Some(self.decode_key(*id, &v)?)),
         }
     }
 
@@ -411,7 +533,7 @@ impl Store {
     pub fn get_key_raw(&self, id: &Uuid) -> Result<Option<(KeyRecord, sled::IVec)>> {
         match self.t()?.keys.get(id.as_bytes())? {
             None => Ok(None),
-            Some(v) => Ok(Some((KeyRecord::decode(*id, &v)?, v))),
+            Some(v) => Ok(Some((self.decode_key(*id, &v)?, v))),
         }
     }
 
@@ -446,7 +568,7 @@ impl Store {
                 for item in self.t()?.keys.iter() {
                     let (k, v) = item?;
                     let id = Uuid::from_slice(&k).map_err(corrupt("key id"))?;
-                    out.push(KeyRecord::decode(id, &v)?);
+                    out.push(self.decode_key(id, &v)?);
                 }
                 out.sort_by_key(|k| (k.created_at_us, k.id));
             }
@@ -501,7 +623,7 @@ impl Store {
             .chain(iter.into_iter().flatten().map(|item| {
                 let (k, v) = item?;
                 let id = Uuid::from_slice(&k).map_err(corrupt("key id"))?;
-                Ok((KeyRecord::decode(id, &v)?, v))
+                Ok((self.decode_key(id, &v)?, v))
             }))
     }
 
@@ -509,12 +631,76 @@ impl Store {
     /// crash leaves either the old or the new record). `false` when the
     /// record changed or is gone meanwhile.
     pub fn swap_key(&self, current: &[u8], new: &KeyRecord) -> Result<bool> {
-        let res = self.t()?.keys.compare_and_swap(
-            new.id.as_bytes(),
-            Some(current),
-            Some(new.encode()?),
-        )?;
+        let keys = self.write_keys()?;
+        let value = new.encode(&keys)?;
+        let res = self
+            .t()?
+            .keys
+            .compare_and_swap(new.id.as_bytes(), Some(current), Some(value))?;
         Ok(res.is_ok())
+    }
+
+    // ---- the upgrade to schema 3 (see `crate::upgrade`) ----
+
+    /// Step 1 of the upgrade, in one transaction: writes the new meta
+    /// values (sealed secrets, check value, the in-progress mark) and moves
+    /// every pre-schema-3 token record to its keyed digest, authenticated.
+    /// The record keys must be applied first.
+    pub fn upgrade_meta_and_tokens(&self, meta: &[(&'static [u8], Vec<u8>)]) -> Result<u64> {
+        let keys = self.write_keys()?;
+        let t = self.t()?;
+        let mut moves: Vec<([u8; 32], [u8; 32], Vec<u8>)> = Vec::new();
+        for item in t.tokens.iter() {
+            let (k, v) = item?;
+            if !TokenRecord::is_legacy(&v) {
+                continue;
+            }
+            let sha: [u8; 32] = k.as_ref().try_into().map_err(corrupt("token hash"))?;
+            let rec = TokenRecord::decode_checked(&sha, &v, Auth::Legacy)?;
+            let at = keys.token_key(&sha);
+            moves.push((sha, at, rec.encode(&at, &keys)?));
+        }
+        let res: std::result::Result<(), TransactionError<()>> =
+            (&t.meta, &t.tokens).transaction(|(m, tokens)| {
+                for (name, value) in meta {
+                    m.insert(*name, value.as_slice())?;
+                }
+                m.insert(META_UPGRADING, &[1u8])?;
+                for (sha, at, value) in &moves {
+                    tokens.remove(sha)?;
+                    tokens.insert(at, value.as_slice())?;
+                }
+                Ok(())
+            });
+        match res {
+            Ok(()) => {}
+            Err(TransactionError::Abort(())) => {}
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        self.flush()?;
+        Ok(moves.len() as u64)
+    }
+
+    /// Step 2 of the upgrade: authenticates every pre-schema-3 key record
+    /// in place (compare-and-swap each; running it again finishes the job).
+    pub fn upgrade_keys(&self) -> Result<u64> {
+        let keys = self.write_keys()?;
+        let t = self.t()?;
+        let mut n = 0;
+        for item in t.keys.iter() {
+            let (k, v) = item?;
+            if !KeyRecord::is_legacy(&v) {
+                continue;
+            }
+            let id = Uuid::from_slice(&k).map_err(corrupt("key id"))?;
+            let rec = KeyRecord::decode_checked(id, &v, Auth::Legacy)?;
+            let _ = t
+                .keys
+                .compare_and_swap(&k, Some(&v), Some(rec.encode(&keys)?))?;
+            n += 1;
+        }
+        self.flush()?;
+        Ok(n)
     }
 
     /// Replaces a meta value only if it still holds `current`.
@@ -528,21 +714,23 @@ impl Store {
 
     // ---- tokens ----
 
-    /// A token record by the SHA-256 of the token.
-    pub fn get_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>> {
-        match self.t()?.tokens.get(hash)? {
+    /// A token record by the SHA-256 of the token, with its storage key.
+    pub fn get_token(&self, sha: &[u8; 32]) -> Result<Option<([u8; 32], TokenRecord)>> {
+        let at = self.token_key(sha)?;
+        match self.t()?.tokens.get(at)? {
             None => Ok(None),
-            Some(v) => Ok(Some(TokenRecord::decode(&v)?)),
+            Some(v) => Ok(Some((at, self.decode_token(&at, &v)?))),
         }
     }
 
-    /// Every token record with its hash.
+    /// Every token record with its storage key. A record that fails its
+    /// integrity check fails the whole listing.
     pub fn list_tokens(&self) -> Result<Vec<([u8; 32], TokenRecord)>> {
         let mut out = Vec::new();
         for item in self.t()?.tokens.iter() {
             let (k, v) = item?;
             let hash: [u8; 32] = k.as_ref().try_into().map_err(corrupt("token hash"))?;
-            out.push((hash, TokenRecord::decode(&v)?));
+            out.push((hash, self.decode_token(&hash, &v)?));
         }
         out.sort_by_key(|(_, r)| r.created_at_us);
         Ok(out)
@@ -562,9 +750,17 @@ impl Store {
         head: &[u8],
         writes: &[Write],
     ) -> Result<()> {
+        let keys = if writes
+            .iter()
+            .any(|w| matches!(w, Write::PutKey(_) | Write::PutToken { .. }))
+        {
+            Some(self.write_keys()?)
+        } else {
+            None
+        };
         let encoded: Vec<EncodedWrite> = writes
             .iter()
-            .map(EncodedWrite::from_write)
+            .map(|w| EncodedWrite::from_write(w, keys.as_deref()))
             .collect::<Result<_>>()?;
         let t = self.t()?;
         let mut attempts = 0;
@@ -647,7 +843,7 @@ impl Store {
                 meta.insert(META_AUDIT_HEAD, head)?;
                 let mut added: i64 = 0;
                 for w in encoded {
-                    added += w.apply(keys, usage, by_provider, tokens)?;
+                    added += w.apply(keys, usage, by_provider, tokens, meta)?;
                 }
                 if added != 0 {
                     if let Some(n) = meta.get(META_KEY_COUNT)?.as_deref().and_then(decode_count) {
@@ -810,14 +1006,19 @@ enum EncodedWrite {
         hash: [u8; 32],
         value: Vec<u8>,
     },
+    Meta {
+        name: &'static [u8],
+        value: Option<Vec<u8>>,
+    },
 }
 
 impl EncodedWrite {
-    fn from_write(w: &Write) -> Result<EncodedWrite> {
+    fn from_write(w: &Write, keys: Option<&RecordKeys>) -> Result<EncodedWrite> {
+        let keys = || keys.ok_or(StoreError::Locked);
         Ok(match w {
             Write::PutKey(rec) => EncodedWrite::PutKey {
                 id: *rec.id.as_bytes(),
-                value: rec.encode()?,
+                value: rec.encode(keys()?)?,
                 index: provider_index_key(rec),
             },
             Write::DeleteKey(rec) => EncodedWrite::DeleteKey {
@@ -830,7 +1031,11 @@ impl EncodedWrite {
             },
             Write::PutToken { hash, record } => EncodedWrite::PutToken {
                 hash: *hash,
-                value: record.encode()?,
+                value: record.encode(hash, keys()?)?,
+            },
+            Write::Meta { name, value } => EncodedWrite::Meta {
+                name,
+                value: value.clone(),
             },
         })
     }
@@ -841,6 +1046,7 @@ impl EncodedWrite {
         usage: &TransactionalTree,
         by_provider: &TransactionalTree,
         tokens: &TransactionalTree,
+        meta: &TransactionalTree,
     ) -> std::result::Result<i64, UnabortableTransactionError> {
         let mut added = 0;
         match self {
@@ -871,6 +1077,14 @@ impl EncodedWrite {
             EncodedWrite::PutToken { hash, value } => {
                 tokens.insert(hash, value.as_slice())?;
             }
+            EncodedWrite::Meta { name, value } => match value {
+                Some(v) => {
+                    meta.insert(*name, v.as_slice())?;
+                }
+                None => {
+                    meta.remove(*name)?;
+                }
+            },
         }
         Ok(added)
     }
@@ -926,6 +1140,16 @@ pub(crate) fn corrupt<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) ->
 mod tests {
     use super::*;
 
+    /// A temporary store with record keys applied, as after `init`.
+    fn temp() -> Store {
+        keyed(Store::temporary().unwrap())
+    }
+
+    fn keyed(s: Store) -> Store {
+        s.set_record_keys(RecordKeys::from_secret(&[5u8; 32]));
+        s
+    }
+
     fn key(provider: &str, at: i64) -> KeyRecord {
         KeyRecord {
             id: Uuid::new_v4(),
@@ -939,7 +1163,7 @@ mod tests {
 
     #[test]
     fn newest_per_provider_is_by_created_at() {
-        let s = Store::temporary().unwrap();
+        let s = temp();
         let a = key("claude", 10);
         let b = key("claude", 30);
         let c = key("claude", 20);
@@ -982,7 +1206,7 @@ mod tests {
 
     #[test]
     fn audit_records_commit_in_chunks_and_read_back_from_any_seq() {
-        let s = Store::temporary().unwrap();
+        let s = temp();
         // Schema-1 entries (one record each) from an older keyhold come first.
         let t = s.tree("audit").unwrap();
         for seq in 1..=3u64 {
@@ -1015,7 +1239,7 @@ mod tests {
 
     /// A store holding audit records 1..=3 in one entry.
     fn store_with_three_records() -> Store {
-        let s = Store::temporary().unwrap();
+        let s = temp();
         s.commit(&records(1..=3), b"h", &[]).unwrap();
         s
     }
@@ -1040,7 +1264,7 @@ mod tests {
 
     #[test]
     fn a_commit_never_writes_over_an_entry_it_did_not_write() {
-        let s = Store::temporary().unwrap();
+        let s = temp();
         s.commit(&[(1, vec![0, 1])], b"h", &[]).unwrap();
         // Entries added outside keyhold: one where record 2 would go, and
         // a newer one that is not a chunk.
@@ -1115,7 +1339,7 @@ mod tests {
 
     #[test]
     fn a_reveal_racing_a_delete_leaves_no_last_used_on_a_key_made_again() {
-        let s = Store::temporary().unwrap();
+        let s = temp();
         let k = key("claude", 1);
         s.commit(&[], b"h", &[Write::PutKey(k.clone())]).unwrap();
         s.commit(&[], b"h", &[Write::DeleteKey(k.clone())]).unwrap();
@@ -1137,8 +1361,9 @@ mod tests {
         assert_eq!(auto_cache_bytes(u64::MAX), MAX_AUTO_CACHE_BYTES);
         let dir = tempfile::tempdir().unwrap();
         let (s, bytes) = Store::open_auto_cache(dir.path()).unwrap();
+        let s = keyed(s);
         assert_eq!(bytes, DEFAULT_CACHE_BYTES);
-        s.initialise("check", "audit-key").unwrap();
+        s.initialise("check", &[]).unwrap();
         let keys: Vec<Write> = (0..10).map(|i| Write::PutKey(key("p", i))).collect();
         s.commit(&[], b"h", &keys).unwrap();
         s.flush().unwrap();
@@ -1146,6 +1371,7 @@ mod tests {
         // A store that needs more than the default is opened again with it
         // (1 MiB a key here, so that 10 keys are enough to need more).
         let (s, bytes) = Store::open_cache_sized_by(dir.path(), |n| n << 20).unwrap();
+        let s = keyed(s);
         assert_eq!((bytes, s.key_count()), (10 << 20, 10));
         assert!(s
             .get_key(&s.list_keys(None).unwrap()[0].id)
@@ -1166,8 +1392,8 @@ mod tests {
     #[test]
     fn key_count_is_kept_by_commits_and_counted_once_when_missing() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        s.initialise("check", "audit-key").unwrap();
+        let s = keyed(Store::open(dir.path()).unwrap());
+        s.initialise("check", &[]).unwrap();
         assert_eq!(stored_count(&s), Some(0));
         let (a, b) = (key("claude", 1), key("gemini", 2));
         s.commit(
@@ -1188,7 +1414,7 @@ mod tests {
         s.t().unwrap().meta.remove(META_KEY_COUNT).unwrap();
         s.flush().unwrap();
         s.close().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = keyed(Store::open(dir.path()).unwrap());
         assert_eq!(stored_count(&s), Some(1));
         s.commit(&[], b"h", &[Write::PutKey(key("claude", 3))])
             .unwrap();
@@ -1201,5 +1427,106 @@ mod tests {
             .insert(META_KEY_COUNT, b"bad".as_slice())
             .unwrap();
         assert_eq!(s.key_count(), 2);
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    fn key(provider: &str) -> KeyRecord {
+        KeyRecord {
+            id: Uuid::new_v4(),
+            provider: provider.into(),
+            key_name: "k".into(),
+            token: "gAAAA-not-a-real-token".into(),
+            created_at_us: 1,
+            expires_at_us: None,
+        }
+    }
+
+    #[test]
+    fn swapped_key_ciphertexts_and_planted_records_are_refused_as_tampered() {
+        let s = Store::temporary().unwrap();
+        s.set_record_keys(RecordKeys::from_secret(&[1u8; 32]));
+        let (mut a, mut b) = (key("claude"), key("gemini"));
+        a.token = "token-a".into();
+        b.token = "token-b".into();
+        s.commit(
+            &[],
+            b"h",
+            &[Write::PutKey(a.clone()), Write::PutKey(b.clone())],
+        )
+        .unwrap();
+        assert_eq!(s.get_key(&a.id).unwrap().unwrap().token, "token-a");
+        // Swap the stored values of a and b, as an editor of the files can.
+        let t = s.t().unwrap();
+        let va = t.keys.get(a.id.as_bytes()).unwrap().unwrap();
+        let vb = t.keys.get(b.id.as_bytes()).unwrap().unwrap();
+        t.keys.insert(a.id.as_bytes(), vb).unwrap();
+        t.keys.insert(b.id.as_bytes(), va).unwrap();
+        for id in [a.id, b.id] {
+            let err = s.get_key(&id).unwrap_err();
+            assert!(
+                matches!(err, StoreError::Tampered { what: "key", .. }),
+                "{err}"
+            );
+        }
+        // A record made with another secret (or none) is refused too.
+        let other = RecordKeys::from_secret(&[2u8; 32]);
+        let c = key("claude");
+        t.keys
+            .insert(c.id.as_bytes(), c.encode(&other).unwrap())
+            .unwrap();
+        assert!(matches!(s.get_key(&c.id), Err(StoreError::Tampered { .. })));
+    }
+
+    #[test]
+    fn a_token_record_is_found_only_under_its_keyed_digest_and_only_if_authentic() {
+        let s = Store::temporary().unwrap();
+        s.set_record_keys(RecordKeys::from_secret(&[3u8; 32]));
+        let sha = [9u8; 32];
+        let at = s.token_key(&sha).unwrap();
+        assert_ne!(at, sha);
+        let rec = TokenRecord {
+            id: Uuid::new_v4(),
+            name: "reader".into(),
+            role: "reader".into(),
+            scopes: vec![crate::access::Scope::KeysReveal],
+            providers: None,
+            created_at_us: 1,
+            revoked_at_us: None,
+        };
+        s.commit(
+            &[],
+            b"h",
+            &[Write::PutToken {
+                hash: at,
+                record: rec.clone(),
+            }],
+        )
+        .unwrap();
+        assert_eq!(s.get_token(&sha).unwrap().unwrap().1, rec);
+        // The same authentic value moved under another token's key, or
+        // with its scopes raised, is refused.
+        let t = s.t().unwrap();
+        let v = t.tokens.get(at).unwrap().unwrap();
+        let other = s.token_key(&[8u8; 32]).unwrap();
+        t.tokens.insert(other, v).unwrap();
+        assert!(matches!(
+            s.get_token(&[8u8; 32]),
+            Err(StoreError::Tampered { .. })
+        ));
+        let mut raised = rec.clone();
+        raised.scopes = crate::access::Scope::ALL.to_vec();
+        let body = postcard::to_stdvec(&raised).unwrap();
+        let mut forged = vec![1u8]; // StoredToken::V2
+        forged.extend_from_slice(&body);
+        forged.extend_from_slice(&[0u8; 32]);
+        t.tokens.insert(at, forged).unwrap();
+        assert!(matches!(
+            s.get_token(&sha),
+            Err(StoreError::Tampered { .. })
+        ));
     }
 }

@@ -1,9 +1,16 @@
 //! Record types as stored: postcard inside append-only version enums.
+//!
+//! V1 (schema 1-2): the value alone. V2 (schema 3): the value and a MAC
+//! under the store's record MAC key binding it to its storage key (a key's
+//! id, a token's keyed digest), see `auth`. Once a store is at schema 3 a
+//! V1 record, or a V2 record whose MAC does not match, is refused as
+//! tampered.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{corrupt, Result};
+use super::auth::{mac_matches, RecordKeys, TAG_KEY_RECORD, TAG_TOKEN_RECORD};
+use super::{corrupt, Result, StoreError};
 use crate::access::Scope;
 
 /// A stored API key: metadata and its Fernet token (never plaintext).
@@ -42,22 +49,58 @@ struct KeyV1 {
 #[derive(Serialize, Deserialize)]
 enum StoredKey {
     V1(KeyV1),
+    V2 { key: KeyV1, mac: [u8; 32] },
+}
+
+/// How a stored record's authenticity is judged.
+#[derive(Clone, Copy)]
+pub(crate) enum Auth<'a> {
+    /// Schema 3: a V2 record with a matching MAC, nothing else.
+    Keys(&'a RecordKeys),
+    /// Before the upgrade to schema 3 (or a reader that only needs the
+    /// fields, such as a fuzz target): any record, unauthenticated.
+    Legacy,
 }
 
 impl KeyRecord {
-    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
-        postcard::to_stdvec(&StoredKey::V1(KeyV1 {
+    fn v1(&self) -> KeyV1 {
+        KeyV1 {
             provider: self.provider.clone(),
             key_name: self.key_name.clone(),
             token: self.token.clone(),
             created_at_us: self.created_at_us,
             expires_at_us: self.expires_at_us,
-        }))
-        .map_err(corrupt("key"))
+        }
     }
 
+    /// The stored form, authenticated under `keys`.
+    pub(crate) fn encode(&self, keys: &RecordKeys) -> Result<Vec<u8>> {
+        let v = self.v1();
+        let body = postcard::to_stdvec(&v).map_err(corrupt("key"))?;
+        let mac = keys.record_mac(TAG_KEY_RECORD, self.id.as_bytes(), &body);
+        postcard::to_stdvec(&StoredKey::V2 { key: v, mac }).map_err(corrupt("key"))
+    }
+
+    /// Reads a stored key without judging its authenticity (for fuzzing
+    /// the parser; the store always decodes through `decode_checked`).
     pub fn decode(id: Uuid, bytes: &[u8]) -> Result<KeyRecord> {
-        let StoredKey::V1(v) = postcard::from_bytes(bytes).map_err(corrupt("key"))?;
+        Self::decode_checked(id, bytes, Auth::Legacy)
+    }
+
+    pub(crate) fn decode_checked(id: Uuid, bytes: &[u8], auth: Auth<'_>) -> Result<KeyRecord> {
+        let stored: StoredKey = postcard::from_bytes(bytes).map_err(corrupt("key"))?;
+        let v = match (stored, auth) {
+            (StoredKey::V1(v), Auth::Legacy) | (StoredKey::V2 { key: v, .. }, Auth::Legacy) => v,
+            (StoredKey::V2 { key: v, mac }, Auth::Keys(keys)) => {
+                let body = postcard::to_stdvec(&v).map_err(corrupt("key"))?;
+                let want = keys.record_mac(TAG_KEY_RECORD, id.as_bytes(), &body);
+                if !mac_matches(&want, &mac) {
+                    return Err(tampered("key", id.to_string()));
+                }
+                v
+            }
+            (StoredKey::V1(_), Auth::Keys(_)) => return Err(tampered("key", id.to_string())),
+        };
         Ok(KeyRecord {
             id,
             provider: v.provider,
@@ -70,7 +113,7 @@ impl KeyRecord {
 }
 
 /// A stored access token: never the token, only what it may do. The key
-/// it is stored under is the SHA-256 of the token.
+/// it is stored under is a keyed digest of the token (`auth`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub id: Uuid,
@@ -86,15 +129,63 @@ pub struct TokenRecord {
 #[derive(Serialize, Deserialize)]
 enum StoredToken {
     V1(TokenRecord),
+    V2 { token: TokenRecord, mac: [u8; 32] },
 }
 
 impl TokenRecord {
-    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
-        postcard::to_stdvec(&StoredToken::V1(self.clone())).map_err(corrupt("token"))
+    /// The stored form under storage key `at`, authenticated under `keys`.
+    pub(crate) fn encode(&self, at: &[u8; 32], keys: &RecordKeys) -> Result<Vec<u8>> {
+        let body = postcard::to_stdvec(self).map_err(corrupt("token"))?;
+        let mac = keys.record_mac(TAG_TOKEN_RECORD, at, &body);
+        postcard::to_stdvec(&StoredToken::V2 {
+            token: self.clone(),
+            mac,
+        })
+        .map_err(corrupt("token"))
     }
 
+    /// Reads a stored token without judging its authenticity (fuzzing).
     pub fn decode(bytes: &[u8]) -> Result<TokenRecord> {
-        let StoredToken::V1(v) = postcard::from_bytes(bytes).map_err(corrupt("token"))?;
-        Ok(v)
+        Self::decode_checked(&[0; 32], bytes, Auth::Legacy)
     }
+
+    pub(crate) fn decode_checked(
+        at: &[u8; 32],
+        bytes: &[u8],
+        auth: Auth<'_>,
+    ) -> Result<TokenRecord> {
+        let stored: StoredToken = postcard::from_bytes(bytes).map_err(corrupt("token"))?;
+        match (stored, auth) {
+            (StoredToken::V1(t), Auth::Legacy)
+            | (StoredToken::V2 { token: t, .. }, Auth::Legacy) => Ok(t),
+            (StoredToken::V2 { token, mac }, Auth::Keys(keys)) => {
+                let body = postcard::to_stdvec(&token).map_err(corrupt("token"))?;
+                let want = keys.record_mac(TAG_TOKEN_RECORD, at, &body);
+                if mac_matches(&want, &mac) {
+                    Ok(token)
+                } else {
+                    Err(tampered("token", crate::audit::hex(&at[..8])))
+                }
+            }
+            (StoredToken::V1(_), Auth::Keys(_)) => {
+                Err(tampered("token", crate::audit::hex(&at[..8])))
+            }
+        }
+    }
+
+    /// True when the stored value is a V1 (pre-schema-3) record.
+    pub(crate) fn is_legacy(bytes: &[u8]) -> bool {
+        matches!(postcard::from_bytes(bytes), Ok(StoredToken::V1(_)))
+    }
+}
+
+impl KeyRecord {
+    /// True when the stored value is a V1 (pre-schema-3) record.
+    pub(crate) fn is_legacy(bytes: &[u8]) -> bool {
+        matches!(postcard::from_bytes(bytes), Ok(StoredKey::V1(_)))
+    }
+}
+
+fn tampered(what: &'static str, id: String) -> StoreError {
+    StoreError::Tampered { what, id }
 }

@@ -458,6 +458,26 @@ pub fn with_store<T>(dir: &Path, f: impl FnOnce(&keyhold::store::Store) -> T) ->
     out
 }
 
+/// As [`with_store`], with the store unlocked by the Fernet key `key`
+/// (records are authenticated, so reading them takes the keyring).
+pub fn with_unlocked_store<T>(
+    dir: &Path,
+    key: &str,
+    f: impl FnOnce(&keyhold::store::Store) -> T,
+) -> T {
+    with_store(dir, |store| {
+        unlock(store, key);
+        f(store)
+    })
+}
+
+/// Applies the record keys of `store` with the Fernet key `key`.
+pub fn unlock(store: &keyhold::store::Store, key: &str) {
+    let ring = keyhold::keyring::Keyring::parse_list(keyhold::keyring::KeySource::FernetKey, [key])
+        .unwrap();
+    keyhold::unlock::unlock(store, &ring).unwrap();
+}
+
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/scripts/make_reference_fixture.py"
@@ -514,4 +534,16 @@ pub fn import_json(key: &str, dir: &Path, file: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Opens the store's files with sled itself, as someone with write access
+/// to the disk can (the server stopped), runs `f`, and lets go of the lock.
+pub fn with_sled<T>(dir: &Path, f: impl FnOnce(&sled::Db) -> T) -> T {
+    keyhold::store::wait_until_released(dir).unwrap();
+    let db = sled::open(dir).unwrap();
+    let out = f(&db);
+    db.flush().unwrap();
+    drop(db);
+    keyhold::store::wait_until_released(dir).unwrap();
+    out
 }

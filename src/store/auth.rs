@@ -1,0 +1,99 @@
+//! Record authentication: the keys that bind a stored record to where it
+//! is stored, so that a record planted, edited or moved by someone who can
+//! write the files but does not hold the keyring is refused.
+//!
+//! Both keys come from one random secret made at `init` (or at the upgrade
+//! to schema 3), kept in `meta` sealed under the keyring's derived sealing
+//! key. HKDF-SHA256 separates them:
+//!
+//! - the token digest key: a token record is stored under
+//!   HMAC(key, SHA-256(token)), so nobody can compute where the record of
+//!   a token of their own choosing would go;
+//! - the record MAC key: each key record carries HMAC over its id and
+//!   value (provider, name, ciphertext, times), each token record HMAC over
+//!   its storage key and value (name, role, scopes, providers, times).
+//!
+//! The secret is random rather than derived from the keyring so that a
+//! keyring rotation re-seals one value instead of moving every token.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+/// The purpose name the record secret is sealed under.
+pub const SEALED_PURPOSE: &str = "record-secret";
+
+const LABEL_TOKEN_DIGEST: &[u8] = b"keyhold/token-digest";
+const LABEL_RECORD_MAC: &[u8] = b"keyhold/record-mac";
+const LABEL_AUDIT_TAG: &[u8] = b"keyhold/audit-tag";
+pub(crate) const TAG_KEY_RECORD: &[u8] = b"keyhold-key-record-v2";
+pub(crate) const TAG_TOKEN_RECORD: &[u8] = b"keyhold-token-record-v2";
+
+/// The keys derived from the store's record secret. Zeroized on drop,
+/// never printed.
+pub struct RecordKeys {
+    token_digest: Zeroizing<[u8; 32]>,
+    record_mac: Zeroizing<[u8; 32]>,
+    audit_tag: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for RecordKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordKeys([REDACTED])")
+    }
+}
+
+fn hmac(key: &[u8; 32]) -> Hmac<Sha256> {
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts any key length"),
+    }
+}
+
+impl RecordKeys {
+    /// Derives the keys from the (unsealed) record secret.
+    pub fn from_secret(secret: &[u8]) -> RecordKeys {
+        let hk = hkdf::Hkdf::<Sha256>::new(None, secret);
+        let expand = |label: &[u8]| {
+            let mut out = Zeroizing::new([0u8; 32]);
+            // 32 bytes is far below HKDF-SHA256's limit.
+            if hk.expand(label, out.as_mut()).is_err() {
+                unreachable!("32 bytes of HKDF-SHA256 output");
+            }
+            out
+        };
+        RecordKeys {
+            token_digest: expand(LABEL_TOKEN_DIGEST),
+            record_mac: expand(LABEL_RECORD_MAC),
+            audit_tag: expand(LABEL_AUDIT_TAG),
+        }
+    }
+
+    /// Where the record of the token whose SHA-256 is `sha` is stored.
+    pub fn token_key(&self, sha: &[u8; 32]) -> [u8; 32] {
+        let mut m = hmac(&self.token_digest);
+        m.update(sha);
+        m.finalize().into_bytes().into()
+    }
+
+    /// The MAC binding a record's value to where it is stored.
+    pub(crate) fn record_mac(&self, tag: &[u8], at: &[u8], value: &[u8]) -> [u8; 32] {
+        let mut m = hmac(&self.record_mac);
+        m.update(tag);
+        m.update(&(at.len() as u32).to_be_bytes());
+        m.update(at);
+        m.update(value);
+        m.finalize().into_bytes().into()
+    }
+
+    /// The key of the per-record audit tags (checked with the keyring on
+    /// filtered exports; the public hash chain covers complete ones).
+    pub fn audit_tag_key(&self) -> &[u8; 32] {
+        &self.audit_tag
+    }
+}
+
+/// Constant-time check of a MAC.
+pub(crate) fn mac_matches(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    crate::access::digests_equal(a, b)
+}

@@ -1,0 +1,216 @@
+//! Opening a store with the keyring: the check value, the record keys,
+//! and the one-time upgrade of a store from before schema 3.
+//!
+//! Every command that works on a store calls [`unlock`] first: it refuses a
+//! keyring that does not open the store's check value, applies the record
+//! keys (so records are authenticated from then on) and, for a store made
+//! by an older keyhold, upgrades it in place:
+//!
+//! 1. one transaction writes the new sealed secrets (record secret, audit
+//!    signing key), re-seals the old audit MAC key and the check value
+//!    under the keyring's derived keys, and moves every token record to its
+//!    keyed digest, authenticated;
+//! 2. every key record is authenticated in place (compare-and-swap each);
+//! 3. one audit commit appends the `upgrade` record, the first record of
+//!    the signed chain, and marks the store schema 3.
+//!
+//! A crash between the steps resumes where it stopped at the next open
+//! (step 1 leaves a mark in `meta`). Not for: serving or HTTP.
+
+use zeroize::Zeroizing;
+
+use crate::audit::{
+    Action, AuditError, AuditEvent, AuditLog, AuditSigner, Outcome, PublicKey, MAC_KEY_PURPOSE,
+    SIGNING_PURPOSE,
+};
+use crate::keyring::{Keyring, CHECK_PLAINTEXT};
+use crate::store::{
+    RecordKeys, Store, StoreError, Write, META_AUDIT_KEY, META_CHECK, META_PUBLIC_KEY,
+    META_RECORD_SECRET, META_SCHEMA, META_SIGNING_KEY, META_UPGRADING, RECORD_SECRET_PURPOSE,
+};
+
+/// Why a store could not be opened with this keyring. Messages say what
+/// to do and never hold key material.
+#[derive(Debug, thiserror::Error)]
+pub enum UnlockError {
+    #[error(
+        "wrong key: no key from {origin} opens this store (it was initialised with another Fernet \
+         key). Set the key it was initialised with (FERNET_KEYS=new,old during a rotation)"
+    )]
+    WrongKey { origin: String },
+    #[error("the store has no {0}: it is damaged; restore it from a backup")]
+    Missing(&'static str),
+    #[error(
+        "the store's {0} does not open with the keyring although its check value does: it was \
+         replaced outside keyhold. Restore the store from a backup"
+    )]
+    Sealed(&'static str),
+    #[error(
+        "the store is marked as older than schema 3, but its audit log is already signed: its \
+         schema mark was changed outside keyhold. It is refused; restore it from a backup"
+    )]
+    Downgraded,
+    #[error("the system random generator failed: {0}")]
+    Random(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// Checks the keyring against the store, applies the record keys and, for
+/// a store from before schema 3, upgrades it (audited). Returns whether it
+/// upgraded.
+pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
+    let upgrading = store.meta_value(META_UPGRADING)?.is_some();
+    if store.schema() < 3 {
+        // An upgrade ends with the first signed audit record. A store that
+        // says it is older (or mid-upgrade) but whose log is already signed
+        // had its schema mark changed outside keyhold, to have records
+        // planted since then authenticated by a new "upgrade": refuse.
+        if let Some(crate::audit::Head::V2 { .. }) = crate::audit::Head::load(store)? {
+            return Err(UnlockError::Downgraded);
+        }
+    }
+    if store.schema() >= 3 || upgrading {
+        let check = store
+            .check_value()?
+            .ok_or(UnlockError::Missing("keyring check value"))?;
+        if keyring.opens_check(&check).is_none() {
+            return Err(wrong_key(keyring));
+        }
+        apply_record_keys(store, keyring)?;
+        if store.schema() >= 3 {
+            return Ok(false);
+        }
+    } else {
+        upgrade_step_1(store, keyring)?;
+    }
+    let keys = store.upgrade_keys()?;
+    let log = AuditLog::open(store.clone(), keyring)?;
+    let (last, _) = log.head();
+    let mut ev = AuditEvent::cli(
+        Action::Upgrade,
+        Outcome::Success,
+        Some(format!(
+            "upgrade to schema 3: records 1..={last} are HMAC-chained (verified with the keyring); \
+             from here on records are hash-chained and signed by {}; {keys} key records \
+             authenticated; token records moved to keyed digests",
+            log.public_key()
+        )),
+    );
+    ev.caller = "upgrade".into();
+    log.append(&[(
+        ev,
+        vec![
+            Write::Meta {
+                name: META_SCHEMA,
+                value: Some(Store::schema_bytes(3)?),
+            },
+            Write::Meta {
+                name: META_UPGRADING,
+                value: None,
+            },
+        ],
+    )])?;
+    store.set_schema(3);
+    tracing::warn!(
+        audit_public_key = %log.public_key(),
+        "upgraded the store to schema 3 (authenticated records, signed audit log); make a new \
+         backup now: older backups restore only with --allow-unauthenticated"
+    );
+    Ok(true)
+}
+
+fn wrong_key(keyring: &Keyring) -> UnlockError {
+    UnlockError::WrongKey {
+        origin: keyring.source().to_string(),
+    }
+}
+
+fn apply_record_keys(store: &Store, keyring: &Keyring) -> Result<(), UnlockError> {
+    let sealed = store
+        .meta_string(META_RECORD_SECRET)?
+        .ok_or(UnlockError::Missing("record secret"))?;
+    let secret = keyring
+        .unseal(RECORD_SECRET_PURPOSE, &sealed)
+        .map_err(|_| UnlockError::Sealed("record secret"))?;
+    store.set_record_keys(RecordKeys::from_secret(secret.secret.expose()));
+    Ok(())
+}
+
+fn random32() -> Result<Zeroizing<[u8; 32]>, UnlockError> {
+    let mut b = Zeroizing::new([0u8; 32]);
+    getrandom::fill(b.as_mut()).map_err(|e| UnlockError::Random(e.to_string()))?;
+    Ok(b)
+}
+
+/// Step 1 of the upgrade (see the module docs).
+fn upgrade_step_1(store: &Store, keyring: &Keyring) -> Result<(), UnlockError> {
+    // The old check value and MAC key are under the keyring keys themselves.
+    let check = store
+        .check_value()?
+        .ok_or(UnlockError::Missing("keyring check value"))?;
+    match keyring.decrypt(&check) {
+        Ok(o) if o.plaintext.expose() == CHECK_PLAINTEXT => {}
+        _ => return Err(wrong_key(keyring)),
+    }
+    let old_mac = store
+        .audit_key_token()?
+        .ok_or(UnlockError::Missing("audit MAC key"))?;
+    let old_mac = keyring
+        .decrypt(&old_mac)
+        .map_err(|_| UnlockError::Sealed("audit MAC key"))?;
+    if old_mac.plaintext.len() != 32 {
+        return Err(UnlockError::Sealed("audit MAC key"));
+    }
+    let (mut meta, _) = new_secrets(store, keyring)?;
+    meta.push((META_CHECK, keyring.check_token().into_bytes()));
+    meta.push((
+        META_AUDIT_KEY,
+        keyring
+            .seal(MAC_KEY_PURPOSE, old_mac.plaintext.expose())
+            .into_bytes(),
+    ));
+    store.upgrade_meta_and_tokens(&meta)?;
+    Ok(())
+}
+
+/// A meta value to write: its name and bytes.
+type MetaValue = (&'static [u8], Vec<u8>);
+
+/// Makes a new record secret and audit signing key, applies the record
+/// keys to `store`, and returns their sealed meta values (with the public
+/// key) and the public key.
+fn new_secrets(
+    store: &Store,
+    keyring: &Keyring,
+) -> Result<(Vec<MetaValue>, PublicKey), UnlockError> {
+    let secret = random32()?;
+    let (signer, seed) = AuditSigner::generate().map_err(|e| UnlockError::Random(e.to_string()))?;
+    store.set_record_keys(RecordKeys::from_secret(secret.as_ref()));
+    let public = signer.public_key();
+    let meta = vec![
+        (
+            META_RECORD_SECRET,
+            keyring
+                .seal(RECORD_SECRET_PURPOSE, secret.as_ref())
+                .into_bytes(),
+        ),
+        (
+            META_SIGNING_KEY,
+            keyring.seal(SIGNING_PURPOSE, seed.as_ref()).into_bytes(),
+        ),
+        (META_PUBLIC_KEY, public.0.to_vec()),
+    ];
+    Ok((meta, public))
+}
+
+/// Initialises an empty store: the check value, a new record secret and
+/// audit signing key (sealed), and the record keys applied. Returns the
+/// audit public key.
+pub fn initialise(store: &Store, keyring: &Keyring) -> Result<PublicKey, UnlockError> {
+    let (meta, public) = new_secrets(store, keyring)?;
+    store.initialise(&keyring.check_token(), &meta)?;
+    Ok(public)
+}
