@@ -205,11 +205,12 @@ mod tests {
     fn a_log_ending_at_the_largest_seq_is_not_wrapped_to_the_start() {
         let (_dir, store, ring, _log) = fresh_log();
         // A record put at the last possible seq outside keyhold.
-        let audit = store.tree("audit").unwrap();
-        audit.insert(u64::MAX.to_be_bytes(), vec![0, 1]).unwrap();
+        store
+            .put_entry("audit", &u64::MAX.to_be_bytes(), &[0, 1])
+            .unwrap();
         let err = AuditLog::open(store.clone(), &ring).unwrap_err();
         assert!(err.to_string().contains("largest possible"), "{err}");
-        assert_eq!(audit.len(), 1, "nothing was written");
+        assert_eq!(store.entries("audit").count(), 1, "nothing was written");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

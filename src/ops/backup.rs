@@ -35,15 +35,8 @@ const MAGIC: &[u8] = b"KEYHOLD-BACKUP\n";
 pub const FORMAT_VERSION: u32 = 2;
 const ENTRY: u8 = 1;
 const TRAILER: u8 = 2;
-/// Tree ids, in the order they are written. Only ever appended.
-const TREES: [&str; 6] = [
-    "meta",
-    "tokens",
-    "keys",
-    "by_provider",
-    "key_usage",
-    "audit",
-];
+/// Tree ids, in the order they are written: the store's tables.
+const TREES: [&str; 6] = crate::store::TABLES;
 /// Largest key or value a backup may hold (sled values here are small).
 const MAX_FIELD: u32 = 16 * 1024 * 1024;
 
@@ -99,8 +92,8 @@ pub fn write_backup(store: &Store, keyring: &Keyring, out: impl Write) -> Result
     w.write_all(&crate::time::now_us().to_be_bytes())?;
     let mut count = 0u64;
     for (id, name) in TREES.iter().enumerate() {
-        for item in store.tree(name)?.iter() {
-            let (k, v) = item.map_err(StoreError::from)?;
+        for item in store.entries(name) {
+            let (k, v) = item?;
             w.write_all(&[ENTRY, id as u8])?;
             w.write_all(&(k.len() as u32).to_be_bytes())?;
             w.write_all(&k)?;
@@ -363,10 +356,6 @@ pub fn restore(
     ));
     let result = (|| {
         let store = Store::open(&staging)?;
-        let mut trees = Vec::new();
-        for name in TREES {
-            trees.push((name, store.tree(name)?));
-        }
         let info = read_backup(input, keyring, allow_unauthenticated, |name, k, v| {
             // An online backup reads the trees one after another, so its
             // key count may be off by the keys created meanwhile: the
@@ -374,9 +363,7 @@ pub fn restore(
             if name == "meta" && k == META_KEY_COUNT {
                 return Ok(());
             }
-            if let Some((_, t)) = trees.iter().find(|(n, _)| *n == name) {
-                t.insert(k, v).map_err(StoreError::from)?;
-            }
+            store.put_entry(name, &k, &v)?;
             Ok(())
         })?;
         if info != checked {
@@ -385,7 +372,6 @@ pub fn restore(
             ));
         }
         store.flush()?;
-        drop(trees);
         // The check that follows opens the store at its new path.
         store.close()?;
         Ok(info)
@@ -433,9 +419,7 @@ mod tests {
         // An online backup can read the count before keys created while it
         // runs: make the backed-up count disagree with the keys.
         store
-            .tree("meta")
-            .unwrap()
-            .insert(META_KEY_COUNT, &1u64.to_be_bytes())
+            .put_entry("meta", META_KEY_COUNT, &1u64.to_be_bytes())
             .unwrap();
         let ring = Keyring::ephemeral();
         let path = dir.path().join("backup");

@@ -29,7 +29,7 @@
 /// The bytes of a stored entry (sled's shared buffer).
 pub use sled::IVec;
 
-use super::{corrupt, StoreError};
+use crate::store::{corrupt, StoreError};
 
 /// First byte of a chunk value. A schema-1 record starts with its enum
 /// variant index as a postcard varint, which is 0 today and could reach

@@ -1,0 +1,180 @@
+//! The storage seam: what keyhold needs from a database, in its own words.
+//!
+//! A backend stores bytes under names keyhold chooses; it knows nothing of
+//! record formats, authentication or the keyring (the [`Store`] facade in
+//! `mod.rs` encodes, authenticates and decodes). Writes that must land
+//! together with their audit records are expressed as a list of [`Op`]s
+//! handed to [`Backend::commit`], not as closures over the backend's own
+//! transaction type, so a network database can apply them in one SQL
+//! transaction.
+//!
+//! The methods are blocking. keyhold calls them from the audit writer's
+//! thread, from `spawn_blocking`, from offline commands, and for short
+//! point reads from request handlers; a backend over a network database
+//! runs its client on its own runtime and bounds each call by a timeout.
+//!
+//! The tables (trees) a backend keeps, and what a backup holds of them:
+//!
+//! | name | key | value |
+//! | --- | --- | --- |
+//! | `meta` | name | schema, sealed secrets, check value, chain head, key count |
+//! | `tokens` | keyed digest of the token (32 bytes) | authenticated token record |
+//! | `keys` | key id (16 bytes) | authenticated key record |
+//! | `by_provider` | provider, created_at, id | (empty): newest key per provider |
+//! | `key_usage` | key id | last_used (i64 µs, big-endian) |
+//! | `audit` | seq (u64 big-endian) | audit records (see the backend) |
+//!
+//! [`Store`]: super::Store
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use super::Result;
+
+/// The tables a backup holds, in the order it writes them. Only ever
+/// appended (a backup names a table by its index).
+pub const TABLES: [&str; 6] = [
+    "meta",
+    "tokens",
+    "keys",
+    "by_provider",
+    "key_usage",
+    "audit",
+];
+
+/// Bytes a backend hands out: shared with its cache where it has one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bytes(Inner);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Inner {
+    Shared(sled::IVec),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Inner::Shared(v) => v,
+            Inner::Owned(v) => v,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} bytes)", self.len())
+    }
+}
+
+impl From<sled::IVec> for Bytes {
+    fn from(v: sled::IVec) -> Bytes {
+        Bytes(Inner::Shared(v))
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Bytes {
+        Bytes(Inner::Owned(v))
+    }
+}
+
+/// One change, already encoded, applied in the same transaction as a
+/// batch of audit records.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Insert or replace a key record (and its provider index entry).
+    PutKey {
+        id: Uuid,
+        provider: String,
+        created_at_us: i64,
+        value: Vec<u8>,
+    },
+    /// Remove a key record, its usage and its provider index entry.
+    DeleteKey {
+        id: Uuid,
+        provider: String,
+        created_at_us: i64,
+    },
+    /// Set a key's last_used.
+    TouchKey { id: Uuid, at_us: i64 },
+    /// Insert or replace a token record under its storage key.
+    PutToken { at: [u8; 32], value: Vec<u8> },
+    /// Set (or, with `None`, remove) a meta value.
+    Meta {
+        name: &'static [u8],
+        value: Option<Vec<u8>>,
+    },
+}
+
+/// A lazy walk over stored items.
+pub type Items<'a, T> = Box<dyn Iterator<Item = Result<T>> + 'a>;
+
+/// What keyhold needs from a database.
+pub trait Backend: Send + Sync {
+    /// Where the store lives on this host, if it is a directory.
+    fn dir(&self) -> Option<PathBuf>;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<()>;
+    /// Opens the database again after an error it keeps returning; waits
+    /// up to `wait` for operations in flight. A no-op where not needed.
+    fn reopen(&self, wait: std::time::Duration) -> Result<()>;
+
+    // ---- meta ----
+    fn meta_get(&self, name: &[u8]) -> Result<Option<Bytes>>;
+    /// Replaces a meta value only if it still holds `current`.
+    fn meta_swap(&self, name: &[u8], current: &[u8], new: &[u8]) -> Result<bool>;
+    /// Writes the first meta values in one durable step, unless `guard`
+    /// (the schema's name) is already set: then `false`, nothing written.
+    fn meta_init(&self, guard: &[u8], values: &[(&[u8], &[u8])]) -> Result<bool>;
+
+    // ---- keys ----
+    fn key_get(&self, id: &Uuid) -> Result<Option<Bytes>>;
+    /// Replaces a key record only if it still holds `current`.
+    fn key_swap(&self, id: &Uuid, current: &[u8], new: &[u8]) -> Result<bool>;
+    /// Every key record, in id order.
+    fn keys(&self) -> Items<'_, (Uuid, Bytes)>;
+    /// The ids of a provider's keys, oldest first (by created_at).
+    fn provider_ids(&self, provider: &str) -> Items<'_, Uuid>;
+    /// The ids of a provider's keys, newest first, lazily.
+    fn provider_ids_newest_first(&self, provider: &str) -> Items<'_, Uuid>;
+    /// The number of provider index entries (a slow count of keys).
+    fn count_index(&self) -> Result<u64>;
+    fn usage_get(&self, id: &Uuid) -> Result<Option<Bytes>>;
+
+    // ---- tokens ----
+    fn token_get(&self, at: &[u8; 32]) -> Result<Option<Bytes>>;
+    fn tokens(&self) -> Items<'_, ([u8; 32], Bytes)>;
+    /// In one transaction: sets `meta` values and moves each token record
+    /// from its old storage key to its new one with a new value.
+    fn tokens_move(
+        &self,
+        meta: &[(&'static [u8], Vec<u8>)],
+        moves: &[([u8; 32], [u8; 32], Vec<u8>)],
+    ) -> Result<()>;
+
+    // ---- the audit log ----
+    /// Appends encoded audit `records` (ascending seqs, chained), stores
+    /// the chain `head`, and applies `ops`, all in one transaction. Not
+    /// durable until [`flush`](Self::flush). Callers serialise commits.
+    fn commit(&self, records: &[(u64, Vec<u8>)], head: &[u8], ops: &[Op]) -> Result<()>;
+    /// The newest audit record's seq and bytes.
+    fn audit_last(&self) -> Result<Option<(u64, Bytes)>>;
+    /// Audit records from `from_seq` on, oldest first, lazily; records
+    /// appended while the walk runs are included up to where it ends.
+    fn audit_from(&self, from_seq: u64) -> Items<'_, (u64, Bytes)>;
+
+    // ---- backup ----
+    /// Every entry of table `table` (one of [`TABLES`]), in key order.
+    fn entries(&self, table: &str) -> Items<'_, (Bytes, Bytes)>;
+    /// Writes one entry as it is (restore; tests that play an editor).
+    fn put_entry(&self, table: &str, key: &[u8], value: &[u8]) -> Result<()>;
+}

@@ -1,0 +1,181 @@
+//! The store facade's key and token queries, and the steps of the upgrade
+//! to schema 3: each reads bytes from the backend and decodes and
+//! authenticates them as the store's state requires.
+
+use uuid::Uuid;
+
+use super::records::Auth;
+use super::{
+    decode_count, decode_i64, Bytes, KeyRecord, Result, Store, TokenRecord, META_KEY_COUNT,
+    META_UPGRADING,
+};
+
+impl Store {
+    // ---- keys ----
+
+    /// One key by id.
+    pub fn get_key(&self, id: &Uuid) -> Result<Option<KeyRecord>> {
+        match self.backend.key_get(id)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(self.decode_key(*id, &v)?)),
+        }
+    }
+
+    /// One key by id with its stored bytes (for compare-and-swap).
+    pub fn get_key_raw(&self, id: &Uuid) -> Result<Option<(KeyRecord, Bytes)>> {
+        match self.backend.key_get(id)? {
+            None => Ok(None),
+            Some(v) => Ok(Some((self.decode_key(*id, &v)?, v))),
+        }
+    }
+
+    /// A key's last_used, if it was ever revealed.
+    pub fn last_used(&self, id: &Uuid) -> Result<Option<i64>> {
+        match self.backend.usage_get(id)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(decode_i64(&v)?)),
+        }
+    }
+
+    /// Keys, oldest first, optionally for one provider.
+    pub fn list_keys(&self, provider: Option<&str>) -> Result<Vec<KeyRecord>> {
+        let mut out = Vec::new();
+        match provider {
+            Some(p) => {
+                for id in self.backend.provider_ids(p) {
+                    if let Some(rec) = self.get_key(&id?)? {
+                        out.push(rec);
+                    }
+                }
+            }
+            None => {
+                for item in self.backend.keys() {
+                    let (id, v) = item?;
+                    out.push(self.decode_key(id, &v)?);
+                }
+                out.sort_by_key(|k| (k.created_at_us, k.id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keys of a provider, newest first, lazily (for "newest live key").
+    pub fn provider_keys_newest_first(
+        &self,
+        provider: &str,
+    ) -> impl Iterator<Item = Result<KeyRecord>> + '_ {
+        self.backend
+            .provider_ids_newest_first(provider)
+            .filter_map(move |id| match id {
+                Err(e) => Some(Err(e)),
+                Ok(id) => self.get_key(&id).transpose(),
+            })
+    }
+
+    /// The number of stored keys, from the count kept in meta. Only if
+    /// that is unreadable are the keys counted (on the provider index,
+    /// one small entry a key): a walk pulls every node it visits into
+    /// sled's cache, and walking 100,000 keys at start-up left ~40 MiB
+    /// resident for the life of the server.
+    pub fn key_count(&self) -> usize {
+        let stored = self
+            .backend
+            .meta_get(META_KEY_COUNT)
+            .ok()
+            .flatten()
+            .as_deref()
+            .and_then(decode_count);
+        match stored {
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => self
+                .backend
+                .count_index()
+                .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// Every key with its stored bytes (for compare-and-swap), in id order.
+    /// A record that fails its integrity check is an `Err` item; the walk
+    /// goes on.
+    pub fn iter_keys(&self) -> impl Iterator<Item = Result<(KeyRecord, Bytes)>> + '_ {
+        self.backend.keys().map(move |item| {
+            let (id, v) = item?;
+            Ok((self.decode_key(id, &v)?, v))
+        })
+    }
+
+    /// Replaces a key record only if it still holds `current` (atomic; a
+    /// crash leaves either the old or the new record). `false` when the
+    /// record changed or is gone meanwhile.
+    pub fn swap_key(&self, current: &[u8], new: &KeyRecord) -> Result<bool> {
+        let keys = self.write_keys()?;
+        let value = new.encode(&keys)?;
+        self.backend.key_swap(&new.id, current, &value)
+    }
+
+    // ---- tokens ----
+
+    /// A token record by the SHA-256 of the token, with its storage key.
+    pub fn get_token(&self, sha: &[u8; 32]) -> Result<Option<([u8; 32], TokenRecord)>> {
+        let at = self.token_key(sha)?;
+        match self.backend.token_get(&at)? {
+            None => Ok(None),
+            Some(v) => Ok(Some((at, self.decode_token(&at, &v)?))),
+        }
+    }
+
+    /// Every token record with its storage key. A record that fails its
+    /// integrity check fails the whole listing.
+    pub fn list_tokens(&self) -> Result<Vec<([u8; 32], TokenRecord)>> {
+        let mut out = Vec::new();
+        for item in self.backend.tokens() {
+            let (at, v) = item?;
+            out.push((at, self.decode_token(&at, &v)?));
+        }
+        out.sort_by_key(|(_, r)| r.created_at_us);
+        Ok(out)
+    }
+
+    // ---- the upgrade to schema 3 (see `crate::unlock`) ----
+
+    /// Step 1 of the upgrade, in one transaction: writes the new meta
+    /// values (sealed secrets, check value, the in-progress mark) and moves
+    /// every pre-schema-3 token record to its keyed digest, authenticated.
+    /// The record keys must be applied first.
+    pub fn upgrade_meta_and_tokens(&self, meta: &[(&'static [u8], Vec<u8>)]) -> Result<u64> {
+        let keys = self.write_keys()?;
+        let mut moves = Vec::new();
+        for item in self.backend.tokens() {
+            let (sha, v) = item?;
+            if !TokenRecord::is_legacy(&v) {
+                continue;
+            }
+            let rec = TokenRecord::decode_checked(&sha, &v, Auth::Legacy)?;
+            let at = keys.token_key(&sha);
+            moves.push((sha, at, rec.encode(&at, &keys)?));
+        }
+        let mut meta = meta.to_vec();
+        meta.push((META_UPGRADING, vec![1u8]));
+        self.backend.tokens_move(&meta, &moves)?;
+        self.flush()?;
+        Ok(moves.len() as u64)
+    }
+
+    /// Step 2 of the upgrade: authenticates every pre-schema-3 key record
+    /// in place (compare-and-swap each; running it again finishes the job).
+    pub fn upgrade_keys(&self) -> Result<u64> {
+        let keys = self.write_keys()?;
+        let mut n = 0;
+        for item in self.backend.keys() {
+            let (id, v) = item?;
+            if !KeyRecord::is_legacy(&v) {
+                continue;
+            }
+            let rec = KeyRecord::decode_checked(id, &v, Auth::Legacy)?;
+            self.backend.key_swap(&id, &v, &rec.encode(&keys)?)?;
+            n += 1;
+        }
+        self.flush()?;
+        Ok(n)
+    }
+}
