@@ -40,3 +40,61 @@ fn junk_methods_leave_a_bounded_metrics_page() {
         .sum();
     assert_eq!(other, 300.0, "every junk request is still counted");
 }
+
+/// Every variable that could open the vault or act as keyhold's caller.
+const CREDENTIAL_VARS: [&str; 8] = [
+    "KEYHOLD_TOKEN",
+    "KEYHOLD_TOKEN_FILE",
+    "FERNET_KEY",
+    "FERNET_KEYS",
+    "FERNET_KEY_FILE",
+    "FERNET_KEY_SECRET_EXTRA",
+    "KEYHOLD_KEY_COMMAND",
+    "KEYHOLD_DATA_DIR",
+];
+
+#[test]
+fn exec_hands_the_child_none_of_keyholds_credentials_pristine_or_not() {
+    let v = Vault::new();
+    let reader = v.token("agent-runner", "reader", None);
+    let s = v.serve(&[("KEYHOLD_REVEAL_RATE", "100/min")]);
+    Api::new(&s, &v.admin).create_key("claude", "main", "sk-ant-child-gets-this");
+    let token_file = v.tmp.path().join("token");
+    std::fs::write(&token_file, &reader).unwrap();
+    for pristine in [false, true] {
+        let mut c = keyhold();
+        c.env("KEYHOLD_ADDR", &s.base)
+            .env("KEYHOLD_TOKEN", &reader)
+            .env("KEYHOLD_TOKEN_FILE", &token_file)
+            .env("FERNET_KEY", &v.key)
+            .env("FERNET_KEYS", &v.key)
+            .env("FERNET_KEY_FILE", "/nonexistent/fernet.keys")
+            .env("FERNET_KEY_SECRET_EXTRA", "x")
+            .env("KEYHOLD_KEY_COMMAND", "cat /nonexistent/keys")
+            .env("KEYHOLD_DATA_DIR", v.dir_str())
+            .env("UNRELATED_SETTING", "kept");
+        c.args(["exec", "--provider", "claude", "--env", "ANTHROPIC_API_KEY"]);
+        if pristine {
+            c.arg("--pristine");
+        }
+        let out = c.args(["--", "env"]).output().unwrap();
+        assert_ok(&out);
+        let env = String::from_utf8(out.stdout).unwrap();
+        let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+        for var in CREDENTIAL_VARS {
+            assert!(
+                !names.contains(&var),
+                "the child got {var} (pristine: {pristine})"
+            );
+        }
+        assert!(!env.contains(&reader), "the child saw the access token");
+        assert!(!env.contains(&v.key), "the child saw the Fernet key");
+        assert!(env.contains("ANTHROPIC_API_KEY=sk-ant-child-gets-this"));
+        // Only keyhold's own variables are taken away.
+        assert_eq!(
+            env.contains("UNRELATED_SETTING=kept"),
+            !pristine,
+            "pristine: {pristine}"
+        );
+    }
+}
