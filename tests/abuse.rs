@@ -98,3 +98,46 @@ fn exec_hands_the_child_none_of_keyholds_credentials_pristine_or_not() {
         );
     }
 }
+
+#[test]
+fn a_key_command_that_hangs_fails_within_its_timeout_for_serve_and_offline_commands() {
+    let v = Vault::new();
+    for args in [
+        vec!["check", "--data-dir", v.dir_str()],
+        vec![
+            "serve",
+            "--data-dir",
+            v.dir_str(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let started = std::time::Instant::now();
+        let out = keyhold()
+            .env("KEYHOLD_KEY_COMMAND", "sleep 60; cat /dev/null")
+            .env("KEYHOLD_KEY_COMMAND_TIMEOUT", "1")
+            .args(&args)
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            took < std::time::Duration::from_secs(20),
+            "{args:?} took {took:?}"
+        );
+        assert!(
+            stderr.contains("did not finish within 1 s")
+                && stderr.contains("KEYHOLD_KEY_COMMAND_TIMEOUT"),
+            "{stderr}"
+        );
+    }
+    // Endless output is refused too, not buffered.
+    let out = keyhold()
+        .env("KEYHOLD_KEY_COMMAND", "yes")
+        .args(["check", "--data-dir", v.dir_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("printed more than 64 KiB"));
+}
