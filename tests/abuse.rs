@@ -141,3 +141,125 @@ fn a_key_command_that_hangs_fails_within_its_timeout_for_serve_and_offline_comma
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("printed more than 64 KiB"));
 }
+
+fn unix_get(path: &std::path::Path, target: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut sock = std::os::unix::net::UnixStream::connect(path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: keyhold\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    sock.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    sock.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_regular_file_at_the_unix_socket_path_survives_and_a_stale_socket_is_replaced() {
+    let v = Vault::new();
+    let path = v.tmp.path().join("keyhold.sock");
+    std::fs::write(&path, "precious").unwrap();
+    let listen = format!("unix:{}", path.display());
+    let out = keyhold()
+        .env("FERNET_KEY", &v.key)
+        .args(["serve", "--data-dir", v.dir_str(), "--listen", &listen])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is not a socket") && stderr.contains("regular file"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    // A directory is left alone too.
+    let dir = v.tmp.path().join("a-dir");
+    std::fs::create_dir(&dir).unwrap();
+    let out = keyhold()
+        .env("FERNET_KEY", &v.key)
+        .args(["serve", "--data-dir", v.dir_str()])
+        .arg("--listen")
+        .arg(format!("unix:{}", dir.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(dir.is_dir());
+    // A stale socket (its listener gone) is replaced.
+    std::fs::remove_file(&path).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let s = Server::start_args(
+        &["--data-dir", v.dir_str(), "--listen", &listen],
+        &[("FERNET_KEY", v.key.as_str())],
+    );
+    let health = unix_get(&path, "/healthz", "-");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    s.stop();
+}
+
+#[test]
+fn unix_socket_callers_are_rate_limited_by_their_uid() {
+    use std::os::unix::fs::PermissionsExt;
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false);
+    let tools = ["setpriv", "curl"].iter().all(|t| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !(is_root && tools) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("this test needs root, setpriv and curl (CI has them)");
+        }
+        eprintln!("uid rate-limit test not run here: needs root, setpriv and curl");
+        return;
+    }
+    let v = Vault::new();
+    let reader = v.token("other-user", "reader", None);
+    std::fs::set_permissions(v.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = v.tmp.path().join("keyhold.sock");
+    let listen = format!("unix:{}", path.display());
+    let s = Server::start_args(
+        &["--data-dir", v.dir_str(), "--listen", &listen],
+        &[
+            ("FERNET_KEY", v.key.as_str()),
+            ("KEYHOLD_REVEAL_RATE", "2/min"),
+        ],
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // Root spends its whole budget.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = unix_get(&path, "/api/providers/claude/key", &v.admin);
+        statuses.push(r[9..12].to_string());
+    }
+    assert_eq!(statuses, ["404", "404", "429"]);
+    // Another local user (nobody) has a budget of its own.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&path)
+        .args(["-H", &format!("Authorization: Bearer {reader}")])
+        .arg("http://keyhold/api/providers/claude/key")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "404",
+        "the other uid shared root's budget: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop();
+}

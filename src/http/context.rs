@@ -111,6 +111,15 @@ impl Ctx {
         }
     }
 
+    /// Who the rate limit (and the coalesced audit records) count this
+    /// request under: the client address, or a Unix-socket caller's uid.
+    pub fn client_key(&self) -> crate::limiter::ClientKey {
+        match &self.peer {
+            Peer::Unix { uid, .. } => crate::limiter::ClientKey::unix(*uid),
+            Peer::Tcp(_) => crate::limiter::ClientKey::of(self.client_ip),
+        }
+    }
+
     /// The client as the audit log records it (`ip`), and the peer when it
     /// differs (`peer`).
     pub fn audit_addresses(&self) -> (String, Option<String>) {

@@ -307,7 +307,7 @@ pub async fn reveal_newest(provider: String, state: State, ctx: Ctx) -> Response
 
 async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
     // 1. client IP (in ctx) → 2. rate limit, before anything else.
-    let decision = state.limiter.check(ctx.client_ip);
+    let decision = state.limiter.check_client(ctx.client_key());
     let mut ev = state.event(&ctx, Action::Reveal, None, Outcome::Success);
     match &target {
         Target::Id(id) => ev.key_id = Uuid::parse_str(id).ok(),
@@ -322,7 +322,7 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
         metrics::counter!("keyhold_rate_limited_total").increment(1);
         metrics::counter!("keyhold_reveals_total", "outcome" => Outcome::RateLimited.as_str())
             .increment(1);
-        let client = crate::limiter::ClientKey::of(ctx.client_ip).to_string();
+        let client = ctx.client_key().to_string();
         state.coalescer.add(&client, ev, now_us());
         let err = ApiError::rate_limited(decision.retry_after_secs);
         return with_rate_headers(ctx.error(&err), &decision);

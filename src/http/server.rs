@@ -123,6 +123,19 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// What a file is, for an error message.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
 enum Socket {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
@@ -147,7 +160,22 @@ impl Listener {
         let socket = match bind {
             Bind::Tcp(addr) => Socket::Tcp(TcpListener::bind(addr).await?),
             Bind::Unix(path) => {
-                if path.exists() {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    // Only a socket is ever replaced: a regular file, a
+                    // directory or a symbolic link at PATH is someone
+                    // else's, and a mistyped path must not delete it.
+                    if !meta.file_type().is_socket() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            format!(
+                                "{} exists and is not a socket ({}); keyhold replaces only a \
+                                 stale socket: pick another path, or move that file away",
+                                path.display(),
+                                kind_of(&meta.file_type())
+                            ),
+                        ));
+                    }
                     if std::os::unix::net::UnixStream::connect(path).is_ok() {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::AddrInUse,
