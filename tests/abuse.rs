@@ -263,3 +263,164 @@ fn unix_socket_callers_are_rate_limited_by_their_uid() {
     );
     s.stop();
 }
+
+fn token_ids(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_provider_limited_admin_mints_sees_and_revokes_nothing_broader_and_gets_no_whole_store_operation(
+) {
+    let v = Vault::new();
+    let team_admin = v.token("claude-admin", "admin", Some("claude"));
+    let s = v.serve(&[]);
+    let root = Api::new(&s, &v.admin);
+    let all: serde_json::Value = root.get("/api/tokens").json().unwrap();
+    let root_id = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["providers"].is_null() && t["role"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let team = Api::new(&s, &team_admin);
+
+    // Minting: nothing unlimited, nothing beyond claude.
+    for body in [
+        serde_json::json!({"name": "sneaky", "role": "admin"}),
+        serde_json::json!({"name": "sneaky", "role": "reader", "providers": ["gemini"]}),
+        serde_json::json!({"name": "sneaky", "role": "reader", "providers": ["claude", "gemini"]}),
+    ] {
+        let r = team.post_json("/api/tokens", &body);
+        assert_eq!(r.status(), 403, "{body}");
+        assert!(detail(r).contains("limited to the providers claude"));
+    }
+    let r = team.post_json(
+        "/api/tokens",
+        &serde_json::json!({"name": "claude-reader", "role": "reader", "providers": ["claude"]}),
+    );
+    assert_eq!(r.status(), 200);
+    let minted: serde_json::Value = r.json().unwrap();
+    assert_eq!(minted["providers"], serde_json::json!(["claude"]));
+
+    // Listing and looking up: the unlimited admin is not there.
+    let seen = token_ids(&team.get("/api/tokens").json().unwrap());
+    assert!(
+        !seen.contains(&root_id),
+        "a limited admin listed the root token"
+    );
+    assert!(seen.contains(&minted["id"].as_str().unwrap().to_string()));
+    let missing = team.get("/api/tokens/00000000-0000-0000-0000-000000000000");
+    assert_eq!(missing.status(), 404);
+    let hidden = team.get(&format!("/api/tokens/{root_id}"));
+    assert_eq!(hidden.status(), 404);
+
+    // Revoking the unlimited admin: 404 like a missing token; it still works.
+    let r = team.delete(&format!("/api/tokens/{root_id}"));
+    assert_eq!(r.status(), 404);
+    assert_eq!(root.get("/api/tokens").status(), 200);
+    // Its own kind it may revoke.
+    let r = team.delete(&format!("/api/tokens/{}", minted["id"].as_str().unwrap()));
+    assert_eq!(r.status(), 200);
+
+    // No whole-store backup or rotation.
+    let r = team.get("/api/admin/backup");
+    assert_eq!(r.status(), 403);
+    assert!(detail(r).contains("without a provider limit"));
+    let r = team
+        .req(reqwest::Method::POST, "/api/admin/rotate")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The unlimited admin still may.
+    assert_eq!(root.get("/api/admin/backup").status(), 200);
+    s.stop();
+
+    // The audit log keeps the truth of each refusal.
+    let recs = v.audit_records();
+    let refused = |action: &str| {
+        recs.iter()
+            .filter(|r| r["action"] == action && r["outcome"] == "forbidden")
+            .count()
+    };
+    assert_eq!(refused("token_create"), 3);
+    assert_eq!(refused("token_revoke"), 1);
+    assert_eq!(refused("backup"), 1);
+    assert_eq!(refused("rotate"), 1);
+}
+
+#[test]
+fn a_provider_limited_auditor_reads_no_audit_log() {
+    let v = Vault::new();
+    let limited = v.token("claude-auditor", "auditor", Some("claude"));
+    let full = v.token("auditor", "auditor", None);
+    let s = v.serve(&[]);
+    Api::new(&s, &v.admin).create_key("gemini", "g", "AIza-other-team");
+    let a = Api::new(&s, &limited);
+    for path in ["/api/audit", "/api/audit?format=csv", "/api/audit/verify"] {
+        let r = a.get(path);
+        assert_eq!(r.status(), 403, "{path}");
+        assert!(detail(r).contains("covers every provider"));
+    }
+    // An unlimited auditor reads it all.
+    let all = Api::new(&s, &full).get("/api/audit");
+    assert_eq!(all.status(), 200);
+    assert!(all.text().unwrap().contains("gemini"));
+}
+
+#[test]
+fn another_providers_key_answers_404_exactly_like_a_missing_one() {
+    let v = Vault::new();
+    let reader = v.token("claude-reader", "reader", Some("claude"));
+    let writer = v.token("claude-writer", "writer", Some("claude"));
+    let s = v.serve(&[("KEYHOLD_REVEAL_RATE", "100/min")]);
+    let gemini = Api::new(&s, &v.admin).create_key("gemini", "g", "AIza-secret");
+    let missing = "6f1c1a9e-0c3b-4d7e-9a51-2b8f0e6d4c21";
+    let body = |r: reqwest::blocking::Response| (r.status().as_u16(), detail(r));
+    let rd = Api::new(&s, &reader);
+    assert_eq!(
+        body(rd.get(&format!("/api/keys/{gemini}"))),
+        body(rd.get(&format!("/api/keys/{missing}")))
+    );
+    assert_eq!(body(rd.get(&format!("/api/keys/{gemini}"))).0, 404);
+    // The provider route: like a provider with no key at all.
+    let (status, text) = body(rd.get("/api/providers/gemini/key"));
+    let (status2, text2) = body(rd.get("/api/providers/mistral/key"));
+    assert_eq!((status, status2), (404, 404));
+    assert_eq!(text.replace("gemini", "P"), text2.replace("mistral", "P"));
+    // A delete too.
+    let w = Api::new(&s, &writer);
+    assert_eq!(
+        body(w.delete(&format!("/api/keys/{gemini}"))),
+        body(w.delete(&format!("/api/keys/{missing}")))
+    );
+    // The key is still there.
+    assert_eq!(
+        Api::new(&s, &v.admin)
+            .get(&format!("/api/keys/{gemini}"))
+            .status(),
+        200
+    );
+    s.stop();
+    // The audit records keep the truth: forbidden for the other provider's
+    // key, not_found for the missing one.
+    let recs = v.audit_records();
+    let outcome_for = |action: &str, key: &str| -> Vec<String> {
+        recs.iter()
+            .filter(|r| r["action"] == action && r["key_id"] == key)
+            .map(|r| r["outcome"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(outcome_for("reveal", &gemini).contains(&"forbidden".to_string()));
+    assert!(outcome_for("reveal", missing)
+        .iter()
+        .all(|o| o == "not_found"));
+    assert_eq!(outcome_for("key_delete", &gemini), ["forbidden"]);
+    assert_eq!(outcome_for("key_delete", missing), ["not_found"]);
+}

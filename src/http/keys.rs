@@ -254,20 +254,31 @@ async fn delete_inner(state: &State, ctx: &Ctx, id: &str) -> Result<Response, Ap
         state.audit(ev, vec![]).await?;
         return Err(e);
     }
-    let id = Uuid::parse_str(id).map_err(|_| no_such_key())?;
-    let rec = state
-        .store
-        .get_key(&id)
-        .map_err(|e| ApiError::storage(&e))?
-        .ok_or_else(no_such_key)?;
-    let mut ev = state.event(ctx, Action::KeyDelete, Some(&caller), Outcome::Success);
-    ev.key_id = Some(id);
+    let mut ev = state.event(ctx, Action::KeyDelete, Some(&caller), Outcome::NotFound);
+    let found = match Uuid::parse_str(id) {
+        Ok(id) => {
+            ev.key_id = Some(id);
+            state
+                .store
+                .get_key(&id)
+                .map_err(|e| ApiError::storage(&e))?
+        }
+        Err(_) => None,
+    };
+    // A key of another provider answers exactly like a missing one (both
+    // are recorded, so they take as long); the record keeps the truth.
+    let Some(rec) = found else {
+        state.audit(ev, vec![]).await?;
+        return Err(no_such_key());
+    };
     ev.provider = Some(rec.provider.clone());
     if !caller.may_use_provider(&rec.provider) {
         ev.outcome = Outcome::Forbidden;
         state.audit(ev, vec![]).await?;
-        return Err(provider_forbidden(&rec.provider));
+        return Err(no_such_key());
     }
+    ev.outcome = Outcome::Success;
+    let id = rec.id;
     state.audit(ev, vec![Write::DeleteKey(rec)]).await?;
     state.gauges.add_keys(-1);
     Ok(ctx.json(
@@ -449,10 +460,12 @@ fn load(
                 .get_key(&id)
                 .map_err(storage)?
                 .ok_or((Outcome::NotFound, no_such_key()))?;
+            // Another provider's key answers like a missing one; the
+            // record keeps the truth.
             if !caller.may_use_provider(&rec.provider) {
                 ev.key_id = Some(rec.id);
                 ev.provider = Some(rec.provider.clone());
-                return Err((Outcome::Forbidden, provider_forbidden(&rec.provider)));
+                return Err((Outcome::Forbidden, no_such_key()));
             }
             Ok(rec)
         }
@@ -467,7 +480,7 @@ fn load(
                 return Err((Outcome::NotFound, none()));
             }
             if !caller.may_use_provider(provider) {
-                return Err((Outcome::Forbidden, provider_forbidden(provider)));
+                return Err((Outcome::Forbidden, none()));
             }
             let now = now_us();
             let mut newest_expired = None;
