@@ -424,3 +424,43 @@ fn another_providers_key_answers_404_exactly_like_a_missing_one() {
     assert_eq!(outcome_for("key_delete", &gemini), ["forbidden"]);
     assert_eq!(outcome_for("key_delete", missing), ["not_found"]);
 }
+
+#[test]
+fn an_unauthenticated_reveal_flood_leaves_a_handful_of_records_counting_every_attempt() {
+    let v = Vault::new();
+    let s = v.serve(&[("KEYHOLD_REVEAL_RATE", "1000000/s")]);
+    let id = Api::new(&s, &v.admin).create_key("claude", "k", "sk-flood");
+    let http = client();
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        let mut r = http.get(s.url(&format!("/api/keys/{id}")));
+        // Half with a bad token, half with none.
+        if i % 2 == 0 {
+            r = r.bearer_auth(format!("kh_{:0>43}", i));
+        }
+        assert_eq!(r.send().unwrap().status(), 401);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let (code, _, _) = s.stop();
+    assert_eq!(code, Some(0));
+    let recs = v.audit_records();
+    let flood: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r["action"] == "reveal" && r["outcome"] == "unauthenticated")
+        .collect();
+    let total: u64 = flood.iter().map(|r| r["count"].as_u64().unwrap_or(1)).sum();
+    assert_eq!(total, 1000, "every attempt is counted");
+    // One record per client per second (plus a second boundary).
+    assert!(
+        flood.len() as u64 <= seconds + 1,
+        "{} records for a flood of {seconds} s",
+        flood.len()
+    );
+    eprintln!(
+        "1000 unauthenticated reveals in {seconds} s -> {} audit records",
+        flood.len()
+    );
+    // The chain still verifies with the coalesced records in it.
+    let out = run_with_key(&v.key, &["audit", "verify", "--data-dir", v.dir_str()]);
+    assert_ok(&out);
+}

@@ -3,7 +3,8 @@
 //! A reveal is audit-first, in this order: resolve client IP → rate limit
 //! → authenticate → authorise → load → check expiry → decrypt → append the
 //! audit record (with last_used) durably → answer. Every attempt is
-//! recorded whatever its outcome; rate-limited ones are coalesced.
+//! recorded whatever its outcome; rate-limited and unauthenticated ones are
+//! coalesced.
 
 use bytes::Buf;
 use futures_util::Stream;
@@ -364,9 +365,16 @@ async fn reveal_allowed(
     let caller = match state.authenticate(ctx) {
         Ok(c) => c,
         Err(e) => {
+            // Counted like rate-limited attempts (one record per client
+            // and second, with a count): a flood of bad or missing tokens
+            // cannot fill the disk, and none goes uncounted.
             if e.status == StatusCode::UNAUTHORIZED {
                 ev.outcome = Outcome::Unauthenticated;
-                state.audit(ev, vec![]).await?;
+                metrics::counter!("keyhold_reveals_total", "outcome" => Outcome::Unauthenticated.as_str())
+                    .increment(1);
+                state
+                    .coalescer
+                    .add(&ctx.client_key().to_string(), ev, now_us());
             }
             return Err(e);
         }
