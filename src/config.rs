@@ -252,6 +252,11 @@ pub struct ServeArgs {
     /// body (slow-loris guard; 408 for a body that does not arrive).
     #[arg(long, env = "KEYHOLD_HEADER_TIMEOUT", default_value_t = 10)]
     pub header_timeout: u64,
+    /// Request bodies read at once, at most (each up to 64 KiB, read only
+    /// once the caller is authenticated); further uploads wait up to the
+    /// header timeout, then get 503.
+    #[arg(long, env = "KEYHOLD_MAX_BODY_READS", default_value_t = 64)]
+    pub max_body_reads: usize,
     /// Milliseconds a request waits for its audit record to be durable
     /// before it is refused with 503.
     #[arg(long, env = "KEYHOLD_AUDIT_TIMEOUT_MS", default_value_t = 5000)]

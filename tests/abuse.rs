@@ -464,3 +464,162 @@ fn an_unauthenticated_reveal_flood_leaves_a_handful_of_records_counting_every_at
     let out = run_with_key(&v.key, &["audit", "verify", "--data-dir", v.dir_str()]);
     assert_ok(&out);
 }
+
+/// Resident memory of a process, KiB (from /proc).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A body that is declared and never sent.
+type Silent = http_body_util::StreamBody<
+    futures_util::stream::Pending<
+        Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >,
+>;
+
+/// `conns` HTTP/2 connections, each with `streams` token-less POSTs to
+/// `path` that declare a 1000-byte body and send none, all in flight at
+/// once. Returns every answer's status.
+async fn silent_h2_uploads(addr: &str, path: &str, conns: usize, streams: usize) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake::<_, _, Silent>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..streams {
+            let mut send = send.clone();
+            let uri = format!("http://{addr}{path}");
+            tasks.push(tokio::spawn(async move {
+                let req = http::Request::post(uri)
+                    .header("content-type", "application/json")
+                    .header("content-length", "1000")
+                    .body(http_body_util::StreamBody::new(
+                        futures_util::stream::pending(),
+                    ))
+                    .unwrap();
+                match send.send_request(req).await {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                }
+            }));
+        }
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[test]
+fn two_thousand_token_less_http2_uploads_that_send_no_body_leave_rss_flat() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Warm up the server's allocator and HTTP/2 machinery.
+    let warm = rt.block_on(silent_h2_uploads(&s.addr, "/api/keys", 2, 64));
+    assert!(warm.iter().all(|s| *s == 401), "{warm:?}");
+    let before = rss_kib(s.pid());
+    // Sample the server's RSS while the flood runs.
+    let pid = s.pid();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak.max(rss_kib(pid))
+        })
+    };
+    let mut statuses = rt.block_on(silent_h2_uploads(&s.addr, "/api/keys", 16, 64));
+    statuses.extend(rt.block_on(silent_h2_uploads(&s.addr, "/api/tokens", 16, 64)));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    assert_eq!(statuses.len(), 2048);
+    assert!(
+        statuses.iter().all(|s| *s == 401),
+        "{:?}",
+        statuses
+            .iter()
+            .filter(|s| **s != 401)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "server RSS before {before} KiB, peak during 2048 silent uploads {peak} KiB (+{grew} KiB)"
+    );
+    assert!(grew < 8 * 1024, "the server grew by {grew} KiB");
+    // And it still answers.
+    assert_eq!(
+        client().get(s.url("/healthz")).send().unwrap().status(),
+        200
+    );
+}
+
+#[test]
+fn a_token_less_http1_upload_gets_its_401_and_bodies_read_at_once_are_bounded() {
+    use std::io::{Read, Write};
+    let v = Vault::new();
+    let s = v.serve(&[
+        ("KEYHOLD_MAX_BODY_READS", "1"),
+        ("KEYHOLD_HEADER_TIMEOUT", "2"),
+    ]);
+    // A whole body sent without a token: a clean 401 with its detail, not
+    // a reset connection.
+    let big = serde_json::json!({"provider": "claude", "key_name": "k", "api_key": "x".repeat(60 * 1024)});
+    let r = client().post(s.url("/api/keys")).json(&big).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(detail(r).contains("Authorization"));
+    // Authenticated uploads that declare a body and never finish it: the
+    // first holds the one body-read permit (2 s), the second queues for it
+    // and then holds it (2 s more)...
+    let slow_upload = || {
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        write!(
+            c,
+            "POST /api/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+            v.admin
+        )
+        .unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        c
+    };
+    let slow = [slow_upload(), slow_upload()];
+    // ...so a third waits its 2 s for a permit, then is refused with 503.
+    let started = std::time::Instant::now();
+    let r = Api::new(&s, &v.admin).post_json(
+        "/api/keys",
+        &serde_json::json!({"provider": "claude", "key_name": "k2", "api_key": "sk-2"}),
+    );
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(detail(r).contains("too many request bodies"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // The slow ones each got a 408; then uploads go through again.
+    for mut c in slow {
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    Api::new(&s, &v.admin).create_key("claude", "k3", "sk-3");
+}

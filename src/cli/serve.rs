@@ -164,6 +164,7 @@ async fn serve(
         proxies: args.trusted_proxies.clone(),
         coalescer: Coalescer::new(),
         read_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        body_reads: tokio::sync::Semaphore::new(args.max_body_reads.max(1)),
         metrics,
         gauges,
         maintenance: Arc::new(tokio::sync::Mutex::new(())),

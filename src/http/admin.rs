@@ -137,9 +137,17 @@ where
     B: Buf,
 {
     let res = async {
-        let body = ctx.read_json_body(body).await;
-        let caller = admin_caller(&state, &ctx, Action::TokenCreate).await?;
-        let body = body?;
+        // Authenticated and authorised before the body is read.
+        let caller = match admin_caller(&state, &ctx, Action::TokenCreate).await {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.discard_body(body).await;
+                return Err(e);
+            }
+        };
+        let permit = state.body_permit().await?;
+        let body = ctx.read_json_body(body).await?;
+        drop(permit);
         let obj = body.as_object().ok_or_else(|| {
             ApiError::invalid("the body must be a JSON object with name and role")
         })?;

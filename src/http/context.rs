@@ -17,6 +17,15 @@ use crate::limiter::{Decision, TrustedProxies};
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Where a body of unknown length starts: it grows with what arrives.
+const FIRST_BODY_BUFFER: usize = 1024;
+
+/// The HTTP version of a request, inserted by keyhold's own server as a
+/// request extension (a refused HTTP/1 upload is drained, an HTTP/2 one
+/// is simply reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpVersion(pub http::Version);
+
 /// The connection a request came over, inserted by keyhold's own server
 /// as a request extension (warp 0.4 has no remote-address filter).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +78,8 @@ pub struct Ctx {
     pub headers: HeaderMap,
     /// Time the client has to send the body once its headers arrived.
     pub read_timeout: std::time::Duration,
+    /// The request's HTTP version (HTTP/1.1 unless the server said).
+    pub version: http::Version,
     /// The authenticated caller's name, for the request log.
     caller: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -107,6 +118,7 @@ impl Ctx {
             forwarded,
             headers,
             read_timeout,
+            version: http::Version::HTTP_11,
             caller: Default::default(),
         }
     }
@@ -164,7 +176,9 @@ impl Ctx {
     }
 
     /// Reads a body of at most [`MAX_BODY`] bytes from `stream`, checking
-    /// the content type is JSON.
+    /// the content type is JSON. Call it only once the caller is
+    /// authenticated and authorised, holding a body-read permit: an
+    /// unauthenticated upload must cost nothing.
     pub async fn read_json_body<S, B>(&self, stream: S) -> Result<serde_json::Value, ApiError>
     where
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
@@ -177,10 +191,12 @@ impl Ctx {
                 None => return Err(ApiError::bad_request("invalid Content-Length header")),
             }
         }
-        // The (bounded) body is read before any other verdict, so the
-        // client is never cut off mid-upload and the connection stays
-        // usable for its next request.
-        let bytes = tokio::time::timeout(self.read_timeout, read_limited(stream))
+        let declared = self
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<usize>().ok());
+        let bytes = tokio::time::timeout(self.read_timeout, read_limited(stream, declared))
             .await
             .map_err(|_| {
                 ApiError::new(
@@ -208,6 +224,42 @@ impl Ctx {
                 e.classify_str()
             ))
         })
+    }
+
+    /// Throws away the body of a request refused before it was read
+    /// (unauthenticated, forbidden), keeping nothing: on HTTP/1 the body
+    /// is read chunk by chunk and dropped (at most [`MAX_BODY`] bytes, at
+    /// most the read timeout), so a client still sending gets the answer
+    /// rather than a reset connection; on HTTP/2 nothing is read, as the
+    /// stream is reset after the answer.
+    pub async fn discard_body<S, B>(&self, mut stream: S)
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Unpin,
+        B: Buf,
+    {
+        if self.version != http::Version::HTTP_11 && self.version != http::Version::HTTP_10 {
+            return;
+        }
+        let declared = self
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            // Too large to wait for: hyper closes the connection.
+            return;
+        }
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(chunk)) = stream.next().await {
+                seen += chunk.remaining();
+                drop(chunk);
+                if seen > MAX_BODY {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.read_timeout, drain).await;
     }
 
     /// Notes who the request is from (the request log names the caller).
@@ -265,20 +317,34 @@ fn too_large() -> ApiError {
     ))
 }
 
-/// Reads the body into one buffer allocated once at its largest size (no
-/// reallocation copies) and zeroized when dropped: bodies carry API keys.
-async fn read_limited<S, B>(mut stream: S) -> Result<Zeroizing<Vec<u8>>, ApiError>
+/// Reads the body into a buffer zeroized when dropped (bodies carry API
+/// keys), sized by what arrives rather than by the cap: the declared
+/// length when there is one, else a small buffer that doubles as data
+/// comes, each outgrown buffer zeroized (no copy of a key is left behind).
+async fn read_limited<S, B>(
+    mut stream: S,
+    declared: Option<usize>,
+) -> Result<Zeroizing<Vec<u8>>, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let mut out = Zeroizing::new(Vec::with_capacity(MAX_BODY));
+    let first = declared.unwrap_or(FIRST_BODY_BUFFER).min(MAX_BODY);
+    let mut out = Zeroizing::new(Vec::with_capacity(first));
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|_| {
             ApiError::bad_request("the request body could not be read: send it again")
         })?;
-        if out.len() + chunk.remaining() > MAX_BODY {
+        let needed = out.len() + chunk.remaining();
+        if needed > MAX_BODY {
             return Err(too_large());
+        }
+        if needed > out.capacity() {
+            let cap = needed.max(out.capacity() * 2).min(MAX_BODY);
+            let mut bigger = Zeroizing::new(Vec::with_capacity(cap));
+            bigger.extend_from_slice(&out);
+            // The old buffer is zeroized as it drops here.
+            out = bigger;
         }
         while chunk.has_remaining() {
             let c = chunk.chunk();

@@ -71,16 +71,25 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    // Read the (bounded) body first so the client is never cut off
-    // mid-upload; authentication and scope still decide the answer first.
-    let body = ctx.read_json_body(body).await;
-    let caller = state.authenticate(ctx)?;
+    // Authentication and scope come before the body is read: a refused
+    // upload costs no buffer (its body is drained and dropped, or its
+    // stream reset).
+    let caller = match state.authenticate(ctx) {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.discard_body(body).await;
+            return Err(e);
+        }
+    };
     if let Err(e) = require(&caller, Scope::KeysWrite) {
         let ev = state.event(ctx, Action::KeyCreate, Some(&caller), Outcome::Forbidden);
         state.audit(ev, vec![]).await?;
+        ctx.discard_body(body).await;
         return Err(e);
     }
-    let mut body = body?;
+    let permit = state.body_permit().await?;
+    let mut body = ctx.read_json_body(body).await?;
+    drop(permit);
     let input = NewKey::from_json(&mut body)?;
     if !caller.may_use_provider(&input.provider) {
         let mut ev = state.event(ctx, Action::KeyCreate, Some(&caller), Outcome::Forbidden);

@@ -434,6 +434,8 @@ impl ConnCtx {
         let observer = self.observer;
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(peer.clone());
+            let version = super::context::HttpVersion(req.version());
+            req.extensions_mut().insert(version);
             let method = req.method().clone();
             let route = super::route_label(&method, req.uri().path());
             let mut svc = svc.clone();
