@@ -623,3 +623,197 @@ fn a_token_less_http1_upload_gets_its_401_and_bodies_read_at_once_are_bounded() 
     }
     Api::new(&s, &v.admin).create_key("claude", "k3", "sk-3");
 }
+
+/// A TCP connection to `addr` from the local address `from` (any
+/// 127.0.0.0/8 address is loopback on Linux).
+fn connect_from(from: &str, addr: &str) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let stream = sock.connect(addr.parse().unwrap()).await.unwrap();
+        stream.into_std().unwrap()
+    })
+}
+
+/// True once the server has closed `sock` (end of stream or reset).
+fn closed_by_server(sock: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    sock.set_nonblocking(false).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match sock.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn silent_sockets_from_several_addresses_do_not_starve_healthz_beyond_the_deadline() {
+    use std::io::Write;
+    let v = Vault::new();
+    let s = v.serve(&[
+        ("KEYHOLD_MAX_CONNECTIONS", "32"),
+        ("KEYHOLD_MAX_CONNECTIONS_PER_IP", "8"),
+        ("KEYHOLD_HANDSHAKE_TIMEOUT", "2"),
+    ]);
+    // 4 addresses x 8 sockets hold every connection slot: most send
+    // nothing, some stop in the middle of the HTTP/2 preface (protocol
+    // detection never ends on its own).
+    let mut socks = Vec::new();
+    for a in 2..=5 {
+        for k in 0..8 {
+            let mut c = connect_from(&format!("127.0.0.{a}"), &s.addr);
+            if k == 0 {
+                c.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+            }
+            socks.push(c);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let r = client().get(s.url("/healthz")).send().unwrap();
+    let waited = started.elapsed();
+    assert_eq!(r.status(), 200);
+    eprintln!("/healthz answered after {waited:?} behind 32 silent sockets (deadline 2 s)");
+    assert!(
+        waited < std::time::Duration::from_secs(8),
+        "/healthz waited {waited:?}"
+    );
+    // Every silent socket was closed by the server.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let closed = socks
+        .iter_mut()
+        .map(closed_by_server)
+        .filter(|c| *c)
+        .count();
+    assert_eq!(closed, socks.len(), "silent sockets left open");
+}
+
+async fn h2_connection(
+    addr: &str,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<std::time::Instant>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            // The client PINGs every 300 ms and the server answers: the
+            // transport is busy, but no stream is open.
+            .keep_alive_interval(std::time::Duration::from_millis(300))
+            .keep_alive_while_idle(true)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+        std::time::Instant::now()
+    });
+    (send, ended)
+}
+
+#[test]
+fn an_idle_http2_connection_answering_pings_is_closed() {
+    let v = Vault::new();
+    let s = v.serve(&[("KEYHOLD_IDLE_TIMEOUT", "2")]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // One connection that never opens a stream, one that makes a
+        // request and then idles.
+        let started = std::time::Instant::now();
+        let (_silent, silent_ended) = h2_connection(&s.addr).await;
+        let (mut used, used_ended) = h2_connection(&s.addr).await;
+        let req = http::Request::get(format!("http://{}/healthz", s.addr))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let asked = std::time::Instant::now();
+        assert_eq!(used.send_request(req).await.unwrap().status(), 200);
+        let limit = std::time::Duration::from_secs(15);
+        let silent_at = tokio::time::timeout(limit, silent_ended)
+            .await
+            .expect("an HTTP/2 connection with no stream stayed open")
+            .unwrap();
+        let used_at = tokio::time::timeout(limit, used_ended)
+            .await
+            .expect("an idle HTTP/2 connection stayed open")
+            .unwrap();
+        let (a, b) = (silent_at - started, used_at - asked);
+        eprintln!("idle HTTP/2 connections closed after {a:?} and {b:?} (idle timeout 2 s)");
+        assert!(
+            a >= std::time::Duration::from_millis(1500),
+            "closed too early: {a:?}"
+        );
+        assert!(
+            b >= std::time::Duration::from_millis(1500),
+            "closed too early: {b:?}"
+        );
+    });
+    // The server is fine and serves the next connection.
+    assert_eq!(
+        client().get(s.url("/healthz")).send().unwrap().status(),
+        200
+    );
+}
+
+/// Sends `bytes` on a fresh connection and reads the whole answer.
+fn raw_exchange(addr: &str, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = c.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json_detail_of(answer: &str) -> String {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not a JSON answer: {answer:?}"));
+    v["detail"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn requests_that_are_not_http_or_have_oversized_headers_get_a_json_detail() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    // A TLS hello on the plain-HTTP port.
+    let hello = [
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ];
+    let a = raw_exchange(&s.addr, &hello);
+    assert!(a.starts_with("HTTP/1.1 400 "), "{a:?}");
+    assert!(json_detail_of(&a).contains("not an HTTP request"));
+    // Junk that starts like a method.
+    let a = raw_exchange(&s.addr, b"HELLO THERE\r\n\r\n");
+    assert!(a.starts_with("HTTP/1.1 400 "), "{a:?}");
+    assert!(json_detail_of(&a).contains("could not be read as HTTP/1.1"));
+    // Headers over 64 KiB.
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let a = raw_exchange(&s.addr, huge.as_bytes());
+    assert!(a.starts_with("HTTP/1.1 431 "), "{a:?}");
+    assert!(json_detail_of(&a).contains("larger than 64 KiB"));
+    // The server is unharmed.
+    assert_eq!(
+        client().get(s.url("/healthz")).send().unwrap().status(),
+        200
+    );
+}
