@@ -817,3 +817,53 @@ fn requests_that_are_not_http_or_have_oversized_headers_get_a_json_detail() {
         200
     );
 }
+
+#[test]
+fn a_tls_handshake_that_stops_halfway_is_closed_at_the_handshake_deadline() {
+    use std::io::Write;
+    let v = Vault::new();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert_path = v.tmp.path().join("cert.pem");
+    let key_path = v.tmp.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let s = Server::start_args(
+        &[
+            "--data-dir",
+            v.dir_str(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+        &[
+            ("FERNET_KEY", v.key.as_str()),
+            ("KEYHOLD_HANDSHAKE_TIMEOUT", "2"),
+            // Longer than the handshake deadline, which must be what ends it.
+            ("KEYHOLD_HEADER_TIMEOUT", "30"),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let mut silent = std::net::TcpStream::connect(&s.addr).unwrap();
+    let mut halfway = std::net::TcpStream::connect(&s.addr).unwrap();
+    // The first bytes of a ClientHello record, then nothing.
+    halfway
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut ended = [None, None];
+    while std::time::Instant::now() < deadline && ended.iter().any(Option::is_none) {
+        for (i, sock) in [&mut silent, &mut halfway].into_iter().enumerate() {
+            if ended[i].is_none() && closed_by_server(sock) {
+                ended[i] = Some(started.elapsed());
+            }
+        }
+    }
+    eprintln!("TLS connections closed after {ended:?} (handshake deadline 2 s)");
+    for e in ended {
+        let e = e.expect("a stalled TLS handshake was never closed");
+        assert!(e < std::time::Duration::from_secs(8), "closed after {e:?}");
+    }
+}

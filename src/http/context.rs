@@ -318,9 +318,10 @@ fn too_large() -> ApiError {
 }
 
 /// Reads the body into a buffer zeroized when dropped (bodies carry API
-/// keys), sized by what arrives rather than by the cap: the declared
-/// length when there is one, else a small buffer that doubles as data
-/// comes, each outgrown buffer zeroized (no copy of a key is left behind).
+/// keys), sized by what arrives rather than by the cap: nothing until the
+/// first bytes come, then at least 1 KiB, doubling as data comes (never
+/// past the declared length or the cap), each outgrown buffer zeroized so
+/// no copy of a key is left behind.
 async fn read_limited<S, B>(
     mut stream: S,
     declared: Option<usize>,
@@ -329,8 +330,8 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let first = declared.unwrap_or(FIRST_BODY_BUFFER).min(MAX_BODY);
-    let mut out = Zeroizing::new(Vec::with_capacity(first));
+    let ceiling = declared.unwrap_or(MAX_BODY).min(MAX_BODY);
+    let mut out = Zeroizing::new(Vec::new());
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|_| {
             ApiError::bad_request("the request body could not be read: send it again")
@@ -340,7 +341,10 @@ where
             return Err(too_large());
         }
         if needed > out.capacity() {
-            let cap = needed.max(out.capacity() * 2).min(MAX_BODY);
+            let cap = needed
+                .max(out.capacity() * 2)
+                .max(FIRST_BODY_BUFFER.min(ceiling))
+                .min(ceiling.max(needed));
             let mut bigger = Zeroizing::new(Vec::with_capacity(cap));
             bigger.extend_from_slice(&out);
             // The old buffer is zeroized as it drops here.
@@ -418,4 +422,41 @@ pub fn with_rate_headers(mut resp: Response, d: &Decision) -> Response {
     h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
     h.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(total: usize, size: usize) -> impl Stream<Item = Result<Bytes, warp::Error>> + Unpin {
+        let parts: Vec<Result<Bytes, warp::Error>> = (0..total)
+            .step_by(size)
+            .map(|i| Ok(Bytes::from(vec![b'x'; size.min(total - i)])))
+            .collect();
+        futures_util::stream::iter(parts)
+    }
+
+    #[tokio::test]
+    async fn a_body_buffer_grows_with_what_arrives_not_with_the_cap() {
+        // 10 bytes arrive although 64 KiB were declared.
+        let small = read_limited(chunks(10, 10), Some(MAX_BODY)).await.unwrap();
+        assert_eq!(small.len(), 10);
+        assert!(
+            small.capacity() <= FIRST_BODY_BUFFER,
+            "{}",
+            small.capacity()
+        );
+        // 3000 bytes in small pieces, no length declared.
+        let grown = read_limited(chunks(3000, 100), None).await.unwrap();
+        assert_eq!(&grown[..], &vec![b'x'; 3000][..]);
+        assert!(grown.capacity() < 8 * 1024, "{}", grown.capacity());
+        // A declared length is never outgrown.
+        let exact = read_limited(chunks(5000, 1000), Some(5000)).await.unwrap();
+        assert_eq!(exact.capacity(), 5000);
+        // Past the cap: 413.
+        let err = read_limited(chunks(MAX_BODY + 1, 4096), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
 }
