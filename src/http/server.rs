@@ -496,9 +496,13 @@ impl ConnCtx {
                 let mut svc = svc.clone();
                 let observer = observer.clone();
                 let peer = peer.clone();
+                let last_request = last_request.clone();
                 async move {
                     let started = Instant::now();
                     let resp = tower_service::Service::call(&mut svc, req).await;
+                    // A request that took long counts as activity until it
+                    // was answered.
+                    last_request.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
                     if let Ok(r) = &resp {
                         let info = r.extensions().get::<RequestInfo>();
                         observer(&RequestDone {
@@ -522,13 +526,14 @@ impl ConnCtx {
         tokio::pin!(conn);
         let mut stop = self.stop;
         let idle = self.limits.idle_timeout;
-        // Once closing, requests in flight get the shutdown grace to end.
-        let mut closing_since: Option<tokio::time::Instant> = None;
+        // Closing is graceful: a response in flight (a long export) still
+        // ends whole; HTTP/2 gets a GOAWAY and its open streams finish. At
+        // server shutdown, `serve` bounds the wait by the shutdown grace.
+        let mut closing = false;
         loop {
             let idle_at = tokio::time::Instant::from_std(
                 opened + Duration::from_millis(last_request.load(Ordering::Relaxed)) + idle,
             );
-            let hard_stop = closing_since.map(|t| t + self.limits.shutdown_grace);
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
@@ -536,21 +541,17 @@ impl ConnCtx {
                     }
                     break;
                 }
-                _ = tokio::time::sleep_until(idle_at), if closing_since.is_none() => {
+                _ = tokio::time::sleep_until(idle_at), if !closing => {
                     let since = Duration::from_millis(last_request.load(Ordering::Relaxed));
                     if opened.elapsed() >= since + idle {
                         tracing::debug!("idle connection closed");
                         conn.as_mut().graceful_shutdown();
-                        closing_since = Some(tokio::time::Instant::now());
+                        closing = true;
                     }
                 }
-                _ = stop.changed(), if closing_since.is_none() => {
+                _ = stop.changed(), if !closing => {
                     conn.as_mut().graceful_shutdown();
-                    closing_since = Some(tokio::time::Instant::now());
-                }
-                _ = tokio::time::sleep_until(hard_stop.unwrap_or(idle_at)), if hard_stop.is_some() => {
-                    tracing::debug!("connection still busy after its graceful close; dropped");
-                    break;
+                    closing = true;
                 }
             }
         }
