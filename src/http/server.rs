@@ -636,6 +636,10 @@ fn json_answer(status: u16, detail: &str) -> Vec<u8> {
 /// head with an empty body (keyhold's answers always carry JSON). Returns
 /// the same status with a JSON `detail` instead.
 fn json_for_bare_error(head: &[u8]) -> Option<Vec<u8>> {
+    // Cheap checks first: this looks at every HTTP/1 write.
+    if head.len() > 1024 || !head.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let code: u16 = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
     if !text.ends_with("\r\n\r\n")
@@ -735,6 +739,36 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
             }
         }
         Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_pending(cx))?;
+        if this.rewrite_errors {
+            // A bare answer is a head alone, in one slice.
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            let answer = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .filter(|b| b.len() == total)
+                .and_then(|b| json_for_bare_error(b));
+            if let Some(answer) = answer {
+                this.pending = answer;
+                if let Poll::Ready(Err(e)) = this.poll_pending(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(total));
+            }
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
