@@ -867,3 +867,25 @@ fn a_tls_handshake_that_stops_halfway_is_closed_at_the_handshake_deadline() {
         assert!(e < std::time::Duration::from_secs(8), "closed after {e:?}");
     }
 }
+
+#[test]
+fn a_token_less_upload_waiting_for_100_continue_is_refused_without_being_invited() {
+    use std::io::{Read, Write};
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    c.write_all(
+        b"POST /api/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    // The refusal comes at once, with no invitation to send the body.
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

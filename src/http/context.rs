@@ -230,14 +230,25 @@ impl Ctx {
     /// (unauthenticated, forbidden), keeping nothing: on HTTP/1 the body
     /// is read chunk by chunk and dropped (at most [`MAX_BODY`] bytes, at
     /// most the read timeout), so a client still sending gets the answer
-    /// rather than a reset connection; on HTTP/2 nothing is read, as the
-    /// stream is reset after the answer.
+    /// rather than a reset connection; on HTTP/2, or when the client waits
+    /// for `100 Continue`, nothing is read (the stream is reset after the
+    /// answer; the waiting client never sends the body).
     pub async fn discard_body<S, B>(&self, mut stream: S)
     where
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: Buf,
     {
         if self.version != http::Version::HTTP_11 && self.version != http::Version::HTTP_10 {
+            return;
+        }
+        // A client waiting for `100 Continue` has sent nothing yet: it gets
+        // the refusal instead (reading would make hyper invite the body).
+        let expects = self
+            .headers
+            .get(http::header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+        if expects {
             return;
         }
         let declared = self
