@@ -601,7 +601,7 @@ fn a_token_less_http1_upload_gets_its_401_and_bodies_read_at_once_are_bounded() 
         .unwrap();
         c.set_read_timeout(Some(std::time::Duration::from_secs(15)))
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::thread::sleep(std::time::Duration::from_millis(500));
         c
     };
     let slow = [slow_upload(), slow_upload()];
