@@ -191,6 +191,22 @@ impl Caller {
             Some(list) => list.iter().any(|p| p == provider),
         }
     }
+
+    /// True when the token is limited to some providers.
+    pub fn is_limited(&self) -> bool {
+        self.providers.is_some()
+    }
+
+    /// True when a token limited to `providers` (`None`: all) reaches no
+    /// further than this caller: a limited caller never mints, sees or
+    /// revokes a broader token.
+    pub fn covers(&self, providers: Option<&[String]>) -> bool {
+        match (&self.providers, providers) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(theirs)) => theirs.iter().all(|p| self.may_use_provider(p)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +233,28 @@ mod tests {
         assert!(!valid_provider("-a"));
         assert!(!valid_provider(&"a".repeat(65)));
         assert!(valid_provider(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn a_limited_caller_covers_only_narrower_tokens() {
+        let limited = Caller {
+            id: uuid::Uuid::nil(),
+            name: "team".into(),
+            scopes: Role::Admin.scopes(),
+            providers: Some(vec!["claude".into(), "gemini".into()]),
+        };
+        let all = Caller {
+            providers: None,
+            ..limited.clone()
+        };
+        let list = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert!(limited.covers(Some(&list(&["claude"]))));
+        assert!(limited.covers(Some(&list(&["gemini", "claude"]))));
+        assert!(!limited.covers(Some(&list(&["claude", "openai"]))));
+        assert!(!limited.covers(None));
+        assert!(all.covers(None));
+        assert!(all.covers(Some(&list(&["openai"]))));
+        assert!(limited.is_limited() && !all.is_limited());
     }
 
     #[test]

@@ -254,14 +254,28 @@ pub struct ServeArgs {
     /// Open connections at most.
     #[arg(long, env = "KEYHOLD_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
-    /// Open connections from one client address at most (trusted proxies
-    /// are exempt).
+    /// Open connections from one client address at most (an IPv4
+    /// address, an IPv6 /64; trusted proxies are exempt).
     #[arg(long, env = "KEYHOLD_MAX_CONNECTIONS_PER_IP", default_value_t = 128)]
     pub max_connections_per_ip: usize,
+    /// Seconds from accept until a connection's protocol is known (first
+    /// bytes, TLS handshake, HTTP/1-or-2 detection); silent sockets are
+    /// closed then.
+    #[arg(long, env = "KEYHOLD_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// Seconds a connection may go without starting a request before it
+    /// is closed (HTTP/2 connections answering PINGs included).
+    #[arg(long, env = "KEYHOLD_IDLE_TIMEOUT", default_value_t = 60)]
+    pub idle_timeout: u64,
     /// Seconds a client has to send a request's headers, and again its
     /// body (slow-loris guard; 408 for a body that does not arrive).
     #[arg(long, env = "KEYHOLD_HEADER_TIMEOUT", default_value_t = 10)]
     pub header_timeout: u64,
+    /// Request bodies read at once, at most (each up to 64 KiB, read only
+    /// once the caller is authenticated); further uploads wait up to the
+    /// header timeout, then get 503.
+    #[arg(long, env = "KEYHOLD_MAX_BODY_READS", default_value_t = 64)]
+    pub max_body_reads: usize,
     /// Milliseconds a request waits for its audit record to be durable
     /// before it is refused with 503.
     #[arg(long, env = "KEYHOLD_AUDIT_TIMEOUT_MS", default_value_t = 5000)]

@@ -17,7 +17,6 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use base64::Engine;
 use fernet::Fernet;
@@ -97,6 +96,22 @@ pub enum KeyringError {
         "KEYHOLD_KEY_COMMAND exited with {0}; run it by hand to see its error (its output is not shown here because it may hold keys)"
     )]
     CommandFailed(std::process::ExitStatus),
+    #[error(
+        "KEYHOLD_KEY_COMMAND did not finish within {} s and was killed; check that its secret \
+         manager answers, or give it longer with KEYHOLD_KEY_COMMAND_TIMEOUT (seconds)",
+        timeout.as_secs()
+    )]
+    CommandTimedOut { timeout: std::time::Duration },
+    #[error(
+        "KEYHOLD_KEY_COMMAND printed more than {} KiB and was killed; it must print only the \
+         key(s), one a line",
+        limit / 1024
+    )]
+    CommandOutputTooLarge { limit: usize },
+    #[error(
+        "KEYHOLD_KEY_COMMAND_TIMEOUT `{0}` is not a number of seconds from 1 to 3600; fix or unset it (default 30)"
+    )]
+    CommandTimeoutSetting(String),
     #[error("{origin} is not valid UTF-8; a key file holds one url-safe base64 key a line")]
     NotUtf8 { origin: KeySource },
 }
@@ -229,17 +244,8 @@ impl Keyring {
                         Self::parse_file_bytes(KeySource::File(path), Zeroizing::new(bytes))
                     }
                     _ => {
-                        let out = Command::new("sh")
-                            .arg("-c")
-                            .arg(value.expose())
-                            .stdin(Stdio::null())
-                            .stderr(Stdio::inherit())
-                            .output()
-                            .map_err(KeyringError::CommandSpawn)?;
-                        let stdout = Zeroizing::new(out.stdout);
-                        if !out.status.success() {
-                            return Err(KeyringError::CommandFailed(out.status));
-                        }
+                        let timeout = crate::key_command::timeout_from(&lookup)?;
+                        let stdout = crate::key_command::run(value.expose(), timeout)?;
                         Self::parse_file_bytes(KeySource::Command, stdout)
                     }
                 }

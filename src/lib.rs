@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod key_command;
 pub mod keyring;
 pub mod limiter;
 pub mod ops;

@@ -69,15 +69,28 @@ impl FromStr for RevealRate {
     }
 }
 
-/// The key a client is limited by.
+/// The key a client is limited by: an address (IPv6 by its /64), or the
+/// user id of a Unix-socket caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientKey(IpAddr);
+pub struct ClientKey(Who);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Who {
+    Ip(IpAddr),
+    /// A Unix-socket peer, by the uid the kernel vouches for.
+    Uid(u32),
+    /// A Unix-socket peer whose uid the OS did not give: all such share
+    /// one budget.
+    UnixUnknown,
+}
 
 impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            IpAddr::V4(v4) => write!(f, "{v4}"),
-            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+            Who::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
+            Who::Ip(IpAddr::V6(v6)) => write!(f, "{v6}/64"),
+            Who::Uid(uid) => write!(f, "unix uid={uid}"),
+            Who::UnixUnknown => f.write_str("unix uid=?"),
         }
     }
 }
@@ -85,18 +98,28 @@ impl fmt::Display for ClientKey {
 impl ClientKey {
     /// IPv4 as is (IPv4-mapped IPv6 too); IPv6 by its /64.
     pub fn of(ip: IpAddr) -> ClientKey {
-        match ip {
-            IpAddr::V4(_) => ClientKey(ip),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => ClientKey(IpAddr::V4(v4)),
-                None => {
-                    let s = v6.segments();
-                    ClientKey(IpAddr::V6(Ipv6Addr::new(
-                        s[0], s[1], s[2], s[3], 0, 0, 0, 0,
-                    )))
-                }
-            },
-        }
+        ClientKey(Who::Ip(network_of(ip)))
+    }
+
+    /// A Unix-socket caller, by its peer uid: local processes of other
+    /// users neither share its budget nor pass for 127.0.0.1.
+    pub fn unix(uid: Option<u32>) -> ClientKey {
+        ClientKey(uid.map_or(Who::UnixUnknown, Who::Uid))
+    }
+}
+
+/// The address a client is counted under: IPv4 as is (IPv4-mapped IPv6
+/// too), IPv6 by its /64 (one host usually holds a whole /64).
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -153,9 +176,14 @@ impl RevealLimiter {
 
     /// Takes one cell for `ip`, or refuses.
     pub fn check(&self, ip: IpAddr) -> Decision {
+        self.check_client(ClientKey::of(ip))
+    }
+
+    /// Takes one cell for `client`, or refuses.
+    pub fn check_client(&self, client: ClientKey) -> Decision {
         let limit = self.rate.count.get();
         let per_cell = self.rate.period / limit;
-        match self.limiter.check_key(&ClientKey::of(ip)) {
+        match self.limiter.check_key(&client) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let used = u64::from(limit - remaining.min(limit));
@@ -316,6 +344,16 @@ mod tests {
         let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
         assert_eq!(ClientKey::of(a), ClientKey::of(b));
         assert_ne!(ClientKey::of(a), ClientKey::of(c));
+    }
+
+    #[test]
+    fn unix_callers_are_limited_by_uid_apart_from_loopback() {
+        let l = RevealLimiter::new("1/min".parse().unwrap());
+        assert!(l.check_client(ClientKey::unix(Some(1000))).allowed);
+        assert!(!l.check_client(ClientKey::unix(Some(1000))).allowed);
+        assert!(l.check_client(ClientKey::unix(Some(1001))).allowed);
+        assert!(l.check("127.0.0.1".parse().unwrap()).allowed);
+        assert_eq!(ClientKey::unix(Some(7)).to_string(), "unix uid=7");
     }
 
     #[test]

@@ -221,11 +221,12 @@ fn scopes_and_provider_limits_answer_403() {
             .status(),
         403
     );
-    // A provider-limited token sees and reveals only its providers.
+    // A provider-limited token sees and reveals only its providers; the
+    // others' keys answer 404, like missing ones (issue 14).
     let c = Api::new(&s, &claude_only);
     assert_eq!(c.get(&format!("/api/keys/{claude}")).status(), 200);
-    assert_eq!(c.get(&format!("/api/keys/{gemini}")).status(), 403);
-    assert_eq!(c.get("/api/providers/gemini/key").status(), 403);
+    assert_eq!(c.get(&format!("/api/keys/{gemini}")).status(), 404);
+    assert_eq!(c.get("/api/providers/gemini/key").status(), 404);
     let listed: Vec<serde_json::Value> = c.get("/api/keys").json().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["provider"], "claude");

@@ -1,6 +1,7 @@
-//! Flood-proof records: rate-limited attempts are counted in memory and
-//! written as at most one record per client per second, with a `count`,
-//! so a flood cannot fill the disk and no attempt goes uncounted.
+//! Flood-proof records: rate-limited and unauthenticated attempts are
+//! counted in memory and written as at most one record per client, outcome
+//! and second, with a `count`, so a flood cannot fill the disk and no
+//! attempt goes uncounted.
 //!
 //! A client is what the rate limiter keys on (an IPv4 address, an IPv6
 //! /64), so rotating addresses inside one /64 does not defeat it.
@@ -24,8 +25,8 @@ struct Pending {
 /// Counts coalesced attempts until they are drained into records.
 #[derive(Default)]
 pub struct Coalescer {
-    /// (client key, second) → what is counted.
-    pending: Mutex<HashMap<(String, i64), Pending>>,
+    /// (client key, outcome, second) → what is counted.
+    pending: Mutex<HashMap<(String, &'static str, i64), Pending>>,
 }
 
 impl std::fmt::Debug for Coalescer {
@@ -49,7 +50,7 @@ impl Coalescer {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        let mut key = (client.to_string(), second);
+        let mut key = (client.to_string(), event.outcome.as_str(), second);
         if !map.contains_key(&key) && map.len() >= MAX_PENDING {
             key.0 = "*".to_string();
         }
@@ -91,14 +92,14 @@ impl Coalescer {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        let due: Vec<(String, i64)> = map
+        let due: Vec<(String, &'static str, i64)> = map
             .keys()
-            .filter(|(_, s)| all || *s < second)
+            .filter(|(_, _, s)| all || *s < second)
             .cloned()
             .collect();
         due.into_iter()
             .filter_map(|k| map.remove(&k).map(|p| (k, p)))
-            .map(|((client, second), p)| Drained {
+            .map(|((client, _, second), p)| Drained {
                 event: finish(&client, second, p),
                 client,
                 second,
@@ -194,6 +195,26 @@ mod tests {
         let d = c.drain(5_000_000, false);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].event.count, Some(6));
+    }
+
+    #[test]
+    fn outcomes_are_counted_apart() {
+        let c = Coalescer::new();
+        for _ in 0..3 {
+            c.add("a", ev("1.2.3.4"), 0);
+        }
+        let mut unauth = ev("1.2.3.4");
+        unauth.outcome = Outcome::Unauthenticated;
+        for _ in 0..2 {
+            c.add("a", unauth.clone(), 0);
+        }
+        let mut d = c.drain(2_000_000, false);
+        d.sort_by_key(|d| d.event.count);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].event.outcome, Outcome::Unauthenticated);
+        assert_eq!(d[0].event.count, Some(2));
+        assert_eq!(d[1].event.outcome, Outcome::RateLimited);
+        assert_eq!(d[1].event.count, Some(3));
     }
 
     #[test]

@@ -37,6 +37,14 @@ fn valid_env_name(n: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
+/// True for a variable of keyhold's own that `exec` never hands to its
+/// child: every `KEYHOLD_*` (the access token and its file, the key
+/// command, the server's settings) and every `FERNET_*` (the keyring).
+fn is_keyholds_own(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper.starts_with("KEYHOLD_") || upper.starts_with("FERNET_")
+}
+
 /// Variables a `--pristine` command keeps from this environment.
 const PRISTINE_KEEP: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
 
@@ -102,8 +110,16 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    // keyhold's own credential is not the command's business.
-    cmd.env_remove("KEYHOLD_TOKEN");
+    // keyhold's own credentials and key sources are not the command's
+    // business, whatever --pristine says: the child is often an agent a
+    // prompt can steer.
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str() {
+            if is_keyholds_own(name) {
+                cmd.env_remove(name);
+            }
+        }
+    }
     for (var, secret) in &secrets {
         cmd.env(var, secret.expose());
     }

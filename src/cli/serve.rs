@@ -164,6 +164,7 @@ async fn serve(
         proxies: args.trusted_proxies.clone(),
         coalescer: Coalescer::new(),
         read_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        body_reads: tokio::sync::Semaphore::new(args.max_body_reads.max(1)),
         metrics,
         gauges,
         maintenance: Arc::new(tokio::sync::Mutex::new(())),
@@ -197,7 +198,9 @@ async fn serve(
     let limits = Limits {
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
         header_read_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         ..Limits::default()
     };
     serve_http(

@@ -68,7 +68,34 @@ async fn admin_caller(state: &State, ctx: &Ctx, action: Action) -> Result<Caller
     Ok(caller)
 }
 
-/// GET /api/tokens
+/// Refuses a provider-limited caller an operation on the whole store
+/// (rotation, backup), recording the refusal.
+async fn whole_store_caller(
+    state: &State,
+    ctx: &Ctx,
+    action: Action,
+    what: &str,
+) -> Result<Caller, ApiError> {
+    let caller = admin_caller(state, ctx, action).await?;
+    if caller.is_limited() {
+        let mut ev = state.event(ctx, action, Some(&caller), Outcome::Forbidden);
+        ev.detail = Some("provider-limited token".into());
+        state.audit(ev, vec![]).await?;
+        return Err(ApiError::forbidden(format!(
+            "this token is limited to some providers, and {what} covers every provider's keys: \
+             use an admin token without a provider limit"
+        )));
+    }
+    Ok(caller)
+}
+
+/// A token beyond the caller's providers is answered like a missing one.
+fn token_beyond(id: &str) -> ApiError {
+    token_error(TokenError::NotFound(id.chars().take(64).collect()))
+}
+
+/// GET /api/tokens — a provider-limited admin sees only the tokens that
+/// reach no further than itself.
 pub async fn list_tokens(state: State, ctx: Ctx) -> Response {
     let res = async {
         let caller = state.authenticate(&ctx)?;
@@ -77,7 +104,11 @@ pub async fn list_tokens(state: State, ctx: Ctx) -> Response {
             .store
             .list_tokens()
             .map_err(|e| ApiError::storage(&e))?;
-        let out: Vec<TokenInfo> = all.iter().map(|(_, r)| TokenInfo::of(r)).collect();
+        let out: Vec<TokenInfo> = all
+            .iter()
+            .filter(|(_, r)| caller.covers(r.providers.as_deref()))
+            .map(|(_, r)| TokenInfo::of(r))
+            .collect();
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &out))
     }
     .await;
@@ -90,6 +121,9 @@ pub async fn get_token(id: String, state: State, ctx: Ctx) -> Response {
         let caller = state.authenticate(&ctx)?;
         require(&caller, Scope::Admin)?;
         let (_, rec) = tokens::find(&state.store, &id).map_err(token_error)?;
+        if !caller.covers(rec.providers.as_deref()) {
+            return Err(token_beyond(&id));
+        }
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &TokenInfo::of(&rec)))
     }
     .await;
@@ -103,9 +137,17 @@ where
     B: Buf,
 {
     let res = async {
-        let body = ctx.read_json_body(body).await;
-        let caller = admin_caller(&state, &ctx, Action::TokenCreate).await?;
-        let body = body?;
+        // Authenticated and authorised before the body is read.
+        let caller = match admin_caller(&state, &ctx, Action::TokenCreate).await {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.discard_body(body).await;
+                return Err(e);
+            }
+        };
+        let permit = state.body_permit().await?;
+        let body = ctx.read_json_body(body).await?;
+        drop(permit);
         let obj = body.as_object().ok_or_else(|| {
             ApiError::invalid("the body must be a JSON object with name and role")
         })?;
@@ -140,6 +182,20 @@ where
         };
         let prepared =
             tokens::prepare(&state.store, &name, role, providers).map_err(token_error)?;
+        // A limited admin mints nothing broader than itself.
+        if !caller.covers(prepared.record.providers.as_deref()) {
+            let mut ev = state.event(&ctx, Action::TokenCreate, Some(&caller), Outcome::Forbidden);
+            ev.detail = Some(format!(
+                "token `{}` would reach beyond the caller's providers",
+                prepared.record.name
+            ));
+            state.audit(ev, vec![]).await?;
+            return Err(ApiError::forbidden(format!(
+                "this token is limited to the providers {}: a token it creates must be limited to \
+                 some of them (set `providers`)",
+                caller.providers.as_deref().unwrap_or_default().join(", ")
+            )));
+        }
         let mut ev = state.event(&ctx, Action::TokenCreate, Some(&caller), Outcome::Success);
         ev.detail = Some(format!(
             "token {} `{}` role {}",
@@ -165,6 +221,17 @@ pub async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response {
     let res = async {
         let caller = admin_caller(&state, &ctx, Action::TokenRevoke).await?;
         let (hash, rec) = tokens::find(&state.store, &id).map_err(token_error)?;
+        // A broader token is answered like a missing one; the record keeps
+        // the truth.
+        if !caller.covers(rec.providers.as_deref()) {
+            let mut ev = state.event(&ctx, Action::TokenRevoke, Some(&caller), Outcome::Forbidden);
+            ev.detail = Some(format!(
+                "token {} `{}` reaches beyond the caller's providers",
+                rec.id, rec.name
+            ));
+            state.audit(ev, vec![]).await?;
+            return Err(token_beyond(&id));
+        }
         let (rec, write) = tokens::revoke(hash, rec).map_err(token_error)?;
         let mut ev = state.event(&ctx, Action::TokenRevoke, Some(&caller), Outcome::Success);
         ev.detail = Some(format!("token {} `{}`", rec.id, rec.name));
@@ -181,7 +248,7 @@ pub async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response {
 /// POST /api/admin/rotate — re-encrypt everything under the newest key.
 pub async fn rotate(state: State, ctx: Ctx) -> Response {
     let res = async {
-        let caller = admin_caller(&state, &ctx, Action::Rotate).await?;
+        let caller = whole_store_caller(&state, &ctx, Action::Rotate, "a rotation").await?;
         let Ok(_guard) = state.maintenance.try_lock() else {
             return Err(ApiError::conflict(
                 "a rotation or backup is already running: wait for it to finish",
@@ -227,7 +294,7 @@ pub async fn rotate(state: State, ctx: Ctx) -> Response {
 /// temporary file (local disk speed), not while a slow client downloads.
 pub async fn backup(state: State, ctx: Ctx) -> Response {
     let res = async {
-        let caller = admin_caller(&state, &ctx, Action::Backup).await?;
+        let caller = whole_store_caller(&state, &ctx, Action::Backup, "a backup").await?;
         let guard = state.maintenance.clone().try_lock_owned().map_err(|_| {
             ApiError::conflict("a rotation or backup is already running: wait for it to finish")
         })?;

@@ -34,6 +34,16 @@ pub fn parse_export_query(query: &str) -> Result<(ExportFilter, ExportFormat), A
     Ok((f, format))
 }
 
+/// The audit log is one chain over every provider: a provider-limited
+/// token reads none of it (a filtered view could not be verified, and
+/// records without a provider would leak or vanish).
+fn limited_audit_reader() -> ApiError {
+    ApiError::forbidden(
+        "this token is limited to some providers, and the audit log covers every provider: \
+         read it with an auditor token without a provider limit",
+    )
+}
+
 /// GET /api/audit
 pub async fn export(state: State, ctx: Ctx, query: String) -> Response {
     let res = async {
@@ -42,6 +52,12 @@ pub async fn export(state: State, ctx: Ctx, query: String) -> Response {
             let ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Forbidden);
             state.audit(ev, vec![]).await?;
             return Err(e);
+        }
+        if caller.is_limited() {
+            let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Forbidden);
+            ev.detail = Some("provider-limited token".into());
+            state.audit(ev, vec![]).await?;
+            return Err(limited_audit_reader());
         }
         let (filter, format) = parse_export_query(&query)?;
         let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Success);
@@ -76,6 +92,9 @@ pub async fn verify(state: State, ctx: Ctx) -> Response {
     let res = async {
         let caller = state.authenticate(&ctx)?;
         require(&caller, Scope::AuditRead)?;
+        if caller.is_limited() {
+            return Err(limited_audit_reader());
+        }
         let store = state.store.clone();
         let keys = state.audit.log().verify_keys();
         let report = tokio::task::spawn_blocking(move || audit::verify_store(&store, &keys))

@@ -17,6 +17,15 @@ use crate::limiter::{Decision, TrustedProxies};
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Where a body of unknown length starts: it grows with what arrives.
+const FIRST_BODY_BUFFER: usize = 1024;
+
+/// The HTTP version of a request, inserted by keyhold's own server as a
+/// request extension (a refused HTTP/1 upload is drained, an HTTP/2 one
+/// is simply reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpVersion(pub http::Version);
+
 /// The connection a request came over, inserted by keyhold's own server
 /// as a request extension (warp 0.4 has no remote-address filter).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +78,8 @@ pub struct Ctx {
     pub headers: HeaderMap,
     /// Time the client has to send the body once its headers arrived.
     pub read_timeout: std::time::Duration,
+    /// The request's HTTP version (HTTP/1.1 unless the server said).
+    pub version: http::Version,
     /// The authenticated caller's name, for the request log.
     caller: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -107,7 +118,17 @@ impl Ctx {
             forwarded,
             headers,
             read_timeout,
+            version: http::Version::HTTP_11,
             caller: Default::default(),
+        }
+    }
+
+    /// Who the rate limit (and the coalesced audit records) count this
+    /// request under: the client address, or a Unix-socket caller's uid.
+    pub fn client_key(&self) -> crate::limiter::ClientKey {
+        match &self.peer {
+            Peer::Unix { uid, .. } => crate::limiter::ClientKey::unix(*uid),
+            Peer::Tcp(_) => crate::limiter::ClientKey::of(self.client_ip),
         }
     }
 
@@ -155,7 +176,9 @@ impl Ctx {
     }
 
     /// Reads a body of at most [`MAX_BODY`] bytes from `stream`, checking
-    /// the content type is JSON.
+    /// the content type is JSON. Call it only once the caller is
+    /// authenticated and authorised, holding a body-read permit: an
+    /// unauthenticated upload must cost nothing.
     pub async fn read_json_body<S, B>(&self, stream: S) -> Result<serde_json::Value, ApiError>
     where
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
@@ -168,10 +191,12 @@ impl Ctx {
                 None => return Err(ApiError::bad_request("invalid Content-Length header")),
             }
         }
-        // The (bounded) body is read before any other verdict, so the
-        // client is never cut off mid-upload and the connection stays
-        // usable for its next request.
-        let bytes = tokio::time::timeout(self.read_timeout, read_limited(stream))
+        let declared = self
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<usize>().ok());
+        let bytes = tokio::time::timeout(self.read_timeout, read_limited(stream, declared))
             .await
             .map_err(|_| {
                 ApiError::new(
@@ -199,6 +224,53 @@ impl Ctx {
                 e.classify_str()
             ))
         })
+    }
+
+    /// Throws away the body of a request refused before it was read
+    /// (unauthenticated, forbidden), keeping nothing: on HTTP/1 the body
+    /// is read chunk by chunk and dropped (at most [`MAX_BODY`] bytes, at
+    /// most the read timeout), so a client still sending gets the answer
+    /// rather than a reset connection; on HTTP/2, or when the client waits
+    /// for `100 Continue`, nothing is read (the stream is reset after the
+    /// answer; the waiting client never sends the body).
+    pub async fn discard_body<S, B>(&self, mut stream: S)
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Unpin,
+        B: Buf,
+    {
+        if self.version != http::Version::HTTP_11 && self.version != http::Version::HTTP_10 {
+            return;
+        }
+        // A client waiting for `100 Continue` has sent nothing yet: it gets
+        // the refusal instead (reading would make hyper invite the body).
+        let expects = self
+            .headers
+            .get(http::header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+        if expects {
+            return;
+        }
+        let declared = self
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            // Too large to wait for: hyper closes the connection.
+            return;
+        }
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(chunk)) = stream.next().await {
+                seen += chunk.remaining();
+                drop(chunk);
+                if seen > MAX_BODY {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.read_timeout, drain).await;
     }
 
     /// Notes who the request is from (the request log names the caller).
@@ -256,20 +328,38 @@ fn too_large() -> ApiError {
     ))
 }
 
-/// Reads the body into one buffer allocated once at its largest size (no
-/// reallocation copies) and zeroized when dropped: bodies carry API keys.
-async fn read_limited<S, B>(mut stream: S) -> Result<Zeroizing<Vec<u8>>, ApiError>
+/// Reads the body into a buffer zeroized when dropped (bodies carry API
+/// keys), sized by what arrives rather than by the cap: nothing until the
+/// first bytes come, then at least 1 KiB, doubling as data comes (never
+/// past the declared length or the cap), each outgrown buffer zeroized so
+/// no copy of a key is left behind.
+async fn read_limited<S, B>(
+    mut stream: S,
+    declared: Option<usize>,
+) -> Result<Zeroizing<Vec<u8>>, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let mut out = Zeroizing::new(Vec::with_capacity(MAX_BODY));
+    let ceiling = declared.unwrap_or(MAX_BODY).min(MAX_BODY);
+    let mut out = Zeroizing::new(Vec::new());
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|_| {
             ApiError::bad_request("the request body could not be read: send it again")
         })?;
-        if out.len() + chunk.remaining() > MAX_BODY {
+        let needed = out.len() + chunk.remaining();
+        if needed > MAX_BODY {
             return Err(too_large());
+        }
+        if needed > out.capacity() {
+            let cap = needed
+                .max(out.capacity() * 2)
+                .max(FIRST_BODY_BUFFER.min(ceiling))
+                .min(ceiling.max(needed));
+            let mut bigger = Zeroizing::new(Vec::with_capacity(cap));
+            bigger.extend_from_slice(&out);
+            // The old buffer is zeroized as it drops here.
+            out = bigger;
         }
         while chunk.has_remaining() {
             let c = chunk.chunk();
@@ -343,4 +433,41 @@ pub fn with_rate_headers(mut resp: Response, d: &Decision) -> Response {
     h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
     h.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(total: usize, size: usize) -> impl Stream<Item = Result<Bytes, warp::Error>> + Unpin {
+        let parts: Vec<Result<Bytes, warp::Error>> = (0..total)
+            .step_by(size)
+            .map(|i| Ok(Bytes::from(vec![b'x'; size.min(total - i)])))
+            .collect();
+        futures_util::stream::iter(parts)
+    }
+
+    #[tokio::test]
+    async fn a_body_buffer_grows_with_what_arrives_not_with_the_cap() {
+        // 10 bytes arrive although 64 KiB were declared.
+        let small = read_limited(chunks(10, 10), Some(MAX_BODY)).await.unwrap();
+        assert_eq!(small.len(), 10);
+        assert!(
+            small.capacity() <= FIRST_BODY_BUFFER,
+            "{}",
+            small.capacity()
+        );
+        // 3000 bytes in small pieces, no length declared.
+        let grown = read_limited(chunks(3000, 100), None).await.unwrap();
+        assert_eq!(&grown[..], &vec![b'x'; 3000][..]);
+        assert!(grown.capacity() < 8 * 1024, "{}", grown.capacity());
+        // A declared length is never outgrown.
+        let exact = read_limited(chunks(5000, 1000), Some(5000)).await.unwrap();
+        assert_eq!(exact.capacity(), 5000);
+        // Past the cap: 413.
+        let err = read_limited(chunks(MAX_BODY + 1, 4096), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
 }

@@ -3,7 +3,8 @@
 //! A reveal is audit-first, in this order: resolve client IP → rate limit
 //! → authenticate → authorise → load → check expiry → decrypt → append the
 //! audit record (with last_used) durably → answer. Every attempt is
-//! recorded whatever its outcome; rate-limited ones are coalesced.
+//! recorded whatever its outcome; rate-limited and unauthenticated ones are
+//! coalesced.
 
 use bytes::Buf;
 use futures_util::Stream;
@@ -70,16 +71,25 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    // Read the (bounded) body first so the client is never cut off
-    // mid-upload; authentication and scope still decide the answer first.
-    let body = ctx.read_json_body(body).await;
-    let caller = state.authenticate(ctx)?;
+    // Authentication and scope come before the body is read: a refused
+    // upload costs no buffer (its body is drained and dropped, or its
+    // stream reset).
+    let caller = match state.authenticate(ctx) {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.discard_body(body).await;
+            return Err(e);
+        }
+    };
     if let Err(e) = require(&caller, Scope::KeysWrite) {
         let ev = state.event(ctx, Action::KeyCreate, Some(&caller), Outcome::Forbidden);
         state.audit(ev, vec![]).await?;
+        ctx.discard_body(body).await;
         return Err(e);
     }
-    let mut body = body?;
+    let permit = state.body_permit().await?;
+    let mut body = ctx.read_json_body(body).await?;
+    drop(permit);
     let input = NewKey::from_json(&mut body)?;
     if !caller.may_use_provider(&input.provider) {
         let mut ev = state.event(ctx, Action::KeyCreate, Some(&caller), Outcome::Forbidden);
@@ -261,20 +271,31 @@ async fn delete_inner(state: &State, ctx: &Ctx, id: &str) -> Result<Response, Ap
         state.audit(ev, vec![]).await?;
         return Err(e);
     }
-    let id = Uuid::parse_str(id).map_err(|_| no_such_key())?;
-    let rec = state
-        .store
-        .get_key(&id)
-        .map_err(|e| ApiError::storage(&e))?
-        .ok_or_else(no_such_key)?;
-    let mut ev = state.event(ctx, Action::KeyDelete, Some(&caller), Outcome::Success);
-    ev.key_id = Some(id);
+    let mut ev = state.event(ctx, Action::KeyDelete, Some(&caller), Outcome::NotFound);
+    let found = match Uuid::parse_str(id) {
+        Ok(id) => {
+            ev.key_id = Some(id);
+            state
+                .store
+                .get_key(&id)
+                .map_err(|e| ApiError::storage(&e))?
+        }
+        Err(_) => None,
+    };
+    // A key of another provider answers exactly like a missing one (both
+    // are recorded, so they take as long); the record keeps the truth.
+    let Some(rec) = found else {
+        state.audit(ev, vec![]).await?;
+        return Err(no_such_key());
+    };
     ev.provider = Some(rec.provider.clone());
     if !caller.may_use_provider(&rec.provider) {
         ev.outcome = Outcome::Forbidden;
         state.audit(ev, vec![]).await?;
-        return Err(provider_forbidden(&rec.provider));
+        return Err(no_such_key());
     }
+    ev.outcome = Outcome::Success;
+    let id = rec.id;
     state.audit(ev, vec![Write::DeleteKey(rec)]).await?;
     state.gauges.add_keys(-1);
     Ok(ctx.json(
@@ -314,7 +335,7 @@ pub async fn reveal_newest(provider: String, state: State, ctx: Ctx) -> Response
 
 async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
     // 1. client IP (in ctx) → 2. rate limit, before anything else.
-    let decision = state.limiter.check(ctx.client_ip);
+    let decision = state.limiter.check_client(ctx.client_key());
     let mut ev = state.event(&ctx, Action::Reveal, None, Outcome::Success);
     match &target {
         Target::Id(id) => ev.key_id = Uuid::parse_str(id).ok(),
@@ -329,7 +350,7 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
         metrics::counter!("keyhold_rate_limited_total").increment(1);
         metrics::counter!("keyhold_reveals_total", "outcome" => Outcome::RateLimited.as_str())
             .increment(1);
-        let client = crate::limiter::ClientKey::of(ctx.client_ip).to_string();
+        let client = ctx.client_key().to_string();
         state.coalescer.add(&client, ev, now_us());
         let err = ApiError::rate_limited(decision.retry_after_secs);
         return with_rate_headers(ctx.error(&err), &decision);
@@ -360,10 +381,17 @@ async fn reveal_allowed(
     let caller = match state.authenticate(ctx) {
         Ok(c) => c,
         Err(e) => {
-            // A tampered token record was recorded by `authenticate`.
+            // Counted like rate-limited attempts (one record per client
+            // and second, with a count): a flood of bad or missing tokens
+            // cannot fill the disk, and none goes uncounted. A tampered
+            // token record was recorded by `authenticate`.
             if e.status == StatusCode::UNAUTHORIZED && !e.tampered {
                 ev.outcome = Outcome::Unauthenticated;
-                state.audit(ev, vec![]).await?;
+                metrics::counter!("keyhold_reveals_total", "outcome" => Outcome::Unauthenticated.as_str())
+                    .increment(1);
+                state
+                    .coalescer
+                    .add(&ctx.client_key().to_string(), ev, now_us());
             }
             return Err(e);
         }
@@ -467,10 +495,12 @@ fn load(
                 .get_key(&id)
                 .map_err(storage)?
                 .ok_or((Outcome::NotFound, no_such_key()))?;
+            // Another provider's key answers like a missing one; the
+            // record keeps the truth.
             if !caller.may_use_provider(&rec.provider) {
                 ev.key_id = Some(rec.id);
                 ev.provider = Some(rec.provider.clone());
-                return Err((Outcome::Forbidden, provider_forbidden(&rec.provider)));
+                return Err((Outcome::Forbidden, no_such_key()));
             }
             Ok(rec)
         }
@@ -485,7 +515,7 @@ fn load(
                 return Err((Outcome::NotFound, none()));
             }
             if !caller.may_use_provider(provider) {
-                return Err((Outcome::Forbidden, provider_forbidden(provider)));
+                return Err((Outcome::Forbidden, none()));
             }
             let now = now_us();
             let mut newest_expired = None;

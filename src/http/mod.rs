@@ -49,6 +49,9 @@ pub struct AppState {
     pub gauges: Arc<observe::Gauges>,
     /// Time a client has to send a request body (slow-body guard).
     pub read_timeout: std::time::Duration,
+    /// Request bodies being read at once, at most (each holds a buffer of
+    /// up to 64 KiB); further uploads wait up to `read_timeout`, then 503.
+    pub body_reads: tokio::sync::Semaphore,
     /// Held by a rotation or a backup, so they do not overlap.
     pub maintenance: Arc<tokio::sync::Mutex<()>>,
 }
@@ -96,6 +99,17 @@ impl AppState {
                 ))
             }
             Err(e) => Err(ApiError::storage(&e)),
+        }
+    }
+
+    /// A permit to read one request body, waiting up to the read timeout
+    /// for one to be free.
+    pub(crate) async fn body_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        match tokio::time::timeout(self.read_timeout, self.body_reads.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(ApiError::unavailable(
+                "too many request bodies are being read at once: retry shortly",
+            )),
         }
     }
 
@@ -204,8 +218,17 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
 /// Builds the request context (peer from keyhold's server, headers).
 fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::ext::optional::<Peer>()
+        .and(warp::ext::optional::<context::HttpVersion>())
         .and(warp::header::headers_cloned())
-        .map(move |peer, headers| Ctx::new(peer, headers, &state.proxies, state.read_timeout))
+        .map(
+            move |peer, version: Option<context::HttpVersion>, headers| {
+                let mut ctx = Ctx::new(peer, headers, &state.proxies, state.read_timeout);
+                if let Some(v) = version {
+                    ctx.version = v.0;
+                }
+                ctx
+            },
+        )
 }
 
 /// The raw query string, empty when there is none.

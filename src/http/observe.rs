@@ -69,7 +69,7 @@ pub fn request_observer() -> RequestObserver {
         metrics::counter!(
             "keyhold_requests_total",
             "route" => r.route,
-            "method" => r.method.to_string(),
+            "method" => method_label(&r.method),
             "status" => status
         )
         .increment(1);
@@ -78,7 +78,7 @@ pub fn request_observer() -> RequestObserver {
         tracing::info!(
             target: "keyhold::request",
             request_id = r.request_id.as_deref().unwrap_or("-"),
-            method = %r.method,
+            method = method_label(&r.method),
             route = r.route,
             status = r.status,
             latency_ms = (r.latency.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
@@ -87,6 +87,24 @@ pub fn request_observer() -> RequestObserver {
             "request"
         );
     })
+}
+
+/// The `method` label: one of the methods HTTP defines, or `other`, so a
+/// client sending made-up methods cannot add label values (each one a
+/// time series kept forever).
+pub fn method_label(method: &http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Records one durable audit batch.

@@ -3,24 +3,31 @@
 //! warp 0.4's built-in server sets no header-read timeout and no
 //! connection limit, has no TLS and no remote-address filter. This one
 //! accept loop serves plain TCP, TLS (rustls) and Unix sockets alike: it
-//! caps open connections (in all and per client address), serves each with
-//! hyper's auto (HTTP/1.1 + HTTP/2) builder with a header-read timeout
-//! (which also closes idle keep-alive connections), inserts the peer as a
-//! request extension ([`Peer`]), reports every request to an observer
-//! (logs, metrics), and shuts down gracefully.
+//! caps open connections (in all and per client address, IPv6 by its /64),
+//! gives every stage before a request exists one deadline (first bytes,
+//! TLS handshake, protocol detection), serves each connection with hyper's
+//! auto (HTTP/1.1 + HTTP/2) builder with a header-read timeout (which also
+//! closes idle keep-alive connections), closes any connection (an HTTP/2
+//! one answering PINGs included) that has started no request for an idle
+//! time, answers bytes that are not HTTP and hyper's own bare parse-error
+//! answers with a JSON `detail`, inserts the peer as a request extension
+//! ([`Peer`]), reports every request to an observer (logs, metrics), and
+//! shuts down gracefully.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -35,13 +42,19 @@ use crate::limiter::TrustedProxies;
 pub struct Limits {
     /// Open connections at most; further ones wait in the accept queue.
     pub max_connections: usize,
-    /// Open connections from one client address at most (trusted proxies
-    /// are exempt); further ones are closed at once.
+    /// Open connections from one client address (an IPv4 address, an
+    /// IPv6 /64) at most (trusted proxies are exempt); further ones are
+    /// closed at once.
     pub max_connections_per_ip: usize,
+    /// Time from accept until the first request's protocol is known:
+    /// first bytes, TLS handshake and HTTP/1-or-2 detection together.
+    pub handshake_timeout: Duration,
     /// Time a client has to send a request's headers (slow-loris guard);
-    /// also how long an idle keep-alive connection is kept, and how long a
-    /// TLS handshake may take.
+    /// also how long an idle HTTP/1 keep-alive connection is kept.
     pub header_read_timeout: Duration,
+    /// A connection that has started no request for this long is closed
+    /// gracefully (an HTTP/2 connection answering PINGs included).
+    pub idle_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
 }
@@ -51,7 +64,9 @@ impl Default for Limits {
         Limits {
             max_connections: 1024,
             max_connections_per_ip: 128,
+            handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -123,6 +138,19 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// What a file is, for an error message.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
 enum Socket {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
@@ -147,7 +175,22 @@ impl Listener {
         let socket = match bind {
             Bind::Tcp(addr) => Socket::Tcp(TcpListener::bind(addr).await?),
             Bind::Unix(path) => {
-                if path.exists() {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    // Only a socket is ever replaced: a regular file, a
+                    // directory or a symbolic link at PATH is someone
+                    // else's, and a mistyped path must not delete it.
+                    if !meta.file_type().is_socket() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            format!(
+                                "{} exists and is not a socket ({}); keyhold replaces only a \
+                                 stale socket: pick another path, or move that file away",
+                                path.display(),
+                                kind_of(&meta.file_type())
+                            ),
+                        ));
+                    }
                     if std::os::unix::net::UnixStream::connect(path).is_ok() {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::AddrInUse,
@@ -269,9 +312,14 @@ pub async fn serve(
     observer: RequestObserver,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Every connection holds one permit until it ends, so taking them all
+    // back means every connection is done.
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let permits = Arc::new(Semaphore::new(max));
     let per_ip = Arc::new(PerIp::default());
-    let graceful = GracefulShutdown::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -299,6 +347,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             a = accept(&listener.socket) => a,
         };
+        let accepted_at = tokio::time::Instant::now();
         let (io, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
@@ -310,8 +359,10 @@ pub async fn serve(
         };
         let ip_guard = match &peer {
             Peer::Tcp(a) if !exempt.contains(a.ip()) => {
+                // Counted like the rate limit keys clients: a host holding a
+                // whole IPv6 /64 is one client, not 2^64 of them.
                 match per_ip.enter(
-                    crate::limiter::canonical(a.ip()),
+                    crate::limiter::network_of(a.ip()),
                     limits.max_connections_per_ip,
                 ) {
                     Some(g) => Some(g),
@@ -327,19 +378,20 @@ pub async fn serve(
             routes: routes.clone(),
             builder: builder.clone(),
             observer: observer.clone(),
-            watcher: graceful.watcher(),
+            stop: stop_rx.clone(),
             tls: listener.tls.clone(),
-            handshake_timeout: limits.header_read_timeout,
+            limits,
         };
         tokio::spawn(async move {
-            ctx.run(io, peer).await;
+            ctx.run(io, peer, accepted_at).await;
             drop(ip_guard);
             drop(permit);
         });
     }
     drop(listener);
+    let _ = stop_tx.send(true);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = permits.acquire_many(max as u32) => {}
         _ = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!("shutdown grace period over; closing the remaining connections");
         }
@@ -376,65 +428,419 @@ struct ConnCtx {
     routes: BoxedFilter<(Response,)>,
     builder: Arc<Builder<TokioExecutor>>,
     observer: RequestObserver,
-    watcher: hyper_util::server::graceful::Watcher,
+    /// Turns true when the server stops accepting.
+    stop: tokio::sync::watch::Receiver<bool>,
     tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
+    limits: Limits,
 }
 
 impl ConnCtx {
-    async fn run(self, io: Io, peer: Peer) {
+    async fn run(self, io: Io, peer: Peer, accepted_at: tokio::time::Instant) {
+        // One deadline for everything before a request exists: a socket
+        // that sends nothing, a TLS handshake that never ends and a
+        // protocol preface sent a byte at a time all end here.
+        let deadline = accepted_at + self.limits.handshake_timeout;
         match io {
-            Io::Unix(s) => self.serve_io(s, peer).await,
+            Io::Unix(s) => self.serve_io(s, peer, deadline).await,
             Io::Tcp(s) => match self.tls.clone() {
-                None => self.serve_io(s, peer).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(self.handshake_timeout, acceptor.accept(s)).await {
-                        Ok(Ok(tls)) => self.serve_io(tls, peer).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    }
-                }
+                None => self.serve_io(s, peer, deadline).await,
+                Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(s)).await
+                {
+                    Ok(Ok(tls)) => self.serve_io(tls, peer, deadline).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                },
             },
         }
     }
 
-    async fn serve_io<I>(self, io: I, peer: Peer)
+    async fn serve_io<I>(self, mut io: I, peer: Peer, deadline: tokio::time::Instant)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let first = match tokio::time::timeout_at(deadline, sniff(&mut io)).await {
+            Ok(Ok(FirstBytes::Http(bytes))) => bytes,
+            Ok(Ok(FirstBytes::NotHttp)) => {
+                let answer = json_answer(400, NOT_HTTP);
+                let grace = tokio::time::Instant::now() + Duration::from_secs(1);
+                let _ = tokio::time::timeout_at(grace, async {
+                    io.write_all(&answer).await?;
+                    io.shutdown().await
+                })
+                .await;
+                return;
+            }
+            Ok(Ok(FirstBytes::Closed)) | Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!(peer = %peer.describe(), "no request before the handshake deadline; closed");
+                return;
+            }
+        };
+        let http1 = !first.starts_with(H2_PREFACE);
+        let io = Prefixed::new(first, io, http1);
+
         let svc = warp::service(self.routes);
         let observer = self.observer;
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(peer.clone());
-            let method = req.method().clone();
-            let route = super::route_label(&method, req.uri().path());
-            let mut svc = svc.clone();
-            let observer = observer.clone();
-            let peer = peer.clone();
-            async move {
-                let started = Instant::now();
-                let resp = tower_service::Service::call(&mut svc, req).await;
-                if let Ok(r) = &resp {
-                    let info = r.extensions().get::<RequestInfo>();
-                    observer(&RequestDone {
-                        method,
-                        route,
-                        status: r.status().as_u16(),
-                        latency: started.elapsed(),
-                        request_id: info.map(|i| i.request_id.clone()),
-                        client: info.map_or_else(|| peer.describe(), |i| i.client.clone()),
-                        caller: info.and_then(|i| i.caller.clone()),
-                    });
+        let opened = Instant::now();
+        // When the last request started, in ms since `opened`.
+        let last_request = Arc::new(AtomicU64::new(0));
+        let service = {
+            let last_request = last_request.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                last_request.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+                req.extensions_mut().insert(peer.clone());
+                let version = super::context::HttpVersion(req.version());
+                req.extensions_mut().insert(version);
+                let method = req.method().clone();
+                let route = super::route_label(&method, req.uri().path());
+                let mut svc = svc.clone();
+                let observer = observer.clone();
+                let peer = peer.clone();
+                let last_request = last_request.clone();
+                async move {
+                    let started = Instant::now();
+                    let resp = tower_service::Service::call(&mut svc, req).await;
+                    // A request that took long counts as activity until it
+                    // was answered.
+                    last_request.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    if let Ok(r) = &resp {
+                        let info = r.extensions().get::<RequestInfo>();
+                        observer(&RequestDone {
+                            method,
+                            route,
+                            status: r.status().as_u16(),
+                            latency: started.elapsed(),
+                            request_id: info.map(|i| i.request_id.clone()),
+                            client: info.map_or_else(|| peer.describe(), |i| i.client.clone()),
+                            caller: info.and_then(|i| i.caller.clone()),
+                        });
+                    }
+                    resp
                 }
-                resp
-            }
-        });
+            })
+        };
         let conn = self
             .builder
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
-        if let Err(e) = self.watcher.watch(conn).await {
-            tracing::debug!(error = %e, "connection ended with an error");
+        tokio::pin!(conn);
+        let mut stop = self.stop;
+        let idle = self.limits.idle_timeout;
+        // Closing is graceful: a response in flight (a long export) still
+        // ends whole; HTTP/2 gets a GOAWAY and its open streams finish. At
+        // server shutdown, `serve` bounds the wait by the shutdown grace.
+        let mut closing = false;
+        loop {
+            let idle_at = tokio::time::Instant::from_std(
+                opened + Duration::from_millis(last_request.load(Ordering::Relaxed)) + idle,
+            );
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep_until(idle_at), if !closing => {
+                    let since = Duration::from_millis(last_request.load(Ordering::Relaxed));
+                    if opened.elapsed() >= since + idle {
+                        tracing::debug!("idle connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                _ = stop.changed(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
         }
+    }
+}
+
+/// The first bytes of every HTTP/2 connection (prior knowledge or ALPN).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+const NOT_HTTP: &str = "this is not an HTTP request: keyhold speaks HTTP/1.1 and HTTP/2 \
+                        (https:// only when it was started with --tls-cert)";
+
+/// What the first bytes of a connection say.
+#[derive(Debug, PartialEq, Eq)]
+enum FirstBytes {
+    /// The HTTP/2 preface, or the start of what may be an HTTP/1 request
+    /// line (hyper judges the rest): the bytes read so far.
+    Http(Vec<u8>),
+    /// Neither: no HTTP request starts like this.
+    NotHttp,
+    /// Closed before sending anything.
+    Closed,
+}
+
+/// An HTTP token character (what a method is made of).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads just enough of a connection (at most the 24 bytes of the HTTP/2
+/// preface) to know that it is HTTP, and which; the caller puts a
+/// deadline on it. The bytes read are handed on, so nothing is lost.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<FirstBytes> {
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    loop {
+        let mut chunk = [0u8; 24];
+        let room = H2_PREFACE.len() - buf.len();
+        let n = io.read(&mut chunk[..room]).await?;
+        if n == 0 {
+            return Ok(if buf.is_empty() {
+                FirstBytes::Closed
+            } else {
+                FirstBytes::Http(buf)
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if H2_PREFACE.starts_with(&buf) {
+            if buf.len() == H2_PREFACE.len() {
+                return Ok(FirstBytes::Http(buf));
+            }
+            continue;
+        }
+        // Not the HTTP/2 preface: HTTP/1, whose request line hyper reads
+        // from here under its header timeout, at once. Only a first byte
+        // no request line starts with (a TLS hello on the plain port,
+        // binary junk) is answered here; other junk gets hyper's 400, in
+        // JSON (see `Prefixed`).
+        let first = buf[0];
+        return Ok(if is_tchar(first) || matches!(first, b'\r' | b'\n') {
+            FirstBytes::Http(buf)
+        } else {
+            FirstBytes::NotHttp
+        });
+    }
+}
+
+/// A whole HTTP/1.1 answer with a JSON `detail`, closing the connection.
+fn json_answer(status: u16, detail: &str) -> Vec<u8> {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let body = serde_json::json!({ "detail": detail }).to_string();
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// hyper's own answer to an HTTP/1 request it could not parse is a bare
+/// head with an empty body (keyhold's answers always carry JSON). Returns
+/// the same status with a JSON `detail` instead.
+fn json_for_bare_error(head: &[u8]) -> Option<Vec<u8>> {
+    // Cheap checks first: this looks at every HTTP/1 write.
+    if head.len() > 1024 || !head.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
+    let text = std::str::from_utf8(head).ok()?;
+    let code: u16 = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    if !text.ends_with("\r\n\r\n")
+        || !text
+            .to_ascii_lowercase()
+            .contains("\r\ncontent-length: 0\r\n")
+    {
+        return None;
+    }
+    let detail = match code {
+        400 => "the request could not be read as HTTP/1.1: check its request line and headers",
+        414 => "the request target is too long: send a shorter path and query",
+        431 => "the request headers are larger than 64 KiB: send fewer or shorter headers",
+        _ => return None,
+    };
+    Some(json_answer(code, detail))
+}
+
+/// A connection whose first bytes were already read (to tell HTTP/1 from
+/// HTTP/2 under a deadline): reads return them first. On HTTP/1, hyper's
+/// bare parse-error answers are rewritten with a JSON `detail`.
+struct Prefixed<I> {
+    prefix: Vec<u8>,
+    read: usize,
+    io: I,
+    rewrite_errors: bool,
+    /// A rewritten answer still being written.
+    pending: Vec<u8>,
+    written: usize,
+}
+
+impl<I> Prefixed<I> {
+    fn new(prefix: Vec<u8>, io: I, rewrite_errors: bool) -> Prefixed<I> {
+        Prefixed {
+            prefix,
+            read: 0,
+            io,
+            rewrite_errors,
+            pending: Vec::new(),
+            written: 0,
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Prefixed<I> {
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.written < self.pending.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.pending = Vec::new();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.read < this.prefix.len() {
+            let n = (this.prefix.len() - this.read).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.read..this.read + n]);
+            this.read += n;
+            if this.read == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.read = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_pending(cx))?;
+        if this.rewrite_errors {
+            if let Some(answer) = json_for_bare_error(buf) {
+                this.pending = answer;
+                // Taken whole; poll_flush and poll_shutdown finish it.
+                if let Poll::Ready(Err(e)) = this.poll_pending(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_pending(cx))?;
+        if this.rewrite_errors {
+            // A bare answer is a head alone, in one slice.
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            let answer = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .filter(|b| b.len() == total)
+                .and_then(|b| json_for_bare_error(b));
+            if let Some(answer) = answer {
+                this.pending = answer;
+                if let Poll::Ready(Err(e)) = this.poll_pending(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(total));
+            }
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sniffed(input: &[u8]) -> FirstBytes {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(input).await.unwrap();
+        drop(client);
+        sniff(&mut server).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn first_bytes_tell_http_from_junk() {
+        assert_eq!(
+            sniffed(b"GET / HTTP/1.1\r\n").await,
+            FirstBytes::Http(b"GET / HTTP/1.1\r\n".to_vec())
+        );
+        assert_eq!(
+            sniffed(H2_PREFACE).await,
+            FirstBytes::Http(H2_PREFACE.to_vec())
+        );
+        assert_eq!(sniffed(b"\x16\x03\x01\x02\x00").await, FirstBytes::NotHttp);
+        assert_eq!(sniffed(b"\x00\x01junk").await, FirstBytes::NotHttp);
+        assert_eq!(sniffed(b"").await, FirstBytes::Closed);
+        // A made-up method is still HTTP (answered 405 by the routes).
+        assert!(matches!(
+            sniffed(b"JUNK1 / HTTP/1.1").await,
+            FirstBytes::Http(_)
+        ));
+    }
+
+    #[test]
+    fn the_per_ip_cap_counts_an_ipv6_64_as_one_client() {
+        let table = Arc::new(PerIp::default());
+        let key = |ip: &str| crate::limiter::network_of(ip.parse().unwrap());
+        let first = table.enter(key("2001:db8:1:2::1"), 2);
+        let second = table.enter(key("2001:db8:1:2:ffff::9"), 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(
+            table.enter(key("2001:db8:1:2:1234::5"), 2).is_none(),
+            "a third address of the same /64 passed the cap of 2"
+        );
+        assert!(table.enter(key("2001:db8:1:3::1"), 2).is_some());
+        drop(first);
+        assert!(table.enter(key("2001:db8:1:2::77"), 2).is_some());
+    }
+
+    #[test]
+    fn bare_parse_errors_get_a_json_detail_and_nothing_else_does() {
+        let bare =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let out = String::from_utf8(json_for_bare_error(bare).unwrap()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        assert!(out.contains("\"detail\""), "{out}");
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n";
+        assert!(json_for_bare_error(ours).is_none());
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        assert!(json_for_bare_error(ok).is_none());
     }
 }

@@ -1,0 +1,178 @@
+//! Runs `KEYHOLD_KEY_COMMAND` with a deadline and an output cap.
+//!
+//! The command (`sh -c`, in a process group of its own) must print its
+//! key(s) and exit within `KEYHOLD_KEY_COMMAND_TIMEOUT` seconds (default
+//! [`DEFAULT_TIMEOUT`]) and print at most [`MAX_OUTPUT`] bytes. Past
+//! either limit the whole group is killed and the caller gets an error
+//! that says which limit was hit: a hung secret-manager call can no longer
+//! hang `serve`, `check` or any offline command.
+//!
+//! Not for: parsing the keys (see `keyring`).
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
+
+use crate::keyring::KeyringError;
+
+/// The variable that sets the deadline, in whole seconds.
+pub const TIMEOUT_VAR: &str = "KEYHOLD_KEY_COMMAND_TIMEOUT";
+/// How long the command may take when the variable is not set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes the command may print: room for over a thousand keys.
+pub const MAX_OUTPUT: usize = 64 * 1024;
+
+/// Reads the deadline from `KEYHOLD_KEY_COMMAND_TIMEOUT` (seconds, 1 to
+/// 3600) through `lookup`.
+pub fn timeout_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Duration, KeyringError> {
+    let Some(raw) = lookup(TIMEOUT_VAR) else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    if raw.trim().is_empty() {
+        return Ok(DEFAULT_TIMEOUT);
+    }
+    match raw.trim().parse::<u64>() {
+        Ok(secs) if (1..=3600).contains(&secs) => Ok(Duration::from_secs(secs)),
+        _ => Err(KeyringError::CommandTimeoutSetting(
+            raw.chars().take(20).collect(),
+        )),
+    }
+}
+
+/// Runs `command` with `sh -c` and returns what it printed on stdout.
+pub fn run(command: &str, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        // Its own process group, so a timeout kills what it started too
+        // (a pipeline, a CLI that forks) and the pipe closes.
+        .process_group(0)
+        .spawn()
+        .map_err(KeyringError::CommandSpawn)?;
+    let deadline = Instant::now() + timeout;
+    let Some(mut stdout) = child.stdout.take() else {
+        kill_group(&mut child);
+        return Err(KeyringError::CommandSpawn(std::io::Error::other(
+            "no pipe to the command's output",
+        )));
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // One byte past the cap tells "too much" from "exactly the cap".
+        let mut out = Zeroizing::new(Vec::new());
+        let res = (&mut stdout)
+            .take(MAX_OUTPUT as u64 + 1)
+            .read_to_end(&mut out);
+        let _ = tx.send(res.map(|_| out));
+    });
+    let left = deadline.saturating_duration_since(Instant::now());
+    let out = match rx.recv_timeout(left) {
+        Ok(Ok(out)) if out.len() > MAX_OUTPUT => {
+            kill_group(&mut child);
+            return Err(KeyringError::CommandOutputTooLarge { limit: MAX_OUTPUT });
+        }
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            kill_group(&mut child);
+            return Err(KeyringError::CommandSpawn(e));
+        }
+        Err(_) => {
+            kill_group(&mut child);
+            return Err(KeyringError::CommandTimedOut { timeout });
+        }
+    };
+    // Its output is closed; now it has the rest of the time to exit.
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(out),
+            Ok(Some(status)) => return Err(KeyringError::CommandFailed(status)),
+            Ok(None) if Instant::now() >= deadline => {
+                kill_group(&mut child);
+                return Err(KeyringError::CommandTimedOut { timeout });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                kill_group(&mut child);
+                return Err(KeyringError::CommandSpawn(e));
+            }
+        }
+    }
+}
+
+/// Kills the command's whole process group, then reaps the command.
+fn kill_group(child: &mut Child) {
+    // No unsafe code here, so no kill(2): the shell's `kill` signals the
+    // group (the negative id), and `Child::kill` covers a shell that is
+    // missing.
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -KILL -{} 2>/dev/null", child.id()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_that_hangs_is_killed_at_its_deadline() {
+        let started = Instant::now();
+        let err = run("sleep 30; echo late", Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, KeyringError::CommandTimedOut { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(err.to_string().contains(TIMEOUT_VAR), "{err}");
+    }
+
+    #[test]
+    fn a_child_holding_the_pipe_open_is_killed_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("still-running");
+        let started = Instant::now();
+        let cmd = format!("(sleep 2; touch {}) & echo key", marker.display());
+        let err = run(&cmd, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, KeyringError::CommandTimedOut { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // The background part was killed with the group: it never wakes.
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!marker.exists(), "the command's child outlived the timeout");
+    }
+
+    #[test]
+    fn endless_output_is_cut_at_the_cap() {
+        let err = run("yes", Duration::from_secs(20)).unwrap_err();
+        assert!(
+            matches!(err, KeyringError::CommandOutputTooLarge { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn output_up_to_the_cap_is_read_whole() {
+        let out = run("printf 'abc\\n'", DEFAULT_TIMEOUT).unwrap();
+        assert_eq!(&out[..], b"abc\n");
+    }
+
+    #[test]
+    fn the_timeout_setting_is_checked() {
+        let none = |_: &str| None;
+        assert_eq!(timeout_from(none).unwrap(), DEFAULT_TIMEOUT);
+        let five = |_: &str| Some("5".to_string());
+        assert_eq!(timeout_from(five).unwrap(), Duration::from_secs(5));
+        for bad in ["0", "abc", "-1", "99999"] {
+            let f = move |_: &str| Some(bad.to_string());
+            assert!(timeout_from(f).is_err(), "{bad}");
+        }
+    }
+}
