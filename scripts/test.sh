@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of keyhold on a fresh machine: installs what the tests
 # need (Python 3 with `cryptography`, for the Fernet interop test), then
-# the whole cargo test suite against the real binary.
+# the whole cargo test suite against the real binary. Arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +16,14 @@ if ! python3 -c 'import cryptography' >/dev/null 2>&1; then
     || apt-get install -y -qq python3-cryptography >/dev/null
 fi
 
-cargo test --locked --all-targets "$@"
+# Every target, unless the arguments select some (`scripts/test.sh --test
+# reference`): cargo's --all-targets would override a selection.
+targets=--all-targets
+for a in "$@"; do
+  case "$a" in
+    --) break ;;
+    --test | --test=* | --tests | --lib | --bin | --bin=* | --bins | --bench | --bench=* \
+      | --benches | --example | --example=* | --examples | --doc) targets= ;;
+  esac
+done
+cargo test --locked $targets "$@"

@@ -39,8 +39,9 @@ pub enum Command {
     /// Export or verify the audit log offline (the server must be stopped).
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Re-encrypt every stored key, the check value and the audit MAC key
-    /// under the newest key (FERNET_KEYS=new,old). Offline.
+    /// Re-encrypt every stored key under the newest key (FERNET_KEYS=new,old),
+    /// re-seal keyhold's own secrets and the check value under it, and start
+    /// a new audit signing key. Offline.
     Rotate(RotateArgs),
     /// Report whether the keyring opens everything, what still needs an
     /// older key, and whether the audit chain verifies. Exit 0 when all is
@@ -49,8 +50,8 @@ pub enum Command {
     /// Import the Python reference's `api_keys` rows (sqlite3 -json, JSON
     /// Lines or sqlite3 -csv -header). Tokens are kept as they are. Offline.
     Import(ImportArgs),
-    /// Write one consistent, checksummed snapshot of the store to FILE
-    /// (`-` for stdout). Offline.
+    /// Write one consistent snapshot of the store, authenticated under the
+    /// keyring, to FILE (`-` for stdout); or check one (--verify). Offline.
     Backup(BackupArgs),
     /// Restore a backup into a new or empty directory.
     Restore(RestoreArgs),
@@ -114,6 +115,7 @@ pub enum KeysCommand {
 pub struct KeysAddArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// The key's provider (`[a-z0-9][a-z0-9_.-]{0,63}`, e.g. claude).
     #[arg(long)]
     pub provider: String,
     /// The key's name.
@@ -128,8 +130,10 @@ pub struct KeysAddArgs {
 pub struct KeysListArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Only the keys of this provider.
     #[arg(long)]
     pub provider: Option<String>,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -23,7 +23,7 @@ fn records() -> u64 {
 }
 /// The export streams record by record and walks the store one lookup per
 /// entry so sled's cache evicts as it goes; it peaked at 25-29 MiB for a
-/// million records (see the README's figures).
+/// million records (see the figures in docs/audit.md).
 const BOUND_MIB: u64 = 64;
 
 /// Peak resident set (VmHWM) of a running process, in KiB.

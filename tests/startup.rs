@@ -258,3 +258,32 @@ fn dev_mode_runs_in_memory_on_loopback_with_a_root_token() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("loopback"));
 }
+
+#[test]
+fn offline_token_list_shows_live_and_revoked_tokens_without_their_secrets() {
+    let v = Vault::new();
+    let secret = v.token("orchestrator", "reader", Some("claude,gemini"));
+    assert_ok(&run_with_key(
+        &v.key,
+        &["token", "revoke", "--data-dir", v.dir_str(), "orchestrator"],
+    ));
+    let out = run_with_key(&v.key, &["token", "list", "--data-dir", v.dir_str()]);
+    assert_ok(&out);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("orchestrator") && table.contains("revoked"),
+        "{table}"
+    );
+    assert!(table.contains("claude,gemini"), "{table}");
+    assert!(
+        !table.contains(&secret) && !table.contains(&v.admin),
+        "{table}"
+    );
+    let out = run_with_key(
+        &v.key,
+        &["token", "list", "--json", "--data-dir", v.dir_str()],
+    );
+    assert_ok(&out);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+}

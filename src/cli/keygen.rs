@@ -34,7 +34,7 @@ pub fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
         if sets_key {
             return Err(ConfigError(format!(
                 "{} already sets FERNET_KEY; nothing was written. To rotate, see `Rotating the \
-                 Fernet key` in the README",
+                 Fernet key` in docs/operations.md",
                 path.display()
             ))
             .into());

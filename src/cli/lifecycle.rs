@@ -21,7 +21,7 @@ pub fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     if keyring.len() < 2 {
         eprintln!(
             "keyhold: the keyring holds one key, so everything is already under it; to rotate, set \
-             FERNET_KEYS=new,old (see `Rotating the Fernet key` in the README)"
+             FERNET_KEYS=new,old (see `Rotating the Fernet key` in docs/operations.md)"
         );
     }
     let bar = progress_bar(store.key_count() as u64, "rotating");

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::{open_checked, open_initialised, open_log};
+use super::{open_checked, open_log};
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::config::TokenCommand;
 use crate::keyring::Keyring;
@@ -106,7 +106,10 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::List(a) => {
-            let store = open_initialised(&a.data.data_dir)?;
+            // Token records are authenticated under keys of the keyring
+            // (schema 3), so listing them needs the keyring too.
+            let keyring = Keyring::from_env()?;
+            let store = open_checked(&a.data.data_dir, &keyring)?;
             let all = store.list_tokens()?;
             let mut out = std::io::stdout().lock();
             if a.json {

@@ -332,7 +332,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .then(admin::rotate);
-    // GET /api/admin/backup — a consistent, checksummed snapshot (admin)
+    // GET /api/admin/backup — a consistent, authenticated snapshot (admin)
     let backup = warp::path!("api" / "admin" / "backup")
         .and(warp::get())
         .and(with_state(s.clone()))
