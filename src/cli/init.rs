@@ -7,12 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::ConfigError;
-use crate::access::Role;
-use crate::audit::{Action, AuditEvent, AuditLog, Outcome, PublicKey};
 use crate::config::DataDir;
 use crate::keyring::Keyring;
 use crate::store::{Store, StoreError};
-use crate::tokens;
 
 pub fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
@@ -29,7 +26,8 @@ pub fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     if store.is_initialised()? {
         return Err(StoreError::AlreadyInitialised(dir.display().to_string()).into());
     }
-    let (token, public) = initialise(&store, &keyring, "admin")?;
+    let done = crate::vault::initialise(&store, &keyring, "admin")?;
+    let (token, public) = (done.admin_token, done.public_key);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", token.expose()).context("cannot write to stdout")?;
     out.flush().ok();
@@ -65,36 +63,4 @@ fn refuse_non_empty(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
     Ok(())
-}
-
-/// Writes the meta values and the first admin token (audited). Returns the
-/// token (shown once) and the audit public key.
-pub(crate) fn initialise(
-    store: &Store,
-    keyring: &Keyring,
-    admin_name: &str,
-) -> anyhow::Result<(crate::secret::SecretString, PublicKey)> {
-    let public = crate::unlock::initialise(store, keyring)?;
-    let log = AuditLog::open(store.clone(), keyring)?;
-    let prepared = tokens::prepare(store, admin_name, Role::Admin, None)?;
-    let mut token_ev = AuditEvent::cli(
-        Action::TokenCreate,
-        Outcome::Success,
-        Some(format!(
-            "token {} `{}` role admin",
-            prepared.record.id, prepared.record.name
-        )),
-    );
-    token_ev.caller = "init".into();
-    let mut init_ev = AuditEvent::cli(
-        Action::Init,
-        Outcome::Success,
-        Some(format!(
-            "keyring key {}; audit signing key {public}",
-            keyring.fingerprints()[0]
-        )),
-    );
-    init_ev.caller = "init".into();
-    log.append(&[(init_ev, vec![]), (token_ev, vec![prepared.write()])])?;
-    Ok((prepared.token.secret, public))
 }

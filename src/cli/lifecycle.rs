@@ -25,24 +25,21 @@ pub fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let bar = progress_bar(store.key_count() as u64, "rotating");
-    let report = ops::rotate::rotate(&store, &keyring, Duration::from_millis(a.pace_ms), |n| {
-        bar.set_position(n)
-    })?;
+    let rotated = crate::vault::rotate_store(
+        &store,
+        &keyring,
+        &log,
+        "cli",
+        Duration::from_millis(a.pace_ms),
+        |n| bar.set_position(n),
+    )?;
     bar.finish_and_clear();
-    if let Some(k) = ops::rotate::rotate_signing_key(&log, &keyring, "cli")? {
+    if let Some(k) = rotated.new_public_key {
         eprintln!("keyhold: the audit log is now signed by {k} (the old key signed the hand-over)");
     }
-    let outcome = Outcome::Success;
-    let ev = AuditEvent::cli(
-        Action::Rotate,
-        outcome,
-        Some(format!(
-            "{}; newest key {}",
-            report.summary(),
-            keyring.fingerprints()[0]
-        )),
-    );
-    log.append(&[(ev, vec![])])?;
+    let vault = super::offline_vault(&store, &keyring, &log);
+    super::block_on(vault.record_rotation(&crate::vault::Origin::cli(), None, &rotated))??;
+    let report = rotated.report;
     eprintln!("keyhold: {}", report.summary());
     Ok(if report.failed.is_empty() {
         ExitCode::SUCCESS

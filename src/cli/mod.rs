@@ -183,6 +183,30 @@ pub(crate) fn open_log(store: Store, keyring: &Keyring) -> anyhow::Result<AuditL
     Ok(AuditLog::open(store, keyring)?)
 }
 
+/// Runs one of the vault core's async calls from an offline command (the
+/// offline sink appends synchronously; the runtime only drives the call).
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(rt.block_on(f))
+}
+
+/// The vault core as an offline command sees it: the store, the keyring,
+/// the audit log; no flood counter (each record is written).
+pub(crate) fn offline_vault<'a>(
+    store: &'a Store,
+    keyring: &'a Keyring,
+    log: &'a AuditLog,
+) -> crate::vault::Vault<'a> {
+    crate::vault::Vault {
+        store,
+        keyring,
+        audit: crate::vault::Sink::Log(log),
+        coalescer: None,
+    }
+}
+
 /// A progress bar on stderr when it is a terminal; hidden otherwise.
 pub(crate) fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;

@@ -52,7 +52,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         let keyring = Keyring::ephemeral();
         let store = Store::temporary()?;
-        let (token, _) = super::init::initialise(&store, &keyring, "root")?;
+        let token = crate::vault::initialise(&store, &keyring, "root")?.admin_token;
         (store, keyring, Some(token))
     } else {
         let keyring = Keyring::from_env()?;

@@ -6,11 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{open_checked, open_log};
-use crate::audit::{Action, AuditEvent, Outcome};
 use crate::config::TokenCommand;
 use crate::keyring::Keyring;
 use crate::time::to_rfc3339;
-use crate::tokens;
+use crate::vault::Origin;
 
 pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -86,22 +85,18 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             let keyring = Keyring::from_env()?;
             let store = open_checked(&a.data.data_dir, &keyring)?;
             let log = open_log(store.clone(), &keyring)?;
-            let prepared = tokens::prepare(&store, &a.name, a.role.into(), a.providers)?;
-            let ev = AuditEvent::cli(
-                Action::TokenCreate,
-                Outcome::Success,
-                Some(format!(
-                    "token {} `{}` role {}",
-                    prepared.record.id, prepared.record.name, prepared.record.role
-                )),
-            );
-            log.append(&[(ev, vec![prepared.write()])])?;
+            let vault = super::offline_vault(&store, &keyring, &log);
+            let request = crate::vault::TokenRequest {
+                name: a.name.clone(),
+                role: a.role.into(),
+                providers: a.providers.clone(),
+            };
+            let minted = super::block_on(vault.create_token(&Origin::cli(), None, request))??;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{}", prepared.token.secret.expose())
-                .context("cannot write to stdout")?;
+            writeln!(out, "{}", minted.secret.expose()).context("cannot write to stdout")?;
             eprintln!(
                 "keyhold: created token `{}` ({}), role {}. It is shown only once.",
-                prepared.record.name, prepared.record.id, prepared.record.role
+                minted.record.name, minted.record.id, minted.record.role
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -110,18 +105,16 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             // (schema 3), so listing them needs the keyring too.
             let keyring = Keyring::from_env()?;
             let store = open_checked(&a.data.data_dir, &keyring)?;
-            let all = store.list_tokens()?;
+            let log = open_log(store.clone(), &keyring)?;
+            let all = super::offline_vault(&store, &keyring, &log).list_tokens(None)?;
             let mut out = std::io::stdout().lock();
             if a.json {
-                let list: Vec<_> = all
-                    .iter()
-                    .map(|(_, r)| crate::http::TokenInfo::of(r))
-                    .collect();
+                let list: Vec<_> = all.iter().map(crate::http::TokenInfo::of).collect();
                 serde_json::to_writer_pretty(&mut out, &list)?;
                 writeln!(out)?;
             } else {
                 print_table_header(&mut out)?;
-                for (_, r) in &all {
+                for r in &all {
                     let providers = r
                         .providers
                         .as_ref()
@@ -146,14 +139,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             let keyring = Keyring::from_env()?;
             let store = open_checked(&a.data.data_dir, &keyring)?;
             let log = open_log(store.clone(), &keyring)?;
-            let (hash, rec) = tokens::find(&store, &a.token)?;
-            let (rec, write) = tokens::revoke(hash, rec)?;
-            let ev = AuditEvent::cli(
-                Action::TokenRevoke,
-                Outcome::Success,
-                Some(format!("token {} `{}`", rec.id, rec.name)),
-            );
-            log.append(&[(ev, vec![write])])?;
+            let vault = super::offline_vault(&store, &keyring, &log);
+            let rec = super::block_on(vault.revoke_token(&Origin::cli(), None, &a.token))??;
             eprintln!("keyhold: revoked token `{}` ({})", rec.name, rec.id);
             Ok(ExitCode::SUCCESS)
         }

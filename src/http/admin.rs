@@ -10,12 +10,12 @@ use warp::reply::Response;
 use super::context::Ctx;
 use super::error::ApiError;
 use super::keys::string_field;
-use super::{require, State};
+use super::{require, AppState, State};
 use crate::access::{Caller, Role, Scope};
 use crate::audit::{Action, Outcome};
 use crate::store::TokenRecord;
 use crate::time::to_rfc3339;
-use crate::tokens::{self, TokenError};
+use crate::vault::TokenRequest;
 
 /// A token as listed (never the secret).
 #[derive(Debug, Serialize)]
@@ -43,33 +43,18 @@ impl TokenInfo {
     }
 }
 
-fn token_error(e: TokenError) -> ApiError {
-    match e {
-        TokenError::InvalidName(_) | TokenError::InvalidProvider(_) => {
-            ApiError::invalid(e.to_string())
-        }
-        TokenError::NameTaken(_) | TokenError::AlreadyRevoked(_) => {
-            ApiError::conflict(e.to_string())
-        }
-        TokenError::NotFound(_) => ApiError::not_found(e.to_string()),
-        TokenError::Random(_) | TokenError::Store(_) => ApiError::storage(&e),
-    }
-}
-
+/// Authenticates an admin (recording a refused scope).
 async fn admin_caller(state: &State, ctx: &Ctx, action: Action) -> Result<Caller, ApiError> {
-    let caller = state.authenticate(ctx)?;
-    if let Err(e) = require(&caller, Scope::Admin) {
-        if action != Action::Init {
-            let ev = state.event(ctx, action, Some(&caller), Outcome::Forbidden);
-            state.audit(ev, vec![]).await?;
-        }
-        return Err(e);
-    }
+    let caller = state.authenticate(ctx).await?;
+    state
+        .vault()
+        .require(&AppState::origin(ctx), &caller, Scope::Admin, action)
+        .await?;
     Ok(caller)
 }
 
-/// Refuses a provider-limited caller an operation on the whole store
-/// (rotation, backup), recording the refusal.
+/// An admin without a provider limit, for an operation on the whole
+/// store (rotation, backup).
 async fn whole_store_caller(
     state: &State,
     ctx: &Ctx,
@@ -77,37 +62,24 @@ async fn whole_store_caller(
     what: &str,
 ) -> Result<Caller, ApiError> {
     let caller = admin_caller(state, ctx, action).await?;
-    if caller.is_limited() {
-        let mut ev = state.event(ctx, action, Some(&caller), Outcome::Forbidden);
-        ev.detail = Some("provider-limited token".into());
-        state.audit(ev, vec![]).await?;
-        return Err(ApiError::forbidden(format!(
-            "this token is limited to some providers, and {what} covers every provider's keys: \
-             use an admin token without a provider limit"
-        )));
-    }
+    state
+        .vault()
+        .require_whole_store(&AppState::origin(ctx), &caller, action, what)
+        .await?;
     Ok(caller)
-}
-
-/// A token beyond the caller's providers is answered like a missing one.
-fn token_beyond(id: &str) -> ApiError {
-    token_error(TokenError::NotFound(id.chars().take(64).collect()))
 }
 
 /// GET /api/tokens — a provider-limited admin sees only the tokens that
 /// reach no further than itself.
 pub async fn list_tokens(state: State, ctx: Ctx) -> Response {
     let res = async {
-        let caller = state.authenticate(&ctx)?;
+        let caller = state.authenticate(&ctx).await?;
         require(&caller, Scope::Admin)?;
-        let all = state
-            .store
-            .list_tokens()
-            .map_err(|e| ApiError::storage(&e))?;
-        let out: Vec<TokenInfo> = all
+        let out: Vec<TokenInfo> = state
+            .vault()
+            .list_tokens(Some(&caller))?
             .iter()
-            .filter(|(_, r)| caller.covers(r.providers.as_deref()))
-            .map(|(_, r)| TokenInfo::of(r))
+            .map(TokenInfo::of)
             .collect();
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &out))
     }
@@ -118,12 +90,9 @@ pub async fn list_tokens(state: State, ctx: Ctx) -> Response {
 /// GET /api/tokens/{id}
 pub async fn get_token(id: String, state: State, ctx: Ctx) -> Response {
     let res = async {
-        let caller = state.authenticate(&ctx)?;
+        let caller = state.authenticate(&ctx).await?;
         require(&caller, Scope::Admin)?;
-        let (_, rec) = tokens::find(&state.store, &id).map_err(token_error)?;
-        if !caller.covers(rec.providers.as_deref()) {
-            return Err(token_beyond(&id));
-        }
+        let rec = state.vault().find_token(Some(&caller), &id)?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &TokenInfo::of(&rec)))
     }
     .await;
@@ -180,34 +149,24 @@ where
                 ))
             }
         };
-        let prepared =
-            tokens::prepare(&state.store, &name, role, providers).map_err(token_error)?;
-        // A limited admin mints nothing broader than itself.
-        if !caller.covers(prepared.record.providers.as_deref()) {
-            let mut ev = state.event(&ctx, Action::TokenCreate, Some(&caller), Outcome::Forbidden);
-            ev.detail = Some(format!(
-                "token `{}` would reach beyond the caller's providers",
-                prepared.record.name
-            ));
-            state.audit(ev, vec![]).await?;
-            return Err(ApiError::forbidden(format!(
-                "this token is limited to the providers {}: a token it creates must be limited to \
-                 some of them (set `providers`)",
-                caller.providers.as_deref().unwrap_or_default().join(", ")
-            )));
-        }
-        let mut ev = state.event(&ctx, Action::TokenCreate, Some(&caller), Outcome::Success);
-        ev.detail = Some(format!(
-            "token {} `{}` role {}",
-            prepared.record.id, prepared.record.name, prepared.record.role
-        ));
-        state.audit(ev, vec![prepared.write()]).await?;
-        let info = TokenInfo::of(&prepared.record);
+        let minted = state
+            .vault()
+            .create_token(
+                &AppState::origin(&ctx),
+                Some(&caller),
+                TokenRequest {
+                    name,
+                    role,
+                    providers,
+                },
+            )
+            .await?;
+        let info = TokenInfo::of(&minted.record);
         let mut v = serde_json::to_value(&info).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut v {
             m.insert(
                 "token".into(),
-                Value::String(prepared.token.secret.expose().to_string()),
+                Value::String(minted.secret.expose().to_string()),
             );
         }
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &v))
@@ -220,22 +179,10 @@ where
 pub async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response {
     let res = async {
         let caller = admin_caller(&state, &ctx, Action::TokenRevoke).await?;
-        let (hash, rec) = tokens::find(&state.store, &id).map_err(token_error)?;
-        // A broader token is answered like a missing one; the record keeps
-        // the truth.
-        if !caller.covers(rec.providers.as_deref()) {
-            let mut ev = state.event(&ctx, Action::TokenRevoke, Some(&caller), Outcome::Forbidden);
-            ev.detail = Some(format!(
-                "token {} `{}` reaches beyond the caller's providers",
-                rec.id, rec.name
-            ));
-            state.audit(ev, vec![]).await?;
-            return Err(token_beyond(&id));
-        }
-        let (rec, write) = tokens::revoke(hash, rec).map_err(token_error)?;
-        let mut ev = state.event(&ctx, Action::TokenRevoke, Some(&caller), Outcome::Success);
-        ev.detail = Some(format!("token {} `{}`", rec.id, rec.name));
-        state.audit(ev, vec![write]).await?;
+        let rec = state
+            .vault()
+            .revoke_token(&AppState::origin(&ctx), Some(&caller), &id)
+            .await?;
         Ok::<_, ApiError>(ctx.json(
             StatusCode::OK,
             &serde_json::json!({"status": "revoked", "id": rec.id.to_string()}),
@@ -256,33 +203,23 @@ pub async fn rotate(state: State, ctx: Ctx) -> Response {
         };
         let st = state.clone();
         let name = caller.name.clone();
-        let (report, new_key) = tokio::task::spawn_blocking(move || {
-            let report = crate::ops::rotate::rotate(
+        let rotated = tokio::task::spawn_blocking(move || {
+            crate::vault::rotate_store(
                 &st.store,
                 &st.keyring,
+                st.audit.log(),
+                &name,
                 std::time::Duration::ZERO,
                 |_| {},
             )
-            .map_err(|e| e.to_string())?;
-            let new_key =
-                crate::ops::rotate::rotate_signing_key(st.audit.log(), &st.keyring, &name)
-                    .map_err(|e| e.to_string())?;
-            Ok::<_, String>((report, new_key))
         })
         .await
-        .map_err(|_| ApiError::unavailable("the rotation was interrupted; run it again"))?
-        .map_err(|e| ApiError::storage(&e))?;
-        if let Some(k) = new_key {
-            tracing::info!(audit_public_key = %k, "rotation started a new audit signing key");
-        }
-        let mut ev = state.event(&ctx, Action::Rotate, Some(&caller), Outcome::Success);
-        ev.detail = Some(format!(
-            "{}; newest key {}",
-            report.summary(),
-            state.keyring.fingerprints()[0]
-        ));
-        state.audit(ev, vec![]).await?;
-        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
+        .map_err(|_| ApiError::unavailable("the rotation was interrupted; run it again"))??;
+        state
+            .vault()
+            .record_rotation(&AppState::origin(&ctx), Some(&caller), &rotated)
+            .await?;
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &rotated.report))
     }
     .await;
     res.unwrap_or_else(|e| ctx.error(&e))

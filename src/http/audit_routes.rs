@@ -47,7 +47,7 @@ fn limited_audit_reader() -> ApiError {
 /// GET /api/audit
 pub async fn export(state: State, ctx: Ctx, query: String) -> Response {
     let res = async {
-        let caller = state.authenticate(&ctx)?;
+        let caller = state.authenticate(&ctx).await?;
         if let Err(e) = require(&caller, Scope::AuditRead) {
             let ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Forbidden);
             state.audit(ev, vec![]).await?;
@@ -90,7 +90,7 @@ pub async fn export(state: State, ctx: Ctx, query: String) -> Response {
 /// GET /api/audit/verify
 pub async fn verify(state: State, ctx: Ctx) -> Response {
     let res = async {
-        let caller = state.authenticate(&ctx)?;
+        let caller = state.authenticate(&ctx).await?;
         require(&caller, Scope::AuditRead)?;
         if caller.is_limited() {
             return Err(limited_audit_reader());

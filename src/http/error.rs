@@ -107,3 +107,30 @@ impl ApiError {
         Self::unavailable("storage is unavailable right now; retry shortly and tell the operator")
     }
 }
+
+/// The one mapping of the vault's refusals to HTTP statuses.
+impl From<crate::vault::Refusal> for ApiError {
+    fn from(r: crate::vault::Refusal) -> ApiError {
+        use crate::vault::Refusal as R;
+        let detail = r.to_string();
+        match r {
+            R::RateLimited(secs) => ApiError::rate_limited(secs),
+            R::Unauthenticated(_) => ApiError::unauthenticated(detail),
+            R::TamperedToken => ApiError {
+                tampered: true,
+                ..ApiError::unauthenticated(detail)
+            },
+            R::Forbidden(_) => ApiError::forbidden(detail),
+            R::NotFound(_) | R::Beyond(_) => ApiError::not_found(detail),
+            R::Expired => ApiError::gone(detail),
+            R::DecryptFailed | R::Conflict(_) => ApiError::conflict(detail),
+            R::TamperedRecord(_) => ApiError {
+                tampered: true,
+                ..ApiError::conflict(detail)
+            },
+            R::Invalid(_) => ApiError::invalid(detail),
+            R::AuditUnavailable => ApiError::audit_unavailable(),
+            R::Storage => ApiError::unavailable(detail),
+        }
+    }
+}

@@ -65,41 +65,37 @@ impl std::fmt::Debug for AppState {
 pub type State = Arc<AppState>;
 
 impl AppState {
-    /// Authenticates the request's bearer token (and notes the caller's
-    /// name for the request log).
-    pub(crate) fn authenticate(&self, ctx: &Ctx) -> Result<Caller, ApiError> {
-        let token = ctx.bearer()?;
-        match crate::tokens::authenticate(&self.store, token) {
-            Ok(Some(c)) => {
-                ctx.set_caller(&c.name);
-                Ok(c)
-            }
-            Ok(None) => Err(ApiError::unauthenticated(
-                "invalid or revoked token: check the token, or ask an admin for a new one",
-            )),
-            Err(crate::store::StoreError::Tampered { .. }) => {
-                // Recorded here for every route; the answer does not wait
-                // for it (nothing is served to this caller).
-                let mut ev = self.event(ctx, Action::Authenticate, None, Outcome::Tampered);
-                ev.detail = Some(
-                    "the token's stored record failed its integrity check (planted, edited or \
-                     moved outside keyhold); refused"
-                        .into(),
-                );
-                let writer = self.audit.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = writer.record(ev, vec![]).await {
-                        tracing::error!(error = %e, "could not record a tampered token record");
-                    }
-                });
-                Err(ApiError::tampered(
-                    StatusCode::UNAUTHORIZED,
-                    "this token's stored record failed its integrity check (it was changed outside \
-                     keyhold) and is refused: tell the operator to run `keyhold check`",
-                ))
-            }
-            Err(e) => Err(ApiError::storage(&e)),
+    /// The vault as this request sees it.
+    pub(crate) fn vault(&self) -> crate::vault::Vault<'_> {
+        crate::vault::Vault {
+            store: &self.store,
+            keyring: &self.keyring,
+            audit: crate::vault::Sink::Writer(&self.audit),
+            coalescer: Some(&self.coalescer),
         }
+    }
+
+    /// Who is asking, as the audit log records it.
+    pub(crate) fn origin(ctx: &Ctx) -> crate::vault::Origin {
+        let (ip, peer) = ctx.audit_addresses();
+        crate::vault::Origin {
+            request_id: ctx.request_id.clone(),
+            ip,
+            peer,
+            client: ctx.client_key().to_string(),
+            operator: false,
+        }
+    }
+
+    /// Authenticates the request's bearer token through the vault (and
+    /// notes the caller's name for the request log).
+    pub(crate) async fn authenticate(&self, ctx: &Ctx) -> Result<Caller, ApiError> {
+        let token = ctx
+            .bearer()
+            .map_err(|e| crate::vault::Refusal::Unauthenticated(e.detail));
+        let caller = self.vault().authenticate(&Self::origin(ctx), token).await?;
+        ctx.set_caller(&caller.name);
+        Ok(caller)
     }
 
     /// A permit to read one request body, waiting up to the read timeout
@@ -121,36 +117,18 @@ impl AppState {
         caller: Option<&Caller>,
         outcome: Outcome,
     ) -> AuditEvent {
-        let (ip, peer) = ctx.audit_addresses();
-        AuditEvent {
-            request_id: ctx.request_id.clone(),
-            action,
-            key_id: None,
-            provider: None,
-            caller: caller.map_or_else(|| "anonymous".to_string(), |c| c.name.clone()),
-            caller_id: caller.map(|c| c.id),
-            ip,
-            peer,
-            outcome,
-            count: None,
-            detail: None,
-        }
+        self.vault()
+            .event(&Self::origin(ctx), action, caller, outcome)
     }
 
-    /// Writes a record durably; a failure becomes the 503 answer.
+    /// Writes a record durably through the vault; a failure becomes the
+    /// 503 answer.
     pub(crate) async fn audit(
         &self,
         event: AuditEvent,
         writes: Vec<crate::store::Write>,
     ) -> Result<u64, ApiError> {
-        if event.action == Action::Reveal {
-            metrics::counter!("keyhold_reveals_total", "outcome" => event.outcome.as_str())
-                .increment(1);
-        }
-        self.audit.record(event, writes).await.map_err(|e| {
-            tracing::error!(error = %e, "audit write failed");
-            ApiError::audit_unavailable()
-        })
+        Ok(self.vault().record(event, writes).await?)
     }
 }
 

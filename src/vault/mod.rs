@@ -1,0 +1,186 @@
+//! The vault's rules, usable without HTTP or a terminal.
+//!
+//! Every rule of keyhold that an edge (an HTTP handler, a CLI command)
+//! used to write itself lives here: the audit-first reveal (`reveal.rs`),
+//! storing and deleting keys (`keys.rs`), minting and revoking access
+//! tokens (`tokens.rs`), rotation (`rotate.rs`), initialising a store
+//! (`init.rs`, over `crate::unlock`, which also opens one). The edges extract what a request or a
+//! command says, call the core, and present what it answers: a value, or
+//! a [`Refusal`], which maps once to an audit outcome
+//! ([`Refusal::outcome`]) and once to an HTTP status (in `http::error`)
+//! and an exit code (in `cli`).
+//!
+//! A reveal, read top to bottom in [`Vault::reveal`]: limiter verdict →
+//! caller → scope → load → expiry → decrypt → audit (durable) → revealed.
+//!
+//! Not for: transport, request parsing or presentation.
+
+mod init;
+mod keys;
+mod refusal;
+mod reveal;
+mod rotate;
+mod tokens;
+
+pub use init::{initialise, Initialised};
+pub use keys::{ttl_invalid, NewKey, MAX_API_KEY, MAX_KEY_NAME, MAX_TTL_SECONDS};
+pub use refusal::Refusal;
+pub use reveal::{RevealRequest, Revealed, Target};
+pub use rotate::{rotate_store, Rotated};
+pub use tokens::{MintedToken, TokenRequest};
+
+use crate::access::Caller;
+use crate::audit::{Action, AuditError, AuditEvent, AuditLog, AuditWriter, Coalescer, Outcome};
+use crate::keyring::Keyring;
+use crate::store::{Store, StoreError, Write};
+
+/// Where the vault's audit records go: the server's group-commit writer,
+/// or an offline command's log.
+#[derive(Clone, Copy)]
+pub enum Sink<'a> {
+    Writer(&'a AuditWriter),
+    Log(&'a AuditLog),
+}
+
+impl Sink<'_> {
+    /// Appends one record (with the writes it records) durably.
+    pub async fn record(&self, event: AuditEvent, writes: Vec<Write>) -> Result<u64, AuditError> {
+        match self {
+            Sink::Writer(w) => w.record(event, writes).await,
+            Sink::Log(l) => l
+                .append(&[(event, writes)])
+                .map(|seqs| seqs.first().copied().unwrap_or(0)),
+        }
+    }
+
+    /// The log behind the sink (for a hand-over of the signing key).
+    pub fn log(&self) -> &AuditLog {
+        match self {
+            Sink::Writer(w) => w.log(),
+            Sink::Log(l) => l,
+        }
+    }
+}
+
+/// Who is asking, as the audit log records it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub request_id: String,
+    /// The client address the request is attributed to (`local` offline).
+    pub ip: String,
+    /// The TCP peer, when it differs from `ip` (a trusted proxy).
+    pub peer: Option<String>,
+    /// What the limiter and the flood counter key the client by.
+    pub client: String,
+    /// The operator running an offline command (recorded as `cli`).
+    pub operator: bool,
+}
+
+impl Origin {
+    /// An offline command run by the operator.
+    pub fn cli() -> Origin {
+        Origin {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ip: "local".into(),
+            peer: None,
+            client: "local".into(),
+            operator: true,
+        }
+    }
+}
+
+/// The vault as one request or command sees it: the store, the keyring,
+/// where audit records go and, on a server, the counter of flooding
+/// attempts.
+#[derive(Clone, Copy)]
+pub struct Vault<'a> {
+    pub store: &'a Store,
+    pub keyring: &'a Keyring,
+    pub audit: Sink<'a>,
+    /// Rate-limited and unauthenticated reveals are counted here (one
+    /// record per client, outcome and second) instead of written one by
+    /// one; offline there is none and each is written.
+    pub coalescer: Option<&'a Coalescer>,
+}
+
+impl Vault<'_> {
+    /// A base audit event of `action` for `origin`.
+    pub fn event(
+        &self,
+        origin: &Origin,
+        action: Action,
+        caller: Option<&Caller>,
+        outcome: Outcome,
+    ) -> AuditEvent {
+        AuditEvent {
+            request_id: origin.request_id.clone(),
+            action,
+            key_id: None,
+            provider: None,
+            caller: match caller {
+                Some(c) => c.name.clone(),
+                None if origin.operator => "cli".to_string(),
+                None => "anonymous".to_string(),
+            },
+            caller_id: caller.map(|c| c.id),
+            ip: origin.ip.clone(),
+            peer: origin.peer.clone(),
+            outcome,
+            count: None,
+            detail: None,
+        }
+    }
+
+    /// Writes a record durably; a failure is the refusal that nothing was
+    /// served.
+    pub async fn record(&self, event: AuditEvent, writes: Vec<Write>) -> Result<u64, Refusal> {
+        if event.action == Action::Reveal {
+            metrics::counter!("keyhold_reveals_total", "outcome" => event.outcome.as_str())
+                .increment(1);
+        }
+        self.audit.record(event, writes).await.map_err(|e| {
+            tracing::error!(error = %e, "audit write failed");
+            Refusal::AuditUnavailable
+        })
+    }
+
+    /// Records a refusal of `action` and hands it back.
+    async fn refuse(&self, mut event: AuditEvent, refusal: Refusal) -> Refusal {
+        event.outcome = refusal.outcome();
+        match self.record(event, vec![]).await {
+            Ok(_) => refusal,
+            Err(unavailable) => unavailable,
+        }
+    }
+
+    /// The caller a bearer token stands for. `token` is what the edge
+    /// could read (or why it could read none). A token whose stored record
+    /// failed its integrity check is refused and recorded here, whatever
+    /// the action.
+    pub async fn authenticate(
+        &self,
+        origin: &Origin,
+        token: Result<&str, Refusal>,
+    ) -> Result<Caller, Refusal> {
+        let token = token?;
+        match crate::tokens::authenticate(self.store, token) {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(Refusal::Unauthenticated(
+                "invalid or revoked token: check the token, or ask an admin for a new one".into(),
+            )),
+            Err(StoreError::Tampered { .. }) => {
+                let mut ev = self.event(origin, Action::Authenticate, None, Outcome::Tampered);
+                ev.detail = Some(
+                    "the token's stored record failed its integrity check (planted, edited or \
+                     moved outside keyhold); refused"
+                        .into(),
+                );
+                Err(self.refuse(ev, Refusal::TamperedToken).await)
+            }
+            Err(e) => Err(Refusal::storage(&e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+//! The audit-first reveal.
+//!
+//! In this order, every step recorded whatever its outcome: the limiter's
+//! verdict (the edge resolved the client and asked the limiter) → the
+//! caller (authenticate) → the scope → load (and the provider limit,
+//! which needs the record) → expiry → decrypt → the audit record, durable,
+//! with `last_used` → the key. Rate-limited and unauthenticated attempts
+//! are counted (one record per client, outcome and second), so a flood
+//! cannot fill the disk and none goes uncounted.
+
+use uuid::Uuid;
+
+use super::{Origin, Refusal, Vault};
+use crate::access::{valid_provider, Caller, Scope};
+use crate::audit::{Action, AuditEvent, Outcome};
+use crate::secret::SecretBytes;
+use crate::store::{KeyRecord, Write};
+use crate::time::now_us;
+
+/// What a reveal asks for.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A key by its id (as the caller wrote it; not checked yet).
+    Id(String),
+    /// The newest live key of a provider.
+    NewestOf(String),
+}
+
+/// One reveal attempt.
+pub struct RevealRequest<'r> {
+    pub origin: Origin,
+    /// The bearer token, or why the edge could read none.
+    pub token: Result<&'r str, Refusal>,
+    pub target: Target,
+    /// The limiter's verdict: `Err(retry_after_secs)` when over budget.
+    pub verdict: Result<(), u64>,
+    /// What the caller says the key is for (copied into the record).
+    pub purpose: Option<String>,
+    /// Told the caller's name once the token is known (the edge's
+    /// request log names the caller of a refused reveal too).
+    pub on_caller: Option<&'r (dyn Fn(&str) + Send + Sync)>,
+}
+
+/// A revealed key: its plaintext is zeroized on drop.
+#[derive(Debug)]
+pub struct Revealed {
+    pub id: Uuid,
+    pub provider: String,
+    pub key_name: String,
+    pub api_key: SecretBytes,
+}
+
+impl Vault<'_> {
+    /// Reveals a key, audit-first (see the module docs). Every refusal has
+    /// been recorded (or counted) when it is returned.
+    pub async fn reveal(&self, req: RevealRequest<'_>) -> Result<Revealed, Refusal> {
+        let mut ev = self.event(&req.origin, Action::Reveal, None, Outcome::Success);
+        match &req.target {
+            Target::Id(id) => ev.key_id = Uuid::parse_str(id).ok(),
+            Target::NewestOf(p) if valid_provider(p) => ev.provider = Some(p.clone()),
+            Target::NewestOf(_) => ev.detail = Some("invalid provider name".into()),
+        }
+        if let Some(purpose) = &req.purpose {
+            ev.detail = Some(format!("for {purpose}"));
+        }
+        // 1. the limiter's verdict, before anything else.
+        if let Err(retry_after) = req.verdict {
+            metrics::counter!("keyhold_rate_limited_total").increment(1);
+            return Err(self
+                .count(&req.origin, ev, Refusal::RateLimited(retry_after))
+                .await);
+        }
+        // 2. the caller (a tampered token record is recorded by
+        //    `authenticate` itself).
+        let caller = match self.authenticate(&req.origin, req.token).await {
+            Ok(c) => c,
+            Err(r @ Refusal::Unauthenticated(_)) => {
+                return Err(self.count(&req.origin, ev, r).await)
+            }
+            Err(r) => return Err(r),
+        };
+        if let Some(note) = req.on_caller {
+            note(&caller.name);
+        }
+        ev.caller = caller.name.clone();
+        ev.caller_id = Some(caller.id);
+        // 3. the scope.
+        if !caller.has(Scope::KeysReveal) {
+            return Err(self.refuse(ev, missing_scope(Scope::KeysReveal)).await);
+        }
+        // 4. load (and the provider limit).
+        let rec = match self.load(&caller, &req.target, &mut ev) {
+            Ok(rec) => rec,
+            Err(r) => return Err(self.refuse(ev, r).await),
+        };
+        ev.key_id = Some(rec.id);
+        ev.provider = Some(rec.provider.clone());
+        // 5. expiry.
+        let now = now_us();
+        if rec.expires_at_us.is_some_and(|e| e <= now) {
+            return Err(self.refuse(ev, Refusal::Expired).await);
+        }
+        // 6. decrypt.
+        let Ok(opened) = self.keyring.decrypt(&rec.token) else {
+            return Err(self.refuse(ev, Refusal::DecryptFailed).await);
+        };
+        ev.outcome = Outcome::Success;
+        let opened_by = format!("key {}", opened.fingerprint);
+        ev.detail = Some(match ev.detail.take() {
+            Some(d) => format!("{d}; opened by {opened_by}"),
+            None => format!("opened by {opened_by}"),
+        });
+        // 7. the audit record, durable, with last_used, before anything
+        //    leaves.
+        self.record(
+            ev,
+            vec![Write::TouchKey {
+                id: rec.id,
+                at_us: now,
+            }],
+        )
+        .await?;
+        // 8. the key.
+        Ok(Revealed {
+            id: rec.id,
+            provider: rec.provider,
+            key_name: rec.key_name,
+            api_key: opened.plaintext,
+        })
+    }
+
+    /// Counts a flooding attempt (rate-limited, unauthenticated): on a
+    /// server one record per client, outcome and second; offline, written.
+    async fn count(&self, origin: &Origin, mut ev: AuditEvent, refusal: Refusal) -> Refusal {
+        ev.outcome = refusal.outcome();
+        match self.coalescer {
+            Some(c) => {
+                metrics::counter!("keyhold_reveals_total", "outcome" => ev.outcome.as_str())
+                    .increment(1);
+                c.add(&origin.client, ev, now_us());
+                refusal
+            }
+            None => self.refuse(ev, refusal).await,
+        }
+    }
+
+    /// Loads what the reveal asks for. Another provider's key answers like
+    /// a missing one; the record keeps the truth (`forbidden`).
+    fn load(
+        &self,
+        caller: &Caller,
+        target: &Target,
+        ev: &mut AuditEvent,
+    ) -> Result<KeyRecord, Refusal> {
+        match target {
+            Target::Id(id) => {
+                let Ok(id) = Uuid::parse_str(id) else {
+                    return Err(Refusal::no_such_key());
+                };
+                let rec = self
+                    .store
+                    .get_key(&id)
+                    .map_err(Refusal::of_store)?
+                    .ok_or_else(Refusal::no_such_key)?;
+                if !caller.may_use_provider(&rec.provider) {
+                    ev.key_id = Some(rec.id);
+                    ev.provider = Some(rec.provider.clone());
+                    return Err(beyond(Refusal::no_such_key()));
+                }
+                Ok(rec)
+            }
+            Target::NewestOf(provider) => {
+                let none = || {
+                    Refusal::NotFound(format!(
+                        "no key stored for provider `{}`: add one with POST /api/keys",
+                        provider.chars().take(64).collect::<String>()
+                    ))
+                };
+                if !valid_provider(provider) {
+                    return Err(none());
+                }
+                if !caller.may_use_provider(provider) {
+                    return Err(beyond(none()));
+                }
+                let now = now_us();
+                let mut newest_expired = None;
+                for item in self.store.provider_keys_newest_first(provider) {
+                    let rec = item.map_err(Refusal::of_store)?;
+                    if rec.expires_at_us.is_some_and(|e| e <= now) {
+                        newest_expired.get_or_insert(rec);
+                        continue;
+                    }
+                    return Ok(rec);
+                }
+                match newest_expired {
+                    Some(rec) => {
+                        ev.key_id = Some(rec.id);
+                        Err(Refusal::Expired)
+                    }
+                    None => Err(none()),
+                }
+            }
+        }
+    }
+}
+
+/// A refusal for a key beyond the caller's providers: answered as `answer`
+/// (like a missing key), recorded `forbidden`.
+fn beyond(answer: Refusal) -> Refusal {
+    match answer {
+        Refusal::NotFound(d) => Refusal::Beyond(d),
+        other => other,
+    }
+}
+
+/// The refusal of a token that lacks `scope`.
+pub(crate) fn missing_scope(scope: Scope) -> Refusal {
+    Refusal::Forbidden(format!(
+        "this token lacks the `{scope}` scope: use a token whose role grants it"
+    ))
+}

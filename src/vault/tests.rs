@@ -1,0 +1,277 @@
+//! The core tested directly on a temporary store: no HTTP, no terminal.
+
+use super::*;
+use crate::access::Role;
+use crate::audit::AuditRecord;
+use crate::secret::SecretString;
+
+/// A fresh vault: a temporary store initialised under a random keyring,
+/// its audit log, and the first admin token.
+struct Fixture {
+    store: Store,
+    keyring: Keyring,
+    log: AuditLog,
+    admin: String,
+}
+
+fn fixture() -> Fixture {
+    let store = Store::temporary().unwrap();
+    let keyring = Keyring::ephemeral();
+    let done = initialise(&store, &keyring, "admin").unwrap();
+    let log = AuditLog::open(store.clone(), &keyring).unwrap();
+    Fixture {
+        store,
+        keyring,
+        log,
+        admin: done.admin_token.expose().to_string(),
+    }
+}
+
+impl Fixture {
+    fn vault(&self) -> Vault<'_> {
+        Vault {
+            store: &self.store,
+            keyring: &self.keyring,
+            audit: Sink::Log(&self.log),
+            coalescer: None,
+        }
+    }
+
+    fn records(&self) -> Vec<AuditRecord> {
+        self.store
+            .audit_iter(0)
+            .map(|r| AuditRecord::decode(&r.unwrap().1).unwrap())
+            .collect()
+    }
+
+    fn last(&self) -> AuditRecord {
+        self.records().pop().unwrap()
+    }
+
+    fn caller(&self, token: &str) -> Caller {
+        crate::tokens::authenticate(&self.store, token)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn token(&self, role: Role, providers: Option<Vec<String>>) -> String {
+        let minted = block(self.vault().create_token(
+            &Origin::cli(),
+            None,
+            TokenRequest {
+                name: format!("t{}", uuid::Uuid::new_v4().simple()),
+                role,
+                providers,
+            },
+        ))
+        .unwrap();
+        minted.secret.expose().to_string()
+    }
+
+    fn key(&self, provider: &str, api_key: &str, ttl: Option<i64>) -> uuid::Uuid {
+        let admin = self.caller(&self.admin);
+        let rec = block(self.vault().create_key(
+            &Origin::cli(),
+            &admin,
+            NewKey {
+                provider: provider.into(),
+                key_name: "main".into(),
+                api_key: SecretString::new(api_key.into()),
+                ttl_seconds: ttl,
+            },
+        ))
+        .unwrap();
+        rec.id
+    }
+
+    fn reveal(&self, token: Option<&str>, target: Target) -> Result<Revealed, Refusal> {
+        block(self.vault().reveal(RevealRequest {
+            origin: Origin::cli(),
+            token: token.ok_or(Refusal::Unauthenticated("no token".into())),
+            target,
+            verdict: Ok(()),
+            purpose: None,
+            on_caller: None,
+        }))
+    }
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn a_reveal_answers_only_after_its_success_record_is_written() {
+    let f = fixture();
+    let id = f.key("claude", "sk-ant-1", None);
+    let reader = f.token(Role::Reader, None);
+    let key = f
+        .reveal(Some(&reader), Target::NewestOf("claude".into()))
+        .unwrap();
+    assert_eq!(key.api_key.expose(), b"sk-ant-1");
+    let rec = f.last();
+    assert_eq!(
+        (rec.event.action, rec.event.outcome, rec.event.key_id),
+        (Action::Reveal, Outcome::Success, Some(id))
+    );
+    assert!(
+        f.store.last_used(&id).unwrap().is_some(),
+        "last_used lands with the record"
+    );
+}
+
+#[test]
+fn each_refusal_is_recorded_with_its_outcome() {
+    let f = fixture();
+    let id = f.key("claude", "sk-ant-1", None);
+    let gone = f.key("gemini", "AIza", Some(1));
+    let writer = f.token(Role::Writer, None);
+    let limited = f.token(Role::Reader, Some(vec!["gemini".into()]));
+    let cases: Vec<(Option<&str>, Target, Refusal, Outcome)> = vec![
+        (
+            None,
+            Target::Id(id.to_string()),
+            Refusal::Unauthenticated("no token".into()),
+            Outcome::Unauthenticated,
+        ),
+        (
+            Some(&writer),
+            Target::Id(id.to_string()),
+            reveal::missing_scope(crate::access::Scope::KeysReveal),
+            Outcome::Forbidden,
+        ),
+        (
+            Some(&f.admin),
+            Target::Id(uuid::Uuid::new_v4().to_string()),
+            Refusal::no_such_key(),
+            Outcome::NotFound,
+        ),
+        // Another provider's key answers like a missing one, recorded forbidden.
+        (
+            Some(&limited),
+            Target::Id(id.to_string()),
+            Refusal::Beyond(refusal::NO_SUCH_KEY.into()),
+            Outcome::Forbidden,
+        ),
+    ];
+    for (token, target, want, outcome) in cases {
+        let got = f.reveal(token, target).unwrap_err();
+        assert_eq!(got, want);
+        assert_eq!(f.last().event.outcome, outcome, "{want:?}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(
+        f.reveal(Some(&f.admin), Target::Id(gone.to_string()))
+            .unwrap_err(),
+        Refusal::Expired
+    );
+    assert_eq!(f.last().event.outcome, Outcome::Expired);
+}
+
+#[test]
+fn a_rate_limited_reveal_is_refused_before_the_token_is_looked_at() {
+    let f = fixture();
+    let before = f.records().len();
+    let got = block(f.vault().reveal(RevealRequest {
+        origin: Origin::cli(),
+        token: Ok("kh_not-even-checked"),
+        target: Target::NewestOf("claude".into()),
+        verdict: Err(7),
+        purpose: None,
+        on_caller: None,
+    }))
+    .unwrap_err();
+    assert_eq!(got, Refusal::RateLimited(7));
+    let recs = f.records();
+    assert_eq!(recs.len(), before + 1);
+    assert_eq!(recs[before].event.outcome, Outcome::RateLimited);
+    assert_eq!(recs[before].event.caller, "cli");
+}
+
+#[test]
+fn a_tampered_token_record_is_refused_and_recorded_as_such() {
+    let f = fixture();
+    let reader = f.token(Role::Reader, None);
+    // Move the admin's authentic record under the reader's storage key.
+    let sha = crate::access::hash_token(&reader);
+    let at = f.store.token_key(&sha).unwrap();
+    let admin_at = f
+        .store
+        .token_key(&crate::access::hash_token(&f.admin))
+        .unwrap();
+    let admin_value = f
+        .store
+        .entries("tokens")
+        .map(|e| e.unwrap())
+        .find(|(k, _)| **k == admin_at)
+        .unwrap()
+        .1;
+    f.store.put_entry("tokens", &at, &admin_value).unwrap();
+    let got = f.reveal(Some(&reader), Target::NewestOf("claude".into()));
+    assert_eq!(got.unwrap_err(), Refusal::TamperedToken);
+    let rec = f.last();
+    assert_eq!(
+        (rec.event.action, rec.event.outcome),
+        (Action::Authenticate, Outcome::Tampered)
+    );
+}
+
+#[test]
+fn a_limited_admin_mints_nothing_broader_and_revokes_nothing_broader() {
+    let f = fixture();
+    let limited = f.token(Role::Admin, Some(vec!["claude".into()]));
+    let caller = f.caller(&limited);
+    let broad = TokenRequest {
+        name: "broad".into(),
+        role: Role::Reader,
+        providers: None,
+    };
+    let got = block(f.vault().create_token(&Origin::cli(), Some(&caller), broad)).unwrap_err();
+    assert!(matches!(got, Refusal::Forbidden(_)), "{got:?}");
+    assert_eq!(f.last().event.outcome, Outcome::Forbidden);
+    let got = block(
+        f.vault()
+            .revoke_token(&Origin::cli(), Some(&caller), "admin"),
+    )
+    .unwrap_err();
+    assert!(matches!(got, Refusal::Beyond(_)), "{got:?}");
+    assert!(f
+        .vault()
+        .list_tokens(Some(&caller))
+        .unwrap()
+        .iter()
+        .all(|t| t.name != "admin"));
+    // The operator offline reaches everything.
+    let rec = block(f.vault().revoke_token(&Origin::cli(), None, "admin")).unwrap();
+    assert_eq!(rec.name, "admin");
+}
+
+#[test]
+fn keys_are_checked_created_and_deleted_with_their_records() {
+    let f = fixture();
+    let admin = f.caller(&f.admin);
+    let bad = NewKey {
+        provider: "Claude".into(),
+        key_name: "k".into(),
+        api_key: SecretString::new("x".into()),
+        ttl_seconds: None,
+    };
+    let got = block(f.vault().create_key(&Origin::cli(), &admin, bad)).unwrap_err();
+    assert!(
+        matches!(&got, Refusal::Invalid(d) if d.contains("provider")),
+        "{got:?}"
+    );
+    let id = f.key("claude", "sk", None);
+    assert_eq!(f.last().event.action, Action::KeyCreate);
+    let deleted = block(
+        f.vault()
+            .delete_key(&Origin::cli(), &admin, &id.to_string()),
+    )
+    .unwrap();
+    assert_eq!(deleted, id);
+    assert_eq!(f.last().event.action, Action::KeyDelete);
+    assert!(f.store.get_key(&id).unwrap().is_none());
+}
