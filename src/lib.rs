@@ -5,6 +5,7 @@
 //! [`http`] and [`cli`] call [`keyring`], [`store`], [`audit`] and
 //! [`access`]; those never call back up.
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 pub mod access;
 pub mod audit;

@@ -366,7 +366,7 @@ fn audit_export_lines_reject_hostile_json() {
         let rebuilt = no_panic(&what, || {
             serde_json::from_str::<ExportRecord>(input)
                 .map_err(|e| e.to_string())
-                .and_then(|e| AuditRecord::from_export(&e))
+                .and_then(|e| AuditRecord::from_export(&e).map_err(|e| e.to_string()))
         });
         assert!(rebuilt.is_err(), "{what}");
     }

@@ -29,8 +29,12 @@ use zeroize::Zeroizing;
 
 pub use coalesce::{Coalescer, Drained};
 pub use export::{ExportFilter, ExportFormat, Exporter, FilterError, EXPORT_COLUMNS};
-pub use record::{hex, unhex32, Action, AuditEvent, AuditRecord, ExportRecord, Outcome};
-pub use sign::{AuditSigner, PublicKey, Signature, SignerError, HAND_OVER_PREFIX, SIGNING_PURPOSE};
+pub use record::{
+    hex, unhex32, Action, AuditEvent, AuditRecord, BadExportRecord, ExportRecord, Outcome,
+};
+pub use sign::{
+    AuditSigner, BadPublicKey, PublicKey, Signature, SignerError, HAND_OVER_PREFIX, SIGNING_PURPOSE,
+};
 pub use verify::{ChainVerifier, Problem, VerifyReport};
 pub use writer::{AuditWriter, BatchObserver};
 

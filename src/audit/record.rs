@@ -317,43 +317,51 @@ impl AuditRecord {
 
 impl AuditRecord {
     /// Rebuilds a record from its exported form (for `verify --file`).
-    pub fn from_export(e: &ExportRecord) -> Result<AuditRecord, String> {
-        let uuid = |v: &Option<String>, name: &str| -> Result<Option<Uuid>, String> {
-            v.as_deref()
-                .map(|s| Uuid::parse_str(s).map_err(|_| format!("`{name}` is not a UUID")))
-                .transpose()
-        };
+    pub fn from_export(e: &ExportRecord) -> Result<AuditRecord, BadExportRecord> {
+        let uuid =
+            |v: &Option<String>, name: &'static str| -> Result<Option<Uuid>, BadExportRecord> {
+                v.as_deref()
+                    .map(|s| Uuid::parse_str(s).map_err(|_| BadExportRecord(name, "is not a UUID")))
+                    .transpose()
+            };
+        let bad = BadExportRecord;
         Ok(AuditRecord {
             seq: e.seq,
-            at_us: time::parse_rfc3339(&e.at).ok_or("`at` is not an RFC 3339 time")?,
+            at_us: time::parse_rfc3339(&e.at).ok_or(bad("at", "is not an RFC 3339 time"))?,
             event: AuditEvent {
                 request_id: e.request_id.clone(),
-                action: Action::parse(&e.action).ok_or("unknown `action`")?,
+                action: Action::parse(&e.action).ok_or(bad("action", "is not a known action"))?,
                 key_id: uuid(&e.key_id, "key_id")?,
                 provider: e.provider.clone(),
                 caller: e.caller.clone(),
                 caller_id: uuid(&e.caller_id, "caller_id")?,
                 ip: e.ip.clone(),
                 peer: e.peer.clone(),
-                outcome: Outcome::parse(&e.outcome).ok_or("unknown `outcome`")?,
+                outcome: Outcome::parse(&e.outcome)
+                    .ok_or(bad("outcome", "is not a known outcome"))?,
                 count: e.count,
                 detail: e.detail.clone(),
             },
-            prev: unhex32(&e.prev).ok_or("`prev` is not 64 hex digits")?,
-            mac: unhex32(&e.mac).ok_or("`mac` is not 64 hex digits")?,
+            prev: unhex32(&e.prev).ok_or(bad("prev", "is not 64 hex digits"))?,
+            mac: unhex32(&e.mac).ok_or(bad("mac", "is not 64 hex digits"))?,
             tag: e
                 .tag
                 .as_deref()
-                .map(|t| unhex32(t).ok_or("`tag` is not 64 hex digits"))
+                .map(|t| unhex32(t).ok_or(bad("tag", "is not 64 hex digits")))
                 .transpose()?,
             sig: e
                 .sig
                 .as_deref()
-                .map(|s| Signature::parse(s).ok_or("`sig` is not ed25519:KEY:SIGNATURE"))
+                .map(|s| Signature::parse(s).ok_or(bad("sig", "is not ed25519:KEY:SIGNATURE")))
                 .transpose()?,
         })
     }
 }
+
+/// A field of an exported record that does not parse: its name and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` {1}")]
+pub struct BadExportRecord(pub &'static str, pub &'static str);
 
 /// An audit record as exported (JSON Lines, CSV). Field order is the
 /// column order.

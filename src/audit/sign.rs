@@ -30,16 +30,19 @@ impl std::fmt::Display for PublicKey {
     }
 }
 
+/// Text that is not an audit public key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "an audit public key is `ed25519:` and 64 hex digits, as `keyhold audit public-key` prints it"
+)]
+pub struct BadPublicKey;
+
 impl std::str::FromStr for PublicKey {
-    type Err = String;
-    fn from_str(s: &str) -> Result<PublicKey, String> {
+    type Err = BadPublicKey;
+    fn from_str(s: &str) -> Result<PublicKey, BadPublicKey> {
         let t = s.trim();
         let h = t.strip_prefix("ed25519:").unwrap_or(t);
-        super::unhex32(h).map(PublicKey).ok_or_else(|| {
-            "an audit public key is `ed25519:` and 64 hex digits, as `keyhold audit public-key` \
-             prints it"
-                .to_string()
-        })
+        super::unhex32(h).map(PublicKey).ok_or(BadPublicKey)
     }
 }
 

@@ -29,7 +29,7 @@ const CLAIMED_GRACE: Duration = Duration::from_secs(2);
 struct Job {
     event: AuditEvent,
     writes: Vec<Write>,
-    done: oneshot::Sender<Result<u64, String>>,
+    done: oneshot::Sender<Result<u64, AuditError>>,
     state: Arc<AtomicU8>,
 }
 
@@ -110,7 +110,7 @@ impl AuditWriter {
                             tracing::error!(error = %e, records = jobs.len(), "audit batch failed; the requests it held were refused");
                             let msg = e.to_string();
                             for job in jobs {
-                                let _ = job.done.send(Err(msg.clone()));
+                                let _ = job.done.send(Err(AuditError::WriteFailed(msg.clone())));
                             }
                         }
                     }
@@ -139,9 +139,8 @@ impl AuditWriter {
             done,
             state: state.clone(),
         };
-        let outcome = |r: Result<Result<u64, String>, oneshot::error::RecvError>| match r {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(msg)) => Err(AuditError::WriteFailed(msg)),
+        let outcome = |r: Result<Result<u64, AuditError>, oneshot::error::RecvError>| match r {
+            Ok(res) => res,
             Err(_) => Err(AuditError::Stopped),
         };
         let fut = async {

@@ -16,7 +16,7 @@ use crate::config::{
 };
 use crate::keyring::Keyring;
 
-pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCommand::Export(a) => export(a),
         AuditCommand::Verify(a) => verify(a),
@@ -119,7 +119,7 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         Some(text) => {
             let key: PublicKey = text
                 .parse()
-                .map_err(|e: String| ConfigError(format!("--public-key: {e}")))?;
+                .map_err(|e| ConfigError(format!("--public-key: {e}")))?;
             if a.filtered {
                 return Err(ConfigError(
                     "a filtered export cannot be verified with the public key alone (the records \
@@ -285,7 +285,16 @@ fn anchor_report(seq: u64, mac: &[u8; 32], got: Option<[u8; 32]>, holder: &str) 
     }
 }
 
-fn parse_line(line: &str) -> Result<AuditRecord, String> {
-    let e: ExportRecord = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    AuditRecord::from_export(&e)
+/// Why a line of an export is not an audit record.
+#[derive(Debug, thiserror::Error)]
+enum BadLine {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Field(#[from] crate::audit::BadExportRecord),
+}
+
+fn parse_line(line: &str) -> Result<AuditRecord, BadLine> {
+    let e: ExportRecord = serde_json::from_str(line)?;
+    Ok(AuditRecord::from_export(&e)?)
 }

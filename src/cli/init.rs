@@ -11,7 +11,7 @@ use crate::config::DataDir;
 use crate::keyring::Keyring;
 use crate::store::{Store, StoreError};
 
-pub fn run(args: DataDir) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let dir = &args.data_dir;
     // Decide before opening sled: opening a store writes to it, and a

@@ -10,7 +10,7 @@ use super::ConfigError;
 use crate::config::KeygenArgs;
 use crate::keyring::generate_key;
 
-pub fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     let key = generate_key();
     let Some(path) = args.env_file else {
         let mut out = std::io::stdout().lock();

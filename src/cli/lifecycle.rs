@@ -14,7 +14,7 @@ use crate::keyring::Keyring;
 use crate::ops;
 use crate::ops::import::ImportFormat;
 
-pub fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let store = open_checked(&a.data.data_dir, &keyring)?;
     let log = open_log(store.clone(), &keyring)?;
@@ -48,7 +48,7 @@ pub fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let store = open_initialised(&a.data.data_dir)?;
     // A wrong key is what check reports, not an error; damage is too.
@@ -74,7 +74,7 @@ pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     let format = match &a.format {
         Some(f) => ImportFormat::parse(f)
             .ok_or_else(|| ConfigError("--format must be json, jsonl or csv".into()))?,
@@ -127,7 +127,7 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     if a.verify {
         return verify_backup(&a.file, &keyring);
@@ -198,7 +198,7 @@ fn verify_backup(path: &std::path::Path, keyring: &Keyring) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     if !a.file.is_file() {
         return Err(ConfigError(format!(

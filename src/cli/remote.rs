@@ -49,7 +49,7 @@ fn is_keyholds_own(name: &str) -> bool {
 const PRISTINE_KEEP: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
 
 /// `keyhold exec`: every failure exits 2 and runs nothing.
-pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
     if a.providers.len() != a.envs.len() {
         return Err(ConfigError(format!(
             "{} --provider but {} --env: give one --env VAR for each --provider, in order; nothing was run",
@@ -132,7 +132,7 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `keyhold keys …`
-pub fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
     let res = match c {
         KeysCommand::Add(a) => {
             let key = read_secret_from_stdin()?;

@@ -16,7 +16,7 @@ use crate::keyring::Keyring;
 use crate::limiter::RevealLimiter;
 use crate::store::Store;
 
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging_as(&args.log, args.log_format);
     // Everything that can be wrong with the configuration is found here,
     // before the runtime starts and before binding.

@@ -11,7 +11,7 @@ use crate::keyring::Keyring;
 use crate::time::to_rfc3339;
 use crate::vault::Origin;
 
-pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TokenCommand::Create(a) if a.remote.remote => remote(&a.remote, |c| {
             let role = crate::access::Role::from(a.role).as_str();

@@ -71,7 +71,7 @@ async fn whole_store_caller(
 
 /// GET /api/tokens — a provider-limited admin sees only the tokens that
 /// reach no further than itself.
-pub async fn list_tokens(state: State, ctx: Ctx) -> Response {
+pub(super) async fn list_tokens(state: State, ctx: Ctx) -> Response {
     let res = async {
         let caller = state.authenticate(&ctx).await?;
         require(&caller, Scope::Admin)?;
@@ -88,7 +88,7 @@ pub async fn list_tokens(state: State, ctx: Ctx) -> Response {
 }
 
 /// GET /api/tokens/{id}
-pub async fn get_token(id: String, state: State, ctx: Ctx) -> Response {
+pub(super) async fn get_token(id: String, state: State, ctx: Ctx) -> Response {
     let res = async {
         let caller = state.authenticate(&ctx).await?;
         require(&caller, Scope::Admin)?;
@@ -100,7 +100,7 @@ pub async fn get_token(id: String, state: State, ctx: Ctx) -> Response {
 }
 
 /// POST /api/tokens  `{name, role, providers?}`
-pub async fn create_token<S, B>(state: State, ctx: Ctx, body: S) -> Response
+pub(super) async fn create_token<S, B>(state: State, ctx: Ctx, body: S) -> Response
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -176,7 +176,7 @@ where
 }
 
 /// DELETE /api/tokens/{id}
-pub async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response {
+pub(super) async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response {
     let res = async {
         let caller = admin_caller(&state, &ctx, Action::TokenRevoke).await?;
         let rec = state
@@ -193,7 +193,7 @@ pub async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response {
 }
 
 /// POST /api/admin/rotate — re-encrypt everything under the newest key.
-pub async fn rotate(state: State, ctx: Ctx) -> Response {
+pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
     let res = async {
         let caller = whole_store_caller(&state, &ctx, Action::Rotate, "a rotation").await?;
         let Ok(_guard) = state.maintenance.try_lock() else {
@@ -229,35 +229,32 @@ pub async fn rotate(state: State, ctx: Ctx) -> Response {
 ///
 /// Writes are held back only while the snapshot is copied to a private
 /// temporary file (local disk speed), not while a slow client downloads.
-pub async fn backup(state: State, ctx: Ctx) -> Response {
+pub(super) async fn backup(state: State, ctx: Ctx) -> Response {
     let res = async {
         let caller = whole_store_caller(&state, &ctx, Action::Backup, "a backup").await?;
         let guard = state.maintenance.clone().try_lock_owned().map_err(|_| {
             ApiError::conflict("a rotation or backup is already running: wait for it to finish")
         })?;
         let ev = state.event(&ctx, Action::Backup, Some(&caller), Outcome::Success);
-        state.audit(ev, vec![]).await?;
+        state.record(ev, vec![]).await?;
         let st = state.clone();
-        let file = tokio::task::spawn_blocking(move || -> Result<std::fs::File, String> {
-            let file = private_temp_file().map_err(|e| e.to_string())?;
-            st.audit
-                .log()
-                .with_writes_paused(|| {
+        let file = tokio::task::spawn_blocking(
+            move || -> Result<std::fs::File, crate::ops::backup::BackupError> {
+                let file = private_temp_file()?;
+                st.audit.log().with_writes_paused(|| {
                     crate::ops::backup::write_backup(&st.store, &st.keyring, &file)
-                })
-                .map_err(|e| e.to_string())?;
-            Ok(file)
-        })
+                })?;
+                Ok(file)
+            },
+        )
         .await
         .map_err(|_| ApiError::unavailable("the backup was interrupted; retry"))?
         .map_err(|e| ApiError::storage(&e))?;
         let mut resp = super::stream::stream_blocking(move |out| {
             let _guard = guard;
             let mut file = file;
-            std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
-            std::io::copy(&mut file, out)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            std::io::Seek::rewind(&mut file)?;
+            std::io::copy(&mut file, out).map(|_| ())
         });
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,

@@ -15,7 +15,7 @@ use crate::audit::{self, Action, ExportFilter, ExportFormat, Exporter, Outcome};
 
 /// Parses the export query (`since`, `until`, `key_id`, `caller`,
 /// `outcome`, `action`, `format`).
-pub fn parse_export_query(query: &str) -> Result<(ExportFilter, ExportFormat), ApiError> {
+pub(super) fn parse_export_query(query: &str) -> Result<(ExportFilter, ExportFormat), ApiError> {
     let mut f = ExportFilter::default();
     let mut format = ExportFormat::default();
     for (k, v) in form_pairs(query)? {
@@ -45,24 +45,24 @@ fn limited_audit_reader() -> ApiError {
 }
 
 /// GET /api/audit
-pub async fn export(state: State, ctx: Ctx, query: String) -> Response {
+pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
     let res = async {
         let caller = state.authenticate(&ctx).await?;
         if let Err(e) = require(&caller, Scope::AuditRead) {
             let ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Forbidden);
-            state.audit(ev, vec![]).await?;
+            state.record(ev, vec![]).await?;
             return Err(e);
         }
         if caller.is_limited() {
             let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Forbidden);
             ev.detail = Some("provider-limited token".into());
-            state.audit(ev, vec![]).await?;
+            state.record(ev, vec![]).await?;
             return Err(limited_audit_reader());
         }
         let (filter, format) = parse_export_query(&query)?;
         let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Success);
         ev.detail = Some(format!("format={} {}", format.as_str(), filter.describe()));
-        state.audit(ev, vec![]).await?;
+        state.record(ev, vec![]).await?;
         // The head once the export's own record is in: an unfiltered export
         // holds this record, which `audit verify --file --anchor` checks.
         let (head_seq, head_mac) = state.audit.log().head();
@@ -72,7 +72,6 @@ pub async fn export(state: State, ctx: Ctx, query: String) -> Response {
             Exporter::new(&store, filter, format)
                 .write_to(out, |_| {})
                 .map(|_| ())
-                .map_err(|e| e.to_string())
         });
         resp.headers_mut().insert(
             CONTENT_TYPE,
@@ -88,7 +87,7 @@ pub async fn export(state: State, ctx: Ctx, query: String) -> Response {
 }
 
 /// GET /api/audit/verify
-pub async fn verify(state: State, ctx: Ctx) -> Response {
+pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
     let res = async {
         let caller = state.authenticate(&ctx).await?;
         require(&caller, Scope::AuditRead)?;

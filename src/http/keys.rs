@@ -22,7 +22,7 @@ use crate::vault::{NewKey, RevealRequest, Target};
 
 /// Key metadata as answered (never ciphertext or plaintext).
 #[derive(Debug, Serialize)]
-pub struct KeyMeta {
+pub(super) struct KeyMeta {
     pub id: String,
     pub provider: String,
     pub key_name: String,
@@ -45,7 +45,7 @@ impl KeyMeta {
 }
 
 /// POST /api/keys
-pub async fn create<S, B>(state: State, ctx: Ctx, body: S) -> Response
+pub(super) async fn create<S, B>(state: State, ctx: Ctx, body: S) -> Response
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -133,7 +133,7 @@ pub(crate) fn string_field(
 }
 
 /// GET /api/keys?provider=
-pub async fn list(state: State, ctx: Ctx, query: String) -> Response {
+pub(super) async fn list(state: State, ctx: Ctx, query: String) -> Response {
     match list_inner(&state, &ctx, &query).await {
         Ok(r) => r,
         Err(e) => ctx.error(&e),
@@ -161,7 +161,7 @@ pub(crate) fn form_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError>
 }
 
 /// DELETE /api/keys/{id}
-pub async fn delete(id: String, state: State, ctx: Ctx) -> Response {
+pub(super) async fn delete(id: String, state: State, ctx: Ctx) -> Response {
     match delete_inner(&state, &ctx, &id).await {
         Ok(r) => r,
         Err(e) => ctx.error(&e),
@@ -193,12 +193,12 @@ struct Revealed<'a> {
 }
 
 /// GET /api/keys/{id}
-pub async fn reveal_by_id(id: String, state: State, ctx: Ctx) -> Response {
+pub(super) async fn reveal_by_id(id: String, state: State, ctx: Ctx) -> Response {
     reveal(state, ctx, Target::Id(id)).await
 }
 
 /// GET /api/providers/{provider}/key
-pub async fn reveal_newest(provider: String, state: State, ctx: Ctx) -> Response {
+pub(super) async fn reveal_newest(provider: String, state: State, ctx: Ctx) -> Response {
     reveal(state, ctx, Target::NewestOf(provider)).await
 }
 

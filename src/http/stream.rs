@@ -15,9 +15,10 @@ const IN_FLIGHT: usize = 8;
 /// Runs `produce` on a blocking thread and streams what it writes. An
 /// error ends the stream early (the client sees a truncated body; the
 /// error is logged).
-pub fn stream_blocking<F>(produce: F) -> Response
+pub(super) fn stream_blocking<F, E>(produce: F) -> Response
 where
-    F: FnOnce(&mut ChannelWriter) -> Result<(), String> + Send + 'static,
+    F: FnOnce(&mut ChannelWriter) -> Result<(), E> + Send + 'static,
+    E: std::fmt::Display,
 {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(IN_FLIGHT);
     let handle = tokio::runtime::Handle::current();
@@ -37,7 +38,7 @@ where
 const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `std::io::Write` into the bounded channel.
-pub struct ChannelWriter {
+pub(super) struct ChannelWriter {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     handle: tokio::runtime::Handle,
 }

@@ -1,0 +1,374 @@
+//! The route table: one function per route (its doc names the method and
+//! path), composed in one place ([`routes`]). [`ROUTES`] lists the same
+//! routes for the metrics' `route` label, the request log and the OpenAPI
+//! test; a unit test below checks that every composed route is listed.
+//!
+//! Handlers (`keys.rs`, `admin.rs`, `audit_routes.rs`) never reject: they
+//! answer every error themselves, so each answer carries `X-Request-Id`.
+//! Only unknown paths and methods reach [`recover`].
+
+use std::convert::Infallible;
+
+use http::StatusCode;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use super::context::{self, error_response, Ctx, Peer};
+use super::error::ApiError;
+use super::{admin, audit_routes, keys, AppState, State};
+
+/// Every route the API serves: method and path pattern. One source of
+/// truth for the metrics' `route` label, the request log and the OpenAPI
+/// document's test.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/keys"),
+    ("GET", "/api/keys"),
+    ("GET", "/api/keys/{id}"),
+    ("DELETE", "/api/keys/{id}"),
+    ("GET", "/api/providers/{provider}/key"),
+    ("GET", "/api/tokens"),
+    ("POST", "/api/tokens"),
+    ("GET", "/api/tokens/{id}"),
+    ("DELETE", "/api/tokens/{id}"),
+    ("GET", "/api/audit"),
+    ("GET", "/api/audit/verify"),
+    ("POST", "/api/admin/rotate"),
+    ("GET", "/api/admin/backup"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+];
+
+/// The route pattern a request path falls under (`unmatched` for none):
+/// ids never become labels.
+pub fn route_label(method: &http::Method, path: &str) -> &'static str {
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let segs: Vec<&str> = path.split('/').collect();
+    let fits = |pattern: &str| {
+        let p: Vec<&str> = pattern.split('/').collect();
+        p.len() == segs.len()
+            && p.iter()
+                .zip(&segs)
+                .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
+    };
+    ROUTES
+        .iter()
+        .filter(|(_, p)| fits(p))
+        // A literal route beats a pattern (`/api/audit/verify`).
+        .min_by_key(|(m, p)| (*m != method.as_str(), p.contains('{')))
+        .map_or("unmatched", |(_, p)| p)
+}
+
+fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// Builds the request context (peer from keyhold's server, headers).
+fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
+    warp::ext::optional::<Peer>()
+        .and(warp::ext::optional::<context::HttpVersion>())
+        .and(warp::header::headers_cloned())
+        .map(
+            move |peer, version: Option<context::HttpVersion>, headers| {
+                let mut ctx = Ctx::new(peer, headers, &state.proxies, state.read_timeout);
+                if let Some(v) = version {
+                    ctx.version = v.0;
+                }
+                ctx
+            },
+        )
+}
+
+/// The raw query string, empty when there is none.
+fn query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// `/api/keys`, with or without the trailing slash (the Python
+/// reference's front end calls `/api/keys/`).
+fn keys_root() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::path!("api" / "keys")
+        .or(exact_path("/api/keys/"))
+        .unify()
+}
+
+fn exact_path(path: &'static str) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::path::full()
+        .and_then(move |full: warp::path::FullPath| async move {
+            if full.as_str() == path {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+}
+
+/// A route's filter: boxed, so the table composes quickly.
+type Route = BoxedFilter<(Response,)>;
+
+/// POST /api/keys — create a key (keys:write)
+fn create_key(s: &State) -> Route {
+    keys_root()
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(warp::body::stream())
+        .then(keys::create)
+        .boxed()
+}
+
+/// GET /api/keys — list metadata (keys:list), `?provider=`
+fn list_keys(s: &State) -> Route {
+    keys_root()
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(query())
+        .then(keys::list)
+        .boxed()
+}
+
+/// GET /api/keys/{id} — reveal one key (keys:reveal)
+fn reveal_key(s: &State) -> Route {
+    warp::path!("api" / "keys" / String)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(keys::reveal_by_id)
+        .boxed()
+}
+
+/// DELETE /api/keys/{id} — delete a key (keys:write)
+fn delete_key(s: &State) -> Route {
+    warp::path!("api" / "keys" / String)
+        .and(warp::delete())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(keys::delete)
+        .boxed()
+}
+
+/// GET /api/providers/{provider}/key — reveal the newest live key
+fn reveal_provider(s: &State) -> Route {
+    warp::path!("api" / "providers" / String / "key")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(keys::reveal_newest)
+        .boxed()
+}
+
+/// GET /api/tokens — list tokens (admin)
+fn list_tokens(s: &State) -> Route {
+    warp::path!("api" / "tokens")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::list_tokens)
+        .boxed()
+}
+
+/// POST /api/tokens — mint a token (admin)
+fn create_token(s: &State) -> Route {
+    warp::path!("api" / "tokens")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(warp::body::stream())
+        .then(admin::create_token)
+        .boxed()
+}
+
+/// GET /api/tokens/{id} — one token (admin)
+fn get_token(s: &State) -> Route {
+    warp::path!("api" / "tokens" / String)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::get_token)
+        .boxed()
+}
+
+/// DELETE /api/tokens/{id} — revoke a token (admin)
+fn revoke_token(s: &State) -> Route {
+    warp::path!("api" / "tokens" / String)
+        .and(warp::delete())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::revoke_token)
+        .boxed()
+}
+
+/// GET /api/audit — the log, streamed (audit:read)
+fn export(s: &State) -> Route {
+    warp::path!("api" / "audit")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(query())
+        .then(audit_routes::export)
+        .boxed()
+}
+
+/// GET /api/audit/verify — chain verification (audit:read)
+fn verify(s: &State) -> Route {
+    warp::path!("api" / "audit" / "verify")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(audit_routes::verify)
+        .boxed()
+}
+
+/// POST /api/admin/rotate — re-encrypt under the newest key (admin)
+fn rotate(s: &State) -> Route {
+    warp::path!("api" / "admin" / "rotate")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::rotate)
+        .boxed()
+}
+
+/// GET /api/admin/backup — a consistent, authenticated snapshot (admin)
+fn backup(s: &State) -> Route {
+    warp::path!("api" / "admin" / "backup")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::backup)
+        .boxed()
+}
+
+/// GET /healthz — liveness, and whether the audit writer works (no token)
+fn health(s: &State) -> Route {
+    warp::path!("healthz")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .map(|st: State| healthz(&st))
+        .boxed()
+}
+
+/// GET /metrics — Prometheus text (no token)
+fn metrics(s: &State) -> Route {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .map(|st: State| metrics_answer(&st))
+        .boxed()
+}
+
+/// GET /openapi.json — the API document (no token)
+fn openapi() -> Route {
+    warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| {
+            let mut r = Response::new(OPENAPI.into());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        })
+        .boxed()
+}
+
+/// The whole API. Order matters only where paths overlap: specific paths
+/// come before the `{id}` captures.
+pub fn routes(state: State) -> BoxedFilter<(Response,)> {
+    let s = &state;
+    let table = [
+        create_key(s),
+        list_keys(s),
+        reveal_key(s),
+        delete_key(s),
+        reveal_provider(s),
+        list_tokens(s),
+        create_token(s),
+        get_token(s),
+        revoke_token(s),
+        export(s),
+        verify(s),
+        rotate(s),
+        backup(s),
+        health(s),
+        metrics(s),
+        openapi(),
+    ];
+    let mut all: Option<Route> = None;
+    for route in table {
+        all = Some(match all {
+            None => route,
+            Some(a) => a.or(route).unify().boxed(),
+        });
+    }
+    all.unwrap_or_else(|| warp::any().map(|| Response::new("".into())).boxed())
+        .recover(recover)
+        .unify()
+        .boxed()
+}
+
+/// The OpenAPI 3 document of this API (kept true by tests/openapi.rs).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+fn metrics_answer(state: &AppState) -> Response {
+    let Some(handle) = &state.metrics else {
+        return context::json_response(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"detail": "metrics are not enabled in this process"}),
+        );
+    };
+    metrics::gauge!("keyhold_audit_records").set(state.audit.log().head().0 as f64);
+    let keys = state.gauges.keys.load(std::sync::atomic::Ordering::Relaxed);
+    if keys >= 0 {
+        metrics::gauge!("keyhold_keys").set(keys as f64);
+    }
+    metrics::gauge!("keyhold_limiter_addresses").set(state.limiter.tracked() as f64);
+    let mut r = Response::new(handle.render().into());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+fn healthz(state: &AppState) -> Response {
+    let ok = state.audit.is_healthy();
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "audit_writer": if ok { "ok" } else { "failing" },
+    });
+    context::json_response(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
+}
+
+/// Unknown paths and methods (handlers answer everything else).
+async fn recover(rej: Rejection) -> Result<Response, Infallible> {
+    let err = if rej.is_not_found() {
+        ApiError::not_found("no such route: see the API table in the README")
+    } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this route: see the API table in the README",
+        )
+    } else {
+        ApiError::bad_request("the request could not be read: check its headers and body")
+    };
+    let mut resp = error_response(&err);
+    if let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    Ok(resp)
+}

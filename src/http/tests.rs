@@ -1,0 +1,225 @@
+//! The route handlers without a socket (`warp::test`): each refusal of
+//! the vault answers its status, once, through `From<Refusal> for ApiError`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::{routes, AppState, State};
+use crate::access::Role;
+use crate::audit::{AuditLog, AuditWriter, Coalescer};
+use crate::keyring::Keyring;
+use crate::limiter::{RevealLimiter, TrustedProxies};
+use crate::store::Store;
+use crate::vault::{Origin, Refusal, Sink, TokenRequest, Vault};
+
+/// A server state on a temporary store, and its admin token.
+fn state(rate: &str) -> (State, String) {
+    let store = Store::temporary().unwrap();
+    let keyring = Keyring::ephemeral();
+    let admin = crate::vault::initialise(&store, &keyring, "admin")
+        .unwrap()
+        .admin_token
+        .expose()
+        .to_string();
+    let log = Arc::new(AuditLog::open(store.clone(), &keyring).unwrap());
+    let state = Arc::new(AppState {
+        store,
+        keyring: Arc::new(keyring),
+        audit: AuditWriter::start(log, Duration::from_secs(5), None),
+        limiter: RevealLimiter::new(rate.parse().unwrap()),
+        proxies: TrustedProxies::default(),
+        coalescer: Coalescer::new(),
+        metrics: None,
+        gauges: super::observe::Gauges::new(),
+        read_timeout: Duration::from_secs(5),
+        body_reads: tokio::sync::Semaphore::new(4),
+        maintenance: Arc::new(tokio::sync::Mutex::new(())),
+    });
+    (state, admin)
+}
+
+/// A token of `role` minted offline on `state`'s store.
+async fn token(state: &State, role: Role) -> String {
+    let log = state.audit.log();
+    let vault = Vault {
+        store: &state.store,
+        keyring: &state.keyring,
+        audit: Sink::Log(log),
+        coalescer: None,
+    };
+    let req = TokenRequest {
+        name: format!("t-{}", uuid::Uuid::new_v4().simple()),
+        role,
+        providers: None,
+    };
+    let minted = vault.create_token(&Origin::cli(), None, req).await.unwrap();
+    minted.secret.expose().to_string()
+}
+
+async fn status(
+    state: &State,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, String) {
+    let mut req = warp::test::request().method(method).path(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let resp = req.reply(&routes(state.clone())).await;
+    let detail = serde_json::from_slice::<serde_json::Value>(resp.body())
+        .ok()
+        .and_then(|v| v["detail"].as_str().map(String::from))
+        .unwrap_or_default();
+    (resp.status(), detail)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_answers_its_status() {
+    let (s, admin) = state("100/min");
+    let writer = token(&s, Role::Writer).await;
+    let id = uuid::Uuid::new_v4();
+    // method, path, token, body, the status it must answer
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<&'a str>,
+        Option<&'a str>,
+        StatusCode,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            format!("/api/keys/{id}"),
+            None,
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "GET",
+            format!("/api/keys/{id}"),
+            Some("kh_unknown"),
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "GET",
+            format!("/api/keys/{id}"),
+            Some(&writer),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "GET",
+            format!("/api/keys/{id}"),
+            Some(&admin),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "DELETE",
+            format!("/api/keys/{id}"),
+            Some(&admin),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/api/keys".into(),
+            Some(&admin),
+            Some(r#"{"provider":"Bad","key_name":"k","api_key":"x"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/api/tokens".into(),
+            Some(&admin),
+            Some(r#"{"name":"admin","role":"reader"}"#),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "GET",
+            "/api/tokens/nobody".into(),
+            Some(&admin),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "GET",
+            "/no/such/route".into(),
+            None,
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (method, path, token, body, want) in cases {
+        let (got, detail) = status(&s, method, &path, token, body).await;
+        assert_eq!(got, want, "{method} {path}: {detail}");
+        assert!(
+            !detail.is_empty(),
+            "{method} {path}: every error says what to do"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reveal_over_budget_answers_429_with_retry_after() {
+    let (s, admin) = state("1/min");
+    let path = format!("/api/keys/{}", uuid::Uuid::new_v4());
+    assert_eq!(
+        status(&s, "GET", &path, Some(&admin), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let resp = warp::test::request()
+        .path(&path)
+        .header("authorization", format!("Bearer {admin}"))
+        .reply(&routes(s.clone()))
+        .await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+}
+
+#[test]
+fn the_refusal_to_status_mapping_is_total() {
+    use super::error::ApiError;
+    let cases = [
+        (Refusal::RateLimited(3), StatusCode::TOO_MANY_REQUESTS),
+        (
+            Refusal::Unauthenticated("x".into()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (Refusal::TamperedToken, StatusCode::UNAUTHORIZED),
+        (Refusal::Forbidden("x".into()), StatusCode::FORBIDDEN),
+        (Refusal::NotFound("x".into()), StatusCode::NOT_FOUND),
+        (Refusal::Beyond("x".into()), StatusCode::NOT_FOUND),
+        (Refusal::Expired, StatusCode::GONE),
+        (Refusal::DecryptFailed, StatusCode::CONFLICT),
+        (Refusal::TamperedRecord("x".into()), StatusCode::CONFLICT),
+        (
+            Refusal::Invalid("x".into()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (Refusal::Conflict("x".into()), StatusCode::CONFLICT),
+        (Refusal::AuditUnavailable, StatusCode::SERVICE_UNAVAILABLE),
+        (Refusal::Storage, StatusCode::SERVICE_UNAVAILABLE),
+    ];
+    for (refusal, want) in cases {
+        let tampered = matches!(refusal, Refusal::TamperedToken | Refusal::TamperedRecord(_));
+        let e = ApiError::from(refusal.clone());
+        assert_eq!(e.status, want, "{refusal:?}");
+        assert_eq!(e.tampered, tampered, "{refusal:?}");
+        assert!(!e.detail.is_empty());
+    }
+    // Beyond and NotFound answer alike (a provider-limited caller cannot
+    // tell another provider's key from a missing one).
+    assert_eq!(
+        ApiError::from(Refusal::Beyond("same".into())).detail,
+        ApiError::from(Refusal::NotFound("same".into())).detail
+    );
+}
