@@ -14,6 +14,9 @@
 //! none can stand in for a sealed secret or the check value.
 //!
 //! Not for: storage. The keyring never touches the database.
+//!
+//! Over 500 lines: about half of the file is its unit tests, kept beside
+//! the sources they test (the four key sources, derivation, sealing).
 
 use std::fmt;
 use std::path::PathBuf;

@@ -58,6 +58,14 @@ impl SecretString {
     }
 }
 
+/// Read straight into the zeroizing wrapper (a request's `api_key`): the
+/// deserializer hands over its `String`, which is never copied.
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+        String::deserialize(d).map(SecretString::new)
+    }
+}
+
 impl fmt::Debug for SecretString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[REDACTED]")

@@ -12,6 +12,12 @@
 //! over an entry it did not read (see `store::audit_chunks`).
 //!
 //! Not for: deciding outcomes (callers do) or HTTP.
+//!
+//! Over 500 lines: the chain's two record forms (the MAC key of older
+//! records, the signed hash chain), the stored head and the append side
+//! (`AuditLog`, with the signing-key hand-over) share their invariants;
+//! records, signatures, verification, export and the writer are in their own
+//! files.
 
 mod coalesce;
 mod export;

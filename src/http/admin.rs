@@ -9,9 +9,9 @@ use warp::reply::Response;
 
 use super::context::Ctx;
 use super::error::ApiError;
-use super::keys::string_field;
+use super::extract::{self, NewTokenBody};
 use super::{require, AppState, State};
-use crate::access::{Caller, Role, Scope};
+use crate::access::{Caller, Scope};
 use crate::audit::{Action, Outcome};
 use crate::store::TokenRecord;
 use crate::time::to_rfc3339;
@@ -117,38 +117,9 @@ where
         let permit = state.body_permit().await?;
         let body = ctx.read_json_body(body).await?;
         drop(permit);
-        let obj = body.as_object().ok_or_else(|| {
-            ApiError::invalid("the body must be a JSON object with name and role")
-        })?;
-        let name = string_field(obj, "name")?;
-        let role: Role =
-            string_field(obj, "role")?
-                .parse()
-                .map_err(|e: crate::access::UnknownRole| {
-                    ApiError::invalid(format!("field `role`: {e}"))
-                })?;
-        let providers = match obj.get("providers") {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(items)) => {
-                let mut out = Vec::new();
-                for it in items {
-                    match it {
-                        Value::String(s) => out.push(s.clone()),
-                        _ => {
-                            return Err(ApiError::invalid(
-                                "field `providers` must be a list of strings",
-                            ))
-                        }
-                    }
-                }
-                Some(out)
-            }
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "field `providers` must be a list of strings",
-                ))
-            }
-        };
+        let req: NewTokenBody = extract::body(body, "with name, role and providers (optional)")?;
+        let role = req.role()?;
+        let (name, providers) = (req.name, req.providers);
         let minted = state
             .vault()
             .create_token(

@@ -7,15 +7,14 @@ use bytes::Buf;
 use futures_util::Stream;
 use http::StatusCode;
 use serde::Serialize;
-use serde_json::Value;
 use warp::reply::Response;
 
 use super::context::{secret_json_response, with_rate_headers, Ctx};
 use super::error::ApiError;
+use super::extract::{self, ListQuery, NewKeyBody};
 use super::{AppState, State};
 use crate::access::Scope;
 use crate::audit::Action;
-use crate::secret::SecretString;
 use crate::store::KeyRecord;
 use crate::time::to_rfc3339;
 use crate::vault::{NewKey, RevealRequest, Target};
@@ -82,54 +81,13 @@ where
         }
     };
     let permit = state.body_permit().await?;
-    let mut body = ctx.read_json_body(body).await?;
+    let body = ctx.read_json_body(body).await?;
     drop(permit);
-    let new = new_key(&mut body)?;
+    let new: NewKeyBody = extract::body(body, "with provider, key_name and api_key")?;
+    let new = NewKey::from(new);
     let record = vault.create_key(&origin, &caller, new).await?;
     state.gauges.add_keys(1);
     Ok(ctx.json(StatusCode::OK, &KeyMeta::of(&record, None)))
-}
-
-/// The body of a create as the core takes it: the secret is taken out of
-/// the JSON value first, so it is not left there; the core checks the
-/// fields' rules.
-fn new_key(body: &mut Value) -> Result<NewKey, ApiError> {
-    let obj = body.as_object_mut().ok_or_else(|| {
-        ApiError::invalid("the body must be a JSON object with provider, key_name and api_key")
-    })?;
-    let api_key = match obj.remove("api_key") {
-        Some(Value::String(s)) => SecretString::new(s),
-        Some(_) => return Err(ApiError::invalid("field `api_key` must be a string")),
-        None => return Err(ApiError::invalid("field `api_key` is required")),
-    };
-    let provider = string_field(obj, "provider")?;
-    let key_name = string_field(obj, "key_name")?;
-    let ttl_seconds = match obj.get("ttl_seconds") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_i64()
-                .ok_or_else(|| ApiError::from(crate::vault::ttl_invalid()))?,
-        ),
-    };
-    Ok(NewKey {
-        provider,
-        key_name,
-        api_key,
-        ttl_seconds,
-    })
-}
-
-pub(crate) fn string_field(
-    obj: &serde_json::Map<String, Value>,
-    name: &str,
-) -> Result<String, ApiError> {
-    match obj.get(name) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(ApiError::invalid(format!(
-            "field `{name}` must be a string"
-        ))),
-        None => Err(ApiError::invalid(format!("field `{name}` is required"))),
-    }
 }
 
 /// GET /api/keys?provider=
@@ -143,13 +101,8 @@ pub(super) async fn list(state: State, ctx: Ctx, query: String) -> Response {
 async fn list_inner(state: &State, ctx: &Ctx, query: &str) -> Result<Response, ApiError> {
     let caller = state.authenticate(ctx).await?;
     super::require(&caller, Scope::KeysList)?;
-    let mut provider = None;
-    for (k, v) in form_pairs(query)? {
-        if k == "provider" && !v.is_empty() {
-            provider = Some(v);
-        }
-    }
-    let keys = state.vault().list_keys(&caller, provider.as_deref())?;
+    let q: ListQuery = extract::query(query)?;
+    let keys = state.vault().list_keys(&caller, q.provider.as_deref())?;
     let out: Vec<KeyMeta> = keys.iter().map(|(k, used)| KeyMeta::of(k, *used)).collect();
     Ok(ctx.json(StatusCode::OK, &out))
 }

@@ -13,6 +13,7 @@ mod admin;
 mod audit_routes;
 pub mod context;
 pub mod error;
+mod extract;
 mod keys;
 pub mod observe;
 mod routes;
