@@ -17,7 +17,35 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use crate::keyring::KeyringError;
+/// Why KEYHOLD_KEY_COMMAND gave no keys. Messages say what to do and never
+/// show its output (it may hold keys).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCommandError {
+    #[error(
+        "cannot run KEYHOLD_KEY_COMMAND: {0}; check the command and that its program is installed"
+    )]
+    CommandSpawn(std::io::Error),
+    #[error(
+        "KEYHOLD_KEY_COMMAND exited with {0}; run it by hand to see its error (its output is not shown here because it may hold keys)"
+    )]
+    CommandFailed(std::process::ExitStatus),
+    #[error(
+        "KEYHOLD_KEY_COMMAND did not finish within {} s and was killed; check that its secret \
+         manager answers, or give it longer with KEYHOLD_KEY_COMMAND_TIMEOUT (seconds)",
+        timeout.as_secs()
+    )]
+    CommandTimedOut { timeout: std::time::Duration },
+    #[error(
+        "KEYHOLD_KEY_COMMAND printed more than {} KiB and was killed; it must print only the \
+         key(s), one a line",
+        limit / 1024
+    )]
+    CommandOutputTooLarge { limit: usize },
+    #[error(
+        "KEYHOLD_KEY_COMMAND_TIMEOUT `{0}` is not a number of seconds from 1 to 3600; fix or unset it (default 30)"
+    )]
+    CommandTimeoutSetting(String),
+}
 
 /// The variable that sets the deadline, in whole seconds.
 pub const TIMEOUT_VAR: &str = "KEYHOLD_KEY_COMMAND_TIMEOUT";
@@ -28,7 +56,7 @@ pub const MAX_OUTPUT: usize = 64 * 1024;
 
 /// Reads the deadline from `KEYHOLD_KEY_COMMAND_TIMEOUT` (seconds, 1 to
 /// 3600) through `lookup`.
-pub fn timeout_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Duration, KeyringError> {
+pub fn timeout_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Duration, KeyCommandError> {
     let Some(raw) = lookup(TIMEOUT_VAR) else {
         return Ok(DEFAULT_TIMEOUT);
     };
@@ -37,14 +65,14 @@ pub fn timeout_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Duration,
     }
     match raw.trim().parse::<u64>() {
         Ok(secs) if (1..=3600).contains(&secs) => Ok(Duration::from_secs(secs)),
-        _ => Err(KeyringError::CommandTimeoutSetting(
+        _ => Err(KeyCommandError::CommandTimeoutSetting(
             raw.chars().take(20).collect(),
         )),
     }
 }
 
 /// Runs `command` with `sh -c` and returns what it printed on stdout.
-pub fn run(command: &str, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+pub fn run(command: &str, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, KeyCommandError> {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -55,11 +83,11 @@ pub fn run(command: &str, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, Keyri
         // (a pipeline, a CLI that forks) and the pipe closes.
         .process_group(0)
         .spawn()
-        .map_err(KeyringError::CommandSpawn)?;
+        .map_err(KeyCommandError::CommandSpawn)?;
     let deadline = Instant::now() + timeout;
     let Some(mut stdout) = child.stdout.take() else {
         kill_group(&mut child);
-        return Err(KeyringError::CommandSpawn(std::io::Error::other(
+        return Err(KeyCommandError::CommandSpawn(std::io::Error::other(
             "no pipe to the command's output",
         )));
     };
@@ -76,31 +104,31 @@ pub fn run(command: &str, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, Keyri
     let out = match rx.recv_timeout(left) {
         Ok(Ok(out)) if out.len() > MAX_OUTPUT => {
             kill_group(&mut child);
-            return Err(KeyringError::CommandOutputTooLarge { limit: MAX_OUTPUT });
+            return Err(KeyCommandError::CommandOutputTooLarge { limit: MAX_OUTPUT });
         }
         Ok(Ok(out)) => out,
         Ok(Err(e)) => {
             kill_group(&mut child);
-            return Err(KeyringError::CommandSpawn(e));
+            return Err(KeyCommandError::CommandSpawn(e));
         }
         Err(_) => {
             kill_group(&mut child);
-            return Err(KeyringError::CommandTimedOut { timeout });
+            return Err(KeyCommandError::CommandTimedOut { timeout });
         }
     };
     // Its output is closed; now it has the rest of the time to exit.
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(out),
-            Ok(Some(status)) => return Err(KeyringError::CommandFailed(status)),
+            Ok(Some(status)) => return Err(KeyCommandError::CommandFailed(status)),
             Ok(None) if Instant::now() >= deadline => {
                 kill_group(&mut child);
-                return Err(KeyringError::CommandTimedOut { timeout });
+                return Err(KeyCommandError::CommandTimedOut { timeout });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => {
                 kill_group(&mut child);
-                return Err(KeyringError::CommandSpawn(e));
+                return Err(KeyCommandError::CommandSpawn(e));
             }
         }
     }
@@ -130,7 +158,10 @@ mod tests {
     fn a_command_that_hangs_is_killed_at_its_deadline() {
         let started = Instant::now();
         let err = run("sleep 30; echo late", Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(err, KeyringError::CommandTimedOut { .. }), "{err}");
+        assert!(
+            matches!(err, KeyCommandError::CommandTimedOut { .. }),
+            "{err}"
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
         assert!(err.to_string().contains(TIMEOUT_VAR), "{err}");
     }
@@ -142,7 +173,10 @@ mod tests {
         let started = Instant::now();
         let cmd = format!("(sleep 2; touch {}) & echo key", marker.display());
         let err = run(&cmd, Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(err, KeyringError::CommandTimedOut { .. }), "{err}");
+        assert!(
+            matches!(err, KeyCommandError::CommandTimedOut { .. }),
+            "{err}"
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
         // The background part was killed with the group: it never wakes.
         std::thread::sleep(Duration::from_secs(3));
@@ -153,7 +187,7 @@ mod tests {
     fn endless_output_is_cut_at_the_cap() {
         let err = run("yes", Duration::from_secs(20)).unwrap_err();
         assert!(
-            matches!(err, KeyringError::CommandOutputTooLarge { .. }),
+            matches!(err, KeyCommandError::CommandOutputTooLarge { .. }),
             "{err}"
         );
     }

@@ -91,30 +91,9 @@ pub enum KeyringError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error(
-        "cannot run KEYHOLD_KEY_COMMAND: {0}; check the command and that its program is installed"
-    )]
-    CommandSpawn(std::io::Error),
-    #[error(
-        "KEYHOLD_KEY_COMMAND exited with {0}; run it by hand to see its error (its output is not shown here because it may hold keys)"
-    )]
-    CommandFailed(std::process::ExitStatus),
-    #[error(
-        "KEYHOLD_KEY_COMMAND did not finish within {} s and was killed; check that its secret \
-         manager answers, or give it longer with KEYHOLD_KEY_COMMAND_TIMEOUT (seconds)",
-        timeout.as_secs()
-    )]
-    CommandTimedOut { timeout: std::time::Duration },
-    #[error(
-        "KEYHOLD_KEY_COMMAND printed more than {} KiB and was killed; it must print only the \
-         key(s), one a line",
-        limit / 1024
-    )]
-    CommandOutputTooLarge { limit: usize },
-    #[error(
-        "KEYHOLD_KEY_COMMAND_TIMEOUT `{0}` is not a number of seconds from 1 to 3600; fix or unset it (default 30)"
-    )]
-    CommandTimeoutSetting(String),
+    /// KEYHOLD_KEY_COMMAND failed (see [`crate::key_command`]).
+    #[error(transparent)]
+    Command(#[from] crate::key_command::KeyCommandError),
     #[error("{origin} is not valid UTF-8; a key file holds one url-safe base64 key a line")]
     NotUtf8 { origin: KeySource },
 }

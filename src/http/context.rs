@@ -20,6 +20,15 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Where a body of unknown length starts: it grows with what arrives.
 const FIRST_BODY_BUFFER: usize = 1024;
 
+/// What handlers leave in the answer's extensions for the request log
+/// (never sent to the client).
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    pub request_id: String,
+    pub client: String,
+    pub caller: Option<String>,
+}
+
 /// The HTTP version of a request, inserted by keyhold's own server as a
 /// request extension (a refused HTTP/1 upload is drained, an HTTP/2 one
 /// is simply reset).
@@ -284,7 +293,7 @@ impl Ctx {
     /// request's facts for the request log in its extensions.
     pub fn finish(&self, mut resp: Response) -> Response {
         let caller = self.caller.lock().ok().and_then(|c| c.clone());
-        resp.extensions_mut().insert(super::server::RequestInfo {
+        resp.extensions_mut().insert(RequestInfo {
             request_id: self.request_id.clone(),
             client: self.client_ip.to_string(),
             caller,

@@ -38,7 +38,7 @@ use tokio_rustls::TlsAcceptor;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::context::Peer;
+use super::context::{Peer, RequestInfo};
 use crate::limiter::TrustedProxies;
 
 /// Connection limits.
@@ -247,15 +247,6 @@ pub struct RequestDone {
     pub status: u16,
     pub latency: Duration,
     pub request_id: Option<String>,
-    pub client: String,
-    pub caller: Option<String>,
-}
-
-/// What handlers leave in the answer's extensions for the request log
-/// (never sent to the client).
-#[derive(Debug, Clone)]
-pub struct RequestInfo {
-    pub request_id: String,
     pub client: String,
     pub caller: Option<String>,
 }

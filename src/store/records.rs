@@ -164,12 +164,10 @@ impl TokenRecord {
                 if mac_matches(&want, &mac) {
                     Ok(token)
                 } else {
-                    Err(tampered("token", crate::audit::hex(&at[..8])))
+                    Err(tampered("token", short_hex(&at[..8])))
                 }
             }
-            (StoredToken::V1(_), Auth::Keys(_)) => {
-                Err(tampered("token", crate::audit::hex(&at[..8])))
-            }
+            (StoredToken::V1(_), Auth::Keys(_)) => Err(tampered("token", short_hex(&at[..8]))),
         }
     }
 
@@ -188,4 +186,9 @@ impl KeyRecord {
 
 fn tampered(what: &'static str, id: String) -> StoreError {
     StoreError::Tampered { what, id }
+}
+
+/// A short hex name of a storage key, for messages.
+fn short_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
