@@ -17,7 +17,7 @@ pub mod key_command;
 pub mod keyring;
 pub mod limiter;
 pub mod ops;
-pub mod secret;
+pub(crate) mod secret;
 pub mod store;
 pub mod time;
 pub mod tokens;
