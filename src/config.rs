@@ -220,10 +220,18 @@ pub struct DataDir {
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// Append `FERNET_KEY=<key>` to this file (created with mode 0600)
-    /// instead of printing the key; refuses if it already sets FERNET_KEY.
-    #[arg(long, value_name = "PATH")]
+    /// Append `FERNET_KEY=<key>` to this file (created with mode 0600,
+    /// its directory 0700 when missing) instead of printing the key;
+    /// refuses if it already sets FERNET_KEY.
+    #[arg(long, value_name = "PATH", conflicts_with = "key_file")]
     pub env_file: Option<PathBuf>,
+    /// Write the new key at the top of this key file (FERNET_KEY_FILE's
+    /// format: newest first), keeping the keys already in it, its owner,
+    /// group and mode (a new file: 0600, its directory 0700). The file is
+    /// fsync'd and read back before this returns; the key is never
+    /// printed.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

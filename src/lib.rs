@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod http;
 pub mod key_command;
+pub mod key_file;
 pub mod keyring;
 pub mod limiter;
 pub mod ops;
