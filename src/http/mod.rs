@@ -18,7 +18,7 @@ pub mod observe;
 pub mod server;
 mod stream;
 
-pub use admin::TokenInfo;
+pub use admin::{reload_keyring, ReloadError, ReloadReport, TokenInfo};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use warp::{Filter, Rejection};
 
 use crate::access::{Caller, Scope};
 use crate::audit::{Action, AuditEvent, AuditWriter, Coalescer, Outcome};
-use crate::keyring::Keyring;
+use crate::keyring::LiveKeyring;
 use crate::limiter::{RevealLimiter, TrustedProxies};
 use crate::store::Store;
 use context::{error_response, Ctx, Peer};
@@ -39,7 +39,8 @@ use error::ApiError;
 /// Everything the handlers share.
 pub struct AppState {
     pub store: Store,
-    pub keyring: Arc<Keyring>,
+    /// Replaced whole on a reload (SIGHUP, POST /api/admin/reload).
+    pub keyring: LiveKeyring,
     pub audit: AuditWriter,
     pub limiter: RevealLimiter,
     pub proxies: TrustedProxies,
@@ -170,6 +171,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/audit"),
     ("GET", "/api/audit/verify"),
     ("POST", "/api/admin/rotate"),
+    ("POST", "/api/admin/reload"),
     ("GET", "/api/admin/backup"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
@@ -332,6 +334,12 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .then(admin::rotate);
+    // POST /api/admin/reload — read the keyring again, as SIGHUP does (admin)
+    let reload = warp::path!("api" / "admin" / "reload")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::reload);
     // GET /api/admin/backup — a consistent, authenticated snapshot (admin)
     let backup = warp::path!("api" / "admin" / "backup")
         .and(warp::get())
@@ -380,6 +388,8 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .or(verify)
         .unify()
         .or(rotate)
+        .unify()
+        .or(reload)
         .unify()
         .or(backup)
         .unify()
