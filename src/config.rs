@@ -39,9 +39,10 @@ pub enum Command {
     /// Export or verify the audit log offline (the server must be stopped).
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Re-encrypt every stored key under the newest key (FERNET_KEYS=new,old),
-    /// re-seal keyhold's own secrets and the check value under it, and start
-    /// a new audit signing key. Offline.
+    /// Re-encrypt every stored key under the newest key (FERNET_KEYS=new,old,
+    /// or --new-key to add one to FERNET_KEY_FILE first), re-seal keyhold's
+    /// own secrets and the check value under it, and start a new audit
+    /// signing key. Offline.
     Rotate(RotateArgs),
     /// Report whether the keyring opens everything, what still needs an
     /// older key, and whether the audit chain verifies. Exit 0 when all is
@@ -200,6 +201,13 @@ pub struct RotateArgs {
     /// store.
     #[arg(long, default_value_t = 0)]
     pub pace_ms: u64,
+    /// First write a new key at the top of the key file FERNET_KEY_FILE
+    /// names (fsync'd and read back, as `keygen --key-file` does), then
+    /// rotate everything under it. Refused, with nothing changed, when
+    /// the keyring comes from another source or the file cannot be
+    /// written.
+    #[arg(long)]
+    pub new_key: bool,
 }
 
 #[derive(Debug, Args)]
