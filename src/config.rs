@@ -68,7 +68,9 @@ pub enum Command {
 /// KEYHOLD_TOKEN, or a file.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The server: http://HOST:PORT or https://HOST:PORT.
+    /// The server: http://HOST:PORT, https://HOST:PORT, HOST:PORT (http
+    /// on loopback, https elsewhere; host names are fine) or unix:/PATH
+    /// (a `serve --listen unix:PATH` socket).
     #[arg(long, env = "KEYHOLD_ADDR", default_value = crate::client::DEFAULT_ADDR)]
     pub addr: String,
     /// Read the access token from this file instead of KEYHOLD_TOKEN.
