@@ -106,7 +106,7 @@ pub struct ExecArgs {
 pub enum KeysCommand {
     /// Store a key read from stdin (not echoed on a terminal; never argv).
     Add(KeysAddArgs),
-    /// List key metadata (a table, or --json).
+    /// List key metadata (a table, or --format json).
     List(KeysListArgs),
     /// Print one key alone on stdout.
     Reveal(KeysIdArgs),
@@ -136,9 +136,8 @@ pub struct KeysListArgs {
     /// Only the keys of this provider.
     #[arg(long)]
     pub provider: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -183,16 +182,15 @@ pub struct ImportArgs {
     /// The rows to import.
     #[arg(long, value_name = "FILE")]
     pub from: PathBuf,
-    /// json (sqlite3 -json), jsonl or csv (sqlite3 -csv -header); guessed
-    /// from the file's extension when not given.
-    #[arg(long)]
-    pub format: Option<String>,
+    /// The rows' format: json (sqlite3 -json), jsonl or csv (sqlite3 -csv
+    /// -header); guessed from the file's extension when not given.
+    #[arg(long, value_name = "FORMAT")]
+    pub input_format: Option<String>,
     /// Check every row and report, writing nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -216,9 +214,8 @@ pub struct RotateArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub data: DataDir,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +314,48 @@ pub enum LogFormat {
     Json,
 }
 
+/// How a command that lists or reads prints what it found: the one
+/// convention of every such command (`--format table|json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns or lines, for people.
+    Table,
+    /// JSON, for programs.
+    Json,
+}
+
+/// `--format table|json` (and the older `--json`, kept hidden).
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print a table (for people) or JSON (for programs).
+    #[arg(
+        long = "format",
+        value_enum,
+        default_value = "table",
+        value_name = "FORMAT"
+    )]
+    pub output_format: OutputFormat,
+    /// The same as --format json.
+    #[arg(long, hide = true)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    /// True when the output is JSON.
+    pub fn is_json(&self) -> bool {
+        self.json || self.output_format == OutputFormat::Json
+    }
+}
+
+/// The formats of `audit export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatArg {
+    /// JSON Lines: one record a line (what `audit verify --file` reads).
+    Jsonl,
+    /// CSV with a header line.
+    Csv,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token and print it alone on stdout (shown once).
@@ -381,9 +420,8 @@ pub struct TokenListArgs {
     pub data: DataDir,
     #[command(flatten)]
     pub remote: RemoteArgs,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -440,9 +478,9 @@ pub struct ExportFilterArgs {
 pub struct AuditExportArgs {
     #[command(flatten)]
     pub data: DataDir,
-    /// jsonl or csv.
-    #[arg(long, default_value = "jsonl")]
-    pub format: String,
+    /// The export's format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: ExportFormatArg,
     /// Write here instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
@@ -473,7 +511,6 @@ pub struct AuditVerifyArgs {
     /// message. May be repeated.
     #[arg(long, value_name = "SEQ:MAC")]
     pub anchor: Vec<String>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }

@@ -101,7 +101,7 @@ pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let report = ops::check::check(&store, &keyring)?;
     let mut out = std::io::stdout().lock();
-    if a.json {
+    if a.output.is_json() {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {
@@ -117,12 +117,13 @@ pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
-    let format = match &a.format {
+    let format = match &a.input_format {
         Some(f) => ImportFormat::parse(f)
-            .ok_or_else(|| ConfigError("--format must be json, jsonl or csv".into()))?,
+            .ok_or_else(|| ConfigError("--input-format must be json, jsonl or csv".into()))?,
         None => ImportFormat::guess(&a.from).ok_or_else(|| {
             ConfigError(format!(
-                "cannot tell the format of {} from its name: add --format json, jsonl or csv",
+                "cannot tell the format of {} from its name: add --input-format json, jsonl or \
+                 csv",
                 a.from.display()
             ))
         })?,
@@ -145,7 +146,7 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         r
     };
     let mut out = std::io::stdout().lock();
-    if a.json {
+    if a.output.is_json() {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {

@@ -34,7 +34,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::List(a) if a.remote.remote => remote(&a.remote, |c| {
             let list = c.tokens()?;
             let mut out = std::io::stdout().lock();
-            if a.json {
+            if a.output.is_json() {
                 let _ = serde_json::to_writer_pretty(&mut out, &list);
                 let _ = writeln!(out);
             } else {
@@ -112,7 +112,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             let store = open_checked(&a.data.data_dir, &keyring)?;
             let all = store.list_tokens()?;
             let mut out = std::io::stdout().lock();
-            if a.json {
+            if a.output.is_json() {
                 let list: Vec<_> = all
                     .iter()
                     .map(|(_, r)| crate::http::TokenInfo::of(r))
