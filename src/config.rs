@@ -18,7 +18,20 @@ use crate::limiter::{RevealRate, TrustedProxies};
 /// FERNET_KEYS (comma-separated, newest first), FERNET_KEY_FILE or
 /// KEYHOLD_KEY_COMMAND.
 #[derive(Debug, Parser)]
-#[command(name = "keyhold", version, about, long_about = None)]
+#[command(
+    name = "keyhold",
+    version,
+    long_version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("KEYHOLD_BUILD_COMMIT"),
+        ", target ",
+        env!("KEYHOLD_BUILD_TARGET"),
+        ")"
+    ),
+    about,
+    long_about = None
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -62,6 +75,43 @@ pub enum Command {
     /// Store, list, reveal and delete keys over HTTP (a client of `serve`).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Print keyhold's version, git commit and target (what /healthz and
+    /// the keyhold_build_info metric say of a running server).
+    Version(VersionArgs),
+    /// Print a completion script for a shell, e.g.
+    /// `keyhold completions bash > /etc/bash_completion.d/keyhold`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (keyhold.1, keyhold-SUBCOMMAND.1, ...) into DIR,
+    /// generated from these definitions.
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: ShellArg,
+}
+
+/// Shells `keyhold completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing).
+    pub dir: PathBuf,
 }
 
 /// How a client command reaches the server. The token is never a flag:

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod build_info;
 pub mod cli;
 pub mod client;
 pub mod config;

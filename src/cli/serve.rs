@@ -100,6 +100,14 @@ async fn serve(
         .await
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", args.listen)))?;
     let metrics = observe::install_recorder();
+    let build = crate::build_info::BUILD;
+    metrics::gauge!(
+        "keyhold_build_info",
+        "version" => build.version,
+        "commit" => build.commit,
+        "target" => build.target
+    )
+    .set(1.0);
     if let Some(handle) = metrics.clone() {
         // Histogram samples are kept until they are folded into buckets; an
         // unscraped server would keep every request's latency forever.

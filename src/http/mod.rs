@@ -433,6 +433,7 @@ fn healthz(state: &AppState) -> Response {
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
         "audit_writer": if ok { "ok" } else { "failing" },
+        "build": crate::build_info::BUILD,
     });
     context::json_response(
         if ok {
