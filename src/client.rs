@@ -28,7 +28,7 @@ pub enum ClientError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("invalid server address `{0}`: use http://HOST:PORT or https://HOST:PORT (KEYHOLD_ADDR or --addr)")]
+    #[error("invalid server address `{0}`: use http://HOST:PORT, https://HOST:PORT, HOST:PORT (http on loopback, https elsewhere) or unix:/PATH (KEYHOLD_ADDR or --addr)")]
     BadAddr(String),
     #[error("cannot use the CA certificate {path}: {detail}")]
     CaCert { path: PathBuf, detail: String },
@@ -55,6 +55,60 @@ fn api_message(status: u16, detail: &str, retry_after: Option<u64>) -> String {
         .map(|s| format!("; retry in {s} s"))
         .unwrap_or_default();
     format!("keyhold answered {status}: {detail}{hint}{retry}")
+}
+
+/// Where a client command finds the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// `http://…` or `https://…`, without a trailing slash.
+    Url(String),
+    /// A Unix-socket listener (`serve --listen unix:PATH`).
+    Unix(PathBuf),
+}
+
+impl ServerAddr {
+    /// Reads `http://HOST:PORT`, `https://HOST:PORT`, `unix:/PATH`, or a
+    /// bare `HOST:PORT` (http on a loopback host — `localhost`,
+    /// 127.0.0.0/8, `::1` — and https anywhere else). Host names are fine.
+    pub fn parse(addr: &str) -> Result<ServerAddr, ClientError> {
+        let bad = || ClientError::BadAddr(addr.into());
+        let text = addr.trim();
+        if let Some(path) = text.strip_prefix("unix:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(bad());
+            }
+            return Ok(ServerAddr::Unix(PathBuf::from(path)));
+        }
+        let with_scheme = if text.contains("://") {
+            text.to_string()
+        } else {
+            let host = reqwest::Url::parse(&format!("http://{text}"))
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .ok_or_else(bad)?;
+            let scheme = if is_loopback_host(&host) {
+                "http"
+            } else {
+                "https"
+            };
+            format!("{scheme}://{text}")
+        };
+        let base = with_scheme.trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&base).map_err(|_| bad())?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(bad());
+        }
+        Ok(ServerAddr::Url(base))
+    }
+}
+
+/// `localhost`, 127.0.0.0/8 and `::1` (as a URL host, brackets and all).
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A revealed key. `api_key` is zeroized on drop and never printed by Debug.
@@ -97,13 +151,15 @@ pub fn token_from(token_file: Option<&Path>) -> Result<SecretString, ClientError
 pub struct Client {
     http: reqwest::blocking::Client,
     base: String,
+    /// The address as the user gave it (a URL, or `unix:PATH`), for messages.
+    shown: String,
     token: SecretString,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("addr", &self.shown)
             .finish_non_exhaustive()
     }
 }
@@ -114,15 +170,21 @@ impl Client {
         token: SecretString,
         ca_cert: Option<&Path>,
     ) -> Result<Client, ClientError> {
-        let base = addr.trim().trim_end_matches('/').to_string();
-        let parsed = reqwest::Url::parse(&base).map_err(|_| ClientError::BadAddr(addr.into()))?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            return Err(ClientError::BadAddr(addr.into()));
-        }
+        let target = ServerAddr::parse(addr)?;
         let mut builder = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("keyhold/", env!("CARGO_PKG_VERSION")));
+        let (base, shown) = match target {
+            ServerAddr::Url(url) => (url.clone(), url),
+            ServerAddr::Unix(path) => {
+                let shown = format!("unix:{}", path.display());
+                builder = builder.unix_socket(path);
+                // Every request goes to the socket; the host only fills
+                // the Host header.
+                ("http://localhost".to_string(), shown)
+            }
+        };
         if let Some(path) = ca_cert {
             let pem = std::fs::read(path).map_err(|e| ClientError::CaCert {
                 path: path.to_path_buf(),
@@ -146,7 +208,12 @@ impl Client {
         let http = builder
             .build()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok(Client { http, base, token })
+        Ok(Client {
+            http,
+            base,
+            shown,
+            token,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -161,7 +228,7 @@ impl Client {
             req.bearer_auth(self.token.expose())
                 .send()
                 .map_err(|e| ClientError::Unreachable {
-                    addr: self.base.clone(),
+                    addr: self.shown.clone(),
                     detail: describe(&e),
                 })?;
         if resp.status().is_success() {
@@ -331,6 +398,43 @@ impl WithoutUrl for reqwest::Error {
             "timed out".into()
         } else {
             "request failed".into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_with_and_without_a_scheme() {
+        let url = |s: &str| ServerAddr::Url(s.to_string());
+        assert_eq!(
+            ServerAddr::parse("http://127.0.0.1:8787/").unwrap(),
+            url("http://127.0.0.1:8787")
+        );
+        assert_eq!(
+            ServerAddr::parse("127.0.0.1:8787").unwrap(),
+            url("http://127.0.0.1:8787")
+        );
+        assert_eq!(
+            ServerAddr::parse("localhost:8787").unwrap(),
+            url("http://localhost:8787")
+        );
+        assert_eq!(
+            ServerAddr::parse("[::1]:8787").unwrap(),
+            url("http://[::1]:8787")
+        );
+        assert_eq!(
+            ServerAddr::parse("vault.example:8443").unwrap(),
+            url("https://vault.example:8443")
+        );
+        assert_eq!(
+            ServerAddr::parse("unix:/run/keyhold/keyhold.sock").unwrap(),
+            ServerAddr::Unix(PathBuf::from("/run/keyhold/keyhold.sock"))
+        );
+        for bad in ["unix:", "ftp://x:1", "", "http://"] {
+            assert!(ServerAddr::parse(bad).is_err(), "{bad}");
         }
     }
 }

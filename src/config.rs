@@ -18,7 +18,20 @@ use crate::limiter::{RevealRate, TrustedProxies};
 /// FERNET_KEYS (comma-separated, newest first), FERNET_KEY_FILE or
 /// KEYHOLD_KEY_COMMAND.
 #[derive(Debug, Parser)]
-#[command(name = "keyhold", version, about, long_about = None)]
+#[command(
+    name = "keyhold",
+    version,
+    long_version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("KEYHOLD_BUILD_COMMIT"),
+        ", target ",
+        env!("KEYHOLD_BUILD_TARGET"),
+        ")"
+    ),
+    about,
+    long_about = None
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -39,9 +52,10 @@ pub enum Command {
     /// Export or verify the audit log offline (the server must be stopped).
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Re-encrypt every stored key under the newest key (FERNET_KEYS=new,old),
-    /// re-seal keyhold's own secrets and the check value under it, and start
-    /// a new audit signing key. Offline.
+    /// Re-encrypt every stored key under the newest key (FERNET_KEYS=new,old,
+    /// or --new-key to add one to FERNET_KEY_FILE first), re-seal keyhold's
+    /// own secrets and the check value under it, and start a new audit
+    /// signing key. Offline.
     Rotate(RotateArgs),
     /// Report whether the keyring opens everything, what still needs an
     /// older key, and whether the audit chain verifies. Exit 0 when all is
@@ -61,13 +75,52 @@ pub enum Command {
     /// Store, list, reveal and delete keys over HTTP (a client of `serve`).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Print keyhold's version, git commit and target (what /healthz and
+    /// the keyhold_build_info metric say of a running server).
+    Version(VersionArgs),
+    /// Print a completion script for a shell, e.g.
+    /// `keyhold completions bash > /etc/bash_completion.d/keyhold`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (keyhold.1, keyhold-SUBCOMMAND.1, ...) into DIR,
+    /// generated from these definitions.
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: ShellArg,
+}
+
+/// Shells `keyhold completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing).
+    pub dir: PathBuf,
 }
 
 /// How a client command reaches the server. The token is never a flag:
 /// KEYHOLD_TOKEN, or a file.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The server: http://HOST:PORT or https://HOST:PORT.
+    /// The server: http://HOST:PORT, https://HOST:PORT, HOST:PORT (http
+    /// on loopback, https elsewhere; host names are fine) or unix:/PATH
+    /// (a `serve --listen unix:PATH` socket).
     #[arg(long, env = "KEYHOLD_ADDR", default_value = crate::client::DEFAULT_ADDR)]
     pub addr: String,
     /// Read the access token from this file instead of KEYHOLD_TOKEN.
@@ -103,7 +156,7 @@ pub struct ExecArgs {
 pub enum KeysCommand {
     /// Store a key read from stdin (not echoed on a terminal; never argv).
     Add(KeysAddArgs),
-    /// List key metadata (a table, or --json).
+    /// List key metadata (a table, or --format json).
     List(KeysListArgs),
     /// Print one key alone on stdout.
     Reveal(KeysIdArgs),
@@ -133,9 +186,8 @@ pub struct KeysListArgs {
     /// Only the keys of this provider.
     #[arg(long)]
     pub provider: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -180,16 +232,15 @@ pub struct ImportArgs {
     /// The rows to import.
     #[arg(long, value_name = "FILE")]
     pub from: PathBuf,
-    /// json (sqlite3 -json), jsonl or csv (sqlite3 -csv -header); guessed
-    /// from the file's extension when not given.
-    #[arg(long)]
-    pub format: Option<String>,
+    /// The rows' format: json (sqlite3 -json), jsonl or csv (sqlite3 -csv
+    /// -header); guessed from the file's extension when not given.
+    #[arg(long, value_name = "FORMAT")]
+    pub input_format: Option<String>,
     /// Check every row and report, writing nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -200,15 +251,21 @@ pub struct RotateArgs {
     /// store.
     #[arg(long, default_value_t = 0)]
     pub pace_ms: u64,
+    /// First write a new key at the top of the key file FERNET_KEY_FILE
+    /// names (fsync'd and read back, as `keygen --key-file` does), then
+    /// rotate everything under it. Refused, with nothing changed, when
+    /// the keyring comes from another source or the file cannot be
+    /// written.
+    #[arg(long)]
+    pub new_key: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub data: DataDir,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -220,10 +277,18 @@ pub struct DataDir {
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// Append `FERNET_KEY=<key>` to this file (created with mode 0600)
-    /// instead of printing the key; refuses if it already sets FERNET_KEY.
-    #[arg(long, value_name = "PATH")]
+    /// Append `FERNET_KEY=<key>` to this file (created with mode 0600,
+    /// its directory 0700 when missing) instead of printing the key;
+    /// refuses if it already sets FERNET_KEY.
+    #[arg(long, value_name = "PATH", conflicts_with = "key_file")]
     pub env_file: Option<PathBuf>,
+    /// Write the new key at the top of this key file (FERNET_KEY_FILE's
+    /// format: newest first), keeping the keys already in it, its owner,
+    /// group and mode (a new file: 0600, its directory 0700). The file is
+    /// fsync'd and read back before this returns; the key is never
+    /// printed.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +364,48 @@ pub enum LogFormat {
     Json,
 }
 
+/// How a command that lists or reads prints what it found: the one
+/// convention of every such command (`--format table|json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns or lines, for people.
+    Table,
+    /// JSON, for programs.
+    Json,
+}
+
+/// `--format table|json` (and the older `--json`, kept hidden).
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print a table (for people) or JSON (for programs).
+    #[arg(
+        long = "format",
+        value_enum,
+        default_value = "table",
+        value_name = "FORMAT"
+    )]
+    pub output_format: OutputFormat,
+    /// The same as --format json.
+    #[arg(long, hide = true)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    /// True when the output is JSON.
+    pub fn is_json(&self) -> bool {
+        self.json || self.output_format == OutputFormat::Json
+    }
+}
+
+/// The formats of `audit export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatArg {
+    /// JSON Lines: one record a line (what `audit verify --file` reads).
+    Jsonl,
+    /// CSV with a header line.
+    Csv,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token and print it alone on stdout (shown once).
@@ -363,9 +470,8 @@ pub struct TokenListArgs {
     pub data: DataDir,
     #[command(flatten)]
     pub remote: RemoteArgs,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -422,9 +528,9 @@ pub struct ExportFilterArgs {
 pub struct AuditExportArgs {
     #[command(flatten)]
     pub data: DataDir,
-    /// jsonl or csv.
-    #[arg(long, default_value = "jsonl")]
-    pub format: String,
+    /// The export's format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: ExportFormatArg,
     /// Write here instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
@@ -455,7 +561,6 @@ pub struct AuditVerifyArgs {
     /// message. May be repeated.
     #[arg(long, value_name = "SEQ:MAC")]
     pub anchor: Vec<String>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }

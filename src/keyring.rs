@@ -382,6 +382,64 @@ impl Keyring {
     }
 }
 
+/// The keyring a running server uses: replaced whole on a reload
+/// (SIGHUP, `POST /api/admin/reload`), never changed in place. A request
+/// or a rotation takes one [`load`](Self::load) and keeps using that
+/// keyring to its end, so it never sees half of one and half of another.
+///
+/// A plain `RwLock<Arc<_>>` (held only to clone or swap the `Arc`), rather
+/// than a new dependency: reloads are rare and readers hold it for
+/// nanoseconds.
+pub struct LiveKeyring {
+    current: std::sync::RwLock<std::sync::Arc<Keyring>>,
+}
+
+impl fmt::Debug for LiveKeyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.load().fmt(f)
+    }
+}
+
+impl LiveKeyring {
+    pub fn new(keyring: Keyring) -> LiveKeyring {
+        LiveKeyring {
+            current: std::sync::RwLock::new(std::sync::Arc::new(keyring)),
+        }
+    }
+
+    /// The keyring now in use.
+    pub fn load(&self) -> std::sync::Arc<Keyring> {
+        match self.current.read() {
+            Ok(k) => k.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Puts `keyring` in use; returns the one it replaced.
+    pub fn replace(&self, keyring: Keyring) -> std::sync::Arc<Keyring> {
+        let new = std::sync::Arc::new(keyring);
+        match self.current.write() {
+            Ok(mut k) => std::mem::replace(&mut *k, new),
+            Err(p) => std::mem::replace(&mut *p.into_inner(), new),
+        }
+    }
+
+    /// [`Keyring::encrypt`] with the keyring now in use.
+    pub fn encrypt(&self, plaintext: &[u8]) -> String {
+        self.load().encrypt(plaintext)
+    }
+
+    /// [`Keyring::decrypt`] with the keyring now in use.
+    pub fn decrypt(&self, token: &str) -> Result<Opened, DecryptError> {
+        self.load().decrypt(token)
+    }
+
+    /// [`Keyring::fingerprints`] of the keyring now in use.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.load().fingerprints()
+    }
+}
+
 impl Keyring {
     /// Seals one of keyhold's own secrets for the store: Fernet under the
     /// newest key's derived sealing key, the plaintext naming its purpose,

@@ -9,11 +9,13 @@
 
 pub mod access;
 pub mod audit;
+pub mod build_info;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;
 pub mod key_command;
+pub mod key_file;
 pub mod keyring;
 pub mod limiter;
 pub mod ops;

@@ -31,10 +31,13 @@ pub enum Action {
     /// A request refused before its route's own action: the token's
     /// stored record failed its integrity check.
     Authenticate,
+    /// A running server read its keyring again (SIGHUP or
+    /// `POST /api/admin/reload`) and put it in use.
+    Reload,
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::Init,
         Action::Reveal,
         Action::KeyCreate,
@@ -49,6 +52,7 @@ impl Action {
         Action::Upgrade,
         Action::SigningKey,
         Action::Authenticate,
+        Action::Reload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +71,7 @@ impl Action {
             Action::Upgrade => "upgrade",
             Action::SigningKey => "signing_key",
             Action::Authenticate => "authenticate",
+            Action::Reload => "reload",
         }
     }
 

@@ -52,8 +52,10 @@ fn filter_of(a: &ExportFilterArgs) -> anyhow::Result<ExportFilter> {
 }
 
 fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
-    let format = ExportFormat::parse(&a.format)
-        .ok_or_else(|| ConfigError("--format must be jsonl or csv".into()))?;
+    let format = match a.format {
+        crate::config::ExportFormatArg::Jsonl => ExportFormat::Jsonl,
+        crate::config::ExportFormatArg::Csv => ExportFormat::Csv,
+    };
     let filter = filter_of(&a.filter)?;
     let keyring = Keyring::from_env()?;
     let store = open_checked(&a.data.data_dir, &keyring)?;
@@ -168,7 +170,7 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     let ok = reports.iter().all(VerifyReport::is_ok);
     let mut out = std::io::stdout().lock();
     for r in &reports {
-        if a.json {
+        if a.output.is_json() {
             serde_json::to_writer(&mut out, r)?;
             writeln!(out)?;
         } else {

@@ -31,11 +31,17 @@ pub(super) fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", token.expose()).context("cannot write to stdout")?;
     out.flush().ok();
+    // Captured (`TOKEN=$(keyhold init)`), there is no "line above".
+    let where_token = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        "The line above is the admin token `admin`"
+    } else {
+        "The admin token `admin` went to stdout"
+    };
     eprintln!(
-        "keyhold: initialised {}. The line above is the admin token `admin`: it is shown only \
-         once, so store it in your secret manager now. Start the server with `keyhold serve \
-         --data-dir {}`. The audit log is signed by {public}: keep this public key where \
-         auditors can find it (`keyhold audit public-key` prints it again).",
+        "keyhold: initialised {}. {where_token}: it is shown only once, so store it in your \
+         secret manager now. Start the server with `keyhold serve --data-dir {}`. The audit log \
+         is signed by {public}: keep this public key where auditors can find it (`keyhold audit \
+         public-key` prints it again).",
         dir.display(),
         dir.display()
     );

@@ -1,7 +1,7 @@
-//! `keyhold keygen [--env-file PATH]`
+//! `keyhold keygen [--env-file PATH | --key-file PATH]`
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -11,6 +11,17 @@ use crate::config::KeygenArgs;
 use crate::keyring::generate_key;
 
 pub(super) fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.key_file {
+        let done = crate::key_file::prepend_new_key(path)?;
+        eprintln!(
+            "keyhold: wrote a new key ({}) at the top of {}, which now holds {} key(s), newest \
+             first",
+            done.fingerprint,
+            path.display(),
+            done.keys
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let key = generate_key();
     let Some(path) = args.env_file else {
         let mut out = std::io::stdout().lock();
@@ -38,6 +49,15 @@ pub(super) fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
                 path.display()
             ))
             .into());
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create the directory {}", dir.display()))?;
         }
     }
     let mut file = std::fs::OpenOptions::new()

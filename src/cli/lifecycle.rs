@@ -17,6 +17,13 @@ use crate::ops::import::ImportFormat;
 pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let store = open_checked(&a.data.data_dir, &keyring)?;
+    // The new key is on disk, durably, before any record is re-encrypted
+    // under it: a crash or a closed shell cannot take it away.
+    let keyring = if a.new_key {
+        new_key_first(&keyring)?
+    } else {
+        keyring
+    };
     let log = open_log(store.clone(), &keyring)?;
     if keyring.len() < 2 {
         eprintln!(
@@ -48,6 +55,38 @@ pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `rotate --new-key`: writes a new key at the top of FERNET_KEY_FILE and
+/// reads the keyring back from the file, refusing unless its newest key
+/// is the one just written.
+fn new_key_first(keyring: &Keyring) -> anyhow::Result<Keyring> {
+    let crate::keyring::KeySource::File(path) = keyring.source() else {
+        return Err(ConfigError(format!(
+            "--new-key writes the new key into the key file FERNET_KEY_FILE names, but the keyring \
+             comes from {}: nothing was changed. Put a new key (`keyhold keygen`) first in that \
+             source yourself and run `keyhold rotate` without --new-key, or keep the keys in a \
+             key file",
+            keyring.source()
+        ))
+        .into());
+    };
+    let written = crate::key_file::prepend_new_key(path)?;
+    let reread = Keyring::from_env()?;
+    if reread.fingerprints().first() != Some(&written.fingerprint) {
+        return Err(ConfigError(format!(
+            "FERNET_KEY_FILE did not read back with the new key ({}) first; nothing was \
+             re-encrypted",
+            written.fingerprint
+        ))
+        .into());
+    }
+    eprintln!(
+        "keyhold: wrote a new key ({}) at the top of {}; rotating under it",
+        written.fingerprint,
+        path.display()
+    );
+    Ok(reread)
+}
+
 pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let store = open_initialised(&a.data.data_dir)?;
@@ -59,7 +98,7 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let report = ops::check::check(&store, &keyring)?;
     let mut out = std::io::stdout().lock();
-    if a.json {
+    if a.output.is_json() {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {
@@ -75,12 +114,13 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
-    let format = match &a.format {
+    let format = match &a.input_format {
         Some(f) => ImportFormat::parse(f)
-            .ok_or_else(|| ConfigError("--format must be json, jsonl or csv".into()))?,
+            .ok_or_else(|| ConfigError("--input-format must be json, jsonl or csv".into()))?,
         None => ImportFormat::guess(&a.from).ok_or_else(|| {
             ConfigError(format!(
-                "cannot tell the format of {} from its name: add --format json, jsonl or csv",
+                "cannot tell the format of {} from its name: add --input-format json, jsonl or \
+                 csv",
                 a.from.display()
             ))
         })?,
@@ -103,7 +143,7 @@ pub(super) fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         r
     };
     let mut out = std::io::stdout().lock();
-    if a.json {
+    if a.output.is_json() {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {

@@ -6,6 +6,7 @@
 //! (keyring, data directory, flags).
 
 mod audit;
+mod completions;
 mod init;
 mod keygen;
 mod lifecycle;
@@ -65,6 +66,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(a) => lifecycle::restore(a),
         Command::Exec(a) => remote::exec(a),
         Command::Keys(c) => remote::keys(c),
+        Command::Version(a) => completions::version(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(a),
     }
 }
 
@@ -201,7 +205,7 @@ pub(crate) fn offline_vault<'a>(
 ) -> crate::vault::Vault<'a> {
     crate::vault::Vault {
         store,
-        keyring,
+        keyring: keyring.into(),
         audit: crate::vault::Sink::Log(log),
         coalescer: None,
     }

@@ -151,7 +151,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::List(a) => connect(&a.client).and_then(|client| {
             let list = client.list(a.provider.as_deref())?;
             let mut out = std::io::stdout().lock();
-            if a.json {
+            if a.output.is_json() {
                 let _ = serde_json::to_writer_pretty(&mut out, &list);
                 let _ = writeln!(out);
             } else {

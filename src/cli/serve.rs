@@ -100,6 +100,14 @@ async fn serve(
         .await
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", args.listen)))?;
     let metrics = observe::install_recorder();
+    let build = crate::build_info::BUILD;
+    metrics::gauge!(
+        "keyhold_build_info",
+        "version" => build.version,
+        "commit" => build.commit,
+        "target" => build.target
+    )
+    .set(1.0);
     if let Some(handle) = metrics.clone() {
         // Histogram samples are kept until they are folded into buckets; an
         // unscraped server would keep every request's latency forever.
@@ -158,7 +166,7 @@ async fn serve(
     }
     let state = Arc::new(AppState {
         store: store.clone(),
-        keyring: Arc::new(keyring),
+        keyring: crate::keyring::LiveKeyring::new(keyring),
         audit: writer,
         limiter: RevealLimiter::new(args.reveal_rate),
         proxies: args.trusted_proxies.clone(),
@@ -170,6 +178,9 @@ async fn serve(
         maintenance: Arc::new(tokio::sync::Mutex::new(())),
     });
     spawn_housekeeping(state.clone());
+    // Before the "listening" line: a SIGHUP from then on reloads, never
+    // kills (the default action).
+    spawn_reload_on_sighup(state.clone())?;
 
     let shown = listener.describe();
     if let Some(local) = listener.local_addr() {
@@ -342,6 +353,28 @@ fn spawn_housekeeping(state: Arc<AppState>) {
             futures_util::future::join_all(writes).await;
         }
     });
+}
+
+/// SIGHUP (`systemctl reload keyhold`): read the keyring again and use it,
+/// unless a record still needs a key it lacks (then the server keeps its
+/// keyring and logs why).
+fn spawn_reload_on_sighup(state: Arc<AppState>) -> anyhow::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let mut ev = crate::audit::AuditEvent::cli(
+                crate::audit::Action::Reload,
+                crate::audit::Outcome::Success,
+                None,
+            );
+            ev.caller = "SIGHUP".into();
+            if let Err(e) = crate::http::reload_keyring(&state, ev).await {
+                tracing::error!(error = %e, "keyring reload refused");
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn shutdown_signal() {

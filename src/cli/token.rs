@@ -33,7 +33,7 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::List(a) if a.remote.remote => remote(&a.remote, |c| {
             let list = c.tokens()?;
             let mut out = std::io::stdout().lock();
-            if a.json {
+            if a.output.is_json() {
                 let _ = serde_json::to_writer_pretty(&mut out, &list);
                 let _ = writeln!(out);
             } else {
@@ -108,7 +108,7 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             let log = open_log(store.clone(), &keyring)?;
             let all = super::offline_vault(&store, &keyring, &log).list_tokens(None)?;
             let mut out = std::io::stdout().lock();
-            if a.json {
+            if a.output.is_json() {
                 let list: Vec<_> = all.iter().map(crate::http::TokenInfo::of).collect();
                 serde_json::to_writer_pretty(&mut out, &list)?;
                 writeln!(out)?;

@@ -174,10 +174,12 @@ pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
         };
         let st = state.clone();
         let name = caller.name.clone();
+        // One keyring for the whole rotation, whatever a reload does meanwhile.
+        let ring = state.keyring.load();
         let rotated = tokio::task::spawn_blocking(move || {
             crate::vault::rotate_store(
                 &st.store,
-                &st.keyring,
+                &ring,
                 st.audit.log(),
                 &name,
                 std::time::Duration::ZERO,
@@ -191,6 +193,105 @@ pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
             .record_rotation(&AppState::origin(&ctx), Some(&caller), &rotated)
             .await?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &rotated.report))
+    }
+    .await;
+    res.unwrap_or_else(|e| ctx.error(&e))
+}
+
+/// What a keyring reload did: the keyring now in use (fingerprints,
+/// newest first; never a key) and the one before.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub source: String,
+    pub fingerprints: Vec<String>,
+    pub previous: Vec<String>,
+    pub changed: bool,
+}
+
+/// Why a reload did not happen; the server keeps its keyring.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("a rotation, backup or reload is already running: wait for it to finish")]
+    Busy,
+    #[error("a --dev server's keyring is a random key held in memory: there is nothing to reload")]
+    Development,
+    #[error("the keyring could not be read again, so the server keeps its keyring: {0}")]
+    Keyring(#[from] crate::keyring::KeyringError),
+    #[error("{0}")]
+    Refused(#[from] crate::ops::reload::ReloadRefused),
+    #[error("the reload was interrupted; the server keeps its keyring")]
+    Interrupted,
+    #[error("the reload could not be recorded in the audit log, so the server keeps its keyring")]
+    Audit,
+}
+
+/// Reads the keyring again from its source (FERNET_KEY_FILE is read
+/// again, KEYHOLD_KEY_COMMAND run again; FERNET_KEY(S) cannot change in a
+/// running process) and puts it in use, unless something the store
+/// needs would no longer open with it. Shared by SIGHUP and
+/// `POST /api/admin/reload`; `ev` says who asked and is recorded, durably,
+/// before the new keyring is used.
+pub async fn reload_keyring(
+    state: &super::AppState,
+    mut ev: crate::audit::AuditEvent,
+) -> Result<ReloadReport, ReloadError> {
+    let Ok(_guard) = state.maintenance.try_lock() else {
+        return Err(ReloadError::Busy);
+    };
+    let old = state.keyring.load();
+    if *old.source() == crate::keyring::KeySource::Ephemeral {
+        return Err(ReloadError::Development);
+    }
+    let store = state.store.clone();
+    let new = tokio::task::spawn_blocking(move || {
+        let new = crate::keyring::Keyring::from_env()?;
+        crate::ops::reload::check_replacement(&store, &new)?;
+        Ok::<_, ReloadError>(new)
+    })
+    .await
+    .map_err(|_| ReloadError::Interrupted)??;
+    let report = ReloadReport {
+        source: new.source().to_string(),
+        fingerprints: new.fingerprints(),
+        previous: old.fingerprints(),
+        changed: new.fingerprints() != old.fingerprints(),
+    };
+    ev.action = Action::Reload;
+    ev.outcome = Outcome::Success;
+    ev.detail = Some(format!(
+        "keyring from {}: keys {} (before: {})",
+        report.source,
+        report.fingerprints.join(","),
+        report.previous.join(",")
+    ));
+    state
+        .record(ev, vec![])
+        .await
+        .map_err(|_| ReloadError::Audit)?;
+    state.keyring.replace(new);
+    tracing::info!(
+        source = %report.source,
+        keys = %report.fingerprints.join(","),
+        previous = %report.previous.join(","),
+        changed = report.changed,
+        "keyring reloaded"
+    );
+    Ok(report)
+}
+
+/// POST /api/admin/reload — read the keyring again (as SIGHUP does).
+pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
+    let res = async {
+        let caller = whole_store_caller(&state, &ctx, Action::Reload, "a reload").await?;
+        let ev = state.event(&ctx, Action::Reload, Some(&caller), Outcome::Success);
+        let report = reload_keyring(&state, ev).await.map_err(|e| match e {
+            ReloadError::Audit => ApiError::audit_unavailable(),
+            ReloadError::Refused(crate::ops::reload::ReloadRefused::Store(e)) => {
+                ApiError::storage(&e)
+            }
+            other => ApiError::conflict(other.to_string()),
+        })?;
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
     }
     .await;
     res.unwrap_or_else(|e| ctx.error(&e))
@@ -213,7 +314,7 @@ pub(super) async fn backup(state: State, ctx: Ctx) -> Response {
             move || -> Result<std::fs::File, crate::ops::backup::BackupError> {
                 let file = private_temp_file()?;
                 st.audit.log().with_writes_paused(|| {
-                    crate::ops::backup::write_backup(&st.store, &st.keyring, &file)
+                    crate::ops::backup::write_backup(&st.store, &st.keyring.load(), &file)
                 })?;
                 Ok(file)
             },

@@ -20,14 +20,14 @@ mod routes;
 pub mod server;
 mod stream;
 
-pub use admin::TokenInfo;
+pub use admin::{reload_keyring, ReloadError, ReloadReport, TokenInfo};
 pub use routes::{route_label, routes, OPENAPI, ROUTES};
 
 use std::sync::Arc;
 
 use crate::access::{Caller, Scope};
 use crate::audit::{Action, AuditEvent, AuditWriter, Coalescer, Outcome};
-use crate::keyring::Keyring;
+use crate::keyring::LiveKeyring;
 use crate::limiter::{RevealLimiter, TrustedProxies};
 use crate::store::Store;
 use context::Ctx;
@@ -36,7 +36,8 @@ use error::ApiError;
 /// Everything the handlers share.
 pub struct AppState {
     pub store: Store,
-    pub keyring: Arc<Keyring>,
+    /// Replaced whole on a reload (SIGHUP, POST /api/admin/reload).
+    pub keyring: LiveKeyring,
     pub audit: AuditWriter,
     pub limiter: RevealLimiter,
     pub proxies: TrustedProxies,
@@ -66,7 +67,7 @@ impl AppState {
     pub(crate) fn vault(&self) -> crate::vault::Vault<'_> {
         crate::vault::Vault {
             store: &self.store,
-            keyring: &self.keyring,
+            keyring: crate::vault::KeyringRef::Shared(self.keyring.load()),
             audit: crate::vault::Sink::Writer(&self.audit),
             coalescer: Some(&self.coalescer),
         }

@@ -34,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/audit"),
     ("GET", "/api/audit/verify"),
     ("POST", "/api/admin/rotate"),
+    ("POST", "/api/admin/reload"),
     ("GET", "/api/admin/backup"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
@@ -236,6 +237,16 @@ fn rotate(s: &State) -> Route {
         .boxed()
 }
 
+/// POST /api/admin/reload — read the keyring again, as SIGHUP does (admin)
+fn reload(s: &State) -> Route {
+    warp::path!("api" / "admin" / "reload")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(admin::reload)
+        .boxed()
+}
+
 /// GET /api/admin/backup — a consistent, authenticated snapshot (admin)
 fn backup(s: &State) -> Route {
     warp::path!("api" / "admin" / "backup")
@@ -296,6 +307,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         export(s),
         verify(s),
         rotate(s),
+        reload(s),
         backup(s),
         health(s),
         metrics(s),
@@ -343,6 +355,7 @@ fn healthz(state: &AppState) -> Response {
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
         "audit_writer": if ok { "ok" } else { "failing" },
+        "build": crate::build_info::BUILD,
     });
     context::json_response(
         if ok {

@@ -26,7 +26,7 @@ fn state(rate: &str) -> (State, String) {
     let log = Arc::new(AuditLog::open(store.clone(), &keyring).unwrap());
     let state = Arc::new(AppState {
         store,
-        keyring: Arc::new(keyring),
+        keyring: crate::keyring::LiveKeyring::new(keyring),
         audit: AuditWriter::start(log, Duration::from_secs(5), None),
         limiter: RevealLimiter::new(rate.parse().unwrap()),
         proxies: TrustedProxies::default(),
@@ -45,7 +45,7 @@ async fn token(state: &State, role: Role) -> String {
     let log = state.audit.log();
     let vault = Vault {
         store: &state.store,
-        keyring: &state.keyring,
+        keyring: crate::vault::KeyringRef::Shared(state.keyring.load()),
         audit: Sink::Log(log),
         coalescer: None,
     };

@@ -8,4 +8,5 @@
 pub mod backup;
 pub mod check;
 pub mod import;
+pub mod reload;
 pub mod rotate;

@@ -89,13 +89,37 @@ impl Origin {
     }
 }
 
+/// The keyring a vault view uses: an offline command's own, or a snapshot
+/// of a server's live keyring (a reload swaps it for later requests only).
+#[derive(Clone)]
+pub enum KeyringRef<'a> {
+    Borrowed(&'a Keyring),
+    Shared(std::sync::Arc<Keyring>),
+}
+
+impl std::ops::Deref for KeyringRef<'_> {
+    type Target = Keyring;
+    fn deref(&self) -> &Keyring {
+        match self {
+            KeyringRef::Borrowed(k) => k,
+            KeyringRef::Shared(k) => k,
+        }
+    }
+}
+
+impl<'a> From<&'a Keyring> for KeyringRef<'a> {
+    fn from(k: &'a Keyring) -> KeyringRef<'a> {
+        KeyringRef::Borrowed(k)
+    }
+}
+
 /// The vault as one request or command sees it: the store, the keyring,
 /// where audit records go and, on a server, the counter of flooding
 /// attempts.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Vault<'a> {
     pub store: &'a Store,
-    pub keyring: &'a Keyring,
+    pub keyring: KeyringRef<'a>,
     pub audit: Sink<'a>,
     /// Rate-limited and unauthenticated reveals are counted here (one
     /// record per client, outcome and second) instead of written one by

@@ -31,7 +31,7 @@ impl Fixture {
     fn vault(&self) -> Vault<'_> {
         Vault {
             store: &self.store,
-            keyring: &self.keyring,
+            keyring: (&self.keyring).into(),
             audit: Sink::Log(&self.log),
             coalescer: None,
         }
