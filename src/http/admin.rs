@@ -117,7 +117,7 @@ where
         let permit = state.body_permit().await?;
         let body = ctx.read_json_body(body).await?;
         drop(permit);
-        let req: NewTokenBody = extract::body(body, "with name, role and providers (optional)")?;
+        let req: NewTokenBody = extract::body(body, extract::NEW_TOKEN)?;
         let role = req.role()?;
         let (name, providers) = (req.name, req.providers);
         let minted = state

@@ -56,19 +56,75 @@ pub(super) struct ListQuery {
     pub(super) provider: Option<String>,
 }
 
-/// Reads a JSON body into `T`, naming what is wrong (`shape` says what to
-/// send).
+/// The JSON type a field must have.
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Str,
+    /// A whole number.
+    Int,
+    /// A list of strings.
+    Strs,
+}
+
+/// A body's fields: name, type, required.
+pub(super) type Shape = &'static [(&'static str, Kind, bool)];
+
+/// `POST /api/keys`.
+pub(super) const NEW_KEY: Shape = &[
+    ("provider", Kind::Str, true),
+    ("key_name", Kind::Str, true),
+    ("api_key", Kind::Str, true),
+    ("ttl_seconds", Kind::Int, false),
+];
+
+/// `POST /api/tokens`.
+pub(super) const NEW_TOKEN: Shape = &[
+    ("name", Kind::Str, true),
+    ("role", Kind::Str, true),
+    ("providers", Kind::Strs, false),
+];
+
+/// Reads a JSON body into `T` after checking it against `shape`, so a
+/// refusal names the field and what it must be (serde's own messages do
+/// not name the field). Fields not in the shape are ignored.
 pub(super) fn body<T: serde::de::DeserializeOwned>(
     value: Value,
-    shape: &str,
+    shape: Shape,
 ) -> Result<T, ApiError> {
-    if !value.is_object() {
+    let names: Vec<&str> = shape.iter().map(|(n, _, _)| *n).collect();
+    let Some(obj) = value.as_object() else {
         return Err(ApiError::invalid(format!(
-            "the body must be a JSON object {shape}"
+            "the body must be a JSON object with {}",
+            names.join(", ")
         )));
+    };
+    for (name, kind, required) in shape {
+        match obj.get(*name) {
+            None | Some(Value::Null) if *required => {
+                return Err(ApiError::invalid(format!("field `{name}` is required")))
+            }
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let fits = match kind {
+                    Kind::Str => v.is_string(),
+                    Kind::Int => v.is_i64(),
+                    Kind::Strs => v
+                        .as_array()
+                        .is_some_and(|items| items.iter().all(Value::is_string)),
+                };
+                if !fits {
+                    let what = match kind {
+                        Kind::Str => "a string",
+                        Kind::Int => "a whole number",
+                        Kind::Strs => "a list of strings",
+                    };
+                    return Err(ApiError::invalid(format!("field `{name}` must be {what}")));
+                }
+            }
+        }
     }
     serde_json::from_value(value)
-        .map_err(|e| ApiError::invalid(format!("the body does not fit {shape}: {e}")))
+        .map_err(|e| ApiError::invalid(format!("the body does not fit {}: {e}", names.join(", "))))
 }
 
 /// Reads a query string into `T`; an empty value counts as absent.
@@ -88,21 +144,33 @@ mod tests {
 
     #[test]
     fn a_body_names_what_is_missing_or_of_the_wrong_type() {
-        let e = body::<NewTokenBody>(serde_json::json!({"role": "reader"}), "{name, role}")
+        let e = body::<NewTokenBody>(serde_json::json!({"role": "reader"}), NEW_TOKEN)
             .err()
             .unwrap();
-        assert!(e.detail.contains("`name`"), "{}", e.detail);
+        assert!(e.detail.contains("`name` is required"), "{}", e.detail);
         let e = body::<NewKeyBody>(
             serde_json::json!({"provider": 5, "key_name": "k", "api_key": "x"}),
-            "{provider, key_name, api_key}",
+            NEW_KEY,
         )
         .err()
         .unwrap();
         assert_eq!(e.status, http::StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(body::<NewKeyBody>(serde_json::json!([1]), "{}").is_err());
+        assert!(
+            e.detail.contains("`provider` must be a string"),
+            "{}",
+            e.detail
+        );
+        let e = body::<NewKeyBody>(
+            serde_json::json!({"provider": "p", "key_name": "k", "api_key": "x", "ttl_seconds": 1.5}),
+            NEW_KEY,
+        )
+        .err()
+        .unwrap();
+        assert!(e.detail.contains("`ttl_seconds`"), "{}", e.detail);
+        assert!(body::<NewKeyBody>(serde_json::json!([1]), NEW_KEY).is_err());
         let ok = body::<NewKeyBody>(
             serde_json::json!({"provider": "p", "key_name": "k", "api_key": "sk", "extra": 1}),
-            "{}",
+            NEW_KEY,
         )
         .ok()
         .unwrap();

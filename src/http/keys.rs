@@ -83,7 +83,7 @@ where
     let permit = state.body_permit().await?;
     let body = ctx.read_json_body(body).await?;
     drop(permit);
-    let new: NewKeyBody = extract::body(body, "with provider, key_name and api_key")?;
+    let new: NewKeyBody = extract::body(body, extract::NEW_KEY)?;
     let new = NewKey::from(new);
     let record = vault.create_key(&origin, &caller, new).await?;
     state.gauges.add_keys(1);

@@ -10,6 +10,7 @@
 //! [`recover`].
 
 mod admin;
+pub mod app;
 mod audit_routes;
 pub mod context;
 pub mod error;

@@ -1,0 +1,356 @@
+//! The running server: its state, its background tasks and its shutdown.
+//! `keyhold serve` (in `cli`) checks the configuration and opens the
+//! store, then hands over here.
+//!
+//! Not for: parsing flags (see `config`, `cli::serve`) or the transport
+//! itself (see `server`).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::server::{serve as serve_http, Bind, Limits, Listener};
+use super::{observe, routes, AppState};
+use crate::audit::{AuditLog, AuditWriter, Coalescer};
+use crate::config::ServeArgs;
+use crate::keyring::Keyring;
+use crate::limiter::RevealLimiter;
+use crate::store::Store;
+
+/// What `keyhold serve` opened before the runtime started.
+pub struct Started {
+    pub bind: Bind,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub store: Store,
+    pub keyring: Keyring,
+    pub log: Arc<AuditLog>,
+    /// `serve --dev`: the root token, printed once with the banner.
+    pub dev_token: Option<crate::secret::SecretString>,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: String, error: String },
+    #[error("cannot listen for SIGHUP: {0}")]
+    Signal(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Runs the server until SIGTERM or SIGINT: builds its state, starts the
+/// background tasks (metrics upkeep, key count, anchors, housekeeping,
+/// reload on SIGHUP), serves, then writes what is pending and flushes.
+pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
+    let Started {
+        bind,
+        tls,
+        store,
+        keyring,
+        log,
+        dev_token,
+    } = started;
+    let listener = Listener::bind(&bind, tls)
+        .await
+        .map_err(|e| AppError::Listen {
+            addr: args.listen.clone(),
+            error: e.to_string(),
+        })?;
+    let metrics = observe::install_recorder();
+    let build = crate::build_info::BUILD;
+    metrics::gauge!(
+        "keyhold_build_info",
+        "version" => build.version,
+        "commit" => build.commit,
+        "target" => build.target
+    )
+    .set(1.0);
+    if let Some(handle) = metrics.clone() {
+        // Histogram samples are kept until they are folded into buckets; an
+        // unscraped server would keep every request's latency forever.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(observe::UPKEEP_EVERY);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+    let gauges = observe::Gauges::new();
+    {
+        // The count is kept in the store; read off the start path all the
+        // same, as an unreadable count makes it walk the keys.
+        let (store, gauges) = (store.clone(), gauges.clone());
+        tokio::task::spawn_blocking(move || {
+            let n = store.key_count() as i64;
+            let _ = gauges.keys.compare_exchange(
+                -1,
+                n,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        });
+    }
+    let anchors = Arc::new(Anchors::default());
+    let observer = {
+        let anchors = anchors.clone();
+        Box::new(
+            move |records: &[crate::audit::AuditRecord], elapsed: Duration| {
+                observe::audit_batch(records.len(), elapsed);
+                if let Some((r, sig)) = records.last().and_then(|r| Some((r, r.sig.as_ref()?))) {
+                    anchors.offer(r.seq, &r.mac, sig.key);
+                }
+            },
+        )
+    };
+    let writer = AuditWriter::start(
+        log.clone(),
+        Duration::from_millis(args.audit_timeout_ms.max(1)),
+        Some(observer),
+    );
+    {
+        // A head that moved since the last anchor is anchored within a
+        // minute even if no further batch comes.
+        let (anchors, log) = (anchors.clone(), log.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Anchors::EVERY);
+            loop {
+                tick.tick().await;
+                let (seq, mac) = log.head();
+                anchors.offer(seq, &mac, log.public_key());
+            }
+        });
+    }
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        keyring: crate::keyring::LiveKeyring::new(keyring),
+        audit: writer,
+        limiter: RevealLimiter::new(args.reveal_rate),
+        proxies: args.trusted_proxies.clone(),
+        coalescer: Coalescer::new(),
+        read_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        body_reads: tokio::sync::Semaphore::new(args.max_body_reads.max(1)),
+        metrics,
+        gauges,
+        maintenance: Arc::new(tokio::sync::Mutex::new(())),
+    });
+    spawn_housekeeping(state.clone());
+    // Before the "listening" line: a SIGHUP from then on reloads, never
+    // kills (the default action).
+    spawn_reload_on_sighup(state.clone())?;
+
+    let shown = listener.describe();
+    if let Some(local) = listener.local_addr() {
+        if !local.ip().is_loopback() && !listener.is_tls() {
+            tracing::warn!(
+                addr = %local,
+                "serving plain HTTP on a non-loopback address: tokens and keys cross the network in clear; use --tls-cert/--tls-key or put TLS in front"
+            );
+        }
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "keyhold listening on {shown}").ok();
+        if let Some(token) = &dev_token {
+            print_dev_banner(&mut out, &shown, token.expose());
+        }
+        out.flush().ok();
+    }
+    tracing::info!(
+        addr = %shown,
+        audit_head_seq = store.audit_last_seq().unwrap_or(0),
+        reveal_rate = %args.reveal_rate,
+        "keyhold serving"
+    );
+
+    let limits = Limits {
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
+        header_read_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        ..Limits::default()
+    };
+    serve_http(
+        listener,
+        routes(state.clone()),
+        limits,
+        args.trusted_proxies.clone(),
+        observe::request_observer(),
+        shutdown_signal(),
+    )
+    .await;
+
+    // Counted but not yet written attempts go in now.
+    let pending = state.coalescer.drain(0, true);
+    if !pending.is_empty() {
+        let batch: Vec<_> = pending.into_iter().map(|d| (d.event, vec![])).collect();
+        if let Err(e) = log.append(&batch) {
+            tracing::error!(error = %e, "could not write the last coalesced audit records");
+        }
+    }
+    store.flush_async().await?;
+    let (seq, mac) = log.head();
+    log_anchor(seq, &mac, log.public_key());
+    tracing::info!("keyhold stopped; store flushed");
+    Ok(())
+}
+
+/// Off-box anchors: the chain head is written to the log at most once a
+/// minute while records are being added (at the first batch, then when a
+/// minute has passed and the head moved, from a batch or the timer), and
+/// once at shutdown, so a log collector on another host holds anchors that
+/// `keyhold audit verify --anchor SEQ:MAC` checks (a rollback of the whole
+/// store to an older copy is then caught too).
+#[derive(Default)]
+struct Anchors {
+    /// When the last anchor was logged, and its seq.
+    last: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Anchors {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn offer(&self, seq: u64, mac: &[u8; 32], key: crate::audit::PublicKey) {
+        let mut last = match self.last.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        let due = last.0.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if seq != 0 && seq != last.1 && due {
+            *last = (Some(std::time::Instant::now()), seq);
+            log_anchor(seq, mac, key);
+        }
+    }
+}
+
+fn log_anchor(seq: u64, mac: &[u8; 32], key: crate::audit::PublicKey) {
+    if seq == 0 {
+        return;
+    }
+    tracing::info!(
+        anchor = %format!("{seq}:{}", crate::audit::hex(mac)),
+        audit_public_key = %key,
+        "audit chain anchor (keep it off-box; check with `keyhold audit verify --anchor SEQ:MAC`)"
+    );
+}
+
+fn print_dev_banner(out: &mut impl Write, url: &str, token: &str) {
+    let _ = writeln!(
+        out,
+        "\n\
+         ************************************************************************\n\
+         *  DEVELOPMENT MODE: in-memory store, random Fernet key.               *\n\
+         *  NOTHING PERSISTS: every key and audit record is gone at exit.       *\n\
+         ************************************************************************\n\
+         root token (admin): {token}\n\
+         \n\
+         try:\n\
+         \x20 curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n\
+         \x20      -d '{{\"provider\":\"claude\",\"key_name\":\"demo\",\"api_key\":\"sk-demo\"}}' \\\n\
+         \x20      {url}/api/keys\n\
+         \x20 curl -s -H 'Authorization: Bearer {token}' {url}/api/providers/claude/key\n"
+    );
+}
+
+/// Periodic work: prune limiter state, write coalesced records, and bring
+/// the store back after a disk error.
+fn spawn_housekeeping(state: Arc<AppState>) {
+    let s = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if s.audit.is_healthy() {
+                continue;
+            }
+            // sled keeps returning an IO error (a full or failing disk)
+            // until the database is opened again: reopen it, so service
+            // resumes by itself once the disk recovers.
+            let log = s.audit.log().clone();
+            match tokio::task::spawn_blocking(move || log.recover()).await {
+                Ok(Ok(true)) => tracing::info!("storage reopened"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "storage still failing"),
+                Err(_) => {}
+            }
+        }
+    });
+    let s = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            s.limiter.prune();
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            // Submitted together, so they share one fsync; a record that
+            // cannot be written is put back and counted again later.
+            let due = state.coalescer.drain(crate::time::now_us(), false);
+            let writes = due.into_iter().map(|d| {
+                let st = state.clone();
+                async move {
+                    match st.audit.record(d.event.clone(), vec![]).await {
+                        Ok(_) => {}
+                        // It may still land: do not count it twice.
+                        Err(crate::audit::AuditError::Unknown) => {
+                            tracing::error!("a coalesced audit record is still being written");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not write a coalesced audit record; kept for later");
+                            st.coalescer.restore(d);
+                        }
+                    }
+                }
+            });
+            futures_util::future::join_all(writes).await;
+        }
+    });
+}
+
+/// SIGHUP (`systemctl reload keyhold`): read the keyring again and use it,
+/// unless a record still needs a key it lacks (then the server keeps its
+/// keyring and logs why).
+fn spawn_reload_on_sighup(state: Arc<AppState>) -> Result<(), AppError> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(AppError::Signal)?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let mut ev = crate::audit::AuditEvent::cli(
+                crate::audit::Action::Reload,
+                crate::audit::Outcome::Success,
+                None,
+            );
+            ev.caller = "SIGHUP".into();
+            if let Err(e) = crate::http::reload_keyring(&state, ev).await {
+                tracing::error!(error = %e, "keyring reload refused");
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested: finishing requests in flight");
+}
