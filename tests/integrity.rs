@@ -205,10 +205,35 @@ fn swapped_key_ciphertexts_are_refused_and_audited_never_revealed() {
             409
         );
     }
+    // Listing and deleting are refused and recorded the same way.
+    let r = admin.get("/api/keys");
+    assert_eq!(r.status(), 409);
+    assert!(detail(r).contains("integrity check"));
+    let r = admin.delete(&format!("/api/keys/{a}"));
+    assert_eq!(r.status(), 409);
     s.stop();
     let tampered = with_outcome(&v, "tampered");
-    assert_eq!(tampered.len(), 4, "{tampered:?}");
-    assert!(tampered.iter().all(|r| r["action"] == "reveal"));
+    let actions: Vec<&str> = tampered
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "reveal",
+            "reveal",
+            "reveal",
+            "reveal",
+            "key_list",
+            "key_delete"
+        ],
+        "{tampered:?}"
+    );
+    // The keys are still there: nothing was deleted.
+    with_sled(&v.dir, |db| {
+        let keys = db.open_tree("keys").unwrap();
+        assert_eq!(keys.len(), 2);
+    });
 }
 
 /// A backup edited by someone without the keyring, its plain SHA-256

@@ -34,10 +34,12 @@ pub enum Action {
     /// A running server read its keyring again (SIGHUP or
     /// `POST /api/admin/reload`) and put it in use.
     Reload,
+    /// A listing of keys (recorded only when refused for a tampered record).
+    KeyList,
 }
 
 impl Action {
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::Init,
         Action::Reveal,
         Action::KeyCreate,
@@ -53,6 +55,7 @@ impl Action {
         Action::SigningKey,
         Action::Authenticate,
         Action::Reload,
+        Action::KeyList,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl Action {
             Action::SigningKey => "signing_key",
             Action::Authenticate => "authenticate",
             Action::Reload => "reload",
+            Action::KeyList => "key_list",
         }
     }
 

@@ -102,7 +102,10 @@ async fn list_inner(state: &State, ctx: &Ctx, query: &str) -> Result<Response, A
     let caller = state.authenticate(ctx).await?;
     super::require(&caller, Scope::KeysList)?;
     let q: ListQuery = extract::query(query)?;
-    let keys = state.vault().list_keys(&caller, q.provider.as_deref())?;
+    let keys = state
+        .vault()
+        .list_keys(&AppState::origin(ctx), &caller, q.provider.as_deref())
+        .await?;
     let out: Vec<KeyMeta> = keys.iter().map(|(k, used)| KeyMeta::of(k, *used)).collect();
     Ok(ctx.json(StatusCode::OK, &out))
 }

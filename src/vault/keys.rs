@@ -144,7 +144,10 @@ impl Vault<'_> {
         let found = match Uuid::parse_str(id) {
             Ok(id) => {
                 ev.key_id = Some(id);
-                self.store.get_key(&id).map_err(Refusal::of_store)?
+                match self.store.get_key(&id) {
+                    Ok(found) => found,
+                    Err(e) => return Err(self.refuse(ev, Refusal::of_store(e)).await),
+                }
             }
             Err(_) => None,
         };
@@ -164,8 +167,25 @@ impl Vault<'_> {
     }
 
     /// The keys a caller with `keys:list` sees (its providers only),
-    /// oldest first, each with its last use.
-    pub fn list_keys(
+    /// oldest first, each with its last use. A listing refused because a
+    /// record failed its integrity check is recorded.
+    pub async fn list_keys(
+        &self,
+        origin: &Origin,
+        caller: &Caller,
+        provider: Option<&str>,
+    ) -> Result<Vec<(KeyRecord, Option<i64>)>, Refusal> {
+        match self.list_keys_now(caller, provider) {
+            Err(r @ Refusal::TamperedRecord(_)) => {
+                let mut ev = self.event(origin, Action::KeyList, Some(caller), Outcome::Tampered);
+                ev.detail = Some("a stored key record failed its integrity check".into());
+                Err(self.refuse(ev, r).await)
+            }
+            other => other,
+        }
+    }
+
+    fn list_keys_now(
         &self,
         caller: &Caller,
         provider: Option<&str>,

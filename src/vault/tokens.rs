@@ -107,7 +107,14 @@ impl Vault<'_> {
         caller: Option<&Caller>,
         id_or_name: &str,
     ) -> Result<TokenRecord, Refusal> {
-        let (hash, rec) = tokens::find(self.store, id_or_name)?;
+        let (hash, rec) = match tokens::find(self.store, id_or_name) {
+            Ok(found) => found,
+            Err(TokenError::Store(e @ crate::store::StoreError::Tampered { .. })) => {
+                let ev = self.event(origin, Action::TokenRevoke, caller, Outcome::Tampered);
+                return Err(self.refuse(ev, Refusal::from(TokenError::Store(e))).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !covers(caller, rec.providers.as_deref()) {
             let mut ev = self.event(origin, Action::TokenRevoke, caller, Outcome::Forbidden);
             ev.detail = Some(format!(
