@@ -51,7 +51,9 @@ fn api_message(status: u16, detail: &str, retry_after: Option<u64>) -> String {
         429 => "",
         _ => "",
     };
+    // The server's own detail may say when already (its 429 does).
     let retry = retry_after
+        .filter(|_| !detail.contains("retry in"))
         .map(|s| format!("; retry in {s} s"))
         .unwrap_or_default();
     format!("keyhold answered {status}: {detail}{hint}{retry}")

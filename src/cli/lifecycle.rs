@@ -27,8 +27,8 @@ pub fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     let log = open_log(store.clone(), &keyring)?;
     if keyring.len() < 2 {
         eprintln!(
-            "keyhold: the keyring holds one key, so everything is already under it; to rotate, set \
-             FERNET_KEYS=new,old (see `Rotating the Fernet key` in docs/operations.md)"
+            "keyhold: the keyring holds one key, so everything is already under it; to rotate, \
+             run `keyhold rotate --new-key` with FERNET_KEY_FILE, or set FERNET_KEYS=new,old"
         );
     }
     let bar = progress_bar(store.key_count() as u64, "rotating");
