@@ -174,9 +174,10 @@ pub struct KeysAddArgs {
     /// The key's name.
     #[arg(long)]
     pub name: String,
-    /// Seconds until the key expires.
-    #[arg(long, value_name = "SECONDS")]
-    pub ttl: Option<u64>,
+    /// How long until the key expires: seconds, or with a unit (90s, 15m,
+    /// 12h, 30d, 2w).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<crate::duration::Seconds>,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +242,16 @@ pub struct ImportArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// A key file (one Fernet key a line) with the Python reference's key,
+    /// used beside keyhold's own keyring: rows that only it opens are
+    /// re-encrypted under keyhold's newest key as they are imported, so
+    /// the server never needs the reference's key.
+    #[arg(long, env = "KEYHOLD_REFERENCE_KEY_FILE", value_name = "FILE")]
+    pub reference_key_file: Option<PathBuf>,
+    /// Store providers in lower case (`OpenAI` becomes `openai`): keyhold's
+    /// providers are `[a-z0-9][a-z0-9_.-]{0,63}`, and older rows may not be.
+    #[arg(long)]
+    pub providers_lowercase: bool,
 }
 
 #[derive(Debug, Args)]
@@ -295,8 +306,9 @@ pub struct KeygenArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub data: DataDir,
-    /// Address to listen on: host:port (port 0 picks a free one), or
-    /// unix:/path for a Unix socket (mode 0660).
+    /// Address to listen on: HOST:PORT (an address or a host name such as
+    /// localhost; port 0 picks a free one), or unix:/path for a Unix socket
+    /// (mode 0660).
     #[arg(long, env = "KEYHOLD_LISTEN", default_value = "127.0.0.1:8787")]
     pub listen: String,
     /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.

@@ -132,7 +132,21 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     let store = open_checked(&a.data.data_dir, &keyring)?;
     let file = std::fs::File::open(&a.from)
         .with_context(|| format!("cannot open {}", a.from.display()))?;
-    let plan = ops::import::plan(&store, &keyring, std::io::BufReader::new(file), format)?;
+    let reference = match &a.reference_key_file {
+        Some(path) => Some(read_reference_key(path)?),
+        None => None,
+    };
+    let options = ops::import::ImportOptions {
+        reference: reference.as_ref(),
+        lowercase_providers: a.providers_lowercase,
+    };
+    let plan = ops::import::plan_with(
+        &store,
+        &keyring,
+        std::io::BufReader::new(file),
+        format,
+        options,
+    )?;
     let report = if a.dry_run {
         let mut r = plan.report;
         r.dry_run = true;
@@ -168,6 +182,30 @@ pub fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The Python reference's key(s) from `--reference-key-file` (one key a
+/// line, `#` comments), never echoed.
+fn read_reference_key(path: &std::path::Path) -> anyhow::Result<Keyring> {
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read --reference-key-file {}: {e}",
+            path.display()
+        ))
+    })?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        ConfigError(format!(
+            "--reference-key-file {} is not text: it holds one Fernet key a line",
+            path.display()
+        ))
+    })?;
+    Keyring::parse_list(
+        crate::keyring::KeySource::File(path.to_path_buf()),
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#')),
+    )
+    .map_err(|e| ConfigError(format!("--reference-key-file: {e}")).into())
 }
 
 pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {

@@ -137,7 +137,7 @@ pub fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Add(a) => {
             let key = read_secret_from_stdin()?;
             connect(&a.client).and_then(|client| {
-                let meta = client.add(&a.provider, &a.name, &key, a.ttl)?;
+                let meta = client.add(&a.provider, &a.name, &key, a.ttl.map(|t| t.0))?;
                 eprintln!(
                     "keyhold: stored key {} ({} / {})",
                     str_of(&meta, "id"),
