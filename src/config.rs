@@ -69,8 +69,9 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup into a new or empty directory.
     Restore(RestoreArgs),
-    /// Fetch the newest key of each provider over HTTP and run CMD with it
-    /// in CMD's environment only (the process replaces itself with CMD).
+    /// Fetch the newest key of each provider (or each keyhold:// reference
+    /// of --env-file) over HTTP and run CMD with it in CMD's environment
+    /// only (the process replaces itself with CMD).
     Exec(ExecArgs),
     /// Store, list, reveal and delete keys over HTTP (a client of `serve`).
     #[command(subcommand)]
@@ -137,12 +138,31 @@ pub struct ExecArgs {
     pub client: ClientArgs,
     /// A provider whose newest live key to fetch (repeatable; pairs with
     /// --env in order).
-    #[arg(long = "provider", value_name = "P", required = true)]
+    #[arg(
+        long = "provider",
+        value_name = "P",
+        required_unless_present = "env_files"
+    )]
     pub providers: Vec<String>,
     /// The variable that receives the key of the --provider at the same
     /// position (repeatable).
-    #[arg(long = "env", value_name = "VAR", required = true)]
+    #[arg(
+        long = "env",
+        value_name = "VAR",
+        required_unless_present = "env_files"
+    )]
     pub envs: Vec<String>,
+    /// An env file (NAME=VALUE lines; repeatable): a value
+    /// keyhold://PROVIDER is that provider's newest live key,
+    /// keyhold://PROVIDER/KEY_NAME the newest live key of that name; every
+    /// other line is passed to CMD as it is. Nothing resolved is written
+    /// anywhere.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// On 429, wait as the server's Retry-After says and try again, for at
+    /// most this long in all (0: fail at once). E.g. 30s, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "0")]
+    pub wait: crate::duration::Seconds,
     /// Start CMD with only PATH, HOME, LANG, TERM and the injected
     /// variables, so nothing else of this environment leaks into it.
     #[arg(long)]
