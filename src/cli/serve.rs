@@ -77,8 +77,11 @@ fn init_logging_as(filter: &str, format: LogFormat) {
         LogFormat::Json => {
             let filter = tracing_subscriber::EnvFilter::try_new(filter)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            // Event fields at the top level of each line (`{"message":
+            // ..., "addr": ...}`), not nested under `fields`.
             let _ = tracing_subscriber::fmt()
                 .json()
+                .flatten_event(true)
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .with_current_span(false)
@@ -199,8 +202,13 @@ async fn serve(
         }
         out.flush().ok();
     }
+    // The stdout line above is for scripts (the address, port 0
+    // resolved); the log says the same as an event, in either format.
     tracing::info!(
+        event = "start",
         addr = %shown,
+        version = crate::build_info::VERSION,
+        commit = crate::build_info::COMMIT,
         audit_head_seq = store.audit_last_seq().unwrap_or(0),
         reveal_rate = %args.reveal_rate,
         "keyhold serving"
@@ -235,7 +243,7 @@ async fn serve(
     store.flush_async().await?;
     let (seq, mac) = log.head();
     log_anchor(seq, &mac, log.public_key());
-    tracing::info!("keyhold stopped; store flushed");
+    tracing::info!(event = "stop", "keyhold stopped; store flushed");
     Ok(ExitCode::SUCCESS)
 }
 
