@@ -433,7 +433,8 @@ fn a_systemd_unit_is_shipped_with_the_hardening() {
         "ReadWritePaths=/var/lib/keyhold",
         "PrivateTmp=yes",
         "MemoryDenyWriteExecute=yes",
-        "LoadCredential=",
+        // The key file the service reads, again on a reload (issue 16).
+        "Environment=FERNET_KEY_FILE=/etc/keyhold/fernet.keys",
     ] {
         assert!(
             unit.contains(line),
