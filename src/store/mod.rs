@@ -103,8 +103,8 @@ fn open_reason(error: &sled::Error) -> String {
         // sled =0.34.7 reports a held lock only by this message.
         sled::Error::Io(e) if e.to_string().starts_with("could not acquire lock") => {
             "another process holds its lock (a running `keyhold serve`, or another keyhold \
-             command). Stop it, or, while the server runs, use it: `keyhold keys ...`, `keyhold \
-             token ... --remote`, the HTTP API"
+             command): stop it or use the HTTP API instead (`keyhold keys ...`, `keyhold token \
+             ... --remote`)"
                 .to_string()
         }
         sled::Error::Io(e) => format!("{e}; check the directory's permissions and the disk"),
