@@ -51,7 +51,9 @@ fn api_message(status: u16, detail: &str, retry_after: Option<u64>) -> String {
         429 => "",
         _ => "",
     };
+    // The server's own detail may say when already (its 429 does).
     let retry = retry_after
+        .filter(|_| !detail.contains("retry in"))
         .map(|s| format!("; retry in {s} s"))
         .unwrap_or_default();
     format!("keyhold answered {status}: {detail}{hint}{retry}")
@@ -270,6 +272,47 @@ impl Client {
         let mut req = self
             .http
             .get(self.url(&format!("/api/providers/{}/key", encode(provider))));
+        if let Some(p) = purpose {
+            req = req.header("X-Keyhold-Purpose", p);
+        }
+        Self::revealed(self.send(req)?)
+    }
+
+    /// The newest live key of `provider` named `key_name`: listed
+    /// (`keys:list`), then revealed by id (`keys:reveal`). 404 when there
+    /// is none.
+    pub fn reveal_newest_named(
+        &self,
+        provider: &str,
+        key_name: &str,
+        purpose: Option<&str>,
+    ) -> Result<Revealed, ClientError> {
+        let now = chrono::Utc::now();
+        let live = |v: &Value| {
+            v.get("expires_at")
+                .and_then(Value::as_str)
+                .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+                .is_none_or(|e| e > now)
+        };
+        let created = |v: &Value| {
+            v.get("created_at")
+                .and_then(Value::as_str)
+                .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+        };
+        let newest = self
+            .list(Some(provider))?
+            .into_iter()
+            .filter(|v| v.get("key_name").and_then(Value::as_str) == Some(key_name) && live(v))
+            .max_by_key(created)
+            .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string))
+            .ok_or_else(|| ClientError::Api {
+                status: 404,
+                detail: format!("no live key named `{key_name}` for provider `{provider}`"),
+                retry_after: None,
+            })?;
+        let mut req = self
+            .http
+            .get(self.url(&format!("/api/keys/{}", encode(&newest))));
         if let Some(p) = purpose {
             req = req.header("X-Keyhold-Purpose", p);
         }

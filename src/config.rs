@@ -69,8 +69,9 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup into a new or empty directory.
     Restore(RestoreArgs),
-    /// Fetch the newest key of each provider over HTTP and run CMD with it
-    /// in CMD's environment only (the process replaces itself with CMD).
+    /// Fetch the newest key of each provider (or each keyhold:// reference
+    /// of --env-file) over HTTP and run CMD with it in CMD's environment
+    /// only (the process replaces itself with CMD).
     Exec(ExecArgs),
     /// Store, list, reveal and delete keys over HTTP (a client of `serve`).
     #[command(subcommand)]
@@ -137,12 +138,31 @@ pub struct ExecArgs {
     pub client: ClientArgs,
     /// A provider whose newest live key to fetch (repeatable; pairs with
     /// --env in order).
-    #[arg(long = "provider", value_name = "P", required = true)]
+    #[arg(
+        long = "provider",
+        value_name = "P",
+        required_unless_present = "env_files"
+    )]
     pub providers: Vec<String>,
     /// The variable that receives the key of the --provider at the same
     /// position (repeatable).
-    #[arg(long = "env", value_name = "VAR", required = true)]
+    #[arg(
+        long = "env",
+        value_name = "VAR",
+        required_unless_present = "env_files"
+    )]
     pub envs: Vec<String>,
+    /// An env file (NAME=VALUE lines; repeatable): a value
+    /// keyhold://PROVIDER is that provider's newest live key,
+    /// keyhold://PROVIDER/KEY_NAME the newest live key of that name; every
+    /// other line is passed to CMD as it is. Nothing resolved is written
+    /// anywhere.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// On 429, wait as the server's Retry-After says and try again, for at
+    /// most this long in all (0: fail at once). E.g. 30s, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "0")]
+    pub wait: crate::duration::Seconds,
     /// Start CMD with only PATH, HOME, LANG, TERM and the injected
     /// variables, so nothing else of this environment leaks into it.
     #[arg(long)]
@@ -174,9 +194,10 @@ pub struct KeysAddArgs {
     /// The key's name.
     #[arg(long)]
     pub name: String,
-    /// Seconds until the key expires.
-    #[arg(long, value_name = "SECONDS")]
-    pub ttl: Option<u64>,
+    /// How long until the key expires: seconds, or with a unit (90s, 15m,
+    /// 12h, 30d, 2w).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<crate::duration::Seconds>,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +262,16 @@ pub struct ImportArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// A key file (one Fernet key a line) with the Python reference's key,
+    /// used beside keyhold's own keyring: rows that only it opens are
+    /// re-encrypted under keyhold's newest key as they are imported, so
+    /// the server never needs the reference's key.
+    #[arg(long, env = "KEYHOLD_REFERENCE_KEY_FILE", value_name = "FILE")]
+    pub reference_key_file: Option<PathBuf>,
+    /// Store providers in lower case (`OpenAI` becomes `openai`): keyhold's
+    /// providers are `[a-z0-9][a-z0-9_.-]{0,63}`, and older rows may not be.
+    #[arg(long)]
+    pub providers_lowercase: bool,
 }
 
 #[derive(Debug, Args)]
@@ -295,8 +326,9 @@ pub struct KeygenArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub data: DataDir,
-    /// Address to listen on: host:port (port 0 picks a free one), or
-    /// unix:/path for a Unix socket (mode 0660).
+    /// Address to listen on: HOST:PORT (an address or a host name such as
+    /// localhost; port 0 picks a free one), or unix:/path for a Unix socket
+    /// (mode 0660).
     #[arg(long, env = "KEYHOLD_LISTEN", default_value = "127.0.0.1:8787")]
     pub listen: String,
     /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.

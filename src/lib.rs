@@ -13,6 +13,7 @@ pub mod build_info;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod duration;
 pub mod http;
 pub mod key_command;
 pub mod key_file;

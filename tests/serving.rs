@@ -398,21 +398,22 @@ fn json_logs_parse_line_by_line_and_hold_no_secret() {
     let mut request_lines = Vec::new();
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-        if v["fields"]["message"] == "request" {
+        // Event fields are at the top level of each line (issue 16).
+        if v["message"] == "request" {
             request_lines.push(v);
         }
     }
     let reveal = request_lines
         .iter()
-        .find(|l| l["fields"]["request_id"] == rid.as_str())
+        .find(|l| l["request_id"] == rid.as_str())
         .expect("a log line for the reveal");
-    let f = &reveal["fields"];
+    let f = reveal;
     assert_eq!(f["route"], "/api/keys/{id}");
     assert_eq!(f["status"], 200);
     assert_eq!(f["client"], "127.0.0.1");
     assert_eq!(f["caller"], "admin");
     assert!(f["latency_ms"].is_number());
-    assert!(request_lines.iter().any(|l| l["fields"]["status"] == 401));
+    assert!(request_lines.iter().any(|l| l["status"] == 401));
     for needle in [secret, v.admin.as_str(), v.key.as_str(), id.as_str()] {
         assert!(!stderr.contains(needle), "{needle} in the logs");
     }
@@ -432,7 +433,8 @@ fn a_systemd_unit_is_shipped_with_the_hardening() {
         "ReadWritePaths=/var/lib/keyhold",
         "PrivateTmp=yes",
         "MemoryDenyWriteExecute=yes",
-        "LoadCredential=",
+        // The key file the service reads, again on a reload (issue 16).
+        "Environment=FERNET_KEY_FILE=/etc/keyhold/fernet.keys",
     ] {
         assert!(
             unit.contains(line),

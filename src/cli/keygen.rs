@@ -44,8 +44,9 @@ pub(super) fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
         });
         if sets_key {
             return Err(ConfigError(format!(
-                "{} already sets FERNET_KEY; nothing was written. To rotate, see `Rotating the \
-                 Fernet key` in docs/operations.md",
+                "{} already sets FERNET_KEY; nothing was written. To rotate, keep the keys in a \
+                 key file instead: `keyhold keygen --key-file FILE` adds a new key first, and \
+                 `keyhold rotate --new-key` (FERNET_KEY_FILE=FILE) does both steps offline",
                 path.display()
             ))
             .into());

@@ -27,8 +27,8 @@ pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     let log = open_log(store.clone(), &keyring)?;
     if keyring.len() < 2 {
         eprintln!(
-            "keyhold: the keyring holds one key, so everything is already under it; to rotate, set \
-             FERNET_KEYS=new,old (see `Rotating the Fernet key` in docs/operations.md)"
+            "keyhold: the keyring holds one key, so everything is already under it; to rotate, \
+             run `keyhold rotate --new-key` with FERNET_KEY_FILE, or set FERNET_KEYS=new,old"
         );
     }
     let bar = progress_bar(store.key_count() as u64, "rotating");
@@ -129,7 +129,21 @@ pub(super) fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     let store = open_checked(&a.data.data_dir, &keyring)?;
     let file = std::fs::File::open(&a.from)
         .with_context(|| format!("cannot open {}", a.from.display()))?;
-    let plan = ops::import::plan(&store, &keyring, std::io::BufReader::new(file), format)?;
+    let reference = match &a.reference_key_file {
+        Some(path) => Some(read_reference_key(path)?),
+        None => None,
+    };
+    let options = ops::import::ImportOptions {
+        reference: reference.as_ref(),
+        lowercase_providers: a.providers_lowercase,
+    };
+    let plan = ops::import::plan_with(
+        &store,
+        &keyring,
+        std::io::BufReader::new(file),
+        format,
+        options,
+    )?;
     let report = if a.dry_run {
         let mut r = plan.report;
         r.dry_run = true;
@@ -165,6 +179,30 @@ pub(super) fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The Python reference's key(s) from `--reference-key-file` (one key a
+/// line, `#` comments), never echoed.
+fn read_reference_key(path: &std::path::Path) -> anyhow::Result<Keyring> {
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read --reference-key-file {}: {e}",
+            path.display()
+        ))
+    })?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        ConfigError(format!(
+            "--reference-key-file {} is not text: it holds one Fernet key a line",
+            path.display()
+        ))
+    })?;
+    Keyring::parse_list(
+        crate::keyring::KeySource::File(path.to_path_buf()),
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#')),
+    )
+    .map_err(|e| ConfigError(format!("--reference-key-file: {e}")).into())
 }
 
 pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {

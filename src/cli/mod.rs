@@ -7,6 +7,7 @@
 
 mod audit;
 mod completions;
+mod exec_env;
 mod init;
 mod keygen;
 mod lifecycle;

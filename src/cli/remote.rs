@@ -30,7 +30,7 @@ pub(crate) fn client_exit(e: &ClientError) -> ExitCode {
     }
 }
 
-fn valid_env_name(n: &str) -> bool {
+pub(crate) fn valid_env_name(n: &str) -> bool {
     let b = n.as_bytes();
     !b.is_empty()
         && (b[0].is_ascii_alphabetic() || b[0] == b'_')
@@ -80,13 +80,61 @@ pub(super) fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(e) => return Err(ConfigError(format!("{e}; nothing was run")).into()),
     };
-    let mut secrets: Vec<(String, SecretString)> = Vec::new();
-    for (provider, var) in a.providers.iter().zip(&a.envs) {
-        match client.reveal_newest(provider, Some(&format!("exec {purpose}"))) {
-            Ok(r) => secrets.push((var.clone(), r.api_key)),
-            Err(e) => {
+    // Every env file is read before anything is fetched.
+    let mut lines = Vec::new();
+    for path in &a.env_files {
+        lines.extend(
+            super::exec_env::read_env_file(path)
+                .map_err(|e| ConfigError(format!("{e}; nothing was run")))?,
+        );
+    }
+    let mut wanted: Vec<(String, String, Option<String>)> = a
+        .providers
+        .iter()
+        .zip(&a.envs)
+        .map(|(p, v)| (v.clone(), p.clone(), None))
+        .collect();
+    let mut plain: Vec<(String, String)> = Vec::new();
+    for line in lines {
+        match line {
+            super::exec_env::EnvLine::Plain { name, .. } if is_keyholds_own(&name) => {
                 return Err(ConfigError(format!(
-                    "{} for provider `{provider}`: {e}; nothing was run",
+                    "--env-file sets {name}: keyhold's own variables (KEYHOLD_*, FERNET_*) are \
+                     never passed to the command; remove the line; nothing was run"
+                ))
+                .into())
+            }
+            super::exec_env::EnvLine::Plain { name, value } => plain.push((name, value)),
+            super::exec_env::EnvLine::Reference {
+                name,
+                provider,
+                key_name,
+            } => wanted.push((name, provider, key_name)),
+        }
+    }
+    let wait = std::time::Duration::from_secs(a.wait.0);
+    let why = format!("exec {purpose}");
+    let mut secrets: Vec<(String, SecretString)> = Vec::new();
+    for (var, provider, key_name) in &wanted {
+        let got = super::exec_env::with_wait(wait, || {
+            super::exec_env::resolve(&client, provider, key_name.as_deref(), &why)
+        });
+        match got {
+            Ok(key) => secrets.push((var.clone(), key)),
+            Err(e) => {
+                let provider = match key_name {
+                    Some(k) => format!("{provider}/{k}"),
+                    None => provider.clone(),
+                };
+                let waited = if a.wait.0 > 0 && matches!(e, ClientError::Api { status: 429, .. }) {
+                    format!(" (still, after waiting up to {} s: --wait)", a.wait.0)
+                } else if matches!(e, ClientError::Api { status: 429, .. }) {
+                    " (add --wait 30s to wait for the budget)".to_string()
+                } else {
+                    String::new()
+                };
+                return Err(ConfigError(format!(
+                    "{}{waited} for provider `{provider}`: {e}; nothing was run",
                     match &e {
                         ClientError::Api { status: 404, .. } => "no key",
                         ClientError::Api { status: 410, .. } => "the key expired",
@@ -96,7 +144,7 @@ pub(super) fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
                         _ => "cannot fetch the key",
                     }
                 ))
-                .into())
+                .into());
             }
         }
     }
@@ -120,6 +168,11 @@ pub(super) fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Plain env-file lines first: a resolved key wins over a plain line of
+    // the same name.
+    for (var, value) in &plain {
+        cmd.env(var, value);
+    }
     for (var, secret) in &secrets {
         cmd.env(var, secret.expose());
     }
@@ -137,7 +190,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Add(a) => {
             let key = read_secret_from_stdin()?;
             connect(&a.client).and_then(|client| {
-                let meta = client.add(&a.provider, &a.name, &key, a.ttl)?;
+                let meta = client.add(&a.provider, &a.name, &key, a.ttl.map(|t| t.0))?;
                 eprintln!(
                     "keyhold: stored key {} ({} / {})",
                     str_of(&meta, "id"),

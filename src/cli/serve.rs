@@ -89,8 +89,11 @@ fn init_logging_as(filter: &str, format: LogFormat) {
         LogFormat::Json => {
             let filter = tracing_subscriber::EnvFilter::try_new(filter)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            // Event fields at the top level of each line (`{"message":
+            // ..., "addr": ...}`), not nested under `fields`.
             let _ = tracing_subscriber::fmt()
                 .json()
+                .flatten_event(true)
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .with_current_span(false)

@@ -157,8 +157,13 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
         }
         out.flush().ok();
     }
+    // The stdout line above is for scripts (the address, port 0
+    // resolved); the log says the same as an event, in either format.
     tracing::info!(
+        event = "start",
         addr = %shown,
+        version = crate::build_info::VERSION,
+        commit = crate::build_info::COMMIT,
         audit_head_seq = store.audit_last_seq().unwrap_or(0),
         reveal_rate = %args.reveal_rate,
         "keyhold serving"
@@ -193,7 +198,7 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
     store.flush_async().await?;
     let (seq, mac) = log.head();
     log_anchor(seq, &mac, log.public_key());
-    tracing::info!("keyhold stopped; store flushed");
+    tracing::info!(event = "stop", "keyhold stopped; store flushed");
     Ok(())
 }
 

@@ -370,11 +370,11 @@ fn healthz(state: &AppState) -> Response {
 /// Unknown paths and methods (handlers answer everything else).
 async fn recover(rej: Rejection) -> Result<Response, Infallible> {
     let err = if rej.is_not_found() {
-        ApiError::not_found("no such route: see the API table in the README")
+        ApiError::not_found("no such route: GET /openapi.json lists every route")
     } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed on this route: see the API table in the README",
+            "method not allowed on this route: GET /openapi.json lists each route's methods",
         )
     } else {
         ApiError::bad_request("the request could not be read: check its headers and body")

@@ -94,9 +94,31 @@ impl std::str::FromStr for Bind {
             }
             return Ok(Bind::Unix(PathBuf::from(path)));
         }
-        s.parse::<SocketAddr>().map(Bind::Tcp).map_err(|_| {
-            format!("`{s}` is neither host:port (127.0.0.1:8787, [::1]:8787) nor unix:/path")
-        })
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Bind::Tcp(addr));
+        }
+        // A host name (`localhost:8787`): its first address, IPv4 first,
+        // resolved once at start.
+        let shape = || {
+            format!(
+                "`{s}` is neither HOST:PORT (127.0.0.1:8787, [::1]:8787, localhost:8787) nor \
+                 unix:/path"
+            )
+        };
+        let (host, port) = s.rsplit_once(':').ok_or_else(shape)?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(shape());
+        }
+        let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
+            .map_err(|e| format!("cannot resolve the host `{host}` of `{s}`: {e}"))?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .map(Bind::Tcp)
+            .ok_or_else(|| format!("the host `{host}` of `{s}` has no address"))
     }
 }
 

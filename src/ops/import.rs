@@ -113,12 +113,36 @@ pub struct Plan {
     records: Vec<(KeyRecord, Option<i64>)>,
 }
 
+/// Choices of an import beyond the rows themselves.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ImportOptions<'a> {
+    /// The Python reference's key(s), used beside keyhold's keyring: a row
+    /// only they open is re-encrypted under keyhold's newest key (its
+    /// Fernet timestamp kept, as rotation does), so the server never
+    /// needs the reference's key.
+    pub reference: Option<&'a Keyring>,
+    /// Providers are lower-cased before they are checked (`OpenAI` is
+    /// stored as `openai`).
+    pub lowercase_providers: bool,
+}
+
 /// Reads and checks every row; writes nothing.
 pub fn plan(
     store: &Store,
     keyring: &Keyring,
     input: impl Read,
     format: ImportFormat,
+) -> Result<Plan, ImportError> {
+    plan_with(store, keyring, input, format, ImportOptions::default())
+}
+
+/// [`plan`] with options.
+pub fn plan_with(
+    store: &Store,
+    keyring: &Keyring,
+    input: impl Read,
+    format: ImportFormat,
+    options: ImportOptions<'_>,
 ) -> Result<Plan, ImportError> {
     let rows = read_rows(input, format)?;
     let mut report = ImportReport::default();
@@ -144,7 +168,7 @@ pub fn plan(
             id: given_id.clone(),
             reason,
         };
-        let (rec, last_used) = match check_row(&row, keyring) {
+        let (rec, last_used, reencrypted) = match check_row(&row, keyring, options) {
             Ok(x) => x,
             Err(reason) => {
                 report.rejected.push(reject(reason));
@@ -160,6 +184,14 @@ pub fn plan(
         seen.insert(rec.id, n);
         match store.get_key(&rec.id)? {
             Some(existing) if existing.token == rec.token => {
+                report.already_present += 1;
+                continue;
+            }
+            // Re-encrypted rows differ by their IV each time: the same
+            // key is the same plaintext.
+            Some(existing)
+                if reencrypted && same_plaintext(keyring, &existing.token, &rec.token) =>
+            {
                 report.already_present += 1;
                 continue;
             }
@@ -371,16 +403,42 @@ pub fn parse_reference_time(s: &str) -> Option<i64> {
     None
 }
 
-fn check_row(row: &Row, keyring: &Keyring) -> Result<(KeyRecord, Option<i64>), String> {
+fn same_plaintext(keyring: &Keyring, a: &str, b: &str) -> bool {
+    match (keyring.decrypt(a), keyring.decrypt(b)) {
+        (Ok(x), Ok(y)) => x.plaintext.expose() == y.plaintext.expose(),
+        _ => false,
+    }
+}
+
+/// A checked row: its record, when it was last used, and whether its
+/// token was re-encrypted (it opened only with the reference's key).
+type CheckedRow = (KeyRecord, Option<i64>, bool);
+
+fn check_row(
+    row: &Row,
+    keyring: &Keyring,
+    options: ImportOptions<'_>,
+) -> Result<CheckedRow, String> {
     let given_id = row
         .get("id")
         .and_then(scalar_text)
         .ok_or("`id` is missing")?;
     let id = import_id(&given_id).ok_or("`id` is neither a UUID nor a whole number")?;
-    let provider = text_field(row, "provider")?;
+    let mut provider = text_field(row, "provider")?;
+    if options.lowercase_providers {
+        provider = provider.to_lowercase();
+    }
     if !valid_provider(&provider) {
+        let hint = if valid_provider(&provider.to_lowercase()) {
+            format!(
+                "; add --providers-lowercase to store it as `{}`",
+                provider.to_lowercase()
+            )
+        } else {
+            String::new()
+        };
         return Err(format!(
-            "provider `{}` does not match [a-z0-9][a-z0-9_.-]{{0,63}}",
+            "provider `{}` does not match [a-z0-9][a-z0-9_.-]{{0,63}}{hint}",
             provider.chars().take(64).collect::<String>()
         ));
     }
@@ -391,12 +449,31 @@ fn check_row(row: &Row, keyring: &Keyring) -> Result<(KeyRecord, Option<i64>), S
             "key_name must be 1 to {MAX_KEY_NAME} characters without control characters"
         ));
     }
-    let token = text_field(row, "encrypted_key")?.trim().to_string();
+    let mut token = text_field(row, "encrypted_key")?.trim().to_string();
+    let mut reencrypted = false;
     if keyring.decrypt(&token).is_err() {
-        return Err(
-            "encrypted_key does not decrypt with the current keyring (made under another Fernet key?)"
-                .into(),
-        );
+        let opened = options.reference.and_then(|r| r.decrypt(&token).ok());
+        let stamped = crate::keyring::token_timestamp(&token);
+        match (opened, stamped) {
+            (Some(o), Some(ts)) => {
+                token = keyring.encrypt_at(o.plaintext.expose(), ts);
+                reencrypted = true;
+            }
+            _ if options.reference.is_some() => {
+                return Err(
+                    "encrypted_key decrypts neither with keyhold's keyring nor with \
+                     --reference-key-file (made under another Fernet key?)"
+                        .into(),
+                )
+            }
+            _ => {
+                return Err(
+                    "encrypted_key does not decrypt with keyhold's keyring: give the reference's \
+                     key with --reference-key-file FILE"
+                        .into(),
+                )
+            }
+        }
     }
     let created_at_us = parse_reference_time(&text_field(row, "created_at")?)
         .ok_or("created_at is not a time (RFC 3339 or YYYY-MM-DD HH:MM:SS)")?;
@@ -416,6 +493,7 @@ fn check_row(row: &Row, keyring: &Keyring) -> Result<(KeyRecord, Option<i64>), S
             expires_at_us: None,
         },
         last_used,
+        reencrypted,
     ))
 }
 
