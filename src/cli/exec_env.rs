@@ -33,12 +33,34 @@ pub(super) enum EnvLine {
 
 /// Reads an env file; a malformed line is an error naming the file and
 /// line (its value is never shown: it may be a secret).
-pub(super) fn read_env_file(path: &Path) -> Result<Vec<EnvLine>, String> {
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read --env-file {}: {e}", path.display()))?,
-    );
-    parse_env_file(&text).map_err(|(line, why)| format!("{} line {line}: {why}", path.display()))
+/// Why an env file could not be used (its values are never shown).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum EnvFileError {
+    #[error("cannot read --env-file {path}: {error}")]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path} line {line}: {why}")]
+    Line {
+        path: std::path::PathBuf,
+        line: usize,
+        why: String,
+    },
+}
+
+pub(super) fn read_env_file(path: &Path) -> Result<Vec<EnvLine>, EnvFileError> {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
+        EnvFileError::Read {
+            path: path.to_path_buf(),
+            error,
+        }
+    })?);
+    parse_env_file(&text).map_err(|(line, why)| EnvFileError::Line {
+        path: path.to_path_buf(),
+        line,
+        why,
+    })
 }
 
 /// Parses env-file text; errors carry the line number.

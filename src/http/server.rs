@@ -83,14 +83,26 @@ pub enum Bind {
     Unix(PathBuf),
 }
 
+/// An address to listen on that is neither HOST:PORT nor unix:/path (the
+/// message says which shapes are taken).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadBind(String);
+
 impl std::str::FromStr for Bind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Bind, String> {
+    type Err = BadBind;
+    fn from_str(s: &str) -> Result<Bind, BadBind> {
+        Self::parse(s)
+    }
+}
+
+impl Bind {
+    fn parse(s: &str) -> Result<Bind, BadBind> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(
+                return Err(BadBind(
                     "unix: needs a path, for example unix:/run/keyhold/keyhold.sock".into(),
-                );
+                ));
             }
             return Ok(Bind::Unix(PathBuf::from(path)));
         }
@@ -100,17 +112,17 @@ impl std::str::FromStr for Bind {
         // A host name (`localhost:8787`): its first address, IPv4 first,
         // resolved once at start.
         let shape = || {
-            format!(
+            BadBind(format!(
                 "`{s}` is neither HOST:PORT (127.0.0.1:8787, [::1]:8787, localhost:8787) nor \
                  unix:/path"
-            )
+            ))
         };
         let (host, port) = s.rsplit_once(':').ok_or_else(shape)?;
         if host.is_empty() || port.parse::<u16>().is_err() {
             return Err(shape());
         }
         let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
-            .map_err(|e| format!("cannot resolve the host `{host}` of `{s}`: {e}"))?
+            .map_err(|e| BadBind(format!("cannot resolve the host `{host}` of `{s}`: {e}")))?
             .collect();
         addrs
             .iter()
@@ -118,7 +130,7 @@ impl std::str::FromStr for Bind {
             .or(addrs.first())
             .copied()
             .map(Bind::Tcp)
-            .ok_or_else(|| format!("the host `{host}` of `{s}` has no address"))
+            .ok_or_else(|| BadBind(format!("the host `{host}` of `{s}` has no address")))
     }
 }
 

@@ -55,6 +55,17 @@ impl ImportFormat {
     }
 }
 
+/// Why one row was refused: the reason shown in the import report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RowError(pub String);
+
+impl From<&str> for RowError {
+    fn from(s: &str) -> RowError {
+        RowError(s.to_string())
+    }
+}
+
 /// Why the input as a whole could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -157,7 +168,7 @@ pub fn plan_with(
                 report.rejected.push(Rejected {
                     row: n,
                     id: None,
-                    reason,
+                    reason: reason.to_string(),
                 });
                 continue;
             }
@@ -171,7 +182,7 @@ pub fn plan_with(
         let (rec, last_used, reencrypted) = match check_row(&row, keyring, options) {
             Ok(x) => x,
             Err(reason) => {
-                report.rejected.push(reject(reason));
+                report.rejected.push(reject(reason.to_string()));
                 continue;
             }
         };
@@ -262,7 +273,7 @@ pub type Row = serde_json::Map<String, Value>;
 pub fn read_rows(
     mut input: impl Read,
     format: ImportFormat,
-) -> Result<Vec<Result<Row, String>>, ImportError> {
+) -> Result<Vec<Result<Row, RowError>>, ImportError> {
     match format {
         ImportFormat::Json => {
             let mut text = String::new();
@@ -282,7 +293,7 @@ pub fn read_rows(
                 .into_iter()
                 .map(|it| match it {
                     Value::Object(m) => Ok(m),
-                    _ => Err("the row is not a JSON object".to_string()),
+                    _ => Err(RowError("the row is not a JSON object".into())),
                 })
                 .collect())
         }
@@ -294,8 +305,8 @@ pub fn read_rows(
                 .filter(|l| !l.trim().is_empty())
                 .map(|l| match serde_json::from_str::<Value>(l) {
                     Ok(Value::Object(m)) => Ok(m),
-                    Ok(_) => Err("the line is not a JSON object".to_string()),
-                    Err(e) => Err(format!("the line is not JSON ({e})")),
+                    Ok(_) => Err(RowError("the line is not a JSON object".into())),
+                    Err(e) => Err(RowError(format!("the line is not JSON ({e})"))),
                 })
                 .collect())
         }
@@ -320,12 +331,12 @@ pub fn read_rows(
             let mut out = Vec::new();
             for rec in rdr.records() {
                 out.push(match rec {
-                    Err(e) => Err(format!("the CSV row does not parse ({e})")),
-                    Ok(r) if r.len() != headers.len() => Err(format!(
+                    Err(e) => Err(RowError(format!("the CSV row does not parse ({e})"))),
+                    Ok(r) if r.len() != headers.len() => Err(RowError(format!(
                         "the CSV row has {} fields, the header {}",
                         r.len(),
                         headers.len()
-                    )),
+                    ))),
                     Ok(r) => Ok(headers
                         .iter()
                         .zip(r.iter())
@@ -355,11 +366,11 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-fn text_field(row: &Row, name: &str) -> Result<String, String> {
+fn text_field(row: &Row, name: &str) -> Result<String, RowError> {
     match row.get(name) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Null) | None => Err(format!("`{name}` is missing")),
-        Some(_) => Err(format!("`{name}` is not text")),
+        Some(Value::Null) | None => Err(RowError(format!("`{name}` is missing"))),
+        Some(_) => Err(RowError(format!("`{name}` is not text"))),
     }
 }
 
@@ -418,7 +429,7 @@ fn check_row(
     row: &Row,
     keyring: &Keyring,
     options: ImportOptions<'_>,
-) -> Result<CheckedRow, String> {
+) -> Result<CheckedRow, RowError> {
     let given_id = row
         .get("id")
         .and_then(scalar_text)
@@ -437,17 +448,17 @@ fn check_row(
         } else {
             String::new()
         };
-        return Err(format!(
+        return Err(RowError(format!(
             "provider `{}` does not match [a-z0-9][a-z0-9_.-]{{0,63}}{hint}",
             provider.chars().take(64).collect::<String>()
-        ));
+        )));
     }
     let key_name = text_field(row, "key_name")?;
     let n = key_name.chars().count();
     if n == 0 || n > MAX_KEY_NAME || key_name.chars().any(char::is_control) {
-        return Err(format!(
+        return Err(RowError(format!(
             "key_name must be 1 to {MAX_KEY_NAME} characters without control characters"
-        ));
+        )));
     }
     let mut token = text_field(row, "encrypted_key")?.trim().to_string();
     let mut reencrypted = false;
@@ -481,7 +492,7 @@ fn check_row(
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.trim().is_empty() => None,
         Some(Value::String(s)) => Some(parse_reference_time(s).ok_or("last_used is not a time")?),
-        Some(_) => return Err("`last_used` is not text".into()),
+        Some(_) => return Err(RowError("`last_used` is not text".into())),
     };
     Ok((
         KeyRecord {
