@@ -17,6 +17,7 @@ mod keys;
 pub mod observe;
 pub mod server;
 mod stream;
+mod whoami;
 
 pub use admin::TokenInfo;
 
@@ -169,6 +170,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/tokens/{id}"),
     ("GET", "/api/audit"),
     ("GET", "/api/audit/verify"),
+    ("GET", "/api/audit/stats"),
+    ("GET", "/api/whoami"),
     ("POST", "/api/admin/rotate"),
     ("GET", "/api/admin/backup"),
     ("GET", "/healthz"),
@@ -326,6 +329,19 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .then(audit_routes::verify);
+    // GET /api/audit/stats — attempts per hour/day by outcome (audit:read);
+    // GET /api/whoami — the token's name, scopes, providers (any token).
+    let stats = warp::path!("api" / "audit" / "stats")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(query())
+        .then(audit_routes::stats);
+    let whoami = warp::path!("api" / "whoami")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(whoami::whoami);
     // POST /api/admin/rotate — re-encrypt under the newest key (admin)
     let rotate = warp::path!("api" / "admin" / "rotate")
         .and(warp::post())
@@ -388,6 +404,10 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .or(metrics)
         .unify()
         .or(openapi)
+        .unify()
+        .or(stats)
+        .unify()
+        .or(whoami)
         .unify()
         .recover(recover)
         .unify()
