@@ -17,6 +17,7 @@ mod keys;
 pub mod observe;
 pub mod server;
 mod stream;
+pub mod ui;
 mod whoami;
 
 pub use admin::TokenInfo;
@@ -177,6 +178,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("GET", "/ui/"),
+    ("GET", "/ui/assets/{name}"),
 ];
 
 /// The route pattern a request path falls under (`unmatched` for none):
@@ -189,7 +192,7 @@ pub fn route_label(method: &http::Method, path: &str) -> &'static str {
     };
     let segs: Vec<&str> = path.split('/').collect();
     let fits = |pattern: &str| {
-        let p: Vec<&str> = pattern.split('/').collect();
+        let p: Vec<&str> = pattern.trim_end_matches('/').split('/').collect();
         p.len() == segs.len()
             && p.iter()
                 .zip(&segs)
@@ -330,7 +333,8 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(ctx(s.clone()))
         .then(audit_routes::verify);
     // GET /api/audit/stats — attempts per hour/day by outcome (audit:read);
-    // GET /api/whoami — the token's name, scopes, providers (any token).
+    // GET /api/whoami — the token's name, scopes, providers (any token);
+    // GET /ui/… — the read-only console (no token; its calls carry one)
     let stats = warp::path!("api" / "audit" / "stats")
         .and(warp::get())
         .and(with_state(s.clone()))
@@ -408,6 +412,8 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .or(stats)
         .unify()
         .or(whoami)
+        .unify()
+        .or(ui::routes())
         .unify()
         .recover(recover)
         .unify()
