@@ -247,7 +247,7 @@ impl Driver {
         }
     }
 
-    fn session(&self, chromium: &Path, profile: &Path) -> Session<'_> {
+    fn session(&self, chromium: &Path, profile: &Path, extra: &[&str]) -> Session<'_> {
         let args = [
             "--headless",
             "--no-sandbox",
@@ -263,12 +263,17 @@ impl Driver {
             "--window-size=1280,800",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .chain([format!("--user-data-dir={}", profile.display())])
         .collect::<Vec<_>>();
+        let downloads = profile.join("downloads");
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {"binary": chromium, "args": args},
+            "goog:chromeOptions": {"binary": chromium, "args": args, "prefs": {
+                "download.default_directory": downloads,
+                "download.prompt_for_download": false,
+            }},
             "goog:loggingPrefs": {"performance": "ALL", "browser": "ALL"},
         }}});
         let r: Value = self
@@ -499,7 +504,7 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
     let s = v.serve(&[]);
     let driver = Driver::start(&chromedriver);
     let profile = tempfile::tempdir().unwrap();
-    let b = driver.session(&chromium, profile.path());
+    let b = driver.session(&chromium, profile.path(), &[]);
     b.resize(1280, 800);
     b.goto(&s.url("/ui/"));
     b.wait_for("document.activeElement && document.activeElement.id === 'token'");
@@ -597,6 +602,24 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
     );
     b.resize(1280, 800);
 
+    // Download the current filter (outcome=forbidden) as CSV and JSONL.
+    b.click("#dl-csv");
+    b.click("#dl-jsonl");
+    let downloads = profile.path().join("downloads");
+    let csv = wait_for_file(&downloads.join("keyhold-audit.csv"));
+    let jsonl = wait_for_file(&downloads.join("keyhold-audit.jsonl"));
+    assert!(csv.starts_with("seq,at,"), "{csv}");
+    assert_eq!(
+        csv.lines().count(),
+        31,
+        "the header and 30 refused attempts"
+    );
+    assert_eq!(jsonl.lines().count(), 30);
+    for line in jsonl.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["outcome"], "forbidden");
+    }
+
     // The token is nowhere but in memory.
     let stored = b.everything_stored();
     assert!(!stored.contains(&auditor), "the token was stored: {stored}");
@@ -689,7 +712,7 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
     s.stop();
     tamper_with_an_old_record(&v.dir);
     let s = v.serve(&[]);
-    let b = driver.session(&chromium, profile.path());
+    let b = driver.session(&chromium, profile.path(), &[]);
     b.resize(1280, 800);
     b.goto(&s.url("/ui/"));
     b.wait_for("document.activeElement && document.activeElement.id === 'token'");
@@ -712,5 +735,81 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
                 "{url}"
             );
         }
+    }
+    drop(b);
+
+    // Dark mode follows the system's preference.
+    let dark = driver.session(&chromium, profile.path(), &["--force-dark-mode"]);
+    dark.resize(1280, 800);
+    dark.goto(&s.url("/ui/"));
+    dark.wait_for("document.activeElement && document.activeElement.id === 'token'");
+    assert_eq!(
+        dark.js("return matchMedia('(prefers-color-scheme: dark)').matches;"),
+        true
+    );
+    dark.type_into("#token", &auditor);
+    dark.click("#signin-button");
+    dark.wait_for("document.getElementById('chain').classList.contains('broken')");
+    dark.wait_for("document.querySelectorAll('#audit-rows tr').length > 0");
+    let bg = dark.js("return getComputedStyle(document.body).backgroundColor;");
+    assert_eq!(bg, "rgb(15, 19, 24)", "the dark palette applies");
+    dark.screenshot("audit-dark-1280");
+}
+
+fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.is_empty() {
+                return s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never arrived",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_provider_limited_token_sees_only_its_keys_and_no_audit_view() {
+    let Some((chromium, chromedriver)) = browser_binaries() else {
+        return;
+    };
+    let v = Vault::new();
+    let limited = v.token("gh-only", "admin", Some("github"));
+    let s = v.serve(&[]);
+    let admin = Api::new(&s, &v.admin);
+    admin.create_key("github", "ci-bot", "ghp-secret");
+    admin.create_key("claude", "prod", "sk-ant-secret");
+    let driver = Driver::start(&chromedriver);
+    let profile = tempfile::tempdir().unwrap();
+    let b = driver.session(&chromium, profile.path(), &[]);
+    b.goto(&s.url("/ui/"));
+    b.wait_for("document.activeElement && document.activeElement.id === 'token'");
+    b.type_into("#token", &limited);
+    b.click("#signin-button");
+    b.wait_for("document.querySelectorAll('#keys-rows tr').length === 1");
+    assert_eq!(
+        b.js("return document.getElementById('tab-audit').hidden;"),
+        true
+    );
+    assert_eq!(
+        b.js("return document.getElementById('limited-note').hidden;"),
+        false
+    );
+    let keys = b.text("#keys-table");
+    assert!(
+        keys.contains("github") && !keys.contains("claude"),
+        "{keys}"
+    );
+    assert!(b.text("#who-name").contains("providers: github"));
+    for (url, _) in b.requests() {
+        assert!(
+            !url.contains("/api/audit"),
+            "no audit call for a limited token: {url}"
+        );
     }
 }

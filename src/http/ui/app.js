@@ -99,9 +99,13 @@
     show($("who"), true);
     var limited = me.providers ? " · providers: " + me.providers.join(", ") : "";
     $("who-name").textContent = "Signed in as " + me.name + limited;
-    show($("tab-audit"), can("audit:read"));
+    // The audit log covers every provider: a provider-limited token is
+    // refused it by the server, so the page does not offer it.
+    var audits = can("audit:read") && !me.providers;
+    show($("tab-audit"), audits);
     show($("tab-keys"), can("keys:list"));
-    if (can("audit:read")) showView("audit");
+    show($("limited-note"), can("audit:read") && !!me.providers);
+    if (audits) showView("audit");
     else if (can("keys:list")) showView("keys");
     else showView("nothing");
   }
@@ -117,7 +121,7 @@
     $("chain").className = "panel";
     $("page-info").textContent = "";
     $("who-name").textContent = "";
-    ["audit-view", "keys-view", "nothing-view", "nav", "who", "detail", "audit-error", "keys-error"].forEach(function (id) { show($(id), false); });
+    ["audit-view", "keys-view", "nothing-view", "nav", "who", "detail", "audit-error", "keys-error", "limited-note"].forEach(function (id) { show($(id), false); });
     show($("signin-view"), true);
     if (message) {
       $("signin-error").textContent = message;
