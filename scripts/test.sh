@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of keyhold on a fresh machine: installs what the tests
 # need (Python 3 with `cryptography`, for the Fernet interop test;
-# Debian's chromium and chromium-driver, for the console's browser test),
+# Debian's chromium, chromium-driver and firefox-esr, for the console's
+# browser tests),
 # then the whole cargo test suite against the real binary. Arguments go to
 # `cargo test`.
 set -euo pipefail
@@ -17,9 +18,15 @@ if ! python3 -c 'import cryptography' >/dev/null 2>&1; then
     || apt-get install -y -qq python3-cryptography >/dev/null
 fi
 
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-  echo "test.sh: installing chromium and chromium-driver (the console's browser test)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+# Firefox is driven over its own Marionette socket: Debian packages no
+# geckodriver, and the test needs none.
+browsers=()
+command -v chromium >/dev/null 2>&1 || browsers+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || browsers+=(chromium-driver)
+command -v firefox-esr >/dev/null 2>&1 || command -v firefox >/dev/null 2>&1 || browsers+=(firefox-esr)
+if [ ${#browsers[@]} -gt 0 ]; then
+  echo "test.sh: installing ${browsers[*]} (the console's browser tests)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${browsers[@]}" >/dev/null
 fi
 
 # Every target, unless the arguments select some (`scripts/test.sh --test

@@ -1,13 +1,15 @@
 //! The console (`/ui/`): its security headers on every answer, and the
-//! page itself driven in a real browser (Debian's `chromium` through
-//! `chromedriver`, over plain W3C WebDriver calls) against a real server:
-//! sign in with an auditor token, filter, page back, open a record, see a
-//! tampered chain reported, sign out; the page never sends a request
-//! without the Bearer header and never stores the token.
+//! page itself driven in real browsers against a real server — Debian's
+//! `chromium` through `chromedriver` (plain W3C WebDriver calls over HTTP),
+//! and Debian's `firefox-esr` through its own Marionette socket (the same
+//! commands; Debian has no geckodriver). Sign in with an auditor token,
+//! filter, page back, open a record, download the filter, see a tampered
+//! chain reported, sign out; the page never sends a request without the
+//! Bearer header (Chromium's network log) and never stores the token.
 //!
-//! Without Chromium the browser test says so and does not run; under
-//! `CI=true` that is a failure (.ci/run installs it through
-//! scripts/test.sh). Screenshots go to `target/ui-screenshots/`.
+//! Without a browser its test says so and does not run; under `CI=true`
+//! that is a failure (.ci/run installs them through scripts/test.sh).
+//! Screenshots go to `target/ui-screenshots/` (git-ignored).
 
 mod common;
 
@@ -288,37 +290,53 @@ impl Driver {
             .as_str()
             .unwrap_or_else(|| panic!("no session: {r}"))
             .to_string();
-        Session { driver: self, id }
+        Session {
+            transport: Transport::WebDriver { driver: self, id },
+        }
     }
 }
 
+/// A browser session: W3C WebDriver over HTTP (chromedriver), or the
+/// same commands over Firefox's own Marionette socket (Debian has no
+/// geckodriver package; Marionette is what geckodriver itself speaks).
 struct Session<'a> {
-    driver: &'a Driver,
-    id: String,
+    transport: Transport<'a>,
+}
+
+enum Transport<'a> {
+    WebDriver { driver: &'a Driver, id: String },
+    Marionette(std::cell::RefCell<Marionette>),
 }
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
-        let _ = self
-            .driver
-            .http
-            .delete(format!("{}/session/{}", self.driver.base, self.id))
-            .send();
+        if let Transport::WebDriver { driver, id } = &self.transport {
+            let _ = driver
+                .http
+                .delete(format!("{}/session/{}", driver.base, id))
+                .send();
+        }
     }
 }
 
 impl Session<'_> {
+    /// A W3C WebDriver command (method, path under the session).
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}/session/{}{}", self.driver.base, self.id, path);
-        let mut req = self.driver.http.request(method.clone(), url);
-        if let Some(b) = body {
-            req = req.json(&b);
+        match &self.transport {
+            Transport::WebDriver { driver, id } => {
+                let url = format!("{}/session/{}{}", driver.base, id, path);
+                let mut req = driver.http.request(method.clone(), url);
+                if let Some(b) = body {
+                    req = req.json(&b);
+                }
+                let r: Value = req.send().expect("webdriver call").json().unwrap();
+                if r["value"].get("error").is_some() {
+                    panic!("webdriver {method} {path}: {}", r["value"]);
+                }
+                r["value"].clone()
+            }
+            Transport::Marionette(m) => m.borrow_mut().w3c(path, body.unwrap_or(json!({}))),
         }
-        let r: Value = req.send().expect("webdriver call").json().unwrap();
-        if r["value"].get("error").is_some() {
-            panic!("webdriver {method} {path}: {}", r["value"]);
-        }
-        r["value"].clone()
     }
     fn post(&self, path: &str, body: Value) -> Value {
         self.call(reqwest::Method::POST, path, Some(body))
@@ -442,6 +460,166 @@ impl Session<'_> {
     }
 }
 
+// ---------------------------------------------------------------- firefox
+
+/// Firefox ESR, headless, with Marionette on a loopback port and a fresh
+/// profile; stopped by its own pid.
+struct Firefox {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Firefox {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Firefox {
+    fn start(binary: &Path) -> Firefox {
+        let port = free_port();
+        let profile = tempfile::tempdir().unwrap();
+        // The machine's network is closed: nothing that phones home.
+        let prefs = [
+            format!("user_pref(\"marionette.port\", {port});"),
+            "user_pref(\"app.update.enabled\", false);".into(),
+            "user_pref(\"app.normandy.enabled\", false);".into(),
+            "user_pref(\"browser.shell.checkDefaultBrowser\", false);".into(),
+            "user_pref(\"datareporting.policy.dataSubmissionEnabled\", false);".into(),
+            "user_pref(\"toolkit.telemetry.enabled\", false);".into(),
+            "user_pref(\"network.captive-portal-service.enabled\", false);".into(),
+            "user_pref(\"network.connectivity-service.enabled\", false);".into(),
+            "user_pref(\"browser.safebrowsing.malware.enabled\", false);".into(),
+            "user_pref(\"browser.safebrowsing.phishing.enabled\", false);".into(),
+            "user_pref(\"extensions.update.enabled\", false);".into(),
+            "user_pref(\"browser.aboutwelcome.enabled\", false);".into(),
+            "user_pref(\"messaging-system.rsexperimentloader.enabled\", false);".into(),
+        ];
+        std::fs::write(profile.path().join("user.js"), prefs.join("\n")).unwrap();
+        let child = Command::new(binary)
+            .args(["--headless", "--marionette", "--no-remote", "-profile"])
+            .arg(profile.path())
+            .arg("about:blank")
+            .env("MOZ_HEADLESS", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start firefox");
+        Firefox {
+            child,
+            port,
+            _profile: profile,
+        }
+    }
+
+    fn session(&self) -> Session<'static> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let stream = loop {
+            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Firefox's Marionette never listened"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut m = Marionette { stream, next: 0 };
+        let hello = m.read();
+        assert_eq!(hello["marionetteProtocol"], 3, "{hello}");
+        m.command("WebDriver:NewSession", json!({"capabilities": {}}));
+        Session {
+            transport: Transport::Marionette(std::cell::RefCell::new(m)),
+        }
+    }
+}
+
+/// Marionette's wire format: `LEN:JSON`, commands `[0, id, name, params]`,
+/// answers `[1, id, error, result]`.
+struct Marionette {
+    stream: std::net::TcpStream,
+    next: u64,
+}
+
+impl Marionette {
+    fn read(&mut self) -> Value {
+        use std::io::Read;
+        let mut len = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            self.stream.read_exact(&mut byte).unwrap();
+            if byte[0] == b':' {
+                break;
+            }
+            len.push(byte[0]);
+        }
+        let n: usize = String::from_utf8(len).unwrap().parse().unwrap();
+        let mut buf = vec![0u8; n];
+        self.stream.read_exact(&mut buf).unwrap();
+        serde_json::from_slice(&buf).unwrap()
+    }
+
+    fn command(&mut self, name: &str, params: Value) -> Value {
+        use std::io::Write;
+        self.next += 1;
+        let msg = serde_json::to_vec(&json!([0, self.next, name, params])).unwrap();
+        self.stream
+            .write_all(format!("{}:", msg.len()).as_bytes())
+            .unwrap();
+        self.stream.write_all(&msg).unwrap();
+        let answer = self.read();
+        if !answer[2].is_null() {
+            panic!("marionette {name}: {}", answer[2]);
+        }
+        let result = answer[3].clone();
+        match result.get("value") {
+            Some(v) => v.clone(),
+            None => result,
+        }
+    }
+
+    /// The W3C WebDriver commands the tests use, as Marionette names them.
+    fn w3c(&mut self, path: &str, body: Value) -> Value {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let with_id = |mut b: Value, id: &str| {
+            b["id"] = json!(id);
+            b
+        };
+        match parts.as_slice() {
+            ["url"] => self.command("WebDriver:Navigate", body),
+            ["window", "rect"] => self.command("WebDriver:SetWindowRect", body),
+            ["execute", "sync"] => self.command("WebDriver:ExecuteScript", body),
+            ["execute", "async"] => self.command("WebDriver:ExecuteAsyncScript", body),
+            ["element"] => self.command("WebDriver:FindElement", body),
+            ["element", id, "click"] => self.command("WebDriver:ElementClick", with_id(body, id)),
+            ["element", id, "value"] => {
+                self.command("WebDriver:ElementSendKeys", with_id(body, id))
+            }
+            ["element", id, "text"] => self.command("WebDriver:GetElementText", with_id(body, id)),
+            ["actions"] => self.command("WebDriver:PerformActions", body),
+            ["screenshot"] => self.command("WebDriver:TakeScreenshot", json!({"full": false})),
+            ["cookie"] => self.command("WebDriver:GetCookies", body),
+            _ => panic!("no Marionette command for {path}"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------- the test
 
 /// A vault with history: keys (one expiring in 3 days), successful
@@ -505,102 +683,7 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
     let driver = Driver::start(&chromedriver);
     let profile = tempfile::tempdir().unwrap();
     let b = driver.session(&chromium, profile.path(), &[]);
-    b.resize(1280, 800);
-    b.goto(&s.url("/ui/"));
-    b.wait_for("document.activeElement && document.activeElement.id === 'token'");
-
-    // Sign in from the keyboard: the token field has the focus.
-    b.keys(&format!("{auditor}\u{E007}"));
-    b.wait_for("!document.getElementById('audit-view').hidden");
-    b.wait_for("document.querySelectorAll('#audit-rows tr').length > 0");
-    b.wait_for("document.getElementById('chain').classList.contains('ok')");
-    b.wait_for("document.querySelectorAll('#chart rect').length > 0");
-    assert_eq!(b.js("return document.getElementById('token').value;"), "");
-    // An auditor token: the audit view, and no keys view.
-    assert_eq!(
-        b.js("return document.getElementById('tab-keys').hidden;"),
-        true
-    );
-    assert!(b.text("#who-name").contains("alice-audit"));
-    let chain = b.text("#chain");
-    assert!(chain.contains("Chain verifies"), "{chain}");
-    assert!(
-        chain.contains("ed25519:"),
-        "the public key is shown: {chain}"
-    );
-    b.screenshot("audit-1280");
-
-    // Filter by outcome: only `forbidden` rows, more than one page.
-    b.click("#f-outcome option[value=forbidden]");
-    b.click("#f-limit option[value='25']");
-    b.click("#apply");
-    let all_forbidden = "(function () { var rows = document.querySelectorAll('#audit-rows tr'); \
-        if (rows.length === 0) return false; \
-        for (var i = 0; i < rows.length; i++) if (rows[i].children[3].textContent.indexOf('forbidden') !== 0) return false; \
-        return true; })()";
-    b.wait_for(&format!(
-        "{all_forbidden} && document.querySelectorAll('#audit-rows tr').length === 25"
-    ));
-    b.wait_for("!document.getElementById('older').disabled");
-    b.js("document.querySelector('.toolbar').scrollIntoView();");
-    b.screenshot("audit-filtered-1280");
-    let first_page_last: u64 = b
-        .js("var r = document.querySelectorAll('#audit-rows tr'); return Number(r[r.length - 1].children[0].textContent.slice(1));")
-        .as_u64()
-        .unwrap();
-
-    // Page back: the older forbidden attempts, all before the first page.
-    b.click("#older");
-    b.wait_for(&format!(
-        "{all_forbidden} && document.querySelectorAll('#audit-rows tr').length === 5"
-    ));
-    let newest_on_page_two = b
-        .js("return Number(document.querySelector('#audit-rows tr td').textContent.slice(1));")
-        .as_u64()
-        .unwrap();
-    assert!(newest_on_page_two < first_page_last);
-    assert_eq!(
-        b.js("return document.getElementById('older').disabled;"),
-        true
-    );
-    assert_eq!(
-        b.js("return document.getElementById('newer').disabled;"),
-        false
-    );
-
-    // Open a record: its detail, with its chain fields.
-    b.click("#audit-rows tr td.seq button");
-    b.wait_for("!document.getElementById('detail').hidden");
-    let detail = b.text("#detail");
-    assert!(
-        detail.contains(&format!("Record #{newest_on_page_two}")),
-        "{detail}"
-    );
-    for field in [
-        "forbidden",
-        "alice-audit",
-        "reveal",
-        "mac",
-        "prev",
-        "request_id",
-    ] {
-        assert!(detail.contains(field), "{field} in {detail}");
-    }
-    b.screenshot("audit-record-1280");
-    // Escape closes it and gives the focus back to the row.
-    b.keys("\u{E00C}");
-    b.wait_for("document.getElementById('detail').hidden");
-    b.wait_for("document.activeElement && document.activeElement.closest('td.seq')");
-
-    // A phone-sized screen.
-    b.resize(390, 844);
-    b.screenshot("audit-phone");
-    assert_eq!(
-        b.js("return document.documentElement.scrollWidth <= window.innerWidth + 1;"),
-        true,
-        "the page does not scroll sideways on a phone"
-    );
-    b.resize(1280, 800);
+    audit_flow(&b, &s, &auditor, "chromium");
 
     // Download the current filter (outcome=forbidden) as CSV and JSONL.
     b.click("#dl-csv");
@@ -689,7 +772,7 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
         false,
         "the page offers no reveal"
     );
-    b.screenshot("keys-1280");
+    b.screenshot("chromium-keys-1280");
     for (url, headers) in b.requests() {
         if url.contains("/api/") {
             assert_eq!(
@@ -722,7 +805,7 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
     let chain = b.text("#chain");
     assert!(chain.contains("Chain BROKEN"), "{chain}");
     assert!(chain.contains("altered"), "{chain}");
-    b.screenshot("audit-tampered-1280");
+    b.screenshot("chromium-audit-tampered-1280");
     b.click("#signout");
     b.wait_for("!document.getElementById('signin-view').hidden");
     let stored = b.everything_stored();
@@ -753,7 +836,110 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
     dark.wait_for("document.querySelectorAll('#audit-rows tr').length > 0");
     let bg = dark.js("return getComputedStyle(document.body).backgroundColor;");
     assert_eq!(bg, "rgb(15, 19, 24)", "the dark palette applies");
-    dark.screenshot("audit-dark-1280");
+    dark.screenshot("chromium-audit-dark-1280");
+}
+
+/// What both browsers do: sign in from the keyboard with an auditor
+/// token, see the chain verify, filter by outcome, page back, open a
+/// record and close it with Escape, fit a phone's width, and keep the
+/// token out of every store.
+fn audit_flow(b: &Session, s: &Server, auditor: &str, name: &str) {
+    b.resize(1280, 800);
+    b.goto(&s.url("/ui/"));
+    b.wait_for("document.activeElement && document.activeElement.id === 'token'");
+
+    // Sign in from the keyboard: the token field has the focus.
+    b.keys(&format!("{auditor}\u{E007}"));
+    b.wait_for("!document.getElementById('audit-view').hidden");
+    b.wait_for("document.querySelectorAll('#audit-rows tr').length > 0");
+    b.wait_for("document.getElementById('chain').classList.contains('ok')");
+    b.wait_for("document.querySelectorAll('#chart rect').length > 0");
+    assert_eq!(b.js("return document.getElementById('token').value;"), "");
+    // An auditor token: the audit view, and no keys view.
+    assert_eq!(
+        b.js("return document.getElementById('tab-keys').hidden;"),
+        true
+    );
+    assert!(b.text("#who-name").contains("alice-audit"));
+    let chain = b.text("#chain");
+    assert!(chain.contains("Chain verifies"), "{chain}");
+    assert!(
+        chain.contains("ed25519:"),
+        "the public key is shown: {chain}"
+    );
+    b.screenshot(&format!("{name}-audit-1280"));
+
+    // Filter by outcome: only `forbidden` rows, more than one page.
+    b.click("#f-outcome option[value=forbidden]");
+    b.click("#f-limit option[value='25']");
+    b.click("#apply");
+    let all_forbidden = "(function () { var rows = document.querySelectorAll('#audit-rows tr'); \
+        if (rows.length === 0) return false; \
+        for (var i = 0; i < rows.length; i++) if (rows[i].children[3].textContent.indexOf('forbidden') !== 0) return false; \
+        return true; })()";
+    b.wait_for(&format!(
+        "{all_forbidden} && document.querySelectorAll('#audit-rows tr').length === 25"
+    ));
+    b.wait_for("!document.getElementById('older').disabled");
+    b.js("document.querySelector('.toolbar').scrollIntoView();");
+    b.screenshot(&format!("{name}-audit-filtered-1280"));
+    let first_page_last: u64 = b
+        .js("var r = document.querySelectorAll('#audit-rows tr'); return Number(r[r.length - 1].children[0].textContent.slice(1));")
+        .as_u64()
+        .unwrap();
+
+    // Page back: the older forbidden attempts, all before the first page.
+    b.click("#older");
+    b.wait_for(&format!(
+        "{all_forbidden} && document.querySelectorAll('#audit-rows tr').length === 5"
+    ));
+    let newest_on_page_two = b
+        .js("return Number(document.querySelector('#audit-rows tr td').textContent.slice(1));")
+        .as_u64()
+        .unwrap();
+    assert!(newest_on_page_two < first_page_last);
+    assert_eq!(
+        b.js("return document.getElementById('older').disabled;"),
+        true
+    );
+    assert_eq!(
+        b.js("return document.getElementById('newer').disabled;"),
+        false
+    );
+
+    // Open a record: its detail, with its chain fields.
+    b.click("#audit-rows tr td.seq button");
+    b.wait_for("!document.getElementById('detail').hidden");
+    let detail = b.text("#detail");
+    assert!(
+        detail.contains(&format!("Record #{newest_on_page_two}")),
+        "{detail}"
+    );
+    for field in [
+        "forbidden",
+        "alice-audit",
+        "reveal",
+        "mac",
+        "prev",
+        "request_id",
+    ] {
+        assert!(detail.contains(field), "{field} in {detail}");
+    }
+    b.screenshot(&format!("{name}-audit-record-1280"));
+    // Escape closes it and gives the focus back to the row.
+    b.keys("\u{E00C}");
+    b.wait_for("document.getElementById('detail').hidden");
+    b.wait_for("document.activeElement && document.activeElement.closest('td.seq')");
+
+    // A phone-sized screen.
+    b.resize(390, 844);
+    b.screenshot(&format!("{name}-audit-phone"));
+    assert_eq!(
+        b.js("return document.documentElement.scrollWidth <= window.innerWidth + 1;"),
+        true,
+        "the page does not scroll sideways on a phone"
+    );
+    b.resize(1280, 800);
 }
 
 fn wait_for_file(path: &Path) -> String {
@@ -812,4 +998,33 @@ fn a_provider_limited_token_sees_only_its_keys_and_no_audit_view() {
             "no audit call for a limited token: {url}"
         );
     }
+}
+
+#[test]
+fn the_console_in_firefox_signs_in_filters_pages_opens_a_record_and_forgets_the_token() {
+    let Some(firefox) = find_binary(
+        "KEYHOLD_FIREFOX",
+        &["/usr/bin/firefox-esr", "/usr/bin/firefox"],
+    ) else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("the console's Firefox test needs Debian's firefox-esr (scripts/test.sh installs it)");
+        }
+        eprintln!(
+            "console Firefox test not run here: firefox-esr missing (apt-get install firefox-esr)"
+        );
+        return;
+    };
+    let (v, auditor, _reader) = vault_with_history();
+    let s = v.serve(&[]);
+    let fx = Firefox::start(&firefox);
+    let b = fx.session();
+    audit_flow(&b, &s, &auditor, "firefox");
+    let stored = b.everything_stored();
+    assert!(!stored.contains("kh_"), "the token was stored: {stored}");
+    b.click("#signout");
+    b.wait_for("!document.getElementById('signin-view').hidden");
+    assert_eq!(
+        b.js("return document.querySelectorAll('#audit-rows tr').length;"),
+        0
+    );
 }
