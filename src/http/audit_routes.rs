@@ -207,9 +207,13 @@ pub async fn stats(state: State, ctx: Ctx, query: String) -> Response {
             .since_us
             .unwrap_or_else(|| until.saturating_sub(MAX_BUCKETS * bucket_us));
         if until.saturating_sub(since) / bucket_us > MAX_BUCKETS {
+            let hint = if bucket_secs == 3600 {
+                ", or use `bucket=day`"
+            } else {
+                ""
+            };
             return Err(ApiError::invalid(format!(
-                "`since` to `until` spans more than {MAX_BUCKETS} buckets: narrow it, or use \
-                 `bucket=day`"
+                "`since` to `until` spans more than {MAX_BUCKETS} buckets: narrow it{hint}"
             )));
         }
         filter.since_us = Some(since);
