@@ -113,6 +113,7 @@
   function signOut(message) {
     token = null;
     me = null;
+    $("filters").reset();
     audit.rows = [];
     audit.cursors = [];
     audit.cursor = null;
