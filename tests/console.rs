@@ -438,6 +438,20 @@ impl Session<'_> {
         }
         out
     }
+    /// Script errors the page raised since the last call (Chromium's
+    /// console log; the missing favicon's 404 is not one).
+    fn script_errors(&self) -> Vec<String> {
+        let entries = self.post("/se/log", json!({"type": "browser"}));
+        entries
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .filter(|m| !m.contains("favicon.ico"))
+            .collect()
+    }
     /// Every place a page can keep something: storage, cookies (the
     /// page's and the browser's), IndexedDB names, Cache Storage names.
     fn everything_stored(&self) -> String {
@@ -686,6 +700,12 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
     audit_flow(&b, &s, &auditor, "chromium");
 
     // Download the current filter (outcome=forbidden) as CSV and JSONL.
+    b.click("#f-outcome option[value=forbidden]");
+    b.click("#apply");
+    b.wait_for(
+        "document.querySelectorAll('#audit-rows tr').length === 30 && \
+         document.querySelector('#audit-rows tr').children[3].textContent.indexOf('forbidden') === 0",
+    );
     b.click("#dl-csv");
     b.click("#dl-jsonl");
     let downloads = profile.path().join("downloads");
@@ -719,6 +739,9 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
         b.js("return document.getElementById('audit-view').hidden;"),
         true
     );
+
+    let errors = b.script_errors();
+    assert!(errors.is_empty(), "the page raised errors: {errors:?}");
 
     // Every request to the API carried the Bearer header; none left this
     // origin.
@@ -930,6 +953,14 @@ fn audit_flow(b: &Session, s: &Server, auditor: &str, name: &str) {
     b.keys("\u{E00C}");
     b.wait_for("document.getElementById('detail').hidden");
     b.wait_for("document.activeElement && document.activeElement.closest('td.seq')");
+
+    // Clear empties the filter: the newest records of every outcome.
+    b.click("#clear-filters");
+    b.wait_for(
+        "document.getElementById('f-outcome').value === '' && \
+         Array.prototype.some.call(document.querySelectorAll('#audit-rows tr'), \
+           function (tr) { return tr.children[3].textContent.indexOf('forbidden') !== 0; })",
+    );
 
     // A phone-sized screen.
     b.resize(390, 844);

@@ -113,7 +113,7 @@
   function signOut(message) {
     token = null;
     me = null;
-    $("filters").reset();
+    clearFilters();
     audit.rows = [];
     audit.cursors = [];
     audit.cursor = null;
@@ -167,7 +167,10 @@
     return p;
   }
   $("filters").addEventListener("submit", function (ev) { ev.preventDefault(); reloadAudit(); });
-  $("reset").addEventListener("click", function () { $("filters").reset(); reloadAudit(); });
+  $("clear-filters").addEventListener("click", function () { clearFilters(); reloadAudit(); });
+  // HTMLFormElement's own reset: a control named like a form property
+  // would shadow it.
+  function clearFilters() { HTMLFormElement.prototype.reset.call($("filters")); }
 
   function reloadAudit() {
     audit.cursors = [];
