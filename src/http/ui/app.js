@@ -18,6 +18,7 @@
     cursor: null,
     rows: [],
     bucket: "hour",
+    stats: null, // the last GET /api/audit/stats answer drawn
   };
 
   function $(id) { return document.getElementById(id); }
@@ -115,6 +116,7 @@
     me = null;
     clearFilters();
     audit.rows = [];
+    audit.stats = null;
     audit.cursors = [];
     audit.cursor = null;
     ["audit-rows", "keys-rows", "keys-head", "chart", "legend", "detail-fields"].forEach(function (id) { clear($(id)); });
@@ -330,7 +332,16 @@
       .then(drawChart)
       .catch(function (err) { if (token) { clear($("chart")); $("chart").appendChild(el("p", { "class": "error" }, err.message)); } });
   }
+  // Redrawn at the new width when the window changes size.
+  var resizeTimer = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(function () {
+      if (token && audit.stats && !$("audit-view").hidden) drawChart(audit.stats);
+    }, 100);
+  });
   function drawChart(h) {
+    audit.stats = h;
     var box = $("chart"), legend = $("legend");
     clear(box);
     clear(legend);
