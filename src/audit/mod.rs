@@ -34,7 +34,10 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 pub use coalesce::{Coalescer, Drained};
-pub use export::{ExportFilter, ExportFormat, Exporter, FilterError, EXPORT_COLUMNS};
+pub use export::{
+    ExportError, ExportFilter, ExportFormat, Exporter, FilterError, Histogram, Page, Written,
+    EXPORT_COLUMNS,
+};
 pub use record::{
     hex, unhex32, Action, AuditEvent, AuditRecord, BadExportRecord, ExportRecord, Outcome,
 };

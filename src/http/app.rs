@@ -250,6 +250,7 @@ fn print_dev_banner(out: &mut impl Write, url: &str, token: &str) {
          *  NOTHING PERSISTS: every key and audit record is gone at exit.       *\n\
          ************************************************************************\n\
          root token (admin): {token}\n\
+         console (paste the token there): {url}/ui/\n\
          \n\
          try:\n\
          \x20 curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n\

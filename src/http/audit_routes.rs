@@ -1,5 +1,6 @@
-//! Handlers of the audit routes: streamed export and chain verification
-//! (scope `audit:read`).
+//! Handlers of the audit routes: streamed export (whole, or one page by
+//! a seq cursor), counts per hour or day, and chain verification (scope
+//! `audit:read`).
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
@@ -11,27 +12,72 @@ use super::keys::form_pairs;
 use super::stream::stream_blocking;
 use super::{require, State};
 use crate::access::Scope;
-use crate::audit::{self, Action, ExportFilter, ExportFormat, Exporter, Outcome};
+use crate::audit::{self, Action, ExportFilter, ExportFormat, Exporter, Outcome, Page};
 
-/// Parses the export query (`since`, `until`, `key_id`, `caller`,
-/// `outcome`, `action`, `format`).
-pub(super) fn parse_export_query(query: &str) -> Result<(ExportFilter, ExportFormat), ApiError> {
+/// Parses the export query: the filters (`since`, `until`, `key_id`,
+/// `caller`, `outcome`, `action`), `format`, and the page (`limit`,
+/// `before_seq`, `after_seq`, `order=asc|desc`). A name that is none of
+/// these is refused rather than ignored.
+pub(super) fn parse_export_query(
+    query: &str,
+) -> Result<(ExportFilter, ExportFormat, Page), ApiError> {
     let mut f = ExportFilter::default();
     let mut format = ExportFormat::default();
+    let mut page = Page::default();
+    let seq = |name: &str, v: &str| {
+        v.parse::<u64>().map_err(|_| {
+            ApiError::invalid(format!(
+                "query parameter `{name}` must be a record's seq (a whole number)"
+            ))
+        })
+    };
     for (k, v) in form_pairs(query)? {
         if v.is_empty() {
             continue;
         }
-        if k == "format" {
-            format = ExportFormat::parse(&v).ok_or_else(|| {
-                ApiError::invalid("query parameter `format` must be `jsonl` or `csv`")
-            })?;
-            continue;
+        match k.as_str() {
+            "format" => {
+                format = ExportFormat::parse(&v).ok_or_else(|| {
+                    ApiError::invalid("query parameter `format` must be `jsonl` or `csv`")
+                })?
+            }
+            "limit" => match v.parse::<u64>() {
+                Ok(n) if (1..=Page::MAX_LIMIT).contains(&n) => page.limit = Some(n),
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "query parameter `limit` must be a whole number from 1 to {}",
+                        Page::MAX_LIMIT
+                    )))
+                }
+            },
+            "before_seq" => page.before_seq = Some(seq("before_seq", &v)?),
+            "after_seq" => page.after_seq = Some(seq("after_seq", &v)?),
+            "order" => page.newest_first = match v.as_str() {
+                "asc" => false,
+                "desc" => true,
+                _ => return Err(ApiError::invalid(
+                    "query parameter `order` must be `asc` (oldest first) or `desc` (newest first)",
+                )),
+            },
+            _ => {
+                let known = f
+                    .set(&k, &v)
+                    .map_err(|e| ApiError::invalid(format!("query parameter {e}")))?;
+                if !known {
+                    return Err(unknown_parameter(&k));
+                }
+            }
         }
-        f.set(&k, &v)
-            .map_err(|e| ApiError::invalid(format!("query parameter {e}")))?;
     }
-    Ok((f, format))
+    Ok((f, format, page))
+}
+
+fn unknown_parameter(name: &str) -> ApiError {
+    let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+    ApiError::invalid(format!(
+        "query parameter `{shown}` is not known: use since, until, key_id, caller, outcome, \
+         action, format, limit, before_seq, after_seq or order"
+    ))
 }
 
 /// The audit log is one chain over every provider: a provider-limited
@@ -59,20 +105,51 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
             state.record(ev, vec![]).await?;
             return Err(limited_audit_reader());
         }
-        let (filter, format) = parse_export_query(&query)?;
+        let (filter, format, page) = parse_export_query(&query)?;
         let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Success);
-        ev.detail = Some(format!("format={} {}", format.as_str(), filter.describe()));
+        let mut detail = format!("format={} {}", format.as_str(), filter.describe());
+        let paging = page.describe();
+        if !paging.is_empty() {
+            detail = format!("{detail} {paging}");
+        }
+        ev.detail = Some(detail);
         state.record(ev, vec![]).await?;
         // The head once the export's own record is in: an unfiltered export
         // holds this record, which `audit verify --file --anchor` checks.
         let (head_seq, head_mac) = state.audit.log().head();
 
         let store = state.store.clone();
-        let mut resp = stream_blocking(move |out| {
-            Exporter::new(&store, filter, format)
-                .write_to(out, |_| {})
-                .map(|_| ())
-        });
+        let mut resp = if page.limit.is_some() {
+            // A page is small (at most Page::MAX_LIMIT records): it is
+            // written whole first, so its answer can say whether another
+            // page follows.
+            let (body, written) = tokio::task::spawn_blocking(move || {
+                let mut body = Vec::new();
+                Exporter::new(&store, filter, format)
+                    .page(page)
+                    .write_page(&mut body, |_| {})
+                    .map(|w| (body, w))
+            })
+            .await
+            .map_err(|_| ApiError::unavailable("the export was interrupted; retry"))?
+            .map_err(|e| match e {
+                audit::ExportError::Store(e) => ApiError::storage(&e),
+                _ => ApiError::unavailable("the page could not be encoded; retry"),
+            })?;
+            let mut resp = Response::new(body.into());
+            resp.headers_mut().insert(
+                "x-keyhold-more",
+                HeaderValue::from_static(if written.more { "true" } else { "false" }),
+            );
+            resp
+        } else {
+            stream_blocking(move |out| {
+                Exporter::new(&store, filter, format)
+                    .page(page)
+                    .write_to(out, |_| {})
+                    .map(|_| ())
+            })
+        };
         resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static(format.content_type()),
@@ -81,6 +158,92 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
             resp.headers_mut().insert("x-keyhold-audit-head", v);
         }
         Ok::<_, ApiError>(ctx.finish(resp))
+    }
+    .await;
+    res.unwrap_or_else(|e| ctx.error(&e))
+}
+
+/// Most buckets one `GET /api/audit/stats` may span.
+const MAX_BUCKETS: i64 = 5000;
+
+/// GET /api/audit/stats — attempts per hour or day by outcome, over the
+/// same filters as the export (the console's chart).
+pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
+    let res = async {
+        let caller = state.authenticate(&ctx).await?;
+        require(&caller, Scope::AuditRead)?;
+        if caller.is_limited() {
+            return Err(limited_audit_reader());
+        }
+        let mut filter = ExportFilter::default();
+        let mut bucket_secs = 3600i64;
+        for (k, v) in form_pairs(&query)? {
+            if v.is_empty() {
+                continue;
+            }
+            if k == "bucket" {
+                bucket_secs = match v.as_str() {
+                    "hour" => 3600,
+                    "day" => 86_400,
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "query parameter `bucket` must be `hour` or `day`",
+                        ))
+                    }
+                };
+                continue;
+            }
+            let known = filter
+                .set(&k, &v)
+                .map_err(|e| ApiError::invalid(format!("query parameter {e}")))?;
+            if !known {
+                return Err(unknown_parameter(&k));
+            }
+        }
+        // The span defaults to the last MAX_BUCKETS buckets (about 208 days
+        // of hours); a wider one is refused rather than cut silently.
+        let bucket_us = bucket_secs * 1_000_000;
+        let until = filter.until_us.unwrap_or_else(crate::time::now_us);
+        let since = filter
+            .since_us
+            .unwrap_or_else(|| until.saturating_sub(MAX_BUCKETS * bucket_us));
+        if until.saturating_sub(since) / bucket_us > MAX_BUCKETS {
+            let hint = if bucket_secs == 3600 {
+                ", or use `bucket=day`"
+            } else {
+                ""
+            };
+            return Err(ApiError::invalid(format!(
+                "`since` to `until` spans more than {MAX_BUCKETS} buckets: narrow it{hint}"
+            )));
+        }
+        filter.since_us = Some(since);
+        filter.until_us = Some(until);
+        let store = state.store.clone();
+        let h = tokio::task::spawn_blocking(move || {
+            Exporter::new(&store, filter, ExportFormat::Jsonl).histogram(bucket_secs)
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("the count was interrupted; retry"))?
+        .map_err(|e| match e {
+            audit::ExportError::Store(e) => ApiError::storage(&e),
+            _ => ApiError::unavailable("the count failed; retry"),
+        })?;
+        let buckets: Vec<serde_json::Value> = h
+            .buckets
+            .iter()
+            .map(|(start, counts)| {
+                serde_json::json!({"start": crate::time::to_rfc3339(*start), "counts": counts})
+            })
+            .collect();
+        let body = serde_json::json!({
+            "bucket": if bucket_secs == 3600 { "hour" } else { "day" },
+            "since": crate::time::to_rfc3339(since),
+            "until": crate::time::to_rfc3339(until),
+            "buckets": buckets,
+            "undecodable": h.undecodable,
+        });
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &body))
     }
     .await;
     res.unwrap_or_else(|e| ctx.error(&e))
@@ -100,7 +263,17 @@ pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
             .await
             .map_err(|_| ApiError::unavailable("verification was interrupted; retry"))?
             .map_err(|e| ApiError::storage(&e))?;
-        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
+        // The status panel shows which key vouches for the chain: the
+        // store's current signing key, next to the existing fields.
+        let mut body = serde_json::to_value(&report)
+            .map_err(|_| ApiError::unavailable("the report could not be encoded; retry"))?;
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert(
+                "public_key".into(),
+                state.audit.log().public_key().to_string().into(),
+            );
+        }
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &body))
     }
     .await;
     res.unwrap_or_else(|e| ctx.error(&e))

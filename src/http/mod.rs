@@ -20,6 +20,8 @@ pub mod observe;
 mod routes;
 pub mod server;
 mod stream;
+pub mod ui;
+mod whoami;
 
 pub use admin::{reload_keyring, ReloadError, ReloadReport, TokenInfo};
 pub use routes::{route_label, routes, OPENAPI, ROUTES};

@@ -33,12 +33,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/tokens/{id}"),
     ("GET", "/api/audit"),
     ("GET", "/api/audit/verify"),
+    ("GET", "/api/audit/stats"),
+    ("GET", "/api/whoami"),
     ("POST", "/api/admin/rotate"),
     ("POST", "/api/admin/reload"),
     ("GET", "/api/admin/backup"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("GET", "/ui/"),
+    ("GET", "/ui/assets/{name}"),
 ];
 
 /// The route pattern a request path falls under (`unmatched` for none):
@@ -51,7 +55,7 @@ pub fn route_label(method: &http::Method, path: &str) -> &'static str {
     };
     let segs: Vec<&str> = path.split('/').collect();
     let fits = |pattern: &str| {
-        let p: Vec<&str> = pattern.split('/').collect();
+        let p: Vec<&str> = pattern.trim_end_matches('/').split('/').collect();
         p.len() == segs.len()
             && p.iter()
                 .zip(&segs)
@@ -227,6 +231,27 @@ fn verify(s: &State) -> Route {
         .boxed()
 }
 
+/// GET /api/audit/stats — attempts per hour or day by outcome (audit:read)
+fn stats(s: &State) -> Route {
+    warp::path!("api" / "audit" / "stats")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(query())
+        .then(audit_routes::stats)
+        .boxed()
+}
+
+/// GET /api/whoami — the token's name, scopes and providers (any token)
+fn whoami(s: &State) -> Route {
+    warp::path!("api" / "whoami")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(super::whoami::whoami)
+        .boxed()
+}
+
 /// POST /api/admin/rotate — re-encrypt under the newest key (admin)
 fn rotate(s: &State) -> Route {
     warp::path!("api" / "admin" / "rotate")
@@ -312,6 +337,11 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         health(s),
         metrics(s),
         openapi(),
+        stats(s),
+        whoami(s),
+        // GET /ui/ and /ui/assets/{name} — the read-only console (no token;
+        // its calls carry one)
+        super::ui::routes().boxed(),
     ];
     let mut all: Option<Route> = None;
     for route in table {
