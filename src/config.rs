@@ -4,6 +4,9 @@
 //! Secrets are never flags: Fernet keys come from FERNET_KEY, FERNET_KEYS,
 //! FERNET_KEY_FILE or KEYHOLD_KEY_COMMAND (see `keyring`), API keys from
 //! stdin, access tokens from KEYHOLD_TOKEN or a file.
+//!
+//! Over 500 lines: every flag is defined once here, with the help text
+//! that `--help`, the man pages and docs/reference.md print.
 
 use std::path::PathBuf;
 

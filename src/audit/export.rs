@@ -2,6 +2,10 @@
 //! record so memory stays flat whatever the log's size; oldest first, or
 //! one page of it (a seq cursor, a limit, newest first on request); and
 //! counts of records per hour or day by outcome ([`Histogram`]).
+//!
+//! Over 500 lines: the filters, both formats (JSON Lines, CSV), paging in
+//! either order and the per-hour/day histogram walk the log the same way,
+//! and share their tests.
 
 use std::io::Write as _;
 

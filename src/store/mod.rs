@@ -24,6 +24,10 @@
 //! This file holds the facade itself (opening, record keys, schema, meta,
 //! the commit, the audit walk); `queries.rs` holds its key and token
 //! queries and the upgrade's steps.
+//!
+//! Over 500 lines: the facade's opening, record keys, schema, meta, commit
+//! and audit walk are thin documented wrappers around the backend, kept
+//! together so the rules of authentication read in one place.
 
 mod auth;
 pub mod backend;
