@@ -46,8 +46,9 @@ pub enum UnlockError {
     )]
     Sealed(&'static str),
     #[error(
-        "the store is marked as older than schema 3, but its audit log is already signed: its \
-         schema mark was changed outside keyhold. It is refused; restore it from a backup"
+        "the store is marked as older than schema 3 (or as being upgraded), but it holds what only \
+         schema 3 writes (a signed audit log, sealed secrets) or its upgrade mark does not open \
+         with the keyring: it was changed outside keyhold. It is refused; restore it from a backup"
     )]
     Downgraded,
     #[error("the system random generator failed: {0}")]
@@ -58,11 +59,15 @@ pub enum UnlockError {
     Audit(#[from] AuditError),
 }
 
+/// The purpose the mark of an upgrade under way is sealed for.
+const UPGRADE_PURPOSE: &str = "upgrade-in-progress";
+
 /// Checks the keyring against the store, applies the record keys and, for
 /// a store from before schema 3, upgrades it (audited). Returns whether it
 /// upgraded.
 pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
-    let upgrading = store.meta_value(META_UPGRADING)?.is_some();
+    let marker = store.meta_string(META_UPGRADING)?;
+    let upgrading = marker.is_some();
     if store.schema() < 3 {
         // An upgrade ends with the first signed audit record. A store that
         // says it is older (or mid-upgrade) but whose log is already signed
@@ -70,6 +75,30 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
         // planted since then authenticated by a new "upgrade": refuse.
         if let Some(crate::audit::Head::V2 { .. }) = crate::audit::Head::load(store)? {
             return Err(UnlockError::Downgraded);
+        }
+        if let Some((_, last)) = store.audit_iter(0).last().transpose()? {
+            if crate::audit::AuditRecord::decode(&last).is_ok_and(|r| r.is_v2()) {
+                return Err(UnlockError::Downgraded);
+            }
+        }
+        match &marker {
+            // The mark of an upgrade under way is sealed under the keyring
+            // (step 1 writes it): a copied or made-up mark does not open,
+            // so nobody without the keyring can make keyhold resume an
+            // upgrade and authenticate records planted meanwhile.
+            Some(m) => {
+                if keyring.unseal(UPGRADE_PURPOSE, m).is_err() {
+                    return Err(UnlockError::Downgraded);
+                }
+            }
+            // A store that never was at schema 3 holds none of its secrets.
+            None => {
+                for name in [META_RECORD_SECRET, META_SIGNING_KEY, META_PUBLIC_KEY] {
+                    if store.meta_value(name)?.is_some() {
+                        return Err(UnlockError::Downgraded);
+                    }
+                }
+            }
         }
     }
     if store.schema() >= 3 || upgrading {
@@ -166,6 +195,12 @@ fn upgrade_step_1(store: &Store, keyring: &Keyring) -> Result<(), UnlockError> {
     }
     let (mut meta, _) = new_secrets(store, keyring)?;
     meta.push((META_CHECK, keyring.check_token().into_bytes()));
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| UnlockError::Random(e.to_string()))?;
+    meta.push((
+        META_UPGRADING,
+        keyring.seal(UPGRADE_PURPOSE, &nonce).into_bytes(),
+    ));
     meta.push((
         META_AUDIT_KEY,
         keyring

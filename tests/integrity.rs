@@ -459,6 +459,20 @@ fn an_export_verifies_with_the_public_key_alone_and_each_edit_is_caught_at_its_s
         "{report}"
     );
 
+    // Every line made to look old-format (no tag, no signature): nothing
+    // vouches for it, so it does not verify with a public key.
+    let stripped = with_lines(&file, "stripped.jsonl", |l| {
+        for line in l.iter_mut() {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            v["tag"] = Value::Null;
+            v["sig"] = Value::Null;
+            *line = v.to_string();
+        }
+    });
+    let (ok, report) = verify_public(&stripped, &pk);
+    assert!(!ok, "{report}");
+    assert_eq!(report["problem"], "unsigned", "{report}");
+
     // A filtered export needs the keyring: refused with the public key.
     let out = keyhold()
         .args([
@@ -616,8 +630,12 @@ fn a_store_of_the_previous_format_is_upgraded_once_and_keeps_keys_tokens_and_cha
     s.stop();
     // Marking the store older (or mid-upgrade) to have that record
     // authenticated by a second "upgrade" is refused.
-    let marks: [&[(&str, u8)]; 2] = [
+    // The last case also removes the signed chain head and the signed
+    // records, leaving only the old-format ones: the upgrade mark, made
+    // up, does not open with the keyring.
+    let marks: [&[(&str, u8)]; 3] = [
         &[("schema_version", 2)],
+        &[("schema_version", 2), ("upgrade_to_3", 1)],
         &[("schema_version", 2), ("upgrade_to_3", 1)],
     ];
     for (i, marks) in marks.iter().enumerate() {
@@ -628,11 +646,23 @@ fn a_store_of_the_previous_format_is_upgraded_once_and_keeps_keys_tokens_and_cha
             for (k, val) in marks.iter() {
                 meta.insert(k.as_bytes(), vec![*val]).unwrap();
             }
+            if i == 2 {
+                meta.remove("audit_head").unwrap();
+                let audit = db.open_tree("audit").unwrap();
+                // Entries from seq 9 (the upgrade record) on are signed.
+                let signed: Vec<_> = audit
+                    .range(9u64.to_be_bytes()..)
+                    .map(|e| e.unwrap().0)
+                    .collect();
+                for k in signed {
+                    audit.remove(k).unwrap();
+                }
+            }
         });
         let out = run_with_key(OLD_KEY, &["check", "--data-dir", copy.to_str().unwrap()]);
         assert!(!out.status.success());
         assert!(
-            stderr(&out).contains("schema mark was changed"),
+            stderr(&out).contains("changed outside keyhold"),
             "{}",
             stderr(&out)
         );

@@ -383,6 +383,18 @@ impl ChainVerifier {
     /// V2 record must be covered by a trusted signature (a filtered
     /// selection is checked record by record instead).
     pub fn finish(self) -> VerifyReport {
+        // Without the MAC key of old-format records, nothing but a trusted
+        // signature vouches for a record: a log of old-format records
+        // alone (or ending in them) is not authentic for this verifier.
+        if !self.gaps_allowed && self.count > 0 && self.keys.legacy.is_none() && !self.seen_v2 {
+            return broken(
+                1,
+                Problem::Unsigned,
+                "no record is signed: a log of old-format records can only be checked with the \
+                 keyring (the MAC key of records from before schema 3)"
+                    .into(),
+            );
+        }
         if !self.gaps_allowed && self.seen_v2 && self.covered_to < self.last_v2 {
             let from = self.covered_to.max(self.first_v2_candidate()) + 1;
             let why = if self.covered_to == 0 {
@@ -442,9 +454,8 @@ impl ChainVerifier {
         };
         let head_seq = head.seq();
         let authentic = match &head {
-            Head::V1 { .. } => {
-                self.keys.legacy.is_none() || head.is_authentic(self.keys.legacy.as_ref())
-            }
+            // An old-format head is authentic only under the MAC key.
+            Head::V1 { .. } => head.is_authentic(self.keys.legacy.as_ref()),
             Head::V2 { .. } => head.is_authentic(None),
         };
         if !authentic || (self.seen_v2 && matches!(head, Head::V1 { .. })) {

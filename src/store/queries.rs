@@ -7,7 +7,6 @@ use uuid::Uuid;
 use super::records::Auth;
 use super::{
     decode_count, decode_i64, Bytes, KeyRecord, Result, Store, TokenRecord, META_KEY_COUNT,
-    META_UPGRADING,
 };
 
 impl Store {
@@ -154,9 +153,7 @@ impl Store {
             let at = keys.token_key(&sha);
             moves.push((sha, at, rec.encode(&at, &keys)?));
         }
-        let mut meta = meta.to_vec();
-        meta.push((META_UPGRADING, vec![1u8]));
-        self.backend.tokens_move(&meta, &moves)?;
+        self.backend.tokens_move(meta, &moves)?;
         self.flush()?;
         Ok(moves.len() as u64)
     }
