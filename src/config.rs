@@ -230,6 +230,9 @@ pub struct BackupArgs {
     /// restoring it, and print what it holds.
     #[arg(long)]
     pub verify: bool,
+    /// With --verify: how to print what the backup holds.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -531,6 +534,8 @@ pub enum AuditCommand {
 pub struct AuditPublicKeyArgs {
     #[command(flatten)]
     pub data: DataDir,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
