@@ -233,6 +233,9 @@ pub struct BackupArgs {
     /// restoring it, and print what it holds.
     #[arg(long)]
     pub verify: bool,
+    /// With --verify: how to print what the backup holds.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -534,6 +537,8 @@ pub enum AuditCommand {
 pub struct AuditPublicKeyArgs {
     #[command(flatten)]
     pub data: DataDir,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

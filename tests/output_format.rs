@@ -43,11 +43,19 @@ fn every_offline_listing_command_prints_json_with_format_json() {
     )
     .unwrap();
     let rows = rows.to_str().unwrap();
+    let backup = v.tmp.path().join("b.backup");
+    let backup_s = backup.to_str().unwrap();
+    assert_ok(&run_with_key(
+        &v.key,
+        &["backup", "--data-dir", d, backup_s],
+    ));
     for args in [
         vec!["token", "list", "--data-dir", d],
         vec!["check", "--data-dir", d],
         vec!["audit", "verify", "--data-dir", d],
         vec!["import", "--dry-run", "--data-dir", d, "--from", rows],
+        vec!["audit", "public-key", "--data-dir", d],
+        vec!["backup", "--verify", backup_s],
     ] {
         let mut with = args.clone();
         with.extend(["--format", "json"]);

@@ -29,7 +29,16 @@ fn public_key(a: AuditPublicKeyArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let store = open_checked(&a.data.data_dir, &keyring)?;
     let keys = AuditKeys::unseal(&store, &keyring)?;
-    writeln!(std::io::stdout().lock(), "{}", keys.public_key())?;
+    let mut out = std::io::stdout().lock();
+    if a.output.is_json() {
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({"public_key": keys.public_key().to_string()}),
+        )?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", keys.public_key())?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

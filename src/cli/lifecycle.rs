@@ -208,7 +208,7 @@ fn read_reference_key(path: &std::path::Path) -> anyhow::Result<Keyring> {
 pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     if a.verify {
-        return verify_backup(&a.file, &keyring);
+        return verify_backup(&a.file, &keyring, a.output.is_json());
     }
     let store = open_checked(&a.data.data_dir, &keyring)?;
     let log = open_log(store.clone(), &keyring)?;
@@ -249,7 +249,11 @@ pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `keyhold backup --verify FILE`: checks a backup without restoring it.
-fn verify_backup(path: &std::path::Path, keyring: &Keyring) -> anyhow::Result<ExitCode> {
+fn verify_backup(
+    path: &std::path::Path,
+    keyring: &Keyring,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut entries_per_tree = std::collections::BTreeMap::<String, u64>::new();
@@ -258,6 +262,23 @@ fn verify_backup(path: &std::path::Path, keyring: &Keyring) -> anyhow::Result<Ex
         Ok(())
     })
     .with_context(|| format!("{} did not verify", path.display()))?;
+    if json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({
+                "file": path.display().to_string(),
+                "intact": true,
+                "format": info.format,
+                "schema": info.schema,
+                "created_at": crate::time::to_rfc3339(info.created_at_us),
+                "entries": info.entries,
+                "trees": entries_per_tree,
+            }),
+        )?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let trees: Vec<String> = entries_per_tree
         .iter()
         .map(|(t, n)| format!("{t} {n}"))
