@@ -796,3 +796,45 @@ fn everything_keyhold_writes_is_private_whatever_the_umask() {
         assert_eq!(mode(f), 0o600, "{}", f.display());
     }
 }
+
+#[test]
+fn a_planted_provider_index_entry_is_refused_not_followed() {
+    let v = Vault::new();
+    let reader = v.token("openai-only", "reader", Some("openai"));
+    let s = v.serve(&[]);
+    let admin = Api::new(&s, &v.admin);
+    let openai = admin.create_key("openai", "main", "sk-openai-1");
+    let github = admin.create_key("github", "main", "ghp-secret-2");
+    let claude_old = admin.create_key("claude", "old", "sk-ant-old");
+    let _claude_new = admin.create_key("claude", "new", "sk-ant-new");
+    s.stop();
+    // An index entry, far in the future, under `openai` naming the GitHub
+    // key, and one under `claude` making the older key look newest.
+    let entry = |provider: &str, id: &str| {
+        let mut k = provider.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(&(u64::MAX - 1).to_be_bytes());
+        k.extend_from_slice(uuid::Uuid::parse_str(id).unwrap().as_bytes());
+        k
+    };
+    with_sled(&v.dir, |db| {
+        let index = db.open_tree("by_provider").unwrap();
+        index.insert(entry("openai", &github), vec![]).unwrap();
+        index.insert(entry("claude", &claude_old), vec![]).unwrap();
+    });
+    let s = v.serve(&[]);
+    let r = Api::new(&s, &reader).get("/api/providers/openai/key");
+    assert_eq!(r.status(), 409);
+    assert!(!r.text().unwrap().contains("ghp-secret-2"));
+    let r = Api::new(&s, &v.admin).get("/api/providers/claude/key");
+    assert_eq!(r.status(), 409);
+    assert!(!r.text().unwrap().contains("sk-ant-old"));
+    // The keys themselves are intact and reveal by id.
+    assert_eq!(
+        Api::new(&s, &reader)
+            .get(&format!("/api/keys/{openai}"))
+            .status(),
+        200
+    );
+    s.stop();
+}

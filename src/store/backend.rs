@@ -142,10 +142,12 @@ pub trait Backend: Send + Sync {
     fn key_swap(&self, id: &Uuid, current: &[u8], new: &[u8]) -> Result<bool>;
     /// Every key record, in id order.
     fn keys(&self) -> Items<'_, (Uuid, Bytes)>;
-    /// The ids of a provider's keys, oldest first (by created_at).
-    fn provider_ids(&self, provider: &str) -> Items<'_, Uuid>;
-    /// The ids of a provider's keys, newest first, lazily.
-    fn provider_ids_newest_first(&self, provider: &str) -> Items<'_, Uuid>;
+    /// A provider's keys as the index holds them, `(created_at, id)`,
+    /// oldest first. The index is not authenticated: the facade checks each
+    /// entry against the authenticated record it names.
+    fn provider_ids(&self, provider: &str) -> Items<'_, (i64, Uuid)>;
+    /// The same, newest first, lazily.
+    fn provider_ids_newest_first(&self, provider: &str) -> Items<'_, (i64, Uuid)>;
     /// The number of provider index entries (a slow count of keys).
     fn count_index(&self) -> Result<u64>;
     fn usage_get(&self, id: &Uuid) -> Result<Option<Bytes>>;

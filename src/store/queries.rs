@@ -41,9 +41,10 @@ impl Store {
         let mut out = Vec::new();
         match provider {
             Some(p) => {
-                for id in self.backend.provider_ids(p) {
-                    if let Some(rec) = self.get_key(&id?)? {
-                        out.push(rec);
+                for entry in self.backend.provider_ids(p) {
+                    let (at, id) = entry?;
+                    if let Some(rec) = self.get_key(&id)? {
+                        out.push(indexed(p, at, rec)?);
                     }
                 }
             }
@@ -63,11 +64,16 @@ impl Store {
         &self,
         provider: &str,
     ) -> impl Iterator<Item = Result<KeyRecord>> + '_ {
+        let provider = provider.to_string();
         self.backend
-            .provider_ids_newest_first(provider)
-            .filter_map(move |id| match id {
+            .provider_ids_newest_first(&provider)
+            .filter_map(move |entry| match entry {
                 Err(e) => Some(Err(e)),
-                Ok(id) => self.get_key(&id).transpose(),
+                Ok((at, id)) => match self.get_key(&id) {
+                    Err(e) => Some(Err(e)),
+                    Ok(None) => None,
+                    Ok(Some(rec)) => Some(indexed(&provider, at, rec)),
+                },
             })
     }
 
@@ -175,4 +181,18 @@ impl Store {
         self.flush()?;
         Ok(n)
     }
+}
+
+/// Checks a provider index entry against the authenticated record it
+/// names: the index is not authenticated, so an entry planted under
+/// another provider, or with another time (to make an older key "newest"),
+/// is refused as tampered rather than followed.
+fn indexed(provider: &str, at: i64, rec: KeyRecord) -> Result<KeyRecord> {
+    if rec.provider != provider || rec.created_at_us != at {
+        return Err(super::StoreError::Tampered {
+            what: "provider index",
+            id: rec.id.to_string(),
+        });
+    }
+    Ok(rec)
 }

@@ -196,11 +196,14 @@ pub(super) fn provider_prefix(provider: &str) -> Vec<u8> {
     k
 }
 
-pub(super) fn id_from_index(k: &[u8]) -> Option<Uuid> {
-    if k.len() < 16 {
+/// `(created_at, id)` of a provider index entry.
+pub(super) fn entry_of_index(k: &[u8]) -> Option<(i64, Uuid)> {
+    if k.len() < 24 {
         return None;
     }
-    Uuid::from_slice(&k[k.len() - 16..]).ok()
+    let id = Uuid::from_slice(&k[k.len() - 16..]).ok()?;
+    let t: [u8; 8] = k[k.len() - 24..k.len() - 16].try_into().ok()?;
+    Some(((u64::from_be_bytes(t) ^ (1u64 << 63)) as i64, id))
 }
 
 pub(super) fn decode_seq(k: &[u8]) -> Result<u64> {

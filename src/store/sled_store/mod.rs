@@ -245,12 +245,12 @@ impl Backend for SledStore {
         })
     }
 
-    fn provider_ids(&self, provider: &str) -> Items<'_, Uuid> {
+    fn provider_ids(&self, provider: &str) -> Items<'_, (i64, Uuid)> {
         let prefix = commit::provider_prefix(provider);
         ids_of(self.t().map(|t| t.by_provider.scan_prefix(prefix)))
     }
 
-    fn provider_ids_newest_first(&self, provider: &str) -> Items<'_, Uuid> {
+    fn provider_ids_newest_first(&self, provider: &str) -> Items<'_, (i64, Uuid)> {
         let prefix = commit::provider_prefix(provider);
         ids_of(self.t().map(|t| t.by_provider.scan_prefix(prefix).rev()))
     }
@@ -355,7 +355,7 @@ fn walk<'a, T: 'a>(
     }
 }
 
-fn ids_of<'a, I>(iter: Result<I>) -> Items<'a, Uuid>
+fn ids_of<'a, I>(iter: Result<I>) -> Items<'a, (i64, Uuid)>
 where
     I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a,
 {
@@ -363,7 +363,7 @@ where
         Err(e) => Box::new(std::iter::once(Err(e))),
         Ok(i) => Box::new(i.filter_map(|item| match item {
             Err(e) => Some(Err(e.into())),
-            Ok((k, _)) => commit::id_from_index(&k).map(Ok),
+            Ok((k, _)) => commit::entry_of_index(&k).map(Ok),
         })),
     }
 }
