@@ -920,3 +920,48 @@ fn a_token_less_upload_waiting_for_100_continue_is_refused_without_being_invited
     assert!(!answer.contains("100 Continue"), "{answer}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// A client that asks and never reads its answers (hyper has no write
+/// timeout) holds its connection slot only until the idle timeout and the
+/// shutdown grace have passed, not for ever.
+#[test]
+fn a_client_that_never_reads_its_answers_loses_its_slot() {
+    use std::io::Write as _;
+    let v = Vault::new();
+    let s = v.serve(&[
+        ("KEYHOLD_IDLE_TIMEOUT", "2"),
+        ("KEYHOLD_MAX_CONNECTIONS_PER_IP", "1"),
+    ]);
+    let mut stalled = std::net::TcpStream::connect(&s.addr).unwrap();
+    stalled
+        .set_write_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    // Pipelined requests for a 16 KiB answer until the buffers between
+    // the server and this client are full (the writes then time out).
+    let ask = format!("GET /openapi.json HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr).repeat(64);
+    for _ in 0..2000 {
+        if stalled.write_all(ask.as_bytes()).is_err() {
+            break;
+        }
+    }
+    // The slot is taken: another connection from this address is refused.
+    let started = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(40);
+    loop {
+        if let Ok(r) = client().get(s.url("/healthz")).send() {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < limit,
+            "a client that never reads held its slot for {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!(
+        "the slot came back after {:?} (idle 2 s + grace 10 s)",
+        started.elapsed()
+    );
+    drop(stalled);
+}

@@ -506,11 +506,13 @@ impl ConnCtx {
             }
         };
         let http1 = !first.starts_with(H2_PREFACE);
-        let io = Prefixed::new(first, io, http1);
+        let opened = Instant::now();
+        // When bytes were last written to the client, in ms since `opened`.
+        let last_write = Arc::new(AtomicU64::new(0));
+        let io = Prefixed::new(first, io, http1).with_progress(opened, last_write.clone());
 
         let svc = warp::service(self.routes);
         let observer = self.observer;
-        let opened = Instant::now();
         // When the last request started, in ms since `opened`.
         let last_request = Arc::new(AtomicU64::new(0));
         let service = {
@@ -558,11 +560,24 @@ impl ConnCtx {
         // Closing is graceful: a response in flight (a long export) still
         // ends whole; HTTP/2 gets a GOAWAY and its open streams finish. At
         // server shutdown, `serve` bounds the wait by the shutdown grace.
+        //
+        // "Idle" is neither a request started or answered nor a byte
+        // written to the client for `idle`; a closing connection that
+        // writes nothing for the shutdown grace (a client that stopped
+        // reading its answer: hyper has no write timeout) is dropped, so
+        // it cannot hold its slot for ever.
+        let grace = self.limits.shutdown_grace;
+        let active = || {
+            Duration::from_millis(
+                last_request
+                    .load(Ordering::Relaxed)
+                    .max(last_write.load(Ordering::Relaxed)),
+            )
+        };
         let mut closing = false;
         loop {
-            let idle_at = tokio::time::Instant::from_std(
-                opened + Duration::from_millis(last_request.load(Ordering::Relaxed)) + idle,
-            );
+            let wait = if closing { grace } else { idle };
+            let due = tokio::time::Instant::from_std(opened + active() + wait);
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
@@ -570,13 +585,17 @@ impl ConnCtx {
                     }
                     break;
                 }
-                _ = tokio::time::sleep_until(idle_at), if !closing => {
-                    let since = Duration::from_millis(last_request.load(Ordering::Relaxed));
-                    if opened.elapsed() >= since + idle {
-                        tracing::debug!("idle connection closed");
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
+                _ = tokio::time::sleep_until(due) => {
+                    if opened.elapsed() < active() + wait {
+                        continue;
                     }
+                    if closing {
+                        tracing::debug!("a closing connection wrote nothing for the grace: dropped");
+                        break;
+                    }
+                    tracing::debug!("idle connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
                 }
                 _ = stop.changed(), if !closing => {
                     conn.as_mut().graceful_shutdown();
@@ -586,6 +605,10 @@ impl ConnCtx {
         }
     }
 }
+
+/// The fewest bytes one write must carry to count as an answer making
+/// progress (HTTP/2 control frames are 9-17 bytes).
+const PROGRESS_BYTES: usize = 64;
 
 /// The first bytes of every HTTP/2 connection (prior knowledge or ALPN).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -698,6 +721,9 @@ struct Prefixed<I> {
     /// A rewritten answer still being written.
     pending: Vec<u8>,
     written: usize,
+    /// When bytes were last written to the client (ms since `opened`): a
+    /// client that reads is active even while one long answer streams.
+    progress: Option<(Instant, Arc<AtomicU64>)>,
 }
 
 impl<I> Prefixed<I> {
@@ -709,6 +735,24 @@ impl<I> Prefixed<I> {
             rewrite_errors,
             pending: Vec::new(),
             written: 0,
+            progress: None,
+        }
+    }
+
+    /// Notes write progress in `clock` (ms since `opened`).
+    fn with_progress(mut self, opened: Instant, clock: Arc<AtomicU64>) -> Prefixed<I> {
+        self.progress = Some((opened, clock));
+        self
+    }
+
+    fn note(&self, written: &Poll<std::io::Result<usize>>) {
+        if let (Poll::Ready(Ok(n)), Some((opened, clock))) = (written, &self.progress) {
+            // HTTP/2's own small frames (a PING's answer, a window update,
+            // a settings ack) are not an answer making progress: an idle
+            // connection that answers PINGs is still idle.
+            if *n >= PROGRESS_BYTES {
+                clock.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -767,7 +811,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
                 return Poll::Ready(Ok(buf.len()));
             }
         }
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.note(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -793,7 +839,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
                 return Poll::Ready(Ok(total));
             }
         }
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.note(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
