@@ -120,7 +120,8 @@ done
 health=$(curl -fsS "$addr/healthz") || fail "/healthz did not answer"
 echo "production-setup: /healthz at $addr: $health"
 [ "$(stat -c %U /proc/$server_pid/)" = keyhold ] || fail "serve does not run as keyhold"
-curl -fsS -H "Authorization: Bearer $TOKEN" "$addr/api/tokens" >/dev/null \
+# The header comes from stdin (`-H @-`), so the token is never in curl's argv.
+printf 'Authorization: Bearer %s\n' "$TOKEN" | curl -fsS -H @- "$addr/api/tokens" >/dev/null \
   || fail "the admin token from init does not work"
 
 kill "$server_pid"

@@ -249,6 +249,15 @@ pub fn read_backup(
     if format == 1 && !allow_unauthenticated {
         return Err(BackupError::Unauthenticated);
     }
+    // Format 1 was written only by keyholds before schema 3: one that says
+    // schema 3 is a newer backup re-wrapped to skip its MAC.
+    if format == 1 && schema >= 3 {
+        return Err(BackupError::Corrupt(
+            "it says format 1 (no MAC) but schema 3, which only format 2 backups hold: it was \
+             re-wrapped to skip its MAC"
+                .into(),
+        ));
+    }
     if format >= 2 {
         // The MAC covers the whole stream from its first byte.
         let mut ms: Vec<Hmac<Sha256>> = keyring.backup_mac_keys().map(hmac_of).collect();
