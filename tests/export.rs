@@ -339,7 +339,8 @@ fn csv_export_parses_back_with_a_csv_reader() {
             "prev",
             "mac",
             "tag",
-            "sig"
+            "sig",
+            "node"
         ]
     );
     let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();

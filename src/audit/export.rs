@@ -237,7 +237,7 @@ impl<'a> Exporter<'a> {
 const UNDECODABLE: &str = "UNDECODABLE RECORD (damaged or altered; run `keyhold audit verify`)";
 
 /// The column names, in order (the CSV header).
-pub const EXPORT_COLUMNS: [&str; 17] = [
+pub const EXPORT_COLUMNS: [&str; 18] = [
     "seq",
     "at",
     "request_id",
@@ -255,4 +255,5 @@ pub const EXPORT_COLUMNS: [&str; 17] = [
     "mac",
     "tag",
     "sig",
+    "node",
 ];

@@ -353,6 +353,8 @@ struct ChainState {
 /// their side writes, in one transaction, then fsyncs.
 pub struct AuditLog {
     store: Store,
+    /// The node name records carry where several nodes share the store.
+    node: Option<String>,
     legacy: Option<MacKey>,
     tag: Zeroizing<[u8; 32]>,
     state: Mutex<ChainState>,
@@ -380,6 +382,7 @@ impl AuditLog {
     pub fn with_keys(store: Store, keys: AuditKeys) -> Result<AuditLog, AuditError> {
         let (next_seq, prev) = chain_position(&store, keys.legacy.as_ref())?;
         Ok(AuditLog {
+            node: store.node().map(str::to_string),
             store,
             legacy: keys.legacy,
             tag: keys.tag,
@@ -441,6 +444,11 @@ impl AuditLog {
     /// Chains `batch`, signs its newest record with the current signer
     /// (and, for a hand-over, the record at `hand_over` with the new key),
     /// commits it with `extra` writes and fsyncs.
+    ///
+    /// Where several nodes share the store, the in-memory position is a
+    /// hint: a commit refused because another node appended since
+    /// ([`StoreError::HeadMoved`]) wrote nothing, and the batch is chained
+    /// again from the stored head and committed again.
     fn append_locked(
         &self,
         state: &mut ChainState,
@@ -449,13 +457,42 @@ impl AuditLog {
         hand_over: Option<(usize, &AuditSigner)>,
         mut on_record: impl FnMut(&AuditRecord),
     ) -> Result<Vec<u64>, AuditError> {
+        let mut attempts = 0;
+        let records = loop {
+            attempts += 1;
+            match self.chain_and_commit(state, batch, extra, hand_over) {
+                Err(AuditError::Store(StoreError::HeadMoved)) if attempts < HEAD_MOVED_RETRIES => {
+                    let (next_seq, prev) = chain_position(&self.store, self.legacy.as_ref())?;
+                    state.next_seq = next_seq;
+                    state.prev = prev;
+                }
+                res => break res?,
+            }
+        };
+        self.store.flush()?;
+        for r in &records {
+            on_record(r);
+        }
+        Ok(records.iter().map(|r| r.seq).collect())
+    }
+
+    /// Chains `batch` after the in-memory position and commits it; on
+    /// success moves the position past it. Not yet flushed.
+    fn chain_and_commit(
+        &self,
+        state: &mut ChainState,
+        batch: &[(AuditEvent, Vec<Write>)],
+        extra: &[Write],
+        hand_over: Option<(usize, &AuditSigner)>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
         let mut seq = state.next_seq;
         let mut prev = state.prev;
         let mut records = Vec::with_capacity(batch.len());
         let mut writes = Vec::new();
         for (event, w) in batch {
             let at_us = crate::time::now_us();
-            let mac = AuditRecord::chain_hash(&prev, seq, at_us, event);
+            let node = self.node.as_deref();
+            let mac = AuditRecord::chain_hash(&prev, seq, at_us, event, node);
             records.push(AuditRecord {
                 seq,
                 at_us,
@@ -464,6 +501,7 @@ impl AuditLog {
                 mac,
                 tag: Some(record_tag(&self.tag, &mac)),
                 sig: None,
+                node: self.node.clone(),
             });
             writes.extend(w.iter().cloned());
             prev = mac;
@@ -497,11 +535,7 @@ impl AuditLog {
         self.store.commit(&encoded, &head, &writes)?;
         state.next_seq = seq;
         state.prev = prev;
-        self.store.flush()?;
-        for r in &records {
-            on_record(r);
-        }
-        Ok(records.iter().map(|r| r.seq).collect())
+        Ok(records)
     }
 
     /// Starts a new signing key, sealed with the keyring's newest key:
@@ -582,6 +616,10 @@ impl AuditLog {
         (state.next_seq.saturating_sub(1), state.prev)
     }
 }
+
+/// How often a batch is chained again after other nodes appended first
+/// (each retry follows a commit of another node, so the chain moves on).
+const HEAD_MOVED_RETRIES: u32 = 64;
 
 /// A seq after `u64::MAX` would wrap to 0 and write over the log's start;
 /// only a log edited outside keyhold gets there.
