@@ -334,8 +334,13 @@ pub async fn reveal_newest(provider: String, state: State, ctx: Ctx) -> Response
 }
 
 async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
-    // 1. client IP (in ctx) → 2. rate limit, before anything else.
-    let decision = state.limiter.check_client(ctx.client_key());
+    // 1. client IP (in ctx) → 2. rate limit, before anything else. A
+    // limit shared through the database that cannot be read refuses the
+    // reveal (503) rather than let it through unlimited.
+    let decision = match state.limiter.decide(ctx.client_key()).await {
+        Ok(d) => d,
+        Err(e) => return ctx.error(&ApiError::storage(&e)),
+    };
     let mut ev = state.event(&ctx, Action::Reveal, None, Outcome::Success);
     match &target {
         Target::Id(id) => ev.key_id = Uuid::parse_str(id).ok(),
