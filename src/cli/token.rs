@@ -84,7 +84,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         }),
         TokenCommand::Create(a) => {
             let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data.data_dir, &keyring)?;
+            let store = open_checked(&a.data, &keyring)?;
             let log = open_log(store.clone(), &keyring)?;
             let prepared = tokens::prepare(&store, &a.name, a.role.into(), a.providers)?;
             let ev = AuditEvent::cli(
@@ -109,7 +109,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             // Token records are authenticated under keys of the keyring
             // (schema 3), so listing them needs the keyring too.
             let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data.data_dir, &keyring)?;
+            let store = open_checked(&a.data, &keyring)?;
             let all = store.list_tokens()?;
             let mut out = std::io::stdout().lock();
             if a.json {
@@ -144,7 +144,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::Revoke(a) => {
             let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data.data_dir, &keyring)?;
+            let store = open_checked(&a.data, &keyring)?;
             let log = open_log(store.clone(), &keyring)?;
             let (hash, rec) = tokens::find(&store, &a.token)?;
             let (rec, write) = tokens::revoke(hash, rec)?;

@@ -8,4 +8,5 @@
 pub mod backup;
 pub mod check;
 pub mod import;
+pub mod migrate;
 pub mod rotate;
