@@ -420,8 +420,13 @@ fn an_export_verifies_with_the_public_key_alone_and_each_edit_is_caught_at_its_s
         rec.seq += 1;
         rec.prev = rec.mac;
         rec.event.caller = "forger".into();
-        rec.mac =
-            keyhold::audit::AuditRecord::chain_hash(&rec.prev, rec.seq, rec.at_us, &rec.event);
+        rec.mac = keyhold::audit::AuditRecord::chain_hash(
+            &rec.prev,
+            rec.seq,
+            rec.at_us,
+            &rec.event,
+            rec.node.as_deref(),
+        );
         rec.sig = None;
         last = serde_json::to_value(rec.to_export()).unwrap();
         l.push(last.to_string());

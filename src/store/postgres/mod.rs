@@ -159,7 +159,7 @@ impl PgStore {
         let tls = tls_config(opts)?;
         let mut config = opts.url.config().clone();
         config.connect_timeout(opts.timeout);
-        config.application_name(&format!("keyhold {}", opts.node));
+        config.application_name(format!("keyhold {}", opts.node));
         let manager = Manager::from_config(
             config,
             tokio_postgres_rustls::MakeRustlsConnect::new(tls),
