@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::access::Role;
 use crate::limiter::{RevealRate, TrustedProxies};
-use crate::store::{DatabaseUrl, PgOptions};
+use crate::store::{DatabaseUrlArg, DatabaseUrlError, PgOptions};
 
 /// keyhold: a self-hosted, audit-first vault for API keys.
 ///
@@ -85,7 +85,7 @@ pub struct MigrateArgs {
         conflicts_with = "from_data_dir",
         hide_env_values = true
     )]
-    pub from_database_url: Option<DatabaseUrl>,
+    pub from_database_url: Option<DatabaseUrlArg>,
     /// The target: a new or empty data directory...
     #[arg(long, value_name = "DIR", required_unless_present = "to_database_url")]
     pub to_data_dir: Option<PathBuf>,
@@ -97,7 +97,7 @@ pub struct MigrateArgs {
         conflicts_with = "to_data_dir",
         hide_env_values = true
     )]
-    pub to_database_url: Option<DatabaseUrl>,
+    pub to_database_url: Option<DatabaseUrlArg>,
     /// PEM CA certificate(s) for the database(s).
     #[arg(long, env = "KEYHOLD_DATABASE_CA", value_name = "FILE")]
     pub database_ca: Option<PathBuf>,
@@ -280,7 +280,7 @@ pub struct DatabaseArgs {
         hide_env_values = true,
         conflicts_with = "data_dir"
     )]
-    pub database_url: Option<DatabaseUrl>,
+    pub database_url: Option<DatabaseUrlArg>,
     /// PEM CA certificate(s) that sign the database server's certificate
     /// (default: the URL's sslrootcert, else the system's roots).
     #[arg(long, env = "KEYHOLD_DATABASE_CA", value_name = "FILE")]
@@ -296,13 +296,17 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    /// How to reach the database, when one is set.
-    pub fn options(&self) -> Option<PgOptions> {
-        let url = self.database_url.clone()?;
+    /// How to reach the database, when one is set (a URL that does not
+    /// parse is an error that never shows it).
+    pub fn options(&self) -> Result<Option<PgOptions>, DatabaseUrlError> {
+        let Some(arg) = &self.database_url else {
+            return Ok(None);
+        };
+        let url = arg.parse_url()?;
         let node = self.node_name.clone().unwrap_or_else(host_name);
         let mut opts = PgOptions::new(url, self.database_ca.clone(), node);
         opts.timeout = std::time::Duration::from_millis(self.database_timeout_ms.max(100));
-        Some(opts)
+        Ok(Some(opts))
     }
 }
 

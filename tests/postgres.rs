@@ -143,6 +143,22 @@ fn setting_both_a_data_dir_and_a_database_url_is_an_error_naming_both() {
 }
 
 #[test]
+fn a_malformed_database_url_is_refused_without_echoing_it() {
+    let out = run_with_key(
+        &keygen(),
+        &[
+            "check",
+            "--database-url",
+            "postgres://kh:hunter2-secret@127.0.0.1:1/db?sslmode=sometimes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sslmode"), "{err}");
+    assert!(!err.contains("hunter2-secret"), "{err}");
+}
+
+#[test]
 fn an_unreachable_database_is_a_quick_clear_error_without_the_password() {
     let started = Instant::now();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

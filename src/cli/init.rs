@@ -16,7 +16,11 @@ use crate::tokens;
 
 pub fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
-    if let Some(opts) = args.database.options() {
+    if let Some(opts) = args
+        .database
+        .options()
+        .map_err(|e| ConfigError(e.to_string()))?
+    {
         // Creates (or brings up to date) keyhold's tables, in one
         // transaction; refuses a database newer than this binary.
         let store = Store::connect(&opts, true)?;

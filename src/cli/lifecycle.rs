@@ -211,7 +211,12 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let (info, store, into) = match (&a.data_dir, a.database.options()) {
+    let (info, store, into) = match (
+        &a.data_dir,
+        a.database
+            .options()
+            .map_err(|e| ConfigError(e.to_string()))?,
+    ) {
         (_, Some(opts)) => {
             // Checked and staged in a private directory as on sled, then
             // copied into the database (which must hold no store).

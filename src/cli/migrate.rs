@@ -12,12 +12,18 @@ use super::{check_keyring, open_dir_initialised, ConfigError};
 use crate::audit::{Action, AuditEvent, AuditLog, Outcome};
 use crate::config::{host_name, MigrateArgs};
 use crate::keyring::Keyring;
-use crate::store::{DatabaseUrl, PgOptions, Store, StoreError};
+use crate::store::{DatabaseUrl, DatabaseUrlArg, PgOptions, Store, StoreError};
 
 pub fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
+    let parse = |u: &Option<DatabaseUrlArg>| -> anyhow::Result<Option<DatabaseUrl>> {
+        u.as_ref()
+            .map(|u| u.parse_url().map_err(|e| ConfigError(e.to_string()).into()))
+            .transpose()
+    };
+    let (from_url, to_url) = (parse(&a.from_database_url)?, parse(&a.to_database_url)?);
     let pg = |url: &DatabaseUrl| PgOptions::new(url.clone(), a.database_ca.clone(), host_name());
-    let (source, from) = match (&a.from_data_dir, &a.from_database_url) {
+    let (source, from) = match (&a.from_data_dir, &from_url) {
         (Some(dir), None) => (open_dir_initialised(dir, None)?, dir.display().to_string()),
         (None, Some(url)) => {
             let store = Store::connect(&pg(url), false)?;
@@ -35,7 +41,7 @@ pub fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         }
     };
     check_keyring(&source, &keyring, &from)?;
-    let (target, to) = match (&a.to_data_dir, &a.to_database_url) {
+    let (target, to) = match (&a.to_data_dir, &to_url) {
         (Some(dir), None) => (new_dir_store(dir)?, dir.display().to_string()),
         (None, Some(url)) => (Store::connect(&pg(url), true)?, url.to_string()),
         _ => {

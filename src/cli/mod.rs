@@ -154,8 +154,9 @@ pub(crate) fn open_checked_with_cache(
 /// Where the store is, as said in messages (a database URL without its
 /// password).
 pub(crate) fn location(data: &DataDir) -> String {
-    match &data.database.database_url {
-        Some(url) => url.to_string(),
+    match data.database.database_url.as_ref().map(|u| u.parse_url()) {
+        Some(Ok(url)) => url.to_string(),
+        Some(Err(_)) => "the database".into(),
         None => data.data_dir.display().to_string(),
     }
 }
@@ -166,7 +167,11 @@ pub(crate) fn open_initialised(data: &DataDir) -> anyhow::Result<Store> {
 }
 
 fn open_initialised_with_cache(data: &DataDir, cache_bytes: Option<u64>) -> anyhow::Result<Store> {
-    if let Some(opts) = data.database.options() {
+    if let Some(opts) = data
+        .database
+        .options()
+        .map_err(|e| ConfigError(e.to_string()))?
+    {
         let store = Store::connect(&opts, false)?;
         if !store.is_initialised()? {
             return Err(StoreError::DatabaseNotInitialised(opts.url.to_string()).into());

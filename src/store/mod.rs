@@ -40,7 +40,7 @@ use uuid::Uuid;
 
 use backend::{Backend, Op};
 pub use backend::{Bytes, SharedCell, TABLES};
-pub use postgres::{DatabaseUrl, PgOptions};
+pub use postgres::{DatabaseUrl, DatabaseUrlArg, DatabaseUrlError, PgOptions};
 pub use sled_store::audit_chunks;
 pub use sled_store::wait_until_released;
 

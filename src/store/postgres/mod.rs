@@ -25,7 +25,7 @@ mod scan;
 mod schema;
 mod url;
 
-pub use url::{DatabaseUrl, DatabaseUrlError};
+pub use url::{DatabaseUrl, DatabaseUrlArg, DatabaseUrlError};
 
 use std::path::PathBuf;
 use std::sync::Arc;

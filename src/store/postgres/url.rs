@@ -131,6 +131,36 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
+/// A database URL as given on the command line, not yet parsed: clap
+/// echoes a value it cannot parse in its error, and this one holds a
+/// password, so it is parsed afterwards ([`DatabaseUrlArg::parse_url`]),
+/// where the error names the fault and never the URL.
+#[derive(Clone)]
+pub struct DatabaseUrlArg(String);
+
+impl FromStr for DatabaseUrlArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<DatabaseUrlArg, Self::Err> {
+        Ok(DatabaseUrlArg(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrlArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.parse_url() {
+            Ok(u) => write!(f, "{u:?}"),
+            Err(_) => f.write_str("DatabaseUrl(unreadable)"),
+        }
+    }
+}
+
+impl DatabaseUrlArg {
+    /// The parsed URL.
+    pub fn parse_url(&self) -> Result<DatabaseUrl, DatabaseUrlError> {
+        self.0.parse()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
