@@ -569,3 +569,60 @@ fn backup_of_a_database_restores_into_another_database() {
     let r = reveal(&Api::new(&s, &v.admin), &id);
     assert_eq!(r.json::<Value>().unwrap()["api_key"], "sk-backup-1");
 }
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, as PEM files.
+fn certificates(dir: &std::path::Path, name: &str) -> [std::path::PathBuf; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "keyhold test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|n| dir.join(format!("{name}-{n}")));
+    std::fs::write(&paths[0], ca_cert.pem()).unwrap();
+    std::fs::write(&paths[1], leaf.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn tls_to_the_database_is_rustls_and_verifies_the_server() {
+    let Some(mut pg) = cluster() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = certificates(tmp.path(), "good");
+    let [other_ca, _, _] = certificates(tmp.path(), "other");
+    pg.psql("postgres", "CREATE DATABASE secure");
+    pg.require_tls(&cert, &key);
+    let fernet = keygen();
+    let base = format!("postgres://keyhold@localhost:{}/secure", pg.port);
+    // In clear: the server refuses (hostssl only).
+    let out = run_with_key(&fernet, &["init", "--database-url", &base]);
+    assert!(!out.status.success());
+    // TLS with a CA that did not sign the server's certificate: refused.
+    let out = run_with_key(
+        &fernet,
+        &[
+            "init",
+            "--database-url",
+            &format!("{base}?sslmode=verify-full"),
+            "--database-ca",
+            other_ca.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "an unverified server was accepted");
+    // TLS verified against the right CA (from the URL's sslrootcert).
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let out = run_with_key(&fernet, &["init", "--database-url", &url]);
+    assert_ok(&out);
+    let ssl = pg.psql_local("secure", "SELECT count(*) FROM keyhold_audit");
+    assert!(ssl.trim().parse::<u64>().unwrap() >= 2, "{ssl}");
+    let out = run_with_key(&fernet, &["audit", "verify", "--database-url", &url]);
+    assert_ok(&out);
+}

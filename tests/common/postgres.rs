@@ -52,6 +52,8 @@ pub struct Cluster {
     bin: PathBuf,
     pub port: u16,
     root: bool,
+    /// Extra server settings (TLS).
+    extra: String,
 }
 
 /// Starts a cluster, or `None` (outside CI) when PostgreSQL is not installed.
@@ -101,6 +103,7 @@ impl Cluster {
             bin,
             port: free_port(),
             root,
+            extra: String::new(),
         };
         let out = c
             .cmd("initdb")
@@ -144,9 +147,10 @@ impl Cluster {
             chown(&log);
         }
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{}",
             self.port,
-            self.sockets.display()
+            self.sockets.display(),
+            self.extra
         );
         let out = self
             .cmd("pg_ctl")
@@ -160,6 +164,58 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
+    }
+
+    /// Restarts the server with TLS only over TCP (`hostssl` in
+    /// pg_hba.conf): its certificate `cert`/`key` (PEM), copied into the
+    /// data directory for the server's user.
+    pub fn require_tls(&mut self, cert: &Path, key: &Path) {
+        self.halt();
+        let crt = self.data.join("server.crt");
+        let k = self.data.join("server.key");
+        std::fs::copy(cert, &crt).unwrap();
+        std::fs::copy(key, &k).unwrap();
+        std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        if self.root {
+            chown(&self.data);
+        }
+        self.extra = " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+        self.boot();
+    }
+
+    /// Runs SQL over the private socket (works when TCP requires TLS).
+    pub fn psql_local(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                self.sockets.to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args([
+                "-U",
+                "keyhold",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The postmaster's PID, from its pid file.
