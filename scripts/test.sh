@@ -47,3 +47,10 @@ for a in "$@"; do
   esac
 done
 cargo test --locked $targets "$@"
+
+# The whole run also repeats the API, rate-limit and reveal-audit suites
+# with every store on PostgreSQL (a server of its own per test).
+if [ $# -eq 0 ]; then
+  echo "test.sh: the API, rate-limit and reveal-audit suites again, on PostgreSQL"
+  KEYHOLD_TEST_BACKEND=postgres cargo test --locked --test api --test rate_limit --test reveal_audit
+fi

@@ -478,6 +478,7 @@ fn rotation_hands_the_signing_key_over_and_the_first_key_still_verifies_an_expor
         dir: v.dir.clone(),
         key: new.clone(),
         admin: v.admin.clone(),
+        pg: None,
     };
     let (file, new_pk) = export_with_key(&v2);
     assert_ne!(first_pk, new_pk);
@@ -518,6 +519,7 @@ fn a_store_of_the_previous_format_is_upgraded_once_and_keeps_keys_tokens_and_cha
         dir: dir.clone(),
         key: OLD_KEY.into(),
         admin: OLD_ADMIN.into(),
+        pg: None,
     };
     let s = v.serve(&[]);
     let reader = Api::new(&s, OLD_READER);
