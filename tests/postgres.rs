@@ -626,3 +626,53 @@ fn tls_to_the_database_is_rustls_and_verifies_the_server() {
     let out = run_with_key(&fernet, &["audit", "verify", "--database-url", &url]);
     assert_ok(&out);
 }
+
+#[test]
+fn a_rotation_on_one_node_stops_the_others_signing_until_they_restart() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "rotation");
+    let new = keygen();
+    let both = format!("{new},{}", v.key);
+    let serve = |node: &str| {
+        Server::start_args(
+            &[
+                "--database-url",
+                &v.url,
+                "--node-name",
+                node,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &[("FERNET_KEYS", both.as_str())],
+        )
+    };
+    let a = serve("node-a");
+    let b = serve("node-b");
+    let id = Api::new(&a, &v.admin).create_key("claude", "k", "sk-rotate-1");
+    assert_eq!(reveal(&Api::new(&b, &v.admin), &id).status(), 200);
+    let r = Api::new(&a, &v.admin).post_json("/api/admin/rotate", &serde_json::json!({}));
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_eq!(reveal(&Api::new(&a, &v.admin), &id).status(), 200);
+    // node-b still holds the old signing key: it refuses rather than sign
+    // records that would not verify, and says why.
+    let r = reveal(&Api::new(&b, &v.admin), &id);
+    assert_eq!(r.status(), 503);
+    let health: Value = common::client()
+        .get(b.url("/healthz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        health["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("signing key")),
+        "{health}"
+    );
+    drop(b);
+    let b = serve("node-b");
+    assert_eq!(reveal(&Api::new(&b, &v.admin), &id).status(), 200);
+    drop((a, b));
+    let out = run_with_key(&new, &["audit", "verify", "--database-url", &v.url]);
+    assert_ok(&out);
+}

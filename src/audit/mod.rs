@@ -70,6 +70,12 @@ pub enum AuditError {
     WriteFailed(String),
     #[error("the audit writer has stopped; restart keyhold")]
     Stopped,
+    #[error(
+        "another node started a new audit signing key (a rotation), so this node can no longer \
+         sign the shared chain: restart it with the keyring the rotation used (nothing was \
+         written)"
+    )]
+    SignerReplaced,
 }
 
 /// Stored chain head: the newest record's seq and mac, authenticated: by
@@ -462,6 +468,14 @@ impl AuditLog {
             attempts += 1;
             match self.chain_and_commit(state, batch, extra, hand_over) {
                 Err(AuditError::Store(StoreError::HeadMoved)) if attempts < HEAD_MOVED_RETRIES => {
+                    // A head signed by another key than this node's: a
+                    // rotation on another node handed the key over. Records
+                    // this node signed now would not verify: refuse.
+                    if let Some(Head::V2 { seq, mac, sig }) = Head::load(&self.store)? {
+                        if sig.key != state.signer.public_key() && sig.verifies(seq, &mac) {
+                            return Err(AuditError::SignerReplaced);
+                        }
+                    }
                     let (next_seq, prev) = chain_position(&self.store, self.legacy.as_ref())?;
                     state.next_seq = next_seq;
                     state.prev = prev;

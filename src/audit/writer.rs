@@ -45,6 +45,9 @@ pub struct AuditWriter {
     healthy: Arc<AtomicBool>,
     /// Why the last batch (or probe) failed, for /healthz.
     last_error: Arc<std::sync::Mutex<Option<String>>>,
+    /// Set when a batch failed in a way no probe can clear (another node
+    /// replaced the signing key): only a restart brings this node back.
+    stuck: Arc<AtomicBool>,
     log: Arc<AuditLog>,
 }
 
@@ -68,6 +71,8 @@ impl AuditWriter {
         let thread_log = log.clone();
         let thread_healthy = healthy.clone();
         let thread_error = last_error.clone();
+        let stuck = Arc::new(AtomicBool::new(false));
+        let thread_stuck = stuck.clone();
         let spawned = std::thread::Builder::new()
             .name("keyhold-audit".into())
             .spawn(move || {
@@ -113,6 +118,9 @@ impl AuditWriter {
                         Err(e) => {
                             thread_healthy.store(false, Ordering::Relaxed);
                             set(&thread_error, Some(e.to_string()));
+                            if matches!(e, AuditError::SignerReplaced) {
+                                thread_stuck.store(true, Ordering::Relaxed);
+                            }
                             tracing::error!(error = %e, records = jobs.len(), "audit batch failed; the requests it held were refused");
                             let msg = e.to_string();
                             for job in jobs {
@@ -131,6 +139,7 @@ impl AuditWriter {
             timeout,
             healthy,
             last_error,
+            stuck,
             log,
         }
     }
@@ -198,6 +207,9 @@ impl AuditWriter {
     /// Records what a probe of the store found: a database that answers
     /// again makes the writer healthy; one that does not, failing.
     pub fn probed(&self, result: Result<(), String>) {
+        if self.stuck.load(Ordering::Relaxed) {
+            return;
+        }
         match result {
             Ok(()) => {
                 self.healthy.store(true, Ordering::Relaxed);
