@@ -241,6 +241,14 @@ fn one_node_serves_the_api_and_the_database_holds_no_secret_in_clear() {
     v.verify_export_with_public_key();
     let check = v.run(&["check"]);
     assert_ok(&check);
+    // A database migrated by a newer keyhold is refused, by every command.
+    pg.psql("single", "INSERT INTO keyhold_schema (version) VALUES (999)");
+    for args in [&["check"][..], &["init"][..]] {
+        let out = v.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("newer") && err.contains("999"), "{err}");
+    }
 }
 
 #[test]

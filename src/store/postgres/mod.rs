@@ -203,6 +203,12 @@ impl PgStore {
         if at == 0 {
             return Err(StoreError::DatabaseNotInitialised(store.shown.clone()));
         }
+        if at > schema::known() {
+            return Err(StoreError::NewerDatabase {
+                found: at,
+                known: schema::known(),
+            });
+        }
         Ok(store)
     }
 
