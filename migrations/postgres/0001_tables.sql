@@ -51,8 +51,11 @@ INSERT INTO keyhold_audit_lock (id) VALUES (1);
 -- The reveal rate limit shared by every node (GCRA, one upsert a reveal):
 -- per client, the theoretical arrival time, whether the last attempt was
 -- allowed, and when it was seen, in microseconds of the database's clock
--- (one clock for every node).
-CREATE TABLE keyhold_reveal_limit (
+-- (one clock for every node). UNLOGGED: the state of a rate limit needs no
+-- durability (a crash or failover forgets it, as a restart of a node
+-- forgets governor's), and without WAL a reveal's limit check costs no
+-- disk flush and no replication round trip.
+CREATE UNLOGGED TABLE keyhold_reveal_limit (
     client  text PRIMARY KEY,
     tat_us  bigint NOT NULL,
     allowed boolean NOT NULL,
