@@ -242,7 +242,10 @@ fn one_node_serves_the_api_and_the_database_holds_no_secret_in_clear() {
     let check = v.run(&["check"]);
     assert_ok(&check);
     // A database migrated by a newer keyhold is refused, by every command.
-    pg.psql("single", "INSERT INTO keyhold_schema (version) VALUES (999)");
+    pg.psql(
+        "single",
+        "INSERT INTO keyhold_schema (version) VALUES (999)",
+    );
     for args in [&["check"][..], &["init"][..]] {
         let out = v.run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -87,7 +87,8 @@ pub fn init(dir: &Path, key: &str) -> String {
 
 /// The backend `Vault::new` puts its store on: sled, or PostgreSQL when
 /// `KEYHOLD_TEST_BACKEND=postgres` (scripts/test.sh runs the API, rate
-/// limit and reveal-audit suites so, each vault on a server of its own).
+/// limit, reveal-audit and export suites so, each vault on a server of
+/// its own).
 pub fn on_postgres() -> bool {
     std::env::var("KEYHOLD_TEST_BACKEND").as_deref() == Ok("postgres")
 }
