@@ -220,13 +220,14 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         (_, Some(opts)) => {
             // Checked and staged in a private directory as on sled, then
             // copied into the database (which must hold no store).
+            let to = Store::connect(&opts, true)?;
+            ops::migrate::check_empty(&to)?;
             let staging =
                 std::env::temp_dir().join(format!("keyhold-restore-{}", uuid::Uuid::new_v4()));
             let staged = (|| -> anyhow::Result<_> {
                 let info =
                     ops::backup::restore(&a.file, &staging, &keyring, a.allow_unauthenticated)?;
                 let from = super::open_dir_initialised(&staging, None)?;
-                let to = Store::connect(&opts, true)?;
                 ops::migrate::copy_store(&from, &to)?;
                 from.close()?;
                 Ok(info)

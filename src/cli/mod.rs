@@ -92,6 +92,9 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
         if cause.is::<KeyringError>() || cause.is::<ConfigError>() {
             return ExitCode::from(2);
         }
+        if let Some(crate::ops::migrate::MigrateError::TargetNotEmpty) = cause.downcast_ref() {
+            return ExitCode::from(2);
+        }
         if let Some(
             crate::ops::backup::BackupError::NotEmpty(_)
             | crate::ops::backup::BackupError::NotAuthentic

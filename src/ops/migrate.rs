@@ -15,8 +15,8 @@ use crate::store::{Store, StoreError, TABLES};
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error(
-        "the target already holds a keyhold store (or audit records): migrate into a new or \
-         empty data directory, or a database without keyhold's records; nothing was changed"
+        "the target is not empty: it already holds a keyhold store (or audit records). Use a new \
+         or empty data directory, or a database without keyhold's records; nothing was changed"
     )]
     TargetNotEmpty,
     #[error(transparent)]
@@ -33,11 +33,17 @@ pub struct Copied {
 /// The meta name whose presence makes a store initialised (written last).
 const SCHEMA: &[u8] = b"schema_version";
 
-/// Copies every entry of `from` into the empty store `to`.
-pub fn copy_store(from: &Store, to: &Store) -> Result<Copied, MigrateError> {
+/// Refuses a target that holds a store or audit records.
+pub fn check_empty(to: &Store) -> Result<(), MigrateError> {
     if to.is_initialised()? || to.audit_last_seq()? != 0 {
         return Err(MigrateError::TargetNotEmpty);
     }
+    Ok(())
+}
+
+/// Copies every entry of `from` into the empty store `to`.
+pub fn copy_store(from: &Store, to: &Store) -> Result<Copied, MigrateError> {
+    check_empty(to)?;
     let mut copied = Copied::default();
     let mut schema = None;
     for table in TABLES {

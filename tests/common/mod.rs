@@ -87,7 +87,7 @@ pub fn init(dir: &Path, key: &str) -> String {
 
 /// The backend `Vault::new` puts its store on: sled, or PostgreSQL when
 /// `KEYHOLD_TEST_BACKEND=postgres` (scripts/test.sh runs the API, rate
-/// limit, reveal-audit and export suites so, each vault on a server of
+/// limit, reveal-audit, export and lifecycle suites so, each vault on a server of
 /// its own).
 pub fn on_postgres() -> bool {
     std::env::var("KEYHOLD_TEST_BACKEND").as_deref() == Ok("postgres")
@@ -151,6 +151,21 @@ impl Vault {
         let mut all = vec![("FERNET_KEY", self.key.as_str())];
         all.extend_from_slice(env);
         self.serve_env(&all)
+    }
+
+    /// Runs `f` on this vault's stopped store, unlocked with the Fernet
+    /// key `key` (sled: the directory; PostgreSQL: the database).
+    pub fn with_unlocked<T>(&self, key: &str, f: impl FnOnce(&keyhold::store::Store) -> T) -> T {
+        match &self.pg {
+            None => with_unlocked_store(&self.dir, key, f),
+            Some((_, url)) => {
+                let url: keyhold::store::DatabaseUrl = url.parse().unwrap();
+                let opts = keyhold::store::PgOptions::new(url, None, "test".into());
+                let store = keyhold::store::Store::connect(&opts, false).unwrap();
+                unlock(&store, key);
+                f(&store)
+            }
+        }
     }
 
     /// Starts a server on this vault with exactly this environment.
