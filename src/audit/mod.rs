@@ -348,6 +348,17 @@ impl Head {
     }
 }
 
+/// A batch chained and signed, not yet written.
+struct Chained {
+    records: Vec<AuditRecord>,
+    encoded: Vec<(u64, Vec<u8>)>,
+    head: Vec<u8>,
+    writes: Vec<Write>,
+    /// The position after the batch.
+    next_seq: u64,
+    prev: [u8; 32],
+}
+
 struct ChainState {
     next_seq: u64,
     prev: [u8; 32],
@@ -491,7 +502,10 @@ impl AuditLog {
     }
 
     /// Chains `batch` after the in-memory position and commits it; on
-    /// success moves the position past it. Not yet flushed.
+    /// success moves the position past it. Not yet flushed. Where several
+    /// nodes share the store, the batch is chained under the store's
+    /// append lock on the stored head ([`Store::commit_at_head`]): the
+    /// in-memory position is then only where it was last seen.
     fn chain_and_commit(
         &self,
         state: &mut ChainState,
@@ -499,8 +513,72 @@ impl AuditLog {
         extra: &[Write],
         hand_over: Option<(usize, &AuditSigner)>,
     ) -> Result<Vec<AuditRecord>, AuditError> {
-        let mut seq = state.next_seq;
-        let mut prev = state.prev;
+        if self.node.is_none() {
+            let chained = self.chain(state, state.next_seq, state.prev, batch, extra, hand_over)?;
+            self.store
+                .commit(&chained.encoded, &chained.head, &chained.writes)?;
+            state.next_seq = chained.next_seq;
+            state.prev = chained.prev;
+            return Ok(chained.records);
+        }
+        let mut out: Option<Chained> = None;
+        let mut refused: Option<AuditError> = None;
+        let res = self.store.commit_at_head(|head, last| {
+            let head = head.map(|b| Head::decode(&b)).transpose()?;
+            // A head signed by another key than this node's: a rotation on
+            // another node handed the key over. Records this node signed
+            // now would not verify: refuse.
+            if let Some(Head::V2 { seq, mac, sig }) = &head {
+                if sig.key != state.signer.public_key() && sig.verifies(*seq, mac) {
+                    refused = Some(AuditError::SignerReplaced);
+                    return Err(StoreError::Unavailable);
+                }
+            }
+            let (next_seq, prev) =
+                position_from(head, last, self.legacy.as_ref()).map_err(|e| match e {
+                    AuditError::Store(e) => e,
+                    other => {
+                        refused = Some(other);
+                        StoreError::Unavailable
+                    }
+                })?;
+            let chained = self
+                .chain(state, next_seq, prev, batch, extra, hand_over)
+                .map_err(|e| match e {
+                    AuditError::Store(e) => e,
+                    other => {
+                        refused = Some(other);
+                        StoreError::Unavailable
+                    }
+                })?;
+            let ret = (
+                chained.encoded.clone(),
+                chained.head.clone(),
+                chained.writes.clone(),
+            );
+            out = Some(chained);
+            Ok(ret)
+        });
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        res?;
+        let chained = out.ok_or(AuditError::Store(StoreError::Unavailable))?;
+        state.next_seq = chained.next_seq;
+        state.prev = chained.prev;
+        Ok(chained.records)
+    }
+
+    /// Chains `batch` after (`seq`, `prev`) and signs it; nothing written.
+    fn chain(
+        &self,
+        state: &ChainState,
+        mut seq: u64,
+        mut prev: [u8; 32],
+        batch: &[(AuditEvent, Vec<Write>)],
+        extra: &[Write],
+        hand_over: Option<(usize, &AuditSigner)>,
+    ) -> Result<Chained, AuditError> {
         let mut records = Vec::with_capacity(batch.len());
         let mut writes = Vec::new();
         for (event, w) in batch {
@@ -546,10 +624,14 @@ impl AuditLog {
             .iter()
             .map(|r| Ok((r.seq, r.encode()?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.store.commit(&encoded, &head, &writes)?;
-        state.next_seq = seq;
-        state.prev = prev;
-        Ok(records)
+        Ok(Chained {
+            records,
+            encoded,
+            head,
+            writes,
+            next_seq: seq,
+            prev,
+        })
     }
 
     /// Starts a new signing key, sealed with the keyring's newest key:
@@ -651,15 +733,24 @@ fn seq_space_used_up() -> StoreError {
 /// record), appends continue after the head, so the cut stays visible to
 /// `audit verify` as missing records instead of being papered over.
 fn chain_position(store: &Store, legacy: Option<&MacKey>) -> Result<(u64, [u8; 32]), AuditError> {
+    position_from(Head::load(store)?, store.last_audit()?, legacy)
+}
+
+/// [`chain_position`] from the stored head and newest record as read.
+fn position_from(
+    head: Option<Head>,
+    last: Option<(u64, crate::store::Bytes)>,
+    legacy: Option<&MacKey>,
+) -> Result<(u64, [u8; 32]), AuditError> {
     // A damaged newest record must not stop appends; verify reports
     // the damage where it is.
-    let last = store.last_audit()?.map(|(seq, bytes)| {
+    let last = last.map(|(seq, bytes)| {
         let mac = AuditRecord::decode(&bytes)
             .map(|r| r.mac)
             .unwrap_or(GENESIS);
         (seq, mac)
     });
-    let head = Head::load(store)?.filter(|h| h.is_authentic(legacy));
+    let head = head.filter(|h| h.is_authentic(legacy));
     let (newest, prev) = match (head, last) {
         (Some(h), Some((seq, mac))) if h.seq() == seq && h.mac() == mac => (seq, mac),
         (Some(h), last) => {

@@ -125,6 +125,13 @@ pub struct SharedCell {
     pub now_us: i64,
 }
 
+/// What [`Backend::commit_at_head`] calls with the stored chain head and
+/// the newest record: returns the records, the new head and the ops.
+pub type ChainAtHead<'a> = dyn FnMut(Option<Bytes>, Option<(u64, Bytes)>) -> Result<Chained> + 'a;
+
+/// A chained batch: its encoded records, the new head, the ops.
+pub type Chained = (Vec<(u64, Vec<u8>)>, Vec<u8>, Vec<Op>);
+
 /// A lazy walk over stored items.
 pub type Items<'a, T> = Box<dyn Iterator<Item = Result<T>> + 'a>;
 
@@ -208,6 +215,19 @@ pub trait Backend: Send + Sync {
     /// with [`StoreError::HeadMoved`](super::StoreError::HeadMoved),
     /// writing nothing (the audit log chains again and retries).
     fn commit(&self, records: &[(u64, Vec<u8>)], head: &[u8], ops: &[Op]) -> Result<()>;
+    /// As [`commit`](Self::commit), for a store several nodes append to:
+    /// under the lock that serialises appends, hands `chain` the stored
+    /// chain head (meta) and the newest audit record, and commits the
+    /// records, head and ops it returns in the same transaction, so a
+    /// batch is always chained on the head it lands after. The default
+    /// (one process: the caller already serialises) reads both, then
+    /// commits.
+    fn commit_at_head(&self, chain: &mut ChainAtHead<'_>) -> Result<()> {
+        let head = self.meta_get(super::META_AUDIT_HEAD)?;
+        let last = self.audit_last()?;
+        let (records, head, ops) = chain(head, last)?;
+        self.commit(&records, &head, &ops)
+    }
     /// The newest audit record's seq and bytes.
     fn audit_last(&self) -> Result<Option<(u64, Bytes)>>;
     /// Audit records from `from_seq` on, oldest first, lazily; records

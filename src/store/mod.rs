@@ -487,6 +487,36 @@ impl Store {
         self.backend.commit(records, head, &ops)
     }
 
+    /// As [`Store::commit`], chaining under the backend's append lock:
+    /// `chain` gets the stored chain head and the newest record and
+    /// returns the encoded records, the new head and the writes (see
+    /// [`Backend::commit_at_head`]).
+    pub(crate) fn commit_at_head(
+        &self,
+        mut chain: impl FnMut(
+            Option<Bytes>,
+            Option<(u64, Bytes)>,
+        ) -> Result<(Vec<(u64, Vec<u8>)>, Vec<u8>, Vec<Write>)>,
+    ) -> Result<()> {
+        let mut to_ops = |head: Option<Bytes>, last: Option<(u64, Bytes)>| {
+            let (records, head, writes) = chain(head, last)?;
+            let needs_keys = writes
+                .iter()
+                .any(|w| matches!(w, Write::PutKey(_) | Write::PutToken { .. }));
+            let keys = if needs_keys {
+                Some(self.write_keys()?)
+            } else {
+                None
+            };
+            let ops = writes
+                .iter()
+                .map(|w| op_of(w, keys.as_deref()))
+                .collect::<Result<Vec<Op>>>()?;
+            Ok((records, head, ops))
+        };
+        self.backend.commit_at_head(&mut to_ops)
+    }
+
     // ---- the audit log ----
 
     /// The stored chain head, if any record was ever written.

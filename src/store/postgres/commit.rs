@@ -13,7 +13,7 @@
 use deadpool_postgres::Transaction;
 
 use super::{db_error, pool_error, PgError, PgStore};
-use crate::store::backend::Op;
+use crate::store::backend::{Bytes, ChainAtHead, Op};
 use crate::store::sled_store::{decode_count, provider_index_key};
 use crate::store::{Result, StoreError, META_AUDIT_HEAD, META_KEY_COUNT};
 
@@ -124,34 +124,7 @@ pub(super) fn commit(
             // Dropping the transaction rolls it back.
             return Err(PgError::Store(StoreError::HeadMoved));
         }
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO keyhold_audit (seq, v, node) \
-                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[])",
-            )
-            .await
-            .map_err(db_error)?;
-        tx.execute(&insert, &[&seqs, &values, &nodes])
-            .await
-            .map_err(db_error)?;
-        upsert(&tx, "keyhold_meta", META_AUDIT_HEAD, &head).await?;
-        let mut added: i64 = 0;
-        for op in &ops {
-            added += apply(&tx, op).await?;
-        }
-        if added != 0 {
-            let row = tx
-                .query_opt(
-                    "SELECT v FROM keyhold_meta WHERE k = $1",
-                    &[&META_KEY_COUNT],
-                )
-                .await
-                .map_err(db_error)?;
-            if let Some(n) = row.and_then(|r| decode_count(&r.get::<_, Vec<u8>>(0))) {
-                let n = n.saturating_add_signed(added);
-                upsert(&tx, "keyhold_meta", META_KEY_COUNT, &n.to_be_bytes()).await?;
-            }
-        }
+        write_batch(&tx, &seqs, &values, &nodes, &head, &ops).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(())
     })
@@ -233,4 +206,150 @@ async fn apply(tx: &Transaction<'_>, op: &Owned) -> std::result::Result<i64, PgE
         },
     }
     Ok(added)
+}
+
+/// Inserts a chained batch, the head and the ops, inside `tx`.
+async fn write_batch(
+    tx: &Transaction<'_>,
+    seqs: &[i64],
+    values: &[Vec<u8>],
+    nodes: &[String],
+    head: &[u8],
+    ops: &[Owned],
+) -> std::result::Result<(), PgError> {
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO keyhold_audit (seq, v, node) \
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[])",
+        )
+        .await
+        .map_err(db_error)?;
+    tx.execute(&insert, &[&seqs, &values, &nodes])
+        .await
+        .map_err(db_error)?;
+    upsert(tx, "keyhold_meta", META_AUDIT_HEAD, head).await?;
+    let mut added: i64 = 0;
+    for op in ops {
+        added += apply(tx, op).await?;
+    }
+    if added != 0 {
+        let row = tx
+            .query_opt(
+                "SELECT v FROM keyhold_meta WHERE k = $1",
+                &[&META_KEY_COUNT],
+            )
+            .await
+            .map_err(db_error)?;
+        if let Some(n) = row.and_then(|r| decode_count(&r.get::<_, Vec<u8>>(0))) {
+            let n = n.saturating_add_signed(added);
+            upsert(tx, "keyhold_meta", META_KEY_COUNT, &n.to_be_bytes()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The commit of a node that shares the store (see the module docs): the
+/// lock is taken and the newest record and head are read first, in the
+/// transaction; `chain` builds the batch on them on the calling thread
+/// (the transaction waits for it), and the batch is written and committed
+/// in the same transaction. No other node can append in between, so the
+/// batch never has to be chained again.
+pub(super) fn commit_at_head(store: &PgStore, chain: &mut ChainAtHead<'_>) -> Result<()> {
+    type Seen = (Option<Vec<u8>>, Option<(i64, Vec<u8>)>);
+    type Batch = (Vec<i64>, Vec<Vec<u8>>, Vec<u8>, Vec<Owned>);
+    let (seen_tx, seen_rx) = std::sync::mpsc::sync_channel::<Seen>(1);
+    let (batch_tx, batch_rx) = tokio::sync::oneshot::channel::<Batch>();
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    let (pool, node, timeout) = (store.pool.clone(), store.node.clone(), store.timeout);
+    let started = std::time::Instant::now();
+    store.rt.handle.spawn(async move {
+        let work = async move {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            tx.query_one(
+                "SELECT id FROM keyhold_audit_lock WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+            let last = tx
+                .query_opt(
+                    "SELECT seq, v FROM keyhold_audit ORDER BY seq DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .map_err(db_error)?
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)));
+            let head = tx
+                .query_opt(
+                    "SELECT v FROM keyhold_meta WHERE k = $1",
+                    &[&META_AUDIT_HEAD],
+                )
+                .await
+                .map_err(db_error)?
+                .map(|r| r.get::<_, Vec<u8>>(0));
+            if seen_tx.send((head, last)).is_err() {
+                return Err(PgError::Db("the batch was given up".into()));
+            }
+            // A caller that could not chain drops the sender: roll back.
+            let (seqs, values, head, ops) = batch_rx
+                .await
+                .map_err(|_| PgError::Db("the batch was not chained".into()))?;
+            let nodes = vec![node; seqs.len()];
+            write_batch(&tx, &seqs, &values, &nodes, &head, &ops).await?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(())
+        };
+        let res = match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(PgError::Db(format!(
+                "no answer within {} ms (the database is unreachable or overloaded)",
+                timeout.as_millis()
+            ))),
+        };
+        let _ = done_tx.send(res);
+    });
+    let what = "commit audit records";
+    let wait_done = |extra: std::time::Duration| -> Result<()> {
+        let left = (timeout + extra).saturating_sub(started.elapsed());
+        match done_rx.recv_timeout(left) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(super::store_error(what, e)),
+            Err(_) => Err(super::store_error(
+                what,
+                PgError::Db("no answer in time (the database is unreachable or overloaded)".into()),
+            )),
+        }
+    };
+    let left = timeout.saturating_sub(started.elapsed());
+    let Ok((head, last)) = seen_rx.recv_timeout(left) else {
+        // The transaction failed (or stalled) before the head was read.
+        return wait_done(std::time::Duration::from_millis(250));
+    };
+    let chained = chain(
+        head.map(Bytes::from),
+        last.map(|(seq, v)| (seq as u64, Bytes::from(v))),
+    );
+    let (records, head, ops) = match chained {
+        Ok(c) => c,
+        Err(e) => {
+            drop(batch_tx);
+            let _ = wait_done(std::time::Duration::from_millis(250));
+            return Err(e);
+        }
+    };
+    let seqs = records
+        .iter()
+        .map(|r| {
+            i64::try_from(r.0).map_err(|_| StoreError::Corrupt {
+                what: "audit log",
+                detail: "a seq beyond what the database stores".into(),
+            })
+        })
+        .collect::<Result<Vec<i64>>>()?;
+    let values = records.into_iter().map(|r| r.1).collect();
+    if batch_tx.send((seqs, values, head, owned(&ops))).is_err() {
+        return wait_done(std::time::Duration::from_millis(250));
+    }
+    wait_done(std::time::Duration::from_millis(250))
 }

@@ -96,6 +96,18 @@ fn pool_error(e: deadpool_postgres::PoolError) -> PgError {
     }
 }
 
+/// A client error as the store's.
+pub(crate) fn store_error(what: &'static str, e: PgError) -> StoreError {
+    match e {
+        PgError::Db(detail) => StoreError::Database { what, detail },
+        PgError::Newer(found) => StoreError::NewerDatabase {
+            found,
+            known: schema::known(),
+        },
+        PgError::Store(e) => e,
+    }
+}
+
 /// The runtime the client runs on, on a thread of its own: dropped there,
 /// never inside the caller's runtime.
 struct ClientRuntime {
@@ -236,12 +248,7 @@ impl PgStore {
         };
         match rx.recv_timeout(timeout + Duration::from_millis(250)) {
             Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(PgError::Db(detail)))) => Err(StoreError::Database { what, detail }),
-            Ok(Ok(Err(PgError::Newer(found)))) => Err(StoreError::NewerDatabase {
-                found,
-                known: schema::known(),
-            }),
-            Ok(Ok(Err(PgError::Store(e)))) => Err(e),
+            Ok(Ok(Err(e))) => Err(store_error(what, e)),
             Ok(Err(_)) | Err(_) => Err(unanswered()),
         }
     }
@@ -493,6 +500,10 @@ impl Backend for PgStore {
 
     fn commit(&self, records: &[(u64, Vec<u8>)], head: &[u8], ops: &[Op]) -> Result<()> {
         commit::commit(self, records, head, ops)
+    }
+
+    fn commit_at_head(&self, chain: &mut crate::store::backend::ChainAtHead<'_>) -> Result<()> {
+        commit::commit_at_head(self, chain)
     }
 
     fn audit_last(&self) -> Result<Option<(u64, Bytes)>> {
