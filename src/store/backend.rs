@@ -8,6 +8,11 @@
 //! transaction type, so a network database can apply them in one SQL
 //! transaction.
 //!
+//! Two methods exist for several nodes sharing one database and are
+//! no-ops or plain defaults on sled: [`Backend::commit_at_head`] (chain a
+//! batch on the head read under the append lock) and the shared reveal
+//! limit ([`Backend::take_reveal_cell`]).
+//!
 //! The methods are blocking. keyhold calls them from the audit writer's
 //! thread, from `spawn_blocking`, from offline commands, and for short
 //! point reads from request handlers; a backend over a network database

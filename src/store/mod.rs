@@ -6,7 +6,8 @@
 //! sits behind the [`backend::Backend`] trait, which names what keyhold
 //! needs (meta values, keys, tokens, the audit append and walk, the
 //! entries of a backup) in bytes; sled is its first implementation
-//! (`sled_store/`), and nothing outside this folder names sled.
+//! (`sled_store/`), PostgreSQL its second (`postgres/`, several nodes on
+//! one database), and nothing outside this folder names either.
 //!
 //! Records are postcard-encoded inside enums whose variants are only ever
 //! appended, so old records stay readable. Times are integer microseconds.
