@@ -2,7 +2,7 @@
 # Runs every test of keyhold on a fresh machine: installs what the tests
 # need (Python 3 with `cryptography`, for the Fernet interop test;
 # Debian's chromium, chromium-driver and firefox-esr, for the console's
-# browser tests),
+# browser tests; PostgreSQL's server, for the PostgreSQL backend's tests),
 # then the whole cargo test suite against the real binary. Arguments go to
 # `cargo test`.
 set -euo pipefail
@@ -29,6 +29,25 @@ if [ ${#browsers[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${browsers[@]}" >/dev/null
 fi
 
+# PostgreSQL's server binaries, for tests/postgres.rs (each test starts a
+# server of its own in a temporary directory, as an unprivileged user, on
+# a free loopback port). Debian puts them in /usr/lib/postgresql/*/bin.
+have_initdb() {
+  command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+if ! have_initdb; then
+  echo "test.sh: installing PostgreSQL (Debian's postgresql package) for the PostgreSQL tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  # The package's own cluster is not needed: the tests run their own. Stop
+  # it only if the package started it (by its PID, never by name).
+  for pidfile in /var/run/postgresql/*.pid /var/lib/postgresql/*/main/postmaster.pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(head -n 1 "$pidfile")
+    [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null || true
+  done
+fi
+have_initdb || { echo "test.sh: PostgreSQL's initdb is still missing" >&2; exit 1; }
+
 # Every target, unless the arguments select some (`scripts/test.sh --test
 # reference`): cargo's --all-targets would override a selection.
 targets=--all-targets
@@ -40,3 +59,11 @@ for a in "$@"; do
   esac
 done
 cargo test --locked $targets "$@"
+
+# The whole run also repeats the API, rate-limit, reveal-audit, export and
+# lifecycle suites with every store on PostgreSQL (a server of its own per
+# test).
+if [ $# -eq 0 ]; then
+  echo "test.sh: the API, rate-limit, reveal-audit, export and lifecycle suites again, on PostgreSQL"
+  KEYHOLD_TEST_BACKEND=postgres cargo test --locked --test api --test rate_limit --test reveal_audit --test export --test lifecycle
+fi

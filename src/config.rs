@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::access::Role;
 use crate::limiter::{RevealRate, TrustedProxies};
+use crate::store::{DatabaseUrlArg, DatabaseUrlError, PgOptions};
 
 /// keyhold: a self-hosted, audit-first vault for API keys.
 ///
@@ -89,6 +90,11 @@ pub enum Command {
     /// generated from these definitions.
     #[command(hide = true)]
     Man(ManArgs),
+    /// Move a whole store between backends (sled data directory and
+    /// PostgreSQL, either way), its audit chain intact and verified.
+    /// Offline: stop every server of the source first. The target must be
+    /// new or empty.
+    Migrate(MigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +122,40 @@ pub enum ShellArg {
 pub struct ManArgs {
     /// The directory to write the pages into (created if missing).
     pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The source: a data directory...
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "from_database_url"
+    )]
+    pub from_data_dir: Option<PathBuf>,
+    /// ...or a PostgreSQL database.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "from_data_dir",
+        hide_env_values = true
+    )]
+    pub from_database_url: Option<DatabaseUrlArg>,
+    /// The target: a new or empty data directory...
+    #[arg(long, value_name = "DIR", required_unless_present = "to_database_url")]
+    pub to_data_dir: Option<PathBuf>,
+    /// ...or a PostgreSQL database without keyhold's tables (they are
+    /// created).
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "to_data_dir",
+        hide_env_values = true
+    )]
+    pub to_database_url: Option<DatabaseUrlArg>,
+    /// PEM CA certificate(s) for the database(s).
+    #[arg(long, env = "KEYHOLD_DATABASE_CA", value_name = "FILE")]
+    pub database_ca: Option<PathBuf>,
 }
 
 /// How a client command reaches the server. The token is never a flag:
@@ -243,8 +283,14 @@ pub struct RestoreArgs {
     /// The backup to restore.
     pub file: PathBuf,
     /// A new or empty directory to restore into.
-    #[arg(long, env = "KEYHOLD_DATA_DIR")]
-    pub data_dir: PathBuf,
+    #[arg(
+        long,
+        env = "KEYHOLD_DATA_DIR",
+        required_unless_present = "database_url"
+    )]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Restore a backup made before backups were authenticated (format 1,
     /// a plain checksum that anyone can recompute). Only for a backup you
     /// know is intact; make a new backup right after.
@@ -310,6 +356,63 @@ pub struct DataDir {
     /// Directory of the store.
     #[arg(long, env = "KEYHOLD_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// PostgreSQL instead of a data directory (several nodes on one database).
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Use this PostgreSQL database instead of --data-dir:
+    /// postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=verify-full (TLS
+    /// with `require`, `verify-ca` or `verify-full`, always verified; the
+    /// password is never shown).
+    #[arg(
+        long,
+        env = "KEYHOLD_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        conflicts_with = "data_dir"
+    )]
+    pub database_url: Option<DatabaseUrlArg>,
+    /// PEM CA certificate(s) that sign the database server's certificate
+    /// (default: the URL's sslrootcert, else the system's roots).
+    #[arg(long, env = "KEYHOLD_DATABASE_CA", value_name = "FILE")]
+    pub database_ca: Option<PathBuf>,
+    /// This node's name, written into every audit record it appends on
+    /// PostgreSQL [default: the host name].
+    #[arg(long, env = "KEYHOLD_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Milliseconds one call to the database may take before it counts
+    /// as failed.
+    #[arg(long, env = "KEYHOLD_DATABASE_TIMEOUT_MS", default_value_t = 3000)]
+    pub database_timeout_ms: u64,
+}
+
+impl DatabaseArgs {
+    /// How to reach the database, when one is set (a URL that does not
+    /// parse is an error that never shows it).
+    pub fn options(&self) -> Result<Option<PgOptions>, DatabaseUrlError> {
+        let Some(arg) = &self.database_url else {
+            return Ok(None);
+        };
+        let url = arg.parse_url()?;
+        let node = self.node_name.clone().unwrap_or_else(host_name);
+        let mut opts = PgOptions::new(url, self.database_ca.clone(), node);
+        opts.timeout = std::time::Duration::from_millis(self.database_timeout_ms.max(100));
+        Ok(Some(opts))
+    }
+}
+
+/// The host name (the default node name).
+pub fn host_name() -> String {
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy().into_owned();
+    if name.is_empty() {
+        "keyhold".into()
+    } else {
+        name
+    }
 }
 
 #[derive(Debug, Args)]

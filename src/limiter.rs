@@ -136,8 +136,13 @@ pub struct Decision {
     pub retry_after_secs: u64,
 }
 
-/// The shared per-IP limiter for every reveal route.
+/// The shared per-IP limiter for every reveal route: governor in this
+/// process (sled, one node), or, where several nodes share a PostgreSQL
+/// store, the GCRA state in the database (`store::postgres::limit`), so
+/// N nodes behind a balancer give a client one budget, not N.
 pub struct RevealLimiter {
+    /// The store holding the limit every node shares, if any.
+    shared: Option<crate::store::Store>,
     limiter: RateLimiter<
         ClientKey,
         DefaultKeyedStateStore<ClientKey>,
@@ -164,14 +169,52 @@ impl RevealLimiter {
             .unwrap_or_else(|| Quota::per_second(rate.count))
             .allow_burst(rate.count);
         RevealLimiter {
+            shared: None,
             limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
             rate,
             clock: DefaultClock::default(),
         }
     }
 
+    /// A limiter whose state every node sharing `store` shares (a store
+    /// that keeps no shared state leaves it to this process).
+    pub fn shared(rate: RevealRate, store: crate::store::Store) -> RevealLimiter {
+        RevealLimiter {
+            shared: Some(store),
+            ..RevealLimiter::new(rate)
+        }
+    }
+
     pub fn rate(&self) -> RevealRate {
         self.rate
+    }
+
+    /// Whether the state is shared with other nodes.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Takes one cell for `client`, from the shared state where there is
+    /// one (off the async threads: it is a database round trip), else
+    /// from this process's. An unreachable database is an error: the
+    /// reveal is refused (503) rather than let through unlimited.
+    pub async fn decide(&self, client: ClientKey) -> Result<Decision, crate::store::StoreError> {
+        let Some(store) = &self.shared else {
+            return Ok(self.check_client(client));
+        };
+        let limit = self.rate.count.get();
+        let emission_us = i64::try_from((self.rate.period / limit).as_micros())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let (store, name) = (store.clone(), client.to_string());
+        let cell =
+            tokio::task::spawn_blocking(move || store.take_reveal_cell(&name, emission_us, limit))
+                .await
+                .map_err(|_| crate::store::StoreError::Unavailable)??;
+        Ok(match cell {
+            Some(cell) => shared_decision(cell, emission_us, limit),
+            None => self.check_client(client),
+        })
     }
 
     /// Takes one cell for `ip`, or refuses.
@@ -212,15 +255,47 @@ impl RevealLimiter {
     }
 
     /// Forgets addresses whose state is back to full; keeps memory bounded.
-    /// Called from a periodic task.
+    /// Called from a periodic task (shared state: from a blocking one).
     pub fn prune(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
+        if let Some(store) = &self.shared {
+            if let Err(e) = store.prune_reveal_cells() {
+                tracing::warn!(error = %e, "could not prune the shared reveal limit");
+            }
+        }
     }
 
     /// How many addresses are tracked.
     pub fn tracked(&self) -> usize {
         self.limiter.len()
+    }
+}
+
+/// The header values of a cell the database's GCRA decided (T: the time
+/// one reveal costs; TAT: when the client's budget is full again).
+fn shared_decision(cell: crate::store::SharedCell, emission_us: i64, limit: u32) -> Decision {
+    let secs = |us: i64| (us.max(0) as u64).div_ceil(1_000_000);
+    let ahead = cell.tat_us.saturating_sub(cell.now_us).max(0);
+    let burst_us = emission_us.saturating_mul(i64::from(limit));
+    if cell.allowed {
+        let free = burst_us.saturating_sub(ahead) / emission_us;
+        Decision {
+            allowed: true,
+            limit,
+            remaining: u32::try_from(free.max(0)).unwrap_or(limit).min(limit),
+            reset_secs: secs(ahead),
+            retry_after_secs: 0,
+        }
+    } else {
+        let retry = secs(ahead.saturating_add(emission_us).saturating_sub(burst_us)).max(1);
+        Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_secs: secs(ahead).max(retry),
+            retry_after_secs: retry,
+        }
     }
 }
 

@@ -64,6 +64,7 @@ fn record(seq: u64) -> AuditRecord {
         mac: [0u8; 32],
         tag: None,
         sig: None,
+        node: None,
     }
 }
 

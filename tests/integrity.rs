@@ -445,8 +445,13 @@ fn an_export_verifies_with_the_public_key_alone_and_each_edit_is_caught_at_its_s
         rec.seq += 1;
         rec.prev = rec.mac;
         rec.event.caller = "forger".into();
-        rec.mac =
-            keyhold::audit::AuditRecord::chain_hash(&rec.prev, rec.seq, rec.at_us, &rec.event);
+        rec.mac = keyhold::audit::AuditRecord::chain_hash(
+            &rec.prev,
+            rec.seq,
+            rec.at_us,
+            &rec.event,
+            rec.node.as_deref(),
+        );
         rec.sig = None;
         last = serde_json::to_value(rec.to_export()).unwrap();
         l.push(last.to_string());
@@ -512,6 +517,7 @@ fn rotation_hands_the_signing_key_over_and_the_first_key_still_verifies_an_expor
         dir: v.dir.clone(),
         key: new.clone(),
         admin: v.admin.clone(),
+        pg: None,
     };
     let (file, new_pk) = export_with_key(&v2);
     assert_ne!(first_pk, new_pk);
@@ -552,6 +558,7 @@ fn a_store_of_the_previous_format_is_upgraded_once_and_keeps_keys_tokens_and_cha
         dir: dir.clone(),
         key: OLD_KEY.into(),
         admin: OLD_ADMIN.into(),
+        pg: None,
     };
     let s = v.serve(&[]);
     let reader = Api::new(&s, OLD_READER);

@@ -24,7 +24,10 @@ fn stdout(o: &std::process::Output) -> String {
 }
 
 fn check_json(v: &Vault, keys: &str) -> (i32, Value) {
-    let out = with_keys(keys, &["check", "--json", "--data-dir", v.dir_str()]);
+    let out = with_keys(
+        keys,
+        &["check", "--json", v.store_args()[0], v.store_args()[1]],
+    );
     (
         out.status.code().unwrap(),
         serde_json::from_slice(&out.stdout).unwrap(),
@@ -66,7 +69,7 @@ fn rotation_moves_every_record_to_the_new_key_and_keeps_times() {
         "ghp-ttl".into(),
     ));
     s.stop();
-    let before = with_unlocked_store(&v.dir, &v.key, |st| st.list_keys(None).unwrap());
+    let before = v.with_unlocked(&v.key, |st| st.list_keys(None).unwrap());
     let new = keygen();
     let both = format!("{new},{}", v.key);
     // Before rotating, check says what still needs the old key.
@@ -77,10 +80,10 @@ fn rotation_moves_every_record_to_the_new_key_and_keeps_times() {
         keys.len() as u64 + 3,
         "keys, check value, record secret and audit signing key"
     );
-    let out = with_keys(&both, &["rotate", "--data-dir", v.dir_str()]);
+    let out = with_keys(&both, &["rotate", v.store_args()[0], v.store_args()[1]]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("rotated {} keys", keys.len())));
-    let after = with_unlocked_store(&v.dir, &new, |st| st.list_keys(None).unwrap());
+    let after = v.with_unlocked(&new, |st| st.list_keys(None).unwrap());
     assert_eq!(before.len(), after.len());
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(b.id, a.id);
@@ -99,11 +102,11 @@ fn rotation_moves_every_record_to_the_new_key_and_keeps_times() {
     // The old key can be retired: the new key alone opens everything.
     let out = keyhold()
         .env("FERNET_KEY", &new)
-        .args(["check", "--data-dir", v.dir_str()])
+        .args(["check", v.store_args()[0], v.store_args()[1]])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stdout(&out));
-    let s = Server::start(&v.dir, &[("FERNET_KEY", new.as_str())]);
+    let s = v.serve_env(&[("FERNET_KEY", new.as_str())]);
     let api = Api::new(&s, &v.admin);
     for (id, plain) in &keys {
         let r: Value = api.get(&format!("/api/keys/{id}")).json().unwrap();
@@ -115,8 +118,8 @@ fn rotation_moves_every_record_to_the_new_key_and_keeps_times() {
         .env("FERNET_KEY", &v.key)
         .args([
             "serve",
-            "--data-dir",
-            v.dir_str(),
+            v.store_args()[0],
+            v.store_args()[1],
             "--listen",
             "127.0.0.1:0",
         ])
@@ -132,8 +135,8 @@ fn rotation_moves_every_record_to_the_new_key_and_keeps_times() {
                 "export",
                 "--action",
                 "rotate",
-                "--data-dir",
-                v.dir_str(),
+                v.store_args()[0],
+                v.store_args()[1],
             ])
             .output()
             .unwrap();
@@ -152,7 +155,7 @@ fn online_rotation_answers_counts_and_is_admin_only() {
     let reader = v.token("r", "reader", None);
     let new = keygen();
     let both = format!("{new},{}", v.key);
-    let s = Server::start(&v.dir, &[("FERNET_KEYS", both.as_str())]);
+    let s = v.serve_env(&[("FERNET_KEYS", both.as_str())]);
     let api = Api::new(&s, &v.admin);
     assert_eq!(
         Api::new(&s, &reader)
@@ -185,7 +188,7 @@ fn online_rotation_answers_counts_and_is_admin_only() {
     s.stop();
     let out = keyhold()
         .env("FERNET_KEY", &new)
-        .args(["check", "--data-dir", v.dir_str()])
+        .args(["check", v.store_args()[0], v.store_args()[1]])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stdout(&out));
@@ -199,7 +202,13 @@ fn a_rotation_killed_part_way_leaves_everything_readable_and_a_rerun_finishes() 
     let both = format!("{new},{}", v.key);
     let mut child = keyhold()
         .env("FERNET_KEYS", &both)
-        .args(["rotate", "--pace-ms", "30", "--data-dir", v.dir_str()])
+        .args([
+            "rotate",
+            "--pace-ms",
+            "30",
+            v.store_args()[0],
+            v.store_args()[1],
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -225,17 +234,14 @@ fn a_rotation_killed_part_way_leaves_everything_readable_and_a_rerun_finishes() 
         left > 0 && left < 122,
         "killed part-way: {left} of 122 records still on the old key"
     );
-    let out = with_keys(&both, &["rotate", "--data-dir", v.dir_str()]);
+    let out = with_keys(&both, &["rotate", v.store_args()[0], v.store_args()[1]]);
     assert!(out.status.success());
     let (code, report) = check_json(&v, &both);
     assert_eq!(code, 0, "{report}");
-    let s = Server::start(
-        &v.dir,
-        &[
-            ("FERNET_KEY", new.as_str()),
-            ("KEYHOLD_REVEAL_RATE", "1000/min"),
-        ],
-    );
+    let s = v.serve_env(&[
+        ("FERNET_KEY", new.as_str()),
+        ("KEYHOLD_REVEAL_RATE", "1000/min"),
+    ]);
     let api = Api::new(&s, &v.admin);
     for (id, plain) in keys.iter().step_by(10) {
         let r: Value = api.get(&format!("/api/keys/{id}")).json().unwrap();
@@ -409,8 +415,8 @@ fn backup_then_restore_then_reveal_and_verify() {
         &v.key,
         &[
             "backup",
-            "--data-dir",
-            v.dir_str(),
+            v.store_args()[0],
+            v.store_args()[1],
             backup.to_str().unwrap(),
         ],
     );
@@ -455,8 +461,8 @@ fn restore_refuses_truncated_corrupt_newer_backups_and_non_empty_directories() {
         &v.key,
         &[
             "backup",
-            "--data-dir",
-            v.dir_str(),
+            v.store_args()[0],
+            v.store_args()[1],
             backup.to_str().unwrap()
         ]
     )
@@ -513,8 +519,8 @@ fn restore_refuses_truncated_corrupt_newer_backups_and_non_empty_directories() {
         &[
             "restore",
             backup.to_str().unwrap(),
-            "--data-dir",
-            v.dir_str(),
+            v.store_args()[0],
+            v.store_args()[1],
         ],
     );
     assert_eq!(out.status.code(), Some(2));

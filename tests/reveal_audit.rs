@@ -87,7 +87,8 @@ fn every_reveal_outcome_is_recorded_with_caller_ip_time_and_request_id() {
     assert!(records
         .iter()
         .any(|r| r["action"] == "key_create" && r["key_id"] == id.as_str()));
-    let out = run_with_key(&v.key, &["audit", "verify", "--data-dir", v.dir_str()]);
+    let [flag, place] = v.store_args();
+    let out = run_with_key(&v.key, &["audit", "verify", flag, place]);
     assert!(
         out.status.success(),
         "{}",
@@ -111,7 +112,7 @@ fn a_key_the_keyring_cannot_open_is_recorded_decrypt_failed() {
     let v = Vault::new();
     let new = keygen();
     let both = format!("{new},{}", v.key);
-    let s = Server::start(&v.dir, &[("FERNET_KEYS", both.as_str())]);
+    let s = v.serve_env(&[("FERNET_KEYS", both.as_str())]);
     let id = Api::new(&s, &v.admin).create_key("claude", "k", "sk-under-new");
     s.stop();
     let s = v.serve(&[]);

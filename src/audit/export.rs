@@ -427,7 +427,7 @@ impl<W: std::io::Write> Sink<W> {
 const UNDECODABLE: &str = "UNDECODABLE RECORD (damaged or altered; run `keyhold audit verify`)";
 
 /// The column names, in order (the CSV header).
-pub const EXPORT_COLUMNS: [&str; 17] = [
+pub const EXPORT_COLUMNS: [&str; 18] = [
     "seq",
     "at",
     "request_id",
@@ -445,6 +445,7 @@ pub const EXPORT_COLUMNS: [&str; 17] = [
     "mac",
     "tag",
     "sig",
+    "node",
 ];
 
 #[cfg(test)]

@@ -83,6 +83,12 @@ pub enum AuditError {
     WriteFailed(String),
     #[error("the audit writer has stopped; restart keyhold")]
     Stopped,
+    #[error(
+        "another node started a new audit signing key (a rotation), so this node can no longer \
+         sign the shared chain: restart it with the keyring the rotation used (nothing was \
+         written)"
+    )]
+    SignerReplaced,
 }
 
 /// Stored chain head: the newest record's seq and mac, authenticated: by
@@ -355,6 +361,17 @@ impl Head {
     }
 }
 
+/// A batch chained and signed, not yet written.
+struct Chained {
+    records: Vec<AuditRecord>,
+    encoded: Vec<(u64, Vec<u8>)>,
+    head: Vec<u8>,
+    writes: Vec<Write>,
+    /// The position after the batch.
+    next_seq: u64,
+    prev: [u8; 32],
+}
+
 struct ChainState {
     next_seq: u64,
     prev: [u8; 32],
@@ -366,6 +383,8 @@ struct ChainState {
 /// their side writes, in one transaction, then fsyncs.
 pub struct AuditLog {
     store: Store,
+    /// The node name records carry where several nodes share the store.
+    node: Option<String>,
     legacy: Option<MacKey>,
     tag: Zeroizing<[u8; 32]>,
     state: Mutex<ChainState>,
@@ -393,6 +412,7 @@ impl AuditLog {
     pub fn with_keys(store: Store, keys: AuditKeys) -> Result<AuditLog, AuditError> {
         let (next_seq, prev) = chain_position(&store, keys.legacy.as_ref())?;
         Ok(AuditLog {
+            node: store.node().map(str::to_string),
             store,
             legacy: keys.legacy,
             tag: keys.tag,
@@ -454,6 +474,11 @@ impl AuditLog {
     /// Chains `batch`, signs its newest record with the current signer
     /// (and, for a hand-over, the record at `hand_over` with the new key),
     /// commits it with `extra` writes and fsyncs.
+    ///
+    /// Where several nodes share the store, the in-memory position is a
+    /// hint: a commit refused because another node appended since
+    /// ([`StoreError::HeadMoved`]) wrote nothing, and the batch is chained
+    /// again from the stored head and committed again.
     fn append_locked(
         &self,
         state: &mut ChainState,
@@ -462,13 +487,117 @@ impl AuditLog {
         hand_over: Option<(usize, &AuditSigner)>,
         mut on_record: impl FnMut(&AuditRecord),
     ) -> Result<Vec<u64>, AuditError> {
-        let mut seq = state.next_seq;
-        let mut prev = state.prev;
+        let mut attempts = 0;
+        let records = loop {
+            attempts += 1;
+            match self.chain_and_commit(state, batch, extra, hand_over) {
+                Err(AuditError::Store(StoreError::HeadMoved)) if attempts < HEAD_MOVED_RETRIES => {
+                    // A head signed by another key than this node's: a
+                    // rotation on another node handed the key over. Records
+                    // this node signed now would not verify: refuse.
+                    if let Some(Head::V2 { seq, mac, sig }) = Head::load(&self.store)? {
+                        if sig.key != state.signer.public_key() && sig.verifies(seq, &mac) {
+                            return Err(AuditError::SignerReplaced);
+                        }
+                    }
+                    let (next_seq, prev) = chain_position(&self.store, self.legacy.as_ref())?;
+                    state.next_seq = next_seq;
+                    state.prev = prev;
+                }
+                res => break res?,
+            }
+        };
+        self.store.flush()?;
+        for r in &records {
+            on_record(r);
+        }
+        Ok(records.iter().map(|r| r.seq).collect())
+    }
+
+    /// Chains `batch` after the in-memory position and commits it; on
+    /// success moves the position past it. Not yet flushed. Where several
+    /// nodes share the store, the batch is chained under the store's
+    /// append lock on the stored head ([`Store::commit_at_head`]): the
+    /// in-memory position is then only where it was last seen.
+    fn chain_and_commit(
+        &self,
+        state: &mut ChainState,
+        batch: &[(AuditEvent, Vec<Write>)],
+        extra: &[Write],
+        hand_over: Option<(usize, &AuditSigner)>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        if self.node.is_none() {
+            let chained = self.chain(state, state.next_seq, state.prev, batch, extra, hand_over)?;
+            self.store
+                .commit(&chained.encoded, &chained.head, &chained.writes)?;
+            state.next_seq = chained.next_seq;
+            state.prev = chained.prev;
+            return Ok(chained.records);
+        }
+        let mut out: Option<Chained> = None;
+        let mut refused: Option<AuditError> = None;
+        let res = self.store.commit_at_head(|head, last| {
+            let head = head.map(|b| Head::decode(&b)).transpose()?;
+            // A head signed by another key than this node's: a rotation on
+            // another node handed the key over. Records this node signed
+            // now would not verify: refuse.
+            if let Some(Head::V2 { seq, mac, sig }) = &head {
+                if sig.key != state.signer.public_key() && sig.verifies(*seq, mac) {
+                    refused = Some(AuditError::SignerReplaced);
+                    return Err(StoreError::Unavailable);
+                }
+            }
+            let (next_seq, prev) =
+                position_from(head, last, self.legacy.as_ref()).map_err(|e| match e {
+                    AuditError::Store(e) => e,
+                    other => {
+                        refused = Some(other);
+                        StoreError::Unavailable
+                    }
+                })?;
+            let chained = self
+                .chain(state, next_seq, prev, batch, extra, hand_over)
+                .map_err(|e| match e {
+                    AuditError::Store(e) => e,
+                    other => {
+                        refused = Some(other);
+                        StoreError::Unavailable
+                    }
+                })?;
+            let ret = (
+                chained.encoded.clone(),
+                chained.head.clone(),
+                chained.writes.clone(),
+            );
+            out = Some(chained);
+            Ok(ret)
+        });
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        res?;
+        let chained = out.ok_or(AuditError::Store(StoreError::Unavailable))?;
+        state.next_seq = chained.next_seq;
+        state.prev = chained.prev;
+        Ok(chained.records)
+    }
+
+    /// Chains `batch` after (`seq`, `prev`) and signs it; nothing written.
+    fn chain(
+        &self,
+        state: &ChainState,
+        mut seq: u64,
+        mut prev: [u8; 32],
+        batch: &[(AuditEvent, Vec<Write>)],
+        extra: &[Write],
+        hand_over: Option<(usize, &AuditSigner)>,
+    ) -> Result<Chained, AuditError> {
         let mut records = Vec::with_capacity(batch.len());
         let mut writes = Vec::new();
         for (event, w) in batch {
             let at_us = crate::time::now_us();
-            let mac = AuditRecord::chain_hash(&prev, seq, at_us, event);
+            let node = self.node.as_deref();
+            let mac = AuditRecord::chain_hash(&prev, seq, at_us, event, node);
             records.push(AuditRecord {
                 seq,
                 at_us,
@@ -477,6 +606,7 @@ impl AuditLog {
                 mac,
                 tag: Some(record_tag(&self.tag, &mac)),
                 sig: None,
+                node: self.node.clone(),
             });
             writes.extend(w.iter().cloned());
             prev = mac;
@@ -507,14 +637,14 @@ impl AuditLog {
             .iter()
             .map(|r| Ok((r.seq, r.encode()?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.store.commit(&encoded, &head, &writes)?;
-        state.next_seq = seq;
-        state.prev = prev;
-        self.store.flush()?;
-        for r in &records {
-            on_record(r);
-        }
-        Ok(records.iter().map(|r| r.seq).collect())
+        Ok(Chained {
+            records,
+            encoded,
+            head,
+            writes,
+            next_seq: seq,
+            prev,
+        })
     }
 
     /// Starts a new signing key, sealed with the keyring's newest key:
@@ -596,6 +726,10 @@ impl AuditLog {
     }
 }
 
+/// How often a batch is chained again after other nodes appended first
+/// (each retry follows a commit of another node, so the chain moves on).
+const HEAD_MOVED_RETRIES: u32 = 64;
+
 /// A seq after `u64::MAX` would wrap to 0 and write over the log's start;
 /// only a log edited outside keyhold gets there.
 fn seq_space_used_up() -> StoreError {
@@ -612,15 +746,24 @@ fn seq_space_used_up() -> StoreError {
 /// record), appends continue after the head, so the cut stays visible to
 /// `audit verify` as missing records instead of being papered over.
 fn chain_position(store: &Store, legacy: Option<&MacKey>) -> Result<(u64, [u8; 32]), AuditError> {
+    position_from(Head::load(store)?, store.last_audit()?, legacy)
+}
+
+/// [`chain_position`] from the stored head and newest record as read.
+fn position_from(
+    head: Option<Head>,
+    last: Option<(u64, crate::store::Bytes)>,
+    legacy: Option<&MacKey>,
+) -> Result<(u64, [u8; 32]), AuditError> {
     // A damaged newest record must not stop appends; verify reports
     // the damage where it is.
-    let last = store.last_audit()?.map(|(seq, bytes)| {
+    let last = last.map(|(seq, bytes)| {
         let mac = AuditRecord::decode(&bytes)
             .map(|r| r.mac)
             .unwrap_or(GENESIS);
         (seq, mac)
     });
-    let head = Head::load(store)?.filter(|h| h.is_authentic(legacy));
+    let head = head.filter(|h| h.is_authentic(legacy));
     let (newest, prev) = match (head, last) {
         (Some(h), Some((seq, mac))) if h.seq() == seq && h.mac() == mac => (seq, mac),
         (Some(h), last) => {

@@ -188,6 +188,10 @@ pub struct AuditRecord {
     pub tag: Option<[u8; 32]>,
     /// V2 only, on the newest record of a commit.
     pub sig: Option<Signature>,
+    /// The node that wrote the record, where several keyhold nodes share
+    /// one database (PostgreSQL). Covered by the record's hash: a record
+    /// that names a node is stored as V3, whose hash takes the name in.
+    pub node: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -210,16 +214,32 @@ struct RecordV2 {
     sig: Option<Signature>,
 }
 
+/// A V2 record that names the node that wrote it.
+#[derive(Serialize, Deserialize)]
+struct RecordV3 {
+    seq: u64,
+    at_us: i64,
+    event: AuditEvent,
+    node: String,
+    prev: [u8; 32],
+    mac: [u8; 32],
+    tag: [u8; 32],
+    sig: Option<Signature>,
+}
+
 #[derive(Serialize, Deserialize)]
 enum StoredRecord {
     V1(RecordV1),
     V2(RecordV2),
+    V3(RecordV3),
 }
 
 /// Domain separation for the V1 record MAC.
 const RECORD_TAG: &[u8] = b"keyhold-audit-record-v1";
 /// Domain separation for the V2 record hash.
 const RECORD_HASH_TAG: &[u8] = b"keyhold-audit-record-v2";
+/// Domain separation for the hash of a record that names its node.
+const RECORD_NODE_HASH_TAG: &[u8] = b"keyhold-audit-record-v3";
 
 impl AuditRecord {
     /// True for a V2 (hash-chained) record.
@@ -228,13 +248,29 @@ impl AuditRecord {
     }
 
     /// The V2 hash of a record: SHA-256 over a tag, `prev`, seq, time and
-    /// the event (postcard, deterministic).
-    pub fn chain_hash(prev: &[u8; 32], seq: u64, at_us: i64, event: &AuditEvent) -> [u8; 32] {
+    /// the event (postcard, deterministic); for a record that names its
+    /// node (V3), another tag and the node's name after the event.
+    pub fn chain_hash(
+        prev: &[u8; 32],
+        seq: u64,
+        at_us: i64,
+        event: &AuditEvent,
+        node: Option<&str>,
+    ) -> [u8; 32] {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
-        h.update(RECORD_HASH_TAG);
+        let body = match node {
+            None => {
+                h.update(RECORD_HASH_TAG);
+                postcard::to_stdvec(&(seq, at_us, event))
+            }
+            Some(node) => {
+                h.update(RECORD_NODE_HASH_TAG);
+                postcard::to_stdvec(&(seq, at_us, event, node))
+            }
+        };
         h.update(prev);
-        if let Ok(b) = postcard::to_stdvec(&(seq, at_us, event)) {
+        if let Ok(b) = body {
             h.update(&b);
         }
         h.finalize().into()
@@ -253,15 +289,25 @@ impl AuditRecord {
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        let stored = match self.tag {
-            None => StoredRecord::V1(RecordV1 {
+        let stored = match (self.tag, &self.node) {
+            (Some(tag), Some(node)) => StoredRecord::V3(RecordV3 {
+                seq: self.seq,
+                at_us: self.at_us,
+                event: self.event.clone(),
+                node: node.clone(),
+                prev: self.prev,
+                mac: self.mac,
+                tag,
+                sig: self.sig.clone(),
+            }),
+            (None, _) => StoredRecord::V1(RecordV1 {
                 seq: self.seq,
                 at_us: self.at_us,
                 event: self.event.clone(),
                 prev: self.prev,
                 mac: self.mac,
             }),
-            Some(tag) => StoredRecord::V2(RecordV2 {
+            (Some(tag), None) => StoredRecord::V2(RecordV2 {
                 seq: self.seq,
                 at_us: self.at_us,
                 event: self.event.clone(),
@@ -285,6 +331,7 @@ impl AuditRecord {
                     mac: r.mac,
                     tag: None,
                     sig: None,
+                    node: None,
                 },
                 StoredRecord::V2(r) => AuditRecord {
                     seq: r.seq,
@@ -294,6 +341,17 @@ impl AuditRecord {
                     mac: r.mac,
                     tag: Some(r.tag),
                     sig: r.sig,
+                    node: None,
+                },
+                StoredRecord::V3(r) => AuditRecord {
+                    seq: r.seq,
+                    at_us: r.at_us,
+                    event: r.event,
+                    prev: r.prev,
+                    mac: r.mac,
+                    tag: Some(r.tag),
+                    sig: r.sig,
+                    node: Some(r.node),
                 },
             },
         )
@@ -320,6 +378,7 @@ impl AuditRecord {
             mac: hex(&self.mac),
             tag: self.tag.map(|t| hex(&t)),
             sig: self.sig.as_ref().map(Signature::to_text),
+            node: self.node.clone(),
         }
     }
 }
@@ -363,6 +422,7 @@ impl AuditRecord {
                 .as_deref()
                 .map(|s| Signature::parse(s).ok_or(bad("sig", "is not ed25519:KEY:SIGNATURE")))
                 .transpose()?,
+            node: e.node.clone(),
         })
     }
 }
@@ -397,6 +457,9 @@ pub struct ExportRecord {
     /// The newest record of each commit: `ed25519:KEY:SIGNATURE`.
     #[serde(default)]
     pub sig: Option<String>,
+    /// The node that wrote the record (several nodes on one database).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// Lower-case hex.

@@ -219,7 +219,13 @@ impl ChainVerifier {
     fn contents_wrong(&mut self, rec: &AuditRecord) -> Option<String> {
         match rec.tag {
             Some(tag) => {
-                let want = AuditRecord::chain_hash(&rec.prev, rec.seq, rec.at_us, &rec.event);
+                let want = AuditRecord::chain_hash(
+                    &rec.prev,
+                    rec.seq,
+                    rec.at_us,
+                    &rec.event,
+                    rec.node.as_deref(),
+                );
                 if !crate::access::digests_equal(&want, &rec.mac) {
                     return Some("the record's contents do not match its hash (mac)".into());
                 }

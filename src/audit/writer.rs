@@ -43,6 +43,11 @@ pub struct AuditWriter {
     tx: mpsc::Sender<Job>,
     timeout: Duration,
     healthy: Arc<AtomicBool>,
+    /// Why the last batch (or probe) failed, for /healthz.
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
+    /// Set when a batch failed in a way no probe can clear (another node
+    /// replaced the signing key): only a restart brings this node back.
+    stuck: Arc<AtomicBool>,
     log: Arc<AuditLog>,
 }
 
@@ -62,8 +67,12 @@ impl AuditWriter {
     ) -> AuditWriter {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         let healthy = Arc::new(AtomicBool::new(true));
+        let last_error = Arc::new(std::sync::Mutex::new(None));
         let thread_log = log.clone();
         let thread_healthy = healthy.clone();
+        let thread_error = last_error.clone();
+        let stuck = Arc::new(AtomicBool::new(false));
+        let thread_stuck = stuck.clone();
         let spawned = std::thread::Builder::new()
             .name("keyhold-audit".into())
             .spawn(move || {
@@ -98,6 +107,7 @@ impl AuditWriter {
                     match res {
                         Ok(seqs) => {
                             thread_healthy.store(true, Ordering::Relaxed);
+                            set(&thread_error, None);
                             if let Some(obs) = &observer {
                                 obs(&written, started.elapsed());
                             }
@@ -107,6 +117,10 @@ impl AuditWriter {
                         }
                         Err(e) => {
                             thread_healthy.store(false, Ordering::Relaxed);
+                            set(&thread_error, Some(e.to_string()));
+                            if matches!(e, AuditError::SignerReplaced) {
+                                thread_stuck.store(true, Ordering::Relaxed);
+                            }
                             tracing::error!(error = %e, records = jobs.len(), "audit batch failed; the requests it held were refused");
                             let msg = e.to_string();
                             for job in jobs {
@@ -124,6 +138,8 @@ impl AuditWriter {
             tx,
             timeout,
             healthy,
+            last_error,
+            stuck,
             log,
         }
     }
@@ -172,13 +188,48 @@ impl AuditWriter {
         res
     }
 
-    /// False after the last batch failed or timed out, until one succeeds.
+    /// False after the last batch failed or timed out, until one succeeds
+    /// (or, on a shared database, a probe finds it answering again).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Why the writer is failing, when it is (never a secret: store errors
+    /// name what failed, never a credential).
+    pub fn last_error(&self) -> Option<String> {
+        match self.last_error.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Records what a probe of the store found: a database that answers
+    /// again makes the writer healthy; one that does not, failing.
+    pub fn probed(&self, result: Result<(), String>) {
+        if self.stuck.load(Ordering::Relaxed) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                set(&self.last_error, None);
+            }
+            Err(e) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                set(&self.last_error, Some(e));
+            }
+        }
+    }
+
     pub fn log(&self) -> &Arc<AuditLog> {
         &self.log
+    }
+}
+
+fn set(slot: &std::sync::Mutex<Option<String>>, v: Option<String>) {
+    match slot.lock() {
+        Ok(mut g) => *g = v,
+        Err(p) => *p.into_inner() = v,
     }
 }
 

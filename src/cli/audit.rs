@@ -27,7 +27,7 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
 /// `keyhold audit public-key`: the key that signs the log now.
 fn public_key(a: AuditPublicKeyArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data.data_dir, &keyring)?;
+    let store = open_checked(&a.data, &keyring)?;
     let keys = AuditKeys::unseal(&store, &keyring)?;
     let mut out = std::io::stdout().lock();
     if a.output.is_json() {
@@ -67,7 +67,7 @@ fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
     };
     let filter = filter_of(&a.filter)?;
     let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data.data_dir, &keyring)?;
+    let store = open_checked(&a.data, &keyring)?;
     let log = open_log(store.clone(), &keyring)?;
     // The export is itself audited, before it is written.
     let ev = AuditEvent::cli(
@@ -145,7 +145,7 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data.data_dir, &keyring)?;
+            let store = open_checked(&a.data, &keyring)?;
             let keys = AuditKeys::unseal(&store, &keyring)?.verify_keys();
             (keys, Some(store))
         }

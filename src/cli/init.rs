@@ -13,6 +13,31 @@ use crate::store::{Store, StoreError};
 
 pub(super) fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
+    if let Some(opts) = args
+        .database
+        .options()
+        .map_err(|e| ConfigError(e.to_string()))?
+    {
+        // Creates (or brings up to date) keyhold's tables, in one
+        // transaction; refuses a database newer than this binary.
+        let store = Store::connect(&opts, true)?;
+        if store.is_initialised()? {
+            return Err(StoreError::AlreadyInitialised(opts.url.to_string()).into());
+        }
+        let done = crate::vault::initialise(&store, &keyring, "admin")?;
+        let (token, public) = (done.admin_token, done.public_key);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", token.expose()).context("cannot write to stdout")?;
+        out.flush().ok();
+        eprintln!(
+            "keyhold: initialised the database {}. The line above is the admin token `admin`: it \
+             is shown only once, so store it in your secret manager now. Start each node with \
+             `keyhold serve --database-url URL --node-name NAME`. The audit log is signed by \
+             {public}: keep this public key where auditors can find it.",
+            opts.url
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let dir = &args.data_dir;
     // Decide before opening sled: opening a store writes to it, and a
     // refused init must change nothing.

@@ -13,10 +13,11 @@ use crate::config::{BackupArgs, CheckArgs, ImportArgs, RestoreArgs, RotateArgs};
 use crate::keyring::Keyring;
 use crate::ops;
 use crate::ops::import::ImportFormat;
+use crate::store::Store;
 
 pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data.data_dir, &keyring)?;
+    let store = open_checked(&a.data, &keyring)?;
     // The new key is on disk, durably, before any record is re-encrypted
     // under it: a crash or a closed shell cannot take it away.
     let keyring = if a.new_key {
@@ -89,7 +90,7 @@ fn new_key_first(keyring: &Keyring) -> anyhow::Result<Keyring> {
 
 pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
-    let store = open_initialised(&a.data.data_dir)?;
+    let store = open_initialised(&a.data)?;
     // A wrong key is what check reports, not an error; damage is too.
     if let Err(e) = crate::unlock::unlock(&store, &keyring) {
         if !matches!(e, crate::unlock::UnlockError::WrongKey { .. }) {
@@ -126,7 +127,7 @@ pub(super) fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         })?,
     };
     let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data.data_dir, &keyring)?;
+    let store = open_checked(&a.data, &keyring)?;
     let file = std::fs::File::open(&a.from)
         .with_context(|| format!("cannot open {}", a.from.display()))?;
     let reference = match &a.reference_key_file {
@@ -210,7 +211,7 @@ pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     if a.verify {
         return verify_backup(&a.file, &keyring, a.output.is_json());
     }
-    let store = open_checked(&a.data.data_dir, &keyring)?;
+    let store = open_checked(&a.data, &keyring)?;
     let log = open_log(store.clone(), &keyring)?;
     let to_stdout = a.file.as_os_str() == "-";
     let target = if to_stdout {
@@ -306,15 +307,59 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let info = ops::backup::restore(&a.file, &a.data_dir, &keyring, a.allow_unauthenticated)?;
-    // The same keyring must open what was restored; the chain must verify.
-    // A refused restore leaves nothing behind (the target was new or empty).
-    let store = match open_checked(&a.data_dir, &keyring) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = crate::store::wait_until_released(&a.data_dir);
-            let _ = std::fs::remove_dir_all(&a.data_dir);
-            return Err(e);
+    let (info, store, into) = match (
+        &a.data_dir,
+        a.database
+            .options()
+            .map_err(|e| ConfigError(e.to_string()))?,
+    ) {
+        (_, Some(opts)) => {
+            // Checked and staged in a private directory as on sled, then
+            // copied into the database (which must hold no store).
+            let to = Store::connect(&opts, true)?;
+            ops::migrate::check_empty(&to)?;
+            let staging =
+                std::env::temp_dir().join(format!("keyhold-restore-{}", uuid::Uuid::new_v4()));
+            let staged = (|| -> anyhow::Result<_> {
+                let info =
+                    ops::backup::restore(&a.file, &staging, &keyring, a.allow_unauthenticated)?;
+                let from = super::open_dir_initialised(&staging, None)?;
+                ops::migrate::copy_store(&from, &to)?;
+                from.close()?;
+                Ok(info)
+            })();
+            let _ = std::fs::remove_dir_all(&staging);
+            let info = staged?;
+            let data = crate::config::DataDir {
+                data_dir: std::path::PathBuf::new(),
+                database: a.database.clone(),
+            };
+            (info, open_checked(&data, &keyring)?, opts.url.to_string())
+        }
+        (Some(dir), None) => {
+            let info = ops::backup::restore(&a.file, dir, &keyring, a.allow_unauthenticated)?;
+            // The same keyring must open what was restored; the chain must
+            // verify. A refused restore leaves nothing behind (the target
+            // was new or empty).
+            let data = crate::config::DataDir {
+                data_dir: dir.clone(),
+                database: a.database.clone(),
+            };
+            let store = match open_checked(&data, &keyring) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = crate::store::wait_until_released(dir);
+                    let _ = std::fs::remove_dir_all(dir);
+                    return Err(e);
+                }
+            };
+            (info, store, dir.display().to_string())
+        }
+        (None, None) => {
+            return Err(ConfigError(
+                "give --data-dir DIR or --database-url URL to restore into".into(),
+            )
+            .into())
         }
     };
     let log = open_log(store.clone(), &keyring)?;
@@ -332,8 +377,7 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let report = crate::audit::verify_store(&store, &log.verify_keys())?;
     eprintln!(
         "keyhold: restored {} entries into {}; audit chain: {report}",
-        info.entries,
-        a.data_dir.display()
+        info.entries, into
     );
     Ok(if report.is_ok() {
         ExitCode::SUCCESS

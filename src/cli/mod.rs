@@ -11,6 +11,7 @@ mod exec_env;
 mod init;
 mod keygen;
 mod lifecycle;
+mod migrate;
 mod remote;
 mod serve;
 mod token;
@@ -22,7 +23,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::audit::AuditLog;
-use crate::config::{Cli, Command};
+use crate::config::{Cli, Command, DataDir};
 use crate::keyring::{Keyring, KeyringError};
 use crate::store::{Store, StoreError};
 
@@ -70,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Version(a) => completions::version(a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),
+        Command::Migrate(a) => migrate::run(a),
     }
 }
 
@@ -95,6 +97,9 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
         if cause.is::<KeyringError>() || cause.is::<ConfigError>() {
             return ExitCode::from(2);
         }
+        if let Some(crate::ops::migrate::MigrateError::TargetNotEmpty) = cause.downcast_ref() {
+            return ExitCode::from(2);
+        }
         if let Some(
             crate::ops::backup::BackupError::NotEmpty(_)
             | crate::ops::backup::BackupError::NotAuthentic
@@ -106,6 +111,8 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return match e {
                 StoreError::NotInitialised(_)
+                | StoreError::DatabaseNotInitialised(_)
+                | StoreError::NewerDatabase { .. }
                 | StoreError::AlreadyInitialised(_)
                 | StoreError::Open { .. }
                 | StoreError::NewerSchema { .. } => ExitCode::from(2),
@@ -133,29 +140,58 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// Opens an initialised store and checks that the keyring opens its check
-/// value (a wrong key fails here, not at the first reveal).
-pub(crate) fn open_checked(dir: &Path, keyring: &Keyring) -> anyhow::Result<Store> {
-    open_checked_with_cache(dir, keyring, Some(crate::store::DEFAULT_CACHE_BYTES))
+/// Opens an initialised store (the data directory, or the database of
+/// `--database-url`) and checks that the keyring opens its check value (a
+/// wrong key fails here, not at the first reveal).
+pub(crate) fn open_checked(data: &DataDir, keyring: &Keyring) -> anyhow::Result<Store> {
+    open_checked_with_cache(data, keyring, Some(crate::store::DEFAULT_CACHE_BYTES))
 }
 
-/// Opens with a page cache of `cache_bytes`, or sized to the store if `None`.
+/// Opens with a page cache of `cache_bytes`, or sized to the store if `None`
+/// (sled; PostgreSQL keeps its own cache).
 pub(crate) fn open_checked_with_cache(
-    dir: &Path,
+    data: &DataDir,
     keyring: &Keyring,
     cache_bytes: Option<u64>,
 ) -> anyhow::Result<Store> {
-    let store = open_initialised_with_cache(dir, cache_bytes)?;
-    check_keyring(&store, keyring, dir)?;
+    let store = open_initialised_with_cache(data, cache_bytes)?;
+    check_keyring(&store, keyring, &location(data))?;
     Ok(store)
 }
 
-/// Opens a store that `init` has run on.
-pub(crate) fn open_initialised(dir: &Path) -> anyhow::Result<Store> {
-    open_initialised_with_cache(dir, Some(crate::store::DEFAULT_CACHE_BYTES))
+/// Where the store is, as said in messages (a database URL without its
+/// password).
+pub(crate) fn location(data: &DataDir) -> String {
+    match data.database.database_url.as_ref().map(|u| u.parse_url()) {
+        Some(Ok(url)) => url.to_string(),
+        Some(Err(_)) => "the database".into(),
+        None => data.data_dir.display().to_string(),
+    }
 }
 
-fn open_initialised_with_cache(dir: &Path, cache_bytes: Option<u64>) -> anyhow::Result<Store> {
+/// Opens a store that `init` has run on.
+pub(crate) fn open_initialised(data: &DataDir) -> anyhow::Result<Store> {
+    open_initialised_with_cache(data, Some(crate::store::DEFAULT_CACHE_BYTES))
+}
+
+fn open_initialised_with_cache(data: &DataDir, cache_bytes: Option<u64>) -> anyhow::Result<Store> {
+    if let Some(opts) = data
+        .database
+        .options()
+        .map_err(|e| ConfigError(e.to_string()))?
+    {
+        let store = Store::connect(&opts, false)?;
+        if !store.is_initialised()? {
+            return Err(StoreError::DatabaseNotInitialised(opts.url.to_string()).into());
+        }
+        store.check_schema()?;
+        return Ok(store);
+    }
+    open_dir_initialised(&data.data_dir, cache_bytes)
+}
+
+/// Opens the initialised store in `dir`.
+pub(crate) fn open_dir_initialised(dir: &Path, cache_bytes: Option<u64>) -> anyhow::Result<Store> {
     // Never create a store here: only `init` does (sled writes files on open).
     if !dir.join("db").is_file() {
         return Err(StoreError::NotInitialised(dir.display().to_string()).into());
@@ -177,9 +213,9 @@ fn open_initialised_with_cache(dir: &Path, cache_bytes: Option<u64>) -> anyhow::
 
 /// Refuses a keyring none of whose keys opens the check value; applies
 /// the record keys (and upgrades a store from an older keyhold, audited).
-pub(crate) fn check_keyring(store: &Store, keyring: &Keyring, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_keyring(store: &Store, keyring: &Keyring, at: &str) -> anyhow::Result<()> {
     crate::unlock::unlock(store, keyring)
-        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+        .with_context(|| format!("cannot open the store in {at}"))?;
     Ok(())
 }
 

@@ -55,7 +55,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         let keyring = Keyring::from_env()?;
         let store = super::open_checked_with_cache(
-            &args.data.data_dir,
+            &args.data,
             &keyring,
             args.cache_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
         )?;

@@ -83,7 +83,7 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         }),
         TokenCommand::Create(a) => {
             let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data.data_dir, &keyring)?;
+            let store = open_checked(&a.data, &keyring)?;
             let log = open_log(store.clone(), &keyring)?;
             let vault = super::offline_vault(&store, &keyring, &log);
             let request = crate::vault::TokenRequest {
@@ -104,7 +104,7 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             // Token records are authenticated under keys of the keyring
             // (schema 3), so listing them needs the keyring too.
             let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data.data_dir, &keyring)?;
+            let store = open_checked(&a.data, &keyring)?;
             let log = open_log(store.clone(), &keyring)?;
             let all = super::offline_vault(&store, &keyring, &log).list_tokens(None)?;
             let mut out = std::io::stdout().lock();
@@ -137,7 +137,7 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::Revoke(a) => {
             let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data.data_dir, &keyring)?;
+            let store = open_checked(&a.data, &keyring)?;
             let log = open_log(store.clone(), &keyring)?;
             let vault = super::offline_vault(&store, &keyring, &log);
             let rec = super::block_on(vault.revoke_token(&Origin::cli(), None, &a.token))??;

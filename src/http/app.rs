@@ -126,7 +126,11 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
         store: store.clone(),
         keyring: crate::keyring::LiveKeyring::new(keyring),
         audit: writer,
-        limiter: RevealLimiter::new(args.reveal_rate),
+        limiter: if store.node().is_some() {
+            RevealLimiter::shared(args.reveal_rate, store.clone())
+        } else {
+            RevealLimiter::new(args.reveal_rate)
+        },
         proxies: args.trusted_proxies.clone(),
         coalescer: Coalescer::new(),
         read_timeout: Duration::from_secs(args.header_timeout.max(1)),
@@ -268,6 +272,22 @@ fn spawn_housekeeping(state: Arc<AppState>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
+            if s.store.node().is_some() {
+                // A shared database: probe it every second, so /healthz
+                // says when it is gone even without traffic, and service
+                // resumes by itself when it answers again (the pool
+                // replaces broken connections).
+                let store = s.store.clone();
+                let res = tokio::task::spawn_blocking(move || store.ping())
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                if res.is_ok() && !s.audit.is_healthy() {
+                    tracing::info!("the database answers again");
+                }
+                s.audit.probed(res);
+                continue;
+            }
             if s.audit.is_healthy() {
                 continue;
             }
@@ -288,7 +308,8 @@ fn spawn_housekeeping(state: Arc<AppState>) {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
         loop {
             tick.tick().await;
-            s.limiter.prune();
+            let s = s.clone();
+            let _ = tokio::task::spawn_blocking(move || s.limiter.prune()).await;
         }
     });
     tokio::spawn(async move {

@@ -162,7 +162,12 @@ pub(super) async fn reveal_newest(provider: String, state: State, ctx: Ctx) -> R
 /// the vault does the rest, audit-first; the answer carries the limiter's
 /// headers whatever it is.
 async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
-    let decision = state.limiter.check_client(ctx.client_key());
+    // A limit shared through the database that cannot be read refuses
+    // the reveal (503) rather than let it through unlimited.
+    let decision = match state.limiter.decide(ctx.client_key()).await {
+        Ok(d) => d,
+        Err(e) => return ctx.error(&ApiError::storage(&e)),
+    };
     let note = |name: &str| ctx.set_caller(name);
     let req = RevealRequest {
         origin: AppState::origin(&ctx),

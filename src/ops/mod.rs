@@ -8,5 +8,6 @@
 pub mod backup;
 pub mod check;
 pub mod import;
+pub mod migrate;
 pub mod reload;
 pub mod rotate;

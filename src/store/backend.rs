@@ -8,6 +8,11 @@
 //! transaction type, so a network database can apply them in one SQL
 //! transaction.
 //!
+//! Two methods exist for several nodes sharing one database and are
+//! no-ops or plain defaults on sled: [`Backend::commit_at_head`] (chain a
+//! batch on the head read under the append lock) and the shared reveal
+//! limit ([`Backend::take_reveal_cell`]).
+//!
 //! The methods are blocking. keyhold calls them from the audit writer's
 //! thread, from `spawn_blocking`, from offline commands, and for short
 //! point reads from request handlers; a backend over a network database
@@ -115,6 +120,23 @@ pub enum Op {
     },
 }
 
+/// One cell of the reveal limit shared by every node, as the database
+/// decided it (its clock: `now_us`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedCell {
+    pub allowed: bool,
+    /// The client's theoretical arrival time after this attempt.
+    pub tat_us: i64,
+    pub now_us: i64,
+}
+
+/// What [`Backend::commit_at_head`] calls with the stored chain head and
+/// the newest record: returns the records, the new head and the ops.
+pub type ChainAtHead<'a> = dyn FnMut(Option<Bytes>, Option<(u64, Bytes)>) -> Result<Chained> + 'a;
+
+/// A chained batch: its encoded records, the new head, the ops.
+pub type Chained = (Vec<(u64, Vec<u8>)>, Vec<u8>, Vec<Op>);
+
 /// A lazy walk over stored items.
 pub type Items<'a, T> = Box<dyn Iterator<Item = Result<T>> + 'a>;
 
@@ -127,6 +149,34 @@ pub trait Backend: Send + Sync {
     /// Opens the database again after an error it keeps returning; waits
     /// up to `wait` for operations in flight. A no-op where not needed.
     fn reopen(&self, wait: std::time::Duration) -> Result<()>;
+    /// Whether the database answers (a network round trip where there is
+    /// one; sled: a flush).
+    fn ping(&self) -> Result<()> {
+        self.flush()
+    }
+    /// The name this node writes into its audit records, where several
+    /// nodes share the store (none on sled: one process holds it).
+    fn node(&self) -> Option<&str> {
+        None
+    }
+
+    // ---- the reveal limit shared by nodes (none on sled) ----
+    /// Takes one reveal cell for `client` from state every node shares
+    /// (GCRA: one cell costs `emission_us`, `burst` cells at most), or
+    /// `None` when this backend keeps no shared state (the node's own
+    /// limiter then decides).
+    fn take_reveal_cell(
+        &self,
+        _client: &str,
+        _emission_us: i64,
+        _burst: u32,
+    ) -> Result<Option<SharedCell>> {
+        Ok(None)
+    }
+    /// Forgets shared limit state that is back to full.
+    fn prune_reveal_cells(&self) -> Result<()> {
+        Ok(())
+    }
 
     // ---- meta ----
     fn meta_get(&self, name: &[u8]) -> Result<Option<Bytes>>;
@@ -166,8 +216,25 @@ pub trait Backend: Send + Sync {
     // ---- the audit log ----
     /// Appends encoded audit `records` (ascending seqs, chained), stores
     /// the chain `head`, and applies `ops`, all in one transaction. Not
-    /// durable until [`flush`](Self::flush). Callers serialise commits.
+    /// durable until [`flush`](Self::flush). Callers in one process
+    /// serialise commits; where several nodes share the store, a backend
+    /// refuses a batch whose first seq is not after the stored newest one
+    /// with [`StoreError::HeadMoved`](super::StoreError::HeadMoved),
+    /// writing nothing (the audit log chains again and retries).
     fn commit(&self, records: &[(u64, Vec<u8>)], head: &[u8], ops: &[Op]) -> Result<()>;
+    /// As [`commit`](Self::commit), for a store several nodes append to:
+    /// under the lock that serialises appends, hands `chain` the stored
+    /// chain head (meta) and the newest audit record, and commits the
+    /// records, head and ops it returns in the same transaction, so a
+    /// batch is always chained on the head it lands after. The default
+    /// (one process: the caller already serialises) reads both, then
+    /// commits.
+    fn commit_at_head(&self, chain: &mut ChainAtHead<'_>) -> Result<()> {
+        let head = self.meta_get(super::META_AUDIT_HEAD)?;
+        let last = self.audit_last()?;
+        let (records, head, ops) = chain(head, last)?;
+        self.commit(&records, &head, &ops)
+    }
     /// The newest audit record's seq and bytes.
     fn audit_last(&self) -> Result<Option<(u64, Bytes)>>;
     /// Audit records from `from_seq` on, oldest first, lazily; records

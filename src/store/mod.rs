@@ -6,7 +6,8 @@
 //! sits behind the [`backend::Backend`] trait, which names what keyhold
 //! needs (meta values, keys, tokens, the audit append and walk, the
 //! entries of a backup) in bytes; sled is its first implementation
-//! (`sled_store/`), and nothing outside this folder names sled.
+//! (`sled_store/`), PostgreSQL its second (`postgres/`, several nodes on
+//! one database), and nothing outside this folder names either.
 //!
 //! Records are postcard-encoded inside enums whose variants are only ever
 //! appended, so old records stay readable. Times are integer microseconds.
@@ -31,6 +32,7 @@
 
 mod auth;
 pub mod backend;
+pub mod postgres;
 mod queries;
 mod records;
 mod sled_store;
@@ -42,7 +44,8 @@ use std::sync::{Arc, RwLock};
 use uuid::Uuid;
 
 use backend::{Backend, Op};
-pub use backend::{Bytes, TABLES};
+pub use backend::{Bytes, SharedCell, TABLES};
+pub use postgres::{DatabaseUrl, DatabaseUrlArg, DatabaseUrlError, PgOptions};
 pub use sled_store::audit_chunks;
 pub use sled_store::wait_until_released;
 
@@ -121,6 +124,10 @@ fn open_reason(error: &sled::Error) -> String {
 pub enum StoreError {
     #[error("the data directory {0} is not initialised: run `keyhold init --data-dir {0}` first")]
     NotInitialised(String),
+    #[error(
+        "the database {0} holds no keyhold store: run `keyhold init --database-url URL` first"
+    )]
+    DatabaseNotInitialised(String),
     #[error("the data directory {0} is already initialised; nothing was changed")]
     AlreadyInitialised(String),
     #[error("cannot open the store in {path}: {}", open_reason(error))]
@@ -150,6 +157,18 @@ pub enum StoreError {
         "the store's record keys are not unlocked (a keyhold bug: the keyring was not applied)"
     )]
     Locked,
+    #[error("the database could not {what}: {detail}; check that it is reachable, then retry")]
+    Database { what: &'static str, detail: String },
+    #[error(
+        "the database's keyhold tables are at migration {found}, newer than this binary's \
+         {known}: upgrade keyhold"
+    )]
+    NewerDatabase { found: i32, known: i32 },
+    #[error(
+        "another node appended to the audit log since this batch was chained (it is chained \
+         again from the stored head)"
+    )]
+    HeadMoved,
 }
 
 impl From<sled::Error> for StoreError {
@@ -227,6 +246,14 @@ impl Store {
         Self::of_backend(Arc::new(sled_store::SledStore::open(dir, cache_bytes)?))
     }
 
+    /// Connects to the PostgreSQL database of `opts` (nothing of the URL's
+    /// password is ever shown). With `create`, applies the schema's
+    /// migrations first (`init`); otherwise a database without keyhold's
+    /// tables is refused as not initialised.
+    pub fn connect(opts: &PgOptions, create: bool) -> Result<Store> {
+        Self::of_backend(Arc::new(postgres::PgStore::connect(opts, create)?))
+    }
+
     /// A temporary store that lives in memory and is gone at exit.
     pub fn temporary() -> Result<Store> {
         Self::of_backend(Arc::new(sled_store::SledStore::temporary()?))
@@ -263,6 +290,32 @@ impl Store {
     /// to let go of the old one. A temporary store is left as it is.
     pub fn reopen(&self, wait: std::time::Duration) -> Result<()> {
         self.backend.reopen(wait)
+    }
+
+    /// Whether the database answers.
+    pub fn ping(&self) -> Result<()> {
+        self.backend.ping()
+    }
+
+    /// This node's name where several nodes share the store.
+    pub fn node(&self) -> Option<&str> {
+        self.backend.node()
+    }
+
+    /// Takes one reveal cell from the limit every node shares, or `None`
+    /// where the store keeps no shared limit (sled).
+    pub fn take_reveal_cell(
+        &self,
+        client: &str,
+        emission_us: i64,
+        burst: u32,
+    ) -> Result<Option<SharedCell>> {
+        self.backend.take_reveal_cell(client, emission_us, burst)
+    }
+
+    /// Forgets shared limit state that is back to full.
+    pub fn prune_reveal_cells(&self) -> Result<()> {
+        self.backend.prune_reveal_cells()
     }
 
     /// Makes everything written so far durable.
@@ -451,6 +504,36 @@ impl Store {
             .map(|w| op_of(w, keys.as_deref()))
             .collect::<Result<Vec<Op>>>()?;
         self.backend.commit(records, head, &ops)
+    }
+
+    /// As [`Store::commit`], chaining under the backend's append lock:
+    /// `chain` gets the stored chain head and the newest record and
+    /// returns the encoded records, the new head and the writes (see
+    /// [`Backend::commit_at_head`]).
+    pub(crate) fn commit_at_head(
+        &self,
+        mut chain: impl FnMut(
+            Option<Bytes>,
+            Option<(u64, Bytes)>,
+        ) -> Result<(Vec<(u64, Vec<u8>)>, Vec<u8>, Vec<Write>)>,
+    ) -> Result<()> {
+        let mut to_ops = |head: Option<Bytes>, last: Option<(u64, Bytes)>| {
+            let (records, head, writes) = chain(head, last)?;
+            let needs_keys = writes
+                .iter()
+                .any(|w| matches!(w, Write::PutKey(_) | Write::PutToken { .. }));
+            let keys = if needs_keys {
+                Some(self.write_keys()?)
+            } else {
+                None
+            };
+            let ops = writes
+                .iter()
+                .map(|w| op_of(w, keys.as_deref()))
+                .collect::<Result<Vec<Op>>>()?;
+            Ok((records, head, ops))
+        };
+        self.backend.commit_at_head(&mut to_ops)
     }
 
     // ---- the audit log ----

@@ -3,6 +3,8 @@
 //! keeps everything they printed for secret scans.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -83,12 +85,22 @@ pub fn init(dir: &Path, key: &str) -> String {
     token
 }
 
+/// The backend `Vault::new` puts its store on: sled, or PostgreSQL when
+/// `KEYHOLD_TEST_BACKEND=postgres` (scripts/test.sh runs the API, rate
+/// limit, reveal-audit, export and lifecycle suites so, each vault on a server of
+/// its own).
+pub fn on_postgres() -> bool {
+    std::env::var("KEYHOLD_TEST_BACKEND").as_deref() == Ok("postgres")
+}
+
 /// A workspace: temp dir, key, initialised store and admin token.
 pub struct Vault {
     pub tmp: tempfile::TempDir,
     pub dir: PathBuf,
     pub key: String,
     pub admin: String,
+    /// The PostgreSQL server and database URL, on that backend.
+    pub pg: Option<(postgres::Cluster, String)>,
 }
 
 impl Vault {
@@ -96,12 +108,28 @@ impl Vault {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let key = keygen();
+        if on_postgres() {
+            let cluster =
+                postgres::cluster().expect("KEYHOLD_TEST_BACKEND=postgres needs PostgreSQL");
+            let url = cluster.database("vault");
+            let out = run_with_key(&key, &["init", "--database-url", &url]);
+            assert_ok(&out);
+            let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+            return Vault {
+                tmp,
+                dir,
+                key,
+                admin,
+                pg: Some((cluster, url)),
+            };
+        }
         let admin = init(&dir, &key);
         Vault {
             tmp,
             dir,
             key,
             admin,
+            pg: None,
         }
     }
 
@@ -109,24 +137,60 @@ impl Vault {
         self.dir.to_str().unwrap()
     }
 
+    /// Where offline commands find the store: `--data-dir DIR` or
+    /// `--database-url URL`.
+    pub fn store_args(&self) -> [&str; 2] {
+        match &self.pg {
+            Some((_, url)) => ["--database-url", url],
+            None => ["--data-dir", self.dir_str()],
+        }
+    }
+
     /// Starts a server on this vault with extra environment.
     pub fn serve(&self, env: &[(&str, &str)]) -> Server {
         let mut all = vec![("FERNET_KEY", self.key.as_str())];
         all.extend_from_slice(env);
-        Server::start(&self.dir, &all)
+        self.serve_env(&all)
+    }
+
+    /// Runs `f` on this vault's stopped store, unlocked with the Fernet
+    /// key `key` (sled: the directory; PostgreSQL: the database).
+    pub fn with_unlocked<T>(&self, key: &str, f: impl FnOnce(&keyhold::store::Store) -> T) -> T {
+        match &self.pg {
+            None => with_unlocked_store(&self.dir, key, f),
+            Some((_, url)) => {
+                let url: keyhold::store::DatabaseUrl = url.parse().unwrap();
+                let opts = keyhold::store::PgOptions::new(url, None, "test".into());
+                let store = keyhold::store::Store::connect(&opts, false).unwrap();
+                unlock(&store, key);
+                f(&store)
+            }
+        }
+    }
+
+    /// Starts a server on this vault with exactly this environment.
+    pub fn serve_env(&self, env: &[(&str, &str)]) -> Server {
+        match &self.pg {
+            Some((_, url)) => Server::start_args(
+                &[
+                    "--database-url",
+                    url,
+                    "--node-name",
+                    "test-node",
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+                env,
+            ),
+            None => Server::start(&self.dir, env),
+        }
     }
 
     /// An offline token of `role`.
     pub fn token(&self, name: &str, role: &str, providers: Option<&str>) -> String {
+        let [flag, place] = self.store_args();
         let mut args = vec![
-            "token",
-            "create",
-            "--data-dir",
-            self.dir_str(),
-            "--name",
-            name,
-            "--role",
-            role,
+            "token", "create", flag, place, "--name", name, "--role", role,
         ];
         if let Some(p) = providers {
             args.push("--providers");
@@ -143,10 +207,8 @@ impl Vault {
 
     /// The audit log, read back from the store offline (server stopped).
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        let out = run_with_key(
-            &self.key,
-            &["audit", "export", "--data-dir", self.dir_str()],
-        );
+        let [flag, place] = self.store_args();
+        let out = run_with_key(&self.key, &["audit", "export", flag, place]);
         assert!(
             out.status.success(),
             "export: {}",

@@ -180,7 +180,7 @@ fn apply(
 
 /// `provider 0x00 created_at(u64 BE, offset) id(16)`: sorted by time
 /// within a provider, so the newest is the last.
-fn provider_index_key(provider: &str, created_at_us: i64, id: &Uuid) -> Vec<u8> {
+pub(crate) fn provider_index_key(provider: &str, created_at_us: i64, id: &Uuid) -> Vec<u8> {
     let mut k = provider_prefix(provider);
     // Offset so negative times still sort correctly as unsigned bytes.
     let t = (created_at_us as u64) ^ (1u64 << 63);
@@ -189,7 +189,7 @@ fn provider_index_key(provider: &str, created_at_us: i64, id: &Uuid) -> Vec<u8> 
     k
 }
 
-pub(super) fn provider_prefix(provider: &str) -> Vec<u8> {
+pub(crate) fn provider_prefix(provider: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(provider.len() + 25);
     k.extend_from_slice(provider.as_bytes());
     k.push(0);
@@ -197,7 +197,7 @@ pub(super) fn provider_prefix(provider: &str) -> Vec<u8> {
 }
 
 /// `(created_at, id)` of a provider index entry.
-pub(super) fn entry_of_index(k: &[u8]) -> Option<(i64, Uuid)> {
+pub(crate) fn entry_of_index(k: &[u8]) -> Option<(i64, Uuid)> {
     if k.len() < 24 {
         return None;
     }

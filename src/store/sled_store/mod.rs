@@ -12,7 +12,12 @@
 pub mod audit_chunks;
 mod commit;
 
-pub(crate) use commit::decode_count;
+pub(crate) use commit::{decode_count, entry_of_index, provider_index_key, provider_prefix};
+
+/// An audit entry's key as its first seq.
+pub(crate) fn commit_decode_seq(k: &[u8]) -> Result<u64> {
+    commit::decode_seq(k)
+}
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

@@ -1,0 +1,689 @@
+//! keyhold on PostgreSQL (issue 17): a server of the test's own
+//! (`common::postgres`), the real binary, one or several nodes on one
+//! database.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::postgres::{cluster, Cluster};
+use common::*;
+use serde_json::Value;
+
+/// An initialised store in a database of its own on `pg`.
+struct PgVault {
+    url: String,
+    key: String,
+    admin: String,
+    tmp: tempfile::TempDir,
+}
+
+impl PgVault {
+    fn new(pg: &Cluster, db: &str) -> PgVault {
+        let url = pg.database(db);
+        let key = keygen();
+        let out = run_with_key(&key, &["init", "--database-url", &url]);
+        assert_ok(&out);
+        let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(admin.starts_with("kh_"));
+        PgVault {
+            url,
+            key,
+            admin,
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `keyhold serve --database-url URL --node-name NAME` with `env`.
+    fn serve(&self, node: &str, env: &[(&str, &str)]) -> Server {
+        let mut all = vec![("FERNET_KEY", self.key.as_str())];
+        all.extend_from_slice(env);
+        Server::start_args(
+            &[
+                "--database-url",
+                &self.url,
+                "--node-name",
+                node,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &all,
+        )
+    }
+
+    /// Runs an offline command with `--database-url`.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--database-url", &self.url]);
+        run_with_key(&self.key, &all)
+    }
+
+    fn audit_records(&self) -> Vec<Value> {
+        let out = self.run(&["audit", "export"]);
+        assert_ok(&out);
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// `audit verify` on the database: (exit 0, report).
+    fn verify(&self) -> (bool, String) {
+        let out = self.run(&["audit", "verify"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// An export and the public key; then `audit verify --file --public-key`.
+    fn verify_export_with_public_key(&self) {
+        let file = self.tmp.path().join("export.jsonl");
+        let out = self.run(&["audit", "export", "--output", file.to_str().unwrap()]);
+        assert_ok(&out);
+        let pk = self.run(&["audit", "public-key"]);
+        assert_ok(&pk);
+        let pk = String::from_utf8(pk.stdout).unwrap().trim().to_string();
+        let out = keyhold()
+            .args(["audit", "verify", "--file", file.to_str().unwrap()])
+            .args(["--public-key", &pk])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn reveal(api: &Api, id: &str) -> reqwest::blocking::Response {
+    api.get(&format!("/api/keys/{id}"))
+}
+
+#[test]
+fn setting_both_a_data_dir_and_a_database_url_is_an_error_naming_both() {
+    let out = keyhold()
+        .args(["init", "--data-dir", "/tmp/x", "--database-url"])
+        .arg("postgres://kh:hunter2-secret@127.0.0.1:1/db")
+        .env("FERNET_KEY", keygen())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--data-dir") && err.contains("--database-url"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2-secret"), "{err}");
+    // The same through the environment.
+    let out = keyhold()
+        .args(["audit", "verify"])
+        .env("KEYHOLD_DATA_DIR", "/tmp/x")
+        .env(
+            "KEYHOLD_DATABASE_URL",
+            "postgres://kh:hunter2-secret@127.0.0.1:1/db",
+        )
+        .env("FERNET_KEY", keygen())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--data-dir") && err.contains("--database-url"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2-secret"), "{err}");
+}
+
+#[test]
+fn a_malformed_database_url_is_refused_without_echoing_it() {
+    let out = run_with_key(
+        &keygen(),
+        &[
+            "check",
+            "--database-url",
+            "postgres://kh:hunter2-secret@127.0.0.1:1/db?sslmode=sometimes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sslmode"), "{err}");
+    assert!(!err.contains("hunter2-secret"), "{err}");
+}
+
+#[test]
+fn an_unreachable_database_is_a_quick_clear_error_without_the_password() {
+    let started = Instant::now();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = run_with_key(
+        &keygen(),
+        &[
+            "audit",
+            "verify",
+            "--database-url",
+            &format!("postgres://kh:hunter2-secret@127.0.0.1:{port}/db"),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database"), "{err}");
+    assert!(!err.contains("hunter2-secret"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn one_node_serves_the_api_and_the_database_holds_no_secret_in_clear() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "single");
+    // init twice is refused, nothing changed.
+    let again = run_with_key(&v.key, &["init", "--database-url", &v.url]);
+    assert_eq!(again.status.code(), Some(2));
+    let s = v.serve("node-a", &[]);
+    let api = Api::new(&s, &v.admin);
+    let id = api.create_key("claude", "main", "sk-ant-plaintext-123456");
+    let r = reveal(&api, &id);
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().unwrap()["api_key"],
+        "sk-ant-plaintext-123456"
+    );
+    let r = api.get("/api/providers/claude/key");
+    assert_eq!(r.status(), 200);
+    let list: Value = api.get("/api/keys").json().unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(list[0]["last_used"].is_string(), "{list}");
+    assert_eq!(
+        api.get("/api/keys/00000000-0000-0000-0000-000000000000")
+            .status(),
+        404
+    );
+    let del = api.delete(&format!("/api/keys/{id}"));
+    assert_eq!(del.status(), 200);
+    assert_eq!(reveal(&api, &id).status(), 404);
+    let health: Value = common::client()
+        .get(s.url("/healthz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["node"], "node-a");
+    let (_, out, err) = s.stop();
+    assert!(!out.contains(&v.admin) && !err.contains(&v.admin));
+    // Nothing secret in the database: no API key, no token, no Fernet key.
+    let dump = pg.psql(
+        "single",
+        "SELECT string_agg(encode(v, 'escape'), '') FROM (SELECT v FROM keyhold_meta UNION ALL \
+         SELECT v FROM keyhold_keys UNION ALL SELECT v FROM keyhold_tokens UNION ALL \
+         SELECT k FROM keyhold_tokens UNION ALL SELECT v FROM keyhold_audit) t",
+    );
+    assert!(dump.len() > 1000, "the dump holds the records");
+    for secret in ["sk-ant-plaintext-123456", v.admin.as_str(), v.key.as_str()] {
+        assert!(!dump.contains(secret), "{secret} is in the database");
+    }
+    // Every record names its node, and the chain verifies, with the
+    // keyring and with the public key alone.
+    let recs = v.audit_records();
+    assert!(recs.iter().any(|r| r["node"] == "node-a"), "{recs:?}");
+    let (ok, report) = v.verify();
+    assert!(ok, "{report}");
+    v.verify_export_with_public_key();
+    let check = v.run(&["check"]);
+    assert_ok(&check);
+    // A database migrated by a newer keyhold is refused, by every command.
+    pg.psql(
+        "single",
+        "INSERT INTO keyhold_schema (version) VALUES (999)",
+    );
+    for args in [&["check"][..], &["init"][..]] {
+        let out = v.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("newer") && err.contains("999"), "{err}");
+    }
+}
+
+#[test]
+fn two_nodes_share_keys_one_chain_and_concurrent_reveals_verify() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "pair");
+    let env = [("KEYHOLD_REVEAL_RATE", "100000/s")];
+    let a = v.serve("node-a", &env);
+    let b = v.serve("node-b", &env);
+    let id = Api::new(&a, &v.admin).create_key("openai", "k1", "sk-openai-abcdef");
+    // Created on one node, revealed on the other.
+    let r = reveal(&Api::new(&b, &v.admin), &id);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["api_key"], "sk-openai-abcdef");
+    // Concurrent reveals on both nodes.
+    let ok = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for n in 0..8 {
+            let server = if n % 2 == 0 { &a } else { &b };
+            let (ok, id, admin) = (ok.clone(), id.clone(), v.admin.clone());
+            scope.spawn(move || {
+                let api = Api::new(server, &admin);
+                for _ in 0..25 {
+                    if reveal(&api, &id).status() == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(ok.load(Ordering::Relaxed), 200, "every reveal answered 200");
+    // A token made on one node works on the other.
+    let t = Api::new(&b, &v.admin).post_json(
+        "/api/tokens",
+        &serde_json::json!({"name": "bot", "role": "reader"}),
+    );
+    assert_eq!(t.status(), 200, "{:?}", t.text());
+    let token = t.json::<Value>().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(reveal(&Api::new(&a, &token), &id).status(), 200);
+    drop((a, b));
+    let recs = v.audit_records();
+    let reveals = |node: &str| {
+        recs.iter()
+            .filter(|r| r["action"] == "reveal" && r["outcome"] == "success" && r["node"] == node)
+            .count()
+    };
+    assert!(
+        reveals("node-a") >= 100 && reveals("node-b") >= 100,
+        "{}",
+        recs.len()
+    );
+    let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "one gapless chain"
+    );
+    let (ok, report) = v.verify();
+    assert!(ok, "{report}");
+    v.verify_export_with_public_key();
+}
+
+#[test]
+fn three_nodes_give_a_client_one_reveal_budget() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "budget");
+    let env = [("KEYHOLD_REVEAL_RATE", "6/min")];
+    let nodes = [
+        v.serve("n1", &env),
+        v.serve("n2", &env),
+        v.serve("n3", &env),
+    ];
+    let id = Api::new(&nodes[0], &v.admin).create_key("claude", "k", "sk-limit-1");
+    let mut allowed = 0;
+    let mut limited = 0;
+    for i in 0..18 {
+        let r = reveal(&Api::new(&nodes[i % 3], &v.admin), &id);
+        match r.status().as_u16() {
+            200 => allowed += 1,
+            429 => {
+                assert!(r.headers().get("retry-after").is_some());
+                limited += 1
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(allowed, 6, "three nodes, one budget of 6");
+    assert_eq!(limited, 12);
+}
+
+#[test]
+fn a_node_killed_under_load_loses_no_acknowledged_write() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "crash");
+    let env = [("KEYHOLD_REVEAL_RATE", "100000/s")];
+    let a = v.serve("node-a", &env);
+    let b = v.serve("node-b", &env);
+    let id = Api::new(&b, &v.admin).create_key("claude", "k", "sk-crash-1");
+    let acked: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        for n in 0..6 {
+            let server = if n % 2 == 0 { &a } else { &b };
+            let (acked, stop, id, admin) =
+                (acked.clone(), stop.clone(), id.clone(), v.admin.clone());
+            scope.spawn(move || {
+                let api = Api::new(server, &admin);
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(r) = api
+                        .req(reqwest::Method::GET, &format!("/api/keys/{id}"))
+                        .send()
+                    else {
+                        continue;
+                    };
+                    if r.status() == 200 {
+                        if let Some(rid) = r.headers().get("x-request-id") {
+                            acked
+                                .lock()
+                                .unwrap()
+                                .push(rid.to_str().unwrap().to_string());
+                        }
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let pid = a.pid();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(1000));
+        stop.store(true, Ordering::Relaxed);
+    });
+    drop(a);
+    drop(b);
+    let recs = v.audit_records();
+    let written: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
+    let acked = acked.lock().unwrap();
+    assert!(acked.len() > 20, "load ran: {}", acked.len());
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|r| !written.contains(r.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged reveals have no record",
+        lost.len()
+    );
+    let (ok, report) = v.verify();
+    assert!(ok, "no half-written chain: {report}");
+}
+
+#[test]
+fn the_database_stopped_under_load_means_503_then_service_resumes_by_itself() {
+    let Some(mut pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "outage");
+    let s = v.serve(
+        "node-a",
+        &[
+            ("KEYHOLD_REVEAL_RATE", "100000/s"),
+            ("KEYHOLD_AUDIT_TIMEOUT_MS", "2000"),
+            ("KEYHOLD_DATABASE_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let api = Api::new(&s, &v.admin);
+    let id = api.create_key("claude", "k", "sk-outage-secret");
+    assert_eq!(reveal(&api, &id).status(), 200);
+    pg.halt();
+    let started = Instant::now();
+    let r = reveal(&api, &id);
+    assert_eq!(r.status(), 503);
+    let body = r.text().unwrap();
+    assert!(!body.contains("sk-outage-secret"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    // /healthz says why, within a few probes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let r = common::client().get(s.url("/healthz")).send().unwrap();
+        if r.status() == 503 || Instant::now() > deadline {
+            break r.json::<Value>().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(health["storage"], "unreachable", "{health}");
+    assert!(
+        health["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("database")),
+        "{health}"
+    );
+    pg.boot();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = reveal(&api, &id);
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "service did not resume");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let r = common::client().get(s.url("/healthz")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, out, err) = s.stop();
+    assert!(!out.contains("sk-outage-secret") && !err.contains("sk-outage-secret"));
+    let (ok, report) = v.verify();
+    assert!(ok, "{report}");
+}
+
+#[test]
+fn migrate_moves_a_store_both_ways_with_its_chain_verifiable() {
+    let Some(pg) = cluster() else { return };
+    let sled = Vault::new();
+    let s = sled.serve(&[]);
+    let api = Api::new(&s, &sled.admin);
+    let id = api.create_key("claude", "k", "sk-migrate-1");
+    for _ in 0..3 {
+        assert_eq!(reveal(&api, &id).status(), 200);
+    }
+    s.stop();
+    let url = pg.database("moved");
+    let out = run_with_key(
+        &sled.key,
+        &[
+            "migrate",
+            "--from-data-dir",
+            sled.dir_str(),
+            "--to-database-url",
+            &url,
+        ],
+    );
+    assert_ok(&out);
+    let v = PgVault {
+        url: url.clone(),
+        key: sled.key.clone(),
+        admin: sled.admin.clone(),
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let (ok, report) = v.verify();
+    assert!(ok, "{report}");
+    let s = v.serve("node-a", &[]);
+    let r = reveal(&Api::new(&s, &sled.admin), &id);
+    assert_eq!(r.json::<Value>().unwrap()["api_key"], "sk-migrate-1");
+    drop(s);
+    // A second migration into the same database is refused.
+    let again = run_with_key(
+        &sled.key,
+        &[
+            "migrate",
+            "--from-data-dir",
+            sled.dir_str(),
+            "--to-database-url",
+            &url,
+        ],
+    );
+    assert!(!again.status.success());
+    // And back to a new directory.
+    let back = sled.tmp.path().join("back");
+    let out = run_with_key(
+        &sled.key,
+        &[
+            "migrate",
+            "--from-database-url",
+            &url,
+            "--to-data-dir",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let out = run_with_key(
+        &sled.key,
+        &["audit", "verify", "--data-dir", back.to_str().unwrap()],
+    );
+    assert_ok(&out);
+    let recs = {
+        let out = run_with_key(
+            &sled.key,
+            &["audit", "export", "--data-dir", back.to_str().unwrap()],
+        );
+        assert_ok(&out);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(
+        recs.contains("\"node\":\"node-a\""),
+        "records of the PostgreSQL node kept"
+    );
+    let s = Server::start(&back, &[("FERNET_KEY", sled.key.as_str())]);
+    let r = reveal(&Api::new(&s, &sled.admin), &id);
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn backup_of_a_database_restores_into_another_database() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "origin");
+    let s = v.serve("node-a", &[]);
+    let id = Api::new(&s, &v.admin).create_key("claude", "k", "sk-backup-1");
+    drop(s);
+    let file = v.tmp.path().join("b.khb");
+    let out = v.run(&["backup", file.to_str().unwrap()]);
+    assert_ok(&out);
+    let url = pg.database("restored");
+    let out = run_with_key(
+        &v.key,
+        &["restore", file.to_str().unwrap(), "--database-url", &url],
+    );
+    assert_ok(&out);
+    let w = PgVault {
+        url,
+        key: v.key.clone(),
+        admin: v.admin.clone(),
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let (ok, report) = w.verify();
+    assert!(ok, "{report}");
+    let s = w.serve("node-b", &[]);
+    let r = reveal(&Api::new(&s, &v.admin), &id);
+    assert_eq!(r.json::<Value>().unwrap()["api_key"], "sk-backup-1");
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, as PEM files.
+fn certificates(dir: &std::path::Path, name: &str) -> [std::path::PathBuf; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "keyhold test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|n| dir.join(format!("{name}-{n}")));
+    std::fs::write(&paths[0], ca_cert.pem()).unwrap();
+    std::fs::write(&paths[1], leaf.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn tls_to_the_database_is_rustls_and_verifies_the_server() {
+    let Some(mut pg) = cluster() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = certificates(tmp.path(), "good");
+    let [other_ca, _, _] = certificates(tmp.path(), "other");
+    pg.psql("postgres", "CREATE DATABASE secure");
+    pg.require_tls(&cert, &key);
+    let fernet = keygen();
+    let base = format!("postgres://keyhold@localhost:{}/secure", pg.port);
+    // In clear: the server refuses (hostssl only).
+    let out = run_with_key(&fernet, &["init", "--database-url", &base]);
+    assert!(!out.status.success());
+    // TLS with a CA that did not sign the server's certificate: refused.
+    let out = run_with_key(
+        &fernet,
+        &[
+            "init",
+            "--database-url",
+            &format!("{base}?sslmode=verify-full"),
+            "--database-ca",
+            other_ca.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "an unverified server was accepted");
+    // TLS verified against the right CA (from the URL's sslrootcert).
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let out = run_with_key(&fernet, &["init", "--database-url", &url]);
+    assert_ok(&out);
+    let ssl = pg.psql_local("secure", "SELECT count(*) FROM keyhold_audit");
+    assert!(ssl.trim().parse::<u64>().unwrap() >= 2, "{ssl}");
+    let out = run_with_key(&fernet, &["audit", "verify", "--database-url", &url]);
+    assert_ok(&out);
+}
+
+#[test]
+fn a_rotation_on_one_node_stops_the_others_signing_until_they_restart() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "rotation");
+    let new = keygen();
+    let both = format!("{new},{}", v.key);
+    let serve = |node: &str| {
+        Server::start_args(
+            &[
+                "--database-url",
+                &v.url,
+                "--node-name",
+                node,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &[("FERNET_KEYS", both.as_str())],
+        )
+    };
+    let a = serve("node-a");
+    let b = serve("node-b");
+    let id = Api::new(&a, &v.admin).create_key("claude", "k", "sk-rotate-1");
+    assert_eq!(reveal(&Api::new(&b, &v.admin), &id).status(), 200);
+    let r = Api::new(&a, &v.admin).post_json("/api/admin/rotate", &serde_json::json!({}));
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_eq!(reveal(&Api::new(&a, &v.admin), &id).status(), 200);
+    // node-b still holds the old signing key: it refuses rather than sign
+    // records that would not verify, and says why.
+    let r = reveal(&Api::new(&b, &v.admin), &id);
+    assert_eq!(r.status(), 503);
+    let health: Value = common::client()
+        .get(b.url("/healthz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        health["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("signing key")),
+        "{health}"
+    );
+    drop(b);
+    let b = serve("node-b");
+    assert_eq!(reveal(&Api::new(&b, &v.admin), &id).status(), 200);
+    drop((a, b));
+    let out = run_with_key(&new, &["audit", "verify", "--database-url", &v.url]);
+    assert_ok(&out);
+}
