@@ -382,11 +382,20 @@ fn metrics_answer(state: &AppState) -> Response {
 
 fn healthz(state: &AppState) -> Response {
     let ok = state.audit.is_healthy();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
         "audit_writer": if ok { "ok" } else { "failing" },
         "build": crate::build_info::BUILD,
     });
+    if let Some(node) = state.store.node() {
+        // Several nodes on one database: which node answered, and why it
+        // cannot serve reveals (the database probed every second).
+        body["node"] = node.into();
+        body["storage"] = if ok { "ok" } else { "unreachable" }.into();
+    }
+    if let Some(why) = state.audit.last_error().filter(|_| !ok) {
+        body["detail"] = why.into();
+    }
     context::json_response(
         if ok {
             StatusCode::OK
