@@ -687,3 +687,112 @@ fn a_rotation_on_one_node_stops_the_others_signing_until_they_restart() {
     let out = run_with_key(&new, &["audit", "verify", "--database-url", &v.url]);
     assert_ok(&out);
 }
+
+#[test]
+fn a_failover_to_a_synchronous_standby_keeps_every_acknowledged_reveal() {
+    let Some(primary) = cluster() else { return };
+    let url1 = primary.database("failover");
+    let key = keygen();
+    let out = run_with_key(&key, &["init", "--database-url", &url1]);
+    assert_ok(&out);
+    let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let standby = primary.standby();
+    // Synchronous replication: a commit is acknowledged once the standby
+    // has it.
+    primary.psql(
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+    );
+    primary.psql("postgres", "SELECT pg_reload_conf()");
+    let url = format!(
+        "postgres://keyhold@127.0.0.1:{},127.0.0.1:{}/failover?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let v = PgVault {
+        url,
+        key,
+        admin,
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let s = v.serve(
+        "node-a",
+        &[
+            ("KEYHOLD_REVEAL_RATE", "100000/s"),
+            ("KEYHOLD_DATABASE_TIMEOUT_MS", "1000"),
+            ("KEYHOLD_AUDIT_TIMEOUT_MS", "2000"),
+        ],
+    );
+    let id = Api::new(&s, &v.admin).create_key("claude", "k", "sk-failover-1");
+    let acked: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            let (acked, stop, refused, id, admin) = (
+                acked.clone(),
+                stop.clone(),
+                refused.clone(),
+                id.clone(),
+                v.admin.clone(),
+            );
+            let s = &s;
+            scope.spawn(move || {
+                let api = Api::new(s, &admin);
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(r) = api
+                        .req(reqwest::Method::GET, &format!("/api/keys/{id}"))
+                        .send()
+                    else {
+                        continue;
+                    };
+                    match r.status().as_u16() {
+                        200 => {
+                            let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+                            acked.lock().unwrap().push(rid);
+                        }
+                        503 => {
+                            assert!(!r.text().unwrap().contains("sk-failover-1"));
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+        let before = acked.lock().unwrap().len();
+        assert!(before > 10, "load ran before the failover: {before}");
+        primary.halt();
+        standby.promote();
+        // Service resumes on the new primary without restarting keyhold.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked.lock().unwrap().len() < before + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "service did not resume after the failover"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    drop(s);
+    let recs = v.audit_records();
+    let written: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
+    let acked = acked.lock().unwrap();
+    let lost = acked
+        .iter()
+        .filter(|r| !written.contains(r.as_str()))
+        .count();
+    assert_eq!(lost, 0, "acknowledged reveals lost across the failover");
+    let (ok, report) = v.verify();
+    assert!(ok, "{report}");
+    eprintln!(
+        "failover: {} acknowledged, {} refused with 503 meanwhile",
+        acked.len(),
+        refused.load(Ordering::Relaxed)
+    );
+}

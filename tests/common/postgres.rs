@@ -218,6 +218,80 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A streaming-replication standby of this server: `pg_basebackup -R`
+    /// into a directory of its own, started on its own port.
+    pub fn standby(&self) -> Cluster {
+        let tmp = tempfile::Builder::new()
+            .prefix("keyhold-pg-standby-")
+            .tempdir()
+            .unwrap();
+        if self.root {
+            std::fs::set_permissions(
+                tmp.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+        }
+        let data = tmp.path().join("data");
+        let sockets = tmp.path().join("sock");
+        std::fs::create_dir_all(&sockets).unwrap();
+        if self.root {
+            chown(tmp.path());
+        }
+        let mut c = Cluster {
+            _tmp: tmp,
+            data,
+            sockets,
+            bin: self.bin.clone(),
+            port: free_port(),
+            root: self.root,
+            extra: String::new(),
+        };
+        let out = c
+            .cmd("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "keyhold",
+            ])
+            // A fast checkpoint: the default spreads it over minutes.
+            .args([
+                "-D",
+                c.data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ])
+            .output()
+            .expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.boot();
+        c
+    }
+
+    /// Promotes a standby to primary; waits until it accepts writes.
+    pub fn promote(&self) {
+        let out = self
+            .cmd("pg_ctl")
+            .args(["-D", self.data.to_str().unwrap(), "-w", "promote"])
+            .output()
+            .expect("run pg_ctl promote");
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The postmaster's PID, from its pid file.
     pub fn pid(&self) -> Option<u32> {
         let text = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
