@@ -18,6 +18,9 @@
 //! (PostgreSQL's own commit; [`Backend::flush`] has nothing left to do).
 //!
 //! Not for: record formats or their authentication (the `Store` facade).
+//!
+//! Over 500 lines: the `Backend` implementation, method by method; the
+//! commit, scans, schema, limiter and URL handling are in their own files.
 
 mod commit;
 pub(crate) mod limit;
