@@ -491,6 +491,12 @@ impl Store {
         head: &[u8],
         writes: &[Write],
     ) -> Result<()> {
+        let ops = self.ops_of(writes)?;
+        self.backend.commit(records, head, &ops)
+    }
+
+    /// The writes as the backend's ops, records encoded and authenticated.
+    fn ops_of(&self, writes: &[Write]) -> Result<Vec<Op>> {
         let needs_keys = writes
             .iter()
             .any(|w| matches!(w, Write::PutKey(_) | Write::PutToken { .. }));
@@ -499,11 +505,7 @@ impl Store {
         } else {
             None
         };
-        let ops = writes
-            .iter()
-            .map(|w| op_of(w, keys.as_deref()))
-            .collect::<Result<Vec<Op>>>()?;
-        self.backend.commit(records, head, &ops)
+        writes.iter().map(|w| op_of(w, keys.as_deref())).collect()
     }
 
     /// As [`Store::commit`], chaining under the backend's append lock:
@@ -519,19 +521,7 @@ impl Store {
     ) -> Result<()> {
         let mut to_ops = |head: Option<Bytes>, last: Option<(u64, Bytes)>| {
             let (records, head, writes) = chain(head, last)?;
-            let needs_keys = writes
-                .iter()
-                .any(|w| matches!(w, Write::PutKey(_) | Write::PutToken { .. }));
-            let keys = if needs_keys {
-                Some(self.write_keys()?)
-            } else {
-                None
-            };
-            let ops = writes
-                .iter()
-                .map(|w| op_of(w, keys.as_deref()))
-                .collect::<Result<Vec<Op>>>()?;
-            Ok((records, head, ops))
+            Ok((records, head, self.ops_of(&writes)?))
         };
         self.backend.commit_at_head(&mut to_ops)
     }
