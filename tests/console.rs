@@ -235,7 +235,7 @@ impl Driver {
                 .build()
                 .unwrap(),
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(45);
         loop {
             if let Ok(r) = d.http.get(format!("{}/status", d.base)).send() {
                 if let Ok(v) = r.json::<Value>() {
@@ -392,7 +392,7 @@ impl Session<'_> {
     /// Waits until `condition` (a JS expression) is true.
     #[track_caller]
     fn wait_for(&self, condition: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(45);
         let script = format!("return !!({condition});");
         while Instant::now() < deadline {
             if self.js(&script) == Value::Bool(true) {
@@ -981,7 +981,7 @@ fn audit_flow(b: &Session, s: &Server, auditor: &str, name: &str) {
 }
 
 fn wait_for_file(path: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(s) = std::fs::read_to_string(path) {
             if !s.is_empty() {
