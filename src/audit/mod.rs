@@ -13,14 +13,16 @@
 //!
 //! Not for: deciding outcomes (callers do) or HTTP.
 //!
-//! Over 500 lines: the chain's two record forms (the MAC key of older
-//! records, the signed hash chain), the stored head and the append side
-//! (`AuditLog`, with the signing-key hand-over) share their invariants;
-//! records, signatures, verification, export and the writer are in their own
-//! files.
+//! Over 500 lines: one concept, the append side (`AuditLog`: chaining under
+//! one lock, on sled or at a shared database's head, the signing-key
+//! hand-over, recovery) with where the chain continues; keys (`keys.rs`),
+//! the stored head (`head.rs`), records, signatures, verification, export
+//! and the writer are in their own files.
 
 mod coalesce;
 mod export;
+mod head;
+mod keys;
 mod record;
 mod sign;
 mod verify;
@@ -38,6 +40,8 @@ pub use export::{
     ExportError, ExportFilter, ExportFormat, Exporter, FilterError, Histogram, Page, Written,
     EXPORT_COLUMNS,
 };
+pub use head::Head;
+pub use keys::{record_tag, AuditKeys, MacKey, VerifyKeys, MAC_KEY_PURPOSE};
 pub use record::{
     hex, unhex32, Action, AuditEvent, AuditRecord, BadExportRecord, ExportRecord, Outcome,
 };
@@ -89,276 +93,6 @@ pub enum AuditError {
          written)"
     )]
     SignerReplaced,
-}
-
-/// Stored chain head: the newest record's seq and mac, authenticated: by
-/// an HMAC under the audit MAC key (before schema 3) or by the signature
-/// of the commit that wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Head {
-    V1 {
-        seq: u64,
-        mac: [u8; 32],
-        head_mac: [u8; 32],
-    },
-    V2 {
-        seq: u64,
-        mac: [u8; 32],
-        sig: Signature,
-    },
-}
-
-#[derive(Serialize, Deserialize)]
-struct HeadV1 {
-    seq: u64,
-    mac: [u8; 32],
-    head_mac: [u8; 32],
-}
-
-#[derive(Serialize, Deserialize)]
-struct HeadV2 {
-    seq: u64,
-    mac: [u8; 32],
-    sig: Signature,
-}
-
-#[derive(Serialize, Deserialize)]
-enum StoredHead {
-    V1(HeadV1),
-    V2(HeadV2),
-}
-
-/// The MAC key of records written before schema 3, zeroized on drop.
-#[derive(Clone)]
-pub struct MacKey(Zeroizing<[u8; 32]>);
-
-impl std::fmt::Debug for MacKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MacKey([REDACTED])")
-    }
-}
-
-/// The purpose name the pre-schema-3 audit MAC key is sealed under.
-pub const MAC_KEY_PURPOSE: &str = "audit-mac-key";
-
-impl MacKey {
-    /// A key from its 32 bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Option<MacKey> {
-        let b: [u8; 32] = bytes.try_into().ok()?;
-        Some(MacKey(Zeroizing::new(b)))
-    }
-
-    /// The raw key. Only for checks of where it must never appear (the
-    /// secrets-at-rest test); keyhold itself only ever seals it.
-    pub fn expose(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    fn hmac(&self) -> Hmac<Sha256> {
-        hmac_of(&self.0)
-    }
-
-    /// mac = HMAC(key, prev || canonical bytes) (V1 records).
-    pub fn record_mac(
-        &self,
-        prev: &[u8; 32],
-        seq: u64,
-        at_us: i64,
-        event: &AuditEvent,
-    ) -> [u8; 32] {
-        let mut m = self.hmac();
-        m.update(prev);
-        m.update(&AuditRecord::canonical_bytes(seq, at_us, event));
-        m.finalize().into_bytes().into()
-    }
-
-    fn head_mac(&self, seq: u64, mac: &[u8; 32]) -> [u8; 32] {
-        let mut m = self.hmac();
-        m.update(HEAD_TAG);
-        m.update(&seq.to_be_bytes());
-        m.update(mac);
-        m.finalize().into_bytes().into()
-    }
-
-    /// A V1 head for (seq, mac).
-    pub fn head(&self, seq: u64, mac: [u8; 32]) -> Head {
-        Head::V1 {
-            seq,
-            mac,
-            head_mac: self.head_mac(seq, &mac),
-        }
-    }
-}
-
-fn hmac_of(key: &[u8; 32]) -> Hmac<Sha256> {
-    // HMAC takes keys of any length; 32 bytes never fails.
-    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => unreachable!("HMAC accepts any key length"),
-    }
-}
-
-/// The keyed tag of a V2 record: HMAC(tag key, mac).
-pub fn record_tag(tag_key: &[u8; 32], mac: &[u8; 32]) -> [u8; 32] {
-    let mut m = hmac_of(tag_key);
-    m.update(mac);
-    m.finalize().into_bytes().into()
-}
-
-/// What a verifier checks records with. Any part may be absent: an
-/// auditor holding only a public key has no MAC or tag key.
-#[derive(Clone, Default)]
-pub struct VerifyKeys {
-    /// Checks records written before schema 3.
-    pub legacy: Option<MacKey>,
-    /// Checks each V2 record's tag.
-    pub tag: Option<Zeroizing<[u8; 32]>>,
-    /// Public keys whose signatures are trusted (and, through hand-over
-    /// records they sign, their successors').
-    pub trusted: Vec<PublicKey>,
-}
-
-impl std::fmt::Debug for VerifyKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifyKeys")
-            .field("legacy", &self.legacy.is_some())
-            .field("tag", &self.tag.is_some())
-            .field("trusted", &self.trusted)
-            .finish()
-    }
-}
-
-impl VerifyKeys {
-    /// Only a public key (an auditor without the keyring).
-    pub fn public(key: PublicKey) -> VerifyKeys {
-        VerifyKeys {
-            trusted: vec![key],
-            ..VerifyKeys::default()
-        }
-    }
-}
-
-/// The audit log's secrets, unsealed from the store with the keyring.
-pub struct AuditKeys {
-    pub legacy: Option<MacKey>,
-    tag: Zeroizing<[u8; 32]>,
-    signer: AuditSigner,
-}
-
-impl std::fmt::Debug for AuditKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditKeys")
-            .field("public", &self.signer.public_key())
-            .finish_non_exhaustive()
-    }
-}
-
-impl AuditKeys {
-    /// Unseals the signing key (and the MAC key of older records) with
-    /// the keyring; the tag key comes from the store's record keys, which
-    /// must be applied (`crate::unlock`).
-    pub fn unseal(store: &Store, keyring: &Keyring) -> Result<AuditKeys, AuditError> {
-        let tag = store
-            .record_keys()
-            .ok_or(AuditError::Store(StoreError::Locked))?;
-        let tag = Zeroizing::new(*tag.audit_tag_key());
-        let seed = store
-            .meta_string(META_SIGNING_KEY)?
-            .ok_or(AuditError::NoMacKey)?;
-        let seed = keyring
-            .unseal(SIGNING_PURPOSE, &seed)
-            .map_err(|_| AuditError::MacKeyLocked)?;
-        let signer =
-            AuditSigner::from_seed(seed.secret.expose()).map_err(|_| AuditError::MacKeyLocked)?;
-        let legacy = match store.meta_string(META_AUDIT_KEY)? {
-            None => None,
-            Some(t) => {
-                let opened = keyring
-                    .unseal(MAC_KEY_PURPOSE, &t)
-                    .map_err(|_| AuditError::MacKeyLocked)?;
-                Some(MacKey::from_bytes(opened.secret.expose()).ok_or(AuditError::MacKeyLocked)?)
-            }
-        };
-        Ok(AuditKeys {
-            legacy,
-            tag,
-            signer,
-        })
-    }
-
-    /// The current signing key's public key.
-    pub fn public_key(&self) -> PublicKey {
-        self.signer.public_key()
-    }
-
-    /// What the store's own verification uses: every key, trusting the
-    /// current signing key.
-    pub fn verify_keys(&self) -> VerifyKeys {
-        VerifyKeys {
-            legacy: self.legacy.clone(),
-            tag: Some(self.tag.clone()),
-            trusted: vec![self.signer.public_key()],
-        }
-    }
-}
-
-impl Head {
-    pub fn seq(&self) -> u64 {
-        match self {
-            Head::V1 { seq, .. } | Head::V2 { seq, .. } => *seq,
-        }
-    }
-
-    pub fn mac(&self) -> [u8; 32] {
-        match self {
-            Head::V1 { mac, .. } | Head::V2 { mac, .. } => *mac,
-        }
-    }
-
-    /// True when the head's HMAC (V1, with the MAC key) or signature (V2)
-    /// is right. The trust in a V2 signer is the verifier's to judge.
-    pub fn is_authentic(&self, legacy: Option<&MacKey>) -> bool {
-        match self {
-            Head::V1 {
-                seq, mac, head_mac, ..
-            } => legacy
-                .is_some_and(|k| crate::access::digests_equal(&k.head_mac(*seq, mac), head_mac)),
-            Head::V2 { seq, mac, sig } => sig.verifies(*seq, mac),
-        }
-    }
-
-    fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        let stored = match self.clone() {
-            Head::V1 { seq, mac, head_mac } => StoredHead::V1(HeadV1 { seq, mac, head_mac }),
-            Head::V2 { seq, mac, sig } => StoredHead::V2(HeadV2 { seq, mac, sig }),
-        };
-        postcard::to_stdvec(&stored).map_err(crate::store::corrupt("audit head"))
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Head, StoreError> {
-        Ok(
-            match postcard::from_bytes(bytes).map_err(crate::store::corrupt("audit head"))? {
-                StoredHead::V1(h) => Head::V1 {
-                    seq: h.seq,
-                    mac: h.mac,
-                    head_mac: h.head_mac,
-                },
-                StoredHead::V2(h) => Head::V2 {
-                    seq: h.seq,
-                    mac: h.mac,
-                    sig: h.sig,
-                },
-            },
-        )
-    }
-
-    /// Reads the stored head.
-    pub fn load(store: &Store) -> Result<Option<Head>, StoreError> {
-        store
-            .audit_head_bytes()?
-            .map(|b| Head::decode(&b))
-            .transpose()
-    }
 }
 
 /// A batch chained and signed, not yet written.

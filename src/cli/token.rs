@@ -20,6 +20,8 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 .get("token")
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or("");
+            // The one handover of a new token: alone on stdout (for a
+            // secret manager or a pipe), never on stderr or in a log.
             println!("{token}");
             eprintln!(
                 "keyhold: created token `{}` ({}), role {role}. It is shown only once.",
