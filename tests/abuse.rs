@@ -965,3 +965,37 @@ fn a_client_that_never_reads_its_answers_loses_its_slot() {
     );
     drop(stalled);
 }
+
+/// The routes added with the console and the reload: without a token each
+/// answers 401 (the page itself needs none and holds no data); a token
+/// limited to some providers gets neither the audit statistics nor a
+/// reload of the whole server's keyring.
+#[test]
+fn the_new_routes_refuse_no_token_and_provider_limited_tokens() {
+    let v = Vault::new();
+    let limited_admin = v.token("limited-admin", "admin", Some("claude"));
+    let limited_auditor = v.token("limited-auditor", "auditor", Some("claude"));
+    let s = v.serve(&[]);
+    let anon = Api::anonymous(&s);
+    assert_eq!(anon.get("/api/whoami").status(), 401);
+    assert_eq!(anon.get("/api/audit/stats").status(), 401);
+    assert_eq!(
+        anon.req(reqwest::Method::POST, "/api/admin/reload")
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(anon.get("/ui/").status(), 200);
+    for token in [&limited_admin, &limited_auditor] {
+        let api = Api::new(&s, token);
+        assert_eq!(api.get("/api/audit/stats").status(), 403);
+        assert_eq!(api.get("/api/whoami").status(), 200);
+    }
+    let r = Api::new(&s, &limited_admin)
+        .req(reqwest::Method::POST, "/api/admin/reload")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    s.stop();
+}
