@@ -119,6 +119,10 @@ pub struct Revealed {
     pub id: String,
     pub provider: String,
     pub key_name: String,
+    /// The version revealed (absent from servers before versions: 1).
+    pub version: u32,
+    /// When it lapses (RFC 3339), if it does.
+    pub expires_at: Option<String>,
     pub api_key: SecretString,
 }
 
@@ -127,6 +131,10 @@ struct RevealBody {
     id: String,
     provider: String,
     key_name: String,
+    #[serde(default = "first_version")]
+    version: u32,
+    #[serde(default)]
+    expires_at: Option<String>,
     api_key: String,
 }
 
@@ -278,8 +286,8 @@ impl Client {
         Self::revealed(self.send(req)?)
     }
 
-    /// The newest live key of `provider` named `key_name`: listed
-    /// (`keys:list`), then revealed by id (`keys:reveal`). 404 when there
+    /// The newest live key of `provider` named `key_name`
+    /// (`GET /api/providers/{provider}/keys/{key_name}`). 404 when there
     /// is none.
     pub fn reveal_newest_named(
         &self,
@@ -287,44 +295,64 @@ impl Client {
         key_name: &str,
         purpose: Option<&str>,
     ) -> Result<Revealed, ClientError> {
-        let now = chrono::Utc::now();
-        let live = |v: &Value| {
-            v.get("expires_at")
-                .and_then(Value::as_str)
-                .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
-                .is_none_or(|e| e > now)
-        };
-        let created = |v: &Value| {
-            v.get("created_at")
-                .and_then(Value::as_str)
-                .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
-        };
-        let newest = self
-            .list(Some(provider))?
-            .into_iter()
-            .filter(|v| v.get("key_name").and_then(Value::as_str) == Some(key_name) && live(v))
-            .max_by_key(created)
-            .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string))
-            .ok_or_else(|| ClientError::Api {
-                status: 404,
-                detail: format!("no live key named `{key_name}` for provider `{provider}`"),
-                retry_after: None,
-            })?;
-        let mut req = self
-            .http
-            .get(self.url(&format!("/api/keys/{}", encode(&newest))));
+        let mut req = self.http.get(self.url(&format!(
+            "/api/providers/{}/keys/{}",
+            encode(provider),
+            encode(key_name)
+        )));
         if let Some(p) = purpose {
             req = req.header("X-Keyhold-Purpose", p);
         }
         Self::revealed(self.send(req)?)
     }
 
-    /// One key by id.
-    pub fn reveal(&self, id: &str) -> Result<Revealed, ClientError> {
-        let req = self
+    /// One key by id: its current version, or version `version`.
+    pub fn reveal(&self, id: &str, version: Option<u32>) -> Result<Revealed, ClientError> {
+        let mut req = self
             .http
             .get(self.url(&format!("/api/keys/{}", encode(id))));
+        if let Some(v) = version {
+            req = req.query(&[("version", v)]);
+        }
         Self::revealed(self.send(req)?)
+    }
+
+    /// Stores a new version of key `id`; returns its metadata.
+    pub fn put(
+        &self,
+        id: &str,
+        api_key: &SecretString,
+        ttl: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({"api_key": api_key.expose()});
+        if let Some(t) = ttl {
+            body["ttl_seconds"] = json!(t);
+        }
+        let resp = self.send(
+            self.http
+                .put(self.url(&format!("/api/keys/{}", encode(id))))
+                .json(&body),
+        );
+        if let Some(Value::String(s)) = body.get_mut("api_key") {
+            zeroize::Zeroize::zeroize(s);
+        }
+        Self::json(resp?)
+    }
+
+    /// The versions of key `id`, oldest first.
+    pub fn versions(&self, id: &str) -> Result<Vec<Value>, ClientError> {
+        Self::json(self.send(
+            self.http
+                .get(self.url(&format!("/api/keys/{}/versions", encode(id)))),
+        )?)
+    }
+
+    /// Brings back a deleted key within its recovery window.
+    pub fn restore(&self, id: &str) -> Result<Value, ClientError> {
+        Self::json(self.send(
+            self.http
+                .post(self.url(&format!("/api/keys/{}/restore", encode(id)))),
+        )?)
     }
 
     fn revealed(resp: reqwest::blocking::Response) -> Result<Revealed, ClientError> {
@@ -333,15 +361,30 @@ impl Client {
             id: b.id,
             provider: b.provider,
             key_name: b.key_name,
+            version: b.version,
+            expires_at: b.expires_at,
             api_key: SecretString::new(b.api_key),
         })
     }
 
     /// Key metadata, optionally for one provider.
     pub fn list(&self, provider: Option<&str>) -> Result<Vec<Value>, ClientError> {
+        self.list_with(provider, &[])
+    }
+
+    /// Key metadata with more query parameters (`deleted`,
+    /// `expiring_within`, `expired`).
+    pub fn list_with(
+        &self,
+        provider: Option<&str>,
+        params: &[(&str, String)],
+    ) -> Result<Vec<Value>, ClientError> {
         let mut req = self.http.get(self.url("/api/keys"));
         if let Some(p) = provider {
             req = req.query(&[("provider", p)]);
+        }
+        if !params.is_empty() {
+            req = req.query(params);
         }
         Self::json(self.send(req)?)
     }
@@ -366,13 +409,16 @@ impl Client {
         Self::json(resp?)
     }
 
-    pub fn delete(&self, id: &str) -> Result<Value, ClientError> {
-        Self::json(
-            self.send(
-                self.http
-                    .delete(self.url(&format!("/api/keys/{}", encode(id)))),
-            )?,
-        )
+    /// Deletes key `id` (restorable within the recovery window), or with
+    /// `purge` destroys it at once (admin).
+    pub fn delete(&self, id: &str, purge: bool) -> Result<Value, ClientError> {
+        let mut req = self
+            .http
+            .delete(self.url(&format!("/api/keys/{}", encode(id))));
+        if purge {
+            req = req.query(&[("purge", "true")]);
+        }
+        Self::json(self.send(req)?)
     }
 
     pub fn tokens(&self) -> Result<Vec<Value>, ClientError> {
@@ -398,6 +444,10 @@ impl Client {
             )?,
         )
     }
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 /// Percent-encodes one path segment.

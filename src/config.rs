@@ -179,11 +179,12 @@ pub struct ClientArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// A provider whose newest live key to fetch (repeatable; pairs with
-    /// --env in order).
+    /// A provider whose newest live key to fetch, or PROVIDER/NAME for
+    /// the newest live key of that name (repeatable; pairs with --env in
+    /// order).
     #[arg(
         long = "provider",
-        value_name = "P",
+        value_name = "P[/NAME]",
         required_unless_present = "env_files"
     )]
     pub providers: Vec<String>,
@@ -221,10 +222,19 @@ pub enum KeysCommand {
     Add(KeysAddArgs),
     /// List key metadata (a table, or --format json).
     List(KeysListArgs),
-    /// Print one key alone on stdout.
-    Reveal(KeysIdArgs),
-    /// Delete a key.
-    Delete(KeysIdArgs),
+    /// Print one key alone on stdout: by id, or PROVIDER/NAME (the newest
+    /// live key of that name).
+    Reveal(KeysRevealArgs),
+    /// Store a new version of a key read from stdin (same id, provider
+    /// and name; the older versions stay revealable with --version).
+    Put(KeysPutArgs),
+    /// List the versions of a key (never their secrets).
+    Versions(KeysVersionsArgs),
+    /// Delete a key: not revealable, restorable within the server's
+    /// recovery window (--purge: destroy it at once, admin only).
+    Delete(KeysDeleteArgs),
+    /// Bring back a deleted key within the recovery window.
+    Restore(KeysIdArgs),
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +260,17 @@ pub struct KeysListArgs {
     /// Only the keys of this provider.
     #[arg(long)]
     pub provider: Option<String>,
+    /// Deleted keys (restorable until their recovery window ends)
+    /// instead of live ones.
+    #[arg(long)]
+    pub deleted: bool,
+    /// Only keys that lapse within this time (7d, 12h, 30d; not yet
+    /// lapsed).
+    #[arg(long, value_name = "DURATION")]
+    pub expiring: Option<crate::duration::Seconds>,
+    /// Only keys that have lapsed (with --expiring: either).
+    #[arg(long)]
+    pub expired: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -260,6 +281,53 @@ pub struct KeysIdArgs {
     pub client: ClientArgs,
     /// The key's id.
     pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysRevealArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The key's id, or PROVIDER/NAME for the newest live key of that
+    /// name.
+    #[arg(value_name = "ID|PROVIDER/NAME")]
+    pub key: String,
+    /// An older version (by id only; see `keyhold keys versions ID`).
+    #[arg(long, value_name = "N")]
+    pub version: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysPutArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The key's id.
+    pub id: String,
+    /// How long until the new version expires: seconds, or with a unit
+    /// (90s, 15m, 12h, 30d, 2w).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<crate::duration::Seconds>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysVersionsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The key's id.
+    pub id: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysDeleteArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The key's id.
+    pub id: String,
+    /// Destroy the key and every version at once, skipping the recovery
+    /// window (needs an admin token).
+    #[arg(long)]
+    pub purge: bool,
 }
 
 #[derive(Debug, Args)]
@@ -497,6 +565,16 @@ pub struct ServeArgs {
     /// Log filter (tracing syntax: error, warn, info, debug).
     #[arg(long, env = "KEYHOLD_LOG", default_value = "info")]
     pub log: String,
+    /// How long a deleted key can be restored (POST
+    /// /api/keys/{id}/restore) before housekeeping destroys it: seconds,
+    /// or with a unit (90s, 15m, 12h, 7d, 2w).
+    #[arg(long, env = "KEYHOLD_RECOVERY_WINDOW", default_value = "7d", value_name = "DURATION")]
+    pub recovery_window: crate::duration::Seconds,
+    /// Versions kept of each key (PUT /api/keys/{id}); older ones are
+    /// destroyed, audited. 1 to 1000.
+    #[arg(long, env = "KEYHOLD_KEEP_VERSIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub keep_versions: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

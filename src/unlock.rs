@@ -110,7 +110,7 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
         }
         apply_record_keys(store, keyring)?;
         if store.schema() >= 3 {
-            return Ok(false);
+            return upgrade_to_4(store, keyring);
         }
     } else {
         upgrade_step_1(store, keyring)?;
@@ -148,6 +148,39 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
         "upgraded the store to schema 3 (authenticated records, signed audit log); make a new \
          backup now: older backups restore only with --allow-unauthenticated"
     );
+    drop(log);
+    upgrade_to_4(store, keyring)?;
+    Ok(true)
+}
+
+/// Schema 3 → 4 (key versions and soft deletion, token expiry and last
+/// use): nothing to rewrite, since older records read as they are; one
+/// audited commit marks the store, so an older keyhold refuses it rather
+/// than misread the new record variants. Returns whether it upgraded.
+fn upgrade_to_4(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
+    if store.schema() >= 4 {
+        return Ok(false);
+    }
+    let log = AuditLog::open(store.clone(), keyring)?;
+    let mut ev = AuditEvent::cli(
+        Action::Upgrade,
+        Outcome::Success,
+        Some(
+            "upgrade to schema 4: key versions, soft deletion with a recovery window, token \
+             expiry and last use; existing records are read as they are"
+                .into(),
+        ),
+    );
+    ev.caller = "upgrade".into();
+    log.append(&[(
+        ev,
+        vec![Write::Meta {
+            name: META_SCHEMA,
+            value: Some(Store::schema_bytes(4)?),
+        }],
+    )])?;
+    store.set_schema(4);
+    tracing::info!("upgraded the store to schema 4 (key versions, soft deletion, token expiry)");
     Ok(true)
 }
 

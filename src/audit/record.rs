@@ -36,10 +36,18 @@ pub enum Action {
     Reload,
     /// A listing of keys (recorded only when refused for a tampered record).
     KeyList,
+    /// A new version of a key (`PUT /api/keys/{id}`); its detail names
+    /// the versions the cap destroyed.
+    KeyPut,
+    /// A soft-deleted key brought back within its recovery window.
+    KeyRestore,
+    /// A key destroyed for good: its recovery window ended, or an admin
+    /// purged it.
+    KeyPurge,
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 19] = [
         Action::Init,
         Action::Reveal,
         Action::KeyCreate,
@@ -56,6 +64,9 @@ impl Action {
         Action::Authenticate,
         Action::Reload,
         Action::KeyList,
+        Action::KeyPut,
+        Action::KeyRestore,
+        Action::KeyPurge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +87,9 @@ impl Action {
             Action::Authenticate => "authenticate",
             Action::Reload => "reload",
             Action::KeyList => "key_list",
+            Action::KeyPut => "key_put",
+            Action::KeyRestore => "key_restore",
+            Action::KeyPurge => "key_purge",
         }
     }
 
@@ -96,10 +110,12 @@ pub enum Outcome {
     RateLimited,
     /// A stored record failed its integrity check and was refused.
     Tampered,
+    /// The key is soft-deleted (answered like a missing one).
+    Deleted,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Success,
         Outcome::Unauthenticated,
         Outcome::Forbidden,
@@ -108,6 +124,7 @@ impl Outcome {
         Outcome::DecryptFailed,
         Outcome::RateLimited,
         Outcome::Tampered,
+        Outcome::Deleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -120,6 +137,7 @@ impl Outcome {
             Outcome::DecryptFailed => "decrypt_failed",
             Outcome::RateLimited => "rate_limited",
             Outcome::Tampered => "tampered",
+            Outcome::Deleted => "deleted",
         }
     }
 

@@ -326,14 +326,15 @@ mod tests {
             .await
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let rec = KeyRecord {
-            id: uuid::Uuid::new_v4(),
-            provider: "claude".into(),
-            key_name: "b".into(),
-            token: ring.encrypt(b"x"),
-            created_at_us: 1,
-            expires_at_us: None,
-        };
+        let rec = KeyRecord::new(
+            uuid::Uuid::new_v4(),
+            "claude".into(),
+            "b".into(),
+            ring.encrypt(b"x"),
+            1,
+            None,
+            None,
+        );
         let b = w
             .record(
                 AuditEvent::cli(Action::KeyCreate, Outcome::Success, None),

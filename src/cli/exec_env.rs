@@ -179,6 +179,7 @@ pub(super) fn resolve(
         None => client.reveal_newest(provider, Some(purpose))?,
         Some(name) => client.reveal_newest_named(provider, name, Some(purpose))?,
     };
+    super::remote::warn_if_expiring(&revealed);
     Ok(revealed.api_key)
 }
 

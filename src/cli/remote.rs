@@ -92,7 +92,11 @@ pub(super) fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
         .providers
         .iter()
         .zip(&a.envs)
-        .map(|(p, v)| (v.clone(), p.clone(), None))
+        .map(|(p, v)| match p.split_once('/') {
+            // --provider PROVIDER/NAME: the newest live key of that name.
+            Some((provider, name)) => (v.clone(), provider.to_string(), Some(name.to_string())),
+            None => (v.clone(), p.clone(), None),
+        })
         .collect();
     let mut plain: Vec<(String, String)> = Vec::new();
     for line in lines {
@@ -202,7 +206,17 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
             })
         }
         KeysCommand::List(a) => connect(&a.client).and_then(|client| {
-            let list = client.list(a.provider.as_deref())?;
+            let mut params = Vec::new();
+            if a.deleted {
+                params.push(("deleted", "true".to_string()));
+            }
+            if let Some(d) = a.expiring {
+                params.push(("expiring_within", d.0.to_string()));
+            }
+            if a.expired {
+                params.push(("expired", "true".to_string()));
+            }
+            let list = client.list_with(a.provider.as_deref(), &params)?;
             let mut out = std::io::stdout().lock();
             if a.output.is_json() {
                 let _ = serde_json::to_writer_pretty(&mut out, &list);
@@ -212,16 +226,82 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(())
         }),
-        KeysCommand::Reveal(a) => connect(&a.client).and_then(|client| {
-            let r = client.reveal(&a.id)?;
+        KeysCommand::Reveal(a) => {
+            let by_name = a.key.split_once('/');
+            if by_name.is_some() && a.version.is_some() {
+                return Err(ConfigError(
+                    "--version needs the key's id, not PROVIDER/NAME: find the id with `keyhold \
+                     keys list`"
+                        .into(),
+                )
+                .into());
+            }
+            connect(&a.client).and_then(|client| {
+                let r = match by_name {
+                    Some((provider, name)) => client.reveal_newest_named(provider, name, None)?,
+                    None => client.reveal(&a.key, a.version)?,
+                };
+                warn_if_expiring(&r);
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(r.api_key.expose().as_bytes());
+                let _ = out.write_all(b"\n");
+                Ok(())
+            })
+        }
+        KeysCommand::Put(a) => {
+            let key = read_secret_from_stdin()?;
+            connect(&a.client).and_then(|client| {
+                let meta = client.put(&a.id, &key, a.ttl.map(|t| t.0))?;
+                eprintln!(
+                    "keyhold: stored version {} of key {}",
+                    meta.get("version").and_then(Value::as_u64).unwrap_or(0),
+                    a.id
+                );
+                Ok(())
+            })
+        }
+        KeysCommand::Versions(a) => connect(&a.client).and_then(|client| {
+            let list = client.versions(&a.id)?;
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(r.api_key.expose().as_bytes());
-            let _ = out.write_all(b"\n");
+            if a.output.is_json() {
+                let _ = serde_json::to_writer_pretty(&mut out, &list);
+                let _ = writeln!(out);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{:<8}  {:<9}  {:<27}  {:<24}  EXPIRES",
+                    "VERSION", "STATE", "CREATED", "CREATED BY"
+                );
+                for v in &list {
+                    let _ = writeln!(
+                        out,
+                        "{:<8}  {:<9}  {:<27}  {:<24}  {}",
+                        v.get("version").and_then(Value::as_u64).unwrap_or(0),
+                        str_of(v, "state"),
+                        str_of(v, "created_at"),
+                        v.get("created_by").and_then(Value::as_str).unwrap_or("-"),
+                        v.get("expires_at").and_then(Value::as_str).unwrap_or("-"),
+                    );
+                }
+            }
             Ok(())
         }),
         KeysCommand::Delete(a) => connect(&a.client).and_then(|client| {
-            client.delete(&a.id)?;
-            eprintln!("keyhold: deleted key {}", a.id);
+            client.delete(&a.id, a.purge)?;
+            if a.purge {
+                eprintln!("keyhold: destroyed key {} and every version of it", a.id);
+            } else {
+                eprintln!(
+                    "keyhold: deleted key {} (`keyhold keys restore {}` brings it back within the \
+                     recovery window)",
+                    a.id, a.id
+                );
+            }
+            Ok(())
+        }),
+        KeysCommand::Restore(a) => connect(&a.client).and_then(|client| {
+            client.restore(&a.id)?;
+            eprintln!("keyhold: restored key {}", a.id);
             Ok(())
         }),
     };
@@ -231,6 +311,31 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
             eprintln!("keyhold: error: {e}");
             Ok(client_exit(&e))
         }
+    }
+}
+
+/// Says on stderr when a fetched key lapses within 7 days (the key
+/// itself goes to stdout or the child's environment).
+pub(super) fn warn_if_expiring(r: &crate::client::Revealed) {
+    let Some(exp) = r
+        .expires_at
+        .as_deref()
+        .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+    else {
+        return;
+    };
+    let left = exp.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    if left <= chrono::Duration::days(7) {
+        eprintln!(
+            "keyhold: warning: key {} ({} / {}) expires at {} ({} h from now): store a new \
+             version with `keyhold keys put {}`",
+            r.id,
+            r.provider,
+            r.key_name,
+            exp.to_rfc3339(),
+            left.num_hours().max(0),
+            r.id
+        );
     }
 }
 

@@ -138,6 +138,7 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
         metrics,
         gauges,
         maintenance: Arc::new(tokio::sync::Mutex::new(())),
+        key_policy: crate::vault::KeyPolicy::new(args.keep_versions, args.recovery_window.0),
     });
     spawn_housekeeping(state.clone());
     // Before the "listening" line: a SIGHUP from then on reloads, never
@@ -303,6 +304,7 @@ fn spawn_housekeeping(state: Arc<AppState>) {
             }
         }
     });
+    spawn_key_upkeep(state.clone());
     let s = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -336,6 +338,63 @@ fn spawn_housekeeping(state: Arc<AppState>) {
                 }
             });
             futures_util::future::join_all(writes).await;
+        }
+    });
+}
+
+/// How often the keys are walked for purges, gauges and warnings: a
+/// quarter of the recovery window, at least every second and at most
+/// every five minutes.
+fn upkeep_every(policy: &crate::vault::KeyPolicy) -> Duration {
+    let quarter = Duration::from_micros((policy.recovery_window_us / 4).max(0) as u64);
+    quarter.clamp(Duration::from_secs(1), Duration::from_secs(300))
+}
+
+/// Keys over time: destroys deleted keys whose recovery window ended
+/// (audited `key_purge`), sets the expiry gauges, and warns in the log
+/// once a day for each key that lapses within 7 days.
+fn spawn_key_upkeep(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(upkeep_every(&state.key_policy));
+        let mut warned: std::collections::HashMap<uuid::Uuid, i64> = Default::default();
+        loop {
+            tick.tick().await;
+            let st = state.clone();
+            let window = st.key_policy.recovery_window_us;
+            let Ok(up) = tokio::task::spawn_blocking(move || st.vault().key_upkeep(window)).await
+            else {
+                continue;
+            };
+            for (i, days) in crate::vault::EXPIRING_WITHIN_DAYS.iter().enumerate() {
+                let within = format!("{days}d");
+                metrics::gauge!("keyhold_keys_expiring", "within" => within)
+                    .set(up.expiring[i] as f64);
+            }
+            metrics::gauge!("keyhold_keys_expired").set(up.expired as f64);
+            let today = crate::time::now_us() / (86_400 * 1_000_000);
+            warned.retain(|_, day| *day == today);
+            for (id, provider, name, exp) in &up.soon {
+                if warned.insert(*id, today).is_none() {
+                    tracing::warn!(
+                        key_id = %id,
+                        provider = %provider,
+                        key_name = %name,
+                        expires_at = %crate::time::to_rfc3339(*exp),
+                        "a key expires within 7 days: store a new version (keyhold keys put) \
+                         before it lapses"
+                    );
+                }
+            }
+            if !up.due.is_empty() {
+                match state.vault().purge_deleted(up.due).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        state.gauges.add_keys(-(n as i64));
+                        tracing::info!(purged = n, "destroyed deleted keys whose recovery window ended");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not destroy deleted keys yet; retried later"),
+                }
+            }
         }
     });
 }

@@ -121,7 +121,7 @@ impl From<crate::vault::Refusal> for ApiError {
                 ..ApiError::unauthenticated(detail)
             },
             R::Forbidden(_) => ApiError::forbidden(detail),
-            R::NotFound(_) | R::Beyond(_) => ApiError::not_found(detail),
+            R::NotFound(_) | R::Beyond(_) | R::Deleted(_) => ApiError::not_found(detail),
             R::Expired => ApiError::gone(detail),
             R::DecryptFailed | R::Conflict(_) => ApiError::conflict(detail),
             R::TamperedRecord(_) => ApiError {

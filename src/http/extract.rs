@@ -49,12 +49,106 @@ impl NewTokenBody {
     }
 }
 
-/// `GET /api/keys?provider=`.
+/// `GET /api/keys?provider=&deleted=&expiring_within=&expired=`.
 #[derive(Deserialize, Default)]
 pub(super) struct ListQuery {
     #[serde(default)]
     pub(super) provider: Option<String>,
+    #[serde(default)]
+    pub(super) deleted: Option<String>,
+    #[serde(default)]
+    pub(super) expiring_within: Option<String>,
+    #[serde(default)]
+    pub(super) expired: Option<String>,
 }
+
+impl ListQuery {
+    /// The listing's filter, each parameter checked.
+    pub(super) fn filter(self) -> Result<crate::vault::KeyFilter, ApiError> {
+        let expiring_within_us = match self.expiring_within.as_deref() {
+            None => None,
+            Some(d) => {
+                let secs: crate::duration::Seconds = d.parse().map_err(|_| {
+                    ApiError::invalid(
+                        "query parameter `expiring_within` must be a duration: seconds, or with \
+                         a unit (12h, 7d, 30d)",
+                    )
+                })?;
+                let secs = secs.0.min(crate::vault::MAX_TTL_SECONDS as u64) as i64;
+                Some(secs * 1_000_000)
+            }
+        };
+        Ok(crate::vault::KeyFilter {
+            provider: self.provider,
+            deleted: flag(self.deleted.as_deref(), "deleted")?,
+            expiring_within_us,
+            expired: flag(self.expired.as_deref(), "expired")?,
+        })
+    }
+}
+
+/// `DELETE /api/keys/{id}?purge=true`.
+#[derive(Deserialize, Default)]
+pub(super) struct DeleteQuery {
+    #[serde(default)]
+    pub(super) purge: Option<String>,
+}
+
+/// `GET /api/keys/{id}?version=N`.
+#[derive(Deserialize, Default)]
+pub(super) struct RevealQuery {
+    #[serde(default)]
+    pub(super) version: Option<String>,
+}
+
+impl RevealQuery {
+    pub(super) fn version(&self) -> Result<Option<u32>, ApiError> {
+        match self.version.as_deref() {
+            None => Ok(None),
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(Some(n)),
+                _ => Err(ApiError::invalid(
+                    "query parameter `version` must be a version number (1, 2, ...): see GET \
+                     /api/keys/{id}/versions",
+                )),
+            },
+        }
+    }
+}
+
+/// A boolean query parameter: `true`/`false` (or 1/0); absent is false.
+pub(super) fn flag(value: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    match value {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(_) => Err(ApiError::invalid(format!(
+            "query parameter `{name}` must be true or false"
+        ))),
+    }
+}
+
+/// `PUT /api/keys/{id}`: `{api_key, ttl_seconds?}`.
+#[derive(Deserialize)]
+pub(super) struct NewVersionBody {
+    pub(super) api_key: SecretString,
+    #[serde(default)]
+    pub(super) ttl_seconds: Option<i64>,
+}
+
+impl From<NewVersionBody> for crate::vault::NewVersion {
+    fn from(b: NewVersionBody) -> crate::vault::NewVersion {
+        crate::vault::NewVersion {
+            api_key: b.api_key,
+            ttl_seconds: b.ttl_seconds,
+        }
+    }
+}
+
+/// `PUT /api/keys/{id}`.
+pub(super) const NEW_VERSION: Shape = &[
+    ("api_key", Kind::Str, true),
+    ("ttl_seconds", Kind::Int, false),
+];
 
 /// The JSON type a field must have.
 #[derive(Clone, Copy)]

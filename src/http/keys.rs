@@ -1,4 +1,5 @@
-//! Handlers of the key routes: create, list, delete, and the two reveals.
+//! Handlers of the key routes: create, list, a new version, versions,
+//! delete (soft, or purge), restore, and the three reveals.
 //! Each extracts what the request says, calls the vault core
 //! (`crate::vault`), and presents its answer; the rules — the audit-first
 //! reveal, the field rules, the provider limit — are the core's.
@@ -11,15 +12,17 @@ use warp::reply::Response;
 
 use super::context::{secret_json_response, with_rate_headers, Ctx};
 use super::error::ApiError;
-use super::extract::{self, ListQuery, NewKeyBody};
+use super::extract::{self, DeleteQuery, ListQuery, NewKeyBody, NewVersionBody, RevealQuery};
 use super::{AppState, State};
 use crate::access::Scope;
 use crate::audit::Action;
 use crate::store::KeyRecord;
 use crate::time::to_rfc3339;
-use crate::vault::{NewKey, RevealRequest, Target};
+use crate::vault::{KeyPolicy, NewKey, NewVersion, RevealRequest, Target};
 
-/// Key metadata as answered (never ciphertext or plaintext).
+/// Key metadata as answered (never ciphertext or plaintext): the seed's
+/// fields, then the current version's number and, for a deleted key, when
+/// it was deleted and when it will be destroyed.
 #[derive(Debug, Serialize)]
 pub(super) struct KeyMeta {
     pub id: String,
@@ -28,10 +31,13 @@ pub(super) struct KeyMeta {
     pub created_at: String,
     pub last_used: Option<String>,
     pub expires_at: Option<String>,
+    pub version: u32,
+    pub deleted_at: Option<String>,
+    pub purge_at: Option<String>,
 }
 
 impl KeyMeta {
-    fn of(rec: &KeyRecord, last_used: Option<i64>) -> KeyMeta {
+    fn of(rec: &KeyRecord, last_used: Option<i64>, policy: &KeyPolicy) -> KeyMeta {
         KeyMeta {
             id: rec.id.to_string(),
             provider: rec.provider.clone(),
@@ -39,8 +45,59 @@ impl KeyMeta {
             created_at: to_rfc3339(rec.created_at_us),
             last_used: last_used.map(to_rfc3339),
             expires_at: rec.expires_at_us.map(to_rfc3339),
+            version: rec.version,
+            deleted_at: rec.deleted_at_us.map(to_rfc3339),
+            purge_at: rec
+                .deleted_at_us
+                .map(|d| to_rfc3339(d.saturating_add(policy.recovery_window_us))),
         }
     }
+}
+
+/// One version's metadata (`GET /api/keys/{id}/versions`).
+#[derive(Debug, Serialize)]
+struct VersionMeta {
+    version: u32,
+    created_at: String,
+    created_by: Option<String>,
+    expires_at: Option<String>,
+    /// `current`, `previous` or `expired`; every version of a deleted key
+    /// is `deleted`.
+    state: &'static str,
+}
+
+fn versions_of(rec: &KeyRecord) -> Vec<VersionMeta> {
+    let now = crate::time::now_us();
+    let state = |expires: Option<i64>, current: bool| {
+        if rec.deleted_at_us.is_some() {
+            "deleted"
+        } else if expires.is_some_and(|e| e <= now) {
+            "expired"
+        } else if current {
+            "current"
+        } else {
+            "previous"
+        }
+    };
+    let mut out: Vec<VersionMeta> = rec
+        .older
+        .iter()
+        .map(|v| VersionMeta {
+            version: v.number,
+            created_at: to_rfc3339(v.created_at_us),
+            created_by: v.created_by.clone(),
+            expires_at: v.expires_at_us.map(to_rfc3339),
+            state: state(v.expires_at_us, false),
+        })
+        .collect();
+    out.push(VersionMeta {
+        version: rec.version,
+        created_at: to_rfc3339(rec.version_created_at_us),
+        created_by: rec.created_by.clone(),
+        expires_at: rec.expires_at_us.map(to_rfc3339),
+        state: state(rec.expires_at_us, true),
+    });
+    out
 }
 
 /// POST /api/keys
@@ -87,7 +144,102 @@ where
     let new = NewKey::from(new);
     let record = vault.create_key(&origin, &caller, new).await?;
     state.gauges.add_keys(1);
-    Ok(ctx.json(StatusCode::OK, &KeyMeta::of(&record, None)))
+    Ok(ctx.json(
+        StatusCode::OK,
+        &KeyMeta::of(&record, None, &state.key_policy),
+    ))
+}
+
+/// PUT /api/keys/{id}: a new version of the key.
+pub(super) async fn put<S, B>(id: String, state: State, ctx: Ctx, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    match put_inner(&state, &ctx, &id, body).await {
+        Ok(r) => r,
+        Err(e) => ctx.error(&e),
+    }
+}
+
+async fn put_inner<S, B>(state: &State, ctx: &Ctx, id: &str, body: S) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let origin = AppState::origin(ctx);
+    let vault = state.vault();
+    let checked = match state.authenticate(ctx).await {
+        Ok(caller) => vault
+            .require(&origin, &caller, Scope::KeysWrite, Action::KeyPut)
+            .await
+            .map(|()| caller)
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let caller = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.discard_body(body).await;
+            return Err(e);
+        }
+    };
+    let permit = state.body_permit().await?;
+    let body = ctx.read_json_body(body).await?;
+    drop(permit);
+    let new: NewVersionBody = extract::body(body, extract::NEW_VERSION)?;
+    let record = vault
+        .put_version(
+            &origin,
+            &caller,
+            id,
+            NewVersion::from(new),
+            state.key_policy.keep_versions,
+        )
+        .await?;
+    let used = state.store.last_used(&record.id).unwrap_or(None);
+    Ok(ctx.json(
+        StatusCode::OK,
+        &KeyMeta::of(&record, used, &state.key_policy),
+    ))
+}
+
+/// GET /api/keys/{id}/versions
+pub(super) async fn versions(id: String, state: State, ctx: Ctx) -> Response {
+    let res = async {
+        let caller = state.authenticate(&ctx).await?;
+        super::require(&caller, Scope::KeysList)?;
+        let rec = state.vault().key_versions(&caller, &id)?;
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &versions_of(&rec)))
+    };
+    match res.await {
+        Ok(r) => r,
+        Err(e) => ctx.error(&e),
+    }
+}
+
+/// POST /api/keys/{id}/restore
+pub(super) async fn restore(id: String, state: State, ctx: Ctx) -> Response {
+    let res = async {
+        let origin = AppState::origin(&ctx);
+        let vault = state.vault();
+        let caller = state.authenticate(&ctx).await?;
+        vault
+            .require(&origin, &caller, Scope::KeysWrite, Action::KeyRestore)
+            .await?;
+        let rec = vault
+            .restore_key(&origin, &caller, &id, state.key_policy.recovery_window_us)
+            .await?;
+        let used = state.store.last_used(&rec.id).unwrap_or(None);
+        Ok::<_, ApiError>(ctx.json(
+            StatusCode::OK,
+            &KeyMeta::of(&rec, used, &state.key_policy),
+        ))
+    };
+    match res.await {
+        Ok(r) => r,
+        Err(e) => ctx.error(&e),
+    }
 }
 
 /// GET /api/keys?provider=
@@ -102,11 +254,15 @@ async fn list_inner(state: &State, ctx: &Ctx, query: &str) -> Result<Response, A
     let caller = state.authenticate(ctx).await?;
     super::require(&caller, Scope::KeysList)?;
     let q: ListQuery = extract::query(query)?;
+    let filter = q.filter()?;
     let keys = state
         .vault()
-        .list_keys(&AppState::origin(ctx), &caller, q.provider.as_deref())
+        .list_keys(&AppState::origin(ctx), &caller, &filter)
         .await?;
-    let out: Vec<KeyMeta> = keys.iter().map(|(k, used)| KeyMeta::of(k, *used)).collect();
+    let out: Vec<KeyMeta> = keys
+        .iter()
+        .map(|(k, used)| KeyMeta::of(k, *used, &state.key_policy))
+        .collect();
     Ok(ctx.json(StatusCode::OK, &out))
 }
 
@@ -116,46 +272,90 @@ pub(crate) fn form_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError>
         .map_err(|_| ApiError::bad_request("the query string is malformed"))
 }
 
-/// DELETE /api/keys/{id}
-pub(super) async fn delete(id: String, state: State, ctx: Ctx) -> Response {
-    match delete_inner(&state, &ctx, &id).await {
+/// DELETE /api/keys/{id}[?purge=true]
+pub(super) async fn delete(id: String, state: State, ctx: Ctx, query: String) -> Response {
+    match delete_inner(&state, &ctx, &id, &query).await {
         Ok(r) => r,
         Err(e) => ctx.error(&e),
     }
 }
 
-async fn delete_inner(state: &State, ctx: &Ctx, id: &str) -> Result<Response, ApiError> {
+async fn delete_inner(
+    state: &State,
+    ctx: &Ctx,
+    id: &str,
+    query: &str,
+) -> Result<Response, ApiError> {
     let origin = AppState::origin(ctx);
     let vault = state.vault();
     let caller = state.authenticate(ctx).await?;
-    vault
-        .require(&origin, &caller, Scope::KeysWrite, Action::KeyDelete)
-        .await?;
-    let id = vault.delete_key(&origin, &caller, id).await?;
-    state.gauges.add_keys(-1);
+    let q: DeleteQuery = extract::query(query)?;
+    let purge = extract::flag(q.purge.as_deref(), "purge")?;
+    let id = if purge {
+        // Destroying at once skips the recovery window: admins only.
+        vault
+            .require(&origin, &caller, Scope::Admin, Action::KeyPurge)
+            .await?;
+        let id = vault.purge_key(&origin, &caller, id).await?;
+        state.gauges.add_keys(-1);
+        id
+    } else {
+        vault
+            .require(&origin, &caller, Scope::KeysWrite, Action::KeyDelete)
+            .await?;
+        // The record stays (restorable) until the window ends: the key
+        // count changes when it is destroyed.
+        vault.delete_key(&origin, &caller, id).await?
+    };
     Ok(ctx.json(
         StatusCode::OK,
         &serde_json::json!({"status": "deleted", "id": id.to_string()}),
     ))
 }
 
-/// The answer of a successful reveal.
+/// The answer of a successful reveal: the seed's fields, then the
+/// version revealed and when it lapses.
 #[derive(Serialize)]
 struct Revealed<'a> {
     id: String,
     provider: &'a str,
     key_name: &'a str,
     api_key: &'a str,
+    version: u32,
+    expires_at: Option<String>,
 }
 
-/// GET /api/keys/{id}
-pub(super) async fn reveal_by_id(id: String, state: State, ctx: Ctx) -> Response {
-    reveal(state, ctx, Target::Id(id)).await
+/// GET /api/keys/{id}[?version=N]
+pub(super) async fn reveal_by_id(id: String, state: State, ctx: Ctx, query: String) -> Response {
+    let version = match extract::query::<RevealQuery>(&query).and_then(|q| q.version()) {
+        Ok(v) => v,
+        Err(e) => return ctx.error(&e),
+    };
+    reveal(state, ctx, Target::Id(id, version)).await
 }
 
 /// GET /api/providers/{provider}/key
 pub(super) async fn reveal_newest(provider: String, state: State, ctx: Ctx) -> Response {
     reveal(state, ctx, Target::NewestOf(provider)).await
+}
+
+/// GET /api/providers/{provider}/keys/{key_name}
+pub(super) async fn reveal_named(
+    provider: String,
+    name: String,
+    state: State,
+    ctx: Ctx,
+) -> Response {
+    // warp hands the segment still percent-encoded.
+    let name = match percent_encoding::percent_decode_str(&name).decode_utf8() {
+        Ok(n) => n.into_owned(),
+        Err(_) => {
+            return ctx.error(&ApiError::bad_request(
+                "the key name in the path is not valid UTF-8 once percent-decoded",
+            ))
+        }
+    };
+    reveal(state, ctx, Target::Named(provider, name)).await
 }
 
 /// A reveal: the edge resolves the client (in `ctx`) and asks the limiter;
@@ -193,6 +393,8 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
                 provider: &key.provider,
                 key_name: &key.key_name,
                 api_key: &api_key,
+                version: key.version,
+                expires_at: key.expires_at_us.map(to_rfc3339),
             };
             let resp = secret_json_response(StatusCode::OK, &body, api_key.len());
             ctx.finish(resp)

@@ -55,6 +55,8 @@ pub struct AppState {
     pub body_reads: tokio::sync::Semaphore,
     /// Held by a rotation or a backup, so they do not overlap.
     pub maintenance: Arc<tokio::sync::Mutex<()>>,
+    /// Versions kept and the recovery window of deleted keys.
+    pub key_policy: crate::vault::KeyPolicy,
 }
 
 impl std::fmt::Debug for AppState {

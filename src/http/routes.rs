@@ -26,7 +26,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/keys"),
     ("GET", "/api/keys/{id}"),
     ("DELETE", "/api/keys/{id}"),
+    ("PUT", "/api/keys/{id}"),
+    ("GET", "/api/keys/{id}/versions"),
+    ("POST", "/api/keys/{id}/restore"),
     ("GET", "/api/providers/{provider}/key"),
+    ("GET", "/api/providers/{provider}/keys/{key_name}"),
     ("GET", "/api/tokens"),
     ("POST", "/api/tokens"),
     ("GET", "/api/tokens/{id}"),
@@ -139,23 +143,69 @@ fn list_keys(s: &State) -> Route {
         .boxed()
 }
 
-/// GET /api/keys/{id} — reveal one key (keys:reveal)
+/// GET /api/keys/{id} — reveal one key (keys:reveal), `?version=N`
 fn reveal_key(s: &State) -> Route {
     warp::path!("api" / "keys" / String)
         .and(warp::get())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
+        .and(query())
         .then(keys::reveal_by_id)
         .boxed()
 }
 
-/// DELETE /api/keys/{id} — delete a key (keys:write)
+/// DELETE /api/keys/{id} — soft-delete a key (keys:write); `?purge=true`
+/// destroys it at once (admin)
 fn delete_key(s: &State) -> Route {
     warp::path!("api" / "keys" / String)
         .and(warp::delete())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
+        .and(query())
         .then(keys::delete)
+        .boxed()
+}
+
+/// PUT /api/keys/{id} — a new version of a key (keys:write)
+fn put_key(s: &State) -> Route {
+    warp::path!("api" / "keys" / String)
+        .and(warp::put())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(warp::body::stream())
+        .then(keys::put)
+        .boxed()
+}
+
+/// GET /api/keys/{id}/versions — version metadata (keys:list)
+fn key_versions(s: &State) -> Route {
+    warp::path!("api" / "keys" / String / "versions")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(keys::versions)
+        .boxed()
+}
+
+/// POST /api/keys/{id}/restore — undelete within the recovery window
+/// (keys:write)
+fn restore_key(s: &State) -> Route {
+    warp::path!("api" / "keys" / String / "restore")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(keys::restore)
+        .boxed()
+}
+
+/// GET /api/providers/{provider}/keys/{key_name} — reveal the newest live
+/// key with that name (keys:reveal)
+fn reveal_named(s: &State) -> Route {
+    warp::path!("api" / "providers" / String / "keys" / String)
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(keys::reveal_named)
         .boxed()
 }
 
@@ -324,7 +374,11 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         list_keys(s),
         reveal_key(s),
         delete_key(s),
+        put_key(s),
+        key_versions(s),
+        restore_key(s),
         reveal_provider(s),
+        reveal_named(s),
         list_tokens(s),
         create_token(s),
         get_token(s),

@@ -36,6 +36,7 @@ fn state(rate: &str) -> (State, String) {
         read_timeout: Duration::from_secs(5),
         body_reads: tokio::sync::Semaphore::new(4),
         maintenance: Arc::new(tokio::sync::Mutex::new(())),
+        key_policy: crate::vault::KeyPolicy::default(),
     });
     (state, admin)
 }

@@ -414,14 +414,15 @@ mod tests {
         store.initialise("check", &[]).unwrap();
         let keys: Vec<Write> = (0..3)
             .map(|i| {
-                Write::PutKey(KeyRecord {
-                    id: uuid::Uuid::new_v4(),
-                    provider: "claude".into(),
-                    key_name: format!("k{i}"),
-                    token: "gAAAA-not-a-real-token".into(),
-                    created_at_us: i,
-                    expires_at_us: None,
-                })
+                Write::PutKey(KeyRecord::new(
+                    uuid::Uuid::new_v4(),
+                    "claude".into(),
+                    format!("k{i}"),
+                    "gAAAA-not-a-real-token".into(),
+                    i,
+                    None,
+                    None,
+                ))
             })
             .collect();
         store.commit(&[], b"h", &keys).unwrap();

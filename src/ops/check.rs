@@ -127,10 +127,12 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
             Err(e) => return Err(e),
         };
         total += 1;
-        match keyring.decrypt(&rec.token) {
-            Ok(o) => {
+        // Every kept version must open; the record counts once.
+        let opened: Result<Vec<_>, _> = rec.tokens().map(|t| keyring.decrypt(t)).collect();
+        match opened {
+            Ok(all) => {
                 ok += 1;
-                if o.key_index > 0 {
+                if all.iter().any(|o| o.key_index > 0) {
                     on_older_key += 1;
                 }
             }

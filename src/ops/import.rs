@@ -499,14 +499,15 @@ fn check_row(
         Some(_) => return Err(RowError("`last_used` is not text".into())),
     };
     Ok((
-        KeyRecord {
+        KeyRecord::new(
             id,
             provider,
             key_name,
             token,
             created_at_us,
-            expires_at_us: None,
-        },
+            None,
+            Some("import".into()),
+        ),
         last_used,
         reencrypted,
     ))

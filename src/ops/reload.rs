@@ -55,7 +55,7 @@ pub fn check_replacement(store: &Store, new: &Keyring) -> Result<(), ReloadRefus
     for item in store.iter_keys() {
         match item {
             Ok((rec, _)) => {
-                if new.decrypt(&rec.token).is_err() {
+                if rec.tokens().any(|t| new.decrypt(t).is_err()) {
                     needed.push(format!("key {}", rec.id));
                 }
             }

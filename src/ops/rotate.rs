@@ -100,20 +100,35 @@ pub fn rotate(
         // A concurrent change (a delete, another rotation) makes the swap
         // fail; re-read and try again a few times.
         for _attempt in 0..3 {
-            let opened = match keyring.decrypt(&rec.token) {
-                Ok(o) => o,
-                Err(_) => {
-                    report.failed.push(rec.id);
-                    break;
+            // Every version the record keeps is re-encrypted, each with
+            // its own timestamp; the record is written if any was not
+            // under the newest key yet.
+            let mut new = rec.clone();
+            let mut changed = false;
+            let mut failed = false;
+            for token in new.tokens_mut() {
+                let opened = match keyring.decrypt(token) {
+                    Ok(o) => o,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                };
+                if opened.key_index == 0 {
+                    continue;
                 }
-            };
-            if opened.key_index == 0 {
+                let stamp = token_timestamp(token).unwrap_or_else(now_secs);
+                *token = keyring.encrypt_at(opened.plaintext.expose(), stamp);
+                changed = true;
+            }
+            if failed {
+                report.failed.push(rec.id);
+                break;
+            }
+            if !changed {
                 report.already_current += 1;
                 break;
             }
-            let stamp = token_timestamp(&rec.token).unwrap_or_else(now_secs);
-            let mut new = rec.clone();
-            new.token = keyring.encrypt_at(opened.plaintext.expose(), stamp);
             if store.swap_key(&current, &new)? {
                 report.rotated += 1;
                 break;

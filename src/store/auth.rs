@@ -27,6 +27,9 @@ const LABEL_TOKEN_DIGEST: &[u8] = b"keyhold/token-digest";
 const LABEL_RECORD_MAC: &[u8] = b"keyhold/record-mac";
 const LABEL_AUDIT_TAG: &[u8] = b"keyhold/audit-tag";
 pub(crate) const TAG_KEY_RECORD: &[u8] = b"keyhold-key-record-v2";
+/// Key records of schema 4 (versions, soft deletion): their own tag, so a
+/// body of one layout never verifies as the other.
+pub(crate) const TAG_KEY_RECORD_V3: &[u8] = b"keyhold-key-record-v3";
 pub(crate) const TAG_TOKEN_RECORD: &[u8] = b"keyhold-token-record-v2";
 
 /// The keys derived from the store's record secret. Zeroized on drop,

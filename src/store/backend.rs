@@ -96,12 +96,14 @@ impl From<Vec<u8>> for Bytes {
 /// batch of audit records.
 #[derive(Debug, Clone)]
 pub enum Op {
-    /// Insert or replace a key record (and its provider index entry).
+    /// Insert or replace a key record; with `indexed` its provider index
+    /// entry is put, without it removed (a soft-deleted key).
     PutKey {
         id: Uuid,
         provider: String,
         created_at_us: i64,
         value: Vec<u8>,
+        indexed: bool,
     },
     /// Remove a key record, its usage and its provider index entry.
     DeleteKey {

@@ -51,7 +51,7 @@ pub use sled_store::wait_until_released;
 
 pub use auth::{RecordKeys, SEALED_PURPOSE as RECORD_SECRET_PURPOSE};
 use records::Auth;
-pub use records::{KeyRecord, TokenRecord};
+pub use records::{KeyRecord, KeyVersion, TokenRecord};
 
 /// Default sled page cache: 8 MiB, the smallest `serve` sizes itself.
 /// Reveals of 100,000 keys ran as fast with 8 as with 16 (the OS page
@@ -80,7 +80,10 @@ pub fn auto_cache_bytes(keys: u64) -> u64 {
 /// 3: token records under keyed digests, key and token records
 /// authenticated, secrets sealed under derived keys, audit records
 /// hash-chained and signed (the upgrade from 2 is `crate::upgrade`).
-pub const SCHEMA_VERSION: u32 = 3;
+/// 4: key records keep versions, their authors and soft deletion (a new
+/// record variant; older records read as version 1, never deleted). The
+/// upgrade from 3 writes nothing but an audited mark (`crate::unlock`).
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub(crate) const META_SCHEMA: &[u8] = b"schema_version";
 pub const META_CHECK: &[u8] = b"keyring_check";
@@ -182,7 +185,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// One change that is committed together with its audit record.
 #[derive(Debug, Clone)]
 pub enum Write {
-    /// Insert a new key (and its provider index entry).
+    /// Insert or replace a key: its provider index entry is kept while the
+    /// key is live and removed while it is soft-deleted.
     PutKey(KeyRecord),
     /// Remove a key, its usage and its provider index entry.
     DeleteKey(KeyRecord),
@@ -573,6 +577,7 @@ fn op_of(w: &Write, keys: Option<&RecordKeys>) -> Result<Op> {
             provider: rec.provider.clone(),
             created_at_us: rec.created_at_us,
             value: rec.encode(keys()?)?,
+            indexed: rec.deleted_at_us.is_none(),
         },
         Write::DeleteKey(rec) => Op::DeleteKey {
             id: rec.id,

@@ -9,20 +9,62 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::auth::{mac_matches, RecordKeys, TAG_KEY_RECORD, TAG_TOKEN_RECORD};
+use super::auth::{mac_matches, RecordKeys, TAG_KEY_RECORD, TAG_KEY_RECORD_V3, TAG_TOKEN_RECORD};
 use super::{corrupt, Result, StoreError};
 use crate::access::Scope;
 
-/// A stored API key: metadata and its Fernet token (never plaintext).
+/// A stored API key: metadata and its Fernet tokens (never plaintext).
+///
+/// The fields of the current version (`token`, `expires_at_us`, `version`,
+/// `version_created_at_us`, `created_by`) sit on the record itself, so a
+/// reveal reads one record; older versions kept for `?version=N` are in
+/// `older`, oldest first. A soft-deleted key keeps its record (and its
+/// versions) with `deleted_at_us` set until it is restored or purged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyRecord {
     pub id: Uuid,
     pub provider: String,
     pub key_name: String,
-    /// Fernet token of the API key.
+    /// Fernet token of the current version of the API key.
+    pub token: String,
+    /// When the key (its first version) was created.
+    pub created_at_us: i64,
+    /// When the current version lapses.
+    pub expires_at_us: Option<i64>,
+    /// The current version's number (1 for a key never replaced).
+    pub version: u32,
+    /// When the current version was stored.
+    pub version_created_at_us: i64,
+    /// Who stored the current version (a token's name, `cli`, `import`);
+    /// `None` for keys stored before versions were recorded.
+    pub created_by: Option<String>,
+    /// Older versions still kept, oldest first.
+    pub older: Vec<KeyVersion>,
+    /// When the key was soft-deleted (not revealable; restorable until
+    /// the recovery window ends).
+    pub deleted_at_us: Option<i64>,
+}
+
+/// An older version of a key, kept for `GET /api/keys/{id}?version=N`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersion {
+    pub number: u32,
+    /// Fernet token of this version.
     pub token: String,
     pub created_at_us: i64,
+    pub created_by: Option<String>,
     pub expires_at_us: Option<i64>,
+}
+
+impl std::fmt::Debug for KeyVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyVersion")
+            .field("number", &self.number)
+            .field("created_at_us", &self.created_at_us)
+            .field("created_by", &self.created_by)
+            .field("expires_at_us", &self.expires_at_us)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for KeyRecord {
@@ -33,7 +75,59 @@ impl std::fmt::Debug for KeyRecord {
             .field("key_name", &self.key_name)
             .field("created_at_us", &self.created_at_us)
             .field("expires_at_us", &self.expires_at_us)
+            .field("version", &self.version)
+            .field("older", &self.older)
+            .field("deleted_at_us", &self.deleted_at_us)
             .finish_non_exhaustive()
+    }
+}
+
+impl KeyRecord {
+    /// A new key's record: version 1, nothing older, not deleted.
+    pub fn new(
+        id: Uuid,
+        provider: String,
+        key_name: String,
+        token: String,
+        created_at_us: i64,
+        expires_at_us: Option<i64>,
+        created_by: Option<String>,
+    ) -> KeyRecord {
+        KeyRecord {
+            id,
+            provider,
+            key_name,
+            token,
+            created_at_us,
+            expires_at_us,
+            version: 1,
+            version_created_at_us: created_at_us,
+            created_by,
+            older: Vec::new(),
+            deleted_at_us: None,
+        }
+    }
+
+    /// Every Fernet token the record holds: the current version's first,
+    /// then the older ones (rotation re-encrypts them all).
+    pub fn tokens_mut(&mut self) -> impl Iterator<Item = &mut String> {
+        std::iter::once(&mut self.token).chain(self.older.iter_mut().map(|v| &mut v.token))
+    }
+
+    /// Every Fernet token the record holds (see [`KeyRecord::tokens_mut`]).
+    pub fn tokens(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.token.as_str()).chain(self.older.iter().map(|v| v.token.as_str()))
+    }
+
+    /// Version `n` of the key as (token, expires_at), if still kept.
+    pub fn version_token(&self, n: u32) -> Option<(&str, Option<i64>)> {
+        if n == self.version {
+            return Some((&self.token, self.expires_at_us));
+        }
+        self.older
+            .iter()
+            .find(|v| v.number == n)
+            .map(|v| (v.token.as_str(), v.expires_at_us))
     }
 }
 
@@ -46,10 +140,26 @@ struct KeyV1 {
     expires_at_us: Option<i64>,
 }
 
+/// Schema 4: versions, their authors, soft deletion.
+#[derive(Serialize, Deserialize)]
+struct KeyV3 {
+    provider: String,
+    key_name: String,
+    token: String,
+    created_at_us: i64,
+    expires_at_us: Option<i64>,
+    version: u32,
+    version_created_at_us: i64,
+    created_by: Option<String>,
+    older: Vec<KeyVersion>,
+    deleted_at_us: Option<i64>,
+}
+
 #[derive(Serialize, Deserialize)]
 enum StoredKey {
     V1(KeyV1),
     V2 { key: KeyV1, mac: [u8; 32] },
+    V3 { key: KeyV3, mac: [u8; 32] },
 }
 
 /// How a stored record's authenticity is judged.
@@ -63,22 +173,56 @@ pub(crate) enum Auth<'a> {
 }
 
 impl KeyRecord {
-    fn v1(&self) -> KeyV1 {
-        KeyV1 {
+    fn v3(&self) -> KeyV3 {
+        KeyV3 {
             provider: self.provider.clone(),
             key_name: self.key_name.clone(),
             token: self.token.clone(),
             created_at_us: self.created_at_us,
             expires_at_us: self.expires_at_us,
+            version: self.version,
+            version_created_at_us: self.version_created_at_us,
+            created_by: self.created_by.clone(),
+            older: self.older.clone(),
+            deleted_at_us: self.deleted_at_us,
         }
     }
 
-    /// The stored form, authenticated under `keys`.
+    fn of_v1(id: Uuid, v: KeyV1) -> KeyRecord {
+        KeyRecord::new(
+            id,
+            v.provider,
+            v.key_name,
+            v.token,
+            v.created_at_us,
+            v.expires_at_us,
+            None,
+        )
+    }
+
+    fn of_v3(id: Uuid, v: KeyV3) -> KeyRecord {
+        KeyRecord {
+            id,
+            provider: v.provider,
+            key_name: v.key_name,
+            token: v.token,
+            created_at_us: v.created_at_us,
+            expires_at_us: v.expires_at_us,
+            version: v.version,
+            version_created_at_us: v.version_created_at_us,
+            created_by: v.created_by,
+            older: v.older,
+            deleted_at_us: v.deleted_at_us,
+        }
+    }
+
+    /// The stored form, authenticated under `keys` (always the newest
+    /// variant; the MAC binds the whole value to the key's id).
     pub(crate) fn encode(&self, keys: &RecordKeys) -> Result<Vec<u8>> {
-        let v = self.v1();
+        let v = self.v3();
         let body = postcard::to_stdvec(&v).map_err(corrupt("key"))?;
-        let mac = keys.record_mac(TAG_KEY_RECORD, self.id.as_bytes(), &body);
-        postcard::to_stdvec(&StoredKey::V2 { key: v, mac }).map_err(corrupt("key"))
+        let mac = keys.record_mac(TAG_KEY_RECORD_V3, self.id.as_bytes(), &body);
+        postcard::to_stdvec(&StoredKey::V3 { key: v, mac }).map_err(corrupt("key"))
     }
 
     /// Reads a stored key without judging its authenticity (for fuzzing
@@ -89,25 +233,30 @@ impl KeyRecord {
 
     pub(crate) fn decode_checked(id: Uuid, bytes: &[u8], auth: Auth<'_>) -> Result<KeyRecord> {
         let stored: StoredKey = postcard::from_bytes(bytes).map_err(corrupt("key"))?;
-        let v = match (stored, auth) {
-            (StoredKey::V1(v), Auth::Legacy) | (StoredKey::V2 { key: v, .. }, Auth::Legacy) => v,
+        let check = |tag: &[u8], body: Vec<u8>, mac: &[u8; 32], keys: &RecordKeys| {
+            let want = keys.record_mac(tag, id.as_bytes(), &body);
+            if mac_matches(&want, mac) {
+                Ok(())
+            } else {
+                Err(tampered("key", id.to_string()))
+            }
+        };
+        Ok(match (stored, auth) {
+            (StoredKey::V1(v), Auth::Legacy) | (StoredKey::V2 { key: v, .. }, Auth::Legacy) => {
+                Self::of_v1(id, v)
+            }
+            (StoredKey::V3 { key: v, .. }, Auth::Legacy) => Self::of_v3(id, v),
             (StoredKey::V2 { key: v, mac }, Auth::Keys(keys)) => {
                 let body = postcard::to_stdvec(&v).map_err(corrupt("key"))?;
-                let want = keys.record_mac(TAG_KEY_RECORD, id.as_bytes(), &body);
-                if !mac_matches(&want, &mac) {
-                    return Err(tampered("key", id.to_string()));
-                }
-                v
+                check(TAG_KEY_RECORD, body, &mac, keys)?;
+                Self::of_v1(id, v)
+            }
+            (StoredKey::V3 { key: v, mac }, Auth::Keys(keys)) => {
+                let body = postcard::to_stdvec(&v).map_err(corrupt("key"))?;
+                check(TAG_KEY_RECORD_V3, body, &mac, keys)?;
+                Self::of_v3(id, v)
             }
             (StoredKey::V1(_), Auth::Keys(_)) => return Err(tampered("key", id.to_string())),
-        };
-        Ok(KeyRecord {
-            id,
-            provider: v.provider,
-            key_name: v.key_name,
-            token: v.token,
-            created_at_us: v.created_at_us,
-            expires_at_us: v.expires_at_us,
         })
     }
 }

@@ -13,14 +13,15 @@ fn keyed(s: Store) -> Store {
 }
 
 fn key(provider: &str, at: i64) -> KeyRecord {
-    KeyRecord {
-        id: Uuid::new_v4(),
-        provider: provider.into(),
-        key_name: "k".into(),
-        token: "gAAAA-not-a-real-token".into(),
-        created_at_us: at,
-        expires_at_us: None,
-    }
+    KeyRecord::new(
+        Uuid::new_v4(),
+        provider.into(),
+        "k".into(),
+        "gAAAA-not-a-real-token".into(),
+        at,
+        None,
+        None,
+    )
 }
 
 #[test]
@@ -283,14 +284,15 @@ mod auth_tests {
     use super::*;
 
     fn key(provider: &str) -> KeyRecord {
-        KeyRecord {
-            id: Uuid::new_v4(),
-            provider: provider.into(),
-            key_name: "k".into(),
-            token: "gAAAA-not-a-real-token".into(),
-            created_at_us: 1,
-            expires_at_us: None,
-        }
+        KeyRecord::new(
+            Uuid::new_v4(),
+            provider.into(),
+            "k".into(),
+            "gAAAA-not-a-real-token".into(),
+            1,
+            None,
+            None,
+        )
     }
 
     #[test]

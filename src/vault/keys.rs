@@ -6,9 +6,9 @@ use uuid::Uuid;
 use super::reveal::missing_scope;
 use super::{Origin, Refusal, Vault};
 use crate::access::{valid_provider, Caller, Scope};
-use crate::audit::{Action, Outcome};
+use crate::audit::{Action, AuditEvent, Outcome};
 use crate::secret::SecretString;
-use crate::store::{KeyRecord, Write};
+use crate::store::{KeyRecord, KeyVersion, Write};
 use crate::time::now_us;
 
 /// Largest API key accepted.
@@ -48,19 +48,144 @@ impl NewKey {
                 "field `key_name` must not contain control characters".into(),
             ));
         }
-        let len = self.api_key.expose().len();
-        if len == 0 || len > MAX_API_KEY {
-            return Err(Refusal::Invalid(format!(
-                "field `api_key` must be 1 byte to {} KiB",
-                MAX_API_KEY / 1024
-            )));
+        check_api_key(&self.api_key)?;
+        check_ttl(self.ttl_seconds)
+    }
+}
+
+/// Which keys a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    /// One provider's keys only.
+    pub provider: Option<String>,
+    /// Soft-deleted keys instead of live ones.
+    pub deleted: bool,
+    /// Keys whose current version lapses within this many microseconds
+    /// from now (not yet lapsed).
+    pub expiring_within_us: Option<i64>,
+    /// Keys whose current version has lapsed. With `expiring_within_us`
+    /// too: either.
+    pub expired: bool,
+}
+
+impl KeyFilter {
+    fn matches(&self, k: &KeyRecord, now: i64) -> bool {
+        if k.deleted_at_us.is_some() != self.deleted {
+            return false;
         }
-        if let Some(t) = self.ttl_seconds {
-            if !(1..=MAX_TTL_SECONDS).contains(&t) {
-                return Err(ttl_invalid());
-            }
+        if self.expiring_within_us.is_none() && !self.expired {
+            return true;
         }
-        Ok(())
+        let Some(exp) = k.expires_at_us else {
+            return false;
+        };
+        let lapsed = exp <= now;
+        (self.expired && lapsed)
+            || self
+                .expiring_within_us
+                .is_some_and(|w| !lapsed && exp <= now.saturating_add(w))
+    }
+}
+
+/// How many versions of a key are kept by default.
+pub const DEFAULT_KEEP_VERSIONS: u32 = 10;
+/// How long a deleted key can be restored by default: 7 days.
+pub const DEFAULT_RECOVERY_WINDOW_SECS: u64 = 7 * 24 * 3600;
+
+const DAY_US: i64 = 86_400 * 1_000_000;
+/// The windows of the `keyhold_keys_expiring{within=...}` gauges, in days.
+pub const EXPIRING_WITHIN_DAYS: [i64; 3] = [1, 7, 30];
+
+/// What one housekeeping pass over the keys found.
+#[derive(Debug, Default)]
+pub struct Upkeep {
+    /// Deleted keys whose recovery window has ended.
+    pub due: Vec<KeyRecord>,
+    /// Live keys lapsing within 1, 7 and 30 days (not yet lapsed).
+    pub expiring: [u64; 3],
+    /// Live keys whose current version has lapsed.
+    pub expired: u64,
+    /// Live keys lapsing within 7 days: id, provider, name, expiry.
+    pub soon: Vec<(Uuid, String, String, i64)>,
+}
+
+/// What a server does with keys over time: versions kept, and how long a
+/// deleted key can be restored.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPolicy {
+    pub keep_versions: u32,
+    pub recovery_window_us: i64,
+}
+
+impl Default for KeyPolicy {
+    fn default() -> KeyPolicy {
+        KeyPolicy {
+            keep_versions: DEFAULT_KEEP_VERSIONS,
+            recovery_window_us: DEFAULT_RECOVERY_WINDOW_SECS as i64 * 1_000_000,
+        }
+    }
+}
+
+impl KeyPolicy {
+    /// From the server's settings (a window beyond ten years is held at
+    /// ten years).
+    pub fn new(keep_versions: u32, recovery_window_secs: u64) -> KeyPolicy {
+        let secs = recovery_window_secs.min(MAX_TTL_SECONDS as u64) as i64;
+        KeyPolicy {
+            keep_versions: keep_versions.max(1),
+            recovery_window_us: secs * 1_000_000,
+        }
+    }
+}
+
+/// Key changes that read a record and write it back (a new version, a
+/// delete, a restore, a purge) are serialised in this process, so two at
+/// once cannot both build on the same version. (Several nodes on one
+/// PostgreSQL database are not serialised with each other: see
+/// docs/postgresql.md.)
+static KEY_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A new version of a key, as the caller gave it.
+#[derive(Debug)]
+pub struct NewVersion {
+    pub api_key: SecretString,
+    pub ttl_seconds: Option<i64>,
+}
+
+impl NewVersion {
+    fn check(&self) -> Result<(), Refusal> {
+        check_api_key(&self.api_key)?;
+        check_ttl(self.ttl_seconds)
+    }
+}
+
+fn check_api_key(api_key: &SecretString) -> Result<(), Refusal> {
+    let len = api_key.expose().len();
+    if len == 0 || len > MAX_API_KEY {
+        return Err(Refusal::Invalid(format!(
+            "field `api_key` must be 1 byte to {} KiB",
+            MAX_API_KEY / 1024
+        )));
+    }
+    Ok(())
+}
+
+fn check_ttl(ttl_seconds: Option<i64>) -> Result<(), Refusal> {
+    match ttl_seconds {
+        Some(t) if !(1..=MAX_TTL_SECONDS).contains(&t) => Err(ttl_invalid()),
+        _ => Ok(()),
+    }
+}
+
+/// When a version stored at `from_us` with `ttl_seconds` lapses.
+fn expiry(from_us: i64, ttl_seconds: Option<i64>) -> Result<Option<i64>, Refusal> {
+    match ttl_seconds {
+        None => Ok(None),
+        Some(ttl) => ttl
+            .checked_mul(1_000_000)
+            .and_then(|d| from_us.checked_add(d))
+            .map(Some)
+            .ok_or_else(ttl_invalid),
     }
 }
 
@@ -107,22 +232,16 @@ impl Vault<'_> {
             return Err(self.refuse(ev, refusal).await);
         }
         let created_at_us = now_us();
-        let expires_at_us = match new.ttl_seconds {
-            None => None,
-            Some(ttl) => Some(
-                ttl.checked_mul(1_000_000)
-                    .and_then(|d| created_at_us.checked_add(d))
-                    .ok_or_else(ttl_invalid)?,
-            ),
-        };
-        let record = KeyRecord {
-            id: Uuid::new_v4(),
-            provider: new.provider,
-            key_name: new.key_name,
-            token: self.keyring.encrypt(new.api_key.expose().as_bytes()),
+        let expires_at_us = expiry(created_at_us, new.ttl_seconds)?;
+        let record = KeyRecord::new(
+            Uuid::new_v4(),
+            new.provider,
+            new.key_name,
+            self.keyring.encrypt(new.api_key.expose().as_bytes()),
             created_at_us,
             expires_at_us,
-        };
+            Some(caller.name.clone()),
+        );
         drop(new.api_key);
         let mut ev = self.event(origin, Action::KeyCreate, Some(caller), Outcome::Success);
         ev.key_id = Some(record.id);
@@ -131,16 +250,227 @@ impl Vault<'_> {
         Ok(record)
     }
 
-    /// Deletes a key, with its audit record, for a caller that holds
+    /// Soft-deletes a key (not revealable, restorable within the
+    /// recovery window), with its audit record, for a caller that holds
     /// `keys:write`. A key of another provider answers exactly like a
-    /// missing one (both are recorded, so they take as long).
+    /// missing one, and so does a key already deleted (both are recorded,
+    /// so they take as long).
     pub async fn delete_key(
         &self,
         origin: &Origin,
         caller: &Caller,
         id: &str,
     ) -> Result<Uuid, Refusal> {
-        let mut ev = self.event(origin, Action::KeyDelete, Some(caller), Outcome::NotFound);
+        let _one = KEY_WRITES.lock().await;
+        let (mut ev, rec) = self.load_for_change(origin, caller, id, Action::KeyDelete).await?;
+        if rec.deleted_at_us.is_some() {
+            return Err(self.refuse(ev, Refusal::deleted_key()).await);
+        }
+        ev.outcome = Outcome::Success;
+        let id = rec.id;
+        let mut rec = rec;
+        rec.deleted_at_us = Some(now_us());
+        self.record(ev, vec![Write::PutKey(rec)]).await?;
+        Ok(id)
+    }
+
+    /// Destroys a key at once, live or deleted, every version of it
+    /// (`DELETE /api/keys/{id}?purge=true`, admin): audited `key_purge`.
+    pub async fn purge_key(
+        &self,
+        origin: &Origin,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Uuid, Refusal> {
+        let _one = KEY_WRITES.lock().await;
+        let (mut ev, rec) = self.load_for_change(origin, caller, id, Action::KeyPurge).await?;
+        ev.outcome = Outcome::Success;
+        ev.detail = Some(format!(
+            "purged by an admin: {} version(s) destroyed",
+            rec.older.len() + 1
+        ));
+        let id = rec.id;
+        self.record(ev, vec![Write::DeleteKey(rec)]).await?;
+        Ok(id)
+    }
+
+    /// Brings back a soft-deleted key within `window_us` of its deletion
+    /// (`POST /api/keys/{id}/restore`, keys:write).
+    pub async fn restore_key(
+        &self,
+        origin: &Origin,
+        caller: &Caller,
+        id: &str,
+        window_us: i64,
+    ) -> Result<KeyRecord, Refusal> {
+        let _one = KEY_WRITES.lock().await;
+        let (mut ev, mut rec) = self.load_for_change(origin, caller, id, Action::KeyRestore).await?;
+        let Some(deleted_at) = rec.deleted_at_us else {
+            ev.outcome = Outcome::Forbidden;
+            ev.detail = Some("the key is not deleted".into());
+            return Err(self
+                .refuse(
+                    ev,
+                    Refusal::Conflict("this key is not deleted: there is nothing to restore".into()),
+                )
+                .await);
+        };
+        if deleted_at.saturating_add(window_us) <= now_us() {
+            ev.detail = Some("its recovery window has ended".into());
+            return Err(self
+                .refuse(
+                    ev,
+                    Refusal::Deleted(
+                        "this key's recovery window has ended: it is being destroyed and cannot \
+                         be restored; store the key again with POST /api/keys"
+                            .into(),
+                    ),
+                )
+                .await);
+        }
+        ev.outcome = Outcome::Success;
+        rec.deleted_at_us = None;
+        self.record(ev, vec![Write::PutKey(rec.clone())]).await?;
+        Ok(rec)
+    }
+
+    /// Stores a new version of a key (`PUT /api/keys/{id}`, keys:write):
+    /// same id, provider and name; the current version becomes an older
+    /// one; beyond `keep` versions the oldest are destroyed (named in the
+    /// audit record's detail).
+    pub async fn put_version(
+        &self,
+        origin: &Origin,
+        caller: &Caller,
+        id: &str,
+        new: NewVersion,
+        keep: u32,
+    ) -> Result<KeyRecord, Refusal> {
+        new.check()?;
+        let _one = KEY_WRITES.lock().await;
+        let (mut ev, rec) = self.load_for_change(origin, caller, id, Action::KeyPut).await?;
+        if rec.deleted_at_us.is_some() {
+            return Err(self.refuse(ev, Refusal::deleted_key()).await);
+        }
+        let now = now_us();
+        let expires_at_us = expiry(now, new.ttl_seconds)?;
+        let mut next = rec.clone();
+        next.older.push(KeyVersion {
+            number: rec.version,
+            token: rec.token,
+            created_at_us: rec.version_created_at_us,
+            created_by: rec.created_by,
+            expires_at_us: rec.expires_at_us,
+        });
+        next.version = rec.version.saturating_add(1);
+        next.token = self.keyring.encrypt(new.api_key.expose().as_bytes());
+        drop(new.api_key);
+        next.version_created_at_us = now;
+        next.created_by = Some(caller.name.clone());
+        next.expires_at_us = expires_at_us;
+        let keep = keep.max(1) as usize;
+        let excess = (next.older.len() + 1).saturating_sub(keep);
+        let destroyed: Vec<u32> = next.older.drain(..excess).map(|v| v.number).collect();
+        ev.outcome = Outcome::Success;
+        ev.detail = Some(if destroyed.is_empty() {
+            format!("version {} stored", next.version)
+        } else {
+            format!(
+                "version {} stored; version(s) {} destroyed (keeping {keep})",
+                next.version,
+                destroyed
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+        self.record(ev, vec![Write::PutKey(next.clone())]).await?;
+        Ok(next)
+    }
+
+    /// The versions of a key, oldest first (keys:list; the provider limit
+    /// answers like a missing key). Not audited: no secret leaves.
+    pub fn key_versions(&self, caller: &Caller, id: &str) -> Result<KeyRecord, Refusal> {
+        let Ok(id) = Uuid::parse_str(id) else {
+            return Err(Refusal::no_such_key());
+        };
+        match self.store.get_key(&id).map_err(Refusal::of_store)? {
+            Some(rec) if caller.may_use_provider(&rec.provider) => Ok(rec),
+            _ => Err(Refusal::no_such_key()),
+        }
+    }
+
+    /// One pass over every key for the server's housekeeping: the deleted
+    /// keys whose recovery window (`window_us`) has ended, and what the
+    /// expiry gauges and warnings need. Blocking (a walk of the store).
+    pub fn key_upkeep(&self, window_us: i64) -> Upkeep {
+        let now = now_us();
+        let mut up = Upkeep::default();
+        for (rec, _) in self.store.iter_keys().filter_map(|item| item.ok()) {
+            if let Some(d) = rec.deleted_at_us {
+                if d.saturating_add(window_us) <= now {
+                    up.due.push(rec);
+                }
+                continue;
+            }
+            let Some(exp) = rec.expires_at_us else {
+                continue;
+            };
+            if exp <= now {
+                up.expired += 1;
+                continue;
+            }
+            for (i, days) in EXPIRING_WITHIN_DAYS.iter().enumerate() {
+                if exp <= now.saturating_add(days * DAY_US) {
+                    up.expiring[i] += 1;
+                }
+            }
+            if exp <= now.saturating_add(7 * DAY_US) {
+                up.soon.push((rec.id, rec.provider, rec.key_name, exp));
+            }
+        }
+        up
+    }
+
+    /// Destroys the deleted keys `due` (from [`Vault::key_upkeep`]) whose
+    /// recovery window has ended, each audited `key_purge` (caller
+    /// `housekeeping`). A key restored meanwhile is left alone. Returns
+    /// how many were destroyed.
+    pub async fn purge_deleted(&self, due: Vec<KeyRecord>) -> Result<usize, Refusal> {
+        let mut n = 0;
+        for rec in due {
+            let _one = KEY_WRITES.lock().await;
+            // Read again under the lock: a restore may have won the race.
+            match self.store.get_key(&rec.id) {
+                Ok(Some(cur)) if cur.deleted_at_us.is_some() && cur == rec => {}
+                _ => continue,
+            }
+            let origin = Origin::housekeeping();
+            let mut ev = self.event(&origin, Action::KeyPurge, None, Outcome::Success);
+            ev.caller = "housekeeping".into();
+            ev.key_id = Some(rec.id);
+            ev.provider = Some(rec.provider.clone());
+            ev.detail = Some(format!(
+                "recovery window ended: {} version(s) destroyed",
+                rec.older.len() + 1
+            ));
+            self.record(ev, vec![Write::DeleteKey(rec)]).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Loads the key a change names, recording a refusal (missing, beyond
+    /// the caller's providers, tampered) under `action`.
+    async fn load_for_change(
+        &self,
+        origin: &Origin,
+        caller: &Caller,
+        id: &str,
+        action: Action,
+    ) -> Result<(AuditEvent, KeyRecord), Refusal> {
+        let mut ev = self.event(origin, action, Some(caller), Outcome::NotFound);
         let found = match Uuid::parse_str(id) {
             Ok(id) => {
                 ev.key_id = Some(id);
@@ -160,10 +490,7 @@ impl Vault<'_> {
                 .refuse(ev, Refusal::Beyond(super::refusal::NO_SUCH_KEY.into()))
                 .await);
         }
-        ev.outcome = Outcome::Success;
-        let id = rec.id;
-        self.record(ev, vec![Write::DeleteKey(rec)]).await?;
-        Ok(id)
+        Ok((ev, rec))
     }
 
     /// The keys a caller with `keys:list` sees (its providers only),
@@ -173,9 +500,9 @@ impl Vault<'_> {
         &self,
         origin: &Origin,
         caller: &Caller,
-        provider: Option<&str>,
+        filter: &KeyFilter,
     ) -> Result<Vec<(KeyRecord, Option<i64>)>, Refusal> {
-        match self.list_keys_now(caller, provider) {
+        match self.list_keys_now(caller, filter) {
             Err(r @ Refusal::TamperedRecord(_)) => {
                 let mut ev = self.event(origin, Action::KeyList, Some(caller), Outcome::Tampered);
                 ev.detail = Some("a stored key record failed its integrity check".into());
@@ -188,8 +515,9 @@ impl Vault<'_> {
     fn list_keys_now(
         &self,
         caller: &Caller,
-        provider: Option<&str>,
+        filter: &KeyFilter,
     ) -> Result<Vec<(KeyRecord, Option<i64>)>, Refusal> {
+        let provider = filter.provider.as_deref();
         if let Some(p) = provider {
             if !valid_provider(p) {
                 return Err(Refusal::Invalid(
@@ -211,9 +539,10 @@ impl Vault<'_> {
             e => Refusal::storage(&e),
         })?;
         let mut out = Vec::with_capacity(keys.len());
+        let now = now_us();
         for k in keys
             .into_iter()
-            .filter(|k| caller.may_use_provider(&k.provider))
+            .filter(|k| caller.may_use_provider(&k.provider) && filter.matches(k, now))
         {
             let used = self
                 .store

@@ -23,7 +23,10 @@ mod rotate;
 mod tokens;
 
 pub use init::{initialise, Initialised};
-pub use keys::{ttl_invalid, NewKey, MAX_API_KEY, MAX_KEY_NAME, MAX_TTL_SECONDS};
+pub use keys::{
+    ttl_invalid, KeyFilter, KeyPolicy, NewKey, Upkeep, EXPIRING_WITHIN_DAYS, NewVersion, DEFAULT_KEEP_VERSIONS,
+    DEFAULT_RECOVERY_WINDOW_SECS, MAX_API_KEY, MAX_KEY_NAME, MAX_TTL_SECONDS,
+};
 pub use refusal::Refusal;
 pub use reveal::{RevealRequest, Revealed, Target};
 pub use rotate::{rotate_store, Rotated};
@@ -77,6 +80,17 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// The server's own housekeeping (purges after the recovery window).
+    pub fn housekeeping() -> Origin {
+        Origin {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ip: "local".into(),
+            peer: None,
+            client: "housekeeping".into(),
+            operator: false,
+        }
+    }
+
     /// An offline command run by the operator.
     pub fn cli() -> Origin {
         Origin {

@@ -34,6 +34,10 @@ pub enum Refusal {
     /// with this detail, recorded `forbidden`.
     #[error("{0}")]
     Beyond(String),
+    /// The key is soft-deleted: answered 404 like a missing key, recorded
+    /// `deleted`.
+    #[error("{0}")]
+    Deleted(String),
     /// The key's ttl ran out.
     #[error("this key has expired (its ttl_seconds ran out): store a new one")]
     Expired,
@@ -73,6 +77,7 @@ impl Refusal {
             Refusal::Forbidden(_) | Refusal::Beyond(_) => Outcome::Forbidden,
             Refusal::NotFound(_) => Outcome::NotFound,
             Refusal::Expired => Outcome::Expired,
+            Refusal::Deleted(_) => Outcome::Deleted,
             Refusal::DecryptFailed => Outcome::DecryptFailed,
             // Refusals of a request's shape or of storage are not attempts
             // on a key: recorded (where they are) as forbidden/not found
@@ -97,6 +102,15 @@ impl Refusal {
         Refusal::TamperedRecord(
             "the stored record of this key failed its integrity check (it was changed outside \
              keyhold) and is refused: tell the operator to run `keyhold check`"
+                .into(),
+        )
+    }
+
+    /// A soft-deleted key.
+    pub fn deleted_key() -> Refusal {
+        Refusal::Deleted(
+            "this key is deleted: POST /api/keys/{id}/restore brings it back within the recovery \
+             window (GET /api/keys?deleted=true lists deleted keys)"
                 .into(),
         )
     }

@@ -20,10 +20,13 @@ use crate::time::now_us;
 /// What a reveal asks for.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A key by its id (as the caller wrote it; not checked yet).
-    Id(String),
+    /// A key by its id (as the caller wrote it; not checked yet): its
+    /// current version, or the version named.
+    Id(String, Option<u32>),
     /// The newest live key of a provider.
     NewestOf(String),
+    /// The newest live key of a provider with this key_name.
+    Named(String, String),
 }
 
 /// One reveal attempt.
@@ -47,6 +50,10 @@ pub struct Revealed {
     pub id: Uuid,
     pub provider: String,
     pub key_name: String,
+    /// The version revealed.
+    pub version: u32,
+    /// When that version lapses (the key's expiry).
+    pub expires_at_us: Option<i64>,
     pub api_key: SecretBytes,
 }
 
@@ -56,12 +63,26 @@ impl Vault<'_> {
     pub async fn reveal(&self, req: RevealRequest<'_>) -> Result<Revealed, Refusal> {
         let mut ev = self.event(&req.origin, Action::Reveal, None, Outcome::Success);
         match &req.target {
-            Target::Id(id) => ev.key_id = Uuid::parse_str(id).ok(),
-            Target::NewestOf(p) if valid_provider(p) => ev.provider = Some(p.clone()),
-            Target::NewestOf(_) => ev.detail = Some("invalid provider name".into()),
+            Target::Id(id, _) => ev.key_id = Uuid::parse_str(id).ok(),
+            Target::NewestOf(p) | Target::Named(p, _) if valid_provider(p) => {
+                ev.provider = Some(p.clone())
+            }
+            Target::NewestOf(_) | Target::Named(..) => {
+                ev.detail = Some("invalid provider name".into())
+            }
+        }
+        let mut notes = Vec::new();
+        if let Target::Id(_, Some(v)) = &req.target {
+            notes.push(format!("version {v}"));
+        }
+        if let Target::Named(_, name) = &req.target {
+            notes.push(format!("by name {:?}", name.chars().take(64).collect::<String>()));
         }
         if let Some(purpose) = &req.purpose {
-            ev.detail = Some(format!("for {purpose}"));
+            notes.push(format!("for {purpose}"));
+        }
+        if !notes.is_empty() {
+            ev.detail = Some(notes.join("; "));
         }
         // 1. the limiter's verdict, before anything else.
         if let Err(retry_after) = req.verdict {
@@ -95,13 +116,38 @@ impl Vault<'_> {
         };
         ev.key_id = Some(rec.id);
         ev.provider = Some(rec.provider.clone());
+        // A soft-deleted key is not revealable (answered like a missing
+        // one, recorded `deleted`).
+        if rec.deleted_at_us.is_some() {
+            return Err(self.refuse(ev, Refusal::deleted_key()).await);
+        }
+        // The version asked for (the current one unless named).
+        let version = match &req.target {
+            Target::Id(_, Some(v)) => *v,
+            _ => rec.version,
+        };
+        let Some((token, expires_at_us)) = rec.version_token(version) else {
+            let kept: Vec<String> = rec
+                .older
+                .iter()
+                .map(|v| v.number)
+                .chain(std::iter::once(rec.version))
+                .map(|n| n.to_string())
+                .collect();
+            let refusal = Refusal::NotFound(format!(
+                "version {version} of this key is not kept (kept: {}); list them with GET \
+                 /api/keys/{{id}}/versions",
+                kept.join(", ")
+            ));
+            return Err(self.refuse(ev, refusal).await);
+        };
         // 5. expiry.
         let now = now_us();
-        if rec.expires_at_us.is_some_and(|e| e <= now) {
+        if expires_at_us.is_some_and(|e| e <= now) {
             return Err(self.refuse(ev, Refusal::Expired).await);
         }
         // 6. decrypt.
-        let Ok(opened) = self.keyring.decrypt(&rec.token) else {
+        let Ok(opened) = self.keyring.decrypt(token) else {
             return Err(self.refuse(ev, Refusal::DecryptFailed).await);
         };
         ev.outcome = Outcome::Success;
@@ -125,6 +171,8 @@ impl Vault<'_> {
             id: rec.id,
             provider: rec.provider,
             key_name: rec.key_name,
+            version,
+            expires_at_us,
             api_key: opened.plaintext,
         })
     }
@@ -153,7 +201,7 @@ impl Vault<'_> {
         ev: &mut AuditEvent,
     ) -> Result<KeyRecord, Refusal> {
         match target {
-            Target::Id(id) => {
+            Target::Id(id, _) => {
                 let Ok(id) = Uuid::parse_str(id) else {
                     return Err(Refusal::no_such_key());
                 };
@@ -169,37 +217,58 @@ impl Vault<'_> {
                 }
                 Ok(rec)
             }
-            Target::NewestOf(provider) => {
-                let none = || {
-                    Refusal::NotFound(format!(
-                        "no key stored for provider `{}`: add one with POST /api/keys",
-                        provider.chars().take(64).collect::<String>()
-                    ))
-                };
-                if !valid_provider(provider) {
-                    return Err(none());
-                }
-                if !caller.may_use_provider(provider) {
-                    return Err(beyond(none()));
-                }
-                let now = now_us();
-                let mut newest_expired = None;
-                for item in self.store.provider_keys_newest_first(provider) {
-                    let rec = item.map_err(Refusal::of_store)?;
-                    if rec.expires_at_us.is_some_and(|e| e <= now) {
-                        newest_expired.get_or_insert(rec);
-                        continue;
-                    }
-                    return Ok(rec);
-                }
-                match newest_expired {
-                    Some(rec) => {
-                        ev.key_id = Some(rec.id);
-                        Err(Refusal::Expired)
-                    }
-                    None => Err(none()),
-                }
+            Target::NewestOf(provider) => self.newest(caller, provider, None, ev),
+            Target::Named(provider, name) => self.newest(caller, provider, Some(name), ev),
+        }
+    }
+
+    /// The newest live (not lapsed, not deleted) key of `provider`, with
+    /// `name` if given. Deleted keys are not in the provider index.
+    fn newest(
+        &self,
+        caller: &Caller,
+        provider: &str,
+        name: Option<&str>,
+        ev: &mut AuditEvent,
+    ) -> Result<KeyRecord, Refusal> {
+        let none = || {
+            let provider = provider.chars().take(64).collect::<String>();
+            Refusal::NotFound(match name {
+                None => format!(
+                    "no key stored for provider `{provider}`: add one with POST /api/keys"
+                ),
+                Some(n) => format!(
+                    "no live key named {:?} for provider `{provider}`: list keys with GET \
+                     /api/keys?provider={provider}",
+                    n.chars().take(64).collect::<String>()
+                ),
+            })
+        };
+        if !valid_provider(provider) {
+            return Err(none());
+        }
+        if !caller.may_use_provider(provider) {
+            return Err(beyond(none()));
+        }
+        let now = now_us();
+        let mut newest_expired = None;
+        for item in self.store.provider_keys_newest_first(provider) {
+            let rec = item.map_err(Refusal::of_store)?;
+            if name.is_some_and(|n| n != rec.key_name) || rec.deleted_at_us.is_some() {
+                continue;
             }
+            if rec.expires_at_us.is_some_and(|e| e <= now) {
+                newest_expired.get_or_insert(rec);
+                continue;
+            }
+            return Ok(rec);
+        }
+        match newest_expired {
+            Some(rec) => {
+                ev.key_id = Some(rec.id);
+                Err(Refusal::Expired)
+            }
+            None => Err(none()),
         }
     }
 }

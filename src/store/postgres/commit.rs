@@ -23,6 +23,7 @@ enum Owned {
         id: Vec<u8>,
         index: Vec<u8>,
         value: Vec<u8>,
+        indexed: bool,
     },
     DeleteKey {
         id: Vec<u8>,
@@ -50,10 +51,12 @@ fn owned(ops: &[Op]) -> Vec<Owned> {
                 provider,
                 created_at_us,
                 value,
+                indexed,
             } => Owned::PutKey {
                 id: id.as_bytes().to_vec(),
                 index: provider_index_key(provider, *created_at_us, id),
                 value: value.clone(),
+                indexed: *indexed,
             },
             Op::DeleteKey {
                 id,
@@ -149,7 +152,12 @@ pub(super) async fn upsert(
 async fn apply(tx: &Transaction<'_>, op: &Owned) -> std::result::Result<i64, PgError> {
     let mut added = 0;
     match op {
-        Owned::PutKey { id, index, value } => {
+        Owned::PutKey {
+            id,
+            index,
+            value,
+            indexed,
+        } => {
             let row = tx
                 .query_one(
                     "INSERT INTO keyhold_keys (k, v) VALUES ($1, $2) \
@@ -166,7 +174,13 @@ async fn apply(tx: &Transaction<'_>, op: &Owned) -> std::result::Result<i64, PgE
                     .await
                     .map_err(db_error)?;
             }
-            upsert(tx, "keyhold_by_provider", index, &[]).await?;
+            if *indexed {
+                upsert(tx, "keyhold_by_provider", index, &[]).await?;
+            } else {
+                tx.execute("DELETE FROM keyhold_by_provider WHERE k = $1", &[index])
+                    .await
+                    .map_err(db_error)?;
+            }
         }
         Owned::DeleteKey { id, index } => {
             let n = tx

@@ -135,6 +135,7 @@ fn apply(
             provider,
             created_at_us,
             value,
+            indexed,
         } => {
             if keys.insert(id.as_bytes(), value.as_slice())?.is_none() {
                 added = 1;
@@ -143,7 +144,12 @@ fn apply(
                 // under the same id.
                 usage.remove(id.as_bytes())?;
             }
-            by_provider.insert(provider_index_key(provider, *created_at_us, id), &[])?;
+            let index = provider_index_key(provider, *created_at_us, id);
+            if *indexed {
+                by_provider.insert(index, &[])?;
+            } else {
+                by_provider.remove(index)?;
+            }
         }
         Op::DeleteKey {
             id,
