@@ -69,14 +69,15 @@ fn fixture(keys: usize) -> Fixture {
             .map(|i| {
                 let id = Uuid::new_v4();
                 ids.push(id);
-                Write::PutKey(KeyRecord {
+                Write::PutKey(KeyRecord::new(
                     id,
-                    provider: provider(i),
-                    key_name: format!("bench-{i}"),
-                    token: ring.encrypt(&plaintext),
-                    created_at_us: now_us - (keys - i) as i64,
-                    expires_at_us: None,
-                })
+                    provider(i),
+                    format!("bench-{i}"),
+                    ring.encrypt(&plaintext),
+                    now_us - (keys - i) as i64,
+                    None,
+                    None,
+                ))
             })
             .collect();
         let ev = AuditEvent::cli(Action::Import, Outcome::Success, Some("bench".into()));

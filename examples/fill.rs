@@ -108,14 +108,15 @@ fn main() -> anyhow::Result<()> {
             if i % every == 0 && (sample.len() as u64) < args.ids_sample {
                 sample.push(id);
             }
-            writes.push(Write::PutKey(KeyRecord {
+            writes.push(Write::PutKey(KeyRecord::new(
                 id,
-                provider: provider(i, args.providers),
-                key_name: format!("bench-{i}"),
-                token: keyring.encrypt(plaintext(i).as_bytes()),
-                created_at_us: first_us + i as i64,
-                expires_at_us: None,
-            }));
+                provider(i, args.providers),
+                format!("bench-{i}"),
+                keyring.encrypt(plaintext(i).as_bytes()),
+                first_us + i as i64,
+                None,
+                None,
+            )));
         }
         let mut ev = AuditEvent::cli(
             Action::Import,

@@ -341,18 +341,22 @@ impl Client {
 
     /// The versions of key `id`, oldest first.
     pub fn versions(&self, id: &str) -> Result<Vec<Value>, ClientError> {
-        Self::json(self.send(
-            self.http
-                .get(self.url(&format!("/api/keys/{}/versions", encode(id)))),
-        )?)
+        Self::json(
+            self.send(
+                self.http
+                    .get(self.url(&format!("/api/keys/{}/versions", encode(id)))),
+            )?,
+        )
     }
 
     /// Brings back a deleted key within its recovery window.
     pub fn restore(&self, id: &str) -> Result<Value, ClientError> {
-        Self::json(self.send(
-            self.http
-                .post(self.url(&format!("/api/keys/{}/restore", encode(id)))),
-        )?)
+        Self::json(
+            self.send(
+                self.http
+                    .post(self.url(&format!("/api/keys/{}/restore", encode(id)))),
+            )?,
+        )
     }
 
     fn revealed(resp: reqwest::blocking::Response) -> Result<Revealed, ClientError> {

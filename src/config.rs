@@ -568,7 +568,12 @@ pub struct ServeArgs {
     /// How long a deleted key can be restored (POST
     /// /api/keys/{id}/restore) before housekeeping destroys it: seconds,
     /// or with a unit (90s, 15m, 12h, 7d, 2w).
-    #[arg(long, env = "KEYHOLD_RECOVERY_WINDOW", default_value = "7d", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "KEYHOLD_RECOVERY_WINDOW",
+        default_value = "7d",
+        value_name = "DURATION"
+    )]
     pub recovery_window: crate::duration::Seconds,
     /// Versions kept of each key (PUT /api/keys/{id}); older ones are
     /// destroyed, audited. 1 to 1000.
@@ -737,7 +742,8 @@ pub struct ExportFilterArgs {
     #[arg(long)]
     pub caller: Option<String>,
     /// Records with this outcome (success, unauthenticated, forbidden,
-    /// not_found, expired, decrypt_failed, rate_limited).
+    /// not_found, deleted, expired, decrypt_failed, rate_limited,
+    /// tampered).
     #[arg(long)]
     pub outcome: Option<String>,
     /// Records of this action (reveal, key_create, key_delete, ...).

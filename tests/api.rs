@@ -23,17 +23,24 @@ fn create_list_reveal_delete_round_trip_with_reference_shapes() {
     let created: serde_json::Value = r.json().unwrap();
     let mut fields: Vec<_> = created.as_object().unwrap().keys().cloned().collect();
     fields.sort();
+    // The reference's fields, and the fields versions and soft deletion
+    // added (issue 18): nothing else.
     assert_eq!(
         fields,
         [
             "created_at",
+            "deleted_at",
             "expires_at",
             "id",
             "key_name",
             "last_used",
-            "provider"
+            "provider",
+            "purge_at",
+            "version"
         ]
     );
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["deleted_at"], serde_json::Value::Null);
     assert_eq!(created["provider"], "claude");
     assert_eq!(created["last_used"], serde_json::Value::Null);
     let id = created["id"].as_str().unwrap().to_string();
@@ -59,7 +66,10 @@ fn create_list_reveal_delete_round_trip_with_reference_shapes() {
     let revealed: serde_json::Value = r.json().unwrap();
     assert_eq!(
         revealed,
-        json!({"id": id, "provider": "claude", "key_name": "main", "api_key": "sk-ant-one"})
+        // The reference's shape, and the version revealed and its expiry
+        // (issue 18).
+        json!({"id": id, "provider": "claude", "key_name": "main", "api_key": "sk-ant-one",
+               "version": 1, "expires_at": null})
     );
     // last_used is set by the reveal.
     let listed: Vec<serde_json::Value> = api.get("/api/keys?provider=claude").json().unwrap();

@@ -586,8 +586,13 @@ fn a_store_of_the_previous_format_is_upgraded_once_and_keeps_keys_tokens_and_cha
         .iter()
         .filter(|r| r["action"] == "upgrade")
         .collect();
-    assert_eq!(upgrades.len(), 1, "migrated once");
+    // To schema 3 once, then to schema 4 (key versions) once, at once.
+    assert_eq!(upgrades.len(), 2, "migrated once: {upgrades:?}");
     assert_eq!(upgrades[0]["seq"], 9);
+    assert!(upgrades[1]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("upgrade to schema 4"));
     assert!(
         records[..8].iter().all(|r| r["tag"].is_null()),
         "old records kept as they were"
@@ -616,7 +621,7 @@ fn a_store_of_the_previous_format_is_upgraded_once_and_keeps_keys_tokens_and_cha
     );
     s.stop();
     let again = v.audit_records();
-    assert_eq!(again.iter().filter(|r| r["action"] == "upgrade").count(), 1);
+    assert_eq!(again.iter().filter(|r| r["action"] == "upgrade").count(), 2);
     // An old-format record planted after the upgrade is refused.
     with_sled(&dir, |db| {
         let keys = db.open_tree("keys").unwrap();

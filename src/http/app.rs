@@ -390,9 +390,14 @@ fn spawn_key_upkeep(state: Arc<AppState>) {
                     Ok(0) => {}
                     Ok(n) => {
                         state.gauges.add_keys(-(n as i64));
-                        tracing::info!(purged = n, "destroyed deleted keys whose recovery window ended");
+                        tracing::info!(
+                            purged = n,
+                            "destroyed deleted keys whose recovery window ended"
+                        );
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not destroy deleted keys yet; retried later"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not destroy deleted keys yet; retried later")
+                    }
                 }
             }
         }

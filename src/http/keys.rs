@@ -231,10 +231,7 @@ pub(super) async fn restore(id: String, state: State, ctx: Ctx) -> Response {
             .restore_key(&origin, &caller, &id, state.key_policy.recovery_window_us)
             .await?;
         let used = state.store.last_used(&rec.id).unwrap_or(None);
-        Ok::<_, ApiError>(ctx.json(
-            StatusCode::OK,
-            &KeyMeta::of(&rec, used, &state.key_policy),
-        ))
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &KeyMeta::of(&rec, used, &state.key_policy)))
     };
     match res.await {
         Ok(r) => r,

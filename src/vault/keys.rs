@@ -262,7 +262,9 @@ impl Vault<'_> {
         id: &str,
     ) -> Result<Uuid, Refusal> {
         let _one = KEY_WRITES.lock().await;
-        let (mut ev, rec) = self.load_for_change(origin, caller, id, Action::KeyDelete).await?;
+        let (mut ev, rec) = self
+            .load_for_change(origin, caller, id, Action::KeyDelete)
+            .await?;
         if rec.deleted_at_us.is_some() {
             return Err(self.refuse(ev, Refusal::deleted_key()).await);
         }
@@ -283,7 +285,9 @@ impl Vault<'_> {
         id: &str,
     ) -> Result<Uuid, Refusal> {
         let _one = KEY_WRITES.lock().await;
-        let (mut ev, rec) = self.load_for_change(origin, caller, id, Action::KeyPurge).await?;
+        let (mut ev, rec) = self
+            .load_for_change(origin, caller, id, Action::KeyPurge)
+            .await?;
         ev.outcome = Outcome::Success;
         ev.detail = Some(format!(
             "purged by an admin: {} version(s) destroyed",
@@ -304,14 +308,18 @@ impl Vault<'_> {
         window_us: i64,
     ) -> Result<KeyRecord, Refusal> {
         let _one = KEY_WRITES.lock().await;
-        let (mut ev, mut rec) = self.load_for_change(origin, caller, id, Action::KeyRestore).await?;
+        let (mut ev, mut rec) = self
+            .load_for_change(origin, caller, id, Action::KeyRestore)
+            .await?;
         let Some(deleted_at) = rec.deleted_at_us else {
             ev.outcome = Outcome::Forbidden;
             ev.detail = Some("the key is not deleted".into());
             return Err(self
                 .refuse(
                     ev,
-                    Refusal::Conflict("this key is not deleted: there is nothing to restore".into()),
+                    Refusal::Conflict(
+                        "this key is not deleted: there is nothing to restore".into(),
+                    ),
                 )
                 .await);
         };
@@ -348,7 +356,9 @@ impl Vault<'_> {
     ) -> Result<KeyRecord, Refusal> {
         new.check()?;
         let _one = KEY_WRITES.lock().await;
-        let (mut ev, rec) = self.load_for_change(origin, caller, id, Action::KeyPut).await?;
+        let (mut ev, rec) = self
+            .load_for_change(origin, caller, id, Action::KeyPut)
+            .await?;
         if rec.deleted_at_us.is_some() {
             return Err(self.refuse(ev, Refusal::deleted_key()).await);
         }

@@ -76,7 +76,10 @@ impl Vault<'_> {
             notes.push(format!("version {v}"));
         }
         if let Target::Named(_, name) = &req.target {
-            notes.push(format!("by name {:?}", name.chars().take(64).collect::<String>()));
+            notes.push(format!(
+                "by name {:?}",
+                name.chars().take(64).collect::<String>()
+            ));
         }
         if let Some(purpose) = &req.purpose {
             notes.push(format!("for {purpose}"));
@@ -234,9 +237,9 @@ impl Vault<'_> {
         let none = || {
             let provider = provider.chars().take(64).collect::<String>();
             Refusal::NotFound(match name {
-                None => format!(
-                    "no key stored for provider `{provider}`: add one with POST /api/keys"
-                ),
+                None => {
+                    format!("no key stored for provider `{provider}`: add one with POST /api/keys")
+                }
                 Some(n) => format!(
                     "no live key named {:?} for provider `{provider}`: list keys with GET \
                      /api/keys?provider={provider}",

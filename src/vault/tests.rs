@@ -133,26 +133,26 @@ fn each_refusal_is_recorded_with_its_outcome() {
     let cases: Vec<(Option<&str>, Target, Refusal, Outcome)> = vec![
         (
             None,
-            Target::Id(id.to_string()),
+            Target::Id(id.to_string(), None),
             Refusal::Unauthenticated("no token".into()),
             Outcome::Unauthenticated,
         ),
         (
             Some(&writer),
-            Target::Id(id.to_string()),
+            Target::Id(id.to_string(), None),
             reveal::missing_scope(crate::access::Scope::KeysReveal),
             Outcome::Forbidden,
         ),
         (
             Some(&f.admin),
-            Target::Id(uuid::Uuid::new_v4().to_string()),
+            Target::Id(uuid::Uuid::new_v4().to_string(), None),
             Refusal::no_such_key(),
             Outcome::NotFound,
         ),
         // Another provider's key answers like a missing one, recorded forbidden.
         (
             Some(&limited),
-            Target::Id(id.to_string()),
+            Target::Id(id.to_string(), None),
             Refusal::Beyond(refusal::NO_SUCH_KEY.into()),
             Outcome::Forbidden,
         ),
@@ -164,7 +164,7 @@ fn each_refusal_is_recorded_with_its_outcome() {
     }
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(
-        f.reveal(Some(&f.admin), Target::Id(gone.to_string()))
+        f.reveal(Some(&f.admin), Target::Id(gone.to_string(), None))
             .unwrap_err(),
         Refusal::Expired
     );
@@ -273,5 +273,11 @@ fn keys_are_checked_created_and_deleted_with_their_records() {
     .unwrap();
     assert_eq!(deleted, id);
     assert_eq!(f.last().event.action, Action::KeyDelete);
+    // Soft: the record stays, marked, until it is purged.
+    let kept = f.store.get_key(&id).unwrap().unwrap();
+    assert!(kept.deleted_at_us.is_some());
+    let purged = block(f.vault().purge_key(&Origin::cli(), &admin, &id.to_string())).unwrap();
+    assert_eq!(purged, id);
+    assert_eq!(f.last().event.action, Action::KeyPurge);
     assert!(f.store.get_key(&id).unwrap().is_none());
 }

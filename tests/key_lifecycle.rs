@@ -1,0 +1,490 @@
+//! Keys over time (issue 18, points 1-4), through the real server: versions
+//! and the version cap, soft delete, restore, the recovery window
+//! elapsing, purge, reveal by name, expiry filters, gauges and warnings.
+//! Runs on sled, and on PostgreSQL with KEYHOLD_TEST_BACKEND=postgres.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn put(api: &Api, id: &str, api_key: &str) -> reqwest::blocking::Response {
+    api.req(reqwest::Method::PUT, &format!("/api/keys/{id}"))
+        .json(&json!({ "api_key": api_key }))
+        .send()
+        .unwrap()
+}
+
+fn json_of(r: reqwest::blocking::Response) -> Value {
+    let status = r.status();
+    let text = r.text().unwrap();
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The audit records of `action`, read back offline.
+fn records_of(v: &Vault, action: &str) -> Vec<Value> {
+    v.audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == action)
+        .collect()
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("not within {limit:?}: {what}");
+}
+
+#[test]
+fn versions_are_numbered_revealable_listed_and_capped() {
+    let v = Vault::new();
+    let writer = v.token("w", "writer", None);
+    let reader = v.token("r", "reader", None);
+    let gem = v.token("gw", "writer", Some("gemini"));
+    let server = v.serve(&[("KEYHOLD_KEEP_VERSIONS", "3")]);
+    let admin = Api::new(&server, &v.admin);
+    let w = Api::new(&server, &writer);
+    let id = admin.create_key("claude", "main", "sk-v1");
+
+    let meta = json_of(put(&w, &id, "sk-v2"));
+    assert_eq!(meta["version"], 2);
+    assert_eq!(meta["id"], id.as_str());
+    assert_eq!(meta["key_name"], "main");
+    assert_eq!(json_of(put(&w, &id, "sk-v3"))["version"], 3);
+
+    // The current version, with its number, by id and by provider.
+    let r = json_of(admin.get(&format!("/api/keys/{id}")));
+    assert_eq!(
+        (r["api_key"].as_str(), r["version"].as_u64()),
+        (Some("sk-v3"), Some(3))
+    );
+    let r = json_of(admin.get("/api/providers/claude/key"));
+    assert_eq!(r["api_key"], "sk-v3");
+    // An older one on request.
+    let r = json_of(admin.get(&format!("/api/keys/{id}?version=1")));
+    assert_eq!(
+        (r["api_key"].as_str(), r["version"].as_u64()),
+        (Some("sk-v1"), Some(1))
+    );
+    // Nonsense versions are refused, not served.
+    let r = admin.get(&format!("/api/keys/{id}?version=0"));
+    assert_eq!(r.status(), 422);
+    let r = admin.get(&format!("/api/keys/{id}?version=9"));
+    assert_eq!(r.status(), 404);
+    assert!(detail(r).contains("not kept"));
+
+    let list = json_of(admin.get(&format!("/api/keys/{id}/versions")));
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    let states: Vec<&str> = list.iter().map(|x| x["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["previous", "previous", "current"]);
+    assert_eq!(list[0]["created_by"], "admin");
+    assert_eq!(list[1]["created_by"], "w");
+    assert!(list.iter().all(|x| x.get("api_key").is_none()));
+
+    // The cap: a fourth version destroys the first, audited.
+    assert_eq!(json_of(put(&w, &id, "sk-v4"))["version"], 4);
+    let r = admin.get(&format!("/api/keys/{id}?version=1"));
+    assert_eq!(r.status(), 404);
+    let r = json_of(admin.get(&format!("/api/keys/{id}?version=2")));
+    assert_eq!(r["api_key"], "sk-v2");
+    let versions = json_of(admin.get(&format!("/api/keys/{id}/versions")));
+    let numbers: Vec<u64> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [2, 3, 4]);
+
+    // A reader may list versions but not write one; a limited writer
+    // does not reach another provider's key.
+    assert_eq!(put(&Api::new(&server, &reader), &id, "x").status(), 403);
+    assert_eq!(put(&Api::new(&server, &gem), &id, "x").status(), 404);
+    let r = w
+        .req(reqwest::Method::PUT, &format!("/api/keys/{id}"))
+        .json(&json!({"api_key": ""}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    server.stop();
+
+    let puts = records_of(&v, "key_put");
+    let ok: Vec<&Value> = puts.iter().filter(|r| r["outcome"] == "success").collect();
+    assert_eq!(ok.len(), 3, "{puts:?}");
+    assert!(ok[2]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("version(s) 1 destroyed"));
+    assert!(puts.iter().any(|r| r["outcome"] == "forbidden"));
+    let reveals = records_of(&v, "reveal");
+    assert!(reveals
+        .iter()
+        .any(|r| r["outcome"] == "success"
+            && r["detail"].as_str().unwrap_or("").contains("version 1")));
+    // Versions survive a restart, and check opens every one of them.
+    let [flag, place] = v.store_args();
+    assert_ok(&run_with_key(&v.key, &["check", flag, place]));
+}
+
+#[test]
+fn a_deleted_key_is_not_revealable_until_restored() {
+    let v = Vault::new();
+    let reader = v.token("r", "reader", None);
+    let server = v.serve(&[]);
+    let admin = Api::new(&server, &v.admin);
+    let id = admin.create_key("claude", "main", "sk-deleted-then-back");
+
+    let r = admin.delete(&format!("/api/keys/{id}"));
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body, json!({"status": "deleted", "id": id}));
+
+    let r = admin.get(&format!("/api/keys/{id}"));
+    assert_eq!(r.status(), 404);
+    assert!(detail(r).contains("deleted"));
+    assert_eq!(admin.get("/api/providers/claude/key").status(), 404);
+    assert_eq!(admin.get("/api/providers/claude/keys/main").status(), 404);
+    assert_eq!(put(&admin, &id, "x").status(), 404);
+    // Deleting again answers 404, as before soft deletion.
+    assert_eq!(admin.delete(&format!("/api/keys/{id}")).status(), 404);
+
+    let live = json_of(admin.get("/api/keys"));
+    assert!(live.as_array().unwrap().is_empty(), "{live}");
+    let deleted = json_of(admin.get("/api/keys?deleted=true"));
+    let deleted = deleted.as_array().unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0]["id"], id.as_str());
+    assert!(deleted[0]["deleted_at"].is_string());
+    assert!(deleted[0]["purge_at"].is_string());
+
+    let r = admin
+        .req(reqwest::Method::POST, &format!("/api/keys/{id}/restore"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = json_of(admin.get(&format!("/api/keys/{id}")));
+    assert_eq!(r["api_key"], "sk-deleted-then-back");
+    assert_eq!(
+        json_of(admin.get("/api/providers/claude/key"))["id"],
+        id.as_str()
+    );
+    // Restoring a live key is a conflict.
+    let r = admin
+        .req(reqwest::Method::POST, &format!("/api/keys/{id}/restore"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // A reader cannot restore.
+    let r = Api::new(&server, &reader)
+        .req(reqwest::Method::POST, &format!("/api/keys/{id}/restore"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    server.stop();
+
+    let reveals = records_of(&v, "reveal");
+    assert!(reveals
+        .iter()
+        .any(|r| r["outcome"] == "deleted" && r["key_id"] == id.as_str()));
+    assert_eq!(
+        records_of(&v, "key_restore")
+            .iter()
+            .filter(|r| r["outcome"] == "success")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn the_recovery_window_elapsing_destroys_the_key() {
+    let v = Vault::new();
+    let server = v.serve(&[]);
+    let admin = Api::new(&server, &v.admin);
+    let id = admin.create_key("claude", "main", "sk-window-elapses-0123456789");
+    assert_eq!(
+        put(&admin, &id, "sk-window-elapses-second-version").status(),
+        200
+    );
+    let keep = admin.create_key("claude", "other", "sk-stays");
+    server.stop();
+    // The key's Fernet tokens (both versions), as stored.
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let tokens: Vec<String> = v.with_unlocked(&v.key, |store| {
+        let rec = store.get_key(&uuid).unwrap().unwrap();
+        rec.tokens().map(str::to_string).collect()
+    });
+    assert_eq!(tokens.len(), 2);
+
+    let server = v.serve(&[("KEYHOLD_RECOVERY_WINDOW", "2s")]);
+    let admin = Api::new(&server, &v.admin);
+    assert_eq!(admin.delete(&format!("/api/keys/{id}")).status(), 200);
+    eventually(
+        "the deleted key is destroyed",
+        Duration::from_secs(20),
+        || {
+            json_of(admin.get("/api/keys?deleted=true"))
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+    );
+    let r = admin
+        .req(reqwest::Method::POST, &format!("/api/keys/{id}/restore"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(admin.get(&format!("/api/keys/{id}")).status(), 404);
+    assert_eq!(
+        json_of(admin.get(&format!("/api/keys/{keep}")))["api_key"],
+        "sk-stays"
+    );
+    server.stop();
+
+    let purges = records_of(&v, "key_purge");
+    assert_eq!(purges.len(), 1, "{purges:?}");
+    assert_eq!(purges[0]["caller"], "housekeeping");
+    assert_eq!(purges[0]["key_id"], id.as_str());
+    assert!(purges[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("2 version(s) destroyed"));
+    // The record is gone from the store, every version with it.
+    v.with_unlocked(&v.key, |store| {
+        assert!(store.get_key(&uuid).unwrap().is_none());
+    });
+    // A backup (what leaves the host) holds none of its ciphertexts.
+    let backup = v.tmp.path().join("after-purge.backup");
+    let [flag, place] = v.store_args();
+    assert_ok(&run_with_key(
+        &v.key,
+        &["backup", flag, place, backup.to_str().unwrap()],
+    ));
+    let bytes = std::fs::read(&backup).unwrap();
+    for t in &tokens {
+        assert!(
+            !contains(&bytes, t.as_bytes()),
+            "the backup holds a purged version"
+        );
+    }
+}
+
+#[test]
+fn purge_destroys_at_once_and_needs_admin() {
+    let v = Vault::new();
+    let writer = v.token("w", "writer", None);
+    let server = v.serve(&[]);
+    let admin = Api::new(&server, &v.admin);
+    let id = admin.create_key("claude", "main", "sk-purge");
+    let r = Api::new(&server, &writer).delete(&format!("/api/keys/{id}?purge=true"));
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        json_of(admin.get(&format!("/api/keys/{id}")))["api_key"],
+        "sk-purge"
+    );
+    let r = admin.delete(&format!("/api/keys/{id}?purge=maybe"));
+    assert_eq!(r.status(), 422);
+    let r = admin.delete(&format!("/api/keys/{id}?purge=true"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(admin.get(&format!("/api/keys/{id}")).status(), 404);
+    assert!(json_of(admin.get("/api/keys?deleted=true"))
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let r = admin
+        .req(reqwest::Method::POST, &format!("/api/keys/{id}/restore"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    server.stop();
+    let purges = records_of(&v, "key_purge");
+    assert!(purges
+        .iter()
+        .any(|r| r["outcome"] == "forbidden" && r["caller"] == "w"));
+    assert!(purges
+        .iter()
+        .any(|r| r["outcome"] == "success" && r["caller"] == "admin"));
+}
+
+#[test]
+fn reveal_by_name_serves_the_newest_live_key_of_that_name() {
+    let v = Vault::new();
+    let gem = v.token("g", "reader", Some("gemini"));
+    let server = v.serve(&[]);
+    let admin = Api::new(&server, &v.admin);
+    admin.create_key("claude", "ci bot", "sk-old");
+    std::thread::sleep(Duration::from_millis(5));
+    let newer = admin.create_key("claude", "ci bot", "sk-new");
+    std::thread::sleep(Duration::from_millis(5));
+    admin.create_key("claude", "other", "sk-other");
+
+    let r = json_of(admin.get("/api/providers/claude/keys/ci%20bot"));
+    assert_eq!(
+        (r["api_key"].as_str(), r["id"].as_str()),
+        (Some("sk-new"), Some(newer.as_str()))
+    );
+    assert_eq!(
+        json_of(admin.get("/api/providers/claude/key"))["api_key"],
+        "sk-other"
+    );
+    // The newest one deleted: the older one of that name is served.
+    assert_eq!(admin.delete(&format!("/api/keys/{newer}")).status(), 200);
+    assert_eq!(
+        json_of(admin.get("/api/providers/claude/keys/ci%20bot"))["api_key"],
+        "sk-old"
+    );
+    assert_eq!(admin.get("/api/providers/claude/keys/nobody").status(), 404);
+    // A token limited to another provider is answered like a missing key.
+    let r = Api::new(&server, &gem).get("/api/providers/claude/keys/other");
+    assert_eq!(r.status(), 404);
+
+    // The CLI and exec take PROVIDER/NAME.
+    let out = keyhold()
+        .args(["keys", "reveal", "claude/other", "--addr", &server.base])
+        .env("KEYHOLD_TOKEN", &v.admin)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sk-other");
+    let out = keyhold()
+        .args([
+            "exec",
+            "--addr",
+            &server.base,
+            "--provider",
+            "claude/ci bot",
+            "--env",
+            "K",
+        ])
+        .args(["--", "sh", "-c", "printf %s \"$K\""])
+        .env("KEYHOLD_TOKEN", &v.admin)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sk-old");
+    server.stop();
+    let reveals = records_of(&v, "reveal");
+    assert!(reveals
+        .iter()
+        .any(|r| r["outcome"] == "forbidden" && r["caller"] == "g"));
+}
+
+#[test]
+fn expiring_keys_are_listed_counted_and_warned_about() {
+    let v = Vault::new();
+    // A short recovery window makes the housekeeping pass run every second.
+    let server = v.serve(&[("KEYHOLD_RECOVERY_WINDOW", "4s")]);
+    let admin = Api::new(&server, &v.admin);
+    let create = |name: &str, ttl: Option<i64>| {
+        let mut body =
+            json!({"provider": "claude", "key_name": name, "api_key": format!("sk-{name}")});
+        if let Some(t) = ttl {
+            body["ttl_seconds"] = json!(t);
+        }
+        json_of(admin.post_json("/api/keys", &body))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let soon = create("soon", Some(2 * 86_400));
+    let later = create("later", Some(20 * 86_400));
+    create("never", None);
+    let lapsing = create("lapsing", Some(1));
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let ids = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(json_of(admin.get("/api/keys?expiring_within=7d"))),
+        vec![soon.clone()]
+    );
+    let mut within30 = ids(json_of(admin.get("/api/keys?expiring_within=30d")));
+    within30.sort();
+    let mut want = vec![soon.clone(), later.clone()];
+    want.sort();
+    assert_eq!(within30, want);
+    assert_eq!(
+        ids(json_of(admin.get("/api/keys?expired=true"))),
+        vec![lapsing.clone()]
+    );
+    assert_eq!(admin.get("/api/keys?expiring_within=soon").status(), 422);
+
+    let out = keyhold()
+        .args([
+            "keys",
+            "list",
+            "--expiring",
+            "7d",
+            "--format",
+            "json",
+            "--addr",
+            &server.base,
+        ])
+        .env("KEYHOLD_TOKEN", &v.admin)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(listed), vec![soon.clone()]);
+
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+    };
+    eventually("the expiry gauges are set", Duration::from_secs(15), || {
+        let text = Api::anonymous(&server).get("/metrics").text().unwrap();
+        metric(&text, "keyhold_keys_expiring{within=\"7d\"}") == Some(1.0)
+            && metric(&text, "keyhold_keys_expiring{within=\"30d\"}") == Some(2.0)
+            && metric(&text, "keyhold_keys_expiring{within=\"1d\"}") == Some(0.0)
+            && metric(&text, "keyhold_keys_expired") == Some(1.0)
+    });
+    // One warning a day for the key lapsing within 7 days, not one a pass.
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = server.output();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("a key expires within 7 days") && l.contains(&soon))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(!log
+        .lines()
+        .any(|l| l.contains("expires within") && l.contains(&later)));
+
+    // exec says so on stderr, and still runs the command.
+    let out = keyhold()
+        .args([
+            "exec",
+            "--addr",
+            &server.base,
+            "--provider",
+            "claude/soon",
+            "--env",
+            "K",
+        ])
+        .args(["--", "sh", "-c", "printf %s \"$K\""])
+        .env("KEYHOLD_TOKEN", &v.admin)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sk-soon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expires at"), "{err}");
+    assert!(!err.contains("sk-soon"), "{err}");
+    server.stop();
+}
