@@ -36,10 +36,13 @@ pub enum Action {
     Reload,
     /// A listing of keys (recorded only when refused for a tampered record).
     KeyList,
+    /// An access token replaced by a new one with the same grants (the
+    /// old one kept for an overlap window).
+    TokenRotate,
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::Init,
         Action::Reveal,
         Action::KeyCreate,
@@ -56,6 +59,7 @@ impl Action {
         Action::Authenticate,
         Action::Reload,
         Action::KeyList,
+        Action::TokenRotate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +80,7 @@ impl Action {
             Action::Authenticate => "authenticate",
             Action::Reload => "reload",
             Action::KeyList => "key_list",
+            Action::TokenRotate => "token_rotate",
         }
     }
 

@@ -53,6 +53,7 @@ async fn token(state: &State, role: Role) -> String {
         name: format!("t-{}", uuid::Uuid::new_v4().simple()),
         role,
         providers: None,
+        ttl_seconds: None,
     };
     let minted = vault.create_token(&Origin::cli(), None, req).await.unwrap();
     minted.secret.expose().to_string()

@@ -62,6 +62,7 @@ impl Fixture {
                 name: format!("t{}", uuid::Uuid::new_v4().simple()),
                 role,
                 providers,
+                ttl_seconds: None,
             },
         ))
         .unwrap();
@@ -228,6 +229,7 @@ fn a_limited_admin_mints_nothing_broader_and_revokes_nothing_broader() {
         name: "broad".into(),
         role: Role::Reader,
         providers: None,
+        ttl_seconds: None,
     };
     let got = block(f.vault().create_token(&Origin::cli(), Some(&caller), broad)).unwrap_err();
     assert!(matches!(got, Refusal::Forbidden(_)), "{got:?}");
@@ -243,7 +245,7 @@ fn a_limited_admin_mints_nothing_broader_and_revokes_nothing_broader() {
         .list_tokens(Some(&caller))
         .unwrap()
         .iter()
-        .all(|t| t.name != "admin"));
+        .all(|t| t.record.name != "admin"));
     // The operator offline reaches everything.
     let rec = block(f.vault().revoke_token(&Origin::cli(), None, "admin")).unwrap();
     assert_eq!(rec.name, "admin");
