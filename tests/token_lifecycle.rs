@@ -170,13 +170,8 @@ fn an_expiring_token_works_until_its_ttl_then_is_refused_and_recorded() {
     assert_ok(&out);
     let cli_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(cli_token.starts_with("kh_"));
-    let cli_made = listed(
-        &admin,
-        &admin.get("/api/tokens/short-cli").json::<Value>().unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-    );
+    let cli_made: Value = admin.get("/api/tokens/short-cli").json().unwrap();
+    assert_eq!(cli_made["ttl_seconds"], 2);
     let both = [(token_of(&api_made), &api_made), (cli_token, &cli_made)];
     for (token, _) in &both {
         assert_eq!(Api::new(&s, token).get("/api/keys").status(), 200);
@@ -253,7 +248,7 @@ fn last_use_is_written_with_the_audit_record_and_listed() {
     assert_eq!(before["expired"], false);
     assert!(before["expires_at"].is_null());
     // A listing is not audited, so it is not a use either.
-    let reader = Api::new(&s, &made["token"].as_str().unwrap().to_string());
+    let reader = Api::new(&s, made["token"].as_str().unwrap());
     assert_eq!(reader.get("/api/keys").status(), 200);
     assert!(listed(&admin, &id)["last_used"].is_null());
     // A reveal is: its record and the token's last use land together.
@@ -300,6 +295,42 @@ fn last_use_is_written_with_the_audit_record_and_listed() {
     let table = String::from_utf8(table.stdout).unwrap();
     assert!(table.contains("LAST USED") && table.contains("EXPIRES"));
     assert!(!table.contains(made["token"].as_str().unwrap()));
+    // A backup carries last use (the token_usage table), and a restore
+    // brings it back.
+    let file = v.tmp.path().join("with-usage.backup");
+    let out = run_with_key(&v.key, &["backup", flag, place, file.to_str().unwrap()]);
+    assert_ok(&out);
+    let restored = v.tmp.path().join("restored");
+    let out = run_with_key(
+        &v.key,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let out = run_with_key(
+        &v.key,
+        &[
+            "token",
+            "list",
+            "--data-dir",
+            restored.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    );
+    assert_ok(&out);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(t["last_used"].as_str().unwrap(), later);
 }
 
 #[test]
