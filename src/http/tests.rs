@@ -196,6 +196,7 @@ fn the_refusal_to_status_mapping_is_total() {
             StatusCode::UNAUTHORIZED,
         ),
         (Refusal::TamperedToken, StatusCode::UNAUTHORIZED),
+        (Refusal::TokenExpired("x".into()), StatusCode::UNAUTHORIZED),
         (Refusal::Forbidden("x".into()), StatusCode::FORBIDDEN),
         (Refusal::NotFound("x".into()), StatusCode::NOT_FOUND),
         (Refusal::Beyond("x".into()), StatusCode::NOT_FOUND),
