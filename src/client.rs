@@ -436,8 +436,44 @@ impl Client {
         role: &str,
         providers: Option<&[String]>,
     ) -> Result<Value, ClientError> {
-        let body = json!({"name": name, "role": role, "providers": providers});
+        self.create_token_expiring(name, role, providers, None)
+    }
+
+    /// Creates a token expiring `ttl_seconds` after now (`None`: never);
+    /// the answer's `token` is the secret, shown once.
+    pub fn create_token_expiring(
+        &self,
+        name: &str,
+        role: &str,
+        providers: Option<&[String]>,
+        ttl_seconds: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({"name": name, "role": role, "providers": providers});
+        if let Some(t) = ttl_seconds {
+            body["ttl_seconds"] = json!(t);
+        }
         Self::json(self.send(self.http.post(self.url("/api/tokens")).json(&body))?)
+    }
+
+    /// Rotates a token (by id or name): the answer's `token` is the
+    /// replacement's secret, shown once; `replaced` is the old token,
+    /// which works until the overlap ends (the server's default: `None`).
+    pub fn rotate_token(
+        &self,
+        id_or_name: &str,
+        overlap_seconds: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({});
+        if let Some(o) = overlap_seconds {
+            body["overlap_seconds"] = json!(o);
+        }
+        Self::json(
+            self.send(
+                self.http
+                    .post(self.url(&format!("/api/tokens/{}/rotate", encode(id_or_name))))
+                    .json(&body),
+            )?,
+        )
     }
 
     pub fn revoke_token(&self, id_or_name: &str) -> Result<Value, ClientError> {

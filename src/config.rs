@@ -638,6 +638,10 @@ pub enum TokenCommand {
     List(TokenListArgs),
     /// Revoke a token by id or name.
     Revoke(TokenRevokeArgs),
+    /// Replace a token by a new one with the same name, role, providers and
+    /// ttl; print the new token alone on stdout (shown once). The old token
+    /// keeps working for the overlap window, then is refused as expired.
+    Rotate(TokenRotateArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -686,6 +690,24 @@ pub struct TokenCreateArgs {
     /// Limit the token to these providers (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub providers: Option<Vec<String>>,
+    /// How long until the token expires: seconds, or with a unit (90s,
+    /// 15m, 12h, 30d, 2w); at most 10 years. Without it, never.
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<crate::duration::Seconds>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRotateArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// How long the old token keeps working (0: it stops now); never
+    /// beyond its own expiry.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub overlap: crate::duration::Seconds,
+    /// The token's id or name (a name means the newest live token of it).
+    pub token: String,
 }
 
 #[derive(Debug, Args)]

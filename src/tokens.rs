@@ -1,5 +1,11 @@
 //! Access-token management shared by the offline CLI and the admin HTTP
-//! routes: authenticate, create, find, revoke.
+//! routes: authenticate, create, find, revoke, rotate.
+//!
+//! A token may expire (`expires_at`); an expired token is refused like
+//! an unknown one, but told that it expired. Rotation mints a successor
+//! with the same name, role, providers and ttl, and shortens the old
+//! token's life to an overlap window; a name always means the newest live
+//! token of that name.
 //!
 //! Lookups go by a keyed digest of the token (the store never holds a
 //! token, and nobody without the keyring can say where a token's record
@@ -25,33 +31,78 @@ pub enum TokenError {
     NotFound(String),
     #[error("the token `{0}` is already revoked")]
     AlreadyRevoked(String),
+    #[error(
+        "the token `{name}` ({id}) was already rotated: rotate its replacement {to} (or the name, \
+         which means the newest live token of that name)"
+    )]
+    AlreadyRotated { name: String, id: Uuid, to: Uuid },
+    #[error(
+        "the stored role `{0}` of this token is unknown to this keyhold: create a new token \
+         instead, and revoke this one"
+    )]
+    StoredRole(String),
     #[error("the system random generator failed: {0}")]
     Random(getrandom::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// The caller a token stands for, or `None` when it is unknown or revoked.
+/// What a presented token turned out to be.
+#[derive(Debug)]
+pub enum Checked {
+    /// A live token: the caller it stands for.
+    Valid(Caller),
+    /// A known token whose expiry has passed (the caller it stood for,
+    /// for the audit record; never to be served).
+    Expired {
+        caller: Caller,
+        at_us: i64,
+        rotated: bool,
+    },
+    /// Unknown, malformed or revoked.
+    Unknown,
+}
+
+/// The caller a token stands for, or `None` when it is unknown, revoked
+/// or expired.
 pub fn authenticate(store: &Store, token: &str) -> Result<Option<Caller>, StoreError> {
+    Ok(match check(store, token, crate::time::now_us())? {
+        Checked::Valid(c) => Some(c),
+        Checked::Expired { .. } | Checked::Unknown => None,
+    })
+}
+
+/// Checks a presented token at `now_us`.
+pub fn check(store: &Store, token: &str, now_us: i64) -> Result<Checked, StoreError> {
     if !access::well_formed(token) {
-        return Ok(None);
+        return Ok(Checked::Unknown);
     }
     // The token is looked up by its SHA-256: no comparison ever touches
     // the token itself, and the store compares digests, whose timing
     // reveals nothing usable about a token (SHA-256 cannot be inverted).
     let hash = access::hash_token(token);
     let Some((_, rec)) = store.get_token(&hash)? else {
-        return Ok(None);
+        return Ok(Checked::Unknown);
     };
     if rec.revoked_at_us.is_some() {
-        return Ok(None);
+        return Ok(Checked::Unknown);
     }
-    Ok(Some(Caller {
+    let expired = rec.expires_at_us.filter(|e| *e <= now_us);
+    let rotated = rec.rotated_to.is_some();
+    let caller = Caller {
         id: rec.id,
         name: rec.name,
         scopes: rec.scopes,
         providers: rec.providers,
-    }))
+    };
+    Ok(match expired {
+        Some(at_us) => Checked::Expired {
+            caller,
+            at_us,
+            rotated,
+        },
+        None => Checked::Valid(caller),
+    })
 }
 
 /// A token ready to be written: the secret (show it once) and its write.
@@ -63,6 +114,18 @@ pub struct PreparedToken {
 }
 
 impl PreparedToken {
+    /// Makes the token expire `ttl_seconds` after its creation (checked
+    /// by the caller: 1..=`MAX_TTL_SECONDS`).
+    pub fn expiring(mut self, ttl_seconds: Option<i64>) -> PreparedToken {
+        self.record.ttl_seconds = ttl_seconds;
+        self.record.expires_at_us = ttl_seconds.map(|t| {
+            self.record
+                .created_at_us
+                .saturating_add(t.saturating_mul(1_000_000))
+        });
+        self
+    }
+
     pub fn write(&self) -> Write {
         Write::PutToken {
             hash: self.at,
@@ -77,6 +140,18 @@ pub fn prepare(
     name: &str,
     role: Role,
     providers: Option<Vec<String>>,
+) -> Result<PreparedToken, TokenError> {
+    prepare_named(store, name, role, providers, true)
+}
+
+/// As [`prepare`]; `unique` checks that no live token has the name (a
+/// rotation's successor shares its predecessor's name).
+fn prepare_named(
+    store: &Store,
+    name: &str,
+    role: Role,
+    providers: Option<Vec<String>>,
+    unique: bool,
 ) -> Result<PreparedToken, TokenError> {
     if !access::valid_token_name(name) {
         return Err(TokenError::InvalidName(name.chars().take(64).collect()));
@@ -97,9 +172,12 @@ pub fn prepare(
             Some(out)
         }
     };
-    for (_, rec) in store.list_tokens()? {
-        if rec.name == name && rec.revoked_at_us.is_none() {
-            return Err(TokenError::NameTaken(name.to_string()));
+    let now = crate::time::now_us();
+    if unique {
+        for (_, rec) in store.list_tokens()? {
+            if rec.name == name && is_live(&rec, now) {
+                return Err(TokenError::NameTaken(name.to_string()));
+            }
         }
     }
     let token = access::generate_token().map_err(TokenError::Random)?;
@@ -109,8 +187,11 @@ pub fn prepare(
         role: role.as_str().to_string(),
         scopes: role.scopes(),
         providers,
-        created_at_us: crate::time::now_us(),
+        created_at_us: now,
         revoked_at_us: None,
+        expires_at_us: None,
+        ttl_seconds: None,
+        rotated_to: None,
     };
     let at = store.token_key(&token.hash)?;
     Ok(PreparedToken { token, record, at })
@@ -120,11 +201,12 @@ pub fn prepare(
 pub fn find(store: &Store, id_or_name: &str) -> Result<([u8; 32], TokenRecord), TokenError> {
     let id = Uuid::parse_str(id_or_name).ok();
     let all = store.list_tokens()?;
+    let now = crate::time::now_us();
     let by_id = all.iter().find(|(_, r)| Some(r.id) == id);
     let by_name = || {
         all.iter()
             .filter(|(_, r)| r.name == id_or_name)
-            .max_by_key(|(_, r)| (r.revoked_at_us.is_none(), r.created_at_us))
+            .max_by_key(|(_, r)| (is_live(r, now), r.created_at_us))
     };
     by_id
         .or_else(by_name)
@@ -139,4 +221,69 @@ pub fn revoke(hash: [u8; 32], mut record: TokenRecord) -> Result<(TokenRecord, W
     }
     record.revoked_at_us = Some(crate::time::now_us());
     Ok((record.clone(), Write::PutToken { hash, record }))
+}
+
+/// Neither revoked nor expired at `now_us`.
+pub fn is_live(rec: &TokenRecord, now_us: i64) -> bool {
+    rec.revoked_at_us.is_none() && !rec.expired_at(now_us)
+}
+
+/// A rotation ready to be written: the successor (its secret, shown
+/// once) and the predecessor as it will be stored.
+pub struct PreparedRotation {
+    pub successor: PreparedToken,
+    pub old: TokenRecord,
+    old_at: [u8; 32],
+}
+
+impl PreparedRotation {
+    /// Both writes, to land in one commit with the rotation's record.
+    pub fn writes(&self) -> Vec<Write> {
+        vec![
+            self.successor.write(),
+            Write::PutToken {
+                hash: self.old_at,
+                record: self.old.clone(),
+            },
+        ]
+    }
+}
+
+/// Mints the successor of the token stored at `at` (same name, role,
+/// scopes, providers and ttl length) and ends the old token's life
+/// `overlap_seconds` from now (never later than its own expiry).
+pub fn rotate(
+    store: &Store,
+    at: [u8; 32],
+    mut old: TokenRecord,
+    overlap_seconds: i64,
+) -> Result<PreparedRotation, TokenError> {
+    if old.revoked_at_us.is_some() {
+        return Err(TokenError::AlreadyRevoked(old.name));
+    }
+    if let Some(to) = old.rotated_to {
+        return Err(TokenError::AlreadyRotated {
+            name: old.name,
+            id: old.id,
+            to,
+        });
+    }
+    let role: Role = old
+        .role
+        .parse()
+        .map_err(|_| TokenError::StoredRole(old.role.chars().take(40).collect()))?;
+    let mut successor = prepare_named(store, &old.name, role, old.providers.clone(), false)?
+        .expiring(old.ttl_seconds);
+    // The same grants as stored (a role's scopes could change between
+    // versions; the successor keeps what its predecessor had).
+    successor.record.scopes = old.scopes.clone();
+    let now = successor.record.created_at_us;
+    let end = now.saturating_add(overlap_seconds.saturating_mul(1_000_000));
+    old.expires_at_us = Some(old.expires_at_us.map_or(end, |e| e.min(end)));
+    old.rotated_to = Some(successor.record.id);
+    Ok(PreparedRotation {
+        successor,
+        old,
+        old_at: at,
+    })
 }

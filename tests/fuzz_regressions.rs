@@ -557,7 +557,13 @@ fn backup_reader_rejects_hostile_streams() {
             with(&[1, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]),
         ),
         ("field of 16 MiB, absent", with(&[1, 0, 1, 0, 0, 0])),
-        ("unknown tree", seal(with(&entry(6, b"k", b"v")), 1)),
+        (
+            "unknown tree",
+            seal(
+                with(&entry(keyhold::store::TABLES.len() as u8, b"k", b"v")),
+                1,
+            ),
+        ),
         ("unknown record kind", with(&[3])),
         ("no trailer", with(&entry(0, b"k", b"v"))),
         ("wrong count", seal(with(&entry(0, b"k", b"v")), 2)),

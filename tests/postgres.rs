@@ -796,3 +796,38 @@ fn a_failover_to_a_synchronous_standby_keeps_every_acknowledged_reveal() {
         refused.load(Ordering::Relaxed)
     );
 }
+
+/// A database at migration 1 (before `keyhold_token_usage`) is brought to
+/// migration 2 in place by the first command that opens it, keeps its
+/// tokens, and records their last use from then on.
+#[test]
+fn a_database_at_migration_1_is_migrated_to_2_in_place_on_open() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "older");
+    pg.psql(
+        "older",
+        "DROP TABLE keyhold_token_usage; DELETE FROM keyhold_schema WHERE version = 2",
+    );
+    let at = |pg: &Cluster| {
+        pg.psql(
+            "older",
+            "SELECT max(version) || ' ' || (to_regclass('keyhold_token_usage') IS NOT NULL) \
+             FROM keyhold_schema",
+        )
+    };
+    assert!(at(&pg).contains("1 f"), "{}", at(&pg));
+    let out = v.run(&["token", "list", "--format", "json"]);
+    assert_ok(&out);
+    assert!(at(&pg).contains("2 t"), "{}", at(&pg));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list[0]["last_used"].is_null(), "{list}");
+    // From then on a use of a token is recorded with its audit record.
+    let s = v.serve("node-a", &[]);
+    let api = Api::new(&s, &v.admin);
+    api.create_key("claude", "main", "sk-ant-migrated-0001");
+    let list: Value = api.get("/api/tokens").json().unwrap();
+    assert!(list[0]["last_used"].is_string(), "{list}");
+    s.stop();
+    let (ok, report) = v.verify();
+    assert!(ok, "{report}");
+}

@@ -20,6 +20,8 @@ struct Pending {
     count: u64,
     mixed_target: bool,
     mixed_ip: bool,
+    /// Several tokens (expired ones) were refused in the same second.
+    mixed_caller: bool,
 }
 
 /// Counts coalesced attempts until they are drained into records.
@@ -63,6 +65,9 @@ impl Coalescer {
                 if p.event.ip != event.ip {
                     p.mixed_ip = true;
                 }
+                if p.event.caller_id != event.caller_id {
+                    p.mixed_caller = true;
+                }
             }
             None => {
                 let mut event = event;
@@ -77,6 +82,7 @@ impl Coalescer {
                         count: n,
                         mixed_target: false,
                         mixed_ip: false,
+                        mixed_caller: false,
                     },
                 );
             }
@@ -141,6 +147,11 @@ fn finish(client: &str, second: i64, p: Pending) -> AuditEvent {
         e.key_id = None;
         e.provider = None;
         detail.push_str("; several keys or providers were asked for");
+    }
+    if p.mixed_caller {
+        e.caller = "several".into();
+        e.caller_id = None;
+        detail.push_str("; several tokens were refused");
     }
     e.detail = Some(detail);
     e

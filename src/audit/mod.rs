@@ -328,8 +328,17 @@ impl AuditLog {
     ) -> Result<Chained, AuditError> {
         let mut records = Vec::with_capacity(batch.len());
         let mut writes = Vec::new();
+        // Each token that acted in the batch: its last use, written in the
+        // same commit as its records (one write per token per batch).
+        let mut touched: Vec<(uuid::Uuid, i64)> = Vec::new();
         for (event, w) in batch {
             let at_us = crate::time::now_us();
+            if let Some(id) = used_token(event) {
+                match touched.iter_mut().find(|(t, _)| *t == id) {
+                    Some(t) => t.1 = at_us,
+                    None => touched.push((id, at_us)),
+                }
+            }
             let node = self.node.as_deref();
             let mac = AuditRecord::chain_hash(&prev, seq, at_us, event, node);
             records.push(AuditRecord {
@@ -347,6 +356,11 @@ impl AuditLog {
             seq = seq.checked_add(1).ok_or_else(seq_space_used_up)?;
         }
         writes.extend(extra.iter().cloned());
+        writes.extend(
+            touched
+                .into_iter()
+                .map(|(id, at_us)| Write::TouchToken { id, at_us }),
+        );
         let n = records.len();
         // A hand-over: the old key signs every record up to the hand-over
         // record; the new key signs the newest.
@@ -534,4 +548,14 @@ pub fn verify_store(store: &Store, keys: &VerifyKeys) -> Result<VerifyReport, St
         }
     }
     Ok(v.finish_store(head))
+}
+
+/// The token whose use a record is: its caller, when the token was
+/// accepted. A refusal of the token itself (recorded as `authenticate`:
+/// expired, or not authentic) is not a use.
+fn used_token(event: &AuditEvent) -> Option<uuid::Uuid> {
+    match (event.action, event.outcome) {
+        (Action::Authenticate, _) | (_, Outcome::Unauthenticated) => None,
+        _ => event.caller_id,
+    }
 }

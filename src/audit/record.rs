@@ -44,10 +44,13 @@ pub enum Action {
     /// A key destroyed for good: its recovery window ended, or an admin
     /// purged it.
     KeyPurge,
+    /// An access token replaced by a new one with the same grants (the
+    /// old one kept for an overlap window).
+    TokenRotate,
 }
 
 impl Action {
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 20] = [
         Action::Init,
         Action::Reveal,
         Action::KeyCreate,
@@ -67,6 +70,7 @@ impl Action {
         Action::KeyPut,
         Action::KeyRestore,
         Action::KeyPurge,
+        Action::TokenRotate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +94,7 @@ impl Action {
             Action::KeyPut => "key_put",
             Action::KeyRestore => "key_restore",
             Action::KeyPurge => "key_purge",
+            Action::TokenRotate => "token_rotate",
         }
     }
 

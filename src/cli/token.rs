@@ -1,4 +1,5 @@
-//! `keyhold token create|list|revoke` (offline).
+//! `keyhold token create|list|revoke|rotate` (offline, or `--remote`
+//! through a server's admin routes).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -9,29 +10,91 @@ use super::{open_checked, open_log};
 use crate::config::TokenCommand;
 use crate::keyring::Keyring;
 use crate::time::to_rfc3339;
-use crate::vault::Origin;
+use crate::vault::{Origin, MAX_TTL_SECONDS};
+
+/// `--ttl` as seconds, checked (1 s to 10 years).
+fn ttl_of(ttl: Option<crate::duration::Seconds>) -> anyhow::Result<Option<i64>> {
+    match ttl {
+        None => Ok(None),
+        Some(t) => match i64::try_from(t.0) {
+            Ok(s) if (1..=MAX_TTL_SECONDS).contains(&s) => Ok(Some(s)),
+            _ => anyhow::bail!(
+                "--ttl must be from 1 s to 10 years ({MAX_TTL_SECONDS} s), e.g. 90d; without \
+                 --ttl the token never expires"
+            ),
+        },
+    }
+}
+
+/// `--overlap` as seconds, checked (0 to 10 years).
+fn overlap_of(overlap: crate::duration::Seconds) -> anyhow::Result<i64> {
+    match i64::try_from(overlap.0) {
+        Ok(s) if (0..=MAX_TTL_SECONDS).contains(&s) => Ok(s),
+        _ => anyhow::bail!(
+            "--overlap must be from 0 (the old token stops now) to 10 years ({MAX_TTL_SECONDS} s)"
+        ),
+    }
+}
 
 pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TokenCommand::Create(a) if a.remote.remote => remote(&a.remote, |c| {
-            let role = crate::access::Role::from(a.role).as_str();
-            let v = c.create_token(&a.name, role, a.providers.as_deref())?;
-            let token = v
-                .get("token")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("");
-            // The one handover of a new token: alone on stdout (for a
-            // secret manager or a pipe), never on stderr or in a log.
-            println!("{token}");
-            eprintln!(
-                "keyhold: created token `{}` ({}), role {role}. It is shown only once.",
-                a.name,
-                v.get("id")
+        TokenCommand::Create(a) if a.remote.remote => {
+            let ttl = ttl_of(a.ttl)?;
+            remote(&a.remote, |c| {
+                let role = crate::access::Role::from(a.role).as_str();
+                let v = c.create_token_expiring(
+                    &a.name,
+                    role,
+                    a.providers.as_deref(),
+                    ttl.map(|t| t as u64),
+                )?;
+                let token = v
+                    .get("token")
                     .and_then(serde_json::Value::as_str)
-                    .unwrap_or("")
-            );
-            Ok(())
-        }),
+                    .unwrap_or("");
+                // The one handover of a new token: alone on stdout (for a
+                // secret manager or a pipe), never on stderr or in a log.
+                println!("{token}");
+                eprintln!(
+                    "keyhold: created token `{}` ({}), role {role}{}. It is shown only once.",
+                    a.name,
+                    v.get("id")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or(""),
+                    expiry_of_json(&v)
+                );
+                Ok(())
+            })
+        }
+        TokenCommand::Rotate(a) if a.remote.remote => {
+            let overlap = overlap_of(a.overlap)?;
+            remote(&a.remote, |c| {
+                let v = c.rotate_token(&a.token, Some(overlap as u64))?;
+                let token = v
+                    .get("token")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("");
+                // The one handover of the new token: alone on stdout.
+                println!("{token}");
+                let field = |v: &serde_json::Value, f: &str| {
+                    v.get(f)
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let old = v.get("replaced").cloned().unwrap_or_default();
+                eprintln!(
+                    "keyhold: rotated token `{}`: the new one is {}{}; the old one ({}) works until \
+                     {}. It is shown only once.",
+                    field(&v, "name"),
+                    field(&v, "id"),
+                    expiry_of_json(&v),
+                    field(&old, "id"),
+                    field(&old, "expires_at"),
+                );
+                Ok(())
+            })
+        }
         TokenCommand::List(a) if a.remote.remote => remote(&a.remote, |c| {
             let list = c.tokens()?;
             let mut out = std::io::stdout().lock();
@@ -46,6 +109,12 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                         .to_string()
                 };
                 let _ = print_table_header(&mut out);
+                let opt = |v: &serde_json::Value, f: &str| {
+                    v.get(f)
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("-")
+                        .to_string()
+                };
                 for t in &list {
                     let providers = t
                         .get("providers")
@@ -56,18 +125,28 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                                 .collect::<Vec<_>>()
                                 .join(",")
                         });
-                    let status = t
-                        .get("revoked_at")
-                        .and_then(serde_json::Value::as_str)
-                        .map_or("live".to_string(), |r| format!("revoked {r}"));
+                    let revoked = t.get("revoked_at").and_then(serde_json::Value::as_str);
+                    let expired = t
+                        .get("expired")
+                        .and_then(serde_json::Value::as_bool)
+                        .unwrap_or(false);
+                    let status = status_of(
+                        revoked,
+                        expired,
+                        t.get("rotated_to").and_then(serde_json::Value::as_str),
+                    );
                     let _ = print_table_row(
                         &mut out,
-                        &s(t, "id"),
-                        &s(t, "name"),
-                        &s(t, "role"),
-                        &providers,
-                        &s(t, "created_at"),
-                        &status,
+                        &Row {
+                            id: &s(t, "id"),
+                            name: &s(t, "name"),
+                            role: &s(t, "role"),
+                            providers: &providers,
+                            created: &s(t, "created_at"),
+                            expires: &opt(t, "expires_at"),
+                            last_used: &opt(t, "last_used"),
+                            status: &status,
+                        },
                     );
                 }
             }
@@ -92,13 +171,42 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 name: a.name.clone(),
                 role: a.role.into(),
                 providers: a.providers.clone(),
+                ttl_seconds: ttl_of(a.ttl)?,
             };
             let minted = super::block_on(vault.create_token(&Origin::cli(), None, request))??;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", minted.secret.expose()).context("cannot write to stdout")?;
             eprintln!(
-                "keyhold: created token `{}` ({}), role {}. It is shown only once.",
-                minted.record.name, minted.record.id, minted.record.role
+                "keyhold: created token `{}` ({}), role {}{}. It is shown only once.",
+                minted.record.name,
+                minted.record.id,
+                minted.record.role,
+                expiry_of(minted.record.expires_at_us)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Rotate(a) => {
+            let overlap = overlap_of(a.overlap)?;
+            let keyring = Keyring::from_env()?;
+            let store = open_checked(&a.data, &keyring)?;
+            let log = open_log(store.clone(), &keyring)?;
+            let vault = super::offline_vault(&store, &keyring, &log);
+            let rotated = super::block_on(vault.rotate_token(
+                &Origin::cli(),
+                None,
+                &a.token,
+                Some(overlap),
+            ))??;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", rotated.new.secret.expose()).context("cannot write to stdout")?;
+            eprintln!(
+                "keyhold: rotated token `{}`: the new one is {}{}; the old one ({}) works until {}. \
+                 It is shown only once.",
+                rotated.new.record.name,
+                rotated.new.record.id,
+                expiry_of(rotated.new.record.expires_at_us),
+                rotated.old.id,
+                rotated.old.expires_at_us.map(to_rfc3339).unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -111,27 +219,33 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             let all = super::offline_vault(&store, &keyring, &log).list_tokens(None)?;
             let mut out = std::io::stdout().lock();
             if a.output.is_json() {
-                let list: Vec<_> = all.iter().map(crate::http::TokenInfo::of).collect();
+                let list: Vec<_> = all.iter().map(crate::http::TokenInfo::listed).collect();
                 serde_json::to_writer_pretty(&mut out, &list)?;
                 writeln!(out)?;
             } else {
                 print_table_header(&mut out)?;
-                for r in &all {
+                for t in &all {
+                    let r = &t.record;
                     let providers = r
                         .providers
                         .as_ref()
                         .map_or("*".to_string(), |p| p.join(","));
-                    let status = r
-                        .revoked_at_us
-                        .map_or("live".to_string(), |t| format!("revoked {}", to_rfc3339(t)));
+                    let revoked = r.revoked_at_us.map(to_rfc3339);
+                    let rotated = r.rotated_to.map(|id| id.to_string());
+                    let status = status_of(revoked.as_deref(), t.expired, rotated.as_deref());
+                    let or_dash = |v: Option<i64>| v.map_or("-".to_string(), to_rfc3339);
                     print_table_row(
                         &mut out,
-                        &r.id.to_string(),
-                        &r.name,
-                        &r.role,
-                        &providers,
-                        &to_rfc3339(r.created_at_us),
-                        &status,
+                        &Row {
+                            id: &r.id.to_string(),
+                            name: &r.name,
+                            role: &r.role,
+                            providers: &providers,
+                            created: &to_rfc3339(r.created_at_us),
+                            expires: &or_dash(r.expires_at_us),
+                            last_used: &or_dash(t.last_used_us),
+                            status: &status,
+                        },
                     )?;
                 }
             }
@@ -163,25 +277,56 @@ fn remote(
     }
 }
 
+/// `, expires at …` for a message, or nothing.
+fn expiry_of(at_us: Option<i64>) -> String {
+    at_us
+        .map(|e| format!(", expires at {}", to_rfc3339(e)))
+        .unwrap_or_default()
+}
+
+/// The same from an API answer's `expires_at`.
+fn expiry_of_json(v: &serde_json::Value) -> String {
+    v.get("expires_at")
+        .and_then(serde_json::Value::as_str)
+        .map(|e| format!(", expires at {e}"))
+        .unwrap_or_default()
+}
+
+/// A token's state in the table: revoked, expired, rotated or live.
+fn status_of(revoked: Option<&str>, expired: bool, rotated_to: Option<&str>) -> String {
+    match (revoked, expired, rotated_to) {
+        (Some(r), _, _) => format!("revoked {r}"),
+        (None, true, Some(to)) => format!("rotated to {to}, expired"),
+        (None, true, None) => "expired".to_string(),
+        (None, false, Some(to)) => format!("rotated to {to}, in overlap"),
+        (None, false, None) => "live".to_string(),
+    }
+}
+
+/// One row of the token table.
+struct Row<'a> {
+    id: &'a str,
+    name: &'a str,
+    role: &'a str,
+    providers: &'a str,
+    created: &'a str,
+    expires: &'a str,
+    last_used: &'a str,
+    status: &'a str,
+}
+
 fn print_table_header(out: &mut impl Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<36}  {:<20}  {:<8}  {:<20}  {:<27}  STATUS",
-        "ID", "NAME", "ROLE", "PROVIDERS", "CREATED"
+        "{:<36}  {:<20}  {:<8}  {:<20}  {:<27}  {:<27}  {:<27}  STATUS",
+        "ID", "NAME", "ROLE", "PROVIDERS", "CREATED", "EXPIRES", "LAST USED"
     )
 }
 
-fn print_table_row(
-    out: &mut impl Write,
-    id: &str,
-    name: &str,
-    role: &str,
-    providers: &str,
-    created: &str,
-    status: &str,
-) -> std::io::Result<()> {
+fn print_table_row(out: &mut impl Write, r: &Row<'_>) -> std::io::Result<()> {
     writeln!(
         out,
-        "{id:<36}  {name:<20}  {role:<8}  {providers:<20}  {created:<27}  {status}"
+        "{:<36}  {:<20}  {:<8}  {:<20}  {:<27}  {:<27}  {:<27}  {}",
+        r.id, r.name, r.role, r.providers, r.created, r.expires, r.last_used, r.status
     )
 }

@@ -9,13 +9,13 @@ use warp::reply::Response;
 
 use super::context::Ctx;
 use super::error::ApiError;
-use super::extract::{self, NewTokenBody};
+use super::extract::{self, NewTokenBody, RotateTokenBody};
 use super::{require, AppState, State};
 use crate::access::{Caller, Scope};
 use crate::audit::{Action, Outcome};
 use crate::store::TokenRecord;
 use crate::time::to_rfc3339;
-use crate::vault::TokenRequest;
+use crate::vault::{ListedToken, TokenRequest};
 
 /// A token as listed (never the secret).
 #[derive(Debug, Serialize)]
@@ -27,11 +27,37 @@ pub struct TokenInfo {
     pub providers: Option<Vec<String>>,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// When it stops working (`null`: never).
+    pub expires_at: Option<String>,
+    /// True once `expires_at` has passed.
+    pub expired: bool,
+    /// The ttl it was created with (a rotation keeps it).
+    pub ttl_seconds: Option<i64>,
+    /// When an audited action made with it was last committed (`null`:
+    /// never used).
+    pub last_used: Option<String>,
+    /// Set once rotated: the id of its replacement.
+    pub rotated_to: Option<String>,
 }
 
 impl TokenInfo {
+    /// A token as listed, with its last use.
+    pub fn listed(t: &ListedToken) -> TokenInfo {
+        TokenInfo {
+            expired: t.expired,
+            last_used: t.last_used_us.map(to_rfc3339),
+            ..TokenInfo::of(&t.record)
+        }
+    }
+
+    /// A token just written (never used yet).
     pub fn of(r: &TokenRecord) -> TokenInfo {
         TokenInfo {
+            expires_at: r.expires_at_us.map(to_rfc3339),
+            expired: r.expired_at(crate::time::now_us()),
+            ttl_seconds: r.ttl_seconds,
+            last_used: None,
+            rotated_to: r.rotated_to.map(|id| id.to_string()),
             id: r.id.to_string(),
             name: r.name.clone(),
             role: r.role.clone(),
@@ -79,7 +105,7 @@ pub(super) async fn list_tokens(state: State, ctx: Ctx) -> Response {
             .vault()
             .list_tokens(Some(&caller))?
             .iter()
-            .map(TokenInfo::of)
+            .map(TokenInfo::listed)
             .collect();
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &out))
     }
@@ -93,7 +119,7 @@ pub(super) async fn get_token(id: String, state: State, ctx: Ctx) -> Response {
         let caller = state.authenticate(&ctx).await?;
         require(&caller, Scope::Admin)?;
         let rec = state.vault().find_token(Some(&caller), &id)?;
-        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &TokenInfo::of(&rec)))
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &TokenInfo::listed(&rec)))
     }
     .await;
     res.unwrap_or_else(|e| ctx.error(&e))
@@ -119,7 +145,7 @@ where
         drop(permit);
         let req: NewTokenBody = extract::body(body, extract::NEW_TOKEN)?;
         let role = req.role()?;
-        let (name, providers) = (req.name, req.providers);
+        let (name, providers, ttl_seconds) = (req.name, req.providers, req.ttl_seconds);
         let minted = state
             .vault()
             .create_token(
@@ -129,15 +155,62 @@ where
                     name,
                     role,
                     providers,
+                    ttl_seconds,
                 },
             )
             .await?;
-        let info = TokenInfo::of(&minted.record);
-        let mut v = serde_json::to_value(&info).unwrap_or(Value::Null);
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &with_secret(&minted)))
+    }
+    .await;
+    res.unwrap_or_else(|e| ctx.error(&e))
+}
+
+/// A minted token as answered: its info and, once, its secret (`token`).
+fn with_secret(minted: &crate::vault::MintedToken) -> Value {
+    let info = TokenInfo::of(&minted.record);
+    let mut v = serde_json::to_value(&info).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "token".into(),
+            Value::String(minted.secret.expose().to_string()),
+        );
+    }
+    v
+}
+
+/// POST /api/tokens/{id}/rotate  `{overlap_seconds?}` — a replacement
+/// with the same grants; the old token works until the overlap ends.
+pub(super) async fn rotate_token<S, B>(id: String, state: State, ctx: Ctx, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let res = async {
+        let caller = match admin_caller(&state, &ctx, Action::TokenRotate).await {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.discard_body(body).await;
+                return Err(e);
+            }
+        };
+        let permit = state.body_permit().await?;
+        let body = ctx.read_optional_json_body(body).await?;
+        drop(permit);
+        let req: RotateTokenBody = extract::body(body, extract::ROTATE_TOKEN)?;
+        let rotated = state
+            .vault()
+            .rotate_token(
+                &AppState::origin(&ctx),
+                Some(&caller),
+                &id,
+                req.overlap_seconds,
+            )
+            .await?;
+        let mut v = with_secret(&rotated.new);
         if let Value::Object(m) = &mut v {
             m.insert(
-                "token".into(),
-                Value::String(minted.secret.expose().to_string()),
+                "replaced".into(),
+                serde_json::to_value(TokenInfo::of(&rotated.old)).unwrap_or(Value::Null),
             );
         }
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &v))

@@ -193,6 +193,32 @@ impl Ctx {
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: Buf,
     {
+        self.read_json(stream, false).await
+    }
+
+    /// As [`read_json_body`](Self::read_json_body), for a route whose
+    /// fields are all optional: an empty body (with or without a
+    /// Content-Type) is `{}`.
+    pub async fn read_optional_json_body<S, B>(
+        &self,
+        stream: S,
+    ) -> Result<serde_json::Value, ApiError>
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Unpin,
+        B: Buf,
+    {
+        self.read_json(stream, true).await
+    }
+
+    async fn read_json<S, B>(
+        &self,
+        stream: S,
+        optional: bool,
+    ) -> Result<serde_json::Value, ApiError>
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Unpin,
+        B: Buf,
+    {
         if let Some(len) = self.headers.get(CONTENT_LENGTH) {
             match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
                 Some(n) if n > MAX_BODY as u64 => return Err(too_large()),
@@ -213,6 +239,9 @@ impl Ctx {
                     "the request body did not arrive in time: send it whole, promptly",
                 )
             })??;
+        if optional && bytes.is_empty() {
+            return Ok(serde_json::Value::Object(serde_json::Map::new()));
+        }
         if let Some(ct) = self.headers.get(CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
             let essence = ct.split(';').next().unwrap_or("").trim();

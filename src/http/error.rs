@@ -115,7 +115,7 @@ impl From<crate::vault::Refusal> for ApiError {
         let detail = r.to_string();
         match r {
             R::RateLimited(secs) => ApiError::rate_limited(secs),
-            R::Unauthenticated(_) => ApiError::unauthenticated(detail),
+            R::Unauthenticated(_) | R::TokenExpired(_) => ApiError::unauthenticated(detail),
             R::TamperedToken => ApiError {
                 tampered: true,
                 ..ApiError::unauthenticated(detail)

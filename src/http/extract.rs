@@ -31,13 +31,23 @@ impl From<NewKeyBody> for crate::vault::NewKey {
     }
 }
 
-/// `POST /api/tokens`: `{name, role, providers?}`.
+/// `POST /api/tokens`: `{name, role, providers?, ttl_seconds?}`.
 #[derive(Deserialize)]
 pub(super) struct NewTokenBody {
     pub(super) name: String,
     pub(super) role: String,
     #[serde(default)]
     pub(super) providers: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) ttl_seconds: Option<i64>,
+}
+
+/// `POST /api/tokens/{id}/rotate`: `{overlap_seconds?}` (an empty body
+/// is `{}`).
+#[derive(Deserialize)]
+pub(super) struct RotateTokenBody {
+    #[serde(default)]
+    pub(super) overlap_seconds: Option<i64>,
 }
 
 impl NewTokenBody {
@@ -176,7 +186,11 @@ pub(super) const NEW_TOKEN: Shape = &[
     ("name", Kind::Str, true),
     ("role", Kind::Str, true),
     ("providers", Kind::Strs, false),
+    ("ttl_seconds", Kind::Int, false),
 ];
+
+/// `POST /api/tokens/{id}/rotate`.
+pub(super) const ROTATE_TOKEN: Shape = &[("overlap_seconds", Kind::Int, false)];
 
 /// Reads a JSON body into `T` after checking it against `shape`, so a
 /// refusal names the field and what it must be (serde's own messages do

@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/tokens"),
     ("GET", "/api/tokens/{id}"),
     ("DELETE", "/api/tokens/{id}"),
+    ("POST", "/api/tokens/{id}/rotate"),
     ("GET", "/api/audit"),
     ("GET", "/api/audit/verify"),
     ("GET", "/api/audit/stats"),
@@ -260,6 +261,17 @@ fn revoke_token(s: &State) -> Route {
         .boxed()
 }
 
+/// POST /api/tokens/{id}/rotate — replace a token, with an overlap (admin)
+fn rotate_token(s: &State) -> Route {
+    warp::path!("api" / "tokens" / String / "rotate")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(warp::body::stream())
+        .then(admin::rotate_token)
+        .boxed()
+}
+
 /// GET /api/audit — the log, streamed (audit:read)
 fn export(s: &State) -> Route {
     warp::path!("api" / "audit")
@@ -383,6 +395,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         create_token(s),
         get_token(s),
         revoke_token(s),
+        rotate_token(s),
         export(s),
         verify(s),
         rotate(s),

@@ -54,6 +54,7 @@ async fn token(state: &State, role: Role) -> String {
         name: format!("t-{}", uuid::Uuid::new_v4().simple()),
         role,
         providers: None,
+        ttl_seconds: None,
     };
     let minted = vault.create_token(&Origin::cli(), None, req).await.unwrap();
     minted.secret.expose().to_string()
@@ -196,6 +197,7 @@ fn the_refusal_to_status_mapping_is_total() {
             StatusCode::UNAUTHORIZED,
         ),
         (Refusal::TamperedToken, StatusCode::UNAUTHORIZED),
+        (Refusal::TokenExpired("x".into()), StatusCode::UNAUTHORIZED),
         (Refusal::Forbidden("x".into()), StatusCode::FORBIDDEN),
         (Refusal::NotFound("x".into()), StatusCode::NOT_FOUND),
         (Refusal::Beyond("x".into()), StatusCode::NOT_FOUND),

@@ -36,7 +36,7 @@ pub const FORMAT_VERSION: u32 = 2;
 const ENTRY: u8 = 1;
 const TRAILER: u8 = 2;
 /// Tree ids, in the order they are written: the store's tables.
-const TREES: [&str; 6] = crate::store::TABLES;
+const TREES: [&str; 7] = crate::store::TABLES;
 /// Largest key or value a backup may hold (sled values here are small).
 const MAX_FIELD: u32 = 16 * 1024 * 1024;
 

@@ -28,6 +28,7 @@
 //! | `by_provider` | provider, created_at, id | (empty): newest key per provider |
 //! | `key_usage` | key id | last_used (i64 µs, big-endian) |
 //! | `audit` | seq (u64 big-endian) | audit records (see the backend) |
+//! | `token_usage` | token id (16 bytes) | last_used (i64 µs, big-endian) |
 //!
 //! [`Store`]: super::Store
 
@@ -39,13 +40,14 @@ use super::Result;
 
 /// The tables a backup holds, in the order it writes them. Only ever
 /// appended (a backup names a table by its index).
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 7] = [
     "meta",
     "tokens",
     "keys",
     "by_provider",
     "key_usage",
     "audit",
+    "token_usage",
 ];
 
 /// Bytes a backend hands out: shared with its cache where it has one.
@@ -115,6 +117,9 @@ pub enum Op {
     TouchKey { id: Uuid, at_us: i64 },
     /// Insert or replace a token record under its storage key.
     PutToken { at: [u8; 32], value: Vec<u8> },
+    /// Set a token's last_used (by token id), in the commit of the audit
+    /// record of what the token did.
+    TouchToken { id: Uuid, at_us: i64 },
     /// Set (or, with `None`, remove) a meta value.
     Meta {
         name: &'static [u8],

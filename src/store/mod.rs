@@ -195,6 +195,9 @@ pub enum Write {
     /// Insert or replace an access token record under its storage key
     /// (the keyed digest: [`Store::token_key`]).
     PutToken { hash: [u8; 32], record: TokenRecord },
+    /// Set a token's last_used (by its id). The audit log adds one for
+    /// each token that acted in a batch it commits.
+    TouchToken { id: Uuid, at_us: i64 },
     /// Set (or, with `None`, remove) a meta value.
     Meta {
         name: &'static [u8],
@@ -591,6 +594,10 @@ fn op_of(w: &Write, keys: Option<&RecordKeys>) -> Result<Op> {
         Write::PutToken { hash, record } => Op::PutToken {
             at: *hash,
             value: record.encode(hash, keys()?)?,
+        },
+        Write::TouchToken { id, at_us } => Op::TouchToken {
+            id: *id,
+            at_us: *at_us,
         },
         Write::Meta { name, value } => Op::Meta {
             name,

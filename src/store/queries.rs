@@ -141,6 +141,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Every token's last use (token id → µs), as the audit commits
+    /// wrote it. A malformed entry is skipped (it only feeds a listing).
+    pub fn token_usage(&self) -> Result<std::collections::HashMap<Uuid, i64>> {
+        let mut out = std::collections::HashMap::new();
+        for item in self.backend.entries("token_usage") {
+            let (k, v) = item?;
+            if let (Ok(id), Ok(at)) = (Uuid::from_slice(&k), decode_i64(&v)) {
+                out.insert(id, at);
+            }
+        }
+        Ok(out)
+    }
+
     // ---- the upgrade to schema 3 (see `crate::unlock`) ----
 
     /// Step 1 of the upgrade, in one transaction: writes the new meta

@@ -4,7 +4,8 @@
 //! under the store's record MAC key binding it to its storage key (a key's
 //! id, a token's keyed digest), see `auth`. Once a store is at schema 3 a
 //! V1 record, or a V2 record whose MAC does not match, is refused as
-//! tampered.
+//! tampered. Token records have a V3 (expiry, rotation), authenticated
+//! like V2; writers write V3, and V1/V2 read as "no expiry".
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -263,7 +264,7 @@ impl KeyRecord {
 
 /// A stored access token: never the token, only what it may do. The key
 /// it is stored under is a keyed digest of the token (`auth`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
     pub id: Uuid,
     pub name: String,
@@ -273,24 +274,122 @@ pub struct TokenRecord {
     pub providers: Option<Vec<String>>,
     pub created_at_us: i64,
     pub revoked_at_us: Option<i64>,
+    /// When the token stops working (`None`: never). A rotation moves the
+    /// old token's expiry to the end of its overlap.
+    pub expires_at_us: Option<i64>,
+    /// The ttl it was created with, in seconds (a rotation gives the new
+    /// token the same).
+    pub ttl_seconds: Option<i64>,
+    /// Set on a token replaced by `token rotate`: the id of its successor.
+    pub rotated_to: Option<Uuid>,
+}
+
+/// The token record of schemas 1-3 (V1, V2): frozen, as postcard is not
+/// self-describing and a field added here would break reading them.
+#[derive(Serialize, Deserialize)]
+struct TokenV1 {
+    id: Uuid,
+    name: String,
+    role: String,
+    scopes: Vec<Scope>,
+    providers: Option<Vec<String>>,
+    created_at_us: i64,
+    revoked_at_us: Option<i64>,
+}
+
+/// The token record with expiry and rotation (V3). Only ever appended to
+/// as a new variant, never changed.
+#[derive(Serialize, Deserialize)]
+struct TokenV3 {
+    id: Uuid,
+    name: String,
+    role: String,
+    scopes: Vec<Scope>,
+    providers: Option<Vec<String>>,
+    created_at_us: i64,
+    revoked_at_us: Option<i64>,
+    expires_at_us: Option<i64>,
+    ttl_seconds: Option<i64>,
+    rotated_to: Option<Uuid>,
 }
 
 #[derive(Serialize, Deserialize)]
 enum StoredToken {
-    V1(TokenRecord),
-    V2 { token: TokenRecord, mac: [u8; 32] },
+    V1(TokenV1),
+    V2 {
+        token: TokenV1,
+        mac: [u8; 32],
+    },
+    /// With expiry and rotation; authenticated as V2 (the MAC covers the
+    /// postcard of the `TokenV3` body under the same tag and storage key).
+    V3 {
+        token: TokenV3,
+        mac: [u8; 32],
+    },
+}
+
+impl From<TokenV1> for TokenRecord {
+    fn from(t: TokenV1) -> TokenRecord {
+        TokenRecord {
+            id: t.id,
+            name: t.name,
+            role: t.role,
+            scopes: t.scopes,
+            providers: t.providers,
+            created_at_us: t.created_at_us,
+            revoked_at_us: t.revoked_at_us,
+            expires_at_us: None,
+            ttl_seconds: None,
+            rotated_to: None,
+        }
+    }
+}
+
+impl From<TokenV3> for TokenRecord {
+    fn from(t: TokenV3) -> TokenRecord {
+        TokenRecord {
+            id: t.id,
+            name: t.name,
+            role: t.role,
+            scopes: t.scopes,
+            providers: t.providers,
+            created_at_us: t.created_at_us,
+            revoked_at_us: t.revoked_at_us,
+            expires_at_us: t.expires_at_us,
+            ttl_seconds: t.ttl_seconds,
+            rotated_to: t.rotated_to,
+        }
+    }
 }
 
 impl TokenRecord {
-    /// The stored form under storage key `at`, authenticated under `keys`.
+    fn v3(&self) -> TokenV3 {
+        TokenV3 {
+            id: self.id,
+            name: self.name.clone(),
+            role: self.role.clone(),
+            scopes: self.scopes.clone(),
+            providers: self.providers.clone(),
+            created_at_us: self.created_at_us,
+            revoked_at_us: self.revoked_at_us,
+            expires_at_us: self.expires_at_us,
+            ttl_seconds: self.ttl_seconds,
+            rotated_to: self.rotated_to,
+        }
+    }
+
+    /// True when the token has expired at `now_us` (revocation aside).
+    pub fn expired_at(&self, now_us: i64) -> bool {
+        self.expires_at_us.is_some_and(|e| e <= now_us)
+    }
+
+    /// The stored form under storage key `at`, authenticated under `keys`
+    /// (always V3).
     pub(crate) fn encode(&self, at: &[u8; 32], keys: &RecordKeys) -> Result<Vec<u8>> {
-        let body = postcard::to_stdvec(self).map_err(corrupt("token"))?;
+        let token = self.v3();
+        let body = postcard::to_stdvec(&token).map_err(corrupt("token"))?;
         let mac = keys.record_mac(TAG_TOKEN_RECORD, at, &body);
-        postcard::to_stdvec(&StoredToken::V2 {
-            token: self.clone(),
-            mac,
-        })
-        .map_err(corrupt("token"))
+        postcard::to_stdvec(&StoredToken::V3 { token, mac }).map_err(corrupt("token"))
     }
 
     /// Reads a stored token without judging its authenticity (fuzzing).
@@ -304,17 +403,27 @@ impl TokenRecord {
         auth: Auth<'_>,
     ) -> Result<TokenRecord> {
         let stored: StoredToken = postcard::from_bytes(bytes).map_err(corrupt("token"))?;
+        let check = |body: Vec<u8>, mac: &[u8; 32], keys: &RecordKeys| {
+            let want = keys.record_mac(TAG_TOKEN_RECORD, at, &body);
+            if mac_matches(&want, mac) {
+                Ok(())
+            } else {
+                Err(tampered("token", short_hex(&at[..8])))
+            }
+        };
         match (stored, auth) {
             (StoredToken::V1(t), Auth::Legacy)
-            | (StoredToken::V2 { token: t, .. }, Auth::Legacy) => Ok(t),
+            | (StoredToken::V2 { token: t, .. }, Auth::Legacy) => Ok(t.into()),
+            (StoredToken::V3 { token, .. }, Auth::Legacy) => Ok(token.into()),
             (StoredToken::V2 { token, mac }, Auth::Keys(keys)) => {
                 let body = postcard::to_stdvec(&token).map_err(corrupt("token"))?;
-                let want = keys.record_mac(TAG_TOKEN_RECORD, at, &body);
-                if mac_matches(&want, &mac) {
-                    Ok(token)
-                } else {
-                    Err(tampered("token", short_hex(&at[..8])))
-                }
+                check(body, &mac, keys)?;
+                Ok(token.into())
+            }
+            (StoredToken::V3 { token, mac }, Auth::Keys(keys)) => {
+                let body = postcard::to_stdvec(&token).map_err(corrupt("token"))?;
+                check(body, &mac, keys)?;
+                Ok(token.into())
             }
             (StoredToken::V1(_), Auth::Keys(_)) => Err(tampered("token", short_hex(&at[..8]))),
         }

@@ -344,6 +344,9 @@ mod auth_tests {
             providers: None,
             created_at_us: 1,
             revoked_at_us: None,
+            expires_at_us: Some(5_000_000),
+            ttl_seconds: Some(4),
+            rotated_to: None,
         };
         s.commit(
             &[],
@@ -366,14 +369,88 @@ mod auth_tests {
         ));
         let mut raised = rec.clone();
         raised.scopes = crate::access::Scope::ALL.to_vec();
-        let body = postcard::to_stdvec(&raised).unwrap();
-        let mut forged = vec![1u8]; // StoredToken::V2
-        forged.extend_from_slice(&body);
-        forged.extend_from_slice(&[0u8; 32]);
+        let forged = raised
+            .encode(&at, &RecordKeys::from_secret(&[4u8; 32]))
+            .unwrap();
         s.put_entry("tokens", &at, &forged).unwrap();
         assert!(matches!(
             s.get_token(&sha),
             Err(StoreError::Tampered { .. })
         ));
+        // Nor can an expiry be lifted: the MAC covers it.
+        let mut forever = rec.clone();
+        forever.expires_at_us = None;
+        let forged = forever
+            .encode(&at, &RecordKeys::from_secret(&[4u8; 32]))
+            .unwrap();
+        s.put_entry("tokens", &at, &forged).unwrap();
+        assert!(matches!(
+            s.get_token(&sha),
+            Err(StoreError::Tampered { .. })
+        ));
+    }
+
+    /// A V2 token record (schema 3, before expiry) as an older keyhold
+    /// wrote it: still read, with no expiry and no rotation; a V2 record
+    /// with a wrong MAC is still refused.
+    #[test]
+    fn a_v2_token_record_still_reads_as_never_expiring() {
+        #[derive(serde::Serialize)]
+        struct V1Shape {
+            id: Uuid,
+            name: String,
+            role: String,
+            scopes: Vec<crate::access::Scope>,
+            providers: Option<Vec<String>>,
+            created_at_us: i64,
+            revoked_at_us: Option<i64>,
+        }
+        let s = Store::temporary().unwrap();
+        let keys = RecordKeys::from_secret(&[3u8; 32]);
+        s.set_record_keys(RecordKeys::from_secret(&[3u8; 32]));
+        let sha = [7u8; 32];
+        let at = s.token_key(&sha).unwrap();
+        let old = V1Shape {
+            id: Uuid::new_v4(),
+            name: "old".into(),
+            role: "reader".into(),
+            scopes: vec![crate::access::Scope::KeysReveal],
+            providers: Some(vec!["claude".into()]),
+            created_at_us: 3,
+            revoked_at_us: None,
+        };
+        let body = postcard::to_stdvec(&old).unwrap();
+        let mac = keys.record_mac(super::auth::TAG_TOKEN_RECORD, &at, &body);
+        let mut stored = vec![1u8]; // StoredToken::V2
+        stored.extend_from_slice(&body);
+        stored.extend_from_slice(&mac);
+        s.put_entry("tokens", &at, &stored).unwrap();
+        let rec = s.get_token(&sha).unwrap().unwrap().1;
+        assert_eq!(rec.id, old.id);
+        assert_eq!(rec.name, "old");
+        assert_eq!(rec.providers, old.providers);
+        assert_eq!(rec.expires_at_us, None);
+        assert_eq!(rec.ttl_seconds, None);
+        assert_eq!(rec.rotated_to, None);
+        let last = stored.len() - 1;
+        stored[last] ^= 1;
+        s.put_entry("tokens", &at, &stored).unwrap();
+        assert!(matches!(
+            s.get_token(&sha),
+            Err(StoreError::Tampered { .. })
+        ));
+    }
+
+    /// A token's last use lands with the commit that carries it.
+    #[test]
+    fn token_touches_are_listed_by_id() {
+        let s = Store::temporary().unwrap();
+        let id = Uuid::new_v4();
+        assert!(s.token_usage().unwrap().is_empty());
+        s.commit(&[], b"h", &[Write::TouchToken { id, at_us: 7 }])
+            .unwrap();
+        s.commit(&[], b"h", &[Write::TouchToken { id, at_us: 9 }])
+            .unwrap();
+        assert_eq!(s.token_usage().unwrap().get(&id), Some(&9));
     }
 }

@@ -30,12 +30,16 @@ pub use keys::{
 pub use refusal::Refusal;
 pub use reveal::{RevealRequest, Revealed, Target};
 pub use rotate::{rotate_store, Rotated};
-pub use tokens::{MintedToken, TokenRequest};
+pub use tokens::{
+    overlap_invalid, token_ttl_invalid, ListedToken, MintedToken, RotatedToken, TokenRequest,
+    DEFAULT_OVERLAP_SECONDS,
+};
 
 use crate::access::Caller;
 use crate::audit::{Action, AuditError, AuditEvent, AuditLog, AuditWriter, Coalescer, Outcome};
 use crate::keyring::Keyring;
 use crate::store::{Store, StoreError, Write};
+use crate::tokens::Checked;
 
 /// Where the vault's audit records go: the server's group-commit writer,
 /// or an offline command's log.
@@ -191,6 +195,25 @@ impl Vault<'_> {
         }
     }
 
+    /// Counts a refused attempt that a flood could repeat (an expired
+    /// token): on a server one record per client, outcome and second;
+    /// offline, written.
+    async fn count_refused(
+        &self,
+        origin: &Origin,
+        mut ev: AuditEvent,
+        refusal: Refusal,
+    ) -> Refusal {
+        ev.outcome = refusal.outcome();
+        match self.coalescer {
+            Some(c) => {
+                c.add(&origin.client, ev, crate::time::now_us());
+                refusal
+            }
+            None => self.refuse(ev, refusal).await,
+        }
+    }
+
     /// The caller a bearer token stands for. `token` is what the edge
     /// could read (or why it could read none). A token whose stored record
     /// failed its integrity check is refused and recorded here, whatever
@@ -201,11 +224,38 @@ impl Vault<'_> {
         token: Result<&str, Refusal>,
     ) -> Result<Caller, Refusal> {
         let token = token?;
-        match crate::tokens::authenticate(self.store, token) {
-            Ok(Some(c)) => Ok(c),
-            Ok(None) => Err(Refusal::Unauthenticated(
+        match crate::tokens::check(self.store, token, crate::time::now_us()) {
+            Ok(Checked::Valid(c)) => Ok(c),
+            Ok(Checked::Unknown) => Err(Refusal::Unauthenticated(
                 "invalid or revoked token: check the token, or ask an admin for a new one".into(),
             )),
+            Ok(Checked::Expired {
+                caller,
+                at_us,
+                rotated,
+            }) => {
+                let at = crate::time::to_rfc3339(at_us);
+                let refusal = Refusal::TokenExpired(if rotated {
+                    format!(
+                        "this token was rotated and its overlap window ended at {at}: use its \
+                         replacement, or ask an admin for a new one (keyhold token create or \
+                         rotate)"
+                    )
+                } else {
+                    format!(
+                        "this token expired at {at}: ask an admin for a new one (keyhold token \
+                         create or rotate)"
+                    )
+                });
+                let mut ev = self.event(
+                    origin,
+                    Action::Authenticate,
+                    Some(&caller),
+                    Outcome::Expired,
+                );
+                ev.detail = Some(format!("token {} expired at {at}", caller.id));
+                Err(self.count_refused(origin, ev, refusal).await)
+            }
             Err(StoreError::Tampered { .. }) => {
                 let mut ev = self.event(origin, Action::Authenticate, None, Outcome::Tampered);
                 ev.detail = Some(

@@ -17,6 +17,10 @@ pub enum Refusal {
     /// No usable token, or an unknown or revoked one.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The token is known but its expiry (a ttl, or the end of a
+    /// rotation's overlap) has passed: the detail names when.
+    #[error("{0}")]
+    TokenExpired(String),
     /// The token's stored record failed its integrity check.
     #[error(
         "this token's stored record failed its integrity check (it was changed outside keyhold) \
@@ -76,7 +80,7 @@ impl Refusal {
             Refusal::TamperedToken | Refusal::TamperedRecord(_) => Outcome::Tampered,
             Refusal::Forbidden(_) | Refusal::Beyond(_) => Outcome::Forbidden,
             Refusal::NotFound(_) => Outcome::NotFound,
-            Refusal::Expired => Outcome::Expired,
+            Refusal::Expired | Refusal::TokenExpired(_) => Outcome::Expired,
             Refusal::Deleted(_) => Outcome::Deleted,
             Refusal::DecryptFailed => Outcome::DecryptFailed,
             // Refusals of a request's shape or of storage are not attempts

@@ -62,6 +62,7 @@ impl Fixture {
                 name: format!("t{}", uuid::Uuid::new_v4().simple()),
                 role,
                 providers,
+                ttl_seconds: None,
             },
         ))
         .unwrap();
@@ -228,6 +229,7 @@ fn a_limited_admin_mints_nothing_broader_and_revokes_nothing_broader() {
         name: "broad".into(),
         role: Role::Reader,
         providers: None,
+        ttl_seconds: None,
     };
     let got = block(f.vault().create_token(&Origin::cli(), Some(&caller), broad)).unwrap_err();
     assert!(matches!(got, Refusal::Forbidden(_)), "{got:?}");
@@ -243,7 +245,7 @@ fn a_limited_admin_mints_nothing_broader_and_revokes_nothing_broader() {
         .list_tokens(Some(&caller))
         .unwrap()
         .iter()
-        .all(|t| t.name != "admin"));
+        .all(|t| t.record.name != "admin"));
     // The operator offline reaches everything.
     let rec = block(f.vault().revoke_token(&Origin::cli(), None, "admin")).unwrap();
     assert_eq!(rec.name, "admin");
@@ -280,4 +282,120 @@ fn keys_are_checked_created_and_deleted_with_their_records() {
     assert_eq!(purged, id);
     assert_eq!(f.last().event.action, Action::KeyPurge);
     assert!(f.store.get_key(&id).unwrap().is_none());
+}
+
+#[test]
+fn an_expiring_token_is_refused_once_expired_and_a_rotation_keeps_the_grants() {
+    let f = fixture();
+    let minted = block(f.vault().create_token(
+        &Origin::cli(),
+        None,
+        TokenRequest {
+            name: "bot".into(),
+            role: Role::Reader,
+            providers: Some(vec!["claude".into()]),
+            ttl_seconds: Some(60),
+        },
+    ))
+    .unwrap();
+    let secret = minted.secret.expose().to_string();
+    let rec = minted.record;
+    assert_eq!(rec.ttl_seconds, Some(60));
+    assert_eq!(rec.expires_at_us, Some(rec.created_at_us + 60_000_000));
+    let at = |us| crate::tokens::check(&f.store, &secret, us).unwrap();
+    assert!(matches!(
+        at(rec.created_at_us + 59_000_000),
+        crate::tokens::Checked::Valid(_)
+    ));
+    match at(rec.created_at_us + 60_000_000) {
+        crate::tokens::Checked::Expired {
+            caller, rotated, ..
+        } => {
+            assert_eq!(caller.id, rec.id);
+            assert!(!rotated);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Out of range ttls and overlaps are refused before anything is written.
+    for ttl in [0, -1, MAX_TTL_SECONDS + 1] {
+        let got = block(f.vault().create_token(
+            &Origin::cli(),
+            None,
+            TokenRequest {
+                name: "bad".into(),
+                role: Role::Reader,
+                providers: None,
+                ttl_seconds: Some(ttl),
+            },
+        ))
+        .unwrap_err();
+        assert!(matches!(got, Refusal::Invalid(_)), "{got:?}");
+    }
+    let got = block(
+        f.vault()
+            .rotate_token(&Origin::cli(), None, "bot", Some(-1)),
+    )
+    .unwrap_err();
+    assert!(matches!(got, Refusal::Invalid(_)), "{got:?}");
+    // Rotation: same grants and ttl; the old one ends after the overlap.
+    let rotated = block(f.vault().rotate_token(&Origin::cli(), None, "bot", Some(0))).unwrap();
+    let new = &rotated.new.record;
+    assert_eq!(
+        (
+            &new.name,
+            &new.role,
+            &new.scopes,
+            &new.providers,
+            new.ttl_seconds
+        ),
+        (
+            &rec.name,
+            &rec.role,
+            &rec.scopes,
+            &rec.providers,
+            rec.ttl_seconds
+        )
+    );
+    assert_ne!(new.id, rec.id);
+    assert_eq!(rotated.old.rotated_to, Some(new.id));
+    assert!(rotated.old.expires_at_us.unwrap() <= new.created_at_us);
+    let last = f.last();
+    assert_eq!(last.event.action, Action::TokenRotate);
+    assert_eq!(last.event.outcome, Outcome::Success);
+    // The old token is now expired (rotated); the new one works.
+    let got = block(f.vault().authenticate(&Origin::cli(), Ok(&secret))).unwrap_err();
+    match &got {
+        Refusal::TokenExpired(d) => assert!(d.contains("rotated"), "{d}"),
+        other => panic!("{other:?}"),
+    }
+    let last = f.last();
+    assert_eq!(last.event.action, Action::Authenticate);
+    assert_eq!(last.event.outcome, Outcome::Expired);
+    assert_eq!(last.event.caller_id, Some(rec.id));
+    assert_eq!(last.event.caller, "bot");
+    assert!(f.caller(rotated.new.secret.expose()).id == new.id);
+    // The name now means the replacement; the old one cannot be rotated again.
+    let got = block(
+        f.vault()
+            .rotate_token(&Origin::cli(), None, &rec.id.to_string(), None),
+    )
+    .unwrap_err();
+    assert!(matches!(got, Refusal::Conflict(_)), "{got:?}");
+    // Last use: neither the offline rotation (no token) nor the refusal
+    // of the expired token is a use; a record made with the new token is,
+    // at that record's time, in the same commit.
+    let usage = f.store.token_usage().unwrap();
+    assert!(!usage.contains_key(&new.id) && !usage.contains_key(&rec.id));
+    let c = f.caller(rotated.new.secret.expose());
+    let ev = f.vault().event(
+        &Origin::cli(),
+        Action::AuditExport,
+        Some(&c),
+        Outcome::Success,
+    );
+    block(f.vault().record(ev, vec![])).unwrap();
+    assert_eq!(
+        f.store.token_usage().unwrap().get(&new.id),
+        Some(&f.last().at_us)
+    );
 }

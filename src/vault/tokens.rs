@@ -1,10 +1,12 @@
-//! Access tokens: minting, revoking, listing, with the provider-limit
-//! rules. A provider-limited caller never reaches beyond its providers: it
+//! Access tokens: minting (optionally expiring), revoking, rotating,
+//! listing (with each token's last use), with the provider-limit rules. A provider-limited caller never reaches beyond its providers: it
 //! mints only tokens limited to some of them, and a broader token is
 //! answered like a missing one (the audit record keeps the truth). The
 //! operator offline (`caller` = `None`) reaches everything.
 
-use super::{Origin, Refusal, Vault};
+use uuid::Uuid;
+
+use super::{Origin, Refusal, Vault, MAX_TTL_SECONDS};
 use crate::access::{Caller, Role};
 use crate::audit::{Action, Outcome};
 use crate::secret::SecretString;
@@ -18,6 +20,43 @@ pub struct TokenRequest {
     pub role: Role,
     /// `None`: every provider.
     pub providers: Option<Vec<String>>,
+    /// Seconds until it expires (`None`: never): 1..=[`MAX_TTL_SECONDS`].
+    pub ttl_seconds: Option<i64>,
+}
+
+/// The overlap of a rotation when none is given: one hour.
+pub const DEFAULT_OVERLAP_SECONDS: i64 = 3600;
+
+/// A token as listed: its record, its last use and whether it expired.
+#[derive(Debug, Clone)]
+pub struct ListedToken {
+    pub record: TokenRecord,
+    /// When an audited action made with it was last committed.
+    pub last_used_us: Option<i64>,
+    pub expired: bool,
+}
+
+/// A rotation: the successor (with its secret, shown once) and the old
+/// token as it now is (expiring at the end of the overlap).
+#[derive(Debug)]
+pub struct RotatedToken {
+    pub new: MintedToken,
+    pub old: TokenRecord,
+}
+
+/// The refusal of a `ttl_seconds` out of range (for tokens).
+pub fn token_ttl_invalid() -> Refusal {
+    Refusal::Invalid(format!(
+        "field `ttl_seconds` must be a whole number from 1 to {MAX_TTL_SECONDS} (10 years)"
+    ))
+}
+
+/// The refusal of an `overlap_seconds` out of range.
+pub fn overlap_invalid() -> Refusal {
+    Refusal::Invalid(format!(
+        "field `overlap_seconds` must be a whole number from 0 to {MAX_TTL_SECONDS} (0: the old \
+         token stops now)"
+    ))
 }
 
 /// A minted token: its record and its secret, shown once.
@@ -33,9 +72,10 @@ impl From<TokenError> for Refusal {
             TokenError::InvalidName(_) | TokenError::InvalidProvider(_) => {
                 Refusal::Invalid(e.to_string())
             }
-            TokenError::NameTaken(_) | TokenError::AlreadyRevoked(_) => {
-                Refusal::Conflict(e.to_string())
-            }
+            TokenError::NameTaken(_)
+            | TokenError::AlreadyRevoked(_)
+            | TokenError::AlreadyRotated { .. }
+            | TokenError::StoredRole(_) => Refusal::Conflict(e.to_string()),
             TokenError::NotFound(_) => Refusal::NotFound(e.to_string()),
             TokenError::Store(crate::store::StoreError::Tampered { .. }) => {
                 Refusal::TamperedRecord(
@@ -71,7 +111,14 @@ impl Vault<'_> {
         caller: Option<&Caller>,
         req: TokenRequest,
     ) -> Result<MintedToken, Refusal> {
-        let prepared = tokens::prepare(self.store, &req.name, req.role, req.providers)?;
+        if req
+            .ttl_seconds
+            .is_some_and(|t| !(1..=MAX_TTL_SECONDS).contains(&t))
+        {
+            return Err(token_ttl_invalid());
+        }
+        let prepared = tokens::prepare(self.store, &req.name, req.role, req.providers)?
+            .expiring(req.ttl_seconds);
         if !covers(caller, prepared.record.providers.as_deref()) {
             let mut ev = self.event(origin, Action::TokenCreate, caller, Outcome::Forbidden);
             ev.detail = Some(format!(
@@ -90,8 +137,11 @@ impl Vault<'_> {
         }
         let mut ev = self.event(origin, Action::TokenCreate, caller, Outcome::Success);
         ev.detail = Some(format!(
-            "token {} `{}` role {}",
-            prepared.record.id, prepared.record.name, prepared.record.role
+            "token {} `{}` role {}{}",
+            prepared.record.id,
+            prepared.record.name,
+            prepared.record.role,
+            expiry_note(&prepared.record)
         ));
         self.record(ev, vec![prepared.write()]).await?;
         Ok(MintedToken {
@@ -130,16 +180,75 @@ impl Vault<'_> {
         Ok(rec)
     }
 
-    /// The tokens `caller` reaches, oldest first.
-    pub fn list_tokens(&self, caller: Option<&Caller>) -> Result<Vec<TokenRecord>, Refusal> {
+    /// Rotates a token by id or name (the newest live token of that
+    /// name): mints its successor and ends the old one `overlap_seconds`
+    /// from now, both in one commit with one `token_rotate` record.
+    pub async fn rotate_token(
+        &self,
+        origin: &Origin,
+        caller: Option<&Caller>,
+        id_or_name: &str,
+        overlap_seconds: Option<i64>,
+    ) -> Result<RotatedToken, Refusal> {
+        let overlap = overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECONDS);
+        if !(0..=MAX_TTL_SECONDS).contains(&overlap) {
+            return Err(overlap_invalid());
+        }
+        let (at, rec) = match tokens::find(self.store, id_or_name) {
+            Ok(found) => found,
+            Err(TokenError::Store(e @ crate::store::StoreError::Tampered { .. })) => {
+                let ev = self.event(origin, Action::TokenRotate, caller, Outcome::Tampered);
+                return Err(self.refuse(ev, Refusal::from(TokenError::Store(e))).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !covers(caller, rec.providers.as_deref()) {
+            let mut ev = self.event(origin, Action::TokenRotate, caller, Outcome::Forbidden);
+            ev.detail = Some(format!(
+                "token {} `{}` reaches beyond the caller's providers",
+                rec.id, rec.name
+            ));
+            return Err(self.refuse(ev, beyond(id_or_name)).await);
+        }
+        let rotation = tokens::rotate(self.store, at, rec, overlap)?;
+        let new = &rotation.successor.record;
+        let mut ev = self.event(origin, Action::TokenRotate, caller, Outcome::Success);
+        ev.detail = Some(format!(
+            "token {} `{}` replaced by {}{}; the old one ends at {}",
+            rotation.old.id,
+            rotation.old.name,
+            new.id,
+            expiry_note(new),
+            rotation
+                .old
+                .expires_at_us
+                .map(crate::time::to_rfc3339)
+                .unwrap_or_default()
+        ));
+        self.record(ev, rotation.writes()).await?;
+        let tokens::PreparedRotation { successor, old, .. } = rotation;
+        Ok(RotatedToken {
+            new: MintedToken {
+                record: successor.record,
+                secret: successor.token.secret,
+            },
+            old,
+        })
+    }
+
+    /// The tokens `caller` reaches, oldest first, with their last use.
+    pub fn list_tokens(&self, caller: Option<&Caller>) -> Result<Vec<ListedToken>, Refusal> {
         let all = self
             .store
             .list_tokens()
             .map_err(|e| Refusal::from(TokenError::Store(e)))?;
+        let usage = self.store.token_usage().map_err(|e| Refusal::storage(&e))?;
+        let now = crate::time::now_us();
         Ok(all
             .into_iter()
             .map(|(_, r)| r)
             .filter(|r| covers(caller, r.providers.as_deref()))
+            .map(|r| listed(r, &usage, now))
             .collect())
     }
 
@@ -148,11 +257,31 @@ impl Vault<'_> {
         &self,
         caller: Option<&Caller>,
         id_or_name: &str,
-    ) -> Result<TokenRecord, Refusal> {
+    ) -> Result<ListedToken, Refusal> {
         let (_, rec) = tokens::find(self.store, id_or_name)?;
         if !covers(caller, rec.providers.as_deref()) {
             return Err(beyond(id_or_name));
         }
-        Ok(rec)
+        let usage = self.store.token_usage().map_err(|e| Refusal::storage(&e))?;
+        Ok(listed(rec, &usage, crate::time::now_us()))
     }
+}
+
+fn listed(
+    record: TokenRecord,
+    usage: &std::collections::HashMap<Uuid, i64>,
+    now: i64,
+) -> ListedToken {
+    ListedToken {
+        last_used_us: usage.get(&record.id).copied(),
+        expired: record.expired_at(now),
+        record,
+    }
+}
+
+/// `, expires at …` for a record's detail, or nothing.
+fn expiry_note(r: &TokenRecord) -> String {
+    r.expires_at_us
+        .map(|e| format!(", expires at {}", crate::time::to_rfc3339(e)))
+        .unwrap_or_default()
 }

@@ -36,6 +36,8 @@ enum Owned {
         at: Vec<u8>,
         value: Vec<u8>,
     },
+    /// A run of consecutive token touches, in one statement (as `Touch`).
+    TouchToken(Vec<(Vec<u8>, Vec<u8>)>),
     Meta {
         name: Vec<u8>,
         value: Option<Vec<u8>>,
@@ -81,6 +83,17 @@ fn owned(ops: &[Op]) -> Vec<Owned> {
                 at: at.to_vec(),
                 value: value.clone(),
             },
+            Op::TouchToken { id, at_us } => {
+                let entry = (id.as_bytes().to_vec(), at_us.to_be_bytes().to_vec());
+                if let Some(Owned::TouchToken(run)) = out.last_mut() {
+                    match run.iter_mut().find(|(k, _)| *k == entry.0) {
+                        Some(e) => e.1 = entry.1,
+                        None => run.push(entry),
+                    }
+                    continue;
+                }
+                Owned::TouchToken(vec![entry])
+            }
             Op::Meta { name, value } => Owned::Meta {
                 name: name.to_vec(),
                 value: value.clone(),
@@ -210,6 +223,18 @@ async fn apply(tx: &Transaction<'_>, op: &Owned) -> std::result::Result<i64, PgE
             tx.execute(&stmt, &[&ids, &times]).await.map_err(db_error)?;
         }
         Owned::PutToken { at, value } => upsert(tx, "keyhold_tokens", at, value).await?,
+        Owned::TouchToken(run) => {
+            let (ids, times): (Vec<Vec<u8>>, Vec<Vec<u8>>) = run.iter().cloned().unzip();
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO keyhold_token_usage (k, v) \
+                     SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                     ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                )
+                .await
+                .map_err(db_error)?;
+            tx.execute(&stmt, &[&ids, &times]).await.map_err(db_error)?;
+        }
         Owned::Meta { name, value } => match value {
             Some(v) => upsert(tx, "keyhold_meta", name, v).await?,
             None => {

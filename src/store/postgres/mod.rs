@@ -204,11 +204,14 @@ impl PgStore {
             node: opts.node.clone(),
             shown: opts.url.to_string(),
         };
-        let at = if migrate {
+        let migrate_now = |store: &PgStore| {
             store.run("create or update the schema", |pool| async move {
                 let mut client = pool.get().await.map_err(pool_error)?;
                 schema::migrate(&mut client).await
-            })?
+            })
+        };
+        let mut at = if migrate {
+            migrate_now(&store)?
         } else {
             store.run("read the schema version", |pool| async move {
                 let client = pool.get().await.map_err(pool_error)?;
@@ -217,6 +220,17 @@ impl PgStore {
         };
         if at == 0 {
             return Err(StoreError::DatabaseNotInitialised(store.shown.clone()));
+        }
+        if at < schema::known() {
+            // An initialised database from an older keyhold: its missing
+            // migrations are applied in place, under the lock on the
+            // version table (another node may be doing the same).
+            tracing::info!(
+                from = at,
+                to = schema::known(),
+                "applying the database's missing schema migrations"
+            );
+            at = migrate_now(&store)?;
         }
         if at > schema::known() {
             return Err(StoreError::NewerDatabase {

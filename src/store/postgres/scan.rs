@@ -21,6 +21,7 @@ pub(super) fn table(name: &str) -> Result<&'static str> {
         "by_provider" => "keyhold_by_provider",
         "key_usage" => "keyhold_key_usage",
         "audit" => "keyhold_audit",
+        "token_usage" => "keyhold_token_usage",
         _ => {
             return Err(StoreError::Corrupt {
                 what: "table name",
@@ -32,9 +33,16 @@ pub(super) fn table(name: &str) -> Result<&'static str> {
 
 /// A seam table name as a `'static` one, if it is one of the k/v tables.
 pub(super) fn known_table(name: &str) -> Option<&'static str> {
-    ["meta", "tokens", "keys", "by_provider", "key_usage"]
-        .into_iter()
-        .find(|t| *t == name)
+    [
+        "meta",
+        "tokens",
+        "keys",
+        "by_provider",
+        "key_usage",
+        "token_usage",
+    ]
+    .into_iter()
+    .find(|t| *t == name)
 }
 
 /// A walk over a k/v table in key order (or reverse), within a prefix.

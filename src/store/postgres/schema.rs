@@ -1,7 +1,10 @@
 //! The database schema, versioned: the migrations in
-//! `migrations/postgres/` (compiled in), applied in order by `keyhold
-//! init` in one transaction, each recorded in `keyhold_schema`. A
-//! database whose newest migration is newer than this binary's is refused.
+//! `migrations/postgres/` (compiled in), applied in order in one
+//! transaction, each recorded in `keyhold_schema`: all of them by `keyhold
+//! init`, and the missing ones of an initialised database by whatever
+//! command opens it first (in place, under the lock on the version table).
+//! A database whose newest migration is newer than this binary's is
+//! refused.
 //!
 //! This is the layout of the tables; keyhold's own record schema (the
 //! `schema_version` meta value) is versioned above the seam as on sled.
@@ -11,10 +14,16 @@ use tokio_postgres::Client;
 use super::{db_error, PgError};
 
 /// The migrations, oldest first: (version, SQL). Only ever appended.
-pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../../migrations/postgres/0001_tables.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/postgres/0001_tables.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/postgres/0002_token_usage.sql"),
+    ),
+];
 
 /// The newest migration this binary knows.
 pub(crate) fn known() -> i32 {

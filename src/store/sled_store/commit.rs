@@ -67,9 +67,10 @@ fn commit_once(
         &t.key_usage,
         &t.by_provider,
         &t.tokens,
+        &t.token_usage,
     );
-    let res: std::result::Result<(), TransactionError<CommitAbort>> =
-        trees.transaction(|(audit, meta, keys, usage, by_provider, tokens)| {
+    let res: std::result::Result<(), TransactionError<CommitAbort>> = trees.transaction(
+        |(audit, meta, keys, usage, by_provider, tokens, token_usage)| {
             for (key, value) in &chunks {
                 let now = audit.get(key)?;
                 // The one entry a commit may rewrite: the tail it read,
@@ -90,7 +91,15 @@ fn commit_once(
             meta.insert(META_AUDIT_HEAD, head)?;
             let mut added: i64 = 0;
             for op in ops {
-                added += apply(op, keys, usage, by_provider, tokens, meta)?;
+                let trees = Ops {
+                    keys,
+                    usage,
+                    by_provider,
+                    tokens,
+                    token_usage,
+                    meta,
+                };
+                added += apply(op, &trees)?;
             }
             if added != 0 {
                 if let Some(n) = meta.get(META_KEY_COUNT)?.as_deref().and_then(decode_count) {
@@ -99,7 +108,8 @@ fn commit_once(
                 }
             }
             Ok(())
-        });
+        },
+    );
     match res {
         Ok(()) => Ok(()),
         Err(TransactionError::Abort(a)) => Err(a),
@@ -118,16 +128,27 @@ enum CommitAbort {
     Store(StoreError),
 }
 
+/// The trees an op may change, inside the commit's transaction.
+struct Ops<'a> {
+    keys: &'a TransactionalTree,
+    usage: &'a TransactionalTree,
+    by_provider: &'a TransactionalTree,
+    tokens: &'a TransactionalTree,
+    token_usage: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+}
+
 /// Applies one op inside the commit's transaction; returns the change
 /// in the number of keys.
-fn apply(
-    op: &Op,
-    keys: &TransactionalTree,
-    usage: &TransactionalTree,
-    by_provider: &TransactionalTree,
-    tokens: &TransactionalTree,
-    meta: &TransactionalTree,
-) -> std::result::Result<i64, UnabortableTransactionError> {
+fn apply(op: &Op, t: &Ops<'_>) -> std::result::Result<i64, UnabortableTransactionError> {
+    let Ops {
+        keys,
+        usage,
+        by_provider,
+        tokens,
+        token_usage,
+        meta,
+    } = *t;
     let mut added = 0;
     match op {
         Op::PutKey {
@@ -171,6 +192,9 @@ fn apply(
         }
         Op::PutToken { at, value } => {
             tokens.insert(at, value.as_slice())?;
+        }
+        Op::TouchToken { id, at_us } => {
+            token_usage.insert(id.as_bytes(), &at_us.to_be_bytes())?;
         }
         Op::Meta { name, value } => match value {
             Some(v) => {

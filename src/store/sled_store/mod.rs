@@ -42,6 +42,8 @@ pub(crate) struct Trees {
     pub(crate) audit: Tree,
     pub(crate) tokens: Tree,
     pub(crate) meta: Tree,
+    /// Tokens' last use (made by the first open of a store from before it).
+    pub(crate) token_usage: Tree,
 }
 
 impl Trees {
@@ -54,6 +56,7 @@ impl Trees {
             audit: db.open_tree("audit")?,
             tokens: db.open_tree("tokens")?,
             meta: db.open_tree("meta")?,
+            token_usage: db.open_tree("token_usage")?,
             db,
         })
     }
@@ -66,6 +69,7 @@ impl Trees {
             "by_provider" => &self.by_provider,
             "key_usage" => &self.key_usage,
             "audit" => &self.audit,
+            "token_usage" => &self.token_usage,
             _ => {
                 return Err(StoreError::Corrupt {
                     what: "table name",
