@@ -576,9 +576,9 @@ pub struct ServeArgs {
     )]
     pub recovery_window: crate::duration::Seconds,
     /// Versions kept of each key (PUT /api/keys/{id}); older ones are
-    /// destroyed, audited. 1 to 1000.
+    /// destroyed, audited. 1 to 100.
     #[arg(long, env = "KEYHOLD_KEEP_VERSIONS", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
+          value_parser = clap::value_parser!(u32).range(1..=100))]
     pub keep_versions: u32,
 }
 

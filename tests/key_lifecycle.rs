@@ -76,8 +76,11 @@ fn versions_are_numbered_revealable_listed_and_capped() {
         (Some("sk-v1"), Some(1))
     );
     // Nonsense versions are refused, not served.
-    let r = admin.get(&format!("/api/keys/{id}?version=0"));
-    assert_eq!(r.status(), 422);
+    for bad in ["0", "abc", "99999999999"] {
+        let r = admin.get(&format!("/api/keys/{id}?version={bad}"));
+        assert_eq!(r.status(), 404, "version={bad}");
+        assert!(detail(r).contains("version"));
+    }
     let r = admin.get(&format!("/api/keys/{id}?version=9"));
     assert_eq!(r.status(), 404);
     assert!(detail(r).contains("not kept"));
@@ -109,6 +112,13 @@ fn versions_are_numbered_revealable_listed_and_capped() {
     // A reader may list versions but not write one; a limited writer
     // does not reach another provider's key.
     assert_eq!(put(&Api::new(&server, &reader), &id, "x").status(), 403);
+    // A reader lists versions, without the token names that stored them.
+    let seen = json_of(Api::new(&server, &reader).get(&format!("/api/keys/{id}/versions")));
+    assert!(seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["created_by"].is_null()));
     assert_eq!(put(&Api::new(&server, &gem), &id, "x").status(), 404);
     let r = w
         .req(reqwest::Method::PUT, &format!("/api/keys/{id}"))
@@ -164,6 +174,11 @@ fn a_deleted_key_is_not_revealable_until_restored() {
     let deleted = deleted.as_array().unwrap();
     assert_eq!(deleted.len(), 1);
     assert_eq!(deleted[0]["id"], id.as_str());
+    // With a provider too (deleted keys are not in the provider index).
+    let of_claude = json_of(admin.get("/api/keys?deleted=true&provider=claude"));
+    assert_eq!(of_claude.as_array().unwrap().len(), 1);
+    let of_gemini = json_of(admin.get("/api/keys?deleted=true&provider=gemini"));
+    assert!(of_gemini.as_array().unwrap().is_empty());
     assert!(deleted[0]["deleted_at"].is_string());
     assert!(deleted[0]["purge_at"].is_string());
 
@@ -518,4 +533,41 @@ fn expiring_keys_are_listed_counted_and_warned_about() {
     assert!(err.contains("expires at"), "{err}");
     assert!(!err.contains("sk-soon"), "{err}");
     server.stop();
+}
+
+/// Concurrent new versions of one key: each builds on the one before (no
+/// two get the same number, none is lost), and every one is audited.
+#[test]
+fn concurrent_new_versions_each_get_their_own_number() {
+    let v = Vault::new();
+    let server = v.serve(&[("KEYHOLD_KEEP_VERSIONS", "50")]);
+    let admin = Api::new(&server, &v.admin);
+    let id = admin.create_key("claude", "busy", "sk-0");
+    let numbers = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (id, numbers, server, token) = (&id, &numbers, &server, &v.admin);
+            scope.spawn(move || {
+                let api = Api::new(server, token);
+                for n in 0..5 {
+                    let meta = json_of(put(&api, id, &format!("sk-{t}-{n}")));
+                    numbers
+                        .lock()
+                        .unwrap()
+                        .push(meta["version"].as_u64().unwrap());
+                }
+            });
+        }
+    });
+    let mut numbers = numbers.into_inner().unwrap();
+    numbers.sort();
+    assert_eq!(numbers, (2..=21).collect::<Vec<u64>>());
+    let listed = json_of(admin.get(&format!("/api/keys/{id}/versions")));
+    assert_eq!(listed.as_array().unwrap().len(), 21);
+    server.stop();
+    let ok = records_of(&v, "key_put")
+        .into_iter()
+        .filter(|r| r["outcome"] == "success")
+        .count();
+    assert_eq!(ok, 20);
 }

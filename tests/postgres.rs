@@ -831,3 +831,60 @@ fn a_database_at_migration_1_is_migrated_to_2_in_place_on_open() {
     let (ok, report) = v.verify();
     assert!(ok, "{report}");
 }
+
+#[test]
+fn key_and_token_changes_on_two_nodes_are_serialised() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "writes");
+    let env = [("KEYHOLD_KEEP_VERSIONS", "50")];
+    let a = v.serve("node-a", &env);
+    let b = v.serve("node-b", &env);
+    let id = Api::new(&a, &v.admin).create_key("claude", "busy", "sk-0");
+    // New versions of one key from both nodes at once: every one gets its
+    // own number (the lock is taken in the database, not only per node).
+    let numbers = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let server = if t % 2 == 0 { &a } else { &b };
+            let (id, numbers, admin) = (&id, &numbers, &v.admin);
+            scope.spawn(move || {
+                let api = Api::new(server, admin);
+                for n in 0..5 {
+                    let r = api
+                        .req(reqwest::Method::PUT, &format!("/api/keys/{id}"))
+                        .json(&serde_json::json!({"api_key": format!("sk-{t}-{n}")}))
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                    let meta: Value = r.json().unwrap();
+                    numbers
+                        .lock()
+                        .unwrap()
+                        .push(meta["version"].as_u64().unwrap());
+                }
+            });
+        }
+    });
+    let mut numbers = numbers.into_inner().unwrap();
+    numbers.sort();
+    assert_eq!(numbers, (2..=21).collect::<Vec<u64>>());
+    // A delete on one node and a new version on the other: the delete is
+    // never undone (whichever comes second sees the other's result).
+    let id2 = Api::new(&a, &v.admin).create_key("claude", "race", "sk-r");
+    std::thread::scope(|scope| {
+        let (id2, admin, a, b) = (&id2, &v.admin, &a, &b);
+        scope.spawn(move || Api::new(a, admin).delete(&format!("/api/keys/{id2}")));
+        scope.spawn(move || {
+            Api::new(b, admin)
+                .req(reqwest::Method::PUT, &format!("/api/keys/{id2}"))
+                .json(&serde_json::json!({"api_key": "sk-r2"}))
+                .send()
+                .unwrap()
+        });
+    });
+    let r = reveal(&Api::new(&b, &v.admin), &id2);
+    assert_eq!(r.status(), 404, "the delete was undone");
+    drop((a, b));
+    let (ok, report) = v.verify();
+    assert!(ok, "{report}");
+}

@@ -375,6 +375,13 @@ fn rotation_issues_a_replacement_and_keeps_the_old_token_for_the_overlap() {
     // The name now means the replacement; the old one is found by id.
     let by_name: Value = admin.get("/api/tokens/bot").json().unwrap();
     assert_eq!(by_name["id"], new_id.as_str());
+    // A revoke by name during the overlap would reach only one of the
+    // two live tokens named `bot`: refused, naming both ids.
+    let r = admin.delete("/api/tokens/bot");
+    assert_eq!(r.status(), 409);
+    let d = detail(r);
+    assert!(d.contains(&old_id) && d.contains(&new_id), "{d}");
+    assert_eq!(Api::new(&s, &old_token).get("/api/keys").status(), 200);
     // A rotated token is not rotated twice.
     let r = admin.post_json(&format!("/api/tokens/{old_id}/rotate"), &json!({}));
     assert_eq!(r.status(), 409);

@@ -356,6 +356,9 @@ fn upkeep_every(policy: &crate::vault::KeyPolicy) -> Duration {
 fn spawn_key_upkeep(state: Arc<AppState>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(upkeep_every(&state.key_policy));
+        // A pass slower than the period (a huge store) is not followed by
+        // a burst of catch-up passes.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned: std::collections::HashMap<uuid::Uuid, i64> = Default::default();
         loop {
             tick.tick().await;

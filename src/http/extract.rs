@@ -112,17 +112,12 @@ pub(super) struct RevealQuery {
 }
 
 impl RevealQuery {
-    pub(super) fn version(&self) -> Result<Option<u32>, ApiError> {
-        match self.version.as_deref() {
-            None => Ok(None),
-            Some(v) => match v.parse::<u32>() {
-                Ok(n) if n >= 1 => Ok(Some(n)),
-                _ => Err(ApiError::invalid(
-                    "query parameter `version` must be a version number (1, 2, ...): see GET \
-                     /api/keys/{id}/versions",
-                )),
-            },
-        }
+    /// The version asked for; 0 when `version` is not a version number
+    /// (the vault refuses 0 after the limiter and the token, recorded).
+    pub(super) fn version(&self) -> Option<u32> {
+        self.version
+            .as_deref()
+            .map(|v| v.parse::<u32>().unwrap_or(0))
     }
 }
 

@@ -210,7 +210,15 @@ pub(super) async fn versions(id: String, state: State, ctx: Ctx) -> Response {
         let caller = state.authenticate(&ctx).await?;
         super::require(&caller, Scope::KeysList)?;
         let rec = state.vault().key_versions(&caller, &id)?;
-        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &versions_of(&rec)))
+        let mut out = versions_of(&rec);
+        // Who stored each version names tokens: shown to those who may
+        // see token names anyway (admins, auditors), not to every lister.
+        if !caller.has(Scope::Admin) && !caller.has(Scope::AuditRead) {
+            for v in &mut out {
+                v.created_by = None;
+            }
+        }
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &out))
     };
     match res.await {
         Ok(r) => r,
@@ -324,8 +332,10 @@ struct Revealed<'a> {
 
 /// GET /api/keys/{id}[?version=N]
 pub(super) async fn reveal_by_id(id: String, state: State, ctx: Ctx, query: String) -> Response {
-    let version = match extract::query::<RevealQuery>(&query).and_then(|q| q.version()) {
-        Ok(v) => v,
+    // A `version` that is not a version number is refused by the vault,
+    // after the limiter and the token, and recorded like any attempt.
+    let version = match extract::query::<RevealQuery>(&query) {
+        Ok(q) => q.version(),
         Err(e) => return ctx.error(&e),
     };
     reveal(state, ctx, Target::Id(id, version)).await

@@ -95,7 +95,17 @@ pub fn rotate(
         }
     }
     let mut visited = 0u64;
+    // Key changes that read a record and write it back (a new version, a
+    // delete, a restore) hold this lock until their commit; holding it
+    // around each swap keeps them from writing back a record this
+    // rotation has just re-encrypted. Taken per 256 records (a round trip
+    // on a shared database), let go while pacing.
+    let mut held: Option<crate::store::WriteLock> = None;
+    let mut in_chunk = 0u32;
     for item in store.iter_keys() {
+        if held.is_none() {
+            held = Some(store.write_lock_blocking(crate::store::Guarded::Keys)?);
+        }
         let (mut rec, mut current) = item?;
         // A concurrent change (a delete, another rotation) makes the swap
         // fail; re-read and try again a few times.
@@ -142,6 +152,11 @@ pub fn rotate(
             }
         }
         visited += 1;
+        in_chunk += 1;
+        if in_chunk >= 256 || !pace.is_zero() {
+            held = None;
+            in_chunk = 0;
+        }
         progress(visited);
         if visited.is_multiple_of(FLUSH_EVERY) {
             store.flush()?;

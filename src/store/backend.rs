@@ -144,6 +144,9 @@ pub type ChainAtHead<'a> = dyn FnMut(Option<Bytes>, Option<(u64, Bytes)>) -> Res
 /// A chained batch: its encoded records, the new head, the ops.
 pub type Chained = (Vec<(u64, Vec<u8>)>, Vec<u8>, Vec<Op>);
 
+/// A lock held in a database shared by nodes (released when dropped).
+pub type SharedLock = Box<dyn std::any::Any + Send + Sync>;
+
 /// A lazy walk over stored items.
 pub type Items<'a, T> = Box<dyn Iterator<Item = Result<T>> + 'a>;
 
@@ -165,6 +168,15 @@ pub trait Backend: Send + Sync {
     /// nodes share the store (none on sled: one process holds it).
     fn node(&self) -> Option<&str> {
         None
+    }
+
+    /// Takes the lock named `id` in the database every node shares, held
+    /// until the returned value is dropped, so that a change that reads a
+    /// record and writes it back is serialised with the other nodes'
+    /// (`None` where one process holds the store: its own mutex is
+    /// enough). Waits at most the backend's timeout.
+    fn lock_shared(&self, _id: i64) -> Result<Option<SharedLock>> {
+        Ok(None)
     }
 
     // ---- the reveal limit shared by nodes (none on sled) ----

@@ -205,6 +205,51 @@ pub enum Write {
     },
 }
 
+/// Which records a change reads, changes and writes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    /// Key records (a new version, a delete, a restore, a purge, the
+    /// re-encryption of a rotation).
+    Keys,
+    /// Token records (create, revoke, rotate).
+    Tokens,
+}
+
+static KEY_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static TOKEN_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Guarded {
+    fn local(self) -> &'static tokio::sync::Mutex<()> {
+        match self {
+            Guarded::Keys => &KEY_WRITES,
+            Guarded::Tokens => &TOKEN_WRITES,
+        }
+    }
+
+    /// The advisory lock's number on a shared database ("keyh" + 1 or 2).
+    fn shared_id(self) -> i64 {
+        match self {
+            Guarded::Keys => 0x6b65_7968_0000_0001,
+            Guarded::Tokens => 0x6b65_7968_0000_0002,
+        }
+    }
+}
+
+/// Held while a change reads records and writes them back with its audit
+/// record: serialises such changes within this process and, on a database
+/// several nodes share, with the other nodes (so a new version cannot
+/// undo a delete made meanwhile, nor a rotation a revoke).
+pub struct WriteLock {
+    _local: tokio::sync::MutexGuard<'static, ()>,
+    _shared: Option<backend::SharedLock>,
+}
+
+impl std::fmt::Debug for WriteLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteLock").finish_non_exhaustive()
+    }
+}
+
 /// The open store. Clones share it (and the record keys once applied);
 /// a disk error that the backend keeps returning is cleared for all of
 /// them by [`Store::reopen`].
@@ -297,6 +342,34 @@ impl Store {
     /// to let go of the old one. A temporary store is left as it is.
     pub fn reopen(&self, wait: std::time::Duration) -> Result<()> {
         self.backend.reopen(wait)
+    }
+
+    /// Takes the lock of changes to `what` (see [`WriteLock`]).
+    pub async fn write_lock(&self, what: Guarded) -> Result<WriteLock> {
+        let local = what.local().lock().await;
+        let shared = if self.backend.node().is_some() {
+            let backend = self.backend.clone();
+            tokio::task::spawn_blocking(move || backend.lock_shared(what.shared_id()))
+                .await
+                .map_err(|_| StoreError::Unavailable)??
+        } else {
+            None
+        };
+        Ok(WriteLock {
+            _local: local,
+            _shared: shared,
+        })
+    }
+
+    /// [`Store::write_lock`] from a thread that may block (never from an
+    /// async task).
+    pub fn write_lock_blocking(&self, what: Guarded) -> Result<WriteLock> {
+        let local = what.local().blocking_lock();
+        let shared = self.backend.lock_shared(what.shared_id())?;
+        Ok(WriteLock {
+            _local: local,
+            _shared: shared,
+        })
     }
 
     /// Whether the database answers.

@@ -8,7 +8,7 @@ use super::{Origin, Refusal, Vault};
 use crate::access::{valid_provider, Caller, Scope};
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::secret::SecretString;
-use crate::store::{KeyRecord, KeyVersion, Write};
+use crate::store::{Guarded, KeyRecord, KeyVersion, Write, WriteLock};
 use crate::time::now_us;
 
 /// Largest API key accepted.
@@ -87,6 +87,9 @@ impl KeyFilter {
     }
 }
 
+/// The most versions a server may keep of a key: a record holds all of
+/// them (each up to 16 KiB), and a backup entry is at most 16 MiB.
+pub const MAX_KEEP_VERSIONS: u32 = 100;
 /// How many versions of a key are kept by default.
 pub const DEFAULT_KEEP_VERSIONS: u32 = 10;
 /// How long a deleted key can be restored by default: 7 days.
@@ -132,18 +135,11 @@ impl KeyPolicy {
     pub fn new(keep_versions: u32, recovery_window_secs: u64) -> KeyPolicy {
         let secs = recovery_window_secs.min(MAX_TTL_SECONDS as u64) as i64;
         KeyPolicy {
-            keep_versions: keep_versions.max(1),
+            keep_versions: keep_versions.clamp(1, MAX_KEEP_VERSIONS),
             recovery_window_us: secs * 1_000_000,
         }
     }
 }
-
-/// Key changes that read a record and write it back (a new version, a
-/// delete, a restore, a purge) are serialised in this process, so two at
-/// once cannot both build on the same version. (Several nodes on one
-/// PostgreSQL database are not serialised with each other: see
-/// docs/postgresql.md.)
-static KEY_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A new version of a key, as the caller gave it.
 #[derive(Debug)]
@@ -261,7 +257,7 @@ impl Vault<'_> {
         caller: &Caller,
         id: &str,
     ) -> Result<Uuid, Refusal> {
-        let _one = KEY_WRITES.lock().await;
+        let _one = self.key_lock().await?;
         let (mut ev, rec) = self
             .load_for_change(origin, caller, id, Action::KeyDelete)
             .await?;
@@ -284,7 +280,7 @@ impl Vault<'_> {
         caller: &Caller,
         id: &str,
     ) -> Result<Uuid, Refusal> {
-        let _one = KEY_WRITES.lock().await;
+        let _one = self.key_lock().await?;
         let (mut ev, rec) = self
             .load_for_change(origin, caller, id, Action::KeyPurge)
             .await?;
@@ -307,7 +303,7 @@ impl Vault<'_> {
         id: &str,
         window_us: i64,
     ) -> Result<KeyRecord, Refusal> {
-        let _one = KEY_WRITES.lock().await;
+        let _one = self.key_lock().await?;
         let (mut ev, mut rec) = self
             .load_for_change(origin, caller, id, Action::KeyRestore)
             .await?;
@@ -355,7 +351,7 @@ impl Vault<'_> {
         keep: u32,
     ) -> Result<KeyRecord, Refusal> {
         new.check()?;
-        let _one = KEY_WRITES.lock().await;
+        let _one = self.key_lock().await?;
         let (mut ev, rec) = self
             .load_for_change(origin, caller, id, Action::KeyPut)
             .await?;
@@ -450,7 +446,7 @@ impl Vault<'_> {
     pub async fn purge_deleted(&self, due: Vec<KeyRecord>) -> Result<usize, Refusal> {
         let mut n = 0;
         for rec in due {
-            let _one = KEY_WRITES.lock().await;
+            let _one = self.key_lock().await?;
             // Read again under the lock: a restore may have won the race.
             match self.store.get_key(&rec.id) {
                 Ok(Some(cur)) if cur.deleted_at_us.is_some() && cur == rec => {}
@@ -469,6 +465,17 @@ impl Vault<'_> {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The lock of key changes: a new version, a delete, a restore, a
+    /// purge and a rotation's re-encryption each read a record and write
+    /// it back, so they are serialised (across nodes on a shared
+    /// database too), and none can undo another's change.
+    async fn key_lock(&self) -> Result<WriteLock, Refusal> {
+        self.store
+            .write_lock(Guarded::Keys)
+            .await
+            .map_err(|e| Refusal::storage(&e))
     }
 
     /// Loads the key a change names, recording a refusal (missing, beyond
@@ -535,7 +542,10 @@ impl Vault<'_> {
                 ));
             }
         }
-        let keys = self.store.list_keys(provider).map_err(|e| match e {
+        // Deleted keys are not in the provider index: walk every key and
+        // filter by provider instead.
+        let walk = if filter.deleted { None } else { provider };
+        let keys = self.store.list_keys(walk).map_err(|e| match e {
             crate::store::StoreError::Tampered { .. } => {
                 tracing::error!(
                     "a stored key record failed its integrity check; run `keyhold check`"
@@ -552,6 +562,7 @@ impl Vault<'_> {
         let now = now_us();
         for k in keys
             .into_iter()
+            .filter(|k| provider.is_none_or(|p| k.provider == p))
             .filter(|k| caller.may_use_provider(&k.provider) && filter.matches(k, now))
         {
             let used = self

@@ -21,7 +21,8 @@ use crate::time::now_us;
 #[derive(Debug, Clone)]
 pub enum Target {
     /// A key by its id (as the caller wrote it; not checked yet): its
-    /// current version, or the version named.
+    /// current version, or the version named (0: the caller's `version`
+    /// was not a version number; refused, recorded).
     Id(String, Option<u32>),
     /// The newest live key of a provider.
     NewestOf(String),
@@ -124,8 +125,17 @@ impl Vault<'_> {
         if rec.deleted_at_us.is_some() {
             return Err(self.refuse(ev, Refusal::deleted_key()).await);
         }
-        // The version asked for (the current one unless named).
+        // The version asked for (the current one unless named; 0 is what
+        // the edge passes for a `version` that is not a number).
         let version = match &req.target {
+            Target::Id(_, Some(0)) => {
+                let refusal = Refusal::NotFound(
+                    "query parameter `version` must be a version number (1, 2, ...): list them \
+                     with GET /api/keys/{id}/versions"
+                        .into(),
+                );
+                return Err(self.refuse(ev, refusal).await);
+            }
             Target::Id(_, Some(v)) => *v,
             _ => rec.version,
         };

@@ -117,6 +117,8 @@ impl Vault<'_> {
         {
             return Err(token_ttl_invalid());
         }
+        // Name taken? and the write: one step for every node.
+        let _one = self.token_lock().await?;
         let prepared = tokens::prepare(self.store, &req.name, req.role, req.providers)?
             .expiring(req.ttl_seconds);
         if !covers(caller, prepared.record.providers.as_deref()) {
@@ -157,14 +159,47 @@ impl Vault<'_> {
         caller: Option<&Caller>,
         id_or_name: &str,
     ) -> Result<TokenRecord, Refusal> {
+        let _one = self.token_lock().await?;
         let (hash, rec) = match tokens::find(self.store, id_or_name) {
             Ok(found) => found,
             Err(TokenError::Store(e @ crate::store::StoreError::Tampered { .. })) => {
                 let ev = self.event(origin, Action::TokenRevoke, caller, Outcome::Tampered);
                 return Err(self.refuse(ev, Refusal::from(TokenError::Store(e))).await);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return Err(self
+                    .refuse_token(origin, caller, Action::TokenRevoke, e)
+                    .await)
+            }
         };
+        // During a rotation's overlap two live tokens share a name: a
+        // revoke by name would reach only the newest and leave the old one
+        // (often the reason for the revoke) working. Ask for the id.
+        if rec.id.to_string() != id_or_name {
+            let now = crate::time::now_us();
+            let live: Vec<String> = self
+                .store
+                .list_tokens()
+                .map_err(|e| Refusal::from(TokenError::Store(e)))?
+                .into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.name == rec.name && tokens::is_live(r, now))
+                .filter(|r| covers(caller, r.providers.as_deref()))
+                .map(|r| r.id.to_string())
+                .collect();
+            if live.len() > 1 {
+                let mut ev = self.event(origin, Action::TokenRevoke, caller, Outcome::Forbidden);
+                ev.detail = Some(format!("several live tokens are named `{}`", rec.name));
+                let refusal = Refusal::Conflict(format!(
+                    "{} live tokens are named `{}` (a rotation's overlap): revoke each by its id \
+                     ({})",
+                    live.len(),
+                    rec.name,
+                    live.join(", ")
+                ));
+                return Err(self.refuse(ev, refusal).await);
+            }
+        }
         if !covers(caller, rec.providers.as_deref()) {
             let mut ev = self.event(origin, Action::TokenRevoke, caller, Outcome::Forbidden);
             ev.detail = Some(format!(
@@ -173,7 +208,14 @@ impl Vault<'_> {
             ));
             return Err(self.refuse(ev, beyond(id_or_name)).await);
         }
-        let (rec, write) = tokens::revoke(hash, rec)?;
+        let (rec, write) = match tokens::revoke(hash, rec) {
+            Ok(done) => done,
+            Err(e) => {
+                return Err(self
+                    .refuse_token(origin, caller, Action::TokenRevoke, e)
+                    .await)
+            }
+        };
         let mut ev = self.event(origin, Action::TokenRevoke, caller, Outcome::Success);
         ev.detail = Some(format!("token {} `{}`", rec.id, rec.name));
         self.record(ev, vec![write]).await?;
@@ -194,13 +236,20 @@ impl Vault<'_> {
         if !(0..=MAX_TTL_SECONDS).contains(&overlap) {
             return Err(overlap_invalid());
         }
+        // A revoke or another rotation between the read and the write
+        // would otherwise be undone (the old record written back live).
+        let _one = self.token_lock().await?;
         let (at, rec) = match tokens::find(self.store, id_or_name) {
             Ok(found) => found,
             Err(TokenError::Store(e @ crate::store::StoreError::Tampered { .. })) => {
                 let ev = self.event(origin, Action::TokenRotate, caller, Outcome::Tampered);
                 return Err(self.refuse(ev, Refusal::from(TokenError::Store(e))).await);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return Err(self
+                    .refuse_token(origin, caller, Action::TokenRotate, e)
+                    .await)
+            }
         };
         if !covers(caller, rec.providers.as_deref()) {
             let mut ev = self.event(origin, Action::TokenRotate, caller, Outcome::Forbidden);
@@ -210,7 +259,14 @@ impl Vault<'_> {
             ));
             return Err(self.refuse(ev, beyond(id_or_name)).await);
         }
-        let rotation = tokens::rotate(self.store, at, rec, overlap)?;
+        let rotation = match tokens::rotate(self.store, at, rec, overlap) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(self
+                    .refuse_token(origin, caller, Action::TokenRotate, e)
+                    .await)
+            }
+        };
         let new = &rotation.successor.record;
         let mut ev = self.event(origin, Action::TokenRotate, caller, Outcome::Success);
         ev.detail = Some(format!(
@@ -234,6 +290,38 @@ impl Vault<'_> {
             },
             old,
         })
+    }
+
+    /// Records a refused revoke or rotation (a missing token too, so that
+    /// it takes as long as one beyond the caller's providers) and hands
+    /// the refusal back.
+    async fn refuse_token(
+        &self,
+        origin: &Origin,
+        caller: Option<&Caller>,
+        action: Action,
+        e: TokenError,
+    ) -> Refusal {
+        let refusal = Refusal::from(e);
+        let mut ev = self.event(origin, action, caller, Outcome::NotFound);
+        ev.detail = Some(match &refusal {
+            Refusal::NotFound(_) => "no such token".to_string(),
+            other => other.to_string().chars().take(200).collect(),
+        });
+        match refusal {
+            Refusal::Storage => refusal,
+            r => self.refuse(ev, r).await,
+        }
+    }
+
+    /// The lock of token changes (create, revoke, rotate): each reads
+    /// the token records and writes one back, so they are serialised
+    /// (across nodes on a shared database too).
+    async fn token_lock(&self) -> Result<crate::store::WriteLock, Refusal> {
+        self.store
+            .write_lock(crate::store::Guarded::Tokens)
+            .await
+            .map_err(|e| Refusal::storage(&e))
     }
 
     /// The tokens `caller` reaches, oldest first, with their last use.

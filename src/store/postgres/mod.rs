@@ -270,6 +270,67 @@ impl PgStore {
         }
     }
 
+    /// A transaction-level advisory lock, held by a task on the client's
+    /// runtime until the returned value is dropped (then the transaction
+    /// ends and PostgreSQL lets go; if this process dies, so does its
+    /// connection, and the lock with it).
+    fn advisory_lock(&self, id: i64) -> Result<Option<super::backend::SharedLock>> {
+        let (held_tx, held_rx) =
+            std::sync::mpsc::sync_channel::<std::result::Result<(), PgError>>(1);
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let pool = self.pool.clone();
+        let timeout = self.timeout;
+        self.rt.handle.spawn(async move {
+            let mut client = match tokio::time::timeout(timeout, pool.get()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    let _ = held_tx.send(Err(pool_error(e)));
+                    return;
+                }
+                Err(_) => return,
+            };
+            let tx = match client.transaction().await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    let _ = held_tx.send(Err(db_error(e)));
+                    return;
+                }
+            };
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+            let lock = tx.execute("SELECT pg_advisory_xact_lock($1)", &params);
+            match tokio::time::timeout(timeout, lock).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let _ = held_tx.send(Err(db_error(e)));
+                    return;
+                }
+                // Given up: dropping the transaction rolls it back, which
+                // also ends the lock should it be granted later.
+                Err(_) => return,
+            }
+            if held_tx.send(Ok(())).is_err() {
+                // Nobody waits any more: let go at once.
+                let _ = tx.rollback().await;
+                return;
+            }
+            // Released or dropped: either way the lock ends here.
+            let _ = release_rx.await;
+            let _ = tx.rollback().await;
+        });
+        match held_rx.recv_timeout(timeout + Duration::from_millis(250)) {
+            Ok(Ok(())) => Ok(Some(Box::new(release_tx))),
+            Ok(Err(e)) => Err(store_error("take the lock of key and token changes", e)),
+            Err(_) => Err(StoreError::Database {
+                what: "take the lock of key and token changes",
+                detail: format!(
+                    "not granted within {} ms (another node holds it, or the database is \
+                     unreachable)",
+                    timeout.as_millis()
+                ),
+            }),
+        }
+    }
+
     /// One query's rows of (k, v) as bytes.
     fn get(&self, table: &'static str, key: Vec<u8>) -> Result<Option<Bytes>> {
         let sql = format!("SELECT v FROM {} WHERE k = $1", scan::table(table)?);
@@ -345,6 +406,10 @@ fn tls_config(opts: &PgOptions) -> Result<rustls::ClientConfig> {
 impl Backend for PgStore {
     fn dir(&self) -> Option<PathBuf> {
         None
+    }
+
+    fn lock_shared(&self, id: i64) -> Result<Option<super::backend::SharedLock>> {
+        self.advisory_lock(id)
     }
 
     /// Every commit is durable when PostgreSQL answers it.
