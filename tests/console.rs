@@ -654,6 +654,9 @@ fn vault_with_history() -> (Vault, String, String) {
         &json!({"provider": "openai", "key_name": "trial", "api_key": "sk-trial", "ttl_seconds": 3 * 86400}),
     );
     assert_eq!(r.status(), 200);
+    // A deleted key, still in its recovery window.
+    let gone = admin.create_key("openai", "retired", "sk-openai-retired");
+    assert_eq!(admin.delete(&format!("/api/keys/{gone}")).status(), 200);
     let reading = Api::new(&s, &reader);
     for id in &ids {
         assert_eq!(reading.get(&format!("/api/keys/{id}")).status(), 200);
@@ -769,7 +772,7 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
     b.type_into("#token", &reader);
     b.click("#signin-button");
     b.wait_for("!document.getElementById('keys-view').hidden");
-    b.wait_for("document.querySelectorAll('#keys-rows tr').length === 4");
+    b.wait_for("document.querySelectorAll('#keys-rows tr').length === 5");
     assert_eq!(
         b.js("return document.getElementById('tab-audit').hidden;"),
         true
@@ -782,6 +785,10 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
         "openai",
         "ci-bot",
         "expires soon",
+        "retired",
+        "deleted",
+        "Version",
+        "Destroyed at",
     ] {
         assert!(keys.contains(name), "{name} in {keys}");
     }
@@ -803,9 +810,12 @@ fn the_console_in_chromium_signs_in_filters_pages_shows_a_broken_chain_and_forge
                 format!("Bearer {reader}"),
                 "{url}"
             );
-            // Only the list: never a key's own route (a reveal).
+            // Only the lists (live and deleted keys): never a key's own
+            // route (a reveal).
             assert!(
-                url.ends_with("/api/keys") || url.ends_with("/api/whoami"),
+                url.ends_with("/api/keys")
+                    || url.ends_with("/api/keys?deleted=true")
+                    || url.ends_with("/api/whoami"),
                 "{url}"
             );
         }

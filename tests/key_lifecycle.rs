@@ -571,3 +571,91 @@ fn concurrent_new_versions_each_get_their_own_number() {
         .count();
     assert_eq!(ok, 20);
 }
+
+/// The store and backup a keyhold at schema 3 wrote (tests/data,
+/// SCHEMA3-FIXTURE.md): opened by this one, upgraded to schema 4 in
+/// place, once; every key reads as version 1 and takes new versions, the
+/// tokens work and list as never expiring, the chain verifies, and the
+/// old backup restores.
+#[test]
+fn a_schema_3_store_and_backup_are_upgraded_in_place() {
+    if on_postgres() {
+        return; // a sled fixture
+    }
+    const KEY: &str = "t-kxZ7dR8_vdXXrcsj9wWX6jeoV7EZ8b1MfoeatwJsU=";
+    const ADMIN: &str = "kh_Puh9UBOlVEO_hOfIKi09Q0AU4zdkFwZmRq98RPgiMTw";
+    const READER: &str = "kh_fy0ykw0yTVq-Oe3K0QiFwNsHyfFSby65SY7PlTqGoVI";
+    const CLAUDE: &str = "a2e3628b-576d-4ec9-ba44-456e9b523c03";
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    copy_dir(&data.join("schema3-store"), &dir);
+
+    let s = Server::start(&dir, &[("FERNET_KEY", KEY)]);
+    let admin = Api::new(&s, ADMIN);
+    let listed = json_of(admin.get("/api/keys"));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed
+        .iter()
+        .all(|k| k["version"] == 1 && k["deleted_at"].is_null()));
+    let r = json_of(Api::new(&s, READER).get(&format!("/api/keys/{CLAUDE}")));
+    assert_eq!(r["api_key"], "sk-ant-schema3-claude-0001");
+    let versions = json_of(admin.get(&format!("/api/keys/{CLAUDE}/versions")));
+    assert_eq!(versions[0]["created_by"], Value::Null);
+    assert_eq!(
+        json_of(put(&admin, CLAUDE, "sk-ant-schema4-0003"))["version"],
+        2
+    );
+    let r = json_of(admin.get(&format!("/api/keys/{CLAUDE}?version=1")));
+    assert_eq!(r["api_key"], "sk-ant-schema3-claude-0001");
+    let tokens = json_of(admin.get("/api/tokens"));
+    let reader = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "orchestrator")
+        .unwrap()
+        .clone();
+    assert!(reader["expires_at"].is_null());
+    assert!(reader["last_used"].is_string(), "{reader}");
+    let (_, _, err) = s.stop();
+    assert!(err.contains("schema 4"), "{err}");
+    // Once: a second start does not upgrade again.
+    let s = Server::start(&dir, &[("FERNET_KEY", KEY)]);
+    s.stop();
+    let out = run_with_key(
+        KEY,
+        &["audit", "export", "--data-dir", dir.to_str().unwrap()],
+    );
+    assert_ok(&out);
+    let upgrades = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("upgrade to schema 4"))
+        .count();
+    assert_eq!(upgrades, 1);
+    assert_ok(&run_with_key(
+        KEY,
+        &["audit", "verify", "--data-dir", dir.to_str().unwrap()],
+    ));
+
+    // The schema-3 backup restores with this keyhold and is upgraded too.
+    let restored = tmp.path().join("restored");
+    assert_ok(&run_with_key(
+        KEY,
+        &[
+            "restore",
+            data.join("schema3.backup").to_str().unwrap(),
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ],
+    ));
+    let s = Server::start(&restored, &[("FERNET_KEY", KEY)]);
+    let r = json_of(Api::new(&s, READER).get(&format!("/api/keys/{CLAUDE}")));
+    assert_eq!(
+        (r["api_key"].as_str(), r["version"].as_u64()),
+        (Some("sk-ant-schema3-claude-0001"), Some(1))
+    );
+    s.stop();
+}

@@ -416,19 +416,25 @@
   // ---- keys ----
   function loadKeys() {
     show($("keys-error"), false);
-    api("../api/keys").then(okOrThrow).then(function (r) { return r.json(); }).then(renderKeys)
+    // Live keys, then the deleted ones still in their recovery window
+    // (shown with a "deleted" badge and when they will be destroyed).
+    var list = function (url) {
+      return api(url).then(okOrThrow).then(function (r) { return r.json(); });
+    };
+    Promise.all([list("../api/keys"), list("../api/keys?deleted=true")])
+      .then(function (both) { renderKeys(both[0].concat(both[1])); })
       .catch(failWith($("keys-error")));
   }
   function renderKeys(keys) {
     var head = $("keys-head"), body = $("keys-rows");
     clear(head);
     clear(body);
-    // Columns the server answers: versions and deletion appear once the
-    // key lifecycle is in the API.
+    // The version column always; deletion columns only when a key is
+    // deleted.
     var cols = [["provider", "Provider"], ["key_name", "Name"], ["created_at", "Created (UTC)"],
       ["last_used", "Last used (UTC)"], ["expires_at", "Expires (UTC)"]];
-    [["version", "Version"], ["versions", "Versions"], ["deleted_at", "Deleted (UTC)"]].forEach(function (c) {
-      if (keys.some(function (k) { return k[c[0]] !== undefined; })) cols.push(c);
+    [["version", "Version"], ["deleted_at", "Deleted (UTC)"], ["purge_at", "Destroyed at (UTC)"]].forEach(function (c) {
+      if (keys.some(function (k) { return k[c[0]] !== undefined && k[c[0]] !== null; })) cols.push(c);
     });
     cols.forEach(function (c) { head.appendChild(el("th", { scope: "col" }, c[1])); });
     head.appendChild(el("th", { scope: "col" }, "Status"));
@@ -443,7 +449,7 @@
       });
       var st = el("td");
       var exp = k.expires_at ? Date.parse(k.expires_at) : null;
-      if (k.deleted_at) { st.appendChild(el("span", { "class": "badge bad" }, "deleted")); }
+      if (k.deleted_at) { tr.className = "deleted"; st.appendChild(el("span", { "class": "badge bad" }, "deleted")); }
       else if (exp !== null && exp <= now) { tr.className = "expired"; st.appendChild(el("span", { "class": "badge bad" }, "expired")); }
       else if (exp !== null && exp - now < SOON_DAYS * 86400e3) {
         tr.className = "soon";
