@@ -133,16 +133,9 @@ where
 {
     let res = async {
         // Authenticated and authorised before the body is read.
-        let caller = match admin_caller(&state, &ctx, Action::TokenCreate).await {
-            Ok(c) => c,
-            Err(e) => {
-                ctx.discard_body(body).await;
-                return Err(e);
-            }
-        };
-        let permit = state.body_permit().await?;
-        let body = ctx.read_json_body(body).await?;
-        drop(permit);
+        let (caller, body) = state
+            .caller_and_body(&ctx, body, Scope::Admin, Action::TokenCreate, false)
+            .await?;
         let req: NewTokenBody = extract::body(body, extract::NEW_TOKEN)?;
         let role = req.role()?;
         let (name, providers, ttl_seconds) = (req.name, req.providers, req.ttl_seconds);
@@ -186,16 +179,9 @@ where
     B: Buf,
 {
     let res = async {
-        let caller = match admin_caller(&state, &ctx, Action::TokenRotate).await {
-            Ok(c) => c,
-            Err(e) => {
-                ctx.discard_body(body).await;
-                return Err(e);
-            }
-        };
-        let permit = state.body_permit().await?;
-        let body = ctx.read_optional_json_body(body).await?;
-        drop(permit);
+        let (caller, body) = state
+            .caller_and_body(&ctx, body, Scope::Admin, Action::TokenRotate, true)
+            .await?;
         let req: RotateTokenBody = extract::body(body, extract::ROTATE_TOKEN)?;
         let rotated = state
             .vault()

@@ -117,29 +117,11 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    // Authentication and scope come before the body is read: a refused
-    // upload costs no buffer (its body is drained and dropped, or its
-    // stream reset).
     let origin = AppState::origin(ctx);
     let vault = state.vault();
-    let checked = match state.authenticate(ctx).await {
-        Ok(caller) => vault
-            .require(&origin, &caller, Scope::KeysWrite, Action::KeyCreate)
-            .await
-            .map(|()| caller)
-            .map_err(ApiError::from),
-        Err(e) => Err(e),
-    };
-    let caller = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            ctx.discard_body(body).await;
-            return Err(e);
-        }
-    };
-    let permit = state.body_permit().await?;
-    let body = ctx.read_json_body(body).await?;
-    drop(permit);
+    let (caller, body) = state
+        .caller_and_body(ctx, body, Scope::KeysWrite, Action::KeyCreate, false)
+        .await?;
     let new: NewKeyBody = extract::body(body, extract::NEW_KEY)?;
     let new = NewKey::from(new);
     let record = vault.create_key(&origin, &caller, new).await?;
@@ -169,24 +151,9 @@ where
 {
     let origin = AppState::origin(ctx);
     let vault = state.vault();
-    let checked = match state.authenticate(ctx).await {
-        Ok(caller) => vault
-            .require(&origin, &caller, Scope::KeysWrite, Action::KeyPut)
-            .await
-            .map(|()| caller)
-            .map_err(ApiError::from),
-        Err(e) => Err(e),
-    };
-    let caller = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            ctx.discard_body(body).await;
-            return Err(e);
-        }
-    };
-    let permit = state.body_permit().await?;
-    let body = ctx.read_json_body(body).await?;
-    drop(permit);
+    let (caller, body) = state
+        .caller_and_body(ctx, body, Scope::KeysWrite, Action::KeyPut, false)
+        .await?;
     let new: NewVersionBody = extract::body(body, extract::NEW_VERSION)?;
     let record = vault
         .put_version(

@@ -101,6 +101,49 @@ impl AppState {
         Ok(caller)
     }
 
+    /// The caller of a route that takes a body, and the body: the token is
+    /// authenticated and `scope` checked (a refusal recorded under
+    /// `action`) before any of the body is read, so a refused upload costs
+    /// no buffer (its body is drained and dropped, or its stream reset).
+    /// With `optional`, an empty body reads as `{}`.
+    pub(crate) async fn caller_and_body<S, B>(
+        &self,
+        ctx: &Ctx,
+        body: S,
+        scope: crate::access::Scope,
+        action: Action,
+        optional: bool,
+    ) -> Result<(Caller, serde_json::Value), ApiError>
+    where
+        S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
+        B: bytes::Buf,
+    {
+        let checked = match self.authenticate(ctx).await {
+            Ok(caller) => self
+                .vault()
+                .require(&Self::origin(ctx), &caller, scope, action)
+                .await
+                .map(|()| caller)
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        let caller = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.discard_body(body).await;
+                return Err(e);
+            }
+        };
+        let permit = self.body_permit().await?;
+        let value = if optional {
+            ctx.read_optional_json_body(body).await?
+        } else {
+            ctx.read_json_body(body).await?
+        };
+        drop(permit);
+        Ok((caller, value))
+    }
+
     /// A permit to read one request body, waiting up to the read timeout
     /// for one to be free.
     pub(crate) async fn body_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
