@@ -888,3 +888,65 @@ fn key_and_token_changes_on_two_nodes_are_serialised() {
     let (ok, report) = v.verify();
     assert!(ok, "{report}");
 }
+
+/// Someone who can write the database (not the Fernet key) edits a key
+/// record, token records and an audit record: each is refused and
+/// recorded, or reported by `audit verify`, as on sled.
+#[test]
+fn records_edited_in_the_database_are_refused_and_the_log_reports_them() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "tampered");
+    let s = v.serve("node-a", &[]);
+    let api = Api::new(&s, &v.admin);
+    let id = api.create_key("claude", "main", "sk-ant-edited-123456");
+    let reader = api.post_json(
+        "/api/tokens",
+        &serde_json::json!({"name": "bot", "role": "reader"}),
+    );
+    let reader: Value = reader.json().unwrap();
+    let reader = reader["token"].as_str().unwrap().to_string();
+    assert_eq!(reveal(&Api::new(&s, &reader), &id).status(), 200);
+    drop(s);
+
+    // The key record's last byte (inside its MAC) flipped.
+    pg.psql(
+        "tampered",
+        "UPDATE keyhold_keys SET v = set_byte(v, length(v) - 1, get_byte(v, length(v) - 1) # 1)",
+    );
+    let s = v.serve("node-a", &[]);
+    let r = reveal(&Api::new(&s, &v.admin), &id);
+    assert_eq!(r.status(), 409, "an edited key record is refused");
+    assert!(detail(r).contains("integrity"));
+    drop(s);
+    // Every token record's last byte flipped: the reader is refused.
+    pg.psql(
+        "tampered",
+        "UPDATE keyhold_tokens SET v = set_byte(v, length(v) - 1, get_byte(v, length(v) - 1) # 1)",
+    );
+    let s = v.serve("node-a", &[]);
+    let r = reveal(&Api::new(&s, &reader), &id);
+    assert_eq!(r.status(), 401, "an edited token record is refused");
+    drop(s);
+    let recs = v.audit_records();
+    assert!(
+        recs.iter()
+            .any(|r| r["action"] == "reveal" && r["outcome"] == "tampered"),
+        "{recs:?}"
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r["action"] == "authenticate" && r["outcome"] == "tampered"),
+        "{recs:?}"
+    );
+    let (ok, _) = v.verify();
+    assert!(ok, "the log itself was not touched yet");
+    // One audit record's last byte flipped: verify names it.
+    pg.psql(
+        "tampered",
+        "UPDATE keyhold_audit SET v = set_byte(v, length(v) - 1, get_byte(v, length(v) - 1) # 1) \
+         WHERE seq = 3",
+    );
+    let (ok, report) = v.verify();
+    assert!(!ok, "{report}");
+    assert!(report.contains('3'), "{report}");
+}
