@@ -1,5 +1,9 @@
 //! Audit records: what one entry says, its canonical bytes, its stored
 //! form and its exported (JSON) form.
+//!
+//! Over 500 lines: the record's three forms (V1 HMAC, V2 signed, V3 with a
+//! node) must stay byte-for-byte what was written, so they live together
+//! with the enums (actions, outcomes) they encode.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

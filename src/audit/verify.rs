@@ -8,6 +8,10 @@
 //! signature covers every record before it through the hash chain). A
 //! hand-over record signed by a trusted key makes the key it names
 //! trusted from there on.
+//!
+//! Over 500 lines: one walk serves the store check and the export check,
+//! and its rules (links, hashes, signatures, hand-overs, the head) must
+//! read as one.
 
 use serde::Serialize;
 

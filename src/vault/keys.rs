@@ -1,5 +1,11 @@
 //! Storing and deleting API keys: the field rules, the provider limit, and
-//! the audit record each change lands with.
+//! the audit record each change lands with; and keys over time: versions,
+//! soft deletion, restore, purge, and the housekeeping pass.
+//!
+//! Over 500 lines: every change to a key record (create, new version,
+//! delete, restore, purge) shares one way of loading, refusing and
+//! recording, and one lock; keeping them together keeps those rules in
+//! one place.
 
 use uuid::Uuid;
 
