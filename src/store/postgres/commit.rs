@@ -11,6 +11,7 @@
 //! can never both start at the same seq (the seq is also the primary key).
 
 use deadpool_postgres::Transaction;
+use uuid::Uuid;
 
 use super::{db_error, pool_error, PgError, PgStore};
 use crate::store::backend::{Bytes, ChainAtHead, Op};
@@ -29,19 +30,43 @@ enum Owned {
         id: Vec<u8>,
         index: Vec<u8>,
     },
-    /// A run of consecutive touches, applied in one statement (the last
-    /// time of each key wins, as it would applied one by one).
-    Touch(Vec<(Vec<u8>, Vec<u8>)>),
+    /// A run of consecutive last-use writes to one usage table (keys' or
+    /// tokens'), applied in one statement (the last time of each id wins,
+    /// as it would applied one by one).
+    Touch {
+        table: &'static str,
+        run: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     PutToken {
         at: Vec<u8>,
         value: Vec<u8>,
     },
-    /// A run of consecutive token touches, in one statement (as `Touch`).
-    TouchToken(Vec<(Vec<u8>, Vec<u8>)>),
     Meta {
         name: Vec<u8>,
         value: Option<Vec<u8>>,
     },
+}
+
+/// An id's last use as stored: (id, time in µs big-endian).
+fn touch_entry(id: &Uuid, at_us: i64) -> (Vec<u8>, Vec<u8>) {
+    (id.as_bytes().to_vec(), at_us.to_be_bytes().to_vec())
+}
+
+/// Adds a last use to the run of the same table that `out` ends with, if
+/// it does (returns whether it did).
+fn touch(out: &mut [Owned], table: &'static str, id: &Uuid, at_us: i64) -> bool {
+    let Some(Owned::Touch { table: t, run }) = out.last_mut() else {
+        return false;
+    };
+    if *t != table {
+        return false;
+    }
+    let (k, v) = touch_entry(id, at_us);
+    match run.iter_mut().find(|(key, _)| *key == k) {
+        Some(e) => e.1 = v,
+        None => run.push((k, v)),
+    }
+    true
 }
 
 fn owned(ops: &[Op]) -> Vec<Owned> {
@@ -69,30 +94,26 @@ fn owned(ops: &[Op]) -> Vec<Owned> {
                 index: provider_index_key(provider, *created_at_us, id),
             },
             Op::TouchKey { id, at_us } => {
-                let entry = (id.as_bytes().to_vec(), at_us.to_be_bytes().to_vec());
-                if let Some(Owned::Touch(run)) = out.last_mut() {
-                    match run.iter_mut().find(|(k, _)| *k == entry.0) {
-                        Some(e) => e.1 = entry.1,
-                        None => run.push(entry),
-                    }
+                if touch(&mut out, "keyhold_key_usage", id, *at_us) {
                     continue;
                 }
-                Owned::Touch(vec![entry])
+                Owned::Touch {
+                    table: "keyhold_key_usage",
+                    run: vec![touch_entry(id, *at_us)],
+                }
             }
             Op::PutToken { at, value } => Owned::PutToken {
                 at: at.to_vec(),
                 value: value.clone(),
             },
             Op::TouchToken { id, at_us } => {
-                let entry = (id.as_bytes().to_vec(), at_us.to_be_bytes().to_vec());
-                if let Some(Owned::TouchToken(run)) = out.last_mut() {
-                    match run.iter_mut().find(|(k, _)| *k == entry.0) {
-                        Some(e) => e.1 = entry.1,
-                        None => run.push(entry),
-                    }
+                if touch(&mut out, "keyhold_token_usage", id, *at_us) {
                     continue;
                 }
-                Owned::TouchToken(vec![entry])
+                Owned::Touch {
+                    table: "keyhold_token_usage",
+                    run: vec![touch_entry(id, *at_us)],
+                }
             }
             Op::Meta { name, value } => Owned::Meta {
                 name: name.to_vec(),
@@ -210,31 +231,16 @@ async fn apply(tx: &Transaction<'_>, op: &Owned) -> std::result::Result<i64, PgE
                 .await
                 .map_err(db_error)?;
         }
-        Owned::Touch(run) => {
+        Owned::Touch { table, run } => {
             let (ids, times): (Vec<Vec<u8>>, Vec<Vec<u8>>) = run.iter().cloned().unzip();
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO keyhold_key_usage (k, v) \
-                     SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-                     ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
-                )
-                .await
-                .map_err(db_error)?;
+            let sql = format!(
+                "INSERT INTO {table} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+            );
+            let stmt = tx.prepare_cached(&sql).await.map_err(db_error)?;
             tx.execute(&stmt, &[&ids, &times]).await.map_err(db_error)?;
         }
         Owned::PutToken { at, value } => upsert(tx, "keyhold_tokens", at, value).await?,
-        Owned::TouchToken(run) => {
-            let (ids, times): (Vec<Vec<u8>>, Vec<Vec<u8>>) = run.iter().cloned().unzip();
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO keyhold_token_usage (k, v) \
-                     SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-                     ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
-                )
-                .await
-                .map_err(db_error)?;
-            tx.execute(&stmt, &[&ids, &times]).await.map_err(db_error)?;
-        }
         Owned::Meta { name, value } => match value {
             Some(v) => upsert(tx, "keyhold_meta", name, v).await?,
             None => {
