@@ -999,3 +999,73 @@ fn the_new_routes_refuse_no_token_and_provider_limited_tokens() {
     assert_eq!(r.status(), 403);
     s.stop();
 }
+
+/// The routes of keys and tokens over time (issue 18): without a token
+/// each answers 401 and changes nothing; a token limited to another
+/// provider reaches none of them for a `claude` key or a broader token
+/// (answered like a missing one) and changes nothing.
+#[test]
+fn the_lifecycle_routes_refuse_no_token_and_other_providers() {
+    let v = Vault::new();
+    let gemini_admin = v.token("gemini-admin", "admin", Some("gemini"));
+    let broad = v.token("broad", "reader", None);
+    let s = v.serve(&[]);
+    let admin = Api::new(&s, &v.admin);
+    let id = admin.create_key("claude", "main", "sk-lifecycle-guarded");
+    let deleted = admin.create_key("claude", "old", "sk-lifecycle-deleted");
+    assert_eq!(admin.delete(&format!("/api/keys/{deleted}")).status(), 200);
+    let put = |api: &Api, id: &str| {
+        api.req(reqwest::Method::PUT, &format!("/api/keys/{id}"))
+            .json(&serde_json::json!({"api_key": "sk-planted"}))
+            .send()
+            .unwrap()
+            .status()
+    };
+    let post = |api: &Api, path: &str| {
+        api.req(reqwest::Method::POST, path)
+            .json(&serde_json::json!({}))
+            .send()
+            .unwrap()
+            .status()
+    };
+    let anon = Api::anonymous(&s);
+    assert_eq!(put(&anon, &id), 401);
+    assert_eq!(anon.get(&format!("/api/keys/{id}/versions")).status(), 401);
+    assert_eq!(anon.get(&format!("/api/keys/{id}?version=1")).status(), 401);
+    assert_eq!(post(&anon, &format!("/api/keys/{deleted}/restore")), 401);
+    assert_eq!(
+        anon.delete(&format!("/api/keys/{id}?purge=true")).status(),
+        401
+    );
+    assert_eq!(anon.get("/api/providers/claude/keys/main").status(), 401);
+    assert_eq!(anon.get("/api/keys?deleted=true").status(), 401);
+    assert_eq!(post(&anon, "/api/tokens/broad/rotate"), 401);
+
+    let other = Api::new(&s, &gemini_admin);
+    assert_eq!(put(&other, &id), 404);
+    assert_eq!(other.get(&format!("/api/keys/{id}/versions")).status(), 404);
+    assert_eq!(
+        other.get(&format!("/api/keys/{id}?version=1")).status(),
+        404
+    );
+    assert_eq!(post(&other, &format!("/api/keys/{deleted}/restore")), 404);
+    assert_eq!(
+        other.delete(&format!("/api/keys/{id}?purge=true")).status(),
+        404
+    );
+    assert_eq!(other.get("/api/providers/claude/keys/main").status(), 404);
+    let listed: serde_json::Value = other.get("/api/keys?deleted=true").json().unwrap();
+    assert!(listed.as_array().unwrap().is_empty(), "{listed}");
+    assert_eq!(post(&other, "/api/tokens/broad/rotate"), 404);
+
+    // Nothing changed: the key is at version 1, the deleted one still
+    // deleted, the broad token still works.
+    let r: serde_json::Value = admin.get(&format!("/api/keys/{id}")).json().unwrap();
+    assert_eq!(
+        (r["api_key"].as_str(), r["version"].as_u64()),
+        (Some("sk-lifecycle-guarded"), Some(1))
+    );
+    assert_eq!(admin.get(&format!("/api/keys/{deleted}")).status(), 404);
+    assert_eq!(Api::new(&s, &broad).get("/api/keys").status(), 200);
+    s.stop();
+}
