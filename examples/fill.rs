@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         bail!("--batch must be at least 1");
     }
     let keyring = Keyring::from_env().context("set FERNET_KEY (the store's key)")?;
-    if !args.data_dir.join("db").is_file() {
+    if !keyhold::store::holds_store(&args.data_dir) {
         bail!(
             "{} holds no store: run `keyhold init --data-dir {}` first",
             args.data_dir.display(),

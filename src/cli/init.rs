@@ -79,7 +79,7 @@ fn refuse_non_empty(dir: &std::path::Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
     };
-    if dir.join("db").exists() || dir.join("conf").exists() {
+    if crate::store::holds_store(dir) {
         return Err(StoreError::AlreadyInitialised(dir.display().to_string()).into());
     }
     if entries.next().is_some() {

@@ -193,7 +193,7 @@ fn open_initialised_with_cache(data: &DataDir, cache_bytes: Option<u64>) -> anyh
 /// Opens the initialised store in `dir`.
 pub(crate) fn open_dir_initialised(dir: &Path, cache_bytes: Option<u64>) -> anyhow::Result<Store> {
     // Never create a store here: only `init` does (sled writes files on open).
-    if !dir.join("db").is_file() {
+    if !crate::store::holds_store(dir) {
         return Err(StoreError::NotInitialised(dir.display().to_string()).into());
     }
     let store = match cache_bytes {

@@ -38,7 +38,7 @@ mod records;
 mod sled_store;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
@@ -47,7 +47,7 @@ use backend::{Backend, Op};
 pub use backend::{Bytes, SharedCell, TABLES};
 pub use postgres::{DatabaseUrl, DatabaseUrlArg, DatabaseUrlError, PgOptions};
 pub use sled_store::audit_chunks;
-pub use sled_store::wait_until_released;
+pub use sled_store::{holds_store, sled_dir, wait_until_released};
 
 pub use auth::{RecordKeys, SEALED_PURPOSE as RECORD_SECRET_PURPOSE};
 use records::Auth;
@@ -260,6 +260,9 @@ pub struct Store {
     keys: Arc<RwLock<Option<Arc<RecordKeys>>>>,
     /// The schema read at open (raised by the upgrade).
     schema: Arc<AtomicU32>,
+    /// Set when a change removed ciphertexts (a purge, versions beyond the
+    /// cap) whose bytes the files may still hold; cleared by a scrub.
+    scrub_due: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -320,6 +323,7 @@ impl Store {
             backend,
             keys: Arc::new(RwLock::new(None)),
             schema: Arc::new(AtomicU32::new(schema)),
+            scrub_due: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -342,6 +346,35 @@ impl Store {
     /// to let go of the old one. A temporary store is left as it is.
     pub fn reopen(&self, wait: std::time::Duration) -> Result<()> {
         self.backend.reopen(wait)
+    }
+
+    /// Notes that a committed change removed ciphertexts whose bytes the
+    /// files may still hold, for the next [`Store::scrub`].
+    pub fn mark_scrub_due(&self) {
+        self.scrub_due.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a removal awaits a [`Store::scrub`].
+    pub fn scrub_due(&self) -> bool {
+        self.scrub_due.load(Ordering::SeqCst)
+    }
+
+    /// Rewrites the store's files so that the bytes of removed records
+    /// (purged keys, versions beyond the cap) are in none of them; every
+    /// other use of the store waits meanwhile (up to `wait` for those in
+    /// flight to finish first). On sled the live entries are copied into a
+    /// fresh database and the old files overwritten and removed; on
+    /// PostgreSQL the keys table is rewritten (`VACUUM FULL`). Returns
+    /// whether anything was rewritten (a temporary store has no files).
+    pub fn scrub(&self, wait: std::time::Duration) -> Result<bool> {
+        // Cleared first: a removal committed while the rewrite runs marks
+        // it again rather than being lost.
+        let was = self.scrub_due.swap(false, Ordering::SeqCst);
+        let res = self.backend.scrub(wait);
+        if res.is_err() && was {
+            self.scrub_due.store(true, Ordering::SeqCst);
+        }
+        res
     }
 
     /// Takes the lock of changes to `what` (see [`WriteLock`]).

@@ -602,7 +602,7 @@ pub fn import_json(key: &str, dir: &Path, file: &Path) -> serde_json::Value {
 /// to the disk can (the server stopped), runs `f`, and lets go of the lock.
 pub fn with_sled<T>(dir: &Path, f: impl FnOnce(&sled::Db) -> T) -> T {
     keyhold::store::wait_until_released(dir).unwrap();
-    let db = sled::open(dir).unwrap();
+    let db = sled::open(keyhold::store::sled_dir(dir).unwrap()).unwrap();
     let out = f(&db);
     db.flush().unwrap();
     drop(db);

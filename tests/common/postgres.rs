@@ -188,6 +188,11 @@ impl Cluster {
         self.boot();
     }
 
+    /// The server's data directory (tables' files under `base/`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
     /// Runs SQL over the private socket (works when TCP requires TLS).
     pub fn psql_local(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))

@@ -422,6 +422,21 @@ impl Backend for PgStore {
         Ok(())
     }
 
+    /// `VACUUM FULL` of the keys table: PostgreSQL writes it into new
+    /// files and removes the old ones, dead rows (purged keys, replaced
+    /// versions) and all. Its WAL, replicas and base backups are the
+    /// database's (docs/security.md).
+    fn scrub(&self, _wait: Duration) -> Result<bool> {
+        self.run("rewrite the keys table (VACUUM FULL)", |pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .simple_query("VACUUM (FULL) keyhold_keys")
+                .await
+                .map_err(db_error)?;
+            Ok(true)
+        })
+    }
+
     fn ping(&self) -> Result<()> {
         self.run("answer a ping", |pool| async move {
             let client = pool.get().await.map_err(pool_error)?;

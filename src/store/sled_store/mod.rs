@@ -11,6 +11,9 @@
 
 pub mod audit_chunks;
 mod commit;
+mod rewrite;
+
+pub use rewrite::{holds_store, sled_dir};
 
 pub(crate) use commit::{decode_count, entry_of_index, provider_index_key, provider_prefix};
 
@@ -36,6 +39,8 @@ pub(crate) struct Trees {
     /// flush ends in `sync_file_range` on Linux, which writes the pages but
     /// neither the file's metadata nor the disk's write cache.
     data_file: Option<std::fs::File>,
+    /// The directory sled's files are in (see `rewrite`), if on disk.
+    live: Option<PathBuf>,
     pub(crate) keys: Tree,
     pub(crate) key_usage: Tree,
     pub(crate) by_provider: Tree,
@@ -47,9 +52,21 @@ pub(crate) struct Trees {
 }
 
 impl Trees {
-    fn of(db: Db, data_file: Option<std::fs::File>) -> Result<Trees> {
+    fn of(db: Db, live: Option<PathBuf>) -> Result<Trees> {
+        let data_file = match &live {
+            Some(dir) => {
+                Some(
+                    std::fs::File::open(dir.join("db")).map_err(|error| StoreError::Io {
+                        what: "open the store's data file to fsync it",
+                        error,
+                    })?,
+                )
+            }
+            None => None,
+        };
         Ok(Trees {
             data_file,
+            live,
             keys: db.open_tree("keys")?,
             key_usage: db.open_tree("key_usage")?,
             by_provider: db.open_tree("by_provider")?,
@@ -117,20 +134,14 @@ impl SledStore {
     }
 
     fn open_trees(origin: &Origin) -> Result<Trees> {
-        let db = match origin {
-            Origin::Dir { path, cache } => open_sled(path, *cache)?,
-            Origin::Temporary => sled::Config::new().temporary(true).open()?,
+        let (db, live) = match origin {
+            Origin::Dir { path, cache } => {
+                let (db, live) = rewrite::open_current(path, *cache)?;
+                (db, Some(live))
+            }
+            Origin::Temporary => (sled::Config::new().temporary(true).open()?, None),
         };
-        let data_file = match origin {
-            Origin::Dir { path, .. } => Some(std::fs::File::open(path.join("db")).map_err(
-                |error| StoreError::Io {
-                    what: "open the store's data file to fsync it",
-                    error,
-                },
-            )?),
-            Origin::Temporary => None,
-        };
-        let trees = Trees::of(db, data_file)?;
+        let trees = Trees::of(db, live)?;
         if trees.meta.contains_key(META_SCHEMA)? && !trees.meta.contains_key(META_KEY_COUNT)? {
             // Nothing else can write yet: the store is not shared until
             // this returns, and sled locks the directory to one process.
@@ -204,6 +215,63 @@ impl Backend for SledStore {
         }
         *guard = Some(Arc::new(Self::open_trees(&self.origin)?));
         Ok(())
+    }
+
+    /// Copies every live entry into a fresh database inside the data
+    /// directory, makes it the store, and overwrites and removes the old
+    /// files (`rewrite`). Every other use of the store waits meanwhile.
+    fn scrub(&self, wait: std::time::Duration) -> Result<bool> {
+        let Origin::Dir { path, cache } = &self.origin else {
+            return Ok(false);
+        };
+        let mut guard = match self.current.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let old = guard.take().ok_or(StoreError::Unavailable)?;
+        let deadline = std::time::Instant::now() + wait;
+        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let Some(live) = old.live.clone().filter(|_| Arc::strong_count(&old) == 1) else {
+            *guard = Some(old);
+            return Err(StoreError::Unavailable);
+        };
+        let (db, next) = match rewrite::copy(&old.db, path, &live, *cache) {
+            Ok(made) => made,
+            Err(e) => {
+                *guard = Some(old);
+                return Err(e);
+            }
+        };
+        if let Err(e) = rewrite::switch(path, &next) {
+            drop(db);
+            wait_for_lock(&next);
+            *guard = Some(old);
+            return Err(e);
+        }
+        // From here on the copy is the store, whatever happens next. If
+        // the rename cannot be made durable, the old files stay (a crash
+        // could bring the old name back) and the error is returned once
+        // the copy serves.
+        let durable = rewrite::sync(path);
+        drop(old);
+        let trees = Trees::of(db, Some(next));
+        let opened = match trees {
+            Ok(t) => Ok(t),
+            Err(_) => Self::open_trees(&self.origin),
+        };
+        match opened {
+            Ok(t) => *guard = Some(Arc::new(t)),
+            Err(e) => {
+                *guard = None;
+                return Err(e);
+            }
+        }
+        drop(guard);
+        durable?;
+        rewrite::destroy(path, &live)?;
+        Ok(true)
     }
 
     fn meta_get(&self, name: &[u8]) -> Result<Option<Bytes>> {
@@ -387,31 +455,44 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Waits until nothing holds sled's lock on the store in `dir`: call it
 /// after dropping this process's last handle on a store, before opening it
-/// again or moving it. sled lets go of its lock (a `flock` on `dir/db`)
-/// only when the last of its background threads drops the database, which
-/// can be well after the handle was dropped on a loaded machine. Gives up
-/// after [`RELEASE_WAIT`] and leaves the error to the open that follows.
+/// again or moving it. sled lets go of its lock (a `flock` on its `db`
+/// file) only when the last of its background threads drops the database,
+/// which can be well after the handle was dropped on a loaded machine.
+/// Gives up after [`RELEASE_WAIT`] and leaves the error to the open that
+/// follows.
 pub fn wait_until_released(dir: &Path) -> Result<()> {
-    let file = match std::fs::File::open(dir.join("db")) {
+    let live = sled_dir(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match try_lock_for(&live, RELEASE_WAIT) {
+        Err(error) => Err(StoreError::Io {
+            what: "wait for the store's lock",
+            error,
+        }),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Whether sled's lock on the database in `live` is free (or its file
+/// gone), after waiting up to [`RELEASE_WAIT`] for it.
+fn wait_for_lock(live: &Path) -> bool {
+    try_lock_for(live, RELEASE_WAIT).unwrap_or(false)
+}
+
+fn try_lock_for(live: &Path, wait: std::time::Duration) -> std::io::Result<bool> {
+    let file = match std::fs::File::open(live.join("db")) {
         Ok(f) => f,
-        // Nothing to wait for: opening will say what is wrong.
-        Err(_) => return Ok(()),
+        // Nothing holds it: whoever opens it next says what is wrong.
+        Err(_) => return Ok(true),
     };
-    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    let deadline = std::time::Instant::now() + wait;
     loop {
         match file.try_lock() {
             // Closing `file` lets go of the probe's own lock.
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(()),
-            Err(std::fs::TryLockError::Error(error)) => {
-                return Err(StoreError::Io {
-                    what: "wait for the store's lock",
-                    error,
-                })
-            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(error)) => return Err(error),
         }
     }
 }

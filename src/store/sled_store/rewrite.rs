@@ -1,0 +1,543 @@
+//! Rewriting the store's files so that removed bytes leave the disk.
+//!
+//! sled is log-structured: a removed or replaced value stays in its old
+//! log segment until sled reuses that segment, so a purged key's Fernet
+//! tokens would outlive the purge in the files. [`copy`] writes the live
+//! entries of every tree into a fresh database in a subdirectory of the
+//! data directory (`store.N`), and [`switch`] makes it the store by
+//! replacing one small file, `CURRENT`, atomically; [`destroy`] then
+//! overwrites the old files with zeros and removes them.
+//!
+//! Layout: a store keyhold never rewrote has sled's files in the data
+//! directory itself (`db`, `conf`, `snap.*`, `blobs/`); once rewritten,
+//! `CURRENT` names the subdirectory that holds them. Everything stays
+//! inside the data directory, the one place a hardened service may write
+//! (`ReadWritePaths=` in scripts/keyhold.service).
+//!
+//! A crash at any step leaves one complete store that `CURRENT` (or its
+//! absence) names: the new one is complete and durable before `CURRENT`
+//! is replaced. Whatever else is left (a half-made `store.N`, the old
+//! files) is removed by the next open, under the store's lock
+//! ([`remove_stale`]).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sled::Db;
+
+use super::super::{Result, StoreError};
+
+/// The file naming the subdirectory that holds the store, once rewritten.
+pub(crate) const CURRENT: &str = "CURRENT";
+/// How the subdirectories are named: `store.` and a generation number.
+const PREFIX: &str = "store.";
+/// sled's files and directory in a store it was never rewritten from.
+const LEGACY_FILES: [&str; 2] = ["db", "conf"];
+const LEGACY_DIRS: [&str; 1] = ["blobs"];
+const LEGACY_PREFIX: &str = "snap.";
+/// Entries copied per sled batch.
+const BATCH: usize = 1024;
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |error| StoreError::Io { what, error }
+}
+
+/// `N` of a subdirectory named `store.N`.
+fn generation(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(PREFIX)?;
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The directory sled's files are in, for the store in `dir`: `dir`
+/// itself, or the subdirectory `CURRENT` names. A `CURRENT` naming
+/// anything but a `store.N` is refused (it could point outside `dir`).
+pub fn sled_dir(dir: &Path) -> Result<PathBuf> {
+    match std::fs::read(dir.join(CURRENT)) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let name = text.trim_end_matches('\n');
+            match generation(name) {
+                Some(_) => Ok(dir.join(name)),
+                None => Err(StoreError::Corrupt {
+                    what: "the store's CURRENT file (it must name a store.N subdirectory)",
+                    detail: name.chars().take(40).collect(),
+                }),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir.to_path_buf()),
+        Err(error) => Err(StoreError::Io {
+            what: "read the store's CURRENT file",
+            error,
+        }),
+    }
+}
+
+/// Whether `dir` holds a store (of either layout).
+pub fn holds_store(dir: &Path) -> bool {
+    dir.join(CURRENT).exists() || LEGACY_FILES.iter().any(|f| dir.join(f).exists())
+}
+
+/// The subdirectory the next rewrite of the store in `dir`, now in
+/// `live`, writes to.
+fn next_dir(dir: &Path, live: &Path) -> PathBuf {
+    let now = match live.file_name().and_then(|n| n.to_str()) {
+        Some(name) if live != dir => generation(name).unwrap_or(0),
+        _ => 0,
+    };
+    dir.join(format!("{PREFIX}{}", now.saturating_add(1)))
+}
+
+/// Copies every tree of `old` (the store in `dir`, its files in `live`)
+/// into a fresh database in the next `store.N` of `dir`, made durable.
+/// Nothing else may write to `old` meanwhile. On an error the partial copy
+/// is removed.
+pub(super) fn copy(old: &Db, dir: &Path, live: &Path, cache: u64) -> Result<(Db, PathBuf)> {
+    let next = next_dir(dir, live);
+    remove_dir(&next)?;
+    let made = super::open_sled(&next, cache).and_then(|db| {
+        copy_trees(old, &db)?;
+        db.flush()?;
+        sync(&next.join("db"))?;
+        sync(&next)?;
+        Ok(db)
+    });
+    match made {
+        Ok(db) => Ok((db, next)),
+        Err(e) => {
+            // Its lock must go before the files can be removed; a failed
+            // removal is retried by the next open.
+            super::wait_for_lock(&next);
+            let _ = remove_dir(&next);
+            Err(e)
+        }
+    }
+}
+
+fn copy_trees(old: &Db, new: &Db) -> Result<()> {
+    for item in old.iter() {
+        let (k, v) = item?;
+        new.insert(k, v)?;
+    }
+    for name in old.tree_names() {
+        if name.as_ref() == b"__sled__default" {
+            continue;
+        }
+        let from = old.open_tree(&name)?;
+        let to = new.open_tree(&name)?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in from.iter() {
+            let (k, v) = item?;
+            batch.insert(k, v);
+            n += 1;
+            if n == BATCH {
+                to.apply_batch(std::mem::take(&mut batch))?;
+                n = 0;
+            }
+        }
+        to.apply_batch(batch)?;
+    }
+    Ok(())
+}
+
+/// Makes `next` the store in `dir`: writes `CURRENT` anew and renames it
+/// into place (atomic). An error means nothing changed; once this returns
+/// `Ok`, `next` is the store, and [`sync`] of `dir` makes that durable.
+pub(super) fn switch(dir: &Path, next: &Path) -> Result<()> {
+    let name = next
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| generation(n).is_some())
+        .ok_or(StoreError::Corrupt {
+            what: "the rewritten store's directory name",
+            detail: next.display().to_string().chars().take(40).collect(),
+        })?;
+    let tmp = dir.join(format!("{CURRENT}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(io("write the store's CURRENT file"))?;
+    f.write_all(format!("{name}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io("write the store's CURRENT file"))?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(CURRENT)).map_err(io("replace the store's CURRENT file"))
+}
+
+/// Opens the store in `dir`: the database `CURRENT` names, checked again
+/// once its lock is held (a rewrite by another process may have replaced
+/// it just before), then removes what an interrupted rewrite left.
+pub(super) fn open_current(dir: &Path, cache: u64) -> Result<(Db, PathBuf)> {
+    for _ in 0..5 {
+        let live = sled_dir(dir)?;
+        let db = super::open_sled(&live, cache)?;
+        if sled_dir(dir)? == live {
+            remove_stale(dir, &live)?;
+            return Ok((db, live));
+        }
+        drop(db);
+        super::wait_for_lock(&live);
+    }
+    Err(StoreError::Unavailable)
+}
+
+/// Removes every store in `dir` but the live one: `store.N`
+/// subdirectories and, once `CURRENT` exists, sled's files in `dir`
+/// itself. Only called with the live store's lock held, so no other
+/// process is rewriting it.
+fn remove_stale(dir: &Path, live: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(io("list the data directory"))?;
+    for entry in entries {
+        let entry = entry.map_err(io("list the data directory"))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if generation(&name).is_some() && path != live {
+            remove_dir(&path)?;
+        }
+    }
+    if live != dir {
+        remove_legacy(dir, false)?;
+    }
+    let _ = std::fs::remove_file(dir.join(format!("{CURRENT}.tmp")));
+    Ok(())
+}
+
+/// Removes the old store's files, `old` (the data directory `dir` itself
+/// for a store never rewritten), after a rewrite: each file is first
+/// overwritten with zeros and synced (on a filesystem that writes in place,
+/// the disk blocks are cleared too), unless sled in this process still has
+/// it open (a reader that outlived the rewrite), which the lock tells.
+pub(super) fn destroy(dir: &Path, old: &Path) -> Result<()> {
+    let closed = super::wait_for_lock(old);
+    if old == dir {
+        remove_legacy(dir, closed)
+    } else {
+        if closed {
+            zero_tree(old)?;
+        }
+        remove_dir(old)
+    }
+}
+
+fn remove_legacy(dir: &Path, zero: bool) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(io("list the data directory"))?;
+    for entry in entries {
+        let entry = entry.map_err(io("list the data directory"))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if LEGACY_FILES.contains(&name.as_ref()) || name.starts_with(LEGACY_PREFIX) {
+            if zero {
+                zero_file(&path)?;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(StoreError::Io {
+                        what: "remove the old store's files",
+                        error,
+                    })
+                }
+            }
+        } else if LEGACY_DIRS.contains(&name.as_ref()) {
+            if zero {
+                zero_tree(&path)?;
+            }
+            remove_dir(&path)?;
+        }
+    }
+    sync(dir)
+}
+
+fn remove_dir(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(StoreError::Io {
+            what: "remove the old store's files",
+            error,
+        }),
+    }
+}
+
+fn zero_tree(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(StoreError::Io {
+                what: "list the old store's files",
+                error,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(io("list the old store's files"))?;
+        let kind = entry
+            .file_type()
+            .map_err(io("list the old store's files"))?;
+        if kind.is_dir() {
+            zero_tree(&entry.path())?;
+        } else if kind.is_file() {
+            zero_file(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Overwrites a file with zeros, in place, and syncs it. Anything but a
+/// regular file (a symlink planted in the data directory) is left alone:
+/// it is removed, never followed.
+fn zero_file(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => {}
+        _ => return Ok(()),
+    }
+    let mut f = match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(StoreError::Io {
+                what: "overwrite the old store's files",
+                error,
+            })
+        }
+    };
+    let len = f
+        .metadata()
+        .map_err(io("overwrite the old store's files"))?
+        .len();
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])
+            .map_err(io("overwrite the old store's files"))?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(io("overwrite the old store's files"))
+}
+
+/// fsync of a file or a directory.
+pub(super) fn sync(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io("sync the rewritten store"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_must_name_a_generation_inside_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(sled_dir(dir.path()).unwrap(), dir.path());
+        for bad in [
+            "../elsewhere",
+            "/etc",
+            "store.",
+            "store.+1",
+            "store.1/..",
+            "db",
+        ] {
+            std::fs::write(dir.path().join(CURRENT), bad).unwrap();
+            assert!(
+                matches!(sled_dir(dir.path()), Err(StoreError::Corrupt { .. })),
+                "{bad}"
+            );
+        }
+        std::fs::write(dir.path().join(CURRENT), "store.7\n").unwrap();
+        assert_eq!(sled_dir(dir.path()).unwrap(), dir.path().join("store.7"));
+        assert_eq!(
+            next_dir(dir.path(), &dir.path().join("store.7")),
+            dir.path().join("store.8")
+        );
+        assert_eq!(next_dir(dir.path(), dir.path()), dir.path().join("store.1"));
+    }
+
+    use crate::store::{KeyRecord, RecordKeys, Store, Write, TABLES};
+
+    fn store(dir: &Path) -> Store {
+        let s = Store::open(dir).unwrap();
+        s.set_record_keys(RecordKeys::from_secret(&[5u8; 32]));
+        s
+    }
+
+    fn key(token: &str) -> KeyRecord {
+        KeyRecord::new(
+            uuid::Uuid::new_v4(),
+            "claude".into(),
+            "k".into(),
+            token.into(),
+            1,
+            None,
+            None,
+        )
+    }
+
+    fn records(seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+        seqs.map(|q| (q, vec![0, q as u8, 7])).collect()
+    }
+
+    /// Every entry of every table.
+    fn all(s: &Store) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for t in TABLES {
+            for e in s.entries(t) {
+                let (k, v) = e.unwrap();
+                out.push((t, k.to_vec(), v.to_vec()));
+            }
+        }
+        out
+    }
+
+    /// Whether any file under `dir` holds `needle`.
+    fn on_disk(dir: &Path, needle: &[u8]) -> bool {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if std::fs::read(&p)
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn a_scrub_keeps_every_entry_and_leaves_no_removed_bytes_in_any_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let gone = key("gAAAA-purged-version-0123456789");
+        let kept = key("gAAAA-kept-version");
+        s.commit(
+            &records(1..=40),
+            b"head",
+            &[Write::PutKey(gone.clone()), Write::PutKey(kept.clone())],
+        )
+        .unwrap();
+        s.commit(
+            &records(41..=41),
+            b"head2",
+            &[Write::DeleteKey(gone.clone())],
+        )
+        .unwrap();
+        s.flush().unwrap();
+        let needle = b"purged-version-0123456789";
+        assert!(on_disk(dir.path(), needle), "the test cannot see it");
+        let before = all(&s);
+
+        assert!(s.scrub(std::time::Duration::from_secs(5)).unwrap());
+        assert!(!on_disk(dir.path(), needle));
+        assert_eq!(all(&s), before);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(CURRENT)).unwrap(),
+            "store.1\n"
+        );
+        for f in LEGACY_FILES {
+            assert!(!dir.path().join(f).exists(), "{f} left behind");
+        }
+        // The rewritten store takes writes; a second scrub moves on to the
+        // next generation and removes the first.
+        let later = key("gAAAA-later");
+        s.commit(&records(42..=42), b"head3", &[Write::PutKey(later.clone())])
+            .unwrap();
+        assert!(s.scrub(std::time::Duration::from_secs(5)).unwrap());
+        assert!(!dir.path().join("store.1").exists());
+        assert!(dir.path().join("store.2").join("db").is_file());
+        let after = all(&s);
+        // Opened again (by this process or another), it is the same store,
+        // and it is locked to one holder as before.
+        s.close().unwrap();
+        let s = store(dir.path());
+        assert_eq!(all(&s), after);
+        assert_eq!(s.get_key(&later.id).unwrap().unwrap(), later);
+        assert!(s.get_key(&gone.id).unwrap().is_none());
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("stop it or use the HTTP API"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn commits_racing_a_scrub_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.commit(&records(1..=1), b"h", &[]).unwrap();
+        let writer = s.clone();
+        let t = std::thread::spawn(move || {
+            for q in 2..=400u64 {
+                writer
+                    .commit(
+                        &[(q, vec![0, q as u8, 7])],
+                        b"h",
+                        &[Write::PutKey(key("gAAAA-x"))],
+                    )
+                    .unwrap();
+            }
+        });
+        for _ in 0..3 {
+            s.scrub(std::time::Duration::from_secs(5)).unwrap();
+        }
+        t.join().unwrap();
+        let seqs: Vec<u64> = s.audit_iter(0).map(|r| r.unwrap().0).collect();
+        assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+        assert_eq!(s.list_keys(None).unwrap().len(), 399);
+    }
+
+    #[test]
+    fn the_next_open_clears_what_an_interrupted_rewrite_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = key("gAAAA-kept");
+        {
+            let s = store(dir.path());
+            s.commit(&records(1..=5), b"h", &[Write::PutKey(kept.clone())])
+                .unwrap();
+            s.flush().unwrap();
+            // A crash while copying: a half-made next generation.
+            std::fs::create_dir(dir.path().join("store.1")).unwrap();
+            std::fs::write(dir.path().join("store.1").join("db"), "half-made").unwrap();
+            s.close().unwrap();
+        }
+        let s = store(dir.path());
+        assert!(!dir.path().join("store.1").exists());
+        assert_eq!(s.get_key(&kept.id).unwrap().unwrap(), kept);
+        // A crash after the switch, before the old files were removed:
+        // they (and a stray generation and temporary file) go at the next
+        // open, and the store is the one CURRENT names.
+        s.scrub(std::time::Duration::from_secs(5)).unwrap();
+        s.close().unwrap();
+        std::fs::write(dir.path().join("db"), "old-store-bytes").unwrap();
+        std::fs::write(dir.path().join("snap.00000000001"), "old").unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs")).unwrap();
+        std::fs::create_dir_all(dir.path().join("store.9")).unwrap();
+        std::fs::write(dir.path().join("CURRENT.tmp"), "store.9\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "the operator's").unwrap();
+        let s = store(dir.path());
+        for gone in ["db", "snap.00000000001", "blobs", "store.9", "CURRENT.tmp"] {
+            assert!(!dir.path().join(gone).exists(), "{gone} left behind");
+        }
+        assert!(
+            dir.path().join("notes.txt").exists(),
+            "not keyhold's to remove"
+        );
+        assert_eq!(s.get_key(&kept.id).unwrap().unwrap(), kept);
+        s.close().unwrap();
+        // A CURRENT that points elsewhere is refused, and nothing removed.
+        std::fs::write(dir.path().join(CURRENT), "../elsewhere\n").unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(dir.path().join("store.1").join("db").is_file());
+    }
+}
