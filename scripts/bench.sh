@@ -16,6 +16,9 @@
 #   import   time to import BENCH_IMPORT_ROWS rows of the Python reference
 #   big      the reveal benchmark on BENCH_BIG_KEYS keys, then again after
 #            BENCH_AUDIT more audit records, and the ratio to `reveal`
+#   purge    the time of DELETE ?purge=true (it rewrites the store's files)
+#            on stores of BENCH_PURGE_SIZES, and the store's size before
+#            and after
 #
 # Every figure is one line `name: value unit`; lines starting with `#` are
 # context. Sizes default to the issue's; for a quick smoke run:
@@ -25,8 +28,10 @@
 #   BENCH_BIG_KEYS=20000 BENCH_AUDIT=50000 scripts/bench.sh
 #
 # Environment (defaults in brackets):
-#   BENCH_PARTS        parts to run [fsync fernet reveal create mid export import big]
-#   BENCH_SCALE        0 drops mid, export, import and big [1]
+#   BENCH_PARTS        parts to run [fsync fernet reveal create mid export import big purge]
+#   BENCH_PURGE_SIZES  KEYS:AUDIT_RECORDS stores for purge [1000:0 100000:1000000]
+#   BENCH_PURGE_RUNS   purges per store (median) [3]
+#   BENCH_SCALE        0 drops mid, export, import, big and purge [1]
 #   BENCH_DIR          work directory, on the disk under test [mktemp -d in /var/tmp]
 #   BENCH_KEEP         1 keeps the work directory [0]
 #   BENCH_SECS         measured seconds per load window [10]
@@ -53,7 +58,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
 
-BENCH_PARTS=${BENCH_PARTS:-fsync fernet reveal create mid export import big}
+BENCH_PARTS=${BENCH_PARTS:-fsync fernet reveal create mid export import big purge}
+BENCH_PURGE_SIZES=${BENCH_PURGE_SIZES:-1000:0 100000:1000000}
+BENCH_PURGE_RUNS=${BENCH_PURGE_RUNS:-3}
 BENCH_SCALE=${BENCH_SCALE:-1}
 BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_SECS=${BENCH_SECS:-10}
@@ -77,7 +84,7 @@ BENCH_CLIENT_THREADS=${BENCH_CLIENT_THREADS:-1}
 BENCH_NO_BUILD=${BENCH_NO_BUILD:-0}
 if [ "$BENCH_SCALE" = 0 ]; then
   # shellcheck disable=SC2086 # split on purpose
-  BENCH_PARTS=$(printf '%s\n' $BENCH_PARTS | { grep -vxE 'mid|export|import|big' || true; } | tr '\n' ' ')
+  BENCH_PARTS=$(printf '%s\n' $BENCH_PARTS | { grep -vxE 'mid|export|import|big|purge' || true; } | tr '\n' ' ')
 fi
 
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -375,6 +382,41 @@ if want big; then
     done
   fi
   [ "$BENCH_KEEP" = 1 ] || rm -rf "$WORK/big"
+fi
+
+# ---------------------------------------------------------------- purge
+# DELETE /api/keys/{id}?purge=true rewrites the store's files before it
+# answers, so that none holds the purged key (docs/security.md, "What a
+# purge destroys"); every other use of the store waits meanwhile. Its time
+# on stores of BENCH_PURGE_SIZES (KEYS:AUDIT_RECORDS each), median of
+# BENCH_PURGE_RUNS purges, and the data directory before and after.
+if want purge; then
+  for size in $BENCH_PURGE_SIZES; do
+    pk=${size%%:*}
+    pa=${size##*:}
+    name=purge_${pk}k_${pa}a
+    new_store "$name" "$pk" "$pa"
+    start_server "$name"
+    auth=$WORK/$name.auth
+    printf 'Authorization: Bearer %s\n' "$(cat "$WORK/$name.token")" >"$auth"
+    chmod 600 "$auth"
+    fig "${name}_dir_before" "$(du -sk "$WORK/$name" | awk '{ printf "%.1f", $1 / 1024 }')" MiB
+    times=
+    for i in $(seq 1 "$BENCH_PURGE_RUNS"); do
+      id=$(curl -sf -H @"$auth" -H 'content-type: application/json' \
+        -d "{\"provider\":\"claude\",\"key_name\":\"purge-$i\",\"api_key\":\"sk-purge-bench-$i\"}" \
+        "$ADDR/api/keys" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+      [ -n "$id" ] || { echo "bench.sh: could not create a key to purge" >&2; exit 1; }
+      out=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' -X DELETE -H @"$auth" \
+        "$ADDR/api/keys/$id?purge=true")
+      [ "${out%% *}" = 200 ] || { echo "bench.sh: purge answered ${out%% *}" >&2; exit 1; }
+      times="$times ${out##* }"
+    done
+    fig "${name}_time" "$(printf '%s\n' $times | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')" s
+    fig "${name}_dir_after" "$(du -sk "$WORK/$name" | awk '{ printf "%.1f", $1 / 1024 }')" MiB
+    stop_server
+    [ "$BENCH_KEEP" = 1 ] || rm -rf "$WORK/$name"
+  done
 fi
 
 # ---------------------------------------------------------------- targets

@@ -94,8 +94,31 @@ fn versions_are_numbered_revealable_listed_and_capped() {
     assert_eq!(list[1]["created_by"], "w");
     assert!(list.iter().all(|x| x.get("api_key").is_none()));
 
-    // The cap: a fourth version destroys the first, audited.
+    // Version 1's Fernet token as stored (read with the server stopped).
+    server.stop();
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let first = v.with_unlocked(&v.key, |store| {
+        let rec = store.get_key(&uuid).unwrap().unwrap();
+        rec.version_token(1).unwrap().0.to_string()
+    });
+    let first = [first];
+    // A short recovery window makes the housekeeping pass run each second.
+    let server = v.serve(&[
+        ("KEYHOLD_KEEP_VERSIONS", "3"),
+        ("KEYHOLD_RECOVERY_WINDOW", "4s"),
+    ]);
+    let admin = Api::new(&server, &v.admin);
+    let w = Api::new(&server, &writer);
+
+    // The cap: a fourth version destroys the first, audited, and the next
+    // housekeeping pass rewrites the files without it.
+    assert!(in_files(&v, &first).is_some(), "the scan cannot see it");
     assert_eq!(json_of(put(&w, &id, "sk-v4"))["version"], 4);
+    eventually(
+        "no file of the store holds the dropped version",
+        Duration::from_secs(20),
+        || in_files(&v, &first).is_none(),
+    );
     let r = admin.get(&format!("/api/keys/{id}?version=1"));
     assert_eq!(r.status(), 404);
     let r = json_of(admin.get(&format!("/api/keys/{id}?version=2")));
@@ -239,6 +262,8 @@ fn the_recovery_window_elapsing_destroys_the_key() {
         rec.tokens().map(str::to_string).collect()
     });
     assert_eq!(tokens.len(), 2);
+    // The scan below can see them: before the purge the files do.
+    assert!(in_files(&v, &tokens).is_some());
 
     let server = v.serve(&[("KEYHOLD_RECOVERY_WINDOW", "2s")]);
     let admin = Api::new(&server, &v.admin);
@@ -253,6 +278,14 @@ fn the_recovery_window_elapsing_destroys_the_key() {
                 .is_empty()
         },
     );
+    // While the server runs: the housekeeping pass that destroyed it
+    // rewrites the store, and then no file in the data directory holds
+    // either version's Fernet token.
+    eventually(
+        "no file of the store holds the purged key",
+        Duration::from_secs(20),
+        || in_files(&v, &tokens).is_none(),
+    );
     let r = admin
         .req(reqwest::Method::POST, &format!("/api/keys/{id}/restore"))
         .send()
@@ -263,6 +296,8 @@ fn the_recovery_window_elapsing_destroys_the_key() {
         json_of(admin.get(&format!("/api/keys/{keep}")))["api_key"],
         "sk-stays"
     );
+    // Writes after the rewrite land in the rewritten store.
+    let later = admin.create_key("gemini", "later", "sk-after-rewrite");
     server.stop();
 
     let purges = records_of(&v, "key_purge");
@@ -291,37 +326,62 @@ fn the_recovery_window_elapsing_destroys_the_key() {
             "the backup holds a purged version"
         );
     }
-    // On sled the bytes linger in the log's old segments until sled reuses
-    // them; the documented way to clear them from the disk too is a store
-    // rewritten from that backup (docs/security.md): its files hold none.
-    if v.pg.is_none() {
-        let rewritten = v.tmp.path().join("rewritten");
-        assert_ok(&run_with_key(
-            &v.key,
-            &[
-                "restore",
-                backup.to_str().unwrap(),
-                "--data-dir",
-                rewritten.to_str().unwrap(),
-            ],
-        ));
-        let files = read_tree(&rewritten);
-        assert!(!files.is_empty());
-        for (path, bytes) in &files {
-            for t in &tokens {
-                assert!(
-                    !contains(bytes, t.as_bytes()),
-                    "{} holds a purged version",
-                    path.display()
-                );
+    // Stopped, the files still hold none, and the rewritten store opens
+    // again with everything else in it, its audit log intact.
+    assert_eq!(in_files(&v, &tokens), None);
+    let server = v.serve(&[]);
+    let admin = Api::new(&server, &v.admin);
+    assert_eq!(
+        json_of(admin.get(&format!("/api/keys/{keep}")))["api_key"],
+        "sk-stays"
+    );
+    assert_eq!(
+        json_of(admin.get(&format!("/api/keys/{later}")))["api_key"],
+        "sk-after-rewrite"
+    );
+    server.stop();
+    assert_ok(&run_with_key(&v.key, &["audit", "verify", flag, place]));
+}
+
+/// The first file of the store that holds one of `needles`: under the
+/// data directory on sled; on PostgreSQL, under the server's `base/` (the
+/// tables' files, written out by a CHECKPOINT first; its WAL is the
+/// database's own, docs/security.md).
+fn in_files(v: &Vault, needles: &[String]) -> Option<std::path::PathBuf> {
+    match &v.pg {
+        None => on_disk(&v.dir, needles),
+        Some((cluster, _)) => {
+            cluster.psql("vault", "CHECKPOINT");
+            on_disk(&cluster.data_dir().join("base"), needles)
+        }
+    }
+}
+
+/// The first file under `dir` that holds one of `needles`, read the way
+/// someone with the disk would (files that vanish during the walk, as a
+/// rewrite removes them, are skipped).
+fn on_disk(dir: &std::path::Path, needles: &[String]) -> Option<std::path::PathBuf> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(_) => {
+                    if let Ok(bytes) = std::fs::read(&p) {
+                        if needles.iter().any(|n| contains(&bytes, n.as_bytes())) {
+                            return Some(p);
+                        }
+                    }
+                }
+                Err(_) => {}
             }
         }
-        // And the rewritten store serves the key that was kept.
-        let server = Server::start(&rewritten, &[("FERNET_KEY", v.key.as_str())]);
-        let r = json_of(Api::new(&server, &v.admin).get(&format!("/api/keys/{keep}")));
-        assert_eq!(r["api_key"], "sk-stays");
-        server.stop();
     }
+    None
 }
 
 #[test]
@@ -331,6 +391,14 @@ fn purge_destroys_at_once_and_needs_admin() {
     let server = v.serve(&[]);
     let admin = Api::new(&server, &v.admin);
     let id = admin.create_key("claude", "main", "sk-purge");
+    server.stop();
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let stored: Vec<String> = v.with_unlocked(&v.key, |store| {
+        let rec = store.get_key(&uuid).unwrap().unwrap();
+        rec.tokens().map(str::to_string).collect()
+    });
+    let server = v.serve(&[]);
+    let admin = Api::new(&server, &v.admin);
     let r = Api::new(&server, &writer).delete(&format!("/api/keys/{id}?purge=true"));
     assert_eq!(r.status(), 403);
     assert_eq!(
@@ -339,8 +407,11 @@ fn purge_destroys_at_once_and_needs_admin() {
     );
     let r = admin.delete(&format!("/api/keys/{id}?purge=maybe"));
     assert_eq!(r.status(), 422);
+    assert!(in_files(&v, &stored).is_some(), "the scan cannot see it");
     let r = admin.delete(&format!("/api/keys/{id}?purge=true"));
     assert_eq!(r.status(), 200);
+    // Destroyed at once: off the disk before the answer came back.
+    assert_eq!(in_files(&v, &stored), None);
     assert_eq!(admin.get(&format!("/api/keys/{id}")).status(), 404);
     assert!(json_of(admin.get("/api/keys?deleted=true"))
         .as_array()

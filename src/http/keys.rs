@@ -270,6 +270,8 @@ async fn delete_inner(
             .await?;
         let id = vault.purge_key(&origin, &caller, id).await?;
         state.gauges.add_keys(-1);
+        // Destroyed at once means off the disk too before the answer.
+        super::app::scrub_removed(state).await;
         id
     } else {
         vault

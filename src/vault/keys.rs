@@ -33,6 +33,9 @@ pub struct NewKey {
     pub ttl_seconds: Option<i64>,
 }
 
+/// How long a scrub waits for the store's operations in flight.
+const SCRUB_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl NewKey {
     /// The field rules of the API, each failure naming its field.
     fn check(&self) -> Result<(), Refusal> {
@@ -297,6 +300,7 @@ impl Vault<'_> {
         ));
         let id = rec.id;
         self.record(ev, vec![Write::DeleteKey(rec)]).await?;
+        self.store.mark_scrub_due();
         Ok(id)
     }
 
@@ -398,6 +402,9 @@ impl Vault<'_> {
             )
         });
         self.record(ev, vec![Write::PutKey(next.clone())]).await?;
+        if !destroyed.is_empty() {
+            self.store.mark_scrub_due();
+        }
         Ok(next)
     }
 
@@ -468,9 +475,26 @@ impl Vault<'_> {
                 rec.older.len() + 1
             ));
             self.record(ev, vec![Write::DeleteKey(rec)]).await?;
+            self.store.mark_scrub_due();
             n += 1;
         }
         Ok(n)
+    }
+
+    /// After a purge or versions dropped beyond the cap: rewrites the
+    /// store's files so that none holds the destroyed ciphertexts
+    /// ([`crate::store::Store::scrub`]; every other use of the store waits
+    /// meanwhile). Returns how long it took, or `None` when nothing was
+    /// due. Blocking: call it off the async workers.
+    pub fn scrub_if_due(&self) -> Result<Option<std::time::Duration>, crate::store::StoreError> {
+        if !self.store.scrub_due() {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        if !self.store.scrub(SCRUB_WAIT)? {
+            return Ok(None);
+        }
+        Ok(Some(started.elapsed()))
     }
 
     /// The lock of key changes: a new version, a delete, a restore, a
