@@ -850,3 +850,57 @@ fn a_planted_provider_index_entry_is_refused_not_followed() {
     );
     s.stop();
 }
+
+#[test]
+fn a_rewritten_store_stays_private_and_a_planted_current_is_refused() {
+    let v = Vault::new();
+    if v.pg.is_some() {
+        // The data directory's layout is sled's.
+        return;
+    }
+    let server = v.serve(&[]);
+    let admin = Api::new(&server, &v.admin);
+    let id = admin.create_key("claude", "gone", "sk-purged-at-once");
+    let keep = admin.create_key("claude", "kept", "sk-kept");
+    let r = admin.delete(&format!("/api/keys/{id}?purge=true"));
+    assert_eq!(r.status(), 200);
+    server.stop();
+    // The purge rewrote the store into store.1, private like the rest.
+    assert_eq!(
+        std::fs::read_to_string(v.dir.join("CURRENT")).unwrap(),
+        "store.1\n"
+    );
+    assert_private(&v.dir);
+
+    // A writer of the files points CURRENT elsewhere (a directory of
+    // theirs): the store is not opened, and the message says what to fix.
+    let theirs = v.tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    for planted in [
+        "../theirs",
+        theirs.to_str().unwrap(),
+        "store.1/../../theirs",
+    ] {
+        std::fs::write(v.dir.join("CURRENT"), format!("{planted}\n")).unwrap();
+        for args in [&["check"][..], &["audit", "verify"][..]] {
+            let mut all = args.to_vec();
+            all.extend(["--data-dir", v.dir_str()]);
+            let out = run_with_key(&v.key, &all);
+            assert_eq!(out.status.code(), Some(2), "{planted} {args:?}");
+            assert!(stderr(&out).contains("CURRENT"), "{}", stderr(&out));
+        }
+        assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
+    }
+    // Put back, it serves as before.
+    std::fs::write(v.dir.join("CURRENT"), "store.1\n").unwrap();
+    let server = v.serve(&[]);
+    let admin = Api::new(&server, &v.admin);
+    assert_eq!(
+        admin
+            .get(&format!("/api/keys/{keep}"))
+            .json::<Value>()
+            .unwrap()["api_key"],
+        "sk-kept"
+    );
+    server.stop();
+}

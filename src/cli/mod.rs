@@ -115,6 +115,7 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                 | StoreError::NewerDatabase { .. }
                 | StoreError::AlreadyInitialised(_)
                 | StoreError::Open { .. }
+                | StoreError::BadCurrent { .. }
                 | StoreError::NewerSchema { .. } => ExitCode::from(2),
                 _ => ExitCode::from(1),
             };

@@ -152,6 +152,12 @@ pub enum StoreError {
     #[error("a stored {what} record is corrupt ({detail}); run `keyhold check` and restore from a backup if needed")]
     Corrupt { what: &'static str, detail: String },
     #[error(
+        "the data directory's CURRENT file names {found:?}, not a store.N subdirectory of it: it \
+         was written outside keyhold. Write the name of the newest store.N subdirectory into it \
+         (or restore from a backup)"
+    )]
+    BadCurrent { found: String },
+    #[error(
         "the stored {what} record {id} failed its integrity check: it was written or changed \
          outside keyhold and is refused. Run `keyhold check`, and restore from a backup if needed"
     )]

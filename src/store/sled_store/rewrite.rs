@@ -61,9 +61,8 @@ pub fn sled_dir(dir: &Path) -> Result<PathBuf> {
             let name = text.trim_end_matches('\n');
             match generation(name) {
                 Some(_) => Ok(dir.join(name)),
-                None => Err(StoreError::Corrupt {
-                    what: "the store's CURRENT file (it must name a store.N subdirectory)",
-                    detail: name.chars().take(40).collect(),
+                None => Err(StoreError::BadCurrent {
+                    found: name.chars().take(40).collect(),
                 }),
             }
         }
@@ -345,7 +344,7 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(CURRENT), bad).unwrap();
             assert!(
-                matches!(sled_dir(dir.path()), Err(StoreError::Corrupt { .. })),
+                matches!(sled_dir(dir.path()), Err(StoreError::BadCurrent { .. })),
                 "{bad}"
             );
         }
@@ -537,7 +536,7 @@ mod tests {
         // A CURRENT that points elsewhere is refused, and nothing removed.
         std::fs::write(dir.path().join(CURRENT), "../elsewhere\n").unwrap();
         let err = Store::open(dir.path()).unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(matches!(err, StoreError::BadCurrent { .. }), "{err}");
         assert!(dir.path().join("store.1").join("db").is_file());
     }
 }
