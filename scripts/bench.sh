@@ -98,6 +98,8 @@ note() { printf '# %s\n' "$*"; }                     # context
 now() { printf '%s' "$EPOCHREALTIME"; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "nan"; else printf "%.3f", a / b }'; }
+# The median of its arguments (numbers).
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 # The value of figure $1 in file $2.
 val() { awk -v n="$1:" '$1 == n { print $2; exit }' "$2"; }
 
@@ -162,7 +164,7 @@ new_store() {
 start_server() {
   local dir=$WORK/$1
   : >"$dir.out"
-  "$KH" serve --data-dir "$dir" --listen 127.0.0.1:0 --reveal-rate "$BENCH_RATE" --log warn \
+  "$KH" serve --data-dir "$dir" --listen 127.0.0.1:0 --reveal-rate "$BENCH_RATE" --log "${SERVER_LOG:-warn}" \
     >"$dir.out" 2>"$dir.err" &
   SERVER_PID=$!
   local _
@@ -387,21 +389,23 @@ fi
 # ---------------------------------------------------------------- purge
 # DELETE /api/keys/{id}?purge=true rewrites the store's files before it
 # answers, so that none holds the purged key (docs/security.md, "What a
-# purge destroys"); every other use of the store waits meanwhile. Its time
-# on stores of BENCH_PURGE_SIZES (KEYS:AUDIT_RECORDS each), median of
-# BENCH_PURGE_RUNS purges, and the data directory before and after.
+# purge destroys"). On stores of BENCH_PURGE_SIZES (KEYS:AUDIT_RECORDS
+# each), medians of BENCH_PURGE_RUNS purges: the request's time, and the
+# pause (how long every other use of the store waited; the server logs
+# it as paused_ms); and the data directory before and after.
 if want purge; then
   for size in $BENCH_PURGE_SIZES; do
     pk=${size%%:*}
     pa=${size##*:}
-    name=purge_${pk}k_${pa}a
+    name=purge_${pk}keys_${pa}audit
     new_store "$name" "$pk" "$pa"
-    start_server "$name"
+    SERVER_LOG=info start_server "$name"
     auth=$WORK/$name.auth
     printf 'Authorization: Bearer %s\n' "$(cat "$WORK/$name.token")" >"$auth"
     chmod 600 "$auth"
     fig "${name}_dir_before" "$(du -sk "$WORK/$name" | awk '{ printf "%.1f", $1 / 1024 }')" MiB
     times=
+    pauses=
     for i in $(seq 1 "$BENCH_PURGE_RUNS"); do
       id=$(curl -sf -H @"$auth" -H 'content-type: application/json' \
         -d "{\"provider\":\"claude\",\"key_name\":\"purge-$i\",\"api_key\":\"sk-purge-bench-$i\"}" \
@@ -411,8 +415,10 @@ if want purge; then
         "$ADDR/api/keys/$id?purge=true")
       [ "${out%% *}" = 200 ] || { echo "bench.sh: purge answered ${out%% *}" >&2; exit 1; }
       times="$times ${out##* }"
+      pauses="$pauses $(sed -n 's/.*paused_ms[=":]*\([0-9]*\).*/\1/p' "$WORK/$name.err" | tail -1)"
     done
-    fig "${name}_time" "$(printf '%s\n' $times | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')" s
+    fig "${name}_time" "$(median $times)" s
+    fig "${name}_pause" "$(median $pauses)" ms
     fig "${name}_dir_after" "$(du -sk "$WORK/$name" | awk '{ printf "%.1f", $1 / 1024 }')" MiB
     stop_server
     [ "$BENCH_KEEP" = 1 ] || rm -rf "$WORK/$name"

@@ -350,8 +350,9 @@ pub(crate) async fn scrub_removed(state: &Arc<AppState>) {
     let st = state.clone();
     match tokio::task::spawn_blocking(move || st.vault().scrub_if_due()).await {
         Ok(Ok(None)) => {}
-        Ok(Ok(Some(took))) => tracing::info!(
+        Ok(Ok(Some((took, paused)))) => tracing::info!(
             took_ms = took.as_millis() as u64,
+            paused_ms = paused.as_millis() as u64,
             "rewrote the store's files: no file holds the destroyed keys' ciphertexts"
         ),
         Ok(Err(e)) => tracing::warn!(

@@ -161,10 +161,11 @@ pub trait Backend: Send + Sync {
     fn reopen(&self, wait: std::time::Duration) -> Result<()>;
     /// Rewrites the database's files so that the bytes of removed records
     /// (a purged key's Fernet tokens) are in none of them, waiting up to
-    /// `wait` for operations in flight; `false` where there are no files
-    /// of keyhold's to rewrite (a temporary store). What it reaches on each
-    /// backend: docs/security.md, "What a purge destroys".
-    fn scrub(&self, wait: std::time::Duration) -> Result<bool>;
+    /// `wait` for operations in flight. Returns how long the store's other
+    /// users were held up, or `None` where there are no files of keyhold's
+    /// to rewrite (a temporary store). What it reaches on each backend:
+    /// docs/security.md, "What a purge destroys".
+    fn scrub(&self, wait: std::time::Duration) -> Result<Option<std::time::Duration>>;
     /// Whether the database answers (a network round trip where there is
     /// one; sled: a flush).
     fn ping(&self) -> Result<()> {

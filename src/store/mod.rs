@@ -366,13 +366,15 @@ impl Store {
     }
 
     /// Rewrites the store's files so that the bytes of removed records
-    /// (purged keys, versions beyond the cap) are in none of them; every
-    /// other use of the store waits meanwhile (up to `wait` for those in
-    /// flight to finish first). On sled the live entries are copied into a
-    /// fresh database and the old files overwritten and removed; on
-    /// PostgreSQL the keys table is rewritten (`VACUUM FULL`). Returns
-    /// whether anything was rewritten (a temporary store has no files).
-    pub fn scrub(&self, wait: std::time::Duration) -> Result<bool> {
+    /// (purged keys, versions beyond the cap) are in none of them. On sled
+    /// the live entries are copied into a fresh database (most of the
+    /// audit log while the store stays in use, the rest with every other
+    /// use waiting, after up to `wait` for those in flight) and the old
+    /// files overwritten and removed; on
+    /// PostgreSQL the keys table is rewritten (`VACUUM FULL`). Returns how
+    /// long the store's other users were held up, `None` when there was
+    /// nothing to rewrite (a temporary store has no files).
+    pub fn scrub(&self, wait: std::time::Duration) -> Result<Option<std::time::Duration>> {
         // Cleared first: a removal committed while the rewrite runs marks
         // it again rather than being lost.
         let was = self.scrub_due.swap(false, Ordering::SeqCst);

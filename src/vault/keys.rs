@@ -483,18 +483,20 @@ impl Vault<'_> {
 
     /// After a purge or versions dropped beyond the cap: rewrites the
     /// store's files so that none holds the destroyed ciphertexts
-    /// ([`crate::store::Store::scrub`]; every other use of the store waits
-    /// meanwhile). Returns how long it took, or `None` when nothing was
+    /// ([`crate::store::Store::scrub`]). Returns how long it took and how
+    /// long other uses of the store waited, or `None` when nothing was
     /// due. Blocking: call it off the async workers.
-    pub fn scrub_if_due(&self) -> Result<Option<std::time::Duration>, crate::store::StoreError> {
+    pub fn scrub_if_due(
+        &self,
+    ) -> Result<Option<(std::time::Duration, std::time::Duration)>, crate::store::StoreError> {
         if !self.store.scrub_due() {
             return Ok(None);
         }
         let started = std::time::Instant::now();
-        if !self.store.scrub(SCRUB_WAIT)? {
-            return Ok(None);
-        }
-        Ok(Some(started.elapsed()))
+        Ok(self
+            .store
+            .scrub(SCRUB_WAIT)?
+            .map(|paused| (started.elapsed(), paused)))
     }
 
     /// The lock of key changes: a new version, a delete, a restore, a

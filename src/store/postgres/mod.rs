@@ -426,14 +426,17 @@ impl Backend for PgStore {
     /// files and removes the old ones, dead rows (purged keys, replaced
     /// versions) and all. Its WAL, replicas and base backups are the
     /// database's (docs/security.md).
-    fn scrub(&self, _wait: Duration) -> Result<bool> {
+    /// The time returned is the whole `VACUUM FULL`: it holds the keys
+    /// table's exclusive lock for most of it.
+    fn scrub(&self, _wait: Duration) -> Result<Option<Duration>> {
         self.run("rewrite the keys table (VACUUM FULL)", |pool| async move {
             let client = pool.get().await.map_err(pool_error)?;
+            let started = std::time::Instant::now();
             client
                 .simple_query("VACUUM (FULL) keyhold_keys")
                 .await
                 .map_err(db_error)?;
-            Ok(true)
+            Ok(Some(started.elapsed()))
         })
     }
 

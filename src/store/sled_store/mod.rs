@@ -109,6 +109,8 @@ enum Origin {
 pub(crate) struct SledStore {
     current: RwLock<Option<Arc<Trees>>>,
     origin: Origin,
+    /// Held through a scrub: two at once would write the same `store.N`.
+    scrubbing: std::sync::Mutex<()>,
 }
 
 impl SledStore {
@@ -121,6 +123,7 @@ impl SledStore {
         Ok(SledStore {
             current: RwLock::new(Some(Arc::new(Self::open_trees(&origin)?))),
             origin,
+            scrubbing: std::sync::Mutex::new(()),
         })
     }
 
@@ -130,6 +133,7 @@ impl SledStore {
         Ok(SledStore {
             current: RwLock::new(Some(Arc::new(Self::open_trees(&origin)?))),
             origin,
+            scrubbing: std::sync::Mutex::new(()),
         })
     }
 
@@ -219,25 +223,41 @@ impl Backend for SledStore {
 
     /// Copies every live entry into a fresh database inside the data
     /// directory, makes it the store, and overwrites and removes the old
-    /// files (`rewrite`). Every other use of the store waits meanwhile.
-    fn scrub(&self, wait: std::time::Duration) -> Result<bool> {
+    /// files (`rewrite`). Every other use of the store waits while all but
+    /// the older audit entries are copied (the pause returned).
+    fn scrub(&self, wait: std::time::Duration) -> Result<Option<std::time::Duration>> {
         let Origin::Dir { path, cache } = &self.origin else {
-            return Ok(false);
+            return Ok(None);
         };
+        let _one = match self.scrubbing.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        // Most of the audit log first, with the store in use.
+        let copy = {
+            let t = self.t()?;
+            let live = t.live.clone().ok_or(StoreError::Unavailable)?;
+            rewrite::begin(&t.db, path, &live, *cache)?
+        };
+        // New users wait from the moment this asks for the lock.
+        let paused = std::time::Instant::now();
         let mut guard = match self.current.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let old = guard.take().ok_or(StoreError::Unavailable)?;
+        let Some(old) = guard.take() else {
+            return Err(copy.abandon(StoreError::Unavailable));
+        };
         let deadline = std::time::Instant::now() + wait;
         while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let Some(live) = old.live.clone().filter(|_| Arc::strong_count(&old) == 1) else {
             *guard = Some(old);
-            return Err(StoreError::Unavailable);
+            drop(guard);
+            return Err(copy.abandon(StoreError::Unavailable));
         };
-        let (db, next) = match rewrite::copy(&old.db, path, &live, *cache) {
+        let (db, next) = match rewrite::finish(&old.db, copy) {
             Ok(made) => made,
             Err(e) => {
                 *guard = Some(old);
@@ -269,9 +289,10 @@ impl Backend for SledStore {
             }
         }
         drop(guard);
+        let paused = paused.elapsed();
         durable?;
         rewrite::destroy(path, &live)?;
-        Ok(true)
+        Ok(Some(paused))
     }
 
     fn meta_get(&self, name: &[u8]) -> Result<Option<Bytes>> {

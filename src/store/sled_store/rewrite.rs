@@ -89,56 +89,117 @@ fn next_dir(dir: &Path, live: &Path) -> PathBuf {
     dir.join(format!("{PREFIX}{}", now.saturating_add(1)))
 }
 
-/// Copies every tree of `old` (the store in `dir`, its files in `live`)
-/// into a fresh database in the next `store.N` of `dir`, made durable.
-/// Nothing else may write to `old` meanwhile. On an error the partial copy
-/// is removed.
-pub(super) fn copy(old: &Db, dir: &Path, live: &Path, cache: u64) -> Result<(Db, PathBuf)> {
+/// The audit tree's name: the one tree whose entries, once written, only
+/// ever grow at its end, so most of it can be copied while the store
+/// stays in use.
+const AUDIT: &[u8] = b"audit";
+
+/// A copy under way: the fresh database, its directory, and the first
+/// audit entry key still to copy.
+pub(super) struct Copy {
+    db: Db,
+    next: PathBuf,
+    audit_from: Vec<u8>,
+}
+
+/// First step of a rewrite, while the store stays in use: makes a fresh
+/// database in the next `store.N` of `dir` (the store's files being in
+/// `live`) and copies into it every audit entry before the newest one.
+/// Audit entries are only appended, and only the newest one grows (a
+/// commit fills it up before it starts the next: `audit_chunks`), so what
+/// this copies is final. On an error the partial copy is removed.
+pub(super) fn begin(old: &Db, dir: &Path, live: &Path, cache: u64) -> Result<Copy> {
     let next = next_dir(dir, live);
     remove_dir(&next)?;
-    let made = super::open_sled(&next, cache).and_then(|db| {
-        copy_trees(old, &db)?;
-        db.flush()?;
-        sync(&next.join("db"))?;
-        sync(&next)?;
-        Ok(db)
-    });
-    match made {
-        Ok(db) => Ok((db, next)),
-        Err(e) => {
-            // Its lock must go before the files can be removed; a failed
-            // removal is retried by the next open.
-            super::wait_for_lock(&next);
-            let _ = remove_dir(&next);
-            Err(e)
+    let db = super::open_sled(&next, cache)?;
+    let copied = (|| {
+        let from = old.open_tree(AUDIT)?;
+        let to = db.open_tree(AUDIT)?;
+        let newest = from.last()?.map(|(k, _)| k.to_vec());
+        match newest {
+            Some(k) => {
+                copy_entries(from.range(..k.as_slice()), &to)?;
+                Ok(k)
+            }
+            None => Ok(Vec::new()),
         }
+    })();
+    match copied {
+        Ok(audit_from) => Ok(Copy {
+            db,
+            next,
+            audit_from,
+        }),
+        Err(e) => Err(abandon(db, &next, e)),
     }
 }
 
-fn copy_trees(old: &Db, new: &Db) -> Result<()> {
-    for item in old.iter() {
-        let (k, v) = item?;
-        new.insert(k, v)?;
-    }
-    for name in old.tree_names() {
-        if name.as_ref() == b"__sled__default" {
-            continue;
-        }
-        let from = old.open_tree(&name)?;
-        let to = new.open_tree(&name)?;
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for item in from.iter() {
+/// Second step, with every other use of the store waiting: copies the
+/// rest (every other tree, and the audit entries from where [`begin`]
+/// stopped), then makes the copy durable.
+pub(super) fn finish(old: &Db, copy: Copy) -> Result<(Db, PathBuf)> {
+    let Copy {
+        db,
+        next,
+        audit_from,
+    } = copy;
+    let done = (|| {
+        for item in old.iter() {
             let (k, v) = item?;
-            batch.insert(k, v);
-            n += 1;
-            if n == BATCH {
-                to.apply_batch(std::mem::take(&mut batch))?;
-                n = 0;
+            db.insert(k, v)?;
+        }
+        for name in old.tree_names() {
+            if name.as_ref() == b"__sled__default" {
+                continue;
+            }
+            let from = old.open_tree(&name)?;
+            let to = db.open_tree(&name)?;
+            if name.as_ref() == AUDIT {
+                copy_entries(from.range(audit_from.as_slice()..), &to)?;
+            } else {
+                copy_entries(from.iter(), &to)?;
             }
         }
-        to.apply_batch(batch)?;
+        db.flush()?;
+        sync(&next.join("db"))?;
+        sync(&next)
+    })();
+    match done {
+        Ok(()) => Ok((db, next)),
+        Err(e) => Err(abandon(db, &next, e)),
     }
+}
+
+impl Copy {
+    /// Gives the copy up (the store could not be had to itself): closes
+    /// and removes it, returning `e`.
+    pub(super) fn abandon(self, e: StoreError) -> StoreError {
+        abandon(self.db, &self.next, e)
+    }
+}
+
+/// Closes and removes a copy that failed, returning its error (a failed
+/// removal is retried by the next open).
+fn abandon(db: Db, next: &Path, e: StoreError) -> StoreError {
+    drop(db);
+    super::wait_for_lock(next);
+    let _ = remove_dir(next);
+    e
+}
+
+fn copy_entries(from: sled::Iter, to: &sled::Tree) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    let mut n = 0;
+    for item in from {
+        let (k, v) = item?;
+        batch.insert(k, v);
+        n += 1;
+        if n == BATCH {
+            to.apply_batch(std::mem::take(&mut batch))?;
+            n = 0;
+        }
+    }
+    to.apply_batch(batch)?;
     Ok(())
 }
 
@@ -436,7 +497,10 @@ mod tests {
         assert!(on_disk(dir.path(), needle), "the test cannot see it");
         let before = all(&s);
 
-        assert!(s.scrub(std::time::Duration::from_secs(5)).unwrap());
+        assert!(s
+            .scrub(std::time::Duration::from_secs(5))
+            .unwrap()
+            .is_some());
         assert!(!on_disk(dir.path(), needle));
         assert_eq!(all(&s), before);
         assert_eq!(
@@ -451,7 +515,10 @@ mod tests {
         let later = key("gAAAA-later");
         s.commit(&records(42..=42), b"head3", &[Write::PutKey(later.clone())])
             .unwrap();
-        assert!(s.scrub(std::time::Duration::from_secs(5)).unwrap());
+        assert!(s
+            .scrub(std::time::Duration::from_secs(5))
+            .unwrap()
+            .is_some());
         assert!(!dir.path().join("store.1").exists());
         assert!(dir.path().join("store.2").join("db").is_file());
         let after = all(&s);
@@ -469,30 +536,51 @@ mod tests {
         );
     }
 
+    /// Audit record `q`'s bytes: distinct for every seq.
+    fn record(q: u64) -> (u64, Vec<u8>) {
+        (q, q.to_be_bytes().repeat(3))
+    }
+
     #[test]
     fn commits_racing_a_scrub_all_land() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        s.commit(&records(1..=1), b"h", &[]).unwrap();
+        // A log to copy while the store is in use: many full entries.
+        for first in (1..=3000u64).step_by(10) {
+            let batch: Vec<_> = (first..first + 10).map(record).collect();
+            s.commit(&batch, b"h", &[]).unwrap();
+        }
         let writer = s.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_w = stop.clone();
         let t = std::thread::spawn(move || {
-            for q in 2..=400u64 {
+            // Commits of 1 to 7 records until told to stop: the newest
+            // entry keeps growing while the scrubs copy the ones before it.
+            let mut q = 3001u64;
+            let mut n = 0u64;
+            while !stop_w.load(std::sync::atomic::Ordering::SeqCst) {
+                let size = 1 + (n % 7);
+                let batch: Vec<_> = (q..q + size).map(record).collect();
+                q += size;
+                n += 1;
                 writer
-                    .commit(
-                        &[(q, vec![0, q as u8, 7])],
-                        b"h",
-                        &[Write::PutKey(key("gAAAA-x"))],
-                    )
+                    .commit(&batch, b"h", &[Write::PutKey(key("gAAAA-x"))])
                     .unwrap();
             }
+            (n, q - 1)
         });
-        for _ in 0..3 {
+        for _ in 0..5 {
             s.scrub(std::time::Duration::from_secs(5)).unwrap();
         }
-        t.join().unwrap();
-        let seqs: Vec<u64> = s.audit_iter(0).map(|r| r.unwrap().0).collect();
-        assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
-        assert_eq!(s.list_keys(None).unwrap().len(), 399);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (commits, last) = t.join().unwrap();
+        assert!(last > 3100, "the writer hardly ran: {last}");
+        let got: Vec<(u64, Vec<u8>)> = s
+            .audit_iter(0)
+            .map(|r| r.map(|(q, b)| (q, b.to_vec())).unwrap())
+            .collect();
+        assert_eq!(got, (1..=last).map(record).collect::<Vec<_>>());
+        assert_eq!(s.list_keys(None).unwrap().len() as u64, commits);
     }
 
     #[test]
