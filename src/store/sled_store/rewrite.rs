@@ -93,6 +93,8 @@ fn next_dir(dir: &Path, live: &Path) -> PathBuf {
 /// ever grow at its end, so most of it can be copied while the store
 /// stays in use.
 const AUDIT: &[u8] = b"audit";
+/// sled's default tree (keyhold keeps nothing in it; copied all the same).
+const DEFAULT_TREE: &[u8] = b"__sled__default";
 
 /// A copy under way: the fresh database, its directory, and the first
 /// audit entry key still to copy.
@@ -104,10 +106,12 @@ pub(super) struct Copy {
 
 /// First step of a rewrite, while the store stays in use: makes a fresh
 /// database in the next `store.N` of `dir` (the store's files being in
-/// `live`) and copies into it every audit entry before the newest one.
-/// Audit entries are only appended, and only the newest one grows (a
-/// commit fills it up before it starts the next: `audit_chunks`), so what
-/// this copies is final. On an error the partial copy is removed.
+/// `live`) and copies into it every audit entry before the newest one,
+/// then every other tree as it is now. Audit entries are only appended,
+/// and only the newest one grows (a commit fills it up before it starts
+/// the next: `audit_chunks`), so those are final; the other trees may
+/// change meanwhile, and [`finish`] brings them up to date. On an error
+/// the partial copy is removed.
 pub(super) fn begin(old: &Db, dir: &Path, live: &Path, cache: u64) -> Result<Copy> {
     let next = next_dir(dir, live);
     remove_dir(&next)?;
@@ -116,13 +120,19 @@ pub(super) fn begin(old: &Db, dir: &Path, live: &Path, cache: u64) -> Result<Cop
         let from = old.open_tree(AUDIT)?;
         let to = db.open_tree(AUDIT)?;
         let newest = from.last()?.map(|(k, _)| k.to_vec());
-        match newest {
+        let audit_from = match newest {
             Some(k) => {
                 copy_entries(from.range(..k.as_slice()), &to)?;
-                Ok(k)
+                k
             }
-            None => Ok(Vec::new()),
+            None => Vec::new(),
+        };
+        for name in old.tree_names() {
+            if name.as_ref() != AUDIT && name.as_ref() != DEFAULT_TREE {
+                copy_entries(old.open_tree(&name)?.iter(), &db.open_tree(&name)?)?;
+            }
         }
+        Ok(audit_from)
     })();
     match copied {
         Ok(audit_from) => Ok(Copy {
@@ -135,8 +145,9 @@ pub(super) fn begin(old: &Db, dir: &Path, live: &Path, cache: u64) -> Result<Cop
 }
 
 /// Second step, with every other use of the store waiting: copies the
-/// rest (every other tree, and the audit entries from where [`begin`]
-/// stopped), then makes the copy durable.
+/// audit entries from where [`begin`] stopped and brings every other tree
+/// up to date with the changes made since (reading both is much faster
+/// than writing all again), then makes the copy durable.
 pub(super) fn finish(old: &Db, copy: Copy) -> Result<(Db, PathBuf)> {
     let Copy {
         db,
@@ -144,12 +155,9 @@ pub(super) fn finish(old: &Db, copy: Copy) -> Result<(Db, PathBuf)> {
         audit_from,
     } = copy;
     let done = (|| {
-        for item in old.iter() {
-            let (k, v) = item?;
-            db.insert(k, v)?;
-        }
+        sync_entries(old, &db)?;
         for name in old.tree_names() {
-            if name.as_ref() == b"__sled__default" {
+            if name.as_ref() == DEFAULT_TREE {
                 continue;
             }
             let from = old.open_tree(&name)?;
@@ -157,7 +165,7 @@ pub(super) fn finish(old: &Db, copy: Copy) -> Result<(Db, PathBuf)> {
             if name.as_ref() == AUDIT {
                 copy_entries(from.range(audit_from.as_slice()..), &to)?;
             } else {
-                copy_entries(from.iter(), &to)?;
+                sync_entries(&from, &to)?;
             }
         }
         db.flush()?;
@@ -185,6 +193,60 @@ fn abandon(db: Db, next: &Path, e: StoreError) -> StoreError {
     super::wait_for_lock(next);
     let _ = remove_dir(next);
     e
+}
+
+/// Makes `to` hold exactly what `from` holds, writing only the
+/// differences (both walked in key order). Writes land behind the walk of
+/// `to`, so it never sees its own changes.
+fn sync_entries(from: &sled::Tree, to: &sled::Tree) -> Result<()> {
+    let mut a = from.iter();
+    let mut b = to.iter();
+    let mut x = a.next().transpose()?;
+    let mut y = b.next().transpose()?;
+    let mut batch = sled::Batch::default();
+    let mut n = 0;
+    loop {
+        let step = match (&x, &y) {
+            (None, None) => break,
+            (Some((ka, va)), None) => {
+                batch.insert(ka.clone(), va.clone());
+                (true, false)
+            }
+            (None, Some((kb, _))) => {
+                batch.remove(kb.clone());
+                (false, true)
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    batch.insert(ka.clone(), va.clone());
+                    (true, false)
+                }
+                std::cmp::Ordering::Greater => {
+                    batch.remove(kb.clone());
+                    (false, true)
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        batch.insert(ka.clone(), va.clone());
+                    }
+                    (true, true)
+                }
+            },
+        };
+        n += 1;
+        if n == BATCH {
+            to.apply_batch(std::mem::take(&mut batch))?;
+            n = 0;
+        }
+        if step.0 {
+            x = a.next().transpose()?;
+        }
+        if step.1 {
+            y = b.next().transpose()?;
+        }
+    }
+    to.apply_batch(batch)?;
+    Ok(())
 }
 
 fn copy_entries(from: sled::Iter, to: &sled::Tree) -> Result<()> {
@@ -556,31 +618,52 @@ mod tests {
         let t = std::thread::spawn(move || {
             // Commits of 1 to 7 records until told to stop: the newest
             // entry keeps growing while the scrubs copy the ones before it.
+            // Every third commit also removes the key the one before added.
             let mut q = 3001u64;
             let mut n = 0u64;
+            let mut live: Vec<KeyRecord> = Vec::new();
             while !stop_w.load(std::sync::atomic::Ordering::SeqCst) {
                 let size = 1 + (n % 7);
                 let batch: Vec<_> = (q..q + size).map(record).collect();
                 q += size;
                 n += 1;
+                let k = key("gAAAA-x");
+                let mut writes = vec![Write::PutKey(k.clone())];
+                if n.is_multiple_of(3) {
+                    if let Some(gone) = live.pop() {
+                        writes.push(Write::DeleteKey(gone));
+                    }
+                }
+                live.push(k);
+                // The chain head changes with every commit (meta).
                 writer
-                    .commit(&batch, b"h", &[Write::PutKey(key("gAAAA-x"))])
+                    .commit(&batch, format!("head {n}").as_bytes(), &writes)
                     .unwrap();
             }
-            (n, q - 1)
+            (live, q - 1, format!("head {n}"))
         });
         for _ in 0..5 {
             s.scrub(std::time::Duration::from_secs(5)).unwrap();
         }
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let (commits, last) = t.join().unwrap();
+        let (live, last, head) = t.join().unwrap();
         assert!(last > 3100, "the writer hardly ran: {last}");
         let got: Vec<(u64, Vec<u8>)> = s
             .audit_iter(0)
             .map(|r| r.map(|(q, b)| (q, b.to_vec())).unwrap())
             .collect();
         assert_eq!(got, (1..=last).map(record).collect::<Vec<_>>());
-        assert_eq!(s.list_keys(None).unwrap().len() as u64, commits);
+        let stored_head = s
+            .entries("meta")
+            .map(|e| e.unwrap())
+            .find(|(k, _)| **k == *crate::store::META_AUDIT_HEAD)
+            .map(|(_, v)| v.to_vec());
+        assert_eq!(stored_head, Some(head.into_bytes()));
+        let mut want: Vec<_> = live.iter().map(|k| k.id).collect();
+        let mut have: Vec<_> = s.list_keys(None).unwrap().iter().map(|k| k.id).collect();
+        want.sort();
+        have.sort();
+        assert_eq!(have, want);
     }
 
     #[test]
@@ -626,5 +709,43 @@ mod tests {
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::BadCurrent { .. }), "{err}");
         assert!(dir.path().join("store.1").join("db").is_file());
+    }
+
+    /// Every entry of every tree of a sled database.
+    fn dump(db: &Db) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+        let mut names = db.tree_names();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            for e in db.open_tree(&name).unwrap().iter() {
+                let (k, v) = e.unwrap();
+                out.push((name.to_vec(), k.to_vec(), v.to_vec()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn changes_made_while_the_first_step_copies_are_all_in_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::SledStore::open(dir.path(), 8 << 20).unwrap();
+        let t = store.t().unwrap();
+        for i in 0..50u8 {
+            t.keys.insert([i], vec![i; 40]).unwrap();
+            t.audit.insert([0, i], vec![i; 10]).unwrap();
+        }
+        t.meta.insert("head", "one").unwrap();
+        let copy = begin(&t.db, dir.path(), dir.path(), 8 << 20).unwrap();
+        // After the first step: a value replaced, one removed, one added,
+        // the newest audit entry grown and one appended, a new tree.
+        t.keys.insert([3], vec![99; 40]).unwrap();
+        t.keys.remove([4]).unwrap();
+        t.keys.insert([200], vec![1]).unwrap();
+        t.audit.insert([0, 49], vec![49; 20]).unwrap();
+        t.audit.insert([0, 50], vec![50; 10]).unwrap();
+        t.meta.insert("head", "two").unwrap();
+        t.db.open_tree("later").unwrap().insert("k", "v").unwrap();
+        let (db, _next) = finish(&t.db, copy).unwrap();
+        assert_eq!(dump(&db), dump(&t.db));
     }
 }
