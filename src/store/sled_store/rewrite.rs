@@ -2,11 +2,13 @@
 //!
 //! sled is log-structured: a removed or replaced value stays in its old
 //! log segment until sled reuses that segment, so a purged key's Fernet
-//! tokens would outlive the purge in the files. [`copy`] writes the live
+//! tokens would outlive the purge in the files. [`begin`] copies the live
 //! entries of every tree into a fresh database in a subdirectory of the
-//! data directory (`store.N`), and [`switch`] makes it the store by
-//! replacing one small file, `CURRENT`, atomically; [`destroy`] then
-//! overwrites the old files with zeros and removes them.
+//! data directory (`store.N`) while the store stays in use; [`finish`],
+//! with every other user waiting, writes what changed since; [`switch`]
+//! makes the copy the store by replacing one small file, `CURRENT`,
+//! atomically; [`destroy`] then overwrites the old files with zeros and
+//! removes them.
 //!
 //! Layout: a store keyhold never rewrote has sled's files in the data
 //! directory itself (`db`, `conf`, `snap.*`, `blobs/`); once rewritten,
