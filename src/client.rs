@@ -177,6 +177,9 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How long `keys delete --purge` waits for its answer.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl Client {
     pub fn new(
         addr: &str,
@@ -423,7 +426,9 @@ impl Client {
             .http
             .delete(self.url(&format!("/api/keys/{}", encode(id))));
         if purge {
-            req = req.query(&[("purge", "true")]);
+            // The server rewrites the store's files before it answers: a
+            // minute on a store of a million keys (BENCHMARKS.md).
+            req = req.query(&[("purge", "true")]).timeout(PURGE_TIMEOUT);
         }
         Self::json(self.send(req)?)
     }
