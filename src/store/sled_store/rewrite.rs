@@ -386,7 +386,13 @@ fn remove_dir(path: &Path) -> Result<()> {
     }
 }
 
+/// Overwrites every regular file under `dir` with zeros. A symlink (put
+/// in place of `dir` or of anything under it) is never followed: its
+/// target is not keyhold's to overwrite.
 fn zero_tree(dir: &Path) -> Result<()> {
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir()) {
+        return Ok(());
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -711,6 +717,40 @@ mod tests {
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::BadCurrent { .. }), "{err}");
         assert!(dir.path().join("store.1").join("db").is_file());
+    }
+
+    #[test]
+    fn symlinks_in_place_of_the_old_files_are_removed_not_followed() {
+        use std::os::unix::fs::symlink;
+        let theirs = tempfile::tempdir().unwrap();
+        let t = theirs.path();
+        std::fs::write(t.join("db"), "theirs: db").unwrap();
+        std::fs::create_dir(t.join("blobs")).unwrap();
+        std::fs::write(t.join("blobs").join("1"), "theirs: blob").unwrap();
+        let intact = || {
+            assert_eq!(std::fs::read(t.join("db")).unwrap(), b"theirs: db");
+            assert_eq!(
+                std::fs::read(t.join("blobs").join("1")).unwrap(),
+                b"theirs: blob"
+            );
+        };
+        // The old generation is a link to a directory of theirs.
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("store.1");
+        symlink(t, &old).unwrap();
+        destroy(dir.path(), &old).unwrap();
+        assert!(std::fs::symlink_metadata(&old).is_err(), "link left");
+        intact();
+        // A store never rewritten whose files are links to theirs.
+        let legacy = tempfile::tempdir().unwrap();
+        let l = legacy.path();
+        symlink(t.join("db"), l.join("db")).unwrap();
+        symlink(t.join("blobs"), l.join("blobs")).unwrap();
+        destroy(l, l).unwrap();
+        for name in ["db", "blobs"] {
+            assert!(std::fs::symlink_metadata(l.join(name)).is_err(), "{name}");
+        }
+        intact();
     }
 
     /// Every entry of every tree of a sled database.
