@@ -358,6 +358,16 @@ impl Drop for Cluster {
 }
 
 fn ensure_user() {
+    // The tests of one binary start clusters from several threads at once:
+    // one of them makes the user and the others wait until it exists. (On
+    // a new machine, with every thread racing to make it, initdb once
+    // failed with "Permission denied"; not reproduced since, and this
+    // removes the race.)
+    static MADE: std::sync::Once = std::sync::Once::new();
+    MADE.call_once(make_user);
+}
+
+fn make_user() {
     let exists = Command::new("id")
         .arg(USER)
         .output()
