@@ -116,6 +116,7 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                 | StoreError::AlreadyInitialised(_)
                 | StoreError::Open { .. }
                 | StoreError::BadCurrent { .. }
+                | StoreError::CurrentMissing { .. }
                 | StoreError::NewerSchema { .. } => ExitCode::from(2),
                 _ => ExitCode::from(1),
             };

@@ -357,8 +357,8 @@ pub(crate) async fn scrub_removed(state: &Arc<AppState>) {
         ),
         Ok(Err(e)) => tracing::warn!(
             error = %e,
-            "could not rewrite the store's files after destroying keys (their ciphertexts may \
-             linger on disk); retried at the next housekeeping pass"
+            "the rewrite of the store's files after destroying keys did not finish (their \
+             ciphertexts may linger on disk); retried at the next housekeeping pass"
         ),
         Err(e) => {
             tracing::warn!(error = %e, "the store rewrite stopped; retried at the next housekeeping pass")

@@ -158,6 +158,16 @@ pub enum StoreError {
     )]
     BadCurrent { found: String },
     #[error(
+        "the data directory's CURRENT file names {name}, which holds no store (it was removed or \
+         left out of a copy of the directory): restore the data directory from a backup"
+    )]
+    CurrentMissing { name: String },
+    #[error(
+        "the store was rewritten, but the old files are still open (an export or verify was \
+         reading them) and were not overwritten yet; retried at the next housekeeping pass"
+    )]
+    OldFilesInUse,
+    #[error(
         "the stored {what} record {id} failed its integrity check: it was written or changed \
          outside keyhold and is refused. Run `keyhold check`, and restore from a backup if needed"
     )]
@@ -269,6 +279,9 @@ pub struct Store {
     /// Set when a change removed ciphertexts (a purge, versions beyond the
     /// cap) whose bytes the files may still hold; cleared by a scrub.
     scrub_due: Arc<AtomicBool>,
+    /// Held through [`Store::scrub_if_due`]: purges waiting at once share
+    /// the rewrite that starts after the last of them committed.
+    scrubbing: Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -330,6 +343,7 @@ impl Store {
             keys: Arc::new(RwLock::new(None)),
             schema: Arc::new(AtomicU32::new(schema)),
             scrub_due: Arc::new(AtomicBool::new(false)),
+            scrubbing: Arc::new(std::sync::Mutex::new(())),
         })
     }
 
@@ -360,11 +374,6 @@ impl Store {
         self.scrub_due.store(true, Ordering::SeqCst);
     }
 
-    /// Whether a removal awaits a [`Store::scrub`].
-    pub fn scrub_due(&self) -> bool {
-        self.scrub_due.load(Ordering::SeqCst)
-    }
-
     /// Rewrites the store's files so that the bytes of removed records
     /// (purged keys, versions beyond the cap) are in none of them. On sled
     /// the live entries are copied into a fresh database (most of the
@@ -375,11 +384,35 @@ impl Store {
     /// long the store's other users were held up, `None` when there was
     /// nothing to rewrite (a temporary store has no files).
     pub fn scrub(&self, wait: std::time::Duration) -> Result<Option<std::time::Duration>> {
-        // Cleared first: a removal committed while the rewrite runs marks
-        // it again rather than being lost.
-        let was = self.scrub_due.swap(false, Ordering::SeqCst);
+        let _one = match self.scrubbing.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        self.scrub_due.store(false, Ordering::SeqCst);
+        self.scrub_locked(wait)
+    }
+
+    /// [`Store::scrub`] if a removal awaits one ([`Store::mark_scrub_due`]),
+    /// `Ok(None)` if not. Callers that arrive while a rewrite runs wait for
+    /// it, and then find nothing due unless a removal committed after it
+    /// began, so concurrent purges share rewrites.
+    pub fn scrub_if_due(&self, wait: std::time::Duration) -> Result<Option<std::time::Duration>> {
+        let _one = match self.scrubbing.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if !self.scrub_due.swap(false, Ordering::SeqCst) {
+            return Ok(None);
+        }
+        self.scrub_locked(wait)
+    }
+
+    /// The rewrite, with `scrubbing` held and `scrub_due` just cleared: a
+    /// removal committed while it runs marks it due again rather than
+    /// being lost, and a failed rewrite stays due.
+    fn scrub_locked(&self, wait: std::time::Duration) -> Result<Option<std::time::Duration>> {
         let res = self.backend.scrub(wait);
-        if res.is_err() && was {
+        if res.is_err() {
             self.scrub_due.store(true, Ordering::SeqCst);
         }
         res

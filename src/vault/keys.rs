@@ -489,13 +489,10 @@ impl Vault<'_> {
     pub fn scrub_if_due(
         &self,
     ) -> Result<Option<(std::time::Duration, std::time::Duration)>, crate::store::StoreError> {
-        if !self.store.scrub_due() {
-            return Ok(None);
-        }
         let started = std::time::Instant::now();
         Ok(self
             .store
-            .scrub(SCRUB_WAIT)?
+            .scrub_if_due(SCRUB_WAIT)?
             .map(|paused| (started.elapsed(), paused)))
     }
 

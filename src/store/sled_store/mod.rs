@@ -246,27 +246,29 @@ impl Backend for SledStore {
             Err(p) => p.into_inner(),
         };
         let Some(old) = guard.take() else {
+            drop(guard);
             return Err(copy.abandon(StoreError::Unavailable));
         };
         let deadline = std::time::Instant::now() + wait;
         while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        let Some(live) = old.live.clone().filter(|_| Arc::strong_count(&old) == 1) else {
+        if old.live.is_none() || Arc::strong_count(&old) > 1 {
             *guard = Some(old);
             drop(guard);
             return Err(copy.abandon(StoreError::Unavailable));
-        };
+        }
         let (db, next) = match rewrite::finish(&old.db, copy) {
             Ok(made) => made,
-            Err(e) => {
+            Err(gave_up) => {
                 *guard = Some(old);
-                return Err(e);
+                drop(guard);
+                return Err(gave_up.cleanup());
             }
         };
         if let Err(e) = rewrite::switch(path, &next) {
+            // The copy is left for the next rewrite or open to remove.
             drop(db);
-            wait_for_lock(&next);
             *guard = Some(old);
             return Err(e);
         }
@@ -276,7 +278,7 @@ impl Backend for SledStore {
         // the copy serves.
         let durable = rewrite::sync(path);
         drop(old);
-        let trees = Trees::of(db, Some(next));
+        let trees = Trees::of(db, Some(next.clone()));
         let opened = match trees {
             Ok(t) => Ok(t),
             Err(_) => Self::open_trees(&self.origin),
@@ -291,7 +293,11 @@ impl Backend for SledStore {
         drop(guard);
         let paused = paused.elapsed();
         durable?;
-        rewrite::destroy(path, &live)?;
+        // The old files, overwritten and removed once sled lets go of them
+        // (a reader of this process may still hold them for a while).
+        if !rewrite::clear_stale(path, &next, RELEASE_WAIT)? {
+            return Err(StoreError::OldFilesInUse);
+        }
         Ok(Some(paused))
     }
 
