@@ -223,8 +223,8 @@ impl Backend for SledStore {
 
     /// Copies every live entry into a fresh database inside the data
     /// directory, makes it the store, and overwrites and removes the old
-    /// files (`rewrite`). Every other use of the store waits while all but
-    /// the older audit entries are copied (the pause returned).
+    /// files (`rewrite`). Every other use of the store waits while the copy
+    /// made meanwhile is brought up to date (the pause returned).
     fn scrub(&self, wait: std::time::Duration) -> Result<Option<std::time::Duration>> {
         let Origin::Dir { path, cache } = &self.origin else {
             return Ok(None);
