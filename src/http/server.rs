@@ -23,12 +23,12 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -515,10 +515,19 @@ impl ConnCtx {
         let observer = self.observer;
         // When the last request started, in ms since `opened`.
         let last_request = Arc::new(AtomicU64::new(0));
+        // Requests without a body whose handler is still at work.
+        let working = Arc::new(AtomicUsize::new(0));
         let service = {
             let last_request = last_request.clone();
+            let working = working.clone();
             hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 last_request.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+                // A request with nothing more to send leaves the client
+                // nothing to stall: its connection is not idle while the
+                // server works on it (a purge's rewrite can take minutes).
+                // One with a body still to come is not counted, so that a
+                // body trickled and stopped meets the idle limit as before.
+                let at_work = req.body().is_end_stream().then(|| AtWork::enter(&working));
                 req.extensions_mut().insert(peer.clone());
                 let version = super::context::HttpVersion(req.version());
                 req.extensions_mut().insert(version);
@@ -529,6 +538,7 @@ impl ConnCtx {
                 let peer = peer.clone();
                 let last_request = last_request.clone();
                 async move {
+                    let _at_work = at_work;
                     let started = Instant::now();
                     let resp = tower_service::Service::call(&mut svc, req).await;
                     // A request that took long counts as activity until it
@@ -575,9 +585,14 @@ impl ConnCtx {
             )
         };
         let mut closing = false;
+        let at_work = |closing: bool| !closing && working.load(Ordering::Relaxed) > 0;
         loop {
             let wait = if closing { grace } else { idle };
-            let due = tokio::time::Instant::from_std(opened + active() + wait);
+            let due = if at_work(closing) {
+                tokio::time::Instant::now() + wait
+            } else {
+                tokio::time::Instant::from_std(opened + active() + wait)
+            };
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
@@ -586,7 +601,7 @@ impl ConnCtx {
                     break;
                 }
                 _ = tokio::time::sleep_until(due) => {
-                    if opened.elapsed() < active() + wait {
+                    if at_work(closing) || opened.elapsed() < active() + wait {
                         continue;
                     }
                     if closing {
@@ -603,6 +618,23 @@ impl ConnCtx {
                 }
             }
         }
+    }
+}
+
+/// One request at work on a connection, counted until its handler returns
+/// (or is dropped).
+struct AtWork(Arc<AtomicUsize>);
+
+impl AtWork {
+    fn enter(count: &Arc<AtomicUsize>) -> AtWork {
+        count.fetch_add(1, Ordering::Relaxed);
+        AtWork(count.clone())
+    }
+}
+
+impl Drop for AtWork {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -906,6 +938,79 @@ mod tests {
         assert!(table.enter(key("2001:db8:1:3::1"), 2).is_some());
         drop(first);
         assert!(table.enter(key("2001:db8:1:2::77"), 2).is_some());
+    }
+
+    /// Serves `routes` on a Unix socket with 1 s idle and grace limits;
+    /// sends `request` and returns what came back before the server closed
+    /// the connection (or 20 s passed).
+    async fn exchange(routes: BoxedFilter<(Response,)>, request: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = Listener::bind(&Bind::Unix(path.clone()), None)
+            .await
+            .unwrap();
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(1),
+            ..Limits::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            routes,
+            limits,
+            TrustedProxies::default(),
+            Arc::new(|_: &RequestDone| {}),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        client.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut got)).await;
+        let _ = stop.send(());
+        let _ = server.await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_body_is_answered_however_long_its_handler_works() {
+        use warp::Filter;
+        // A handler at work for 3 s, past the idle limit and its grace
+        // (1 s each): the connection waits for it.
+        let slow = warp::path("slow")
+            .and_then(|| async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok::<_, std::convert::Infallible>(Response::new("done".into()))
+            })
+            .boxed();
+        let got = exchange(
+            slow,
+            b"GET /slow HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+        assert!(got.ends_with("done"), "{got:?}");
+
+        // A body announced and never sent: the handler waits on the
+        // client, who meets the idle limit as before (closed unanswered).
+        let reads_body = warp::path("upload")
+            .and(warp::body::bytes())
+            .map(|_| Response::new("read".into()))
+            .boxed();
+        let started = Instant::now();
+        let got = exchange(
+            reads_body,
+            b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nab",
+        )
+        .await;
+        assert!(!got.contains("read"), "{got:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
