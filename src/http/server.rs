@@ -9,7 +9,7 @@
 //! auto (HTTP/1.1 + HTTP/2) builder with a header-read timeout (which also
 //! closes idle keep-alive connections), closes any connection (an HTTP/2
 //! one answering PINGs included) that has started no request for an idle
-//! time, answers bytes that are not HTTP and hyper's own bare parse-error
+//! time and has none without a body still at work, answers bytes that are not HTTP and hyper's own bare parse-error
 //! answers with a JSON `detail`, inserts the peer as a request extension
 //! ([`Peer`]), reports every request to an observer (logs, metrics), and
 //! shuts down gracefully.
