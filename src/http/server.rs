@@ -9,14 +9,15 @@
 //! auto (HTTP/1.1 + HTTP/2) builder with a header-read timeout (which also
 //! closes idle keep-alive connections), closes any connection (an HTTP/2
 //! one answering PINGs included) that has started no request for an idle
-//! time and has none without a body still at work, answers bytes that are not HTTP and hyper's own bare parse-error
-//! answers with a JSON `detail`, inserts the peer as a request extension
-//! ([`Peer`]), reports every request to an observer (logs, metrics), and
-//! shuts down gracefully.
+//! time and has none without a body still at work, answers bytes that are
+//! not HTTP and hyper's own bare parse-error answers with a JSON `detail`,
+//! inserts the peer as a request extension ([`Peer`]), reports every
+//! request to an observer (logs, metrics), and shuts down gracefully.
 //!
 //! Over 500 lines: the transport is one accept loop whose stages (caps,
 //! the pre-request deadline, TLS, protocol detection, idle closing,
-//! graceful shutdown) share one connection's state; about a fifth is tests.
+//! graceful shutdown) share one connection's state; about an eighth is
+//! tests.
 
 use std::collections::HashMap;
 use std::future::Future;

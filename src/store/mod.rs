@@ -277,7 +277,7 @@ pub struct Store {
     /// The schema read at open (raised by the upgrade).
     schema: Arc<AtomicU32>,
     /// Set when a change removed ciphertexts (a purge, versions beyond the
-    /// cap) whose bytes the files may still hold; cleared by a scrub.
+    /// cap) whose bytes the files may still hold; cleared by [`Store::scrub_if_due`].
     scrub_due: Arc<AtomicBool>,
     /// Held through [`Store::scrub_if_due`]: purges waiting at once share
     /// the rewrite that starts after the last of them committed.
@@ -369,33 +369,26 @@ impl Store {
     }
 
     /// Notes that a committed change removed ciphertexts whose bytes the
-    /// files may still hold, for the next [`Store::scrub`].
+    /// files may still hold, for the next [`Store::scrub_if_due`].
     pub fn mark_scrub_due(&self) {
         self.scrub_due.store(true, Ordering::SeqCst);
     }
 
-    /// Rewrites the store's files so that the bytes of removed records
-    /// (purged keys, versions beyond the cap) are in none of them. On sled
-    /// the live entries are copied into a fresh database (most of the
-    /// audit log while the store stays in use, the rest with every other
-    /// use waiting, after up to `wait` for those in flight) and the old
-    /// files overwritten and removed; on
-    /// PostgreSQL the keys table is rewritten (`VACUUM FULL`). Returns how
-    /// long the store's other users were held up, `None` when there was
-    /// nothing to rewrite (a temporary store has no files).
-    pub fn scrub(&self, wait: std::time::Duration) -> Result<Option<std::time::Duration>> {
-        let _one = match self.scrubbing.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        self.scrub_due.store(false, Ordering::SeqCst);
-        self.scrub_locked(wait)
-    }
-
-    /// [`Store::scrub`] if a removal awaits one ([`Store::mark_scrub_due`]),
-    /// `Ok(None)` if not. Callers that arrive while a rewrite runs wait for
-    /// it, and then find nothing due unless a removal committed after it
-    /// began, so concurrent purges share rewrites.
+    /// If a removal awaits it ([`Store::mark_scrub_due`]), rewrites the
+    /// store's files so that the bytes of removed records (purged keys,
+    /// versions beyond the cap) are in none of them; `Ok(None)` if none
+    /// does. On sled the live entries are copied into a fresh database
+    /// (while the store stays in use, then brought up to date with every
+    /// other use waiting, after up to `wait` for those in flight) and the
+    /// old files overwritten and removed; on PostgreSQL the keys table is
+    /// rewritten (`VACUUM FULL`). Returns how long the store's other users
+    /// were held up (`None` for a temporary store, which has no files).
+    ///
+    /// Callers that arrive while a rewrite runs wait for it, and then find
+    /// nothing due unless a removal committed after it began, so concurrent
+    /// purges share rewrites. The flag is cleared before the rewrite: a
+    /// removal committed while it runs marks it due again rather than being
+    /// lost, and a failed rewrite stays due.
     pub fn scrub_if_due(&self, wait: std::time::Duration) -> Result<Option<std::time::Duration>> {
         let _one = match self.scrubbing.lock() {
             Ok(g) => g,
@@ -404,13 +397,6 @@ impl Store {
         if !self.scrub_due.swap(false, Ordering::SeqCst) {
             return Ok(None);
         }
-        self.scrub_locked(wait)
-    }
-
-    /// The rewrite, with `scrubbing` held and `scrub_due` just cleared: a
-    /// removal committed while it runs marks it due again rather than
-    /// being lost, and a failed rewrite stays due.
-    fn scrub_locked(&self, wait: std::time::Duration) -> Result<Option<std::time::Duration>> {
         let res = self.backend.scrub(wait);
         if res.is_err() {
             self.scrub_due.store(true, Ordering::SeqCst);

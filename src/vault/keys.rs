@@ -483,7 +483,7 @@ impl Vault<'_> {
 
     /// After a purge or versions dropped beyond the cap: rewrites the
     /// store's files so that none holds the destroyed ciphertexts
-    /// ([`crate::store::Store::scrub`]). Returns how long it took and how
+    /// ([`crate::store::Store::scrub_if_due`]). Returns how long it took and how
     /// long other uses of the store waited, or `None` when nothing was
     /// due. Blocking: call it off the async workers.
     pub fn scrub_if_due(
