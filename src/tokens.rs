@@ -192,6 +192,7 @@ fn prepare_named(
         expires_at_us: None,
         ttl_seconds: None,
         rotated_to: None,
+        stamp: 0,
     };
     let at = store.token_key(&token.hash)?;
     Ok(PreparedToken { token, record, at })

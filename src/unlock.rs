@@ -51,6 +51,31 @@ pub enum UnlockError {
          with the keyring: it was changed outside keyhold. It is refused; restore it from a backup"
     )]
     Downgraded,
+    #[error(
+        "the store differs from the state its signed audit log last recorded: {}. A record was \
+         put back from an older copy, added, removed or changed outside keyhold, and the store \
+         is refused. Run `keyhold check` to list the records, and restore the store from a \
+         backup",
+        .0.join("; ")
+    )]
+    StateDiffers(Vec<String>),
+    #[error(
+        "the audit chain head is older than the log: record {found} is signed by the store's \
+         key but the head ends at seq {head}. The head (and with it the state it vouches for) \
+         was put back from an older copy; the store is refused. Restore it from a backup"
+    )]
+    HeadRolledBack { head: u64, found: u64 },
+    #[error(
+        "the store is marked schema {0} but its chain head holds no state digest (a head from \
+         an older copy was put back): the store is refused. Restore it from a backup"
+    )]
+    HeadWithoutState(u32),
+    #[error(
+        "audit record {0} from before schema 3 does not match its MAC (or its link): the log \
+         was changed outside keyhold, so its old records cannot be committed to by the \
+         upgrade. Run `keyhold audit verify`, and restore from a backup"
+    )]
+    LegacyRecordAltered(u64),
     #[error("the system random generator failed: {0}")]
     Random(String),
     #[error(transparent)]
@@ -73,7 +98,9 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
         // says it is older (or mid-upgrade) but whose log is already signed
         // had its schema mark changed outside keyhold, to have records
         // planted since then authenticated by a new "upgrade": refuse.
-        if let Some(crate::audit::Head::V2 { .. }) = crate::audit::Head::load(store)? {
+        if let Some(crate::audit::Head::V2 { .. } | crate::audit::Head::V3 { .. }) =
+            crate::audit::Head::load(store)?
+        {
             return Err(UnlockError::Downgraded);
         }
         if let Some((_, last)) = store.audit_iter(0).last().transpose()? {
@@ -110,7 +137,12 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
         }
         apply_record_keys(store, keyring)?;
         if store.schema() >= 3 {
-            return upgrade_to_4(store, keyring);
+            // The state is checked before anything is written: an upgrade
+            // would otherwise vouch for whatever the store holds now.
+            check_state(store)?;
+            let to_4 = upgrade_to_4(store, keyring)?;
+            let to_5 = upgrade_to_5(store, keyring)?;
+            return Ok(to_4 || to_5);
         }
     } else {
         upgrade_step_1(store, keyring)?;
@@ -118,13 +150,21 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
     let keys = store.upgrade_keys()?;
     let log = AuditLog::open(store.clone(), keyring)?;
     let (last, _) = log.head();
+    let prefix = match legacy_prefix(store, keyring)? {
+        Some((n, hash)) => format!(
+            "; {}{n} sha256 {}",
+            crate::audit::LEGACY_PREFIX_WORDS,
+            crate::audit::hex(&hash)
+        ),
+        None => String::new(),
+    };
     let mut ev = AuditEvent::cli(
         Action::Upgrade,
         Outcome::Success,
         Some(format!(
             "upgrade to schema 3: records 1..={last} are HMAC-chained (verified with the keyring); \
              from here on records are hash-chained and signed by {}; {keys} key records \
-             authenticated; token records moved to keyed digests",
+             authenticated; token records moved to keyed digests{prefix}",
             log.public_key()
         )),
     );
@@ -150,6 +190,156 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
     );
     drop(log);
     upgrade_to_4(store, keyring)?;
+    upgrade_to_5(store, keyring)?;
+    Ok(true)
+}
+
+/// Refuses a store whose records differ from the state digest its signed
+/// chain head holds (see `store::state`), or whose head was put back from
+/// an older copy. A head from before schema 5 holds no digest: nothing to
+/// compare yet (the upgrade to 5 writes the first).
+pub fn check_state(store: &Store) -> Result<(), UnlockError> {
+    let head = crate::audit::Head::load(store)?;
+    let Some(head) = head else {
+        return Ok(());
+    };
+    // A signed record after the head: the head is older than the log.
+    if let Some(public) = store.meta_value(META_PUBLIC_KEY)? {
+        for item in store.audit_iter(head.seq().saturating_add(1)).take(1024) {
+            let (seq, bytes) = item?;
+            if let Ok(rec) = crate::audit::AuditRecord::decode(&bytes) {
+                if let Some(sig) = &rec.sig {
+                    if sig.key.0.as_slice() == &public[..] && sig.verifies(rec.seq, &rec.mac) {
+                        return Err(UnlockError::HeadRolledBack {
+                            head: head.seq(),
+                            found: seq,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let keys = store.record_keys().ok_or(StoreError::Locked)?;
+    let signed = match head.state(&keys) {
+        Ok(Some(d)) => d,
+        Ok(None) if store.schema() >= 5 => {
+            return Err(UnlockError::HeadWithoutState(store.schema()))
+        }
+        Ok(None) => return Ok(()),
+        Err(_) => {
+            return Err(UnlockError::StateDiffers(vec![
+                "the chain head's state digest does not open with the store's keys (it was \
+                 replaced or edited)"
+                    .into(),
+            ]))
+        }
+    };
+    let found = store.compute_state()?;
+    let differences = signed.differences(&found);
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(UnlockError::StateDiffers(differences))
+    }
+}
+
+/// The hash of the log's old-format prefix (records 1..=N without tag,
+/// each checked under the old MAC key and linked to the one before), or
+/// `None` when the log starts signed. See `audit::legacy_prefix_update`.
+fn legacy_prefix(store: &Store, keyring: &Keyring) -> Result<Option<(u64, [u8; 32])>, UnlockError> {
+    use sha2::Digest;
+    let keys = crate::audit::AuditKeys::unseal(store, keyring)?;
+    let mut h = crate::audit::legacy_prefix_hasher();
+    let mut n = 0u64;
+    let mut prev = crate::audit::GENESIS;
+    for item in store.audit_iter(0) {
+        let (seq, bytes) = item?;
+        let rec = crate::audit::AuditRecord::decode(&bytes)
+            .map_err(|_| UnlockError::LegacyRecordAltered(seq))?;
+        if rec.is_v2() {
+            break;
+        }
+        let Some(k) = &keys.legacy else {
+            return Err(UnlockError::LegacyRecordAltered(seq));
+        };
+        let want = k.record_mac(&rec.prev, rec.seq, rec.at_us, &rec.event);
+        if rec.seq != n + 1
+            || rec.seq != seq
+            || !crate::access::digests_equal(&want, &rec.mac)
+            || !crate::access::digests_equal(&rec.prev, &prev)
+        {
+            return Err(UnlockError::LegacyRecordAltered(seq));
+        }
+        crate::audit::legacy_prefix_update(&mut h, &rec);
+        prev = rec.mac;
+        n += 1;
+    }
+    Ok((n > 0).then(|| (n, h.finalize().into())))
+}
+
+/// Whether the log's upgrade to schema 3 already committed to the
+/// old-format prefix (upgrades since schema 5 do; older ones did not).
+fn prefix_committed(store: &Store) -> Result<bool, UnlockError> {
+    for item in store.audit_iter(0) {
+        let (_, bytes) = item?;
+        let Ok(rec) = crate::audit::AuditRecord::decode(&bytes) else {
+            continue;
+        };
+        if rec.is_v2() {
+            return Ok(rec.event.action == Action::Upgrade
+                && rec
+                    .event
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains(crate::audit::LEGACY_PREFIX_WORDS)));
+        }
+    }
+    Ok(true)
+}
+
+/// Schema 4 → 5 (the state commitment): nothing is rewritten (older
+/// records read with stamp 0); one audited commit writes the first chain
+/// head that holds the state digest and marks the store. For a store
+/// upgraded to schema 3 before upgrades committed to the old-format
+/// prefix, the record also commits to it (checked under the old MAC key
+/// first), so a verifier with the public key alone checks those records.
+/// A crash before the commit leaves the store at schema 4: the next open
+/// upgrades it again.
+fn upgrade_to_5(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
+    if store.schema() >= 5 {
+        return Ok(false);
+    }
+    let prefix = if prefix_committed(store)? {
+        String::new()
+    } else {
+        match legacy_prefix(store, keyring)? {
+            Some((n, hash)) => format!(
+                "; the records from before schema 3 are committed to: {}{n} sha256 {}",
+                crate::audit::LEGACY_PREFIX_WORDS,
+                crate::audit::hex(&hash)
+            ),
+            None => String::new(),
+        }
+    };
+    let log = AuditLog::open(store.clone(), keyring)?;
+    let mut ev = AuditEvent::cli(
+        Action::Upgrade,
+        Outcome::Success,
+        Some(format!(
+            "upgrade to schema 5: every key, token and meta record is bound to the signed chain \
+             (the chain head holds the state digest; records carry the seq that wrote them){prefix}"
+        )),
+    );
+    ev.caller = "upgrade".into();
+    log.append(&[(
+        ev,
+        vec![Write::Meta {
+            name: META_SCHEMA,
+            value: Some(Store::schema_bytes(5)?),
+        }],
+    )])?;
+    store.set_schema(5);
+    tracing::info!("upgraded the store to schema 5 (state bound to the signed audit log)");
     Ok(true)
 }
 

@@ -70,6 +70,22 @@ impl PgVault {
             .collect()
     }
 
+    /// The audit log read straight from the database (no command: a
+    /// store that differs from its signed state is refused by them all).
+    fn audit_records_raw(&self) -> Vec<Value> {
+        let url: keyhold::store::DatabaseUrl = self.url.parse().unwrap();
+        let opts = keyhold::store::PgOptions::new(url, None, "reader".into());
+        let store = keyhold::store::Store::connect(&opts, false).unwrap();
+        store
+            .audit_iter(0)
+            .map(|r| {
+                let (_, b) = r.unwrap();
+                let rec = keyhold::audit::AuditRecord::decode(&b).unwrap();
+                serde_json::to_value(rec.to_export()).unwrap()
+            })
+            .collect()
+    }
+
     /// `audit verify` on the database: (exit 0, report).
     fn verify(&self) -> (bool, String) {
         let out = self.run(&["audit", "verify"]);
@@ -906,28 +922,27 @@ fn records_edited_in_the_database_are_refused_and_the_log_reports_them() {
     let reader: Value = reader.json().unwrap();
     let reader = reader["token"].as_str().unwrap().to_string();
     assert_eq!(reveal(&Api::new(&s, &reader), &id).status(), 200);
-    drop(s);
+    let keys = rows(&pg, "tampered", "keyhold_keys");
+    let tokens = rows(&pg, "tampered", "keyhold_tokens");
 
-    // The key record's last byte (inside its MAC) flipped.
+    // With the node running (a superuser's edit): the key record's last
+    // byte (inside its MAC) flipped.
     pg.psql(
         "tampered",
         "UPDATE keyhold_keys SET v = set_byte(v, length(v) - 1, get_byte(v, length(v) - 1) # 1)",
     );
-    let s = v.serve("node-a", &[]);
     let r = reveal(&Api::new(&s, &v.admin), &id);
     assert_eq!(r.status(), 409, "an edited key record is refused");
     assert!(detail(r).contains("integrity"));
-    drop(s);
     // Every token record's last byte flipped: the reader is refused.
     pg.psql(
         "tampered",
         "UPDATE keyhold_tokens SET v = set_byte(v, length(v) - 1, get_byte(v, length(v) - 1) # 1)",
     );
-    let s = v.serve("node-a", &[]);
     let r = reveal(&Api::new(&s, &reader), &id);
     assert_eq!(r.status(), 401, "an edited token record is refused");
     drop(s);
-    let recs = v.audit_records();
+    let recs = v.audit_records_raw();
     assert!(
         recs.iter()
             .any(|r| r["action"] == "reveal" && r["outcome"] == "tampered"),
@@ -938,8 +953,14 @@ fn records_edited_in_the_database_are_refused_and_the_log_reports_them() {
             .any(|r| r["action"] == "authenticate" && r["outcome"] == "tampered"),
         "{recs:?}"
     );
-    let (ok, _) = v.verify();
-    assert!(ok, "the log itself was not touched yet");
+    // Stopped, the store no longer matches its signed state: refused.
+    let out = v.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(2));
+    // The records put back as they were: the store opens again.
+    write_back(&pg, "tampered", "keyhold_keys", &keys);
+    write_back(&pg, "tampered", "keyhold_tokens", &tokens);
+    let (ok, report) = v.verify();
+    assert!(ok, "the log itself was not touched yet: {report}");
     // One audit record's last byte flipped: verify names it.
     pg.psql(
         "tampered",
@@ -949,4 +970,173 @@ fn records_edited_in_the_database_are_refused_and_the_log_reports_them() {
     let (ok, report) = v.verify();
     assert!(!ok, "{report}");
     assert!(report.contains('3'), "{report}");
+}
+
+/// Each row of `table` as `hex(k):hex(v)`.
+fn rows(pg: &Cluster, db: &str, table: &str) -> Vec<(String, String)> {
+    pg.psql(
+        db,
+        &format!("SELECT encode(k, 'hex') || ':' || encode(v, 'hex') FROM {table} ORDER BY k"),
+    )
+    .lines()
+    .filter_map(|l| l.split_once(':'))
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Writes rows back into `table` as they were (a superuser putting a dead
+/// tuple back, with the node running).
+fn write_back(pg: &Cluster, db: &str, table: &str, rows: &[(String, String)]) {
+    for (k, v) in rows {
+        pg.psql(
+            db,
+            &format!(
+                "INSERT INTO {table} (k, v) VALUES (decode('{k}', 'hex'), decode('{v}', 'hex')) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+            ),
+        );
+    }
+}
+
+#[test]
+fn older_records_written_back_while_the_node_runs_are_refused_at_their_first_use() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "replayed");
+    let s = v.serve("node-a", &[]);
+    let api = Api::new(&s, &v.admin);
+    let made: Value = api
+        .post_json(
+            "/api/tokens",
+            &serde_json::json!({"name": "old-admin", "role": "admin"}),
+        )
+        .json()
+        .unwrap();
+    let old_admin = made["token"].as_str().unwrap().to_string();
+    let old_id = made["id"].as_str().unwrap().to_string();
+    let purged = api.create_key("claude", "main", "sk-ant-purged-000001");
+    let deleted = api.create_key("gemini", "main", "AIza-deleted-000002");
+    // What a superuser can read back later from the dead tuples.
+    let tokens = rows(&pg, "replayed", "keyhold_tokens");
+    let keys = rows(&pg, "replayed", "keyhold_keys");
+    let index = rows(&pg, "replayed", "keyhold_by_provider");
+
+    assert_eq!(api.delete(&format!("/api/tokens/{old_id}")).status(), 200);
+    assert_eq!(Api::new(&s, &old_admin).get("/api/tokens").status(), 401);
+    assert_eq!(
+        api.delete(&format!("/api/keys/{purged}?purge=true"))
+            .status(),
+        200
+    );
+    assert_eq!(api.delete(&format!("/api/keys/{deleted}")).status(), 200);
+
+    write_back(&pg, "replayed", "keyhold_tokens", &tokens);
+    write_back(&pg, "replayed", "keyhold_keys", &keys);
+    write_back(&pg, "replayed", "keyhold_by_provider", &index);
+
+    // The revoked admin stays revoked: 401, and nothing minted.
+    let r = Api::new(&s, &old_admin).post_json(
+        "/api/tokens",
+        &serde_json::json!({"name": "minted", "role": "admin"}),
+    );
+    assert_eq!(r.status(), 401);
+    // The purged key's record is back: refused, no plaintext.
+    let r = reveal(&api, &purged);
+    assert_eq!(r.status(), 409);
+    assert!(!r.text().unwrap().contains("sk-ant-purged"));
+    // The soft-deleted key's pre-delete record: refused.
+    let r = reveal(&api, &deleted);
+    assert_eq!(r.status(), 409);
+    assert!(!r.text().unwrap().contains("AIza-deleted"));
+    drop(s);
+
+    let recs = v.audit_records_raw();
+    assert!(
+        recs.iter()
+            .any(|r| r["action"] == "authenticate" && r["outcome"] == "tampered"),
+        "{recs:?}"
+    );
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r["action"] == "reveal" && r["outcome"] == "tampered")
+            .count(),
+        2,
+        "{recs:?}"
+    );
+    // And at the next open, the whole store is refused.
+    let out = v.run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL the store matches the state"), "{text}");
+    assert!(
+        text.contains(&format!("token {old_id} `old-admin`")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("key {purged}: purged at seq")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_schema_4_store_on_postgresql_is_upgraded_in_place() {
+    let Some(pg) = cluster() else { return };
+    // The schema-4 fixture (tests/data/SCHEMA4-FIXTURE.md, written by the
+    // release before schema 5), its entries copied into a database as
+    // they are: what that release's `migrate` wrote there.
+    const KEY: &str = "Vj6t2f0pQ9y8mH5xJ3kL1nR4sT7uW0zA2bC5dE8fG1I=";
+    const ADMIN: &str = "kh_T0sNhZLho9egREkNgPVs9vsooT3ttPYBxwe07fRD1Ic";
+    const READER: &str = "kh_m6u_WL6CG0Utw0g8zKxP5FEFBs9CiRfEKGL1P-XPVBU";
+    const OLD_ADMIN: &str = "kh_F5Db_icHeVIk4WKzeH5KNSaGQtH3NsOT3p0dgav3DTY";
+    const CLAUDE: &str = "7f8e6787-8090-44a6-be9b-2523522157e4";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    copy_dir(&data.join("schema4-store"), &dir);
+    let url = pg.database("schema4");
+    {
+        let from = keyhold::store::Store::open(&dir).unwrap();
+        let parsed: keyhold::store::DatabaseUrl = url.parse().unwrap();
+        let opts = keyhold::store::PgOptions::new(parsed, None, "copy".into());
+        let to = keyhold::store::Store::connect(&opts, true).unwrap();
+        keyhold::ops::migrate::copy_store(&from, &to).unwrap();
+        from.close().unwrap();
+    }
+    let v = PgVault {
+        url,
+        key: KEY.into(),
+        admin: ADMIN.into(),
+        tmp,
+    };
+    let s = v.serve("node-a", &[]);
+    let r: Value = reveal(&Api::new(&s, READER), CLAUDE).json().unwrap();
+    assert_eq!(r["api_key"], "sk-ant-schema4-claude-0001-v2");
+    assert_eq!(Api::new(&s, OLD_ADMIN).get("/api/tokens").status(), 401);
+    // Held to its state from now on: a token revoked after the upgrade,
+    // its older row written back while the node runs, is refused.
+    let tokens = rows(&pg, "schema4", "keyhold_tokens");
+    let admin = Api::new(&s, ADMIN);
+    let list: Value = admin.get("/api/tokens").json().unwrap();
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "orchestrator")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(admin.delete(&format!("/api/tokens/{id}")).status(), 200);
+    write_back(&pg, "schema4", "keyhold_tokens", &tokens);
+    assert_eq!(reveal(&Api::new(&s, READER), CLAUDE).status(), 401);
+    drop(s);
+    let recs = v.audit_records_raw();
+    let upgrades: Vec<&Value> = recs.iter().filter(|r| r["action"] == "upgrade").collect();
+    assert_eq!(upgrades.len(), 1, "{upgrades:?}");
+    assert!(upgrades[0]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("upgrade to schema 5"));
+    assert!(recs
+        .iter()
+        .any(|r| r["action"] == "authenticate" && r["outcome"] == "tampered"));
 }

@@ -254,7 +254,7 @@ fn a_schema_1_log_is_read_as_it_is_and_grows_in_chunks() {
     assert_ne!(first[0], CHUNK_TAG, "old entries are left as they are");
     assert_eq!(last_key.as_ref(), (n + 1).to_be_bytes());
     assert_eq!(last[0], CHUNK_TAG);
-    assert_eq!(schema.as_deref(), Some(&[4u8][..]));
+    assert_eq!(schema.as_deref(), Some(&[5u8][..]));
 }
 
 #[test]

@@ -48,11 +48,18 @@ pub use record::{
 pub use sign::{
     AuditSigner, BadPublicKey, PublicKey, Signature, SignerError, HAND_OVER_PREFIX, SIGNING_PURPOSE,
 };
-pub use verify::{ChainVerifier, Problem, VerifyReport};
+pub use verify::{
+    legacy_prefix_hasher, legacy_prefix_update, ChainVerifier, Problem, VerifyReport,
+    LEGACY_PREFIX_WORDS,
+};
 pub use writer::{AuditWriter, BatchObserver};
 
 use crate::keyring::Keyring;
-use crate::store::{Store, StoreError, Write, META_AUDIT_KEY, META_PUBLIC_KEY, META_SIGNING_KEY};
+use crate::store::backend::Op;
+use crate::store::{
+    Stamped, StateDigest, Store, StoreError, Write, META_AUDIT_KEY, META_PUBLIC_KEY,
+    META_SIGNING_KEY,
+};
 
 /// The `prev` of the first record.
 pub const GENESIS: [u8; 32] = [0u8; 32];
@@ -100,7 +107,11 @@ struct Chained {
     records: Vec<AuditRecord>,
     encoded: Vec<(u64, Vec<u8>)>,
     head: Vec<u8>,
-    writes: Vec<Write>,
+    ops: Vec<Op>,
+    /// The state digest after the batch (`None`: not kept, see
+    /// [`ChainState::digest`]).
+    digest: Option<StateDigest>,
+    stamped: Stamped,
     /// The position after the batch.
     next_seq: u64,
     prev: [u8; 32],
@@ -111,6 +122,12 @@ struct ChainState {
     prev: [u8; 32],
     /// Signs each commit's newest record; replaced by a hand-over.
     signer: AuditSigner,
+    /// The digest of the whole state after the newest commit (see
+    /// `store::state`), which each commit moves on and seals into the
+    /// head. On a shared database each commit starts from the digest in
+    /// the stored head instead. `None` only for a store without record
+    /// keys (before the upgrade to schema 3 applied them).
+    digest: Option<StateDigest>,
 }
 
 /// The append side of the log: chains records and commits them, with
@@ -145,6 +162,7 @@ impl AuditLog {
     /// Opens the log with keys already unsealed.
     pub fn with_keys(store: Store, keys: AuditKeys) -> Result<AuditLog, AuditError> {
         let (next_seq, prev) = chain_position(&store, keys.legacy.as_ref())?;
+        let digest = initial_digest(&store)?;
         Ok(AuditLog {
             node: store.node().map(str::to_string),
             store,
@@ -154,6 +172,7 @@ impl AuditLog {
                 next_seq,
                 prev,
                 signer: keys.signer,
+                digest,
             }),
         })
     }
@@ -229,9 +248,13 @@ impl AuditLog {
                     // A head signed by another key than this node's: a
                     // rotation on another node handed the key over. Records
                     // this node signed now would not verify: refuse.
-                    if let Some(Head::V2 { seq, mac, sig }) = Head::load(&self.store)? {
-                        if sig.key != state.signer.public_key() && sig.verifies(seq, &mac) {
-                            return Err(AuditError::SignerReplaced);
+                    if let Some(h) = Head::load(&self.store)? {
+                        if let Some(sig) = h.sig() {
+                            if sig.key != state.signer.public_key()
+                                && sig.verifies(h.seq(), &h.mac())
+                            {
+                                return Err(AuditError::SignerReplaced);
+                            }
                         }
                     }
                     let (next_seq, prev) = chain_position(&self.store, self.legacy.as_ref())?;
@@ -261,11 +284,22 @@ impl AuditLog {
         hand_over: Option<(usize, &AuditSigner)>,
     ) -> Result<Vec<AuditRecord>, AuditError> {
         if self.node.is_none() {
-            let chained = self.chain(state, state.next_seq, state.prev, batch, extra, hand_over)?;
+            let digest = state.digest.clone();
+            let chained = self.chain(
+                state,
+                state.next_seq,
+                state.prev,
+                batch,
+                extra,
+                hand_over,
+                digest,
+            )?;
             self.store
-                .commit(&chained.encoded, &chained.head, &chained.writes)?;
+                .commit(&chained.encoded, &chained.head, &chained.ops)?;
             state.next_seq = chained.next_seq;
             state.prev = chained.prev;
+            state.digest = chained.digest;
+            self.store.note_stamped(&chained.stamped);
             return Ok(chained.records);
         }
         let mut out: Option<Chained> = None;
@@ -275,12 +309,21 @@ impl AuditLog {
             // A head signed by another key than this node's: a rotation on
             // another node handed the key over. Records this node signed
             // now would not verify: refuse.
-            if let Some(Head::V2 { seq, mac, sig }) = &head {
-                if sig.key != state.signer.public_key() && sig.verifies(*seq, mac) {
-                    refused = Some(AuditError::SignerReplaced);
-                    return Err(StoreError::Unavailable);
+            if let Some(h) = &head {
+                if let Some(sig) = h.sig() {
+                    if sig.key != state.signer.public_key() && sig.verifies(h.seq(), &h.mac()) {
+                        refused = Some(AuditError::SignerReplaced);
+                        return Err(StoreError::Unavailable);
+                    }
                 }
             }
+            // The digest every node moves on is the one in the stored head
+            // (authenticated); a head from before schema 5 has none, and
+            // the one computed at open stands in.
+            let digest = match (&head, self.store.record_keys()) {
+                (Some(h @ Head::V3 { .. }), Some(keys)) => h.state(&keys)?,
+                _ => state.digest.clone(),
+            };
             let (next_seq, prev) =
                 position_from(head, last, self.legacy.as_ref()).map_err(|e| match e {
                     AuditError::Store(e) => e,
@@ -290,7 +333,7 @@ impl AuditLog {
                     }
                 })?;
             let chained = self
-                .chain(state, next_seq, prev, batch, extra, hand_over)
+                .chain(state, next_seq, prev, batch, extra, hand_over, digest)
                 .map_err(|e| match e {
                     AuditError::Store(e) => e,
                     other => {
@@ -301,7 +344,7 @@ impl AuditLog {
             let ret = (
                 chained.encoded.clone(),
                 chained.head.clone(),
-                chained.writes.clone(),
+                chained.ops.clone(),
             );
             out = Some(chained);
             Ok(ret)
@@ -313,10 +356,15 @@ impl AuditLog {
         let chained = out.ok_or(AuditError::Store(StoreError::Unavailable))?;
         state.next_seq = chained.next_seq;
         state.prev = chained.prev;
+        state.digest = chained.digest;
+        self.store.note_stamped(&chained.stamped);
         Ok(chained.records)
     }
 
-    /// Chains `batch` after (`seq`, `prev`) and signs it; nothing written.
+    /// Chains `batch` after (`seq`, `prev`), stamps and encodes its
+    /// writes (each with the seq of the record it came with), moves the
+    /// state `digest` past them and signs; nothing written.
+    #[allow(clippy::too_many_arguments)]
     fn chain(
         &self,
         state: &ChainState,
@@ -325,6 +373,7 @@ impl AuditLog {
         batch: &[(AuditEvent, Vec<Write>)],
         extra: &[Write],
         hand_over: Option<(usize, &AuditSigner)>,
+        mut digest: Option<StateDigest>,
     ) -> Result<Chained, AuditError> {
         let mut records = Vec::with_capacity(batch.len());
         let mut writes = Vec::new();
@@ -351,16 +400,18 @@ impl AuditLog {
                 sig: None,
                 node: self.node.clone(),
             });
-            writes.extend(w.iter().cloned());
+            writes.extend(w.iter().cloned().map(|w| (w, seq)));
             prev = mac;
             seq = seq.checked_add(1).ok_or_else(seq_space_used_up)?;
         }
-        writes.extend(extra.iter().cloned());
+        let last_seq = seq.saturating_sub(1);
+        writes.extend(extra.iter().cloned().map(|w| (w, last_seq)));
         writes.extend(
             touched
                 .into_iter()
-                .map(|(id, at_us)| Write::TouchToken { id, at_us }),
+                .map(|(id, at_us)| (Write::TouchToken { id, at_us }, last_seq)),
         );
+        let (ops, stamped) = self.store.stamp_ops(&writes, digest.as_mut())?;
         let n = records.len();
         // A hand-over: the old key signs every record up to the hand-over
         // record; the new key signs the newest.
@@ -375,10 +426,18 @@ impl AuditLog {
         let last = &mut records[n - 1];
         let sig = new_signs.sign(last.seq, &last.mac);
         last.sig = Some(sig.clone());
-        let head = Head::V2 {
-            seq: last.seq,
-            mac: last.mac,
-            sig,
+        let head = match (&digest, self.store.record_keys()) {
+            (Some(d), Some(keys)) => Head::V3 {
+                seq: last.seq,
+                mac: last.mac,
+                sig,
+                state: d.seal(&keys, last.seq, &last.mac)?,
+            },
+            _ => Head::V2 {
+                seq: last.seq,
+                mac: last.mac,
+                sig,
+            },
         }
         .encode()?;
         let encoded = records
@@ -389,7 +448,9 @@ impl AuditLog {
             records,
             encoded,
             head,
-            writes,
+            ops,
+            digest,
+            stamped,
             next_seq: seq,
             prev,
         })
@@ -453,6 +514,8 @@ impl AuditLog {
         let (next_seq, prev) = chain_position(&self.store, self.legacy.as_ref())?;
         state.next_seq = next_seq;
         state.prev = prev;
+        // The digest too: commits that never became durable are gone.
+        state.digest = initial_digest(&self.store)?;
         tracing::warn!(
             next_seq,
             "storage reopened after a disk error; the audit chain continues"
@@ -472,6 +535,19 @@ impl AuditLog {
         let state = self.lock();
         (state.next_seq.saturating_sub(1), state.prev)
     }
+}
+
+/// The state digest a log starts from: the one its head holds (checked
+/// against the records by `crate::unlock` at open), or, for a head from
+/// before schema 5, the one the records give. `None` without record keys.
+fn initial_digest(store: &Store) -> Result<Option<StateDigest>, AuditError> {
+    let Some(keys) = store.record_keys() else {
+        return Ok(None);
+    };
+    if let Some(h @ Head::V3 { .. }) = Head::load(store)? {
+        return Ok(h.state(&keys)?);
+    }
+    Ok(Some(store.compute_state()?))
 }
 
 /// How often a batch is chained again after other nodes appended first

@@ -145,6 +145,53 @@ pub struct ChainVerifier {
     /// The seq of the store's chain head, and the mac found there.
     head_seq: Option<u64>,
     mac_at_head: Option<[u8; 32]>,
+    /// The old-format (V1) records before the signed chain: their
+    /// [`legacy_prefix_hash`], how many, and whether a signed `upgrade`
+    /// record committed to exactly that hash.
+    prefix: sha2::Sha256,
+    prefix_len: u64,
+    prefix_settled: bool,
+}
+
+/// The domain tag that starts the hash of an old-format prefix.
+const LEGACY_PREFIX_TAG: &[u8] = b"keyhold-legacy-prefix-v1\n";
+
+/// What an `upgrade` record's detail says when it commits to the log's
+/// old-format prefix: `legacy prefix 1..=N sha256 HEX`.
+pub const LEGACY_PREFIX_WORDS: &str = "legacy prefix 1..=";
+
+/// Adds one old-format record to the hash of the prefix: its line in an
+/// unfiltered JSON Lines export and a newline, so anyone holding an export
+/// can recompute the hash (`printf 'keyhold-legacy-prefix-v1\n' | cat -
+/// <(head -n N export.jsonl) | sha256sum`).
+pub fn legacy_prefix_update(h: &mut sha2::Sha256, rec: &AuditRecord) {
+    use sha2::Digest;
+    if let Ok(line) = serde_json::to_vec(&rec.to_export()) {
+        h.update(&line);
+    }
+    h.update(b"\n");
+}
+
+/// A new hash of an old-format prefix (see [`legacy_prefix_update`]).
+pub fn legacy_prefix_hasher() -> sha2::Sha256 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(LEGACY_PREFIX_TAG);
+    h
+}
+
+/// The commitment an `upgrade` record's detail makes to the prefix, if
+/// it makes one: (N, hash).
+fn prefix_commitment(detail: Option<&str>) -> Option<(u64, [u8; 32])> {
+    let d = detail?;
+    let at = d.find(LEGACY_PREFIX_WORDS)? + LEGACY_PREFIX_WORDS.len();
+    let mut words = d[at..].split_whitespace();
+    let n = words.next()?.parse::<u64>().ok()?;
+    if words.next()? != "sha256" {
+        return None;
+    }
+    let hex = words.next()?.trim_end_matches([',', ';', ')', '.']);
+    Some((n, super::unhex32(hex)?))
 }
 
 impl ChainVerifier {
@@ -165,6 +212,9 @@ impl ChainVerifier {
             gaps: 0,
             head_seq: None,
             mac_at_head: None,
+            prefix: legacy_prefix_hasher(),
+            prefix_len: 0,
+            prefix_settled: false,
         }
     }
 
@@ -255,12 +305,23 @@ impl ChainVerifier {
                 if rec.sig.is_some() {
                     return Some("an old-format record carries a signature".into());
                 }
+
                 match &self.keys.legacy {
                     Some(k) => {
                         let want = k.record_mac(&rec.prev, rec.seq, rec.at_us, &rec.event);
                         if !crate::access::digests_equal(&want, &rec.mac) {
                             return Some("the record's MAC does not match its contents".into());
                         }
+                    }
+                    // With the keyring at hand and no old MAC key: the
+                    // store was born signed and never held an old-format
+                    // record, so this one was stripped of its tag.
+                    None if self.keys.tag.is_some() => {
+                        return Some(
+                            "a record without a tag (an old-format record) in a store that was \
+                             born signed: its tag and signature were stripped"
+                                .into(),
+                        )
                     }
                     None => self.legacy_unchecked += 1,
                 }
@@ -277,16 +338,53 @@ impl ChainVerifier {
         }
         if !self.seen_v2 && !self.gaps_allowed {
             // The signed chain starts at seq 1 (a new store) or with the
-            // upgrade record; otherwise a record was made to look old.
-            let starts_well = rec.seq == 1 || rec.event.action == Action::Upgrade;
+            // upgrade to schema 3; otherwise records were made to look old
+            // (their tag and signature stripped).
+            let starts_well = rec.seq == 1
+                || (rec.event.action == Action::Upgrade
+                    && rec
+                        .event
+                        .detail
+                        .as_deref()
+                        .is_some_and(|d| d.starts_with("upgrade to schema 3")));
             if !starts_well {
                 return Some(broken(
-                    rec.seq,
+                    1,
                     Problem::Altered,
-                    "the signed chain does not start with the upgrade record: a record before it \
-                     was altered to look like an old-format one"
-                        .into(),
+                    format!(
+                        "records 1..={} have no tag or signature, but the signed chain does not \
+                         start with the upgrade to schema 3 (seq {} is the first signed record): \
+                         they were signed records stripped of their tag and signature to look \
+                         like old-format ones",
+                        rec.seq - 1,
+                        rec.seq
+                    ),
                 ));
+            }
+        }
+        // A signed commitment to the old-format prefix (made by the upgrade
+        // to schema 3, or by a later upgrade for a store upgraded before
+        // upgrades made one) settles the prefix's contents for a verifier
+        // without the keyring.
+        if !self.gaps_allowed && rec.event.action == Action::Upgrade && self.prefix_len > 0 {
+            if let Some((n, want)) = prefix_commitment(rec.event.detail.as_deref()) {
+                use sha2::Digest;
+                let got: [u8; 32] = self.prefix.clone().finalize().into();
+                if n != self.prefix_len || !crate::access::digests_equal(&got, &want) {
+                    return Some(broken(
+                        1,
+                        Problem::Altered,
+                        format!(
+                            "the old-format records 1..={} do not match what the upgrade record \
+                             at seq {} committed to (records 1..={n}, sha256 {}): one of them \
+                             was altered, added or removed",
+                            self.prefix_len,
+                            rec.seq,
+                            hex(&want)
+                        ),
+                    ));
+                }
+                self.prefix_settled = true;
             }
         }
         self.seen_v2 = true;
@@ -319,6 +417,10 @@ impl ChainVerifier {
     pub fn feed(&mut self, rec: AuditRecord) -> Option<VerifyReport> {
         if let Some(why) = self.contents_wrong(&rec) {
             return Some(broken(rec.seq, Problem::Altered, why));
+        }
+        if !rec.is_v2() && !self.gaps_allowed {
+            legacy_prefix_update(&mut self.prefix, &rec);
+            self.prefix_len += 1;
         }
         if self.gaps_allowed {
             if self.count > 0 && rec.seq <= self.last_seq {
@@ -393,6 +495,37 @@ impl ChainVerifier {
     /// V2 record must be covered by a trusted signature (a filtered
     /// selection is checked record by record instead).
     pub fn finish(self) -> VerifyReport {
+        // An empty selection is a filter's possible answer; an empty
+        // whole log is not.
+        if self.count == 0 && !self.gaps_allowed {
+            return broken(
+                1,
+                Problem::Truncated,
+                "there are no records to verify (an empty log or file proves nothing): export \
+                 the log again, or check that the right file was given"
+                    .into(),
+            );
+        }
+        // Old-format records whose contents nothing at hand checked: no
+        // MAC key, and no signed record committed to them.
+        if !self.gaps_allowed
+            && self.keys.legacy.is_none()
+            && self.prefix_len > 0
+            && self.seen_v2
+            && !self.prefix_settled
+        {
+            return broken(
+                1,
+                Problem::Unsigned,
+                format!(
+                    "records 1..={} are old-format records (no tag, no signature) and no signed \
+                     upgrade record commits to their hash: their contents cannot be checked with \
+                     the public key. Open the store once with this keyhold (it records the \
+                     commitment), or verify with the keyring",
+                    self.prefix_len
+                ),
+            );
+        }
         // Without the MAC key of old-format records, nothing but a trusted
         // signature vouches for a record: a log of old-format records
         // alone (or ending in them) is not authentic for this verifier.
@@ -429,7 +562,11 @@ impl ChainVerifier {
             gaps_expected: self.gaps_allowed,
             gaps: self.gaps,
             signed_by: self.covered_by.map(|k| k.to_string()),
-            legacy_unchecked: self.legacy_unchecked,
+            legacy_unchecked: if self.prefix_settled {
+                0
+            } else {
+                self.legacy_unchecked
+            },
         }
     }
 
@@ -466,7 +603,7 @@ impl ChainVerifier {
         let authentic = match &head {
             // An old-format head is authentic only under the MAC key.
             Head::V1 { .. } => head.is_authentic(self.keys.legacy.as_ref()),
-            Head::V2 { .. } => head.is_authentic(None),
+            Head::V2 { .. } | Head::V3 { .. } => head.is_authentic(None),
         };
         if !authentic || (self.seen_v2 && matches!(head, Head::V1 { .. })) {
             return broken(

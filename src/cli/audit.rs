@@ -186,6 +186,19 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "{r}")?;
         }
     }
+    // A file that verifies may still end early: cut after one of its
+    // signed commits, it verifies just the same. Only a later anchor
+    // rules that out.
+    if ok && a.file.is_some() && anchors.is_empty() && !a.filtered {
+        let note = "note: records after the file's last signed commit could have been cut at a \
+                    commit boundary without this verification seeing it; give --anchor SEQ:MAC \
+                    from a later head to rule that out";
+        if a.output.is_json() {
+            eprintln!("keyhold: {note}");
+        } else {
+            writeln!(out, "{note}")?;
+        }
+    }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

@@ -93,7 +93,14 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let store = open_initialised(&a.data)?;
     // A wrong key is what check reports, not an error; damage is too.
     if let Err(e) = crate::unlock::unlock(&store, &keyring) {
-        if !matches!(e, crate::unlock::UnlockError::WrongKey { .. }) {
+        use crate::unlock::UnlockError;
+        if !matches!(
+            e,
+            UnlockError::WrongKey { .. }
+                | UnlockError::StateDiffers(_)
+                | UnlockError::HeadRolledBack { .. }
+                | UnlockError::HeadWithoutState(_)
+        ) {
             return Err(e.into());
         }
     }

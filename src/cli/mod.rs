@@ -103,7 +103,8 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
         if let Some(
             crate::ops::backup::BackupError::NotEmpty(_)
             | crate::ops::backup::BackupError::NotAuthentic
-            | crate::ops::backup::BackupError::Unauthenticated,
+            | crate::ops::backup::BackupError::Unauthenticated
+            | crate::ops::backup::BackupError::Rewrapped(_),
         ) = cause.downcast_ref()
         {
             return ExitCode::from(2);
@@ -126,6 +127,11 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                 e,
                 crate::unlock::UnlockError::WrongKey { .. }
                     | crate::unlock::UnlockError::Missing(_)
+                    | crate::unlock::UnlockError::StateDiffers(_)
+                    | crate::unlock::UnlockError::HeadRolledBack { .. }
+                    | crate::unlock::UnlockError::HeadWithoutState(_)
+                    | crate::unlock::UnlockError::LegacyRecordAltered(_)
+                    | crate::unlock::UnlockError::Downgraded
             ) {
                 return ExitCode::from(2);
             }

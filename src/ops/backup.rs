@@ -71,6 +71,54 @@ pub enum BackupError {
     Unauthenticated,
     #[error("the target directory {0} is not empty: restore into a new or empty directory")]
     NotEmpty(PathBuf),
+    #[error(
+        "this backup says format 1 (no MAC, written before schema 3) but {0}, which only a newer \
+         keyhold writes: it is a newer backup re-wrapped to skip its MAC, and is refused. Nothing \
+         was written; restore an authenticated backup instead"
+    )]
+    Rewrapped(String),
+}
+
+/// Refuses an entry of a format-1 backup that no keyhold writing format 1
+/// (schema 1 or 2) could have written: the header of an unauthenticated
+/// backup is not trusted, its contents must match it.
+fn format_1_entry(name: &str, k: &[u8], v: &[u8]) -> Result<(), BackupError> {
+    use crate::store::{KeyRecord, TokenRecord};
+    let re = |why: String| Err(BackupError::Rewrapped(why));
+    match name {
+        "meta" => match k {
+            b"schema_version" => match postcard::from_bytes::<u32>(v) {
+                Ok(s) if s <= 2 => Ok(()),
+                Ok(s) => re(format!("its store is marked schema {s}")),
+                Err(_) => re("its schema mark does not decode".into()),
+            },
+            b"keyring_check" | b"audit_mac_key" | b"key_count" => Ok(()),
+            b"audit_head" => match crate::audit::Head::decode(v) {
+                Ok(crate::audit::Head::V1 { .. }) => Ok(()),
+                _ => re("its audit chain head is signed".into()),
+            },
+            other => re(format!(
+                "it holds the meta value `{}`",
+                String::from_utf8_lossy(other)
+            )),
+        },
+        "tokens" if !TokenRecord::is_legacy(v) => re("it holds authenticated token records".into()),
+        "keys" if !KeyRecord::is_legacy(v) => re("it holds authenticated key records".into()),
+        "token_usage" => re("it holds token last-use records".into()),
+        "audit" => {
+            let seq = k
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| BackupError::Corrupt("an audit entry's key is not a seq".into()))?;
+            for (_, bytes) in crate::store::audit_chunks::Entries::new(seq, v.to_vec()) {
+                if crate::audit::AuditRecord::decode(&bytes).is_ok_and(|r| r.is_v2()) {
+                    return re("its audit log holds signed records".into());
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Writes every tree of `store` to `out`, authenticated under the
@@ -279,6 +327,9 @@ pub fn read_backup(
                     .ok_or_else(|| BackupError::Corrupt(format!("unknown tree {tree}")))?;
                 let k = r.field()?;
                 let v = r.field()?;
+                if format == 1 {
+                    format_1_entry(name, &k, &v)?;
+                }
                 sink(name, k, v)?;
                 entries += 1;
             }
@@ -425,7 +476,7 @@ mod tests {
                 ))
             })
             .collect();
-        store.commit(&[], b"h", &keys).unwrap();
+        store.commit_writes(&[], b"h", &keys).unwrap();
         // An online backup can read the count before keys created while it
         // runs: make the backed-up count disagree with the keys.
         store

@@ -27,6 +27,12 @@ pub struct CheckReport {
     pub on_older_key: u64,
     /// The audit chain, or `None` when the MAC key could not be opened.
     pub audit: Option<VerifyReport>,
+    /// How the store differs from the state its signed chain head holds
+    /// (empty: it does not).
+    pub state: Vec<String>,
+    /// The records found to be older copies (or back after a purge), by
+    /// what the signed log says of them.
+    pub stale: Vec<String>,
 }
 
 impl CheckReport {
@@ -36,6 +42,7 @@ impl CheckReport {
             && self.tampered.is_empty()
             && self.on_older_key == 0
             && self.audit.as_ref().is_some_and(VerifyReport::is_ok)
+            && self.state.is_empty()
     }
 
     /// Human-readable lines.
@@ -72,6 +79,18 @@ impl CheckReport {
                 self.on_older_key
             )
         });
+        out.push(format!(
+            "{} the store matches the state its signed audit log last recorded",
+            mark(self.state.is_empty())
+        ));
+        for what in &self.state {
+            out.push(format!("       {what}"));
+        }
+        for what in self.stale.iter().take(50) {
+            out.push(format!(
+                "       older copy put back (restore from a backup): {what}"
+            ));
+        }
         match &self.audit {
             Some(r) => out.push(format!("{} audit chain: {r}", mark(r.is_ok()))),
             None => out.push(format!(
@@ -99,6 +118,8 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
             tampered: Vec::new(),
             on_older_key: 0,
             audit: None,
+            state: Vec::new(),
+            stale: Vec::new(),
         });
     }
     if opened.is_some_and(|i| i > 0) {
@@ -148,6 +169,17 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
         Ok(keys) => Some(verify_store(store, &keys.verify_keys())?),
         Err(_) => None,
     };
+    let state = match crate::unlock::check_state(store) {
+        Ok(()) => Vec::new(),
+        Err(crate::unlock::UnlockError::StateDiffers(d)) => d,
+        Err(crate::unlock::UnlockError::Store(e)) => return Err(e),
+        Err(e) => vec![e.to_string()],
+    };
+    let stale = if state.is_empty() {
+        Vec::new()
+    } else {
+        stale_records(store)?
+    };
     Ok(CheckReport {
         keyring_opens_store,
         keys_total: total,
@@ -156,5 +188,77 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
         tampered,
         on_older_key,
         audit,
+        state,
+        stale,
     })
+}
+
+/// The records whose stamp is older than the newest record of the signed
+/// log that changed them, or that are back after the log recorded their
+/// purge. Keys are named by `key_id`; tokens by the ids their records'
+/// details name.
+fn stale_records(store: &Store) -> Result<Vec<String>, StoreError> {
+    use crate::audit::{Action, AuditRecord, Outcome};
+    use std::collections::HashMap;
+    let mut keys: HashMap<Uuid, (u64, Action)> = HashMap::new();
+    let mut tokens: HashMap<Uuid, u64> = HashMap::new();
+    for item in store.audit_iter(0) {
+        let (seq, bytes) = item?;
+        let Ok(rec) = AuditRecord::decode(&bytes) else {
+            continue;
+        };
+        let e = &rec.event;
+        if e.outcome != Outcome::Success {
+            continue;
+        }
+        match e.action {
+            Action::KeyCreate
+            | Action::KeyPut
+            | Action::KeyDelete
+            | Action::KeyRestore
+            | Action::KeyPurge => {
+                if let Some(id) = e.key_id {
+                    keys.insert(id, (seq, e.action));
+                }
+            }
+            Action::TokenCreate | Action::TokenRevoke | Action::TokenRotate => {
+                for word in e.detail.as_deref().unwrap_or("").split_whitespace() {
+                    let word = word.trim_matches(|c: char| !c.is_ascii_hexdigit() && c != '-');
+                    if let Ok(id) = Uuid::parse_str(word) {
+                        tokens.insert(id, seq);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for item in store.iter_keys() {
+        let Ok((rec, _)) = item else { continue };
+        match keys.get(&rec.id) {
+            Some((seq, Action::KeyPurge)) => out.push(format!(
+                "key {}: purged at seq {seq}, but its record is back",
+                rec.id
+            )),
+            Some((seq, _)) if rec.stamp < *seq => out.push(format!(
+                "key {}: the record was written at seq {} but seq {seq} changed it since",
+                rec.id, rec.stamp
+            )),
+            _ => {}
+        }
+    }
+    if let Ok(list) = store.list_tokens() {
+        for (_, rec) in list {
+            if let Some(seq) = tokens.get(&rec.id) {
+                if rec.stamp < *seq {
+                    out.push(format!(
+                        "token {} `{}`: the record was written at seq {} but seq {seq} changed it \
+                         since",
+                        rec.id, rec.name, rec.stamp
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
 }

@@ -4,9 +4,10 @@
 //! derived keys, and starts a new audit signing key
 //! ([`rotate_signing_key`]).
 //!
-//! Each record is replaced on its own by compare-and-swap, so a kill -9 at
-//! any moment leaves every record readable by the keyring (old or new
-//! token), and running rotate again finishes the job. A token keeps its
+//! Records are replaced through the audit log, a chunk of keys a commit,
+//! so a kill -9 at any moment leaves every record readable by the keyring
+//! (old or new token) and the state digest in step with the store, and
+//! running rotate again finishes the job. A token keeps its
 //! original Fernet timestamp (what Python's `MultiFernet.rotate` does), and
 //! created_at/expires_at are untouched, so ages and TTLs mean the same.
 
@@ -15,10 +16,12 @@ use std::time::Duration;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::audit::{AuditError, AuditLog, PublicKey, MAC_KEY_PURPOSE, SIGNING_PURPOSE};
+use crate::audit::{
+    Action, AuditError, AuditEvent, AuditLog, Outcome, PublicKey, MAC_KEY_PURPOSE, SIGNING_PURPOSE,
+};
 use crate::keyring::{token_timestamp, Keyring};
 use crate::store::{
-    Store, StoreError, META_AUDIT_KEY, META_CHECK, META_RECORD_SECRET, META_SIGNING_KEY,
+    Store, StoreError, Write, META_AUDIT_KEY, META_CHECK, META_RECORD_SECRET, META_SIGNING_KEY,
     RECORD_SECRET_PURPOSE,
 };
 
@@ -60,27 +63,35 @@ impl RotateReport {
     }
 }
 
-/// How many records between fsyncs.
-const FLUSH_EVERY: u64 = 1000;
+/// How many key records one commit re-encrypts.
+const CHUNK: usize = 256;
 
 /// Rotates everything. `pace` sleeps between records (to spread the I/O of
 /// a large store); `progress` is called with the number of keys visited.
+///
+/// Every record is rewritten through the audit log (`log`), in commits of
+/// up to 256 keys, each with a `rotate` record naming `who` and how many
+/// keys it re-encrypted, so the state digest the signed chain holds always
+/// matches the store (see `store::state`); a crash between commits leaves
+/// each record readable by the keyring, and running rotate again finishes
+/// the job.
 pub fn rotate(
     store: &Store,
     keyring: &Keyring,
+    log: &AuditLog,
+    who: &str,
     pace: Duration,
     mut progress: impl FnMut(u64),
-) -> Result<RotateReport, StoreError> {
+) -> Result<RotateReport, AuditError> {
     let mut report = RotateReport::default();
     // The meta values first: the server checks them at start-up.
+    let mut meta = Vec::new();
     if let Some(check) = store.check_value()? {
-        if keyring.opens_check(&check).is_some_and(|i| i > 0)
-            && store.swap_meta(
-                META_CHECK,
-                check.as_bytes(),
-                keyring.check_token().as_bytes(),
-            )?
-        {
+        if keyring.opens_check(&check).is_some_and(|i| i > 0) {
+            meta.push(Write::Meta {
+                name: META_CHECK,
+                value: Some(keyring.check_token().into_bytes()),
+            });
             report.meta_rotated.push("keyring_check".into());
         }
     }
@@ -88,79 +99,70 @@ pub fn rotate(
         (META_RECORD_SECRET, RECORD_SECRET_PURPOSE),
         (META_AUDIT_KEY, MAC_KEY_PURPOSE),
     ] {
-        if reseal_meta(store, keyring, name, purpose)? {
+        if let Some(value) = reseal_meta(store, keyring, name, purpose)? {
+            meta.push(Write::Meta {
+                name,
+                value: Some(value),
+            });
             report
                 .meta_rotated
                 .push(String::from_utf8_lossy(name).into_owned());
         }
     }
+    if !meta.is_empty() {
+        let detail = format!(
+            "rotation: re-sealed {} under the newest key",
+            report.meta_rotated.join(", ")
+        );
+        log.append(&[(rotate_event(who, detail), meta)])?;
+    }
     let mut visited = 0u64;
-    // Key changes that read a record and write it back (a new version, a
-    // delete, a restore) hold this lock until their commit; holding it
-    // around each swap keeps them from writing back a record this
-    // rotation has just re-encrypted. Taken per 256 records (a round trip
-    // on a shared database), let go while pacing.
-    let mut held: Option<crate::store::WriteLock> = None;
-    let mut in_chunk = 0u32;
-    for item in store.iter_keys() {
-        if held.is_none() {
-            held = Some(store.write_lock_blocking(crate::store::Guarded::Keys)?);
-        }
-        let (mut rec, mut current) = item?;
-        // A concurrent change (a delete, another rotation) makes the swap
-        // fail; re-read and try again a few times.
-        for _attempt in 0..3 {
-            // Every version the record keeps is re-encrypted, each with
-            // its own timestamp; the record is written if any was not
-            // under the newest key yet.
-            let mut new = rec.clone();
-            let mut changed = false;
-            let mut failed = false;
-            for token in new.tokens_mut() {
-                let opened = match keyring.decrypt(token) {
-                    Ok(o) => o,
-                    Err(_) => {
-                        failed = true;
-                        break;
+    let mut ids = Vec::with_capacity(CHUNK);
+    let mut keys = store.iter_keys();
+    loop {
+        ids.clear();
+        for item in keys.by_ref() {
+            match item {
+                Ok((rec, _)) => ids.push(rec.id),
+                Err(StoreError::Tampered { id, .. }) => {
+                    if let Ok(u) = Uuid::parse_str(&id) {
+                        report.failed.push(u);
                     }
-                };
-                if opened.key_index == 0 {
-                    continue;
                 }
-                let stamp = token_timestamp(token).unwrap_or_else(now_secs);
-                *token = keyring.encrypt_at(opened.plaintext.expose(), stamp);
-                changed = true;
+                Err(e) => return Err(e.into()),
             }
-            if failed {
-                report.failed.push(rec.id);
+            if ids.len() >= CHUNK || !pace.is_zero() {
                 break;
-            }
-            if !changed {
-                report.already_current += 1;
-                break;
-            }
-            if store.swap_key(&current, &new)? {
-                report.rotated += 1;
-                break;
-            }
-            match store.get_key_raw(&rec.id)? {
-                Some((r, bytes)) => {
-                    rec = r;
-                    current = bytes;
-                }
-                None => break,
             }
         }
-        visited += 1;
-        in_chunk += 1;
-        if in_chunk >= 256 || !pace.is_zero() {
-            held = None;
-            in_chunk = 0;
+        if ids.is_empty() {
+            break;
         }
+        // Key changes that read a record and write it back (a new version,
+        // a delete, a restore) hold this lock until their commit; holding
+        // it from the read of each record to this chunk's commit keeps
+        // them from writing back a record this rotation re-encrypts.
+        let held = store.write_lock_blocking(crate::store::Guarded::Keys)?;
+        let mut writes = Vec::new();
+        for id in &ids {
+            let Some(rec) = store.get_key(id)? else {
+                continue;
+            };
+            match reencrypt(keyring, &rec) {
+                Reencrypted::Failed => report.failed.push(rec.id),
+                Reencrypted::Current => report.already_current += 1,
+                Reencrypted::New(new) => writes.push(Write::PutKey(new)),
+            }
+        }
+        if !writes.is_empty() {
+            let n = writes.len() as u64;
+            let detail = format!("rotation: re-encrypted {n} keys under the newest key");
+            log.append(&[(rotate_event(who, detail), writes)])?;
+            report.rotated += n;
+        }
+        drop(held);
+        visited += ids.len() as u64;
         progress(visited);
-        if visited.is_multiple_of(FLUSH_EVERY) {
-            store.flush()?;
-        }
         if !pace.is_zero() {
             std::thread::sleep(pace);
         }
@@ -169,24 +171,63 @@ pub fn rotate(
     Ok(report)
 }
 
-/// Re-seals one sealed meta value if it is under an older key.
+/// A key record re-encrypted under the newest key, if it needed it.
+enum Reencrypted {
+    New(crate::store::KeyRecord),
+    Current,
+    Failed,
+}
+
+/// Re-encrypts every version the record keeps, each with its own
+/// timestamp (what Python's `MultiFernet.rotate` does).
+fn reencrypt(keyring: &Keyring, rec: &crate::store::KeyRecord) -> Reencrypted {
+    let mut new = rec.clone();
+    let mut changed = false;
+    for token in new.tokens_mut() {
+        let Ok(opened) = keyring.decrypt(token) else {
+            return Reencrypted::Failed;
+        };
+        if opened.key_index == 0 {
+            continue;
+        }
+        let stamp = token_timestamp(token).unwrap_or_else(now_secs);
+        *token = keyring.encrypt_at(opened.plaintext.expose(), stamp);
+        changed = true;
+    }
+    if changed {
+        Reencrypted::New(new)
+    } else {
+        Reencrypted::Current
+    }
+}
+
+/// The record of one step of a rotation.
+fn rotate_event(who: &str, detail: String) -> AuditEvent {
+    let mut ev = AuditEvent::cli(Action::Rotate, Outcome::Success, Some(detail));
+    ev.caller = who.to_string();
+    ev
+}
+
+/// The sealed meta value re-sealed under the newest key, if it is under
+/// an older one.
 fn reseal_meta(
     store: &Store,
     keyring: &Keyring,
     name: &'static [u8],
     purpose: &str,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     let Some(current) = store.meta_string(name)? else {
-        return Ok(false);
+        return Ok(None);
     };
     let Ok(opened) = keyring.unseal(purpose, &current) else {
-        return Ok(false);
+        return Ok(None);
     };
     if opened.key_index == 0 {
-        return Ok(false);
+        return Ok(None);
     }
-    let new = keyring.seal(purpose, opened.secret.expose());
-    store.swap_meta(name, current.as_bytes(), new.as_bytes())
+    Ok(Some(
+        keyring.seal(purpose, opened.secret.expose()).into_bytes(),
+    ))
 }
 
 /// Starts a new audit signing key when the current one is sealed under an

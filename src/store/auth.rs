@@ -26,11 +26,17 @@ pub const SEALED_PURPOSE: &str = "record-secret";
 const LABEL_TOKEN_DIGEST: &[u8] = b"keyhold/token-digest";
 const LABEL_RECORD_MAC: &[u8] = b"keyhold/record-mac";
 const LABEL_AUDIT_TAG: &[u8] = b"keyhold/audit-tag";
+const LABEL_STATE: &[u8] = b"keyhold/state-digest";
+const LABEL_STATE_MASK: &[u8] = b"keyhold/state-mask";
+const LABEL_STATE_SEAL: &[u8] = b"keyhold/state-seal";
 pub(crate) const TAG_KEY_RECORD: &[u8] = b"keyhold-key-record-v2";
 /// Key records of schema 4 (versions, soft deletion): their own tag, so a
 /// body of one layout never verifies as the other.
 pub(crate) const TAG_KEY_RECORD_V3: &[u8] = b"keyhold-key-record-v3";
 pub(crate) const TAG_TOKEN_RECORD: &[u8] = b"keyhold-token-record-v2";
+/// Records of schema 5, whose MAC also covers their stamp.
+pub(crate) const TAG_KEY_RECORD_V4: &[u8] = b"keyhold-key-record-v4";
+pub(crate) const TAG_TOKEN_RECORD_V4: &[u8] = b"keyhold-token-record-v4";
 
 /// The keys derived from the store's record secret. Zeroized on drop,
 /// never printed.
@@ -38,6 +44,9 @@ pub struct RecordKeys {
     token_digest: Zeroizing<[u8; 32]>,
     record_mac: Zeroizing<[u8; 32]>,
     audit_tag: Zeroizing<[u8; 32]>,
+    state: Zeroizing<[u8; 32]>,
+    state_mask: Zeroizing<[u8; 32]>,
+    state_seal: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for RecordKeys {
@@ -69,6 +78,9 @@ impl RecordKeys {
             token_digest: expand(LABEL_TOKEN_DIGEST),
             record_mac: expand(LABEL_RECORD_MAC),
             audit_tag: expand(LABEL_AUDIT_TAG),
+            state: expand(LABEL_STATE),
+            state_mask: expand(LABEL_STATE_MASK),
+            state_seal: expand(LABEL_STATE_SEAL),
         }
     }
 
@@ -87,6 +99,21 @@ impl RecordKeys {
         m.update(at);
         m.update(value);
         m.finalize().into_bytes().into()
+    }
+
+    /// The key of each record's contribution to the state digest.
+    pub(crate) fn state_key(&self) -> &[u8; 32] {
+        &self.state
+    }
+
+    /// The key of the pad that hides the state digest in the head.
+    pub(crate) fn state_mask_key(&self) -> &[u8; 32] {
+        &self.state_mask
+    }
+
+    /// The key that authenticates the state digest in the head.
+    pub(crate) fn state_seal_key(&self) -> &[u8; 32] {
+        &self.state_seal
     }
 
     /// The key of the per-record audit tags (checked with the keyring on

@@ -36,6 +36,7 @@ pub mod postgres;
 mod queries;
 mod records;
 mod sled_store;
+mod state;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -52,6 +53,7 @@ pub use sled_store::{holds_store, sled_dir, wait_until_released};
 pub use auth::{RecordKeys, SEALED_PURPOSE as RECORD_SECRET_PURPOSE};
 use records::Auth;
 pub use records::{KeyRecord, KeyVersion, TokenRecord};
+pub use state::{SealedState, StateDigest};
 
 /// Default sled page cache: 8 MiB, the smallest `serve` sizes itself.
 /// Reveals of 100,000 keys ran as fast with 8 as with 16 (the OS page
@@ -83,7 +85,12 @@ pub fn auto_cache_bytes(keys: u64) -> u64 {
 /// 4: key records keep versions, their authors and soft deletion (a new
 /// record variant; older records read as version 1, never deleted). The
 /// upgrade from 3 writes nothing but an audited mark (`crate::unlock`).
-pub const SCHEMA_VERSION: u32 = 4;
+/// 5: the state commitment (`state`): key and token records carry the
+/// stamp of the commit that wrote them under their MAC, and the chain head
+/// holds the sealed digest of every key, token and meta record. The
+/// upgrade from 4 rewrites nothing: its audited commit writes the first
+/// such head (older records read with stamp 0).
+pub const SCHEMA_VERSION: u32 = 5;
 
 pub(crate) const META_SCHEMA: &[u8] = b"schema_version";
 pub const META_CHECK: &[u8] = b"keyring_check";
@@ -282,6 +289,17 @@ pub struct Store {
     /// Held through [`Store::scrub_if_due`]: purges waiting at once share
     /// the rewrite that starts after the last of them committed.
     scrubbing: Arc<std::sync::Mutex<()>>,
+    /// Each record's expected stamp, where the database can be written
+    /// while this process runs (PostgreSQL); `None` on sled.
+    fresh: Option<Arc<state::Fresh>>,
+}
+
+/// What a commit changed that the check at use must learn: each key's
+/// and token's new stamp (`None`: the key was removed).
+#[derive(Debug, Default)]
+pub struct Stamped {
+    keys: Vec<(Uuid, Option<u64>)>,
+    tokens: Vec<([u8; 32], u64)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -338,12 +356,14 @@ impl Store {
             Some(v) => postcard::from_bytes::<u32>(&v).map_err(corrupt("schema version"))?,
             None => SCHEMA_VERSION,
         };
+        let fresh = backend.node().map(|_| Arc::new(state::Fresh::default()));
         Ok(Store {
             backend,
             keys: Arc::new(RwLock::new(None)),
             schema: Arc::new(AtomicU32::new(schema)),
             scrub_due: Arc::new(AtomicBool::new(false)),
             scrubbing: Arc::new(std::sync::Mutex::new(())),
+            fresh,
         })
     }
 
@@ -519,19 +539,147 @@ impl Store {
     /// Decodes a key record as the store's state requires: authenticated
     /// from schema 3 on, either form while the upgrade is under way.
     fn decode_key(&self, id: Uuid, bytes: &[u8]) -> Result<KeyRecord> {
-        match self.read_keys()? {
+        let rec = match self.read_keys()? {
             None => KeyRecord::decode_checked(id, bytes, Auth::Legacy),
             Some(_) if self.schema() < 3 && KeyRecord::is_legacy(bytes) => {
                 KeyRecord::decode_checked(id, bytes, Auth::Legacy)
             }
             Some(k) => KeyRecord::decode_checked(id, bytes, Auth::Keys(&k)),
+        }?;
+        if let Some(f) = &self.fresh {
+            f.check_key(&id, rec.stamp)?;
         }
+        Ok(rec)
     }
 
     fn decode_token(&self, at: &[u8; 32], bytes: &[u8]) -> Result<TokenRecord> {
-        match self.read_keys()? {
+        let rec = match self.read_keys()? {
             None => TokenRecord::decode_checked(at, bytes, Auth::Legacy),
             Some(k) => TokenRecord::decode_checked(at, bytes, Auth::Keys(&k)),
+        }?;
+        if let Some(f) = &self.fresh {
+            f.check_token(at, rec.stamp)?;
+        }
+        Ok(rec)
+    }
+
+    // ---- the state commitment (see `state`) ----
+
+    /// The digest of the state as the records are now: every key, token
+    /// and covered meta record, walked once. On a store whose records can
+    /// be changed while keyhold runs (PostgreSQL), also learns each
+    /// record's stamp for the check at use.
+    pub fn compute_state(&self) -> Result<StateDigest> {
+        let keys = self.write_keys()?;
+        let mut d = StateDigest::default();
+        if let Some(f) = &self.fresh {
+            f.reset(self.audit_last_seq()?);
+        }
+        for item in self.backend.entries("keys") {
+            let (k, v) = item?;
+            d.apply(&keys, state::Table::Keys, &k, None, Some(&v));
+            if let (Some(f), Ok(id)) = (&self.fresh, Uuid::from_slice(&k)) {
+                let stamp = KeyRecord::decode(id, &v).map_or(0, |r| r.stamp);
+                f.set_key(id, Some(stamp));
+            }
+        }
+        for item in self.backend.entries("tokens") {
+            let (k, v) = item?;
+            d.apply(&keys, state::Table::Tokens, &k, None, Some(&v));
+            if let (Some(f), Ok(at)) = (&self.fresh, <[u8; 32]>::try_from(&k[..])) {
+                let stamp = TokenRecord::decode(&v).map_or(0, |r| r.stamp);
+                f.set_token(at, stamp);
+            }
+        }
+        for item in self.backend.entries("meta") {
+            let (k, v) = item?;
+            d.apply(&keys, state::Table::Meta, &k, None, Some(&v));
+        }
+        Ok(d)
+    }
+
+    /// The writes as the backend's ops, each record stamped with the seq
+    /// given beside it and authenticated, and `digest` moved past them
+    /// (each change's old value read from the store, or from an earlier
+    /// write of the same batch). Callers hold the audit log's lock, or the
+    /// append lock of a shared database, so nothing else changes these
+    /// records meanwhile.
+    pub(crate) fn stamp_ops(
+        &self,
+        writes: &[(Write, u64)],
+        mut digest: Option<&mut StateDigest>,
+    ) -> Result<(Vec<Op>, Stamped)> {
+        use std::collections::HashMap;
+        let mut seen: HashMap<(u8, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
+        let mut stamped = Stamped::default();
+        let keys = self.record_keys();
+        let mut ops = Vec::with_capacity(writes.len());
+        for (w, stamp) in writes {
+            let mut w = w.clone();
+            match &mut w {
+                Write::PutKey(rec) => rec.stamp = *stamp,
+                Write::PutToken { record, .. } => record.stamp = *stamp,
+                _ => {}
+            }
+            let op = op_of(&w, keys.as_deref())?;
+            let change: Option<(state::Table, Vec<u8>, Option<Vec<u8>>)> = match &op {
+                Op::PutKey { id, value, .. } => {
+                    stamped.keys.push((*id, Some(*stamp)));
+                    Some((
+                        state::Table::Keys,
+                        id.as_bytes().to_vec(),
+                        Some(value.clone()),
+                    ))
+                }
+                Op::DeleteKey { id, .. } => {
+                    stamped.keys.push((*id, None));
+                    Some((state::Table::Keys, id.as_bytes().to_vec(), None))
+                }
+                Op::PutToken { at, value } => {
+                    stamped.tokens.push((*at, *stamp));
+                    Some((state::Table::Tokens, at.to_vec(), Some(value.clone())))
+                }
+                Op::Meta { name, value } if state::covered_meta(name) => {
+                    Some((state::Table::Meta, name.to_vec(), value.clone()))
+                }
+                _ => None,
+            };
+            if let (Some((table, key, new)), Some(d), Some(k)) =
+                (change, digest.as_deref_mut(), keys.as_deref())
+            {
+                let slot = (table as u8, key.clone());
+                let old = match seen.get(&slot) {
+                    Some(v) => v.clone(),
+                    None => match table {
+                        state::Table::Keys => {
+                            let id = Uuid::from_slice(&key).map_err(corrupt("key id"))?;
+                            self.backend.key_get(&id)?.map(|b| b.to_vec())
+                        }
+                        state::Table::Tokens => {
+                            let at: [u8; 32] =
+                                key.as_slice().try_into().map_err(corrupt("token key"))?;
+                            self.backend.token_get(&at)?.map(|b| b.to_vec())
+                        }
+                        state::Table::Meta => self.backend.meta_get(&key)?.map(|b| b.to_vec()),
+                    },
+                };
+                d.apply(k, table, &key, old.as_deref(), new.as_deref());
+                seen.insert(slot, new);
+            }
+            ops.push(op);
+        }
+        Ok((ops, stamped))
+    }
+
+    /// Notes what a commit wrote, for the check at use (see `state::Fresh`).
+    pub(crate) fn note_stamped(&self, stamped: &Stamped) {
+        if let Some(f) = &self.fresh {
+            for (id, s) in &stamped.keys {
+                f.set_key(*id, *s);
+            }
+            for (at, s) in &stamped.tokens {
+                f.set_token(*at, *s);
+            }
         }
     }
 
@@ -621,49 +769,40 @@ impl Store {
 
     // ---- the commit used by the audit writer ----
 
-    /// Applies `writes` and audit `records` (already chained and encoded,
-    /// ascending seqs) plus the new chain head in one transaction. Not
-    /// durable until [`Store::flush`]. Callers serialise their commits
-    /// (the audit log's lock).
-    pub(crate) fn commit(
+    /// Applies `ops` (from [`Store::stamp_ops`]) and audit `records`
+    /// (already chained and encoded, ascending seqs) plus the new chain
+    /// head in one transaction. Not durable until [`Store::flush`].
+    /// Callers serialise their commits (the audit log's lock).
+    pub(crate) fn commit(&self, records: &[(u64, Vec<u8>)], head: &[u8], ops: &[Op]) -> Result<()> {
+        self.backend.commit(records, head, ops)
+    }
+
+    /// [`Store::commit`] of writes as they are (stamp 0, no digest kept):
+    /// for tests of the store itself.
+    #[cfg(test)]
+    pub(crate) fn commit_writes(
         &self,
         records: &[(u64, Vec<u8>)],
         head: &[u8],
         writes: &[Write],
     ) -> Result<()> {
-        let ops = self.ops_of(writes)?;
-        self.backend.commit(records, head, &ops)
-    }
-
-    /// The writes as the backend's ops, records encoded and authenticated.
-    fn ops_of(&self, writes: &[Write]) -> Result<Vec<Op>> {
-        let needs_keys = writes
-            .iter()
-            .any(|w| matches!(w, Write::PutKey(_) | Write::PutToken { .. }));
-        let keys = if needs_keys {
-            Some(self.write_keys()?)
-        } else {
-            None
-        };
-        writes.iter().map(|w| op_of(w, keys.as_deref())).collect()
+        let stamped: Vec<(Write, u64)> = writes.iter().cloned().map(|w| (w, 0)).collect();
+        let (ops, _) = self.stamp_ops(&stamped, None)?;
+        self.commit(records, head, &ops)
     }
 
     /// As [`Store::commit`], chaining under the backend's append lock:
     /// `chain` gets the stored chain head and the newest record and
-    /// returns the encoded records, the new head and the writes (see
+    /// returns the encoded records, the new head and the ops (see
     /// [`Backend::commit_at_head`]).
     pub(crate) fn commit_at_head(
         &self,
         mut chain: impl FnMut(
             Option<Bytes>,
             Option<(u64, Bytes)>,
-        ) -> Result<(Vec<(u64, Vec<u8>)>, Vec<u8>, Vec<Write>)>,
+        ) -> Result<(Vec<(u64, Vec<u8>)>, Vec<u8>, Vec<Op>)>,
     ) -> Result<()> {
-        let mut to_ops = |head: Option<Bytes>, last: Option<(u64, Bytes)>| {
-            let (records, head, writes) = chain(head, last)?;
-            Ok((records, head, self.ops_of(&writes)?))
-        };
-        self.backend.commit_at_head(&mut to_ops)
+        self.backend.commit_at_head(&mut chain)
     }
 
     // ---- the audit log ----

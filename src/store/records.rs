@@ -10,7 +10,10 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::auth::{mac_matches, RecordKeys, TAG_KEY_RECORD, TAG_KEY_RECORD_V3, TAG_TOKEN_RECORD};
+use super::auth::{
+    mac_matches, RecordKeys, TAG_KEY_RECORD, TAG_KEY_RECORD_V3, TAG_KEY_RECORD_V4,
+    TAG_TOKEN_RECORD, TAG_TOKEN_RECORD_V4,
+};
 use super::{corrupt, Result, StoreError};
 use crate::access::Scope;
 
@@ -44,6 +47,11 @@ pub struct KeyRecord {
     /// When the key was soft-deleted (not revealable; restorable until
     /// the recovery window ends).
     pub deleted_at_us: Option<i64>,
+    /// The seq of the audit record whose commit wrote this record (0: a
+    /// record written before schema 5). Under the record's MAC, so an
+    /// older authentic copy put back is told apart from the current one
+    /// (see `store::state`). Set by the commit, never by callers.
+    pub stamp: u64,
 }
 
 /// An older version of a key, kept for `GET /api/keys/{id}?version=N`.
@@ -79,6 +87,7 @@ impl std::fmt::Debug for KeyRecord {
             .field("version", &self.version)
             .field("older", &self.older)
             .field("deleted_at_us", &self.deleted_at_us)
+            .field("stamp", &self.stamp)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +115,7 @@ impl KeyRecord {
             created_by,
             older: Vec::new(),
             deleted_at_us: None,
+            stamp: 0,
         }
     }
 
@@ -159,8 +169,21 @@ struct KeyV3 {
 #[derive(Serialize, Deserialize)]
 enum StoredKey {
     V1(KeyV1),
-    V2 { key: KeyV1, mac: [u8; 32] },
-    V3 { key: KeyV3, mac: [u8; 32] },
+    V2 {
+        key: KeyV1,
+        mac: [u8; 32],
+    },
+    V3 {
+        key: KeyV3,
+        mac: [u8; 32],
+    },
+    /// Schema 5: V3 and the stamp of the commit that wrote it, both under
+    /// the MAC (its own tag).
+    V4 {
+        key: KeyV3,
+        stamp: u64,
+        mac: [u8; 32],
+    },
 }
 
 /// How a stored record's authenticity is judged.
@@ -201,7 +224,7 @@ impl KeyRecord {
         )
     }
 
-    fn of_v3(id: Uuid, v: KeyV3) -> KeyRecord {
+    fn of_v3(id: Uuid, v: KeyV3, stamp: u64) -> KeyRecord {
         KeyRecord {
             id,
             provider: v.provider,
@@ -214,16 +237,23 @@ impl KeyRecord {
             created_by: v.created_by,
             older: v.older,
             deleted_at_us: v.deleted_at_us,
+            stamp,
         }
     }
 
     /// The stored form, authenticated under `keys` (always the newest
-    /// variant; the MAC binds the whole value to the key's id).
+    /// variant; the MAC binds the whole value and its stamp to the key's
+    /// id).
     pub(crate) fn encode(&self, keys: &RecordKeys) -> Result<Vec<u8>> {
         let v = self.v3();
-        let body = postcard::to_stdvec(&v).map_err(corrupt("key"))?;
-        let mac = keys.record_mac(TAG_KEY_RECORD_V3, self.id.as_bytes(), &body);
-        postcard::to_stdvec(&StoredKey::V3 { key: v, mac }).map_err(corrupt("key"))
+        let body = postcard::to_stdvec(&(&v, self.stamp)).map_err(corrupt("key"))?;
+        let mac = keys.record_mac(TAG_KEY_RECORD_V4, self.id.as_bytes(), &body);
+        postcard::to_stdvec(&StoredKey::V4 {
+            key: v,
+            stamp: self.stamp,
+            mac,
+        })
+        .map_err(corrupt("key"))
     }
 
     /// Reads a stored key without judging its authenticity (for fuzzing
@@ -246,7 +276,8 @@ impl KeyRecord {
             (StoredKey::V1(v), Auth::Legacy) | (StoredKey::V2 { key: v, .. }, Auth::Legacy) => {
                 Self::of_v1(id, v)
             }
-            (StoredKey::V3 { key: v, .. }, Auth::Legacy) => Self::of_v3(id, v),
+            (StoredKey::V3 { key: v, .. }, Auth::Legacy) => Self::of_v3(id, v, 0),
+            (StoredKey::V4 { key: v, stamp, .. }, Auth::Legacy) => Self::of_v3(id, v, stamp),
             (StoredKey::V2 { key: v, mac }, Auth::Keys(keys)) => {
                 let body = postcard::to_stdvec(&v).map_err(corrupt("key"))?;
                 check(TAG_KEY_RECORD, body, &mac, keys)?;
@@ -255,7 +286,12 @@ impl KeyRecord {
             (StoredKey::V3 { key: v, mac }, Auth::Keys(keys)) => {
                 let body = postcard::to_stdvec(&v).map_err(corrupt("key"))?;
                 check(TAG_KEY_RECORD_V3, body, &mac, keys)?;
-                Self::of_v3(id, v)
+                Self::of_v3(id, v, 0)
+            }
+            (StoredKey::V4 { key: v, stamp, mac }, Auth::Keys(keys)) => {
+                let body = postcard::to_stdvec(&(&v, stamp)).map_err(corrupt("key"))?;
+                check(TAG_KEY_RECORD_V4, body, &mac, keys)?;
+                Self::of_v3(id, v, stamp)
             }
             (StoredKey::V1(_), Auth::Keys(_)) => return Err(tampered("key", id.to_string())),
         })
@@ -282,6 +318,10 @@ pub struct TokenRecord {
     pub ttl_seconds: Option<i64>,
     /// Set on a token replaced by `token rotate`: the id of its successor.
     pub rotated_to: Option<Uuid>,
+    /// The seq of the audit record whose commit wrote this record (0:
+    /// written before schema 5), under the record's MAC (see
+    /// [`KeyRecord::stamp`]).
+    pub stamp: u64,
 }
 
 /// The token record of schemas 1-3 (V1, V2): frozen, as postcard is not
@@ -326,6 +366,13 @@ enum StoredToken {
         token: TokenV3,
         mac: [u8; 32],
     },
+    /// Schema 5: V3 and the stamp of the commit that wrote it, both under
+    /// the MAC (its own tag).
+    V4 {
+        token: TokenV3,
+        stamp: u64,
+        mac: [u8; 32],
+    },
 }
 
 impl From<TokenV1> for TokenRecord {
@@ -341,6 +388,7 @@ impl From<TokenV1> for TokenRecord {
             expires_at_us: None,
             ttl_seconds: None,
             rotated_to: None,
+            stamp: 0,
         }
     }
 }
@@ -358,6 +406,7 @@ impl From<TokenV3> for TokenRecord {
             expires_at_us: t.expires_at_us,
             ttl_seconds: t.ttl_seconds,
             rotated_to: t.rotated_to,
+            stamp: 0,
         }
     }
 }
@@ -384,12 +433,17 @@ impl TokenRecord {
     }
 
     /// The stored form under storage key `at`, authenticated under `keys`
-    /// (always V3).
+    /// (always V4: the value and its stamp).
     pub(crate) fn encode(&self, at: &[u8; 32], keys: &RecordKeys) -> Result<Vec<u8>> {
         let token = self.v3();
-        let body = postcard::to_stdvec(&token).map_err(corrupt("token"))?;
-        let mac = keys.record_mac(TAG_TOKEN_RECORD, at, &body);
-        postcard::to_stdvec(&StoredToken::V3 { token, mac }).map_err(corrupt("token"))
+        let body = postcard::to_stdvec(&(&token, self.stamp)).map_err(corrupt("token"))?;
+        let mac = keys.record_mac(TAG_TOKEN_RECORD_V4, at, &body);
+        postcard::to_stdvec(&StoredToken::V4 {
+            token,
+            stamp: self.stamp,
+            mac,
+        })
+        .map_err(corrupt("token"))
     }
 
     /// Reads a stored token without judging its authenticity (fuzzing).
@@ -415,6 +469,11 @@ impl TokenRecord {
             (StoredToken::V1(t), Auth::Legacy)
             | (StoredToken::V2 { token: t, .. }, Auth::Legacy) => Ok(t.into()),
             (StoredToken::V3 { token, .. }, Auth::Legacy) => Ok(token.into()),
+            (StoredToken::V4 { token, stamp, .. }, Auth::Legacy) => {
+                let mut t: TokenRecord = token.into();
+                t.stamp = stamp;
+                Ok(t)
+            }
             (StoredToken::V2 { token, mac }, Auth::Keys(keys)) => {
                 let body = postcard::to_stdvec(&token).map_err(corrupt("token"))?;
                 check(body, &mac, keys)?;
@@ -424,6 +483,16 @@ impl TokenRecord {
                 let body = postcard::to_stdvec(&token).map_err(corrupt("token"))?;
                 check(body, &mac, keys)?;
                 Ok(token.into())
+            }
+            (StoredToken::V4 { token, stamp, mac }, Auth::Keys(keys)) => {
+                let body = postcard::to_stdvec(&(&token, stamp)).map_err(corrupt("token"))?;
+                let want = keys.record_mac(TAG_TOKEN_RECORD_V4, at, &body);
+                if !mac_matches(&want, &mac) {
+                    return Err(tampered("token", short_hex(&at[..8])));
+                }
+                let mut t: TokenRecord = token.into();
+                t.stamp = stamp;
+                Ok(t)
             }
             (StoredToken::V1(_), Auth::Keys(_)) => Err(tampered("token", short_hex(&at[..8]))),
         }

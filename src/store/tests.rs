@@ -31,7 +31,7 @@ fn newest_per_provider_is_by_created_at() {
     let b = key("claude", 30);
     let c = key("claude", 20);
     let other = key("claudex", 40);
-    s.commit(
+    s.commit_writes(
         &[],
         b"head",
         &[
@@ -48,7 +48,7 @@ fn newest_per_provider_is_by_created_at() {
         .collect();
     assert_eq!(ids, vec![b.id, c.id, a.id]);
     assert_eq!(s.list_keys(Some("claude")).unwrap().len(), 3);
-    s.commit(&[], b"head", &[Write::DeleteKey(b.clone())])
+    s.commit_writes(&[], b"head", &[Write::DeleteKey(b.clone())])
         .unwrap();
     assert!(s.get_key(&b.id).unwrap().is_none());
     assert_eq!(
@@ -80,7 +80,7 @@ fn audit_records_commit_in_chunks_and_read_back_from_any_seq() {
     // Commits of 1, 2, 5 and 29 records, as group commit makes them.
     let mut at = 3;
     for n in [1, 2, 5, 29] {
-        s.commit(&all[at..at + n], b"h", &[]).unwrap();
+        s.commit_writes(&all[at..at + n], b"h", &[]).unwrap();
         expected.extend_from_slice(&all[at..at + n]);
         at += n;
     }
@@ -103,14 +103,14 @@ fn records(seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
 /// A store holding audit records 1..=3 in one entry.
 fn store_with_three_records() -> Store {
     let s = temp();
-    s.commit(&records(1..=3), b"h", &[]).unwrap();
+    s.commit_writes(&records(1..=3), b"h", &[]).unwrap();
     s
 }
 
 #[test]
 fn a_commit_never_writes_over_an_entry_it_did_not_write() {
     let s = temp();
-    s.commit(&[(1, vec![0, 1])], b"h", &[]).unwrap();
+    s.commit_writes(&[(1, vec![0, 1])], b"h", &[]).unwrap();
     // Entries added outside keyhold: one where record 2 would go, and
     // a newer one that is not a chunk.
     s.put_entry("audit", &2u64.to_be_bytes(), &[0, 42]).unwrap();
@@ -121,12 +121,12 @@ fn a_commit_never_writes_over_an_entry_it_did_not_write() {
             .find(|(k, _)| **k == seq.to_be_bytes())
             .map(|(_, v)| v.to_vec())
     };
-    let err = s.commit(&[(2, vec![0, 2])], b"h", &[]).unwrap_err();
+    let err = s.commit_writes(&[(2, vec![0, 2])], b"h", &[]).unwrap_err();
     assert!(err.to_string().contains("seq 2 already exists"), "{err}");
     assert_eq!(entry(2).unwrap(), vec![0, 42]);
     // Nor over the tail itself when it cannot be extended (here a
     // single record stored where the next record would go).
-    let err = s.commit(&[(9, vec![0, 99])], b"h", &[]).unwrap_err();
+    let err = s.commit_writes(&[(9, vec![0, 99])], b"h", &[]).unwrap_err();
     assert!(err.to_string().contains("seq 9 already exists"), "{err}");
     assert_eq!(entry(9).unwrap(), vec![0, 9]);
 }
@@ -137,7 +137,7 @@ fn a_walk_includes_records_appended_to_an_entry_it_already_read() {
     let mut walk = s.audit_iter(0);
     let mut seen: Vec<u64> = (&mut walk).take(3).map(|r| r.unwrap().0).collect();
     // The writer fills the entry just read and starts the next one.
-    s.commit(&records(4..=12), b"h", &[]).unwrap();
+    s.commit_writes(&records(4..=12), b"h", &[]).unwrap();
     seen.extend(walk.map(|r| r.unwrap().0));
     assert_eq!(seen, (1..=12).collect::<Vec<_>>());
 }
@@ -147,7 +147,8 @@ fn a_store_this_process_closed_opens_again_and_a_held_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     for seq in 1..=20u64 {
         let s = Store::open(dir.path()).unwrap();
-        s.commit(&[(seq, vec![0, seq as u8])], b"h", &[]).unwrap();
+        s.commit_writes(&[(seq, vec![0, seq as u8])], b"h", &[])
+            .unwrap();
         s.flush().unwrap();
         s.close().unwrap();
         // Closed means free, for this process or another.
@@ -191,14 +192,17 @@ fn waiting_for_release_returns_once_the_lock_is_free() {
 fn a_reveal_racing_a_delete_leaves_no_last_used_on_a_key_made_again() {
     let s = temp();
     let k = key("claude", 1);
-    s.commit(&[], b"h", &[Write::PutKey(k.clone())]).unwrap();
-    s.commit(&[], b"h", &[Write::DeleteKey(k.clone())]).unwrap();
-    // The reveal loaded the key before the delete; its record lands after.
-    s.commit(&[], b"h", &[Write::TouchKey { id: k.id, at_us: 7 }])
+    s.commit_writes(&[], b"h", &[Write::PutKey(k.clone())])
         .unwrap();
-    s.commit(&[], b"h", &[Write::PutKey(k.clone())]).unwrap();
+    s.commit_writes(&[], b"h", &[Write::DeleteKey(k.clone())])
+        .unwrap();
+    // The reveal loaded the key before the delete; its record lands after.
+    s.commit_writes(&[], b"h", &[Write::TouchKey { id: k.id, at_us: 7 }])
+        .unwrap();
+    s.commit_writes(&[], b"h", &[Write::PutKey(k.clone())])
+        .unwrap();
     assert_eq!(s.last_used(&k.id).unwrap(), None);
-    s.commit(&[], b"h", &[Write::TouchKey { id: k.id, at_us: 9 }])
+    s.commit_writes(&[], b"h", &[Write::TouchKey { id: k.id, at_us: 9 }])
         .unwrap();
     assert_eq!(s.last_used(&k.id).unwrap(), Some(9));
 }
@@ -215,7 +219,7 @@ fn the_cache_is_sized_to_the_store() {
     assert_eq!(bytes, DEFAULT_CACHE_BYTES);
     s.initialise("check", &[]).unwrap();
     let keys: Vec<Write> = (0..10).map(|i| Write::PutKey(key("p", i))).collect();
-    s.commit(&[], b"h", &keys).unwrap();
+    s.commit_writes(&[], b"h", &keys).unwrap();
     s.flush().unwrap();
     s.close().unwrap();
     // A store that needs more than the default is opened again with it
@@ -243,22 +247,25 @@ fn key_count_is_kept_by_commits_and_counted_once_when_missing() {
     s.initialise("check", &[]).unwrap();
     assert_eq!(stored_count(&s), Some(0));
     let (a, b) = (key("claude", 1), key("gemini", 2));
-    s.commit(
+    s.commit_writes(
         &[],
         b"h",
         &[Write::PutKey(a.clone()), Write::PutKey(b.clone())],
     )
     .unwrap();
     // Writing a key again (an idempotent import) is not a new key.
-    s.commit(&[], b"h", &[Write::PutKey(a.clone())]).unwrap();
+    s.commit_writes(&[], b"h", &[Write::PutKey(a.clone())])
+        .unwrap();
     assert_eq!(s.key_count(), 2);
-    s.commit(&[], b"h", &[Write::DeleteKey(a.clone())]).unwrap();
+    s.commit_writes(&[], b"h", &[Write::DeleteKey(a.clone())])
+        .unwrap();
     // Deleting a key that is gone changes nothing.
-    s.commit(&[], b"h", &[Write::DeleteKey(a.clone())]).unwrap();
+    s.commit_writes(&[], b"h", &[Write::DeleteKey(a.clone())])
+        .unwrap();
     assert_eq!((s.key_count(), stored_count(&s)), (1, Some(1)));
 
     // A store from before the count (or restored): counted at open.
-    s.commit(
+    s.commit_writes(
         &[],
         b"h",
         &[Write::Meta {
@@ -271,7 +278,7 @@ fn key_count_is_kept_by_commits_and_counted_once_when_missing() {
     s.close().unwrap();
     let s = keyed(Store::open(dir.path()).unwrap());
     assert_eq!(stored_count(&s), Some(1));
-    s.commit(&[], b"h", &[Write::PutKey(key("claude", 3))])
+    s.commit_writes(&[], b"h", &[Write::PutKey(key("claude", 3))])
         .unwrap();
     assert_eq!(s.key_count(), 2);
 
@@ -302,7 +309,7 @@ mod auth_tests {
         let (mut a, mut b) = (key("claude"), key("gemini"));
         a.token = "token-a".into();
         b.token = "token-b".into();
-        s.commit(
+        s.commit_writes(
             &[],
             b"h",
             &[Write::PutKey(a.clone()), Write::PutKey(b.clone())],
@@ -347,8 +354,9 @@ mod auth_tests {
             expires_at_us: Some(5_000_000),
             ttl_seconds: Some(4),
             rotated_to: None,
+            stamp: 0,
         };
-        s.commit(
+        s.commit_writes(
             &[],
             b"h",
             &[Write::PutToken {
@@ -447,9 +455,9 @@ mod auth_tests {
         let s = Store::temporary().unwrap();
         let id = Uuid::new_v4();
         assert!(s.token_usage().unwrap().is_empty());
-        s.commit(&[], b"h", &[Write::TouchToken { id, at_us: 7 }])
+        s.commit_writes(&[], b"h", &[Write::TouchToken { id, at_us: 7 }])
             .unwrap();
-        s.commit(&[], b"h", &[Write::TouchToken { id, at_us: 9 }])
+        s.commit_writes(&[], b"h", &[Write::TouchToken { id, at_us: 9 }])
             .unwrap();
         assert_eq!(s.token_usage().unwrap().get(&id), Some(&9));
     }

@@ -31,8 +31,8 @@ pub fn rotate_store(
     pace: Duration,
     progress: impl FnMut(u64),
 ) -> Result<Rotated, Refusal> {
-    let report =
-        crate::ops::rotate::rotate(store, keyring, pace, progress).map_err(Refusal::of_store)?;
+    let report = crate::ops::rotate::rotate(store, keyring, log, who, pace, progress)
+        .map_err(|e| Refusal::storage(&e))?;
     let new_public_key = crate::ops::rotate::rotate_signing_key(log, keyring, who)
         .map_err(|e| Refusal::storage(&e))?;
     if let Some(k) = new_public_key {

@@ -598,6 +598,40 @@ pub fn import_json(key: &str, dir: &Path, file: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `keyhold serve` on the data directory `dir` with `FERNET_KEY=key`: it
+/// must refuse to start (exit 2 within 20 s; killed by its own pid and
+/// failed otherwise). Returns what it said on stderr.
+pub fn serve_must_refuse(dir: &Path, key: &str) -> String {
+    let mut child = keyhold()
+        .env("FERNET_KEY", key)
+        .args(["serve", "--data-dir", dir.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .as_mut()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert_eq!(status.code(), Some(2), "serve: {err}");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started on a store it must refuse");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Opens the store's files with sled itself, as someone with write access
 /// to the disk can (the server stopped), runs `f`, and lets go of the lock.
 pub fn with_sled<T>(dir: &Path, f: impl FnOnce(&sled::Db) -> T) -> T {

@@ -58,7 +58,7 @@ fn rewrite(s: &Store) -> Option<Duration> {
 /// A store in `dir` holding `kept` and audit records 1..=`last`, flushed.
 fn holding(dir: &Path, kept: &KeyRecord, last: u64) -> Store {
     let s = store(dir);
-    s.commit(&records(1..=last), b"h", &[Write::PutKey(kept.clone())])
+    s.commit_writes(&records(1..=last), b"h", &[Write::PutKey(kept.clone())])
         .unwrap();
     s.flush().unwrap();
     s
@@ -118,13 +118,13 @@ fn a_scrub_keeps_every_entry_and_leaves_no_removed_bytes_in_any_file() {
     let s = store(dir.path());
     let gone = key("gAAAA-purged-version-0123456789");
     let kept = key("gAAAA-kept-version");
-    s.commit(
+    s.commit_writes(
         &records(1..=40),
         b"head",
         &[Write::PutKey(gone.clone()), Write::PutKey(kept.clone())],
     )
     .unwrap();
-    s.commit(
+    s.commit_writes(
         &records(41..=41),
         b"head2",
         &[Write::DeleteKey(gone.clone())],
@@ -148,7 +148,7 @@ fn a_scrub_keeps_every_entry_and_leaves_no_removed_bytes_in_any_file() {
     // The rewritten store takes writes; a second scrub moves on to the
     // next generation and removes the first.
     let later = key("gAAAA-later");
-    s.commit(&records(42..=42), b"head3", &[Write::PutKey(later.clone())])
+    s.commit_writes(&records(42..=42), b"head3", &[Write::PutKey(later.clone())])
         .unwrap();
     assert!(rewrite(&s).is_some());
     assert!(!dir.path().join("store.1").exists());
@@ -180,7 +180,7 @@ fn commits_racing_a_scrub_all_land() {
     // A log to copy while the store is in use: many full entries.
     for first in (1..=3000u64).step_by(10) {
         let batch: Vec<_> = (first..first + 10).map(record).collect();
-        s.commit(&batch, b"h", &[]).unwrap();
+        s.commit_writes(&batch, b"h", &[]).unwrap();
     }
     let writer = s.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -207,7 +207,7 @@ fn commits_racing_a_scrub_all_land() {
             live.push(k);
             // The chain head changes with every commit (meta).
             writer
-                .commit(&batch, format!("head {n}").as_bytes(), &writes)
+                .commit_writes(&batch, format!("head {n}").as_bytes(), &writes)
                 .unwrap();
         }
         (live, q - 1, format!("head {n}"))
@@ -392,7 +392,7 @@ fn a_scrub_whose_old_files_stay_open_says_so_and_the_next_clears_them() {
 fn purges_waiting_at_once_share_one_rewrite() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    s.commit(&records(1..=3), b"h", &[Write::PutKey(key("gAAAA-x"))])
+    s.commit_writes(&records(1..=3), b"h", &[Write::PutKey(key("gAAAA-x"))])
         .unwrap();
     assert!(s.scrub_if_due(Duration::from_secs(5)).unwrap().is_none());
     s.mark_scrub_due();
