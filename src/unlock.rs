@@ -26,7 +26,8 @@ use crate::audit::{
 use crate::keyring::{Keyring, CHECK_PLAINTEXT};
 use crate::store::{
     RecordKeys, Store, StoreError, Write, META_AUDIT_KEY, META_CHECK, META_PUBLIC_KEY,
-    META_RECORD_SECRET, META_SCHEMA, META_SIGNING_KEY, META_UPGRADING, RECORD_SECRET_PURPOSE,
+    META_RECORD_MAC_NEXT, META_RECORD_MAC_SECRET, META_RECORD_SECRET, META_SCHEMA,
+    META_SIGNING_KEY, META_UPGRADING, RECORD_MAC_PURPOSE, RECORD_SECRET_PURPOSE,
 };
 
 /// Why a store could not be opened with this keyring. Messages say what
@@ -60,11 +61,19 @@ pub enum UnlockError {
     )]
     StateDiffers(Vec<String>),
     #[error(
-        "the audit chain head is older than the log: record {found} is signed by the store's \
-         key but the head ends at seq {head}. The head (and with it the state it vouches for) \
-         was put back from an older copy; the store is refused. Restore it from a backup"
+        "the audit chain head is older than the log: the log ends at seq {found} but the head at \
+         seq {head}. The head (and with it the state it vouches for) was put back from an older \
+         copy, or records were added after it; the store is refused. Run `keyhold check`, and \
+         restore the store from a backup"
     )]
     HeadRolledBack { head: u64, found: u64 },
+    #[error(
+        "the store's audit chain head is missing (it holds records, or is marked schema 5): it \
+         was removed outside keyhold, and the store is refused. Restore it from a backup (if \
+         `keyhold init` was interrupted before its first record, remove the new store and run \
+         init again)"
+    )]
+    HeadMissing,
     #[error(
         "the store is marked schema {0} but its chain head holds no state digest (a head from \
          an older copy was put back): the store is refused. Restore it from a backup"
@@ -142,6 +151,7 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
             check_state(store)?;
             let to_4 = upgrade_to_4(store, keyring)?;
             let to_5 = upgrade_to_5(store, keyring)?;
+            store.learn_stamps()?;
             return Ok(to_4 || to_5);
         }
     } else {
@@ -191,6 +201,7 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
     drop(log);
     upgrade_to_4(store, keyring)?;
     upgrade_to_5(store, keyring)?;
+    store.learn_stamps()?;
     Ok(true)
 }
 
@@ -199,25 +210,27 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
 /// an older copy. A head from before schema 5 holds no digest: nothing to
 /// compare yet (the upgrade to 5 writes the first).
 pub fn check_state(store: &Store) -> Result<(), UnlockError> {
+    // On a shared database no node appends while the store is read, so
+    // the head, the log's end and the records are one state.
+    let _appends_held = store.lock_appends()?;
     let head = crate::audit::Head::load(store)?;
+    let last = store.audit_last_seq()?;
     let Some(head) = head else {
+        // Only a store whose `init` never wrote its first record has no
+        // head: one with records, or marked schema 5, lost it.
+        if last > 0 || store.schema() >= 5 {
+            return Err(UnlockError::HeadMissing);
+        }
         return Ok(());
     };
-    // A signed record after the head: the head is older than the log.
-    if let Some(public) = store.meta_value(META_PUBLIC_KEY)? {
-        for item in store.audit_iter(head.seq().saturating_add(1)).take(1024) {
-            let (seq, bytes) = item?;
-            if let Ok(rec) = crate::audit::AuditRecord::decode(&bytes) {
-                if let Some(sig) = &rec.sig {
-                    if sig.key.0.as_slice() == &public[..] && sig.verifies(rec.seq, &rec.mac) {
-                        return Err(UnlockError::HeadRolledBack {
-                            head: head.seq(),
-                            found: seq,
-                        });
-                    }
-                }
-            }
-        }
+    // A commit writes its records and the head together: records after
+    // the head mean the head (and the state it vouches for) was put back
+    // from an older copy.
+    if last > head.seq() {
+        return Err(UnlockError::HeadRolledBack {
+            head: head.seq(),
+            found: last,
+        });
     }
     let keys = store.record_keys().ok_or(StoreError::Locked)?;
     let signed = match head.state(&keys) {
@@ -312,13 +325,24 @@ fn upgrade_to_5(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
     let prefix = if prefix_committed(store)? {
         String::new()
     } else {
-        match legacy_prefix(store, keyring)? {
-            Some((n, hash)) => format!(
+        match legacy_prefix(store, keyring) {
+            Ok(Some((n, hash))) => format!(
                 "; the records from before schema 3 are committed to: {}{n} sha256 {}",
                 crate::audit::LEGACY_PREFIX_WORDS,
                 crate::audit::hex(&hash)
             ),
-            None => String::new(),
+            Ok(None) => String::new(),
+            // A damaged old record is `audit verify`'s to report: the
+            // upgrade goes on without vouching for the prefix.
+            Err(UnlockError::LegacyRecordAltered(seq)) => {
+                tracing::warn!(
+                    seq,
+                    "an audit record from before schema 3 does not match its MAC: the upgrade \
+                     does not commit to those records; run `keyhold audit verify`"
+                );
+                String::new()
+            }
+            Err(e) => return Err(e),
         }
     };
     let log = AuditLog::open(store.clone(), keyring)?;
@@ -381,14 +405,42 @@ fn wrong_key(keyring: &Keyring) -> UnlockError {
 }
 
 fn apply_record_keys(store: &Store, keyring: &Keyring) -> Result<(), UnlockError> {
+    store.set_record_keys(record_keys(store, keyring)?);
+    Ok(())
+}
+
+/// The store's record keys as its meta values and the keyring give them:
+/// the record secret, the record MAC secret once a rotation made one, and
+/// the next one while a rotation is unfinished.
+pub fn record_keys(store: &Store, keyring: &Keyring) -> Result<RecordKeys, UnlockError> {
     let sealed = store
         .meta_string(META_RECORD_SECRET)?
         .ok_or(UnlockError::Missing("record secret"))?;
     let secret = keyring
         .unseal(RECORD_SECRET_PURPOSE, &sealed)
         .map_err(|_| UnlockError::Sealed("record secret"))?;
-    store.set_record_keys(RecordKeys::from_secret(secret.secret.expose()));
-    Ok(())
+    let mut macs = Vec::new();
+    for (name, what) in [
+        (META_RECORD_MAC_SECRET, "record MAC secret"),
+        (META_RECORD_MAC_NEXT, "next record MAC secret"),
+    ] {
+        macs.push(match store.meta_string(name)? {
+            Some(sealed) => Some(
+                keyring
+                    .unseal(RECORD_MAC_PURPOSE, &sealed)
+                    .map_err(|_| UnlockError::Sealed(what))?,
+            ),
+            None => None,
+        });
+    }
+    fn expose(o: &Option<crate::keyring::Unsealed>) -> Option<&[u8]> {
+        o.as_ref().map(|u| u.secret.expose())
+    }
+    Ok(RecordKeys::from_secrets(
+        secret.secret.expose(),
+        expose(&macs[0]),
+        expose(&macs[1]),
+    ))
 }
 
 fn random32() -> Result<Zeroizing<[u8; 32]>, UnlockError> {

@@ -1140,3 +1140,89 @@ fn a_schema_4_store_on_postgresql_is_upgraded_in_place() {
         .iter()
         .any(|r| r["action"] == "authenticate" && r["outcome"] == "tampered"));
 }
+
+#[test]
+fn a_token_forged_with_a_retired_keys_record_secret_is_refused_by_a_running_node() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "retired");
+    // The attacker's copy from before the rotation: a backup, restored
+    // into a directory of their own (it needs the old key to open).
+    let backup = v.tmp.path().join("before.backup");
+    assert_ok(&v.run(&["backup", backup.to_str().unwrap()]));
+    let copy = v.tmp.path().join("copy");
+    assert_ok(&run_with_key(
+        &v.key,
+        &[
+            "restore",
+            backup.to_str().unwrap(),
+            "--data-dir",
+            copy.to_str().unwrap(),
+        ],
+    ));
+    let new = keygen();
+    let both = format!("{new},{}", v.key);
+    let s = Server::start_args(
+        &[
+            "--database-url",
+            &v.url,
+            "--node-name",
+            "node-a",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("FERNET_KEYS", both.as_str())],
+    );
+    let admin = Api::new(&s, &v.admin);
+    let r = admin.post_json("/api/admin/rotate", &serde_json::json!({}));
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["records_reauthenticated"].is_u64(),
+        "the record MAC secret was replaced: {body}"
+    );
+    // With the retired key, the copy mints an admin token; its record,
+    // authenticated under the secret that key unseals, is planted.
+    let before: Vec<Vec<u8>> = with_sled(&copy, |db| {
+        db.open_tree("tokens")
+            .unwrap()
+            .iter()
+            .map(|e| e.unwrap().0.to_vec())
+            .collect()
+    });
+    let out = run_with_key(
+        &v.key,
+        &[
+            "token",
+            "create",
+            "--data-dir",
+            copy.to_str().unwrap(),
+            "--name",
+            "forged",
+            "--role",
+            "admin",
+        ],
+    );
+    assert_ok(&out);
+    let forged = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let planted: Vec<(String, String)> = with_sled(&copy, |db| {
+        db.open_tree("tokens")
+            .unwrap()
+            .iter()
+            .map(|e| e.unwrap())
+            .filter(|(k, _)| !before.contains(&k.to_vec()))
+            .map(|(k, v)| (hex(&k), hex(&v)))
+            .collect()
+    });
+    assert_eq!(planted.len(), 1);
+    write_back(&pg, "retired", "keyhold_tokens", &planted);
+    let r = Api::new(&s, &forged).get("/api/tokens");
+    assert_eq!(r.status(), 401, "a token forged with the retired secret");
+    // The listing meets the planted record and refuses, naming it.
+    let r = admin.get("/api/tokens");
+    assert_eq!(r.status(), 409);
+    assert!(detail(r).contains("integrity check"));
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -128,6 +128,10 @@ struct ChainState {
     /// the stored head instead. `None` only for a store without record
     /// keys (before the upgrade to schema 3 applied them).
     digest: Option<StateDigest>,
+    /// Set for one commit while the record keys are switched
+    /// ([`AuditLog::switch_record_keys`]): its digest is computed afresh
+    /// from the records under the new keys.
+    restate: bool,
 }
 
 /// The append side of the log: chains records and commits them, with
@@ -173,6 +177,7 @@ impl AuditLog {
                 prev,
                 signer: keys.signer,
                 digest,
+                restate: false,
             }),
         })
     }
@@ -284,7 +289,11 @@ impl AuditLog {
         hand_over: Option<(usize, &AuditSigner)>,
     ) -> Result<Vec<AuditRecord>, AuditError> {
         if self.node.is_none() {
-            let digest = state.digest.clone();
+            let digest = if state.restate {
+                Some(self.store.compute_state()?)
+            } else {
+                state.digest.clone()
+            };
             let chained = self.chain(
                 state,
                 state.next_seq,
@@ -321,8 +330,14 @@ impl AuditLog {
             // (authenticated); a head from before schema 5 has none, and
             // the one computed at open stands in.
             let digest = match (&head, self.store.record_keys()) {
-                (Some(h @ Head::V3 { .. }), Some(keys)) => h.state(&keys)?,
-                _ => state.digest.clone(),
+                (Some(h @ Head::V3 { .. }), Some(keys)) if !state.restate => h.state(&keys)?,
+                // A switch of the record keys, or a head from before
+                // schema 5 (the upgrade's commit, or one by a node of an
+                // older release): the digest is computed from the records,
+                // under the lock every node's appends wait for, so nothing
+                // changes while they are walked.
+                (_, Some(_)) => Some(self.store.compute_state()?),
+                (_, None) => None,
             };
             let (next_seq, prev) =
                 position_from(head, last, self.legacy.as_ref()).map_err(|e| match e {
@@ -498,6 +513,31 @@ impl AuditLog {
         )?;
         state.signer = new;
         Ok(public)
+    }
+
+    /// Puts new record keys in use (the end of a rotation of the record
+    /// MAC secret, `ops::rotate`) in one commit of `event` and its
+    /// `writes`: with every other write held back, the state digest is
+    /// computed afresh from the records under the new keys and sealed
+    /// under them. On failure the store keeps the keys it had.
+    pub fn switch_record_keys(
+        &self,
+        event: AuditEvent,
+        writes: Vec<Write>,
+        keys: crate::store::RecordKeys,
+    ) -> Result<Vec<u64>, AuditError> {
+        let mut state = self.lock();
+        let previous = self.store.record_keys();
+        self.store.set_record_keys(keys);
+        state.restate = true;
+        let res = self.append_locked(&mut state, &[(event, writes)], &[], None, |_| {});
+        state.restate = false;
+        if res.is_err() {
+            if let Some(p) = previous {
+                self.store.put_record_keys(p);
+            }
+        }
+        res
     }
 
     /// After a failed write: if the store keeps failing (sled keeps an IO

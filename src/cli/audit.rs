@@ -269,6 +269,19 @@ fn verify_file(
             return Ok((report, found));
         }
     }
+    if last == 0 {
+        // Nothing to vouch for, filtered or not.
+        let report = VerifyReport::Broken {
+            seq: 1,
+            problem: Problem::Truncated,
+            detail: format!(
+                "{} holds no records (an empty file proves nothing): export the log again, or \
+                 check that the right file was given",
+                path.display()
+            ),
+        };
+        return Ok((report, found));
+    }
     Ok((v.finish(), found))
 }
 

@@ -100,6 +100,7 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
                 | UnlockError::StateDiffers(_)
                 | UnlockError::HeadRolledBack { .. }
                 | UnlockError::HeadWithoutState(_)
+                | UnlockError::HeadMissing
         ) {
             return Err(e.into());
         }

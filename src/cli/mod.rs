@@ -130,6 +130,7 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                     | crate::unlock::UnlockError::StateDiffers(_)
                     | crate::unlock::UnlockError::HeadRolledBack { .. }
                     | crate::unlock::UnlockError::HeadWithoutState(_)
+                    | crate::unlock::UnlockError::HeadMissing
                     | crate::unlock::UnlockError::LegacyRecordAltered(_)
                     | crate::unlock::UnlockError::Downgraded
             ) {

@@ -99,7 +99,7 @@ fn format_1_entry(name: &str, k: &[u8], v: &[u8]) -> Result<(), BackupError> {
             },
             other => re(format!(
                 "it holds the meta value `{}`",
-                String::from_utf8_lossy(other)
+                String::from_utf8_lossy(other).escape_debug()
             )),
         },
         "tokens" if !TokenRecord::is_legacy(v) => re("it holds authenticated token records".into()),
@@ -122,10 +122,14 @@ fn format_1_entry(name: &str, k: &[u8], v: &[u8]) -> Result<(), BackupError> {
 }
 
 /// Writes every tree of `store` to `out`, authenticated under the
-/// keyring's newest backup key. The caller keeps writes out while this
-/// runs (offline: sled's lock; online: the audit writer is paused) so the
-/// snapshot is consistent. Returns the entry count.
+/// keyring's newest backup key. The caller keeps this process's writes out
+/// while this runs (offline: sled's lock; online: the audit writer is
+/// paused); on a database several nodes share, every node's appends are
+/// held back too (`Store::lock_appends`), so the snapshot is one state and
+/// its chain head vouches for its records. Returns the entry count. Call
+/// it from a thread that may block.
 pub fn write_backup(store: &Store, keyring: &Keyring, out: impl Write) -> Result<u64, BackupError> {
+    let _appends_held = store.lock_appends()?;
     let newest = keyring
         .backup_mac_keys()
         .next()

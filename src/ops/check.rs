@@ -33,6 +33,9 @@ pub struct CheckReport {
     /// The records found to be older copies (or back after a purge), by
     /// what the signed log says of them.
     pub stale: Vec<String>,
+    /// A rotation stopped before every record was authenticated under its
+    /// new record MAC secret (`keyhold rotate` again finishes it).
+    pub rotation_unfinished: bool,
 }
 
 impl CheckReport {
@@ -43,6 +46,7 @@ impl CheckReport {
             && self.on_older_key == 0
             && self.audit.as_ref().is_some_and(VerifyReport::is_ok)
             && self.state.is_empty()
+            && !self.rotation_unfinished
     }
 
     /// Human-readable lines.
@@ -68,6 +72,13 @@ impl CheckReport {
         for what in self.tampered.iter().take(50) {
             out.push(format!(
                 "       tampered (written or changed outside keyhold; restore from a backup): {what}"
+            ));
+        }
+        if self.rotation_unfinished {
+            out.push(format!(
+                "{} a rotation stopped before every record was authenticated under its new record \
+                 MAC secret: run `keyhold rotate` again to finish it",
+                mark(false)
             ));
         }
         out.push(if self.on_older_key == 0 {
@@ -120,6 +131,7 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
             audit: None,
             state: Vec::new(),
             stale: Vec::new(),
+            rotation_unfinished: false,
         });
     }
     if opened.is_some_and(|i| i > 0) {
@@ -129,6 +141,10 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
         (META_RECORD_SECRET, RECORD_SECRET_PURPOSE),
         (META_SIGNING_KEY, SIGNING_PURPOSE),
         (META_AUDIT_KEY, MAC_KEY_PURPOSE),
+        (
+            crate::store::META_RECORD_MAC_SECRET,
+            crate::store::RECORD_MAC_PURPOSE,
+        ),
     ] {
         if let Some(v) = store.meta_string(name)? {
             if keyring.unseal(purpose, &v).is_ok_and(|o| o.key_index > 0) {
@@ -190,6 +206,9 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
         audit,
         state,
         stale,
+        rotation_unfinished: store
+            .meta_value(crate::store::META_RECORD_MAC_NEXT)?
+            .is_some(),
     })
 }
 
@@ -202,6 +221,9 @@ fn stale_records(store: &Store) -> Result<Vec<String>, StoreError> {
     use std::collections::HashMap;
     let mut keys: HashMap<Uuid, (u64, Action)> = HashMap::new();
     let mut tokens: HashMap<Uuid, u64> = HashMap::new();
+    // Records written before schema 5 carry stamp 0: only a change the
+    // log records after the upgrade to 5 tells an older copy of one.
+    let mut stamps_from = 0u64;
     for item in store.audit_iter(0) {
         let (seq, bytes) = item?;
         let Ok(rec) = AuditRecord::decode(&bytes) else {
@@ -210,6 +232,13 @@ fn stale_records(store: &Store) -> Result<Vec<String>, StoreError> {
         let e = &rec.event;
         if e.outcome != Outcome::Success {
             continue;
+        }
+        if e.action == Action::Upgrade
+            && e.detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("upgrade to schema 5"))
+        {
+            stamps_from = seq;
         }
         match e.action {
             Action::KeyCreate
@@ -240,17 +269,18 @@ fn stale_records(store: &Store) -> Result<Vec<String>, StoreError> {
                 "key {}: purged at seq {seq}, but its record is back",
                 rec.id
             )),
-            Some((seq, _)) if rec.stamp < *seq => out.push(format!(
-                "key {}: the record was written at seq {} but seq {seq} changed it since",
-                rec.id, rec.stamp
-            )),
+            Some((seq, _)) if rec.stamp < *seq && (rec.stamp > 0 || *seq > stamps_from) => out
+                .push(format!(
+                    "key {}: the record was written at seq {} but seq {seq} changed it since",
+                    rec.id, rec.stamp
+                )),
             _ => {}
         }
     }
     if let Ok(list) = store.list_tokens() {
         for (_, rec) in list {
             if let Some(seq) = tokens.get(&rec.id) {
-                if rec.stamp < *seq {
+                if rec.stamp < *seq && (rec.stamp > 0 || *seq > stamps_from) {
                     out.push(format!(
                         "token {} `{}`: the record was written at seq {} but seq {seq} changed it \
                          since",

@@ -15,13 +15,15 @@ use std::time::Duration;
 
 use serde::Serialize;
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 use crate::audit::{
     Action, AuditError, AuditEvent, AuditLog, Outcome, PublicKey, MAC_KEY_PURPOSE, SIGNING_PURPOSE,
 };
 use crate::keyring::{token_timestamp, Keyring};
 use crate::store::{
-    Store, StoreError, Write, META_AUDIT_KEY, META_CHECK, META_RECORD_SECRET, META_SIGNING_KEY,
+    RecordKeys, Store, StoreError, Write, META_AUDIT_KEY, META_CHECK, META_RECORD_MAC_NEXT,
+    META_RECORD_MAC_SECRET, META_RECORD_SECRET, META_SIGNING_KEY, RECORD_MAC_PURPOSE,
     RECORD_SECRET_PURPOSE,
 };
 
@@ -36,6 +38,9 @@ pub struct RotateReport {
     pub failed: Vec<Uuid>,
     /// Meta values re-encrypted (`keyring_check`, `audit_mac_key`).
     pub meta_rotated: Vec<String>,
+    /// Key and token records authenticated again under a new record MAC
+    /// secret (the old one, which the retired key could unseal, is gone).
+    pub records_reauthenticated: Option<u64>,
 }
 
 impl RotateReport {
@@ -46,6 +51,12 @@ impl RotateReport {
         );
         if !self.meta_rotated.is_empty() {
             s.push_str(&format!("; re-encrypted {}", self.meta_rotated.join(", ")));
+        }
+        if let Some(n) = self.records_reauthenticated {
+            s.push_str(&format!(
+                "; a new record MAC secret authenticates every key and token record ({n} written \
+                 again)"
+            ));
         }
         if !self.failed.is_empty() {
             s.push_str(&format!(
@@ -84,6 +95,12 @@ pub fn rotate(
     mut progress: impl FnMut(u64),
 ) -> Result<RotateReport, AuditError> {
     let mut report = RotateReport::default();
+    // Whether the secret that authenticates records is still one a retired
+    // key opens (or a rotation stopped half-way): decided before the
+    // re-sealing below puts it under the newest key.
+    let rekey_due = store.meta_value(META_RECORD_MAC_NEXT)?.is_some()
+        || under_older_key(store, keyring, META_RECORD_SECRET, RECORD_SECRET_PURPOSE)?
+        || under_older_key(store, keyring, META_RECORD_MAC_SECRET, RECORD_MAC_PURPOSE)?;
     // The meta values first: the server checks them at start-up.
     let mut meta = Vec::new();
     if let Some(check) = store.check_value()? {
@@ -167,8 +184,165 @@ pub fn rotate(
             std::thread::sleep(pace);
         }
     }
+    if rekey_due {
+        report.records_reauthenticated =
+            Some(new_record_mac_secret(store, keyring, log, who, pace)?);
+    }
     store.flush()?;
     Ok(report)
+}
+
+/// Whether the meta value `name` is sealed under an older key of the
+/// keyring.
+fn under_older_key(
+    store: &Store,
+    keyring: &Keyring,
+    name: &[u8],
+    purpose: &str,
+) -> Result<bool, StoreError> {
+    Ok(match store.meta_string(name)? {
+        Some(v) => keyring.unseal(purpose, &v).is_ok_and(|o| o.key_index > 0),
+        None => false,
+    })
+}
+
+/// Replaces the secret that authenticates records (and keys the state
+/// digest) with a new one, so that nothing a retired key unseals from an
+/// older copy of the store authenticates a current record:
+///
+/// 1. the new secret is recorded, sealed, as the next one (a rotation
+///    stopped after this resumes with it); from then on records are
+///    written under it and read under either;
+/// 2. every key and token record is written again, a chunk a commit,
+///    each holding its kind's write lock;
+/// 3. one commit makes it the current secret and drops the next, the
+///    state digest computed afresh under it with every other write held
+///    back ([`AuditLog::switch_record_keys`]).
+///
+/// The token digest key (where a token's record is stored) stays: it
+/// cannot change without the tokens themselves, and it authenticates
+/// nothing. Returns how many records were written again.
+fn new_record_mac_secret(
+    store: &Store,
+    keyring: &Keyring,
+    log: &AuditLog,
+    who: &str,
+    pace: Duration,
+) -> Result<u64, AuditError> {
+    let unsealed = |name: &[u8], purpose: &str| -> Result<Option<Zeroizing<Vec<u8>>>, AuditError> {
+        match store.meta_string(name)? {
+            None => Ok(None),
+            Some(v) => keyring
+                .unseal(purpose, &v)
+                .map(|o| Some(Zeroizing::new(o.secret.expose().to_vec())))
+                .map_err(|_| AuditError::MacKeyLocked),
+        }
+    };
+    let next = match unsealed(META_RECORD_MAC_NEXT, RECORD_MAC_PURPOSE)? {
+        Some(n) => n,
+        None => {
+            let mut fresh = Zeroizing::new(vec![0u8; 32]);
+            getrandom::fill(fresh.as_mut_slice()).map_err(|e| {
+                AuditError::WriteFailed(format!("the system random generator failed: {e}"))
+            })?;
+            let sealed = keyring.seal(RECORD_MAC_PURPOSE, &fresh).into_bytes();
+            log.append(&[(
+                rotate_event(
+                    who,
+                    "rotation: a new record MAC secret; every key and token record is \
+                     authenticated under it next"
+                        .into(),
+                ),
+                vec![Write::Meta {
+                    name: META_RECORD_MAC_NEXT,
+                    value: Some(sealed),
+                }],
+            )])?;
+            fresh
+        }
+    };
+    let secret =
+        unsealed(META_RECORD_SECRET, RECORD_SECRET_PURPOSE)?.ok_or(AuditError::MacKeyLocked)?;
+    let current = unsealed(META_RECORD_MAC_SECRET, RECORD_MAC_PURPOSE)?;
+    store.set_record_keys(RecordKeys::from_secrets(
+        &secret,
+        current.as_deref().map(Vec::as_slice),
+        Some(&next),
+    ));
+    let mut written = 0u64;
+    let chunk = if pace.is_zero() { CHUNK } else { 1 };
+    // Key records.
+    let ids: Vec<Uuid> = store
+        .iter_keys()
+        .filter_map(|item| item.ok().map(|(rec, _)| rec.id))
+        .collect();
+    for part in ids.chunks(chunk) {
+        let held = store.write_lock_blocking(crate::store::Guarded::Keys)?;
+        let mut writes = Vec::new();
+        for id in part {
+            if let Some(rec) = store.get_key(id)? {
+                writes.push(Write::PutKey(rec));
+            }
+        }
+        written += commit_chunk(log, who, "key", writes)?;
+        drop(held);
+        if !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
+    }
+    // Token records.
+    let held = store.write_lock_blocking(crate::store::Guarded::Tokens)?;
+    let tokens = store.list_tokens()?;
+    for part in tokens.chunks(CHUNK) {
+        let writes = part
+            .iter()
+            .map(|(at, rec)| Write::PutToken {
+                hash: *at,
+                record: rec.clone(),
+            })
+            .collect();
+        written += commit_chunk(log, who, "token", writes)?;
+    }
+    drop(held);
+    log.switch_record_keys(
+        rotate_event(
+            who,
+            format!(
+                "rotation: every key and token record is authenticated under the new record MAC \
+                 secret ({written} written again); the old one is gone"
+            ),
+        ),
+        vec![
+            Write::Meta {
+                name: META_RECORD_MAC_SECRET,
+                value: Some(keyring.seal(RECORD_MAC_PURPOSE, &next).into_bytes()),
+            },
+            Write::Meta {
+                name: META_RECORD_MAC_NEXT,
+                value: None,
+            },
+        ],
+        RecordKeys::from_secrets(&secret, Some(&next), None),
+    )?;
+    Ok(written)
+}
+
+/// Commits records written again under the next MAC secret, with their
+/// record; returns how many.
+fn commit_chunk(
+    log: &AuditLog,
+    who: &str,
+    what: &str,
+    writes: Vec<Write>,
+) -> Result<u64, AuditError> {
+    if writes.is_empty() {
+        return Ok(0);
+    }
+    let n = writes.len() as u64;
+    let detail =
+        format!("rotation: {n} {what} records authenticated under the new record MAC secret");
+    log.append(&[(rotate_event(who, detail), writes)])?;
+    Ok(n)
 }
 
 /// A key record re-encrypted under the newest key, if it needed it.

@@ -40,6 +40,16 @@ pub(crate) const TAG_TOKEN_RECORD_V4: &[u8] = b"keyhold-token-record-v4";
 
 /// The keys derived from the store's record secret. Zeroized on drop,
 /// never printed.
+///
+/// Two secrets feed them. The record secret gives the token digest key
+/// (where a token's record is stored: it cannot change without the tokens
+/// themselves) and the audit tag key. The record MAC secret gives every
+/// key that authenticates or seals something current: the record MAC and
+/// the state digest's keys. Until the first rotation the two are one; each
+/// rotation makes a new MAC secret (`ops::rotate`), so nothing derived
+/// from a retired Fernet key authenticates a record afterwards. While a
+/// rotation moves the records over, `next_mac` is the new MAC key: records
+/// are written under it and read under either.
 pub struct RecordKeys {
     token_digest: Zeroizing<[u8; 32]>,
     record_mac: Zeroizing<[u8; 32]>,
@@ -47,6 +57,7 @@ pub struct RecordKeys {
     state: Zeroizing<[u8; 32]>,
     state_mask: Zeroizing<[u8; 32]>,
     state_seal: Zeroizing<[u8; 32]>,
+    next_mac: Option<Zeroizing<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for RecordKeys {
@@ -62,26 +73,43 @@ fn hmac(key: &[u8; 32]) -> Hmac<Sha256> {
     }
 }
 
+/// HKDF-SHA256 of `secret` for `label`, 32 bytes.
+fn derive(secret: &[u8], label: &[u8]) -> Zeroizing<[u8; 32]> {
+    let hk = hkdf::Hkdf::<Sha256>::new(None, secret);
+    let mut out = Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's limit.
+    if hk.expand(label, out.as_mut()).is_err() {
+        unreachable!("32 bytes of HKDF-SHA256 output");
+    }
+    out
+}
+
 impl RecordKeys {
-    /// Derives the keys from the (unsealed) record secret.
+    /// Derives the keys from the (unsealed) record secret alone (a store
+    /// never rotated).
     pub fn from_secret(secret: &[u8]) -> RecordKeys {
-        let hk = hkdf::Hkdf::<Sha256>::new(None, secret);
-        let expand = |label: &[u8]| {
-            let mut out = Zeroizing::new([0u8; 32]);
-            // 32 bytes is far below HKDF-SHA256's limit.
-            if hk.expand(label, out.as_mut()).is_err() {
-                unreachable!("32 bytes of HKDF-SHA256 output");
-            }
-            out
-        };
+        Self::from_secrets(secret, None, None)
+    }
+
+    /// Derives the keys from the record secret, the record MAC secret
+    /// (`None`: the record secret) and, while a rotation moves records
+    /// over, the next MAC secret.
+    pub fn from_secrets(secret: &[u8], mac: Option<&[u8]>, next: Option<&[u8]>) -> RecordKeys {
+        let mac = mac.unwrap_or(secret);
         RecordKeys {
-            token_digest: expand(LABEL_TOKEN_DIGEST),
-            record_mac: expand(LABEL_RECORD_MAC),
-            audit_tag: expand(LABEL_AUDIT_TAG),
-            state: expand(LABEL_STATE),
-            state_mask: expand(LABEL_STATE_MASK),
-            state_seal: expand(LABEL_STATE_SEAL),
+            token_digest: derive(secret, LABEL_TOKEN_DIGEST),
+            audit_tag: derive(secret, LABEL_AUDIT_TAG),
+            record_mac: derive(mac, LABEL_RECORD_MAC),
+            state: derive(mac, LABEL_STATE),
+            state_mask: derive(mac, LABEL_STATE_MASK),
+            state_seal: derive(mac, LABEL_STATE_SEAL),
+            next_mac: next.map(|n| derive(n, LABEL_RECORD_MAC)),
         }
+    }
+
+    /// True while a rotation moves the records to a new MAC secret.
+    pub fn moving(&self) -> bool {
+        self.next_mac.is_some()
     }
 
     /// Where the record of the token whose SHA-256 is `sha` is stored.
@@ -91,9 +119,36 @@ impl RecordKeys {
         m.finalize().into_bytes().into()
     }
 
-    /// The MAC binding a record's value to where it is stored.
+    /// The MAC a record is written with: under the next MAC key while a
+    /// rotation moves the records over, else the current one.
     pub(crate) fn record_mac(&self, tag: &[u8], at: &[u8], value: &[u8]) -> [u8; 32] {
-        let mut m = hmac(&self.record_mac);
+        Self::mac_under(
+            self.next_mac.as_ref().unwrap_or(&self.record_mac),
+            tag,
+            at,
+            value,
+        )
+    }
+
+    /// Whether `mac` authenticates a record: under the current MAC key or,
+    /// while a rotation moves the records over, the next one.
+    pub(crate) fn record_mac_ok(
+        &self,
+        tag: &[u8],
+        at: &[u8],
+        value: &[u8],
+        mac: &[u8; 32],
+    ) -> bool {
+        let current = mac_matches(&Self::mac_under(&self.record_mac, tag, at, value), mac);
+        let next = self
+            .next_mac
+            .as_ref()
+            .is_some_and(|k| mac_matches(&Self::mac_under(k, tag, at, value), mac));
+        current | next
+    }
+
+    fn mac_under(key: &[u8; 32], tag: &[u8], at: &[u8], value: &[u8]) -> [u8; 32] {
+        let mut m = hmac(key);
         m.update(tag);
         m.update(&(at.len() as u32).to_be_bytes());
         m.update(at);

@@ -186,6 +186,15 @@ pub trait Backend: Send + Sync {
         Ok(None)
     }
 
+    /// Takes the lock under which every node appends to the audit log,
+    /// held until the returned value is dropped: while it is held, no
+    /// record covered by the state digest changes, so a walk of the whole
+    /// store (the check at open, a backup) sees one state. `None` where one
+    /// process holds the store (its own audit log's lock is enough).
+    fn lock_appends(&self) -> Result<Option<SharedLock>> {
+        Ok(None)
+    }
+
     // ---- the reveal limit shared by nodes (none on sled) ----
     /// Takes one reveal cell for `client` from state every node shares
     /// (GCRA: one cell costs `emission_us`, `burst` cells at most), or

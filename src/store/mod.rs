@@ -98,6 +98,14 @@ pub const META_CHECK: &[u8] = b"keyring_check";
 pub const META_AUDIT_KEY: &[u8] = b"audit_mac_key";
 /// The record secret (see `auth`), sealed.
 pub const META_RECORD_SECRET: &[u8] = b"record_secret";
+/// The record MAC secret (see `auth`), sealed; absent until the first
+/// rotation (the record secret serves until then).
+pub const META_RECORD_MAC_SECRET: &[u8] = b"record_mac_secret";
+/// The next record MAC secret, sealed, while a rotation moves every key
+/// and token record over to it.
+pub const META_RECORD_MAC_NEXT: &[u8] = b"record_mac_secret_next";
+/// The purpose both record MAC secrets are sealed under.
+pub const RECORD_MAC_PURPOSE: &str = "record-mac-secret";
 /// The audit signing key's Ed25519 seed, sealed.
 pub const META_SIGNING_KEY: &[u8] = b"audit_signing_key";
 /// The audit signing key's public key (32 bytes; informative only: trust
@@ -295,11 +303,11 @@ pub struct Store {
 }
 
 /// What a commit changed that the check at use must learn: each key's
-/// and token's new stamp (`None`: the key was removed).
+/// and token's new stamp and fingerprint (none: the key was removed).
 #[derive(Debug, Default)]
 pub struct Stamped {
-    keys: Vec<(Uuid, Option<u64>)>,
-    tokens: Vec<([u8; 32], u64)>,
+    keys: Vec<(Uuid, state::Seen)>,
+    tokens: Vec<([u8; 32], state::Seen)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -424,6 +432,14 @@ impl Store {
         res
     }
 
+    /// Holds every node's audit appends back until the returned value is
+    /// dropped (a shared database; `None` on sled, where the process that
+    /// holds the store holds back its own writes): for walks that must see
+    /// one state. Call it from a thread that may block.
+    pub fn lock_appends(&self) -> Result<Option<backend::SharedLock>> {
+        self.backend.lock_appends()
+    }
+
     /// Takes the lock of changes to `what` (see [`WriteLock`]).
     pub async fn write_lock(&self, what: Guarded) -> Result<WriteLock> {
         let local = what.local().lock().await;
@@ -501,6 +517,15 @@ impl Store {
         *guard = Some(Arc::new(keys));
     }
 
+    /// Puts back record keys held before (a switch that failed).
+    pub(crate) fn put_record_keys(&self, keys: Arc<RecordKeys>) {
+        let mut guard = match self.keys.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *guard = Some(keys);
+    }
+
     /// The record keys, if applied.
     pub fn record_keys(&self) -> Option<Arc<RecordKeys>> {
         match self.keys.read() {
@@ -547,7 +572,7 @@ impl Store {
             Some(k) => KeyRecord::decode_checked(id, bytes, Auth::Keys(&k)),
         }?;
         if let Some(f) = &self.fresh {
-            f.check_key(&id, rec.stamp)?;
+            f.check_key(&id, rec.stamp, bytes)?;
         }
         Ok(rec)
     }
@@ -558,7 +583,7 @@ impl Store {
             Some(k) => TokenRecord::decode_checked(at, bytes, Auth::Keys(&k)),
         }?;
         if let Some(f) = &self.fresh {
-            f.check_token(at, rec.stamp)?;
+            f.check_token(at, rec.stamp, bytes)?;
         }
         Ok(rec)
     }
@@ -570,30 +595,34 @@ impl Store {
     /// be changed while keyhold runs (PostgreSQL), also learns each
     /// record's stamp for the check at use.
     pub fn compute_state(&self) -> Result<StateDigest> {
+        use std::collections::HashMap;
         let keys = self.write_keys()?;
         let mut d = StateDigest::default();
-        if let Some(f) = &self.fresh {
-            f.reset(self.audit_last_seq()?);
-        }
+        let learn = self.fresh.is_some();
+        let floor = if learn { self.audit_last_seq()? } else { 0 };
+        let (mut key_seen, mut token_seen) = (HashMap::new(), HashMap::new());
         for item in self.backend.entries("keys") {
             let (k, v) = item?;
             d.apply(&keys, state::Table::Keys, &k, None, Some(&v));
-            if let (Some(f), Ok(id)) = (&self.fresh, Uuid::from_slice(&k)) {
+            if let (true, Ok(id)) = (learn, Uuid::from_slice(&k)) {
                 let stamp = KeyRecord::decode(id, &v).map_or(0, |r| r.stamp);
-                f.set_key(id, Some(stamp));
+                key_seen.insert(id, seen(stamp, Some(&v)));
             }
         }
         for item in self.backend.entries("tokens") {
             let (k, v) = item?;
             d.apply(&keys, state::Table::Tokens, &k, None, Some(&v));
-            if let (Some(f), Ok(at)) = (&self.fresh, <[u8; 32]>::try_from(&k[..])) {
+            if let (true, Ok(at)) = (learn, <[u8; 32]>::try_from(&k[..])) {
                 let stamp = TokenRecord::decode(&v).map_or(0, |r| r.stamp);
-                f.set_token(at, stamp);
+                token_seen.insert(at, seen(stamp, Some(&v)));
             }
         }
         for item in self.backend.entries("meta") {
             let (k, v) = item?;
             d.apply(&keys, state::Table::Meta, &k, None, Some(&v));
+        }
+        if let Some(f) = &self.fresh {
+            f.replace(key_seen, token_seen, floor);
         }
         Ok(d)
     }
@@ -610,7 +639,7 @@ impl Store {
         mut digest: Option<&mut StateDigest>,
     ) -> Result<(Vec<Op>, Stamped)> {
         use std::collections::HashMap;
-        let mut seen: HashMap<(u8, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
+        let mut batch: HashMap<(u8, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
         let mut stamped = Stamped::default();
         let keys = self.record_keys();
         let mut ops = Vec::with_capacity(writes.len());
@@ -624,7 +653,7 @@ impl Store {
             let op = op_of(&w, keys.as_deref())?;
             let change: Option<(state::Table, Vec<u8>, Option<Vec<u8>>)> = match &op {
                 Op::PutKey { id, value, .. } => {
-                    stamped.keys.push((*id, Some(*stamp)));
+                    stamped.keys.push((*id, seen(*stamp, Some(value))));
                     Some((
                         state::Table::Keys,
                         id.as_bytes().to_vec(),
@@ -632,11 +661,11 @@ impl Store {
                     ))
                 }
                 Op::DeleteKey { id, .. } => {
-                    stamped.keys.push((*id, None));
+                    stamped.keys.push((*id, seen(*stamp, None)));
                     Some((state::Table::Keys, id.as_bytes().to_vec(), None))
                 }
                 Op::PutToken { at, value } => {
-                    stamped.tokens.push((*at, *stamp));
+                    stamped.tokens.push((*at, seen(*stamp, Some(value))));
                     Some((state::Table::Tokens, at.to_vec(), Some(value.clone())))
                 }
                 Op::Meta { name, value } if state::covered_meta(name) => {
@@ -648,7 +677,7 @@ impl Store {
                 (change, digest.as_deref_mut(), keys.as_deref())
             {
                 let slot = (table as u8, key.clone());
-                let old = match seen.get(&slot) {
+                let old = match batch.get(&slot) {
                     Some(v) => v.clone(),
                     None => match table {
                         state::Table::Keys => {
@@ -664,11 +693,22 @@ impl Store {
                     },
                 };
                 d.apply(k, table, &key, old.as_deref(), new.as_deref());
-                seen.insert(slot, new);
+                batch.insert(slot, new);
             }
             ops.push(op);
         }
         Ok((ops, stamped))
+    }
+
+    /// Learns every record's stamp for the check at use, if this process
+    /// has not read the store yet (a shared database; see `state::Fresh`),
+    /// with every node's appends held back meanwhile.
+    pub fn learn_stamps(&self) -> Result<()> {
+        if self.fresh.as_ref().is_some_and(|f| !f.filled()) && self.record_keys().is_some() {
+            let _held = self.lock_appends()?;
+            self.compute_state()?;
+        }
+        Ok(())
     }
 
     /// Notes what a commit wrote, for the check at use (see `state::Fresh`).
@@ -879,6 +919,15 @@ fn op_of(w: &Write, keys: Option<&RecordKeys>) -> Result<Op> {
 }
 
 pub(crate) use sled_store::decode_count;
+
+/// What the check at use knows of a record written at `stamp` (`None`:
+/// removed).
+fn seen(stamp: u64, bytes: Option<&[u8]>) -> state::Seen {
+    state::Seen {
+        stamp,
+        fingerprint: bytes.map(state::fingerprint),
+    }
+}
 
 fn decode_i64(v: &[u8]) -> Result<i64> {
     let b: [u8; 8] = v.try_into().map_err(corrupt("last_used"))?;

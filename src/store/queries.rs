@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use super::records::Auth;
 use super::{
-    decode_count, decode_i64, Bytes, KeyRecord, Result, Store, TokenRecord, META_KEY_COUNT,
+    decode_count, decode_i64, Bytes, KeyRecord, Result, Store, StoreError, TokenRecord,
+    META_KEY_COUNT,
 };
 
 impl Store {
@@ -14,17 +15,25 @@ impl Store {
 
     /// One key by id.
     pub fn get_key(&self, id: &Uuid) -> Result<Option<KeyRecord>> {
-        match self.backend.key_get(id)? {
-            None => Ok(None),
-            Some(v) => Ok(Some(self.decode_key(*id, &v)?)),
-        }
+        Ok(self.get_key_raw(id)?.map(|(rec, _)| rec))
     }
 
     /// One key by id with its stored bytes (for compare-and-swap).
+    ///
+    /// Where records can change while this process reads them (a shared
+    /// database), a record refused as an older copy is read once more
+    /// before it is refused: a commit of this node may have moved its
+    /// expected stamp on between the read and the check.
     pub fn get_key_raw(&self, id: &Uuid) -> Result<Option<(KeyRecord, Bytes)>> {
-        match self.backend.key_get(id)? {
-            None => Ok(None),
-            Some(v) => Ok(Some((self.decode_key(*id, &v)?, v))),
+        let read = || -> Result<Option<(KeyRecord, Bytes)>> {
+            match self.backend.key_get(id)? {
+                None => Ok(None),
+                Some(v) => Ok(Some((self.decode_key(*id, &v)?, v))),
+            }
+        };
+        match read() {
+            Err(StoreError::Tampered { .. }) if self.backend.node().is_some() => read(),
+            res => res,
         }
     }
 
@@ -123,9 +132,16 @@ impl Store {
     /// A token record by the SHA-256 of the token, with its storage key.
     pub fn get_token(&self, sha: &[u8; 32]) -> Result<Option<([u8; 32], TokenRecord)>> {
         let at = self.token_key(sha)?;
-        match self.backend.token_get(&at)? {
-            None => Ok(None),
-            Some(v) => Ok(Some((at, self.decode_token(&at, &v)?))),
+        let read = || -> Result<Option<([u8; 32], TokenRecord)>> {
+            match self.backend.token_get(&at)? {
+                None => Ok(None),
+                Some(v) => Ok(Some((at, self.decode_token(&at, &v)?))),
+            }
+        };
+        // As for keys (see `get_key_raw`): read once more before refusing.
+        match read() {
+            Err(StoreError::Tampered { .. }) if self.backend.node().is_some() => read(),
+            res => res,
         }
     }
 

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::auth::{
-    mac_matches, RecordKeys, TAG_KEY_RECORD, TAG_KEY_RECORD_V3, TAG_KEY_RECORD_V4,
-    TAG_TOKEN_RECORD, TAG_TOKEN_RECORD_V4,
+    RecordKeys, TAG_KEY_RECORD, TAG_KEY_RECORD_V3, TAG_KEY_RECORD_V4, TAG_TOKEN_RECORD,
+    TAG_TOKEN_RECORD_V4,
 };
 use super::{corrupt, Result, StoreError};
 use crate::access::Scope;
@@ -265,8 +265,7 @@ impl KeyRecord {
     pub(crate) fn decode_checked(id: Uuid, bytes: &[u8], auth: Auth<'_>) -> Result<KeyRecord> {
         let stored: StoredKey = postcard::from_bytes(bytes).map_err(corrupt("key"))?;
         let check = |tag: &[u8], body: Vec<u8>, mac: &[u8; 32], keys: &RecordKeys| {
-            let want = keys.record_mac(tag, id.as_bytes(), &body);
-            if mac_matches(&want, mac) {
+            if keys.record_mac_ok(tag, id.as_bytes(), &body, mac) {
                 Ok(())
             } else {
                 Err(tampered("key", id.to_string()))
@@ -458,8 +457,7 @@ impl TokenRecord {
     ) -> Result<TokenRecord> {
         let stored: StoredToken = postcard::from_bytes(bytes).map_err(corrupt("token"))?;
         let check = |body: Vec<u8>, mac: &[u8; 32], keys: &RecordKeys| {
-            let want = keys.record_mac(TAG_TOKEN_RECORD, at, &body);
-            if mac_matches(&want, mac) {
+            if keys.record_mac_ok(TAG_TOKEN_RECORD, at, &body, mac) {
                 Ok(())
             } else {
                 Err(tampered("token", short_hex(&at[..8])))
@@ -486,8 +484,7 @@ impl TokenRecord {
             }
             (StoredToken::V4 { token, stamp, mac }, Auth::Keys(keys)) => {
                 let body = postcard::to_stdvec(&(&token, stamp)).map_err(corrupt("token"))?;
-                let want = keys.record_mac(TAG_TOKEN_RECORD_V4, at, &body);
-                if !mac_matches(&want, &mac) {
+                if !keys.record_mac_ok(TAG_TOKEN_RECORD_V4, at, &body, &mac) {
                     return Err(tampered("token", short_hex(&at[..8])));
                 }
                 let mut t: TokenRecord = token.into();

@@ -205,7 +205,9 @@ impl StateDigest {
             (found.tokens, found.token_records),
             &mut out,
         );
-        let name = |n: &[u8]| String::from_utf8_lossy(n).into_owned();
+        // Names are bytes someone with the files may have written: shown
+        // escaped, never as terminal control sequences.
+        let name = |n: &[u8]| String::from_utf8_lossy(n).escape_debug().to_string();
         for (n, f) in &self.meta {
             match found.meta.iter().find(|(m, _)| m == n) {
                 None => out.push(format!("the meta value `{}` is missing", name(n))),
@@ -288,24 +290,46 @@ pub struct SealedState {
     pub mac: [u8; 32],
 }
 
-/// Each record's expected stamp, for the check at use where the database
-/// can be written while keyhold runs (PostgreSQL: a superuser can put a
-/// dead tuple back with the node running; sled's files are held by one
-/// process, and checked whole at every open). Built at open from the
-/// records (after the whole state was checked against the signed digest)
-/// and kept by this node's commits. A record whose stamp is older than the
-/// one expected is an older copy: refused as tampered. A newer stamp than
-/// expected was written by another node (only the keyring's holders can
-/// make one): it is learnt.
+/// Each record's expected stamp and fingerprint, for the check at use
+/// where the database can be written while keyhold runs (PostgreSQL: a
+/// superuser can put a dead tuple back with the node running; sled's files
+/// are held by one process, and checked whole at every open). Learnt at
+/// open from the records (right after the whole state was checked against
+/// the signed digest, under the lock every node's appends take) and kept
+/// by this node's commits. A record read with an older stamp than
+/// expected, with the same stamp but other bytes (copies from before
+/// schema 5 all carry stamp 0), or back under a name this node saw
+/// removed, is an older copy: refused as tampered. A newer stamp than
+/// expected was written by another node (only the keyring's holders make
+/// one): it is learnt.
+///
 /// A record this node does not know is one another node wrote after this
 /// node read the store, so its stamp must be newer than the log was then
-/// (`floor`): an unknown record with an older stamp was absent at open (a
-/// purged record put back).
+/// (`floor`): an unknown record with an older stamp was absent at open.
 #[derive(Debug, Default)]
 pub(crate) struct Fresh {
-    keys: RwLock<HashMap<Uuid, u64>>,
-    tokens: RwLock<HashMap<[u8; 32], u64>>,
+    keys: RwLock<HashMap<Uuid, Seen>>,
+    tokens: RwLock<HashMap<[u8; 32], Seen>>,
     floor: std::sync::atomic::AtomicU64,
+    /// Whether the store was read (see [`Fresh::reset`]).
+    filled: std::sync::atomic::AtomicBool,
+}
+
+/// What this node knows of one record: the stamp it was written with, and
+/// a fingerprint of its bytes (`None`: removed by the commit at `stamp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub(crate) stamp: u64,
+    pub(crate) fingerprint: Option<u64>,
+}
+
+/// A record's fingerprint: the first 8 bytes of SHA-256 of its bytes.
+pub(crate) fn fingerprint(bytes: &[u8]) -> u64 {
+    use sha2::Digest;
+    let h = Sha256::digest(bytes);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    u64::from_be_bytes(b)
 }
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
@@ -316,68 +340,96 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Fresh {
-    pub(crate) fn set_key(&self, id: Uuid, stamp: Option<u64>) {
-        let mut m = write(&self.keys);
-        match stamp {
-            Some(s) => {
-                m.insert(id, s);
-            }
-            None => {
-                m.insert(id, u64::MAX);
+    /// Replaces what is known with a reading of the store made when the
+    /// log ended at `seq` (at once: a check never sees it half-filled).
+    pub(crate) fn replace(
+        &self,
+        keys: HashMap<Uuid, Seen>,
+        tokens: HashMap<[u8; 32], Seen>,
+        seq: u64,
+    ) {
+        let mut k = write(&self.keys);
+        let mut t = write(&self.tokens);
+        *k = keys;
+        *t = tokens;
+        self.floor.store(seq, std::sync::atomic::Ordering::Release);
+        self.filled
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the store was read since this process opened it.
+    pub(crate) fn filled(&self) -> bool {
+        self.filled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_key(&self, id: Uuid, seen: Seen) {
+        Self::set(&self.keys, id, seen);
+    }
+
+    pub(crate) fn set_token(&self, at: [u8; 32], seen: Seen) {
+        Self::set(&self.tokens, at, seen);
+    }
+
+    /// Notes a commit's write, never going back to an older one (two
+    /// commits' notes can arrive out of order).
+    fn set<K: std::hash::Hash + Eq>(map: &RwLock<HashMap<K, Seen>>, k: K, seen: Seen) {
+        let mut m = write(map);
+        match m.get(&k) {
+            Some(old) if old.stamp > seen.stamp => {}
+            _ => {
+                m.insert(k, seen);
             }
         }
     }
 
-    /// Starts a new reading of the store, made when the log ended at
-    /// `seq`: forgets what was known.
-    pub(crate) fn reset(&self, seq: u64) {
-        write(&self.keys).clear();
-        write(&self.tokens).clear();
-        self.floor.store(seq, std::sync::atomic::Ordering::Release);
+    /// Checks a key record (its stamp and bytes; see the type's docs).
+    pub(crate) fn check_key(&self, id: &Uuid, stamp: u64, bytes: &[u8]) -> Result<()> {
+        self.check(&self.keys, id, stamp, bytes, "key", || id.to_string())
     }
 
-    pub(crate) fn set_token(&self, at: [u8; 32], stamp: u64) {
-        write(&self.tokens).insert(at, stamp);
-    }
-
-    /// Checks a key record's stamp (see the type's docs).
-    pub(crate) fn check_key(&self, id: &Uuid, stamp: u64) -> Result<()> {
-        self.check(&self.keys, id, stamp, "key", || id.to_string())
-    }
-
-    /// Checks a token record's stamp.
-    pub(crate) fn check_token(&self, at: &[u8; 32], stamp: u64) -> Result<()> {
-        self.check(&self.tokens, at, stamp, "token", || {
+    /// Checks a token record.
+    pub(crate) fn check_token(&self, at: &[u8; 32], stamp: u64, bytes: &[u8]) -> Result<()> {
+        self.check(&self.tokens, at, stamp, bytes, "token", || {
             at[..8].iter().map(|b| format!("{b:02x}")).collect()
         })
     }
 
     fn check<K: std::hash::Hash + Eq + Copy>(
         &self,
-        map: &RwLock<HashMap<K, u64>>,
+        map: &RwLock<HashMap<K, Seen>>,
         k: &K,
         stamp: u64,
+        bytes: &[u8],
         what: &'static str,
         name: impl Fn() -> String,
     ) -> Result<()> {
+        let tampered = || StoreError::Tampered { what, id: name() };
+        let fp = fingerprint(bytes);
         let known = match map.read() {
             Ok(g) => g.get(k).copied(),
             Err(p) => p.into_inner().get(k).copied(),
         };
+        let floor = self.floor.load(std::sync::atomic::Ordering::Acquire);
         match known {
-            // Removed (purged) here: a record back under its name is an
-            // older copy.
-            Some(u64::MAX) => Err(StoreError::Tampered { what, id: name() }),
-            Some(s) if stamp < s => Err(StoreError::Tampered { what, id: name() }),
-            Some(s) if stamp == s => Ok(()),
-            // Unknown here and no newer than the log when this node read
-            // the store: it was not there then.
-            None if stamp <= self.floor.load(std::sync::atomic::Ordering::Acquire) => {
-                Err(StoreError::Tampered { what, id: name() })
-            }
-            // Newer than known, or unknown here: written by another node.
+            Some(s) if stamp == s.stamp && s.fingerprint == Some(fp) => return Ok(()),
+            Some(s) if stamp <= s.stamp => return Err(tampered()),
+            None if stamp <= floor => return Err(tampered()),
+            _ => {}
+        }
+        // Newer than known, or unknown here: another node's write. Learnt
+        // under the lock, unless a newer one was learnt meanwhile.
+        let mut m = write(map);
+        match m.get(k) {
+            Some(s) if s.stamp > stamp => Err(tampered()),
+            Some(s) if s.stamp == stamp && s.fingerprint != Some(fp) => Err(tampered()),
             _ => {
-                write(map).insert(*k, stamp);
+                m.insert(
+                    *k,
+                    Seen {
+                        stamp,
+                        fingerprint: Some(fp),
+                    },
+                );
                 Ok(())
             }
         }
@@ -443,22 +495,40 @@ mod tests {
     }
 
     #[test]
-    fn fresh_refuses_older_stamps_and_learns_newer_ones() {
+    fn fresh_refuses_older_copies_and_learns_newer_ones() {
         let f = Fresh::default();
         let id = Uuid::new_v4();
-        f.set_key(id, Some(10));
-        assert!(f.check_key(&id, 10).is_ok());
-        assert!(f.check_key(&id, 9).is_err());
-        assert!(f.check_key(&id, 12).is_ok());
-        assert!(f.check_key(&id, 10).is_err());
-        f.set_key(id, None);
-        assert!(f.check_key(&id, 12).is_err());
-        assert!(f.check_token(&[1; 32], 3).is_ok());
+        let seen = |stamp, b: &[u8]| Seen {
+            stamp,
+            fingerprint: Some(fingerprint(b)),
+        };
+        f.set_key(id, seen(10, b"v10"));
+        assert!(f.check_key(&id, 10, b"v10").is_ok());
+        // Same stamp, other bytes: a copy from before stamps (stamp 0).
+        assert!(f.check_key(&id, 10, b"older").is_err());
+        assert!(f.check_key(&id, 9, b"v9").is_err());
+        assert!(f.check_key(&id, 12, b"v12").is_ok());
+        assert!(f.check_key(&id, 10, b"v10").is_err());
+        // Removed at 14: older copies stay out, a newer write is learnt.
+        f.set_key(
+            id,
+            Seen {
+                stamp: 14,
+                fingerprint: None,
+            },
+        );
+        assert!(f.check_key(&id, 12, b"v12").is_err());
+        assert!(f.check_key(&id, 15, b"v15").is_ok());
+        // A note older than what is known is ignored.
+        f.set_key(id, seen(11, b"v11"));
+        assert!(f.check_key(&id, 15, b"v15").is_ok());
+        assert!(f.check_token(&[1; 32], 3, b"t").is_ok());
         // After a reading of the store at seq 20: an unknown record of an
         // older stamp was not there; a newer one is another node's.
-        f.reset(20);
-        assert!(f.check_token(&[2; 32], 20).is_err());
-        assert!(f.check_token(&[2; 32], 0).is_err());
-        assert!(f.check_token(&[2; 32], 21).is_ok());
+        f.replace(HashMap::new(), HashMap::new(), 20);
+        assert!(f.filled());
+        assert!(f.check_token(&[2; 32], 20, b"t").is_err());
+        assert!(f.check_token(&[2; 32], 0, b"t").is_err());
+        assert!(f.check_token(&[2; 32], 21, b"t").is_ok());
     }
 }

@@ -275,6 +275,22 @@ impl PgStore {
     /// ends and PostgreSQL lets go; if this process dies, so does its
     /// connection, and the lock with it).
     fn advisory_lock(&self, id: i64) -> Result<Option<super::backend::SharedLock>> {
+        self.hold(Some(id), "take the lock of key and token changes")
+    }
+
+    /// The lock every node's audit commit takes (the row of
+    /// `keyhold_audit_lock`), held the same way: while it is held no node
+    /// appends, so nothing covered by the state digest changes.
+    fn append_lock(&self) -> Result<Option<super::backend::SharedLock>> {
+        self.hold(None, "take the lock of audit appends")
+    }
+
+    /// Holds an advisory lock (`Some(id)`) or the append lock (`None`).
+    fn hold(
+        &self,
+        id: Option<i64>,
+        what: &'static str,
+    ) -> Result<Option<super::backend::SharedLock>> {
         let (held_tx, held_rx) =
             std::sync::mpsc::sync_channel::<std::result::Result<(), PgError>>(1);
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
@@ -296,8 +312,22 @@ impl PgStore {
                     return;
                 }
             };
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-            let lock = tx.execute("SELECT pg_advisory_xact_lock($1)", &params);
+            let lock = async {
+                match id {
+                    Some(id) => {
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                        tx.execute("SELECT pg_advisory_xact_lock($1)", &params)
+                            .await
+                    }
+                    None => {
+                        tx.execute(
+                            "SELECT id FROM keyhold_audit_lock WHERE id = 1 FOR UPDATE",
+                            &[],
+                        )
+                        .await
+                    }
+                }
+            };
             match tokio::time::timeout(timeout, lock).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
@@ -319,9 +349,9 @@ impl PgStore {
         });
         match held_rx.recv_timeout(timeout + Duration::from_millis(250)) {
             Ok(Ok(())) => Ok(Some(Box::new(release_tx))),
-            Ok(Err(e)) => Err(store_error("take the lock of key and token changes", e)),
+            Ok(Err(e)) => Err(store_error(what, e)),
             Err(_) => Err(StoreError::Database {
-                what: "take the lock of key and token changes",
+                what,
                 detail: format!(
                     "not granted within {} ms (another node holds it, or the database is \
                      unreachable)",
@@ -406,6 +436,10 @@ fn tls_config(opts: &PgOptions) -> Result<rustls::ClientConfig> {
 impl Backend for PgStore {
     fn dir(&self) -> Option<PathBuf> {
         None
+    }
+
+    fn lock_appends(&self) -> Result<Option<super::backend::SharedLock>> {
+        self.append_lock()
     }
 
     fn lock_shared(&self, id: i64) -> Result<Option<super::backend::SharedLock>> {
