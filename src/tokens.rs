@@ -193,6 +193,7 @@ fn prepare_named(
         ttl_seconds: None,
         rotated_to: None,
         stamp: 0,
+        layers: store.token_layers(),
     };
     let at = store.token_key(&token.hash)?;
     Ok(PreparedToken { token, record, at })

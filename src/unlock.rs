@@ -433,13 +433,28 @@ pub fn record_keys(store: &Store, keyring: &Keyring) -> Result<RecordKeys, Unloc
             None => None,
         });
     }
-    fn expose(o: &Option<crate::keyring::Unsealed>) -> Option<&[u8]> {
-        o.as_ref().map(|u| u.secret.expose())
-    }
+    // The MAC secrets the rotations made, oldest first, 32 bytes each.
+    let history: Vec<&[u8]> = match &macs[0] {
+        Some(u) => {
+            let all = u.secret.expose();
+            if all.is_empty() || all.len() % 32 != 0 {
+                return Err(UnlockError::Sealed("record MAC secret"));
+            }
+            all.chunks_exact(32).collect()
+        }
+        None => Vec::new(),
+    };
+    let next = match &macs[1] {
+        Some(u) if u.secret.expose().len() != 32 => {
+            return Err(UnlockError::Sealed("next record MAC secret"))
+        }
+        Some(u) => Some(u.secret.expose()),
+        None => None,
+    };
     Ok(RecordKeys::from_secrets(
         secret.secret.expose(),
-        expose(&macs[0]),
-        expose(&macs[1]),
+        &history,
+        next,
     ))
 }
 

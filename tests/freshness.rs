@@ -524,12 +524,11 @@ fn a_schema_4_store_is_upgraded_in_place_keeping_keys_tokens_and_chain() {
     assert_eq!(code, 0, "{out}");
 }
 
-/// The tokens-tree entries of `from` whose storage key `to` lacks.
-fn new_entries(from: &Path, to: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let have: Vec<Vec<u8>> = tree(to, "tokens").into_iter().map(|(k, _)| k).collect();
-    tree(from, "tokens")
+/// The tokens-tree entries of `dir` whose storage key is not in `had`.
+fn new_entries(dir: &Path, had: &[(Vec<u8>, Vec<u8>)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    tree(dir, "tokens")
         .into_iter()
-        .filter(|(k, _)| !have.contains(k))
+        .filter(|(k, _)| !had.iter().any(|(h, _)| h == k))
         .collect()
 }
 
@@ -566,6 +565,7 @@ fn a_token_forged_with_a_retired_keys_record_secret_is_refused_after_rotation() 
     // is authenticated under the record secret that key unseals, and
     // stored where the store looks for that token (the token digest key
     // is unchanged). Planted in the rotated store, it is refused.
+    let had = tree(&before, "tokens");
     let forged = run_with_key(
         &v.key,
         &[
@@ -580,7 +580,13 @@ fn a_token_forged_with_a_retired_keys_record_secret_is_refused_after_rotation() 
         ],
     );
     assert_ok(&forged);
-    let planted = new_entries(&before, &v.dir);
+    let planted = new_entries(&before, &had);
+    // Where the retired key's secrets put that token is not where the
+    // rotated store looks: its token digest has a layer the retired key
+    // knows nothing of (and every record moved there).
+    assert!(tree(&v.dir, "tokens")
+        .iter()
+        .all(|(k, _)| !had.iter().any(|(h, _)| h == k)));
     assert_eq!(planted.len(), 1);
     put_back(&v.dir, "tokens", &planted);
     let err = serve_must_refuse(&v.dir, &new_key);

@@ -532,9 +532,12 @@ impl AuditLog {
         state.restate = true;
         let res = self.append_locked(&mut state, &[(event, writes)], &[], None, |_| {});
         state.restate = false;
-        if res.is_err() {
-            if let Some(p) = previous {
-                self.store.put_record_keys(p);
+        match &res {
+            Ok(_) => self.store.note_keys_mark(),
+            Err(_) => {
+                if let Some(p) = previous {
+                    self.store.put_record_keys(p);
+                }
             }
         }
         res

@@ -468,20 +468,26 @@ fn metrics_answer(state: &AppState) -> Response {
 }
 
 fn healthz(state: &AppState) -> Response {
-    let ok = state.audit.is_healthy();
+    // Another node's rotation replaced the record keys: this node answers
+    // 503 to what it cannot read until it is restarted.
+    let keys_replaced = state.store.record_keys_replaced();
+    let writer_ok = state.audit.is_healthy();
+    let ok = writer_ok && !keys_replaced;
     let mut body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
-        "audit_writer": if ok { "ok" } else { "failing" },
+        "audit_writer": if writer_ok { "ok" } else { "failing" },
         "build": crate::build_info::BUILD,
     });
     if let Some(node) = state.store.node() {
         // Several nodes on one database: which node answered, and why it
         // cannot serve reveals (the database probed every second).
         body["node"] = node.into();
-        body["storage"] = if ok { "ok" } else { "unreachable" }.into();
+        body["storage"] = if writer_ok { "ok" } else { "unreachable" }.into();
     }
-    if let Some(why) = state.audit.last_error().filter(|_| !ok) {
+    if let Some(why) = state.audit.last_error().filter(|_| !writer_ok) {
         body["detail"] = why.into();
+    } else if keys_replaced {
+        body["detail"] = crate::store::StoreError::KeysReplaced.to_string().into();
     }
     context::json_response(
         if ok {

@@ -219,9 +219,10 @@ fn under_older_key(
 ///    state digest computed afresh under it with every other write held
 ///    back ([`AuditLog::switch_record_keys`]).
 ///
-/// The token digest key (where a token's record is stored) stays: it
-/// cannot change without the tokens themselves, and it authenticates
-/// nothing. Returns how many records were written again.
+/// Token records also move: the new secret adds a layer to the token
+/// digest (see `store::RecordKeys`), so the retired key no longer tells
+/// where a token's record would be. Returns how many records were written
+/// again.
 fn new_record_mac_secret(
     store: &Store,
     keyring: &Keyring,
@@ -263,12 +264,18 @@ fn new_record_mac_secret(
     };
     let secret =
         unsealed(META_RECORD_SECRET, RECORD_SECRET_PURPOSE)?.ok_or(AuditError::MacKeyLocked)?;
-    let current = unsealed(META_RECORD_MAC_SECRET, RECORD_MAC_PURPOSE)?;
-    store.set_record_keys(RecordKeys::from_secrets(
-        &secret,
-        current.as_deref().map(Vec::as_slice),
-        Some(&next),
-    ));
+    // The MAC secrets made so far, oldest first (32 bytes each); the new
+    // one joins them at the end.
+    let history = unsealed(META_RECORD_MAC_SECRET, RECORD_MAC_PURPOSE)?
+        .map(|h| h.to_vec())
+        .unwrap_or_default();
+    if history.len() % 32 != 0 || next.len() != 32 {
+        return Err(AuditError::MacKeyLocked);
+    }
+    let layers: Vec<&[u8]> = history.chunks_exact(32).collect();
+    let moving = RecordKeys::from_secrets(&secret, &layers, Some(&next));
+    let current_layers = moving.layers();
+    store.set_record_keys(RecordKeys::from_secrets(&secret, &layers, Some(&next)));
     let mut written = 0u64;
     let chunk = if pace.is_zero() { CHUNK } else { 1 };
     // Key records.
@@ -290,41 +297,75 @@ fn new_record_mac_secret(
             std::thread::sleep(pace);
         }
     }
-    // Token records.
+    // Token records move to where the new secret's layer of the token
+    // digest puts them (a record says how many layers its place has, so
+    // a rotation run again after a crash moves only the rest). Token
+    // changes wait from here to the switch: one made in between would be
+    // left where the switch no longer looks.
     let held = store.write_lock_blocking(crate::store::Guarded::Tokens)?;
     let tokens = store.list_tokens()?;
-    for part in tokens.chunks(CHUNK) {
-        let writes = part
-            .iter()
-            .map(|(at, rec)| Write::PutToken {
-                hash: *at,
-                record: rec.clone(),
-            })
-            .collect();
-        written += commit_chunk(log, who, "token", writes)?;
+    let mut moves = Vec::new();
+    for (at, mut rec) in tokens {
+        if rec.layers == current_layers + 1 {
+            continue;
+        }
+        let to =
+            moving
+                .relocate(at, rec.layers)
+                .ok_or(AuditError::Store(StoreError::Tampered {
+                    what: "token",
+                    id: rec.id.to_string(),
+                }))?;
+        rec.layers = current_layers + 1;
+        moves.push(Write::PutToken {
+            hash: to,
+            record: rec,
+        });
+        moves.push(Write::DeleteToken { hash: at });
     }
+    for part in moves.chunks(2 * CHUNK) {
+        written += commit_chunk(log, who, "token", part.to_vec())? / 2;
+    }
+    let mut all = history.clone();
+    all.extend_from_slice(&next);
+    layers_switch(keyring, log, who, &secret, &all, written)?;
     drop(held);
+    Ok(written)
+}
+
+/// The last step of [`new_record_mac_secret`]: the next secret becomes
+/// the newest of `all` (every MAC secret made, oldest first).
+fn layers_switch(
+    keyring: &Keyring,
+    log: &AuditLog,
+    who: &str,
+    secret: &[u8],
+    all: &[u8],
+    written: u64,
+) -> Result<(), AuditError> {
+    let layers: Vec<&[u8]> = all.chunks_exact(32).collect();
     log.switch_record_keys(
         rotate_event(
             who,
             format!(
                 "rotation: every key and token record is authenticated under the new record MAC \
-                 secret ({written} written again); the old one is gone"
+                 secret ({written} written again; token records moved to its layer of the token \
+                 digest); the old one authenticates nothing"
             ),
         ),
         vec![
             Write::Meta {
                 name: META_RECORD_MAC_SECRET,
-                value: Some(keyring.seal(RECORD_MAC_PURPOSE, &next).into_bytes()),
+                value: Some(keyring.seal(RECORD_MAC_PURPOSE, all).into_bytes()),
             },
             Write::Meta {
                 name: META_RECORD_MAC_NEXT,
                 value: None,
             },
         ],
-        RecordKeys::from_secrets(&secret, Some(&next), None),
+        RecordKeys::from_secrets(secret, &layers, None),
     )?;
-    Ok(written)
+    Ok(())
 }
 
 /// Commits records written again under the next MAC secret, with their

@@ -25,6 +25,7 @@ pub const SEALED_PURPOSE: &str = "record-secret";
 
 const LABEL_TOKEN_DIGEST: &[u8] = b"keyhold/token-digest";
 const LABEL_RECORD_MAC: &[u8] = b"keyhold/record-mac";
+const LABEL_TOKEN_LAYER: &[u8] = b"keyhold/token-digest-layer";
 const LABEL_AUDIT_TAG: &[u8] = b"keyhold/audit-tag";
 const LABEL_STATE: &[u8] = b"keyhold/state-digest";
 const LABEL_STATE_MASK: &[u8] = b"keyhold/state-mask";
@@ -41,15 +42,17 @@ pub(crate) const TAG_TOKEN_RECORD_V4: &[u8] = b"keyhold-token-record-v4";
 /// The keys derived from the store's record secret. Zeroized on drop,
 /// never printed.
 ///
-/// Two secrets feed them. The record secret gives the token digest key
-/// (where a token's record is stored: it cannot change without the tokens
-/// themselves) and the audit tag key. The record MAC secret gives every
-/// key that authenticates or seals something current: the record MAC and
-/// the state digest's keys. Until the first rotation the two are one; each
-/// rotation makes a new MAC secret (`ops::rotate`), so nothing derived
-/// from a retired Fernet key authenticates a record afterwards. While a
-/// rotation moves the records over, `next_mac` is the new MAC key: records
-/// are written under it and read under either.
+/// Two kinds of secret feed them. The record secret, made at `init`, gives
+/// the base of the token digest and the audit tag key. Each rotation makes
+/// a record MAC secret (`ops::rotate`): the newest gives every key that
+/// authenticates or seals something current (the record MAC, the state
+/// digest's keys), and each adds a layer to the token digest, so that a
+/// token's record is stored at HMAC(layer n, … HMAC(layer 1, HMAC(base,
+/// SHA-256(token)))): nothing derived from a retired key authenticates a
+/// record or finds where one would go. Until the first rotation the record
+/// secret is the MAC secret and there is no layer. While a rotation moves
+/// the records over, `next_mac` and `next_layer` come from the next secret:
+/// records are written under it and read under either.
 pub struct RecordKeys {
     token_digest: Zeroizing<[u8; 32]>,
     record_mac: Zeroizing<[u8; 32]>,
@@ -57,7 +60,9 @@ pub struct RecordKeys {
     state: Zeroizing<[u8; 32]>,
     state_mask: Zeroizing<[u8; 32]>,
     state_seal: Zeroizing<[u8; 32]>,
+    layers: Vec<Zeroizing<[u8; 32]>>,
     next_mac: Option<Zeroizing<[u8; 32]>>,
+    next_layer: Option<Zeroizing<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for RecordKeys {
@@ -85,17 +90,18 @@ fn derive(secret: &[u8], label: &[u8]) -> Zeroizing<[u8; 32]> {
 }
 
 impl RecordKeys {
-    /// Derives the keys from the (unsealed) record secret alone (a store
-    /// never rotated).
+    /// Derives the keys from the record secret alone (a store never
+    /// rotated).
     pub fn from_secret(secret: &[u8]) -> RecordKeys {
-        Self::from_secrets(secret, None, None)
+        Self::from_secrets(secret, &[], None)
     }
 
-    /// Derives the keys from the record secret, the record MAC secret
-    /// (`None`: the record secret) and, while a rotation moves records
-    /// over, the next MAC secret.
-    pub fn from_secrets(secret: &[u8], mac: Option<&[u8]>, next: Option<&[u8]>) -> RecordKeys {
-        let mac = mac.unwrap_or(secret);
+    /// Derives the keys from the record secret, the record MAC secrets the
+    /// rotations made (oldest first; the newest is current; none: the
+    /// record secret serves) and, while a rotation moves records over, the
+    /// next one.
+    pub fn from_secrets(secret: &[u8], macs: &[&[u8]], next: Option<&[u8]>) -> RecordKeys {
+        let mac = macs.last().copied().unwrap_or(secret);
         RecordKeys {
             token_digest: derive(secret, LABEL_TOKEN_DIGEST),
             audit_tag: derive(secret, LABEL_AUDIT_TAG),
@@ -103,20 +109,54 @@ impl RecordKeys {
             state: derive(mac, LABEL_STATE),
             state_mask: derive(mac, LABEL_STATE_MASK),
             state_seal: derive(mac, LABEL_STATE_SEAL),
+            layers: macs.iter().map(|m| derive(m, LABEL_TOKEN_LAYER)).collect(),
             next_mac: next.map(|n| derive(n, LABEL_RECORD_MAC)),
+            next_layer: next.map(|n| derive(n, LABEL_TOKEN_LAYER)),
         }
     }
 
-    /// True while a rotation moves the records to a new MAC secret.
-    pub fn moving(&self) -> bool {
-        self.next_mac.is_some()
+    /// How many layers a token's storage key has now.
+    pub fn layers(&self) -> u32 {
+        u32::try_from(self.layers.len()).unwrap_or(u32::MAX)
     }
 
-    /// Where the record of the token whose SHA-256 is `sha` is stored.
+    /// Where the record of the token whose SHA-256 is `sha` is stored (all
+    /// current layers).
     pub fn token_key(&self, sha: &[u8; 32]) -> [u8; 32] {
         let mut m = hmac(&self.token_digest);
         m.update(sha);
-        m.finalize().into_bytes().into()
+        let base: [u8; 32] = m.finalize().into_bytes().into();
+        self.layer_from(base, 0)
+    }
+
+    /// Where that record goes once a rotation under way is done (`None`:
+    /// none is).
+    pub fn token_key_next(&self, sha: &[u8; 32]) -> Option<[u8; 32]> {
+        self.relocate(self.token_key(sha), self.layers())
+    }
+
+    /// The storage key of a record stored under `from` layers, moved to
+    /// the next secret's (`None`: no rotation under way, or `from` is more
+    /// layers than there are).
+    pub fn relocate(&self, at: [u8; 32], from: u32) -> Option<[u8; 32]> {
+        let next = self.next_layer.as_ref()?;
+        if from > self.layers() {
+            return None;
+        }
+        let at = self.layer_from(at, from as usize);
+        let mut m = hmac(next);
+        m.update(&at);
+        Some(m.finalize().into_bytes().into())
+    }
+
+    /// `at` with the layers from index `from` on applied.
+    fn layer_from(&self, mut at: [u8; 32], from: usize) -> [u8; 32] {
+        for layer in self.layers.iter().skip(from) {
+            let mut m = hmac(layer);
+            m.update(&at);
+            at = m.finalize().into_bytes().into();
+        }
+        at
     }
 
     /// The MAC a record is written with: under the next MAC key while a

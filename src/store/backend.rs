@@ -117,6 +117,9 @@ pub enum Op {
     TouchKey { id: Uuid, at_us: i64 },
     /// Insert or replace a token record under its storage key.
     PutToken { at: [u8; 32], value: Vec<u8> },
+    /// Remove the token record under a storage key (a rotation moving it
+    /// to its new one).
+    DeleteToken { at: [u8; 32] },
     /// Set a token's last_used (by token id), in the commit of the audit
     /// record of what the token did.
     TouchToken { id: Uuid, at_us: i64 },

@@ -203,6 +203,12 @@ pub enum StoreError {
          again from the stored head)"
     )]
     HeadMoved,
+    #[error(
+        "another node rotated the store's record keys (a new record MAC secret), so this node \
+         can no longer read the records it moved: restart this node with the keyring the \
+         rotation used"
+    )]
+    KeysReplaced,
 }
 
 impl From<sled::Error> for StoreError {
@@ -226,6 +232,9 @@ pub enum Write {
     /// Insert or replace an access token record under its storage key
     /// (the keyed digest: [`Store::token_key`]).
     PutToken { hash: [u8; 32], record: TokenRecord },
+    /// Remove the token record under a storage key (a rotation moving it
+    /// to where the new record MAC secret puts it).
+    DeleteToken { hash: [u8; 32] },
     /// Set a token's last_used (by its id). The audit log adds one for
     /// each token that acted in a batch it commits.
     TouchToken { id: Uuid, at_us: i64 },
@@ -300,7 +309,21 @@ pub struct Store {
     /// Each record's expected stamp, where the database can be written
     /// while this process runs (PostgreSQL); `None` on sled.
     fresh: Option<Arc<state::Fresh>>,
+    /// The sealed record MAC secrets (current, next) as they were when the
+    /// record keys were applied: where several nodes share the store, a
+    /// record this node cannot find or authenticate is first checked
+    /// against them (another node's rotation, not tampering).
+    keys_mark: Arc<RwLock<KeysMark>>,
+    /// When [`Store::keys_replaced`] last found nothing changed: it asks
+    /// the database at most once a second (a flood of unknown tokens must
+    /// not become a flood of queries).
+    keys_checked: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Set once another node's rotation was seen.
+    keys_replaced_seen: Arc<AtomicBool>,
 }
+
+/// The sealed record MAC secrets, current and next, as stored.
+type KeysMark = [Option<Vec<u8>>; 2];
 
 /// What a commit changed that the check at use must learn: each key's
 /// and token's new stamp and fingerprint (none: the key was removed).
@@ -372,6 +395,9 @@ impl Store {
             scrub_due: Arc::new(AtomicBool::new(false)),
             scrubbing: Arc::new(std::sync::Mutex::new(())),
             fresh,
+            keys_mark: Arc::new(RwLock::new([None, None])),
+            keys_checked: Arc::new(std::sync::Mutex::new(None)),
+            keys_replaced_seen: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -515,6 +541,78 @@ impl Store {
             Err(p) => p.into_inner(),
         };
         *guard = Some(Arc::new(keys));
+        drop(guard);
+        self.note_keys_mark();
+    }
+
+    /// Notes the sealed record MAC secrets now stored as the ones this
+    /// process's record keys come from (see [`Store::keys_replaced`]).
+    pub(crate) fn note_keys_mark(&self) {
+        if self.backend.node().is_none() {
+            return;
+        }
+        let read = |name| {
+            self.backend
+                .meta_get(name)
+                .ok()
+                .flatten()
+                .map(|b| b.to_vec())
+        };
+        let mark = [read(META_RECORD_MAC_SECRET), read(META_RECORD_MAC_NEXT)];
+        let mut guard = match self.keys_mark.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *guard = mark;
+        self.keys_replaced_seen.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether this node found that another node's rotation replaced the
+    /// record keys (no query: what [`Store::keys_replaced`] last found).
+    pub fn record_keys_replaced(&self) -> bool {
+        self.keys_replaced_seen.load(Ordering::SeqCst)
+    }
+
+    /// Whether another node changed the record MAC secrets since this
+    /// process applied its record keys (a rotation): its records then do
+    /// not open here, and that is no tampering. Always false on sled.
+    pub(crate) fn keys_replaced(&self) -> Result<bool> {
+        if self.backend.node().is_none() {
+            return Ok(false);
+        }
+        if self.keys_replaced_seen.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        {
+            let mut last = match self.keys_checked.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return Ok(false);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let now = [
+            self.backend
+                .meta_get(META_RECORD_MAC_SECRET)?
+                .map(|b| b.to_vec()),
+            self.backend
+                .meta_get(META_RECORD_MAC_NEXT)?
+                .map(|b| b.to_vec()),
+        ];
+        let mark = match self.keys_mark.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        if now != mark {
+            // Sticky until this process applies new record keys.
+            if let Ok(mut last) = self.keys_checked.lock() {
+                *last = None;
+            }
+            self.keys_replaced_seen.store(true, Ordering::SeqCst);
+        }
+        Ok(now != mark)
     }
 
     /// Puts back record keys held before (a switch that failed).
@@ -668,6 +766,10 @@ impl Store {
                     stamped.tokens.push((*at, seen(*stamp, Some(value))));
                     Some((state::Table::Tokens, at.to_vec(), Some(value.clone())))
                 }
+                Op::DeleteToken { at } => {
+                    stamped.tokens.push((*at, seen(*stamp, None)));
+                    Some((state::Table::Tokens, at.to_vec(), None))
+                }
                 Op::Meta { name, value } if state::covered_meta(name) => {
                     Some((state::Table::Meta, name.to_vec(), value.clone()))
                 }
@@ -721,6 +823,12 @@ impl Store {
                 f.set_token(*at, *s);
             }
         }
+    }
+
+    /// How many layers a new token record's storage key has (see
+    /// `auth::RecordKeys`).
+    pub fn token_layers(&self) -> u32 {
+        self.record_keys().map_or(0, |k| k.layers())
     }
 
     /// Where the record of the token whose SHA-256 is `sha` is stored: its
@@ -800,11 +908,6 @@ impl Store {
     /// A raw meta value.
     pub fn meta_value(&self, name: &[u8]) -> Result<Option<Bytes>> {
         self.backend.meta_get(name)
-    }
-
-    /// Replaces a meta value only if it still holds `current`.
-    pub fn swap_meta(&self, name: &[u8], current: &[u8], new: &[u8]) -> Result<bool> {
-        self.backend.meta_swap(name, current, new)
     }
 
     // ---- the commit used by the audit writer ----
@@ -907,6 +1010,7 @@ fn op_of(w: &Write, keys: Option<&RecordKeys>) -> Result<Op> {
             at: *hash,
             value: record.encode(hash, keys()?)?,
         },
+        Write::DeleteToken { hash } => Op::DeleteToken { at: *hash },
         Write::TouchToken { id, at_us } => Op::TouchToken {
             id: *id,
             at_us: *at_us,

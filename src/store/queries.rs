@@ -32,9 +32,22 @@ impl Store {
             }
         };
         match read() {
-            Err(StoreError::Tampered { .. }) if self.backend.node().is_some() => read(),
+            Err(StoreError::Tampered { .. }) if self.backend.node().is_some() => match read() {
+                Err(e @ StoreError::Tampered { .. }) => Err(self.replaced_or(e)?),
+                res => res,
+            },
             res => res,
         }
+    }
+
+    /// `e`, unless another node rotated the record keys meanwhile: then
+    /// [`StoreError::KeysReplaced`].
+    fn replaced_or(&self, e: StoreError) -> Result<StoreError> {
+        Ok(if self.keys_replaced()? {
+            StoreError::KeysReplaced
+        } else {
+            e
+        })
     }
 
     /// A key's last_used, if it was ever revealed.
@@ -118,29 +131,34 @@ impl Store {
         })
     }
 
-    /// Replaces a key record only if it still holds `current` (atomic; a
-    /// crash leaves either the old or the new record). `false` when the
-    /// record changed or is gone meanwhile.
-    pub fn swap_key(&self, current: &[u8], new: &KeyRecord) -> Result<bool> {
-        let keys = self.write_keys()?;
-        let value = new.encode(&keys)?;
-        self.backend.key_swap(&new.id, current, &value)
-    }
-
     // ---- tokens ----
 
     /// A token record by the SHA-256 of the token, with its storage key.
     pub fn get_token(&self, sha: &[u8; 32]) -> Result<Option<([u8; 32], TokenRecord)>> {
-        let at = self.token_key(sha)?;
+        // While a rotation moves token records, one may be where the next
+        // record MAC secret puts it, or still where the current one does.
+        let mut places = vec![self.token_key(sha)?];
+        if let Some(next) = self.record_keys().and_then(|k| k.token_key_next(sha)) {
+            places.insert(0, next);
+        }
         let read = || -> Result<Option<([u8; 32], TokenRecord)>> {
-            match self.backend.token_get(&at)? {
-                None => Ok(None),
-                Some(v) => Ok(Some((at, self.decode_token(&at, &v)?))),
+            for at in &places {
+                if let Some(v) = self.backend.token_get(at)? {
+                    return Ok(Some((*at, self.decode_token(at, &v)?)));
+                }
             }
+            Ok(None)
         };
-        // As for keys (see `get_key_raw`): read once more before refusing.
+        // As for keys (see `get_key_raw`): read once more before refusing;
+        // a token not found, or refused, on a node whose record keys another
+        // node's rotation replaced is not this token's fault.
+        let node = self.backend.node().is_some();
         match read() {
-            Err(StoreError::Tampered { .. }) if self.backend.node().is_some() => read(),
+            Err(StoreError::Tampered { .. }) if node => match read() {
+                Err(e @ StoreError::Tampered { .. }) => Err(self.replaced_or(e)?),
+                res => res,
+            },
+            Ok(None) if node && self.keys_replaced()? => Err(StoreError::KeysReplaced),
             res => res,
         }
     }

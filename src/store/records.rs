@@ -321,6 +321,10 @@ pub struct TokenRecord {
     /// written before schema 5), under the record's MAC (see
     /// [`KeyRecord::stamp`]).
     pub stamp: u64,
+    /// How many layers the token digest had where this record is stored
+    /// (see `auth::RecordKeys`): what tells a rotation stopped half-way
+    /// which records it moved already. Under the record's MAC.
+    pub layers: u32,
 }
 
 /// The token record of schemas 1-3 (V1, V2): frozen, as postcard is not
@@ -370,6 +374,7 @@ enum StoredToken {
     V4 {
         token: TokenV3,
         stamp: u64,
+        layers: u32,
         mac: [u8; 32],
     },
 }
@@ -388,6 +393,7 @@ impl From<TokenV1> for TokenRecord {
             ttl_seconds: None,
             rotated_to: None,
             stamp: 0,
+            layers: 0,
         }
     }
 }
@@ -406,6 +412,7 @@ impl From<TokenV3> for TokenRecord {
             ttl_seconds: t.ttl_seconds,
             rotated_to: t.rotated_to,
             stamp: 0,
+            layers: 0,
         }
     }
 }
@@ -435,11 +442,13 @@ impl TokenRecord {
     /// (always V4: the value and its stamp).
     pub(crate) fn encode(&self, at: &[u8; 32], keys: &RecordKeys) -> Result<Vec<u8>> {
         let token = self.v3();
-        let body = postcard::to_stdvec(&(&token, self.stamp)).map_err(corrupt("token"))?;
+        let body =
+            postcard::to_stdvec(&(&token, self.stamp, self.layers)).map_err(corrupt("token"))?;
         let mac = keys.record_mac(TAG_TOKEN_RECORD_V4, at, &body);
         postcard::to_stdvec(&StoredToken::V4 {
             token,
             stamp: self.stamp,
+            layers: self.layers,
             mac,
         })
         .map_err(corrupt("token"))
@@ -467,9 +476,18 @@ impl TokenRecord {
             (StoredToken::V1(t), Auth::Legacy)
             | (StoredToken::V2 { token: t, .. }, Auth::Legacy) => Ok(t.into()),
             (StoredToken::V3 { token, .. }, Auth::Legacy) => Ok(token.into()),
-            (StoredToken::V4 { token, stamp, .. }, Auth::Legacy) => {
+            (
+                StoredToken::V4 {
+                    token,
+                    stamp,
+                    layers,
+                    ..
+                },
+                Auth::Legacy,
+            ) => {
                 let mut t: TokenRecord = token.into();
                 t.stamp = stamp;
+                t.layers = layers;
                 Ok(t)
             }
             (StoredToken::V2 { token, mac }, Auth::Keys(keys)) => {
@@ -482,13 +500,23 @@ impl TokenRecord {
                 check(body, &mac, keys)?;
                 Ok(token.into())
             }
-            (StoredToken::V4 { token, stamp, mac }, Auth::Keys(keys)) => {
-                let body = postcard::to_stdvec(&(&token, stamp)).map_err(corrupt("token"))?;
+            (
+                StoredToken::V4 {
+                    token,
+                    stamp,
+                    layers,
+                    mac,
+                },
+                Auth::Keys(keys),
+            ) => {
+                let body =
+                    postcard::to_stdvec(&(&token, stamp, layers)).map_err(corrupt("token"))?;
                 if !keys.record_mac_ok(TAG_TOKEN_RECORD_V4, at, &body, &mac) {
                     return Err(tampered("token", short_hex(&at[..8])));
                 }
                 let mut t: TokenRecord = token.into();
                 t.stamp = stamp;
+                t.layers = layers;
                 Ok(t)
             }
             (StoredToken::V1(_), Auth::Keys(_)) => Err(tampered("token", short_hex(&at[..8]))),

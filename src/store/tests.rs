@@ -355,6 +355,7 @@ mod auth_tests {
             ttl_seconds: Some(4),
             rotated_to: None,
             stamp: 0,
+            layers: 0,
         };
         s.commit_writes(
             &[],

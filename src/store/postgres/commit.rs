@@ -41,6 +41,9 @@ enum Owned {
         at: Vec<u8>,
         value: Vec<u8>,
     },
+    DeleteToken {
+        at: Vec<u8>,
+    },
     Meta {
         name: Vec<u8>,
         value: Option<Vec<u8>>,
@@ -106,6 +109,7 @@ fn owned(ops: &[Op]) -> Vec<Owned> {
                 at: at.to_vec(),
                 value: value.clone(),
             },
+            Op::DeleteToken { at } => Owned::DeleteToken { at: at.to_vec() },
             Op::TouchToken { id, at_us } => {
                 if touch(&mut out, "keyhold_token_usage", id, *at_us) {
                     continue;
@@ -241,6 +245,11 @@ async fn apply(tx: &Transaction<'_>, op: &Owned) -> std::result::Result<i64, PgE
             tx.execute(&stmt, &[&ids, &times]).await.map_err(db_error)?;
         }
         Owned::PutToken { at, value } => upsert(tx, "keyhold_tokens", at, value).await?,
+        Owned::DeleteToken { at } => {
+            tx.execute("DELETE FROM keyhold_tokens WHERE k = $1", &[at])
+                .await
+                .map_err(db_error)?;
+        }
         Owned::Meta { name, value } => match value {
             Some(v) => upsert(tx, "keyhold_meta", name, v).await?,
             None => {

@@ -193,6 +193,9 @@ fn apply(op: &Op, t: &Ops<'_>) -> std::result::Result<i64, UnabortableTransactio
         Op::PutToken { at, value } => {
             tokens.insert(at, value.as_slice())?;
         }
+        Op::DeleteToken { at } => {
+            tokens.remove(at)?;
+        }
         Op::TouchToken { id, at_us } => {
             token_usage.insert(id.as_bytes(), &at_us.to_be_bytes())?;
         }
