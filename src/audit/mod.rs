@@ -58,7 +58,7 @@ use crate::keyring::Keyring;
 use crate::store::backend::Op;
 use crate::store::{
     Stamped, StateDigest, Store, StoreError, Write, META_AUDIT_KEY, META_PUBLIC_KEY,
-    META_SIGNING_KEY,
+    META_RECORD_MAC_NEXT, META_SIGNING_KEY,
 };
 
 /// The `prev` of the first record.
@@ -313,7 +313,11 @@ impl AuditLog {
         }
         let mut out: Option<Chained> = None;
         let mut refused: Option<AuditError> = None;
-        let res = self.store.commit_at_head(|head, last| {
+        // A commit that walks the whole store under the append lock (a
+        // switch of the record keys, the upgrade's commit on a head
+        // without a digest) is not held to one call's database timeout.
+        let long = state.restate || self.store.schema() < 5;
+        let res = self.store.commit_at_head(long, |head, last| {
             let head = head.map(|b| Head::decode(&b)).transpose()?;
             // A head signed by another key than this node's: a rotation on
             // another node handed the key over. Records this node signed
@@ -330,7 +334,31 @@ impl AuditLog {
             // (authenticated); a head from before schema 5 has none, and
             // the one computed at open stands in.
             let digest = match (&head, self.store.record_keys()) {
-                (Some(h @ Head::V3 { .. }), Some(keys)) if !state.restate => h.state(&keys)?,
+                (Some(h @ Head::V3 { .. }), Some(keys)) if !state.restate => {
+                    // Another node's rotation: under way (a next secret
+                    // this node does not hold, so what it writes now would
+                    // not verify once it ends) or done (the head sealed
+                    // under keys this node does not hold). Refused, not
+                    // taken for tampering.
+                    let d = match h.state(&keys) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            return Err(if self.store.keys_replaced()? {
+                                StoreError::KeysReplaced
+                            } else {
+                                e
+                            })
+                        }
+                    };
+                    if d.as_ref().is_some_and(|d| d.has_meta(META_RECORD_MAC_NEXT))
+                        && !keys.has_next()
+                    {
+                        // Noted for /healthz as well.
+                        let _ = self.store.keys_replaced();
+                        return Err(StoreError::KeysReplaced);
+                    }
+                    d
+                }
                 // A switch of the record keys, or a head from before
                 // schema 5 (the upgrade's commit, or one by a node of an
                 // older release): the digest is computed from the records,
@@ -532,12 +560,24 @@ impl AuditLog {
         state.restate = true;
         let res = self.append_locked(&mut state, &[(event, writes)], &[], None, |_| {});
         state.restate = false;
-        match &res {
-            Ok(_) => self.store.note_keys_mark(),
-            Err(_) => {
-                if let Some(p) = previous {
-                    self.store.put_record_keys(p);
-                }
+        // A commit can land and its fsync still fail: the stored meta
+        // says which keys are in use (no next secret: the switch landed).
+        let landed = match &res {
+            Ok(_) => true,
+            Err(_) => matches!(
+                self.store.meta_value(crate::store::META_RECORD_MAC_NEXT),
+                Ok(None)
+            ),
+        };
+        if landed {
+            self.store.note_keys_mark();
+        } else {
+            if let Some(p) = previous {
+                self.store.put_record_keys(p);
+            }
+            // The digest kept in memory may be the new keys' one.
+            if let Ok(d) = initial_digest(&self.store) {
+                state.digest = d;
             }
         }
         res

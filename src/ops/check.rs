@@ -145,6 +145,10 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
             crate::store::META_RECORD_MAC_SECRET,
             crate::store::RECORD_MAC_PURPOSE,
         ),
+        (
+            crate::store::META_RECORD_MAC_NEXT,
+            crate::store::RECORD_MAC_PURPOSE,
+        ),
     ] {
         if let Some(v) = store.meta_string(name)? {
             if keyring.unseal(purpose, &v).is_ok_and(|o| o.key_index > 0) {

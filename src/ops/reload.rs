@@ -45,6 +45,16 @@ pub fn check_replacement(store: &Store, new: &Keyring) -> Result<(), ReloadRefus
         ),
         (META_SIGNING_KEY, SIGNING_PURPOSE, "the audit signing key"),
         (META_AUDIT_KEY, MAC_KEY_PURPOSE, "the audit MAC key"),
+        (
+            crate::store::META_RECORD_MAC_SECRET,
+            crate::store::RECORD_MAC_PURPOSE,
+            "the record MAC secrets",
+        ),
+        (
+            crate::store::META_RECORD_MAC_NEXT,
+            crate::store::RECORD_MAC_PURPOSE,
+            "the next record MAC secret (a rotation is unfinished: run it again first)",
+        ),
     ] {
         if let Some(v) = store.meta_string(name)? {
             if new.unseal(purpose, &v).is_err() {

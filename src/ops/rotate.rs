@@ -98,7 +98,13 @@ pub fn rotate(
     // Whether the secret that authenticates records is still one a retired
     // key opens (or a rotation stopped half-way): decided before the
     // re-sealing below puts it under the newest key.
+    // A store that never made a record MAC secret (never rotated since
+    // schema 5, or a rotation stopped before it got there) still
+    // authenticates records under a secret that any key it was ever
+    // sealed under opens: due as well, so a rotation run again after a
+    // crash in the re-encryption below still makes one.
     let rekey_due = store.meta_value(META_RECORD_MAC_NEXT)?.is_some()
+        || store.meta_value(META_RECORD_MAC_SECRET)?.is_none()
         || under_older_key(store, keyring, META_RECORD_SECRET, RECORD_SECRET_PURPOSE)?
         || under_older_key(store, keyring, META_RECORD_MAC_SECRET, RECORD_MAC_PURPOSE)?;
     // The meta values first: the server checks them at start-up.
@@ -185,8 +191,15 @@ pub fn rotate(
         }
     }
     if rekey_due {
-        report.records_reauthenticated =
-            Some(new_record_mac_secret(store, keyring, log, who, pace)?);
+        // A rotation resumed with a next secret sealed under a key older
+        // than the newest: that key (with a backup taken meanwhile) would
+        // open the secret it makes current, so a fresh one follows.
+        let stale_next = under_older_key(store, keyring, META_RECORD_MAC_NEXT, RECORD_MAC_PURPOSE)?;
+        let mut n = new_record_mac_secret(store, keyring, log, who, pace)?;
+        if stale_next {
+            n += new_record_mac_secret(store, keyring, log, who, pace)?;
+        }
+        report.records_reauthenticated = Some(n);
     }
     store.flush()?;
     Ok(report)
@@ -275,7 +288,11 @@ fn new_record_mac_secret(
     let layers: Vec<&[u8]> = history.chunks_exact(32).collect();
     let moving = RecordKeys::from_secrets(&secret, &layers, Some(&next));
     let current_layers = moving.layers();
-    store.set_record_keys(RecordKeys::from_secrets(&secret, &layers, Some(&next)));
+    // In use once no commit is under way: a commit that began with the
+    // keys before would write a record the snapshot below may miss.
+    log.with_writes_paused(|| {
+        store.set_record_keys(RecordKeys::from_secrets(&secret, &layers, Some(&next)))
+    });
     let mut written = 0u64;
     let chunk = if pace.is_zero() { CHUNK } else { 1 };
     // Key records.

@@ -115,6 +115,11 @@ impl RecordKeys {
         }
     }
 
+    /// Whether a rotation's next secret is among these keys.
+    pub(crate) fn has_next(&self) -> bool {
+        self.next_mac.is_some()
+    }
+
     /// How many layers a token's storage key has now.
     pub fn layers(&self) -> u32 {
         u32::try_from(self.layers.len()).unwrap_or(u32::MAX)

@@ -267,7 +267,9 @@ pub trait Backend: Send + Sync {
     /// batch is always chained on the head it lands after. The default
     /// (one process: the caller already serialises) reads both, then
     /// commits.
-    fn commit_at_head(&self, chain: &mut ChainAtHead<'_>) -> Result<()> {
+    /// With `long`, the transaction is not held to one call's timeout
+    /// (its chaining walks the whole store).
+    fn commit_at_head(&self, _long: bool, chain: &mut ChainAtHead<'_>) -> Result<()> {
         let head = self.meta_get(super::META_AUDIT_HEAD)?;
         let last = self.audit_last()?;
         let (records, head, ops) = chain(head, last)?;

@@ -938,14 +938,17 @@ impl Store {
     /// `chain` gets the stored chain head and the newest record and
     /// returns the encoded records, the new head and the ops (see
     /// [`Backend::commit_at_head`]).
+    /// With `long`, the commit may take as long as it needs (it walks
+    /// the store: see `AuditLog`), not one call's database timeout.
     pub(crate) fn commit_at_head(
         &self,
+        long: bool,
         mut chain: impl FnMut(
             Option<Bytes>,
             Option<(u64, Bytes)>,
         ) -> Result<(Vec<(u64, Vec<u8>)>, Vec<u8>, Vec<Op>)>,
     ) -> Result<()> {
-        self.backend.commit_at_head(&mut chain)
+        self.backend.commit_at_head(long, &mut chain)
     }
 
     // ---- the audit log ----

@@ -137,9 +137,12 @@ impl Store {
     pub fn get_token(&self, sha: &[u8; 32]) -> Result<Option<([u8; 32], TokenRecord)>> {
         // While a rotation moves token records, one may be where the next
         // record MAC secret puts it, or still where the current one does.
+        // The current place first: a move (put at the next place, delete
+        // at the current one, in one commit) is never undone, so a record
+        // missed there is found at the next place afterwards.
         let mut places = vec![self.token_key(sha)?];
         if let Some(next) = self.record_keys().and_then(|k| k.token_key_next(sha)) {
-            places.insert(0, next);
+            places.push(next);
         }
         let read = || -> Result<Option<([u8; 32], TokenRecord)>> {
             for at in &places {

@@ -167,6 +167,11 @@ impl StateDigest {
         }
     }
 
+    /// Whether the state holds the meta value `name`.
+    pub(crate) fn has_meta(&self, name: &[u8]) -> bool {
+        self.meta.iter().any(|(n, _)| n == name)
+    }
+
     /// What differs between the signed digest (`self`) and the one the
     /// records give (`found`), said for people; empty when nothing does.
     pub fn differences(&self, found: &StateDigest) -> Vec<String> {

@@ -308,13 +308,24 @@ async fn write_batch(
 /// (the transaction waits for it), and the batch is written and committed
 /// in the same transaction. No other node can append in between, so the
 /// batch never has to be chained again.
-pub(super) fn commit_at_head(store: &PgStore, chain: &mut ChainAtHead<'_>) -> Result<()> {
+pub(super) fn commit_at_head(
+    store: &PgStore,
+    long: bool,
+    chain: &mut ChainAtHead<'_>,
+) -> Result<()> {
     type Seen = (Option<Vec<u8>>, Option<(i64, Vec<u8>)>);
     type Batch = (Vec<i64>, Vec<Vec<u8>>, Vec<u8>, Vec<Owned>);
     let (seen_tx, seen_rx) = std::sync::mpsc::sync_channel::<Seen>(1);
     let (batch_tx, batch_rx) = tokio::sync::oneshot::channel::<Batch>();
     let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
-    let (pool, node, timeout) = (store.pool.clone(), store.node.clone(), store.timeout);
+    // A commit whose chaining walks the whole store (`long`) gets up to
+    // an hour; every other one the call timeout.
+    let timeout = if long {
+        store.timeout.max(std::time::Duration::from_secs(3600))
+    } else {
+        store.timeout
+    };
+    let (pool, node) = (store.pool.clone(), store.node.clone());
     let started = std::time::Instant::now();
     store.rt.handle.spawn(async move {
         let work = async move {

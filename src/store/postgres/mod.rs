@@ -636,8 +636,12 @@ impl Backend for PgStore {
         commit::commit(self, records, head, ops)
     }
 
-    fn commit_at_head(&self, chain: &mut crate::store::backend::ChainAtHead<'_>) -> Result<()> {
-        commit::commit_at_head(self, chain)
+    fn commit_at_head(
+        &self,
+        long: bool,
+        chain: &mut crate::store::backend::ChainAtHead<'_>,
+    ) -> Result<()> {
+        commit::commit_at_head(self, long, chain)
     }
 
     fn audit_last(&self) -> Result<Option<(u64, Bytes)>> {
