@@ -1069,3 +1069,53 @@ fn the_lifecycle_routes_refuse_no_token_and_other_providers() {
     assert_eq!(Api::new(&s, &broad).get("/api/keys").status(), 200);
     s.stop();
 }
+
+#[test]
+fn connect_is_answered_405_over_http1_and_http2_and_panics_nothing() {
+    // Issue 24, point 3 (CONNECT only): warp's path filters panicked on
+    // CONNECT's authority-form target, one panic a request.
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    for _ in 0..20 {
+        let a = raw_exchange(
+            &s.addr,
+            b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nConnection: close\r\n\r\n",
+        );
+        assert!(a.starts_with("HTTP/1.1 405"), "{a:?}");
+        assert!(json_detail_of(&a).contains("not a proxy"), "{a:?}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let statuses: Vec<u16> = rt.block_on(async {
+        let (mut send, _ended) = h2_connection(&s.addr).await;
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            let req = http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri("127.0.0.1:22")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            send.ready().await.unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            out.push(resp.status().as_u16());
+        }
+        out
+    });
+    assert!(statuses.iter().all(|&c| c == 405), "{statuses:?}");
+    // The server still answers, and never panicked.
+    assert_eq!(
+        client().get(s.url("/healthz")).send().unwrap().status(),
+        200
+    );
+    let (_, out, err) = s.stop();
+    assert!(
+        !out.contains("panicked") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(
+        err.contains("method=\"CONNECT\"") || err.contains("method=CONNECT"),
+        "{err}"
+    );
+}

@@ -541,7 +541,25 @@ impl ConnCtx {
                 async move {
                     let _at_work = at_work;
                     let started = Instant::now();
-                    let resp = tower_service::Service::call(&mut svc, req).await;
+                    let resp = if method == http::Method::CONNECT {
+                        // keyhold is no proxy, and warp's path filters panic
+                        // on CONNECT's authority-form target: answered here,
+                        // before any filter sees it (HTTP/1 and HTTP/2).
+                        let mut r = super::context::json_response(
+                            http::StatusCode::METHOD_NOT_ALLOWED,
+                            &serde_json::json!({
+                                "detail": "CONNECT is not served: keyhold is not a proxy; \
+                                           GET /openapi.json lists its routes"
+                            }),
+                        );
+                        r.headers_mut().insert(
+                            http::header::ALLOW,
+                            http::HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE"),
+                        );
+                        Ok(r)
+                    } else {
+                        tower_service::Service::call(&mut svc, req).await
+                    };
                     // A request that took long counts as activity until it
                     // was answered.
                     last_request.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
