@@ -16,6 +16,10 @@
 //!
 //! A crash between the steps resumes where it stopped at the next open
 //! (step 1 leaves a mark in `meta`). Not for: serving or HTTP.
+//!
+//! Over 500 lines: one concept, opening a store with the keyring — the
+//! check at open that must run before any upgrade writes, and each upgrade
+//! in the order a store from before meets them.
 
 use zeroize::Zeroizing;
 
@@ -345,26 +349,39 @@ fn upgrade_to_5(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
             Err(e) => return Err(e),
         }
     };
-    let log = AuditLog::open(store.clone(), keyring)?;
-    let mut ev = AuditEvent::cli(
-        Action::Upgrade,
-        Outcome::Success,
-        Some(format!(
+    mark_schema(
+        store,
+        keyring,
+        5,
+        format!(
             "upgrade to schema 5: every key, token and meta record is bound to the signed chain \
              (the chain head holds the state digest; records carry the seq that wrote them){prefix}"
-        )),
-    );
+        ),
+    )?;
+    tracing::info!("upgraded the store to schema 5 (state bound to the signed audit log)");
+    Ok(true)
+}
+
+/// One audited commit that marks the store at `schema`, its record saying
+/// what the upgrade means.
+fn mark_schema(
+    store: &Store,
+    keyring: &Keyring,
+    schema: u32,
+    detail: String,
+) -> Result<(), UnlockError> {
+    let log = AuditLog::open(store.clone(), keyring)?;
+    let mut ev = AuditEvent::cli(Action::Upgrade, Outcome::Success, Some(detail));
     ev.caller = "upgrade".into();
     log.append(&[(
         ev,
         vec![Write::Meta {
             name: META_SCHEMA,
-            value: Some(Store::schema_bytes(5)?),
+            value: Some(Store::schema_bytes(schema)?),
         }],
     )])?;
-    store.set_schema(5);
-    tracing::info!("upgraded the store to schema 5 (state bound to the signed audit log)");
-    Ok(true)
+    store.set_schema(schema);
+    Ok(())
 }
 
 /// Schema 3 → 4 (key versions and soft deletion, token expiry and last
@@ -375,25 +392,14 @@ fn upgrade_to_4(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
     if store.schema() >= 4 {
         return Ok(false);
     }
-    let log = AuditLog::open(store.clone(), keyring)?;
-    let mut ev = AuditEvent::cli(
-        Action::Upgrade,
-        Outcome::Success,
-        Some(
-            "upgrade to schema 4: key versions, soft deletion with a recovery window, token \
-             expiry and last use; existing records are read as they are"
-                .into(),
-        ),
-    );
-    ev.caller = "upgrade".into();
-    log.append(&[(
-        ev,
-        vec![Write::Meta {
-            name: META_SCHEMA,
-            value: Some(Store::schema_bytes(4)?),
-        }],
-    )])?;
-    store.set_schema(4);
+    mark_schema(
+        store,
+        keyring,
+        4,
+        "upgrade to schema 4: key versions, soft deletion with a recovery window, token expiry \
+         and last use; existing records are read as they are"
+            .into(),
+    )?;
     tracing::info!("upgraded the store to schema 4 (key versions, soft deletion, token expiry)");
     Ok(true)
 }

@@ -92,20 +92,22 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let store = open_initialised(&a.data)?;
     // A wrong key is what check reports, not an error; damage is too.
-    if let Err(e) = crate::unlock::unlock(&store, &keyring) {
-        use crate::unlock::UnlockError;
-        if !matches!(
-            e,
-            UnlockError::WrongKey { .. }
-                | UnlockError::StateDiffers(_)
-                | UnlockError::HeadRolledBack { .. }
+    // The state commitment was checked at open: what differs is reported.
+    let state = match crate::unlock::unlock(&store, &keyring) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            use crate::unlock::UnlockError;
+            match e {
+                UnlockError::WrongKey { .. } => Vec::new(),
+                UnlockError::StateDiffers(d) => d,
+                UnlockError::HeadRolledBack { .. }
                 | UnlockError::HeadWithoutState(_)
-                | UnlockError::HeadMissing
-        ) {
-            return Err(e.into());
+                | UnlockError::HeadMissing => vec![e.to_string()],
+                e => return Err(e.into()),
+            }
         }
-    }
-    let report = ops::check::check(&store, &keyring)?;
+    };
+    let report = ops::check::check(&store, &keyring, state)?;
     let mut out = std::io::stdout().lock();
     if a.output.is_json() {
         serde_json::to_writer_pretty(&mut out, &report)?;

@@ -444,6 +444,24 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     resp
 }
 
+/// The answer to any CONNECT (HTTP/1 and HTTP/2): keyhold is no proxy,
+/// and CONNECT's authority-form target panics warp's path filters, so the
+/// server answers it before they see it.
+pub fn connect_refused() -> Response {
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &serde_json::json!({
+            "detail": "CONNECT is not served: keyhold is not a proxy; GET /openapi.json lists \
+                       its routes"
+        }),
+    );
+    r.headers_mut().insert(
+        http::header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE"),
+    );
+    r
+}
+
 /// `{"detail": ...}` with its status (and Retry-After / WWW-Authenticate).
 pub fn error_response(err: &ApiError) -> Response {
     let mut resp = json_response(err.status, &serde_json::json!({ "detail": err.detail }));

@@ -6,6 +6,9 @@
 //! Handlers (`keys.rs`, `admin.rs`, `audit_routes.rs`) never reject: they
 //! answer every error themselves, so each answer carries `X-Request-Id`.
 //! Only unknown paths and methods reach [`recover`].
+//!
+//! Over 500 lines: the table itself (one function a route) with the few
+//! answers that need no handler module (health, metrics, the fallback).
 
 use std::convert::Infallible;
 

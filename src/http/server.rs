@@ -541,22 +541,10 @@ impl ConnCtx {
                 async move {
                     let _at_work = at_work;
                     let started = Instant::now();
+                    // warp's path filters panic on CONNECT's target:
+                    // answered before any filter sees it.
                     let resp = if method == http::Method::CONNECT {
-                        // keyhold is no proxy, and warp's path filters panic
-                        // on CONNECT's authority-form target: answered here,
-                        // before any filter sees it (HTTP/1 and HTTP/2).
-                        let mut r = super::context::json_response(
-                            http::StatusCode::METHOD_NOT_ALLOWED,
-                            &serde_json::json!({
-                                "detail": "CONNECT is not served: keyhold is not a proxy; \
-                                           GET /openapi.json lists its routes"
-                            }),
-                        );
-                        r.headers_mut().insert(
-                            http::header::ALLOW,
-                            http::HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE"),
-                        );
-                        Ok(r)
+                        Ok(super::context::connect_refused())
                     } else {
                         tower_service::Service::call(&mut svc, req).await
                     };

@@ -20,6 +20,9 @@
 //! whole stream first and writes nothing unless it is intact; it then
 //! reads it again into a fresh directory beside the target and moves that
 //! into place.
+//!
+//! Over 500 lines: one format, its writer, its reader (with what a format-1
+//! file may hold) and restore, plus their unit tests.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

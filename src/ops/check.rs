@@ -114,8 +114,14 @@ impl CheckReport {
 }
 
 /// Runs every check. The caller has tried `crate::unlock::unlock`; when
-/// the keyring did not open the store, only that is reported.
-pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError> {
+/// the keyring did not open the store, only that is reported. `state` is
+/// what the check at open found of the state commitment (empty: the store
+/// matches it), so the store is not walked for it twice.
+pub fn check(
+    store: &Store,
+    keyring: &Keyring,
+    state: Vec<String>,
+) -> Result<CheckReport, StoreError> {
     let mut on_older_key = 0;
     let check = store.check_value()?;
     let opened = check.as_deref().and_then(|c| keyring.opens_check(c));
@@ -188,12 +194,6 @@ pub fn check(store: &Store, keyring: &Keyring) -> Result<CheckReport, StoreError
     let audit = match AuditKeys::unseal(store, keyring) {
         Ok(keys) => Some(verify_store(store, &keys.verify_keys())?),
         Err(_) => None,
-    };
-    let state = match crate::unlock::check_state(store) {
-        Ok(()) => Vec::new(),
-        Err(crate::unlock::UnlockError::StateDiffers(d)) => d,
-        Err(crate::unlock::UnlockError::Store(e)) => return Err(e),
-        Err(e) => vec![e.to_string()],
     };
     let stale = if state.is_empty() {
         Vec::new()

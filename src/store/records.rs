@@ -6,6 +6,10 @@
 //! V1 record, or a V2 record whose MAC does not match, is refused as
 //! tampered. Token records have a V3 (expiry, rotation), authenticated
 //! like V2; writers write V3, and V1/V2 read as "no expiry".
+//!
+//! Over 500 lines: the stored forms of the two record types, every
+//! variant ever written (postcard is not self-describing, so each stays
+//! byte for byte), with their authentication.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

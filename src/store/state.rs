@@ -25,6 +25,10 @@
 //! count (a cache: recounted when unreadable), the last-use tables and the
 //! provider index (each index entry is checked against the authenticated
 //! record it names).
+//!
+//! Over 500 lines: one concept (what binds the state to the chain: the
+//! digest, its seal, the per-node check at use), about a fifth of it the
+//! unit tests of each part.
 
 use std::collections::HashMap;
 use std::sync::RwLock;

@@ -463,3 +463,19 @@ mod auth_tests {
         assert_eq!(s.token_usage().unwrap().get(&id), Some(&9));
     }
 }
+
+impl Store {
+    /// [`Store::commit`] of writes as they are (stamp 0, no digest kept):
+    /// for tests of the store itself.
+    #[cfg(test)]
+    pub(crate) fn commit_writes(
+        &self,
+        records: &[(u64, Vec<u8>)],
+        head: &[u8],
+        writes: &[Write],
+    ) -> Result<()> {
+        let stamped: Vec<(Write, u64)> = writes.iter().cloned().map(|w| (w, 0)).collect();
+        let (ops, _) = self.stamp_ops(&stamped, None)?;
+        self.commit(records, head, &ops)
+    }
+}
