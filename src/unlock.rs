@@ -155,6 +155,7 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
             check_state(store)?;
             let to_4 = upgrade_to_4(store, keyring)?;
             let to_5 = upgrade_to_5(store, keyring)?;
+            store.set_relearn(relearn);
             store.learn_stamps()?;
             return Ok(to_4 || to_5);
         }
@@ -205,8 +206,21 @@ pub fn unlock(store: &Store, keyring: &Keyring) -> Result<bool, UnlockError> {
     drop(log);
     upgrade_to_4(store, keyring)?;
     upgrade_to_5(store, keyring)?;
+    store.set_relearn(relearn);
     store.learn_stamps()?;
     Ok(true)
+}
+
+/// Reads a shared store whole again and checks it against the chain head
+/// (a node whose change rows have a gap: `store::changes`).
+fn relearn(store: &Store) -> Result<(), StoreError> {
+    check_state(store).map_err(|e| match e {
+        UnlockError::Store(e) => e,
+        other => StoreError::Tampered {
+            what: "state",
+            id: format!("as a whole ({other})"),
+        },
+    })
 }
 
 /// Refuses a store whose records differ from the state digest its signed

@@ -532,26 +532,30 @@ fn new_entries(dir: &Path, had: &[(Vec<u8>, Vec<u8>)]) -> Vec<(Vec<u8>, Vec<u8>)
         .collect()
 }
 
-#[test]
-fn a_token_forged_with_a_retired_keys_record_secret_is_refused_after_rotation() {
-    let v = Vault::new();
+/// A key made, a copy of the store kept (what an attacker keeps from
+/// before the rotation), then `rotate` to a new key: the key's id, the
+/// copy, the new key and what `rotate` said.
+fn rotated(v: &Vault, secret: &str) -> (String, PathBuf, String, String) {
     let s = v.serve(&[]);
-    let id = Api::new(&s, &v.admin).create_key("claude", "main", "sk-rotated-0001");
+    let id = Api::new(&s, &v.admin).create_key("claude", "main", secret);
     s.stop();
-    // What the attacker keeps: a copy of the store from before the
-    // rotation, and (later) the retired key.
     let before = v.tmp.path().join("before-rotation");
     copy_dir(&v.dir, &before);
-
     let new_key = keygen();
-    let both = format!("{new_key},{}", v.key);
     let out = keyhold()
-        .env("FERNET_KEYS", &both)
+        .env("FERNET_KEYS", format!("{new_key},{}", v.key))
         .args(["rotate", "--data-dir", v.dir_str()])
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
+    (id, before, new_key, said)
+}
+
+#[test]
+fn a_token_forged_with_a_retired_keys_record_secret_is_refused_after_rotation() {
+    let v = Vault::new();
+    let (id, before, new_key, said) = rotated(&v, "sk-rotated-0001");
     assert!(said.contains("a new record MAC secret"), "{said}");
     // The old key is retired: nothing needs it.
     let (code, out) = check(&v.dir, &new_key);
@@ -683,4 +687,103 @@ fn the_first_rotation_makes_a_record_mac_secret_even_with_one_key_and_the_next_d
     let s = v.serve(&[]);
     assert_eq!(Api::new(&s, &v.admin).get("/api/tokens").status(), 200);
     s.stop();
+}
+
+/// The audit tag key moves with the rotation: a record written after it
+/// is tagged under the new record MAC secret, so a holder of the retired
+/// key (and of a copy of the store from before the rotation) cannot make
+/// a tag that a filtered export's verification accepts for it. Records
+/// from before the rotation keep the tag of their time.
+#[test]
+fn an_audit_tag_made_with_a_retired_keys_record_secret_is_refused_after_rotation() {
+    use keyhold::audit::{record_tag, AuditKeys, AuditRecord, ExportRecord};
+    let v = Vault::new();
+    let (id, before, new_key, _) = rotated(&v, "sk-tagged-0001");
+    let s = Server::start(&v.dir, &[("FERNET_KEY", new_key.as_str())]);
+    assert_eq!(
+        Api::new(&s, &v.admin)
+            .get(&format!("/api/keys/{id}"))
+            .status(),
+        200
+    );
+    s.stop();
+
+    // The attacker's tag key: the one the retired key unseals from the
+    // copy made before the rotation.
+    let retired = with_unlocked_store(&before, &v.key, |store| {
+        let ring = keyhold::keyring::Keyring::parse_list(
+            keyhold::keyring::KeySource::FernetKey,
+            [v.key.as_str()],
+        )
+        .unwrap();
+        AuditKeys::unseal(store, &ring)
+            .unwrap()
+            .verify_keys()
+            .tag
+            .unwrap()
+    });
+    let lines = export(&new_key, &v.dir);
+    let records: Vec<ExportRecord> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rotated_at = records
+        .iter()
+        .find(|r| r.action == "rotate" && r.outcome == "success")
+        .map(|r| r.seq)
+        .expect("a rotate record");
+    let reveal = records
+        .iter()
+        .find(|r| r.action == "reveal" && r.seq > rotated_at)
+        .expect("a reveal after the rotation");
+
+    // The reveal after the rotation, as it is: its filtered export
+    // verifies with the keyring.
+    let one = |r: &ExportRecord| serde_json::to_string(r).unwrap() + "\n";
+    let verify_filtered = |text: &str| {
+        let file = write_tmp(&v.dir, "filtered.jsonl", text);
+        let out = run_with_key(
+            &new_key,
+            &[
+                "audit",
+                "verify",
+                "--filtered",
+                "--file",
+                file.to_str().unwrap(),
+                "--data-dir",
+                v.dir_str(),
+            ],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = verify_filtered(&one(reveal));
+    assert_eq!(code, Some(0), "{out}");
+
+    // Rewritten as refused to `anonymous`, its hash recomputed and tagged
+    // under the retired key's tag key: refused.
+    let mut rec = AuditRecord::from_export(reveal).unwrap();
+    assert_ne!(
+        record_tag(retired.current(), &rec.mac),
+        rec.tag.unwrap(),
+        "the record after the rotation is tagged under a new key"
+    );
+    rec.event.caller = "anonymous".into();
+    rec.event.caller_id = None;
+    rec.event.outcome = keyhold::audit::Outcome::Forbidden;
+    rec.mac = AuditRecord::chain_hash(
+        &rec.prev,
+        rec.seq,
+        rec.at_us,
+        &rec.event,
+        rec.node.as_deref(),
+    );
+    rec.tag = Some(record_tag(retired.current(), &rec.mac));
+    rec.sig = None;
+    let (code, out) = verify_filtered(&one(&rec.to_export()));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("tag does not match"), "{out}");
 }

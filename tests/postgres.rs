@@ -816,28 +816,30 @@ fn a_failover_to_a_synchronous_standby_keeps_every_acknowledged_reveal() {
     );
 }
 
-/// A database at migration 1 (before `keyhold_token_usage`) is brought to
-/// migration 2 in place by the first command that opens it, keeps its
-/// tokens, and records their last use from then on.
+/// A database at migration 1 (before `keyhold_token_usage` and
+/// `keyhold_changes`) is brought to the newest migration in place by the
+/// first command that opens it, keeps its tokens, and records their last
+/// use from then on.
 #[test]
-fn a_database_at_migration_1_is_migrated_to_2_in_place_on_open() {
+fn a_database_at_migration_1_is_migrated_to_the_newest_in_place_on_open() {
     let Some(pg) = cluster() else { return };
     let v = PgVault::new(&pg, "older");
     pg.psql(
         "older",
-        "DROP TABLE keyhold_token_usage; DELETE FROM keyhold_schema WHERE version = 2",
+        "DROP TABLE keyhold_token_usage; DROP TABLE keyhold_changes; \
+         DELETE FROM keyhold_schema WHERE version >= 2",
     );
     let at = |pg: &Cluster| {
         pg.psql(
             "older",
             "SELECT max(version) || ' ' || (to_regclass('keyhold_token_usage') IS NOT NULL) \
-             FROM keyhold_schema",
+             || ' ' || (to_regclass('keyhold_changes') IS NOT NULL) FROM keyhold_schema",
         )
     };
-    assert!(at(&pg).contains("1 f"), "{}", at(&pg));
+    assert!(at(&pg).contains("1 false false"), "{}", at(&pg));
     let out = v.run(&["token", "list", "--format", "json"]);
     assert_ok(&out);
-    assert!(at(&pg).contains("2 t"), "{}", at(&pg));
+    assert!(at(&pg).contains("3 true true"), "{}", at(&pg));
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(list[0]["last_used"].is_null(), "{list}");
     // From then on a use of a token is recorded with its audit record.
@@ -1078,6 +1080,125 @@ fn older_records_written_back_while_the_node_runs_are_refused_at_their_first_use
         text.contains(&format!("key {purged}: purged at seq")),
         "{text}"
     );
+}
+
+/// Node B changes a record (revokes a token, purges a key, soft-deletes
+/// one) that node A has already read; a superuser then writes the older
+/// rows back before A reads them again. A has not been told of B's change
+/// by anything but the database: it learns it from the change rows of B's
+/// commits before it trusts the record, and refuses the older copy at its
+/// first use.
+#[test]
+fn an_older_record_written_back_after_another_nodes_change_is_refused_on_every_node() {
+    let Some(pg) = cluster() else { return };
+    let v = PgVault::new(&pg, "racewin");
+    let a = v.serve("node-a", &[]);
+    let b = v.serve("node-b", &[]);
+    let (on_a, on_b) = (Api::new(&a, &v.admin), Api::new(&b, &v.admin));
+    let made: Value = on_a
+        .post_json(
+            "/api/tokens",
+            &serde_json::json!({"name": "ops", "role": "admin"}),
+        )
+        .json()
+        .unwrap();
+    let ops = made["token"].as_str().unwrap().to_string();
+    let ops_id = made["id"].as_str().unwrap().to_string();
+    let purged = on_a.create_key("claude", "main", "sk-ant-window-000001");
+    let deleted = on_a.create_key("gemini", "main", "AIza-window-000002");
+    // Node A uses each record, so it knows each one's current stamp.
+    assert_eq!(Api::new(&a, &ops).get("/api/tokens").status(), 200);
+    assert_eq!(reveal(&on_a, &purged).status(), 200);
+    assert_eq!(reveal(&on_a, &deleted).status(), 200);
+    let tokens = rows(&pg, "racewin", "keyhold_tokens");
+    let keys = rows(&pg, "racewin", "keyhold_keys");
+    let index = rows(&pg, "racewin", "keyhold_by_provider");
+
+    // The changes are made on node B; node A reads nothing meanwhile.
+    assert_eq!(on_b.delete(&format!("/api/tokens/{ops_id}")).status(), 200);
+    assert_eq!(
+        on_b.delete(&format!("/api/keys/{purged}?purge=true"))
+            .status(),
+        200
+    );
+    assert_eq!(on_b.delete(&format!("/api/keys/{deleted}")).status(), 200);
+    write_back(&pg, "racewin", "keyhold_tokens", &tokens);
+    write_back(&pg, "racewin", "keyhold_keys", &keys);
+    write_back(&pg, "racewin", "keyhold_by_provider", &index);
+
+    // On node A, at the first use of each: refused.
+    let r = Api::new(&a, &ops).post_json(
+        "/api/tokens",
+        &serde_json::json!({"name": "minted", "role": "admin"}),
+    );
+    assert_eq!(r.status(), 401);
+    let r = reveal(&on_a, &purged);
+    assert_eq!(r.status(), 409);
+    assert!(!r.text().unwrap().contains("sk-ant-window"));
+    let r = reveal(&on_a, &deleted);
+    assert_eq!(r.status(), 409);
+    assert!(!r.text().unwrap().contains("AIza-window"));
+    drop(a);
+    drop(b);
+    let recs = v.audit_records_raw();
+    let on_node_a = |action: &str| {
+        recs.iter()
+            .filter(|r| {
+                r["action"] == action && r["outcome"] == "tampered" && r["node"] == "node-a"
+            })
+            .count()
+    };
+    assert!(on_node_a("authenticate") >= 1, "{recs:?}");
+    assert_eq!(on_node_a("reveal"), 2, "{recs:?}");
+}
+
+/// The change rows a node learns from are authenticated and must follow
+/// each other without a gap: a row deleted in the database makes the node
+/// check the whole store against the signed chain head before it trusts a
+/// record (which finds the older copy written back, and from then on the
+/// node refuses every record, as it would refuse to open the store); a row
+/// edited is refused.
+#[test]
+fn change_rows_deleted_or_edited_in_the_database_do_not_hide_a_change() {
+    let Some(pg) = cluster() else { return };
+    for (db, edit) in [
+        (
+            "rows_gone",
+            "DELETE FROM keyhold_changes WHERE last > {before}",
+        ),
+        (
+            "rows_edited",
+            "UPDATE keyhold_changes SET v = overlay(v placing '\\xff'::bytea from 3 for 1) \
+             WHERE last > {before}",
+        ),
+    ] {
+        let v = PgVault::new(&pg, db);
+        let a = v.serve("node-a", &[]);
+        let b = v.serve("node-b", &[]);
+        let (on_a, on_b) = (Api::new(&a, &v.admin), Api::new(&b, &v.admin));
+        let id = on_a.create_key("claude", "one", "sk-ant-rows-0000001");
+        assert_eq!(reveal(&on_a, &id).status(), 200);
+        let keys = rows(&pg, db, "keyhold_keys");
+        let index = rows(&pg, db, "keyhold_by_provider");
+        let before = pg.psql(db, "SELECT COALESCE(max(last), 0) FROM keyhold_changes");
+        let before: i64 = before.trim().parse().unwrap();
+        assert_eq!(on_b.delete(&format!("/api/keys/{id}")).status(), 200);
+        pg.psql(db, &edit.replace("{before}", &before.to_string()));
+        write_back(&pg, db, "keyhold_keys", &keys);
+        write_back(&pg, db, "keyhold_by_provider", &index);
+        // Refused: the caller's own token record is the first record the
+        // node reads, and it is refused with the rest (401), or the key
+        // (409).
+        let r = reveal(&on_a, &id);
+        assert!(
+            [401, 409].contains(&r.status().as_u16()),
+            "{db}: {}",
+            r.status()
+        );
+        assert!(!r.text().unwrap().contains("sk-ant-rows"), "{db}");
+        drop(a);
+        drop(b);
+    }
 }
 
 #[test]

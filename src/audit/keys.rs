@@ -3,6 +3,7 @@
 //! secrets `AuditKeys` unseals from the store with the keyring.
 
 use super::*;
+use crate::store::{AuditTagKeys, META_AUDIT_TAG_EPOCHS};
 
 /// The MAC key of records written before schema 3, zeroized on drop.
 #[derive(Clone)]
@@ -87,8 +88,8 @@ pub fn record_tag(tag_key: &[u8; 32], mac: &[u8; 32]) -> [u8; 32] {
 pub struct VerifyKeys {
     /// Checks records written before schema 3.
     pub legacy: Option<MacKey>,
-    /// Checks each V2 record's tag.
-    pub tag: Option<Zeroizing<[u8; 32]>>,
+    /// Checks each V2 record's tag (under the key of its seq's range).
+    pub tag: Option<AuditTagKeys>,
     /// Public keys whose signatures are trusted (and, through hand-over
     /// records they sign, their successors').
     pub trusted: Vec<PublicKey>,
@@ -114,10 +115,32 @@ impl VerifyKeys {
     }
 }
 
+/// The audit tag keys of the store's records (see [`AuditTagKeys`]); the
+/// store's record keys must be applied.
+pub(crate) fn tag_keys(store: &Store) -> Result<AuditTagKeys, AuditError> {
+    let keys = store
+        .record_keys()
+        .ok_or(AuditError::Store(StoreError::Locked))?;
+    let epochs: Vec<(u64, u32)> = match store.meta_value(META_AUDIT_TAG_EPOCHS)? {
+        None => Vec::new(),
+        Some(v) => postcard::from_bytes(&v).map_err(|_| {
+            AuditError::Store(StoreError::Corrupt {
+                what: "audit tag epochs",
+                detail: "not a list of (seq, secret index)".into(),
+            })
+        })?,
+    };
+    keys.audit_tags(&epochs)
+        .ok_or(AuditError::Store(StoreError::Corrupt {
+            what: "audit tag epochs",
+            detail: "they name a record MAC secret the store does not hold".into(),
+        }))
+}
+
 /// The audit log's secrets, unsealed from the store with the keyring.
 pub struct AuditKeys {
     pub legacy: Option<MacKey>,
-    pub(super) tag: Zeroizing<[u8; 32]>,
+    pub(super) tag: AuditTagKeys,
     pub(super) signer: AuditSigner,
 }
 
@@ -134,10 +157,7 @@ impl AuditKeys {
     /// the keyring; the tag key comes from the store's record keys, which
     /// must be applied (`crate::unlock`).
     pub fn unseal(store: &Store, keyring: &Keyring) -> Result<AuditKeys, AuditError> {
-        let tag = store
-            .record_keys()
-            .ok_or(AuditError::Store(StoreError::Locked))?;
-        let tag = Zeroizing::new(*tag.audit_tag_key());
+        let tag = tag_keys(store)?;
         let seed = store
             .meta_string(META_SIGNING_KEY)?
             .ok_or(AuditError::NoMacKey)?;

@@ -57,8 +57,8 @@ pub use writer::{AuditWriter, BatchObserver};
 use crate::keyring::Keyring;
 use crate::store::backend::Op;
 use crate::store::{
-    Stamped, StateDigest, Store, StoreError, Write, META_AUDIT_KEY, META_PUBLIC_KEY,
-    META_RECORD_MAC_NEXT, META_SIGNING_KEY,
+    AuditTagKeys, Stamped, StateDigest, Store, StoreError, Write, META_AUDIT_KEY,
+    META_AUDIT_TAG_EPOCHS, META_PUBLIC_KEY, META_RECORD_MAC_NEXT, META_SIGNING_KEY,
 };
 
 /// The `prev` of the first record.
@@ -112,6 +112,9 @@ struct Chained {
     /// [`ChainState::digest`]).
     digest: Option<StateDigest>,
     stamped: Stamped,
+    /// The audit tag keys after the batch (a switch of the record keys
+    /// moves them on).
+    tags: AuditTagKeys,
     /// The position after the batch.
     next_seq: u64,
     prev: [u8; 32],
@@ -132,6 +135,8 @@ struct ChainState {
     /// ([`AuditLog::switch_record_keys`]): its digest is computed afresh
     /// from the records under the new keys.
     restate: bool,
+    /// Tag each record (see `store::AuditTagKeys`).
+    tags: AuditTagKeys,
 }
 
 /// The append side of the log: chains records and commits them, with
@@ -141,7 +146,6 @@ pub struct AuditLog {
     /// The node name records carry where several nodes share the store.
     node: Option<String>,
     legacy: Option<MacKey>,
-    tag: Zeroizing<[u8; 32]>,
     state: Mutex<ChainState>,
 }
 
@@ -171,13 +175,13 @@ impl AuditLog {
             node: store.node().map(str::to_string),
             store,
             legacy: keys.legacy,
-            tag: keys.tag,
             state: Mutex::new(ChainState {
                 next_seq,
                 prev,
                 signer: keys.signer,
                 digest,
                 restate: false,
+                tags: keys.tag,
             }),
         })
     }
@@ -189,9 +193,10 @@ impl AuditLog {
     /// What verifying this log takes: its keys, trusting the current
     /// signing key.
     pub fn verify_keys(&self) -> VerifyKeys {
+        let tags = self.lock().tags.clone();
         VerifyKeys {
             legacy: self.legacy.clone(),
-            tag: Some(self.tag.clone()),
+            tag: Some(tags),
             trusted: vec![self.public_key()],
         }
     }
@@ -308,6 +313,7 @@ impl AuditLog {
             state.next_seq = chained.next_seq;
             state.prev = chained.prev;
             state.digest = chained.digest;
+            state.tags = chained.tags;
             self.store.note_stamped(&chained.stamped);
             return Ok(chained.records);
         }
@@ -400,7 +406,11 @@ impl AuditLog {
         state.next_seq = chained.next_seq;
         state.prev = chained.prev;
         state.digest = chained.digest;
+        state.tags = chained.tags;
         self.store.note_stamped(&chained.stamped);
+        if let (Some(first), Some(last)) = (chained.records.first(), chained.records.last()) {
+            self.store.note_committed(first.seq, last.seq);
+        }
         Ok(chained.records)
     }
 
@@ -418,6 +428,25 @@ impl AuditLog {
         hand_over: Option<(usize, &AuditSigner)>,
         mut digest: Option<StateDigest>,
     ) -> Result<Chained, AuditError> {
+        let first_seq = seq;
+        // A switch to a new record MAC secret moves the audit tag key on
+        // from this batch's first record (noted in meta, in this commit).
+        let mut tags = state.tags.clone();
+        let mut tag_epochs = None;
+        if state.restate {
+            if let Some(keys) = self.store.record_keys() {
+                if let Some(i) = keys.newest_mac_index() {
+                    let mut epochs = tags.epochs().to_vec();
+                    if epochs.last().map(|e| e.1) != Some(i) {
+                        epochs.push((first_seq, i));
+                        tags = keys
+                            .audit_tags(&epochs)
+                            .ok_or(AuditError::Store(StoreError::Locked))?;
+                        tag_epochs = Some(epochs);
+                    }
+                }
+            }
+        }
         let mut records = Vec::with_capacity(batch.len());
         let mut writes = Vec::new();
         // Each token that acted in the batch: its last use, written in the
@@ -439,7 +468,7 @@ impl AuditLog {
                 event: event.clone(),
                 prev,
                 mac,
-                tag: Some(record_tag(&self.tag, &mac)),
+                tag: Some(record_tag(tags.current(), &mac)),
                 sig: None,
                 node: self.node.clone(),
             });
@@ -449,12 +478,30 @@ impl AuditLog {
         }
         let last_seq = seq.saturating_sub(1);
         writes.extend(extra.iter().cloned().map(|w| (w, last_seq)));
+        if let Some(epochs) = tag_epochs {
+            let value = postcard::to_stdvec(&epochs).map_err(|e| {
+                AuditError::Store(StoreError::Corrupt {
+                    what: "audit tag epochs",
+                    detail: e.to_string(),
+                })
+            })?;
+            writes.push((
+                Write::Meta {
+                    name: META_AUDIT_TAG_EPOCHS,
+                    value: Some(value),
+                },
+                last_seq,
+            ));
+        }
         writes.extend(
             touched
                 .into_iter()
                 .map(|(id, at_us)| (Write::TouchToken { id, at_us }, last_seq)),
         );
-        let (ops, stamped) = self.store.stamp_ops(&writes, digest.as_mut())?;
+        let (mut ops, stamped) = self.store.stamp_ops(&writes, digest.as_mut())?;
+        if let Some(op) = self.store.changes_op(&stamped, first_seq, last_seq)? {
+            ops.push(op);
+        }
         let n = records.len();
         // A hand-over: the old key signs every record up to the hand-over
         // record; the new key signs the newest.
@@ -494,6 +541,7 @@ impl AuditLog {
             ops,
             digest,
             stamped,
+            tags,
             next_seq: seq,
             prev,
         })

@@ -284,7 +284,10 @@ impl ChainVerifier {
                     return Some("the record's contents do not match its hash (mac)".into());
                 }
                 if let Some(k) = &self.keys.tag {
-                    if !crate::access::digests_equal(&record_tag(k, &rec.mac), &tag) {
+                    if !crate::access::digests_equal(
+                        &record_tag(k.for_seq(rec.seq), &rec.mac),
+                        &tag,
+                    ) {
                         return Some("the record's tag does not match its hash".into());
                     }
                 }

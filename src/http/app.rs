@@ -271,6 +271,7 @@ fn spawn_housekeeping(state: Arc<AppState>) {
     let s = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
             if s.store.node().is_some() {
@@ -286,7 +287,17 @@ fn spawn_housekeeping(state: Arc<AppState>) {
                 if res.is_ok() && !s.audit.is_healthy() {
                     tracing::info!("the database answers again");
                 }
+                let up = res.is_ok();
                 s.audit.probed(res);
+                ticks = ticks.wrapping_add(1);
+                if up && ticks.is_multiple_of(10) {
+                    // Every 10 s: learn what other nodes changed, so this
+                    // node never lags behind the pruning of the change rows.
+                    let store = s.store.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.keep_up()).await {
+                        tracing::warn!(error = %e, "could not learn other nodes' changes");
+                    }
+                }
                 continue;
             }
             if s.audit.is_healthy() {

@@ -43,10 +43,12 @@ pub(crate) const TAG_TOKEN_RECORD_V4: &[u8] = b"keyhold-token-record-v4";
 /// never printed.
 ///
 /// Two kinds of secret feed them. The record secret, made at `init`, gives
-/// the base of the token digest and the audit tag key. Each rotation makes
-/// a record MAC secret (`ops::rotate`): the newest gives every key that
-/// authenticates or seals something current (the record MAC, the state
-/// digest's keys), and each adds a layer to the token digest, so that a
+/// the base of the token digest and the audit tag key of the records
+/// written before the first rotation. Each rotation makes a record MAC
+/// secret (`ops::rotate`): the newest gives every key that authenticates or
+/// seals something current (the record MAC, the state digest's keys, the
+/// audit tag key from its rotation on: [`AuditTagKeys`]), and each adds a
+/// layer to the token digest, so that a
 /// token's record is stored at HMAC(layer n, … HMAC(layer 1, HMAC(base,
 /// SHA-256(token)))): nothing derived from a retired key authenticates a
 /// record or finds where one would go. Until the first rotation the record
@@ -57,6 +59,8 @@ pub struct RecordKeys {
     token_digest: Zeroizing<[u8; 32]>,
     record_mac: Zeroizing<[u8; 32]>,
     audit_tag: Zeroizing<[u8; 32]>,
+    /// The audit tag key of each record MAC secret, oldest first.
+    mac_tags: Vec<Zeroizing<[u8; 32]>>,
     state: Zeroizing<[u8; 32]>,
     state_mask: Zeroizing<[u8; 32]>,
     state_seal: Zeroizing<[u8; 32]>,
@@ -105,6 +109,7 @@ impl RecordKeys {
         RecordKeys {
             token_digest: derive(secret, LABEL_TOKEN_DIGEST),
             audit_tag: derive(secret, LABEL_AUDIT_TAG),
+            mac_tags: macs.iter().map(|m| derive(m, LABEL_AUDIT_TAG)).collect(),
             record_mac: derive(mac, LABEL_RECORD_MAC),
             state: derive(mac, LABEL_STATE),
             state_mask: derive(mac, LABEL_STATE_MASK),
@@ -216,10 +221,72 @@ impl RecordKeys {
         &self.state_seal
     }
 
-    /// The key of the per-record audit tags (checked with the keyring on
-    /// filtered exports; the public hash chain covers complete ones).
-    pub fn audit_tag_key(&self) -> &[u8; 32] {
-        &self.audit_tag
+    /// The audit tag keys of the seq ranges `epochs` names (meta
+    /// [`META_AUDIT_TAG_EPOCHS`]); `None` if it names a record MAC secret
+    /// these keys do not hold.
+    pub fn audit_tags(&self, epochs: &[(u64, u32)]) -> Option<AuditTagKeys> {
+        let keys = epochs
+            .iter()
+            .map(|(from, i)| Some((*from, self.mac_tags.get(*i as usize)?.clone())))
+            .collect::<Option<Vec<_>>>()?;
+        Some(AuditTagKeys {
+            base: self.audit_tag.clone(),
+            epochs: epochs.to_vec(),
+            keys,
+        })
+    }
+
+    /// The index of the newest record MAC secret, if a rotation made one.
+    pub fn newest_mac_index(&self) -> Option<u32> {
+        u32::try_from(self.mac_tags.len().checked_sub(1)?).ok()
+    }
+}
+
+/// Meta: from which audit seq on each record MAC secret's audit tag key
+/// tags the records, as postcard `Vec<(first seq, index of the secret)>`.
+/// Absent: the record secret's key tags every record (a store never
+/// rotated, or rotated before the tag key moved with the rotation).
+pub const META_AUDIT_TAG_EPOCHS: &[u8] = b"audit_tag_epochs";
+
+/// The keys of the per-record audit tags (checked with the keyring on
+/// filtered exports; the public hash chain covers complete ones), by seq:
+/// the record secret's until the first rotation that moved them, then,
+/// from the first record of each rotation's switch on, the key of that
+/// rotation's record MAC secret. A record written after a rotation is
+/// tagged under nothing a retired Fernet key unseals.
+#[derive(Clone)]
+pub struct AuditTagKeys {
+    base: Zeroizing<[u8; 32]>,
+    epochs: Vec<(u64, u32)>,
+    keys: Vec<(u64, Zeroizing<[u8; 32]>)>,
+}
+
+impl std::fmt::Debug for AuditTagKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditTagKeys")
+            .field("epochs", &self.epochs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditTagKeys {
+    /// The key that tags the record at `seq`.
+    pub fn for_seq(&self, seq: u64) -> &[u8; 32] {
+        self.keys
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= seq)
+            .map_or(&self.base, |(_, k)| k)
+    }
+
+    /// The key new records are tagged with.
+    pub fn current(&self) -> &[u8; 32] {
+        self.keys.last().map_or(&self.base, |(_, k)| k)
+    }
+
+    /// The seq ranges, as meta stores them.
+    pub fn epochs(&self) -> &[(u64, u32)] {
+        &self.epochs
     }
 }
 

@@ -128,6 +128,14 @@ pub enum Op {
         name: &'static [u8],
         value: Option<Vec<u8>>,
     },
+    /// What the commit of audit records `first..=last` changed, sealed
+    /// (`Store::sealed_changes`), for the other nodes' check at use (a
+    /// store several nodes share; ignored where one process holds it).
+    Changes {
+        first: u64,
+        last: u64,
+        value: Vec<u8>,
+    },
 }
 
 /// One cell of the reveal limit shared by every node, as the database
@@ -214,6 +222,27 @@ pub trait Backend: Send + Sync {
     /// Forgets shared limit state that is back to full.
     fn prune_reveal_cells(&self) -> Result<()> {
         Ok(())
+    }
+
+    // ---- what each commit changed (shared databases only) ----
+    /// The sealed change rows of the commits that end after `after`, as
+    /// `(first, last, sealed)`, oldest first, at most `limit` (none where
+    /// one process holds the store).
+    fn changes_after(&self, _after: u64, _limit: i64) -> Result<Vec<(u64, u64, Bytes)>> {
+        Ok(Vec::new())
+    }
+    /// Forgets the change rows of commits that end before `before`.
+    fn prune_changes(&self, _before: u64) -> Result<()> {
+        Ok(())
+    }
+    /// A key record and the newest audit seq, read together (one snapshot
+    /// of a shared database; elsewhere the seq is 0).
+    fn key_get_seen(&self, id: &Uuid) -> Result<Option<(Bytes, u64)>> {
+        Ok(self.key_get(id)?.map(|v| (v, 0)))
+    }
+    /// A token record and the newest audit seq, read together.
+    fn token_get_seen(&self, at: &[u8; 32]) -> Result<Option<(Bytes, u64)>> {
+        Ok(self.token_get(at)?.map(|v| (v, 0)))
     }
 
     // ---- meta ----

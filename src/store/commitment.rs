@@ -21,8 +21,8 @@ pub(crate) type KeysMark = [Option<Vec<u8>>; 2];
 /// and token's new stamp and fingerprint (none: the key was removed).
 #[derive(Debug, Default)]
 pub struct Stamped {
-    keys: Vec<(Uuid, state::Seen)>,
-    tokens: Vec<([u8; 32], state::Seen)>,
+    pub(super) keys: Vec<(Uuid, state::Seen)>,
+    pub(super) tokens: Vec<([u8; 32], state::Seen)>,
 }
 
 impl Store {

@@ -33,6 +33,7 @@
 
 mod auth;
 pub mod backend;
+mod changes;
 mod commitment;
 
 use commitment::KeysMark;
@@ -55,7 +56,8 @@ pub use postgres::{DatabaseUrl, DatabaseUrlArg, DatabaseUrlError, PgOptions};
 pub use sled_store::audit_chunks;
 pub use sled_store::{holds_store, sled_dir, wait_until_released};
 
-pub use auth::{RecordKeys, SEALED_PURPOSE as RECORD_SECRET_PURPOSE};
+pub use auth::SEALED_PURPOSE as RECORD_SECRET_PURPOSE;
+pub use auth::{AuditTagKeys, RecordKeys, META_AUDIT_TAG_EPOCHS};
 use records::Auth;
 pub use records::{KeyRecord, KeyVersion, TokenRecord};
 pub use state::{SealedState, StateDigest};

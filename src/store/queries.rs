@@ -26,9 +26,14 @@ impl Store {
     /// expected stamp on between the read and the check.
     pub fn get_key_raw(&self, id: &Uuid) -> Result<Option<(KeyRecord, Bytes)>> {
         let read = || -> Result<Option<(KeyRecord, Bytes)>> {
-            match self.backend.key_get(id)? {
+            // With the newest audit seq of the same snapshot: what other
+            // nodes changed up to it is learnt before the record is checked.
+            match self.backend.key_get_seen(id)? {
                 None => Ok(None),
-                Some(v) => Ok(Some((self.decode_key(*id, &v)?, v))),
+                Some((v, seq)) => {
+                    self.catch_up(seq)?;
+                    Ok(Some((self.decode_key(*id, &v)?, v)))
+                }
             }
         };
         match read() {
@@ -146,7 +151,8 @@ impl Store {
         }
         let read = || -> Result<Option<([u8; 32], TokenRecord)>> {
             for at in &places {
-                if let Some(v) = self.backend.token_get(at)? {
+                if let Some((v, seq)) = self.backend.token_get_seen(at)? {
+                    self.catch_up(seq)?;
                     return Ok(Some((*at, self.decode_token(at, &v)?)));
                 }
             }

@@ -322,6 +322,18 @@ pub(crate) struct Fresh {
     floor: std::sync::atomic::AtomicU64,
     /// Whether the store was read (see [`Fresh::reset`]).
     filled: std::sync::atomic::AtomicBool,
+    /// The audit seq up to which every commit's changes are known: the
+    /// log's end when the store was read, then the last change row read
+    /// (`super::changes`).
+    learned: std::sync::atomic::AtomicU64,
+    /// Held by the one reader of change rows.
+    catching: std::sync::Mutex<()>,
+    /// What reads the whole store again (see `super::changes`).
+    relearn: std::sync::OnceLock<fn(&super::Store) -> Result<()>>,
+    /// Set when that found the store differing from the signed state:
+    /// every record read is refused from then on (the maps above were
+    /// filled from the differing records).
+    differs: std::sync::OnceLock<String>,
 }
 
 /// What this node knows of one record: the stamp it was written with, and
@@ -362,8 +374,53 @@ impl Fresh {
         *k = keys;
         *t = tokens;
         self.floor.store(seq, std::sync::atomic::Ordering::Release);
+        self.learned
+            .store(seq, std::sync::atomic::Ordering::Release);
         self.filled
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// See the field's docs.
+    pub(crate) fn learned(&self) -> u64 {
+        self.learned.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_learned(&self, seq: u64) {
+        self.learned
+            .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Moves `learned` from `from` to `to` if it is still at `from`.
+    pub(crate) fn learned_through(&self, from: u64, to: u64) {
+        let _ = self.learned.compare_exchange(
+            from,
+            to,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+    }
+
+    pub(crate) fn catching(&self) -> std::sync::MutexGuard<'_, ()> {
+        match self.catching.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub(crate) fn set_relearn(&self, f: fn(&super::Store) -> Result<()>) {
+        let _ = self.relearn.set(f);
+    }
+
+    pub(crate) fn relearn(&self) -> Option<fn(&super::Store) -> Result<()>> {
+        self.relearn.get().copied()
+    }
+
+    pub(crate) fn set_differs(&self, why: String) {
+        let _ = self.differs.set(why);
+    }
+
+    pub(crate) fn differs(&self) -> Option<&str> {
+        self.differs.get().map(String::as_str)
     }
 
     /// Whether the store was read since this process opened it.

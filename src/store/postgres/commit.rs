@@ -48,6 +48,18 @@ enum Owned {
         name: Vec<u8>,
         value: Option<Vec<u8>>,
     },
+    Changes {
+        first: i64,
+        last: i64,
+        value: Vec<u8>,
+    },
+}
+
+/// A seq as the database stores it (the batch's own seqs are checked to
+/// fit before anything is written, so this never saturates in a commit
+/// that lands).
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
 /// An id's last use as stored: (id, time in µs big-endian).
@@ -121,6 +133,11 @@ fn owned(ops: &[Op]) -> Vec<Owned> {
             }
             Op::Meta { name, value } => Owned::Meta {
                 name: name.to_vec(),
+                value: value.clone(),
+            },
+            Op::Changes { first, last, value } => Owned::Changes {
+                first: seq_i64(*first),
+                last: seq_i64(*last),
                 value: value.clone(),
             },
         };
@@ -258,6 +275,15 @@ async fn apply(tx: &Transaction<'_>, op: &Owned) -> std::result::Result<i64, PgE
                     .map_err(db_error)?;
             }
         },
+        Owned::Changes { first, last, value } => {
+            let stmt = tx
+                .prepare_cached("INSERT INTO keyhold_changes (last, first, v) VALUES ($1, $2, $3)")
+                .await
+                .map_err(db_error)?;
+            tx.execute(&stmt, &[last, first, value])
+                .await
+                .map_err(db_error)?;
+        }
     }
     Ok(added)
 }

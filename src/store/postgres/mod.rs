@@ -372,6 +372,26 @@ impl PgStore {
         })
     }
 
+    /// A record and the newest audit seq, in one statement (one snapshot:
+    /// the seq is that of the commit the record was read after).
+    fn get_seen(&self, table: &'static str, key: Vec<u8>) -> Result<Option<(Bytes, u64)>> {
+        let sql = format!(
+            "SELECT v, (SELECT COALESCE(max(seq), 0) FROM keyhold_audit) FROM {} WHERE k = $1",
+            scan::table(table)?
+        );
+        self.run("read a record", move |pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
+            let row = client.query_opt(&stmt, &[&key]).await.map_err(db_error)?;
+            Ok(row.map(|r| {
+                (
+                    Bytes::from(r.get::<_, Vec<u8>>(0)),
+                    r.get::<_, i64>(1).max(0) as u64,
+                )
+            }))
+        })
+    }
+
     fn swap(&self, table: &'static str, key: Vec<u8>, current: &[u8], new: &[u8]) -> Result<bool> {
         let sql = format!(
             "UPDATE {} SET v = $3 WHERE k = $1 AND v = $2",
@@ -497,6 +517,54 @@ impl Backend for PgStore {
 
     fn prune_reveal_cells(&self) -> Result<()> {
         limit::prune(self)
+    }
+
+    fn changes_after(&self, after: u64, limit: i64) -> Result<Vec<(u64, u64, Bytes)>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.run("read what other nodes changed", move |pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT first, last, v FROM keyhold_changes WHERE last > $1 \
+                     ORDER BY last LIMIT $2",
+                )
+                .await
+                .map_err(db_error)?;
+            let rows = client
+                .query(&stmt, &[&after, &limit])
+                .await
+                .map_err(db_error)?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<_, i64>(0).max(0) as u64,
+                        r.get::<_, i64>(1).max(0) as u64,
+                        Bytes::from(r.get::<_, Vec<u8>>(2)),
+                    )
+                })
+                .collect())
+        })
+    }
+
+    fn prune_changes(&self, before: u64) -> Result<()> {
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        self.run("prune the change rows", move |pool| async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .execute("DELETE FROM keyhold_changes WHERE last < $1", &[&before])
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+    }
+
+    fn key_get_seen(&self, id: &Uuid) -> Result<Option<(Bytes, u64)>> {
+        self.get_seen("keys", id.as_bytes().to_vec())
+    }
+
+    fn token_get_seen(&self, at: &[u8; 32]) -> Result<Option<(Bytes, u64)>> {
+        self.get_seen("tokens", at.to_vec())
     }
 
     fn meta_get(&self, name: &[u8]) -> Result<Option<Bytes>> {

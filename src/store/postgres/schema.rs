@@ -23,6 +23,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../../migrations/postgres/0002_token_usage.sql"),
     ),
+    (
+        3,
+        include_str!("../../../migrations/postgres/0003_changes.sql"),
+    ),
 ];
 
 /// The newest migration this binary knows.
