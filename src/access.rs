@@ -125,6 +125,47 @@ pub fn valid_provider(p: &str) -> bool {
         })
 }
 
+/// Longest key name, in characters.
+pub const MAX_KEY_NAME: usize = 200;
+
+/// Why a key name is refused, if it is: 1 to [`MAX_KEY_NAME`] characters,
+/// none of them a control character or a Unicode format character (bidi
+/// controls such as U+202E, zero-width characters such as U+200B: they make
+/// one name look like another in the console and in `keys list`), and in
+/// Unicode NFC (so that two names that look the same are the same string).
+/// The message names the first offending character by its code point.
+pub fn key_name_problem(name: &str) -> Option<String> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    let n = name.chars().count();
+    if n == 0 || n > MAX_KEY_NAME {
+        return Some(format!("must be 1 to {MAX_KEY_NAME} characters"));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "must not contain control characters (found U+{:04X})",
+            c as u32
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.general_category() == GeneralCategory::Format)
+    {
+        return Some(format!(
+            "must not contain Unicode format characters such as bidi controls or zero-width \
+             characters (found U+{:04X}), which make one name look like another",
+            c as u32
+        ));
+    }
+    if !unicode_normalization::is_nfc(name) {
+        return Some(
+            "must be in Unicode normalization form C (NFC): normalize it first (for example \
+             Python's unicodedata.normalize('NFC', name))"
+                .into(),
+        );
+    }
+    None
+}
+
 /// The rule for token names: 1–64 characters, letters, digits, `_.-@`.
 pub fn valid_token_name(n: &str) -> bool {
     !n.is_empty()

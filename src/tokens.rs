@@ -24,6 +24,12 @@ pub enum TokenError {
     #[error("invalid provider `{0}` in the provider limit: a provider matches [a-z0-9][a-z0-9_.-]{{0,63}}")]
     InvalidProvider(String),
     #[error(
+        "an auditor token cannot be limited to providers: it reads the audit log, which is not \
+         kept per provider, so the limit would mean nothing; leave `providers` out, or make a \
+         reader token for those providers"
+    )]
+    LimitedAuditor,
+    #[error(
         "a live token named `{0}` already exists: pick another name, or revoke that one first"
     )]
     NameTaken(String),
@@ -172,6 +178,10 @@ fn prepare_named(
             Some(out)
         }
     };
+    // New tokens only: a rotation carries an older token's fields over.
+    if unique && role == Role::Auditor && providers.is_some() {
+        return Err(TokenError::LimitedAuditor);
+    }
     let now = crate::time::now_us();
     if unique {
         for (_, rec) in store.list_tokens()? {

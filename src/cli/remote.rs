@@ -152,6 +152,20 @@ pub(super) fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // No environment variable can carry a NUL byte: say which one instead
+    // of failing to start the command.
+    let nul = |var: &str, what: &str| {
+        ConfigError(format!(
+            "{what} for {var} holds a NUL byte, which no environment variable can carry: store \
+             it again without one; nothing was run"
+        ))
+    };
+    if let Some((var, _)) = plain.iter().find(|(_, v)| v.contains('\0')) {
+        return Err(nul(var, "the --env-file value").into());
+    }
+    if let Some((var, _)) = secrets.iter().find(|(_, k)| k.expose().contains('\0')) {
+        return Err(nul(var, "the key fetched").into());
+    }
     let mut cmd = std::process::Command::new(program);
     cmd.args(&a.command[1..]);
     if a.pristine {

@@ -36,6 +36,10 @@ pub struct CheckReport {
     /// A rotation stopped before every record was authenticated under its
     /// new record MAC secret (`keyhold rotate` again finishes it).
     pub rotation_unfinished: bool,
+    /// Keys whose names the API would refuse today (control or Unicode
+    /// format characters, not NFC), stored before the rule: a warning, not
+    /// a failure (they can look like another key's name in listings).
+    pub key_names: Vec<String>,
 }
 
 impl CheckReport {
@@ -102,6 +106,16 @@ impl CheckReport {
                 "       older copy put back (restore from a backup): {what}"
             ));
         }
+        if !self.key_names.is_empty() {
+            out.push(format!(
+                "WARN {} keys have names the API refuses today (they can look like another key's \
+                 name in listings: store them again under a plain name, then delete these)",
+                self.key_names.len()
+            ));
+            for what in self.key_names.iter().take(50) {
+                out.push(format!("       {what}"));
+            }
+        }
         match &self.audit {
             Some(r) => out.push(format!("{} audit chain: {r}", mark(r.is_ok()))),
             None => out.push(format!(
@@ -138,6 +152,7 @@ pub fn check(
             state: Vec::new(),
             stale: Vec::new(),
             rotation_unfinished: false,
+            key_names: Vec::new(),
         });
     }
     if opened.is_some_and(|i| i > 0) {
@@ -163,6 +178,7 @@ pub fn check(
         }
     }
     let (mut total, mut ok, mut failed, mut tampered) = (0, 0, Vec::new(), Vec::new());
+    let mut key_names = Vec::new();
     for item in store.iter_keys() {
         let rec = match item {
             Ok((rec, _)) => rec,
@@ -174,6 +190,15 @@ pub fn check(
             Err(e) => return Err(e),
         };
         total += 1;
+        if let Some(why) = crate::access::key_name_problem(&rec.key_name) {
+            // Escaped, so that the listing itself spoofs nothing.
+            key_names.push(format!(
+                "key {} ({}) `{}`: the name {why}",
+                rec.id,
+                rec.provider,
+                rec.key_name.escape_default()
+            ));
+        }
         // Every kept version must open; the record counts once.
         let opened: Result<Vec<_>, _> = rec.tokens().map(|t| keyring.decrypt(t)).collect();
         match opened {
@@ -213,6 +238,7 @@ pub fn check(
         rotation_unfinished: store
             .meta_value(crate::store::META_RECORD_MAC_NEXT)?
             .is_some(),
+        key_names,
     })
 }
 

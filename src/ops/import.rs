@@ -25,8 +25,6 @@ use crate::audit::{Action, AuditEvent, AuditLog, Outcome};
 use crate::keyring::Keyring;
 use crate::store::{KeyRecord, Store, StoreError, Write};
 
-/// Longest key_name accepted (the API's rule).
-const MAX_KEY_NAME: usize = 200;
 /// Rows per transaction (each with its own audit record).
 const CHUNK: usize = 2000;
 /// The namespace of ids derived from the reference's integer ids.
@@ -458,11 +456,8 @@ fn check_row(
         )));
     }
     let key_name = text_field(row, "key_name")?;
-    let n = key_name.chars().count();
-    if n == 0 || n > MAX_KEY_NAME || key_name.chars().any(char::is_control) {
-        return Err(RowError(format!(
-            "key_name must be 1 to {MAX_KEY_NAME} characters without control characters"
-        )));
+    if let Some(why) = crate::access::key_name_problem(&key_name) {
+        return Err(RowError(format!("key_name {why}")));
     }
     let mut token = text_field(row, "encrypted_key")?.trim().to_string();
     let mut reencrypted = false;

@@ -20,7 +20,7 @@ use crate::time::now_us;
 /// Largest API key accepted.
 pub const MAX_API_KEY: usize = 16 * 1024;
 /// Longest key_name, in characters.
-pub const MAX_KEY_NAME: usize = 200;
+pub use crate::access::MAX_KEY_NAME;
 /// Longest ttl_seconds: ten years.
 pub const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
 
@@ -46,16 +46,8 @@ impl NewKey {
                     .into(),
             ));
         }
-        let name_len = self.key_name.chars().count();
-        if name_len == 0 || name_len > MAX_KEY_NAME {
-            return Err(Refusal::Invalid(format!(
-                "field `key_name` must be 1 to {MAX_KEY_NAME} characters"
-            )));
-        }
-        if self.key_name.chars().any(char::is_control) {
-            return Err(Refusal::Invalid(
-                "field `key_name` must not contain control characters".into(),
-            ));
+        if let Some(why) = crate::access::key_name_problem(&self.key_name) {
+            return Err(Refusal::Invalid(format!("field `key_name` {why}")));
         }
         check_api_key(&self.api_key)?;
         check_ttl(self.ttl_seconds)

@@ -69,9 +69,9 @@ pub struct MintedToken {
 impl From<TokenError> for Refusal {
     fn from(e: TokenError) -> Refusal {
         match e {
-            TokenError::InvalidName(_) | TokenError::InvalidProvider(_) => {
-                Refusal::Invalid(e.to_string())
-            }
+            TokenError::InvalidName(_)
+            | TokenError::InvalidProvider(_)
+            | TokenError::LimitedAuditor => Refusal::Invalid(e.to_string()),
             TokenError::NameTaken(_)
             | TokenError::AlreadyRevoked(_)
             | TokenError::AlreadyRotated { .. }
