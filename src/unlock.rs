@@ -556,6 +556,8 @@ fn new_secrets(
 /// audit public key.
 pub fn initialise(store: &Store, keyring: &Keyring) -> Result<PublicKey, UnlockError> {
     let (meta, public) = new_secrets(store, keyring)?;
+    // A database that held an earlier store may keep its change rows.
+    store.forget_changes()?;
     store.initialise(&keyring.check_token(), &meta)?;
     Ok(public)
 }

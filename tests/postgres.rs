@@ -1157,7 +1157,8 @@ fn an_older_record_written_back_after_another_nodes_change_is_refused_on_every_n
 /// check the whole store against the signed chain head before it trusts a
 /// record (which finds the older copy written back, and from then on the
 /// node refuses every record, as it would refuse to open the store); a row
-/// edited is refused.
+/// edited is refused; and the log's tail cut with them does not hide the
+/// commit either (the head still names it).
 #[test]
 fn change_rows_deleted_or_edited_in_the_database_do_not_hide_a_change() {
     let Some(pg) = cluster() else { return };
@@ -1170,6 +1171,12 @@ fn change_rows_deleted_or_edited_in_the_database_do_not_hide_a_change() {
             "rows_edited",
             "UPDATE keyhold_changes SET v = overlay(v placing '\\xff'::bytea from 3 for 1) \
              WHERE last > {before}",
+        ),
+        // The log's tail cut with the rows, the head left as it is.
+        (
+            "tail_cut",
+            "DELETE FROM keyhold_changes WHERE last > {before}; \
+             DELETE FROM keyhold_audit WHERE seq > {before}",
         ),
     ] {
         let v = PgVault::new(&pg, db);

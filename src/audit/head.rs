@@ -102,7 +102,7 @@ impl Head {
         }
     }
 
-    pub(super) fn encode(&self) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, StoreError> {
         let stored = match self.clone() {
             Head::V1 { seq, mac, head_mac } => StoredHead::V1(HeadV1 { seq, mac, head_mac }),
             Head::V2 { seq, mac, sig } => StoredHead::V2(HeadV2 { seq, mac, sig }),

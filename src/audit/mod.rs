@@ -619,6 +619,11 @@ impl AuditLog {
         };
         if landed {
             self.store.note_keys_mark();
+            // The tag keys as the switch's commit stored them (its answer
+            // may have been lost after it landed).
+            if let Ok(tags) = keys::tag_keys(&self.store) {
+                state.tags = tags;
+            }
         } else {
             if let Some(p) = previous {
                 self.store.put_record_keys(p);

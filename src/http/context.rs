@@ -444,6 +444,11 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     resp
 }
 
+/// The request id the server chose for a request (a request extension),
+/// which the handlers' context takes over.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// The answer to any CONNECT (HTTP/1 and HTTP/2): keyhold is no proxy,
 /// and CONNECT's authority-form target panics warp's path filters, so the
 /// server answers it before they see it.

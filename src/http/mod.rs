@@ -17,6 +17,7 @@ pub mod error;
 mod extract;
 mod keys;
 pub mod observe;
+mod panics;
 mod routes;
 pub mod server;
 mod stream;

@@ -95,12 +95,19 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
 fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::ext::optional::<Peer>()
         .and(warp::ext::optional::<context::HttpVersion>())
+        .and(warp::ext::optional::<context::RequestId>())
         .and(warp::header::headers_cloned())
         .map(
-            move |peer, version: Option<context::HttpVersion>, headers| {
+            move |peer,
+                  version: Option<context::HttpVersion>,
+                  id: Option<context::RequestId>,
+                  headers| {
                 let mut ctx = Ctx::new(peer, headers, &state.proxies, state.read_timeout);
                 if let Some(v) = version {
                     ctx.version = v.0;
+                }
+                if let Some(id) = id {
+                    ctx.request_id = id.0;
                 }
                 ctx
             },

@@ -349,6 +349,7 @@ pub async fn serve(
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let permits = Arc::new(Semaphore::new(max));
     let per_ip = Arc::new(PerIp::default());
+    super::panics::install_hook();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -534,6 +535,12 @@ impl ConnCtx {
                 req.extensions_mut().insert(version);
                 let method = req.method().clone();
                 let route = super::route_label(&method, req.uri().path());
+                // The request id is chosen here, so that a panic in the
+                // handler is logged and answered under the id it would have
+                // carried.
+                let request_id = uuid::Uuid::new_v4().to_string();
+                req.extensions_mut()
+                    .insert(super::context::RequestId(request_id.clone()));
                 let mut svc = svc.clone();
                 let observer = observer.clone();
                 let peer = peer.clone();
@@ -546,7 +553,8 @@ impl ConnCtx {
                     let resp = if method == http::Method::CONNECT {
                         Ok(super::context::connect_refused())
                     } else {
-                        tower_service::Service::call(&mut svc, req).await
+                        let call = tower_service::Service::call(&mut svc, req);
+                        super::panics::guarded(route, request_id.clone(), call).await
                     };
                     // A request that took long counts as activity until it
                     // was answered.
@@ -558,7 +566,9 @@ impl ConnCtx {
                             route,
                             status: r.status().as_u16(),
                             latency: started.elapsed(),
-                            request_id: info.map(|i| i.request_id.clone()),
+                            request_id: Some(
+                                info.map_or_else(|| request_id.clone(), |i| i.request_id.clone()),
+                            ),
                             client: info.map_or_else(|| peer.describe(), |i| i.client.clone()),
                             caller: info.and_then(|i| i.caller.clone()),
                         });
@@ -901,7 +911,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     async fn sniffed(input: &[u8]) -> FirstBytes {
@@ -950,7 +960,10 @@ mod tests {
     /// Serves `routes` on a Unix socket with 1 s idle and grace limits;
     /// sends `request` and returns what came back before the server closed
     /// the connection (or 20 s passed).
-    async fn exchange(routes: BoxedFilter<(Response,)>, request: &[u8]) -> String {
+    pub(in crate::http) async fn exchange(
+        routes: BoxedFilter<(Response,)>,
+        request: &[u8],
+    ) -> String {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
         let listener = Listener::bind(&Bind::Unix(path.clone()), None)

@@ -38,6 +38,9 @@ pub fn check_empty(to: &Store) -> Result<(), MigrateError> {
     if to.is_initialised()? || to.audit_last_seq()? != 0 {
         return Err(MigrateError::TargetNotEmpty);
     }
+    // Rows of what commits changed are derived data: any left from an
+    // earlier life of the database would clash with the new log's.
+    to.forget_changes()?;
     Ok(())
 }
 

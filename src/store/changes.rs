@@ -107,6 +107,26 @@ fn open(keys: &RecordKeys, first: u64, last: u64, sealed: &[u8]) -> Option<Stamp
     })
 }
 
+/// The seq of a stored chain head (meta `audit_head`), read from the
+/// start of its encoding (every variant begins with the seq; see
+/// `audit::Head`, whose tests check this), without judging it.
+pub(crate) fn head_seq(bytes: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct SeqFirst {
+        seq: u64,
+    }
+    #[derive(Deserialize)]
+    enum HeadPrefix {
+        V1(SeqFirst),
+        V2(SeqFirst),
+        V3(SeqFirst),
+    }
+    let (h, _) = postcard::take_from_bytes::<HeadPrefix>(bytes).ok()?;
+    Some(match h {
+        HeadPrefix::V1(s) | HeadPrefix::V2(s) | HeadPrefix::V3(s) => s.seq,
+    })
+}
+
 impl Store {
     /// The op that records what the commit of audit records
     /// `first..=last` changed, where other nodes check records at use.
@@ -154,16 +174,44 @@ impl Store {
         if !fresh.filled() || upto <= fresh.learned() {
             return Ok(());
         }
-        // One reader at a time (the others wait and find it done); the
-        // whole store is read again, if it must be, after letting go.
-        let gap = {
-            let _one = fresh.catching();
-            self.read_changes(fresh, upto)?
-        };
-        if gap {
+        // One reader at a time: the others wait, and find it done (a gap
+        // is read whole once, not by every request that meets it).
+        let _one = fresh.catching();
+        if let Some(why) = fresh.differs() {
+            return Err(StoreError::Tampered {
+                what: "state",
+                id: why.to_string(),
+            });
+        }
+        if self.read_changes(fresh, upto)? {
             self.relearn(fresh)?;
         }
         Ok(())
+    }
+
+    /// As [`Store::catch_up`] to the log's end, for a walk over a whole
+    /// table (a listing, a lookup by name); a gap in the rows is left to
+    /// the next read of one record, which checks the whole store (a walk
+    /// may run where every node's appends are held).
+    pub(crate) fn catch_up_for_walk(&self) -> Result<()> {
+        let Some(fresh) = &self.fresh else {
+            return Ok(());
+        };
+        if !fresh.filled() {
+            return Ok(());
+        }
+        let upto = self.audit_last_seq()?;
+        if upto <= fresh.learned() {
+            return Ok(());
+        }
+        let _one = fresh.catching();
+        self.read_changes(fresh, upto).map(|_| ())
+    }
+
+    /// Forgets every change row (a database being initialised, restored
+    /// or migrated into: rows left by an earlier life of it would clash).
+    pub fn forget_changes(&self) -> Result<()> {
+        self.backend.prune_changes(u64::MAX)
     }
 
     /// Reads change rows until `upto` is learnt; `true`: they have a gap.
@@ -182,7 +230,7 @@ impl Store {
                         what: "change",
                         id: format!("of audit records {first}..={last}"),
                     };
-                    return Err(if self.keys_replaced()? {
+                    return Err(if self.keys_replaced_now()? {
                         StoreError::KeysReplaced
                     } else {
                         e
@@ -210,6 +258,11 @@ impl Store {
                 );
                 let res = f(self);
                 if let Err(StoreError::Tampered { id, .. }) = &res {
+                    // Another node's rotation also makes the head not open
+                    // under this node's keys: that is no tampering.
+                    if self.keys_replaced_now()? {
+                        return Err(StoreError::KeysReplaced);
+                    }
                     fresh.set_differs(id.clone());
                 }
                 res
@@ -240,6 +293,40 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seq_is_read_from_every_kind_of_stored_head() {
+        use crate::audit::{AuditSigner, Head};
+        let signer = AuditSigner::from_seed(&[3u8; 32]).unwrap();
+        let mac = [9u8; 32];
+        for seq in [1u64, 127, 128, 300_000, u64::MAX >> 1] {
+            let heads = [
+                Head::V1 {
+                    seq,
+                    mac,
+                    head_mac: [1; 32],
+                },
+                Head::V2 {
+                    seq,
+                    mac,
+                    sig: signer.sign(seq, &mac),
+                },
+                Head::V3 {
+                    seq,
+                    mac,
+                    sig: signer.sign(seq, &mac),
+                    state: crate::store::SealedState {
+                        body: vec![5; 40],
+                        mac: [6; 32],
+                    },
+                },
+            ];
+            for h in heads {
+                assert_eq!(head_seq(&h.encode().unwrap()), Some(seq), "{h:?}");
+            }
+        }
+        assert_eq!(head_seq(b""), None);
+    }
 
     #[test]
     fn a_row_opens_only_for_its_seqs_and_keys() {

@@ -73,13 +73,24 @@ impl Store {
     /// process applied its record keys (a rotation): its records then do
     /// not open here, and that is no tampering. Always false on sled.
     pub(crate) fn keys_replaced(&self) -> Result<bool> {
+        self.keys_replaced_asked(false)
+    }
+
+    /// As [`Store::keys_replaced`], asking the database even within the
+    /// second after the last answer (for a sealed value that just failed
+    /// to open, which a rotation in that second explains).
+    pub(crate) fn keys_replaced_now(&self) -> Result<bool> {
+        self.keys_replaced_asked(true)
+    }
+
+    fn keys_replaced_asked(&self, now: bool) -> Result<bool> {
         if self.backend.node().is_none() {
             return Ok(false);
         }
         if self.keys_replaced_seen.load(Ordering::SeqCst) {
             return Ok(true);
         }
-        {
+        if !now {
             let mut last = match self.keys_checked.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),

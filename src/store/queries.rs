@@ -76,6 +76,7 @@ impl Store {
                 }
             }
             None => {
+                self.catch_up_for_walk()?;
                 for item in self.backend.keys() {
                     let (id, v) = item?;
                     out.push(self.decode_key(id, &v)?);
@@ -130,10 +131,15 @@ impl Store {
     /// A record that fails its integrity check is an `Err` item; the walk
     /// goes on.
     pub fn iter_keys(&self) -> impl Iterator<Item = Result<(KeyRecord, Bytes)>> + '_ {
-        self.backend.keys().map(move |item| {
-            let (id, v) = item?;
-            Ok((self.decode_key(id, &v)?, v))
-        })
+        // What other nodes changed is learnt first (a failure to: the
+        // first item).
+        let caught_up = self.catch_up_for_walk().err().map(Err);
+        caught_up
+            .into_iter()
+            .chain(self.backend.keys().map(move |item| {
+                let (id, v) = item?;
+                Ok((self.decode_key(id, &v)?, v))
+            }))
     }
 
     // ---- tokens ----
@@ -175,6 +181,7 @@ impl Store {
     /// Every token record with its storage key. A record that fails its
     /// integrity check fails the whole listing.
     pub fn list_tokens(&self) -> Result<Vec<([u8; 32], TokenRecord)>> {
+        self.catch_up_for_walk()?;
         let mut out = Vec::new();
         for item in self.backend.tokens() {
             let (at, v) = item?;

@@ -38,7 +38,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use uuid::Uuid;
 
 use super::backend::{Backend, Bytes, Items, Op};
-use super::{Result, StoreError};
+use super::{Result, StoreError, META_AUDIT_HEAD};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -375,19 +375,27 @@ impl PgStore {
     /// A record and the newest audit seq, in one statement (one snapshot:
     /// the seq is that of the commit the record was read after).
     fn get_seen(&self, table: &'static str, key: Vec<u8>) -> Result<Option<(Bytes, u64)>> {
+        // The newer of the log's last seq and the head's: cutting the
+        // log's tail alone does not hide a commit from the check.
         let sql = format!(
-            "SELECT v, (SELECT COALESCE(max(seq), 0) FROM keyhold_audit) FROM {} WHERE k = $1",
+            "SELECT v, (SELECT COALESCE(max(seq), 0) FROM keyhold_audit), \
+             (SELECT v FROM keyhold_meta WHERE k = $2) FROM {} WHERE k = $1",
             scan::table(table)?
         );
         self.run("read a record", move |pool| async move {
             let client = pool.get().await.map_err(pool_error)?;
             let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
-            let row = client.query_opt(&stmt, &[&key]).await.map_err(db_error)?;
+            let row = client
+                .query_opt(&stmt, &[&key, &META_AUDIT_HEAD])
+                .await
+                .map_err(db_error)?;
             Ok(row.map(|r| {
-                (
-                    Bytes::from(r.get::<_, Vec<u8>>(0)),
-                    r.get::<_, i64>(1).max(0) as u64,
-                )
+                let last = r.get::<_, i64>(1).max(0) as u64;
+                let head = r
+                    .get::<_, Option<Vec<u8>>>(2)
+                    .and_then(|h| crate::store::changes::head_seq(&h))
+                    .unwrap_or(0);
+                (Bytes::from(r.get::<_, Vec<u8>>(0)), last.max(head))
             }))
         })
     }
