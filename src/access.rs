@@ -31,14 +31,17 @@ pub enum Scope {
     KeysReveal,
     AuditRead,
     Admin,
+    /// Read `/metrics` (stored last: records keep their scopes' indexes).
+    MetricsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::KeysWrite,
         Scope::KeysList,
         Scope::KeysReveal,
         Scope::AuditRead,
+        Scope::MetricsRead,
         Scope::Admin,
     ];
 
@@ -48,6 +51,7 @@ impl Scope {
             Scope::KeysList => "keys:list",
             Scope::KeysReveal => "keys:reveal",
             Scope::AuditRead => "audit:read",
+            Scope::MetricsRead => "metrics:read",
             Scope::Admin => "admin",
         }
     }
@@ -70,10 +74,18 @@ pub enum Role {
     Reader,
     /// Read and verify the audit log.
     Auditor,
+    /// Read `/metrics` (a Prometheus scraper).
+    Metrics,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Admin, Role::Writer, Role::Reader, Role::Auditor];
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Writer,
+        Role::Reader,
+        Role::Auditor,
+        Role::Metrics,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -81,6 +93,7 @@ impl Role {
             Role::Writer => "writer",
             Role::Reader => "reader",
             Role::Auditor => "auditor",
+            Role::Metrics => "metrics",
         }
     }
 
@@ -90,6 +103,7 @@ impl Role {
             Role::Writer => vec![Scope::KeysWrite, Scope::KeysList],
             Role::Reader => vec![Scope::KeysList, Scope::KeysReveal],
             Role::Auditor => vec![Scope::AuditRead],
+            Role::Metrics => vec![Scope::MetricsRead],
         }
     }
 }
@@ -101,7 +115,7 @@ impl fmt::Display for Role {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role `{0}`: use one of admin, writer, reader, auditor")]
+#[error("unknown role `{0}`: use one of admin, writer, reader, auditor, metrics")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {

@@ -508,6 +508,11 @@ pub struct ServeArgs {
     /// (mode 0660).
     #[arg(long, env = "KEYHOLD_LISTEN", default_value = "127.0.0.1:8787")]
     pub listen: String,
+    /// Serve GET /metrics without a token on a listener of its own, for a
+    /// local Prometheus: a loopback HOST:PORT or unix:/path. Without it,
+    /// /metrics on the main listener needs a token with `metrics:read`.
+    #[arg(long, env = "KEYHOLD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
     #[arg(long, env = "KEYHOLD_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -650,6 +655,7 @@ pub enum RoleArg {
     Writer,
     Reader,
     Auditor,
+    Metrics,
 }
 
 impl From<RoleArg> for Role {
@@ -659,6 +665,7 @@ impl From<RoleArg> for Role {
             RoleArg::Writer => Role::Writer,
             RoleArg::Reader => Role::Reader,
             RoleArg::Auditor => Role::Auditor,
+            RoleArg::Metrics => Role::Metrics,
         }
     }
 }
@@ -684,7 +691,8 @@ pub struct TokenCreateArgs {
     #[arg(long)]
     pub name: String,
     /// admin (everything), writer (create/delete/list keys), reader
-    /// (list/reveal keys), auditor (read the audit log).
+    /// (list/reveal keys), auditor (read the audit log), metrics (read
+    /// /metrics).
     #[arg(long, value_enum)]
     pub role: RoleArg,
     /// Limit the token to these providers (comma-separated).

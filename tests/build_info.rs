@@ -73,7 +73,8 @@ fn version_healthz_and_the_metric_agree() {
     let long = keyhold().arg("--version").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&long.stdout).trim(), text);
 
-    let s = Server::start_dev();
+    let vault = Vault::new();
+    let s = vault.serve(&[]);
     let health: Value = client()
         .get(s.url("/healthz"))
         .send()
@@ -81,12 +82,7 @@ fn version_healthz_and_the_metric_agree() {
         .json()
         .unwrap();
     assert_eq!(health["build"], build);
-    let metrics = client()
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&s, &vault.admin);
     let line = metrics
         .lines()
         .find(|l| l.starts_with("keyhold_build_info{"))

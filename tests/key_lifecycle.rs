@@ -565,7 +565,7 @@ fn expiring_keys_are_listed_counted_and_warned_about() {
             .and_then(|n| n.parse().ok())
     };
     eventually("the expiry gauges are set", Duration::from_secs(15), || {
-        let text = Api::anonymous(&server).get("/metrics").text().unwrap();
+        let text = Api::new(&server, &v.admin).get("/metrics").text().unwrap();
         metric(&text, "keyhold_keys_expiring{within=\"7d\"}") == Some(1.0)
             && metric(&text, "keyhold_keys_expiring{within=\"30d\"}") == Some(2.0)
             && metric(&text, "keyhold_keys_expiring{within=\"1d\"}") == Some(0.0)

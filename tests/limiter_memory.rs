@@ -23,13 +23,8 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn tracked(s: &Server) -> f64 {
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+fn tracked(s: &Server, token: &str) -> f64 {
+    let text = metrics_text(s, token);
     text.lines()
         .find_map(|l| l.strip_prefix("keyhold_limiter_addresses "))
         .and_then(|v| v.trim().parse().ok())
@@ -81,10 +76,10 @@ fn a_million_distinct_addresses_leave_bounded_memory_after_pruning() {
     let flood = started.elapsed();
     let rss_flood = status_kib(pid, "VmRSS:");
     let peak = status_kib(pid, "VmHWM:");
-    let tracked_flood = tracked(&s);
+    let tracked_flood = tracked(&s, &v.admin);
     // Pruning runs every 30 s.
     std::thread::sleep(Duration::from_secs(35));
-    let tracked_after = tracked(&s);
+    let tracked_after = tracked(&s, &v.admin);
     let rss_after = status_kib(pid, "VmRSS:");
     eprintln!(
         "limiter flood: {n} distinct addresses in {flood:.1?} ({:.0} req/s); RSS {:.1} MiB at start, {:.1} MiB after the flood (peak {:.1} MiB), {:.1} MiB after pruning; tracked addresses {tracked_flood} after the flood, {tracked_after} after pruning",

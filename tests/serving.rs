@@ -350,23 +350,11 @@ fn metrics_parse_as_prometheus_text_and_move() {
     let s = v.serve(&[("KEYHOLD_REVEAL_RATE", "3/min")]);
     let api = Api::new(&s, &v.admin);
     let id = api.create_key("claude", "k", "sk-metrics-secret");
-    let before = parse_prometheus(
-        &client()
-            .get(s.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap(),
-    );
+    let before = parse_prometheus(&metrics_text(&s, &v.admin));
     for _ in 0..5 {
         api.get(&format!("/api/keys/{id}"));
     }
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = metrics_text(&s, &v.admin);
     let after = parse_prometheus(&text);
     let d = |name: &str, label: &str| metric(&after, name, label) - metric(&before, name, label);
     assert_eq!(d("keyhold_reveals_total", "outcome=\"success\""), 3.0);

@@ -22,6 +22,29 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .listen
         .parse()
         .map_err(|e| ConfigError(format!("invalid --listen / KEYHOLD_LISTEN: {e}")))?;
+    // The token-free metrics listener stays on this host.
+    let metrics_bind: Option<Bind> = match &args.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let bind: Bind = addr.parse().map_err(|e| {
+                ConfigError(format!(
+                    "invalid --metrics-listen / KEYHOLD_METRICS_LISTEN: {e}"
+                ))
+            })?;
+            if let Bind::Tcp(a) = &bind {
+                if !a.ip().is_loopback() {
+                    return Err(ConfigError(format!(
+                        "--metrics-listen {addr}: metrics are served there without a token, so \
+                         only on a loopback address (127.0.0.1:PORT, [::1]:PORT) or a Unix \
+                         socket (unix:/path); scrape from elsewhere with a metrics token on \
+                         the main listener"
+                    ))
+                    .into());
+                }
+            }
+            Some(bind)
+        }
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             if matches!(bind, Bind::Unix(_)) {
@@ -68,6 +91,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let started = crate::http::app::Started {
         bind,
+        metrics_bind,
         tls,
         store,
         keyring,

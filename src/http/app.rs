@@ -20,6 +20,8 @@ use crate::store::Store;
 /// What `keyhold serve` opened before the runtime started.
 pub struct Started {
     pub bind: Bind,
+    /// `--metrics-listen`: /metrics without a token (loopback or Unix).
+    pub metrics_bind: Option<Bind>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub store: Store,
     pub keyring: Keyring,
@@ -45,6 +47,7 @@ pub enum AppError {
 pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
     let Started {
         bind,
+        metrics_bind,
         tls,
         store,
         keyring,
@@ -174,6 +177,42 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
         "keyhold serving"
     );
 
+    // The token-free metrics listener: /metrics only, a few connections.
+    let metrics_server = match metrics_bind {
+        None => None,
+        Some(b) => {
+            let l = Listener::bind(&b, None)
+                .await
+                .map_err(|e| AppError::Listen {
+                    addr: args.metrics_listen.clone().unwrap_or_default(),
+                    error: e.to_string(),
+                })?;
+            let shown = l.describe();
+            tracing::info!(event = "metrics_listen", addr = %shown, "serving /metrics without a token");
+            {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "keyhold metrics on {shown}").ok();
+                out.flush().ok();
+            }
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let limits = Limits {
+                max_connections: 16,
+                max_connections_per_ip: 16,
+                ..Limits::default()
+            };
+            let task = tokio::spawn(serve_http(
+                l,
+                super::routes::metrics_only(state.clone()),
+                limits,
+                crate::limiter::TrustedProxies::default(),
+                observe::request_observer(),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            Some((stop, task))
+        }
+    };
     let limits = Limits {
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
@@ -191,6 +230,10 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
         shutdown_signal(),
     )
     .await;
+    if let Some((stop, task)) = metrics_server {
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
 
     // Counted but not yet written attempts go in now.
     let pending = state.coalescer.drain(0, true);

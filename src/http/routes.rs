@@ -373,12 +373,39 @@ fn health(s: &State) -> Route {
         .boxed()
 }
 
-/// GET /metrics — Prometheus text (no token)
+/// GET /metrics — Prometheus text (a token with `metrics:read`)
 fn metrics(s: &State) -> Route {
     warp::path!("metrics")
         .and(warp::get())
         .and(with_state(s.clone()))
-        .map(|st: State| metrics_answer(&st))
+        .and(ctx(s.clone()))
+        .then(|st: State, ctx: Ctx| async move {
+            let allowed = st
+                .authenticate(&ctx)
+                .await
+                .and_then(|caller| super::require(&caller, crate::access::Scope::MetricsRead));
+            match allowed {
+                Ok(()) => metrics_answer(&st),
+                Err(e) => ctx.error(&e),
+            }
+        })
+        .boxed()
+}
+
+/// What `--metrics-listen` serves: GET /metrics without a token, and a
+/// JSON 404 for anything else.
+pub(super) fn metrics_only(state: State) -> BoxedFilter<(Response,)> {
+    let s = state.clone();
+    warp::path!("metrics")
+        .and(warp::get())
+        .map(move || metrics_answer(&s))
+        .or(warp::any().map(|| {
+            context::json_response(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"detail": "this listener serves GET /metrics only"}),
+            )
+        }))
+        .unify()
         .boxed()
 }
 

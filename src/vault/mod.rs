@@ -177,9 +177,19 @@ impl Vault<'_> {
     /// Writes a record durably; a failure is the refusal that nothing was
     /// served.
     pub async fn record(&self, event: AuditEvent, writes: Vec<Write>) -> Result<u64, Refusal> {
+        let shown = event.outcome.as_str();
+        self.record_shown(event, writes, shown).await
+    }
+
+    /// As [`Vault::record`], a reveal counted in the metrics as `shown`.
+    async fn record_shown(
+        &self,
+        event: AuditEvent,
+        writes: Vec<Write>,
+        shown: &'static str,
+    ) -> Result<u64, Refusal> {
         if event.action == Action::Reveal {
-            metrics::counter!("keyhold_reveals_total", "outcome" => event.outcome.as_str())
-                .increment(1);
+            metrics::counter!("keyhold_reveals_total", "outcome" => shown).increment(1);
         }
         self.audit.record(event, writes).await.map_err(|e| {
             tracing::error!(error = %e, "audit write failed");
@@ -190,7 +200,14 @@ impl Vault<'_> {
     /// Records a refusal of `action` and hands it back.
     async fn refuse(&self, mut event: AuditEvent, refusal: Refusal) -> Refusal {
         event.outcome = refusal.outcome();
-        match self.record(event, vec![]).await {
+        // The metrics tell apart no more than the answer does: a key
+        // beyond the caller's providers counts as not found (the audit
+        // record says `forbidden`).
+        let shown = match refusal {
+            Refusal::Beyond(_) => Outcome::NotFound.as_str(),
+            _ => event.outcome.as_str(),
+        };
+        match self.record_shown(event, vec![], shown).await {
             Ok(_) => refusal,
             Err(unavailable) => unavailable,
         }

@@ -205,6 +205,36 @@ impl Vault {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// A token record as an older keyhold stored it, whose fields today's
+    /// rules refuse at creation (an auditor limited to providers): written
+    /// through the library, with its audit record (sled stores only).
+    pub fn stored_token(&self, name: &str, role: keyhold::access::Role, provider: &str) -> String {
+        with_unlocked_store(&self.dir, &self.key, |store| {
+            let ring = keyhold::keyring::Keyring::parse_list(
+                keyhold::keyring::KeySource::FernetKey,
+                [self.key.as_str()],
+            )
+            .unwrap();
+            let mut p = keyhold::tokens::prepare(
+                store,
+                name,
+                keyhold::access::Role::Reader,
+                Some(vec![provider.to_string()]),
+            )
+            .unwrap();
+            p.record.role = role.as_str().into();
+            p.record.scopes = role.scopes();
+            let log = keyhold::audit::AuditLog::open(store.clone(), &ring).unwrap();
+            let ev = keyhold::audit::AuditEvent::cli(
+                keyhold::audit::Action::TokenCreate,
+                keyhold::audit::Outcome::Success,
+                None,
+            );
+            log.append(&[(ev, vec![p.write()])]).unwrap();
+            p.token.secret.expose().to_string()
+        })
+    }
+
     /// The audit log, read back from the store offline (server stopped).
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
         let [flag, place] = self.store_args();
@@ -642,4 +672,15 @@ pub fn with_sled<T>(dir: &Path, f: impl FnOnce(&sled::Db) -> T) -> T {
     drop(db);
     keyhold::store::wait_until_released(dir).unwrap();
     out
+}
+
+/// `GET /metrics` with `token` (one with `metrics:read`): the text.
+pub fn metrics_text(s: &Server, token: &str) -> String {
+    client()
+        .get(s.url("/metrics"))
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
 }
