@@ -580,8 +580,9 @@ pub struct ServeArgs {
         value_name = "DURATION"
     )]
     pub recovery_window: crate::duration::Seconds,
-    /// Versions kept of each key (PUT /api/keys/{id}); older ones are
-    /// destroyed, audited. 1 to 100.
+    /// Versions kept of each key (PUT /api/keys/{id}); older ones enter the
+    /// recovery window (an admin can restore them; destroyed when it
+    /// ends), audited. 1 to 100.
     #[arg(long, env = "KEYHOLD_KEEP_VERSIONS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub keep_versions: u32,

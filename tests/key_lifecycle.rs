@@ -110,8 +110,9 @@ fn versions_are_numbered_revealable_listed_and_capped() {
     let admin = Api::new(&server, &v.admin);
     let w = Api::new(&server, &writer);
 
-    // The cap: a fourth version destroys the first, audited, and the next
-    // housekeeping pass rewrites the files without it.
+    // The cap: a fourth version moves the first to the recovery window
+    // (4 s here); when it ends, housekeeping destroys it, audited, and
+    // rewrites the files without it.
     assert!(in_files(&v, &first).is_some(), "the scan cannot see it");
     assert_eq!(json_of(put(&w, &id, "sk-v4"))["version"], 4);
     eventually(
@@ -157,7 +158,14 @@ fn versions_are_numbered_revealable_listed_and_capped() {
     assert!(ok[2]["detail"]
         .as_str()
         .unwrap()
-        .contains("version(s) 1 destroyed"));
+        .contains("version(s) 1 moved to the recovery window"));
+    assert!(records_of(&v, "key_purge")
+        .iter()
+        .any(|r| r["caller"] == "housekeeping"
+            && r["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("version(s) 1 destroyed")));
     assert!(puts.iter().any(|r| r["outcome"] == "forbidden"));
     let reveals = records_of(&v, "reveal");
     assert!(reveals
@@ -167,6 +175,56 @@ fn versions_are_numbered_revealable_listed_and_capped() {
     // Versions survive a restart, and check opens every one of them.
     let [flag, place] = v.store_args();
     assert_ok(&run_with_key(&v.key, &["check", flag, place]));
+}
+
+/// Only an admin destroys: a writer pushing versions past the cap (10 by
+/// default) moves the oldest into the recovery window, where no reveal
+/// reaches it and from which an admin (only) puts it back.
+#[test]
+fn versions_past_the_cap_enter_the_recovery_window_and_an_admin_restores_them() {
+    let v = Vault::new();
+    let writer = v.token("w", "writer", None);
+    let server = v.serve(&[]);
+    let admin = Api::new(&server, &v.admin);
+    let w = Api::new(&server, &writer);
+    let id = w.create_key("claude", "main", "sk-window-v1");
+    for n in 2..=11 {
+        assert_eq!(
+            json_of(put(&w, &id, &format!("sk-window-v{n}")))["version"],
+            n
+        );
+    }
+    let r = admin.get(&format!("/api/keys/{id}?version=1"));
+    assert_eq!(r.status(), 404);
+    let text = detail(r);
+    assert!(text.contains("recovery window"), "{text}");
+    assert!(!text.contains("sk-window"), "{text}");
+    let list = json_of(admin.get(&format!("/api/keys/{id}/versions")));
+    let first = &list.as_array().unwrap()[0];
+    assert_eq!(
+        (first["version"].as_u64(), first["state"].as_str()),
+        (Some(1), Some("recovery"))
+    );
+    assert!(first["restorable_until"].is_string(), "{first}");
+    // The writer cannot put it back (nor purge); the admin can.
+    let restore = format!("/api/keys/{id}/versions/1/restore");
+    let r = w.req(reqwest::Method::POST, &restore).send().unwrap();
+    assert_eq!(r.status(), 403);
+    let r = admin.req(reqwest::Method::POST, &restore).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let r = json_of(admin.get(&format!("/api/keys/{id}?version=1")));
+    assert_eq!(r["api_key"], "sk-window-v1");
+    // Not in the window any more: a second restore is a 404.
+    let r = admin.req(reqwest::Method::POST, &restore).send().unwrap();
+    assert_eq!(r.status(), 404);
+    server.stop();
+    let restores = records_of(&v, "key_restore");
+    assert!(restores.iter().any(|r| r["outcome"] == "success"
+        && r["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("version 1 restored")));
+    assert!(records_of(&v, "key_purge").is_empty());
 }
 
 #[test]

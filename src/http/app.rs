@@ -481,6 +481,20 @@ fn spawn_key_upkeep(state: Arc<AppState>) {
                     }
                 }
             }
+            if !up.versions_due.is_empty() {
+                let vault = state.vault();
+                match vault.purge_dropped(up.versions_due, window).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        purged = n,
+                        "destroyed key versions whose recovery window ended"
+                    ),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "could not destroy key versions yet; retried later"
+                    ),
+                }
+            }
             scrub_removed(&state).await;
         }
     });

@@ -62,11 +62,14 @@ struct VersionMeta {
     created_by: Option<String>,
     expires_at: Option<String>,
     /// `current`, `previous` or `expired`; every version of a deleted key
-    /// is `deleted`.
+    /// is `deleted`; a version pushed past the cap is `recovery` (not
+    /// revealable; an admin can restore it until `restorable_until`).
     state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restorable_until: Option<String>,
 }
 
-fn versions_of(rec: &KeyRecord) -> Vec<VersionMeta> {
+fn versions_of(rec: &KeyRecord, window_us: i64) -> Vec<VersionMeta> {
     let now = crate::time::now_us();
     let state = |expires: Option<i64>, current: bool| {
         if rec.deleted_at_us.is_some() {
@@ -79,16 +82,27 @@ fn versions_of(rec: &KeyRecord) -> Vec<VersionMeta> {
             "previous"
         }
     };
-    let mut out: Vec<VersionMeta> = rec
-        .older
-        .iter()
-        .map(|v| VersionMeta {
+    let dropped = rec.dropped.iter().map(|d| VersionMeta {
+        version: d.version.number,
+        created_at: to_rfc3339(d.version.created_at_us),
+        created_by: d.version.created_by.clone(),
+        expires_at: d.version.expires_at_us.map(to_rfc3339),
+        state: if rec.deleted_at_us.is_some() {
+            "deleted"
+        } else {
+            "recovery"
+        },
+        restorable_until: Some(to_rfc3339(d.dropped_at_us.saturating_add(window_us))),
+    });
+    let mut out: Vec<VersionMeta> = dropped
+        .chain(rec.older.iter().map(|v| VersionMeta {
             version: v.number,
             created_at: to_rfc3339(v.created_at_us),
             created_by: v.created_by.clone(),
             expires_at: v.expires_at_us.map(to_rfc3339),
             state: state(v.expires_at_us, false),
-        })
+            restorable_until: None,
+        }))
         .collect();
     out.push(VersionMeta {
         version: rec.version,
@@ -96,7 +110,9 @@ fn versions_of(rec: &KeyRecord) -> Vec<VersionMeta> {
         created_by: rec.created_by.clone(),
         expires_at: rec.expires_at_us.map(to_rfc3339),
         state: state(rec.expires_at_us, true),
+        restorable_until: None,
     });
+    out.sort_by_key(|v| v.version);
     out
 }
 
@@ -177,7 +193,7 @@ pub(super) async fn versions(id: String, state: State, ctx: Ctx) -> Response {
         let caller = state.authenticate(&ctx).await?;
         super::require(&caller, Scope::KeysList)?;
         let rec = state.vault().key_versions(&caller, &id)?;
-        let mut out = versions_of(&rec);
+        let mut out = versions_of(&rec, state.key_policy.recovery_window_us);
         // Who stored each version names tokens: shown to those who may
         // see token names anyway (admins, auditors), not to every lister.
         if !caller.has(Scope::Admin) && !caller.has(Scope::AuditRead) {
@@ -186,6 +202,40 @@ pub(super) async fn versions(id: String, state: State, ctx: Ctx) -> Response {
             }
         }
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &out))
+    };
+    match res.await {
+        Ok(r) => r,
+        Err(e) => ctx.error(&e),
+    }
+}
+
+/// POST /api/keys/{id}/versions/{n}/restore (admin)
+pub(super) async fn restore_version(id: String, n: String, state: State, ctx: Ctx) -> Response {
+    let res = async {
+        let origin = AppState::origin(&ctx);
+        let vault = state.vault();
+        let caller = state.authenticate(&ctx).await?;
+        vault
+            .require(&origin, &caller, Scope::Admin, Action::KeyRestore)
+            .await?;
+        let Ok(n) = n.parse::<u32>() else {
+            return Err(ApiError::invalid(
+                "the version in the path must be a version number (1, 2, ...)",
+            ));
+        };
+        let rec = vault
+            .restore_version(
+                &origin,
+                &caller,
+                &id,
+                n,
+                state.key_policy.recovery_window_us,
+            )
+            .await?;
+        Ok::<_, ApiError>(ctx.json(
+            StatusCode::OK,
+            &versions_of(&rec, state.key_policy.recovery_window_us),
+        ))
     };
     match res.await {
         Ok(r) => r,

@@ -32,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/keys/{id}"),
     ("GET", "/api/keys/{id}/versions"),
     ("POST", "/api/keys/{id}/restore"),
+    ("POST", "/api/keys/{id}/versions/{n}/restore"),
     ("GET", "/api/providers/{provider}/key"),
     ("GET", "/api/providers/{provider}/keys/{key_name}"),
     ("GET", "/api/tokens"),
@@ -216,6 +217,17 @@ fn restore_key(s: &State) -> Route {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .then(keys::restore)
+        .boxed()
+}
+
+/// POST /api/keys/{id}/versions/{n}/restore — put a version back from the
+/// recovery window (admin)
+fn restore_version(s: &State) -> Route {
+    warp::path!("api" / "keys" / String / "versions" / String / "restore")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .then(keys::restore_version)
         .boxed()
 }
 
@@ -436,6 +448,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         put_key(s),
         key_versions(s),
         restore_key(s),
+        restore_version(s),
         reveal_provider(s),
         reveal_named(s),
         list_tokens(s),

@@ -174,7 +174,7 @@ pub fn rotate(
             match reencrypt(keyring, &rec) {
                 Reencrypted::Failed => report.failed.push(rec.id),
                 Reencrypted::Current => report.already_current += 1,
-                Reencrypted::New(new) => writes.push(Write::PutKey(new)),
+                Reencrypted::New(new) => writes.push(Write::PutKey(*new)),
             }
         }
         if !writes.is_empty() {
@@ -405,7 +405,7 @@ fn commit_chunk(
 
 /// A key record re-encrypted under the newest key, if it needed it.
 enum Reencrypted {
-    New(crate::store::KeyRecord),
+    New(Box<crate::store::KeyRecord>),
     Current,
     Failed,
 }
@@ -427,7 +427,7 @@ fn reencrypt(keyring: &Keyring, rec: &crate::store::KeyRecord) -> Reencrypted {
         changed = true;
     }
     if changed {
-        Reencrypted::New(new)
+        Reencrypted::New(Box::new(new))
     } else {
         Reencrypted::Current
     }

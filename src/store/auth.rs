@@ -37,6 +37,8 @@ pub(crate) const TAG_KEY_RECORD_V3: &[u8] = b"keyhold-key-record-v3";
 pub(crate) const TAG_TOKEN_RECORD: &[u8] = b"keyhold-token-record-v2";
 /// Records of schema 5, whose MAC also covers their stamp.
 pub(crate) const TAG_KEY_RECORD_V4: &[u8] = b"keyhold-key-record-v4";
+/// Key records holding versions in the recovery window.
+pub(crate) const TAG_KEY_RECORD_V5: &[u8] = b"keyhold-key-record-v5";
 pub(crate) const TAG_TOKEN_RECORD_V4: &[u8] = b"keyhold-token-record-v4";
 
 /// The keys derived from the store's record secret. Zeroized on drop,

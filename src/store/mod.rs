@@ -59,7 +59,7 @@ pub use sled_store::{holds_store, sled_dir, wait_until_released};
 pub use auth::SEALED_PURPOSE as RECORD_SECRET_PURPOSE;
 pub use auth::{AuditTagKeys, RecordKeys, META_AUDIT_TAG_EPOCHS};
 use records::Auth;
-pub use records::{KeyRecord, KeyVersion, TokenRecord};
+pub use records::{DroppedVersion, KeyRecord, KeyVersion, TokenRecord};
 pub use state::{SealedState, StateDigest};
 
 /// Default sled page cache: 8 MiB, the smallest `serve` sizes itself.

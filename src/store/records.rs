@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::auth::{
-    RecordKeys, TAG_KEY_RECORD, TAG_KEY_RECORD_V3, TAG_KEY_RECORD_V4, TAG_TOKEN_RECORD,
-    TAG_TOKEN_RECORD_V4,
+    RecordKeys, TAG_KEY_RECORD, TAG_KEY_RECORD_V3, TAG_KEY_RECORD_V4, TAG_KEY_RECORD_V5,
+    TAG_TOKEN_RECORD, TAG_TOKEN_RECORD_V4,
 };
 use super::{corrupt, Result, StoreError};
 use crate::access::Scope;
@@ -56,6 +56,17 @@ pub struct KeyRecord {
     /// older authentic copy put back is told apart from the current one
     /// (see `store::state`). Set by the commit, never by callers.
     pub stamp: u64,
+    /// Versions pushed past the cap of kept versions: not revealable, in
+    /// the recovery window from `dropped_at_us` (an admin restores them;
+    /// housekeeping destroys them when the window ends), oldest first.
+    pub dropped: Vec<DroppedVersion>,
+}
+
+/// A version in the recovery window (see [`KeyRecord::dropped`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedVersion {
+    pub version: KeyVersion,
+    pub dropped_at_us: i64,
 }
 
 /// An older version of a key, kept for `GET /api/keys/{id}?version=N`.
@@ -92,6 +103,7 @@ impl std::fmt::Debug for KeyRecord {
             .field("older", &self.older)
             .field("deleted_at_us", &self.deleted_at_us)
             .field("stamp", &self.stamp)
+            .field("dropped", &self.dropped)
             .finish_non_exhaustive()
     }
 }
@@ -120,18 +132,23 @@ impl KeyRecord {
             older: Vec::new(),
             deleted_at_us: None,
             stamp: 0,
+            dropped: Vec::new(),
         }
     }
 
     /// Every Fernet token the record holds: the current version's first,
     /// then the older ones (rotation re-encrypts them all).
     pub fn tokens_mut(&mut self) -> impl Iterator<Item = &mut String> {
-        std::iter::once(&mut self.token).chain(self.older.iter_mut().map(|v| &mut v.token))
+        std::iter::once(&mut self.token)
+            .chain(self.older.iter_mut().map(|v| &mut v.token))
+            .chain(self.dropped.iter_mut().map(|d| &mut d.version.token))
     }
 
     /// Every Fernet token the record holds (see [`KeyRecord::tokens_mut`]).
     pub fn tokens(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.token.as_str()).chain(self.older.iter().map(|v| v.token.as_str()))
+        std::iter::once(self.token.as_str())
+            .chain(self.older.iter().map(|v| v.token.as_str()))
+            .chain(self.dropped.iter().map(|d| d.version.token.as_str()))
     }
 
     /// Version `n` of the key as (token, expires_at), if still kept.
@@ -185,6 +202,15 @@ enum StoredKey {
     /// the MAC (its own tag).
     V4 {
         key: KeyV3,
+        stamp: u64,
+        mac: [u8; 32],
+    },
+    /// V4 and the versions in the recovery window, under the MAC (its own
+    /// tag). Written only while there are such versions: a record without
+    /// them stays V4, readable by the release before.
+    V5 {
+        key: KeyV3,
+        dropped: Vec<DroppedVersion>,
         stamp: u64,
         mac: [u8; 32],
     },
@@ -242,6 +268,7 @@ impl KeyRecord {
             older: v.older,
             deleted_at_us: v.deleted_at_us,
             stamp,
+            dropped: Vec::new(),
         }
     }
 
@@ -250,6 +277,18 @@ impl KeyRecord {
     /// id).
     pub(crate) fn encode(&self, keys: &RecordKeys) -> Result<Vec<u8>> {
         let v = self.v3();
+        if !self.dropped.is_empty() {
+            let body =
+                postcard::to_stdvec(&(&v, &self.dropped, self.stamp)).map_err(corrupt("key"))?;
+            let mac = keys.record_mac(TAG_KEY_RECORD_V5, self.id.as_bytes(), &body);
+            return postcard::to_stdvec(&StoredKey::V5 {
+                key: v,
+                dropped: self.dropped.clone(),
+                stamp: self.stamp,
+                mac,
+            })
+            .map_err(corrupt("key"));
+        }
         let body = postcard::to_stdvec(&(&v, self.stamp)).map_err(corrupt("key"))?;
         let mac = keys.record_mac(TAG_KEY_RECORD_V4, self.id.as_bytes(), &body);
         postcard::to_stdvec(&StoredKey::V4 {
@@ -281,6 +320,18 @@ impl KeyRecord {
             }
             (StoredKey::V3 { key: v, .. }, Auth::Legacy) => Self::of_v3(id, v, 0),
             (StoredKey::V4 { key: v, stamp, .. }, Auth::Legacy) => Self::of_v3(id, v, stamp),
+            (
+                StoredKey::V5 {
+                    key: v,
+                    dropped,
+                    stamp,
+                    ..
+                },
+                Auth::Legacy,
+            ) => Self {
+                dropped,
+                ..Self::of_v3(id, v, stamp)
+            },
             (StoredKey::V2 { key: v, mac }, Auth::Keys(keys)) => {
                 let body = postcard::to_stdvec(&v).map_err(corrupt("key"))?;
                 check(TAG_KEY_RECORD, body, &mac, keys)?;
@@ -295,6 +346,22 @@ impl KeyRecord {
                 let body = postcard::to_stdvec(&(&v, stamp)).map_err(corrupt("key"))?;
                 check(TAG_KEY_RECORD_V4, body, &mac, keys)?;
                 Self::of_v3(id, v, stamp)
+            }
+            (
+                StoredKey::V5 {
+                    key: v,
+                    dropped,
+                    stamp,
+                    mac,
+                },
+                Auth::Keys(keys),
+            ) => {
+                let body = postcard::to_stdvec(&(&v, &dropped, stamp)).map_err(corrupt("key"))?;
+                check(TAG_KEY_RECORD_V5, body, &mac, keys)?;
+                Self {
+                    dropped,
+                    ..Self::of_v3(id, v, stamp)
+                }
             }
             (StoredKey::V1(_), Auth::Keys(_)) => return Err(tampered("key", id.to_string())),
         })

@@ -14,7 +14,7 @@ use super::{Origin, Refusal, Vault};
 use crate::access::{valid_provider, Caller, Scope};
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::secret::SecretString;
-use crate::store::{Guarded, KeyRecord, KeyVersion, Write, WriteLock};
+use crate::store::{Guarded, KeyRecord, Write, WriteLock};
 use crate::time::now_us;
 
 /// Largest API key accepted.
@@ -111,6 +111,8 @@ pub struct Upkeep {
     pub expired: u64,
     /// Live keys lapsing within 7 days: id, provider, name, expiry.
     pub soon: Vec<(Uuid, String, String, i64)>,
+    /// Live keys holding versions whose recovery window has ended.
+    pub versions_due: Vec<KeyRecord>,
 }
 
 /// What a server does with keys over time: versions kept, and how long a
@@ -150,7 +152,7 @@ pub struct NewVersion {
 }
 
 impl NewVersion {
-    fn check(&self) -> Result<(), Refusal> {
+    pub(super) fn check(&self) -> Result<(), Refusal> {
         check_api_key(&self.api_key)?;
         check_ttl(self.ttl_seconds)
     }
@@ -175,7 +177,7 @@ fn check_ttl(ttl_seconds: Option<i64>) -> Result<(), Refusal> {
 }
 
 /// When a version stored at `from_us` with `ttl_seconds` lapses.
-fn expiry(from_us: i64, ttl_seconds: Option<i64>) -> Result<Option<i64>, Refusal> {
+pub(super) fn expiry(from_us: i64, ttl_seconds: Option<i64>) -> Result<Option<i64>, Refusal> {
     match ttl_seconds {
         None => Ok(None),
         Some(ttl) => ttl
@@ -340,78 +342,6 @@ impl Vault<'_> {
         Ok(rec)
     }
 
-    /// Stores a new version of a key (`PUT /api/keys/{id}`, keys:write):
-    /// same id, provider and name; the current version becomes an older
-    /// one; beyond `keep` versions the oldest are destroyed (named in the
-    /// audit record's detail).
-    pub async fn put_version(
-        &self,
-        origin: &Origin,
-        caller: &Caller,
-        id: &str,
-        new: NewVersion,
-        keep: u32,
-    ) -> Result<KeyRecord, Refusal> {
-        new.check()?;
-        let _one = self.key_lock().await?;
-        let (mut ev, rec) = self
-            .load_for_change(origin, caller, id, Action::KeyPut)
-            .await?;
-        if rec.deleted_at_us.is_some() {
-            return Err(self.refuse(ev, Refusal::deleted_key()).await);
-        }
-        let now = now_us();
-        let expires_at_us = expiry(now, new.ttl_seconds)?;
-        let mut next = rec.clone();
-        next.older.push(KeyVersion {
-            number: rec.version,
-            token: rec.token,
-            created_at_us: rec.version_created_at_us,
-            created_by: rec.created_by,
-            expires_at_us: rec.expires_at_us,
-        });
-        next.version = rec.version.saturating_add(1);
-        next.token = self.keyring.encrypt(new.api_key.expose().as_bytes());
-        drop(new.api_key);
-        next.version_created_at_us = now;
-        next.created_by = Some(caller.name.clone());
-        next.expires_at_us = expires_at_us;
-        let keep = keep.max(1) as usize;
-        let excess = (next.older.len() + 1).saturating_sub(keep);
-        let destroyed: Vec<u32> = next.older.drain(..excess).map(|v| v.number).collect();
-        ev.outcome = Outcome::Success;
-        ev.detail = Some(if destroyed.is_empty() {
-            format!("version {} stored", next.version)
-        } else {
-            format!(
-                "version {} stored; version(s) {} destroyed (keeping {keep})",
-                next.version,
-                destroyed
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        });
-        self.record(ev, vec![Write::PutKey(next.clone())]).await?;
-        if !destroyed.is_empty() {
-            self.store.mark_scrub_due();
-        }
-        Ok(next)
-    }
-
-    /// The versions of a key, oldest first (keys:list; the provider limit
-    /// answers like a missing key). Not audited: no secret leaves.
-    pub fn key_versions(&self, caller: &Caller, id: &str) -> Result<KeyRecord, Refusal> {
-        let Ok(id) = Uuid::parse_str(id) else {
-            return Err(Refusal::no_such_key());
-        };
-        match self.store.get_key(&id).map_err(Refusal::of_store)? {
-            Some(rec) if caller.may_use_provider(&rec.provider) => Ok(rec),
-            _ => Err(Refusal::no_such_key()),
-        }
-    }
-
     /// One pass over every key for the server's housekeeping: the deleted
     /// keys whose recovery window (`window_us`) has ended, and what the
     /// expiry gauges and warnings need. Blocking (a walk of the store).
@@ -424,6 +354,13 @@ impl Vault<'_> {
                     up.due.push(rec);
                 }
                 continue;
+            }
+            if rec
+                .dropped
+                .iter()
+                .any(|d| d.dropped_at_us.saturating_add(window_us) <= now)
+            {
+                up.versions_due.push(rec.clone());
             }
             let Some(exp) = rec.expires_at_us else {
                 continue;
@@ -444,6 +381,17 @@ impl Vault<'_> {
         up
     }
 
+    /// The audit record of housekeeping destroying (part of) `rec`.
+    pub(super) fn housekeeping_purge(&self, rec: &KeyRecord, detail: String) -> AuditEvent {
+        let origin = Origin::housekeeping();
+        let mut ev = self.event(&origin, Action::KeyPurge, None, Outcome::Success);
+        ev.caller = "housekeeping".into();
+        ev.key_id = Some(rec.id);
+        ev.provider = Some(rec.provider.clone());
+        ev.detail = Some(detail);
+        ev
+    }
+
     /// Destroys the deleted keys `due` (from [`Vault::key_upkeep`]) whose
     /// recovery window has ended, each audited `key_purge` (caller
     /// `housekeeping`). A key restored meanwhile is left alone. Returns
@@ -457,15 +405,13 @@ impl Vault<'_> {
                 Ok(Some(cur)) if cur.deleted_at_us.is_some() && cur == rec => {}
                 _ => continue,
             }
-            let origin = Origin::housekeeping();
-            let mut ev = self.event(&origin, Action::KeyPurge, None, Outcome::Success);
-            ev.caller = "housekeeping".into();
-            ev.key_id = Some(rec.id);
-            ev.provider = Some(rec.provider.clone());
-            ev.detail = Some(format!(
-                "recovery window ended: {} version(s) destroyed",
-                rec.older.len() + 1
-            ));
+            let ev = self.housekeeping_purge(
+                &rec,
+                format!(
+                    "recovery window ended: {} version(s) destroyed",
+                    rec.older.len() + 1
+                ),
+            );
             self.record(ev, vec![Write::DeleteKey(rec)]).await?;
             self.store.mark_scrub_due();
             n += 1;
@@ -492,7 +438,7 @@ impl Vault<'_> {
     /// purge and a rotation's re-encryption each read a record and write
     /// it back, so they are serialised (across nodes on a shared
     /// database too), and none can undo another's change.
-    async fn key_lock(&self) -> Result<WriteLock, Refusal> {
+    pub(super) async fn key_lock(&self) -> Result<WriteLock, Refusal> {
         self.store
             .write_lock(Guarded::Keys)
             .await
@@ -501,7 +447,7 @@ impl Vault<'_> {
 
     /// Loads the key a change names, recording a refusal (missing, beyond
     /// the caller's providers, tampered) under `action`.
-    async fn load_for_change(
+    pub(super) async fn load_for_change(
         &self,
         origin: &Origin,
         caller: &Caller,

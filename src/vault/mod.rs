@@ -21,6 +21,7 @@ mod refusal;
 mod reveal;
 mod rotate;
 mod tokens;
+mod versions;
 
 pub use init::{initialise, Initialised};
 pub use keys::{

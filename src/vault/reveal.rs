@@ -139,6 +139,14 @@ impl Vault<'_> {
             Target::Id(_, Some(v)) => *v,
             _ => rec.version,
         };
+        if rec.dropped.iter().any(|d| d.version.number == version) {
+            let refusal = Refusal::NotFound(format!(
+                "version {version} of this key was pushed past the number of versions kept and is \
+                 in the recovery window: not revealable; an admin can put it back with POST \
+                 /api/keys/{{id}}/versions/{version}/restore"
+            ));
+            return Err(self.refuse(ev, refusal).await);
+        }
         let Some((token, expires_at_us)) = rec.version_token(version) else {
             let kept: Vec<String> = rec
                 .older
