@@ -61,11 +61,11 @@ done
 cargo test --locked $targets "$@"
 
 # The whole run also repeats the API, rate-limit, reveal-audit, export,
-# lifecycle, key-lifecycle, token-lifecycle, client, exec and log suites
+# lifecycle, key-lifecycle, token-lifecycle, client, exec, log and version-window suites
 # with every store on PostgreSQL (a server of its own per test).
 if [ $# -eq 0 ]; then
-  echo "test.sh: the API, rate-limit, reveal-audit, export, lifecycle, key-lifecycle, token-lifecycle, client, exec and log suites again, on PostgreSQL"
+  echo "test.sh: the API, rate-limit, reveal-audit, export, lifecycle, key-lifecycle, token-lifecycle, client, exec, log and version-window suites again, on PostgreSQL"
   KEYHOLD_TEST_BACKEND=postgres cargo test --locked --test api --test rate_limit --test reveal_audit \
     --test export --test lifecycle --test key_lifecycle --test token_lifecycle --test client \
-    --test exec_refs --test logs
+    --test exec_refs --test logs --test version_window
 fi

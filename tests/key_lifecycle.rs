@@ -177,56 +177,6 @@ fn versions_are_numbered_revealable_listed_and_capped() {
     assert_ok(&run_with_key(&v.key, &["check", flag, place]));
 }
 
-/// Only an admin destroys: a writer pushing versions past the cap (10 by
-/// default) moves the oldest into the recovery window, where no reveal
-/// reaches it and from which an admin (only) puts it back.
-#[test]
-fn versions_past_the_cap_enter_the_recovery_window_and_an_admin_restores_them() {
-    let v = Vault::new();
-    let writer = v.token("w", "writer", None);
-    let server = v.serve(&[]);
-    let admin = Api::new(&server, &v.admin);
-    let w = Api::new(&server, &writer);
-    let id = w.create_key("claude", "main", "sk-window-v1");
-    for n in 2..=11 {
-        assert_eq!(
-            json_of(put(&w, &id, &format!("sk-window-v{n}")))["version"],
-            n
-        );
-    }
-    let r = admin.get(&format!("/api/keys/{id}?version=1"));
-    assert_eq!(r.status(), 404);
-    let text = detail(r);
-    assert!(text.contains("recovery window"), "{text}");
-    assert!(!text.contains("sk-window"), "{text}");
-    let list = json_of(admin.get(&format!("/api/keys/{id}/versions")));
-    let first = &list.as_array().unwrap()[0];
-    assert_eq!(
-        (first["version"].as_u64(), first["state"].as_str()),
-        (Some(1), Some("recovery"))
-    );
-    assert!(first["restorable_until"].is_string(), "{first}");
-    // The writer cannot put it back (nor purge); the admin can.
-    let restore = format!("/api/keys/{id}/versions/1/restore");
-    let r = w.req(reqwest::Method::POST, &restore).send().unwrap();
-    assert_eq!(r.status(), 403);
-    let r = admin.req(reqwest::Method::POST, &restore).send().unwrap();
-    assert_eq!(r.status(), 200);
-    let r = json_of(admin.get(&format!("/api/keys/{id}?version=1")));
-    assert_eq!(r["api_key"], "sk-window-v1");
-    // Not in the window any more: a second restore is a 404.
-    let r = admin.req(reqwest::Method::POST, &restore).send().unwrap();
-    assert_eq!(r.status(), 404);
-    server.stop();
-    let restores = records_of(&v, "key_restore");
-    assert!(restores.iter().any(|r| r["outcome"] == "success"
-        && r["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("version 1 restored")));
-    assert!(records_of(&v, "key_purge").is_empty());
-}
-
 #[test]
 fn a_deleted_key_is_not_revealable_until_restored() {
     let v = Vault::new();

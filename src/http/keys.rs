@@ -178,6 +178,7 @@ where
             id,
             NewVersion::from(new),
             state.key_policy.keep_versions,
+            state.key_policy.recovery_window_us,
         )
         .await?;
     let used = state.store.last_used(&record.id).unwrap_or(None);

@@ -27,6 +27,7 @@ impl Vault<'_> {
         id: &str,
         new: NewVersion,
         keep: u32,
+        window_us: i64,
     ) -> Result<KeyRecord, Refusal> {
         new.check()?;
         let _one = self.key_lock().await?;
@@ -35,6 +36,31 @@ impl Vault<'_> {
             .await?;
         if rec.deleted_at_us.is_some() {
             return Err(self.refuse(ev, Refusal::deleted_key()).await);
+        }
+        // A record holds every version, kept or in the recovery window: at
+        // most MAX_KEEP_VERSIONS, so a flood of new versions cannot grow it
+        // without bound (nor destroy any: that is an admin's).
+        let held = rec.older.len() + rec.dropped.len() + 1;
+        if held >= super::MAX_KEEP_VERSIONS as usize {
+            ev.detail = Some(format!("{held} versions held"));
+            let until = rec
+                .dropped
+                .iter()
+                .map(|d| d.dropped_at_us)
+                .min()
+                .map(|at| crate::time::to_rfc3339(at.saturating_add(window_us)));
+            let refusal = Refusal::Conflict(format!(
+                "this key holds {held} versions, the most a key holds ({} kept, {} in the \
+                 recovery window): no new version until {}; an admin can purge the key, or \
+                 restore and replace versions",
+                rec.older.len() + 1,
+                rec.dropped.len(),
+                until.map_or_else(
+                    || "the server keeps fewer versions (--keep-versions)".to_string(),
+                    |t| format!("the oldest in the recovery window is destroyed ({t})")
+                )
+            ));
+            return Err(self.refuse(ev, refusal).await);
         }
         let now = now_us();
         let expires_at_us = expiry(now, new.ttl_seconds)?;
