@@ -160,6 +160,26 @@ pub fn key_name_problem(name: &str) -> Option<String> {
             c as u32
         ));
     }
+    if name.starts_with(' ') || name.ends_with(' ') {
+        return Some("must not begin or end with a space".into());
+    }
+    // Separators other than the plain space, and characters that show as
+    // nothing (default-ignorable code points, fillers, the braille blank).
+    if let Some(c) = name.chars().find(|c| {
+        matches!(
+            c.general_category(),
+            GeneralCategory::SpaceSeparator
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        ) && *c != ' '
+            || invisible(*c)
+    }) {
+        return Some(format!(
+            "must not contain separators other than the space, or characters that show as \
+             nothing (found U+{:04X}), which make one name look like another",
+            c as u32
+        ));
+    }
     if let Some(c) = name
         .chars()
         .find(|c| c.general_category() == GeneralCategory::Format)
@@ -178,6 +198,27 @@ pub fn key_name_problem(name: &str) -> Option<String> {
         );
     }
     None
+}
+
+/// Characters that are not format characters but show as nothing:
+/// Unicode's default-ignorable code points outside category Cf (combining
+/// grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian free
+/// variation selectors, variation selectors), and the braille blank.
+fn invisible(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x034F
+            | 0x115F
+            | 0x1160
+            | 0x17B4
+            | 0x17B5
+            | 0x180B..=0x180F
+            | 0x2800
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFFA0
+            | 0xE0100..=0xE01EF
+    )
 }
 
 /// The rule for token names: 1–64 characters, letters, digits, `_.-@`.

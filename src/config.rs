@@ -95,6 +95,18 @@ pub enum Command {
     /// Offline: stop every server of the source first. The target must be
     /// new or empty.
     Migrate(MigrateArgs),
+    /// Print the reveal rate every node of a PostgreSQL store uses, or set
+    /// it (audited): nodes pick a new one up within 10 s.
+    RevealRate(RevealRateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RevealRateArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// The new rate: N/s, N/min or N/h (burst N). Without it, the stored
+    /// rate is printed.
+    pub rate: Option<RevealRate>,
 }
 
 #[derive(Debug, Args)]
@@ -527,9 +539,17 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYHOLD_DEV")]
     pub dev: bool,
     /// Reveals allowed per client IP, shared by every reveal route: N/s,
-    /// N/min or N/h (burst N).
-    #[arg(long, env = "KEYHOLD_REVEAL_RATE", default_value = "10/min")]
-    pub reveal_rate: RevealRate,
+    /// N/min or N/h (burst N). Default 10/min. On PostgreSQL every node
+    /// uses the rate stored in the database (`keyhold reveal-rate`); a node
+    /// given another one refuses to start.
+    #[arg(long, env = "KEYHOLD_REVEAL_RATE")]
+    pub reveal_rate: Option<RevealRate>,
+    /// Refused requests each token may make: N/s, N/min or N/h (burst N).
+    /// Past it, its requests that would be refused are answered 429. Every
+    /// refusal of a token is recorded, at most one record per token,
+    /// action, outcome and second (with a count).
+    #[arg(long, env = "KEYHOLD_REFUSAL_BUDGET", default_value = "60/min")]
+    pub refusal_budget: RevealRate,
     /// Proxies whose X-Forwarded-For is believed: comma-separated
     /// addresses or CIDRs. Empty: the header is ignored.
     #[arg(long, env = "KEYHOLD_TRUSTED_PROXIES", default_value = "")]

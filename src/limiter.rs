@@ -149,14 +149,16 @@ pub struct RevealLimiter {
         DefaultClock,
         StateInformationMiddleware,
     >,
-    rate: RevealRate,
+    /// The rate in force: where the limit is shared, the one the store
+    /// holds (`ops::settings`), which can change while the server runs.
+    rate: std::sync::RwLock<RevealRate>,
     clock: DefaultClock,
 }
 
 impl fmt::Debug for RevealLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RevealLimiter")
-            .field("rate", &self.rate)
+            .field("rate", &self.rate())
             .field("tracked", &self.limiter.len())
             .finish()
     }
@@ -171,7 +173,7 @@ impl RevealLimiter {
         RevealLimiter {
             shared: None,
             limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
-            rate,
+            rate: std::sync::RwLock::new(rate),
             clock: DefaultClock::default(),
         }
     }
@@ -186,7 +188,26 @@ impl RevealLimiter {
     }
 
     pub fn rate(&self) -> RevealRate {
-        self.rate
+        match self.rate.read() {
+            Ok(r) => *r,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    /// Puts `rate` in force where the limit is shared (the cluster's rate
+    /// changed); returns whether it differed. A limit kept by this process
+    /// keeps the rate it was built with.
+    pub fn set_rate(&self, rate: RevealRate) -> bool {
+        if self.shared.is_none() {
+            return false;
+        }
+        let mut r = match self.rate.write() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        let changed = *r != rate;
+        *r = rate;
+        changed
     }
 
     /// Whether the state is shared with other nodes.
@@ -202,8 +223,9 @@ impl RevealLimiter {
         let Some(store) = &self.shared else {
             return Ok(self.check_client(client));
         };
-        let limit = self.rate.count.get();
-        let emission_us = i64::try_from((self.rate.period / limit).as_micros())
+        let rate = self.rate();
+        let limit = rate.count.get();
+        let emission_us = i64::try_from((rate.period / limit).as_micros())
             .unwrap_or(i64::MAX)
             .max(1);
         let (store, name) = (store.clone(), client.to_string());
@@ -224,8 +246,9 @@ impl RevealLimiter {
 
     /// Takes one cell for `client`, or refuses.
     pub fn check_client(&self, client: ClientKey) -> Decision {
-        let limit = self.rate.count.get();
-        let per_cell = self.rate.period / limit;
+        let rate = self.rate();
+        let limit = rate.count.get();
+        let per_cell = rate.period / limit;
         match self.limiter.check_key(&client) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();

@@ -24,9 +24,9 @@ pub enum TokenError {
     #[error("invalid provider `{0}` in the provider limit: a provider matches [a-z0-9][a-z0-9_.-]{{0,63}}")]
     InvalidProvider(String),
     #[error(
-        "an auditor token cannot be limited to providers: it reads the audit log, which is not \
-         kept per provider, so the limit would mean nothing; leave `providers` out, or make a \
-         reader token for those providers"
+        "an auditor or metrics token cannot be limited to providers: it reads the audit log or \
+         the metrics, which are not kept per provider, so the limit would mean nothing; leave \
+         `providers` out, or make a reader token for those providers"
     )]
     LimitedAuditor,
     #[error(
@@ -179,7 +179,7 @@ fn prepare_named(
         }
     };
     // New tokens only: a rotation carries an older token's fields over.
-    if unique && role == Role::Auditor && providers.is_some() {
+    if unique && matches!(role, Role::Auditor | Role::Metrics) && providers.is_some() {
         return Err(TokenError::LimitedAuditor);
     }
     let now = crate::time::now_us();

@@ -31,10 +31,19 @@ fn limit_and_a_seq_cursor_page_through_the_log_newest_first() {
     let auditor = v.token("aud", "auditor", None);
     let s = v.serve(&[("KEYHOLD_REVEAL_RATE", "1000/min")]);
     let admin = Api::new(&s, &v.admin);
-    let id = admin.create_key("claude", "k", "sk-1");
+    admin.create_key("claude", "k", "sk-1");
     let a = Api::new(&s, &auditor);
+    // Seven refused attempts, each at another key id: a token's refusals
+    // are coalesced per target and second, so these are seven records.
     for _ in 0..7 {
-        assert_eq!(a.get(&format!("/api/keys/{id}")).status(), 403);
+        let other = uuid::Uuid::new_v4();
+        assert_eq!(a.get(&format!("/api/keys/{other}")).status(), 403);
+    }
+    // Coalesced records are written within a second or two.
+    let started = std::time::Instant::now();
+    while lines(a.get("/api/audit?outcome=forbidden")).1.len() < 7 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
     // `limit` is honoured (it used to be ignored) and says whether more follow.

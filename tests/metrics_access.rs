@@ -51,6 +51,19 @@ fn metrics_need_a_token_with_metrics_read() {
         assert_eq!(r.status(), 200);
         assert!(r.text().unwrap().contains("keyhold_build_info"));
     }
+    // A provider-limited admin reads no metrics (they cover every
+    // provider), and a metrics token cannot be limited.
+    let limited = token(
+        &admin,
+        "claude-admin",
+        serde_json::json!({"role": "admin", "providers": ["claude"]}),
+    );
+    assert_eq!(get(Some(&limited)).status(), 403);
+    let r = admin.post_json(
+        "/api/tokens",
+        &serde_json::json!({"name": "p2", "role": "metrics", "providers": ["claude"]}),
+    );
+    assert_eq!(r.status(), 422);
     // The metrics role reaches nothing else.
     assert_eq!(Api::new(&s, &scraper).get("/api/keys").status(), 403);
     let who: Value = Api::new(&s, &scraper).get("/api/whoami").json().unwrap();

@@ -38,6 +38,7 @@ impl PgVault {
 
     /// `keyhold serve --database-url URL --node-name NAME` with `env`.
     fn serve(&self, node: &str, env: &[(&str, &str)]) -> Server {
+        pg_rate(&self.url, &self.key, env);
         let mut all = vec![("FERNET_KEY", self.key.as_str())];
         all.extend_from_slice(env);
         Server::start_args(

@@ -75,18 +75,24 @@ fn versions_past_the_cap_enter_the_recovery_window_and_an_admin_restores_them() 
             .contains("version 1 restored")));
     assert!(records_of(&v, "key_purge").is_empty());
 
-    // A flood of versions does not grow the record without bound: a key
-    // holds 100 versions at most, kept or in the window; the next is 409.
+    // A flood of versions does not grow the record without bound: a key's
+    // recovery window holds 1 MiB of versions at most (1,000 at most); the
+    // next version that would enter it is 409. Versions of 16 KiB reach it
+    // after some 45.
     let server = v.serve(&[("KEYHOLD_KEEP_VERSIONS", "1")]);
     let w = Api::new(&server, &writer);
-    let held = |api: &Api| ok_json(api.get(&format!("/api/keys/{id}/versions")));
-    let mut n = held(&w).as_array().unwrap().len();
-    while n < 100 {
-        assert_eq!(put(&w, &id, "sk-window-flood").status(), 200);
-        n += 1;
-    }
-    let r = put(&w, &id, "sk-window-flood");
-    assert_eq!(r.status(), 409);
-    assert!(detail(r).contains("holds 100 versions"));
-    assert_eq!(held(&w).as_array().unwrap().len(), 100);
+    let big = "k".repeat(16 * 1024);
+    let mut stored = 0;
+    let refused = loop {
+        let r = put(&w, &id, &big);
+        if r.status() != 200 {
+            break r;
+        }
+        stored += 1;
+        assert!(stored < 1000, "no bound");
+    };
+    assert_eq!(refused.status(), 409);
+    let said = detail(refused);
+    assert!(said.contains("recovery window holds no more"), "{said}");
+    assert!((30..100).contains(&stored), "{stored} versions of 16 KiB");
 }

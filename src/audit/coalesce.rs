@@ -5,6 +5,13 @@
 //!
 //! A client is what the rate limiter keys on (an IPv4 address, an IPv6
 //! /64), so rotating addresses inside one /64 does not defeat it.
+//!
+//! Refusals of authenticated callers are counted too, keyed by token and
+//! action (one record per token, action, outcome and second), and each
+//! token has a budget of refusals ([`Coalescer::take_refusal`]): past it,
+//! its refused requests are answered 429, so a valid token cannot make
+//! the server write (and fsync) a record per request by asking for what
+//! it may not have.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,11 +31,19 @@ struct Pending {
     mixed_caller: bool,
 }
 
+type Budget = governor::RateLimiter<
+    uuid::Uuid,
+    governor::state::keyed::DefaultKeyedStateStore<uuid::Uuid>,
+    governor::clock::DefaultClock,
+>;
+
 /// Counts coalesced attempts until they are drained into records.
 #[derive(Default)]
 pub struct Coalescer {
     /// (client key, outcome, second) → what is counted.
     pending: Mutex<HashMap<(String, &'static str, i64), Pending>>,
+    /// Each token's budget of refusals (none: unlimited).
+    refusals: Option<Budget>,
 }
 
 impl std::fmt::Debug for Coalescer {
@@ -40,6 +55,43 @@ impl std::fmt::Debug for Coalescer {
 impl Coalescer {
     pub fn new() -> Coalescer {
         Coalescer::default()
+    }
+
+    /// A coalescer that also gives each token `count` refusals per
+    /// `period` (burst `count`).
+    pub fn with_refusal_budget(
+        count: std::num::NonZeroU32,
+        period: std::time::Duration,
+    ) -> Coalescer {
+        let per = period / count.get();
+        let quota = governor::Quota::with_period(per.max(std::time::Duration::from_nanos(1)))
+            .unwrap_or_else(|| governor::Quota::per_second(count))
+            .allow_burst(count);
+        Coalescer {
+            refusals: Some(governor::RateLimiter::keyed(quota)),
+            ..Coalescer::default()
+        }
+    }
+
+    /// Takes one refusal from `token`'s budget; `Err(seconds)` when it is
+    /// spent (retry after that many seconds, at least 1).
+    pub fn take_refusal(&self, token: uuid::Uuid) -> Result<(), u64> {
+        let Some(b) = &self.refusals else {
+            return Ok(());
+        };
+        b.check_key(&token).map_err(|not_until| {
+            use governor::clock::Clock;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            wait.as_secs().max(1)
+        })
+    }
+
+    /// Forgets tokens whose refusal budget is full again.
+    pub fn prune(&self) {
+        if let Some(b) = &self.refusals {
+            b.retain_recent();
+            b.shrink_to_fit();
+        }
     }
 
     /// Counts one attempt by `client` (the limiter's key) at `now_us`.
@@ -54,7 +106,8 @@ impl Coalescer {
         };
         let mut key = (client.to_string(), event.outcome.as_str(), second);
         if !map.contains_key(&key) && map.len() >= MAX_PENDING {
-            key.0 = "*".to_string();
+            // Still one record per action: what was attempted stays told.
+            key.0 = format!("* {}", event.action.as_str());
         }
         match map.get_mut(&key) {
             Some(p) => {
@@ -71,7 +124,7 @@ impl Coalescer {
             }
             None => {
                 let mut event = event;
-                if key.0 == "*" {
+                if key.0.starts_with('*') {
                     event.ip = "*".into();
                     event.peer = None;
                 }
@@ -135,11 +188,17 @@ pub struct Drained {
 fn finish(client: &str, second: i64, p: Pending) -> AuditEvent {
     let mut e = p.event;
     e.count = Some(p.count);
-    let mut detail = format!(
+    // The first attempt's own detail (why it was refused), then the count.
+    let mut detail = e
+        .detail
+        .take()
+        .map(|d| format!("{d}; "))
+        .unwrap_or_default();
+    detail.push_str(&format!(
         "{} attempts coalesced in the second starting {}",
         p.count,
         crate::time::to_rfc3339(second * 1_000_000)
-    );
+    ));
     if p.mixed_ip {
         detail.push_str(&format!("; from several addresses of {client}"));
     }

@@ -51,10 +51,13 @@ pub enum Action {
     /// An access token replaced by a new one with the same grants (the
     /// old one kept for an overlap window).
     TokenRotate,
+    /// A setting every node of a shared store uses changed (the reveal
+    /// rate).
+    Settings,
 }
 
 impl Action {
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 21] = [
         Action::Init,
         Action::Reveal,
         Action::KeyCreate,
@@ -75,6 +78,7 @@ impl Action {
         Action::KeyRestore,
         Action::KeyPurge,
         Action::TokenRotate,
+        Action::Settings,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -99,6 +103,7 @@ impl Action {
             Action::KeyRestore => "key_restore",
             Action::KeyPurge => "key_purge",
             Action::TokenRotate => "token_rotate",
+            Action::Settings => "settings",
         }
     }
 

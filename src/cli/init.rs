@@ -25,12 +25,17 @@ pub(super) fn run(args: DataDir) -> anyhow::Result<ExitCode> {
             return Err(StoreError::AlreadyInitialised(opts.url.to_string()).into());
         }
         let done = crate::vault::initialise(&store, &keyring, "admin")?;
+        // The reveal rate every node will use (ops::settings).
+        let log = crate::audit::AuditLog::open(store.clone(), &keyring)?;
+        let rate = crate::limiter::RevealRate::default();
+        crate::ops::settings::set_reveal_rate(&log, rate, "init")?;
         let (token, public) = (done.admin_token, done.public_key);
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", token.expose()).context("cannot write to stdout")?;
         out.flush().ok();
         eprintln!(
-            "keyhold: initialised the database {}. The line above is the admin token `admin`: it \
+            "keyhold: initialised the database {}. Every node uses its reveal rate, {rate} \
+             (change it with `keyhold reveal-rate RATE --database-url URL`). The line above is the admin token `admin`: it \
              is shown only once, so store it in your secret manager now. Start each node with \
              `keyhold serve --database-url URL --node-name NAME`. The audit log is signed by \
              {public}: keep this public key where auditors can find it.",

@@ -71,6 +71,10 @@ pub(super) fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
     );
     ev.caller = "migrate".into();
     log.append(&[(ev, vec![])])?;
+    // A database's nodes share one reveal rate (ops::settings).
+    if target.node().is_some() && crate::ops::settings::stored_reveal_rate(&target)?.is_none() {
+        crate::ops::settings::set_reveal_rate(&log, Default::default(), "migrate")?;
+    }
     let report = crate::audit::verify_store(&target, &log.verify_keys())?;
     eprintln!(
         "keyhold: migrated {from} to {to} ({} audit records); audit chain: {report}",

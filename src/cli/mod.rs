@@ -72,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),
         Command::Migrate(a) => migrate::run(a),
+        Command::RevealRate(a) => reveal_rate(a),
     }
 }
 
@@ -282,4 +283,40 @@ pub(crate) fn init_logging(filter: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// `keyhold reveal-rate [RATE]` (a PostgreSQL store's; see
+/// `ops::settings`).
+fn reveal_rate(a: crate::config::RevealRateArgs) -> anyhow::Result<ExitCode> {
+    if a.data.database.database_url.is_none() {
+        return Err(ConfigError(
+            "the reveal rate is stored only for a PostgreSQL store (--database-url), where nodes \
+             share one limit; a sled store's server uses its own --reveal-rate"
+                .into(),
+        )
+        .into());
+    }
+    let keyring = Keyring::from_env()?;
+    let store = open_checked(&a.data, &keyring)?;
+    match a.rate {
+        None => {
+            match crate::ops::settings::stored_reveal_rate(&store)? {
+                Some(r) => println!("{r}"),
+                None => println!(
+                    "{} (not stored yet: the default, until a node starts or this command sets one)",
+                    crate::limiter::RevealRate::default()
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(rate) => {
+            let log = crate::audit::AuditLog::open(store.clone(), &keyring)?;
+            let was = crate::ops::settings::set_reveal_rate(&log, rate, "cli")?;
+            eprintln!(
+                "keyhold: the reveal rate is now {rate}{}; running nodes use it within 10 s",
+                was.map(|w| format!(" (was {w})")).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

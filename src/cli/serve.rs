@@ -85,11 +85,13 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (store, keyring, None)
     };
     let log = Arc::new(AuditLog::open(store.clone(), &keyring)?);
+    let reveal_rate = reveal_rate(&args, &store, &log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let started = crate::http::app::Started {
+        reveal_rate,
         bind,
         metrics_bind,
         tls,
@@ -122,6 +124,38 @@ fn init_logging_as(filter: &str, format: LogFormat) {
                 .with_writer(std::io::stderr)
                 .with_current_span(false)
                 .try_init();
+        }
+    }
+}
+
+/// The reveal rate this server applies: its `--reveal-rate` (or the
+/// default) where it holds the store alone; on a shared database the one
+/// the database stores (written from this node's if none is yet), and a
+/// node given another one refuses to start, saying both.
+fn reveal_rate(
+    args: &ServeArgs,
+    store: &Store,
+    log: &AuditLog,
+) -> anyhow::Result<crate::limiter::RevealRate> {
+    let given = args.reveal_rate;
+    if store.node().is_none() {
+        return Ok(given.unwrap_or_default());
+    }
+    match crate::ops::settings::stored_reveal_rate(store)? {
+        Some(stored) => match given {
+            Some(g) if g != stored => Err(ConfigError(format!(
+                "this node was given --reveal-rate {g} (KEYHOLD_REVEAL_RATE), but every node of \
+                 this database uses the rate it stores, {stored}, so that a client gets one \
+                 budget: start the node without it, or change the rate of every node with \
+                 `keyhold reveal-rate {g} --database-url URL`"
+            ))
+            .into()),
+            _ => Ok(stored),
+        },
+        None => {
+            let rate = given.unwrap_or_default();
+            crate::ops::settings::set_reveal_rate(log, rate, "serve")?;
+            Ok(rate)
         }
     }
 }

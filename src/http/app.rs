@@ -19,6 +19,8 @@ use crate::store::Store;
 
 /// What `keyhold serve` opened before the runtime started.
 pub struct Started {
+    /// The reveal rate in force (on a shared database: the stored one).
+    pub reveal_rate: crate::limiter::RevealRate,
     pub bind: Bind,
     /// `--metrics-listen`: /metrics without a token (loopback or Unix).
     pub metrics_bind: Option<Bind>,
@@ -46,6 +48,7 @@ pub enum AppError {
 /// reload on SIGHUP), serves, then writes what is pending and flushes.
 pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
     let Started {
+        reveal_rate,
         bind,
         metrics_bind,
         tls,
@@ -130,12 +133,15 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
         keyring: crate::keyring::LiveKeyring::new(keyring),
         audit: writer,
         limiter: if store.node().is_some() {
-            RevealLimiter::shared(args.reveal_rate, store.clone())
+            RevealLimiter::shared(reveal_rate, store.clone())
         } else {
-            RevealLimiter::new(args.reveal_rate)
+            RevealLimiter::new(reveal_rate)
         },
         proxies: args.trusted_proxies.clone(),
-        coalescer: Coalescer::new(),
+        coalescer: Coalescer::with_refusal_budget(
+            args.refusal_budget.count,
+            args.refusal_budget.period,
+        ),
         read_timeout: Duration::from_secs(args.header_timeout.max(1)),
         body_reads: tokio::sync::Semaphore::new(args.max_body_reads.max(1)),
         metrics,
@@ -173,7 +179,7 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
         version = crate::build_info::VERSION,
         commit = crate::build_info::COMMIT,
         audit_head_seq = store.audit_last_seq().unwrap_or(0),
-        reveal_rate = %args.reveal_rate,
+        reveal_rate = %reveal_rate,
         "keyhold serving"
     );
 
@@ -340,6 +346,17 @@ fn spawn_housekeeping(state: Arc<AppState>) {
                     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.keep_up()).await {
                         tracing::warn!(error = %e, "could not learn other nodes' changes");
                     }
+                    // The cluster's reveal rate, if an admin changed it.
+                    let store = s.store.clone();
+                    let stored = tokio::task::spawn_blocking(move || {
+                        crate::ops::settings::vouched_reveal_rate(&store)
+                    })
+                    .await;
+                    if let Ok(Ok(Some(rate))) = stored {
+                        if s.limiter.set_rate(rate) {
+                            tracing::info!(reveal_rate = %rate, "the cluster's reveal rate changed; in force");
+                        }
+                    }
                 }
                 continue;
             }
@@ -365,7 +382,11 @@ fn spawn_housekeeping(state: Arc<AppState>) {
         loop {
             tick.tick().await;
             let s = s.clone();
-            let _ = tokio::task::spawn_blocking(move || s.limiter.prune()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                s.limiter.prune();
+                s.coalescer.prune();
+            })
+            .await;
         }
     });
     tokio::spawn(async move {

@@ -13,6 +13,7 @@ use super::stream::stream_blocking;
 use super::{require, State};
 use crate::access::Scope;
 use crate::audit::{self, Action, ExportFilter, ExportFormat, Exporter, Outcome, Page};
+use crate::vault::Refusal;
 
 /// Parses the export query: the filters (`since`, `until`, `key_id`,
 /// `caller`, `outcome`, `action`), `format`, and the page (`limit`,
@@ -94,16 +95,21 @@ fn limited_audit_reader() -> ApiError {
 pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
     let res = async {
         let caller = state.authenticate(&ctx).await?;
+        // Refusals go through the vault: coalesced per token, budgeted.
         if let Err(e) = require(&caller, Scope::AuditRead) {
             let ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Forbidden);
-            state.record(ev, vec![]).await?;
-            return Err(e);
+            let r = state
+                .vault()
+                .refused(ev, Refusal::Forbidden(e.detail))
+                .await;
+            return Err(r.into());
         }
         if caller.is_limited() {
             let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Forbidden);
             ev.detail = Some("provider-limited token".into());
-            state.record(ev, vec![]).await?;
-            return Err(limited_audit_reader());
+            let detail = limited_audit_reader().detail;
+            let r = state.vault().refused(ev, Refusal::Forbidden(detail)).await;
+            return Err(r.into());
         }
         let (filter, format, page) = parse_export_query(&query)?;
         let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Success);

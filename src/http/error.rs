@@ -115,6 +115,10 @@ impl From<crate::vault::Refusal> for ApiError {
         let detail = r.to_string();
         match r {
             R::RateLimited(secs) => ApiError::rate_limited(secs),
+            R::TooManyRefusals(secs) => ApiError {
+                retry_after: Some(secs),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, detail)
+            },
             R::Unauthenticated(_) | R::TokenExpired(_) => ApiError::unauthenticated(detail),
             R::TamperedToken => ApiError {
                 tampered: true,

@@ -392,10 +392,18 @@ fn metrics(s: &State) -> Route {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .then(|st: State, ctx: Ctx| async move {
-            let allowed = st
-                .authenticate(&ctx)
-                .await
-                .and_then(|caller| super::require(&caller, crate::access::Scope::MetricsRead));
+            // Metrics cover every provider: a provider-limited token reads
+            // none of them (a limited admin included).
+            let allowed = st.authenticate(&ctx).await.and_then(|caller| {
+                super::require(&caller, crate::access::Scope::MetricsRead)?;
+                if caller.is_limited() {
+                    return Err(ApiError::forbidden(
+                        "this token is limited to some providers, and the metrics cover every \
+                         provider: read them with an unlimited metrics or admin token",
+                    ));
+                }
+                Ok(())
+            });
             match allowed {
                 Ok(()) => metrics_answer(&st),
                 Err(e) => ctx.error(&e),

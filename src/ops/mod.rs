@@ -11,3 +11,4 @@ pub mod import;
 pub mod migrate;
 pub mod reload;
 pub mod rotate;
+pub mod settings;

@@ -176,6 +176,15 @@ impl StateDigest {
         self.meta.iter().any(|(n, _)| n == name)
     }
 
+    /// Whether the state holds `value` as the meta value `name` (what a
+    /// node checks a value read while it runs against: the signed head).
+    pub fn meta_is(&self, keys: &RecordKeys, name: &[u8], value: &[u8]) -> bool {
+        let f = contribution(keys, Table::Meta, name, value);
+        self.meta
+            .iter()
+            .any(|(n, short)| n == name && short[..] == f[..16])
+    }
+
     /// What differs between the signed digest (`self`) and the one the
     /// records give (`found`), said for people; empty when nothing does.
     pub fn differences(&self, found: &StateDigest) -> Vec<String> {

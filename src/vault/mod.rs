@@ -198,9 +198,60 @@ impl Vault<'_> {
         })
     }
 
+    /// Records a refusal (coalesced and budgeted for a token on a server,
+    /// see [`Vault::refuse`]) and hands back what to answer.
+    pub async fn refused(&self, event: AuditEvent, refusal: Refusal) -> Refusal {
+        self.refuse(event, refusal).await
+    }
+
     /// Records a refusal of `action` and hands it back.
-    async fn refuse(&self, mut event: AuditEvent, refusal: Refusal) -> Refusal {
+    async fn refuse(&self, mut event: AuditEvent, mut refusal: Refusal) -> Refusal {
         event.outcome = refusal.outcome();
+        // A server counts an authenticated caller's refusals (one record
+        // per token, action, target, outcome and second) against the
+        // token's budget. Past it, the answer is 429 but the record keeps
+        // what was refused and why (its outcome), per token, action and
+        // outcome only, so a flood of targets writes no more records.
+        // Coalesced records are written within a second (and at shutdown).
+        if let (Some(c), Some(token)) = (self.coalescer, event.caller_id) {
+            let spent = c.take_refusal(token).err();
+            // A record that failed its integrity check is written on its
+            // own, before the answer, while the token is in budget.
+            if event.outcome == Outcome::Tampered && spent.is_none() {
+                return match self.record(event, vec![]).await {
+                    Ok(_) => refusal,
+                    Err(unavailable) => unavailable,
+                };
+            }
+            if event.action == Action::Reveal {
+                let shown = match (&refusal, spent) {
+                    (_, Some(_)) => Outcome::RateLimited.as_str(),
+                    (Refusal::Beyond(_), None) => Outcome::NotFound.as_str(),
+                    _ => event.outcome.as_str(),
+                };
+                metrics::counter!("keyhold_reveals_total", "outcome" => shown).increment(1);
+            }
+            let target = match (spent, event.key_id, &event.provider) {
+                (Some(_), _, _) => "answered 429".to_string(),
+                (None, Some(id), _) => id.to_string(),
+                (None, None, Some(p)) => p.clone(),
+                _ => String::new(),
+            };
+            if let Some(retry) = spent {
+                refusal = Refusal::TooManyRefusals(retry);
+                let why = event
+                    .detail
+                    .take()
+                    .map(|d| format!("; {d}"))
+                    .unwrap_or_default();
+                event.detail = Some(format!(
+                    "answered 429: the token's refusal budget is spent{why}"
+                ));
+            }
+            let key = format!("token {token} {} {target}", event.action.as_str());
+            c.add(&key, event, crate::time::now_us());
+            return refusal;
+        }
         // The metrics tell apart no more than the answer does: a key
         // beyond the caller's providers counts as not found (the audit
         // record says `forbidden`).

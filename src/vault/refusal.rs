@@ -14,6 +14,14 @@ pub enum Refusal {
     /// Too many reveals from this client: retry after this many seconds.
     #[error("too many reveals from this address: retry in {0} s (see Retry-After)")]
     RateLimited(u64),
+    /// This token was refused too often (its refusal budget is spent):
+    /// retry after this many seconds.
+    #[error(
+        "this token was refused too often in a short time, so further requests it makes that \
+         would be refused are answered 429: retry in {0} s (see Retry-After), and check what \
+         the token may do (GET /api/whoami)"
+    )]
+    TooManyRefusals(u64),
     /// No usable token, or an unknown or revoked one.
     #[error("{0}")]
     Unauthenticated(String),
@@ -75,7 +83,7 @@ impl Refusal {
     /// The outcome the audit log records for this refusal.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Refusal::RateLimited(_) => Outcome::RateLimited,
+            Refusal::RateLimited(_) | Refusal::TooManyRefusals(_) => Outcome::RateLimited,
             Refusal::Unauthenticated(_) => Outcome::Unauthenticated,
             Refusal::TamperedToken | Refusal::TamperedRecord(_) => Outcome::Tampered,
             Refusal::Forbidden(_) | Refusal::Beyond(_) => Outcome::Forbidden,

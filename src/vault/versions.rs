@@ -13,6 +13,13 @@ use uuid::Uuid;
 
 use super::keys::{expiry, NewVersion};
 
+/// The most versions one key holds in the recovery window.
+const MAX_DROPPED: usize = 1000;
+/// The most ciphertext one key holds in the recovery window, in bytes
+/// (with at most 100 kept versions of 16 KiB, a record stays far below a
+/// backup entry's 16 MiB, and a new version rewrites at most ~3 MiB).
+const MAX_DROPPED_BYTES: usize = 1024 * 1024;
+
 impl Vault<'_> {
     /// Stores a new version of a key (`PUT /api/keys/{id}`, keys:write):
     /// same id, provider and name; the current version becomes an older
@@ -37,12 +44,16 @@ impl Vault<'_> {
         if rec.deleted_at_us.is_some() {
             return Err(self.refuse(ev, Refusal::deleted_key()).await);
         }
-        // A record holds every version, kept or in the recovery window: at
-        // most MAX_KEEP_VERSIONS, so a flood of new versions cannot grow it
-        // without bound (nor destroy any: that is an admin's).
+        // The recovery window of one key is bounded (MAX_DROPPED versions,
+        // MAX_DROPPED_BYTES of ciphertext), so a flood of new versions
+        // cannot grow a record without bound, nor destroy any (that is an
+        // admin's). Hourly rotation of a typical key over the default
+        // 7-day window puts about 170 versions of ~200 bytes there.
         let held = rec.older.len() + rec.dropped.len() + 1;
-        if held >= super::MAX_KEEP_VERSIONS as usize {
-            ev.detail = Some(format!("{held} versions held"));
+        let bytes: usize = rec.dropped.iter().map(|d| d.version.token.len()).sum();
+        let moves = rec.older.len() + 2 > keep.max(1) as usize;
+        if moves && (rec.dropped.len() >= MAX_DROPPED || bytes >= MAX_DROPPED_BYTES) {
+            ev.detail = Some(format!("{held} versions held ({bytes} bytes)"));
             let until = rec
                 .dropped
                 .iter()
@@ -50,13 +61,13 @@ impl Vault<'_> {
                 .min()
                 .map(|at| crate::time::to_rfc3339(at.saturating_add(window_us)));
             let refusal = Refusal::Conflict(format!(
-                "this key holds {held} versions, the most a key holds ({} kept, {} in the \
-                 recovery window): no new version until {}; an admin can purge the key, or \
-                 restore and replace versions",
+                "this key holds {held} versions ({} kept, {} in the recovery window, {bytes} \
+                 bytes there), and its recovery window holds no more: no new version until {}, \
+                 or until an admin purges the key (DELETE /api/keys/{{id}}?purge=true)",
                 rec.older.len() + 1,
                 rec.dropped.len(),
                 until.map_or_else(
-                    || "the server keeps fewer versions (--keep-versions)".to_string(),
+                    || "versions leave the recovery window".to_string(),
                     |t| format!("the oldest in the recovery window is destroyed ({t})")
                 )
             ));

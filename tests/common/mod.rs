@@ -170,6 +170,9 @@ impl Vault {
 
     /// Starts a server on this vault with exactly this environment.
     pub fn serve_env(&self, env: &[(&str, &str)]) -> Server {
+        if let Some((_, url)) = &self.pg {
+            pg_rate(url, &self.key, env);
+        }
         match &self.pg {
             Some((_, url)) => Server::start_args(
                 &[
@@ -683,4 +686,21 @@ pub fn metrics_text(s: &Server, token: &str) -> String {
         .unwrap()
         .text()
         .unwrap()
+}
+
+/// On PostgreSQL every node uses the reveal rate the database stores: a
+/// test that starts a node with `KEYHOLD_REVEAL_RATE` sets the cluster's
+/// rate to it first (an audited `settings` record), if it differs.
+pub fn pg_rate(url: &str, key: &str, env: &[(&str, &str)]) {
+    let Some((_, rate)) = env.iter().find(|(k, _)| *k == "KEYHOLD_REVEAL_RATE") else {
+        return;
+    };
+    let out = run_with_key(key, &["reveal-rate", "--database-url", url]);
+    assert_ok(&out);
+    if String::from_utf8_lossy(&out.stdout).trim() != *rate {
+        assert_ok(&run_with_key(
+            key,
+            &["reveal-rate", rate, "--database-url", url],
+        ));
+    }
 }
