@@ -1,6 +1,9 @@
 //! Abuse resistance (issue 14): no silent socket, junk request or
 //! provider-limited insider takes more than it was given. Every test runs
 //! the real binary on an ephemeral loopback port.
+//!
+//! Over 800 lines: one test per abuse case, each long because it sets up
+//! a real server and floods it (to be split by case with issue 26).
 
 mod common;
 

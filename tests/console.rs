@@ -10,6 +10,9 @@
 //! Without a browser its test says so and does not run; under `CI=true`
 //! that is a failure (.ci/run installs them through scripts/test.sh).
 //! Screenshots go to `target/ui-screenshots/` (git-ignored).
+//!
+//! Over 800 lines: the console's two browser drivers and its flows in one
+//! place (to be split with issue 26).
 
 mod common;
 

@@ -4,6 +4,9 @@
 //! forgery is made on a stopped sled store with sled itself (someone with
 //! write access to the files), or on PostgreSQL with `psql` as a superuser
 //! while the node runs.
+//!
+//! Over 500 lines: one forgery per test, each made with sled or psql on
+//! a real store and refused through the binary.
 
 mod common;
 

@@ -2,6 +2,9 @@
 //! and the version cap, soft delete, restore, the recovery window
 //! elapsing, purge, reveal by name, expiry filters, gauges and warnings.
 //! Runs on sled, and on PostgreSQL with KEYHOLD_TEST_BACKEND=postgres.
+//!
+//! Over 500 lines: one scenario per lifecycle step, each through a real
+//! server and read back from the audit log.
 
 mod common;
 

@@ -3,6 +3,9 @@
 //! with an overlap window, and stores from before all this. The real
 //! binary, servers on loopback ephemeral ports, stopped by their PID.
 //! Runs on sled, and on PostgreSQL with `KEYHOLD_TEST_BACKEND=postgres`.
+//!
+//! Over 500 lines: one scenario per token lifecycle step through a real
+//! server.
 
 mod common;
 

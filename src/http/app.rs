@@ -4,6 +4,9 @@
 //!
 //! Not for: parsing flags (see `config`, `cli::serve`) or the transport
 //! itself (see `server`).
+//!
+//! Over 500 lines: one concern (the server's life), most of it the
+//! background tasks each feature needs (housekeeping, upkeep, reload).
 
 use std::io::Write;
 use std::sync::Arc;

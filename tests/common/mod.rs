@@ -1,6 +1,9 @@
 //! Shared test harness: runs the real `keyhold` binary, starts servers on
 //! ephemeral loopback ports, stops them by their own process id, and
 //! keeps everything they printed for secret scans.
+//!
+//! Over 500 lines: the one harness every suite shares (vault, server,
+//! client, store helpers).
 #![allow(dead_code)]
 
 pub mod postgres;

@@ -22,6 +22,7 @@
 //! Over 500 lines: the `Backend` implementation, method by method; the
 //! commit, scans, schema, limiter and URL handling are in their own files.
 
+mod changes;
 mod commit;
 pub(crate) mod limit;
 mod scan;
@@ -38,7 +39,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use uuid::Uuid;
 
 use super::backend::{Backend, Bytes, Items, Op};
-use super::{Result, StoreError, META_AUDIT_HEAD};
+use super::{Result, StoreError};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -372,34 +373,6 @@ impl PgStore {
         })
     }
 
-    /// A record and the newest audit seq, in one statement (one snapshot:
-    /// the seq is that of the commit the record was read after).
-    fn get_seen(&self, table: &'static str, key: Vec<u8>) -> Result<Option<(Bytes, u64)>> {
-        // The newer of the log's last seq and the head's: cutting the
-        // log's tail alone does not hide a commit from the check.
-        let sql = format!(
-            "SELECT v, (SELECT COALESCE(max(seq), 0) FROM keyhold_audit), \
-             (SELECT v FROM keyhold_meta WHERE k = $2) FROM {} WHERE k = $1",
-            scan::table(table)?
-        );
-        self.run("read a record", move |pool| async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let stmt = client.prepare_cached(&sql).await.map_err(db_error)?;
-            let row = client
-                .query_opt(&stmt, &[&key, &META_AUDIT_HEAD])
-                .await
-                .map_err(db_error)?;
-            Ok(row.map(|r| {
-                let last = r.get::<_, i64>(1).max(0) as u64;
-                let head = r
-                    .get::<_, Option<Vec<u8>>>(2)
-                    .and_then(|h| crate::store::changes::head_seq(&h))
-                    .unwrap_or(0);
-                (Bytes::from(r.get::<_, Vec<u8>>(0)), last.max(head))
-            }))
-        })
-    }
-
     fn swap(&self, table: &'static str, key: Vec<u8>, current: &[u8], new: &[u8]) -> Result<bool> {
         let sql = format!(
             "UPDATE {} SET v = $3 WHERE k = $1 AND v = $2",
@@ -528,51 +501,19 @@ impl Backend for PgStore {
     }
 
     fn changes_after(&self, after: u64, limit: i64) -> Result<Vec<(u64, u64, Bytes)>> {
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        self.run("read what other nodes changed", move |pool| async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let stmt = client
-                .prepare_cached(
-                    "SELECT first, last, v FROM keyhold_changes WHERE last > $1 \
-                     ORDER BY last LIMIT $2",
-                )
-                .await
-                .map_err(db_error)?;
-            let rows = client
-                .query(&stmt, &[&after, &limit])
-                .await
-                .map_err(db_error)?;
-            Ok(rows
-                .iter()
-                .map(|r| {
-                    (
-                        r.get::<_, i64>(0).max(0) as u64,
-                        r.get::<_, i64>(1).max(0) as u64,
-                        Bytes::from(r.get::<_, Vec<u8>>(2)),
-                    )
-                })
-                .collect())
-        })
+        changes::after(self, after, limit)
     }
 
     fn prune_changes(&self, before: u64) -> Result<()> {
-        let before = i64::try_from(before).unwrap_or(i64::MAX);
-        self.run("prune the change rows", move |pool| async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            client
-                .execute("DELETE FROM keyhold_changes WHERE last < $1", &[&before])
-                .await
-                .map_err(db_error)?;
-            Ok(())
-        })
+        changes::prune(self, before)
     }
 
     fn key_get_seen(&self, id: &Uuid) -> Result<Option<(Bytes, u64)>> {
-        self.get_seen("keys", id.as_bytes().to_vec())
+        changes::get_seen(self, "keys", id.as_bytes().to_vec())
     }
 
     fn token_get_seen(&self, at: &[u8; 32]) -> Result<Option<(Bytes, u64)>> {
-        self.get_seen("tokens", at.to_vec())
+        changes::get_seen(self, "tokens", at.to_vec())
     }
 
     fn meta_get(&self, name: &[u8]) -> Result<Option<Bytes>> {
