@@ -20,6 +20,7 @@ pub mod observe;
 mod panics;
 mod routes;
 pub mod server;
+mod slots;
 mod stream;
 pub mod ui;
 mod whoami;

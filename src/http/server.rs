@@ -24,7 +24,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -331,6 +331,11 @@ impl Drop for PerIpGuard {
     }
 }
 
+/// How long a new connection at the cap waits for the slot of the idle
+/// connection closed to make room, and how many may wait at once.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+const WAITING_MAX: usize = 64;
+
 /// Serves `routes` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits (at most `limits.shutdown_grace`) for open
 /// connections to finish.
@@ -349,6 +354,9 @@ pub async fn serve(
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let permits = Arc::new(Semaphore::new(max));
     let per_ip = Arc::new(PerIp::default());
+    let slots = Arc::new(super::slots::Slots::default());
+    // New connections waiting for a slot an eviction frees.
+    let waiting = Arc::new(AtomicUsize::new(0));
     super::panics::install_hook();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut builder = Builder::new(TokioExecutor::new());
@@ -367,13 +375,6 @@ pub async fn serve(
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
             a = accept(&listener.socket) => a,
@@ -388,23 +389,37 @@ pub async fn serve(
                 continue;
             }
         };
-        let ip_guard = match &peer {
-            Peer::Tcp(a) if !exempt.contains(a.ip()) => {
-                // Counted like the rate limit keys clients: a host holding a
-                // whole IPv6 /64 is one client, not 2^64 of them.
-                match per_ip.enter(
-                    crate::limiter::network_of(a.ip()),
-                    limits.max_connections_per_ip,
-                ) {
-                    Some(g) => Some(g),
-                    None => {
-                        tracing::debug!(peer = %a.ip(), "too many connections from one address; closed");
-                        continue;
-                    }
-                }
-            }
+        let key = match &peer {
+            Peer::Tcp(a) if !exempt.contains(a.ip()) => Some(crate::limiter::network_of(a.ip())),
             _ => None,
         };
+        let ip_guard = match key {
+            // Counted like the rate limit keys clients: a host holding a
+            // whole IPv6 /64 is one client, not 2^64 of them.
+            Some(k) => match per_ip.enter(k, limits.max_connections_per_ip) {
+                Some(g) => Some(g),
+                None => {
+                    metrics::counter!("keyhold_connections_refused_total", "reason" => "per_address")
+                        .increment(1);
+                    tracing::debug!(peer = %k, "too many connections from one address; closed");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        // At the cap: make room by closing an idle connection (see
+        // `slots`); the new one waits (a moment, in its own task, so that
+        // accepting goes on) for the slot that frees. With nothing idle to
+        // close, or too many waiting already, it is refused.
+        let ready = permits.clone().try_acquire_owned().ok();
+        if ready.is_none() && (waiting.load(Ordering::Relaxed) >= WAITING_MAX || !slots.evict_one())
+        {
+            metrics::counter!("keyhold_connections_refused_total", "reason" => "total")
+                .increment(1);
+            tracing::debug!("at the connection cap and nothing idle to close; closed");
+            continue;
+        }
+        let (permits_for, waiting_for) = (permits.clone(), waiting.clone());
         let ctx = ConnCtx {
             routes: routes.clone(),
             builder: builder.clone(),
@@ -412,9 +427,29 @@ pub async fn serve(
             stop: stop_rx.clone(),
             tls: listener.tls.clone(),
             limits,
+            slots: slots.clone(),
+            key,
         };
         tokio::spawn(async move {
+            let permit = match ready {
+                Some(p) => p,
+                None => {
+                    waiting_for.fetch_add(1, Ordering::Relaxed);
+                    let got = tokio::time::timeout(SLOT_WAIT, permits_for.acquire_owned()).await;
+                    waiting_for.fetch_sub(1, Ordering::Relaxed);
+                    match got {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            metrics::counter!("keyhold_connections_refused_total", "reason" => "total")
+                                .increment(1);
+                            return;
+                        }
+                    }
+                }
+            };
+            metrics::gauge!("keyhold_connections").increment(1.0);
             ctx.run(io, peer, accepted_at).await;
+            metrics::gauge!("keyhold_connections").decrement(1.0);
             drop(ip_guard);
             drop(permit);
         });
@@ -463,6 +498,10 @@ struct ConnCtx {
     stop: tokio::sync::watch::Receiver<bool>,
     tls: Option<TlsAcceptor>,
     limits: Limits,
+    /// Where an idle connection can be asked to make room.
+    slots: Arc<super::slots::Slots>,
+    /// The client's address as the per-address cap counts it.
+    key: Option<IpAddr>,
 }
 
 impl ConnCtx {
@@ -584,6 +623,29 @@ impl ConnCtx {
         tokio::pin!(conn);
         let mut stop = self.stop;
         let idle = self.limits.idle_timeout;
+        // Registered for `slots`: idle (and for how long) while no request
+        // is at work and it is not closing.
+        let closing_flag = Arc::new(AtomicBool::new(false));
+        let evict = Arc::new(tokio::sync::Notify::new());
+        let _slot = {
+            let (lr, lw, w, c) = (
+                last_request.clone(),
+                last_write.clone(),
+                working.clone(),
+                closing_flag.clone(),
+            );
+            self.slots.register(
+                self.key,
+                Box::new(move || {
+                    if c.load(Ordering::Relaxed) || w.load(Ordering::Relaxed) > 0 {
+                        return None;
+                    }
+                    let active = lr.load(Ordering::Relaxed).max(lw.load(Ordering::Relaxed));
+                    opened.elapsed().checked_sub(Duration::from_millis(active))
+                }),
+                evict.clone(),
+            )
+        };
         // Closing is graceful: a response in flight (a long export) still
         // ends whole; HTTP/2 gets a GOAWAY and its open streams finish. At
         // server shutdown, `serve` bounds the wait by the shutdown grace.
@@ -604,6 +666,7 @@ impl ConnCtx {
         let mut closing = false;
         let at_work = |closing: bool| !closing && working.load(Ordering::Relaxed) > 0;
         loop {
+            closing_flag.store(closing, Ordering::Relaxed);
             let wait = if closing { grace } else { idle };
             let due = if at_work(closing) {
                 tokio::time::Instant::now() + wait
@@ -630,6 +693,11 @@ impl ConnCtx {
                     closing = true;
                 }
                 _ = stop.changed(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = evict.notified(), if !closing => {
+                    tracing::debug!("idle connection closed to make room at the connection cap");
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
