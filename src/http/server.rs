@@ -331,8 +331,9 @@ impl Drop for PerIpGuard {
     }
 }
 
-/// How long a new connection at the cap waits for the slot of the idle
-/// connection closed to make room, and how many may wait at once.
+/// How long (past the handshake deadline, which frees the slots of silent
+/// sockets) a new connection at the cap waits for a slot, and how many
+/// may wait at once.
 const SLOT_WAIT: Duration = Duration::from_secs(2);
 const WAITING_MAX: usize = 64;
 
@@ -408,17 +409,20 @@ pub async fn serve(
             None => None,
         };
         // At the cap: make room by closing an idle connection (see
-        // `slots`); the new one waits (a moment, in its own task, so that
-        // accepting goes on) for the slot that frees. With nothing idle to
-        // close, or too many waiting already, it is refused.
+        // `slots`); the new one waits, in its own task so that accepting
+        // goes on, for a slot to free (the closed one's, or one whose
+        // handshake deadline ends). Too many waiting already: refused.
         let ready = permits.clone().try_acquire_owned().ok();
-        if ready.is_none() && (waiting.load(Ordering::Relaxed) >= WAITING_MAX || !slots.evict_one())
-        {
-            metrics::counter!("keyhold_connections_refused_total", "reason" => "total")
-                .increment(1);
-            tracing::debug!("at the connection cap and nothing idle to close; closed");
-            continue;
+        if ready.is_none() {
+            if waiting.load(Ordering::Relaxed) >= WAITING_MAX {
+                metrics::counter!("keyhold_connections_refused_total", "reason" => "total")
+                    .increment(1);
+                tracing::debug!("at the connection cap with too many waiting; closed");
+                continue;
+            }
+            slots.evict_one();
         }
+        let slot_wait = limits.handshake_timeout + SLOT_WAIT;
         let (permits_for, waiting_for) = (permits.clone(), waiting.clone());
         let ctx = ConnCtx {
             routes: routes.clone(),
@@ -435,7 +439,7 @@ pub async fn serve(
                 Some(p) => p,
                 None => {
                     waiting_for.fetch_add(1, Ordering::Relaxed);
-                    let got = tokio::time::timeout(SLOT_WAIT, permits_for.acquire_owned()).await;
+                    let got = tokio::time::timeout(slot_wait, permits_for.acquire_owned()).await;
                     waiting_for.fetch_sub(1, Ordering::Relaxed);
                     match got {
                         Ok(Ok(p)) => p,
