@@ -174,7 +174,13 @@ impl Vault {
     /// Starts a server on this vault with exactly this environment.
     pub fn serve_env(&self, env: &[(&str, &str)]) -> Server {
         if let Some((_, url)) = &self.pg {
-            pg_rate(url, &self.key, env);
+            // With the key the server is given (a rotation may have
+            // replaced the vault's first one).
+            let key = env
+                .iter()
+                .find(|(k, _)| *k == "FERNET_KEY")
+                .map_or(self.key.as_str(), |(_, v)| *v);
+            pg_rate(url, key, env);
         }
         match &self.pg {
             Some((_, url)) => Server::start_args(
