@@ -85,19 +85,22 @@ fn every_node_uses_the_rate_the_database_stores() {
     }
 
     // A rate written into the database behind keyhold's back (no signed
-    // head vouches for it) is not taken up by running nodes.
-    assert_ok(&rate(&["1/h"]));
+    // head vouches for it) is not taken up by running nodes. Same period
+    // as the one in force, so that taking it up would let the next reveal
+    // through (the shared limit keeps its state).
+    assert_ok(&rate(&["2/h"]));
     let started = Instant::now();
-    while reveal_status(&a, &admin, &id) != 429 {
+    // Both nodes take it up (each on its own 10 s tick) before the edit.
+    while reveal_status(&a, &admin, &id) != 429 || reveal_status(&b, &admin, &id) != 429 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "1/h not taken up"
+            "2/h not taken up"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
     pg.psql(
         "rate",
-        "UPDATE keyhold_meta SET v = convert_to('100000/s', 'UTF8') WHERE k = 'reveal_rate'",
+        "UPDATE keyhold_meta SET v = convert_to('100000/h', 'UTF8') WHERE k = 'reveal_rate'",
     );
     std::thread::sleep(Duration::from_secs(12));
     assert_eq!(reveal_status(&a, &admin, &id), 429);
@@ -107,7 +110,7 @@ fn every_node_uses_the_rate_the_database_stores() {
     // Put back (the next open would refuse the store otherwise).
     pg.psql(
         "rate",
-        "UPDATE keyhold_meta SET v = convert_to('1/h', 'UTF8') WHERE k = 'reveal_rate'",
+        "UPDATE keyhold_meta SET v = convert_to('2/h', 'UTF8') WHERE k = 'reveal_rate'",
     );
     let out = run_with_key(&key, &["audit", "export", "--database-url", &url]);
     assert_ok(&out);
