@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod blocking;
 pub mod build_info;
 pub mod cli;
 pub mod client;

@@ -229,10 +229,9 @@ impl RevealLimiter {
             .unwrap_or(i64::MAX)
             .max(1);
         let (store, name) = (store.clone(), client.to_string());
-        let cell =
-            tokio::task::spawn_blocking(move || store.take_reveal_cell(&name, emission_us, limit))
-                .await
-                .map_err(|_| crate::store::StoreError::Unavailable)??;
+        let cell = crate::blocking::run(move || store.take_reveal_cell(&name, emission_us, limit))
+            .await
+            .map_err(|_| crate::store::StoreError::Unavailable)??;
         Ok(match cell {
             Some(cell) => shared_decision(cell, emission_us, limit),
             None => self.check_client(client),

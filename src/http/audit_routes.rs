@@ -129,7 +129,7 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
             // A page is small (at most Page::MAX_LIMIT records): it is
             // written whole first, so its answer can say whether another
             // page follows.
-            let (body, written) = tokio::task::spawn_blocking(move || {
+            let (body, written) = crate::blocking::run(move || {
                 let mut body = Vec::new();
                 Exporter::new(&store, filter, format)
                     .page(page)
@@ -226,7 +226,7 @@ pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
         filter.since_us = Some(since);
         filter.until_us = Some(until);
         let store = state.store.clone();
-        let h = tokio::task::spawn_blocking(move || {
+        let h = crate::blocking::run(move || {
             Exporter::new(&store, filter, ExportFormat::Jsonl).histogram(bucket_secs)
         })
         .await
@@ -265,7 +265,7 @@ pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
         }
         let store = state.store.clone();
         let keys = state.audit.log().verify_keys();
-        let report = tokio::task::spawn_blocking(move || audit::verify_store(&store, &keys))
+        let report = crate::blocking::run(move || audit::verify_store(&store, &keys))
             .await
             .map_err(|_| ApiError::unavailable("verification was interrupted; retry"))?
             .map_err(|e| ApiError::storage(&e))?;

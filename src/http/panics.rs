@@ -6,9 +6,11 @@
 //!
 //! The log line comes from the panic hook, which runs where the panic
 //! happens, before unwinding: while a request is polled its route and id
-//! are in a task-local, so the hook can name them. Panics outside a
-//! request go to the hook that was there before (Rust's default prints
-//! them on stderr).
+//! are in a task-local, and on the blocking threads it uses they are in a
+//! thread-local ([`crate::blocking`]), so the hook can name them. A panic
+//! on a blocking thread is resumed in the request's task and caught here
+//! like any other. Panics outside a request go to the hook that was there
+//! before (Rust's default prints them on stderr).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -19,24 +21,15 @@ use http::{HeaderValue, StatusCode};
 
 use warp::reply::Response;
 
-/// What the panic hook names: the request being polled.
-#[derive(Clone)]
-struct Polled {
-    route: &'static str,
-    request_id: String,
-}
-
-tokio::task_local! {
-    static POLLED: Polled;
-}
+use crate::blocking::Request;
 
 /// Installs the hook (once per process), chained before the one in place.
 pub(super) fn install_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| match POLLED.try_with(Polled::clone) {
-            Ok(p) => {
+        std::panic::set_hook(Box::new(move |info| match crate::blocking::current() {
+            Some(p) => {
                 let location = info
                     .location()
                     .map(|l| format!("{}:{}", l.file(), l.line()))
@@ -56,7 +49,7 @@ pub(super) fn install_hook() {
                      and the server goes on: please report this with the request id"
                 );
             }
-            Err(_) => previous(info),
+            None => previous(info),
         }));
     });
 }
@@ -68,14 +61,11 @@ pub(super) async fn guarded<E>(
     request_id: String,
     handle: impl Future<Output = Result<Response, E>>,
 ) -> Result<Response, E> {
-    let polled = Polled {
+    let polled = Request {
         route,
         request_id: request_id.clone(),
     };
-    match POLLED
-        .scope(polled, AssertUnwindSafe(handle).catch_unwind())
-        .await
-    {
+    match crate::blocking::scope(polled, AssertUnwindSafe(handle).catch_unwind()).await {
         Ok(answered) => answered,
         Err(_) => {
             metrics::counter!("keyhold_request_panics_total", "route" => route).increment(1);
@@ -128,5 +118,53 @@ mod tests {
         );
         assert!(got.contains("HTTP/1.1 200"), "{got:?}");
         assert!(got.ends_with("fine"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_panic_on_a_blocking_thread_is_answered_500_too() {
+        let routes = warp::path("boom")
+            .and_then(|| async {
+                // Exports, verification and PostgreSQL calls run like this.
+                let v = crate::blocking::run(|| -> u8 { panic!("a blocking bug") })
+                    .await
+                    .map_err(|_| warp::reject::not_found())?;
+                Ok::<_, warp::Rejection>(warp::reply::Response::new(v.to_string().into()))
+            })
+            .or(warp::path("fine").map(|| warp::reply::Response::new("fine".into())))
+            .unify()
+            .boxed();
+        let got = super::super::server::tests::exchange(
+            routes,
+            b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\nGET /fine HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 500"), "{got:?}");
+        assert!(got.contains("x-request-id: "), "{got:?}");
+        assert!(got.ends_with("fine"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_stream_ends_broken_not_whole() {
+        let routes = warp::path("stream")
+            .map(|| {
+                super::super::stream::stream_blocking(|out| {
+                    use std::io::Write;
+                    out.write_all(b"first line\n")?;
+                    if out.flush().is_ok() {
+                        panic!("a producer bug");
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+            })
+            .boxed();
+        let got = super::super::server::tests::exchange(
+            routes,
+            b"GET /stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+        // A whole chunked body ends with the zero-length chunk; a broken
+        // one does not, so the client knows it was cut.
+        assert!(!got.ends_with("0\r\n\r\n"), "{got:?}");
     }
 }

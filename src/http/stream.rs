@@ -22,14 +22,30 @@ where
 {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(IN_FLIGHT);
     let handle = tokio::runtime::Handle::current();
+    // The answer's status is sent before the producer ends, so a panic in
+    // it cannot become a 500: it is logged by the panic hook (which knows
+    // the request from the thread), counted, and ends the body with an
+    // error, so the client sees a broken transfer rather than a body that
+    // looks whole.
+    let request = crate::blocking::current();
+    let route = request.as_ref().map_or("stream", |r| r.route);
     tokio::task::spawn_blocking(move || {
         let mut writer = ChannelWriter { tx, handle };
-        if let Err(e) = produce(&mut writer) {
-            tracing::warn!(error = %e, "a streamed answer stopped early");
-            let _ = writer
-                .tx
-                .blocking_send(Err(std::io::Error::other("the stream stopped early")));
-        }
+        let produced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::blocking::on_thread(request, || produce(&mut writer))
+        }));
+        let stopped = match produced {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a streamed answer stopped early");
+                "the stream stopped early"
+            }
+            Err(_) => {
+                metrics::counter!("keyhold_request_panics_total", "route" => route).increment(1);
+                "the stream stopped early on an internal error"
+            }
+        };
+        let _ = writer.tx.blocking_send(Err(std::io::Error::other(stopped)));
     });
     warp::reply::stream(ChunkStream(rx)).into_response()
 }

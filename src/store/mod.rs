@@ -467,7 +467,7 @@ impl Store {
         let local = what.local().lock().await;
         let shared = if self.backend.node().is_some() {
             let backend = self.backend.clone();
-            tokio::task::spawn_blocking(move || backend.lock_shared(what.shared_id()))
+            crate::blocking::run(move || backend.lock_shared(what.shared_id()))
                 .await
                 .map_err(|_| StoreError::Unavailable)??
         } else {
@@ -524,7 +524,7 @@ impl Store {
     /// [`flush`](Self::flush) off the async runtime's threads.
     pub async fn flush_async(&self) -> Result<()> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.flush())
+        crate::blocking::run(move || store.flush())
             .await
             .map_err(|_| StoreError::Unavailable)?
     }
