@@ -164,7 +164,7 @@ new_store() {
 start_server() {
   local dir=$WORK/$1
   : >"$dir.out"
-  "$KH" serve --data-dir "$dir" --listen 127.0.0.1:0 --reveal-rate "$BENCH_RATE" --log "${SERVER_LOG:-warn}" \
+  "$KH" serve --data-dir "$dir" --listen 127.0.0.1:0 --reveal-rate "$BENCH_RATE" --record-budget "$BENCH_RATE" --log "${SERVER_LOG:-warn}" \
     >"$dir.out" 2>"$dir.err" &
   SERVER_PID=$!
   local _

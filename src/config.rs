@@ -550,6 +550,12 @@ pub struct ServeArgs {
     /// action, outcome and second (with a count).
     #[arg(long, env = "KEYHOLD_REFUSAL_BUDGET", default_value = "60/min")]
     pub refusal_budget: RevealRate,
+    /// Successful audited requests each token may make (reveals excepted:
+    /// they have the reveal rate per client): N/s, N/min or N/h (burst N).
+    /// Past it, its requests are answered 429 and not done; they are
+    /// recorded coalesced, as refusals are.
+    #[arg(long, env = "KEYHOLD_RECORD_BUDGET", default_value = "600/min")]
+    pub record_budget: RevealRate,
     /// Proxies whose X-Forwarded-For is believed: comma-separated
     /// addresses or CIDRs. Empty: the header is ignored.
     #[arg(long, env = "KEYHOLD_TRUSTED_PROXIES", default_value = "")]

@@ -1,7 +1,9 @@
-//! Every audited refusal is bounded (issue 24, point 2): a valid token's
+//! Every audited request is bounded (issue 24, point 2): a valid token's
 //! refused requests are coalesced (one record per token, action, outcome
 //! and second, with counts that add up), and past the token's refusal
-//! budget they are answered 429. Real binary, loopback.
+//! budget they are answered 429; its successful audited requests have a
+//! record budget past which they are answered 429, not done, and counted
+//! coalesced. Real binary, loopback.
 
 mod common;
 
@@ -23,6 +25,39 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         };
     }
     total
+}
+
+/// A 429 answer whose detail says `why`, with its Retry-After.
+fn assert_429_saying(r: reqwest::blocking::Response, why: &str) {
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let said: Value = r.json().unwrap();
+    assert!(said["detail"].as_str().unwrap().contains(why), "{said}");
+}
+
+/// The records of `action` by `caller`, once the server is stopped
+/// (coalesced counts are written at shutdown), checking that the data
+/// directory grew by under 1 MiB since `before`.
+fn records_after(v: &Vault, s: Server, before: u64, action: &str, caller: &str) -> Vec<Value> {
+    s.stop();
+    let grew = dir_bytes(&v.dir).saturating_sub(before);
+    assert!(
+        grew < 1024 * 1024,
+        "the data directory grew by {grew} bytes"
+    );
+    v.audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == action && r["caller"] == caller)
+        .collect()
+}
+
+/// The requests `records` of `outcome` stand for (counts added up).
+fn count(records: &[Value], outcome: &str) -> u64 {
+    records
+        .iter()
+        .filter(|r| r["outcome"] == outcome)
+        .map(|r| r["count"].as_u64().unwrap_or(1))
+        .sum()
 }
 
 #[test]
@@ -65,42 +100,114 @@ fn a_flood_of_refused_admin_calls_by_an_auditor_writes_a_few_records_that_add_up
         .req(reqwest::Method::POST, "/api/admin/rotate")
         .send()
         .unwrap();
-    assert_eq!(r.status(), 429);
-    assert!(r.headers().contains_key("retry-after"));
-    let said: Value = r.json().unwrap();
-    assert!(
-        said["detail"]
-            .as_str()
-            .unwrap()
-            .contains("refused too often"),
-        "{said}"
-    );
-    s.stop();
-    let grew = dir_bytes(&v.dir).saturating_sub(before);
-    assert!(
-        grew < 1024 * 1024,
-        "the data directory grew by {grew} bytes"
-    );
-    let records: Vec<Value> = v
-        .audit_records()
-        .into_iter()
-        .filter(|r| r["action"] == "rotate" && r["caller"] == "flooder")
-        .collect();
+    assert_429_saying(r, "refused too often");
+    let records = records_after(&v, s, before, "rotate", "flooder");
     assert!(records.len() <= 24, "{} records", records.len());
-    let count = |outcome: &str| -> u64 {
-        records
-            .iter()
-            .filter(|r| r["outcome"] == outcome)
-            .map(|r| r["count"].as_u64().unwrap_or(1))
-            .sum()
-    };
     // Every attempt is counted as what it was (forbidden), those past the
     // budget saying that they were answered 429.
-    assert_eq!(count("forbidden"), sent + 1);
+    assert_eq!(count(&records, "forbidden"), sent + 1);
     let past: u64 = records
         .iter()
         .filter(|r| r["detail"].as_str().unwrap_or("").contains("answered 429"))
         .map(|r| r["count"].as_u64().unwrap_or(1))
         .sum();
     assert_eq!(past, sent + 1 - forbidden);
+}
+
+/// Floods `path` with `method` from 8 threads for 3 s; (sent, statuses).
+fn flood(
+    s: &Server,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u64, std::collections::BTreeMap<u16, u64>) {
+    let sent = AtomicU64::new(0);
+    let statuses = std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let until = Instant::now() + Duration::from_secs(3);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                let api = Api::new(s, token);
+                while Instant::now() < until {
+                    let mut r = api.req(method.clone(), path);
+                    if let Some(b) = &body {
+                        r = r.json(b);
+                    }
+                    let status = r.send().unwrap().status().as_u16();
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    *statuses.lock().unwrap().entry(status).or_insert(0) += 1;
+                }
+            });
+        }
+    });
+    (sent.load(Ordering::Relaxed), statuses.into_inner().unwrap())
+}
+
+#[test]
+fn a_flood_of_successful_exports_by_an_auditor_is_bounded_by_its_record_budget() {
+    let v = Vault::new();
+    let auditor = v.token("reader", "auditor", None);
+    let s = v.serve(&[("KEYHOLD_RECORD_BUDGET", "20/min")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = dir_bytes(&v.dir);
+    let (sent, statuses) = flood(
+        &s,
+        &auditor,
+        reqwest::Method::GET,
+        "/api/audit?limit=1",
+        None,
+    );
+    assert!(sent > 200, "only {sent} requests in 3 s");
+    let ok = statuses.get(&200).copied().unwrap_or(0);
+    // Burst 20, then one every 3 s.
+    assert!((20..=22).contains(&ok), "{statuses:?}");
+    assert_eq!(
+        ok + statuses.get(&429).copied().unwrap_or(0),
+        sent,
+        "{statuses:?}"
+    );
+    assert_429_saying(
+        Api::new(&s, &auditor).get("/api/audit?limit=1"),
+        "record budget",
+    );
+    let records = records_after(&v, s, before, "audit_export", "reader");
+    assert_eq!(count(&records, "success"), ok);
+    assert_eq!(count(&records, "rate_limited"), sent + 1 - ok);
+    // A few coalesced records (one a second) hold every 429.
+    assert!(records.len() as u64 <= ok + 8, "{} records", records.len());
+}
+
+#[test]
+fn a_writer_past_its_record_budget_changes_nothing() {
+    let v = Vault::new();
+    let writer = v.token("backend", "writer", None);
+    let s = v.serve(&[("KEYHOLD_RECORD_BUDGET", "5/min")]);
+    let api = Api::new(&s, &writer);
+    let id = api.create_key("p", "k", "v0");
+    let mut answered = Vec::new();
+    for i in 1..=8 {
+        let r = api
+            .req(reqwest::Method::PUT, &format!("/api/keys/{id}"))
+            .json(&serde_json::json!({"api_key": format!("v{i}")}))
+            .send()
+            .unwrap();
+        answered.push(r.status().as_u16());
+    }
+    // The create took one of 5: four versions, then 429s.
+    assert_eq!(answered, [200, 200, 200, 200, 429, 429, 429, 429]);
+    let key: Value = Api::new(&s, &v.admin)
+        .get(&format!("/api/keys/{id}"))
+        .json()
+        .unwrap();
+    assert_eq!(key["version"], 5, "{key}");
+    assert_eq!(key["api_key"], "v4", "{key}");
+    s.stop();
+    let limited: u64 = v
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "key_put" && r["outcome"] == "rate_limited")
+        .map(|r| r["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(limited, 4);
 }

@@ -4,11 +4,13 @@
 //! `/healthz` every 2 s and reconnecting when closed), and a client from
 //! another address is still answered within 2 s throughout: at the cap the
 //! server closes the connection idle longest of the address holding the
-//! most. Real binary, loopback addresses 127.0.0.10-17 and 127.0.0.2.
+//! most. Once over HTTP/1.1 keep-alive, once over HTTP/2 (prior
+//! knowledge, as the flood did). Real binary, loopback addresses
+//! 127.0.0.10-17 and 127.0.0.2.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One keep-alive client from `local`: a request every 2 s on one
 /// connection, a new connection when the server closes it.
-async fn hold(local: std::net::IpAddr, server: std::net::SocketAddr, stop: Arc<AtomicBool>) {
+async fn hold(
+    local: std::net::IpAddr,
+    server: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    h2: bool,
+    answered: Arc<AtomicU64>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
             return;
@@ -25,10 +33,15 @@ async fn hold(local: std::net::IpAddr, server: std::net::SocketAddr, stop: Arc<A
         if socket.bind((local, 0).into()).is_err() {
             return;
         }
-        let Ok(mut conn) = socket.connect(server).await else {
+        let Ok(conn) = socket.connect(server).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
+        if h2 {
+            hold_h2(conn, server, &stop, &answered).await;
+            continue;
+        }
+        let mut conn = conn;
         let mut buf = vec![0u8; 4096];
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -37,17 +50,54 @@ async fn hold(local: std::net::IpAddr, server: std::net::SocketAddr, stop: Arc<A
             let asked = conn
                 .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
                 .await;
-            let answered = match asked {
+            let got = match asked {
                 Ok(()) => tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await,
                 Err(_) => break,
             };
-            match answered {
-                Ok(Ok(n)) if n > 0 => {}
+            match got {
+                Ok(Ok(n)) if n > 0 => {
+                    if buf.starts_with(b"HTTP/1.1 200") {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 _ => break,
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
+}
+
+/// HTTP/2 on `conn`: a request every 2 s until the server ends the
+/// connection (a GOAWAY, when it is closed to make room).
+async fn hold_h2(
+    conn: tokio::net::TcpStream,
+    server: std::net::SocketAddr,
+    stop: &AtomicBool,
+    answered: &AtomicU64,
+) {
+    let io = hyper_util::rt::TokioIo::new(conn);
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await
+    else {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        return;
+    };
+    let driver = tokio::spawn(connection);
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(req) = http::Request::get(format!("http://{server}/healthz"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+        else {
+            break;
+        };
+        match tokio::time::timeout(Duration::from_secs(5), sender.send_request(req)).await {
+            Ok(Ok(r)) if r.status() == 200 && r.version() == http::Version::HTTP_2 => {
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    driver.abort();
 }
 
 /// A fresh connection from 127.0.0.2 asking for `/healthz`: how long until
@@ -84,6 +134,15 @@ fn probe(server: std::net::SocketAddr) -> Option<Duration> {
 
 #[test]
 fn a_keep_alive_flood_holding_every_slot_leaves_room_for_another_client() {
+    flood_leaves_room(false);
+}
+
+#[test]
+fn an_http2_keep_alive_flood_holding_every_slot_leaves_room_for_another_client() {
+    flood_leaves_room(true);
+}
+
+fn flood_leaves_room(h2: bool) {
     let v = Vault::new();
     let s = v.serve(&[
         ("KEYHOLD_MAX_CONNECTIONS", "64"),
@@ -91,8 +150,11 @@ fn a_keep_alive_flood_holding_every_slot_leaves_room_for_another_client() {
     ]);
     let server: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    // Requests of the flood answered 200 (so it did hold its connections,
+    // whichever protocol).
+    let answered = Arc::new(AtomicU64::new(0));
     let flood = {
-        let stop = stop.clone();
+        let (stop, answered) = (stop.clone(), answered.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -103,12 +165,12 @@ fn a_keep_alive_flood_holding_every_slot_leaves_room_for_another_client() {
                 for a in 10..18u8 {
                     for i in 0..8u64 {
                         let local = std::net::IpAddr::from([127, 0, 0, a]);
-                        let stop = stop.clone();
+                        let (stop, answered) = (stop.clone(), answered.clone());
                         // Spread over the 2 s between requests.
                         let offset = Duration::from_millis(i * 250 + u64::from(a) * 7);
                         tasks.push(tokio::spawn(async move {
                             tokio::time::sleep(offset).await;
-                            hold(local, server, stop).await
+                            hold(local, server, stop, h2, answered).await
                         }));
                     }
                 }
@@ -134,6 +196,12 @@ fn a_keep_alive_flood_holding_every_slot_leaves_room_for_another_client() {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = flood.join();
+    // 64 connections asking every 2 s for 11 s: a few hundred answers.
+    let answered = answered.load(Ordering::Relaxed);
+    assert!(
+        answered >= 150,
+        "the flood was answered only {answered} times"
+    );
     assert!(
         worst < Duration::from_secs(2),
         "the slowest answer took {worst:?}"

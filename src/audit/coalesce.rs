@@ -11,7 +11,10 @@
 //! token has a budget of refusals ([`Coalescer::take_refusal`]): past it,
 //! its refused requests are answered 429, so a valid token cannot make
 //! the server write (and fsync) a record per request by asking for what
-//! it may not have.
+//! it may not have. A token's successful audited requests (reveals
+//! excepted: they have the per-client reveal rate) have a budget of their
+//! own ([`Coalescer::take_record`]), so nothing a caller sends writes more
+//! than a bounded number of records a second.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -37,6 +40,28 @@ type Budget = governor::RateLimiter<
     governor::clock::DefaultClock,
 >;
 
+/// `count` per `period`, burst `count`, per token.
+fn budget(count: std::num::NonZeroU32, period: std::time::Duration) -> Budget {
+    let per = period / count.get();
+    let quota = governor::Quota::with_period(per.max(std::time::Duration::from_nanos(1)))
+        .unwrap_or_else(|| governor::Quota::per_second(count))
+        .allow_burst(count);
+    governor::RateLimiter::keyed(quota)
+}
+
+/// Takes one from `token`'s budget; `Err(seconds)` when it is spent (retry
+/// after that many seconds, at least 1). No budget: unlimited.
+fn take(budget: Option<&Budget>, token: uuid::Uuid) -> Result<(), u64> {
+    let Some(b) = budget else {
+        return Ok(());
+    };
+    b.check_key(&token).map_err(|not_until| {
+        use governor::clock::Clock;
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        wait.as_secs().max(1)
+    })
+}
+
 /// Counts coalesced attempts until they are drained into records.
 #[derive(Default)]
 pub struct Coalescer {
@@ -44,6 +69,8 @@ pub struct Coalescer {
     pending: Mutex<HashMap<(String, &'static str, i64), Pending>>,
     /// Each token's budget of refusals (none: unlimited).
     refusals: Option<Budget>,
+    /// Each token's budget of successful audited requests (none: unlimited).
+    records: Option<Budget>,
 }
 
 impl std::fmt::Debug for Coalescer {
@@ -63,32 +90,38 @@ impl Coalescer {
         count: std::num::NonZeroU32,
         period: std::time::Duration,
     ) -> Coalescer {
-        let per = period / count.get();
-        let quota = governor::Quota::with_period(per.max(std::time::Duration::from_nanos(1)))
-            .unwrap_or_else(|| governor::Quota::per_second(count))
-            .allow_burst(count);
         Coalescer {
-            refusals: Some(governor::RateLimiter::keyed(quota)),
+            refusals: Some(budget(count, period)),
             ..Coalescer::default()
         }
+    }
+
+    /// Also gives each token `count` successful audited requests per
+    /// `period` (burst `count`).
+    pub fn with_record_budget(
+        mut self,
+        count: std::num::NonZeroU32,
+        period: std::time::Duration,
+    ) -> Coalescer {
+        self.records = Some(budget(count, period));
+        self
     }
 
     /// Takes one refusal from `token`'s budget; `Err(seconds)` when it is
     /// spent (retry after that many seconds, at least 1).
     pub fn take_refusal(&self, token: uuid::Uuid) -> Result<(), u64> {
-        let Some(b) = &self.refusals else {
-            return Ok(());
-        };
-        b.check_key(&token).map_err(|not_until| {
-            use governor::clock::Clock;
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-            wait.as_secs().max(1)
-        })
+        take(self.refusals.as_ref(), token)
+    }
+
+    /// Takes one successful audited request from `token`'s budget;
+    /// `Err(seconds)` when it is spent.
+    pub fn take_record(&self, token: uuid::Uuid) -> Result<(), u64> {
+        take(self.records.as_ref(), token)
     }
 
     /// Forgets tokens whose refusal budget is full again.
     pub fn prune(&self) {
-        if let Some(b) = &self.refusals {
+        for b in [&self.refusals, &self.records].into_iter().flatten() {
             b.retain_recent();
             b.shrink_to_fit();
         }

@@ -235,7 +235,7 @@ pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
         let name = caller.name.clone();
         // One keyring for the whole rotation, whatever a reload does meanwhile.
         let ring = state.keyring.load();
-        let rotated = tokio::task::spawn_blocking(move || {
+        let rotated = crate::blocking::run(move || {
             crate::vault::rotate_store(
                 &st.store,
                 &ring,
@@ -282,6 +282,8 @@ pub enum ReloadError {
     Interrupted,
     #[error("the reload could not be recorded in the audit log, so the server keeps its keyring")]
     Audit,
+    #[error("{}", .0.detail)]
+    Limited(super::error::ApiError),
 }
 
 /// Reads the keyring again from its source (FERNET_KEY_FILE is read
@@ -302,7 +304,7 @@ pub async fn reload_keyring(
         return Err(ReloadError::Development);
     }
     let store = state.store.clone();
-    let new = tokio::task::spawn_blocking(move || {
+    let new = crate::blocking::run(move || {
         let new = crate::keyring::Keyring::from_env()?;
         crate::ops::reload::check_replacement(&store, &new)?;
         Ok::<_, ReloadError>(new)
@@ -323,10 +325,10 @@ pub async fn reload_keyring(
         report.fingerprints.join(","),
         report.previous.join(",")
     ));
-    state
-        .record(ev, vec![])
-        .await
-        .map_err(|_| ReloadError::Audit)?;
+    state.record(ev, vec![]).await.map_err(|e| match e.status {
+        http::StatusCode::TOO_MANY_REQUESTS => ReloadError::Limited(e),
+        _ => ReloadError::Audit,
+    })?;
     state.keyring.replace(new);
     tracing::info!(
         source = %report.source,
@@ -345,6 +347,7 @@ pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
         let ev = state.event(&ctx, Action::Reload, Some(&caller), Outcome::Success);
         let report = reload_keyring(&state, ev).await.map_err(|e| match e {
             ReloadError::Audit => ApiError::audit_unavailable(),
+            ReloadError::Limited(e) => e,
             ReloadError::Refused(crate::ops::reload::ReloadRefused::Store(e)) => {
                 ApiError::storage(&e)
             }
@@ -369,7 +372,7 @@ pub(super) async fn backup(state: State, ctx: Ctx) -> Response {
         let ev = state.event(&ctx, Action::Backup, Some(&caller), Outcome::Success);
         state.record(ev, vec![]).await?;
         let st = state.clone();
-        let file = tokio::task::spawn_blocking(
+        let file = crate::blocking::run(
             move || -> Result<std::fs::File, crate::ops::backup::BackupError> {
                 let file = private_temp_file()?;
                 st.audit.log().with_writes_paused(|| {

@@ -144,7 +144,8 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
         coalescer: Coalescer::with_refusal_budget(
             args.refusal_budget.count,
             args.refusal_budget.period,
-        ),
+        )
+        .with_record_budget(args.record_budget.count, args.record_budget.period),
         read_timeout: Duration::from_secs(args.header_timeout.max(1)),
         body_reads: tokio::sync::Semaphore::new(args.max_body_reads.max(1)),
         metrics,

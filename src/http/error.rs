@@ -115,7 +115,7 @@ impl From<crate::vault::Refusal> for ApiError {
         let detail = r.to_string();
         match r {
             R::RateLimited(secs) => ApiError::rate_limited(secs),
-            R::TooManyRefusals(secs) => ApiError {
+            R::TooManyRefusals(secs) | R::TooManyRecords(secs) => ApiError {
                 retry_after: Some(secs),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, detail)
             },

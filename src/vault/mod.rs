@@ -177,7 +177,35 @@ impl Vault<'_> {
 
     /// Writes a record durably; a failure is the refusal that nothing was
     /// served.
+    ///
+    /// On a server, a token's successful requests (reveals excepted: they
+    /// have the per-client reveal rate; rotations excepted: their record
+    /// follows what is done) take one from the token's record budget
+    /// first. Past it nothing is written with the record (so nothing is
+    /// done), the attempt is counted coalesced as `rate_limited`, and the
+    /// answer is 429.
     pub async fn record(&self, event: AuditEvent, writes: Vec<Write>) -> Result<u64, Refusal> {
+        if let (Some(c), Some(token), Outcome::Success) =
+            (self.coalescer, event.caller_id, event.outcome)
+        {
+            if !matches!(event.action, Action::Reveal | Action::Rotate) {
+                if let Err(retry) = c.take_record(token) {
+                    let mut event = event;
+                    event.outcome = Outcome::RateLimited;
+                    event.detail = Some(format!(
+                        "answered 429, not done: the token's record budget is spent{}",
+                        event
+                            .detail
+                            .take()
+                            .map(|d| format!("; {d}"))
+                            .unwrap_or_default()
+                    ));
+                    let key = format!("token {token} {} spent", event.action.as_str());
+                    c.add(&key, event, crate::time::now_us());
+                    return Err(Refusal::TooManyRecords(retry));
+                }
+            }
+        }
         let shown = event.outcome.as_str();
         self.record_shown(event, writes, shown).await
     }

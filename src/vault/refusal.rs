@@ -22,6 +22,14 @@ pub enum Refusal {
          the token may do (GET /api/whoami)"
     )]
     TooManyRefusals(u64),
+    /// This token made too many successful audited requests in a short
+    /// time (its record budget is spent): nothing was done; retry after
+    /// this many seconds.
+    #[error(
+        "this token made too many audited requests in a short time (its record budget), so \
+         this one was not done: retry in {0} s (see Retry-After)"
+    )]
+    TooManyRecords(u64),
     /// No usable token, or an unknown or revoked one.
     #[error("{0}")]
     Unauthenticated(String),
@@ -83,7 +91,9 @@ impl Refusal {
     /// The outcome the audit log records for this refusal.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Refusal::RateLimited(_) | Refusal::TooManyRefusals(_) => Outcome::RateLimited,
+            Refusal::RateLimited(_) | Refusal::TooManyRefusals(_) | Refusal::TooManyRecords(_) => {
+                Outcome::RateLimited
+            }
             Refusal::Unauthenticated(_) => Outcome::Unauthenticated,
             Refusal::TamperedToken | Refusal::TamperedRecord(_) => Outcome::Tampered,
             Refusal::Forbidden(_) | Refusal::Beyond(_) => Outcome::Forbidden,
