@@ -433,6 +433,12 @@ impl Client {
         Self::json(self.send(req)?)
     }
 
+    /// POSTs to an admin route without a body (a reload, a rotation),
+    /// allowing `timeout` for the answer.
+    pub fn admin_post(&self, path: &str, timeout: Duration) -> Result<Value, ClientError> {
+        Self::json(self.send(self.http.post(self.url(path)).timeout(timeout))?)
+    }
+
     pub fn tokens(&self) -> Result<Vec<Value>, ClientError> {
         Self::json(self.send(self.http.get(self.url("/api/tokens")))?)
     }

@@ -56,6 +56,10 @@ pub enum Command {
     /// Export or verify the audit log offline (the server must be stopped).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The key file's active and retired keys, and a running server's
+    /// reload: `list`, `retire` (after a rotation), `unretire`, `reload`.
+    #[command(subcommand)]
+    Keyring(crate::cli::keyring::KeyringCommand),
     /// Re-encrypt every stored key under the newest key (FERNET_KEYS=new,old,
     /// or --new-key to add one to FERNET_KEY_FILE first), re-seal keyhold's
     /// own secrets and the check value under it, and start a new audit
@@ -421,6 +425,11 @@ pub struct RotateArgs {
     /// written.
     #[arg(long)]
     pub new_key: bool,
+    /// Rotate a running server's store instead (POST /api/admin/rotate,
+    /// an admin token; KEYHOLD_ADDR, KEYHOLD_TOKEN): after adding the new
+    /// key to its key file and `keyhold keyring reload`.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -429,6 +438,10 @@ pub struct CheckArgs {
     pub data: DataDir,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Check these backups instead of the store: whether each is intact
+    /// and which key (active or retired, by fingerprint) it needs.
+    #[arg(long = "backup", value_name = "FILE", num_args = 1..)]
+    pub backups: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,12 @@
 //! returned can therefore never leave records under a key that exists
 //! nowhere but in memory.
 //!
+//! Retiring keys after a rotation ([`retire`]) moves them below the file's
+//! `[retired]` line, never out of it: serving never loads them, but
+//! restoring or checking a backup made before the rotation still finds
+//! them, and [`unretire`] puts them back when the store turns out to need
+//! one. No keyhold command deletes a key from the file.
+//!
 //! Not for: reading keyrings (see `keyring`).
 
 use std::io::Write;
@@ -46,10 +52,22 @@ pub enum KeyFileError {
         error: std::io::Error,
     },
     #[error(
-        "the key file {path} did not read back with the new key first; do not rotate: check the \
+        "the key file {path} did not read back as written; do not rotate or reload: check the \
          file and the disk"
     )]
     NotPersisted { path: PathBuf },
+    #[error(
+        "the key file {path} would hold no active key: nothing was changed (add one with \
+         `keyhold keygen --key-file {path}`)",
+        path = .path.display()
+    )]
+    NoActiveKey { path: PathBuf },
+    #[error(
+        "the key file {path} holds no retired key with fingerprint {fingerprint}: nothing was \
+         changed (`keyhold keyring list` shows them)",
+        path = .path.display()
+    )]
+    NotRetired { path: PathBuf, fingerprint: String },
 }
 
 /// What [`prepend_new_key`] did: the new key's fingerprint (never the key)
@@ -142,16 +160,184 @@ fn only_comments(bytes: &[u8]) -> bool {
         .all(|l| l.is_empty() || l.starts_with('#'))
 }
 
+/// The active keys of a key file's text.
 fn parse(bytes: &[u8], source: KeySource) -> Result<Keyring, KeyringError> {
     let text = std::str::from_utf8(bytes).map_err(|_| KeyringError::NotUtf8 {
         origin: source.clone(),
     })?;
-    Keyring::parse_list(
-        source,
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#')),
-    )
+    let (active, _) = crate::keyring::split_key_lines(text, &source)?;
+    Keyring::parse_list(source, active)
+}
+
+/// The fingerprints of a key file's keys: active (newest first), then
+/// retired. Never the keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listed {
+    pub active: Vec<String>,
+    pub retired: Vec<String>,
+}
+
+/// Lists the keys of the key file at `path` by fingerprint.
+pub fn list(path: &Path) -> Result<Listed, KeyFileError> {
+    let (text, _) = read_existing(path)?;
+    listed(&text, path)
+}
+
+fn listed(text: &str, path: &Path) -> Result<Listed, KeyFileError> {
+    let source = KeySource::File(path.to_path_buf());
+    let malformed = |error| KeyFileError::Malformed {
+        path: path.to_path_buf(),
+        error,
+    };
+    let (active, retired) = crate::keyring::split_key_lines(text, &source).map_err(malformed)?;
+    let fingerprints = |keys: Vec<&str>| -> Result<Vec<String>, KeyFileError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(Keyring::parse_list(source.clone(), keys)
+            .map_err(malformed)?
+            .fingerprints())
+    };
+    Ok(Listed {
+        active: fingerprints(active)?,
+        retired: fingerprints(retired)?,
+    })
+}
+
+/// A file's owner, group and mode bits.
+type Ownership = (u32, u32, u32);
+
+/// Reads a key file that must exist, as text, with its owner, group and
+/// mode.
+fn read_existing(path: &Path) -> Result<(Zeroizing<String>, Ownership), KeyFileError> {
+    let read_err = |error| KeyFileError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(read_err)?);
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let text = String::from_utf8(bytes.to_vec()).map_err(|_| KeyFileError::Malformed {
+        path: path.to_path_buf(),
+        error: KeyringError::NotUtf8 {
+            origin: KeySource::File(path.to_path_buf()),
+        },
+    })?;
+    Ok((
+        Zeroizing::new(text),
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+    ))
+}
+
+/// Moves keys between the sections of the key file at `path`: `moves`
+/// says, for each key line (active first, then retired, with its
+/// fingerprint), whether it goes to the retired section (`true`) or the
+/// active one. Comments stay where they were; within each section keys
+/// keep their order, moved ones going first among the retired (they are
+/// newer than those retired before) and last among the active (older
+/// than the active ones). Written durably, read back.
+fn rewrite_sections(
+    path: &Path,
+    moves: impl Fn(bool, &str) -> bool,
+) -> Result<Listed, KeyFileError> {
+    let (text, meta) = read_existing(path)?;
+    let source = KeySource::File(path.to_path_buf());
+    let fingerprint_of = |line: &str| -> Result<String, KeyFileError> {
+        Ok(Keyring::parse_list(source.clone(), [line])
+            .map_err(|error| KeyFileError::Malformed {
+                path: path.to_path_buf(),
+                error,
+            })?
+            .fingerprints()
+            .remove(0))
+    };
+    // Checked whole first: nothing is rewritten from a file that does not
+    // parse.
+    listed(&text, path)?;
+    let (mut head, mut active, mut to_retired, mut retired, mut to_active) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut in_retired = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t == crate::keyring::RETIRED_MARKER {
+            in_retired = true;
+            continue;
+        }
+        if t.is_empty() || t.starts_with('#') {
+            if in_retired { &mut retired } else { &mut head }.push(line);
+            continue;
+        }
+        let retire = moves(in_retired, &fingerprint_of(t)?);
+        match (in_retired, retire) {
+            (false, false) => active.push(line),
+            (false, true) => to_retired.push(line),
+            (true, true) => retired.push(line),
+            (true, false) => to_active.push(line),
+        }
+    }
+    let mut out = Zeroizing::new(String::with_capacity(text.len() + 16));
+    // Comments before the first key stay at the top; the active keys
+    // follow (those put back last).
+    let mut lines: Vec<&str> = Vec::new();
+    lines.extend(head);
+    lines.extend(active);
+    lines.extend(to_active);
+    let retired_section: Vec<&str> = to_retired.into_iter().chain(retired).collect();
+    if retired_section
+        .iter()
+        .any(|l| !l.trim().is_empty() && !l.trim().starts_with('#'))
+    {
+        lines.push(crate::keyring::RETIRED_MARKER);
+        lines.extend(retired_section);
+    }
+    for l in lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    let before = listed(&text, path)?;
+    let after = listed(&out, path)?;
+    if after.active.is_empty() {
+        return Err(KeyFileError::NoActiveKey {
+            path: path.to_path_buf(),
+        });
+    }
+    if after == before {
+        return Ok(after);
+    }
+    write_durably(path, out.as_bytes(), Some(meta))?;
+    let (back, _) = read_existing(path)?;
+    let back = listed(&back, path)?;
+    if back != after {
+        return Err(KeyFileError::NotPersisted {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(back)
+}
+
+/// Retires every active key of the key file but the newest: they move
+/// below its `[retired]` line (created if missing), where serving never
+/// reads them and restoring a backup still does.
+pub fn retire(path: &Path) -> Result<Listed, KeyFileError> {
+    let newest = list(path)?.active.into_iter().next();
+    rewrite_sections(path, |in_retired, fp| {
+        in_retired || Some(fp) != newest.as_deref()
+    })
+}
+
+/// Puts retired keys back among the active ones (after them, as older
+/// keys): those with the given fingerprints, or all when none is given.
+/// Fingerprints the file does not hold as retired are refused.
+pub fn unretire(path: &Path, fingerprints: &[String]) -> Result<Listed, KeyFileError> {
+    let now = list(path)?;
+    if let Some(unknown) = fingerprints.iter().find(|f| !now.retired.contains(f)) {
+        return Err(KeyFileError::NotRetired {
+            path: path.to_path_buf(),
+            fingerprint: unknown.clone(),
+        });
+    }
+    rewrite_sections(path, |in_retired, fp| {
+        in_retired && !(fingerprints.is_empty() || fingerprints.iter().any(|f| f == fp))
+    })
 }
 
 /// Writes `text` to a file beside `path`, with the old file's owner,
@@ -234,5 +420,62 @@ mod tests {
             Err(KeyFileError::Malformed { .. })
         ));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a key\n");
+    }
+
+    #[test]
+    fn retiring_moves_keys_below_the_marker_and_unretiring_puts_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fernet.keys");
+        let oldest = prepend_new_key(&path).unwrap().fingerprint;
+        let old = prepend_new_key(&path).unwrap().fingerprint;
+        let new = prepend_new_key(&path).unwrap().fingerprint;
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.insert_str(0, "# keyhold keys\n");
+        std::fs::write(&path, &text).unwrap();
+        let after = retire(&path).unwrap();
+        assert_eq!(after.active, vec![new.clone()]);
+        assert_eq!(after.retired, vec![old.clone(), oldest.clone()]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# keyhold keys\n"), "{text}");
+        assert!(text.contains("\n[retired]\n"), "{text}");
+        // Serving reads the active section only.
+        let ring = parse(text.as_bytes(), KeySource::Ephemeral).unwrap();
+        assert_eq!(ring.fingerprints(), vec![new.clone()]);
+        // Retiring again changes nothing; a new key then retires the last.
+        assert_eq!(retire(&path).unwrap(), after);
+        let newer = prepend_new_key(&path).unwrap().fingerprint;
+        let after = retire(&path).unwrap();
+        assert_eq!(after.active, vec![newer.clone()]);
+        assert_eq!(
+            after.retired,
+            vec![new.clone(), old.clone(), oldest.clone()]
+        );
+        // One back, by fingerprint; an unknown one is refused.
+        let back = unretire(&path, std::slice::from_ref(&old)).unwrap();
+        assert_eq!(back.active, vec![newer.clone(), old.clone()]);
+        assert_eq!(back.retired, vec![new.clone(), oldest.clone()]);
+        assert!(matches!(
+            unretire(&path, &["nope".to_string()]),
+            Err(KeyFileError::NotRetired { .. })
+        ));
+        // All back: no retired section is left.
+        let back = unretire(&path, &[]).unwrap();
+        assert_eq!(back.retired, Vec::<String>::new());
+        assert_eq!(back.active.len(), 4);
+        assert!(!std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("[retired]"));
+    }
+
+    #[test]
+    fn a_file_with_two_retired_sections_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fernet.keys");
+        prepend_new_key(&path).unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("[retired]\n[retired]\n");
+        std::fs::write(&path, &text).unwrap();
+        assert!(matches!(retire(&path), Err(KeyFileError::Malformed { .. })));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 }

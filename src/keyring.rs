@@ -6,6 +6,13 @@
 //! whose stdout holds the key(s) in the file format). The newest key
 //! encrypts; every key is tried to decrypt (MultiFernet semantics).
 //!
+//! A key file (or a key command's output) may end with a `[retired]`
+//! section: keys kept for backups made before a rotation. The keyring a
+//! command uses ([`Keyring::from_env`]) never holds them; only restoring
+//! or checking a backup reads them ([`Keyring::from_env_with_retired`]),
+//! and a store that needs one is refused with the command that puts it
+//! back (see `key_file`).
+//!
 //! Each keyring key also yields purpose-bound keys (HKDF-SHA256, one label
 //! each): one seals keyhold's own secrets, one makes the check value, one
 //! authenticates backups. API keys stay plain Fernet under the keyring key
@@ -96,6 +103,41 @@ pub enum KeyringError {
     Command(#[from] crate::key_command::KeyCommandError),
     #[error("{origin} is not valid UTF-8; a key file holds one url-safe base64 key a line")]
     NotUtf8 { origin: KeySource },
+    #[error(
+        "{origin} has more than one `[retired]` line: keep one, with the retired keys below it"
+    )]
+    TwoRetiredSections { origin: KeySource },
+}
+
+/// The line that starts a key file's retired section.
+pub const RETIRED_MARKER: &str = "[retired]";
+
+/// A key file's key lines (trimmed, comments and blank lines dropped):
+/// the active keys, then the retired ones.
+pub(crate) fn split_key_lines<'a>(
+    text: &'a str,
+    origin: &KeySource,
+) -> Result<(Vec<&'a str>, Vec<&'a str>), KeyringError> {
+    let (mut active, mut retired) = (Vec::new(), Vec::new());
+    let mut in_retired = false;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line == RETIRED_MARKER {
+            if in_retired {
+                return Err(KeyringError::TwoRetiredSections {
+                    origin: origin.clone(),
+                });
+            }
+            in_retired = true;
+        } else if in_retired {
+            retired.push(line);
+        } else {
+            active.push(line);
+        }
+    }
+    Ok((active, retired))
 }
 
 /// Why a token did not decrypt.
@@ -171,6 +213,9 @@ pub struct Unsealed {
 pub struct Keyring {
     keys: Vec<KeyEntry>,
     source: KeySource,
+    /// How many of `keys` are active: the rest are retired keys, read
+    /// only to restore or check a backup.
+    active: usize,
 }
 
 impl fmt::Debug for Keyring {
@@ -197,8 +242,25 @@ impl Keyring {
         Self::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     }
 
+    /// Reads the keyring from the process environment, with the retired
+    /// keys of a key file (or key command) after the active ones: for
+    /// restoring and checking backups only, never for serving.
+    pub fn from_env_with_retired() -> Result<Keyring, KeyringError> {
+        Self::from_lookup_with(
+            |name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
+            true,
+        )
+    }
+
     /// Reads the keyring through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Keyring, KeyringError> {
+        Self::from_lookup_with(lookup, false)
+    }
+
+    fn from_lookup_with(
+        lookup: impl Fn(&str) -> Option<String>,
+        with_retired: bool,
+    ) -> Result<Keyring, KeyringError> {
         let mut set: Vec<(&'static str, SecretString)> = Vec::new();
         for var in SOURCE_VARS {
             if let Some(v) = lookup(var) {
@@ -223,12 +285,16 @@ impl Keyring {
                                 path: path.clone(),
                                 error,
                             })?;
-                        Self::parse_file_bytes(KeySource::File(path), Zeroizing::new(bytes))
+                        Self::parse_file_bytes(
+                            KeySource::File(path),
+                            Zeroizing::new(bytes),
+                            with_retired,
+                        )
                     }
                     _ => {
                         let timeout = crate::key_command::timeout_from(&lookup)?;
                         let stdout = crate::key_command::run(value.expose(), timeout)?;
-                        Self::parse_file_bytes(KeySource::Command, stdout)
+                        Self::parse_file_bytes(KeySource::Command, stdout, with_retired)
                     }
                 }
             }
@@ -242,15 +308,22 @@ impl Keyring {
     fn parse_file_bytes(
         source: KeySource,
         bytes: Zeroizing<Vec<u8>>,
+        with_retired: bool,
     ) -> Result<Keyring, KeyringError> {
         let text = std::str::from_utf8(&bytes).map_err(|_| KeyringError::NotUtf8 {
             origin: source.clone(),
         })?;
-        let lines = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'));
-        Self::parse_list(source, lines)
+        let (active, retired) = split_key_lines(text, &source)?;
+        let n = active.len();
+        if n == 0 {
+            return Err(KeyringError::Empty { origin: source });
+        }
+        let mut ring = Self::parse_list(source, active.into_iter().chain(retired))?;
+        if !with_retired {
+            ring.keys.truncate(n);
+        }
+        ring.active = n;
+        Ok(ring)
     }
 
     /// Builds a keyring from key strings, newest first.
@@ -276,9 +349,11 @@ impl Keyring {
         if entries.is_empty() {
             return Err(KeyringError::Empty { origin: source });
         }
+        let active = entries.len();
         Ok(Keyring {
             keys: entries,
             source,
+            active,
         })
     }
 
@@ -294,7 +369,14 @@ impl Keyring {
                 derived,
             }],
             source: KeySource::Ephemeral,
+            active: 1,
         }
+    }
+
+    /// Whether the key at `index` (as in [`Opened::key_index`]) is a
+    /// retired one (only in a keyring read with its retired keys).
+    pub fn is_retired(&self, index: usize) -> bool {
+        index >= self.active
     }
 
     pub fn source(&self) -> &KeySource {

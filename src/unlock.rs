@@ -39,8 +39,10 @@ use crate::store::{
 #[derive(Debug, thiserror::Error)]
 pub enum UnlockError {
     #[error(
-        "wrong key: no key from {origin} opens this store (it was initialised with another Fernet \
-         key). Set the key it was initialised with (FERNET_KEYS=new,old during a rotation)"
+        "the keyring does not open this store (wrong key): no key from {origin} opens it (it was \
+         initialised with another Fernet key). Set the key it was initialised with \
+         (FERNET_KEYS=new,old during a rotation; a retired key is in the key file's retired \
+         section, see `keyhold keyring`)"
     )]
     WrongKey { origin: String },
     #[error("the store has no {0}: it is damaged; restore it from a backup")]

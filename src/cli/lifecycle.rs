@@ -16,6 +16,33 @@ use crate::ops::import::ImportFormat;
 use crate::store::Store;
 
 pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
+    if a.remote.remote {
+        if a.new_key {
+            return Err(ConfigError(
+                "--new-key is for an offline rotation: with --remote, add the key with `keyhold \
+                 keygen --key-file FILE` and `keyhold keyring reload` first"
+                    .into(),
+            )
+            .into());
+        }
+        let client = match super::remote::connect(&a.remote.client) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("keyhold: error: {e}");
+                return Ok(super::remote::client_exit(&e));
+            }
+        };
+        return match client.admin_post("/api/admin/rotate", super::keyring::ADMIN_TIMEOUT) {
+            Ok(v) => {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("keyhold: error: {e}");
+                Ok(super::remote::client_exit(&e))
+            }
+        };
+    }
     let keyring = Keyring::from_env()?;
     let store = open_checked(&a.data, &keyring)?;
     // The new key is on disk, durably, before any record is re-encrypted
@@ -89,16 +116,28 @@ fn new_key_first(keyring: &Keyring) -> anyhow::Result<Keyring> {
 }
 
 pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    if !a.backups.is_empty() {
+        return check_backups(&a.backups, a.output.is_json());
+    }
     let keyring = Keyring::from_env()?;
     let store = open_initialised(&a.data)?;
-    // A wrong key is what check reports, not an error; damage is too.
-    // The state commitment was checked at open: what differs is reported.
+    // Damage is what check reports, not an error. A keyring that opens
+    // nothing is not: every other line would be empty ("0 of 0 keys"), so
+    // it is the error (exit 2) that says which keyring to set. The state
+    // commitment was checked at open: what differs is reported.
     let state = match crate::unlock::unlock(&store, &keyring) {
         Ok(_) => Vec::new(),
         Err(e) => {
             use crate::unlock::UnlockError;
             match e {
-                UnlockError::WrongKey { .. } => Vec::new(),
+                UnlockError::WrongKey { .. } => {
+                    let hint = super::keyring::retired_hint(&store);
+                    let e = anyhow::Error::new(e);
+                    return Err(match hint {
+                        Some(h) => e.context(h),
+                        None => e,
+                    });
+                }
                 UnlockError::StateDiffers(d) => d,
                 UnlockError::HeadRolledBack { .. }
                 | UnlockError::HeadWithoutState(_)
@@ -217,10 +256,11 @@ fn read_reference_key(path: &std::path::Path) -> anyhow::Result<Keyring> {
 }
 
 pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
-    let keyring = Keyring::from_env()?;
     if a.verify {
+        let keyring = Keyring::from_env_with_retired()?;
         return verify_backup(&a.file, &keyring, a.output.is_json());
     }
+    let keyring = Keyring::from_env()?;
     let store = open_checked(&a.data, &keyring)?;
     let log = open_log(store.clone(), &keyring)?;
     let to_stdout = a.file.as_os_str() == "-";
@@ -259,6 +299,23 @@ pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which key of `keyring` a backup's MAC is under, said for people:
+/// `FINGERPRINT (active)` or `FINGERPRINT (retired)`.
+fn key_named(keyring: &Keyring, info: &ops::backup::BackupInfo) -> String {
+    match info.key_index {
+        Some(i) => format!(
+            "{} ({})",
+            keyring.fingerprints().get(i).map_or("?", String::as_str),
+            if keyring.is_retired(i) {
+                "retired"
+            } else {
+                "active"
+            }
+        ),
+        None => "none (an unauthenticated format 1 backup)".into(),
+    }
+}
+
 /// `keyhold backup --verify FILE`: checks a backup without restoring it.
 fn verify_backup(
     path: &std::path::Path,
@@ -273,6 +330,7 @@ fn verify_backup(
         Ok(())
     })
     .with_context(|| format!("{} did not verify", path.display()))?;
+    let key = key_named(keyring, &info);
     if json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer_pretty(
@@ -285,6 +343,7 @@ fn verify_backup(
                 "created_at": crate::time::to_rfc3339(info.created_at_us),
                 "entries": info.entries,
                 "trees": entries_per_tree,
+                "key": key,
             }),
         )?;
         writeln!(out)?;
@@ -297,7 +356,7 @@ fn verify_backup(
     writeln!(
         std::io::stdout().lock(),
         "ok: {} is an intact keyhold backup (format {}, schema {}, made {}; {} entries: {}), \
-         authenticated under this keyring",
+         authenticated under key {key}",
         path.display(),
         info.format,
         info.schema,
@@ -308,8 +367,62 @@ fn verify_backup(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `keyhold check --backup FILE...`: which key each backup needs, and
+/// whether it is intact (no store is opened).
+fn check_backups(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    let keyring = Keyring::from_env_with_retired()?;
+    let mut all_ok = true;
+    let mut found = Vec::new();
+    for path in files {
+        let read = std::fs::File::open(path)
+            .map_err(ops::backup::BackupError::from)
+            .and_then(|f| ops::backup::read_backup(f, &keyring, false, |_, _, _| Ok(())));
+        let (ok, line, key) = match read {
+            Ok(info) => {
+                let key = key_named(&keyring, &info);
+                (
+                    true,
+                    format!(
+                        "ok   {}: intact, made {}, needs key {key}",
+                        path.display(),
+                        crate::time::to_rfc3339(info.created_at_us)
+                    ),
+                    Some(key),
+                )
+            }
+            Err(e) => (
+                false,
+                format!(
+                    "FAIL {}: {e} (no key of the keyring, active or retired, opens it, or it \
+                     is damaged)",
+                    path.display()
+                ),
+                None,
+            ),
+        };
+        all_ok &= ok;
+        if json {
+            found.push(serde_json::json!({"file": path.display().to_string(), "ok": ok, "key": key, "said": line}));
+        } else {
+            println!("{line}");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let keyring = Keyring::from_env()?;
+    // A backup made before a rotation is under a key the key file now
+    // lists as retired: restore reads with the retired keys too, then
+    // re-keys what it restored under the newest active key (below), so
+    // the server, which never loads retired keys, opens it.
+    let keyring = Keyring::from_env_with_retired()?;
     if !a.file.is_file() {
         return Err(ConfigError(format!(
             "cannot read the backup {}: no such file",
@@ -373,6 +486,12 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let log = open_log(store.clone(), &keyring)?;
+    let active = Keyring::from_env()?;
+    let rekey = match ops::reload::check_replacement(&store, &active) {
+        Ok(()) => false,
+        Err(ops::reload::ReloadRefused::StillNeeded { .. }) => true,
+        Err(e) => return Err(e.into()),
+    };
     let ev = AuditEvent::cli(
         Action::Restore,
         Outcome::Success,
@@ -384,6 +503,29 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         )),
     );
     log.append(&[(ev, vec![])])?;
+    if rekey {
+        // The backup needs a retired key: everything is re-encrypted and
+        // re-sealed under the newest active key, as `keyhold rotate` does
+        // (audited), so that the active keyring alone opens the store.
+        let rotated =
+            crate::vault::rotate_store(&store, &keyring, &log, "cli", Duration::ZERO, |_| {})?;
+        let vault = super::offline_vault(&store, &keyring, &log);
+        super::block_on(vault.record_rotation(&crate::vault::Origin::cli(), None, &rotated))??;
+        if !rotated.report.failed.is_empty() {
+            return Err(anyhow::anyhow!(
+                "the backup was restored into {into} but {} key(s) could not be re-encrypted \
+                 under the newest key: keep the retired keys active (`keyhold keyring \
+                 unretire`) and run `keyhold check`",
+                rotated.report.failed.len()
+            ));
+        }
+        ops::reload::check_replacement(&store, &active)?;
+        eprintln!(
+            "keyhold: the backup was made under a retired key: what it holds is now \
+             re-encrypted under the newest active key ({})",
+            active.fingerprints().first().map_or("", String::as_str)
+        );
+    }
     let report = crate::audit::verify_store(&store, &log.verify_keys())?;
     eprintln!(
         "keyhold: restored {} entries into {}; audit chain: {report}",

@@ -10,6 +10,7 @@ mod completions;
 mod exec_env;
 mod init;
 mod keygen;
+pub mod keyring;
 mod lifecycle;
 mod migrate;
 mod remote;
@@ -61,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(a),
         Command::Token(c) => token::run(c),
         Command::Audit(c) => audit::run(c),
+        Command::Keyring(c) => keyring::run(c),
         Command::Rotate(a) => lifecycle::rotate(a),
         Command::Check(a) => lifecycle::check(a),
         Command::Import(a) => lifecycle::import(a),
@@ -224,9 +226,17 @@ pub(crate) fn open_dir_initialised(dir: &Path, cache_bytes: Option<u64>) -> anyh
 /// Refuses a keyring none of whose keys opens the check value; applies
 /// the record keys (and upgrades a store from an older keyhold, audited).
 pub(crate) fn check_keyring(store: &Store, keyring: &Keyring, at: &str) -> anyhow::Result<()> {
-    crate::unlock::unlock(store, keyring)
-        .with_context(|| format!("cannot open the store in {at}"))?;
-    Ok(())
+    match crate::unlock::unlock(store, keyring) {
+        Ok(_) => Ok(()),
+        Err(e @ crate::unlock::UnlockError::WrongKey { .. }) => {
+            let e = anyhow::Error::new(e).context(format!("cannot open the store in {at}"));
+            Err(match keyring::retired_hint(store) {
+                Some(hint) => e.context(hint),
+                None => e,
+            })
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open the store in {at}"))),
+    }
 }
 
 /// Opens the audit log for an offline command.

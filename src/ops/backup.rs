@@ -269,6 +269,9 @@ pub struct BackupInfo {
     pub schema: u32,
     pub created_at_us: i64,
     pub entries: u64,
+    /// Which key of the keyring authenticated it (as in the keyring's
+    /// fingerprints; `None` for an unauthenticated format 1 backup).
+    pub key_index: Option<usize>,
 }
 
 /// Reads a backup, handing each entry to `sink(tree, key, value)`. Fails
@@ -351,10 +354,12 @@ pub fn read_backup(
                     }
                     Err(e) => return Err(e.into()),
                 }
-                let matches = candidates
-                    .iter()
-                    .fold(false, |any, c| any | crate::access::digests_equal(&got, c));
-                if !matches {
+                // Every candidate is compared (no early exit on a match).
+                let key_index = candidates.iter().enumerate().fold(None, |found, (i, c)| {
+                    let eq = crate::access::digests_equal(&got, c);
+                    found.or(eq.then_some(i))
+                });
+                if key_index.is_none() {
                     return Err(match r.hash {
                         Digests::Plain(_) => {
                             BackupError::Corrupt("the checksum does not match".into())
@@ -376,6 +381,10 @@ pub fn read_backup(
                     schema,
                     created_at_us,
                     entries,
+                    key_index: match r.hash {
+                        Digests::Plain(_) => None,
+                        Digests::Mac(_) => key_index,
+                    },
                 });
             }
             other => {

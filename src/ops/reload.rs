@@ -18,19 +18,49 @@ use crate::store::{
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadRefused {
     #[error(
-        "the new keyring does not open {} record(s) the store still needs ({}): keep the old key \
-         in the key file (after the new one), run the rotation (POST /api/admin/rotate, or \
-         `keyhold rotate` offline), then drop it and reload again; the server keeps its keyring",
+        "the new keyring does not open {} record(s) the store still needs ({}), so the server \
+         keeps its keyring: {fix}",
         needed.len(),
         needed.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
     )]
-    StillNeeded { needed: Vec<String> },
+    StillNeeded { needed: Vec<String>, fix: String },
     #[error("cannot read the store to check the new keyring: {0}")]
     Store(#[from] StoreError),
 }
 
 /// Refuses `new` unless it opens everything in `store` that needs a key.
+/// The refusal says how to recover: when the key file's retired keys
+/// would open everything, the exact `keyhold keyring unretire` command.
 pub fn check_replacement(store: &Store, new: &Keyring) -> Result<(), ReloadRefused> {
+    let needed = needed_by(store, new)?;
+    if needed.is_empty() {
+        return Ok(());
+    }
+    let with_retired = Keyring::from_env_with_retired()
+        .ok()
+        .filter(|all| all.len() > new.len());
+    let unretire = match (&with_retired, new.source()) {
+        (Some(all), crate::keyring::KeySource::File(path)) if needed_by(store, all)?.is_empty() => {
+            Some(path.display().to_string())
+        }
+        _ => None,
+    };
+    let fix = match unretire {
+        Some(path) => format!(
+            "the keys it needs are retired in the key file: put them back with `keyhold keyring \
+             unretire --key-file {path}` and reload again, then finish the rotation (`keyhold \
+             rotate --remote`, or POST /api/admin/rotate) before `keyhold keyring retire`"
+        ),
+        None => "put the old key back in the key file (after the new one), reload, run the \
+                 rotation (`keyhold rotate --remote`, or POST /api/admin/rotate), then retire \
+                 the old key with `keyhold keyring retire` and reload again"
+            .to_string(),
+    };
+    Err(ReloadRefused::StillNeeded { needed, fix })
+}
+
+/// What in `store` needs a key that `keyring` does not hold.
+fn needed_by(store: &Store, new: &Keyring) -> Result<Vec<String>, ReloadRefused> {
     let mut needed = Vec::new();
     if let Some(check) = store.check_value()? {
         if new.opens_check(&check).is_none() {
@@ -74,9 +104,5 @@ pub fn check_replacement(store: &Store, new: &Keyring) -> Result<(), ReloadRefus
             Err(e) => return Err(e.into()),
         }
     }
-    if needed.is_empty() {
-        Ok(())
-    } else {
-        Err(ReloadRefused::StillNeeded { needed })
-    }
+    Ok(needed)
 }

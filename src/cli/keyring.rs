@@ -1,0 +1,140 @@
+//! `keyhold keyring list|retire|unretire|reload`: the key file's sections,
+//! and a running server's reload.
+//!
+//! A rotation ends with the old key retired, never deleted: it moves below
+//! the key file's `[retired]` line, where serving never reads it and
+//! `restore`, `backup --verify` and `check --backup` still find it. So a
+//! backup made before the rotation stays restorable, and a key retired too
+//! early (before the rotation finished) is put back with `unretire`: the
+//! reload that would drop it is refused, naming that command, and so is a
+//! start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use crate::config::ClientArgs;
+use crate::key_file;
+use crate::keyring::{KeySource, Keyring};
+use crate::store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum KeyringCommand {
+    /// List the key file's keys by fingerprint (active newest first, then
+    /// retired). Never prints a key.
+    List(KeyFileArgs),
+    /// Move every active key but the newest below the key file's
+    /// `[retired]` line: a running server drops them at its next reload
+    /// (refused if the store still needs one), while restore and
+    /// `backup --verify` still use them for older backups. Nothing is
+    /// deleted.
+    Retire(KeyFileArgs),
+    /// Put retired keys back among the active ones (all, or those named by
+    /// fingerprint), when the store or a restore still needs them.
+    Unretire(UnretireArgs),
+    /// Ask a running server to read its keyring again (as SIGHUP does),
+    /// through POST /api/admin/reload (an admin token).
+    Reload(ClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyFileArgs {
+    /// The key file (FERNET_KEY_FILE's format).
+    #[arg(long, env = "FERNET_KEY_FILE", value_name = "FILE")]
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UnretireArgs {
+    #[command(flatten)]
+    pub file: KeyFileArgs,
+    /// Fingerprints of the retired keys to put back (`keyhold keyring
+    /// list` shows them); none: all.
+    pub fingerprints: Vec<String>,
+}
+
+/// How long an admin call (a reload, an online rotation of a large store)
+/// may take.
+pub(crate) const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+pub(super) fn run(c: KeyringCommand) -> anyhow::Result<ExitCode> {
+    let shown = |l: &key_file::Listed| {
+        for fp in &l.active {
+            println!("active   {fp}");
+        }
+        for fp in &l.retired {
+            println!("retired  {fp}");
+        }
+    };
+    match c {
+        KeyringCommand::List(a) => {
+            shown(&key_file::list(&a.key_file)?);
+        }
+        KeyringCommand::Retire(a) => {
+            let before = key_file::list(&a.key_file)?;
+            let after = key_file::retire(&a.key_file)?;
+            shown(&after);
+            let moved = after.retired.len() - before.retired.len();
+            eprintln!(
+                "keyhold: retired {moved} key(s) in {}; reload the server (`keyhold keyring \
+                 reload`, or SIGHUP) so that it drops them: the reload is refused, and the \
+                 server keeps its keyring, if the store still needs one",
+                a.key_file.display()
+            );
+        }
+        KeyringCommand::Unretire(a) => {
+            let after = key_file::unretire(&a.file.key_file, &a.fingerprints)?;
+            shown(&after);
+            eprintln!(
+                "keyhold: {} active, {} retired key(s) in {}; reload the server or start it \
+                 again, and rotate before retiring them again",
+                after.active.len(),
+                after.retired.len(),
+                a.file.key_file.display()
+            );
+        }
+        KeyringCommand::Reload(a) => {
+            let client = match super::remote::connect(&a) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("keyhold: error: {e}");
+                    return Ok(super::remote::client_exit(&e));
+                }
+            };
+            match client.admin_post("/api/admin/reload", ADMIN_TIMEOUT) {
+                Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+                Err(e) => {
+                    eprintln!("keyhold: error: {e}");
+                    return Ok(super::remote::client_exit(&e));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// When no active key opens `store` but a retired key of the key file (or
+/// key command) does: what to run to put it back.
+pub(crate) fn retired_hint(store: &Store) -> Option<String> {
+    let ring = Keyring::from_env_with_retired().ok()?;
+    let check = store.check_value().ok()??;
+    let i = ring.opens_check(&check)?;
+    if !ring.is_retired(i) {
+        return None;
+    }
+    let fp = ring.fingerprints().get(i)?.clone();
+    Some(match ring.source() {
+        KeySource::File(path) => format!(
+            "the key this store needs ({fp}) is retired in {}: put it back with `keyhold keyring \
+             unretire --key-file {} {fp}`, start again, and rotate before retiring it",
+            path.display(),
+            path.display()
+        ),
+        _ => format!(
+            "the key this store needs ({fp}) is in the retired section of the key command's \
+             output: move it above the `[retired]` line, start again, and rotate before \
+             retiring it"
+        ),
+    })
+}
