@@ -433,6 +433,22 @@ impl Client {
         Self::json(self.send(req)?)
     }
 
+    /// GETs `path` (with its query) and hands back the answer to read as
+    /// a stream, allowing `timeout` for the whole of it.
+    pub fn get_stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<reqwest::blocking::Response, ClientError> {
+        self.send(self.http.get(self.url(path)).query(query).timeout(timeout))
+    }
+
+    /// GETs `path` as JSON.
+    pub fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+        Self::json(self.send(self.http.get(self.url(path)))?)
+    }
+
     /// POSTs to an admin route without a body (a reload, a rotation),
     /// allowing `timeout` for the answer.
     pub fn admin_post(&self, path: &str, timeout: Duration) -> Result<Value, ClientError> {

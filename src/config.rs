@@ -50,10 +50,12 @@ pub enum Command {
     Init(DataDir),
     /// Serve the HTTP API.
     Serve(ServeArgs),
-    /// Manage access tokens offline (the server must be stopped).
+    /// Manage access tokens: offline on the store, or with --remote through
+    /// a running server.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Export or verify the audit log offline (the server must be stopped).
+    /// Export or verify the audit log, or print its public key: offline on
+    /// the store, or with --remote through a running server.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// The key file's active and retired keys, and a running server's
@@ -795,6 +797,21 @@ pub struct AuditPublicKeyArgs {
     pub data: DataDir,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub remote: AuditRemoteArgs,
+}
+
+/// `--remote`: read the audit log through a running server (an auditor
+/// token) instead of the store, which the server holds locked.
+#[derive(Debug, Args)]
+pub struct AuditRemoteArgs {
+    /// Use the running server's audit routes (KEYHOLD_ADDR, and an
+    /// auditor token in KEYHOLD_TOKEN or KEYHOLD_TOKEN_FILE) instead of the
+    /// store.
+    #[arg(long)]
+    pub remote: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -833,6 +850,8 @@ pub struct AuditExportArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub filter: ExportFilterArgs,
+    #[command(flatten)]
+    pub remote: AuditRemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -842,11 +861,11 @@ pub struct AuditVerifyArgs {
     /// Verify this JSON Lines export instead of the store.
     #[arg(long, value_name = "EXPORT.jsonl")]
     pub file: Option<PathBuf>,
-    /// With --file: verify with this audit public key alone (as printed by
-    /// `keyhold audit public-key`), with no keyring and no store. Every
-    /// record must be covered by a signature of this key (or of a key it
-    /// handed over to).
-    #[arg(long, value_name = "KEY", requires = "file")]
+    /// With --file or --remote: verify with this audit public key alone
+    /// (as printed by `keyhold audit public-key`), with no keyring and no
+    /// store. Every record must be covered by a signature of this key (or
+    /// of a key it handed over to).
+    #[arg(long, value_name = "KEY")]
     pub public_key: Option<String>,
     /// With --file: the export was filtered, so gaps between its records
     /// are expected; each record's MAC is checked. Without it, the file
@@ -860,4 +879,9 @@ pub struct AuditVerifyArgs {
     pub anchor: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Verify the running server's log: its whole export is streamed and
+    /// verified here, with --public-key (pin it) or, without it, the key
+    /// the server says signs its log; the server's head is checked too.
+    #[command(flatten)]
+    pub remote: AuditRemoteArgs,
 }

@@ -1,4 +1,5 @@
-//! `keyhold audit export|verify` (offline).
+//! `keyhold audit export|verify|public-key` (offline; `--remote` forms in
+//! `audit_remote`).
 
 use std::io::{BufRead, Write};
 
@@ -18,6 +19,16 @@ use crate::keyring::Keyring;
 
 pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        AuditCommand::Export(a) if a.remote.remote => super::audit_remote::export(a),
+        AuditCommand::Verify(a) if a.remote.remote => {
+            let anchors = a
+                .anchor
+                .iter()
+                .map(|s| parse_anchor(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            super::audit_remote::verify(a, anchors)
+        }
+        AuditCommand::PublicKey(a) if a.remote.remote => super::audit_remote::public_key(a),
         AuditCommand::Export(a) => export(a),
         AuditCommand::Verify(a) => verify(a),
         AuditCommand::PublicKey(a) => public_key(a),
@@ -126,13 +137,20 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         .map(|s| parse_anchor(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     // With a public key, nothing but the file is read: no keyring, no store.
-    let (keys, store) = match &a.public_key {
-        Some(text) => {
-            let key: PublicKey = text
-                .parse()
-                .map_err(|e| ConfigError(format!("--public-key: {e}")))?;
-            if a.filtered {
-                return Err(ConfigError(
+    let (keys, store) =
+        match &a.public_key {
+            Some(_) if a.file.is_none() => return Err(ConfigError(
+                "--public-key verifies an export: give --file EXPORT.jsonl, or --remote to verify \
+                 the running server's log"
+                    .into(),
+            )
+            .into()),
+            Some(text) => {
+                let key: PublicKey = text
+                    .parse()
+                    .map_err(|e| ConfigError(format!("--public-key: {e}")))?;
+                if a.filtered {
+                    return Err(ConfigError(
                     "a filtered export cannot be verified with the public key alone (the records \
                      between its records are not in the file): verify it with the keyring \
                      (FERNET_KEY set, without --public-key), or verify an unfiltered export with \
@@ -140,16 +158,16 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
                         .into(),
                 )
                 .into());
+                }
+                (VerifyKeys::public(key), None)
             }
-            (VerifyKeys::public(key), None)
-        }
-        None => {
-            let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data, &keyring)?;
-            let keys = AuditKeys::unseal(&store, &keyring)?.verify_keys();
-            (keys, Some(store))
-        }
-    };
+            None => {
+                let keyring = Keyring::from_env()?;
+                let store = open_checked(&a.data, &keyring)?;
+                let keys = AuditKeys::unseal(&store, &keyring)?.verify_keys();
+                (keys, Some(store))
+            }
+        };
     let mut reports = Vec::new();
     match (&a.file, store) {
         (Some(path), _) => {
@@ -161,7 +179,9 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
                 reports.push(anchor_report(*seq, mac, got, "the file"));
             }
         }
-        (None, None) => unreachable!("--public-key requires --file"),
+        (None, None) => {
+            return Err(ConfigError("--public-key needs --file or --remote".into()).into())
+        }
         (None, Some(store)) => {
             reports.push(audit::verify_store(&store, &keys)?);
             for (seq, mac) in &anchors {
@@ -220,6 +240,24 @@ fn verify_file(
 ) -> anyhow::Result<(VerifyReport, Vec<Option<[u8; 32]>>)> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    verify_reader(
+        &mut std::io::BufReader::new(file),
+        &path.display().to_string(),
+        keys,
+        filtered,
+        anchors,
+    )
+}
+
+/// [`verify_file`] on any stream of lines; `name` says where they come
+/// from in messages.
+pub(super) fn verify_reader(
+    input: &mut dyn BufRead,
+    name: &str,
+    keys: &VerifyKeys,
+    filtered: bool,
+    anchors: &[(u64, [u8; 32])],
+) -> anyhow::Result<(VerifyReport, Vec<Option<[u8; 32]>>)> {
     let mut v = if filtered {
         ChainVerifier::filtered(keys.clone())
     } else {
@@ -227,16 +265,15 @@ fn verify_file(
     };
     let mut found = vec![None; anchors.len()];
     let mut last = 0u64;
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+    for (i, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {name}"))?;
         if line.trim().is_empty() {
             continue;
         }
         if i == 0 && line.starts_with("seq,at,") {
             return Err(ConfigError(format!(
-                "{} is a CSV export: verification reads JSON Lines; export again with \
-                 `keyhold audit export --format jsonl`",
-                path.display()
+                "{name} is a CSV export: verification reads JSON Lines; export again with \
+                 `keyhold audit export --format jsonl`"
             ))
             .into());
         }
@@ -275,9 +312,8 @@ fn verify_file(
             seq: 1,
             problem: Problem::Truncated,
             detail: format!(
-                "{} holds no records (an empty file proves nothing): export the log again, or \
-                 check that the right file was given",
-                path.display()
+                "{name} holds no records (an empty file proves nothing): export the log again, or \
+                 check that the right file was given"
             ),
         };
         return Ok((report, found));
@@ -285,7 +321,7 @@ fn verify_file(
     Ok((v.finish(), found))
 }
 
-fn parse_anchor(anchor: &str) -> anyhow::Result<(u64, [u8; 32])> {
+pub(super) fn parse_anchor(anchor: &str) -> anyhow::Result<(u64, [u8; 32])> {
     anchor
         .split_once(':')
         .and_then(|(s, m)| Some((s.trim().parse::<u64>().ok()?, unhex32(m.trim())?)))
@@ -298,7 +334,12 @@ fn parse_anchor(anchor: &str) -> anyhow::Result<(u64, [u8; 32])> {
 }
 
 /// Whether `got` (the mac held at `seq`, if any) matches the anchor.
-fn anchor_report(seq: u64, mac: &[u8; 32], got: Option<[u8; 32]>, holder: &str) -> VerifyReport {
+pub(super) fn anchor_report(
+    seq: u64,
+    mac: &[u8; 32],
+    got: Option<[u8; 32]>,
+    holder: &str,
+) -> VerifyReport {
     match got {
         Some(g) if crate::access::digests_equal(&g, mac) => VerifyReport::Ok {
             records: 1,

@@ -6,6 +6,7 @@
 //! (keyring, data directory, flags).
 
 mod audit;
+mod audit_remote;
 mod completions;
 mod exec_env;
 mod init;

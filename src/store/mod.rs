@@ -135,8 +135,10 @@ fn open_reason(error: &sled::Error) -> String {
         // sled =0.34.7 reports a held lock only by this message.
         sled::Error::Io(e) if e.to_string().starts_with("could not acquire lock") => {
             "another process holds its lock (a running `keyhold serve`, or another keyhold \
-             command): stop it or use the HTTP API instead (`keyhold keys ...`, `keyhold token \
-             ... --remote`)"
+             command): stop it, or go through the running server with the same command's \
+             --remote form (`keyhold audit export --remote`, `keyhold audit verify --remote`, \
+             `keyhold audit public-key --remote`, `keyhold token ... --remote`, `keyhold rotate \
+             --remote`; KEYHOLD_ADDR and a token) or `keyhold keys ...`"
                 .to_string()
         }
         sled::Error::Io(e) => format!("{e}; check the directory's permissions and the disk"),
