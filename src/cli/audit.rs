@@ -53,16 +53,22 @@ fn public_key(a: AuditPublicKeyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn filter_of(a: &ExportFilterArgs) -> anyhow::Result<ExportFilter> {
-    let mut f = ExportFilter::default();
-    for (name, v) in [
+/// The filter flags by the name the export's filter (and route) gives
+/// them.
+pub(super) fn filter_pairs(a: &ExportFilterArgs) -> [(&'static str, &Option<String>); 6] {
+    [
         ("since", &a.since),
         ("until", &a.until),
         ("key_id", &a.key_id),
         ("caller", &a.caller),
         ("outcome", &a.outcome),
         ("action", &a.action),
-    ] {
+    ]
+}
+
+fn filter_of(a: &ExportFilterArgs) -> anyhow::Result<ExportFilter> {
+    let mut f = ExportFilter::default();
+    for (name, v) in filter_pairs(a) {
         if let Some(v) = v {
             f.set(name, v)
                 .map_err(|e| ConfigError(format!("--{}: {e}", name.replace('_', "-"))))?;

@@ -74,15 +74,7 @@ fn export_query(a: &AuditExportArgs) -> Vec<(&'static str, String)> {
         }
         .to_string(),
     )];
-    let f = &a.filter;
-    for (name, v) in [
-        ("since", &f.since),
-        ("until", &f.until),
-        ("key_id", &f.key_id),
-        ("caller", &f.caller),
-        ("outcome", &f.outcome),
-        ("action", &f.action),
-    ] {
+    for (name, v) in super::audit::filter_pairs(&a.filter) {
         if let Some(v) = v {
             q.push((name, v.clone()));
         }
