@@ -46,6 +46,7 @@ pub(super) fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     let dir = &args.data_dir;
     // Decide before opening sled: opening a store writes to it, and a
     // refused init must change nothing.
+    super::owner::refuse_foreign_owner(dir)?;
     refuse_non_empty(dir)?;
     std::fs::DirBuilder::new()
         .recursive(true)

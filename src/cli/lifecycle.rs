@@ -460,6 +460,7 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             (info, open_checked(&data, &keyring)?, opts.url.to_string())
         }
         (Some(dir), None) => {
+            super::owner::refuse_foreign_owner(dir)?;
             let info = ops::backup::restore(&a.file, dir, &keyring, a.allow_unauthenticated)?;
             // The same keyring must open what was restored; the chain must
             // verify. A refused restore leaves nothing behind (the target
@@ -531,6 +532,17 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         "keyhold: restored {} entries into {}; audit chain: {report}",
         info.entries, into
     );
+    if let (Some(dir), None) = (&a.data_dir, &a.database.database_url) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata(dir) {
+            eprintln!(
+                "keyhold: the restored store belongs to {}: serve it as that user, or give it to \
+                 the service user first (chown -R USER: {})",
+                super::owner::who(meta.uid()),
+                dir.display()
+            );
+        }
+    }
     Ok(if report.is_ok() {
         ExitCode::SUCCESS
     } else {

@@ -89,6 +89,7 @@ pub(super) fn run(a: MigrateArgs) -> anyhow::Result<ExitCode> {
 
 /// A store in a new or empty directory.
 fn new_dir_store(dir: &Path) -> anyhow::Result<Store> {
+    super::owner::refuse_foreign_owner(dir)?;
     if let Ok(mut entries) = std::fs::read_dir(dir) {
         if entries.next().is_some() {
             return Err(ConfigError(format!(

@@ -14,6 +14,7 @@ mod keygen;
 pub mod keyring;
 mod lifecycle;
 mod migrate;
+mod owner;
 mod remote;
 mod serve;
 mod token;
@@ -205,6 +206,10 @@ fn open_initialised_with_cache(data: &DataDir, cache_bytes: Option<u64>) -> anyh
 
 /// Opens the initialised store in `dir`.
 pub(crate) fn open_dir_initialised(dir: &Path, cache_bytes: Option<u64>) -> anyhow::Result<Store> {
+    owner::refuse_foreign_owner(dir)?;
+    if let Some(e) = owner::unreadable(dir) {
+        return Err(e.into());
+    }
     // Never create a store here: only `init` does (sled writes files on open).
     if !crate::store::holds_store(dir) {
         return Err(StoreError::NotInitialised(dir.display().to_string()).into());
