@@ -58,19 +58,30 @@ fn shared_tmp() -> (tempfile::TempDir, PathBuf) {
     (tmp, kh)
 }
 
-#[test]
-fn root_is_refused_on_another_users_store_with_the_runuser_line_and_writes_nothing() {
+/// As root: a store in a world-traversable temp dir, with a copy of the
+/// binary `nobody` can run; (tmp, binary, data dir, key). `None` (said on
+/// stderr) when not root: these tests are about root, and CI runs them as
+/// root.
+fn root_store() -> Option<(tempfile::TempDir, PathBuf, PathBuf, String)> {
     if !is_root() {
         eprintln!(
-            "this test runs as root (as CI does): skipped for uid {}",
+            "this test runs as root (as CI does): not run for uid {}",
             rustix::process::geteuid().as_raw()
         );
-        return;
+        return None;
     }
     let (tmp, kh) = shared_tmp();
     let dir = tmp.path().join("data");
     let key = keygen();
     init(&dir, &key);
+    Some((tmp, kh, dir, key))
+}
+
+#[test]
+fn root_is_refused_on_another_users_store_with_the_runuser_line_and_writes_nothing() {
+    let Some((tmp, kh, dir, key)) = root_store() else {
+        return;
+    };
     chown_tree(&dir, 65534, 65534);
     let before = owners(&dir);
     for args in [
@@ -117,17 +128,9 @@ fn root_is_refused_on_another_users_store_with_the_runuser_line_and_writes_nothi
 
 #[test]
 fn a_store_the_service_cannot_read_is_a_permission_problem_and_restore_says_who_owns_it() {
-    if !is_root() {
-        eprintln!(
-            "this test runs as root (as CI does): skipped for uid {}",
-            rustix::process::geteuid().as_raw()
-        );
+    let Some((tmp, kh, dir, key)) = root_store() else {
         return;
-    }
-    let (tmp, kh) = shared_tmp();
-    let dir = tmp.path().join("data");
-    let key = keygen();
-    init(&dir, &key);
+    };
     // A backup, restored as root into a new directory: root's, and said.
     let backup = tmp.path().join("b.backup");
     assert_ok(&run_with_key(
