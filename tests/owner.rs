@@ -79,7 +79,7 @@ fn root_store() -> Option<(tempfile::TempDir, PathBuf, PathBuf, String)> {
 
 #[test]
 fn root_is_refused_on_another_users_store_with_the_runuser_line_and_writes_nothing() {
-    let Some((tmp, kh, dir, key)) = root_store() else {
+    let Some((_tmp, kh, dir, key)) = root_store() else {
         return;
     };
     chown_tree(&dir, 65534, 65534);
