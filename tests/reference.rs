@@ -40,7 +40,16 @@ fn cell(text: &str) -> String {
 }
 
 fn shown(arg: &Arg) -> bool {
-    !arg.is_hide_set() && !matches!(arg.get_id().as_str(), "help" | "version")
+    // clap's own --help and --version, by what they do: a flag of ours
+    // may be called `version` (`keys reveal --version N`).
+    !arg.is_hide_set()
+        && !matches!(
+            arg.get_action(),
+            clap::ArgAction::Help
+                | clap::ArgAction::HelpShort
+                | clap::ArgAction::HelpLong
+                | clap::ArgAction::Version
+        )
 }
 
 /// `--flag <VALUE>`, `-o, --output <OUTPUT>`, `<FILE>` or `-- <CMD>...`.
