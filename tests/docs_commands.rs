@@ -206,3 +206,119 @@ fn every_keyhold_command_in_the_docs_parses_against_the_binary() {
         bad.join("\n")
     );
 }
+
+/// The shell block of `file` that holds `marker`, as one script.
+fn block_with(file: &Path, marker: &str) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains(marker))
+        .unwrap_or_else(|| panic!("no shell block with `{marker}` in {}", file.display()))
+        .to_string()
+}
+
+/// A directory holding `keyhold` (the binary under test), for PATH.
+fn bin_on_path() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_keyhold"), dir.path().join("keyhold")).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (dir, path)
+}
+
+#[test]
+fn the_keys_over_time_block_of_operations_md_runs_as_written() {
+    let script = block_with(
+        &repo().join("docs/operations.md"),
+        "keyhold keys put \"$ID\"",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let bin = env!("CARGO_BIN_EXE_keyhold");
+    let key = String::from_utf8(
+        std::process::Command::new(bin)
+            .arg("keygen")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let init = std::process::Command::new(bin)
+        .env("FERNET_KEY", &key)
+        .args(["init", "--data-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let admin = String::from_utf8(init.stdout).unwrap().trim().to_string();
+    let mut server = std::process::Command::new(bin)
+        .env("FERNET_KEY", &key)
+        .args([
+            "serve",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The address the server printed.
+    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        use std::io::BufRead;
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("the server stopped before listening");
+        }
+        if let Some(a) = line.split("http://").nth(1) {
+            break format!(
+                "http://{}",
+                a.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_end_matches(['/', ',', ')'])
+            );
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let (_bin_dir, path) = bin_on_path();
+    let run = |script: &str, env: &[(&str, &str)]| {
+        std::process::Command::new("sh")
+            .args(["-ec", script])
+            .env("PATH", &path)
+            .env("KEYHOLD_ADDR", &addr)
+            .env("KEYHOLD_TOKEN", &admin)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let made = run(
+        "printf %s sk-v1 | keyhold keys add --provider claude --name prod",
+        &[],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let id = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let out = run(&script, &[("ID", &id), ("NEW_KEY", "sk-v2")]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "the block failed:\n{script}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    // `keys reveal "$ID" --version 1` and `keys reveal claude/prod`.
+    assert!(said.contains("sk-v1") && said.contains("sk-v2"), "{said}");
+}
