@@ -400,7 +400,7 @@ pub async fn serve(
             Some(k) => match per_ip.enter(k, limits.max_connections_per_ip) {
                 Some(g) => Some(g),
                 None => {
-                    metrics::counter!("keyhold_connections_refused_total", "reason" => "per_address")
+                    metrics::counter!("keyhold_connections_refused_total", "reason" => super::observe::REFUSED_PER_ADDRESS)
                         .increment(1);
                     tracing::debug!(peer = %k, "too many connections from one address; closed");
                     continue;
@@ -415,7 +415,7 @@ pub async fn serve(
         let ready = permits.clone().try_acquire_owned().ok();
         if ready.is_none() {
             if waiting.load(Ordering::Relaxed) >= WAITING_MAX {
-                metrics::counter!("keyhold_connections_refused_total", "reason" => "total")
+                metrics::counter!("keyhold_connections_refused_total", "reason" => super::observe::REFUSED_TOTAL)
                     .increment(1);
                 tracing::debug!("at the connection cap with too many waiting; closed");
                 continue;
@@ -444,7 +444,7 @@ pub async fn serve(
                     match got {
                         Ok(Ok(p)) => p,
                         _ => {
-                            metrics::counter!("keyhold_connections_refused_total", "reason" => "total")
+                            metrics::counter!("keyhold_connections_refused_total", "reason" => super::observe::REFUSED_TOTAL)
                                 .increment(1);
                             return;
                         }
