@@ -159,36 +159,6 @@ fn unix_get(path: &std::path::Path, target: &str, token: &str) -> String {
     out
 }
 
-/// Runs a command that must refuse to start: its exit code and stderr.
-/// A server that starts after all is stopped (by its own pid) after 15 s,
-/// so the test fails instead of hanging.
-fn refused_within(cmd: &mut std::process::Command) -> (Option<i32>, String) {
-    use std::io::Read;
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    (code, stderr)
-}
-
 #[test]
 fn a_regular_file_at_the_unix_socket_path_survives_and_a_stale_socket_is_replaced() {
     let v = Vault::new();
