@@ -181,10 +181,7 @@ fn a_key_beyond_the_callers_providers_counts_as_not_found_in_the_metrics() {
 /// The family a sample line belongs to: its name, less a histogram's
 /// `_bucket`/`_sum`/`_count` when `histograms` names it so.
 fn family_of<'a>(line: &'a str, histograms: &[&str]) -> &'a str {
-    let name = line
-        .split(|c: char| c == '{' || c == ' ')
-        .next()
-        .unwrap_or_default();
+    let name = line.split(['{', ' ']).next().unwrap_or_default();
     for suffix in ["_bucket", "_sum", "_count"] {
         if let Some(base) = name.strip_suffix(suffix) {
             if histograms.contains(&base) {

@@ -275,10 +275,7 @@ pub struct Server {
     pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn pump(
-    mut r: impl Read + Send + 'static,
-    buf: Arc<Mutex<String>>,
-) -> std::thread::JoinHandle<()> {
+fn pump(mut r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut chunk = [0u8; 4096];
         loop {
