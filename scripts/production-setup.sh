@@ -3,8 +3,10 @@
 # root: creates the `keyhold` system user, its directories and the key
 # file, initialises the store as that user, then starts `keyhold serve` as
 # that user without systemd, with the environment of scripts/keyhold.service,
-# checks /healthz and who owns what, stops the server by its PID and
-# removes everything it made. CI runs it (tests/production.rs).
+# checks /healthz and who owns what, stops the server by its PID, does the
+# same on the documented Unix socket in the unit's RuntimeDirectory= (and
+# checks the socket file is gone after), and removes everything it made.
+# CI runs it (tests/production.rs).
 #
 # Usage: scripts/production-setup.sh [KEYHOLD_BINARY]
 #   (default: $KEYHOLD_BIN, else target/release/keyhold)
@@ -25,7 +27,7 @@ if [ ! -x "$bin" ]; then
   echo "production-setup: no keyhold binary at $bin (cargo build --release, or pass its path)" >&2
   exit 2
 fi
-for what in /var/lib/keyhold /etc/keyhold; do
+for what in /var/lib/keyhold /etc/keyhold /run/keyhold; do
   if [ -e "$what" ]; then
     echo "production-setup: $what exists: this script is for a fresh machine; nothing was changed" >&2
     exit 2
@@ -56,7 +58,7 @@ cleanup() {
   fi
   userdel keyhold 2>/dev/null
   getent group keyhold >/dev/null && groupdel keyhold
-  rm -rf /var/lib/keyhold /etc/keyhold "$tmp"
+  rm -rf /var/lib/keyhold /etc/keyhold /run/keyhold "$tmp"
 }
 trap cleanup EXIT
 
@@ -104,31 +106,58 @@ printf '%s\n' "${unit_env[@]}" | grep -qx "FERNET_KEY_FILE=$FERNET_KEY_FILE" \
 exec_start=$(sed -n 's/^ExecStart=//p' "$repo/scripts/keyhold.service")
 [ "$exec_start" = "/usr/local/bin/keyhold serve" ] || fail "unexpected ExecStart=$exec_start"
 
-out="$tmp/serve.out"
-# setpriv (util-linux, like runuser) execs in place, so $! is the server.
-setpriv --reuid keyhold --regid keyhold --init-groups \
-  env -i PATH="$PATH" "${unit_env[@]}" KEYHOLD_LISTEN=127.0.0.1:0 keyhold serve >"$out" 2>"$tmp/serve.err" &
-server_pid=$!
-addr=
-for _ in $(seq 1 100); do
-  addr=$(sed -n 's/^keyhold listening on //p' "$out" | head -n1)
-  [ -n "$addr" ] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/serve.err" >&2; fail "serve exited"; }
-  sleep 0.1
-done
-[ -n "$addr" ] || fail "serve did not say where it listens"
+# Starts `keyhold serve` as keyhold with the unit's environment and
+# KEYHOLD_LISTEN=$1; sets server_pid and addr (what it says it listens on).
+start_server() {
+  out="$tmp/serve.out"
+  # setpriv (util-linux, like runuser) execs in place, so $! is the server.
+  setpriv --reuid keyhold --regid keyhold --init-groups \
+    env -i PATH="$PATH" "${unit_env[@]}" KEYHOLD_LISTEN="$1" keyhold serve >"$out" 2>"$tmp/serve.err" &
+  server_pid=$!
+  addr=
+  for _ in $(seq 1 100); do
+    addr=$(sed -n 's/^keyhold listening on //p' "$out" | head -n1)
+    [ -n "$addr" ] && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/serve.err" >&2; fail "serve exited"; }
+    sleep 0.1
+  done
+  [ -n "$addr" ] || fail "serve did not say where it listens"
+}
+
+# SIGTERM by PID; serve must exit 0.
+stop_server() {
+  kill "$server_pid"
+  status=0
+  wait "$server_pid" || status=$?
+  server_pid=
+  [ "$status" = 0 ] || { cat "$tmp/serve.err" >&2; fail "serve exited $status on SIGTERM"; }
+}
+
+start_server 127.0.0.1:0
 health=$(curl -fsS "$addr/healthz") || fail "/healthz did not answer"
 echo "production-setup: /healthz at $addr: $health"
 [ "$(stat -c %U /proc/$server_pid/)" = keyhold ] || fail "serve does not run as keyhold"
 # The header comes from stdin (`-H @-`), so the token is never in curl's argv.
 printf 'Authorization: Bearer %s\n' "$TOKEN" | curl -fsS -H @- "$addr/api/tokens" >/dev/null \
   || fail "the admin token from init does not work"
+stop_server
 
-kill "$server_pid"
-status=0
-wait "$server_pid" || status=$?
-server_pid=
-[ "$status" = 0 ] || { cat "$tmp/serve.err" >&2; fail "serve exited $status on SIGTERM"; }
+# 5. The documented Unix socket, in the directory the unit's
+#    RuntimeDirectory= makes (systemd makes it at each start, owned by the
+#    service user; here by hand, with the unit's mode).
+unit="$repo/scripts/keyhold.service"
+sock=/run/keyhold/keyhold.sock
+[ "$(sed -n 's/^RuntimeDirectory=//p' "$unit")" = keyhold ] || fail "the unit has no RuntimeDirectory=keyhold"
+grep -qx "# Environment=KEYHOLD_LISTEN=unix:$sock" "$unit" || fail "the unit does not show $sock"
+rt_mode=$(sed -n 's/^RuntimeDirectoryMode=//p' "$unit")
+install -d -m "${rt_mode:-0755}" -o keyhold -g keyhold /run/keyhold
+start_server "unix:$sock"
+[ "$addr" = "unix:$sock" ] || fail "serve listens on $addr, not unix:$sock"
+curl -fsS --unix-socket "$sock" http://keyhold/healthz >/dev/null || fail "/healthz did not answer on $sock"
+[ "$(stat -c %U:%G:%a "$sock")" = keyhold:keyhold:660 ] || fail "the socket is $(stat -c %U:%G:%a "$sock")"
+stop_server
+[ ! -e "$sock" ] || fail "the socket file outlived the server"
+
 not_keyholds=$(find /var/lib/keyhold ! -user keyhold -print)
 [ -z "$not_keyholds" ] || fail "not owned by keyhold after serving: $not_keyholds"
 echo "production-setup: ok"

@@ -179,6 +179,9 @@ impl std::fmt::Debug for Client {
 
 /// How long `keys delete --purge` waits for its answer.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a backup download may take in all (the server's snapshot,
+/// then the transfer).
+pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Client {
     pub fn new(
@@ -453,6 +456,16 @@ impl Client {
     /// allowing `timeout` for the answer.
     pub fn admin_post(&self, path: &str, timeout: Duration) -> Result<Value, ClientError> {
         Self::json(self.send(self.http.post(self.url(path)).timeout(timeout))?)
+    }
+
+    /// `GET /api/admin/backup` (admin): the answer, its body the backup
+    /// (read it to the end: a transfer that breaks off is a read error).
+    pub fn backup(&self) -> Result<reqwest::blocking::Response, ClientError> {
+        self.send(
+            self.http
+                .get(self.url("/api/admin/backup"))
+                .timeout(BACKUP_TIMEOUT),
+        )
     }
 
     pub fn tokens(&self) -> Result<Vec<Value>, ClientError> {

@@ -352,12 +352,18 @@ pub struct KeysDeleteArgs {
 pub struct BackupArgs {
     #[command(flatten)]
     pub data: DataDir,
-    /// Where to write the backup (`-`: stdout); with --verify, the backup
-    /// to check.
+    // --remote: download it from a running server (GET /api/admin/backup,
+    // an admin token) instead of reading the store.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Where to write the backup: FILE is made new beside its path, mode
+    /// 0600, and renamed over it when complete (`-`: stdout; a shell
+    /// redirect makes the file with the shell's umask, often 0644); with
+    /// --verify, the backup to check.
     pub file: PathBuf,
     /// Check FILE (its MAC under the keyring, and every entry) without
     /// restoring it, and print what it holds.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "remote")]
     pub verify: bool,
     /// With --verify: how to print what the backup holds.
     #[command(flatten)]

@@ -21,6 +21,7 @@ pub mod key_file;
 pub mod keyring;
 pub mod limiter;
 pub mod ops;
+pub mod private_file;
 pub(crate) mod secret;
 pub mod store;
 pub mod time;

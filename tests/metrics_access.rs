@@ -1,8 +1,9 @@
 //! `/metrics` is private (issue 24, point 5): it needs a token with the
 //! `metrics:read` scope (admin, or the `metrics` role); `--metrics-listen`
 //! serves it without a token on a loopback address or Unix socket of its
-//! own; and it tells apart no more than the answers do. Every test runs the
-//! real binary.
+//! own; and it tells apart no more than the answers do. Every family has
+//! its `# HELP` and `# TYPE` lines, and counters are there at 0 from start
+//! (issue 25, point 7). Every test runs the real binary.
 
 mod common;
 
@@ -175,4 +176,131 @@ fn a_key_beyond_the_callers_providers_counts_as_not_found_in_the_metrics() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\"outcome\":\"forbidden\""), "{text}");
     assert!(text.contains("\"outcome\":\"not_found\""), "{text}");
+}
+
+/// The family a sample line belongs to: its name, less a histogram's
+/// `_bucket`/`_sum`/`_count` when `histograms` names it so.
+fn family_of<'a>(line: &'a str, histograms: &[&str]) -> &'a str {
+    let name = line.split(['{', ' ']).next().unwrap_or_default();
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if histograms.contains(&base) {
+                return base;
+            }
+        }
+    }
+    name
+}
+
+/// The value of the sample `series` (name and labels exactly as printed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+#[test]
+fn every_family_has_help_and_type_and_counters_start_at_zero() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    // The first scrape after start: nothing but the harness's /healthz
+    // polls has happened.
+    let text = metrics_text(&s, &v.admin);
+    let mut help = std::collections::BTreeSet::new();
+    let mut typed = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, words) = rest.split_once(' ').unwrap();
+            assert!(!words.trim().is_empty(), "empty help: {line}");
+            help.insert(name.to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                help.contains(name),
+                "{name}: its TYPE line has no HELP line before it\n{text}"
+            );
+            typed.insert(name.to_string(), kind.to_string());
+        }
+    }
+    let histograms: Vec<&str> = typed
+        .iter()
+        .filter(|(_, k)| *k == "histogram")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let family = family_of(line, &histograms);
+        assert!(
+            typed.contains_key(family),
+            "{family} has samples but no TYPE line\n{text}"
+        );
+    }
+    for (family, kind) in [
+        ("keyhold_reveals_total", "counter"),
+        ("keyhold_requests_total", "counter"),
+        ("keyhold_request_panics_total", "counter"),
+        ("keyhold_rate_limited_total", "counter"),
+        ("keyhold_connections_refused_total", "counter"),
+        ("keyhold_connections_evicted_total", "counter"),
+        ("keyhold_connections", "gauge"),
+        ("keyhold_build_info", "gauge"),
+        ("keyhold_audit_records", "gauge"),
+        ("keyhold_limiter_addresses", "gauge"),
+        ("keyhold_audit_batch_size", "histogram"),
+        ("keyhold_audit_commit_seconds", "histogram"),
+    ] {
+        assert_eq!(
+            typed.get(family).map(String::as_str),
+            Some(kind),
+            "{family} missing from the first scrape\n{text}"
+        );
+    }
+    // Counters at 0 for every known label, before anything happened.
+    for outcome in [
+        "success",
+        "unauthenticated",
+        "forbidden",
+        "not_found",
+        "expired",
+        "decrypt_failed",
+        "rate_limited",
+        "tampered",
+        "deleted",
+    ] {
+        let series = format!("keyhold_reveals_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}\n{text}");
+    }
+    for series in [
+        "keyhold_rate_limited_total",
+        "keyhold_connections_evicted_total",
+        "keyhold_connections_refused_total{reason=\"per_address\"}",
+        "keyhold_connections_refused_total{reason=\"total\"}",
+        "keyhold_request_panics_total{route=\"/api/keys/{id}\"}",
+        "keyhold_request_panics_total{route=\"/api/admin/backup\"}",
+        "keyhold_requests_total{route=\"/api/providers/{provider}/key\",method=\"GET\",status=\"200\"}",
+        "keyhold_requests_total{route=\"/api/keys\",method=\"POST\",status=\"200\"}",
+    ] {
+        assert_eq!(sample(&text, series), Some(0.0), "{series}\n{text}");
+    }
+    // No label names a client, a key or a token.
+    assert!(!text.contains("127.0.0.1"), "{text}");
+
+    // The pre-registered series are the ones the events count.
+    let admin = Api::new(&s, &v.admin);
+    let missing = admin.get(&format!("/api/keys/{}", uuid::Uuid::new_v4()));
+    assert_eq!(missing.status(), 404);
+    admin.create_key("claude", "main", "sk-families-000001");
+    let text = metrics_text(&s, &v.admin);
+    assert_eq!(reveals(&text, "not_found"), 1, "{text}");
+    assert_eq!(reveals(&text, "success"), 0, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "keyhold_requests_total{route=\"/api/keys\",method=\"POST\",status=\"200\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }

@@ -35,6 +35,17 @@ fn the_served_document_and_the_served_routes_agree() {
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(docs, served, "the document and the route table differ");
+    // `/metrics` shows keyhold_requests_total at 0 from start with status
+    // 200 for every route (src/http/observe.rs): each route's one success.
+    for (method, path) in &docs {
+        let ok: Vec<&String> = doc["paths"][path][method.to_lowercase()]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with('2'))
+            .collect();
+        assert_eq!(ok, ["200"], "{method} {path}: its success answers");
+    }
 
     // Each documented route exists on the server: it does not answer with
     // the router's "no such route" 404 or a 405.

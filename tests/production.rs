@@ -57,6 +57,10 @@ fn the_unit_reads_the_key_file_the_readme_writes_and_is_hardened() {
         "NoNewPrivileges=yes",
         "ReadWritePaths=/var/lib/keyhold",
         "CapabilityBoundingSet=",
+        // /run/keyhold, for the documented unix:/run/keyhold/keyhold.sock
+        // (scripts/production-setup.sh serves there as the unit would).
+        "RuntimeDirectory=keyhold",
+        "RuntimeDirectoryMode=0750",
     ] {
         assert!(
             unit.lines().any(|l| l == line),

@@ -1,6 +1,6 @@
 //! Production serving: slow-loris resistance, HTTPS, a Unix socket,
-//! graceful shutdown without losing an acknowledged write, Prometheus
-//! metrics and JSON logs.
+//! graceful shutdown without losing an acknowledged write (and removing
+//! only the socket file it made), Prometheus metrics and JSON logs.
 
 mod common;
 
@@ -238,12 +238,107 @@ fn unix_socket_round_trip_records_the_socket_and_peer() {
         revealed.starts_with("HTTP/1.1 200") && revealed.contains("sk-over-uds"),
         "{revealed}"
     );
-    s.stop();
+    // SIGTERM by PID: the socket file goes with the server.
+    let (code, _, err) = s.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&sock).is_err(),
+        "the socket file outlived the server"
+    );
     let recs = v.audit_records();
     let rec = recs.iter().find(|r| r["action"] == "reveal").unwrap();
     let ip = rec["ip"].as_str().unwrap();
     assert!(ip.starts_with(&format!("unix:{}", sock.display())), "{ip}");
     assert!(ip.contains("uid=") && ip.contains("pid="), "{ip}");
+}
+
+#[test]
+fn at_shutdown_only_the_socket_keyhold_bound_is_removed() {
+    let v = Vault::new();
+    let run = v.tmp.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let (main, metrics) = (run.join("keyhold.sock"), run.join("metrics.sock"));
+    // The metrics socket is bound after the "listening" line: wait for it.
+    let serve = || {
+        let s = Server::start_args(
+            &[
+                "--data-dir",
+                v.dir_str(),
+                "--listen",
+                &format!("unix:{}", main.display()),
+                "--metrics-listen",
+                &format!("unix:{}", metrics.display()),
+            ],
+            &[("FERNET_KEY", v.key.as_str())],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&metrics).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "no metrics socket: {}",
+                s.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    };
+    // Both sockets go at SIGTERM.
+    let s = serve();
+    assert!(unix_request(
+        main.to_str().unwrap(),
+        "GET /healthz HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 200"));
+    let (code, _, err) = s.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(std::fs::symlink_metadata(&main).is_err(), "{err}");
+    assert!(std::fs::symlink_metadata(&metrics).is_err(), "{err}");
+
+    // Replaced while serving (by whoever can write the directory): a
+    // symbolic link to a file, and another program's socket. Neither is
+    // removed, nor is the link followed.
+    let s = serve();
+    let victim = v.tmp.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    std::fs::remove_file(&main).unwrap();
+    std::os::unix::fs::symlink(&victim, &main).unwrap();
+    std::fs::remove_file(&metrics).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&metrics).unwrap();
+    let (code, _, err) = s.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(std::fs::symlink_metadata(&main)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&metrics).is_ok(),
+        "the other program's socket was removed: {err}"
+    );
+    assert!(err.contains("was replaced while serving"), "{err}");
+    drop(other);
+}
+
+#[test]
+fn a_socket_in_a_missing_directory_says_to_create_it() {
+    let v = Vault::new();
+    let sock = v.tmp.path().join("run/keyhold/keyhold.sock");
+    let (code, err) = refused_within(
+        keyhold()
+            .env("FERNET_KEY", &v.key)
+            .args(["serve", "--data-dir", v.dir_str()])
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display())),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    let dir = v.tmp.path().join("run/keyhold");
+    assert!(
+        err.contains(&format!("the directory {} does not exist", dir.display()))
+            && err.contains("install -d")
+            && err.contains("RuntimeDirectory=keyhold"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "serve made the directory");
 }
 
 #[test]
@@ -423,6 +518,8 @@ fn a_systemd_unit_is_shipped_with_the_hardening() {
         "MemoryDenyWriteExecute=yes",
         // The key file the service reads, again on a reload (issue 16).
         "Environment=FERNET_KEY_FILE=/etc/keyhold/fernet.keys",
+        // The directory of the documented socket (issue 25, point 8).
+        "RuntimeDirectory=keyhold",
     ] {
         assert!(
             unit.contains(line),

@@ -1,4 +1,5 @@
-//! The client commands (`keys`, `exec`, `token --remote`) speak to a
+//! The client commands (`keys`, `exec`, `token --remote`, `backup
+//! --remote`) speak to a
 //! Unix-socket listener (`KEYHOLD_ADDR=unix:/path`), and take a server
 //! address without a scheme or with a host name (issue 16, points 3, 7).
 
@@ -78,6 +79,21 @@ fn keys_exec_and_remote_tokens_over_a_unix_socket() {
     assert_ok(&out);
     let tokens: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(tokens[0]["name"], "admin");
+
+    // A backup downloaded over the socket: whole, and the owner's alone.
+    let backup = v.tmp.path().join("uds.backup");
+    let out = client(&addr, &v.admin)
+        .args(["backup", "--remote", backup.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_ok(&run_with_key(
+        &v.key,
+        &["backup", "--verify", backup.to_str().unwrap()],
+    ));
 
     // The audit log names the socket as the client.
     drop(s);

@@ -1,7 +1,6 @@
 //! `keyhold rotate` and `keyhold check` (offline).
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use crate::config::{BackupArgs, CheckArgs, ImportArgs, RestoreArgs, RotateArgs};
 use crate::keyring::Keyring;
 use crate::ops;
 use crate::ops::import::ImportFormat;
+use crate::private_file::PendingFile;
 use crate::store::Store;
 
 pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
@@ -256,6 +256,9 @@ fn read_reference_key(path: &std::path::Path) -> anyhow::Result<Keyring> {
 }
 
 pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
+    if a.remote.remote {
+        return super::remote::backup(&a);
+    }
     if a.verify {
         let keyring = Keyring::from_env_with_retired()?;
         return verify_backup(&a.file, &keyring, a.output.is_json());
@@ -263,11 +266,13 @@ pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
     let store = open_checked(&a.data, &keyring)?;
     let log = open_log(store.clone(), &keyring)?;
-    let to_stdout = a.file.as_os_str() == "-";
-    let target = if to_stdout {
-        "stdout".to_string()
-    } else {
-        a.file.display().to_string()
+    // Written beside the target (mode 0600), then renamed: never a half
+    // backup under the final name. Made before the audit record, so a
+    // path that cannot be written records no backup.
+    let mut file = backup_target(&a.file)?;
+    let target = match &file {
+        Some(_) => a.file.display().to_string(),
+        None => "stdout".to_string(),
     };
     let ev = AuditEvent::cli(
         Action::Backup,
@@ -275,25 +280,14 @@ pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
         Some(format!("backup to {target}")),
     );
     log.append(&[(ev, vec![])])?;
-    let entries = if to_stdout {
-        ops::backup::write_backup(&store, &keyring, std::io::stdout().lock())?
-    } else {
-        // Written beside the target, then renamed: never a half backup
-        // under the final name.
-        let tmp = a.file.with_extension("partial");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let n = ops::backup::write_backup(&store, &keyring, &file)?;
-        file.sync_all()
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &a.file)
-            .with_context(|| format!("cannot move the backup to {}", a.file.display()))?;
-        n
+    let entries = match file.take() {
+        None => ops::backup::write_backup(&store, &keyring, std::io::stdout().lock())?,
+        Some(mut file) => {
+            let n = ops::backup::write_backup(&store, &keyring, file.file())?;
+            file.commit()
+                .with_context(|| format!("cannot write the backup {}", a.file.display()))?;
+            n
+        }
     };
     eprintln!("keyhold: backed up {entries} entries to {target}");
     Ok(ExitCode::SUCCESS)
@@ -314,6 +308,21 @@ fn key_named(keyring: &Keyring, info: &ops::backup::BackupInfo) -> String {
         ),
         None => "none (an unauthenticated format 1 backup)".into(),
     }
+}
+
+/// Where a backup goes: `-` is stdout (`None`), else a [`PendingFile`]
+/// beside FILE.
+pub(super) fn backup_target(file: &std::path::Path) -> anyhow::Result<Option<PendingFile>> {
+    if file.as_os_str() == "-" {
+        return Ok(None);
+    }
+    PendingFile::create(file).map(Some).with_context(|| {
+        format!(
+            "cannot create the backup {} (written beside it first, then renamed): check that \
+             its directory exists and is writable",
+            file.display()
+        )
+    })
 }
 
 /// `keyhold backup --verify FILE`: checks a backup without restoring it.

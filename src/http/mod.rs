@@ -16,6 +16,7 @@ pub mod context;
 pub mod error;
 mod extract;
 mod keys;
+mod listen;
 pub mod observe;
 mod panics;
 mod routes;

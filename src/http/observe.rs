@@ -23,10 +23,47 @@ const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 2
 /// exporter keeps raw samples until then, 8 bytes each).
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(2);
 
+/// What a metric family is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric family keyhold exports: name, kind and its `# HELP` text.
+/// A unit test checks that every metric the source records is here.
+pub const FAMILIES: &[(&str, Kind, &str)] = &[
+    ("keyhold_requests_total", Kind::Counter, "Requests answered, by route pattern, method and status."),
+    ("keyhold_request_duration_seconds", Kind::Histogram, "Time from a request's headers to its answer, by route pattern."),
+    ("keyhold_request_panics_total", Kind::Counter, "Requests whose handler panicked (answered 500, logged with the request id), by route pattern."),
+    ("keyhold_reveals_total", Kind::Counter, "Reveal attempts, by audit outcome (a key beyond the caller's providers counts as not_found)."),
+    ("keyhold_rate_limited_total", Kind::Counter, "Reveals refused by the per-client reveal rate (429)."),
+    ("keyhold_connections", Kind::Gauge, "Open connections."),
+    ("keyhold_connections_evicted_total", Kind::Counter, "Idle connections closed to make room at the connection cap."),
+    ("keyhold_connections_refused_total", Kind::Counter, "Connections closed at accept: per_address (the per-client cap) or total (the cap, with too many waiting)."),
+    ("keyhold_audit_batch_size", Kind::Histogram, "Audit records written per durable commit."),
+    ("keyhold_audit_commit_seconds", Kind::Histogram, "Time to commit and fsync one audit batch."),
+    ("keyhold_audit_records", Kind::Gauge, "Records in the audit log (the chain head's sequence number)."),
+    ("keyhold_keys", Kind::Gauge, "Stored key records, deleted ones included until purged."),
+    ("keyhold_keys_expiring", Kind::Gauge, "Live keys that expire within 1, 7 or 30 days (set by the key housekeeping pass)."),
+    ("keyhold_keys_expired", Kind::Gauge, "Live keys past their expiry (set by the key housekeeping pass)."),
+    ("keyhold_limiter_addresses", Kind::Gauge, "Client addresses the reveal rate limiter holds state for."),
+    ("keyhold_build_info", Kind::Gauge, "Always 1; the running binary's version, commit and target as labels."),
+];
+
+/// `reason` of `keyhold_connections_refused_total`: the per-client cap.
+pub const REFUSED_PER_ADDRESS: &str = "per_address";
+/// `reason` of `keyhold_connections_refused_total`: the total cap.
+pub const REFUSED_TOTAL: &str = "total";
+
 /// Installs the process-wide Prometheus recorder. `None` if one is
-/// already installed (then metrics are not served).
+/// already installed (then metrics are not served). Every family is
+/// described (its `# HELP` line), and every counter is registered at 0 for
+/// the label values known up front, so that a scrape right after start
+/// shows them and `rate()` sees their first increase.
 pub fn install_recorder() -> Option<PrometheusHandle> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
         .ok()?
         .set_buckets_for_metric(
@@ -35,7 +72,48 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
         )
         .ok()?
         .install_recorder()
-        .ok()
+        .ok()?;
+    describe_and_register();
+    Some(handle)
+}
+
+fn describe_and_register() {
+    for (name, kind, help) in FAMILIES {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
+    // Every route answers 200 when it succeeds (tests/openapi.rs checks
+    // the document says so); other statuses appear as they happen.
+    for (method, route) in super::ROUTES {
+        metrics::counter!(
+            "keyhold_requests_total",
+            "route" => *route,
+            "method" => *method,
+            "status" => "200"
+        )
+        .increment(0);
+    }
+    let mut routes: Vec<&str> = super::ROUTES.iter().map(|(_, r)| *r).collect();
+    routes.sort_unstable();
+    routes.dedup();
+    for route in routes {
+        metrics::counter!("keyhold_request_panics_total", "route" => route).increment(0);
+    }
+    for outcome in crate::audit::Outcome::ALL {
+        metrics::counter!("keyhold_reveals_total", "outcome" => outcome.as_str()).increment(0);
+    }
+    for reason in [REFUSED_PER_ADDRESS, REFUSED_TOTAL] {
+        metrics::counter!("keyhold_connections_refused_total", "reason" => reason).increment(0);
+    }
+    metrics::counter!("keyhold_rate_limited_total").increment(0);
+    metrics::counter!("keyhold_connections_evicted_total").increment(0);
+    metrics::gauge!("keyhold_connections").increment(0.0);
+    // Empty histograms: their buckets at 0 until the first batch.
+    let _ = metrics::histogram!("keyhold_audit_batch_size");
+    let _ = metrics::histogram!("keyhold_audit_commit_seconds");
 }
 
 /// Gauges that are read when scraped.
@@ -111,4 +189,61 @@ pub fn method_label(method: &http::Method) -> &'static str {
 pub fn audit_batch(records: usize, commit: Duration) {
     metrics::histogram!("keyhold_audit_batch_size").record(records as f64);
     metrics::histogram!("keyhold_audit_commit_seconds").record(commit.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Kind, FAMILIES};
+
+    /// Every `metrics::counter!/gauge!/histogram!("keyhold_…")` in the
+    /// source, with its kind.
+    fn recorded(dir: &std::path::Path, out: &mut Vec<(String, Kind)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                recorded(&path, out);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (macro_name, kind) in [
+                ("metrics::counter!(", Kind::Counter),
+                ("metrics::gauge!(", Kind::Gauge),
+                ("metrics::histogram!(", Kind::Histogram),
+            ] {
+                for (at, _) in text.match_indices(macro_name) {
+                    let rest = text[at + macro_name.len()..].trim_start();
+                    if let Some(name) = rest.strip_prefix("\"keyhold_") {
+                        let name = name.split('"').next().unwrap_or_default();
+                        out.push((format!("keyhold_{name}"), kind));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_metric_recorded_is_described_with_its_kind() {
+        let mut found = Vec::new();
+        recorded(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
+        assert!(found.len() > 10, "the scan found too little: {found:?}");
+        for (name, kind) in &found {
+            assert!(
+                FAMILIES.iter().any(|(n, k, _)| n == name && k == kind),
+                "{name} ({kind:?}) is recorded but not in observe::FAMILIES"
+            );
+        }
+        for (name, _, help) in FAMILIES {
+            assert!(
+                found.iter().any(|(n, _)| n == name),
+                "{name} is described but never recorded"
+            );
+            assert!(!help.is_empty() && !help.contains('\n'), "{name}");
+        }
+    }
 }

@@ -177,22 +177,10 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// What a file is, for an error message.
-fn kind_of(t: &std::fs::FileType) -> &'static str {
-    if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_file() {
-        "a regular file"
-    } else {
-        "a special file"
-    }
-}
-
 enum Socket {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    /// The file is removed when the listener is dropped (after it).
+    Unix(UnixListener, super::listen::SocketFile),
 }
 
 /// A bound listener, with TLS when configured.
@@ -209,39 +197,14 @@ impl std::fmt::Debug for Listener {
 
 impl Listener {
     /// Binds. A Unix socket gets mode 0660; a stale socket file left by a
-    /// dead server is replaced, a live one is refused.
+    /// dead server is replaced, a live one is refused (`listen`); its file
+    /// is removed when the listener is dropped.
     pub async fn bind(bind: &Bind, tls: Option<TlsAcceptor>) -> std::io::Result<Listener> {
         let socket = match bind {
             Bind::Tcp(addr) => Socket::Tcp(TcpListener::bind(addr).await?),
             Bind::Unix(path) => {
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    use std::os::unix::fs::FileTypeExt;
-                    // Only a socket is ever replaced: a regular file, a
-                    // directory or a symbolic link at PATH is someone
-                    // else's, and a mistyped path must not delete it.
-                    if !meta.file_type().is_socket() {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::AlreadyExists,
-                            format!(
-                                "{} exists and is not a socket ({}); keyhold replaces only a \
-                                 stale socket: pick another path, or move that file away",
-                                path.display(),
-                                kind_of(&meta.file_type())
-                            ),
-                        ));
-                    }
-                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::AddrInUse,
-                            "another server is listening on this socket",
-                        ));
-                    }
-                    std::fs::remove_file(path)?;
-                }
-                let l = UnixListener::bind(path)?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-                Socket::Unix(l, path.clone())
+                let (l, file) = super::listen::bind_unix(path)?;
+                Socket::Unix(l, file)
             }
         };
         Ok(Listener { socket, tls })
@@ -257,7 +220,7 @@ impl Listener {
                     Err(_) => format!("{scheme}://?"),
                 }
             }
-            Socket::Unix(_, p) => format!("unix:{}", p.display()),
+            Socket::Unix(_, f) => format!("unix:{}", f.path().display()),
         }
     }
 
@@ -400,7 +363,7 @@ pub async fn serve(
             Some(k) => match per_ip.enter(k, limits.max_connections_per_ip) {
                 Some(g) => Some(g),
                 None => {
-                    metrics::counter!("keyhold_connections_refused_total", "reason" => "per_address")
+                    metrics::counter!("keyhold_connections_refused_total", "reason" => super::observe::REFUSED_PER_ADDRESS)
                         .increment(1);
                     tracing::debug!(peer = %k, "too many connections from one address; closed");
                     continue;
@@ -415,7 +378,7 @@ pub async fn serve(
         let ready = permits.clone().try_acquire_owned().ok();
         if ready.is_none() {
             if waiting.load(Ordering::Relaxed) >= WAITING_MAX {
-                metrics::counter!("keyhold_connections_refused_total", "reason" => "total")
+                metrics::counter!("keyhold_connections_refused_total", "reason" => super::observe::REFUSED_TOTAL)
                     .increment(1);
                 tracing::debug!("at the connection cap with too many waiting; closed");
                 continue;
@@ -444,7 +407,7 @@ pub async fn serve(
                     match got {
                         Ok(Ok(p)) => p,
                         _ => {
-                            metrics::counter!("keyhold_connections_refused_total", "reason" => "total")
+                            metrics::counter!("keyhold_connections_refused_total", "reason" => super::observe::REFUSED_TOTAL)
                                 .increment(1);
                             return;
                         }
@@ -481,11 +444,11 @@ async fn accept(socket: &Socket) -> std::io::Result<(Io, Peer)> {
             let _ = s.set_nodelay(true);
             Ok((Io::Tcp(s), Peer::Tcp(addr)))
         }
-        Socket::Unix(l, path) => {
+        Socket::Unix(l, file) => {
             let (s, _) = l.accept().await?;
             let cred = s.peer_cred().ok();
             let peer = Peer::Unix {
-                path: path.display().to_string(),
+                path: file.path().display().to_string(),
                 uid: cred.map(|c| c.uid()),
                 pid: cred.and_then(|c| c.pid()),
             };

@@ -33,7 +33,8 @@ use sha2::{Digest, Sha256};
 use crate::keyring::Keyring;
 use crate::store::{Store, StoreError, META_KEY_COUNT, SCHEMA_VERSION};
 
-const MAGIC: &[u8] = b"KEYHOLD-BACKUP\n";
+/// How every backup begins.
+pub const MAGIC: &[u8] = b"KEYHOLD-BACKUP\n";
 /// The backup format this binary writes (and the newest it reads).
 pub const FORMAT_VERSION: u32 = 2;
 const ENTRY: u8 = 1;

@@ -271,9 +271,11 @@ pub struct Server {
     pub base: String,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr: they end at the pipes' EOF.
+    pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn pump(mut r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
+fn pump(mut r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut chunk = [0u8; 4096];
         loop {
@@ -285,7 +287,7 @@ fn pump(mut r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
                     .push_str(&String::from_utf8_lossy(&chunk[..n])),
             }
         }
-    });
+    })
 }
 
 impl Server {
@@ -316,7 +318,7 @@ impl Server {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn keyhold serve");
         let stderr = Arc::new(Mutex::new(String::new()));
-        pump(child.stderr.take().unwrap(), stderr.clone());
+        let mut pumps = vec![pump(child.stderr.take().unwrap(), stderr.clone())];
         let stdout = Arc::new(Mutex::new(String::new()));
         let mut reader = BufReader::new(child.stdout.take().unwrap());
         let mut first = String::new();
@@ -341,7 +343,7 @@ impl Server {
             }
         };
         stdout.lock().unwrap().push_str(&first);
-        pump(reader, stdout.clone());
+        pumps.push(pump(reader, stdout.clone()));
         let base = url.unwrap_or_default();
         let s = Server {
             child: Some(child),
@@ -349,6 +351,7 @@ impl Server {
             base,
             stdout,
             stderr,
+            pumps,
         };
         if s.base.starts_with("http://") {
             s.wait_healthy();
@@ -397,7 +400,10 @@ impl Server {
     /// SIGTERM by pid, wait for exit; returns (exit code, stdout, stderr).
     pub fn stop(mut self) -> (Option<i32>, String, String) {
         let code = self.terminate();
-        std::thread::sleep(Duration::from_millis(50));
+        // Everything the server printed, up to its exit.
+        for p in self.pumps.drain(..) {
+            let _ = p.join();
+        }
         let out = self.stdout.lock().unwrap().clone();
         let err = self.stderr.lock().unwrap().clone();
         (code, out, err)
@@ -712,4 +718,34 @@ pub fn pg_rate(url: &str, key: &str, env: &[(&str, &str)]) {
             &["reveal-rate", rate, "--database-url", url],
         ));
     }
+}
+
+/// Runs a command that must refuse to start: its exit code and stderr.
+/// A server that starts after all is stopped (by its own pid) after 15 s,
+/// so the test fails instead of hanging.
+pub fn refused_within(cmd: &mut std::process::Command) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    (code, stderr)
 }
