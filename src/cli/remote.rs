@@ -18,14 +18,21 @@ pub(crate) fn connect(a: &ClientArgs) -> Result<Client, ClientError> {
     Client::new(&a.addr, token, a.ca_cert.as_deref())
 }
 
-/// Client errors a user fixes in their setup exit 2; answers of the
-/// server (and an unreachable one) exit 1.
+/// Client errors a user fixes in their setup, and values the server
+/// refused as invalid (400, 413, 415, 422: nothing was done; the command
+/// line needs fixing, as for a bad flag), exit 2; the server's other
+/// answers (401, 403, 404, 409, 410, 429, 5xx) and an unreachable server
+/// exit 1.
 pub(crate) fn client_exit(e: &ClientError) -> ExitCode {
     match e {
         ClientError::NoToken
         | ClientError::TokenFile { .. }
         | ClientError::BadAddr(_)
-        | ClientError::CaCert { .. } => ExitCode::from(2),
+        | ClientError::CaCert { .. }
+        | ClientError::Api {
+            status: 400 | 413 | 415 | 422,
+            ..
+        } => ExitCode::from(2),
         _ => ExitCode::from(1),
     }
 }
