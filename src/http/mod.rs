@@ -18,6 +18,7 @@ mod extract;
 mod keys;
 pub mod observe;
 mod panics;
+mod reveal_batch;
 mod routes;
 pub mod server;
 mod slots;
