@@ -193,13 +193,23 @@ pub struct ExecArgs {
     pub client: ClientArgs,
     /// A provider whose newest live key to fetch, or PROVIDER/NAME for
     /// the newest live key of that name (repeatable; pairs with --env in
-    /// order).
+    /// order). Without a name, the key it got is named on stderr: adding
+    /// a key to the provider changes which key that is.
     #[arg(
         long = "provider",
         value_name = "P[/NAME]",
         required_unless_present = "env_files"
     )]
     pub providers: Vec<String>,
+    /// The name of the key to fetch for the --provider just before it:
+    /// the newest live key of that provider with this name (as
+    /// --provider P/NAME).
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Where each --provider and --name stood on the command line (filled
+    /// from clap's matches), to pair each --name with its --provider.
+    #[arg(skip)]
+    pub positions: ExecPositions,
     /// The variable that receives the key of the --provider at the same
     /// position (repeatable).
     #[arg(
@@ -210,8 +220,9 @@ pub struct ExecArgs {
     pub envs: Vec<String>,
     /// An env file (NAME=VALUE lines; repeatable): a value
     /// keyhold://PROVIDER is that provider's newest live key,
-    /// keyhold://PROVIDER/KEY_NAME the newest live key of that name; every
-    /// other line is passed to CMD as it is. Nothing resolved is written
+    /// keyhold://PROVIDER/KEY_NAME the newest live key of that name; a
+    /// value starting keyhold: that is neither is refused; every other
+    /// line is passed to CMD as it is. Nothing resolved is written
     /// anywhere.
     #[arg(long = "env-file", value_name = "FILE")]
     pub env_files: Vec<PathBuf>,
@@ -226,6 +237,14 @@ pub struct ExecArgs {
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// Where `exec`'s repeatable --provider and --name stood (clap's
+/// indices), so a --name belongs to the --provider before it.
+#[derive(Debug, Clone, Default)]
+pub struct ExecPositions {
+    pub providers: Vec<usize>,
+    pub names: Vec<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,7 +23,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 
 use crate::audit::AuditLog;
 use crate::config::{Cli, Command, DataDir};
@@ -42,7 +41,7 @@ pub fn main() -> ExitCode {
     // the umask it was started with (a Unix socket is opened up to its
     // group explicitly).
     rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
@@ -80,6 +79,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(a) => migrate::run(a),
         Command::RevealRate(a) => reveal_rate(a),
     }
+}
+
+/// Parses the command line; for `exec`, notes where each --provider and
+/// --name stood (the derive keeps values, not their places).
+fn parse() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut Cli::command()))?;
+    if let (Command::Exec(a), Some(m)) = (&mut cli.command, matches.subcommand_matches("exec")) {
+        let at = |id: &str| m.indices_of(id).map(Iterator::collect).unwrap_or_default();
+        a.positions = crate::config::ExecPositions {
+            providers: at("providers"),
+            names: at("names"),
+        };
+    }
+    Ok(cli)
 }
 
 /// A command line clap refused (an unknown flag, a bad value, `--ttl 0`):
