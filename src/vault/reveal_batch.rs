@@ -99,10 +99,13 @@ impl Vault<'_> {
             drop(opened);
             return Err(BatchRefusal::Items(refused));
         }
-        let mut revealed = Vec::with_capacity(n);
-        for o in opened {
-            revealed.push(self.hand_over(o).await.map_err(BatchRefusal::Whole)?);
-        }
-        Ok(revealed)
+        // Queued together (in order), so one commit of the audit writer
+        // makes them all durable; any failure sends none.
+        let handed =
+            futures_util::future::join_all(opened.into_iter().map(|o| self.hand_over(o))).await;
+        handed
+            .into_iter()
+            .collect::<Result<Vec<Revealed>, Refusal>>()
+            .map_err(BatchRefusal::Whole)
     }
 }
