@@ -42,6 +42,9 @@ pub enum ClientError {
         status: u16,
         detail: String,
         retry_after: Option<u64>,
+        /// A batch reveal's refused keys (`POST /api/reveal`'s `failed`):
+        /// each one's place in the request, status and detail.
+        failed: Vec<(usize, u16, String)>,
     },
     #[error("unexpected answer from keyhold: {0}")]
     Protocol(String),
@@ -139,6 +142,19 @@ struct RevealBody {
     #[serde(default)]
     expires_at: Option<String>,
     api_key: String,
+}
+
+impl From<RevealBody> for Revealed {
+    fn from(b: RevealBody) -> Revealed {
+        Revealed {
+            id: b.id,
+            provider: b.provider,
+            key_name: b.key_name,
+            version: b.version,
+            expires_at: b.expires_at,
+            api_key: SecretString::new(b.api_key),
+        }
+    }
 }
 
 /// Reads the access token: `--token-file` if given, else `KEYHOLD_TOKEN`.
@@ -259,15 +275,32 @@ impl Client {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        let detail = resp
-            .json::<Value>()
-            .ok()
+        let body = resp.json::<Value>().ok();
+        let detail = body
+            .as_ref()
             .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_string))
             .unwrap_or_else(|| "(no detail)".into());
+        let failed = body
+            .as_ref()
+            .and_then(|v| v.get("failed").and_then(Value::as_array))
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|f| {
+                        Some((
+                            usize::try_from(f.get("index")?.as_u64()?).ok()?,
+                            u16::try_from(f.get("status")?.as_u64()?).ok()?,
+                            f.get("detail")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Err(ClientError::Api {
             status,
             detail,
             retry_after,
+            failed,
         })
     }
 
@@ -313,6 +346,43 @@ impl Client {
             req = req.header("X-Keyhold-Purpose", p);
         }
         Self::revealed(self.send(req)?)
+    }
+
+    /// Several keys in one request (`POST /api/reveal`), all or none, in
+    /// the order asked: each `(provider, None)` is the provider's newest
+    /// live key, `(provider, Some(name))` the newest live key of that name.
+    pub fn reveal_batch(
+        &self,
+        refs: &[(&str, Option<&str>)],
+        purpose: Option<&str>,
+    ) -> Result<Vec<Revealed>, ClientError> {
+        let keys: Vec<Value> = refs
+            .iter()
+            .map(|(provider, name)| match name {
+                Some(n) => json!({"provider": provider, "key_name": n}),
+                None => json!({"provider": provider}),
+            })
+            .collect();
+        let mut req = self
+            .http
+            .post(self.url("/api/reveal"))
+            .json(&json!({ "keys": keys }));
+        if let Some(p) = purpose {
+            req = req.header("X-Keyhold-Purpose", p);
+        }
+        #[derive(Deserialize)]
+        struct Batch {
+            keys: Vec<RevealBody>,
+        }
+        let got: Batch = Self::json(self.send(req)?)?;
+        if got.keys.len() != refs.len() {
+            return Err(ClientError::Protocol(format!(
+                "asked for {} keys, the answer holds {}",
+                refs.len(),
+                got.keys.len()
+            )));
+        }
+        Ok(got.keys.into_iter().map(Revealed::from).collect())
     }
 
     /// One key by id: its current version, or version `version`.
@@ -369,15 +439,7 @@ impl Client {
     }
 
     fn revealed(resp: reqwest::blocking::Response) -> Result<Revealed, ClientError> {
-        let b: RevealBody = Self::json(resp)?;
-        Ok(Revealed {
-            id: b.id,
-            provider: b.provider,
-            key_name: b.key_name,
-            version: b.version,
-            expires_at: b.expires_at,
-            api_key: SecretString::new(b.api_key),
-        })
+        Ok(Revealed::from(Self::json::<RevealBody>(resp)?))
     }
 
     /// Key metadata, optionally for one provider.

@@ -199,13 +199,23 @@ pub struct ExecArgs {
     pub client: ClientArgs,
     /// A provider whose newest live key to fetch, or PROVIDER/NAME for
     /// the newest live key of that name (repeatable; pairs with --env in
-    /// order).
+    /// order). Without a name, the key it got is named on stderr: adding
+    /// a key to the provider changes which key that is.
     #[arg(
         long = "provider",
         value_name = "P[/NAME]",
         required_unless_present = "env_files"
     )]
     pub providers: Vec<String>,
+    /// The name of the key to fetch for the --provider just before it:
+    /// the newest live key of that provider with this name (as
+    /// --provider P/NAME).
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Where each --provider and --name stood on the command line (filled
+    /// from clap's matches), to pair each --name with its --provider.
+    #[arg(skip)]
+    pub positions: ExecPositions,
     /// The variable that receives the key of the --provider at the same
     /// position (repeatable).
     #[arg(
@@ -216,13 +226,14 @@ pub struct ExecArgs {
     pub envs: Vec<String>,
     /// An env file (NAME=VALUE lines; repeatable): a value
     /// keyhold://PROVIDER is that provider's newest live key,
-    /// keyhold://PROVIDER/KEY_NAME the newest live key of that name; every
-    /// other line is passed to CMD as it is. Nothing resolved is written
+    /// keyhold://PROVIDER/KEY_NAME the newest live key of that name; a
+    /// value starting keyhold: that is neither is refused; every other
+    /// line is passed to CMD as it is. Nothing resolved is written
     /// anywhere.
     #[arg(long = "env-file", value_name = "FILE")]
     pub env_files: Vec<PathBuf>,
     /// On 429, wait as the server's Retry-After says and try again, for at
-    /// most this long in all (0: fail at once). E.g. 30s, 2m.
+    /// most this long in all (0: fail at once). E.g. 30s, 2m, 1m30s.
     #[arg(long, value_name = "DURATION", default_value = "0")]
     pub wait: crate::duration::Seconds,
     /// Start CMD with only PATH, HOME, LANG, TERM and the injected
@@ -232,6 +243,14 @@ pub struct ExecArgs {
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// Where `exec`'s repeatable --provider and --name stood (clap's
+/// indices), so a --name belongs to the --provider before it.
+#[derive(Debug, Clone, Default)]
+pub struct ExecPositions {
+    pub providers: Vec<usize>,
+    pub names: Vec<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,9 +284,9 @@ pub struct KeysAddArgs {
     /// The key's name.
     #[arg(long)]
     pub name: String,
-    /// How long until the key expires: seconds, or with a unit (90s, 15m,
-    /// 12h, 30d, 2w).
-    #[arg(long, value_name = "DURATION")]
+    /// How long until the key expires, from 1 s to 10 years: seconds, or
+    /// with units (90s, 15m, 1h30m, 12h, 30d, 2w).
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::ttl)]
     pub ttl: Option<crate::duration::Seconds>,
 }
 
@@ -282,8 +301,8 @@ pub struct KeysListArgs {
     /// instead of live ones.
     #[arg(long)]
     pub deleted: bool,
-    /// Only keys that lapse within this time (7d, 12h, 30d; not yet
-    /// lapsed).
+    /// Only keys that lapse within this time (7d, 12h, 1d12h, 30d; not
+    /// yet lapsed).
     #[arg(long, value_name = "DURATION")]
     pub expiring: Option<crate::duration::Seconds>,
     /// Only keys that have lapsed (with --expiring: either).
@@ -320,9 +339,9 @@ pub struct KeysPutArgs {
     pub client: ClientArgs,
     /// The key's id.
     pub id: String,
-    /// How long until the new version expires: seconds, or with a unit
-    /// (90s, 15m, 12h, 30d, 2w).
-    #[arg(long, value_name = "DURATION")]
+    /// How long until the new version expires, from 1 s to 10 years:
+    /// seconds, or with units (90s, 15m, 1h30m, 12h, 30d, 2w).
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::ttl)]
     pub ttl: Option<crate::duration::Seconds>,
 }
 
@@ -588,19 +607,36 @@ pub struct ServeArgs {
     /// address, an IPv6 /64; trusted proxies are exempt).
     #[arg(long, env = "KEYHOLD_MAX_CONNECTIONS_PER_IP", default_value_t = 128)]
     pub max_connections_per_ip: usize,
-    /// Seconds from accept until a connection's protocol is known (first
+    /// Time from accept until a connection's protocol is known (first
     /// bytes, TLS handshake, HTTP/1-or-2 detection); silent sockets are
-    /// closed then.
-    #[arg(long, env = "KEYHOLD_HANDSHAKE_TIMEOUT", default_value_t = 10)]
-    pub handshake_timeout: u64,
-    /// Seconds a connection may go without starting a request before it
-    /// is closed (HTTP/2 connections answering PINGs included).
-    #[arg(long, env = "KEYHOLD_IDLE_TIMEOUT", default_value_t = 60)]
-    pub idle_timeout: u64,
-    /// Seconds a client has to send a request's headers, and again its
-    /// body (slow-loris guard; 408 for a body that does not arrive).
-    #[arg(long, env = "KEYHOLD_HEADER_TIMEOUT", default_value_t = 10)]
-    pub header_timeout: u64,
+    /// closed then. Seconds, or with units (10s, 1m).
+    #[arg(
+        long,
+        env = "KEYHOLD_HANDSHAKE_TIMEOUT",
+        default_value = "10",
+        value_name = "DURATION"
+    )]
+    pub handshake_timeout: crate::duration::Seconds,
+    /// Time a connection may go without starting a request before it is
+    /// closed (HTTP/2 connections answering PINGs included). Seconds, or
+    /// with units (60s, 5m).
+    #[arg(
+        long,
+        env = "KEYHOLD_IDLE_TIMEOUT",
+        default_value = "60",
+        value_name = "DURATION"
+    )]
+    pub idle_timeout: crate::duration::Seconds,
+    /// Time a client has to send a request's headers, and again its body
+    /// (slow-loris guard; 408 for a body that does not arrive). Seconds,
+    /// or with units (10s, 1m).
+    #[arg(
+        long,
+        env = "KEYHOLD_HEADER_TIMEOUT",
+        default_value = "10",
+        value_name = "DURATION"
+    )]
+    pub header_timeout: crate::duration::Seconds,
     /// Request bodies read at once, at most (each up to 64 KiB, read only
     /// once the caller is authenticated); further uploads wait up to the
     /// header timeout, then get 503.
@@ -619,7 +655,7 @@ pub struct ServeArgs {
     pub log: String,
     /// How long a deleted key can be restored (POST
     /// /api/keys/{id}/restore) before housekeeping destroys it: seconds,
-    /// or with a unit (90s, 15m, 12h, 7d, 2w).
+    /// or with units (90s, 15m, 12h, 7d, 1w3d, 2w).
     #[arg(
         long,
         env = "KEYHOLD_RECOVERY_WINDOW",
@@ -746,9 +782,9 @@ pub struct TokenCreateArgs {
     /// Limit the token to these providers (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub providers: Option<Vec<String>>,
-    /// How long until the token expires: seconds, or with a unit (90s,
-    /// 15m, 12h, 30d, 2w); at most 10 years. Without it, never.
-    #[arg(long, value_name = "DURATION")]
+    /// How long until the token expires, from 1 s to 10 years: seconds,
+    /// or with units (90s, 15m, 1h30m, 12h, 30d, 2w). Without it, never.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::ttl)]
     pub ttl: Option<crate::duration::Seconds>,
 }
 
@@ -758,9 +794,10 @@ pub struct TokenRotateArgs {
     pub data: DataDir,
     #[command(flatten)]
     pub remote: RemoteArgs,
-    /// How long the old token keeps working (0: it stops now); never
-    /// beyond its own expiry.
-    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    /// How long the old token keeps working (0: it stops now; e.g. 10m,
+    /// 1h30m; at most 10 years); never beyond its own expiry.
+    #[arg(long, value_name = "DURATION", default_value = "1h",
+          value_parser = crate::duration::up_to_ten_years)]
     pub overlap: crate::duration::Seconds,
     /// The token's id or name (a name means the newest live token of it).
     pub token: String,

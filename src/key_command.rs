@@ -42,7 +42,7 @@ pub enum KeyCommandError {
     )]
     CommandOutputTooLarge { limit: usize },
     #[error(
-        "KEYHOLD_KEY_COMMAND_TIMEOUT `{0}` is not a number of seconds from 1 to 3600; fix or unset it (default 30)"
+        "KEYHOLD_KEY_COMMAND_TIMEOUT `{0}` is not a duration from 1 s to 1 h (e.g. 45, 90s, 1m30s); fix or unset it (default 30 s)"
     )]
     CommandTimeoutSetting(String),
 }
@@ -54,8 +54,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes the command may print: room for over a thousand keys.
 pub const MAX_OUTPUT: usize = 64 * 1024;
 
-/// Reads the deadline from `KEYHOLD_KEY_COMMAND_TIMEOUT` (seconds, 1 to
-/// 3600) through `lookup`.
+/// Reads the deadline from `KEYHOLD_KEY_COMMAND_TIMEOUT` (a duration, 1 s
+/// to 1 h: `45`, `90s`, `1m30s`) through `lookup`.
 pub fn timeout_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Duration, KeyCommandError> {
     let Some(raw) = lookup(TIMEOUT_VAR) else {
         return Ok(DEFAULT_TIMEOUT);
@@ -63,8 +63,8 @@ pub fn timeout_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Duration,
     if raw.trim().is_empty() {
         return Ok(DEFAULT_TIMEOUT);
     }
-    match raw.trim().parse::<u64>() {
-        Ok(secs) if (1..=3600).contains(&secs) => Ok(Duration::from_secs(secs)),
+    match raw.trim().parse::<crate::duration::Seconds>() {
+        Ok(secs) if (1..=3600).contains(&secs.0) => Ok(Duration::from_secs(secs.0)),
         _ => Err(KeyCommandError::CommandTimeoutSetting(
             raw.chars().take(20).collect(),
         )),
@@ -204,7 +204,9 @@ mod tests {
         assert_eq!(timeout_from(none).unwrap(), DEFAULT_TIMEOUT);
         let five = |_: &str| Some("5".to_string());
         assert_eq!(timeout_from(five).unwrap(), Duration::from_secs(5));
-        for bad in ["0", "abc", "-1", "99999"] {
+        let longer = |_: &str| Some("1m30s".to_string());
+        assert_eq!(timeout_from(longer).unwrap(), Duration::from_secs(90));
+        for bad in ["0", "abc", "-1", "99999", "2h"] {
             let f = move |_: &str| Some(bad.to_string());
             assert!(timeout_from(f).is_err(), "{bad}");
         }

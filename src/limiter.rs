@@ -7,6 +7,10 @@
 //! by their /64 (one host usually holds a whole /64).
 //!
 //! Not for: HTTP responses (see `http`).
+//!
+//! Over 500 lines because: the two places a budget is kept (governor in
+//! this process, the GCRA row every node shares) side by side, each with
+//! its one-cell and batch takes, beside the client keying they share.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
@@ -229,13 +233,75 @@ impl RevealLimiter {
             .unwrap_or(i64::MAX)
             .max(1);
         let (store, name) = (store.clone(), client.to_string());
-        let cell = crate::blocking::run(move || store.take_reveal_cell(&name, emission_us, limit))
-            .await
-            .map_err(|_| crate::store::StoreError::Unavailable)??;
+        let cell =
+            crate::blocking::run(move || store.take_reveal_cells(&name, emission_us, limit, 1))
+                .await
+                .map_err(|_| crate::store::StoreError::Unavailable)??;
         Ok(match cell {
-            Some(cell) => shared_decision(cell, emission_us, limit),
+            Some(cell) => shared_decision(cell, emission_us, limit, 1),
             None => self.check_client(client),
         })
+    }
+
+    /// Takes `more` cells for `client` at once, all or none, after the
+    /// one [`decide`](Self::decide) took for the same request (a batch
+    /// reveal of `more + 1` keys). Refused, its `retry_after_secs` is the
+    /// wait until `more + 1` cells are free, so the whole request retried
+    /// then fits. `more` must be below the rate's count (the caller
+    /// refuses larger batches): more could never fit.
+    pub async fn decide_more(
+        &self,
+        client: ClientKey,
+        more: u32,
+    ) -> Result<Decision, crate::store::StoreError> {
+        let rate = self.rate();
+        let limit = rate.count.get();
+        let Some(more) = NonZeroU32::new(more.min(limit)) else {
+            return Ok(self.peek(limit));
+        };
+        if let Some(store) = &self.shared {
+            let emission_us = i64::try_from((rate.period / limit).as_micros())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let (store, name) = (store.clone(), client.to_string());
+            let cell = crate::blocking::run(move || {
+                store.take_reveal_cells(&name, emission_us, limit, more.get())
+            })
+            .await
+            .map_err(|_| crate::store::StoreError::Unavailable)??;
+            if let Some(cell) = cell {
+                return Ok(shared_decision(cell, emission_us, limit, more.get() + 1));
+            }
+        }
+        let per_cell = rate.period / limit;
+        Ok(match self.limiter.check_key_n(&client, more) {
+            Ok(Ok(snapshot)) => allowed(snapshot.remaining_burst_capacity(), limit, per_cell),
+            // The wait until `more` are free, and one more for the cell the
+            // retried request's first check takes.
+            Ok(Err(not_until)) => refused(
+                not_until.wait_time_from(self.clock.now()) + per_cell,
+                limit,
+                per_cell,
+            ),
+            Err(_) => Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset_secs: rate.period.as_secs().max(1),
+                retry_after_secs: rate.period.as_secs().max(1),
+            },
+        })
+    }
+
+    /// An allowed decision that took nothing (a batch of one key).
+    fn peek(&self, limit: u32) -> Decision {
+        Decision {
+            allowed: true,
+            limit,
+            remaining: limit,
+            reset_secs: 0,
+            retry_after_secs: 0,
+        }
     }
 
     /// Takes one cell for `ip`, or refuses.
@@ -249,30 +315,8 @@ impl RevealLimiter {
         let limit = rate.count.get();
         let per_cell = rate.period / limit;
         match self.limiter.check_key(&client) {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let used = u64::from(limit - remaining.min(limit));
-                let reset = per_cell.as_secs_f64() * used as f64;
-                Decision {
-                    allowed: true,
-                    limit,
-                    remaining,
-                    reset_secs: reset.ceil() as u64,
-                    retry_after_secs: 0,
-                }
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.clock.now());
-                let retry = (wait.as_secs_f64().ceil() as u64).max(1);
-                let full = per_cell.as_secs_f64() * f64::from(limit);
-                Decision {
-                    allowed: false,
-                    limit,
-                    remaining: 0,
-                    reset_secs: (full.ceil() as u64).max(retry),
-                    retry_after_secs: retry,
-                }
-            }
+            Ok(snapshot) => allowed(snapshot.remaining_burst_capacity(), limit, per_cell),
+            Err(not_until) => refused(not_until.wait_time_from(self.clock.now()), limit, per_cell),
         }
     }
 
@@ -294,12 +338,44 @@ impl RevealLimiter {
     }
 }
 
-/// The header values of a cell the database's GCRA decided (T: the time
-/// one reveal costs; TAT: when the client's budget is full again).
-fn shared_decision(cell: crate::store::SharedCell, emission_us: i64, limit: u32) -> Decision {
+/// This process's verdict to let a take through, `remaining` cells left.
+fn allowed(remaining: u32, limit: u32, per_cell: Duration) -> Decision {
+    let used = u64::from(limit - remaining.min(limit));
+    Decision {
+        allowed: true,
+        limit,
+        remaining,
+        reset_secs: (per_cell.as_secs_f64() * used as f64).ceil() as u64,
+        retry_after_secs: 0,
+    }
+}
+
+/// This process's verdict to refuse a take until `wait` has passed.
+fn refused(wait: Duration, limit: u32, per_cell: Duration) -> Decision {
+    let retry = (wait.as_secs_f64().ceil() as u64).max(1);
+    let full = per_cell.as_secs_f64() * f64::from(limit);
+    Decision {
+        allowed: false,
+        limit,
+        remaining: 0,
+        reset_secs: (full.ceil() as u64).max(retry),
+        retry_after_secs: retry,
+    }
+}
+
+/// The header values of a take the database's GCRA decided (T: the time
+/// one reveal costs; TAT: when the client's budget is full again); a
+/// refusal's retry is the wait until `cells` are free.
+fn shared_decision(
+    cell: crate::store::SharedCell,
+    emission_us: i64,
+    limit: u32,
+    cells: u32,
+) -> Decision {
     let secs = |us: i64| (us.max(0) as u64).div_ceil(1_000_000);
     let ahead = cell.tat_us.saturating_sub(cell.now_us).max(0);
     let burst_us = emission_us.saturating_mul(i64::from(limit));
+    let cost_us = emission_us.saturating_mul(i64::from(cells.max(1)));
     if cell.allowed {
         let free = burst_us.saturating_sub(ahead) / emission_us;
         Decision {
@@ -310,7 +386,7 @@ fn shared_decision(cell: crate::store::SharedCell, emission_us: i64, limit: u32)
             retry_after_secs: 0,
         }
     } else {
-        let retry = secs(ahead.saturating_add(emission_us).saturating_sub(burst_us)).max(1);
+        let retry = secs(ahead.saturating_add(cost_us).saturating_sub(burst_us)).max(1);
         Decision {
             allowed: false,
             limit,

@@ -145,3 +145,239 @@ fn exec_waits_for_the_rate_limit_within_its_bound() {
     assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }
+
+/// The reveal records of the log, through the API.
+fn reveal_records(api: &Api) -> Vec<serde_json::Value> {
+    api.get("/api/audit?action=reveal")
+        .text()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_malformed_reference_is_refused_before_anything_runs_or_is_fetched() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    let api = Api::new(&s, &v.admin);
+    api.create_key("claude", "main", "sk-ant-MAIN");
+    let env_file = v.tmp.path().join("app.env");
+    let marker = v.tmp.path().join("ran");
+    let run = format!("touch {}", marker.display());
+    for typo in [
+        "keyhold:/claude",
+        "KEYHOLD://claude",
+        "keyhold://Claude",
+        "keyhold://claude/",
+    ] {
+        std::fs::write(
+            &env_file,
+            format!("GOOD=keyhold://claude\nANTHROPIC_API_KEY={typo}\n"),
+        )
+        .unwrap();
+        let out = exec(
+            &s,
+            &v.admin,
+            &[
+                "--env-file",
+                env_file.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                &run,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{typo}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("app.env line 2: ANTHROPIC_API_KEY")
+                && err.contains("keyhold://PROVIDER")
+                && err.contains("nothing was run"),
+            "{typo}: {err}"
+        );
+        assert!(!marker.exists(), "{typo}: the command ran");
+    }
+    // A --provider that is not one is refused the same way.
+    let out = exec(
+        &s,
+        &v.admin,
+        &["--provider", "Claude", "--env", "K", "--", "sh", "-c", &run],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--provider Claude (for K)"));
+    assert!(!marker.exists());
+    // Nothing was fetched for any of them.
+    assert!(reveal_records(&api).is_empty());
+}
+
+#[test]
+fn a_provider_only_reference_names_the_key_it_got_and_name_picks_one() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    let api = Api::new(&s, &v.admin);
+    api.create_key("claude", "main", "sk-ant-MAIN");
+    std::thread::sleep(Duration::from_millis(5));
+    let ci = api.create_key("claude", "ci", "sk-ant-CI");
+    // The newest key of claude is now `ci`: exec says so.
+    let out = exec(
+        &s,
+        &v.admin,
+        &[
+            "--provider",
+            "claude",
+            "--env",
+            "K",
+            "--",
+            "sh",
+            "-c",
+            "test \"$K\" = sk-ant-CI",
+        ],
+    );
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("K is key {ci} (claude / ci")) && err.contains("--name"),
+        "{err}"
+    );
+    assert!(!err.contains("sk-ant"), "{err}");
+    // --name picks one, paired with the --provider before it.
+    let out = exec(
+        &s,
+        &v.admin,
+        &[
+            "--provider",
+            "gemini-unused",
+            "--env",
+            "G",
+            "--provider",
+            "claude",
+            "--name",
+            "main",
+            "--env",
+            "K",
+            "--",
+            "true",
+        ],
+    );
+    // gemini-unused has no key: nothing runs, and the error names G only.
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("for G (--provider") && !err.contains("for K"),
+        "{err}"
+    );
+    let out = exec(
+        &s,
+        &v.admin,
+        &[
+            "--provider",
+            "claude",
+            "--name",
+            "main",
+            "--env",
+            "K",
+            "--",
+            "sh",
+            "-c",
+            "test \"$K\" = sk-ant-MAIN",
+        ],
+    );
+    assert_ok(&out);
+    // A named reference says nothing of which key it got: it asked.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("is key"));
+    // A --name with no --provider before it is a usage error.
+    let out = exec(
+        &s,
+        &v.admin,
+        &[
+            "--name",
+            "main",
+            "--provider",
+            "claude",
+            "--env",
+            "K",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("before any --provider"));
+}
+
+#[test]
+fn one_exec_fetches_all_its_references_in_one_request() {
+    let v = Vault::new();
+    let s = v.serve(&[("KEYHOLD_REVEAL_RATE", "3/min")]);
+    let api = Api::new(&s, &v.admin);
+    api.create_key("claude", "main", "sk-ant-MAIN");
+    api.create_key("github", "ci", "ghp-CI");
+    api.create_key("gemini", "x", "gm-X");
+    let env_file = v.tmp.path().join("app.env");
+    std::fs::write(
+        &env_file,
+        "A=keyhold://claude\nB=keyhold://github/ci\nC=keyhold://gemini\nSAME=keyhold://claude\n",
+    )
+    .unwrap();
+    let args = [
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "test \"$A$B$C$SAME\" = sk-ant-MAINghp-CIgm-Xsk-ant-MAIN",
+    ];
+    // Three keys (SAME repeats A), one request, three reveals of the budget.
+    assert_ok(&exec(&s, &v.admin, &args));
+    let recs = reveal_records(&api);
+    assert_eq!(recs.len(), 3, "{recs:#?}");
+    assert!(recs.iter().all(|r| r["outcome"] == "success"));
+    assert!(
+        recs.iter()
+            .all(|r| r["request_id"] == recs[0]["request_id"]),
+        "{recs:#?}"
+    );
+    // The budget is spent: the next exec is refused whole, nothing runs.
+    let out = exec(&s, &v.admin, &args);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("429") && err.contains("--wait"), "{err}");
+    assert_eq!(
+        reveal_records(&api)
+            .iter()
+            .filter(|r| r["outcome"] == "success")
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn a_refused_reference_names_its_variable_and_line_and_reveals_nothing() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    let api = Api::new(&s, &v.admin);
+    api.create_key("claude", "main", "sk-ant-MAIN");
+    let env_file = v.tmp.path().join("app.env");
+    std::fs::write(
+        &env_file,
+        "ANTHROPIC_API_KEY=keyhold://claude\nGITHUB_TOKEN=keyhold://github/ci\n",
+    )
+    .unwrap();
+    let out = exec(
+        &s,
+        &v.admin,
+        &["--env-file", env_file.to_str().unwrap(), "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("GITHUB_TOKEN (")
+            && err.contains("app.env line 2, keyhold://github/ci")
+            && !err.contains("ANTHROPIC_API_KEY")
+            && !err.contains("sk-ant"),
+        "{err}"
+    );
+    // The key that would have opened was not revealed.
+    let recs = reveal_records(&api);
+    assert!(recs.iter().all(|r| r["outcome"] != "success"), "{recs:#?}");
+}

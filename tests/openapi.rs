@@ -58,6 +58,9 @@ fn the_served_document_and_the_served_routes_agree() {
         if method == "POST" && path == "/api/keys" {
             req = req.json(&serde_json::json!({"provider": "x", "key_name": "x", "api_key": "x"}));
         }
+        if method == "POST" && path == "/api/reveal" {
+            req = req.json(&serde_json::json!({"keys": [{"provider": "claude"}]}));
+        }
         if method == "POST" && path == "/api/tokens" {
             req = req.json(&serde_json::json!({"name": "doc-bot", "role": "reader"}));
         }

@@ -1,9 +1,12 @@
 //! The command line: one module per subcommand group. anyhow lives here
 //! (the edge); the library below uses typed errors.
 //!
-//! Exit status: 0 success; 1 a failure while working (or a verification
-//! that found damage); 2 a configuration problem found before any work
-//! (keyring, data directory, flags).
+//! Exit status (docs/reference.md says the same): 0 success; 1 a failure
+//! while working, a server's refusal, or a verification that found
+//! damage; 2 a usage error (a flag or value clap refuses, a value the
+//! server refuses as invalid) or a setup problem found before any work,
+//! with nothing changed (keyring, data directory, key file, token,
+//! address).
 
 mod audit;
 mod audit_remote;
@@ -23,7 +26,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 
 use crate::audit::AuditLog;
 use crate::config::{Cli, Command, DataDir};
@@ -42,7 +44,10 @@ pub fn main() -> ExitCode {
     // the umask it was started with (a Unix socket is opened up to its
     // group explicitly).
     rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -80,6 +85,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Parses the command line; for `exec`, notes where each --provider and
+/// --name stood (the derive keeps values, not their places).
+fn parse() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut Cli::command()))?;
+    if let (Command::Exec(a), Some(m)) = (&mut cli.command, matches.subcommand_matches("exec")) {
+        let at = |id: &str| m.indices_of(id).map(Iterator::collect).unwrap_or_default();
+        a.positions = crate::config::ExecPositions {
+            providers: at("providers"),
+            names: at("names"),
+        };
+    }
+    Ok(cli)
+}
+
+/// A command line clap refused (an unknown flag, a bad value, `--ttl 0`):
+/// said as every other error is (`keyhold: error: ...`, then clap's usage
+/// hint), exit status 2. `--help` and `--version` print as clap does.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+    }
+    let text = e.render().to_string();
+    let text = text.trim_end();
+    let text = text.strip_prefix("error: ").unwrap_or(text);
+    eprintln!("keyhold: error: {text}");
+    ExitCode::from(2)
+}
+
 /// The error and its causes, each said once (a cause whose text is
 /// already in the message is not repeated).
 fn describe(err: &anyhow::Error) -> String {
@@ -100,6 +142,21 @@ fn describe(err: &anyhow::Error) -> String {
 fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
         if cause.is::<KeyringError>() || cause.is::<ConfigError>() {
+            return ExitCode::from(2);
+        }
+        // A value the vault refused as invalid (a name, a role, a ttl):
+        // a usage error, as the server's 422 is for a client command.
+        if let Some(crate::vault::Refusal::Invalid(_)) = cause.downcast_ref() {
+            return ExitCode::from(2);
+        }
+        // A key file `rotate --new-key` could not write: nothing changed.
+        if let Some(
+            crate::key_file::KeyFileError::Dir { .. }
+            | crate::key_file::KeyFileError::Read { .. }
+            | crate::key_file::KeyFileError::Malformed { .. }
+            | crate::key_file::KeyFileError::Write { .. },
+        ) = cause.downcast_ref()
+        {
             return ExitCode::from(2);
         }
         if let Some(crate::ops::migrate::MigrateError::TargetNotEmpty) = cause.downcast_ref() {

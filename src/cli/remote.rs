@@ -19,14 +19,21 @@ pub(crate) fn connect(a: &ClientArgs) -> Result<Client, ClientError> {
     Client::new(&a.addr, token, a.ca_cert.as_deref())
 }
 
-/// Client errors a user fixes in their setup exit 2; answers of the
-/// server (and an unreachable one) exit 1.
+/// Client errors a user fixes in their setup, and values the server
+/// refused as invalid (400, 413, 415, 422: nothing was done; the command
+/// line needs fixing, as for a bad flag), exit 2; the server's other
+/// answers (401, 403, 404, 409, 410, 429, 5xx) and an unreachable server
+/// exit 1.
 pub(crate) fn client_exit(e: &ClientError) -> ExitCode {
     match e {
         ClientError::NoToken
         | ClientError::TokenFile { .. }
         | ClientError::BadAddr(_)
-        | ClientError::CaCert { .. } => ExitCode::from(2),
+        | ClientError::CaCert { .. }
+        | ClientError::Api {
+            status: 400 | 413 | 415 | 422,
+            ..
+        } => ExitCode::from(2),
         _ => ExitCode::from(1),
     }
 }
@@ -81,78 +88,41 @@ pub(super) fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(e) => return Err(ConfigError(format!("{e}; nothing was run")).into()),
     };
-    // Every env file is read before anything is fetched.
+    // Every env file is read, and every reference checked, before
+    // anything is fetched.
     let mut lines = Vec::new();
     for path in &a.env_files {
-        lines.extend(
-            super::exec_env::read_env_file(path)
-                .map_err(|e| ConfigError(format!("{e}; nothing was run")))?,
-        );
+        let read = super::exec_env::read_env_file(path)
+            .map_err(|e| ConfigError(format!("{e}; nothing was run")))?;
+        lines.push((path, read));
     }
-    let mut wanted: Vec<(String, String, Option<String>)> = a
-        .providers
-        .iter()
-        .zip(&a.envs)
-        .map(|(p, v)| match p.split_once('/') {
-            // --provider PROVIDER/NAME: the newest live key of that name.
-            Some((provider, name)) => (v.clone(), provider.to_string(), Some(name.to_string())),
-            None => (v.clone(), p.clone(), None),
-        })
-        .collect();
+    let mut wanted = super::exec_env::from_flags(&a.providers, &a.names, &a.envs, &a.positions)?;
     let mut plain: Vec<(String, String)> = Vec::new();
-    for line in lines {
-        match line {
-            super::exec_env::EnvLine::Plain { name, .. } if is_keyholds_own(&name) => {
-                return Err(ConfigError(format!(
-                    "--env-file sets {name}: keyhold's own variables (KEYHOLD_*, FERNET_*) are \
-                     never passed to the command; remove the line; nothing was run"
-                ))
-                .into())
+    for (path, lines) in lines {
+        for line in lines {
+            match line {
+                super::exec_env::EnvLine::Plain { name, .. } if is_keyholds_own(&name) => {
+                    return Err(ConfigError(format!(
+                        "--env-file sets {name}: keyhold's own variables (KEYHOLD_*, FERNET_*) \
+                         are never passed to the command; remove the line; nothing was run"
+                    ))
+                    .into())
+                }
+                super::exec_env::EnvLine::Plain { name, value } => plain.push((name, value)),
+                super::exec_env::EnvLine::Reference {
+                    name,
+                    reference,
+                    line,
+                } => wanted.push(super::exec_env::Wanted {
+                    var: name,
+                    reference,
+                    from: format!("{} line {line}", path.display()),
+                }),
             }
-            super::exec_env::EnvLine::Plain { name, value } => plain.push((name, value)),
-            super::exec_env::EnvLine::Reference {
-                name,
-                provider,
-                key_name,
-            } => wanted.push((name, provider, key_name)),
         }
     }
     let wait = std::time::Duration::from_secs(a.wait.0);
-    let why = format!("exec {purpose}");
-    let mut secrets: Vec<(String, SecretString)> = Vec::new();
-    for (var, provider, key_name) in &wanted {
-        let got = super::exec_env::with_wait(wait, || {
-            super::exec_env::resolve(&client, provider, key_name.as_deref(), &why)
-        });
-        match got {
-            Ok(key) => secrets.push((var.clone(), key)),
-            Err(e) => {
-                let provider = match key_name {
-                    Some(k) => format!("{provider}/{k}"),
-                    None => provider.clone(),
-                };
-                let waited = if a.wait.0 > 0 && matches!(e, ClientError::Api { status: 429, .. }) {
-                    format!(" (still, after waiting up to {} s: --wait)", a.wait.0)
-                } else if matches!(e, ClientError::Api { status: 429, .. }) {
-                    " (add --wait 30s to wait for the budget)".to_string()
-                } else {
-                    String::new()
-                };
-                return Err(ConfigError(format!(
-                    "{}{waited} for provider `{provider}`: {e}; nothing was run",
-                    match &e {
-                        ClientError::Api { status: 404, .. } => "no key",
-                        ClientError::Api { status: 410, .. } => "the key expired",
-                        ClientError::Api { status: 429, .. } => "rate limited",
-                        ClientError::Api { status: 401, .. } => "not authenticated",
-                        ClientError::Api { status: 403, .. } => "not allowed",
-                        _ => "cannot fetch the key",
-                    }
-                ))
-                .into());
-            }
-        }
-    }
+    let secrets = super::exec_env::fetch_all(&client, &wanted, wait, &format!("exec {purpose}"))?;
     // No environment variable can carry a NUL byte: say which one instead
     // of failing to start the command.
     let nul = |var: &str, what: &str| {

@@ -6,33 +6,36 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::{open_checked, open_log};
+use super::{open_checked, open_log, ConfigError};
 use crate::config::TokenCommand;
 use crate::keyring::Keyring;
 use crate::time::to_rfc3339;
 use crate::vault::{Origin, MAX_TTL_SECONDS};
 
-/// `--ttl` as seconds, checked (1 s to 10 years).
+/// `--ttl` as seconds (clap's parser already held it to 1 s to 10 years;
+/// checked again here so no other caller can pass more).
 fn ttl_of(ttl: Option<crate::duration::Seconds>) -> anyhow::Result<Option<i64>> {
     match ttl {
         None => Ok(None),
         Some(t) => match i64::try_from(t.0) {
             Ok(s) if (1..=MAX_TTL_SECONDS).contains(&s) => Ok(Some(s)),
-            _ => anyhow::bail!(
+            _ => Err(ConfigError(format!(
                 "--ttl must be from 1 s to 10 years ({MAX_TTL_SECONDS} s), e.g. 90d; without \
                  --ttl the token never expires"
-            ),
+            ))
+            .into()),
         },
     }
 }
 
-/// `--overlap` as seconds, checked (0 to 10 years).
+/// `--overlap` as seconds (0 to 10 years, as clap's parser held it).
 fn overlap_of(overlap: crate::duration::Seconds) -> anyhow::Result<i64> {
     match i64::try_from(overlap.0) {
         Ok(s) if (0..=MAX_TTL_SECONDS).contains(&s) => Ok(s),
-        _ => anyhow::bail!(
+        _ => Err(ConfigError(format!(
             "--overlap must be from 0 (the old token stops now) to 10 years ({MAX_TTL_SECONDS} s)"
-        ),
+        ))
+        .into()),
     }
 }
 

@@ -146,7 +146,7 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
             args.refusal_budget.period,
         )
         .with_record_budget(args.record_budget.count, args.record_budget.period),
-        read_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        read_timeout: Duration::from_secs(args.header_timeout.0.max(1)),
         body_reads: tokio::sync::Semaphore::new(args.max_body_reads.max(1)),
         metrics,
         gauges,
@@ -226,9 +226,9 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
     let limits = Limits {
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
-        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
-        header_read_timeout: Duration::from_secs(args.header_timeout.max(1)),
-        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout.0.max(1)),
+        header_read_timeout: Duration::from_secs(args.header_timeout.0.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout.0.max(1)),
         ..Limits::default()
     };
     serve_http(

@@ -1,5 +1,6 @@
 //! Handlers of the key routes: create, list, a new version, versions,
-//! delete (soft, or purge), restore, and the three reveals.
+//! delete (soft, or purge), restore, and the three reveals of one key
+//! (several at once: `reveal_batch.rs`).
 //! Each extracts what the request says, calls the vault core
 //! (`crate::vault`), and presents its answer; the rules — the audit-first
 //! reveal, the field rules, the provider limit — are the core's.
@@ -341,13 +342,29 @@ async fn delete_inner(
 /// The answer of a successful reveal: the seed's fields, then the
 /// version revealed and when it lapses.
 #[derive(Serialize)]
-struct Revealed<'a> {
+pub(super) struct Revealed<'a> {
     id: String,
     provider: &'a str,
     key_name: &'a str,
     api_key: &'a str,
     version: u32,
     expires_at: Option<String>,
+}
+
+impl<'a> Revealed<'a> {
+    /// The answer for `key`, its plaintext as `api_key` (borrowed, not
+    /// copied, when the key is UTF-8: it always is when it came through
+    /// the API).
+    pub(super) fn of(key: &'a crate::vault::Revealed, api_key: &'a str) -> Revealed<'a> {
+        Revealed {
+            id: key.id.to_string(),
+            provider: &key.provider,
+            key_name: &key.key_name,
+            api_key,
+            version: key.version,
+            expires_at: key.expires_at_us.map(to_rfc3339),
+        }
+    }
 }
 
 /// GET /api/keys/{id}[?version=N]
@@ -417,17 +434,8 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
     };
     let resp = match state.vault().reveal(req).await {
         Ok(key) => {
-            // Borrowed, not copied, when the key is UTF-8 (it always is
-            // when it came through the API).
             let api_key = String::from_utf8_lossy(key.api_key.expose());
-            let body = Revealed {
-                id: key.id.to_string(),
-                provider: &key.provider,
-                key_name: &key.key_name,
-                api_key: &api_key,
-                version: key.version,
-                expires_at: key.expires_at_us.map(to_rfc3339),
-            };
+            let body = Revealed::of(&key, &api_key);
             let resp = secret_json_response(StatusCode::OK, &body, api_key.len());
             ctx.finish(resp)
         }
@@ -437,7 +445,7 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
 }
 
 /// What `exec` (or another client) says the key is for.
-fn purpose(ctx: &Ctx) -> Option<String> {
+pub(super) fn purpose(ctx: &Ctx) -> Option<String> {
     let v = ctx.headers.get("x-keyhold-purpose")?.to_str().ok()?;
     let clean: String = v.chars().filter(|c| !c.is_control()).take(200).collect();
     (!clean.is_empty()).then_some(clean)

@@ -19,6 +19,7 @@ mod keys;
 mod listen;
 pub mod observe;
 mod panics;
+mod reveal_batch;
 mod routes;
 pub mod server;
 mod slots;

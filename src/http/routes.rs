@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/keys/{id}/versions/{n}/restore"),
     ("GET", "/api/providers/{provider}/key"),
     ("GET", "/api/providers/{provider}/keys/{key_name}"),
+    ("POST", "/api/reveal"),
     ("GET", "/api/tokens"),
     ("POST", "/api/tokens"),
     ("GET", "/api/tokens/{id}"),
@@ -252,6 +253,18 @@ fn reveal_provider(s: &State) -> Route {
         .boxed()
 }
 
+/// POST /api/reveal — reveal several keys at once, all or none
+/// (keys:reveal; each key counts against the reveal rate)
+fn reveal_batch(s: &State) -> Route {
+    warp::path!("api" / "reveal")
+        .and(warp::post())
+        .and(with_state(s.clone()))
+        .and(ctx(s.clone()))
+        .and(warp::body::stream())
+        .then(super::reveal_batch::reveal_batch)
+        .boxed()
+}
+
 /// GET /api/tokens — list tokens (admin)
 fn list_tokens(s: &State) -> Route {
     warp::path!("api" / "tokens")
@@ -459,6 +472,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         restore_version(s),
         reveal_provider(s),
         reveal_named(s),
+        reveal_batch(s),
         list_tokens(s),
         create_token(s),
         get_token(s),

@@ -11,7 +11,7 @@
 //! Two methods exist for several nodes sharing one database and are
 //! no-ops or plain defaults on sled: [`Backend::commit_at_head`] (chain a
 //! batch on the head read under the append lock) and the shared reveal
-//! limit ([`Backend::take_reveal_cell`]).
+//! limit ([`Backend::take_reveal_cells`]).
 //!
 //! The methods are blocking. keyhold calls them from the audit writer's
 //! thread, from `spawn_blocking`, from offline commands, and for short
@@ -207,15 +207,16 @@ pub trait Backend: Send + Sync {
     }
 
     // ---- the reveal limit shared by nodes (none on sled) ----
-    /// Takes one reveal cell for `client` from state every node shares
-    /// (GCRA: one cell costs `emission_us`, `burst` cells at most), or
-    /// `None` when this backend keeps no shared state (the node's own
-    /// limiter then decides).
-    fn take_reveal_cell(
+    /// Takes `cells` reveal cells (all or none) for `client` from state
+    /// every node shares (GCRA: one cell costs `emission_us`, `burst`
+    /// cells at most; `cells` is at most `burst`), or `None` when this
+    /// backend keeps no shared state (the node's own limiter then decides).
+    fn take_reveal_cells(
         &self,
         _client: &str,
         _emission_us: i64,
         _burst: u32,
+        _cells: u32,
     ) -> Result<Option<SharedCell>> {
         Ok(None)
     }

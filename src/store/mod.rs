@@ -502,15 +502,17 @@ impl Store {
         self.backend.node()
     }
 
-    /// Takes one reveal cell from the limit every node shares, or `None`
-    /// where the store keeps no shared limit (sled).
-    pub fn take_reveal_cell(
+    /// Takes `cells` reveal cells (all or none) from the limit every node
+    /// shares, or `None` where the store keeps no shared limit (sled).
+    pub fn take_reveal_cells(
         &self,
         client: &str,
         emission_us: i64,
         burst: u32,
+        cells: u32,
     ) -> Result<Option<SharedCell>> {
-        self.backend.take_reveal_cell(client, emission_us, burst)
+        self.backend
+            .take_reveal_cells(client, emission_us, burst, cells)
     }
 
     /// Forgets shared limit state that is back to full.

@@ -12,6 +12,8 @@
 //!
 //! A reveal, read top to bottom in [`Vault::reveal`]: limiter verdict →
 //! caller → scope → load → expiry → decrypt → audit (durable) → revealed.
+//! A batch reveal (`reveal_batch.rs`) runs each key through the same
+//! steps, all or nothing.
 //!
 //! Not for: transport, request parsing or presentation.
 
@@ -19,6 +21,7 @@ mod init;
 mod keys;
 mod refusal;
 mod reveal;
+mod reveal_batch;
 mod rotate;
 mod tokens;
 mod versions;
@@ -31,6 +34,7 @@ pub use keys::{
 };
 pub use refusal::Refusal;
 pub use reveal::{RevealRequest, Revealed, Target};
+pub use reveal_batch::{BatchRefusal, MAX_BATCH};
 pub use rotate::{rotate_store, Rotated};
 pub use tokens::{
     overlap_invalid, token_ttl_invalid, ListedToken, MintedToken, RotatedToken, TokenRequest,

@@ -7,6 +7,10 @@
 //! with `last_used` → the key. Rate-limited and unauthenticated attempts
 //! are counted (one record per client, outcome and second), so a flood
 //! cannot fill the disk and none goes uncounted.
+//!
+//! The steps are three functions ([`Vault::admit`]: 1-3, [`Vault::open`]:
+//! 4-6, [`Vault::hand_over`]: 7-8) so that a batch reveal
+//! (`reveal_batch.rs`) runs every key through exactly these.
 
 use uuid::Uuid;
 
@@ -45,6 +49,15 @@ pub struct RevealRequest<'r> {
     pub on_caller: Option<&'r (dyn Fn(&str) + Send + Sync)>,
 }
 
+/// A key that passed every check of a reveal and was decrypted, its
+/// success record not yet written: [`Vault::hand_over`] writes it and
+/// gives the key; dropped instead, nothing was revealed (the plaintext is
+/// zeroized).
+pub(super) struct Opened {
+    ev: AuditEvent,
+    revealed: Revealed,
+}
+
 /// A revealed key: its plaintext is zeroized on drop.
 #[derive(Debug)]
 pub struct Revealed {
@@ -62,8 +75,26 @@ impl Vault<'_> {
     /// Reveals a key, audit-first (see the module docs). Every refusal has
     /// been recorded (or counted) when it is returned.
     pub async fn reveal(&self, req: RevealRequest<'_>) -> Result<Revealed, Refusal> {
-        let mut ev = self.event(&req.origin, Action::Reveal, None, Outcome::Success);
-        match &req.target {
+        let ev = self.reveal_event(&req.origin, &req.target, req.purpose.as_deref(), None);
+        let (caller, ev) = self
+            .admit(&req.origin, req.verdict, req.token, req.on_caller, ev)
+            .await?;
+        let opened = self.open(&caller, &req.target, ev).await?;
+        self.hand_over(opened).await
+    }
+
+    /// The audit event of a reveal of `target` (its key or provider, and
+    /// what the caller said: a version, a name, a purpose, its place in a
+    /// batch).
+    pub(super) fn reveal_event(
+        &self,
+        origin: &Origin,
+        target: &Target,
+        purpose: Option<&str>,
+        in_batch: Option<(usize, usize)>,
+    ) -> AuditEvent {
+        let mut ev = self.event(origin, Action::Reveal, None, Outcome::Success);
+        match target {
             Target::Id(id, _) => ev.key_id = Uuid::parse_str(id).ok(),
             Target::NewestOf(p) | Target::Named(p, _) if valid_provider(p) => {
                 ev.provider = Some(p.clone())
@@ -73,38 +104,53 @@ impl Vault<'_> {
             }
         }
         let mut notes = Vec::new();
-        if let Target::Id(_, Some(v)) = &req.target {
+        if let Some((i, n)) = in_batch {
+            notes.push(format!("batch item {} of {n}", i + 1));
+        }
+        if let Target::Id(_, Some(v)) = target {
             notes.push(format!("version {v}"));
         }
-        if let Target::Named(_, name) = &req.target {
+        if let Target::Named(_, name) = target {
             notes.push(format!(
                 "by name {:?}",
                 name.chars().take(64).collect::<String>()
             ));
         }
-        if let Some(purpose) = &req.purpose {
+        if let Some(purpose) = purpose {
             notes.push(format!("for {purpose}"));
         }
         if !notes.is_empty() {
             ev.detail = Some(notes.join("; "));
         }
+        ev
+    }
+
+    /// Steps 1 to 3 of a reveal: the limiter's verdict, the caller, the
+    /// scope. A refusal is recorded (or counted) under `ev`; admitted,
+    /// `ev` comes back with the caller in it.
+    pub(super) async fn admit(
+        &self,
+        origin: &Origin,
+        verdict: Result<(), u64>,
+        token: Result<&str, Refusal>,
+        on_caller: Option<&(dyn Fn(&str) + Send + Sync)>,
+        mut ev: AuditEvent,
+    ) -> Result<(Caller, AuditEvent), Refusal> {
         // 1. the limiter's verdict, before anything else.
-        if let Err(retry_after) = req.verdict {
+        if let Err(retry_after) = verdict {
             metrics::counter!("keyhold_rate_limited_total").increment(1);
             return Err(self
-                .count(&req.origin, ev, Refusal::RateLimited(retry_after))
+                .count(origin, ev, Refusal::RateLimited(retry_after))
                 .await);
         }
         // 2. the caller (a tampered token record is recorded by
         //    `authenticate` itself).
-        let caller = match self.authenticate(&req.origin, req.token).await {
+        let caller = match self.authenticate(origin, token).await {
             Ok(c) => c,
-            Err(r @ Refusal::Unauthenticated(_)) => {
-                return Err(self.count(&req.origin, ev, r).await)
-            }
+            Err(r @ Refusal::Unauthenticated(_)) => return Err(self.count(origin, ev, r).await),
             Err(r) => return Err(r),
         };
-        if let Some(note) = req.on_caller {
+        if let Some(note) = on_caller {
             note(&caller.name);
         }
         ev.caller = caller.name.clone();
@@ -113,8 +159,20 @@ impl Vault<'_> {
         if !caller.has(Scope::KeysReveal) {
             return Err(self.refuse(ev, missing_scope(Scope::KeysReveal)).await);
         }
+        Ok((caller, ev))
+    }
+
+    /// Steps 4 to 6 of a reveal for an admitted caller: load (and the
+    /// provider limit), the version, expiry, decrypt. A refusal is
+    /// recorded under `ev`; nothing is recorded for what opens.
+    pub(super) async fn open(
+        &self,
+        caller: &Caller,
+        target: &Target,
+        mut ev: AuditEvent,
+    ) -> Result<Opened, Refusal> {
         // 4. load (and the provider limit).
-        let rec = match self.load(&caller, &req.target, &mut ev) {
+        let rec = match self.load(caller, target, &mut ev) {
             Ok(rec) => rec,
             Err(r) => return Err(self.refuse(ev, r).await),
         };
@@ -127,7 +185,7 @@ impl Vault<'_> {
         }
         // The version asked for (the current one unless named; 0 is what
         // the edge passes for a `version` that is not a number).
-        let version = match &req.target {
+        let version = match target {
             Target::Id(_, Some(0)) => {
                 let refusal = Refusal::NotFound(
                     "query parameter `version` must be a version number (1, 2, ...): list them \
@@ -177,30 +235,42 @@ impl Vault<'_> {
             Some(d) => format!("{d}; opened by {opened_by}"),
             None => format!("opened by {opened_by}"),
         });
-        // 7. the audit record, durable, with last_used, before anything
-        //    leaves.
+        Ok(Opened {
+            ev,
+            revealed: Revealed {
+                id: rec.id,
+                provider: rec.provider,
+                key_name: rec.key_name,
+                version,
+                expires_at_us,
+                api_key: opened.plaintext,
+            },
+        })
+    }
+
+    /// Steps 7 and 8: the audit record, durable, with `last_used`, before
+    /// anything leaves; then the key.
+    pub(super) async fn hand_over(&self, opened: Opened) -> Result<Revealed, Refusal> {
+        let Opened { ev, revealed } = opened;
         self.record(
             ev,
             vec![Write::TouchKey {
-                id: rec.id,
-                at_us: now,
+                id: revealed.id,
+                at_us: now_us(),
             }],
         )
         .await?;
-        // 8. the key.
-        Ok(Revealed {
-            id: rec.id,
-            provider: rec.provider,
-            key_name: rec.key_name,
-            version,
-            expires_at_us,
-            api_key: opened.plaintext,
-        })
+        Ok(revealed)
     }
 
     /// Counts a flooding attempt (rate-limited, unauthenticated): on a
     /// server one record per client, outcome and second; offline, written.
-    async fn count(&self, origin: &Origin, mut ev: AuditEvent, refusal: Refusal) -> Refusal {
+    pub(super) async fn count(
+        &self,
+        origin: &Origin,
+        mut ev: AuditEvent,
+        refusal: Refusal,
+    ) -> Refusal {
         ev.outcome = refusal.outcome();
         match self.coalescer {
             Some(c) => {

@@ -8,6 +8,7 @@
 //! `INSERT ... ON CONFLICT DO UPDATE ... RETURNING`: PostgreSQL locks the
 //! client's row for it, so concurrent reveals on any number of nodes take
 //! cells one after the other, and N nodes give a client one budget, not N.
+//! A batch reveal of n keys takes n cells at once (cost n T, all or none).
 
 use super::{db_error, pool_error, PgStore};
 use crate::store::backend::SharedCell;
@@ -25,15 +26,19 @@ ON CONFLICT (client) DO UPDATE SET
   seen_us = EXCLUDED.seen_us
 RETURNING tat_us, allowed, seen_us";
 
-/// Takes one cell for `client` (T = `emission_us`, burst `burst`).
+/// Takes `cells` cells for `client`, all or none (T = `emission_us`,
+/// burst `burst`; `cells` at most `burst`, so a first take always fits):
+/// the statement with their cost, `cells` times T, in place of T.
 pub(super) fn take(
     store: &PgStore,
     client: &str,
     emission_us: i64,
     burst: u32,
+    cells: u32,
 ) -> Result<SharedCell> {
     let client = client.to_string();
     let tolerance = emission_us.saturating_mul(i64::from(burst));
+    let emission_us = emission_us.saturating_mul(i64::from(cells.clamp(1, burst.max(1))));
     store.run("apply the shared reveal limit", move |pool| async move {
         let db = pool.get().await.map_err(pool_error)?;
         let stmt = db.prepare_cached(TAKE).await.map_err(db_error)?;

@@ -487,13 +487,14 @@ impl Backend for PgStore {
         Some(&self.node)
     }
 
-    fn take_reveal_cell(
+    fn take_reveal_cells(
         &self,
         client: &str,
         emission_us: i64,
         burst: u32,
+        cells: u32,
     ) -> Result<Option<crate::store::backend::SharedCell>> {
-        limit::take(self, client, emission_us, burst).map(Some)
+        limit::take(self, client, emission_us, burst, cells).map(Some)
     }
 
     fn prune_reveal_cells(&self) -> Result<()> {
