@@ -208,8 +208,11 @@ fn with_the_server_down_one_message_says_so_and_nothing_old_looks_current() {
             false,
             "{theme}"
         );
+        // Tall enough to show the banner, the dimmed chart and rows.
+        b.resize(1280, 1100);
         b.js("window.scrollTo(0, 0);");
         b.screenshot(&format!("case-server-down-{theme}"));
+        b.resize(1280, 800);
 
         // The keys view: never "No keys stored" for a list not read.
         b.click("#tab-keys");
