@@ -189,6 +189,7 @@ fn with_the_server_down_one_message_says_so_and_nothing_old_looks_current() {
         b.click("#newest");
         b.wait_for("!document.getElementById('offline').hidden");
         b.wait_for("document.getElementById('audit-table').classList.contains('stale')");
+        b.wait_for("document.getElementById('legend').classList.contains('stale')");
         b.wait_for("!/Checking/.test(document.getElementById('chain').textContent)");
         let page = b.js("return document.body.innerText;");
         let page = page.as_str().unwrap();
@@ -222,6 +223,18 @@ fn with_the_server_down_one_message_says_so_and_nothing_old_looks_current() {
         assert!(!page.contains("No keys stored"), "{theme}: {page}");
         assert!(!page.contains("claude"), "{theme}: an old list: {page}");
         assert_eq!(shown_times(b, "not answering"), 1, "{theme}: {page}");
+        // Signing in while it does not answer says so on the form.
+        b.click("#signout");
+        b.wait_for("!document.getElementById('signin-view').hidden");
+        b.type_into("#token", &c.v.admin);
+        b.click("#signin-button");
+        b.wait_for("/not answering/.test(document.getElementById('signin-error').textContent)");
+        assert_eq!(shown_times(b, "not answering"), 1, "{theme}");
+        assert!(
+            b.text("#signin-error")
+                .contains("Check that keyhold serve is running"),
+            "{theme}"
+        );
         let errors = b.script_errors();
         assert!(
             errors

@@ -423,18 +423,22 @@
       p.set("since", new Date(Date.now() - span).toISOString());
     }
     api("../api/audit/stats?" + p.toString()).then(okOrThrow).then(function (r) { return r.json(); })
-      .then(function (h) { $("chart").classList.remove("stale"); drawChart(h); })
+      .then(function (h) { markChart(false); drawChart(h); })
       .catch(function (err) {
         if (!token) return;
         // A chart still drawn is marked out of date; the reason is said
         // once, in the banner or the audit view's error box.
-        if (err.offline && audit.stats) { $("chart").classList.add("stale"); return; }
+        if (err.offline && audit.stats) { markChart(true); return; }
         audit.stats = null;
         clear($("chart"));
         clear($("legend"));
         $("chart").appendChild(el("p", { "class": "muted" }, "Not drawn: see the message above."));
         auditError(err);
       });
+  }
+  function markChart(stale) {
+    $("chart").classList.toggle("stale", stale);
+    $("legend").classList.toggle("stale", stale);
   }
   // Redrawn at the new width when the window changes size.
   var resizeTimer = null;
