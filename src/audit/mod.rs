@@ -26,6 +26,7 @@ mod keys;
 mod record;
 mod sign;
 mod verify;
+pub mod views;
 mod writer;
 
 use std::sync::Mutex;
@@ -52,6 +53,7 @@ pub use verify::{
     legacy_prefix_hasher, legacy_prefix_update, ChainVerifier, Problem, VerifyReport,
     LEGACY_PREFIX_WORDS,
 };
+pub use views::{valid_session_id, ConsoleViews, View};
 pub use writer::{AuditWriter, BatchObserver};
 
 use crate::keyring::Keyring;

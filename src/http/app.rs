@@ -146,6 +146,7 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
             args.refusal_budget.period,
         )
         .with_record_budget(args.record_budget.count, args.record_budget.period),
+        views: crate::audit::ConsoleViews::new(),
         read_timeout: Duration::from_secs(args.header_timeout.0.max(1)),
         body_reads: tokio::sync::Semaphore::new(args.max_body_reads.max(1)),
         metrics,
@@ -247,8 +248,14 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
 
     // Counted but not yet written attempts go in now.
     let pending = state.coalescer.drain(0, true);
-    if !pending.is_empty() {
-        let batch: Vec<_> = pending.into_iter().map(|d| (d.event, vec![])).collect();
+    let sessions = state.views.drain(crate::time::now_us(), true);
+    if !pending.is_empty() || !sessions.is_empty() {
+        let batch: Vec<_> = pending
+            .into_iter()
+            .map(|d| d.event)
+            .chain(sessions)
+            .map(|e| (e, vec![]))
+            .collect();
         if let Err(e) = log.append(&batch) {
             tracing::error!(error = %e, "could not write the last coalesced audit records");
         }
@@ -398,27 +405,52 @@ fn spawn_housekeeping(state: Arc<AppState>) {
         loop {
             tick.tick().await;
             // Submitted together, so they share one fsync; a record that
-            // cannot be written is put back and counted again later.
-            let due = state.coalescer.drain(crate::time::now_us(), false);
+            // cannot be written is put back and counted again later. Then
+            // the console sessions that ended: one record each.
+            let now = crate::time::now_us();
+            let due = state.coalescer.drain(now, false);
             let writes = due.into_iter().map(|d| {
                 let st = state.clone();
                 async move {
-                    match st.audit.record(d.event.clone(), vec![]).await {
-                        Ok(_) => {}
-                        // It may still land: do not count it twice.
-                        Err(crate::audit::AuditError::Unknown) => {
-                            tracing::error!("a coalesced audit record is still being written");
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not write a coalesced audit record; kept for later");
-                            st.coalescer.restore(d);
-                        }
+                    let event = d.event.clone();
+                    if !write_pending(&st, event, "coalesced").await {
+                        st.coalescer.restore(d);
                     }
                 }
             });
-            futures_util::future::join_all(writes).await;
+            let ended = state.views.drain(now, false);
+            let closing = ended.into_iter().map(|e| {
+                let st = state.clone();
+                async move {
+                    if !write_pending(&st, e.clone(), "console session's").await {
+                        st.views.restore(e);
+                    }
+                }
+            });
+            futures_util::future::join(
+                futures_util::future::join_all(writes),
+                futures_util::future::join_all(closing),
+            )
+            .await;
         }
     });
+}
+
+/// Writes a record counted in memory; false when it failed and should be
+/// kept for later (a write whose fate is unknown may still land: it is
+/// not kept, so it is never counted twice).
+async fn write_pending(state: &AppState, event: crate::audit::AuditEvent, what: &str) -> bool {
+    match state.audit.record(event, vec![]).await {
+        Ok(_) => true,
+        Err(crate::audit::AuditError::Unknown) => {
+            tracing::error!("a {what} audit record is still being written");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not write a {what} audit record; kept for later");
+            false
+        }
+    }
 }
 
 /// After a purge (or versions dropped beyond the cap): rewrites the

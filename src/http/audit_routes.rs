@@ -12,7 +12,7 @@ use super::keys::form_pairs;
 use super::stream::stream_blocking;
 use super::{require, State};
 use crate::access::Scope;
-use crate::audit::{self, Action, ExportFilter, ExportFormat, Exporter, Outcome, Page};
+use crate::audit::{self, Action, ExportFilter, ExportFormat, Exporter, Outcome, Page, View};
 use crate::vault::Refusal;
 
 /// Parses the export query: the filters (`since`, `until`, `key_id`,
@@ -91,6 +91,28 @@ fn limited_audit_reader() -> ApiError {
     )
 }
 
+/// The console's session header: the random id the console makes at each
+/// sign-in, so that its pages of the log are recorded as one session (see
+/// `audit::ConsoleViews`). It is no credential.
+const CONSOLE_SESSION: &str = "x-keyhold-console-session";
+
+/// The console session a request names, if any; a malformed one is
+/// refused rather than ignored.
+fn console_session(ctx: &Ctx) -> Result<Option<String>, ApiError> {
+    let mut values = ctx.headers.get_all(CONSOLE_SESSION).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(id) if values.next().is_none() && audit::valid_session_id(id) => Ok(Some(id.into())),
+        _ => Err(ApiError::invalid(
+            "header `X-Keyhold-Console-Session` must appear once, as 16 to 64 letters, digits, \
+             `-` or `_` (the console makes one at each sign-in); leave it out to have each \
+             export recorded on its own",
+        )),
+    }
+}
+
 /// GET /api/audit
 pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
     let res = async {
@@ -112,14 +134,53 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
             return Err(r.into());
         }
         let (filter, format, page) = parse_export_query(&query)?;
+        let session = console_session(&ctx)?;
         let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Success);
-        let mut detail = format!("format={} {}", format.as_str(), filter.describe());
+        let described = filter.describe();
+        let mut detail = format!("format={} {described}", format.as_str());
         let paging = page.describe();
         if !paging.is_empty() {
             detail = format!("{detail} {paging}");
         }
         ev.detail = Some(detail);
-        state.record(ev, vec![]).await?;
+        // Only the console's own kind of page joins its session: JSON
+        // Lines, newest first, small. Anything else is recorded alone.
+        let session = session.filter(|_| {
+            format == ExportFormat::Jsonl
+                && page.newest_first
+                && page.limit.is_some_and(|l| l <= audit::views::MAX_PAGE)
+        });
+        let vault = state.vault();
+        // Every page takes from the token's record budget, counted or not.
+        let ev = vault.spend_record_budget(ev)?;
+        let view = match &session {
+            Some(id) => state
+                .views
+                .view(caller.id, id, &ev, &described, crate::time::now_us()),
+            None => View::Alone,
+        };
+        match (view, &session) {
+            (View::Counted, _) => {}
+            (View::Open, Some(id)) => {
+                let mut ev = ev;
+                ev.detail = ev.detail.map(|d| {
+                    format!(
+                        "{d}; opens a console session: its further pages are counted into one \
+                         record when it ends"
+                    )
+                });
+                match vault.record_budgeted(ev, vec![]).await {
+                    Ok(seq) => state.views.opened(caller.id, id, Some(seq)),
+                    Err(e) => {
+                        state.views.opened(caller.id, id, None);
+                        return Err(e.into());
+                    }
+                }
+            }
+            _ => {
+                vault.record_budgeted(ev, vec![]).await?;
+            }
+        }
         // The head once the export's own record is in: an unfiltered export
         // holds this record, which `audit verify --file --anchor` checks.
         let (head_seq, head_mac) = state.audit.log().head();
@@ -129,12 +190,15 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
             // A page is small (at most Page::MAX_LIMIT records): it is
             // written whole first, so its answer can say whether another
             // page follows.
-            let (body, written) = crate::blocking::run(move || {
+            let (body, written, seqs) = crate::blocking::run(move || {
                 let mut body = Vec::new();
+                let mut seqs: Option<(u64, u64)> = None;
                 Exporter::new(&store, filter, format)
                     .page(page)
-                    .write_page(&mut body, |_| {})
-                    .map(|w| (body, w))
+                    .write_page(&mut body, |seq| {
+                        seqs = Some(seqs.map_or((seq, seq), |(l, h)| (l.min(seq), h.max(seq))));
+                    })
+                    .map(|w| (body, w, seqs))
             })
             .await
             .map_err(|_| ApiError::unavailable("the export was interrupted; retry"))?
@@ -142,6 +206,9 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
                 audit::ExportError::Store(e) => ApiError::storage(&e),
                 _ => ApiError::unavailable("the page could not be encoded; retry"),
             })?;
+            if let Some(id) = &session {
+                state.views.shown(caller.id, id, written.records, seqs);
+            }
             let mut resp = Response::new(body.into());
             resp.headers_mut().insert(
                 "x-keyhold-more",

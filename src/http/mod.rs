@@ -49,6 +49,8 @@ pub struct AppState {
     pub limiter: RevealLimiter,
     pub proxies: TrustedProxies,
     pub coalescer: Coalescer,
+    /// Console sessions' views of the audit log, one record each.
+    pub views: crate::audit::ConsoleViews,
     /// Serves /metrics (absent when no recorder could be installed).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub gauges: Arc<observe::Gauges>,

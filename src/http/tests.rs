@@ -31,6 +31,7 @@ fn state(rate: &str) -> (State, String) {
         limiter: RevealLimiter::new(rate.parse().unwrap()),
         proxies: TrustedProxies::default(),
         coalescer: Coalescer::new(),
+        views: crate::audit::ConsoleViews::new(),
         metrics: None,
         gauges: super::observe::Gauges::new(),
         read_timeout: Duration::from_secs(5),

@@ -189,6 +189,28 @@ impl Vault<'_> {
     /// done), the attempt is counted coalesced as `rate_limited`, and the
     /// answer is 429.
     pub async fn record(&self, event: AuditEvent, writes: Vec<Write>) -> Result<u64, Refusal> {
+        let event = self.spend_record_budget(event)?;
+        self.record_budgeted(event, writes).await
+    }
+
+    /// As [`Vault::record`], for an event that already took its budget
+    /// ([`Vault::spend_record_budget`]).
+    pub async fn record_budgeted(
+        &self,
+        event: AuditEvent,
+        writes: Vec<Write>,
+    ) -> Result<u64, Refusal> {
+        let shown = event.outcome.as_str();
+        self.record_shown(event, writes, shown).await
+    }
+
+    /// Takes one from the token's record budget for `event` (a token's
+    /// success other than a reveal or a rotation; on a server), and hands
+    /// the event back. Past the budget the attempt is counted coalesced as
+    /// `rate_limited` and the refusal is a 429. A console page counted
+    /// into its session (see `audit::ConsoleViews`) takes from it too,
+    /// though it writes no record of its own.
+    pub fn spend_record_budget(&self, event: AuditEvent) -> Result<AuditEvent, Refusal> {
         if let (Some(c), Some(token), Outcome::Success) =
             (self.coalescer, event.caller_id, event.outcome)
         {
@@ -210,8 +232,7 @@ impl Vault<'_> {
                 }
             }
         }
-        let shown = event.outcome.as_str();
-        self.record_shown(event, writes, shown).await
+        Ok(event)
     }
 
     /// As [`Vault::record`], a reveal counted in the metrics as `shown`.

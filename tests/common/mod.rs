@@ -6,6 +6,7 @@
 //! client, store helpers).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader, Read};

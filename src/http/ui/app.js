@@ -19,7 +19,15 @@
     rows: [],
     bucket: "hour",
     stats: null, // the last GET /api/audit/stats answer drawn
+    // A random id made at each sign-in, sent with the pages of the log so
+    // that the server records this sign-in's views as one session
+    // (docs/audit.md). It is no credential: every call needs the token.
+    session: null,
   };
+  var current = null; // the view shown: "audit", "keys" or "nothing"
+  // The record detail opens in a table row right under its record; it
+  // lives here (after the table) while no record is open.
+  var detailBox = $("detail"), detailHome = detailBox.parentNode;
 
   function $(id) { return document.getElementById(id); }
   function el(tag, attrs, text) {
@@ -38,34 +46,84 @@
   function can(scope) { return !!me && me.scopes.indexOf(scope) >= 0; }
 
   // ---- the one way this page talks to the server ----
-  function api(path) {
+  // A call that cannot reach keyhold fails with `offline` set (one banner
+  // says so, however many calls failed); a token the server refuses fails
+  // with `unauthenticated` set and the server's own reason (revoked,
+  // expired when) as its message.
+  function api(path, extra) {
     if (!token) return Promise.reject(new Error("signed out"));
+    var headers = { "Authorization": "Bearer " + token, "Accept": "application/json" };
+    Object.keys(extra || {}).forEach(function (k) { headers[k] = extra[k]; });
     return fetch(path, {
       method: "GET",
-      headers: { "Authorization": "Bearer " + token, "Accept": "application/json" },
+      headers: headers,
       credentials: "omit",
       cache: "no-store",
       referrerPolicy: "no-referrer",
       redirect: "error",
     }).then(function (r) {
-      if (r.status === 401 && token) {
-        signOut("The token was refused (revoked or expired): sign in again.");
-        throw new Error("unauthenticated");
+      // A proxy in front answers for a keyhold that does not.
+      if (r.status === 502 || r.status === 504) {
+        throw offline("The proxy in front of it answered HTTP " + r.status + ".");
+      }
+      answering();
+      if (r.status === 401) {
+        return detailOf(r).then(function (d) {
+          var e = new Error(d);
+          e.unauthenticated = true;
+          if (me) signOut("Signed out: the server refused the token: " + d);
+          throw e;
+        });
       }
       return r;
+    }, function () {
+      throw offline("The browser could not reach it at " + location.host + ".");
     });
   }
+  function offline(why) {
+    var e = new Error("keyhold is not answering. " + why + " Check that keyhold serve is running, then try again.");
+    e.offline = true;
+    // Signed in: one banner over the view, whose panels mark what they
+    // show as out of date. Signing in: the sign-in form says it.
+    if (me) {
+      $("offline-detail").textContent = why;
+      show($("offline"), true);
+    }
+    return e;
+  }
+  function answering() { show($("offline"), false); }
+  $("offline-retry").addEventListener("click", function () {
+    answering();
+    if (me && current) showView(current);
+  });
   function detailOf(r) {
     return r.json().then(function (j) { return (j && j.detail) || ("HTTP " + r.status); },
       function () { return "HTTP " + r.status; });
   }
+  // What a panel says about a failed call: nothing when the banner (not
+  // answering) or the sign-in form (token refused) already says it.
+  function problem(err) {
+    if (!token || !err || err.offline || err.unauthenticated) return null;
+    return err.message ? err.message : String(err);
+  }
   function failWith(node) {
     return function (err) {
-      if (!token) return;
-      node.textContent = err && err.message ? err.message : String(err);
+      var msg = problem(err);
+      if (msg === null) return;
+      node.textContent = msg;
       show(node, true);
     };
   }
+  // The audit view's one error box: each distinct message once (a bad
+  // filter fails the page and the chart alike).
+  function auditError(err) {
+    var msg = problem(err), box = $("audit-error");
+    if (msg === null) return;
+    var seen = Array.prototype.some.call(box.childNodes, function (p) { return p.textContent === msg; });
+    if (!seen) box.appendChild(el("p", null, msg));
+    show(box, true);
+  }
+  function clearAuditError() { clear($("audit-error")); show($("audit-error"), false); }
   function okOrThrow(r) {
     if (r.ok) return r;
     return detailOf(r).then(function (d) { throw new Error(d); });
@@ -81,18 +139,26 @@
     if (!candidate) return;
     token = candidate;
     candidate = null;
+    audit.session = newSession();
     api("../api/whoami").then(okOrThrow).then(function (r) { return r.json(); }).then(function (who) {
       me = who;
       signedIn();
     }).catch(function (err) {
       token = null;
       me = null;
-      $("signin-error").textContent = err.message === "unauthenticated"
-        ? "That token was refused: check it, or ask an admin for one." : err.message;
+      audit.session = null;
+      $("signin-error").textContent = err.unauthenticated
+        ? "The server refused this token: " + err.message : err.message;
       show($("signin-error"), true);
       input.focus();
     });
   });
+
+  function newSession() {
+    var b = new Uint8Array(16);
+    window.crypto.getRandomValues(b);
+    return Array.prototype.map.call(b, function (x) { return (x < 16 ? "0" : "") + x.toString(16); }).join("");
+  }
 
   function signedIn() {
     show($("signin-view"), false);
@@ -114,17 +180,20 @@
   function signOut(message) {
     token = null;
     me = null;
+    current = null;
+    audit.session = null;
+    closeRecord();
     clearFilters();
     audit.rows = [];
     audit.stats = null;
     audit.cursors = [];
     audit.cursor = null;
-    ["audit-rows", "keys-rows", "keys-head", "chart", "legend", "detail-fields"].forEach(function (id) { clear($(id)); });
+    ["audit-rows", "keys-rows", "keys-head", "chart", "legend", "detail-fields", "audit-error"].forEach(function (id) { clear($(id)); });
     $("chain").textContent = "";
     $("chain").className = "panel";
     $("page-info").textContent = "";
     $("who-name").textContent = "";
-    ["audit-view", "keys-view", "nothing-view", "nav", "who", "detail", "audit-error", "keys-error", "limited-note"].forEach(function (id) { show($(id), false); });
+    ["audit-view", "keys-view", "nothing-view", "nav", "who", "audit-error", "keys-error", "limited-note", "offline"].forEach(function (id) { show($(id), false); });
     show($("signin-view"), true);
     if (message) {
       $("signin-error").textContent = message;
@@ -137,6 +206,7 @@
   $("signout").addEventListener("click", function () { signOut(); });
 
   function showView(name) {
+    current = name;
     ["audit", "keys", "nothing"].forEach(function (v) { show($(v + "-view"), v === name); });
     ["audit", "keys"].forEach(function (v) {
       var t = $("tab-" + v);
@@ -175,6 +245,7 @@
   function clearFilters() { HTMLFormElement.prototype.reset.call($("filters")); }
 
   function reloadAudit() {
+    clearAuditError();
     audit.cursors = [];
     audit.cursor = null;
     loadPage();
@@ -183,13 +254,12 @@
 
   // ---- audit: pages, newest first, by seq cursor ----
   function loadPage() {
-    show($("audit-error"), false);
     var p = filterParams();
     p.set("order", "desc");
     p.set("limit", $("f-limit").value);
     if (audit.cursor !== null) p.set("before_seq", String(audit.cursor));
     $("page-info").textContent = "Loading…";
-    api("../api/audit?" + p.toString()).then(okOrThrow).then(function (r) {
+    api("../api/audit?" + p.toString(), { "X-Keyhold-Console-Session": audit.session }).then(okOrThrow).then(function (r) {
       var more = r.headers.get("X-Keyhold-More") === "true";
       return r.text().then(function (body) { return { body: body, more: more }; });
     }).then(function (page) {
@@ -198,13 +268,21 @@
       });
       audit.rows = rows;
       renderRows(rows);
+      $("audit-table").classList.remove("stale");
       $("older").disabled = !page.more;
       $("newer").disabled = audit.cursors.length === 0;
       var first = rows.length ? rows[0].seq : null, last = rows.length ? rows[rows.length - 1].seq : null;
       $("page-info").textContent = rows.length
         ? "Records " + first + " – " + last + (page.more ? " (older ones follow)" : " (oldest matching)")
         : "No matching records";
-    }).catch(function (err) { $("page-info").textContent = ""; failWith($("audit-error"))(err); });
+    }).catch(function (err) {
+      if (!token) return;
+      // What the table still shows is not this page: say so.
+      var stale = audit.rows.length > 0;
+      $("audit-table").classList.toggle("stale", stale);
+      $("page-info").textContent = stale ? "Out of date: these rows are from before the last load failed." : "";
+      auditError(err);
+    });
   }
   $("older").addEventListener("click", function () {
     if (!audit.rows.length) return;
@@ -224,8 +302,8 @@
   }
   function renderRows(rows) {
     var body = $("audit-rows");
+    closeRecord();
     clear(body);
-    show($("detail"), false);
     rows.forEach(function (r, i) {
       var tr = el("tr");
       var seqCell = el("td", { "class": "seq" });
@@ -263,11 +341,25 @@
       dl.appendChild(el("dd", null, typeof r[k] === "object" ? JSON.stringify(r[k]) : r[k]));
     });
     $("detail-title").textContent = "Record #" + r.seq;
-    show($("detail"), true);
-    $("detail").focus();
+    // Right under its row, not below the whole page of rows.
+    var old = document.querySelector("#audit-rows tr.detail-row");
+    if (old) old.remove();
+    var row = el("tr", { "class": "detail-row" }), cell = el("td", { colspan: String(tr.children.length) });
+    cell.appendChild(detailBox);
+    row.appendChild(cell);
+    tr.parentNode.insertBefore(row, tr.nextSibling);
+    show(detailBox, true);
+    detailBox.focus();
+  }
+  // Closes the open record and puts its box back after the table.
+  function closeRecord() {
+    show(detailBox, false);
+    detailHome.appendChild(detailBox);
+    var row = document.querySelector("#audit-rows tr.detail-row");
+    if (row) row.remove();
   }
   $("detail-close").addEventListener("click", function () {
-    show($("detail"), false);
+    closeRecord();
     var sel = document.querySelector("#audit-rows tr.selected button");
     if (sel) sel.focus();
   });
@@ -305,8 +397,10 @@
       box.appendChild(dl);
     }).catch(function (err) {
       if (!token) return;
-      box.className = "panel broken";
-      box.textContent = "The chain could not be checked: " + err.message;
+      // Not checked is not broken: red only for a chain found broken.
+      box.className = "panel";
+      box.textContent = err.offline ? "The chain could not be checked (see the message above)."
+        : "The chain could not be checked: " + err.message;
     });
   }
 
@@ -329,8 +423,22 @@
       p.set("since", new Date(Date.now() - span).toISOString());
     }
     api("../api/audit/stats?" + p.toString()).then(okOrThrow).then(function (r) { return r.json(); })
-      .then(drawChart)
-      .catch(function (err) { if (token) { clear($("chart")); $("chart").appendChild(el("p", { "class": "error" }, err.message)); } });
+      .then(function (h) { markChart(false); drawChart(h); })
+      .catch(function (err) {
+        if (!token) return;
+        // A chart still drawn is marked out of date; the reason is said
+        // once, in the banner or the audit view's error box.
+        if (err.offline && audit.stats) { markChart(true); return; }
+        audit.stats = null;
+        clear($("chart"));
+        clear($("legend"));
+        $("chart").appendChild(el("p", { "class": "muted" }, "Not drawn: see the message above."));
+        auditError(err);
+      });
+  }
+  function markChart(stale) {
+    $("chart").classList.toggle("stale", stale);
+    $("legend").classList.toggle("stale", stale);
   }
   // Redrawn at the new width when the window changes size.
   var resizeTimer = null;
@@ -408,7 +516,7 @@
       a.click();
       a.remove();
       setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
-    }).catch(failWith($("audit-error")));
+    }).catch(auditError);
   }
   $("dl-jsonl").addEventListener("click", function () { download("jsonl"); });
   $("dl-csv").addEventListener("click", function () { download("csv"); });
@@ -423,7 +531,18 @@
     };
     Promise.all([list("../api/keys"), list("../api/keys?deleted=true")])
       .then(function (both) { renderKeys(both[0].concat(both[1])); })
-      .catch(failWith($("keys-error")));
+      .catch(function (err) {
+        if (!token) return;
+        // Never "No keys stored" for a list that could not be read, nor
+        // an old list shown as if current.
+        clear($("keys-head"));
+        clear($("keys-rows"));
+        $("keys-head").appendChild(el("th", { scope: "col" }, "Keys"));
+        var tr = el("tr");
+        tr.appendChild(el("td", { "class": "muted" }, "Not shown: the key list could not be read (see the message above)."));
+        $("keys-rows").appendChild(tr);
+        failWith($("keys-error"))(err);
+      });
   }
   function renderKeys(keys) {
     var head = $("keys-head"), body = $("keys-rows");
