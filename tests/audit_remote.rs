@@ -114,7 +114,7 @@ fn an_auditor_exports_and_verifies_the_running_servers_log_with_the_public_key()
             .unwrap();
         assert_eq!(locked.status.code(), Some(2), "{}", err(&locked));
         assert!(
-            err(&locked).contains("audit export --remote"),
+            err(&locked).contains("audit export|verify|public-key --remote"),
             "{}",
             err(&locked)
         );

@@ -10,6 +10,7 @@
 
 mod audit;
 mod audit_remote;
+mod backups;
 mod completions;
 mod exec_env;
 mod init;
@@ -73,8 +74,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rotate(a) => lifecycle::rotate(a),
         Command::Check(a) => lifecycle::check(a),
         Command::Import(a) => lifecycle::import(a),
-        Command::Backup(a) => lifecycle::backup(a),
-        Command::Restore(a) => lifecycle::restore(a),
+        Command::Backup(a) => backups::backup(a),
+        Command::Restore(a) => backups::restore(a),
         Command::Exec(a) => remote::exec(a),
         Command::Keys(c) => remote::keys(c),
         Command::Version(a) => completions::version(a),

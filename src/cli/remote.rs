@@ -397,7 +397,7 @@ pub(super) fn backup(a: &crate::config::BackupArgs) -> anyhow::Result<ExitCode> 
     };
     // Before the request: a path that cannot be written asks the server
     // for no snapshot.
-    let mut file = super::lifecycle::backup_target(&a.file)?;
+    let mut file = super::backups::backup_target(&a.file)?;
     let mut answer = match client.backup() {
         Ok(r) => r,
         Err(e) => {

@@ -127,25 +127,6 @@ pub(crate) const META_AUDIT_HEAD: &[u8] = b"audit_head";
 /// counted once when opened.
 pub(crate) const META_KEY_COUNT: &[u8] = b"key_count";
 
-/// Why sled did not open a store, said for people: a held lock is the
-/// common case, and sled reports it as an IO error with Rust's Debug form
-/// of the OS error in it.
-fn open_reason(error: &sled::Error) -> String {
-    match error {
-        // sled =0.34.7 reports a held lock only by this message.
-        sled::Error::Io(e) if e.to_string().starts_with("could not acquire lock") => {
-            "another process holds its lock (a running `keyhold serve`, or another keyhold \
-             command): stop it, or go through the running server with the same command's \
-             --remote form (`keyhold audit export --remote`, `keyhold audit verify --remote`, \
-             `keyhold audit public-key --remote`, `keyhold token ... --remote`, `keyhold rotate \
-             --remote`; KEYHOLD_ADDR and a token) or `keyhold keys ...`"
-                .to_string()
-        }
-        sled::Error::Io(e) => format!("{e}; check the directory's permissions and the disk"),
-        e => format!("{e}; check the directory's permissions and the disk"),
-    }
-}
-
 /// Errors from the store. Each says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -157,7 +138,7 @@ pub enum StoreError {
     DatabaseNotInitialised(String),
     #[error("the data directory {0} is already initialised; nothing was changed")]
     AlreadyInitialised(String),
-    #[error("cannot open the store in {path}: {}", open_reason(error))]
+    #[error("cannot open the store in {path}: {}", sled_store::open_reason(error))]
     Open { path: String, error: sled::Error },
     #[error("storage is being reopened after a disk error; retry shortly")]
     Unavailable,

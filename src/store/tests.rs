@@ -160,7 +160,8 @@ fn a_store_this_process_closed_opens_again_and_a_held_one_is_refused() {
     let err = Store::open(dir.path()).unwrap_err();
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
     assert!(
-        err.to_string().contains("stop it, or go through the running server"),
+        err.to_string()
+            .contains("stop it, or go through the running server"),
         "{err}"
     );
 }

@@ -163,7 +163,8 @@ fn a_scrub_keeps_every_entry_and_leaves_no_removed_bytes_in_any_file() {
     assert!(s.get_key(&gone.id).unwrap().is_none());
     let err = Store::open(dir.path()).unwrap_err();
     assert!(
-        err.to_string().contains("stop it, or go through the running server"),
+        err.to_string()
+            .contains("stop it, or go through the running server"),
         "{err}"
     );
 }

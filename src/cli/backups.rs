@@ -1,0 +1,322 @@
+//! `keyhold backup` (offline, or `--remote`), `backup --verify`, `check
+//! --backup` and `restore`: which key each backup needs, retired keys
+//! included, and a restore that re-keys a pre-rotation backup under the
+//! active key.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{open_checked, open_log, ConfigError};
+use crate::audit::{Action, AuditEvent, Outcome};
+use crate::config::{BackupArgs, RestoreArgs};
+use crate::keyring::Keyring;
+use crate::ops;
+use crate::private_file::PendingFile;
+use crate::store::Store;
+
+pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
+    if a.remote.remote {
+        return super::remote::backup(&a);
+    }
+    if a.verify {
+        let keyring = Keyring::from_env_with_retired()?;
+        return verify_backup(&a.file, &keyring, a.output.is_json());
+    }
+    let keyring = Keyring::from_env()?;
+    let store = open_checked(&a.data, &keyring)?;
+    let log = open_log(store.clone(), &keyring)?;
+    // Written beside the target (mode 0600), then renamed: never a half
+    // backup under the final name. Made before the audit record, so a
+    // path that cannot be written records no backup.
+    let mut file = backup_target(&a.file)?;
+    let target = match &file {
+        Some(_) => a.file.display().to_string(),
+        None => "stdout".to_string(),
+    };
+    let ev = AuditEvent::cli(
+        Action::Backup,
+        Outcome::Success,
+        Some(format!("backup to {target}")),
+    );
+    log.append(&[(ev, vec![])])?;
+    let entries = match file.take() {
+        None => ops::backup::write_backup(&store, &keyring, std::io::stdout().lock())?,
+        Some(mut file) => {
+            let n = ops::backup::write_backup(&store, &keyring, file.file())?;
+            file.commit()
+                .with_context(|| format!("cannot write the backup {}", a.file.display()))?;
+            n
+        }
+    };
+    eprintln!("keyhold: backed up {entries} entries to {target}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which key of `keyring` a backup's MAC is under, said for people:
+/// `FINGERPRINT (active)` or `FINGERPRINT (retired)`.
+fn key_named(keyring: &Keyring, info: &ops::backup::BackupInfo) -> String {
+    match info.key_index {
+        Some(i) => format!(
+            "{} ({})",
+            keyring.fingerprints().get(i).map_or("?", String::as_str),
+            if keyring.is_retired(i) {
+                "retired"
+            } else {
+                "active"
+            }
+        ),
+        None => "none (an unauthenticated format 1 backup)".into(),
+    }
+}
+
+/// Where a backup goes: `-` is stdout (`None`), else a [`PendingFile`]
+/// beside FILE.
+pub(super) fn backup_target(file: &std::path::Path) -> anyhow::Result<Option<PendingFile>> {
+    if file.as_os_str() == "-" {
+        return Ok(None);
+    }
+    PendingFile::create(file).map(Some).with_context(|| {
+        format!(
+            "cannot create the backup {} (written beside it first, then renamed): check that \
+             its directory exists and is writable",
+            file.display()
+        )
+    })
+}
+
+/// `keyhold backup --verify FILE`: checks a backup without restoring it.
+fn verify_backup(
+    path: &std::path::Path,
+    keyring: &Keyring,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut entries_per_tree = std::collections::BTreeMap::<String, u64>::new();
+    let info = ops::backup::read_backup(file, keyring, false, |tree, _, _| {
+        *entries_per_tree.entry(tree.to_string()).or_default() += 1;
+        Ok(())
+    })
+    .with_context(|| format!("{} did not verify", path.display()))?;
+    let key = key_named(keyring, &info);
+    if json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({
+                "file": path.display().to_string(),
+                "intact": true,
+                "format": info.format,
+                "schema": info.schema,
+                "created_at": crate::time::to_rfc3339(info.created_at_us),
+                "entries": info.entries,
+                "trees": entries_per_tree,
+                "key": key,
+            }),
+        )?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let trees: Vec<String> = entries_per_tree
+        .iter()
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect();
+    writeln!(
+        std::io::stdout().lock(),
+        "ok: {} is an intact keyhold backup (format {}, schema {}, made {}; {} entries: {}), \
+         authenticated under key {key}",
+        path.display(),
+        info.format,
+        info.schema,
+        crate::time::to_rfc3339(info.created_at_us),
+        info.entries,
+        trees.join(", ")
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keyhold check --backup FILE...`: which key each backup needs, and
+/// whether it is intact (no store is opened).
+pub(super) fn check_backups(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    let keyring = Keyring::from_env_with_retired()?;
+    let mut all_ok = true;
+    let mut found = Vec::new();
+    for path in files {
+        let read = std::fs::File::open(path)
+            .map_err(ops::backup::BackupError::from)
+            .and_then(|f| ops::backup::read_backup(f, &keyring, false, |_, _, _| Ok(())));
+        let (ok, line, key) = match read {
+            Ok(info) => {
+                let key = key_named(&keyring, &info);
+                (
+                    true,
+                    format!(
+                        "ok   {}: intact, made {}, needs key {key}",
+                        path.display(),
+                        crate::time::to_rfc3339(info.created_at_us)
+                    ),
+                    Some(key),
+                )
+            }
+            Err(e) => (
+                false,
+                format!(
+                    "FAIL {}: {e} (no key of the keyring, active or retired, opens it, or it \
+                     is damaged)",
+                    path.display()
+                ),
+                None,
+            ),
+        };
+        all_ok &= ok;
+        if json {
+            found.push(serde_json::json!({"file": path.display().to_string(), "ok": ok, "key": key, "said": line}));
+        } else {
+            println!("{line}");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
+    // A backup made before a rotation is under a key the key file now
+    // lists as retired: restore reads with the retired keys too, then
+    // re-keys what it restored under the newest active key (below), so
+    // the server, which never loads retired keys, opens it.
+    let keyring = Keyring::from_env_with_retired()?;
+    if !a.file.is_file() {
+        return Err(ConfigError(format!(
+            "cannot read the backup {}: no such file",
+            a.file.display()
+        ))
+        .into());
+    }
+    let (info, store, into) = match (
+        &a.data_dir,
+        a.database
+            .options()
+            .map_err(|e| ConfigError(e.to_string()))?,
+    ) {
+        (_, Some(opts)) => {
+            // Checked and staged in a private directory as on sled, then
+            // copied into the database (which must hold no store).
+            let to = Store::connect(&opts, true)?;
+            ops::migrate::check_empty(&to)?;
+            let staging =
+                std::env::temp_dir().join(format!("keyhold-restore-{}", uuid::Uuid::new_v4()));
+            let staged = (|| -> anyhow::Result<_> {
+                let info =
+                    ops::backup::restore(&a.file, &staging, &keyring, a.allow_unauthenticated)?;
+                let from = super::open_dir_initialised(&staging, None)?;
+                ops::migrate::copy_store(&from, &to)?;
+                from.close()?;
+                Ok(info)
+            })();
+            let _ = std::fs::remove_dir_all(&staging);
+            let info = staged?;
+            let data = crate::config::DataDir {
+                data_dir: std::path::PathBuf::new(),
+                database: a.database.clone(),
+            };
+            (info, open_checked(&data, &keyring)?, opts.url.to_string())
+        }
+        (Some(dir), None) => {
+            super::owner::refuse_foreign_owner(dir)?;
+            let info = ops::backup::restore(&a.file, dir, &keyring, a.allow_unauthenticated)?;
+            // The same keyring must open what was restored; the chain must
+            // verify. A refused restore leaves nothing behind (the target
+            // was new or empty).
+            let data = crate::config::DataDir {
+                data_dir: dir.clone(),
+                database: a.database.clone(),
+            };
+            let store = match open_checked(&data, &keyring) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = crate::store::wait_until_released(dir);
+                    let _ = std::fs::remove_dir_all(dir);
+                    return Err(e);
+                }
+            };
+            (info, store, dir.display().to_string())
+        }
+        (None, None) => {
+            return Err(ConfigError(
+                "give --data-dir DIR or --database-url URL to restore into".into(),
+            )
+            .into())
+        }
+    };
+    let log = open_log(store.clone(), &keyring)?;
+    let active = Keyring::from_env()?;
+    let rekey = match ops::reload::check_replacement(&store, &active) {
+        Ok(()) => false,
+        Err(ops::reload::ReloadRefused::StillNeeded { .. }) => true,
+        Err(e) => return Err(e.into()),
+    };
+    let ev = AuditEvent::cli(
+        Action::Restore,
+        Outcome::Success,
+        Some(format!(
+            "restored {} entries from {} (backup made {})",
+            info.entries,
+            a.file.display(),
+            crate::time::to_rfc3339(info.created_at_us)
+        )),
+    );
+    log.append(&[(ev, vec![])])?;
+    if rekey {
+        // The backup needs a retired key: everything is re-encrypted and
+        // re-sealed under the newest active key, as `keyhold rotate` does
+        // (audited), so that the active keyring alone opens the store.
+        let rotated =
+            crate::vault::rotate_store(&store, &keyring, &log, "cli", Duration::ZERO, |_| {})?;
+        let vault = super::offline_vault(&store, &keyring, &log);
+        super::block_on(vault.record_rotation(&crate::vault::Origin::cli(), None, &rotated))??;
+        if !rotated.report.failed.is_empty() {
+            return Err(anyhow::anyhow!(
+                "the backup was restored into {into} but {} key(s) could not be re-encrypted \
+                 under the newest key: keep the retired keys active (`keyhold keyring \
+                 unretire`) and run `keyhold check`",
+                rotated.report.failed.len()
+            ));
+        }
+        ops::reload::check_replacement(&store, &active)?;
+        eprintln!(
+            "keyhold: the backup was made under a retired key: what it holds is now \
+             re-encrypted under the newest active key ({})",
+            active.fingerprints().first().map_or("", String::as_str)
+        );
+    }
+    let report = crate::audit::verify_store(&store, &log.verify_keys())?;
+    eprintln!(
+        "keyhold: restored {} entries into {}; audit chain: {report}",
+        info.entries, into
+    );
+    if let (Some(dir), None) = (&a.data_dir, &a.database.database_url) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata(dir) {
+            eprintln!(
+                "keyhold: the restored store belongs to {}: serve it as that user, or give it to \
+                 the service user first (chown -R USER: {})",
+                super::owner::who(meta.uid()),
+                dir.display()
+            );
+        }
+    }
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
