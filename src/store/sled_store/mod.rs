@@ -553,6 +553,24 @@ fn open_sled(path: &Path, cache: u64) -> Result<Db> {
     }
 }
 
+/// Why sled did not open a store, said for people: a held lock is the
+/// common case, and sled reports it as an IO error with Rust's Debug form
+/// of the OS error in it.
+pub(super) fn open_reason(error: &sled::Error) -> String {
+    match error {
+        // sled =0.34.7 reports a held lock only by this message.
+        sled::Error::Io(e) if e.to_string().starts_with("could not acquire lock") => {
+            "another process holds its lock (a running `keyhold serve`, or another keyhold \
+             command): stop it, or go through the running server with the same command's \
+             --remote form (`keyhold audit export|verify|public-key --remote`, `keyhold token \
+             ... --remote`, `keyhold rotate --remote`) or `keyhold keys ...`"
+                .to_string()
+        }
+        sled::Error::Io(e) => format!("{e}; check the directory's permissions and the disk"),
+        e => format!("{e}; check the directory's permissions and the disk"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,23 +597,5 @@ mod tests {
         }));
         let seen: Vec<u64> = walk.map(|r| r.unwrap().0).collect();
         assert_eq!(seen, (1..=12).collect::<Vec<_>>());
-    }
-}
-
-/// Why sled did not open a store, said for people: a held lock is the
-/// common case, and sled reports it as an IO error with Rust's Debug form
-/// of the OS error in it.
-pub(super) fn open_reason(error: &sled::Error) -> String {
-    match error {
-        // sled =0.34.7 reports a held lock only by this message.
-        sled::Error::Io(e) if e.to_string().starts_with("could not acquire lock") => {
-            "another process holds its lock (a running `keyhold serve`, or another keyhold \
-             command): stop it, or go through the running server with the same command's \
-             --remote form (`keyhold audit export|verify|public-key --remote`, `keyhold token \
-             ... --remote`, `keyhold rotate --remote`) or `keyhold keys ...`"
-                .to_string()
-        }
-        sled::Error::Io(e) => format!("{e}; check the directory's permissions and the disk"),
-        e => format!("{e}; check the directory's permissions and the disk"),
     }
 }
