@@ -86,3 +86,103 @@ fn a_limited_callers_404_does_not_invite_a_duplicate_nor_tell_what_exists() {
     assert_eq!(r.status(), 404);
     assert!(detail(r).contains("add one with POST /api/keys"));
 }
+
+/// `keyhold keys list` against `addr`, trusting `ca` when given.
+fn keys_list(addr: &str, token: &str, ca: Option<&std::path::Path>) -> (Option<i32>, String) {
+    let mut c = keyhold();
+    c.env("KEYHOLD_ADDR", addr)
+        .env("KEYHOLD_TOKEN", token)
+        .env_remove("KEYHOLD_CA_CERT")
+        .args(["keys", "list"]);
+    if let Some(ca) = ca {
+        c.args(["--ca-cert", ca.to_str().unwrap()]);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tls_mistakes_say_what_to_do() {
+    use std::io::{Read, Write};
+    let v = Vault::new();
+    let [ca, cert, key] = tls::certificates(v.tmp.path(), "srv");
+    let [other_ca, _, _] = tls::certificates(v.tmp.path(), "other");
+    let s = Server::start_args(
+        &[
+            "--data-dir",
+            v.dir_str(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[("FERNET_KEY", v.key.as_str())],
+    );
+    // An untrusted certificate names the flag and the variable.
+    let (code, err) = keys_list(&s.base, &v.admin, None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--ca-cert FILE") && err.contains("KEYHOLD_CA_CERT"),
+        "{err}"
+    );
+    // A CA that did not sign it says so.
+    let (code, err) = keys_list(&s.base, &v.admin, Some(&other_ca));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("not signed by the CA certificate given"),
+        "{err}"
+    );
+    // The right CA works.
+    let (code, err) = keys_list(&s.base, &v.admin, Some(&ca));
+    assert_eq!(code, Some(0), "{err}");
+
+    // Plain HTTP on the TLS port: a readable 400, then the connection ends.
+    let mut sock = std::net::TcpStream::connect(&s.addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"GET /api/keys?secret=x HTTP/1.1\r\nHost: vault.test:8443\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    sock.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        body["detail"],
+        "this port speaks TLS: use https://vault.test:8443/api/keys"
+    );
+    // Without a Host header, the address it was reached at.
+    let mut sock = std::net::TcpStream::connect(&s.addr).unwrap();
+    sock.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    sock.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.contains(&format!("use https://{}/healthz", s.addr)),
+        "{answer}"
+    );
+    // The CLI given http:// for the TLS port shows the same advice.
+    let plain = format!("http://{}", s.addr);
+    let (code, err) = keys_list(&plain, &v.admin, None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("this port speaks TLS: use https://"), "{err}");
+    assert!(!err.contains(&v.admin), "{err}");
+    // The TLS port still serves TLS.
+    let (code, err) = keys_list(&s.base, &v.admin, Some(&ca));
+    assert_eq!(code, Some(0), "{err}");
+    s.stop();
+
+    // https:// to a plain port: the CLI says to use http://.
+    let s = v.serve(&[]);
+    let tls_to_plain = format!("https://{}", s.addr);
+    let (code, err) = keys_list(&tls_to_plain, &v.admin, Some(&ca));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("did not answer in TLS"), "{err}");
+}

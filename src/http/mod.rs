@@ -18,6 +18,7 @@ mod extract;
 mod keys;
 pub mod observe;
 mod panics;
+mod plain_on_tls;
 pub mod query_guard;
 mod routes;
 pub mod server;

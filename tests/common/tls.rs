@@ -1,0 +1,26 @@
+//! Certificates for TLS tests, made with rcgen.
+
+use std::path::{Path, PathBuf};
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, as PEM
+/// files `{name}-ca.pem`, `{name}-cert.pem`, `{name}-key.pem` in `dir`.
+pub fn certificates(dir: &Path, name: &str) -> [PathBuf; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "keyhold test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|n| dir.join(format!("{name}-{n}")));
+    std::fs::write(&paths[0], ca_cert.pem()).unwrap();
+    std::fs::write(&paths[1], leaf.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    paths
+}
