@@ -110,19 +110,7 @@ fn tls_mistakes_say_what_to_do() {
     let v = Vault::new();
     let [ca, cert, key] = tls::certificates(v.tmp.path(), "srv");
     let [other_ca, _, _] = tls::certificates(v.tmp.path(), "other");
-    let s = Server::start_args(
-        &[
-            "--data-dir",
-            v.dir_str(),
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-        &[("FERNET_KEY", v.key.as_str())],
-    );
+    let s = tls::serve(&v, &cert, &key, &[]);
     // An untrusted certificate names the flag and the variable.
     let (code, err) = keys_list(&s.base, &v.admin, None);
     assert_eq!(code, Some(1), "{err}");

@@ -94,21 +94,9 @@ fn slow_loris_connections_neither_exhaust_the_server_nor_delay_reveals() {
 #[test]
 fn https_round_trip_with_a_private_ca_records_the_client_ip() {
     let v = Vault::new();
-    let [ca, cert, key] =
-        tls::certificates(v.tmp.path(), "srv").map(|p| p.to_str().unwrap().to_string());
-    let s = Server::start_args(
-        &[
-            "--data-dir",
-            v.dir_str(),
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-        ],
-        &[("FERNET_KEY", v.key.as_str())],
-    );
+    let [ca, cert, key] = tls::certificates(v.tmp.path(), "srv");
+    let s = tls::serve(&v, &cert, &key, &[]);
+    let ca = ca.to_str().unwrap().to_string();
     assert!(s.base.starts_with("https://"), "{}", s.base);
     let url = s.base.clone();
     let cli = |args: &[&str], ca: Option<&str>| {

@@ -24,3 +24,23 @@ pub fn certificates(dir: &Path, name: &str) -> [PathBuf; 3] {
     std::fs::write(&paths[2], key.serialize_pem()).unwrap();
     paths
 }
+
+/// `keyhold serve` over TLS on this vault (sled) with `cert` and `key`,
+/// its Fernet key and `env`.
+pub fn serve(v: &super::Vault, cert: &Path, key: &Path, env: &[(&str, &str)]) -> super::Server {
+    let mut all = vec![("FERNET_KEY", v.key.as_str())];
+    all.extend_from_slice(env);
+    super::Server::start_args(
+        &[
+            "--data-dir",
+            v.dir_str(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &all,
+    )
+}
