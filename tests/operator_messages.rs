@@ -174,3 +174,59 @@ fn tls_mistakes_say_what_to_do() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("did not answer in TLS"), "{err}");
 }
+
+/// Every stderr line of a `serve` that failed, as JSON.
+fn json_lines(stderr: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect()
+}
+
+#[test]
+fn fatal_errors_are_json_under_json_logs() {
+    let v = Vault::new();
+    let bad_key = "not-a-fernet-key-at-all";
+    let serve = |key: &str, listen: &str, format: &str| {
+        keyhold()
+            .env("FERNET_KEY", key)
+            .env("KEYHOLD_LOG_FORMAT", format)
+            .args(["serve", "--data-dir", v.dir_str(), "--listen", listen])
+            .output()
+            .unwrap()
+    };
+    // A bad key: exit 2, one JSON error line saying what to do.
+    let out = serve(bad_key, "127.0.0.1:0", "json");
+    assert_eq!(out.status.code(), Some(2));
+    let lines = json_lines(&out.stderr);
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert_eq!(last["exit_status"], 2, "{last}");
+    let msg = last["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("keyhold: error: ") && msg.contains("FERNET_KEY"),
+        "{msg}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(bad_key));
+    // The port in use.
+    let s = v.serve(&[]);
+    let taken = s.addr.clone();
+    let other = Vault::new();
+    let out = keyhold()
+        .env("FERNET_KEY", &other.key)
+        .args(["serve", "--data-dir", other.dir_str(), "--listen", &taken])
+        .args(["--log-format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let lines = json_lines(&out.stderr);
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert!(last["message"].as_str().unwrap().contains(&taken), "{last}");
+    s.stop();
+    // Text logs keep the plain line.
+    let out = serve(bad_key, "127.0.0.1:0", "text");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("keyhold: error: "), "{err}");
+    assert!(serde_json::from_str::<serde_json::Value>(err.trim()).is_err());
+}

@@ -26,7 +26,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::audit::AuditLog;
-use crate::config::{Cli, Command, DataDir};
+use crate::config::{Cli, Command, DataDir, LogFormat};
 use crate::keyring::{Keyring, KeyringError};
 use crate::store::{Store, StoreError};
 
@@ -43,13 +43,32 @@ pub fn main() -> ExitCode {
     // group explicitly).
     rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
+    let json_logs = matches!(&cli.command, Command::Serve(a) if a.log_format == LogFormat::Json);
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("keyhold: error: {}", describe(&err));
-            exit_code_for(&err)
+            let code = exit_code_for(&err);
+            if json_logs {
+                eprintln!("{}", json_error_line(&describe(&err), code));
+            } else {
+                eprintln!("keyhold: error: {}", describe(&err));
+            }
+            code
         }
     }
+}
+
+/// A fatal error as one line in the shape of `--log-format json`'s lines,
+/// written directly so that no log filter can hide it.
+fn json_error_line(message: &str, code: ExitCode) -> String {
+    serde_json::json!({
+        "timestamp": crate::time::to_rfc3339(crate::time::now_us()),
+        "level": "ERROR",
+        "message": format!("keyhold: error: {message}"),
+        "target": "keyhold",
+        "exit_status": if code == ExitCode::from(2) { 2 } else { 1 },
+    })
+    .to_string()
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
