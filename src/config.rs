@@ -291,6 +291,8 @@ pub struct KeysListArgs {
     pub expired: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub table: TableArgs,
 }
 
 #[derive(Debug, Args)]
@@ -334,6 +336,8 @@ pub struct KeysVersionsArgs {
     pub id: String,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub table: TableArgs,
 }
 
 #[derive(Debug, Args)]
@@ -668,6 +672,15 @@ impl OutputArgs {
     }
 }
 
+/// `--wide`: a table's every column in full.
+#[derive(Debug, Args)]
+pub struct TableArgs {
+    /// Show every column in full (ids, whole timestamps); without it the
+    /// table fits 100 columns.
+    #[arg(long)]
+    pub wide: bool,
+}
+
 /// The formats of `audit export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormatArg {
@@ -768,6 +781,8 @@ pub struct TokenListArgs {
     pub remote: RemoteArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub table: TableArgs,
 }
 
 #[derive(Debug, Args)]

@@ -230,3 +230,100 @@ fn fatal_errors_are_json_under_json_logs() {
     assert!(err.contains("keyhold: error: "), "{err}");
     assert!(serde_json::from_str::<serde_json::Value>(err.trim()).is_err());
 }
+
+/// The widest line of `out`'s stdout, in characters (checks it succeeded).
+fn widest(out: &std::process::Output) -> (usize, String) {
+    assert_ok(out);
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    let w = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    (w, text)
+}
+
+#[test]
+fn tables_fit_100_columns_and_wide_shows_everything() {
+    let v = Vault::new();
+    let long_provider = "p".repeat(60);
+    let long_name = format!("a-very-long-key-name-{}", "x".repeat(150));
+    let long_token = format!("ci-{}", "t".repeat(61));
+    v.token(
+        &long_token,
+        "reader",
+        Some(&format!("{long_provider},github,openai")),
+    );
+    let rotated = v.token("rotating", "admin", None);
+    let s = v.serve(&[]);
+    let api = Api::new(&s, &v.admin);
+    let id = api.create_key(&long_provider, &long_name, "sk-wide-1");
+    let put = api
+        .req(reqwest::Method::PUT, &format!("/api/keys/{id}"))
+        .json(&serde_json::json!({"api_key": "sk-wide-2", "ttl_seconds": 3600}))
+        .send()
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let tokens: serde_json::Value = api.get("/api/tokens").json().unwrap();
+    let rot_id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "rotating")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = api.post_json(
+        &format!("/api/tokens/{rot_id}/rotate"),
+        &serde_json::json!({}),
+    );
+    assert_eq!(r.status(), 200);
+    drop(rotated);
+    let client = |args: &[&str]| {
+        keyhold()
+            .env("KEYHOLD_ADDR", &s.base)
+            .env("KEYHOLD_TOKEN", &v.admin)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let tables: [&[&str]; 3] = [
+        &["keys", "list"],
+        &["keys", "versions", &id],
+        &["token", "list", "--remote"],
+    ];
+    // A whole RFC 3339 timestamp (`…07T22:…`), not the minute form.
+    let whole_time = |t: &str| {
+        t.as_bytes()
+            .windows(3)
+            .any(|w| w[0].is_ascii_digit() && w[1] == b'T' && w[2].is_ascii_digit())
+    };
+    for args in tables {
+        let (w, text) = widest(&client(args));
+        assert!(w <= 100, "{args:?} is {w} wide:\n{text}");
+        assert!(!whole_time(&text), "{text}");
+        let wide: Vec<&str> = args.iter().copied().chain(["--wide"]).collect();
+        let (_, full) = widest(&client(&wide));
+        assert!(whole_time(&full) && !full.contains('…'), "{full}");
+    }
+    let (_, keys) = widest(&client(&["keys", "list"]));
+    assert!(keys.contains(&id) && keys.contains('…'), "{keys}");
+    let (w, keys) = widest(&client(&["keys", "list", "--wide"]));
+    assert!(keys.contains(&long_name) && keys.contains(&long_provider));
+    assert!(w > 100);
+    let (w, tokens) = widest(&client(&["token", "list", "--remote", "--wide"]));
+    assert!(
+        tokens.contains(&long_token) && tokens.contains(&rot_id),
+        "{tokens}"
+    );
+    assert!(w > 100);
+    assert!(tokens.contains("rotated to "), "{tokens}");
+    s.stop();
+    // Offline, the same.
+    let [flag, place] = v.store_args();
+    let (w, text) = widest(&run_with_key(&v.key, &["token", "list", flag, place]));
+    assert!(w <= 100, "{w}:\n{text}");
+    assert!(text.contains("rotated, in overlap"), "{text}");
+    let (w, _) = widest(&run_with_key(
+        &v.key,
+        &["token", "list", flag, place, "--wide"],
+    ));
+    assert!(w > 100);
+}

@@ -17,6 +17,7 @@ mod migrate;
 mod owner;
 mod remote;
 mod serve;
+mod table;
 mod token;
 
 use std::path::Path;
