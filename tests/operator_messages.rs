@@ -327,3 +327,25 @@ fn tables_fit_100_columns_and_wide_shows_everything() {
     ));
     assert!(w > 100);
 }
+
+#[test]
+fn serve_and_init_help_name_the_key_variables() {
+    for args in [
+        ["serve", "--help"],
+        ["serve", "-h"],
+        ["init", "--help"],
+        ["init", "-h"],
+    ] {
+        let out = keyhold().args(args).output().unwrap();
+        assert_ok(&out);
+        let help = String::from_utf8(out.stdout).unwrap();
+        for var in [
+            "FERNET_KEY ",
+            "FERNET_KEYS ",
+            "FERNET_KEY_FILE ",
+            "KEYHOLD_KEY_COMMAND ",
+        ] {
+            assert!(help.contains(var), "{args:?} does not name {var}:\n{help}");
+        }
+    }
+}
