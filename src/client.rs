@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::secret::SecretString;
 
+mod hints;
 mod tls_hint;
 
 /// Default server address.
@@ -63,6 +64,7 @@ fn api_message(status: u16, detail: &str, retry_after: Option<u64>) -> String {
         .filter(|_| !detail.contains("retry in"))
         .map(|s| format!("; retry in {s} s"))
         .unwrap_or_default();
+    let detail = hints::for_commands(detail);
     format!("keyhold answered {status}: {detail}{hint}{retry}")
 }
 

@@ -349,3 +349,51 @@ fn serve_and_init_help_name_the_key_variables() {
         }
     }
 }
+
+#[test]
+fn cli_hints_name_commands_and_http_hints_routes() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    let api = Api::new(&s, &v.admin);
+    let id = api.create_key("github", "ci", "sk-hints-1");
+    let cli = |args: &[&str]| {
+        let out = keyhold()
+            .env("KEYHOLD_ADDR", &s.base)
+            .env("KEYHOLD_TOKEN", &v.admin)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let missing = "00000000-0000-4000-8000-000000000000";
+    let err = cli(&["keys", "reveal", missing]);
+    assert!(
+        err.contains("`keyhold keys list`") && !err.contains("/api/"),
+        "{err}"
+    );
+    let err = cli(&["keys", "reveal", "github/nope"]);
+    assert!(
+        err.contains("`keyhold keys list --provider github`"),
+        "{err}"
+    );
+    assert!(!err.contains("/api/"), "{err}");
+    assert_ok(
+        &keyhold()
+            .env("KEYHOLD_ADDR", &s.base)
+            .env("KEYHOLD_TOKEN", &v.admin)
+            .args(["keys", "delete", &id])
+            .output()
+            .unwrap(),
+    );
+    let err = cli(&["keys", "reveal", &id]);
+    assert!(
+        err.contains("`keyhold keys restore ID`") && err.contains("`keyhold keys list --deleted`"),
+        "{err}"
+    );
+    // The HTTP answers still name the routes.
+    let d = detail(api.get(&format!("/api/keys/{missing}")));
+    assert!(d.contains("GET /api/keys"), "{d}");
+    let d = detail(api.get(&format!("/api/keys/{id}")));
+    assert!(d.contains("POST /api/keys/{id}/restore"), "{d}");
+}
