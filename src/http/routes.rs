@@ -418,7 +418,14 @@ pub(super) fn metrics_only(state: State) -> BoxedFilter<(Response,)> {
     let s = state.clone();
     warp::path!("metrics")
         .and(warp::get())
-        .map(move || metrics_answer(&s))
+        .and(query())
+        .map(move |q: String| {
+            // Its query parameters are refused as on the main listener.
+            match super::query_guard::check(&http::Method::GET, "/metrics", &q) {
+                Some(refusal) => error_response(&refusal),
+                None => metrics_answer(&s),
+            }
+        })
         .or(warp::any().map(|| {
             context::json_response(
                 StatusCode::NOT_FOUND,
