@@ -1,7 +1,8 @@
 //! Messages a new operator meets say what happened and what to do (issue
 //! 25, point 9): unknown query parameters, a provider-limited caller's
 //! 404, plain HTTP to the TLS port, an untrusted server certificate, fatal
-//! errors under JSON logs, table widths and help texts. Real binary,
+//! errors under JSON logs, table widths, help texts and the hints client
+//! commands show. Real binary,
 //! loopback.
 
 mod common;
@@ -165,6 +166,14 @@ fn tls_mistakes_say_what_to_do() {
     // The TLS port still serves TLS.
     let (code, err) = keys_list(&s.base, &v.admin, Some(&ca));
     assert_eq!(code, Some(0), "{err}");
+    s.stop();
+
+    // A certificate for another name.
+    let [ca, cert, key] = tls::certificates_for(v.tmp.path(), "named", &["vault.test"]);
+    let s = tls::serve(&v, &cert, &key, &[]);
+    let (code, err) = keys_list(&s.base, &v.admin, Some(&ca));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not issued for the host name"), "{err}");
     s.stop();
 
     // https:// to a plain port: the CLI says to use http://.

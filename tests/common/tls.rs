@@ -5,6 +5,11 @@ use std::path::{Path, PathBuf};
 /// A CA and a server certificate for 127.0.0.1 and localhost, as PEM
 /// files `{name}-ca.pem`, `{name}-cert.pem`, `{name}-key.pem` in `dir`.
 pub fn certificates(dir: &Path, name: &str) -> [PathBuf; 3] {
+    certificates_for(dir, name, &["localhost", "127.0.0.1"])
+}
+
+/// The same, the server's certificate for `hosts` only.
+pub fn certificates_for(dir: &Path, name: &str, hosts: &[&str]) -> [PathBuf; 3] {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -14,7 +19,7 @@ pub fn certificates(dir: &Path, name: &str) -> [PathBuf; 3] {
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+    let leaf = CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
