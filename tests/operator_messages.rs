@@ -2,8 +2,7 @@
 //! 25, point 9): unknown query parameters, a provider-limited caller's
 //! 404, plain HTTP to the TLS port, an untrusted server certificate, fatal
 //! errors under JSON logs, table widths, help texts and the hints client
-//! commands show. Real binary,
-//! loopback.
+//! commands show. Real binary, loopback.
 
 mod common;
 
