@@ -5,7 +5,9 @@
 //!
 //! Handlers (`keys.rs`, `admin.rs`, `audit_routes.rs`) never reject: they
 //! answer every error themselves, so each answer carries `X-Request-Id`.
-//! Only unknown paths and methods reach [`recover`].
+//! Only unknown paths and methods reach [`recover`]. A query naming a
+//! parameter its route does not know is answered 422 before the table
+//! (`query_guard.rs`).
 //!
 //! Over 500 lines: the table itself (one function a route) with the few
 //! answers that need no handler module (health, metrics, the fallback).
