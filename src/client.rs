@@ -18,6 +18,9 @@ use serde_json::{json, Value};
 
 use crate::secret::SecretString;
 
+mod hints;
+mod tls_hint;
+
 /// Default server address.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:8787";
 
@@ -37,6 +40,8 @@ pub enum ClientError {
     CaCert { path: PathBuf, detail: String },
     #[error("cannot reach keyhold at {addr}: {detail}; check KEYHOLD_ADDR (or --addr) and that the server is running")]
     Unreachable { addr: String, detail: String },
+    #[error("cannot connect securely to keyhold at {addr}: {detail}")]
+    Tls { addr: String, detail: String },
     #[error("{}", api_message(*status, detail, *retry_after))]
     Api {
         status: u16,
@@ -62,6 +67,7 @@ fn api_message(status: u16, detail: &str, retry_after: Option<u64>) -> String {
         .filter(|_| !detail.contains("retry in"))
         .map(|s| format!("; retry in {s} s"))
         .unwrap_or_default();
+    let detail = hints::for_commands(detail);
     format!("keyhold answered {status}: {detail}{hint}{retry}")
 }
 
@@ -183,6 +189,9 @@ pub struct Client {
     /// The address as the user gave it (a URL, or `unix:PATH`), for messages.
     shown: String,
     token: SecretString,
+    /// Whether `--ca-cert` was given (said when the server's certificate
+    /// is refused).
+    ca_given: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -248,6 +257,7 @@ impl Client {
             base,
             shown,
             token,
+            ca_given: ca_cert.is_some(),
         })
     }
 
@@ -260,12 +270,18 @@ impl Client {
         req: reqwest::blocking::RequestBuilder,
     ) -> Result<reqwest::blocking::Response, ClientError> {
         let resp =
-            req.bearer_auth(self.token.expose())
-                .send()
-                .map_err(|e| ClientError::Unreachable {
-                    addr: self.shown.clone(),
-                    detail: describe(&e),
-                })?;
+            req.bearer_auth(self.token.expose()).send().map_err(|e| {
+                match tls_hint::hint(&e, self.ca_given) {
+                    Some(detail) => ClientError::Tls {
+                        addr: self.shown.clone(),
+                        detail,
+                    },
+                    None => ClientError::Unreachable {
+                        addr: self.shown.clone(),
+                        detail: describe(&e),
+                    },
+                }
+            })?;
         if resp.status().is_success() {
             return Ok(resp);
         }

@@ -41,14 +41,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where `init` and `serve` find the Fernet key (never a flag).
+const KEY_VARIABLES: &str =
+    "The Fernet key comes from the environment (never a flag), exactly one of:
+  FERNET_KEY           one key (make one with `keyhold keygen`)
+  FERNET_KEYS          several, comma-separated, newest first
+  FERNET_KEY_FILE      a file of keys, one a line, newest first
+  KEYHOLD_KEY_COMMAND  a shell command that prints such a file (a secret manager)";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print a new Fernet key (or append FERNET_KEY=... to an env file).
     Keygen(KeygenArgs),
     /// Create the store, its keyring check value and the first admin token
     /// (printed alone on stdout).
+    #[command(after_help = KEY_VARIABLES)]
     Init(DataDir),
     /// Serve the HTTP API.
+    #[command(after_help = KEY_VARIABLES)]
     Serve(ServeArgs),
     /// Manage access tokens: offline on the store, or with --remote through
     /// a running server.
@@ -310,6 +320,8 @@ pub struct KeysListArgs {
     pub expired: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub table: TableArgs,
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +365,8 @@ pub struct KeysVersionsArgs {
     pub id: String,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub table: TableArgs,
 }
 
 #[derive(Debug, Args)]
@@ -710,6 +724,15 @@ impl OutputArgs {
     }
 }
 
+/// `--wide`: a table's every column in full.
+#[derive(Debug, Args)]
+pub struct TableArgs {
+    /// Show every column in full (ids, whole timestamps); without it the
+    /// table fits 100 columns.
+    #[arg(long)]
+    pub wide: bool,
+}
+
 /// The formats of `audit export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormatArg {
@@ -811,6 +834,8 @@ pub struct TokenListArgs {
     pub remote: RemoteArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub table: TableArgs,
 }
 
 #[derive(Debug, Args)]

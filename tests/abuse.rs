@@ -847,19 +847,11 @@ fn a_tls_handshake_that_stops_halfway_is_closed_at_the_handshake_deadline() {
     let key_path = v.tmp.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let s = Server::start_args(
+    let s = tls::serve(
+        &v,
+        &cert_path,
+        &key_path,
         &[
-            "--data-dir",
-            v.dir_str(),
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert_path.to_str().unwrap(),
-            "--tls-key",
-            key_path.to_str().unwrap(),
-        ],
-        &[
-            ("FERNET_KEY", v.key.as_str()),
             ("KEYHOLD_HANDSHAKE_TIMEOUT", "2"),
             // Longer than the handshake deadline, which must be what ends it.
             ("KEYHOLD_HEADER_TIMEOUT", "30"),

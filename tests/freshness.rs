@@ -164,13 +164,10 @@ fn a_rotated_tokens_pre_rotation_record_is_refused() {
     let id = token_id(&admin, "bot");
     // The rotation gives the old token an expiry (the end of its overlap):
     // its pre-rotation copy has none, and must not come back.
-    let r = admin
-        .req(
-            reqwest::Method::POST,
-            &format!("/api/tokens/{id}/rotate?overlap=60s"),
-        )
-        .send()
-        .unwrap();
+    let r = admin.post_json(
+        &format!("/api/tokens/{id}/rotate"),
+        &serde_json::json!({"overlap_seconds": 60}),
+    );
     assert!(r.status().is_success(), "{}", r.text().unwrap());
     s.stop();
 

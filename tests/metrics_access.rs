@@ -95,6 +95,10 @@ fn metrics_listen_serves_them_without_a_token_on_a_local_listener_only() {
     let got = get_unix(&sock, "/metrics");
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(got.contains("keyhold_build_info"), "{got}");
+    // A query parameter is refused, as on the main listener.
+    let got = get_unix(&sock, "/metrics?format=text");
+    assert!(got.starts_with("HTTP/1.1 422"), "{got}");
+    assert!(got.contains("takes no query parameters"), "{got}");
     let got = get_unix(&sock, "/api/keys");
     assert!(got.starts_with("HTTP/1.1 404"), "{got}");
     assert!(got.contains("serves GET /metrics only"), "{got}");

@@ -84,3 +84,26 @@ fn the_served_document_and_the_served_routes_agree() {
     assert_eq!(r.status(), 404);
     assert!(r.text().unwrap().contains("no such route"));
 }
+
+/// The query parameters the document lists are exactly those the server
+/// accepts (any other answers 422).
+#[test]
+fn the_documented_query_parameters_are_the_accepted_ones() {
+    let doc: Value = serde_json::from_str(keyhold::http::OPENAPI).unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let mut documented: Vec<&str> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            let mut accepted =
+                keyhold::http::query_guard::known(&method.to_uppercase(), path).to_vec();
+            documented.sort_unstable();
+            accepted.sort_unstable();
+            assert_eq!(documented, accepted, "{method} {path}");
+        }
+    }
+}

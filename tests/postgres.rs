@@ -601,34 +601,12 @@ fn backup_of_a_database_restores_into_another_database() {
     assert_eq!(r.json::<Value>().unwrap()["api_key"], "sk-backup-1");
 }
 
-/// A CA and a server certificate for 127.0.0.1 and localhost, as PEM files.
-fn certificates(dir: &std::path::Path, name: &str) -> [std::path::PathBuf; 3] {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "keyhold test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|n| dir.join(format!("{name}-{n}")));
-    std::fs::write(&paths[0], ca_cert.pem()).unwrap();
-    std::fs::write(&paths[1], leaf.pem()).unwrap();
-    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
-    paths
-}
-
 #[test]
 fn tls_to_the_database_is_rustls_and_verifies_the_server() {
     let Some(mut pg) = cluster() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let [ca, cert, key] = certificates(tmp.path(), "good");
-    let [other_ca, _, _] = certificates(tmp.path(), "other");
+    let [ca, cert, key] = tls::certificates(tmp.path(), "good");
+    let [other_ca, _, _] = tls::certificates(tmp.path(), "other");
     pg.psql("postgres", "CREATE DATABASE secure");
     pg.require_tls(&cert, &key);
     let fernet = keygen();

@@ -21,6 +21,7 @@ mod migrate;
 mod owner;
 mod remote;
 mod serve;
+mod table;
 mod token;
 
 use std::path::Path;
@@ -29,7 +30,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::audit::AuditLog;
-use crate::config::{Cli, Command, DataDir};
+use crate::config::{Cli, Command, DataDir, LogFormat};
 use crate::keyring::{Keyring, KeyringError};
 use crate::store::{Store, StoreError};
 
@@ -49,13 +50,32 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
+    let json_logs = matches!(&cli.command, Command::Serve(a) if a.log_format == LogFormat::Json);
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("keyhold: error: {}", describe(&err));
-            exit_code_for(&err)
+            let code = exit_code_for(&err);
+            if json_logs {
+                eprintln!("{}", json_error_line(&describe(&err), code));
+            } else {
+                eprintln!("keyhold: error: {}", describe(&err));
+            }
+            code
         }
     }
+}
+
+/// A fatal error as one line in the shape of `--log-format json`'s lines,
+/// written directly so that no log filter can hide it.
+fn json_error_line(message: &str, code: ExitCode) -> String {
+    serde_json::json!({
+        "timestamp": crate::time::to_rfc3339(crate::time::now_us()),
+        "level": "ERROR",
+        "message": format!("keyhold: error: {message}"),
+        "target": "keyhold",
+        "exit_status": if code == ExitCode::from(2) { 2 } else { 1 },
+    })
+    .to_string()
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -207,7 +207,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
                 let _ = serde_json::to_writer_pretty(&mut out, &list);
                 let _ = writeln!(out);
             } else {
-                print_key_table(&mut out, &list);
+                let _ = super::table::keys(&list, a.table.wide).print(&mut out);
             }
             Ok(())
         }),
@@ -252,22 +252,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
                 let _ = serde_json::to_writer_pretty(&mut out, &list);
                 let _ = writeln!(out);
             } else {
-                let _ = writeln!(
-                    out,
-                    "{:<8}  {:<9}  {:<27}  {:<24}  EXPIRES",
-                    "VERSION", "STATE", "CREATED", "CREATED BY"
-                );
-                for v in &list {
-                    let _ = writeln!(
-                        out,
-                        "{:<8}  {:<9}  {:<27}  {:<24}  {}",
-                        v.get("version").and_then(Value::as_u64).unwrap_or(0),
-                        str_of(v, "state"),
-                        str_of(v, "created_at"),
-                        v.get("created_by").and_then(Value::as_str).unwrap_or("-"),
-                        v.get("expires_at").and_then(Value::as_str).unwrap_or("-"),
-                    );
-                }
+                let _ = super::table::versions(&list, a.table.wide).print(&mut out);
             }
             Ok(())
         }),
@@ -326,27 +311,6 @@ pub(super) fn warn_if_expiring(r: &crate::client::Revealed) {
 
 fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
     v.get(field).and_then(Value::as_str).unwrap_or("")
-}
-
-fn print_key_table(out: &mut impl Write, list: &[Value]) {
-    let _ = writeln!(
-        out,
-        "{:<36}  {:<16}  {:<24}  {:<27}  {:<27}  EXPIRES",
-        "ID", "PROVIDER", "NAME", "CREATED", "LAST USED"
-    );
-    for k in list {
-        let name: String = str_of(k, "key_name").chars().take(24).collect();
-        let _ = writeln!(
-            out,
-            "{:<36}  {:<16}  {:<24}  {:<27}  {:<27}  {}",
-            str_of(k, "id"),
-            str_of(k, "provider"),
-            name,
-            str_of(k, "created_at"),
-            k.get("last_used").and_then(Value::as_str).unwrap_or("-"),
-            k.get("expires_at").and_then(Value::as_str).unwrap_or("-"),
-        );
-    }
 }
 
 /// The API key to store: typed without echo on a terminal, else read from

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use super::table::{shrinks, when, whole, Table};
 use super::{open_checked, open_log, ConfigError};
 use crate::config::TokenCommand;
 use crate::keyring::Keyring;
@@ -111,7 +112,7 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                         .unwrap_or("")
                         .to_string()
                 };
-                let _ = print_table_header(&mut out);
+                let mut table = token_table(a.table.wide);
                 let opt = |v: &serde_json::Value, f: &str| {
                     v.get(f)
                         .and_then(serde_json::Value::as_str)
@@ -137,9 +138,10 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                         revoked,
                         expired,
                         t.get("rotated_to").and_then(serde_json::Value::as_str),
+                        a.table.wide,
                     );
-                    let _ = print_table_row(
-                        &mut out,
+                    token_row(
+                        &mut table,
                         &Row {
                             id: &s(t, "id"),
                             name: &s(t, "name"),
@@ -152,6 +154,7 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                         },
                     );
                 }
+                let _ = table.print(&mut out);
             }
             Ok(())
         }),
@@ -226,7 +229,7 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 serde_json::to_writer_pretty(&mut out, &list)?;
                 writeln!(out)?;
             } else {
-                print_table_header(&mut out)?;
+                let mut table = token_table(a.table.wide);
                 for t in &all {
                     let r = &t.record;
                     let providers = r
@@ -235,10 +238,15 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                         .map_or("*".to_string(), |p| p.join(","));
                     let revoked = r.revoked_at_us.map(to_rfc3339);
                     let rotated = r.rotated_to.map(|id| id.to_string());
-                    let status = status_of(revoked.as_deref(), t.expired, rotated.as_deref());
+                    let status = status_of(
+                        revoked.as_deref(),
+                        t.expired,
+                        rotated.as_deref(),
+                        a.table.wide,
+                    );
                     let or_dash = |v: Option<i64>| v.map_or("-".to_string(), to_rfc3339);
-                    print_table_row(
-                        &mut out,
+                    token_row(
+                        &mut table,
                         &Row {
                             id: &r.id.to_string(),
                             name: &r.name,
@@ -249,8 +257,9 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                             last_used: &or_dash(t.last_used_us),
                             status: &status,
                         },
-                    )?;
+                    );
                 }
+                table.print(&mut out)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -295,13 +304,22 @@ fn expiry_of_json(v: &serde_json::Value) -> String {
         .unwrap_or_default()
 }
 
-/// A token's state in the table: revoked, expired, rotated or live.
-fn status_of(revoked: Option<&str>, expired: bool, rotated_to: Option<&str>) -> String {
+/// A token's state in the table: revoked, expired, rotated or live (when
+/// and to which token only when `wide`).
+fn status_of(revoked: Option<&str>, expired: bool, rotated_to: Option<&str>, wide: bool) -> String {
+    let rotated = |to: &str| {
+        if wide {
+            format!("rotated to {to}")
+        } else {
+            "rotated".to_string()
+        }
+    };
     match (revoked, expired, rotated_to) {
-        (Some(r), _, _) => format!("revoked {r}"),
-        (None, true, Some(to)) => format!("rotated to {to}, expired"),
+        (Some(r), _, _) if wide => format!("revoked {r}"),
+        (Some(_), _, _) => "revoked".to_string(),
+        (None, true, Some(to)) => format!("{}, expired", rotated(to)),
         (None, true, None) => "expired".to_string(),
-        (None, false, Some(to)) => format!("rotated to {to}, in overlap"),
+        (None, false, Some(to)) => format!("{}, in overlap", rotated(to)),
         (None, false, None) => "live".to_string(),
     }
 }
@@ -318,18 +336,40 @@ struct Row<'a> {
     status: &'a str,
 }
 
-fn print_table_header(out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{:<36}  {:<20}  {:<8}  {:<20}  {:<27}  {:<27}  {:<27}  STATUS",
-        "ID", "NAME", "ROLE", "PROVIDERS", "CREATED", "EXPIRES", "LAST USED"
-    )
+/// The token table: by default name, role, providers, last use, expiry
+/// and state (a name is enough for `token revoke` and `token rotate`);
+/// `wide` adds the id and the creation time.
+fn token_table(wide: bool) -> Table {
+    let mut cols = Vec::new();
+    if wide {
+        cols.push(whole("ID"));
+    }
+    cols.extend([shrinks("NAME"), whole("ROLE"), shrinks("PROVIDERS")]);
+    if wide {
+        cols.push(whole("CREATED"));
+    }
+    cols.extend([whole("LAST USED"), whole("EXPIRES"), whole("STATUS")]);
+    Table::new(cols, wide)
 }
 
-fn print_table_row(out: &mut impl Write, r: &Row<'_>) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{:<36}  {:<20}  {:<8}  {:<20}  {:<27}  {:<27}  {:<27}  {}",
-        r.id, r.name, r.role, r.providers, r.created, r.expires, r.last_used, r.status
-    )
+fn token_row(table: &mut Table, r: &Row<'_>) {
+    let wide = table.wide();
+    let mut cells = Vec::new();
+    if wide {
+        cells.push(r.id.to_string());
+    }
+    cells.extend([
+        r.name.to_string(),
+        r.role.to_string(),
+        r.providers.to_string(),
+    ]);
+    if wide {
+        cells.push(when(r.created, wide));
+    }
+    cells.extend([
+        when(r.last_used, wide),
+        when(r.expires, wide),
+        r.status.to_string(),
+    ]);
+    table.row(cells);
 }

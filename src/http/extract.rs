@@ -281,7 +281,7 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_query_value_is_absent_and_unknown_parameters_are_ignored() {
+    fn an_empty_query_value_is_absent_and_unknown_names_are_left_to_the_query_guard() {
         let q: ListQuery = query("provider=").unwrap();
         assert!(q.provider.is_none());
         let q: ListQuery = query("provider=claude&other=1").unwrap();

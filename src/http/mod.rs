@@ -19,6 +19,8 @@ mod keys;
 mod listen;
 pub mod observe;
 mod panics;
+mod plain_on_tls;
+pub mod query_guard;
 mod reveal_batch;
 mod routes;
 pub mod server;

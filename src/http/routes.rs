@@ -5,7 +5,9 @@
 //!
 //! Handlers (`keys.rs`, `admin.rs`, `audit_routes.rs`) never reject: they
 //! answer every error themselves, so each answer carries `X-Request-Id`.
-//! Only unknown paths and methods reach [`recover`].
+//! Only unknown paths and methods reach [`recover`]. A query naming a
+//! parameter its route does not know is answered 422 before the table
+//! (`query_guard.rs`).
 //!
 //! Over 500 lines: the table itself (one function a route) with the few
 //! answers that need no handler module (health, metrics, the fallback).
@@ -94,7 +96,7 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
 }
 
 /// Builds the request context (peer from keyhold's server, headers).
-fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
+pub(super) fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::ext::optional::<Peer>()
         .and(warp::ext::optional::<context::HttpVersion>())
         .and(warp::ext::optional::<context::RequestId>())
@@ -117,7 +119,7 @@ fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clon
 }
 
 /// The raw query string, empty when there is none.
-fn query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+pub(super) fn query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
@@ -431,7 +433,14 @@ pub(super) fn metrics_only(state: State) -> BoxedFilter<(Response,)> {
     let s = state.clone();
     warp::path!("metrics")
         .and(warp::get())
-        .map(move || metrics_answer(&s))
+        .and(query())
+        .map(move |q: String| {
+            // Its query parameters are refused as on the main listener.
+            match super::query_guard::check(&http::Method::GET, "/metrics", &q) {
+                Some(refusal) => error_response(&refusal),
+                None => metrics_answer(&s),
+            }
+        })
         .or(warp::any().map(|| {
             context::json_response(
                 StatusCode::NOT_FOUND,
@@ -492,8 +501,12 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         // its calls carry one)
         super::ui::routes().boxed(),
     ];
-    any_of(Vec::from(table))
-        .unwrap_or_else(|| warp::any().map(|| Response::new("".into())).boxed())
+    let table = any_of(Vec::from(table))
+        .unwrap_or_else(|| warp::any().map(|| Response::new("".into())).boxed());
+    // An unknown query parameter answers 422 before any route runs.
+    super::query_guard::guard(state.clone())
+        .or(table)
+        .unify()
         .recover(recover)
         .unify()
         .boxed()

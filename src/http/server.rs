@@ -479,8 +479,9 @@ impl ConnCtx {
         let deadline = accepted_at + self.limits.handshake_timeout;
         match io {
             Io::Unix(s) => self.serve_io(s, peer, deadline).await,
-            Io::Tcp(s) => match self.tls.clone() {
+            Io::Tcp(mut s) => match self.tls.clone() {
                 None => self.serve_io(s, peer, deadline).await,
+                Some(_) if super::plain_on_tls::refused(&mut s, deadline).await => {}
                 Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(s)).await
                 {
                     Ok(Ok(tls)) => self.serve_io(tls, peer, deadline).await,
@@ -755,7 +756,7 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<FirstBytes> 
 }
 
 /// A whole HTTP/1.1 answer with a JSON `detail`, closing the connection.
-fn json_answer(status: u16, detail: &str) -> Vec<u8> {
+pub(super) fn json_answer(status: u16, detail: &str) -> Vec<u8> {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())

@@ -322,16 +322,25 @@ impl Vault<'_> {
         name: Option<&str>,
         ev: &mut AuditEvent,
     ) -> Result<KeyRecord, Refusal> {
+        // A provider-limited caller is told the same whether the key is
+        // missing or beyond its providers, and is not invited to store a
+        // key that may well exist.
         let none = || {
             let provider = provider.chars().take(64).collect::<String>();
-            Refusal::NotFound(match name {
-                None => {
+            let name = name.map(|n| format!("{:?}", n.chars().take(64).collect::<String>()));
+            Refusal::NotFound(match (name, caller.is_limited()) {
+                (None, false) => {
                     format!("no key stored for provider `{provider}`: add one with POST /api/keys")
                 }
-                Some(n) => format!(
-                    "no live key named {:?} for provider `{provider}`: list keys with GET \
-                     /api/keys?provider={provider}",
-                    n.chars().take(64).collect::<String>()
+                (Some(n), false) => format!(
+                    "no live key named {n} for provider `{provider}`: list keys with GET \
+                     /api/keys?provider={provider}"
+                ),
+                (n, true) => format!(
+                    "no key{} you may see for provider `{provider}`: this token reaches only \
+                     some providers (GET /api/whoami lists them); if the key should be there, \
+                     ask an admin",
+                    n.map_or(String::new(), |n| format!(" named {n}"))
                 ),
             })
         };

@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod postgres;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
