@@ -145,13 +145,24 @@ fn text<'a>(v: &'a Value, field: &str) -> &'a str {
 }
 
 /// `keys list`: id, provider, name, last use and expiry; `wide` adds the
-/// creation time.
+/// creation time. A list of deleted keys shows when each is purged
+/// (instead of its last use, unless `wide`).
 pub(super) fn keys(list: &[Value], wide: bool) -> Table {
+    let deleted = list
+        .iter()
+        .any(|k| k.get("purge_at").is_some_and(|v| !v.is_null()));
+    let last_used = !deleted || wide;
     let mut cols = vec![whole("ID"), shrinks("PROVIDER"), shrinks("NAME")];
     if wide {
         cols.push(whole("CREATED"));
     }
-    cols.extend([whole("LAST USED"), whole("EXPIRES")]);
+    if last_used {
+        cols.push(whole("LAST USED"));
+    }
+    cols.push(whole("EXPIRES"));
+    if deleted {
+        cols.push(whole("PURGE AT"));
+    }
     let mut t = Table::new(cols, wide);
     for k in list {
         let mut cells = vec![
@@ -162,10 +173,13 @@ pub(super) fn keys(list: &[Value], wide: bool) -> Table {
         if wide {
             cells.push(when(text(k, "created_at"), wide));
         }
-        cells.extend([
-            when(text(k, "last_used"), wide),
-            when(text(k, "expires_at"), wide),
-        ]);
+        if last_used {
+            cells.push(when(text(k, "last_used"), wide));
+        }
+        cells.push(when(text(k, "expires_at"), wide));
+        if deleted {
+            cells.push(when(text(k, "purge_at"), wide));
+        }
         t.row(cells);
     }
     t
@@ -204,6 +218,27 @@ mod tests {
         let mut out = Vec::new();
         t.print(&mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_list_of_deleted_keys_says_when_each_is_purged_within_100_columns() {
+        let k = serde_json::json!({
+            "id": "3f2a7c1e-8d4b-4e6f-9a0b-1c2d3e4f5a6b", "provider": "claude",
+            "key_name": "prod", "created_at": "2026-12-01T10:00:00Z",
+            "last_used": null, "expires_at": null,
+            "deleted_at": "2026-12-07T10:00:00Z", "purge_at": "2026-12-14T10:00:00Z"
+        });
+        let text = printed(&keys(std::slice::from_ref(&k), false));
+        assert!(
+            text.contains("PURGE AT") && text.contains("2026-12-14 10:00Z"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= WIDTH), "{text}");
+        let live = printed(&keys(
+            &[serde_json::json!({"id": "x", "purge_at": null})],
+            false,
+        ));
+        assert!(!live.contains("PURGE AT"), "{live}");
     }
 
     #[test]
