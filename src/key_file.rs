@@ -94,6 +94,7 @@ pub fn prepend_new_key(path: &Path) -> Result<Prepended, KeyFileError> {
                 })?;
         }
     }
+    let _lock = lock_dir(path)?;
     let (existing, meta) = match std::fs::read(path) {
         Ok(b) => (
             Zeroizing::new(b),
@@ -204,6 +205,25 @@ fn listed(text: &str, path: &Path) -> Result<Listed, KeyFileError> {
     })
 }
 
+/// An exclusive lock on the key file's directory, held while a change to
+/// the file is read, made and renamed into place: two keyhold commands
+/// changing one key file (a `keygen --key-file` during a `keyring
+/// retire`) take turns instead of one losing the other's key.
+fn lock_dir(path: &Path) -> Result<std::fs::File, KeyFileError> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let err = |error| KeyFileError::Write {
+        path: path.to_path_buf(),
+        error,
+    };
+    let handle = std::fs::File::open(&dir).map_err(err)?;
+    rustix::fs::flock(&handle, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| err(e.into()))?;
+    Ok(handle)
+}
+
 /// A file's owner, group and mode bits.
 type Ownership = (u32, u32, u32);
 
@@ -216,12 +236,14 @@ fn read_existing(path: &Path) -> Result<(Zeroizing<String>, Ownership), KeyFileE
     };
     let bytes = Zeroizing::new(std::fs::read(path).map_err(read_err)?);
     let meta = std::fs::metadata(path).map_err(read_err)?;
-    let text = String::from_utf8(bytes.to_vec()).map_err(|_| KeyFileError::Malformed {
-        path: path.to_path_buf(),
-        error: KeyringError::NotUtf8 {
-            origin: KeySource::File(path.to_path_buf()),
-        },
-    })?;
+    let text = std::str::from_utf8(&bytes)
+        .map(str::to_string)
+        .map_err(|_| KeyFileError::Malformed {
+            path: path.to_path_buf(),
+            error: KeyringError::NotUtf8 {
+                origin: KeySource::File(path.to_path_buf()),
+            },
+        })?;
     Ok((
         Zeroizing::new(text),
         (meta.uid(), meta.gid(), meta.mode() & 0o777),
@@ -237,9 +259,11 @@ fn read_existing(path: &Path) -> Result<(Zeroizing<String>, Ownership), KeyFileE
 /// than the active ones). Written durably, read back.
 fn rewrite_sections(
     path: &Path,
-    moves: impl Fn(bool, &str) -> bool,
+    moves: impl Fn(&Listed, bool, &str) -> bool,
 ) -> Result<Listed, KeyFileError> {
+    let _lock = lock_dir(path)?;
     let (text, meta) = read_existing(path)?;
+    let before = listed(&text, path)?;
     let source = KeySource::File(path.to_path_buf());
     let fingerprint_of = |line: &str| -> Result<String, KeyFileError> {
         Ok(Keyring::parse_list(source.clone(), [line])
@@ -266,7 +290,7 @@ fn rewrite_sections(
             if in_retired { &mut retired } else { &mut head }.push(line);
             continue;
         }
-        let retire = moves(in_retired, &fingerprint_of(t)?);
+        let retire = moves(&before, in_retired, &fingerprint_of(t)?);
         match (in_retired, retire) {
             (false, false) => active.push(line),
             (false, true) => to_retired.push(line),
@@ -293,7 +317,6 @@ fn rewrite_sections(
         out.push_str(l);
         out.push('\n');
     }
-    let before = listed(&text, path)?;
     let after = listed(&out, path)?;
     if after.active.is_empty() {
         return Err(KeyFileError::NoActiveKey {
@@ -318,9 +341,10 @@ fn rewrite_sections(
 /// below its `[retired]` line (created if missing), where serving never
 /// reads them and restoring a backup still does.
 pub fn retire(path: &Path) -> Result<Listed, KeyFileError> {
-    let newest = list(path)?.active.into_iter().next();
-    rewrite_sections(path, |in_retired, fp| {
-        in_retired || Some(fp) != newest.as_deref()
+    // The newest key as read under the lock: a key prepended meanwhile is
+    // kept, not retired.
+    rewrite_sections(path, |before, in_retired, fp| {
+        in_retired || Some(fp) != before.active.first().map(String::as_str)
     })
 }
 
@@ -335,7 +359,7 @@ pub fn unretire(path: &Path, fingerprints: &[String]) -> Result<Listed, KeyFileE
             fingerprint: unknown.clone(),
         });
     }
-    rewrite_sections(path, |in_retired, fp| {
+    rewrite_sections(path, |_, in_retired, fp| {
         in_retired && !(fingerprints.is_empty() || fingerprints.iter().any(|f| f == fp))
     })
 }

@@ -83,7 +83,17 @@ fn an_auditor_exports_and_verifies_the_running_servers_log_with_the_public_key()
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("{said}"))
         .to_string();
-    assert!(!dir.path().join("all.jsonl.partial").exists());
+    // Only the export is left: no partial file beside it, and it is 0600.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["all.jsonl"], "{names:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let lines = std::fs::read_to_string(&file).unwrap().lines().count();
     assert!(lines >= 11, "{lines} records");
     let offline = keyhold()

@@ -1,7 +1,7 @@
 //! `keyhold audit export|verify|public-key` (offline; `--remote` forms in
 //! `audit_remote`).
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 
 use std::process::ExitCode;
 
@@ -255,6 +255,9 @@ fn verify_file(
     )
 }
 
+/// The longest line of an export (a record is at most a few KiB).
+const MAX_LINE: u64 = 1 << 20;
+
 /// [`verify_file`] on any stream of lines; `name` says where they come
 /// from in messages.
 pub(super) fn verify_reader(
@@ -271,8 +274,32 @@ pub(super) fn verify_reader(
     };
     let mut found = vec![None; anchors.len()];
     let mut last = 0u64;
-    for (i, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {name}"))?;
+    // A line is read with a cap: a stream from a server being verified
+    // (`--remote`) is not trusted to ever send a newline.
+    let mut raw = Vec::new();
+    for i in 0.. {
+        raw.clear();
+        let n = (&mut *input)
+            .take(MAX_LINE + 1)
+            .read_until(b'\n', &mut raw)
+            .with_context(|| format!("cannot read {name}"))?;
+        if n == 0 {
+            break;
+        }
+        if raw.len() as u64 > MAX_LINE {
+            let report = VerifyReport::Broken {
+                seq: last + 1,
+                problem: Problem::Altered,
+                detail: format!(
+                    "line {} is longer than {} bytes: not an audit record",
+                    i + 1,
+                    MAX_LINE
+                ),
+            };
+            return Ok((report, found));
+        }
+        let line = String::from_utf8_lossy(&raw);
+        let line = line.trim_end_matches(['\n', '\r']);
         if line.trim().is_empty() {
             continue;
         }
@@ -283,7 +310,7 @@ pub(super) fn verify_reader(
             ))
             .into());
         }
-        let rec = match parse_line(&line) {
+        let rec = match parse_line(line) {
             Ok(r) => r,
             Err(why) => {
                 let report = VerifyReport::Broken {
@@ -381,4 +408,22 @@ enum BadLine {
 fn parse_line(line: &str) -> Result<AuditRecord, BadLine> {
     let e: ExportRecord = serde_json::from_str(line)?;
     Ok(AuditRecord::from_export(&e)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_endless_line_is_refused_without_reading_it_whole() {
+        let keys = crate::audit::VerifyKeys::public(
+            "ed25519:0000000000000000000000000000000000000000000000000000000000000000"
+                .parse()
+                .unwrap(),
+        );
+        let mut endless = std::io::Read::take(std::io::repeat(b'a'), 64 << 20);
+        let mut input = std::io::BufReader::new(&mut endless);
+        let (report, _) =
+            super::verify_reader(&mut input, "the stream", &keys, false, &[]).unwrap();
+        assert!(!report.is_ok());
+        assert!(report.to_string().contains("longer than"), "{report}");
+    }
 }

@@ -105,21 +105,16 @@ pub(super) fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
         Some(path) => {
             // Written beside its final name and moved there when whole: an
             // interrupted export leaves no file that looks complete.
-            let tmp = partial_path(path);
-            let mut file = std::fs::File::create(&tmp)
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
-            let copied = std::io::copy(&mut resp, &mut file).and_then(|n| {
-                file.sync_all()?;
-                Ok(n)
-            });
-            match copied {
+            let mut file = crate::private_file::PendingFile::create(path)
+                .with_context(|| format!("cannot create the export {}", path.display()))?;
+            match std::io::copy(&mut resp, file.file()) {
                 Ok(n) => {
-                    std::fs::rename(&tmp, path)
-                        .with_context(|| format!("cannot move the export to {}", path.display()))?;
+                    file.commit()
+                        .with_context(|| format!("cannot write the export {}", path.display()))?;
                     n
                 }
+                // Dropped uncommitted: the partial file is removed.
                 Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
                     return Err(anyhow::anyhow!(
                         "the export stopped before its end ({e}); nothing was kept: run it again"
                     ));
@@ -145,12 +140,6 @@ pub(super) fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
         None => eprintln!("keyhold: exported {copied} bytes"),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn partial_path(path: &std::path::Path) -> std::path::PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".partial");
-    std::path::PathBuf::from(name)
 }
 
 /// `keyhold audit verify --remote`.

@@ -279,19 +279,30 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         // The backup needs a retired key: everything is re-encrypted and
         // re-sealed under the newest active key, as `keyhold rotate` does
         // (audited), so that the active keyring alone opens the store.
+        let stopped = || {
+            format!(
+                "the backup was restored into {into}, but re-keying it under the newest active \
+                 key stopped: some of it still needs a retired key. Put the retired keys back \
+                 (`keyhold keyring unretire`), run `keyhold rotate` on the restored store, then \
+                 `keyhold check`"
+            )
+        };
         let rotated =
-            crate::vault::rotate_store(&store, &keyring, &log, "cli", Duration::ZERO, |_| {})?;
+            crate::vault::rotate_store(&store, &keyring, &log, "cli", Duration::ZERO, |_| {})
+                .with_context(stopped)?;
         let vault = super::offline_vault(&store, &keyring, &log);
-        super::block_on(vault.record_rotation(&crate::vault::Origin::cli(), None, &rotated))??;
+        super::block_on(vault.record_rotation(&crate::vault::Origin::cli(), None, &rotated))?
+            .with_context(stopped)?;
         if !rotated.report.failed.is_empty() {
             return Err(anyhow::anyhow!(
-                "the backup was restored into {into} but {} key(s) could not be re-encrypted \
-                 under the newest key: keep the retired keys active (`keyhold keyring \
-                 unretire`) and run `keyhold check`",
+                "{} ({} key(s) could not be re-encrypted)",
+                stopped(),
                 rotated.report.failed.len()
             ));
         }
-        ops::reload::check_replacement(&store, &active)?;
+        if ops::reload::check_replacement(&store, &active).is_err() {
+            return Err(anyhow::anyhow!("{}", stopped()));
+        }
         eprintln!(
             "keyhold: the backup was made under a retired key: what it holds is now \
              re-encrypted under the newest active key ({})",

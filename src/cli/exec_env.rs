@@ -289,9 +289,12 @@ pub(super) fn with_wait<T>(
                 status: 429,
                 retry_after,
                 ..
-            }) if start.elapsed() + Duration::from_secs(retry_after.unwrap_or(1).max(1))
-                <= wait =>
+            }) if start
+                .elapsed()
+                .checked_add(Duration::from_secs(retry_after.unwrap_or(1).max(1)))
+                .is_some_and(|then| then <= wait) =>
             {
+                // Within `wait`, so the server's Retry-After is bounded.
                 std::thread::sleep(Duration::from_secs(retry_after.unwrap_or(1).max(1)));
             }
             other => return other,

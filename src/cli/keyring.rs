@@ -75,7 +75,7 @@ pub(super) fn run(c: KeyringCommand) -> anyhow::Result<ExitCode> {
             let before = key_file::list(&a.key_file)?;
             let after = key_file::retire(&a.key_file)?;
             shown(&after);
-            let moved = after.retired.len() - before.retired.len();
+            let moved = after.retired.len().saturating_sub(before.retired.len());
             eprintln!(
                 "keyhold: retired {moved} key(s) in {}; reload the server (`keyhold keyring \
                  reload`, or SIGHUP) so that it drops them: the reload is refused, and the \

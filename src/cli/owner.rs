@@ -32,10 +32,26 @@ pub(crate) fn who(uid: u32) -> String {
     }
 }
 
-/// This command's words, quoted for a shell (they never hold a secret:
-/// keyhold takes none on its command line).
+/// A URL's password (`scheme://user:PASSWORD@host`) replaced by `***`:
+/// `migrate --to-database-url` is the one flag that may carry one.
+fn without_password(arg: &str) -> String {
+    let Some((scheme, rest)) = arg.split_once("://") else {
+        return arg.to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or("");
+            format!("{scheme}://{name}:***@{host}")
+        }
+        _ => arg.to_string(),
+    }
+}
+
+/// This command's words, quoted for a shell. keyhold takes no secret on
+/// its command line but a database URL's password, which is masked.
 fn this_command() -> String {
-    std::env::args()
+    std::env::args_os()
+        .map(|a| without_password(&a.to_string_lossy()))
         .map(|a| {
             if !a.is_empty()
                 && a.bytes()
@@ -57,7 +73,16 @@ pub(crate) fn refuse_foreign_owner(dir: &Path) -> Result<(), ConfigError> {
     if !rustix::process::geteuid().is_root() {
         return Ok(());
     }
-    let Ok(meta) = std::fs::metadata(dir) else {
+    // A directory still to be made takes its nearest existing ancestor's
+    // owner (init, restore or migrate into a new directory).
+    let Some((at, meta)) = dir.ancestors().find_map(|d| {
+        let d = if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        };
+        std::fs::metadata(d).ok().map(|m| (d, m))
+    }) else {
         return Ok(());
     };
     let owner = meta.uid();
@@ -66,10 +91,18 @@ pub(crate) fn refuse_foreign_owner(dir: &Path) -> Result<(), ConfigError> {
     }
     let as_user = user_name(owner).unwrap_or_else(|| format!("#{owner}"));
     Err(ConfigError(format!(
-        "keyhold runs as root, but the data directory {} belongs to {}: files written as root \
-         would lock that user (the service) out. Nothing was done; run the same command as the \
-         owner: runuser -u {as_user} -- {}",
-        dir.display(),
+        "keyhold runs as root, but {} belongs to {}: files written as root would lock that \
+         user (the service) out. Nothing was done; run the same command as the owner: runuser \
+         -u {as_user} -- {}",
+        if at == dir {
+            format!("the data directory {}", dir.display())
+        } else {
+            format!(
+                "{} (where the data directory {} would be made)",
+                at.display(),
+                dir.display()
+            )
+        },
         who(owner),
         this_command()
     )))
@@ -94,4 +127,27 @@ pub(crate) fn unreadable(dir: &Path) -> Option<ConfigError> {
         who(me),
         dir.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_database_urls_password_is_masked() {
+        assert_eq!(
+            super::without_password("postgres://keyhold:s3cret@db:5432/k"),
+            "postgres://keyhold:***@db:5432/k"
+        );
+        assert_eq!(
+            super::without_password("--to-database-url=postgres://u:p@h/d"),
+            "--to-database-url=postgres://u:***@h/d"
+        );
+        assert_eq!(
+            super::without_password("postgres://u@h/d"),
+            "postgres://u@h/d"
+        );
+        assert_eq!(
+            super::without_password("/var/lib/keyhold"),
+            "/var/lib/keyhold"
+        );
+    }
 }

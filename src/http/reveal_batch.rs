@@ -118,9 +118,15 @@ where
                 .map(|(k, text)| super::keys::Revealed::of(k, text))
                 .collect();
             let secret_len = texts.iter().map(|t| t.len()).sum::<usize>() + 256 * keys.len();
+            // Serialized from borrows into a zeroized buffer: no
+            // `serde_json::Value` copy of a key is made (and freed unwiped).
+            #[derive(serde::Serialize)]
+            struct Batch<'a> {
+                keys: &'a [super::keys::Revealed<'a>],
+            }
             ctx.finish(secret_json_response(
                 StatusCode::OK,
-                &serde_json::json!({ "keys": out }),
+                &Batch { keys: &out },
                 secret_len,
             ))
         }
