@@ -68,11 +68,27 @@ pub(super) fn bind_unix(path: &Path) -> io::Result<(UnixListener, SocketFile)> {
                 ),
             ));
         }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "another server is listening on this socket",
-            ));
+        // Only a socket nobody listens on (connection refused) is stale:
+        // one this user may not connect to (permission denied) may be
+        // another service's live socket, and is left alone.
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another server is listening on this socket",
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "a socket is already at {} and keyhold cannot tell whether it is in use \
+                         ({e}): remove it if no server uses it, or pick another path",
+                        path.display()
+                    ),
+                ))
+            }
         }
         std::fs::remove_file(path)?;
     }
