@@ -127,13 +127,13 @@ pub(crate) fn retired_hint(store: &Store) -> Option<String> {
     Some(match ring.source() {
         KeySource::File(path) => format!(
             "the key this store needs ({fp}) is retired in {}: put it back with `keyhold keyring \
-             unretire --key-file {} {fp}`, start again, and rotate before retiring it",
+             unretire --key-file {} {fp}`, run this again, and rotate before retiring it",
             path.display(),
             path.display()
         ),
         _ => format!(
             "the key this store needs ({fp}) is in the retired section of the key command's \
-             output: move it above the `[retired]` line, start again, and rotate before \
+             output: move it above the `[retired]` line, run this again, and rotate before \
              retiring it"
         ),
     })
