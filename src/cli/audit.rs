@@ -202,16 +202,8 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let ok = reports.iter().all(VerifyReport::is_ok);
+    let ok = print_reports(&reports, a.output.is_json())?;
     let mut out = std::io::stdout().lock();
-    for r in &reports {
-        if a.output.is_json() {
-            serde_json::to_writer(&mut out, r)?;
-            writeln!(out)?;
-        } else {
-            writeln!(out, "{r}")?;
-        }
-    }
     // A file that verifies may still end early: cut after one of its
     // signed commits, it verifies just the same. Only a later anchor
     // rules that out.
@@ -230,6 +222,20 @@ fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Prints the reports (one JSON line each, or text); whether all are ok.
+pub(super) fn print_reports(reports: &[VerifyReport], json: bool) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    for r in reports {
+        if json {
+            serde_json::to_writer(&mut out, r)?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{r}")?;
+        }
+    }
+    Ok(reports.iter().all(VerifyReport::is_ok))
 }
 
 /// Verifies a JSON Lines export in one pass. By default the file must be

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::ConfigError;
-use crate::audit::{PublicKey, VerifyKeys, VerifyReport};
+use crate::audit::{PublicKey, VerifyKeys};
 use crate::client::{Client, ClientError};
 use crate::config::{
     AuditExportArgs, AuditPublicKeyArgs, AuditRemoteArgs, AuditVerifyArgs, ExportFormatArg,
@@ -207,16 +207,7 @@ pub(super) fn verify(
             "the server's export",
         ));
     }
-    let ok = reports.iter().all(VerifyReport::is_ok);
-    let mut out = std::io::stdout().lock();
-    for r in &reports {
-        if a.output.is_json() {
-            serde_json::to_writer(&mut out, r)?;
-            writeln!(out)?;
-        } else {
-            writeln!(out, "{r}")?;
-        }
-    }
+    let ok = super::audit::print_reports(&reports, a.output.is_json())?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
