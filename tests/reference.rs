@@ -1,5 +1,5 @@
 //! `docs/reference.md` is generated from the clap definitions in
-//! `src/config.rs`: every command, flag, environment variable and default.
+//! `src/config/`: every command, flag, environment variable and default.
 //! This test regenerates it and fails when the file differs.
 //!
 //! The text above the marker line is hand-written (the variables read
@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use clap::{Arg, ArgAction, Command, CommandFactory};
 use keyhold::config::Cli;
 
-const MARKER: &str = "<!-- Everything below this line is generated from src/config.rs by \
+const MARKER: &str = "<!-- Everything below this line is generated from src/config/ by \
 tests/reference.rs; edit the doc comments there, then run \
 `KEYHOLD_UPDATE_REFERENCE=1 cargo test --test reference`. -->";
 
@@ -272,7 +272,7 @@ fn docs_reference_md_is_generated_from_the_clap_definitions() {
             |i| i + 1,
         );
     panic!(
-        "docs/reference.md is out of date with src/config.rs (first difference at line {line}).\n\
+        "docs/reference.md is out of date with src/config/ (first difference at line {line}).\n\
          Regenerate it with:\n\n    {UPDATE_VAR}=1 cargo test --test reference\n\n\
          and commit the result."
     );
