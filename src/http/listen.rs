@@ -22,6 +22,11 @@ pub(super) struct SocketFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    /// The socket held open (Linux: an O_PATH descriptor) until it is
+    /// removed: an inode in use is never freed, so a file put at the path
+    /// after ours was unlinked cannot get our inode number back and pass
+    /// for ours.
+    _held: Option<rustix::fd::OwnedFd>,
 }
 
 impl SocketFile {
@@ -113,9 +118,10 @@ fn own_socket(path: &Path) -> io::Result<SocketFile> {
     )?;
     let st = rustix::fs::fstat(&fd)?;
     let is_socket = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket;
-    let file = checked(path, is_socket, st.st_uid, st.st_dev, st.st_ino)?;
+    let mut file = checked(path, is_socket, st.st_uid, st.st_dev, st.st_ino)?;
     let by_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
     group_may_connect(path, Path::new(&by_fd))?;
+    file._held = Some(fd);
     Ok(file)
 }
 
@@ -144,6 +150,7 @@ fn checked(path: &Path, is_socket: bool, uid: u32, dev: u64, ino: u64) -> io::Re
         path: path.to_path_buf(),
         dev,
         ino,
+        _held: None,
     })
 }
 
