@@ -248,14 +248,8 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
 
     // Counted but not yet written attempts go in now.
     let pending = state.coalescer.drain(0, true);
-    let sessions = state.views.drain(crate::time::now_us(), true);
-    if !pending.is_empty() || !sessions.is_empty() {
-        let batch: Vec<_> = pending
-            .into_iter()
-            .map(|d| d.event)
-            .chain(sessions)
-            .map(|e| (e, vec![]))
-            .collect();
+    if !pending.is_empty() {
+        let batch: Vec<_> = pending.into_iter().map(|d| (d.event, vec![])).collect();
         if let Err(e) = log.append(&batch) {
             tracing::error!(error = %e, "could not write the last coalesced audit records");
         }
@@ -405,8 +399,7 @@ fn spawn_housekeeping(state: Arc<AppState>) {
         loop {
             tick.tick().await;
             // Submitted together, so they share one fsync; a record that
-            // cannot be written is put back and counted again later. Then
-            // the console sessions that ended: one record each.
+            // cannot be written is put back and counted again later.
             let now = crate::time::now_us();
             let due = state.coalescer.drain(now, false);
             let writes = due.into_iter().map(|d| {
@@ -418,20 +411,7 @@ fn spawn_housekeeping(state: Arc<AppState>) {
                     }
                 }
             });
-            let ended = state.views.drain(now, false);
-            let closing = ended.into_iter().map(|e| {
-                let st = state.clone();
-                async move {
-                    if !write_pending(&st, e.clone(), "console session's").await {
-                        st.views.restore(e);
-                    }
-                }
-            });
-            futures_util::future::join(
-                futures_util::future::join_all(writes),
-                futures_util::future::join_all(closing),
-            )
-            .await;
+            futures_util::future::join_all(writes).await;
         }
     });
 }

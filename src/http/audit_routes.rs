@@ -154,9 +154,7 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
         // Every page takes from the token's record budget, counted or not.
         let ev = vault.spend_record_budget(ev)?;
         let view = match &session {
-            Some(id) => state
-                .views
-                .view(caller.id, id, &ev, &described, crate::time::now_us()),
+            Some(id) => state.views.view(caller.id, id, crate::time::now_us()),
             None => View::Alone,
         };
         match (view, &session) {
@@ -165,17 +163,13 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
                 let mut ev = ev;
                 ev.detail = ev.detail.map(|d| {
                     format!(
-                        "{d}; opens a console session: its further pages are counted into one \
-                         record when it ends"
+                        "{d}; opens a console session: this record stands for its further \
+                         pages too (until 10 minutes idle, an hour or 1000 pages)"
                     )
                 });
-                match vault.record_budgeted(ev, vec![]).await {
-                    Ok(seq) => state.views.opened(caller.id, id, Some(seq)),
-                    Err(e) => {
-                        state.views.opened(caller.id, id, None);
-                        return Err(e.into());
-                    }
-                }
+                let written = vault.record_budgeted(ev, vec![]).await;
+                state.views.opened(caller.id, id, written.is_ok());
+                written?;
             }
             _ => {
                 vault.record_budgeted(ev, vec![]).await?;
@@ -190,15 +184,12 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
             // A page is small (at most Page::MAX_LIMIT records): it is
             // written whole first, so its answer can say whether another
             // page follows.
-            let (body, written, seqs) = crate::blocking::run(move || {
+            let (body, written) = crate::blocking::run(move || {
                 let mut body = Vec::new();
-                let mut seqs: Option<(u64, u64)> = None;
                 Exporter::new(&store, filter, format)
                     .page(page)
-                    .write_page(&mut body, |seq| {
-                        seqs = Some(seqs.map_or((seq, seq), |(l, h)| (l.min(seq), h.max(seq))));
-                    })
-                    .map(|w| (body, w, seqs))
+                    .write_page(&mut body, |_| {})
+                    .map(|w| (body, w))
             })
             .await
             .map_err(|_| ApiError::unavailable("the export was interrupted; retry"))?
@@ -206,9 +197,6 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
                 audit::ExportError::Store(e) => ApiError::storage(&e),
                 _ => ApiError::unavailable("the page could not be encoded; retry"),
             })?;
-            if let Some(id) = &session {
-                state.views.shown(caller.id, id, written.records, seqs);
-            }
             let mut resp = Response::new(body.into());
             resp.headers_mut().insert(
                 "x-keyhold-more",
