@@ -371,6 +371,18 @@ fn exports_of(records: &[Value], caller: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The records that open a console session.
+fn session_records(exports: &[Value]) -> Vec<&Value> {
+    exports
+        .iter()
+        .filter(|r| {
+            r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("opens a console session"))
+        })
+        .collect()
+}
+
 #[test]
 fn a_console_sign_in_writes_one_record_for_its_pages_and_each_download_its_own() {
     let Some(c) = case() else {
@@ -424,14 +436,7 @@ fn a_console_sign_in_writes_one_record_for_its_pages_and_each_download_its_own()
 
     let records = c.v.audit_records();
     let exports = exports_of(&records, "alice-audit");
-    let opening: Vec<&Value> = exports
-        .iter()
-        .filter(|r| {
-            r["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("opens a console session"))
-        })
-        .collect();
+    let opening = session_records(&exports);
     assert_eq!(opening.len(), 1, "{exports:#?}");
     // The session's one record, whatever the number of pages.
     assert!(
@@ -521,14 +526,7 @@ fn only_small_console_pages_join_a_session_and_every_other_export_is_recorded_ea
     // The session's one record (for its 3 pages) + 5 kinds x 2 + 2
     // without the header.
     assert_eq!(mine.len(), 1 + 10 + 2, "{mine:#?}");
-    let sessions: Vec<&Value> = mine
-        .iter()
-        .filter(|r| {
-            r["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("opens a console session"))
-        })
-        .collect();
+    let sessions = session_records(&mine);
     assert_eq!(sessions.len(), 1, "{mine:#?}");
     assert!(mine.iter().all(|r| r["count"].is_null()), "{mine:#?}");
     for q in alone {
