@@ -242,3 +242,44 @@ fn the_servers_refusals_exit_1_and_invalid_values_exit_2() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `rotate --new-key` whose key file cannot be written (the file is read
+/// through /proc/self/fd, a directory no one can create a file in, root
+/// included): exit 2, the file and the store unchanged — nothing was
+/// rotated, and every key still opens under the old keyring.
+#[test]
+fn a_rotation_whose_key_file_cannot_be_written_exits_2_and_changes_nothing() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    let api = Api::new(&s, &v.admin);
+    let id = api.create_key("claude", "k", "sk-before");
+    drop(s);
+    let tmp = tempfile::tempdir().unwrap();
+    let key_file = tmp.path().join("key");
+    std::fs::write(&key_file, format!("{}\n", v.key)).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#"FERNET_KEY_FILE=/proc/self/fd/3 exec "$0" rotate --new-key --data-dir "$1" 3<"$2""#)
+        .arg(bin())
+        .arg(v.dir_str())
+        .arg(&key_file)
+        .env_remove("FERNET_KEYS")
+        .env_remove("FERNET_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("keyhold: error: "), "{err}");
+    assert!(err.contains("cannot write the key file"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert!(!err.contains(&v.key), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        format!("{}\n", v.key)
+    );
+    // The store still opens and reveals under the old key alone.
+    let s = v.serve(&[]);
+    let r = Api::new(&s, &v.admin).get(&format!("/api/keys/{id}"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["api_key"], "sk-before");
+}
