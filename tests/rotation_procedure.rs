@@ -213,3 +213,62 @@ fn check_with_a_key_that_opens_nothing_exits_2_and_says_so() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A rotation killed half-way leaves the keyring check value under the
+/// old key (it moves last), so retiring the old key then restarting is
+/// refused, naming `unretire`, instead of serving with keys it cannot
+/// open; finishing the rotation then lets it go.
+#[test]
+fn a_start_after_retiring_during_an_unfinished_rotation_is_refused() {
+    let (_tmp, dir, file, admin) = vault_with_key_file();
+    let d = dir.to_str().unwrap();
+    let s = serve(&dir, &file);
+    let ids: Vec<String> = (0..4)
+        .map(|i| Api::new(&s, &admin).create_key("claude", &format!("k{i}"), &format!("sk-{i}")))
+        .collect();
+    s.stop();
+    let f = file.to_str().unwrap();
+    assert_ok(&kh(&file, &["keygen", "--key-file", f]));
+    // An offline rotation, one key every 3 s, killed after the first.
+    let mut rotation = keyhold()
+        .env_remove("FERNET_KEY")
+        .env("FERNET_KEY_FILE", &file)
+        .args(["rotate", "--data-dir", d, "--pace-ms", "3000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    rotation.kill().unwrap();
+    rotation.wait().unwrap();
+    // Half-way: some keys under the new key, some still under the old.
+    let check = kh(&file, &["check", "--data-dir", d]);
+    let said = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        said.contains("need an older key"),
+        "{said}{}",
+        stderr(&check)
+    );
+    assert_ok(&kh(&file, &["keyring", "retire"]));
+    let out = keyhold()
+        .env_remove("FERNET_KEY")
+        .env("FERNET_KEY_FILE", &file)
+        .args(["serve", "--data-dir", d, "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("keyhold keyring unretire --key-file {f}")),
+        "{}",
+        stderr(&out)
+    );
+    // The fix the refusal names, the rotation finished, then retired.
+    assert_ok(&kh(&file, &["keyring", "unretire"]));
+    assert_ok(&kh(&file, &["rotate", "--data-dir", d]));
+    assert_ok(&kh(&file, &["keyring", "retire"]));
+    let s = serve(&dir, &file);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(reveal(&s, &admin, id), format!("sk-{i}"));
+    }
+    s.stop();
+}

@@ -107,17 +107,10 @@ pub fn rotate(
         || store.meta_value(META_RECORD_MAC_SECRET)?.is_none()
         || under_older_key(store, keyring, META_RECORD_SECRET, RECORD_SECRET_PURPOSE)?
         || under_older_key(store, keyring, META_RECORD_MAC_SECRET, RECORD_MAC_PURPOSE)?;
-    // The meta values first: the server checks them at start-up.
+    // The sealed secrets first, so every record written from here on
+    // opens under the newest key. The check value is re-sealed last (see
+    // below).
     let mut meta = Vec::new();
-    if let Some(check) = store.check_value()? {
-        if keyring.opens_check(&check).is_some_and(|i| i > 0) {
-            meta.push(Write::Meta {
-                name: META_CHECK,
-                value: Some(keyring.check_token().into_bytes()),
-            });
-            report.meta_rotated.push("keyring_check".into());
-        }
-    }
     for (name, purpose) in [
         (META_RECORD_SECRET, RECORD_SECRET_PURPOSE),
         (META_AUDIT_KEY, MAC_KEY_PURPOSE),
@@ -200,6 +193,25 @@ pub fn rotate(
             n += new_record_mac_secret(store, keyring, log, who, pace)?;
         }
         report.records_reauthenticated = Some(n);
+    }
+    // Last, once every key is under the newest key: the check value, which
+    // a start tests the keyring against. Until it moves, the check value
+    // opens only with the older key, so a keyring that dropped or retired
+    // that key before the rotation finished is refused at start (naming
+    // `keyhold keyring unretire`), not taken up with keys it cannot open.
+    // Keys that open under no key of the keyring (`failed`) need none.
+    if let Some(check) = store.check_value()? {
+        if keyring.opens_check(&check).is_some_and(|i| i > 0) {
+            let detail = "rotation: every key is under the newest key; re-sealed keyring_check \
+                          under it"
+                .to_string();
+            let write = Write::Meta {
+                name: META_CHECK,
+                value: Some(keyring.check_token().into_bytes()),
+            };
+            log.append(&[(rotate_event(who, detail), vec![write])])?;
+            report.meta_rotated.push("keyring_check".into());
+        }
     }
     store.flush()?;
     Ok(report)
