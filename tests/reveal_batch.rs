@@ -99,13 +99,32 @@ fn one_refused_key_reveals_none_and_says_which() {
     let list: Vec<Value> = api.get("/api/keys").json().unwrap();
     assert!(list.iter().all(|k| k["last_used"].is_null()), "{list:#?}");
     s.stop();
-    let mut outcomes: Vec<String> = reveals(&v)
+    let records = reveals(&v);
+    let mut outcomes: Vec<String> = records
         .iter()
         .map(|r| r["outcome"].as_str().unwrap().to_string())
         .collect();
-    // Refusals are coalesced: written within a second, in any order.
+    // Refusals are coalesced: written within a second, in any order. The
+    // key that would have opened (asked for twice) is recorded withheld,
+    // with the batch's answer, so every key asked for has its record.
     outcomes.sort();
-    assert_eq!(outcomes, ["deleted", "not_found"]);
+    assert_eq!(
+        outcomes,
+        ["deleted", "not_found", "not_found"],
+        "{records:#?}"
+    );
+    let withheld: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["key_id"] == a.as_str())
+        .collect();
+    assert_eq!(withheld.len(), 1, "{records:#?}");
+    assert_eq!(withheld[0]["outcome"], "not_found");
+    assert_eq!(withheld[0]["count"], 2, "asked for twice: {records:#?}");
+    let d = withheld[0]["detail"].as_str().unwrap();
+    assert!(
+        d.contains("withheld: key 2 of the batch was refused (not_found)"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -147,12 +166,19 @@ fn a_limited_token_gets_for_another_providers_key_what_a_missing_one_gets() {
     // Recorded as what they were (coalesced per target and second): the
     // other provider's key by id, by provider, by name, and the provider
     // `nosuch`, which is beyond the token's providers too.
+    let withheld = |r: &&Value| r["detail"].as_str().is_some_and(|d| d.contains("withheld"));
+    let count = |r: &Value| r["count"].as_u64().unwrap_or(1);
     let forbidden: u64 = recs
         .iter()
-        .filter(|r| r["outcome"] == "forbidden")
-        .map(|r| r["count"].as_u64().unwrap_or(1))
+        .filter(|r| r["outcome"] == "forbidden" && !withheld(r))
+        .map(count)
         .sum();
     assert_eq!(forbidden, 4, "{recs:#?}");
+    // `ci`, which the token may see and which opened, withheld in each of
+    // the five batches, recorded with the batch's answer.
+    let held: Vec<&Value> = recs.iter().filter(withheld).collect();
+    assert!(held.iter().all(|r| r["provider"] == "github"), "{held:#?}");
+    assert_eq!(held.iter().map(|r| count(r)).sum::<u64>(), 5, "{held:#?}");
 }
 
 #[test]

@@ -58,6 +58,14 @@ pub(super) struct Opened {
     revealed: Revealed,
 }
 
+impl Opened {
+    /// Drops the key unrevealed (its plaintext zeroized) and gives back
+    /// the record it would have had, for the caller to record why not.
+    pub(super) fn withhold(self) -> AuditEvent {
+        self.ev
+    }
+}
+
 /// A revealed key: its plaintext is zeroized on drop.
 #[derive(Debug)]
 pub struct Revealed {

@@ -9,8 +9,10 @@
 //! version, expiry, decrypt). Only when every key opened is each one's
 //! success record written ([`Vault::hand_over`], one record a key,
 //! durable) and the keys given. When any key is refused, each refused
-//! key's record says why, nothing is revealed, and no success is recorded
-//! for the keys that would have opened (none of them left the server).
+//! key's record says why, nothing is revealed, and each key that would
+//! have opened is recorded withheld, with the batch's refusal as its
+//! outcome (none of them left the server): every key asked for has its
+//! record.
 //!
 //! Not for: reading the request (see `http::reveal_batch`).
 
@@ -94,9 +96,22 @@ impl Vault<'_> {
                 Err(r) => refused.push((i, r)),
             }
         }
-        if !refused.is_empty() {
-            // Dropped unrecorded: nothing of them leaves (zeroized).
-            drop(opened);
+        if let Some((first, why)) = refused.first() {
+            // The keys that opened are withheld (their plaintext zeroized)
+            // and each recorded with the batch's answer, so a caller
+            // cannot learn which keys would open, one bad item a batch,
+            // without a record of each key it asked for.
+            let (first, why) = (*first, why.clone());
+            for o in opened {
+                let mut ev = o.withhold();
+                ev.detail = Some(format!(
+                    "{}; withheld: key {} of the batch was refused ({}), so none was revealed",
+                    ev.detail.unwrap_or_default(),
+                    first + 1,
+                    why.outcome().as_str()
+                ));
+                self.refuse(ev, why.clone()).await;
+            }
             return Err(BatchRefusal::Items(refused));
         }
         // Queued together (in order), so one commit of the audit writer
