@@ -211,3 +211,46 @@ fn a_writer_past_its_record_budget_changes_nothing() {
         .sum();
     assert_eq!(limited, 4);
 }
+
+/// One scope check for every route, through the vault: a refusal is
+/// recorded whatever the route — listing tokens, keys or versions, the
+/// audit log's stats and verification, the metrics — and so are the
+/// provider-limited readers refused what covers every provider.
+#[test]
+fn every_refused_scope_is_recorded_whatever_the_route() {
+    let v = Vault::new();
+    let metrics = v.token("m", "metrics", None);
+    let reader = v.token("r", "reader", None);
+    let limited = v.token("lim", "admin", Some("github"));
+    let s = v.serve(&[]);
+    let id = Api::new(&s, &v.admin).create_key("claude", "k", "sk-x");
+    let cases: [(&str, &str, &str, &str); 8] = [
+        (&reader, "/api/tokens", "token_list", "r"),
+        (&metrics, "/api/keys", "key_list", "m"),
+        (&metrics, "/api/keys/ID/versions", "key_list", "m"),
+        (&metrics, "/api/audit/stats", "audit_export", "m"),
+        (&metrics, "/api/audit/verify", "audit_export", "m"),
+        (&reader, "/metrics", "metrics_read", "r"),
+        (&limited, "/metrics", "metrics_read", "lim"),
+        (&limited, "/api/audit/stats", "audit_export", "lim"),
+    ];
+    for (token, path, _, _) in cases {
+        let r = Api::new(&s, token).get(&path.replace("ID", &id));
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    s.stop();
+    let records = v.audit_records();
+    for (_, path, action, caller) in cases {
+        let n: u64 = records
+            .iter()
+            .filter(|r| {
+                r["action"] == action && r["caller"] == caller && r["outcome"] == "forbidden"
+            })
+            .map(|r| r["count"].as_u64().unwrap_or(1))
+            .sum();
+        assert!(
+            n >= 1,
+            "{path}: no {action} refusal of {caller}: {records:#?}"
+        );
+    }
+}

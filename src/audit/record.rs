@@ -54,10 +54,14 @@ pub enum Action {
     /// A setting every node of a shared store uses changed (the reveal
     /// rate).
     Settings,
+    /// A listing of tokens (recorded only when refused).
+    TokenList,
+    /// A read of `/metrics` (recorded only when refused).
+    MetricsRead,
 }
 
 impl Action {
-    pub const ALL: [Action; 21] = [
+    pub const ALL: [Action; 23] = [
         Action::Init,
         Action::Reveal,
         Action::KeyCreate,
@@ -79,6 +83,8 @@ impl Action {
         Action::KeyPurge,
         Action::TokenRotate,
         Action::Settings,
+        Action::TokenList,
+        Action::MetricsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +110,8 @@ impl Action {
             Action::KeyPurge => "key_purge",
             Action::TokenRotate => "token_rotate",
             Action::Settings => "settings",
+            Action::TokenList => "token_list",
+            Action::MetricsRead => "metrics_read",
         }
     }
 

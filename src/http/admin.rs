@@ -10,7 +10,7 @@ use warp::reply::Response;
 use super::context::Ctx;
 use super::error::ApiError;
 use super::extract::{self, NewTokenBody, RotateTokenBody};
-use super::{require, AppState, State};
+use super::{AppState, State};
 use crate::access::{Caller, Scope};
 use crate::audit::{Action, Outcome};
 use crate::store::TokenRecord;
@@ -71,12 +71,7 @@ impl TokenInfo {
 
 /// Authenticates an admin (recording a refused scope).
 async fn admin_caller(state: &State, ctx: &Ctx, action: Action) -> Result<Caller, ApiError> {
-    let caller = state.authenticate(ctx).await?;
-    state
-        .vault()
-        .require(&AppState::origin(ctx), &caller, Scope::Admin, action)
-        .await?;
-    Ok(caller)
+    state.authorize(ctx, Scope::Admin, action).await
 }
 
 /// An admin without a provider limit, for an operation on the whole
@@ -99,8 +94,9 @@ async fn whole_store_caller(
 /// reach no further than itself.
 pub(super) async fn list_tokens(state: State, ctx: Ctx) -> Response {
     let res = async {
-        let caller = state.authenticate(&ctx).await?;
-        require(&caller, Scope::Admin)?;
+        let caller = state
+            .authorize(&ctx, Scope::Admin, Action::TokenList)
+            .await?;
         let out: Vec<TokenInfo> = state
             .vault()
             .list_tokens(Some(&caller))?
@@ -116,8 +112,9 @@ pub(super) async fn list_tokens(state: State, ctx: Ctx) -> Response {
 /// GET /api/tokens/{id}
 pub(super) async fn get_token(id: String, state: State, ctx: Ctx) -> Response {
     let res = async {
-        let caller = state.authenticate(&ctx).await?;
-        require(&caller, Scope::Admin)?;
+        let caller = state
+            .authorize(&ctx, Scope::Admin, Action::TokenList)
+            .await?;
         let rec = state.vault().find_token(Some(&caller), &id)?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &TokenInfo::listed(&rec)))
     }

@@ -10,10 +10,9 @@ use super::context::Ctx;
 use super::error::ApiError;
 use super::keys::form_pairs;
 use super::stream::stream_blocking;
-use super::{require, State};
-use crate::access::Scope;
+use super::{AppState, State};
+use crate::access::{Caller, Scope};
 use crate::audit::{self, Action, ExportFilter, ExportFormat, Exporter, Outcome, Page, View};
-use crate::vault::Refusal;
 
 /// Parses the export query: the filters (`since`, `until`, `key_id`,
 /// `caller`, `outcome`, `action`), `format`, and the page (`limit`,
@@ -84,11 +83,22 @@ fn unknown_parameter(name: &str) -> ApiError {
 /// The audit log is one chain over every provider: a provider-limited
 /// token reads none of it (a filtered view could not be verified, and
 /// records without a provider would leak or vanish).
-fn limited_audit_reader() -> ApiError {
-    ApiError::forbidden(
-        "this token is limited to some providers, and the audit log covers every provider: \
-         read it with an auditor token without a provider limit",
-    )
+const LIMITED_AUDIT_READER: &str = "this token is limited to some providers, and the audit log \
+     covers every provider: read it with an auditor token without a provider limit";
+
+/// An auditor without a provider limit (refusals recorded under `action`).
+async fn audit_reader(state: &State, ctx: &Ctx, action: Action) -> Result<Caller, ApiError> {
+    let caller = state.authorize(ctx, Scope::AuditRead, action).await?;
+    state
+        .vault()
+        .require_unlimited(
+            &AppState::origin(ctx),
+            &caller,
+            action,
+            LIMITED_AUDIT_READER.into(),
+        )
+        .await?;
+    Ok(caller)
 }
 
 /// The console's session header: the random id the console makes at each
@@ -116,23 +126,9 @@ fn console_session(ctx: &Ctx) -> Result<Option<String>, ApiError> {
 /// GET /api/audit
 pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
     let res = async {
-        let caller = state.authenticate(&ctx).await?;
-        // Refusals go through the vault: coalesced per token, budgeted.
-        if let Err(e) = require(&caller, Scope::AuditRead) {
-            let ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Forbidden);
-            let r = state
-                .vault()
-                .refused(ev, Refusal::Forbidden(e.detail))
-                .await;
-            return Err(r.into());
-        }
-        if caller.is_limited() {
-            let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Forbidden);
-            ev.detail = Some("provider-limited token".into());
-            let detail = limited_audit_reader().detail;
-            let r = state.vault().refused(ev, Refusal::Forbidden(detail)).await;
-            return Err(r.into());
-        }
+        // Refusals go through the vault: recorded, coalesced per token,
+        // budgeted.
+        let caller = audit_reader(&state, &ctx, Action::AuditExport).await?;
         let (filter, format, page) = parse_export_query(&query)?;
         let session = console_session(&ctx)?;
         let mut ev = state.event(&ctx, Action::AuditExport, Some(&caller), Outcome::Success);
@@ -231,11 +227,7 @@ const MAX_BUCKETS: i64 = 5000;
 /// same filters as the export (the console's chart).
 pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
     let res = async {
-        let caller = state.authenticate(&ctx).await?;
-        require(&caller, Scope::AuditRead)?;
-        if caller.is_limited() {
-            return Err(limited_audit_reader());
-        }
+        audit_reader(&state, &ctx, Action::AuditExport).await?;
         let mut filter = ExportFilter::default();
         let mut bucket_secs = 3600i64;
         for (k, v) in form_pairs(&query)? {
@@ -313,11 +305,7 @@ pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
 /// GET /api/audit/verify
 pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
     let res = async {
-        let caller = state.authenticate(&ctx).await?;
-        require(&caller, Scope::AuditRead)?;
-        if caller.is_limited() {
-            return Err(limited_audit_reader());
-        }
+        audit_reader(&state, &ctx, Action::AuditExport).await?;
         let store = state.store.clone();
         let keys = state.audit.log().verify_keys();
         let report = crate::blocking::run(move || audit::verify_store(&store, &keys))

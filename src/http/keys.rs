@@ -192,8 +192,9 @@ where
 /// GET /api/keys/{id}/versions
 pub(super) async fn versions(id: String, state: State, ctx: Ctx) -> Response {
     let res = async {
-        let caller = state.authenticate(&ctx).await?;
-        super::require(&caller, Scope::KeysList)?;
+        let caller = state
+            .authorize(&ctx, Scope::KeysList, Action::KeyList)
+            .await?;
         let rec = state.vault().key_versions(&caller, &id)?;
         let mut out = versions_of(&rec, state.key_policy.recovery_window_us);
         // Who stored each version names tokens: shown to those who may
@@ -275,8 +276,9 @@ pub(super) async fn list(state: State, ctx: Ctx, query: String) -> Response {
 }
 
 async fn list_inner(state: &State, ctx: &Ctx, query: &str) -> Result<Response, ApiError> {
-    let caller = state.authenticate(ctx).await?;
-    super::require(&caller, Scope::KeysList)?;
+    let caller = state
+        .authorize(ctx, Scope::KeysList, Action::KeyList)
+        .await?;
     let q: ListQuery = extract::query(query)?;
     let filter = q.filter()?;
     let keys = state

@@ -34,7 +34,7 @@ pub use routes::{route_label, routes, OPENAPI, ROUTES};
 
 use std::sync::Arc;
 
-use crate::access::{Caller, Scope};
+use crate::access::Caller;
 use crate::audit::{Action, AuditEvent, AuditWriter, Coalescer, Outcome};
 use crate::keyring::LiveKeyring;
 use crate::limiter::{RevealLimiter, TrustedProxies};
@@ -109,6 +109,22 @@ impl AppState {
         Ok(caller)
     }
 
+    /// The caller of a request, holding `scope`: the one scope check of
+    /// every route, through the vault, so a refusal is always recorded
+    /// (under `action`; coalesced and budgeted per token).
+    pub(crate) async fn authorize(
+        &self,
+        ctx: &Ctx,
+        scope: crate::access::Scope,
+        action: Action,
+    ) -> Result<Caller, ApiError> {
+        let caller = self.authenticate(ctx).await?;
+        self.vault()
+            .require(&Self::origin(ctx), &caller, scope, action)
+            .await?;
+        Ok(caller)
+    }
+
     /// The caller of a route that takes a body, and the body: the token is
     /// authenticated and `scope` checked (a refusal recorded under
     /// `action`) before any of the body is read, so a refused upload costs
@@ -126,16 +142,7 @@ impl AppState {
         S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
         B: bytes::Buf,
     {
-        let checked = match self.authenticate(ctx).await {
-            Ok(caller) => self
-                .vault()
-                .require(&Self::origin(ctx), &caller, scope, action)
-                .await
-                .map(|()| caller)
-                .map_err(ApiError::from),
-            Err(e) => Err(e),
-        };
-        let caller = match checked {
+        let caller = match self.authorize(ctx, scope, action).await {
             Ok(c) => c,
             Err(e) => {
                 ctx.discard_body(body).await;
@@ -183,17 +190,6 @@ impl AppState {
         writes: Vec<crate::store::Write>,
     ) -> Result<u64, ApiError> {
         Ok(self.vault().record(event, writes).await?)
-    }
-}
-
-/// Checks a scope, answering 403 naming the scope when missing.
-pub(crate) fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
-    if caller.has(scope) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "this token lacks the `{scope}` scope: use a token whose role grants it"
-        )))
     }
 }
 

@@ -409,16 +409,19 @@ fn metrics(s: &State) -> Route {
         .then(|st: State, ctx: Ctx| async move {
             // Metrics cover every provider: a provider-limited token reads
             // none of them (a limited admin included).
-            let allowed = st.authenticate(&ctx).await.and_then(|caller| {
-                super::require(&caller, crate::access::Scope::MetricsRead)?;
-                if caller.is_limited() {
-                    return Err(ApiError::forbidden(
-                        "this token is limited to some providers, and the metrics cover every \
-                         provider: read them with an unlimited metrics or admin token",
-                    ));
-                }
-                Ok(())
-            });
+            let allowed = async {
+                let action = crate::audit::Action::MetricsRead;
+                let caller = st
+                    .authorize(&ctx, crate::access::Scope::MetricsRead, action)
+                    .await?;
+                let detail = "this token is limited to some providers, and the metrics cover \
+                              every provider: read them with an unlimited metrics or admin token";
+                st.vault()
+                    .require_unlimited(&AppState::origin(&ctx), &caller, action, detail.into())
+                    .await
+                    .map_err(ApiError::from)
+            }
+            .await;
             match allowed {
                 Ok(()) => metrics_answer(&st),
                 Err(e) => ctx.error(&e),

@@ -54,16 +54,34 @@ impl Vault<'_> {
         action: Action,
         what: &str,
     ) -> Result<(), Refusal> {
+        self.require_unlimited(
+            origin,
+            caller,
+            action,
+            format!(
+                "this token is limited to some providers, and {what} covers every provider's \
+                 keys: use an admin token without a provider limit"
+            ),
+        )
+        .await
+    }
+
+    /// Refuses a provider-limited `caller` what covers every provider (a
+    /// whole-store operation, the audit log, the metrics), recording the
+    /// refusal under `action`; `detail` says what to use instead.
+    pub async fn require_unlimited(
+        &self,
+        origin: &Origin,
+        caller: &Caller,
+        action: Action,
+        detail: String,
+    ) -> Result<(), Refusal> {
         if !caller.is_limited() {
             return Ok(());
         }
         let mut ev = self.event(origin, action, Some(caller), Outcome::Forbidden);
         ev.detail = Some("provider-limited token".into());
-        let refusal = Refusal::Forbidden(format!(
-            "this token is limited to some providers, and {what} covers every provider's keys: \
-             use an admin token without a provider limit"
-        ));
-        Err(self.refuse(ev, refusal).await)
+        Err(self.refuse(ev, Refusal::Forbidden(detail)).await)
     }
 
     /// Records a rotation (`caller` none: the operator offline).
