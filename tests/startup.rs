@@ -287,3 +287,26 @@ fn offline_token_list_shows_live_and_revoked_tokens_without_their_secrets() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
 }
+
+#[test]
+fn zero_and_huge_limits_are_normalised_at_start_and_the_server_answers() {
+    // Each is taken as its nearest valid value (a timeout of 0 as 1 s, a
+    // count of 0 as 1, a count past what the server can hold as that
+    // most); a body-read count past that most used to panic at start.
+    // (`--audit-timeout-ms 0`, taken as 1 ms, is left to the unit tests: a
+    // record rarely gets durable that fast, and the reveal is then 503.)
+    let v = Vault::new();
+    let huge = u64::MAX.to_string();
+    let s = v.serve(&[
+        ("KEYHOLD_MAX_BODY_READS", huge.as_str()),
+        ("KEYHOLD_MAX_CONNECTIONS", "0"),
+        ("KEYHOLD_HANDSHAKE_TIMEOUT", "0"),
+        ("KEYHOLD_HEADER_TIMEOUT", "0"),
+        ("KEYHOLD_IDLE_TIMEOUT", "0"),
+        ("KEYHOLD_RECOVERY_WINDOW", "600w"),
+    ]);
+    let api = Api::new(&s, &v.admin);
+    let id = api.create_key("claude", "limits", "sk-limits");
+    let r: serde_json::Value = api.get(&format!("/api/keys/{id}")).json().unwrap();
+    assert_eq!(r["api_key"], "sk-limits");
+}

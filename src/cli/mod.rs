@@ -21,6 +21,7 @@ mod migrate;
 mod owner;
 mod remote;
 mod serve;
+mod serve_flags;
 mod table;
 mod token;
 
@@ -162,7 +163,10 @@ fn describe(err: &anyhow::Error) -> String {
 
 fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
-        if cause.is::<KeyringError>() || cause.is::<ConfigError>() {
+        if cause.is::<KeyringError>()
+            || cause.is::<ConfigError>()
+            || cause.is::<serve_flags::SettingsError>()
+        {
             return ExitCode::from(2);
         }
         // A value the vault refused as invalid (a name, a role, a ttl):

@@ -12,10 +12,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::server::{serve as serve_http, Bind, Limits, Listener};
-use super::{observe, routes, AppState};
+use super::server::{serve as serve_http, Limits, Listener};
+use super::{observe, routes, AppState, ServerSettings};
 use crate::audit::{AuditLog, AuditWriter, Coalescer};
-use crate::config::ServeArgs;
 use crate::keyring::Keyring;
 use crate::limiter::RevealLimiter;
 use crate::store::Store;
@@ -24,10 +23,6 @@ use crate::store::Store;
 pub struct Started {
     /// The reveal rate in force (on a shared database: the stored one).
     pub reveal_rate: crate::limiter::RevealRate,
-    pub bind: Bind,
-    /// `--metrics-listen`: /metrics without a token (loopback or Unix).
-    pub metrics_bind: Option<Bind>,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub store: Store,
     pub keyring: Keyring,
     pub log: Arc<AuditLog>,
@@ -49,21 +44,18 @@ pub enum AppError {
 /// Runs the server until SIGTERM or SIGINT: builds its state, starts the
 /// background tasks (metrics upkeep, key count, anchors, housekeeping,
 /// reload on SIGHUP), serves, then writes what is pending and flushes.
-pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
+pub async fn serve(settings: ServerSettings, started: Started) -> Result<(), AppError> {
     let Started {
         reveal_rate,
-        bind,
-        metrics_bind,
-        tls,
         store,
         keyring,
         log,
         dev_token,
     } = started;
-    let listener = Listener::bind(&bind, tls)
+    let listener = Listener::bind(&settings.listen.bind, settings.tls.clone().map(|t| t.0))
         .await
         .map_err(|e| AppError::Listen {
-            addr: args.listen.clone(),
+            addr: settings.listen.given.clone(),
             error: e.to_string(),
         })?;
     let metrics = observe::install_recorder();
@@ -113,11 +105,7 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
             },
         )
     };
-    let writer = AuditWriter::start(
-        log.clone(),
-        Duration::from_millis(args.audit_timeout_ms.max(1)),
-        Some(observer),
-    );
+    let writer = AuditWriter::start(log.clone(), settings.audit_timeout, Some(observer));
     {
         // A head that moved since the last anchor is anchored within a
         // minute even if no further batch comes.
@@ -140,21 +128,21 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
         } else {
             RevealLimiter::new(reveal_rate)
         },
-        proxies: args.trusted_proxies.clone(),
+        proxies: settings.trusted_proxies.clone(),
         coalescer: Coalescer::with_refusal_budget(
-            args.refusal_budget.count,
-            args.refusal_budget.period,
+            settings.refusal_budget.count,
+            settings.refusal_budget.period,
         )
-        .with_record_budget(args.record_budget.count, args.record_budget.period),
+        .with_record_budget(settings.record_budget.count, settings.record_budget.period),
         views: crate::audit::ConsoleViews::new(),
-        read_timeout: Duration::from_secs(args.header_timeout.0.max(1)),
-        body_reads: tokio::sync::Semaphore::new(args.max_body_reads.max(1)),
+        read_timeout: settings.header_timeout.get(),
+        body_reads: tokio::sync::Semaphore::new(settings.max_body_reads.get()),
         metrics,
         gauges,
         maintenance: Arc::new(tokio::sync::Mutex::new(())),
-        key_policy: crate::vault::KeyPolicy::new(args.keep_versions, args.recovery_window.0),
+        key_policy: settings.key_policy,
     });
-    spawn_housekeeping(state.clone());
+    spawn_housekeeping(state.clone(), settings.key_upkeep_every);
     // Before the "listening" line: a SIGHUP from then on reloads, never
     // kills (the default action).
     spawn_reload_on_sighup(state.clone())?;
@@ -189,13 +177,13 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
     );
 
     // The token-free metrics listener: /metrics only, a few connections.
-    let metrics_server = match metrics_bind {
+    let metrics_server = match &settings.metrics_listen {
         None => None,
-        Some(b) => {
-            let l = Listener::bind(&b, None)
+        Some(m) => {
+            let l = Listener::bind(&m.bind, None)
                 .await
                 .map_err(|e| AppError::Listen {
-                    addr: args.metrics_listen.clone().unwrap_or_default(),
+                    addr: m.given.clone(),
                     error: e.to_string(),
                 })?;
             let shown = l.describe();
@@ -224,19 +212,11 @@ pub async fn serve(args: &ServeArgs, started: Started) -> Result<(), AppError> {
             Some((stop, task))
         }
     };
-    let limits = Limits {
-        max_connections: args.max_connections,
-        max_connections_per_ip: args.max_connections_per_ip,
-        handshake_timeout: Duration::from_secs(args.handshake_timeout.0.max(1)),
-        header_read_timeout: Duration::from_secs(args.header_timeout.0.max(1)),
-        idle_timeout: Duration::from_secs(args.idle_timeout.0.max(1)),
-        ..Limits::default()
-    };
     serve_http(
         listener,
         routes(state.clone()),
-        limits,
-        args.trusted_proxies.clone(),
+        settings.limits(),
+        settings.trusted_proxies.clone(),
         observe::request_observer(),
         shutdown_signal(),
     )
@@ -321,7 +301,7 @@ fn print_dev_banner(out: &mut impl Write, url: &str, token: &str) {
 
 /// Periodic work: prune limiter state, write coalesced records, and bring
 /// the store back after a disk error.
-fn spawn_housekeeping(state: Arc<AppState>) {
+fn spawn_housekeeping(state: Arc<AppState>, key_upkeep_every: Duration) {
     let s = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -380,7 +360,7 @@ fn spawn_housekeeping(state: Arc<AppState>) {
             }
         }
     });
-    spawn_key_upkeep(state.clone());
+    spawn_key_upkeep(state.clone(), key_upkeep_every);
     let s = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -457,20 +437,13 @@ pub(crate) async fn scrub_removed(state: &Arc<AppState>) {
     }
 }
 
-/// How often the keys are walked for purges, gauges and warnings: a
-/// quarter of the recovery window, at least every second and at most
-/// every five minutes.
-fn upkeep_every(policy: &crate::vault::KeyPolicy) -> Duration {
-    let quarter = Duration::from_micros((policy.recovery_window_us / 4).max(0) as u64);
-    quarter.clamp(Duration::from_secs(1), Duration::from_secs(300))
-}
-
 /// Keys over time: destroys deleted keys whose recovery window ended
 /// (audited `key_purge`), sets the expiry gauges, and warns in the log
-/// once a day for each key that lapses within 7 days.
-fn spawn_key_upkeep(state: Arc<AppState>) {
+/// once a day for each key that lapses within 7 days; a pass `every`
+/// ([`ServerSettings::key_upkeep_every`]).
+fn spawn_key_upkeep(state: Arc<AppState>, every: Duration) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(upkeep_every(&state.key_policy));
+        let mut tick = tokio::time::interval(every);
         // A pass slower than the period (a huge store) is not followed by
         // a burst of catch-up passes.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

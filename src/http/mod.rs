@@ -24,6 +24,7 @@ pub mod query_guard;
 mod reveal_batch;
 mod routes;
 pub mod server;
+mod server_settings;
 mod slots;
 mod stream;
 pub mod ui;
@@ -31,6 +32,7 @@ mod whoami;
 
 pub use admin::{reload_keyring, ReloadError, ReloadReport, TokenInfo};
 pub use routes::{route_label, routes, OPENAPI, ROUTES};
+pub use server_settings::{Listen, ServerSettings, Timeout, Tls};
 
 use std::sync::Arc;
 

@@ -7,6 +7,8 @@
 //! recording, and one lock; keeping them together keeps those rules in
 //! one place.
 
+use std::num::NonZeroU32;
+
 use uuid::Uuid;
 
 use super::reveal::missing_scope;
@@ -92,7 +94,10 @@ impl KeyFilter {
 /// them (each up to 16 KiB), and a backup entry is at most 16 MiB.
 pub const MAX_KEEP_VERSIONS: u32 = 100;
 /// How many versions of a key are kept by default.
-pub const DEFAULT_KEEP_VERSIONS: u32 = 10;
+pub const DEFAULT_KEEP_VERSIONS: NonZeroU32 = match NonZeroU32::new(10) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
 /// How long a deleted key can be restored by default: 7 days.
 pub const DEFAULT_RECOVERY_WINDOW_SECS: u64 = 7 * 24 * 3600;
 
@@ -116,10 +121,13 @@ pub struct Upkeep {
 }
 
 /// What a server does with keys over time: versions kept, and how long a
-/// deleted key can be restored.
-#[derive(Debug, Clone, Copy)]
+/// deleted key can be restored. Made once at start ([`KeyPolicy::new`]
+/// refuses what is out of range), so nothing that reads it re-checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyPolicy {
-    pub keep_versions: u32,
+    /// 1 to [`MAX_KEEP_VERSIONS`].
+    pub keep_versions: NonZeroU32,
+    /// 0 to [`MAX_TTL_SECONDS`], in microseconds.
     pub recovery_window_us: i64,
 }
 
@@ -132,15 +140,31 @@ impl Default for KeyPolicy {
     }
 }
 
+/// A key policy out of range (the edge that took the value names its flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyPolicyError {
+    #[error("{0} versions kept: keep from 1 to {MAX_KEEP_VERSIONS}")]
+    KeepVersions(u32),
+    #[error("a recovery window of {0} s: at most 10 years ({MAX_TTL_SECONDS} s)")]
+    RecoveryWindow(u64),
+}
+
 impl KeyPolicy {
-    /// From the server's settings (a window beyond ten years is held at
-    /// ten years).
-    pub fn new(keep_versions: u32, recovery_window_secs: u64) -> KeyPolicy {
-        let secs = recovery_window_secs.min(MAX_TTL_SECONDS as u64) as i64;
-        KeyPolicy {
-            keep_versions: keep_versions.clamp(1, MAX_KEEP_VERSIONS),
+    /// Keeps `keep_versions` versions of each key (1 to
+    /// [`MAX_KEEP_VERSIONS`]) and deleted keys for `recovery_window_secs`
+    /// (at most ten years); refuses anything else.
+    pub fn new(keep_versions: u32, recovery_window_secs: u64) -> Result<KeyPolicy, KeyPolicyError> {
+        let keep = NonZeroU32::new(keep_versions)
+            .filter(|k| k.get() <= MAX_KEEP_VERSIONS)
+            .ok_or(KeyPolicyError::KeepVersions(keep_versions))?;
+        let secs = i64::try_from(recovery_window_secs)
+            .ok()
+            .filter(|s| *s <= MAX_TTL_SECONDS)
+            .ok_or(KeyPolicyError::RecoveryWindow(recovery_window_secs))?;
+        Ok(KeyPolicy {
+            keep_versions: keep,
             recovery_window_us: secs * 1_000_000,
-        }
+        })
     }
 }
 

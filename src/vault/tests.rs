@@ -399,3 +399,28 @@ fn an_expiring_token_is_refused_once_expired_and_a_rotation_keeps_the_grants() {
         Some(&f.last().at_us)
     );
 }
+
+#[test]
+fn a_key_policy_takes_1_to_100_versions_and_a_window_up_to_ten_years() {
+    let p = KeyPolicy::new(1, 0).unwrap();
+    assert_eq!((p.keep_versions.get(), p.recovery_window_us), (1, 0));
+    let ten_years = MAX_TTL_SECONDS as u64;
+    let p = KeyPolicy::new(MAX_KEEP_VERSIONS, ten_years).unwrap();
+    assert_eq!(p.keep_versions.get(), MAX_KEEP_VERSIONS);
+    assert_eq!(p.recovery_window_us, MAX_TTL_SECONDS * 1_000_000);
+    for keep in [0, MAX_KEEP_VERSIONS + 1, u32::MAX] {
+        assert_eq!(
+            KeyPolicy::new(keep, 60),
+            Err(KeyPolicyError::KeepVersions(keep))
+        );
+    }
+    for secs in [ten_years + 1, u64::MAX] {
+        let e = KeyPolicy::new(10, secs).unwrap_err();
+        assert_eq!(e, KeyPolicyError::RecoveryWindow(secs));
+        assert!(e.to_string().contains("at most 10 years"), "{e}");
+    }
+    assert_eq!(
+        KeyPolicy::default(),
+        KeyPolicy::new(10, 7 * 86_400).unwrap()
+    );
+}

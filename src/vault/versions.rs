@@ -4,6 +4,8 @@
 //! and their listing. Only an admin's purge, or the end of the window,
 //! destroys a version.
 
+use std::num::NonZeroU32;
+
 use super::{Origin, Refusal, Vault};
 use crate::access::Caller;
 use crate::audit::{Action, Outcome};
@@ -33,7 +35,7 @@ impl Vault<'_> {
         caller: &Caller,
         id: &str,
         new: NewVersion,
-        keep: u32,
+        keep: NonZeroU32,
         window_us: i64,
     ) -> Result<KeyRecord, Refusal> {
         new.check()?;
@@ -51,7 +53,7 @@ impl Vault<'_> {
         // 7-day window puts about 170 versions of ~200 bytes there.
         let held = rec.older.len() + rec.dropped.len() + 1;
         let bytes: usize = rec.dropped.iter().map(|d| d.version.token.len()).sum();
-        let moves = rec.older.len() + 2 > keep.max(1) as usize;
+        let moves = rec.older.len() + 2 > keep.get() as usize;
         if moves && (rec.dropped.len() >= MAX_DROPPED || bytes >= MAX_DROPPED_BYTES) {
             ev.detail = Some(format!("{held} versions held ({bytes} bytes)"));
             let until = rec
@@ -89,7 +91,7 @@ impl Vault<'_> {
         next.version_created_at_us = now;
         next.created_by = Some(caller.name.clone());
         next.expires_at_us = expires_at_us;
-        let keep = keep.max(1) as usize;
+        let keep = keep.get() as usize;
         let excess = (next.older.len() + 1).saturating_sub(keep);
         let dropped: Vec<KeyVersion> = next.older.drain(..excess).collect();
         let numbers = numbers(dropped.iter().map(|v| v.number));
