@@ -25,6 +25,6 @@ pub mod private_file;
 pub(crate) mod secret;
 pub mod store;
 pub mod time;
-pub mod tokens;
+pub mod token_records;
 pub mod unlock;
 pub mod vault;

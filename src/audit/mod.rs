@@ -22,7 +22,7 @@
 mod coalesce;
 mod export;
 mod head;
-mod keys;
+mod log_keys;
 mod record;
 mod sign;
 mod verify;
@@ -42,7 +42,7 @@ pub use export::{
     EXPORT_COLUMNS,
 };
 pub use head::Head;
-pub use keys::{record_tag, AuditKeys, MacKey, VerifyKeys, MAC_KEY_PURPOSE};
+pub use log_keys::{record_tag, AuditKeys, MacKey, VerifyKeys, MAC_KEY_PURPOSE};
 pub use record::{
     hex, unhex32, Action, AuditEvent, AuditRecord, BadExportRecord, ExportRecord, Outcome,
 };
@@ -594,7 +594,7 @@ impl AuditLog {
     }
 
     /// Puts new record keys in use (the end of a rotation of the record
-    /// MAC secret, `ops::rotate`) in one commit of `event` and its
+    /// MAC secret, `ops::rewrap`) in one commit of `event` and its
     /// `writes`: with every other write held back, the state digest is
     /// computed afresh from the records under the new keys and sealed
     /// under them. On failure the store keeps the keys it had.
@@ -623,7 +623,7 @@ impl AuditLog {
             self.store.note_keys_mark();
             // The tag keys as the switch's commit stored them (its answer
             // may have been lost after it landed).
-            if let Ok(tags) = keys::tag_keys(&self.store) {
+            if let Ok(tags) = log_keys::tag_keys(&self.store) {
                 state.tags = tags;
             }
         } else {

@@ -10,5 +10,5 @@ pub mod check;
 pub mod import;
 pub mod migrate;
 pub mod reload;
-pub mod rotate;
+pub mod rewrap;
 pub mod settings;

@@ -47,7 +47,7 @@ pub(crate) const TAG_TOKEN_RECORD_V4: &[u8] = b"keyhold-token-record-v4";
 /// Two kinds of secret feed them. The record secret, made at `init`, gives
 /// the base of the token digest and the audit tag key of the records
 /// written before the first rotation. Each rotation makes a record MAC
-/// secret (`ops::rotate`): the newest gives every key that authenticates or
+/// secret (`ops::rewrap`): the newest gives every key that authenticates or
 /// seals something current (the record MAC, the state digest's keys, the
 /// audit tag key from its rotation on: [`AuditTagKeys`]), and each adds a
 /// layer to the token digest, so that a

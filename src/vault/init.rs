@@ -8,7 +8,7 @@ use crate::audit::{Action, AuditEvent, AuditLog, Outcome, PublicKey};
 use crate::keyring::Keyring;
 use crate::secret::SecretString;
 use crate::store::Store;
-use crate::tokens;
+use crate::token_records;
 
 /// A new store's first admin token (shown once) and audit public key.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub fn initialise(
         e => Refusal::storage(&e),
     })?;
     let log = AuditLog::open(store.clone(), keyring).map_err(|e| Refusal::storage(&e))?;
-    let prepared = tokens::prepare(store, admin_name, Role::Admin, None)?;
+    let prepared = token_records::prepare(store, admin_name, Role::Admin, None)?;
     let mut token_ev = AuditEvent::cli(
         Action::TokenCreate,
         Outcome::Success,

@@ -45,7 +45,7 @@ use crate::access::Caller;
 use crate::audit::{Action, AuditError, AuditEvent, AuditLog, AuditWriter, Coalescer, Outcome};
 use crate::keyring::Keyring;
 use crate::store::{Store, StoreError, Write};
-use crate::tokens::Checked;
+use crate::token_records::Checked;
 
 /// Where the vault's audit records go: the server's group-commit writer,
 /// or an offline command's log.
@@ -347,7 +347,7 @@ impl Vault<'_> {
         token: Result<&str, Refusal>,
     ) -> Result<Caller, Refusal> {
         let token = token?;
-        match crate::tokens::check(self.store, token, crate::time::now_us()) {
+        match crate::token_records::check(self.store, token, crate::time::now_us()) {
             Ok(Checked::Valid(c)) => Ok(c),
             Ok(Checked::Unknown) => Err(Refusal::Unauthenticated(
                 "invalid or revoked token: check the token, or ask an admin for a new one".into(),

@@ -9,7 +9,7 @@ use super::{Origin, Refusal, Vault};
 use crate::access::Caller;
 use crate::audit::{Action, AuditLog, Outcome, PublicKey};
 use crate::keyring::Keyring;
-use crate::ops::rotate::RotateReport;
+use crate::ops::rewrap::RotateReport;
 use crate::store::Store;
 
 /// What a rotation did.
@@ -31,9 +31,9 @@ pub fn rotate_store(
     pace: Duration,
     progress: impl FnMut(u64),
 ) -> Result<Rotated, Refusal> {
-    let report = crate::ops::rotate::rotate(store, keyring, log, who, pace, progress)
+    let report = crate::ops::rewrap::rewrap_all(store, keyring, log, who, pace, progress)
         .map_err(|e| Refusal::storage(&e))?;
-    let new_public_key = crate::ops::rotate::rotate_signing_key(log, keyring, who)
+    let new_public_key = crate::ops::rewrap::rotate_signing_key(log, keyring, who)
         .map_err(|e| Refusal::storage(&e))?;
     if let Some(k) = new_public_key {
         tracing::info!(audit_public_key = %k, "rotation started a new audit signing key");

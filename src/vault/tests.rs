@@ -49,7 +49,7 @@ impl Fixture {
     }
 
     fn caller(&self, token: &str) -> Caller {
-        crate::tokens::authenticate(&self.store, token)
+        crate::token_records::authenticate(&self.store, token)
             .unwrap()
             .unwrap()
     }
@@ -302,13 +302,13 @@ fn an_expiring_token_is_refused_once_expired_and_a_rotation_keeps_the_grants() {
     let rec = minted.record;
     assert_eq!(rec.ttl_seconds, Some(60));
     assert_eq!(rec.expires_at_us, Some(rec.created_at_us + 60_000_000));
-    let at = |us| crate::tokens::check(&f.store, &secret, us).unwrap();
+    let at = |us| crate::token_records::check(&f.store, &secret, us).unwrap();
     assert!(matches!(
         at(rec.created_at_us + 59_000_000),
-        crate::tokens::Checked::Valid(_)
+        crate::token_records::Checked::Valid(_)
     ));
     match at(rec.created_at_us + 60_000_000) {
-        crate::tokens::Checked::Expired {
+        crate::token_records::Checked::Expired {
             caller, rotated, ..
         } => {
             assert_eq!(caller.id, rec.id);

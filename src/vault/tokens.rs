@@ -11,7 +11,7 @@ use crate::access::{Caller, Role};
 use crate::audit::{Action, Outcome};
 use crate::secret::SecretString;
 use crate::store::TokenRecord;
-use crate::tokens::{self, TokenError};
+use crate::token_records::{self, TokenError};
 
 /// A token to mint.
 #[derive(Debug, Clone)]
@@ -119,7 +119,7 @@ impl Vault<'_> {
         }
         // Name taken? and the write: one step for every node.
         let _one = self.token_lock().await?;
-        let prepared = tokens::prepare(self.store, &req.name, req.role, req.providers)?
+        let prepared = token_records::prepare(self.store, &req.name, req.role, req.providers)?
             .expiring(req.ttl_seconds);
         if !covers(caller, prepared.record.providers.as_deref()) {
             let mut ev = self.event(origin, Action::TokenCreate, caller, Outcome::Forbidden);
@@ -160,7 +160,7 @@ impl Vault<'_> {
         id_or_name: &str,
     ) -> Result<TokenRecord, Refusal> {
         let _one = self.token_lock().await?;
-        let (hash, rec) = match tokens::find(self.store, id_or_name) {
+        let (hash, rec) = match token_records::find(self.store, id_or_name) {
             Ok(found) => found,
             Err(TokenError::Store(e @ crate::store::StoreError::Tampered { .. })) => {
                 let ev = self.event(origin, Action::TokenRevoke, caller, Outcome::Tampered);
@@ -183,7 +183,7 @@ impl Vault<'_> {
                 .map_err(|e| Refusal::from(TokenError::Store(e)))?
                 .into_iter()
                 .map(|(_, r)| r)
-                .filter(|r| r.name == rec.name && tokens::is_live(r, now))
+                .filter(|r| r.name == rec.name && token_records::is_live(r, now))
                 .filter(|r| covers(caller, r.providers.as_deref()))
                 .map(|r| r.id.to_string())
                 .collect();
@@ -208,7 +208,7 @@ impl Vault<'_> {
             ));
             return Err(self.refuse(ev, beyond(id_or_name)).await);
         }
-        let (rec, write) = match tokens::revoke(hash, rec) {
+        let (rec, write) = match token_records::revoke(hash, rec) {
             Ok(done) => done,
             Err(e) => {
                 return Err(self
@@ -239,7 +239,7 @@ impl Vault<'_> {
         // A revoke or another rotation between the read and the write
         // would otherwise be undone (the old record written back live).
         let _one = self.token_lock().await?;
-        let (at, rec) = match tokens::find(self.store, id_or_name) {
+        let (at, rec) = match token_records::find(self.store, id_or_name) {
             Ok(found) => found,
             Err(TokenError::Store(e @ crate::store::StoreError::Tampered { .. })) => {
                 let ev = self.event(origin, Action::TokenRotate, caller, Outcome::Tampered);
@@ -259,7 +259,7 @@ impl Vault<'_> {
             ));
             return Err(self.refuse(ev, beyond(id_or_name)).await);
         }
-        let rotation = match tokens::rotate(self.store, at, rec, overlap) {
+        let rotation = match token_records::rotate(self.store, at, rec, overlap) {
             Ok(r) => r,
             Err(e) => {
                 return Err(self
@@ -282,7 +282,7 @@ impl Vault<'_> {
                 .unwrap_or_default()
         ));
         self.record(ev, rotation.writes()).await?;
-        let tokens::PreparedRotation { successor, old, .. } = rotation;
+        let token_records::PreparedRotation { successor, old, .. } = rotation;
         Ok(RotatedToken {
             new: MintedToken {
                 record: successor.record,
@@ -346,7 +346,7 @@ impl Vault<'_> {
         caller: Option<&Caller>,
         id_or_name: &str,
     ) -> Result<ListedToken, Refusal> {
-        let (_, rec) = tokens::find(self.store, id_or_name)?;
+        let (_, rec) = token_records::find(self.store, id_or_name)?;
         if !covers(caller, rec.providers.as_deref()) {
             return Err(beyond(id_or_name));
         }

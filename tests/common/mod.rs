@@ -229,7 +229,7 @@ impl Vault {
                 [self.key.as_str()],
             )
             .unwrap();
-            let mut p = keyhold::tokens::prepare(
+            let mut p = keyhold::token_records::prepare(
                 store,
                 name,
                 keyhold::access::Role::Reader,

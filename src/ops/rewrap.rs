@@ -86,7 +86,7 @@ const CHUNK: usize = 256;
 /// matches the store (see `store::state`); a crash between commits leaves
 /// each record readable by the keyring, and running rotate again finishes
 /// the job.
-pub fn rotate(
+pub fn rewrap_all(
     store: &Store,
     keyring: &Keyring,
     log: &AuditLog,
