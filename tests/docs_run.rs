@@ -17,12 +17,14 @@
 //! on an HTTP error) and each block's own `before` (the state its prose
 //! assumes), `edits` and `drops` (a command not run, with its reason).
 //! Each block must exit 0 within 60 s and print the parts of the output
-//! the docs show (`expect`).
+//! the docs show (`expect`); `after` checks files it wrote (a backup's
+//! mode 0600, a man page).
 //!
 //! Skipped blocks carry their number of commands, so a command added to
 //! one fails here until it is run or the count (and the reason) updated.
 //! `cargo test --test docs_run -- --nocapture` prints the counts, every
-//! skip, drop and replacement with its reason, and each block's time.
+//! skip, drop and replacement with its reason, and each block's time;
+//! with `DOCS_SHOW=1` also every block's output.
 
 #[path = "common/docs.rs"]
 mod docs;
@@ -64,6 +66,8 @@ struct Run {
     drops: &'static [(&'static str, &'static str)],
     /// Strings the block's output (stdout and stderr) must hold.
     expect: &'static [&'static str],
+    /// Shell run after the block: checks of the files it wrote.
+    after: &'static str,
 }
 
 struct Entry {
@@ -241,6 +245,10 @@ fn run_block(block: &Block, run: &Run, pg: Option<&Pg>) -> Result<(), String> {
         "\n# --- {}:{} as the test runs it\n{body}",
         block.file, block.line
     ));
+    if !run.after.is_empty() {
+        script.push_str("\n# --- the test's checks of what the block wrote\n");
+        script.push_str(run.after);
+    }
     std::fs::write(dir.join("block.sh"), &script).unwrap();
     let mut cmd = Command::new("bash");
     cmd.args(["-euo", "pipefail"])
@@ -303,6 +311,9 @@ fn run_block(block: &Block, run: &Run, pg: Option<&Pg>) -> Result<(), String> {
         None => return fail("did not finish within 60 s".into()),
         Some(s) if !s.success() => return fail(format!("exited {s}")),
         Some(_) => {}
+    }
+    if std::env::var_os("DOCS_SHOW").is_some() {
+        eprintln!("=== {}:{}\n{said}", block.file, block.line);
     }
     for want in run.expect {
         if !said.contains(want) {

@@ -41,7 +41,7 @@ pub fn table() -> Vec<Entry> {
                 // A release build takes minutes: the binary the tests built
                 // is the same program.
                 edits: &[("cargo run --release -- serve --dev", "serves keyhold serve --dev")],
-                expect: &["\"status\":\"ok\"", "curl"],
+                expect: &["\"status\":\"ok\"", "root token (admin): kh_", "curl -s -H 'Authorization: Bearer kh_"],
                 ..Run::default()
             }),
         },
@@ -111,7 +111,7 @@ pub fn table() -> Vec<Entry> {
                     ("keyhold audit export --remote -o all.jsonl", "exported keyhold audit export --remote -o all.jsonl"),
                     ("SEQ:MAC", "\"$ANCHOR\""),
                 ],
-                expect: &["ed25519:"],
+                expect: &["ok: ", ", signed by ed25519:"],
                 ..Run::default()
             }),
         },
@@ -143,6 +143,7 @@ pub fn table() -> Vec<Entry> {
                         "$K/api/tokens | tee token.json; TOKEN_ID=$(python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])' <token.json) #",
                     ),
                 ],
+                after: "[ \"$(stat -c %a keyhold.backup)\" = 600 ]\n",
                 expect: &["\"version\":2", "\"state\":\"previous\"", "\"status\":\"deleted\"", "\"status\":\"revoked\"", "\"rotated\":", "\"openapi\":"],
                 ..Run::default()
             }),
@@ -224,7 +225,8 @@ printf '%s\n' ANTHROPIC_API_KEY=keyhold://claude GITHUB_TOKEN=keyhold://github/c
                         "printf 'sk-typed\\r' | script -qec 'keyhold keys add --provider claude --name prod' /dev/null #",
                     ),
                 ],
-                expect: &["sk-ant-client", "(claude / prod)", "\"expires_at\"", "rotated token `ci`"],
+                expect: &["sk-ant-client", "(claude / prod)", "\"expires_at\"", "rotated token `ci`", "downloaded a backup"],
+                after: "[ \"$(stat -c %a keyhold.backup)\" = 600 ]\n",
                 ..Run::default()
             }),
         },
@@ -240,7 +242,8 @@ printf '%s\n' ANTHROPIC_API_KEY=keyhold://claude GITHUB_TOKEN=keyhold://github/c
                     ("SEQ:MAC", "\"$ANCHOR\""),
                     ("1234:9f2c…", "\"$SERVER_ANCHOR\""),
                 ],
-                expect: &["ed25519:"],
+                expect: &["ok: ", ", signed by ed25519:"],
+                after: "grep -q '^seq,' nov.csv && test -s all.jsonl\n",
                 ..Run::default()
             }),
         },
@@ -266,6 +269,7 @@ FERNET_KEY="$REFERENCE_FERNET_KEY" python3 "$KH_REPO/scripts/make_reference_fixt
 mv ref/api_keys.db app.db
 "#,
                 expect: &["3 rows: 3 would be imported", "3 rows: 3 imported"],
+                after: "! test -e reference.key\n",
                 ..Run::default()
             }),
         },
@@ -274,7 +278,7 @@ mv ref/api_keys.db app.db
             file: "docs/operations.md",
             marker: "keyhold token rotate --data-dir /var/lib/keyhold orchestrator --overlap 1h",
             how: How::Run(Run {
-                expect: &["EXPIRES", "orchestrator"],
+                expect: &["EXPIRES", "rotated token `orchestrator`", "revoked token `dashboard`"],
                 ..Run::default()
             }),
         },
@@ -304,6 +308,7 @@ mv ref/api_keys.db app.db
                 ],
                 before: "mkdir man1\n",
                 expect: &["keyhold 0.", "(commit ", "\"commit\":"],
+                after: "grep -q keyhold keyhold.bash && test -s man1/keyhold.1 && test -s man1/keyhold-serve.1\n",
                 ..Run::default()
             }),
         },
@@ -352,7 +357,8 @@ mv ref/api_keys.db app.db
                     ("\nKEYHOLD_TOKEN_FILE=/root/keyhold-admin.token", "\nstart_server\nKEYHOLD_TOKEN_FILE=$KH_DIR/keyhold-admin.token"),
                     ("chown -R keyhold:keyhold", "chown -R \"$(id -u):$(id -g)\""),
                 ],
-                expect: &["own"],
+                expect: &["the restored store belongs to"],
+                after: "for f in backups/keyhold-*.backup keyhold.backup; do [ \"$(stat -c %a \"$f\")\" = 600 ]; done\n",
                 ..Run::default()
             }),
         },
@@ -361,7 +367,7 @@ mv ref/api_keys.db app.db
             marker: "keyhold backup --verify",
             how: How::Run(Run {
                 before: "keyhold backup --data-dir \"$KH_DIR/data\" \"$KH_DIR/backups/keyhold-2026-12-03.backup\" 2>/dev/null\n",
-                expect: &["ok"],
+                expect: &["is an intact keyhold backup"],
                 ..Run::default()
             }),
         },
@@ -385,7 +391,7 @@ mv ref/api_keys.db app.db
                     "'postgres://keyhold:PASSWORD@db.internal:5432/keyhold?sslmode=verify-full'",
                     "\"postgres://keyhold:PASSWORD@$KH_PG/keyhold?sslmode=verify-full\"",
                 )],
-                expect: &["kh_"],
+                expect: &["kh_", "initialised the database postgres://keyhold:***@localhost:"],
                 ..Run::default()
             }),
         },
@@ -406,7 +412,7 @@ keyhold init >/dev/null 2>&1
                     ("0.0.0.0:8787", "127.0.0.1:0"),
                     ("--tls-cert ... --tls-key ...", "--tls-cert $KH_DIR/tls.crt --tls-key $KH_DIR/tls.key"),
                 ],
-                expect: &["<- https://127.0.0.1:", "\"status\":\"ok\""],
+                expect: &["<- https://127.0.0.1:", "\"node\":\"kh-1\",\"status\":\"ok\""],
                 ..Run::default()
             }),
         },
@@ -419,7 +425,7 @@ keyhold init >/dev/null 2>&1
 start_server; add_key claude prod sk-ant-prod >/dev/null; stop_server
 URL="postgres://keyhold@$KH_PG/keyhold?sslmode=verify-full&sslrootcert=$KH_DIR/db-ca.pem"
 "#,
-                expect: &["migrat"],
+                expect: &["/data to postgres://keyhold@localhost:", "data-new (", "audit chain: ok"],
                 ..Run::default()
             }),
         },
