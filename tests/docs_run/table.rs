@@ -98,6 +98,8 @@ pub fn table() -> Vec<Entry> {
             "--env-file app.env -- ./run.sh",
             &[
                 "claude: ANTHROPIC_API_KEY=sk-ant-prod",
+                // `--provider claude` alone: the key it used, named on stderr.
+                "(claude / prod, version 1), the newest live key of claude",
                 "run.sh: ANTHROPIC_API_KEY=sk-ant-prod",
                 "run.sh: LOG_LEVEL=debug",
             ],
@@ -169,6 +171,7 @@ printf %s sk-openai-v2 | keyhold keys put "$ID" 2>/dev/null
             "--pristine -- ./orchestrate.sh",
             &[
                 "claude: ANTHROPIC_API_KEY=sk-ant-prod",
+                "(claude / prod, version 1), the newest live key of claude",
                 "orchestrate.sh: GEMINI_API_KEY=gm-main",
                 "orchestrate.sh: KEYHOLD_TOKEN=unset",
             ],
