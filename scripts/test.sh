@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of keyhold on a fresh machine: installs what the tests
-# need (Python 3 with `cryptography`, for the Fernet interop test;
+# need (Python 3 with `cryptography`, for the Fernet interop test; sqlite3,
+# curl and script, for the docs' commands;
 # Debian's chromium, chromium-driver and firefox-esr, for the console's
 # browser tests; PostgreSQL's server, for the PostgreSQL backend's tests),
 # then the whole cargo test suite against the real binary. Arguments go to
@@ -16,6 +17,18 @@ if ! python3 -c 'import cryptography' >/dev/null 2>&1; then
   echo "test.sh: installing the Python package cryptography (Fernet interop test)"
   python3 -m pip install --quiet cryptography \
     || apt-get install -y -qq python3-cryptography >/dev/null
+fi
+
+# The commands the docs' shell blocks use, which tests/docs_run.rs runs
+# as written: sqlite3 (docs/migration.md), curl, and script (util-linux;
+# a terminal for `keys add`'s prompt).
+tools=()
+command -v sqlite3 >/dev/null 2>&1 || tools+=(sqlite3)
+command -v curl >/dev/null 2>&1 || tools+=(curl)
+command -v script >/dev/null 2>&1 || tools+=(bsdutils)
+if [ ${#tools[@]} -gt 0 ]; then
+  echo "test.sh: installing ${tools[*]} (the docs' commands, tests/docs_run.rs)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tools[@]}" >/dev/null
 fi
 
 # Firefox is driven over its own Marionette socket: Debian packages no

@@ -207,7 +207,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
                 let _ = serde_json::to_writer_pretty(&mut out, &list);
                 let _ = writeln!(out);
             } else {
-                let _ = super::table::keys(&list, a.table.wide).print(&mut out);
+                let _ = super::table::keys(&list, a.table.wide, a.deleted).print(&mut out);
             }
             Ok(())
         }),

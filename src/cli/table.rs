@@ -145,12 +145,13 @@ fn text<'a>(v: &'a Value, field: &str) -> &'a str {
 }
 
 /// `keys list`: id, provider, name, last use and expiry; `wide` adds the
-/// creation time. A list of deleted keys shows when each is purged
-/// (instead of its last use, unless `wide`).
-pub(super) fn keys(list: &[Value], wide: bool) -> Table {
-    let deleted = list
-        .iter()
-        .any(|k| k.get("purge_at").is_some_and(|v| !v.is_null()));
+/// creation time. A list of deleted keys (`deleted_view`, even when empty)
+/// shows when each is purged (instead of its last use, unless `wide`).
+pub(super) fn keys(list: &[Value], wide: bool, deleted_view: bool) -> Table {
+    let deleted = deleted_view
+        || list
+            .iter()
+            .any(|k| k.get("purge_at").is_some_and(|v| !v.is_null()));
     let last_used = !deleted || wide;
     let mut cols = vec![whole("ID"), shrinks("PROVIDER"), shrinks("NAME")];
     if wide {
@@ -228,7 +229,7 @@ mod tests {
             "last_used": null, "expires_at": null,
             "deleted_at": "2026-12-07T10:00:00Z", "purge_at": "2026-12-14T10:00:00Z"
         });
-        let text = printed(&keys(std::slice::from_ref(&k), false));
+        let text = printed(&keys(std::slice::from_ref(&k), false, true));
         assert!(
             text.contains("PURGE AT") && text.contains("2026-12-14 10:00Z"),
             "{text}"
@@ -237,8 +238,15 @@ mod tests {
         let live = printed(&keys(
             &[serde_json::json!({"id": "x", "purge_at": null})],
             false,
+            false,
         ));
         assert!(!live.contains("PURGE AT"), "{live}");
+        // `keys list --deleted` with nothing deleted: the same columns.
+        let none = printed(&keys(&[], false, true));
+        assert!(
+            none.contains("PURGE AT") && !none.contains("LAST USED"),
+            "{none}"
+        );
     }
 
     #[test]
