@@ -28,3 +28,4 @@ pub mod time;
 pub mod tokens;
 pub mod unlock;
 pub mod vault;
+pub mod wire;

@@ -37,11 +37,8 @@ fn failed(e: &ClientError) -> ExitCode {
 
 /// The public key the server says signs its log.
 fn servers_key(c: &Client) -> Result<String, ClientError> {
-    let v = c.get_json("/api/audit/verify")?;
-    v.get("public_key")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| ClientError::Protocol("the answer names no public key".into()))
+    let answer: crate::wire::AuditKey = c.get_json("/api/audit/verify")?;
+    Ok(answer.public_key)
 }
 
 /// `keyhold audit public-key --remote`.

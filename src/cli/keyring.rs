@@ -102,8 +102,9 @@ pub(super) fn run(c: KeyringCommand) -> anyhow::Result<ExitCode> {
                     return Ok(super::remote::client_exit(&e));
                 }
             };
-            match client.admin_post("/api/admin/reload", ADMIN_TIMEOUT) {
-                Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+            match client.admin_post::<crate::wire::ReloadReport>("/api/admin/reload", ADMIN_TIMEOUT)
+            {
+                Ok(report) => super::table::print_json(&mut std::io::stdout().lock(), &report)?,
                 Err(e) => {
                     eprintln!("keyhold: error: {e}");
                     return Ok(super::remote::client_exit(&e));

@@ -6,7 +6,6 @@ use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use serde_json::Value;
 
 use super::ConfigError;
 use crate::client::{token_from, Client, ClientError};
@@ -182,11 +181,9 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
                 let meta = client.add(&a.provider, &a.name, &key, a.ttl.map(|t| t.0))?;
                 eprintln!(
                     "keyhold: stored key {} ({} / {})",
-                    str_of(&meta, "id"),
-                    a.provider,
-                    a.name
+                    meta.id, a.provider, a.name
                 );
-                println!("{}", str_of(&meta, "id"));
+                println!("{}", meta.id);
                 Ok(())
             })
         }
@@ -204,8 +201,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
             let list = client.list_with(a.provider.as_deref(), &params)?;
             let mut out = std::io::stdout().lock();
             if a.output.is_json() {
-                let _ = serde_json::to_writer_pretty(&mut out, &list);
-                let _ = writeln!(out);
+                let _ = super::table::print_json(&mut out, &list);
             } else {
                 let _ = super::table::keys(&list, a.table.wide).print(&mut out);
             }
@@ -237,11 +233,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
             let key = read_secret_from_stdin()?;
             connect(&a.client).and_then(|client| {
                 let meta = client.put(&a.id, &key, a.ttl.map(|t| t.0))?;
-                eprintln!(
-                    "keyhold: stored version {} of key {}",
-                    meta.get("version").and_then(Value::as_u64).unwrap_or(0),
-                    a.id
-                );
+                eprintln!("keyhold: stored version {} of key {}", meta.version, a.id);
                 Ok(())
             })
         }
@@ -249,8 +241,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
             let list = client.versions(&a.id)?;
             let mut out = std::io::stdout().lock();
             if a.output.is_json() {
-                let _ = serde_json::to_writer_pretty(&mut out, &list);
-                let _ = writeln!(out);
+                let _ = super::table::print_json(&mut out, &list);
             } else {
                 let _ = super::table::versions(&list, a.table.wide).print(&mut out);
             }
@@ -307,10 +298,6 @@ pub(super) fn warn_if_expiring(r: &crate::client::Revealed) {
             r.id
         );
     }
-}
-
-fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
-    v.get(field).and_then(Value::as_str).unwrap_or("")
 }
 
 /// The API key to store: typed without echo on a terminal, else read from

@@ -29,7 +29,7 @@ mod stream;
 pub mod ui;
 mod whoami;
 
-pub use admin::{reload_keyring, ReloadError, ReloadReport, TokenInfo};
+pub use admin::{reload_keyring, ReloadError};
 pub use routes::{route_label, routes, OPENAPI, ROUTES};
 
 use std::sync::Arc;
