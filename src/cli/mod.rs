@@ -9,7 +9,6 @@
 //! address).
 
 mod audit;
-mod audit_remote;
 mod backups;
 mod completions;
 mod exec_env;
