@@ -14,7 +14,7 @@ mod completions;
 mod exec_env;
 mod init;
 mod keygen;
-pub mod keyring;
+mod keyring;
 mod lifecycle;
 mod migrate;
 mod owner;
