@@ -9,9 +9,10 @@ use anyhow::Context;
 use super::table::{shrinks, when, whole, Table};
 use super::{open_checked, open_log, ConfigError};
 use crate::config::TokenCommand;
+use crate::duration::MAX_TTL_SECONDS;
 use crate::keyring::Keyring;
 use crate::time::to_rfc3339;
-use crate::vault::{Origin, MAX_TTL_SECONDS};
+use crate::vault::Origin;
 
 /// `--ttl` as seconds (clap's parser already held it to 1 s to 10 years;
 /// checked again here so no other caller can pass more).

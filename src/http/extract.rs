@@ -54,7 +54,7 @@ impl ListQuery {
                          a unit (12h, 7d, 30d)",
                     )
                 })?;
-                let secs = secs.0.min(crate::vault::MAX_TTL_SECONDS as u64) as i64;
+                let secs = secs.0.min(crate::duration::MAX_TTL_SECONDS as u64) as i64;
                 Some(secs * 1_000_000)
             }
         };
