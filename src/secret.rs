@@ -80,7 +80,7 @@ impl Zeroize for SecretString {
 
 /// A secret in a JSON body (an API key, a new access token): sent
 /// borrowed from its zeroizing owner, so no plain copy is made to send it;
-/// received straight into a [`SecretString`]. `Debug` prints
+/// received straight into a `SecretString`. `Debug` prints
 /// `[REDACTED]`.
 pub enum SecretText<'a> {
     /// Borrowed from where the secret lives (the side that sends it).
