@@ -13,10 +13,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use std::io::Read;
 
-use crate::secret::SecretString;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use crate::secret::{SecretString, SecretText};
+use crate::wire::{
+    Done, ErrorBody, KeyMeta, KeyRef, MintedToken, NewKey, NewToken, NewVersion, RevealBatch,
+    RevealedBatch, RevealedKey, RotateToken, TokenInfo, VersionMeta,
+};
 
 mod hints;
 mod tls_hint;
@@ -125,43 +131,9 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A revealed key. `api_key` is zeroized on drop and never printed by Debug.
-#[derive(Debug)]
-pub struct Revealed {
-    pub id: String,
-    pub provider: String,
-    pub key_name: String,
-    /// The version revealed (absent from servers before versions: 1).
-    pub version: u32,
-    /// When it lapses (RFC 3339), if it does.
-    pub expires_at: Option<String>,
-    pub api_key: SecretString,
-}
-
-#[derive(Deserialize)]
-struct RevealBody {
-    id: String,
-    provider: String,
-    key_name: String,
-    #[serde(default = "first_version")]
-    version: u32,
-    #[serde(default)]
-    expires_at: Option<String>,
-    api_key: String,
-}
-
-impl From<RevealBody> for Revealed {
-    fn from(b: RevealBody) -> Revealed {
-        Revealed {
-            id: b.id,
-            provider: b.provider,
-            key_name: b.key_name,
-            version: b.version,
-            expires_at: b.expires_at,
-            api_key: SecretString::new(b.api_key),
-        }
-    }
-}
+/// A revealed key, as `GET /api/keys/{id}` and the other reveals answer
+/// it. `api_key` is zeroized on drop and never printed by Debug.
+pub type Revealed = RevealedKey<'static>;
 
 /// Reads the access token: `--token-file` if given, else `KEYHOLD_TOKEN`.
 pub fn token_from(token_file: Option<&Path>) -> Result<SecretString, ClientError> {
@@ -291,27 +263,19 @@ impl Client {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        let body = resp.json::<Value>().ok();
-        let detail = body
-            .as_ref()
-            .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| "(no detail)".into());
-        let failed = body
-            .as_ref()
-            .and_then(|v| v.get("failed").and_then(Value::as_array))
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|f| {
-                        Some((
-                            usize::try_from(f.get("index")?.as_u64()?).ok()?,
-                            u16::try_from(f.get("status")?.as_u64()?).ok()?,
-                            f.get("detail")?.as_str()?.to_string(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        // A refusal without the usual body (a proxy's page) still says
+        // its status.
+        let body = resp.json::<ErrorBody>().ok();
+        let (detail, failed) = match body {
+            Some(b) => (
+                b.detail,
+                b.failed
+                    .into_iter()
+                    .map(|f| (f.index, f.status, f.detail))
+                    .collect(),
+            ),
+            None => ("(no detail)".to_string(), Vec::new()),
+        };
         Err(ClientError::Api {
             status,
             detail,
@@ -320,12 +284,14 @@ impl Client {
         })
     }
 
-    fn json<T: for<'de> Deserialize<'de>>(
-        resp: reqwest::blocking::Response,
-    ) -> Result<T, ClientError> {
-        resp.json::<T>().map_err(|e| {
-            ClientError::Protocol(format!("the answer is not the expected JSON ({e})"))
-        })
+    /// Reads an answer as `T`, into a buffer that is wiped when dropped
+    /// (an answer may hold a key or a token).
+    fn json<T: DeserializeOwned>(mut resp: reqwest::blocking::Response) -> Result<T, ClientError> {
+        let mut body = Zeroizing::new(Vec::new());
+        resp.read_to_end(&mut body).map_err(|e| {
+            ClientError::Protocol(format!("the answer could not be read to its end ({e})"))
+        })?;
+        decode(&body)
     }
 
     /// The newest live key of `provider`. `purpose` (the program the key
@@ -372,25 +338,21 @@ impl Client {
         refs: &[(&str, Option<&str>)],
         purpose: Option<&str>,
     ) -> Result<Vec<Revealed>, ClientError> {
-        let keys: Vec<Value> = refs
-            .iter()
-            .map(|(provider, name)| match name {
-                Some(n) => json!({"provider": provider, "key_name": n}),
-                None => json!({"provider": provider}),
-            })
-            .collect();
-        let mut req = self
-            .http
-            .post(self.url("/api/reveal"))
-            .json(&json!({ "keys": keys }));
+        let body = RevealBatch {
+            keys: refs
+                .iter()
+                .map(|(provider, name)| KeyRef {
+                    provider: Some(provider.to_string()),
+                    key_name: name.map(str::to_string),
+                    ..KeyRef::default()
+                })
+                .collect(),
+        };
+        let mut req = self.http.post(self.url("/api/reveal")).json(&body);
         if let Some(p) = purpose {
             req = req.header("X-Keyhold-Purpose", p);
         }
-        #[derive(Deserialize)]
-        struct Batch {
-            keys: Vec<RevealBody>,
-        }
-        let got: Batch = Self::json(self.send(req)?)?;
+        let got: RevealedBatch<'static> = Self::json(self.send(req)?)?;
         if got.keys.len() != refs.len() {
             return Err(ClientError::Protocol(format!(
                 "asked for {} keys, the answer holds {}",
@@ -398,7 +360,7 @@ impl Client {
                 got.keys.len()
             )));
         }
-        Ok(got.keys.into_iter().map(Revealed::from).collect())
+        Ok(got.keys)
     }
 
     /// One key by id: its current version, or version `version`.
@@ -418,24 +380,22 @@ impl Client {
         id: &str,
         api_key: &SecretString,
         ttl: Option<u64>,
-    ) -> Result<Value, ClientError> {
-        let mut body = json!({"api_key": api_key.expose()});
-        if let Some(t) = ttl {
-            body["ttl_seconds"] = json!(t);
-        }
-        let resp = self.send(
-            self.http
-                .put(self.url(&format!("/api/keys/{}", encode(id))))
-                .json(&body),
-        );
-        if let Some(Value::String(s)) = body.get_mut("api_key") {
-            zeroize::Zeroize::zeroize(s);
-        }
-        Self::json(resp?)
+    ) -> Result<KeyMeta, ClientError> {
+        let body = NewVersion {
+            api_key: SecretText::Borrowed(api_key.expose()),
+            ttl_seconds: ttl.map(seconds),
+        };
+        Self::json(
+            self.send(
+                self.http
+                    .put(self.url(&format!("/api/keys/{}", encode(id))))
+                    .json(&body),
+            )?,
+        )
     }
 
     /// The versions of key `id`, oldest first.
-    pub fn versions(&self, id: &str) -> Result<Vec<Value>, ClientError> {
+    pub fn versions(&self, id: &str) -> Result<Vec<VersionMeta>, ClientError> {
         Self::json(
             self.send(
                 self.http
@@ -445,7 +405,7 @@ impl Client {
     }
 
     /// Brings back a deleted key within its recovery window.
-    pub fn restore(&self, id: &str) -> Result<Value, ClientError> {
+    pub fn restore(&self, id: &str) -> Result<KeyMeta, ClientError> {
         Self::json(
             self.send(
                 self.http
@@ -455,11 +415,11 @@ impl Client {
     }
 
     fn revealed(resp: reqwest::blocking::Response) -> Result<Revealed, ClientError> {
-        Ok(Revealed::from(Self::json::<RevealBody>(resp)?))
+        Self::json(resp)
     }
 
     /// Key metadata, optionally for one provider.
-    pub fn list(&self, provider: Option<&str>) -> Result<Vec<Value>, ClientError> {
+    pub fn list(&self, provider: Option<&str>) -> Result<Vec<KeyMeta>, ClientError> {
         self.list_with(provider, &[])
     }
 
@@ -469,7 +429,7 @@ impl Client {
         &self,
         provider: Option<&str>,
         params: &[(&str, String)],
-    ) -> Result<Vec<Value>, ClientError> {
+    ) -> Result<Vec<KeyMeta>, ClientError> {
         let mut req = self.http.get(self.url("/api/keys"));
         if let Some(p) = provider {
             req = req.query(&[("provider", p)]);
@@ -487,22 +447,19 @@ impl Client {
         name: &str,
         api_key: &SecretString,
         ttl: Option<u64>,
-    ) -> Result<Value, ClientError> {
-        let mut body = json!({"provider": provider, "key_name": name, "api_key": api_key.expose()});
-        if let Some(t) = ttl {
-            body["ttl_seconds"] = json!(t);
-        }
-        let resp = self.send(self.http.post(self.url("/api/keys")).json(&body));
-        // The body held the secret; overwrite it before it is dropped.
-        if let Some(Value::String(s)) = body.get_mut("api_key") {
-            zeroize::Zeroize::zeroize(s);
-        }
-        Self::json(resp?)
+    ) -> Result<KeyMeta, ClientError> {
+        let body = NewKey {
+            api_key: SecretText::Borrowed(api_key.expose()),
+            key_name: name.to_string(),
+            provider: provider.to_string(),
+            ttl_seconds: ttl.map(seconds),
+        };
+        Self::json(self.send(self.http.post(self.url("/api/keys")).json(&body))?)
     }
 
     /// Deletes key `id` (restorable within the recovery window), or with
     /// `purge` destroys it at once (admin).
-    pub fn delete(&self, id: &str, purge: bool) -> Result<Value, ClientError> {
+    pub fn delete(&self, id: &str, purge: bool) -> Result<Done, ClientError> {
         let mut req = self
             .http
             .delete(self.url(&format!("/api/keys/{}", encode(id))));
@@ -525,14 +482,18 @@ impl Client {
         self.send(self.http.get(self.url(path)).query(query).timeout(timeout))
     }
 
-    /// GETs `path` as JSON.
-    pub fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+    /// GETs `path` as JSON, read as `T`.
+    pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         Self::json(self.send(self.http.get(self.url(path)))?)
     }
 
     /// POSTs to an admin route without a body (a reload, a rotation),
     /// allowing `timeout` for the answer.
-    pub fn admin_post(&self, path: &str, timeout: Duration) -> Result<Value, ClientError> {
+    pub fn admin_post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         Self::json(self.send(self.http.post(self.url(path)).timeout(timeout))?)
     }
 
@@ -546,7 +507,7 @@ impl Client {
         )
     }
 
-    pub fn tokens(&self) -> Result<Vec<Value>, ClientError> {
+    pub fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
         Self::json(self.send(self.http.get(self.url("/api/tokens")))?)
     }
 
@@ -556,7 +517,7 @@ impl Client {
         name: &str,
         role: &str,
         providers: Option<&[String]>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<MintedToken<'static>, ClientError> {
         self.create_token_expiring(name, role, providers, None)
     }
 
@@ -568,11 +529,13 @@ impl Client {
         role: &str,
         providers: Option<&[String]>,
         ttl_seconds: Option<u64>,
-    ) -> Result<Value, ClientError> {
-        let mut body = json!({"name": name, "role": role, "providers": providers});
-        if let Some(t) = ttl_seconds {
-            body["ttl_seconds"] = json!(t);
-        }
+    ) -> Result<MintedToken<'static>, ClientError> {
+        let body = NewToken {
+            name: name.to_string(),
+            providers: providers.map(<[String]>::to_vec),
+            role: role.to_string(),
+            ttl_seconds: ttl_seconds.map(seconds),
+        };
         Self::json(self.send(self.http.post(self.url("/api/tokens")).json(&body))?)
     }
 
@@ -583,11 +546,10 @@ impl Client {
         &self,
         id_or_name: &str,
         overlap_seconds: Option<u64>,
-    ) -> Result<Value, ClientError> {
-        let mut body = json!({});
-        if let Some(o) = overlap_seconds {
-            body["overlap_seconds"] = json!(o);
-        }
+    ) -> Result<MintedToken<'static>, ClientError> {
+        let body = RotateToken {
+            overlap_seconds: overlap_seconds.map(seconds),
+        };
         Self::json(
             self.send(
                 self.http
@@ -597,7 +559,7 @@ impl Client {
         )
     }
 
-    pub fn revoke_token(&self, id_or_name: &str) -> Result<Value, ClientError> {
+    pub fn revoke_token(&self, id_or_name: &str) -> Result<Done, ClientError> {
         Self::json(
             self.send(
                 self.http
@@ -607,8 +569,17 @@ impl Client {
     }
 }
 
-fn first_version() -> u32 {
-    1
+/// Reads an answer's JSON as `T`. A field it lacks is named (serde says
+/// `missing field `id``); a field it does not know is ignored.
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ClientError::Protocol(format!("the answer is not the expected JSON ({e})")))
+}
+
+/// Seconds as the API takes them: a whole number (a `u64` past `i64`'s
+/// range, which no flag lets through, is sent as the largest, and refused).
+fn seconds(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX)
 }
 
 /// Percent-encodes one path segment.
@@ -659,6 +630,20 @@ impl WithoutUrl for reqwest::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_that_lacks_a_field_is_refused_naming_it() {
+        let e = decode::<Vec<KeyMeta>>(br#"[{"id": "a", "provider": "p"}]"#)
+            .err()
+            .unwrap();
+        let said = e.to_string();
+        assert!(said.contains("missing field `key_name`"), "{said}");
+        assert!(said.starts_with("unexpected answer from keyhold"), "{said}");
+        let e = decode::<Revealed>(br#"{"id": "a", "provider": "p", "key_name": "n"}"#)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("missing field `api_key`"), "{e}");
+    }
 
     #[test]
     fn addresses_with_and_without_a_scheme() {

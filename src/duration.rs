@@ -89,26 +89,42 @@ impl fmt::Display for Seconds {
     }
 }
 
+/// The longest ttl, overlap or recovery window keyhold stores, in
+/// seconds: ten years (a key's or token's `ttl_seconds`, a rotation's
+/// `overlap_seconds`).
+pub const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
+
 /// Ten years, the longest ttl or overlap keyhold stores.
-pub const TEN_YEARS: u64 = crate::vault::MAX_TTL_SECONDS as u64;
+pub const TEN_YEARS: u64 = MAX_TTL_SECONDS as u64;
+
+/// Why a duration flag with a range refused its value (clap prints it
+/// after the flag's name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error(transparent)]
+    NotADuration(#[from] DurationError),
+    #[error(
+        "a ttl is from 1 s to 10 years ({TEN_YEARS} s), e.g. 90d; leave the flag out for no expiry"
+    )]
+    Ttl,
+    #[error("at most 10 years ({TEN_YEARS} s)")]
+    OverTenYears,
+}
 
 /// The value parser of a `--ttl`: a duration from 1 s to 10 years.
-pub fn ttl(s: &str) -> Result<Seconds, String> {
-    let d: Seconds = s.parse().map_err(|e: DurationError| e.to_string())?;
+pub fn ttl(s: &str) -> Result<Seconds, RangeError> {
+    let d: Seconds = s.parse()?;
     if d.0 == 0 || d.0 > TEN_YEARS {
-        return Err(format!(
-            "a ttl is from 1 s to 10 years ({TEN_YEARS} s), e.g. 90d; leave the flag out for \
-             no expiry"
-        ));
+        return Err(RangeError::Ttl);
     }
     Ok(d)
 }
 
 /// The value parser of a duration from 0 to 10 years (`--overlap`).
-pub fn up_to_ten_years(s: &str) -> Result<Seconds, String> {
-    let d: Seconds = s.parse().map_err(|e: DurationError| e.to_string())?;
+pub fn up_to_ten_years(s: &str) -> Result<Seconds, RangeError> {
+    let d: Seconds = s.parse()?;
     if d.0 > TEN_YEARS {
-        return Err(format!("at most 10 years ({TEN_YEARS} s)"));
+        return Err(RangeError::OverTenYears);
     }
     Ok(d)
 }
@@ -171,11 +187,21 @@ mod tests {
     fn a_ttl_is_from_one_second_to_ten_years() {
         assert_eq!(ttl("1s"), Ok(Seconds(1)));
         assert_eq!(ttl("1h30m"), Ok(Seconds(5400)));
-        assert!(ttl("0").unwrap_err().contains("from 1 s"));
+        assert_eq!(
+            ttl("0").unwrap_err().to_string(),
+            "a ttl is from 1 s to 10 years (315360000 s), e.g. 90d; leave the flag out for no \
+             expiry"
+        );
         assert!(ttl("0s").is_err());
         assert!(ttl("600w").is_err());
-        assert!(ttl("10x").unwrap_err().contains("not a duration"));
+        assert!(ttl("10x")
+            .unwrap_err()
+            .to_string()
+            .contains("not a duration"));
         assert_eq!(up_to_ten_years("0"), Ok(Seconds(0)));
-        assert!(up_to_ten_years("600w").is_err());
+        assert_eq!(
+            up_to_ten_years("600w").unwrap_err().to_string(),
+            "at most 10 years (315360000 s)"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! The library holds everything the `keyhold` binary does; `main.rs` only
 //! parses arguments and maps errors to exit codes. Layers point one way:
 //! [`http`] and [`cli`] call [`keyring`], [`store`], [`audit`] and
-//! [`access`]; those never call back up.
+//! [`access`]; those never call back up. [`http`] and [`client`] speak
+//! the API's JSON through the same types, in [`wire`].
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 
@@ -28,3 +29,4 @@ pub mod time;
 pub mod token_records;
 pub mod unlock;
 pub mod vault;
+pub mod wire;

@@ -78,6 +78,55 @@ impl Zeroize for SecretString {
     }
 }
 
+/// A secret in a JSON body (an API key, a new access token): sent
+/// borrowed from its zeroizing owner, so no plain copy is made to send it;
+/// received straight into a `SecretString`. `Debug` prints
+/// `[REDACTED]`.
+pub enum SecretText<'a> {
+    /// Borrowed from where the secret lives (the side that sends it).
+    Borrowed(&'a str),
+    /// Read from a body (the side that receives it).
+    Owned(SecretString),
+}
+
+impl SecretText<'_> {
+    /// The secret itself. Call sites are few and easy to audit.
+    pub fn expose(&self) -> &str {
+        match self {
+            SecretText::Borrowed(s) => s,
+            SecretText::Owned(s) => s.expose(),
+        }
+    }
+
+    /// The secret as an owned, zeroizing string (a copy when borrowed).
+    pub fn into_secret(self) -> SecretString {
+        match self {
+            SecretText::Borrowed(s) => SecretString::new(s.to_string()),
+            SecretText::Owned(s) => s,
+        }
+    }
+}
+
+/// Written as the JSON string it is: only a wire type's field holds one,
+/// so nothing else serializes a secret by accident.
+impl serde::Serialize for SecretText<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.expose())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretText<'_> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SecretString::deserialize(d).map(SecretText::Owned)
+    }
+}
+
+impl fmt::Debug for SecretText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +137,8 @@ mod tests {
         assert_eq!(format!("{s:?}"), "[REDACTED]");
         let t = SecretString::new("kh_abc".into());
         assert_eq!(format!("{t:?}"), "[REDACTED]");
+        for w in [SecretText::Borrowed("kh_abc"), SecretText::Owned(t)] {
+            assert_eq!(format!("{w:?}"), "[REDACTED]");
+        }
     }
 }

@@ -217,7 +217,13 @@ pub struct Exporter<'a> {
 }
 
 /// One stored record as the walk hands it over: decoded, or why not.
-type Item = (u64, Result<AuditRecord, String>);
+type Item = (u64, Result<AuditRecord, Undecodable>);
+
+/// A stored record that does not decode: the export shows it in its
+/// place (its message is the export's `error` field).
+#[derive(Debug, thiserror::Error)]
+#[error("{UNDECODABLE}: {0}")]
+pub(super) struct Undecodable(StoreError);
 
 impl<'a> Exporter<'a> {
     pub fn new(store: &'a Store, filter: ExportFilter, format: ExportFormat) -> Exporter<'a> {
@@ -280,15 +286,12 @@ impl<'a> Exporter<'a> {
     /// page's order, until `f` answers `false`.
     fn walk(
         &self,
-        mut f: impl FnMut(u64, Result<AuditRecord, String>) -> Result<bool, ExportError>,
+        mut f: impl FnMut(u64, Result<AuditRecord, Undecodable>) -> Result<bool, ExportError>,
     ) -> Result<(), ExportError> {
         let lo = self.page.after_seq.map_or(0, |a| a.saturating_add(1));
         let hi = self.page.before_seq.unwrap_or(u64::MAX);
         let decode = |seq: u64, bytes: &[u8]| -> Item {
-            (
-                seq,
-                AuditRecord::decode(bytes).map_err(|e| format!("{UNDECODABLE}: {e}")),
-            )
+            (seq, AuditRecord::decode(bytes).map_err(Undecodable))
         };
         if !self.page.newest_first {
             for item in self.store.audit_iter(lo) {
@@ -387,14 +390,18 @@ impl<W: std::io::Write> Sink<W> {
         })
     }
 
-    fn write(&mut self, seq: u64, rec: &Result<AuditRecord, String>) -> Result<(), ExportError> {
+    fn write(
+        &mut self,
+        seq: u64,
+        rec: &Result<AuditRecord, Undecodable>,
+    ) -> Result<(), ExportError> {
         match self {
             Sink::Jsonl(out) => {
                 match rec {
                     Ok(rec) => serde_json::to_writer(&mut *out, &rec.to_export()),
                     Err(e) => serde_json::to_writer(
                         &mut *out,
-                        &serde_json::json!({"seq": seq, "error": e}),
+                        &serde_json::json!({"seq": seq, "error": e.to_string()}),
                     ),
                 }
                 .map_err(std::io::Error::other)?;
@@ -404,9 +411,10 @@ impl<W: std::io::Write> Sink<W> {
                 Ok(rec) => w.serialize(rec.to_export())?,
                 Err(e) => {
                     let seq = seq.to_string();
+                    let error = e.to_string();
                     let mut row = vec![""; EXPORT_COLUMNS.len()];
                     row[0] = &seq;
-                    row[12] = e;
+                    row[12] = &error;
                     w.write_record(&row)?;
                 }
             },

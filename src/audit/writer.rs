@@ -204,8 +204,9 @@ impl AuditWriter {
     }
 
     /// Records what a probe of the store found: a database that answers
-    /// again makes the writer healthy; one that does not, failing.
-    pub fn probed(&self, result: Result<(), String>) {
+    /// again makes the writer healthy; one that does not, failing (its
+    /// error, said by `/healthz`, is kept as text).
+    pub fn probed<E: std::fmt::Display>(&self, result: Result<(), E>) {
         if self.stuck.load(Ordering::Relaxed) {
             return;
         }
@@ -216,7 +217,7 @@ impl AuditWriter {
             }
             Err(e) => {
                 self.healthy.store(false, Ordering::Relaxed);
-                set(&self.last_error, Some(e));
+                set(&self.last_error, Some(e.to_string()));
             }
         }
     }

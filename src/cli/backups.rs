@@ -3,7 +3,7 @@
 //! included, and a restore that re-keys a pre-rotation backup under the
 //! active key.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use crate::store::Store;
 
 pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     if a.remote.remote {
-        return super::remote::backup(&a);
+        return backup_remote(&a);
     }
     if a.verify {
         let keyring = Keyring::from_env_with_retired()?;
@@ -330,4 +330,87 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `keyhold backup --remote FILE`: downloads a backup from the server
+/// (`GET /api/admin/backup`, an admin token) into FILE, made new beside it
+/// with mode 0600 and renamed over it only when the whole backup is in
+/// (`-`: stdout). Client errors exit 2 (setup) or 1; a transfer that
+/// breaks off leaves nothing under FILE and exits 1.
+fn backup_remote(a: &BackupArgs) -> anyhow::Result<ExitCode> {
+    let client = match super::remote::connect(&a.remote.client) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keyhold: error: {e}");
+            return Ok(super::remote::client_exit(&e));
+        }
+    };
+    // Before the request: a path that cannot be written asks the server
+    // for no snapshot.
+    let mut file = backup_target(&a.file)?;
+    let mut answer = match client.backup() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keyhold: error: {e}");
+            return Ok(super::remote::client_exit(&e));
+        }
+    };
+    let (target, bytes) = match file.as_mut() {
+        Some(f) => (
+            a.file.display().to_string(),
+            download(&mut answer, f.file())
+                .with_context(|| format!("no backup was written to {}", a.file.display()))?,
+        ),
+        None => (
+            "stdout".to_string(),
+            download(&mut answer, &mut std::io::stdout().lock())?,
+        ),
+    };
+    if let Some(f) = file {
+        f.commit()
+            .with_context(|| format!("cannot write the backup {}", a.file.display()))?;
+    }
+    eprintln!("keyhold: downloaded a backup of {bytes} bytes to {target}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies a backup's body to `out`: it must begin as a backup does and
+/// arrive whole. Returns its length.
+fn download(body: &mut impl Read, out: &mut impl Write) -> anyhow::Result<u64> {
+    let magic = crate::ops::backup::MAGIC;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => anyhow::bail!(
+                "the download broke off after {total} bytes ({e}): run the backup again"
+            ),
+        };
+        // The first bytes, checked before any is written: an answer that
+        // is not a backup (a proxy's page) is never saved as one.
+        let seen = total as usize;
+        if seen < magic.len() {
+            let upto = (magic.len() - seen).min(n);
+            if buf[..upto] != magic[seen..seen + upto] {
+                anyhow::bail!(
+                    "the server's answer is not a keyhold backup (no KEYHOLD-BACKUP header): \
+                     check that KEYHOLD_ADDR (--addr) points at keyhold itself"
+                );
+            }
+        }
+        out.write_all(&buf[..n])
+            .context("cannot write the backup")?;
+        total += n as u64;
+    }
+    if total < magic.len() as u64 {
+        anyhow::bail!(
+            "the server's answer ended after {total} bytes, before a backup's header: run \
+             the backup again"
+        );
+    }
+    out.flush().context("cannot write the backup")?;
+    Ok(total)
 }

@@ -48,19 +48,32 @@ impl fmt::Display for Reference {
     }
 }
 
+/// Why a reference (a `--provider`, an env file's `keyhold://` value) is
+/// not one; said without the value, which may be a secret that merely
+/// starts like a reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum BadReference {
+    #[error("`{0}` is not a provider name (lower-case letters, digits, `_`, `.`, `-`; up to 64)")]
+    Provider(String),
+    #[error("the key name {0}")]
+    KeyName(String),
+    #[error("the value starts like a reference but not with `{SCHEME}` (lower case, two slashes)")]
+    Scheme,
+    #[error("the reference ends with `/` but names no key")]
+    NoKeyName,
+    #[error("the key name holds a bad %-escape")]
+    BadEscape,
+}
+
 impl Reference {
     /// A reference checked as the server would check it, or why not.
-    fn checked(provider: &str, key_name: Option<String>) -> Result<Reference, String> {
-        let shown: String = provider.chars().take(64).collect();
+    fn checked(provider: &str, key_name: Option<String>) -> Result<Reference, BadReference> {
         if !crate::access::valid_provider(provider) {
-            return Err(format!(
-                "`{shown}` is not a provider name (lower-case letters, digits, `_`, `.`, `-`; up \
-                 to 64)"
-            ));
+            return Err(BadReference::Provider(provider.chars().take(64).collect()));
         }
         if let Some(n) = &key_name {
             if let Some(why) = crate::access::key_name_problem(n) {
-                return Err(format!("the key name {why}"));
+                return Err(BadReference::KeyName(why));
             }
         }
         Ok(Reference {
@@ -139,7 +152,7 @@ pub(super) fn parse_env_file(text: &str) -> Result<Vec<EnvLine>, (usize, String)
             return Err((n, "not NAME=VALUE".into()));
         };
         let name = name.trim();
-        if !super::remote::valid_env_name(name) {
+        if !valid_env_name(name) {
             return Err((
                 n,
                 format!(
@@ -176,22 +189,19 @@ pub(super) fn parse_env_file(text: &str) -> Result<Vec<EnvLine>, (usize, String)
 /// The reference a value holds: `None` for a plain value, `Some(Err)` for
 /// a value that starts like a reference but is not one (said without the
 /// value, which may be a secret that merely starts so).
-fn reference_in(value: &str) -> Option<Result<Reference, String>> {
+fn reference_in(value: &str) -> Option<Result<Reference, BadReference>> {
     let lower = value.get(..8).map(str::to_ascii_lowercase);
     if !matches!(lower.as_deref(), Some("keyhold:" | "keyhold/")) {
         return None;
     }
     let Some(rest) = value.strip_prefix(SCHEME) else {
-        return Some(Err(format!(
-            "the value starts like a reference but not with `{SCHEME}` (lower case, two \
-             slashes)"
-        )));
+        return Some(Err(BadReference::Scheme));
     };
     let (provider, key_name) = match rest.split_once('/') {
         Some((p, k)) => match percent_decode(k) {
             Some(k) if !k.is_empty() => (p, Some(k)),
-            Some(_) => return Some(Err("the reference ends with `/` but names no key".into())),
-            None => return Some(Err("the key name holds a bad %-escape".into())),
+            Some(_) => return Some(Err(BadReference::NoKeyName)),
+            None => return Some(Err(BadReference::BadEscape)),
         },
         None => (rest, None),
     };
@@ -367,9 +377,43 @@ pub(super) fn fetch_all(
         ));
     }
     for key in &got {
-        super::remote::warn_if_expiring(key);
+        warn_if_expiring(key);
     }
     Ok(out)
+}
+
+/// Whether `n` can name an environment variable (letters, digits and
+/// `_`, not starting with a digit).
+pub(super) fn valid_env_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// Says on stderr when a fetched key lapses within 7 days (the key
+/// itself goes to stdout or the child's environment).
+pub(super) fn warn_if_expiring(r: &crate::client::Revealed) {
+    let Some(exp) = r
+        .expires_at
+        .as_deref()
+        .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+    else {
+        return;
+    };
+    let left = exp.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    if left <= chrono::Duration::days(7) {
+        eprintln!(
+            "keyhold: warning: key {} ({} / {}) expires at {} ({} h from now): store a new \
+             version with `keyhold keys put {}`",
+            r.id,
+            r.provider,
+            r.key_name,
+            exp.to_rfc3339(),
+            left.num_hours().max(0),
+            r.id
+        );
+    }
 }
 
 /// Each reference of `wanted` once, in the order first asked: what the

@@ -9,50 +9,12 @@
 //! reload that would drop it is refused, naming that command, and so is a
 //! start.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
-
-use crate::config::ClientArgs;
+use crate::config::KeyringCommand;
 use crate::key_file;
 use crate::keyring::{KeySource, Keyring};
 use crate::store::Store;
-
-#[derive(Debug, Subcommand)]
-pub enum KeyringCommand {
-    /// List the key file's keys by fingerprint (active newest first, then
-    /// retired). Never prints a key.
-    List(KeyFileArgs),
-    /// Move every active key but the newest below the key file's
-    /// `[retired]` line: a running server drops them at its next reload
-    /// (refused if the store still needs one), while restore and
-    /// `backup --verify` still use them for older backups. Nothing is
-    /// deleted.
-    Retire(KeyFileArgs),
-    /// Put retired keys back among the active ones (all, or those named by
-    /// fingerprint), when the store or a restore still needs them.
-    Unretire(UnretireArgs),
-    /// Ask a running server to read its keyring again (as SIGHUP does),
-    /// through POST /api/admin/reload (an admin token).
-    Reload(ClientArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct KeyFileArgs {
-    /// The key file (FERNET_KEY_FILE's format).
-    #[arg(long, env = "FERNET_KEY_FILE", value_name = "FILE")]
-    pub key_file: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct UnretireArgs {
-    #[command(flatten)]
-    pub file: KeyFileArgs,
-    /// Fingerprints of the retired keys to put back (`keyhold keyring
-    /// list` shows them); none: all.
-    pub fingerprints: Vec<String>,
-}
 
 /// How long an admin call (a reload, an online rotation of a large store)
 /// may take.
@@ -102,8 +64,9 @@ pub(super) fn run(c: KeyringCommand) -> anyhow::Result<ExitCode> {
                     return Ok(super::remote::client_exit(&e));
                 }
             };
-            match client.admin_post("/api/admin/reload", ADMIN_TIMEOUT) {
-                Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+            match client.admin_post::<crate::wire::ReloadReport>("/api/admin/reload", ADMIN_TIMEOUT)
+            {
+                Ok(report) => super::table::print_json(&mut std::io::stdout().lock(), &report)?,
                 Err(e) => {
                     eprintln!("keyhold: error: {e}");
                     return Ok(super::remote::client_exit(&e));

@@ -30,9 +30,13 @@ pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
                 return Ok(super::remote::client_exit(&e));
             }
         };
-        return match client.admin_post("/api/admin/rotate", super::keyring::ADMIN_TIMEOUT) {
-            Ok(v) => {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+        let answer = client.admin_post::<crate::wire::RotateReport>(
+            "/api/admin/rotate",
+            super::keyring::ADMIN_TIMEOUT,
+        );
+        return match answer {
+            Ok(report) => {
+                super::table::print_json(&mut std::io::stdout().lock(), &report)?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {

@@ -9,13 +9,12 @@
 //! address).
 
 mod audit;
-mod audit_remote;
 mod backups;
 mod completions;
 mod exec_env;
 mod init;
 mod keygen;
-pub mod keyring;
+mod keyring;
 mod lifecycle;
 mod migrate;
 mod owner;

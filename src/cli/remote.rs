@@ -5,9 +5,6 @@ use std::io::{IsTerminal, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use serde_json::Value;
-
 use super::ConfigError;
 use crate::client::{token_from, Client, ClientError};
 use crate::config::{ClientArgs, ExecArgs, KeysCommand};
@@ -38,13 +35,6 @@ pub(crate) fn client_exit(e: &ClientError) -> ExitCode {
     }
 }
 
-pub(crate) fn valid_env_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    !b.is_empty()
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
-}
-
 /// True for a variable of keyhold's own that `exec` never hands to its
 /// child: every `KEYHOLD_*` (the access token and its file, the key
 /// command, the server's settings) and every `FERNET_*` (the keyring).
@@ -67,7 +57,7 @@ pub(super) fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     for var in &a.envs {
-        if !valid_env_name(var) {
+        if !super::exec_env::valid_env_name(var) {
             return Err(ConfigError(format!(
                 "--env `{var}` is not a variable name (letters, digits and _, not starting with a digit); nothing was run"
             ))
@@ -182,11 +172,9 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
                 let meta = client.add(&a.provider, &a.name, &key, a.ttl.map(|t| t.0))?;
                 eprintln!(
                     "keyhold: stored key {} ({} / {})",
-                    str_of(&meta, "id"),
-                    a.provider,
-                    a.name
+                    meta.id, a.provider, a.name
                 );
-                println!("{}", str_of(&meta, "id"));
+                println!("{}", meta.id);
                 Ok(())
             })
         }
@@ -204,8 +192,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
             let list = client.list_with(a.provider.as_deref(), &params)?;
             let mut out = std::io::stdout().lock();
             if a.output.is_json() {
-                let _ = serde_json::to_writer_pretty(&mut out, &list);
-                let _ = writeln!(out);
+                let _ = super::table::print_json(&mut out, &list);
             } else {
                 let _ = super::table::keys(&list, a.table.wide, a.deleted).print(&mut out);
             }
@@ -226,7 +213,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
                     Some((provider, name)) => client.reveal_newest_named(provider, name, None)?,
                     None => client.reveal(&a.key, a.version)?,
                 };
-                warn_if_expiring(&r);
+                super::exec_env::warn_if_expiring(&r);
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(r.api_key.expose().as_bytes());
                 let _ = out.write_all(b"\n");
@@ -237,11 +224,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
             let key = read_secret_from_stdin()?;
             connect(&a.client).and_then(|client| {
                 let meta = client.put(&a.id, &key, a.ttl.map(|t| t.0))?;
-                eprintln!(
-                    "keyhold: stored version {} of key {}",
-                    meta.get("version").and_then(Value::as_u64).unwrap_or(0),
-                    a.id
-                );
+                eprintln!("keyhold: stored version {} of key {}", meta.version, a.id);
                 Ok(())
             })
         }
@@ -249,8 +232,7 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
             let list = client.versions(&a.id)?;
             let mut out = std::io::stdout().lock();
             if a.output.is_json() {
-                let _ = serde_json::to_writer_pretty(&mut out, &list);
-                let _ = writeln!(out);
+                let _ = super::table::print_json(&mut out, &list);
             } else {
                 let _ = super::table::versions(&list, a.table.wide).print(&mut out);
             }
@@ -284,35 +266,6 @@ pub(super) fn keys(c: KeysCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Says on stderr when a fetched key lapses within 7 days (the key
-/// itself goes to stdout or the child's environment).
-pub(super) fn warn_if_expiring(r: &crate::client::Revealed) {
-    let Some(exp) = r
-        .expires_at
-        .as_deref()
-        .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
-    else {
-        return;
-    };
-    let left = exp.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    if left <= chrono::Duration::days(7) {
-        eprintln!(
-            "keyhold: warning: key {} ({} / {}) expires at {} ({} h from now): store a new \
-             version with `keyhold keys put {}`",
-            r.id,
-            r.provider,
-            r.key_name,
-            exp.to_rfc3339(),
-            left.num_hours().max(0),
-            r.id
-        );
-    }
-}
-
-fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
-    v.get(field).and_then(Value::as_str).unwrap_or("")
-}
-
 /// The API key to store: typed without echo on a terminal, else read from
 /// stdin (a pipe). Never from argv.
 fn read_secret_from_stdin() -> anyhow::Result<SecretString> {
@@ -344,87 +297,4 @@ fn read_secret_from_stdin() -> anyhow::Result<SecretString> {
         .into());
     }
     Ok(text)
-}
-
-/// `keyhold backup --remote FILE`: downloads a backup from the server
-/// (`GET /api/admin/backup`, an admin token) into FILE, made new beside it
-/// with mode 0600 and renamed over it only when the whole backup is in
-/// (`-`: stdout). Client errors exit 2 (setup) or 1; a transfer that
-/// breaks off leaves nothing under FILE and exits 1.
-pub(super) fn backup(a: &crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
-    let client = match connect(&a.remote.client) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("keyhold: error: {e}");
-            return Ok(client_exit(&e));
-        }
-    };
-    // Before the request: a path that cannot be written asks the server
-    // for no snapshot.
-    let mut file = super::backups::backup_target(&a.file)?;
-    let mut answer = match client.backup() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("keyhold: error: {e}");
-            return Ok(client_exit(&e));
-        }
-    };
-    let (target, bytes) = match file.as_mut() {
-        Some(f) => (
-            a.file.display().to_string(),
-            download(&mut answer, f.file())
-                .with_context(|| format!("no backup was written to {}", a.file.display()))?,
-        ),
-        None => (
-            "stdout".to_string(),
-            download(&mut answer, &mut std::io::stdout().lock())?,
-        ),
-    };
-    if let Some(f) = file {
-        f.commit()
-            .with_context(|| format!("cannot write the backup {}", a.file.display()))?;
-    }
-    eprintln!("keyhold: downloaded a backup of {bytes} bytes to {target}");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Copies a backup's body to `out`: it must begin as a backup does and
-/// arrive whole. Returns its length.
-fn download(body: &mut impl Read, out: &mut impl Write) -> anyhow::Result<u64> {
-    let magic = crate::ops::backup::MAGIC;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => anyhow::bail!(
-                "the download broke off after {total} bytes ({e}): run the backup again"
-            ),
-        };
-        // The first bytes, checked before any is written: an answer that
-        // is not a backup (a proxy's page) is never saved as one.
-        let seen = total as usize;
-        if seen < magic.len() {
-            let upto = (magic.len() - seen).min(n);
-            if buf[..upto] != magic[seen..seen + upto] {
-                anyhow::bail!(
-                    "the server's answer is not a keyhold backup (no KEYHOLD-BACKUP header): \
-                     check that KEYHOLD_ADDR (--addr) points at keyhold itself"
-                );
-            }
-        }
-        out.write_all(&buf[..n])
-            .context("cannot write the backup")?;
-        total += n as u64;
-    }
-    if total < magic.len() as u64 {
-        anyhow::bail!(
-            "the server's answer ended after {total} bytes, before a backup's header: run \
-             the backup again"
-        );
-    }
-    out.flush().context("cannot write the backup")?;
-    Ok(total)
 }

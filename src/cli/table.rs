@@ -1,11 +1,11 @@
 //! The tables of `keys list`, `keys versions` and `token list`: at most
 //! [`WIDTH`] columns by default (the widest cells shortened with `…`,
 //! timestamps to the minute, some columns left out), every column in full
-//! with `--wide`.
+//! with `--wide`; and the `--output json` form of the same answers.
 
 use std::io::Write;
 
-use serde_json::Value;
+use crate::wire::{KeyMeta, VersionMeta};
 
 /// The most columns a default table takes.
 pub(super) const WIDTH: usize = 100;
@@ -140,18 +140,28 @@ pub(super) fn when(ts: &str, wide: bool) -> String {
     }
 }
 
-fn text<'a>(v: &'a Value, field: &str) -> &'a str {
-    v.get(field).and_then(Value::as_str).unwrap_or("-")
+/// An optional text as a cell: `-` when absent.
+fn text(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
+}
+
+/// An API answer as `--output json` prints it: indented, each object's
+/// fields in name order (as it has always printed them).
+pub(super) fn print_json<T: serde::Serialize>(
+    out: &mut impl Write,
+    answer: &T,
+) -> anyhow::Result<()> {
+    let value = serde_json::to_value(answer)?;
+    serde_json::to_writer_pretty(&mut *out, &value)?;
+    writeln!(out)?;
+    Ok(())
 }
 
 /// `keys list`: id, provider, name, last use and expiry; `wide` adds the
 /// creation time. A list of deleted keys (`deleted_view`, even when empty)
 /// shows when each is purged (instead of its last use, unless `wide`).
-pub(super) fn keys(list: &[Value], wide: bool, deleted_view: bool) -> Table {
-    let deleted = deleted_view
-        || list
-            .iter()
-            .any(|k| k.get("purge_at").is_some_and(|v| !v.is_null()));
+pub(super) fn keys(list: &[KeyMeta], wide: bool, deleted_view: bool) -> Table {
+    let deleted = deleted_view || list.iter().any(|k| k.purge_at.is_some());
     let last_used = !deleted || wide;
     let mut cols = vec![whole("ID"), shrinks("PROVIDER"), shrinks("NAME")];
     if wide {
@@ -166,20 +176,16 @@ pub(super) fn keys(list: &[Value], wide: bool, deleted_view: bool) -> Table {
     }
     let mut t = Table::new(cols, wide);
     for k in list {
-        let mut cells = vec![
-            text(k, "id").to_string(),
-            text(k, "provider").to_string(),
-            text(k, "key_name").to_string(),
-        ];
+        let mut cells = vec![k.id.clone(), k.provider.clone(), k.key_name.clone()];
         if wide {
-            cells.push(when(text(k, "created_at"), wide));
+            cells.push(when(&k.created_at, wide));
         }
         if last_used {
-            cells.push(when(text(k, "last_used"), wide));
+            cells.push(when(text(&k.last_used), wide));
         }
-        cells.push(when(text(k, "expires_at"), wide));
+        cells.push(when(text(&k.expires_at), wide));
         if deleted {
-            cells.push(when(text(k, "purge_at"), wide));
+            cells.push(when(text(&k.purge_at), wide));
         }
         t.row(cells);
     }
@@ -187,7 +193,7 @@ pub(super) fn keys(list: &[Value], wide: bool, deleted_view: bool) -> Table {
 }
 
 /// `keys versions`: every column, timestamps to the minute unless `wide`.
-pub(super) fn versions(list: &[Value], wide: bool) -> Table {
+pub(super) fn versions(list: &[VersionMeta], wide: bool) -> Table {
     let cols = vec![
         whole("VERSION"),
         whole("STATE"),
@@ -198,14 +204,11 @@ pub(super) fn versions(list: &[Value], wide: bool) -> Table {
     let mut t = Table::new(cols, wide);
     for v in list {
         t.row(vec![
-            v.get("version")
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-                .to_string(),
-            text(v, "state").to_string(),
-            when(text(v, "created_at"), wide),
-            text(v, "created_by").to_string(),
-            when(text(v, "expires_at"), wide),
+            v.version.to_string(),
+            v.state.to_string(),
+            when(&v.created_at, wide),
+            text(&v.created_by).to_string(),
+            when(text(&v.expires_at), wide),
         ]);
     }
     t
@@ -223,23 +226,30 @@ mod tests {
 
     #[test]
     fn a_list_of_deleted_keys_says_when_each_is_purged_within_100_columns() {
-        let k = serde_json::json!({
-            "id": "3f2a7c1e-8d4b-4e6f-9a0b-1c2d3e4f5a6b", "provider": "claude",
-            "key_name": "prod", "created_at": "2026-12-01T10:00:00Z",
-            "last_used": null, "expires_at": null,
-            "deleted_at": "2026-12-07T10:00:00Z", "purge_at": "2026-12-14T10:00:00Z"
-        });
+        let k = KeyMeta {
+            id: "3f2a7c1e-8d4b-4e6f-9a0b-1c2d3e4f5a6b".into(),
+            provider: "claude".into(),
+            key_name: "prod".into(),
+            created_at: "2026-12-01T10:00:00Z".into(),
+            last_used: None,
+            expires_at: None,
+            version: 1,
+            deleted_at: Some("2026-12-07T10:00:00Z".into()),
+            purge_at: Some("2026-12-14T10:00:00Z".into()),
+        };
         let text = printed(&keys(std::slice::from_ref(&k), false, true));
         assert!(
             text.contains("PURGE AT") && text.contains("2026-12-14 10:00Z"),
             "{text}"
         );
         assert!(text.lines().all(|l| l.chars().count() <= WIDTH), "{text}");
-        let live = printed(&keys(
-            &[serde_json::json!({"id": "x", "purge_at": null})],
-            false,
-            false,
-        ));
+        let live = KeyMeta {
+            id: "x".into(),
+            deleted_at: None,
+            purge_at: None,
+            ..k
+        };
+        let live = printed(&keys(&[live], false, false));
         assert!(!live.contains("PURGE AT"), "{live}");
         // `keys list --deleted` with nothing deleted: the same columns.
         let none = printed(&keys(&[], false, true));

@@ -9,9 +9,10 @@ use anyhow::Context;
 use super::table::{shrinks, when, whole, Table};
 use super::{open_checked, open_log, ConfigError};
 use crate::config::TokenCommand;
+use crate::duration::MAX_TTL_SECONDS;
 use crate::keyring::Keyring;
 use crate::time::to_rfc3339;
-use crate::vault::{Origin, MAX_TTL_SECONDS};
+use crate::vault::Origin;
 
 /// `--ttl` as seconds (clap's parser already held it to 1 s to 10 years;
 /// checked again here so no other caller can pass more).
@@ -52,20 +53,14 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                     a.providers.as_deref(),
                     ttl.map(|t| t as u64),
                 )?;
-                let token = v
-                    .get("token")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("");
                 // The one handover of a new token: alone on stdout (for a
                 // secret manager or a pipe), never on stderr or in a log.
-                println!("{token}");
+                println!("{}", v.token.expose());
                 eprintln!(
                     "keyhold: created token `{}` ({}), role {role}{}. It is shown only once.",
                     a.name,
-                    v.get("id")
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or(""),
-                    expiry_of_json(&v)
+                    v.info.id,
+                    expiry_of_answer(&v.info)
                 );
                 Ok(())
             })
@@ -74,27 +69,17 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             let overlap = overlap_of(a.overlap)?;
             remote(&a.remote, |c| {
                 let v = c.rotate_token(&a.token, Some(overlap as u64))?;
-                let token = v
-                    .get("token")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("");
                 // The one handover of the new token: alone on stdout.
-                println!("{token}");
-                let field = |v: &serde_json::Value, f: &str| {
-                    v.get(f)
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or("")
-                        .to_string()
-                };
-                let old = v.get("replaced").cloned().unwrap_or_default();
+                println!("{}", v.token.expose());
+                let old = v.replaced.as_ref();
                 eprintln!(
                     "keyhold: rotated token `{}`: the new one is {}{}; the old one ({}) works until \
                      {}. It is shown only once.",
-                    field(&v, "name"),
-                    field(&v, "id"),
-                    expiry_of_json(&v),
-                    field(&old, "id"),
-                    field(&old, "expires_at"),
+                    v.info.name,
+                    v.info.id,
+                    expiry_of_answer(&v.info),
+                    old.map_or("", |o| o.id.as_str()),
+                    old.and_then(|o| o.expires_at.as_deref()).unwrap_or(""),
                 );
                 Ok(())
             })
@@ -103,53 +88,30 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             let list = c.tokens()?;
             let mut out = std::io::stdout().lock();
             if a.output.is_json() {
-                let _ = serde_json::to_writer_pretty(&mut out, &list);
-                let _ = writeln!(out);
+                let _ = super::table::print_json(&mut out, &list);
             } else {
-                let s = |v: &serde_json::Value, f: &str| {
-                    v.get(f)
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or("")
-                        .to_string()
-                };
                 let mut table = token_table(a.table.wide);
-                let opt = |v: &serde_json::Value, f: &str| {
-                    v.get(f)
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or("-")
-                        .to_string()
-                };
                 for t in &list {
                     let providers = t
-                        .get("providers")
-                        .and_then(serde_json::Value::as_array)
-                        .map_or("*".to_string(), |p| {
-                            p.iter()
-                                .filter_map(serde_json::Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        });
-                    let revoked = t.get("revoked_at").and_then(serde_json::Value::as_str);
-                    let expired = t
-                        .get("expired")
-                        .and_then(serde_json::Value::as_bool)
-                        .unwrap_or(false);
+                        .providers
+                        .as_ref()
+                        .map_or("*".to_string(), |p| p.join(","));
                     let status = status_of(
-                        revoked,
-                        expired,
-                        t.get("rotated_to").and_then(serde_json::Value::as_str),
+                        t.revoked_at.as_deref(),
+                        t.expired,
+                        t.rotated_to.as_deref(),
                         a.table.wide,
                     );
                     token_row(
                         &mut table,
                         &Row {
-                            id: &s(t, "id"),
-                            name: &s(t, "name"),
-                            role: &s(t, "role"),
+                            id: &t.id,
+                            name: &t.name,
+                            role: &t.role,
                             providers: &providers,
-                            created: &s(t, "created_at"),
-                            expires: &opt(t, "expires_at"),
-                            last_used: &opt(t, "last_used"),
+                            created: &t.created_at,
+                            expires: t.expires_at.as_deref().unwrap_or("-"),
+                            last_used: t.last_used.as_deref().unwrap_or("-"),
                             status: &status,
                         },
                     );
@@ -159,13 +121,8 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             Ok(())
         }),
         TokenCommand::Revoke(a) if a.remote.remote => remote(&a.remote, |c| {
-            let v = c.revoke_token(&a.token)?;
-            eprintln!(
-                "keyhold: revoked token {}",
-                v.get("id")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or(&a.token)
-            );
+            let done = c.revoke_token(&a.token)?;
+            eprintln!("keyhold: revoked token {}", done.id);
             Ok(())
         }),
         TokenCommand::Create(a) => {
@@ -225,7 +182,7 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             let all = super::offline_vault(&store, &keyring, &log).list_tokens(None)?;
             let mut out = std::io::stdout().lock();
             if a.output.is_json() {
-                let list: Vec<_> = all.iter().map(crate::http::TokenInfo::listed).collect();
+                let list: Vec<_> = all.iter().map(crate::wire::TokenInfo::listed).collect();
                 serde_json::to_writer_pretty(&mut out, &list)?;
                 writeln!(out)?;
             } else {
@@ -297,9 +254,9 @@ fn expiry_of(at_us: Option<i64>) -> String {
 }
 
 /// The same from an API answer's `expires_at`.
-fn expiry_of_json(v: &serde_json::Value) -> String {
-    v.get("expires_at")
-        .and_then(serde_json::Value::as_str)
+fn expiry_of_answer(t: &crate::wire::TokenInfo) -> String {
+    t.expires_at
+        .as_deref()
         .map(|e| format!(", expires at {e}"))
         .unwrap_or_default()
 }

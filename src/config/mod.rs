@@ -5,7 +5,8 @@
 //! FERNET_KEY_FILE or KEYHOLD_KEY_COMMAND (see `keyring`), API keys from
 //! stdin, access tokens from KEYHOLD_TOKEN or a file.
 //!
-//! The client commands' flags are in `client`, the server's in `serve`.
+//! The client commands' flags are in `client`, the keyring commands' in
+//! `keyring`, the server's in `serve`.
 //!
 //! Over 500 lines: every other command's flags are defined once here, with
 //! the help text that `--help`, the man pages and docs/reference.md print.
@@ -15,9 +16,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod client;
+mod keyring;
 mod serve;
 
 pub use client::*;
+pub use keyring::*;
 pub use serve::*;
 
 use crate::access::Role;
@@ -79,7 +82,7 @@ pub enum Command {
     /// The key file's active and retired keys, and a running server's
     /// reload: `list`, `retire` (after a rotation), `unretire`, `reload`.
     #[command(subcommand)]
-    Keyring(crate::cli::keyring::KeyringCommand),
+    Keyring(KeyringCommand),
     /// Re-encrypt every stored key under the newest key (FERNET_KEYS=new,old,
     /// or --new-key to add one to FERNET_KEY_FILE first), re-seal keyhold's
     /// own secrets and the check value under it, and start a new audit

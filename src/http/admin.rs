@@ -3,71 +3,16 @@
 use bytes::Buf;
 use futures_util::Stream;
 use http::StatusCode;
-use serde::Serialize;
-use serde_json::Value;
 use warp::reply::Response;
 
 use super::context::Ctx;
 use super::error::ApiError;
-use super::extract::{self, NewTokenBody, RotateTokenBody};
+use super::extract;
 use super::{AppState, State};
 use crate::access::{Caller, Scope};
 use crate::audit::{Action, Outcome};
-use crate::store::TokenRecord;
-use crate::time::to_rfc3339;
-use crate::vault::{ListedToken, TokenRequest};
-
-/// A token as listed (never the secret).
-#[derive(Debug, Serialize)]
-pub struct TokenInfo {
-    pub id: String,
-    pub name: String,
-    pub role: String,
-    pub scopes: Vec<&'static str>,
-    pub providers: Option<Vec<String>>,
-    pub created_at: String,
-    pub revoked_at: Option<String>,
-    /// When it stops working (`null`: never).
-    pub expires_at: Option<String>,
-    /// True once `expires_at` has passed.
-    pub expired: bool,
-    /// The ttl it was created with (a rotation keeps it).
-    pub ttl_seconds: Option<i64>,
-    /// When an audited action made with it was last committed (`null`:
-    /// never used).
-    pub last_used: Option<String>,
-    /// Set once rotated: the id of its replacement.
-    pub rotated_to: Option<String>,
-}
-
-impl TokenInfo {
-    /// A token as listed, with its last use.
-    pub fn listed(t: &ListedToken) -> TokenInfo {
-        TokenInfo {
-            expired: t.expired,
-            last_used: t.last_used_us.map(to_rfc3339),
-            ..TokenInfo::of(&t.record)
-        }
-    }
-
-    /// A token just written (never used yet).
-    pub fn of(r: &TokenRecord) -> TokenInfo {
-        TokenInfo {
-            expires_at: r.expires_at_us.map(to_rfc3339),
-            expired: r.expired_at(crate::time::now_us()),
-            ttl_seconds: r.ttl_seconds,
-            last_used: None,
-            rotated_to: r.rotated_to.map(|id| id.to_string()),
-            id: r.id.to_string(),
-            name: r.name.clone(),
-            role: r.role.clone(),
-            scopes: r.scopes.iter().map(|s| s.as_str()).collect(),
-            providers: r.providers.clone(),
-            created_at: to_rfc3339(r.created_at_us),
-            revoked_at: r.revoked_at_us.map(to_rfc3339),
-        }
-    }
-}
+use crate::vault::TokenRequest;
+use crate::wire::{Done, MintedToken, NewToken, ReloadReport, RotateToken, SecretText, TokenInfo};
 
 /// Authenticates an admin (recording a refused scope).
 async fn admin_caller(state: &State, ctx: &Ctx, action: Action) -> Result<Caller, ApiError> {
@@ -133,8 +78,8 @@ where
         let (caller, body) = state
             .caller_and_body(&ctx, body, Scope::Admin, Action::TokenCreate, false)
             .await?;
-        let req: NewTokenBody = extract::body(body, extract::NEW_TOKEN)?;
-        let role = req.role()?;
+        let req: NewToken = extract::body(body, extract::NEW_TOKEN)?;
+        let role = extract::role_of(&req)?;
         let (name, providers, ttl_seconds) = (req.name, req.providers, req.ttl_seconds);
         let minted = state
             .vault()
@@ -156,16 +101,12 @@ where
 }
 
 /// A minted token as answered: its info and, once, its secret (`token`).
-fn with_secret(minted: &crate::vault::MintedToken) -> Value {
-    let info = TokenInfo::of(&minted.record);
-    let mut v = serde_json::to_value(&info).unwrap_or(Value::Null);
-    if let Value::Object(m) = &mut v {
-        m.insert(
-            "token".into(),
-            Value::String(minted.secret.expose().to_string()),
-        );
+fn with_secret(minted: &crate::vault::MintedToken) -> MintedToken<'_> {
+    MintedToken {
+        token: SecretText::Borrowed(minted.secret.expose()),
+        replaced: None,
+        info: TokenInfo::of(&minted.record),
     }
-    v
 }
 
 /// POST /api/tokens/{id}/rotate  `{overlap_seconds?}` — a replacement
@@ -179,7 +120,7 @@ where
         let (caller, body) = state
             .caller_and_body(&ctx, body, Scope::Admin, Action::TokenRotate, true)
             .await?;
-        let req: RotateTokenBody = extract::body(body, extract::ROTATE_TOKEN)?;
+        let req: RotateToken = extract::body(body, extract::ROTATE_TOKEN)?;
         let rotated = state
             .vault()
             .rotate_token(
@@ -189,14 +130,11 @@ where
                 req.overlap_seconds,
             )
             .await?;
-        let mut v = with_secret(&rotated.new);
-        if let Value::Object(m) = &mut v {
-            m.insert(
-                "replaced".into(),
-                serde_json::to_value(TokenInfo::of(&rotated.old)).unwrap_or(Value::Null),
-            );
-        }
-        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &v))
+        let answer = MintedToken {
+            replaced: Some(TokenInfo::of(&rotated.old)),
+            ..with_secret(&rotated.new)
+        };
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &answer))
     }
     .await;
     res.unwrap_or_else(|e| ctx.error(&e))
@@ -212,7 +150,10 @@ pub(super) async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response
             .await?;
         Ok::<_, ApiError>(ctx.json(
             StatusCode::OK,
-            &serde_json::json!({"status": "revoked", "id": rec.id.to_string()}),
+            &Done {
+                id: rec.id.to_string(),
+                status: "revoked".into(),
+            },
         ))
     }
     .await;
@@ -252,16 +193,6 @@ pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
     }
     .await;
     res.unwrap_or_else(|e| ctx.error(&e))
-}
-
-/// What a keyring reload did: the keyring now in use (fingerprints,
-/// newest first; never a key) and the one before.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadReport {
-    pub source: String,
-    pub fingerprints: Vec<String>,
-    pub previous: Vec<String>,
-    pub changed: bool,
 }
 
 /// Why a reload did not happen; the server keeps its keyring.

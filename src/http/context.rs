@@ -469,7 +469,11 @@ pub fn connect_refused() -> Response {
 
 /// `{"detail": ...}` with its status (and Retry-After / WWW-Authenticate).
 pub fn error_response(err: &ApiError) -> Response {
-    let mut resp = json_response(err.status, &serde_json::json!({ "detail": err.detail }));
+    let body = crate::wire::ErrorBody {
+        detail: err.detail.clone(),
+        failed: Vec::new(),
+    };
+    let mut resp = json_response(err.status, &body);
     if let Some(secs) = err.retry_after {
         resp.headers_mut()
             .insert("retry-after", HeaderValue::from(secs));

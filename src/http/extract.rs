@@ -1,62 +1,32 @@
 //! Extractors: the bodies and queries of the routes as typed structs
 //! (serde), each refusal a 422 (or 400 for a malformed query) naming what
-//! to send. The secret of a new key is read straight into a zeroizing
-//! [`SecretString`]; the JSON value it came from is consumed.
+//! to send. The bodies are the wire types (`crate::wire`); the secret of
+//! a new key is read straight into a zeroizing string; the JSON value it
+//! came from is consumed.
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
 use crate::access::Role;
-use crate::secret::SecretString;
+use crate::wire;
 
-/// `POST /api/keys`: `{provider, key_name, api_key, ttl_seconds?}`.
-#[derive(Deserialize)]
-pub(super) struct NewKeyBody {
-    pub(super) provider: String,
-    pub(super) key_name: String,
-    pub(super) api_key: SecretString,
-    #[serde(default)]
-    pub(super) ttl_seconds: Option<i64>,
-}
-
-impl From<NewKeyBody> for crate::vault::NewKey {
-    fn from(b: NewKeyBody) -> crate::vault::NewKey {
+impl From<wire::NewKey<'_>> for crate::vault::NewKey {
+    fn from(b: wire::NewKey<'_>) -> crate::vault::NewKey {
         crate::vault::NewKey {
             provider: b.provider,
             key_name: b.key_name,
-            api_key: b.api_key,
+            api_key: b.api_key.into_secret(),
             ttl_seconds: b.ttl_seconds,
         }
     }
 }
 
-/// `POST /api/tokens`: `{name, role, providers?, ttl_seconds?}`.
-#[derive(Deserialize)]
-pub(super) struct NewTokenBody {
-    pub(super) name: String,
-    pub(super) role: String,
-    #[serde(default)]
-    pub(super) providers: Option<Vec<String>>,
-    #[serde(default)]
-    pub(super) ttl_seconds: Option<i64>,
-}
-
-/// `POST /api/tokens/{id}/rotate`: `{overlap_seconds?}` (an empty body
-/// is `{}`).
-#[derive(Deserialize)]
-pub(super) struct RotateTokenBody {
-    #[serde(default)]
-    pub(super) overlap_seconds: Option<i64>,
-}
-
-impl NewTokenBody {
-    /// The role, checked.
-    pub(super) fn role(&self) -> Result<Role, ApiError> {
-        self.role.parse().map_err(|e: crate::access::UnknownRole| {
-            ApiError::invalid(format!("field `role`: {e}"))
-        })
-    }
+/// The role of a new token (`POST /api/tokens`), checked.
+pub(super) fn role_of(body: &wire::NewToken) -> Result<Role, ApiError> {
+    body.role
+        .parse()
+        .map_err(|e: crate::access::UnknownRole| ApiError::invalid(format!("field `role`: {e}")))
 }
 
 /// `GET /api/keys?provider=&deleted=&expiring_within=&expired=`.
@@ -84,7 +54,7 @@ impl ListQuery {
                          a unit (12h, 7d, 30d)",
                     )
                 })?;
-                let secs = secs.0.min(crate::vault::MAX_TTL_SECONDS as u64) as i64;
+                let secs = secs.0.min(crate::duration::MAX_TTL_SECONDS as u64) as i64;
                 Some(secs * 1_000_000)
             }
         };
@@ -132,18 +102,10 @@ pub(super) fn flag(value: Option<&str>, name: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// `PUT /api/keys/{id}`: `{api_key, ttl_seconds?}`.
-#[derive(Deserialize)]
-pub(super) struct NewVersionBody {
-    pub(super) api_key: SecretString,
-    #[serde(default)]
-    pub(super) ttl_seconds: Option<i64>,
-}
-
-impl From<NewVersionBody> for crate::vault::NewVersion {
-    fn from(b: NewVersionBody) -> crate::vault::NewVersion {
+impl From<wire::NewVersion<'_>> for crate::vault::NewVersion {
+    fn from(b: wire::NewVersion<'_>) -> crate::vault::NewVersion {
         crate::vault::NewVersion {
-            api_key: b.api_key,
+            api_key: b.api_key.into_secret(),
             ttl_seconds: b.ttl_seconds,
         }
     }
@@ -247,11 +209,11 @@ mod tests {
 
     #[test]
     fn a_body_names_what_is_missing_or_of_the_wrong_type() {
-        let e = body::<NewTokenBody>(serde_json::json!({"role": "reader"}), NEW_TOKEN)
+        let e = body::<wire::NewToken>(serde_json::json!({"role": "reader"}), NEW_TOKEN)
             .err()
             .unwrap();
         assert!(e.detail.contains("`name` is required"), "{}", e.detail);
-        let e = body::<NewKeyBody>(
+        let e = body::<wire::NewKey<'static>>(
             serde_json::json!({"provider": 5, "key_name": "k", "api_key": "x"}),
             NEW_KEY,
         )
@@ -263,15 +225,15 @@ mod tests {
             "{}",
             e.detail
         );
-        let e = body::<NewKeyBody>(
+        let e = body::<wire::NewKey<'static>>(
             serde_json::json!({"provider": "p", "key_name": "k", "api_key": "x", "ttl_seconds": 1.5}),
             NEW_KEY,
         )
         .err()
         .unwrap();
         assert!(e.detail.contains("`ttl_seconds`"), "{}", e.detail);
-        assert!(body::<NewKeyBody>(serde_json::json!([1]), NEW_KEY).is_err());
-        let ok = body::<NewKeyBody>(
+        assert!(body::<wire::NewKey<'static>>(serde_json::json!([1]), NEW_KEY).is_err());
+        let ok = body::<wire::NewKey<'static>>(
             serde_json::json!({"provider": "p", "key_name": "k", "api_key": "sk", "extra": 1}),
             NEW_KEY,
         )

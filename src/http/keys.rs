@@ -5,71 +5,43 @@
 //! (`crate::vault`), and presents its answer; the rules — the audit-first
 //! reveal, the field rules, the provider limit — are the core's.
 
+use std::borrow::Cow;
+
 use bytes::Buf;
 use futures_util::Stream;
 use http::StatusCode;
-use serde::Serialize;
 use warp::reply::Response;
 
 use super::context::{secret_json_response, with_rate_headers, Ctx};
 use super::error::ApiError;
-use super::extract::{self, DeleteQuery, ListQuery, NewKeyBody, NewVersionBody, RevealQuery};
+use super::extract::{self, DeleteQuery, ListQuery, RevealQuery};
 use super::{AppState, State};
 use crate::access::Scope;
 use crate::audit::Action;
 use crate::store::KeyRecord;
 use crate::time::to_rfc3339;
 use crate::vault::{KeyPolicy, NewKey, NewVersion, RevealRequest, Target};
+use crate::wire::{Done, KeyMeta, RevealedKey, SecretText, VersionMeta};
 
-/// Key metadata as answered (never ciphertext or plaintext): the seed's
-/// fields, then the current version's number and, for a deleted key, when
-/// it was deleted and when it will be destroyed.
-#[derive(Debug, Serialize)]
-pub(super) struct KeyMeta {
-    pub id: String,
-    pub provider: String,
-    pub key_name: String,
-    pub created_at: String,
-    pub last_used: Option<String>,
-    pub expires_at: Option<String>,
-    pub version: u32,
-    pub deleted_at: Option<String>,
-    pub purge_at: Option<String>,
-}
-
-impl KeyMeta {
-    fn of(rec: &KeyRecord, last_used: Option<i64>, policy: &KeyPolicy) -> KeyMeta {
-        KeyMeta {
-            id: rec.id.to_string(),
-            provider: rec.provider.clone(),
-            key_name: rec.key_name.clone(),
-            created_at: to_rfc3339(rec.created_at_us),
-            last_used: last_used.map(to_rfc3339),
-            expires_at: rec.expires_at_us.map(to_rfc3339),
-            version: rec.version,
-            deleted_at: rec.deleted_at_us.map(to_rfc3339),
-            purge_at: rec
-                .deleted_at_us
-                .map(|d| to_rfc3339(d.saturating_add(policy.recovery_window_us))),
-        }
+/// Key metadata as answered: for a deleted key, when it will be
+/// destroyed too.
+fn key_meta(rec: &KeyRecord, last_used: Option<i64>, policy: &KeyPolicy) -> KeyMeta {
+    KeyMeta {
+        id: rec.id.to_string(),
+        provider: rec.provider.clone(),
+        key_name: rec.key_name.clone(),
+        created_at: to_rfc3339(rec.created_at_us),
+        last_used: last_used.map(to_rfc3339),
+        expires_at: rec.expires_at_us.map(to_rfc3339),
+        version: rec.version,
+        deleted_at: rec.deleted_at_us.map(to_rfc3339),
+        purge_at: rec
+            .deleted_at_us
+            .map(|d| to_rfc3339(d.saturating_add(policy.recovery_window_us))),
     }
 }
 
-/// One version's metadata (`GET /api/keys/{id}/versions`).
-#[derive(Debug, Serialize)]
-struct VersionMeta {
-    version: u32,
-    created_at: String,
-    created_by: Option<String>,
-    expires_at: Option<String>,
-    /// `current`, `previous` or `expired`; every version of a deleted key
-    /// is `deleted`; a version pushed past the cap is `recovery` (not
-    /// revealable; an admin can restore it until `restorable_until`).
-    state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    restorable_until: Option<String>,
-}
-
+/// Every version of a key, oldest first, each with its state.
 fn versions_of(rec: &KeyRecord, window_us: i64) -> Vec<VersionMeta> {
     let now = crate::time::now_us();
     let state = |expires: Option<i64>, current: bool| {
@@ -89,9 +61,9 @@ fn versions_of(rec: &KeyRecord, window_us: i64) -> Vec<VersionMeta> {
         created_by: d.version.created_by.clone(),
         expires_at: d.version.expires_at_us.map(to_rfc3339),
         state: if rec.deleted_at_us.is_some() {
-            "deleted"
+            "deleted".into()
         } else {
-            "recovery"
+            "recovery".into()
         },
         restorable_until: Some(to_rfc3339(d.dropped_at_us.saturating_add(window_us))),
     });
@@ -101,7 +73,7 @@ fn versions_of(rec: &KeyRecord, window_us: i64) -> Vec<VersionMeta> {
             created_at: to_rfc3339(v.created_at_us),
             created_by: v.created_by.clone(),
             expires_at: v.expires_at_us.map(to_rfc3339),
-            state: state(v.expires_at_us, false),
+            state: state(v.expires_at_us, false).into(),
             restorable_until: None,
         }))
         .collect();
@@ -110,7 +82,7 @@ fn versions_of(rec: &KeyRecord, window_us: i64) -> Vec<VersionMeta> {
         created_at: to_rfc3339(rec.version_created_at_us),
         created_by: rec.created_by.clone(),
         expires_at: rec.expires_at_us.map(to_rfc3339),
-        state: state(rec.expires_at_us, true),
+        state: state(rec.expires_at_us, true).into(),
         restorable_until: None,
     });
     out.sort_by_key(|v| v.version);
@@ -139,14 +111,11 @@ where
     let (caller, body) = state
         .caller_and_body(ctx, body, Scope::KeysWrite, Action::KeyCreate, false)
         .await?;
-    let new: NewKeyBody = extract::body(body, extract::NEW_KEY)?;
+    let new: crate::wire::NewKey<'static> = extract::body(body, extract::NEW_KEY)?;
     let new = NewKey::from(new);
     let record = vault.create_key(&origin, &caller, new).await?;
     state.gauges.add_keys(1);
-    Ok(ctx.json(
-        StatusCode::OK,
-        &KeyMeta::of(&record, None, &state.key_policy),
-    ))
+    Ok(ctx.json(StatusCode::OK, &key_meta(&record, None, &state.key_policy)))
 }
 
 /// PUT /api/keys/{id}: a new version of the key.
@@ -171,7 +140,7 @@ where
     let (caller, body) = state
         .caller_and_body(ctx, body, Scope::KeysWrite, Action::KeyPut, false)
         .await?;
-    let new: NewVersionBody = extract::body(body, extract::NEW_VERSION)?;
+    let new: crate::wire::NewVersion<'static> = extract::body(body, extract::NEW_VERSION)?;
     let record = vault
         .put_version(
             &origin,
@@ -183,10 +152,7 @@ where
         )
         .await?;
     let used = state.store.last_used(&record.id).unwrap_or(None);
-    Ok(ctx.json(
-        StatusCode::OK,
-        &KeyMeta::of(&record, used, &state.key_policy),
-    ))
+    Ok(ctx.json(StatusCode::OK, &key_meta(&record, used, &state.key_policy)))
 }
 
 /// GET /api/keys/{id}/versions
@@ -259,7 +225,7 @@ pub(super) async fn restore(id: String, state: State, ctx: Ctx) -> Response {
             .restore_key(&origin, &caller, &id, state.key_policy.recovery_window_us)
             .await?;
         let used = state.store.last_used(&rec.id).unwrap_or(None);
-        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &KeyMeta::of(&rec, used, &state.key_policy)))
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &key_meta(&rec, used, &state.key_policy)))
     };
     match res.await {
         Ok(r) => r,
@@ -287,7 +253,7 @@ async fn list_inner(state: &State, ctx: &Ctx, query: &str) -> Result<Response, A
         .await?;
     let out: Vec<KeyMeta> = keys
         .iter()
-        .map(|(k, used)| KeyMeta::of(k, *used, &state.key_policy))
+        .map(|(k, used)| key_meta(k, *used, &state.key_policy))
         .collect();
     Ok(ctx.json(StatusCode::OK, &out))
 }
@@ -337,35 +303,24 @@ async fn delete_inner(
     };
     Ok(ctx.json(
         StatusCode::OK,
-        &serde_json::json!({"status": "deleted", "id": id.to_string()}),
+        &Done {
+            id: id.to_string(),
+            status: "deleted".into(),
+        },
     ))
 }
 
-/// The answer of a successful reveal: the seed's fields, then the
-/// version revealed and when it lapses.
-#[derive(Serialize)]
-pub(super) struct Revealed<'a> {
-    id: String,
-    provider: &'a str,
-    key_name: &'a str,
-    api_key: &'a str,
-    version: u32,
-    expires_at: Option<String>,
-}
-
-impl<'a> Revealed<'a> {
-    /// The answer for `key`, its plaintext as `api_key` (borrowed, not
-    /// copied, when the key is UTF-8: it always is when it came through
-    /// the API).
-    pub(super) fn of(key: &'a crate::vault::Revealed, api_key: &'a str) -> Revealed<'a> {
-        Revealed {
-            id: key.id.to_string(),
-            provider: &key.provider,
-            key_name: &key.key_name,
-            api_key,
-            version: key.version,
-            expires_at: key.expires_at_us.map(to_rfc3339),
-        }
+/// The answer for a revealed `key`, its plaintext as `api_key` (borrowed,
+/// not copied, when the key is UTF-8: it always is when it came through
+/// the API).
+pub(super) fn revealed<'a>(key: &'a crate::vault::Revealed, api_key: &'a str) -> RevealedKey<'a> {
+    RevealedKey {
+        id: key.id.to_string(),
+        provider: Cow::Borrowed(&key.provider),
+        key_name: Cow::Borrowed(&key.key_name),
+        api_key: SecretText::Borrowed(api_key),
+        version: key.version,
+        expires_at: key.expires_at_us.map(to_rfc3339),
     }
 }
 
@@ -437,7 +392,7 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
     let resp = match state.vault().reveal(req).await {
         Ok(key) => {
             let api_key = String::from_utf8_lossy(key.api_key.expose());
-            let body = Revealed::of(&key, &api_key);
+            let body = revealed(&key, &api_key);
             let resp = secret_json_response(StatusCode::OK, &body, api_key.len());
             ctx.finish(resp)
         }

@@ -30,7 +30,7 @@ mod stream;
 pub mod ui;
 mod whoami;
 
-pub use admin::{reload_keyring, ReloadError, ReloadReport, TokenInfo};
+pub use admin::{reload_keyring, ReloadError};
 pub use routes::{route_label, routes, OPENAPI, ROUTES};
 pub use server_settings::{Listen, ServerSettings, Timeout, Tls};
 

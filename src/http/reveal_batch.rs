@@ -14,7 +14,6 @@
 use bytes::Buf;
 use futures_util::Stream;
 use http::StatusCode;
-use serde::Serialize;
 use serde_json::Value;
 use warp::reply::Response;
 
@@ -22,14 +21,7 @@ use super::context::{json_response, secret_json_response, with_rate_headers, Ctx
 use super::error::ApiError;
 use super::{AppState, State};
 use crate::vault::{BatchRefusal, Target, MAX_BATCH};
-
-/// A key the batch could not reveal, by its place in the request.
-#[derive(Serialize)]
-struct Failed {
-    index: usize,
-    status: u16,
-    detail: String,
-}
+use crate::wire::{ErrorBody, FailedKey, RevealedBatch};
 
 /// POST /api/reveal
 pub(super) async fn reveal_batch<S, B>(state: State, ctx: Ctx, body: S) -> Response
@@ -112,23 +104,17 @@ where
                 .map(|k| String::from_utf8_lossy(k.api_key.expose()))
                 .collect();
             // Each key with the fields of a single reveal.
-            let out: Vec<super::keys::Revealed<'_>> = keys
-                .iter()
-                .zip(&texts)
-                .map(|(k, text)| super::keys::Revealed::of(k, text))
-                .collect();
+            let out = RevealedBatch {
+                keys: keys
+                    .iter()
+                    .zip(&texts)
+                    .map(|(k, text)| super::keys::revealed(k, text))
+                    .collect(),
+            };
             let secret_len = texts.iter().map(|t| t.len()).sum::<usize>() + 256 * keys.len();
             // Serialized from borrows into a zeroized buffer: no
             // `serde_json::Value` copy of a key is made (and freed unwiped).
-            #[derive(serde::Serialize)]
-            struct Batch<'a> {
-                keys: &'a [super::keys::Revealed<'a>],
-            }
-            ctx.finish(secret_json_response(
-                StatusCode::OK,
-                &Batch { keys: &out },
-                secret_len,
-            ))
+            ctx.finish(secret_json_response(StatusCode::OK, &out, secret_len))
         }
         Err(BatchRefusal::Whole(refusal)) => ctx.error(&ApiError::from(refusal)),
         Err(BatchRefusal::Items(refused)) => ctx.finish(items_refused(targets.len(), refused)),
@@ -157,17 +143,17 @@ fn items_refused(n: usize, refused: Vec<(usize, crate::vault::Refusal)>) -> Resp
     );
     let mut resp = json_response(
         first.status,
-        &serde_json::json!({
-            "detail": detail,
-            "failed": failed
+        &ErrorBody {
+            detail,
+            failed: failed
                 .iter()
-                .map(|(index, e)| Failed {
+                .map(|(index, e)| FailedKey {
+                    detail: e.detail.clone(),
                     index: *index,
                     status: e.status.as_u16(),
-                    detail: e.detail.clone(),
                 })
-                .collect::<Vec<_>>(),
-        }),
+                .collect(),
+        },
     );
     if let Some(secs) = first.retry_after {
         resp.headers_mut()
@@ -327,5 +313,31 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.detail.contains("at most 32"), "{}", e.detail);
+    }
+
+    #[test]
+    fn the_body_a_client_writes_is_the_body_the_server_reads() {
+        let body = crate::wire::RevealBatch {
+            keys: vec![
+                crate::wire::KeyRef {
+                    provider: Some("claude".into()),
+                    key_name: Some("prod".into()),
+                    ..Default::default()
+                },
+                crate::wire::KeyRef {
+                    provider: Some("openai".into()),
+                    ..Default::default()
+                },
+                crate::wire::KeyRef {
+                    id: Some("3f2a7c1e".into()),
+                    version: Some(2),
+                    ..Default::default()
+                },
+            ],
+        };
+        let got = targets_of(&serde_json::to_value(&body).unwrap()).unwrap();
+        assert!(matches!(&got[0], Target::Named(p, n) if p == "claude" && n == "prod"));
+        assert!(matches!(&got[1], Target::NewestOf(p) if p == "openai"));
+        assert!(matches!(&got[2], Target::Id(id, Some(2)) if id == "3f2a7c1e"));
     }
 }

@@ -4,24 +4,12 @@
 //! and reads no key or record).
 
 use http::StatusCode;
-use serde::Serialize;
 use warp::reply::Response;
 
 use super::context::Ctx;
 use super::State;
 use crate::access::Scope;
-
-/// The answer of `GET /api/whoami`.
-#[derive(Debug, Serialize)]
-pub(super) struct WhoAmI {
-    pub name: String,
-    pub id: String,
-    /// The scopes the token holds in effect (`admin` grants every scope,
-    /// so an admin token lists all five).
-    pub scopes: Vec<&'static str>,
-    /// The providers the token is limited to; `null` for every provider.
-    pub providers: Option<Vec<String>>,
-}
+use crate::wire::WhoAmI;
 
 /// GET /api/whoami
 pub(super) async fn whoami(state: State, ctx: Ctx) -> Response {
@@ -34,7 +22,7 @@ pub(super) async fn whoami(state: State, ctx: Ctx) -> Response {
                 scopes: Scope::ALL
                     .into_iter()
                     .filter(|s| caller.has(*s))
-                    .map(Scope::as_str)
+                    .map(|s| s.as_str().to_string())
                     .collect(),
                 providers: caller.providers.clone(),
             },

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -28,7 +28,7 @@ use crate::store::{
 };
 
 /// What a rotation did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotateReport {
     /// Records re-encrypted under the newest key.
     pub rotated: u64,

@@ -15,6 +15,7 @@ use super::reveal::missing_scope;
 use super::{Origin, Refusal, Vault};
 use crate::access::{valid_provider, Caller, Scope};
 use crate::audit::{Action, AuditEvent, Outcome};
+use crate::duration::MAX_TTL_SECONDS;
 use crate::secret::SecretString;
 use crate::store::{Guarded, KeyRecord, Write, WriteLock};
 use crate::time::now_us;
@@ -23,8 +24,6 @@ use crate::time::now_us;
 pub const MAX_API_KEY: usize = 16 * 1024;
 /// Longest key_name, in characters.
 pub use crate::access::MAX_KEY_NAME;
-/// Longest ttl_seconds: ten years.
-pub const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
 
 /// A key to store, as the caller gave it (checked by [`Vault::create_key`]).
 #[derive(Debug)]

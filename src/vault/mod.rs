@@ -30,7 +30,7 @@ pub use init::{initialise, Initialised};
 pub use keys::{
     ttl_invalid, KeyFilter, KeyPolicy, KeyPolicyError, NewKey, NewVersion, Upkeep,
     DEFAULT_KEEP_VERSIONS, DEFAULT_RECOVERY_WINDOW_SECS, EXPIRING_WITHIN_DAYS, MAX_API_KEY,
-    MAX_KEEP_VERSIONS, MAX_KEY_NAME, MAX_TTL_SECONDS,
+    MAX_KEEP_VERSIONS, MAX_KEY_NAME,
 };
 pub use refusal::Refusal;
 pub use reveal::{RevealRequest, Revealed, Target};

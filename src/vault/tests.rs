@@ -3,6 +3,7 @@
 use super::*;
 use crate::access::Role;
 use crate::audit::AuditRecord;
+use crate::duration::MAX_TTL_SECONDS;
 use crate::secret::SecretString;
 
 /// A fresh vault: a temporary store initialised under a random keyring,

@@ -6,9 +6,10 @@
 
 use uuid::Uuid;
 
-use super::{Origin, Refusal, Vault, MAX_TTL_SECONDS};
+use super::{Origin, Refusal, Vault};
 use crate::access::{Caller, Role};
 use crate::audit::{Action, Outcome};
+use crate::duration::MAX_TTL_SECONDS;
 use crate::secret::SecretString;
 use crate::store::TokenRecord;
 use crate::token_records::{self, TokenError};

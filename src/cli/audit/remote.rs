@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::ConfigError;
 use crate::audit::{PublicKey, VerifyKeys};
+use crate::cli::ConfigError;
 use crate::client::{Client, ClientError};
 use crate::config::{
     AuditExportArgs, AuditPublicKeyArgs, AuditRemoteArgs, AuditVerifyArgs, ExportFormatArg,
@@ -27,21 +27,18 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// A connected client, or the exit status of why not (said on stderr).
 fn connect(a: &AuditRemoteArgs) -> Result<Client, ExitCode> {
-    super::remote::connect(&a.client).map_err(|e| failed(&e))
+    crate::cli::remote::connect(&a.client).map_err(|e| failed(&e))
 }
 
 fn failed(e: &ClientError) -> ExitCode {
     eprintln!("keyhold: error: {e}");
-    super::remote::client_exit(e)
+    crate::cli::remote::client_exit(e)
 }
 
 /// The public key the server says signs its log.
 fn servers_key(c: &Client) -> Result<String, ClientError> {
-    let v = c.get_json("/api/audit/verify")?;
-    v.get("public_key")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| ClientError::Protocol("the answer names no public key".into()))
+    let answer: crate::wire::AuditKey = c.get_json("/api/audit/verify")?;
+    Ok(answer.public_key)
 }
 
 /// `keyhold audit public-key --remote`.
@@ -74,7 +71,7 @@ fn export_query(a: &AuditExportArgs) -> Vec<(&'static str, String)> {
         }
         .to_string(),
     )];
-    for (name, v) in super::audit::filter_pairs(&a.filter) {
+    for (name, v) in super::common::filter_pairs(&a.filter) {
         if let Some(v) = v {
             q.push((name, v.clone()));
         }
@@ -188,10 +185,10 @@ pub(super) fn verify(
     // tail is caught, as with --anchor.
     let mut anchors = anchors;
     if let Some(h) = head_of(&resp) {
-        anchors.push(super::audit::parse_anchor(&h).context("the server's head")?);
+        anchors.push(super::common::parse_anchor(&h).context("the server's head")?);
     }
     let mut reader = std::io::BufReader::new(resp);
-    let (report, found) = super::audit::verify_reader(
+    let (report, found) = super::common::verify_reader(
         &mut reader,
         "the server's export",
         &VerifyKeys::public(key),
@@ -200,14 +197,14 @@ pub(super) fn verify(
     )?;
     let mut reports = vec![report];
     for ((seq, mac), got) in anchors.iter().zip(found) {
-        reports.push(super::audit::anchor_report(
+        reports.push(super::common::anchor_report(
             *seq,
             mac,
             got,
             "the server's export",
         ));
     }
-    let ok = super::audit::print_reports(&reports, a.output.is_json())?;
+    let ok = super::common::print_reports(&reports, a.output.is_json())?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

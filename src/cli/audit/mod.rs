@@ -1,0 +1,29 @@
+//! `keyhold audit export|verify|public-key`: offline (`local`), or with
+//! `--remote` through a running server's audit routes (`remote`); what
+//! both forms share is in `common`.
+
+use std::process::ExitCode;
+
+use crate::config::AuditCommand;
+
+mod common;
+mod local;
+mod remote;
+
+pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Export(a) if a.remote.remote => remote::export(a),
+        AuditCommand::Verify(a) if a.remote.remote => {
+            let anchors = a
+                .anchor
+                .iter()
+                .map(|s| common::parse_anchor(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            remote::verify(a, anchors)
+        }
+        AuditCommand::PublicKey(a) if a.remote.remote => remote::public_key(a),
+        AuditCommand::Export(a) => local::export(a),
+        AuditCommand::Verify(a) => local::verify(a),
+        AuditCommand::PublicKey(a) => local::public_key(a),
+    }
+}

@@ -1,0 +1,30 @@
+//! The JSON of the HTTP API: the bodies clients send and the answers the
+//! server gives, one type each, shared by the handlers (`http`), which
+//! write answers and read bodies, and the client (`client`, the CLI's
+//! `--remote` commands), which writes bodies and reads answers.
+//!
+//! Field names and order are the wire format: a type here changes only
+//! with the API (docs/api.md, the OpenAPI document). A reader ignores
+//! fields it does not know (a newer server may add some) and names a
+//! field that is missing. A secret (a revealed key, a new token) is a
+//! [`SecretText`]: borrowed when written, zeroized when read, never in
+//! `Debug`.
+//!
+//! Not for: the route table or status codes (see `http`); how the core
+//! keeps records (see `store`, `vault`).
+
+mod admin;
+mod errors;
+mod keys;
+mod tokens;
+
+pub use crate::secret::SecretText;
+pub use admin::{AuditKey, ReloadReport, RotateReport};
+pub use errors::{ErrorBody, FailedKey};
+pub use keys::{
+    Done, KeyMeta, KeyRef, NewKey, NewVersion, RevealBatch, RevealedBatch, RevealedKey, VersionMeta,
+};
+pub use tokens::{MintedToken, NewToken, RotateToken, TokenInfo, WhoAmI};
+
+#[cfg(test)]
+mod tests;
