@@ -10,7 +10,20 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use super::server::{RequestDone, RequestObserver};
+/// One finished request, for logs and metrics.
+#[derive(Debug, Clone)]
+pub struct RequestDone {
+    pub method: http::Method,
+    pub route: &'static str,
+    pub status: u16,
+    pub latency: Duration,
+    pub request_id: Option<String>,
+    pub client: String,
+    pub caller: Option<String>,
+}
+
+/// Called for every finished request.
+pub type RequestObserver = Arc<dyn Fn(&RequestDone) + Send + Sync>;
 
 /// Latency buckets, seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
