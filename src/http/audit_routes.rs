@@ -8,7 +8,7 @@ use warp::reply::Response;
 
 use super::context::Ctx;
 use super::error::ApiError;
-use super::keys::form_pairs;
+use super::request::form_pairs;
 use super::stream::stream_blocking;
 use super::{require, State};
 use crate::access::Scope;

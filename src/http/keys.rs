@@ -290,12 +290,6 @@ async fn list_inner(state: &State, ctx: &Ctx, query: &str) -> Result<Response, A
     Ok(ctx.json(StatusCode::OK, &out))
 }
 
-/// Parses a query string into pairs, refusing malformed encodings.
-pub(crate) fn form_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-        .map_err(|_| ApiError::bad_request("the query string is malformed"))
-}
-
 /// DELETE /api/keys/{id}[?purge=true]
 pub(super) async fn delete(id: String, state: State, ctx: Ctx, query: String) -> Response {
     match delete_inner(&state, &ctx, &id, &query).await {
@@ -323,7 +317,7 @@ async fn delete_inner(
         let id = vault.purge_key(&origin, &caller, id).await?;
         state.gauges.add_keys(-1);
         // Destroyed at once means off the disk too before the answer.
-        super::app::scrub_removed(state).await;
+        state.scrub_removed().await;
         id
     } else {
         vault
@@ -429,7 +423,7 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
         } else {
             Err(decision.retry_after_secs)
         },
-        purpose: purpose(&ctx),
+        purpose: super::request::purpose(&ctx),
         on_caller: Some(&note),
     };
     let resp = match state.vault().reveal(req).await {
@@ -442,11 +436,4 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
         Err(refusal) => ctx.error(&ApiError::from(refusal)),
     };
     with_rate_headers(resp, &decision)
-}
-
-/// What `exec` (or another client) says the key is for.
-pub(super) fn purpose(ctx: &Ctx) -> Option<String> {
-    let v = ctx.headers.get("x-keyhold-purpose")?.to_str().ok()?;
-    let clean: String = v.chars().filter(|c| !c.is_control()).take(200).collect();
-    (!clean.is_empty()).then_some(clean)
 }

@@ -100,7 +100,7 @@ fn describe_and_register() {
     }
     // Every route answers 200 when it succeeds (tests/openapi.rs checks
     // the document says so); other statuses appear as they happen.
-    for (method, route) in super::ROUTES {
+    for (method, route) in super::route_patterns::ROUTES {
         metrics::counter!(
             "keyhold_requests_total",
             "route" => *route,
@@ -109,7 +109,10 @@ fn describe_and_register() {
         )
         .increment(0);
     }
-    let mut routes: Vec<&str> = super::ROUTES.iter().map(|(_, r)| *r).collect();
+    let mut routes: Vec<&str> = super::route_patterns::ROUTES
+        .iter()
+        .map(|(_, r)| *r)
+        .collect();
     routes.sort_unstable();
     routes.dedup();
     for route in routes {

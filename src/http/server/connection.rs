@@ -26,7 +26,7 @@ use super::sniff::{json_answer, plain_http_answered, sniff, FirstBytes, H2_PREFA
 use super::{panics, tls, Limits};
 use crate::http::context::{self, Peer, RequestInfo};
 use crate::http::observe::{RequestDone, RequestObserver};
-use crate::http::route_label;
+use crate::http::route_patterns::route_label;
 
 /// What one connection's task needs from the accept loop.
 pub(super) struct ConnCtx {
