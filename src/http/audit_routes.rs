@@ -9,6 +9,7 @@ use warp::reply::Response;
 use super::context::Ctx;
 use super::error::ApiError;
 use super::request::form_pairs;
+use super::response::respond;
 use super::stream::stream_blocking;
 use super::{require, State};
 use crate::access::Scope;
@@ -115,7 +116,7 @@ fn console_session(ctx: &Ctx) -> Result<Option<String>, ApiError> {
 
 /// GET /api/audit
 pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let caller = state.authenticate(&ctx).await?;
         // Refusals go through the vault: coalesced per token, budgeted.
         if let Err(e) = require(&caller, Scope::AuditRead) {
@@ -231,9 +232,8 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
             resp.headers_mut().insert("x-keyhold-audit-head", v);
         }
         Ok::<_, ApiError>(ctx.finish(resp))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// Most buckets one `GET /api/audit/stats` may span.
@@ -242,7 +242,7 @@ const MAX_BUCKETS: i64 = 5000;
 /// GET /api/audit/stats — attempts per hour or day by outcome, over the
 /// same filters as the export (the console's chart).
 pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let caller = state.authenticate(&ctx).await?;
         require(&caller, Scope::AuditRead)?;
         if caller.is_limited() {
@@ -317,14 +317,13 @@ pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
             "undecodable": h.undecodable,
         });
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &body))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// GET /api/audit/verify
 pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let caller = state.authenticate(&ctx).await?;
         require(&caller, Scope::AuditRead)?;
         if caller.is_limited() {
@@ -347,7 +346,6 @@ pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
             );
         }
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &body))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }

@@ -8,9 +8,10 @@
 //! Modules point one way, never back up: `app` (the running server) →
 //! `routes` (the table) → `query_guard` and the handlers (`keys`,
 //! `reveal_batch`, `admin`, `audit_routes`, `whoami`, `ui`) → the helpers
-//! (`request`, `extract`, `context`, `error`, `stream`); and `app` →
-//! `server` (the transport) → `context`. Every layer may read the data
-//! below them all: `route_patterns` (the routes as data) and `observe`.
+//! (`request`, `response`, `extract`, `context`, `error`, `stream`); and
+//! `app` → `server` (the transport) → `context`. Every layer may read the
+//! data below them all: `route_patterns` (the routes as data) and
+//! `observe`.
 //!
 //! Handlers never reject: they answer every error themselves, so each
 //! answer carries `X-Request-Id`. Only unknown paths and methods reach
@@ -26,6 +27,7 @@ mod keys;
 pub mod observe;
 pub mod query_guard;
 mod request;
+mod response;
 mod reveal_batch;
 mod route_patterns;
 mod routes;
