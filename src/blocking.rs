@@ -4,7 +4,7 @@
 //! "interrupted", unlogged and uncounted. [`run`] keeps the request's route
 //! and id with the blocking thread, so the panic hook can name them, and
 //! resumes the panic in the request's task, where the server's guard
-//! catches it, counts it and answers 500 (see `http::panics`).
+//! catches it, counts it and answers 500 (see `http::server::panics`).
 //!
 //! Outside a request (background upkeep, offline commands) nothing guards
 //! the task, so a panic there comes back as [`Interrupted`], as before.

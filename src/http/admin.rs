@@ -8,6 +8,7 @@ use warp::reply::Response;
 use super::context::Ctx;
 use super::error::ApiError;
 use super::extract;
+use super::response::respond;
 use super::{AppState, State};
 use crate::access::{Caller, Scope};
 use crate::audit::{Action, Outcome};
@@ -38,7 +39,7 @@ async fn whole_store_caller(
 /// GET /api/tokens — a provider-limited admin sees only the tokens that
 /// reach no further than itself.
 pub(super) async fn list_tokens(state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let caller = state
             .authorize(&ctx, Scope::Admin, Action::TokenList)
             .await?;
@@ -49,22 +50,20 @@ pub(super) async fn list_tokens(state: State, ctx: Ctx) -> Response {
             .map(TokenInfo::listed)
             .collect();
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &out))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// GET /api/tokens/{id}
 pub(super) async fn get_token(id: String, state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let caller = state
             .authorize(&ctx, Scope::Admin, Action::TokenList)
             .await?;
         let rec = state.vault().find_token(Some(&caller), &id)?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &TokenInfo::listed(&rec)))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// POST /api/tokens  `{name, role, providers?}`
@@ -73,7 +72,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let res = async {
+    respond(&ctx, async {
         // Authenticated and authorised before the body is read.
         let (caller, body) = state
             .caller_and_body(&ctx, body, Scope::Admin, Action::TokenCreate, false)
@@ -95,9 +94,8 @@ where
             )
             .await?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &with_secret(&minted)))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// A minted token as answered: its info and, once, its secret (`token`).
@@ -116,7 +114,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let res = async {
+    respond(&ctx, async {
         let (caller, body) = state
             .caller_and_body(&ctx, body, Scope::Admin, Action::TokenRotate, true)
             .await?;
@@ -135,14 +133,13 @@ where
             ..with_secret(&rotated.new)
         };
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &answer))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// DELETE /api/tokens/{id}
 pub(super) async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let caller = admin_caller(&state, &ctx, Action::TokenRevoke).await?;
         let rec = state
             .vault()
@@ -155,14 +152,13 @@ pub(super) async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response
                 status: "revoked".into(),
             },
         ))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// POST /api/admin/rotate — re-encrypt everything under the newest key.
 pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let caller = whole_store_caller(&state, &ctx, Action::Rotate, "a rotation").await?;
         let Ok(_guard) = state.maintenance.try_lock() else {
             return Err(ApiError::conflict(
@@ -190,9 +186,8 @@ pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
             .record_rotation(&AppState::origin(&ctx), Some(&caller), &rotated)
             .await?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &rotated.report))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// Why a reload did not happen; the server keeps its keyring.
@@ -270,7 +265,7 @@ pub async fn reload_keyring(
 
 /// POST /api/admin/reload — read the keyring again (as SIGHUP does).
 pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let caller = whole_store_caller(&state, &ctx, Action::Reload, "a reload").await?;
         let ev = state.event(&ctx, Action::Reload, Some(&caller), Outcome::Success);
         let report = reload_keyring(&state, ev).await.map_err(|e| match e {
@@ -282,9 +277,8 @@ pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
             other => ApiError::conflict(other.to_string()),
         })?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// GET /api/admin/backup — streams one consistent snapshot of the store.
@@ -292,7 +286,7 @@ pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
 /// Writes are held back only while the snapshot is copied to a private
 /// temporary file (local disk speed), not while a slow client downloads.
 pub(super) async fn backup(state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let caller = whole_store_caller(&state, &ctx, Action::Backup, "a backup").await?;
         let guard = state.maintenance.clone().try_lock_owned().map_err(|_| {
             ApiError::conflict("a rotation or backup is already running: wait for it to finish")
@@ -323,9 +317,8 @@ pub(super) async fn backup(state: State, ctx: Ctx) -> Response {
             http::HeaderValue::from_static("application/octet-stream"),
         );
         Ok::<_, ApiError>(ctx.finish(resp))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// A read-write temporary file, mode 0600, already unlinked: it vanishes

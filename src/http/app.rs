@@ -413,30 +413,6 @@ async fn write_pending(state: &AppState, event: crate::audit::AuditEvent, what: 
     }
 }
 
-/// After a purge (or versions dropped beyond the cap): rewrites the
-/// store's files so that none holds the destroyed ciphertexts, off the
-/// async workers, and says in the log how it went. A failure leaves the
-/// rewrite due: the next housekeeping pass tries again.
-pub(crate) async fn scrub_removed(state: &Arc<AppState>) {
-    let st = state.clone();
-    match tokio::task::spawn_blocking(move || st.vault().scrub_if_due()).await {
-        Ok(Ok(None)) => {}
-        Ok(Ok(Some((took, paused)))) => tracing::info!(
-            took_ms = took.as_millis() as u64,
-            paused_ms = paused.as_millis() as u64,
-            "rewrote the store's files: no file holds the destroyed keys' ciphertexts"
-        ),
-        Ok(Err(e)) => tracing::warn!(
-            error = %e,
-            "the rewrite of the store's files after destroying keys did not finish (their \
-             ciphertexts may linger on disk); retried at the next housekeeping pass"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "the store rewrite stopped; retried at the next housekeeping pass")
-        }
-    }
-}
-
 /// Keys over time: destroys deleted keys whose recovery window ended
 /// (audited `key_purge`), sets the expiry gauges, and warns in the log
 /// once a day for each key that lapses within 7 days; a pass `every`
@@ -505,7 +481,7 @@ fn spawn_key_upkeep(state: Arc<AppState>, every: Duration) {
                     ),
                 }
             }
-            scrub_removed(&state).await;
+            state.scrub_removed().await;
         }
     });
 }

@@ -8,7 +8,8 @@ use warp::reply::Response;
 
 use super::context::Ctx;
 use super::error::ApiError;
-use super::keys::form_pairs;
+use super::request::form_pairs;
+use super::response::respond;
 use super::stream::stream_blocking;
 use super::{AppState, State};
 use crate::access::{Caller, Scope};
@@ -125,7 +126,7 @@ fn console_session(ctx: &Ctx) -> Result<Option<String>, ApiError> {
 
 /// GET /api/audit
 pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
-    let res = async {
+    respond(&ctx, async {
         // Refusals go through the vault: recorded, coalesced per token,
         // budgeted.
         let caller = audit_reader(&state, &ctx, Action::AuditExport).await?;
@@ -215,9 +216,8 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
             resp.headers_mut().insert("x-keyhold-audit-head", v);
         }
         Ok::<_, ApiError>(ctx.finish(resp))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// Most buckets one `GET /api/audit/stats` may span.
@@ -226,7 +226,7 @@ const MAX_BUCKETS: i64 = 5000;
 /// GET /api/audit/stats — attempts per hour or day by outcome, over the
 /// same filters as the export (the console's chart).
 pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
-    let res = async {
+    respond(&ctx, async {
         audit_reader(&state, &ctx, Action::AuditExport).await?;
         let mut filter = ExportFilter::default();
         let mut bucket_secs = 3600i64;
@@ -297,14 +297,13 @@ pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
             "undecodable": h.undecodable,
         });
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &body))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }
 
 /// GET /api/audit/verify
 pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         audit_reader(&state, &ctx, Action::AuditExport).await?;
         let store = state.store.clone();
         let keys = state.audit.log().verify_keys();
@@ -323,7 +322,6 @@ pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
             );
         }
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &body))
-    }
-    .await;
-    res.unwrap_or_else(|e| ctx.error(&e))
+    })
+    .await
 }

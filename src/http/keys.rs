@@ -15,6 +15,7 @@ use warp::reply::Response;
 use super::context::{secret_json_response, with_rate_headers, Ctx};
 use super::error::ApiError;
 use super::extract::{self, DeleteQuery, ListQuery, RevealQuery};
+use super::response::respond;
 use super::{AppState, State};
 use crate::access::Scope;
 use crate::audit::Action;
@@ -95,27 +96,20 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    match create_inner(&state, &ctx, body).await {
-        Ok(r) => r,
-        Err(e) => ctx.error(&e),
-    }
-}
-
-async fn create_inner<S, B>(state: &State, ctx: &Ctx, body: S) -> Result<Response, ApiError>
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: Buf,
-{
-    let origin = AppState::origin(ctx);
-    let vault = state.vault();
-    let (caller, body) = state
-        .caller_and_body(ctx, body, Scope::KeysWrite, Action::KeyCreate, false)
-        .await?;
-    let new: crate::wire::NewKey<'static> = extract::body(body, extract::NEW_KEY)?;
-    let new = NewKey::from(new);
-    let record = vault.create_key(&origin, &caller, new).await?;
-    state.gauges.add_keys(1);
-    Ok(ctx.json(StatusCode::OK, &key_meta(&record, None, &state.key_policy)))
+    respond(&ctx, async {
+        let (state, ctx) = (&state, &ctx);
+        let origin = AppState::origin(ctx);
+        let vault = state.vault();
+        let (caller, body) = state
+            .caller_and_body(ctx, body, Scope::KeysWrite, Action::KeyCreate, false)
+            .await?;
+        let new: crate::wire::NewKey<'static> = extract::body(body, extract::NEW_KEY)?;
+        let new = NewKey::from(new);
+        let record = vault.create_key(&origin, &caller, new).await?;
+        state.gauges.add_keys(1);
+        Ok(ctx.json(StatusCode::OK, &key_meta(&record, None, &state.key_policy)))
+    })
+    .await
 }
 
 /// PUT /api/keys/{id}: a new version of the key.
@@ -124,40 +118,33 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    match put_inner(&state, &ctx, &id, body).await {
-        Ok(r) => r,
-        Err(e) => ctx.error(&e),
-    }
-}
-
-async fn put_inner<S, B>(state: &State, ctx: &Ctx, id: &str, body: S) -> Result<Response, ApiError>
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: Buf,
-{
-    let origin = AppState::origin(ctx);
-    let vault = state.vault();
-    let (caller, body) = state
-        .caller_and_body(ctx, body, Scope::KeysWrite, Action::KeyPut, false)
-        .await?;
-    let new: crate::wire::NewVersion<'static> = extract::body(body, extract::NEW_VERSION)?;
-    let record = vault
-        .put_version(
-            &origin,
-            &caller,
-            id,
-            NewVersion::from(new),
-            state.key_policy.keep_versions,
-            state.key_policy.recovery_window_us,
-        )
-        .await?;
-    let used = state.store.last_used(&record.id).unwrap_or(None);
-    Ok(ctx.json(StatusCode::OK, &key_meta(&record, used, &state.key_policy)))
+    respond(&ctx, async {
+        let (state, ctx, id) = (&state, &ctx, id.as_str());
+        let origin = AppState::origin(ctx);
+        let vault = state.vault();
+        let (caller, body) = state
+            .caller_and_body(ctx, body, Scope::KeysWrite, Action::KeyPut, false)
+            .await?;
+        let new: crate::wire::NewVersion<'static> = extract::body(body, extract::NEW_VERSION)?;
+        let record = vault
+            .put_version(
+                &origin,
+                &caller,
+                id,
+                NewVersion::from(new),
+                state.key_policy.keep_versions,
+                state.key_policy.recovery_window_us,
+            )
+            .await?;
+        let used = state.store.last_used(&record.id).unwrap_or(None);
+        Ok(ctx.json(StatusCode::OK, &key_meta(&record, used, &state.key_policy)))
+    })
+    .await
 }
 
 /// GET /api/keys/{id}/versions
 pub(super) async fn versions(id: String, state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let caller = state
             .authorize(&ctx, Scope::KeysList, Action::KeyList)
             .await?;
@@ -171,16 +158,13 @@ pub(super) async fn versions(id: String, state: State, ctx: Ctx) -> Response {
             }
         }
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &out))
-    };
-    match res.await {
-        Ok(r) => r,
-        Err(e) => ctx.error(&e),
-    }
+    })
+    .await
 }
 
 /// POST /api/keys/{id}/versions/{n}/restore (admin)
 pub(super) async fn restore_version(id: String, n: String, state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let origin = AppState::origin(&ctx);
         let vault = state.vault();
         let caller = state.authenticate(&ctx).await?;
@@ -205,16 +189,13 @@ pub(super) async fn restore_version(id: String, n: String, state: State, ctx: Ct
             StatusCode::OK,
             &versions_of(&rec, state.key_policy.recovery_window_us),
         ))
-    };
-    match res.await {
-        Ok(r) => r,
-        Err(e) => ctx.error(&e),
-    }
+    })
+    .await
 }
 
 /// POST /api/keys/{id}/restore
 pub(super) async fn restore(id: String, state: State, ctx: Ctx) -> Response {
-    let res = async {
+    respond(&ctx, async {
         let origin = AppState::origin(&ctx);
         let vault = state.vault();
         let caller = state.authenticate(&ctx).await?;
@@ -226,88 +207,68 @@ pub(super) async fn restore(id: String, state: State, ctx: Ctx) -> Response {
             .await?;
         let used = state.store.last_used(&rec.id).unwrap_or(None);
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &key_meta(&rec, used, &state.key_policy)))
-    };
-    match res.await {
-        Ok(r) => r,
-        Err(e) => ctx.error(&e),
-    }
+    })
+    .await
 }
 
 /// GET /api/keys?provider=
 pub(super) async fn list(state: State, ctx: Ctx, query: String) -> Response {
-    match list_inner(&state, &ctx, &query).await {
-        Ok(r) => r,
-        Err(e) => ctx.error(&e),
-    }
-}
-
-async fn list_inner(state: &State, ctx: &Ctx, query: &str) -> Result<Response, ApiError> {
-    let caller = state
-        .authorize(ctx, Scope::KeysList, Action::KeyList)
-        .await?;
-    let q: ListQuery = extract::query(query)?;
-    let filter = q.filter()?;
-    let keys = state
-        .vault()
-        .list_keys(&AppState::origin(ctx), &caller, &filter)
-        .await?;
-    let out: Vec<KeyMeta> = keys
-        .iter()
-        .map(|(k, used)| key_meta(k, *used, &state.key_policy))
-        .collect();
-    Ok(ctx.json(StatusCode::OK, &out))
-}
-
-/// Parses a query string into pairs, refusing malformed encodings.
-pub(crate) fn form_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-        .map_err(|_| ApiError::bad_request("the query string is malformed"))
+    respond(&ctx, async {
+        let (state, ctx, query) = (&state, &ctx, query.as_str());
+        let caller = state
+            .authorize(ctx, Scope::KeysList, Action::KeyList)
+            .await?;
+        let q: ListQuery = extract::query(query)?;
+        let filter = q.filter()?;
+        let keys = state
+            .vault()
+            .list_keys(&AppState::origin(ctx), &caller, &filter)
+            .await?;
+        let out: Vec<KeyMeta> = keys
+            .iter()
+            .map(|(k, used)| key_meta(k, *used, &state.key_policy))
+            .collect();
+        Ok(ctx.json(StatusCode::OK, &out))
+    })
+    .await
 }
 
 /// DELETE /api/keys/{id}[?purge=true]
 pub(super) async fn delete(id: String, state: State, ctx: Ctx, query: String) -> Response {
-    match delete_inner(&state, &ctx, &id, &query).await {
-        Ok(r) => r,
-        Err(e) => ctx.error(&e),
-    }
-}
-
-async fn delete_inner(
-    state: &State,
-    ctx: &Ctx,
-    id: &str,
-    query: &str,
-) -> Result<Response, ApiError> {
-    let origin = AppState::origin(ctx);
-    let vault = state.vault();
-    let caller = state.authenticate(ctx).await?;
-    let q: DeleteQuery = extract::query(query)?;
-    let purge = extract::flag(q.purge.as_deref(), "purge")?;
-    let id = if purge {
-        // Destroying at once skips the recovery window: admins only.
-        vault
-            .require(&origin, &caller, Scope::Admin, Action::KeyPurge)
-            .await?;
-        let id = vault.purge_key(&origin, &caller, id).await?;
-        state.gauges.add_keys(-1);
-        // Destroyed at once means off the disk too before the answer.
-        super::app::scrub_removed(state).await;
-        id
-    } else {
-        vault
-            .require(&origin, &caller, Scope::KeysWrite, Action::KeyDelete)
-            .await?;
-        // The record stays (restorable) until the window ends: the key
-        // count changes when it is destroyed.
-        vault.delete_key(&origin, &caller, id).await?
-    };
-    Ok(ctx.json(
-        StatusCode::OK,
-        &Done {
-            id: id.to_string(),
-            status: "deleted".into(),
-        },
-    ))
+    respond(&ctx, async {
+        let (state, ctx, id, query) = (&state, &ctx, id.as_str(), query.as_str());
+        let origin = AppState::origin(ctx);
+        let vault = state.vault();
+        let caller = state.authenticate(ctx).await?;
+        let q: DeleteQuery = extract::query(query)?;
+        let purge = extract::flag(q.purge.as_deref(), "purge")?;
+        let id = if purge {
+            // Destroying at once skips the recovery window: admins only.
+            vault
+                .require(&origin, &caller, Scope::Admin, Action::KeyPurge)
+                .await?;
+            let id = vault.purge_key(&origin, &caller, id).await?;
+            state.gauges.add_keys(-1);
+            // Destroyed at once means off the disk too before the answer.
+            state.scrub_removed().await;
+            id
+        } else {
+            vault
+                .require(&origin, &caller, Scope::KeysWrite, Action::KeyDelete)
+                .await?;
+            // The record stays (restorable) until the window ends: the key
+            // count changes when it is destroyed.
+            vault.delete_key(&origin, &caller, id).await?
+        };
+        Ok(ctx.json(
+            StatusCode::OK,
+            &Done {
+                id: id.to_string(),
+                status: "deleted".into(),
+            },
+        ))
+    })
+    .await
 }
 
 /// The answer for a revealed `key`, its plaintext as `api_key` (borrowed,
@@ -386,7 +347,7 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
         } else {
             Err(decision.retry_after_secs)
         },
-        purpose: purpose(&ctx),
+        purpose: super::request::purpose(&ctx),
         on_caller: Some(&note),
     };
     let resp = match state.vault().reveal(req).await {
@@ -399,11 +360,4 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
         Err(refusal) => ctx.error(&ApiError::from(refusal)),
     };
     with_rate_headers(resp, &decision)
-}
-
-/// What `exec` (or another client) says the key is for.
-pub(super) fn purpose(ctx: &Ctx) -> Option<String> {
-    let v = ctx.headers.get("x-keyhold-purpose")?.to_str().ok()?;
-    let clean: String = v.chars().filter(|c| !c.is_control()).take(200).collect();
-    (!clean.is_empty()).then_some(clean)
 }

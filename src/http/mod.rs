@@ -5,6 +5,14 @@
 //! in `keys.rs` / `admin.rs` / `audit_routes.rs` → `access`, `store`,
 //! `keyring` → the `audit` writer.
 //!
+//! Modules point one way, never back up: `app` (the running server) →
+//! `routes` (the table) → `query_guard` and the handlers (`keys`,
+//! `reveal_batch`, `admin`, `audit_routes`, `whoami`, `ui`) → the helpers
+//! (`request`, `response`, `extract`, `context`, `error`, `stream`); and
+//! `app` → `server` (the transport) → `context`. Every layer may read the
+//! data below them all: `route_patterns` (the routes as data) and
+//! `observe`.
+//!
 //! Handlers never reject: they answer every error themselves, so each
 //! answer carries `X-Request-Id`. Only unknown paths and methods reach
 //! [`recover`].
@@ -16,22 +24,22 @@ pub mod context;
 pub mod error;
 mod extract;
 mod keys;
-mod listen;
 pub mod observe;
-mod panics;
-mod plain_on_tls;
 pub mod query_guard;
+mod request;
+mod response;
 mod reveal_batch;
+mod route_patterns;
 mod routes;
 pub mod server;
 mod server_settings;
-mod slots;
 mod stream;
 pub mod ui;
 mod whoami;
 
 pub use admin::{reload_keyring, ReloadError};
-pub use routes::{route_label, routes, OPENAPI, ROUTES};
+pub use route_patterns::{route_label, ROUTES};
+pub use routes::{routes, OPENAPI};
 pub use server_settings::{Listen, ServerSettings, Timeout, Tls};
 
 use std::sync::Arc;
@@ -192,6 +200,30 @@ impl AppState {
         writes: Vec<crate::store::Write>,
     ) -> Result<u64, ApiError> {
         Ok(self.vault().record(event, writes).await?)
+    }
+
+    /// After a purge (or versions dropped beyond the cap): rewrites the
+    /// store's files so that none holds the destroyed ciphertexts, off the
+    /// async workers, and says in the log how it went. A failure leaves the
+    /// rewrite due: the next housekeeping pass tries again.
+    pub(crate) async fn scrub_removed(self: &Arc<Self>) {
+        let st = self.clone();
+        match tokio::task::spawn_blocking(move || st.vault().scrub_if_due()).await {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some((took, paused)))) => tracing::info!(
+                took_ms = took.as_millis() as u64,
+                paused_ms = paused.as_millis() as u64,
+                "rewrote the store's files: no file holds the destroyed keys' ciphertexts"
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                error = %e,
+                "the rewrite of the store's files after destroying keys did not finish (their \
+                 ciphertexts may linger on disk); retried at the next housekeeping pass"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "the store rewrite stopped; retried at the next housekeeping pass")
+            }
+        }
     }
 }
 

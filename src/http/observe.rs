@@ -10,7 +10,20 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use super::server::{RequestDone, RequestObserver};
+/// One finished request, for logs and metrics.
+#[derive(Debug, Clone)]
+pub struct RequestDone {
+    pub method: http::Method,
+    pub route: &'static str,
+    pub status: u16,
+    pub latency: Duration,
+    pub request_id: Option<String>,
+    pub client: String,
+    pub caller: Option<String>,
+}
+
+/// Called for every finished request.
+pub type RequestObserver = Arc<dyn Fn(&RequestDone) + Send + Sync>;
 
 /// Latency buckets, seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -87,7 +100,7 @@ fn describe_and_register() {
     }
     // Every route answers 200 when it succeeds (tests/openapi.rs checks
     // the document says so); other statuses appear as they happen.
-    for (method, route) in super::ROUTES {
+    for (method, route) in super::route_patterns::ROUTES {
         metrics::counter!(
             "keyhold_requests_total",
             "route" => *route,
@@ -96,7 +109,10 @@ fn describe_and_register() {
         )
         .increment(0);
     }
-    let mut routes: Vec<&str> = super::ROUTES.iter().map(|(_, r)| *r).collect();
+    let mut routes: Vec<&str> = super::route_patterns::ROUTES
+        .iter()
+        .map(|(_, r)| *r)
+        .collect();
     routes.sort_unstable();
     routes.dedup();
     for route in routes {

@@ -5,11 +5,13 @@
 //! so refusing before the token is checked tells a caller nothing new.
 
 use http::Method;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::error::ApiError;
-use super::keys::form_pairs;
-use super::routes::{route_label, Route, ROUTES};
+use super::request::{self, form_pairs};
+use super::route_patterns::{route_label, ROUTES};
 
 /// The query parameters of each route that takes any; every other route
 /// in [`ROUTES`] takes none.
@@ -98,10 +100,10 @@ pub fn check(method: &Method, path: &str, query: &str) -> Option<ApiError> {
 /// Answers a request whose query names an unknown parameter; rejects (as
 /// not found, the weakest rejection) every other request, which the route
 /// table then serves. The request's context is built only for a refusal.
-pub(super) fn guard(state: super::State) -> Route {
+pub(super) fn guard(state: super::State) -> BoxedFilter<(Response,)> {
     warp::method()
         .and(warp::path::full())
-        .and(super::routes::query())
+        .and(request::query())
         .and_then(
             |method: Method, path: warp::path::FullPath, query: String| async move {
                 match check(&method, path.as_str(), &query) {
@@ -110,7 +112,7 @@ pub(super) fn guard(state: super::State) -> Route {
                 }
             },
         )
-        .and(super::routes::ctx(state))
+        .and(request::ctx(state))
         .map(|refusal: ApiError, ctx: super::context::Ctx| ctx.error(&refusal))
         .boxed()
 }

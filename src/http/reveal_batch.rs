@@ -40,7 +40,7 @@ where
     };
     let origin = AppState::origin(&ctx);
     let vault = state.vault();
-    let purpose = super::keys::purpose(&ctx);
+    let purpose = super::request::purpose(&ctx);
     let note = |name: &str| ctx.set_caller(name);
     let admitted = vault
         .admit_batch(

@@ -1,7 +1,7 @@
 //! The route table: one function per route (its doc names the method and
-//! path), composed in one place ([`routes`]). [`ROUTES`] lists the same
-//! routes for the metrics' `route` label, the request log and the OpenAPI
-//! test; a unit test below checks that every composed route is listed.
+//! path), composed in one place ([`routes`]). `route_patterns.rs` lists
+//! the same routes as data for the metrics' `route` label, the request
+//! log, the query guard and the OpenAPI test.
 //!
 //! Handlers (`keys.rs`, `admin.rs`, `audit_routes.rs`) never reject: they
 //! answer every error themselves, so each answer carries `X-Request-Id`.
@@ -19,108 +19,13 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::context::{self, error_response, Ctx, Peer};
+use super::context::{self, error_response, Ctx};
 use super::error::ApiError;
+use super::request::{ctx, query};
 use super::{admin, audit_routes, keys, AppState, State};
-
-/// Every route the API serves: method and path pattern. One source of
-/// truth for the metrics' `route` label, the request log and the OpenAPI
-/// document's test.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/api/keys"),
-    ("GET", "/api/keys"),
-    ("GET", "/api/keys/{id}"),
-    ("DELETE", "/api/keys/{id}"),
-    ("PUT", "/api/keys/{id}"),
-    ("GET", "/api/keys/{id}/versions"),
-    ("POST", "/api/keys/{id}/restore"),
-    ("POST", "/api/keys/{id}/versions/{n}/restore"),
-    ("GET", "/api/providers/{provider}/key"),
-    ("GET", "/api/providers/{provider}/keys/{key_name}"),
-    ("POST", "/api/reveal"),
-    ("GET", "/api/tokens"),
-    ("POST", "/api/tokens"),
-    ("GET", "/api/tokens/{id}"),
-    ("DELETE", "/api/tokens/{id}"),
-    ("POST", "/api/tokens/{id}/rotate"),
-    ("GET", "/api/audit"),
-    ("GET", "/api/audit/verify"),
-    ("GET", "/api/audit/stats"),
-    ("GET", "/api/whoami"),
-    ("POST", "/api/admin/rotate"),
-    ("POST", "/api/admin/reload"),
-    ("GET", "/api/admin/backup"),
-    ("GET", "/healthz"),
-    ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
-    ("GET", "/ui/"),
-    ("GET", "/ui/assets/{name}"),
-];
-
-/// The route pattern a request path falls under (`unmatched` for none):
-/// ids never become labels. Called for every request (the metrics' label
-/// and the request log), so it allocates nothing.
-pub fn route_label(method: &http::Method, path: &str) -> &'static str {
-    let path = if path.len() > 1 {
-        path.trim_end_matches('/')
-    } else {
-        path
-    };
-    ROUTES
-        .iter()
-        .filter(|(_, p)| fits(p, path))
-        // A literal route beats a pattern (`/api/audit/verify`).
-        .min_by_key(|(m, p)| (*m != method.as_str(), p.contains('{')))
-        .map_or("unmatched", |(_, p)| p)
-}
-
-/// Whether `path` (its trailing `/` trimmed) fits `pattern`: as many
-/// segments, each equal or a `{capture}` of a non-empty segment.
-/// Split as bytes: `/` is never part of a longer UTF-8 sequence, and a
-/// byte loop is quicker than a `char` searcher on segments this short.
-fn fits(pattern: &str, path: &str) -> bool {
-    let slash = |b: &u8| *b == b'/';
-    let mut want = pattern.trim_end_matches('/').as_bytes().split(slash);
-    let mut got = path.as_bytes().split(slash);
-    loop {
-        match (want.next(), got.next()) {
-            (None, None) => return true,
-            (Some(a), Some(b)) if (a.first() == Some(&b'{') && !b.is_empty()) || a == b => {}
-            _ => return false,
-        }
-    }
-}
 
 fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
-}
-
-/// Builds the request context (peer from keyhold's server, headers).
-pub(super) fn ctx(state: State) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
-    warp::ext::optional::<Peer>()
-        .and(warp::ext::optional::<context::HttpVersion>())
-        .and(warp::ext::optional::<context::RequestId>())
-        .and(warp::header::headers_cloned())
-        .map(
-            move |peer,
-                  version: Option<context::HttpVersion>,
-                  id: Option<context::RequestId>,
-                  headers| {
-                let mut ctx = Ctx::new(peer, headers, &state.proxies, state.read_timeout);
-                if let Some(v) = version {
-                    ctx.version = v.0;
-                }
-                if let Some(id) = id {
-                    ctx.request_id = id.0;
-                }
-                ctx
-            },
-        )
-}
-
-/// The raw query string, empty when there is none.
-pub(super) fn query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
-    warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
 /// `/api/keys`, with or without the trailing slash (the Python

@@ -76,7 +76,7 @@ pub(super) async fn guarded<E>(
 
 /// The answer to a request whose handler panicked.
 fn panicked(request_id: &str) -> Response {
-    let mut r = super::context::json_response(
+    let mut r = crate::http::context::json_response(
         StatusCode::INTERNAL_SERVER_ERROR,
         &serde_json::json!({
             "detail": format!(
@@ -105,7 +105,7 @@ mod tests {
             .boxed();
         // Two requests on one connection: the panic is answered 500 with a
         // JSON detail and the request id, and the next request is served.
-        let got = super::super::server::tests::exchange(
+        let got = super::super::tests::exchange(
             routes,
             b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\nGET /fine HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         )
@@ -133,7 +133,7 @@ mod tests {
             .or(warp::path("fine").map(|| warp::reply::Response::new("fine".into())))
             .unify()
             .boxed();
-        let got = super::super::server::tests::exchange(
+        let got = super::super::tests::exchange(
             routes,
             b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\nGET /fine HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         )
@@ -147,7 +147,7 @@ mod tests {
     async fn a_panicking_stream_ends_broken_not_whole() {
         let routes = warp::path("stream")
             .map(|| {
-                super::super::stream::stream_blocking(|out| {
+                crate::http::stream::stream_blocking(|out| {
                     use std::io::Write;
                     out.write_all(b"first line\n")?;
                     if out.flush().is_ok() {
@@ -157,7 +157,7 @@ mod tests {
                 })
             })
             .boxed();
-        let got = super::super::server::tests::exchange(
+        let got = super::super::tests::exchange(
             routes,
             b"GET /stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         )
