@@ -20,29 +20,28 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Everything that can be wrong with the configuration is found here,
     // before the runtime starts and before binding.
     let settings = super::serve_flags::check(&args)?;
-    let (store, keyring, dev_token) = if settings.dev {
-        let keyring = Keyring::ephemeral();
-        let store = Store::temporary()?;
-        let token = crate::vault::initialise(&store, &keyring, "root")?.admin_token;
-        (store, keyring, Some(token))
+    let (opened, dev_token) = if settings.dev {
+        let rate = settings.reveal_rate.unwrap_or_default();
+        let (opened, token) = crate::vault::Opened::development("root", rate)?;
+        (opened, Some(token))
     } else {
         let keyring = Keyring::from_env()?;
         let store = super::open_checked_with_cache(&args.data, &keyring, settings.cache_bytes)?;
-        (store, keyring, None)
+        let log = Arc::new(AuditLog::open(store.clone(), &keyring)?);
+        let reveal_rate = reveal_rate(settings.reveal_rate, &store, &log)?;
+        let opened = crate::vault::Opened {
+            store,
+            keyring,
+            log,
+            reveal_rate,
+        };
+        (opened, None)
     };
-    let log = Arc::new(AuditLog::open(store.clone(), &keyring)?);
-    let reveal_rate = reveal_rate(settings.reveal_rate, &store, &log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let started = crate::http::app::Started {
-        reveal_rate,
-        store,
-        keyring,
-        log,
-        dev_token,
-    };
+    let started = crate::http::app::Started { opened, dev_token };
     match runtime.block_on(crate::http::app::serve(settings, started)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e @ crate::http::app::AppError::Listen { .. }) => {

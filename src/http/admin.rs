@@ -12,8 +12,8 @@ use super::response::respond;
 use super::{AppState, State};
 use crate::access::{Caller, Scope};
 use crate::audit::{Action, Outcome};
-use crate::vault::TokenRequest;
-use crate::wire::{Done, MintedToken, NewToken, ReloadReport, RotateToken, SecretText, TokenInfo};
+use crate::vault::{ReloadError, TokenRequest};
+use crate::wire::{Done, MintedToken, NewToken, RotateToken, SecretText, TokenInfo};
 
 /// Authenticates an admin (recording a refused scope).
 async fn admin_caller(state: &State, ctx: &Ctx, action: Action) -> Result<Caller, ApiError> {
@@ -160,107 +160,10 @@ pub(super) async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response
 pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
     respond(&ctx, async {
         let caller = whole_store_caller(&state, &ctx, Action::Rotate, "a rotation").await?;
-        let Ok(_guard) = state.maintenance.try_lock() else {
-            return Err(ApiError::conflict(
-                "a rotation or backup is already running: wait for it to finish",
-            ));
-        };
-        let st = state.clone();
-        let name = caller.name.clone();
-        // One keyring for the whole rotation, whatever a reload does meanwhile.
-        let ring = state.keyring.load();
-        let rotated = crate::blocking::run(move || {
-            crate::vault::rotate_store(
-                &st.store,
-                &ring,
-                st.audit.log(),
-                &name,
-                std::time::Duration::ZERO,
-                |_| {},
-            )
-        })
-        .await
-        .map_err(|_| ApiError::unavailable("the rotation was interrupted; run it again"))??;
-        state
-            .vault()
-            .record_rotation(&AppState::origin(&ctx), Some(&caller), &rotated)
-            .await?;
-        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &rotated.report))
+        let report = state.core.rotate(&AppState::origin(&ctx), &caller).await?;
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
     })
     .await
-}
-
-/// Why a reload did not happen; the server keeps its keyring.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("a rotation, backup or reload is already running: wait for it to finish")]
-    Busy,
-    #[error("a --dev server's keyring is a random key held in memory: there is nothing to reload")]
-    Development,
-    #[error("the keyring could not be read again, so the server keeps its keyring: {0}")]
-    Keyring(#[from] crate::keyring::KeyringError),
-    #[error("{0}")]
-    Refused(#[from] crate::ops::reload::ReloadRefused),
-    #[error("the reload was interrupted; the server keeps its keyring")]
-    Interrupted,
-    #[error("the reload could not be recorded in the audit log, so the server keeps its keyring")]
-    Audit,
-    #[error("{}", .0.detail)]
-    Limited(super::error::ApiError),
-}
-
-/// Reads the keyring again from its source (FERNET_KEY_FILE is read
-/// again, KEYHOLD_KEY_COMMAND run again; FERNET_KEY(S) cannot change in a
-/// running process) and puts it in use, unless something the store
-/// needs would no longer open with it. Shared by SIGHUP and
-/// `POST /api/admin/reload`; `ev` says who asked and is recorded, durably,
-/// before the new keyring is used.
-pub async fn reload_keyring(
-    state: &super::AppState,
-    mut ev: crate::audit::AuditEvent,
-) -> Result<ReloadReport, ReloadError> {
-    let Ok(_guard) = state.maintenance.try_lock() else {
-        return Err(ReloadError::Busy);
-    };
-    let old = state.keyring.load();
-    if *old.source() == crate::keyring::KeySource::Ephemeral {
-        return Err(ReloadError::Development);
-    }
-    let store = state.store.clone();
-    let new = crate::blocking::run(move || {
-        let new = crate::keyring::Keyring::from_env()?;
-        crate::ops::reload::check_replacement(&store, &new)?;
-        Ok::<_, ReloadError>(new)
-    })
-    .await
-    .map_err(|_| ReloadError::Interrupted)??;
-    let report = ReloadReport {
-        source: new.source().to_string(),
-        fingerprints: new.fingerprints(),
-        previous: old.fingerprints(),
-        changed: new.fingerprints() != old.fingerprints(),
-    };
-    ev.action = Action::Reload;
-    ev.outcome = Outcome::Success;
-    ev.detail = Some(format!(
-        "keyring from {}: keys {} (before: {})",
-        report.source,
-        report.fingerprints.join(","),
-        report.previous.join(",")
-    ));
-    state.record(ev, vec![]).await.map_err(|e| match e.status {
-        http::StatusCode::TOO_MANY_REQUESTS => ReloadError::Limited(e),
-        _ => ReloadError::Audit,
-    })?;
-    state.keyring.replace(new);
-    tracing::info!(
-        source = %report.source,
-        keys = %report.fingerprints.join(","),
-        previous = %report.previous.join(","),
-        changed = report.changed,
-        "keyring reloaded"
-    );
-    Ok(report)
 }
 
 /// POST /api/admin/reload — read the keyring again (as SIGHUP does).
@@ -268,12 +171,8 @@ pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
     respond(&ctx, async {
         let caller = whole_store_caller(&state, &ctx, Action::Reload, "a reload").await?;
         let ev = state.event(&ctx, Action::Reload, Some(&caller), Outcome::Success);
-        let report = reload_keyring(&state, ev).await.map_err(|e| match e {
-            ReloadError::Audit => ApiError::audit_unavailable(),
-            ReloadError::Limited(e) => e,
-            ReloadError::Refused(crate::ops::reload::ReloadRefused::Store(e)) => {
-                ApiError::storage(&e)
-            }
+        let report = state.core.reload(ev).await.map_err(|e| match e {
+            ReloadError::Refused(r) => ApiError::from(r),
             other => ApiError::conflict(other.to_string()),
         })?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
@@ -288,24 +187,7 @@ pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
 pub(super) async fn backup(state: State, ctx: Ctx) -> Response {
     respond(&ctx, async {
         let caller = whole_store_caller(&state, &ctx, Action::Backup, "a backup").await?;
-        let guard = state.maintenance.clone().try_lock_owned().map_err(|_| {
-            ApiError::conflict("a rotation or backup is already running: wait for it to finish")
-        })?;
-        let ev = state.event(&ctx, Action::Backup, Some(&caller), Outcome::Success);
-        state.record(ev, vec![]).await?;
-        let st = state.clone();
-        let file = crate::blocking::run(
-            move || -> Result<std::fs::File, crate::ops::backup::BackupError> {
-                let file = private_temp_file()?;
-                st.audit.log().with_writes_paused(|| {
-                    crate::ops::backup::write_backup(&st.store, &st.keyring.load(), &file)
-                })?;
-                Ok(file)
-            },
-        )
-        .await
-        .map_err(|_| ApiError::unavailable("the backup was interrupted; retry"))?
-        .map_err(|e| ApiError::storage(&e))?;
+        let (file, guard) = state.core.backup(&AppState::origin(&ctx), &caller).await?;
         let mut resp = super::stream::stream_blocking(move |out| {
             let _guard = guard;
             let mut file = file;
@@ -319,19 +201,4 @@ pub(super) async fn backup(state: State, ctx: Ctx) -> Response {
         Ok::<_, ApiError>(ctx.finish(resp))
     })
     .await
-}
-
-/// A read-write temporary file, mode 0600, already unlinked: it vanishes
-/// when closed, whatever happens.
-fn private_temp_file() -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = std::env::temp_dir().join(format!("keyhold-backup-{}", uuid::Uuid::new_v4()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(file)
 }

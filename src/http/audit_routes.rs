@@ -13,7 +13,7 @@ use super::response::respond;
 use super::stream::stream_blocking;
 use super::{AppState, State};
 use crate::access::{Caller, Scope};
-use crate::audit::{self, Action, ExportFilter, ExportFormat, Exporter, Outcome, Page, View};
+use crate::audit::{self, Action, ExportFilter, ExportFormat, Outcome, Page, View};
 
 /// Parses the export query: the filters (`since`, `until`, `key_id`,
 /// `caller`, `outcome`, `action`), `format`, and the page (`limit`,
@@ -151,7 +151,7 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
         // Every page takes from the token's record budget, counted or not.
         let ev = vault.spend_record_budget(ev)?;
         let view = match &session {
-            Some(id) => state.views.view(caller.id, id, crate::time::now_us()),
+            Some(id) => state.core.console_view(caller.id, id),
             None => View::Alone,
         };
         match (view, &session) {
@@ -165,7 +165,7 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
                     )
                 });
                 let written = vault.record_budgeted(ev, vec![]).await;
-                state.views.opened(caller.id, id, written.is_ok());
+                state.core.console_opened(caller.id, id, written.is_ok());
                 written?;
             }
             _ => {
@@ -174,39 +174,22 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
         }
         // The head once the export's own record is in: an unfiltered export
         // holds this record, which `audit verify --file --anchor` checks.
-        let (head_seq, head_mac) = state.audit.log().head();
+        let (head_seq, head_mac) = state.core.audit_head();
 
-        let store = state.store.clone();
         let mut resp = if page.limit.is_some() {
             // A page is small (at most Page::MAX_LIMIT records): it is
             // written whole first, so its answer can say whether another
             // page follows.
-            let (body, written) = crate::blocking::run(move || {
-                let mut body = Vec::new();
-                Exporter::new(&store, filter, format)
-                    .page(page)
-                    .write_page(&mut body, |_| {})
-                    .map(|w| (body, w))
-            })
-            .await
-            .map_err(|_| ApiError::unavailable("the export was interrupted; retry"))?
-            .map_err(|e| match e {
-                audit::ExportError::Store(e) => ApiError::storage(&e),
-                _ => ApiError::unavailable("the page could not be encoded; retry"),
-            })?;
-            let mut resp = Response::new(body.into());
+            let page = state.core.export_page(filter, format, page).await?;
+            let mut resp = Response::new(page.body.into());
             resp.headers_mut().insert(
                 "x-keyhold-more",
-                HeaderValue::from_static(if written.more { "true" } else { "false" }),
+                HeaderValue::from_static(if page.more { "true" } else { "false" }),
             );
             resp
         } else {
-            stream_blocking(move |out| {
-                Exporter::new(&store, filter, format)
-                    .page(page)
-                    .write_to(out, |_| {})
-                    .map(|_| ())
-            })
+            let produce = state.core.export_to(filter, format, page);
+            stream_blocking(move |out| produce(out))
         };
         resp.headers_mut().insert(
             CONTENT_TYPE,
@@ -272,16 +255,7 @@ pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
         }
         filter.since_us = Some(since);
         filter.until_us = Some(until);
-        let store = state.store.clone();
-        let h = crate::blocking::run(move || {
-            Exporter::new(&store, filter, ExportFormat::Jsonl).histogram(bucket_secs)
-        })
-        .await
-        .map_err(|_| ApiError::unavailable("the count was interrupted; retry"))?
-        .map_err(|e| match e {
-            audit::ExportError::Store(e) => ApiError::storage(&e),
-            _ => ApiError::unavailable("the count failed; retry"),
-        })?;
+        let h = state.core.histogram(filter, bucket_secs).await?;
         let buckets: Vec<serde_json::Value> = h
             .buckets
             .iter()
@@ -305,12 +279,7 @@ pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
 pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
     respond(&ctx, async {
         audit_reader(&state, &ctx, Action::AuditExport).await?;
-        let store = state.store.clone();
-        let keys = state.audit.log().verify_keys();
-        let report = crate::blocking::run(move || audit::verify_store(&store, &keys))
-            .await
-            .map_err(|_| ApiError::unavailable("verification was interrupted; retry"))?
-            .map_err(|e| ApiError::storage(&e))?;
+        let report = state.core.verify_log().await?;
         // The status panel shows which key vouches for the chain: the
         // store's current signing key, next to the existing fields.
         let mut body = serde_json::to_value(&report)
@@ -318,7 +287,7 @@ pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
         if let Some(obj) = body.as_object_mut() {
             obj.insert(
                 "public_key".into(),
-                state.audit.log().public_key().to_string().into(),
+                state.core.public_key().to_string().into(),
             );
         }
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &body))

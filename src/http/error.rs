@@ -134,7 +134,7 @@ impl From<crate::vault::Refusal> for ApiError {
             },
             R::Invalid(_) => ApiError::invalid(detail),
             R::AuditUnavailable => ApiError::audit_unavailable(),
-            R::Storage => ApiError::unavailable(detail),
+            R::Storage | R::Unavailable(_) => ApiError::unavailable(detail),
         }
     }
 }

@@ -19,76 +19,9 @@ use super::response::respond;
 use super::{AppState, State};
 use crate::access::Scope;
 use crate::audit::Action;
-use crate::store::KeyRecord;
 use crate::time::to_rfc3339;
-use crate::vault::{KeyPolicy, NewKey, NewVersion, RevealRequest, Target};
-use crate::wire::{Done, KeyMeta, RevealedKey, SecretText, VersionMeta};
-
-/// Key metadata as answered: for a deleted key, when it will be
-/// destroyed too.
-fn key_meta(rec: &KeyRecord, last_used: Option<i64>, policy: &KeyPolicy) -> KeyMeta {
-    KeyMeta {
-        id: rec.id.to_string(),
-        provider: rec.provider.clone(),
-        key_name: rec.key_name.clone(),
-        created_at: to_rfc3339(rec.created_at_us),
-        last_used: last_used.map(to_rfc3339),
-        expires_at: rec.expires_at_us.map(to_rfc3339),
-        version: rec.version,
-        deleted_at: rec.deleted_at_us.map(to_rfc3339),
-        purge_at: rec
-            .deleted_at_us
-            .map(|d| to_rfc3339(d.saturating_add(policy.recovery_window_us))),
-    }
-}
-
-/// Every version of a key, oldest first, each with its state.
-fn versions_of(rec: &KeyRecord, window_us: i64) -> Vec<VersionMeta> {
-    let now = crate::time::now_us();
-    let state = |expires: Option<i64>, current: bool| {
-        if rec.deleted_at_us.is_some() {
-            "deleted"
-        } else if expires.is_some_and(|e| e <= now) {
-            "expired"
-        } else if current {
-            "current"
-        } else {
-            "previous"
-        }
-    };
-    let dropped = rec.dropped.iter().map(|d| VersionMeta {
-        version: d.version.number,
-        created_at: to_rfc3339(d.version.created_at_us),
-        created_by: d.version.created_by.clone(),
-        expires_at: d.version.expires_at_us.map(to_rfc3339),
-        state: if rec.deleted_at_us.is_some() {
-            "deleted".into()
-        } else {
-            "recovery".into()
-        },
-        restorable_until: Some(to_rfc3339(d.dropped_at_us.saturating_add(window_us))),
-    });
-    let mut out: Vec<VersionMeta> = dropped
-        .chain(rec.older.iter().map(|v| VersionMeta {
-            version: v.number,
-            created_at: to_rfc3339(v.created_at_us),
-            created_by: v.created_by.clone(),
-            expires_at: v.expires_at_us.map(to_rfc3339),
-            state: state(v.expires_at_us, false).into(),
-            restorable_until: None,
-        }))
-        .collect();
-    out.push(VersionMeta {
-        version: rec.version,
-        created_at: to_rfc3339(rec.version_created_at_us),
-        created_by: rec.created_by.clone(),
-        expires_at: rec.expires_at_us.map(to_rfc3339),
-        state: state(rec.expires_at_us, true).into(),
-        restorable_until: None,
-    });
-    out.sort_by_key(|v| v.version);
-    out
-}
+use crate::vault::{NewKey, NewVersion, RevealRequest, Target};
+use crate::wire::{Done, KeyMeta, RevealedKey, SecretText};
 
 /// POST /api/keys
 pub(super) async fn create<S, B>(state: State, ctx: Ctx, body: S) -> Response
@@ -107,7 +40,7 @@ where
         let new = NewKey::from(new);
         let record = vault.create_key(&origin, &caller, new).await?;
         state.gauges.add_keys(1);
-        Ok(ctx.json(StatusCode::OK, &key_meta(&record, None, &state.key_policy)))
+        Ok(ctx.json(StatusCode::OK, &state.core.key_meta(&record, None)))
     })
     .await
 }
@@ -132,12 +65,11 @@ where
                 &caller,
                 id,
                 NewVersion::from(new),
-                state.key_policy.keep_versions,
-                state.key_policy.recovery_window_us,
+                state.core.key_policy().keep_versions,
+                state.core.key_policy().recovery_window_us,
             )
             .await?;
-        let used = state.store.last_used(&record.id).unwrap_or(None);
-        Ok(ctx.json(StatusCode::OK, &key_meta(&record, used, &state.key_policy)))
+        Ok(ctx.json(StatusCode::OK, &state.core.key_meta_used(&record)?))
     })
     .await
 }
@@ -149,14 +81,7 @@ pub(super) async fn versions(id: String, state: State, ctx: Ctx) -> Response {
             .authorize(&ctx, Scope::KeysList, Action::KeyList)
             .await?;
         let rec = state.vault().key_versions(&caller, &id)?;
-        let mut out = versions_of(&rec, state.key_policy.recovery_window_us);
-        // Who stored each version names tokens: shown to those who may
-        // see token names anyway (admins, auditors), not to every lister.
-        if !caller.has(Scope::Admin) && !caller.has(Scope::AuditRead) {
-            for v in &mut out {
-                v.created_by = None;
-            }
-        }
+        let out = state.core.versions(&rec, &caller);
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &out))
     })
     .await
@@ -182,13 +107,10 @@ pub(super) async fn restore_version(id: String, n: String, state: State, ctx: Ct
                 &caller,
                 &id,
                 n,
-                state.key_policy.recovery_window_us,
+                state.core.key_policy().recovery_window_us,
             )
             .await?;
-        Ok::<_, ApiError>(ctx.json(
-            StatusCode::OK,
-            &versions_of(&rec, state.key_policy.recovery_window_us),
-        ))
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &state.core.versions(&rec, &caller)))
     })
     .await
 }
@@ -203,10 +125,14 @@ pub(super) async fn restore(id: String, state: State, ctx: Ctx) -> Response {
             .require(&origin, &caller, Scope::KeysWrite, Action::KeyRestore)
             .await?;
         let rec = vault
-            .restore_key(&origin, &caller, &id, state.key_policy.recovery_window_us)
+            .restore_key(
+                &origin,
+                &caller,
+                &id,
+                state.core.key_policy().recovery_window_us,
+            )
             .await?;
-        let used = state.store.last_used(&rec.id).unwrap_or(None);
-        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &key_meta(&rec, used, &state.key_policy)))
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &state.core.key_meta_used(&rec)?))
     })
     .await
 }
@@ -226,7 +152,7 @@ pub(super) async fn list(state: State, ctx: Ctx, query: String) -> Response {
             .await?;
         let out: Vec<KeyMeta> = keys
             .iter()
-            .map(|(k, used)| key_meta(k, *used, &state.key_policy))
+            .map(|(k, used)| state.core.key_meta(k, *used))
             .collect();
         Ok(ctx.json(StatusCode::OK, &out))
     })
@@ -250,7 +176,7 @@ pub(super) async fn delete(id: String, state: State, ctx: Ctx, query: String) ->
             let id = vault.purge_key(&origin, &caller, id).await?;
             state.gauges.add_keys(-1);
             // Destroyed at once means off the disk too before the answer.
-            state.scrub_removed().await;
+            state.core.scrub_removed().await;
             id
         } else {
             vault
@@ -331,7 +257,7 @@ pub(super) async fn reveal_named(
 async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
     // A limit shared through the database that cannot be read refuses
     // the reveal (503) rather than let it through unlimited.
-    let decision = match state.limiter.decide(ctx.client_key()).await {
+    let decision = match state.core.limiter().decide(ctx.client_key()).await {
         Ok(d) => d,
         Err(e) => return ctx.error(&ApiError::storage(&e)),
     };

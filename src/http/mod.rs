@@ -2,8 +2,9 @@
 //! [`routes`]), their handlers, and keyhold's own server loop.
 //!
 //! A request's whole path: [`routes`] → a route filter below → the handler
-//! in `keys.rs` / `admin.rs` / `audit_routes.rs` → `access`, `store`,
-//! `keyring` → the `audit` writer.
+//! in `keys.rs` / `admin.rs` / `audit_routes.rs` → the vault's core
+//! ([`crate::vault::Core`], in [`AppState`]), the only door to the store,
+//! the keyring and the audit log.
 //!
 //! Modules point one way, never back up: `app` (the running server) →
 //! `routes` (the table) → `query_guard` and the handlers (`keys`,
@@ -37,7 +38,6 @@ mod stream;
 pub mod ui;
 mod whoami;
 
-pub use admin::{reload_keyring, ReloadError};
 pub use route_patterns::{route_label, ROUTES};
 pub use routes::{routes, OPENAPI};
 pub use server_settings::{Listen, ServerSettings, Timeout, Tls};
@@ -45,24 +45,16 @@ pub use server_settings::{Listen, ServerSettings, Timeout, Tls};
 use std::sync::Arc;
 
 use crate::access::Caller;
-use crate::audit::{Action, AuditEvent, AuditWriter, Coalescer, Outcome};
-use crate::keyring::LiveKeyring;
-use crate::limiter::{RevealLimiter, TrustedProxies};
-use crate::store::Store;
+use crate::audit::{Action, AuditEvent, Outcome};
+use crate::limiter::TrustedProxies;
 use context::Ctx;
 use error::ApiError;
 
-/// Everything the handlers share.
+/// Everything the handlers share: the vault's core (the only door to the
+/// store, the keyring and the audit log) and what is HTTP's own.
 pub struct AppState {
-    pub store: Store,
-    /// Replaced whole on a reload (SIGHUP, POST /api/admin/reload).
-    pub keyring: LiveKeyring,
-    pub audit: AuditWriter,
-    pub limiter: RevealLimiter,
+    pub core: Arc<crate::vault::Core>,
     pub proxies: TrustedProxies,
-    pub coalescer: Coalescer,
-    /// Console sessions' views of the audit log, one record each.
-    pub views: crate::audit::ConsoleViews,
     /// Serves /metrics (absent when no recorder could be installed).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub gauges: Arc<observe::Gauges>,
@@ -71,10 +63,6 @@ pub struct AppState {
     /// Request bodies being read at once, at most (each holds a buffer of
     /// up to 64 KiB); further uploads wait up to `read_timeout`, then 503.
     pub body_reads: tokio::sync::Semaphore,
-    /// Held by a rotation or a backup, so they do not overlap.
-    pub maintenance: Arc<tokio::sync::Mutex<()>>,
-    /// Versions kept and the recovery window of deleted keys.
-    pub key_policy: crate::vault::KeyPolicy,
 }
 
 impl std::fmt::Debug for AppState {
@@ -88,12 +76,7 @@ pub type State = Arc<AppState>;
 impl AppState {
     /// The vault as this request sees it.
     pub(crate) fn vault(&self) -> crate::vault::Vault<'_> {
-        crate::vault::Vault {
-            store: &self.store,
-            keyring: crate::vault::KeyringRef::Shared(self.keyring.load()),
-            audit: crate::vault::Sink::Writer(&self.audit),
-            coalescer: Some(&self.coalescer),
-        }
+        self.core.vault()
     }
 
     /// Who is asking, as the audit log records it.
@@ -190,40 +173,6 @@ impl AppState {
     ) -> AuditEvent {
         self.vault()
             .event(&Self::origin(ctx), action, caller, outcome)
-    }
-
-    /// Writes a record durably through the vault; a failure becomes the
-    /// 503 answer.
-    pub(crate) async fn record(
-        &self,
-        event: AuditEvent,
-        writes: Vec<crate::store::Write>,
-    ) -> Result<u64, ApiError> {
-        Ok(self.vault().record(event, writes).await?)
-    }
-
-    /// After a purge (or versions dropped beyond the cap): rewrites the
-    /// store's files so that none holds the destroyed ciphertexts, off the
-    /// async workers, and says in the log how it went. A failure leaves the
-    /// rewrite due: the next housekeeping pass tries again.
-    pub(crate) async fn scrub_removed(self: &Arc<Self>) {
-        let st = self.clone();
-        match tokio::task::spawn_blocking(move || st.vault().scrub_if_due()).await {
-            Ok(Ok(None)) => {}
-            Ok(Ok(Some((took, paused)))) => tracing::info!(
-                took_ms = took.as_millis() as u64,
-                paused_ms = paused.as_millis() as u64,
-                "rewrote the store's files: no file holds the destroyed keys' ciphertexts"
-            ),
-            Ok(Err(e)) => tracing::warn!(
-                error = %e,
-                "the rewrite of the store's files after destroying keys did not finish (their \
-                 ciphertexts may linger on disk); retried at the next housekeeping pass"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "the store rewrite stopped; retried at the next housekeeping pass")
-            }
-        }
     }
 }
 

@@ -31,7 +31,7 @@ where
 {
     // A limit shared through the database that cannot be read refuses
     // the reveal (503) rather than let it through unlimited.
-    let first = match state.limiter.decide(ctx.client_key()).await {
+    let first = match state.core.limiter().decide(ctx.client_key()).await {
         Ok(d) => d,
         Err(e) => {
             ctx.discard_body(body).await;
@@ -73,7 +73,7 @@ where
         Ok(t) => t,
         Err(e) => return with_rate_headers(ctx.error(&e), &first),
     };
-    let rate = state.limiter.rate();
+    let rate = state.core.limiter().rate();
     if targets.len() > rate.count.get() as usize {
         let e = ApiError::invalid(format!(
             "this request asks for {} keys, but the reveal rate ({rate}) lets one client have at \
@@ -84,7 +84,12 @@ where
         return with_rate_headers(ctx.error(&e), &first);
     }
     let more = (targets.len() - 1) as u32;
-    let rest = match state.limiter.decide_more(ctx.client_key(), more).await {
+    let rest = match state
+        .core
+        .limiter()
+        .decide_more(ctx.client_key(), more)
+        .await
+    {
         Ok(d) => d,
         Err(e) => return with_rate_headers(ctx.error(&ApiError::storage(&e)), &first),
     };

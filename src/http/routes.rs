@@ -446,12 +446,12 @@ fn metrics_answer(state: &AppState) -> Response {
             &serde_json::json!({"detail": "metrics are not enabled in this process"}),
         );
     };
-    metrics::gauge!("keyhold_audit_records").set(state.audit.log().head().0 as f64);
+    metrics::gauge!("keyhold_audit_records").set(state.core.audit_head().0 as f64);
     let keys = state.gauges.keys.load(std::sync::atomic::Ordering::Relaxed);
     if keys >= 0 {
         metrics::gauge!("keyhold_keys").set(keys as f64);
     }
-    metrics::gauge!("keyhold_limiter_addresses").set(state.limiter.tracked() as f64);
+    metrics::gauge!("keyhold_limiter_addresses").set(state.core.limiter().tracked() as f64);
     let mut r = Response::new(handle.render().into());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -463,24 +463,22 @@ fn metrics_answer(state: &AppState) -> Response {
 fn healthz(state: &AppState) -> Response {
     // Another node's rotation replaced the record keys: this node answers
     // 503 to what it cannot read until it is restarted.
-    let keys_replaced = state.store.record_keys_replaced();
-    let writer_ok = state.audit.is_healthy();
-    let ok = writer_ok && !keys_replaced;
+    let health = state.core.health();
+    let writer_ok = health.writer_ok;
+    let ok = writer_ok && !health.keys_replaced;
     let mut body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
         "audit_writer": if writer_ok { "ok" } else { "failing" },
         "build": crate::build_info::BUILD,
     });
-    if let Some(node) = state.store.node() {
+    if let Some(node) = health.node {
         // Several nodes on one database: which node answered, and why it
         // cannot serve reveals (the database probed every second).
         body["node"] = node.into();
         body["storage"] = if writer_ok { "ok" } else { "unreachable" }.into();
     }
-    if let Some(why) = state.audit.last_error().filter(|_| !writer_ok) {
+    if let Some(why) = health.detail {
         body["detail"] = why.into();
-    } else if keys_replaced {
-        body["detail"] = crate::store::StoreError::KeysReplaced.to_string().into();
     }
     context::json_response(
         if ok {

@@ -8,56 +8,48 @@ use http::StatusCode;
 
 use super::{routes, AppState, State};
 use crate::access::Role;
-use crate::audit::{AuditLog, AuditWriter, Coalescer};
-use crate::keyring::Keyring;
-use crate::limiter::{RevealLimiter, TrustedProxies};
-use crate::store::Store;
-use crate::vault::{Origin, Refusal, Sink, TokenRequest, Vault};
+use crate::limiter::TrustedProxies;
+use crate::vault::{Core, CorePolicy, Opened, Origin, Refusal, TokenRequest};
 
 /// A server state on a temporary store, and its admin token.
 fn state(rate: &str) -> (State, String) {
-    let store = Store::temporary().unwrap();
-    let keyring = Keyring::ephemeral();
-    let admin = crate::vault::initialise(&store, &keyring, "admin")
-        .unwrap()
-        .admin_token
-        .expose()
-        .to_string();
-    let log = Arc::new(AuditLog::open(store.clone(), &keyring).unwrap());
+    let (opened, admin) = Opened::development("admin", rate.parse().unwrap()).unwrap();
+    let admin = admin.expose().to_string();
+    let budget = (
+        std::num::NonZeroU32::new(1000).unwrap(),
+        Duration::from_secs(60),
+    );
+    let policy = CorePolicy {
+        audit_timeout: Duration::from_secs(5),
+        refusal_budget: budget,
+        record_budget: budget,
+        key_policy: crate::vault::KeyPolicy::default(),
+    };
     let state = Arc::new(AppState {
-        store,
-        keyring: crate::keyring::LiveKeyring::new(keyring),
-        audit: AuditWriter::start(log, Duration::from_secs(5), None),
-        limiter: RevealLimiter::new(rate.parse().unwrap()),
+        core: Arc::new(Core::start(opened, policy, None)),
         proxies: TrustedProxies::default(),
-        coalescer: Coalescer::new(),
-        views: crate::audit::ConsoleViews::new(),
         metrics: None,
         gauges: super::observe::Gauges::new(),
         read_timeout: Duration::from_secs(5),
         body_reads: tokio::sync::Semaphore::new(4),
-        maintenance: Arc::new(tokio::sync::Mutex::new(())),
-        key_policy: crate::vault::KeyPolicy::default(),
     });
     (state, admin)
 }
 
-/// A token of `role` minted offline on `state`'s store.
+/// A token of `role` minted by the operator on `state`'s store.
 async fn token(state: &State, role: Role) -> String {
-    let log = state.audit.log();
-    let vault = Vault {
-        store: &state.store,
-        keyring: crate::vault::KeyringRef::Shared(state.keyring.load()),
-        audit: Sink::Log(log),
-        coalescer: None,
-    };
     let req = TokenRequest {
         name: format!("t-{}", uuid::Uuid::new_v4().simple()),
         role,
         providers: None,
         ttl_seconds: None,
     };
-    let minted = vault.create_token(&Origin::cli(), None, req).await.unwrap();
+    let minted = state
+        .core
+        .vault()
+        .create_token(&Origin::cli(), None, req)
+        .await
+        .unwrap();
     minted.secret.expose().to_string()
 }
 

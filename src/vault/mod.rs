@@ -1,5 +1,11 @@
 //! The vault's rules, usable without HTTP or a terminal.
 //!
+//! A server opens one [`Core`] (`core.rs`): it owns the store, the live
+//! keyring, the audit writer and coalescer, the limiter, the policies and
+//! the maintenance lock, runs the background upkeep (`upkeep.rs`), and is
+//! the HTTP edge's only door to them. Each request runs in a [`Vault`]
+//! view of it (an offline command makes its own view over its store).
+//!
 //! Every rule of keyhold that an edge (an HTTP handler, a CLI command)
 //! used to write itself lives here: the audit-first reveal (`reveal.rs`),
 //! storing and deleting keys (`keys.rs`), minting and revoking access
@@ -17,15 +23,23 @@
 //!
 //! Not for: transport, request parsing or presentation.
 
+mod core;
 mod init;
 mod keys;
+mod presented;
 mod refusal;
 mod reveal;
 mod reveal_batch;
 mod rotate;
 mod tokens;
+mod upkeep;
 mod versions;
 
+pub use self::core::{Core, CorePolicy, ExportPage, Health, OnBatch, Opened, ReloadError};
+/// A reload refused because the new keyring lacks a key the store needs.
+pub use crate::ops::reload::ReloadRefused;
+/// What the core's storage can fail with (the server's shutdown flush).
+pub use crate::store::StoreError;
 pub use init::{initialise, Initialised};
 pub use keys::{
     ttl_invalid, KeyFilter, KeyPolicy, KeyPolicyError, NewKey, NewVersion, Upkeep,
@@ -40,11 +54,12 @@ pub use tokens::{
     overlap_invalid, token_ttl_invalid, ListedToken, MintedToken, RotatedToken, TokenRequest,
     DEFAULT_OVERLAP_SECONDS,
 };
+pub use upkeep::KeysChanged;
 
 use crate::access::Caller;
 use crate::audit::{Action, AuditError, AuditEvent, AuditLog, AuditWriter, Coalescer, Outcome};
 use crate::keyring::Keyring;
-use crate::store::{Store, StoreError, Write};
+use crate::store::{Store, Write};
 use crate::token_records::Checked;
 
 /// Where the vault's audit records go: the server's group-commit writer,

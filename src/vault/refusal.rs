@@ -82,6 +82,10 @@ pub enum Refusal {
          shortly, and tell the operator (check disk space and `/healthz`)"
     )]
     AuditUnavailable,
+    /// Work that was interrupted or could not finish now (the detail says
+    /// what and that a retry may do): answered 503.
+    #[error("{0}")]
+    Unavailable(String),
     /// Storage failed (logged; the detail says nothing internal).
     #[error("storage is unavailable right now; retry shortly and tell the operator")]
     Storage,
@@ -105,7 +109,9 @@ impl Refusal {
             // on a key: recorded (where they are) as forbidden/not found
             // by their callers; this is their nearest outcome.
             Refusal::Invalid(_) | Refusal::Conflict(_) => Outcome::Forbidden,
-            Refusal::AuditUnavailable | Refusal::Storage => Outcome::NotFound,
+            Refusal::AuditUnavailable | Refusal::Storage | Refusal::Unavailable(_) => {
+                Outcome::NotFound
+            }
         }
     }
 
