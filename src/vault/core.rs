@@ -7,6 +7,10 @@
 //! the background upkeep (`upkeep.rs`) are here.
 //!
 //! Not for: HTTP (statuses, headers, routes) or the command line.
+//!
+//! Over 500 lines: one owner of the server's state, with each whole-store
+//! operation the HTTP edge used to do itself (rotation, reload, backup,
+//! exports, verification, health) moved here as a method.
 
 use std::sync::Arc;
 use std::time::Duration;
