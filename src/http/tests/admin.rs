@@ -183,6 +183,14 @@ async fn rotate_token(fx: Fx) {
     // Within the overlap both work.
     fx.get("/api/whoami", new).await.ok();
     fx.get("/api/whoami", old).await.ok();
+    // No body: the default overlap; the new token is rotated in turn.
+    let path = format!("/api/tokens/{}/rotate", rotated["id"].as_str().unwrap());
+    let again = fx.req("POST", &path).token(&fx.admin).send().await.ok();
+    assert!(
+        again["token"].as_str().unwrap().starts_with("kh_"),
+        "{again}"
+    );
+    assert_eq!(again["replaced"]["id"], rotated["id"]);
 }
 
 /// POST /api/admin/rotate
