@@ -3,7 +3,7 @@
 
 use http::StatusCode;
 
-use super::{refuses_callers, Fx};
+use super::{refuses_callers, Fx, Setup};
 use crate::access::Role;
 
 route_tests!(reveal_by_id, reveal_newest, reveal_named, reveal_batch);
@@ -152,4 +152,21 @@ async fn reveal_batch(fx: Fx) {
     ] {
         send(&reader, body).await.refused(status, says);
     }
+    // More keys than the reveal rate lets one client have at once.
+    let slow = fx.another(Setup {
+        rate: "1/min",
+        ..Default::default()
+    });
+    let (a, b) = (
+        slow.add_key("openai", "a", "sk-a").await,
+        slow.add_key("openai", "b", "sk-b").await,
+    );
+    let two = serde_json::json!({"keys": [{"id": a}, {"id": b}]}).to_string();
+    let r = slow.req("POST", "/api/reveal").token(&slow.admin);
+    let r = r.json(&two).send().await;
+    r.refused(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "split it into smaller requests",
+    );
+    assert!(!r.text().contains("sk-a"), "{}", r.text());
 }
