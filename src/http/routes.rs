@@ -327,8 +327,10 @@ fn metrics(s: &State) -> Route {
                     .map_err(ApiError::from)
             }
             .await;
+            // Through the context, as every handler's answer: its
+            // `X-Request-Id` (a 404 when metrics are off is an error too).
             match allowed {
-                Ok(()) => metrics_answer(&st),
+                Ok(()) => ctx.finish(metrics_answer(&st)),
                 Err(e) => ctx.error(&e),
             }
         })

@@ -21,7 +21,7 @@ use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::context::json_response;
+use super::context::{json_response, RequestId};
 use crate::audit::{Action, Outcome};
 
 /// The page's Content-Security-Policy: scripts and styles only from files
@@ -99,7 +99,18 @@ pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
     warp::path("ui")
         .and(warp::method())
         .and(warp::path::full())
-        .map(|method: Method, full: FullPath| with_security_headers(answer(&method, full.as_str())))
+        .and(warp::ext::optional::<RequestId>())
+        .map(|method: Method, full: FullPath, id: Option<RequestId>| {
+            let mut r = answer(&method, full.as_str());
+            if r.status().is_client_error() {
+                // An error answer names its request, as the API's do.
+                let id = id.map_or_else(|| uuid::Uuid::new_v4().to_string(), |id| id.0);
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    r.headers_mut().insert("x-request-id", v);
+                }
+            }
+            with_security_headers(r)
+        })
 }
 
 fn answer(method: &Method, path: &str) -> Response {

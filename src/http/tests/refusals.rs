@@ -1,0 +1,149 @@
+//! Refusals shared by every route: each refusal of the vault answers its
+//! status, once, through `From<Refusal> for ApiError`; unknown routes,
+//! methods and query parameters are answered before any handler.
+
+use http::StatusCode;
+
+use super::Fx;
+use crate::access::Role;
+use crate::http::error::ApiError;
+use crate::vault::Refusal;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_answers_its_status() {
+    let fx = Fx::new();
+    let writer = fx.token(Role::Writer, &[]).await;
+    let admin = fx.admin.as_str();
+    let key = format!("/api/keys/{}", uuid::Uuid::new_v4());
+    let bad_key = r#"{"provider":"Bad","key_name":"k","api_key":"x"}"#;
+    let taken = r#"{"name":"admin","role":"reader"}"#;
+    // method, path, token, body, the status it must answer
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        StatusCode,
+    );
+    let cases: [Case; 10] = [
+        ("GET", &key, None, None, StatusCode::UNAUTHORIZED),
+        (
+            "GET",
+            &key,
+            Some("kh_unknown"),
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        ("GET", &key, Some(&writer), None, StatusCode::FORBIDDEN),
+        ("GET", &key, Some(admin), None, StatusCode::NOT_FOUND),
+        ("DELETE", &key, Some(admin), None, StatusCode::NOT_FOUND),
+        (
+            "POST",
+            "/api/keys",
+            Some(admin),
+            Some(bad_key),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/api/tokens",
+            Some(admin),
+            Some(taken),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "GET",
+            "/api/tokens/nobody",
+            Some(admin),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        ("GET", "/no/such/route", None, None, StatusCode::NOT_FOUND),
+        (
+            "PATCH",
+            "/api/keys",
+            Some(admin),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+    for (method, path, token, body, want) in cases {
+        let mut req = fx.req(method, path);
+        if let Some(t) = token {
+            req = req.token(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        // `send` checks the detail and the request id of each.
+        let got = req.send().await;
+        assert_eq!(got.status, want, "{method} {path}: {}", got.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_query_parameter_is_refused_before_the_token() {
+    let fx = Fx::new();
+    for (method, path) in [
+        ("GET", "/api/keys?expird=true"),
+        ("GET", "/api/whoami?x=1"),
+        ("POST", "/api/admin/rotate?dry=1"),
+        ("GET", "/healthz?verbose=1"),
+    ] {
+        let a = fx.req(method, path).send().await;
+        a.refused(StatusCode::UNPROCESSABLE_ENTITY, "query parameter");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reveal_over_budget_answers_429_with_retry_after() {
+    let fx = Fx::with(super::Setup {
+        rate: "1/min",
+        ..Default::default()
+    });
+    let path = format!("/api/keys/{}", uuid::Uuid::new_v4());
+    let a = fx.get(&path, &fx.admin).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = fx.get(&path, &fx.admin).await;
+    a.refused(StatusCode::TOO_MANY_REQUESTS, "");
+    assert!(a.headers.contains_key("retry-after"));
+}
+
+#[test]
+fn the_refusal_to_status_mapping_is_total() {
+    let cases = [
+        (Refusal::RateLimited(3), StatusCode::TOO_MANY_REQUESTS),
+        (
+            Refusal::Unauthenticated("x".into()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (Refusal::TamperedToken, StatusCode::UNAUTHORIZED),
+        (Refusal::TokenExpired("x".into()), StatusCode::UNAUTHORIZED),
+        (Refusal::Forbidden("x".into()), StatusCode::FORBIDDEN),
+        (Refusal::NotFound("x".into()), StatusCode::NOT_FOUND),
+        (Refusal::Beyond("x".into()), StatusCode::NOT_FOUND),
+        (Refusal::Expired, StatusCode::GONE),
+        (Refusal::DecryptFailed, StatusCode::CONFLICT),
+        (Refusal::TamperedRecord("x".into()), StatusCode::CONFLICT),
+        (
+            Refusal::Invalid("x".into()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (Refusal::Conflict("x".into()), StatusCode::CONFLICT),
+        (Refusal::AuditUnavailable, StatusCode::SERVICE_UNAVAILABLE),
+        (Refusal::Storage, StatusCode::SERVICE_UNAVAILABLE),
+    ];
+    for (refusal, want) in cases {
+        let tampered = matches!(refusal, Refusal::TamperedToken | Refusal::TamperedRecord(_));
+        let e = ApiError::from(refusal.clone());
+        assert_eq!(e.status, want, "{refusal:?}");
+        assert_eq!(e.tampered, tampered, "{refusal:?}");
+        assert!(!e.detail.is_empty());
+    }
+    // Beyond and NotFound answer alike (a provider-limited caller cannot
+    // tell another provider's key from a missing one).
+    assert_eq!(
+        ApiError::from(Refusal::Beyond("same".into())).detail,
+        ApiError::from(Refusal::NotFound("same".into())).detail
+    );
+}
