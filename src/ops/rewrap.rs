@@ -1,8 +1,8 @@
 //! Re-encrypts every stored key under the newest key of the keyring,
 //! re-seals keyhold's own secrets (record secret, the MAC key of older
-//! audit records) and remakes the check value under the newest key's
-//! derived keys, and starts a new audit signing key
-//! ([`rotate_signing_key`]).
+//! audit records), starts a new audit signing key ([`rotate_signing_key`])
+//! and, last of all, remakes the check value under the newest key
+//! ([`reseal_check`]).
 //!
 //! Records are replaced through the audit log, a chunk of keys a commit,
 //! so a kill -9 at any moment leaves every record readable by the keyring
@@ -194,27 +194,39 @@ pub fn rewrap_all(
         }
         report.records_reauthenticated = Some(n);
     }
-    // Last, once every key is under the newest key: the check value, which
-    // a start tests the keyring against. Until it moves, the check value
-    // opens only with the older key, so a keyring that dropped or retired
-    // that key before the rotation finished is refused at start (naming
-    // `keyhold keyring unretire`), not taken up with keys it cannot open.
-    // Keys that open under no key of the keyring (`failed`) need none.
-    if let Some(check) = store.check_value()? {
-        if keyring.opens_check(&check).is_some_and(|i| i > 0) {
-            let detail = "rotation: every key is under the newest key; re-sealed keyring_check \
-                          under it"
-                .to_string();
-            let write = Write::Meta {
-                name: META_CHECK,
-                value: Some(keyring.check_token().into_bytes()),
-            };
-            log.append(&[(rotate_event(who, detail), vec![write])])?;
-            report.meta_rotated.push("keyring_check".into());
-        }
-    }
     store.flush()?;
     Ok(report)
+}
+
+/// The last step of a rotation, once every key and keyhold's own secrets
+/// (the audit signing key included: [`rotate_signing_key`]) are under the
+/// newest key: the check value, which a start tests the keyring against.
+/// Until it moves, the check value opens only with the older key, so a
+/// keyring that dropped or retired that key before the rotation finished
+/// is refused at start (naming `keyhold keyring unretire`), not taken up
+/// with secrets it cannot open. True when it was re-sealed.
+pub fn reseal_check(
+    store: &Store,
+    keyring: &Keyring,
+    log: &AuditLog,
+    who: &str,
+) -> Result<bool, AuditError> {
+    let Some(check) = store.check_value()? else {
+        return Ok(false);
+    };
+    if keyring.opens_check(&check).is_none_or(|i| i == 0) {
+        return Ok(false);
+    }
+    let detail = "rotation: every key and secret is under the newest key; re-sealed \
+                  keyring_check under it"
+        .to_string();
+    let write = Write::Meta {
+        name: META_CHECK,
+        value: Some(keyring.check_token().into_bytes()),
+    };
+    log.append(&[(rotate_event(who, detail), vec![write])])?;
+    store.flush()?;
+    Ok(true)
 }
 
 /// Whether the meta value `name` is sealed under an older key of the

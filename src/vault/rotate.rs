@@ -35,6 +35,13 @@ pub fn rotate_store(
         .map_err(|e| Refusal::storage(&e))?;
     let new_public_key = crate::ops::rewrap::rotate_signing_key(log, keyring, who)
         .map_err(|e| Refusal::storage(&e))?;
+    // Last, once everything else is under the newest key.
+    let mut report = report;
+    if crate::ops::rewrap::reseal_check(store, keyring, log, who)
+        .map_err(|e| Refusal::storage(&e))?
+    {
+        report.meta_rotated.push("keyring_check".into());
+    }
     if let Some(k) = new_public_key {
         tracing::info!(audit_public_key = %k, "rotation started a new audit signing key");
     }
