@@ -69,7 +69,7 @@ where
                 state.core.key_policy().recovery_window_us,
             )
             .await?;
-        Ok(ctx.json(StatusCode::OK, &state.core.key_meta_used(&record)?))
+        Ok(ctx.json(StatusCode::OK, &state.core.key_meta_used(&record)))
     })
     .await
 }
@@ -132,7 +132,7 @@ pub(super) async fn restore(id: String, state: State, ctx: Ctx) -> Response {
                 state.core.key_policy().recovery_window_us,
             )
             .await?;
-        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &state.core.key_meta_used(&rec)?))
+        Ok::<_, ApiError>(ctx.json(StatusCode::OK, &state.core.key_meta_used(&rec)))
     })
     .await
 }
@@ -166,8 +166,19 @@ pub(super) async fn delete(id: String, state: State, ctx: Ctx, query: String) ->
         let origin = AppState::origin(ctx);
         let vault = state.vault();
         let caller = state.authenticate(ctx).await?;
-        let q: DeleteQuery = extract::query(query)?;
-        let purge = extract::flag(q.purge.as_deref(), "purge")?;
+        let parsed = extract::query::<DeleteQuery>(query)
+            .and_then(|q| extract::flag(q.purge.as_deref(), "purge"));
+        let purge = match parsed {
+            Ok(purge) => purge,
+            Err(e) => {
+                // A malformed query is answered only to a caller that may
+                // delete: a scope refusal comes first, and is recorded.
+                vault
+                    .require(&origin, &caller, Scope::KeysWrite, Action::KeyDelete)
+                    .await?;
+                return Err(e);
+            }
+        };
         let id = if purge {
             // Destroying at once skips the recovery window: admins only.
             vault

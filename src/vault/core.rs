@@ -90,7 +90,7 @@ pub enum ReloadError {
     Interrupted,
     /// Storage failed, the record could not be written, or the token's
     /// record budget is spent: the refusal to answer.
-    #[error("{0}")]
+    #[error("{0} (the server keeps its keyring)")]
     Refused(Refusal),
 }
 
@@ -215,20 +215,25 @@ impl Core {
         super::presented::key_meta(rec, last_used, &self.key_policy)
     }
 
-    /// A key's metadata as answered, with its last use read from the store.
-    pub fn key_meta_used(&self, rec: &crate::store::KeyRecord) -> Result<KeyMeta, Refusal> {
-        Ok(self.key_meta(rec, self.last_used(&rec.id)?))
+    /// A key's metadata as answered after a change was committed, with its
+    /// last use read from the store. The change is done: a failure to read
+    /// the last use is logged and the answer goes without it, rather than a
+    /// 503 that would invite a retry storing the change twice.
+    pub fn key_meta_used(&self, rec: &crate::store::KeyRecord) -> KeyMeta {
+        let used = match self.store.last_used(&rec.id) {
+            Ok(used) => used,
+            Err(e) => {
+                tracing::warn!(error = %e, key_id = %rec.id, "could not read a key's last use for its answer; answered without it");
+                None
+            }
+        };
+        self.key_meta(rec, used)
     }
 
     /// A key's versions, oldest first, each with its state, as `caller`
     /// may see them.
     pub fn versions(&self, rec: &crate::store::KeyRecord, caller: &Caller) -> Vec<VersionMeta> {
         super::presented::versions_for(rec, self.key_policy.recovery_window_us, Some(caller))
-    }
-
-    /// When the key `id` was last revealed (`None`: never).
-    pub fn last_used(&self, id: &uuid::Uuid) -> Result<Option<i64>, Refusal> {
-        self.store.last_used(id).map_err(|e| Refusal::storage(&e))
     }
 
     /// How many keys the store holds (walks them if its count is unreadable:
