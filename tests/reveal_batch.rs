@@ -105,12 +105,12 @@ fn one_refused_key_reveals_none_and_says_which() {
         .map(|r| r["outcome"].as_str().unwrap().to_string())
         .collect();
     // Refusals are coalesced: written within a second, in any order. The
-    // key that would have opened (asked for twice) is recorded withheld,
-    // with the batch's answer, so every key asked for has its record.
+    // key that would have opened (asked for twice) is recorded withheld
+    // (forbidden: it was not given), so every key asked for has its record.
     outcomes.sort();
     assert_eq!(
         outcomes,
-        ["deleted", "not_found", "not_found"],
+        ["deleted", "forbidden", "not_found"],
         "{records:#?}"
     );
     let withheld: Vec<&Value> = records
@@ -118,7 +118,7 @@ fn one_refused_key_reveals_none_and_says_which() {
         .filter(|r| r["key_id"] == a.as_str())
         .collect();
     assert_eq!(withheld.len(), 1, "{records:#?}");
-    assert_eq!(withheld[0]["outcome"], "not_found");
+    assert_eq!(withheld[0]["outcome"], "forbidden");
     assert_eq!(withheld[0]["count"], 2, "asked for twice: {records:#?}");
     let d = withheld[0]["detail"].as_str().unwrap();
     assert!(
@@ -175,7 +175,7 @@ fn a_limited_token_gets_for_another_providers_key_what_a_missing_one_gets() {
         .sum();
     assert_eq!(forbidden, 4, "{recs:#?}");
     // `ci`, which the token may see and which opened, withheld in each of
-    // the five batches, recorded with the batch's answer.
+    // the five batches, recorded as such.
     let held: Vec<&Value> = recs.iter().filter(withheld).collect();
     assert!(held.iter().all(|r| r["provider"] == "github"), "{held:#?}");
     assert_eq!(held.iter().map(|r| count(r)).sum::<u64>(), 5, "{held:#?}");

@@ -10,9 +10,8 @@
 //! success record written ([`Vault::hand_over`], one record a key,
 //! durable) and the keys given. When any key is refused, each refused
 //! key's record says why, nothing is revealed, and each key that would
-//! have opened is recorded withheld, with the batch's refusal as its
-//! outcome (none of them left the server): every key asked for has its
-//! record.
+//! have opened is recorded withheld, outcome `forbidden` (none of them
+//! left the server): every key asked for has its record.
 //!
 //! Not for: reading the request (see `http::reveal_batch`).
 
@@ -98,19 +97,16 @@ impl Vault<'_> {
         }
         if let Some((first, why)) = refused.first() {
             // The keys that opened are withheld (their plaintext zeroized)
-            // and each recorded with the batch's answer, so a caller
-            // cannot learn which keys would open, one bad item a batch,
-            // without a record of each key it asked for.
-            let (first, why) = (*first, why.clone());
+            // and each recorded, so a caller cannot learn which keys would
+            // open, one bad item a batch, without a record of each key it
+            // asked for.
+            let why = format!(
+                "withheld: key {} of the batch was refused ({}), so none was revealed",
+                first + 1,
+                why.outcome().as_str()
+            );
             for o in opened {
-                let mut ev = o.withhold();
-                ev.detail = Some(format!(
-                    "{}; withheld: key {} of the batch was refused ({}), so none was revealed",
-                    ev.detail.unwrap_or_default(),
-                    first + 1,
-                    why.outcome().as_str()
-                ));
-                self.refuse(ev, why.clone()).await;
+                self.record_withheld(o.withhold(), &why).await;
             }
             return Err(BatchRefusal::Items(refused));
         }
@@ -122,5 +118,33 @@ impl Vault<'_> {
             .into_iter()
             .collect::<Result<Vec<Revealed>, Refusal>>()
             .map_err(BatchRefusal::Whole)
+    }
+
+    /// Records a key of a refused batch that opened but was not handed
+    /// over: outcome `forbidden` (it was not given), `why` in its detail.
+    /// On a server it is coalesced per token, key and second, and takes
+    /// nothing from the token's refusal budget (the refused key did); no
+    /// reveal metric counts it (the refused key is counted).
+    async fn record_withheld(&self, mut ev: crate::audit::AuditEvent, why: &str) {
+        ev.outcome = crate::audit::Outcome::Forbidden;
+        ev.detail = Some(match ev.detail.take() {
+            Some(d) => format!("{d}; {why}"),
+            None => why.to_string(),
+        });
+        match (self.coalescer, ev.caller_id) {
+            (Some(c), Some(token)) => {
+                let target = ev.key_id.map(|k| k.to_string()).unwrap_or_default();
+                c.add(
+                    &format!("token {token} withheld {target}"),
+                    ev,
+                    crate::time::now_us(),
+                );
+            }
+            _ => {
+                if let Err(e) = self.record_budgeted(ev, vec![]).await {
+                    tracing::error!(error = %e, "could not record a withheld key of a refused batch");
+                }
+            }
+        }
     }
 }
