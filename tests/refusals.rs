@@ -238,6 +238,9 @@ fn every_refused_scope_is_recorded_whatever_the_route() {
         let r = Api::new(&s, token).get(&path.replace("ID", &id));
         assert_eq!(r.status(), 403, "{path}");
     }
+    // A malformed query does not get ahead of the scope check.
+    let r = Api::new(&s, &reader).delete(&format!("/api/keys/{id}?purge=maybe"));
+    assert_eq!(r.status(), 403);
     s.stop();
     let records = v.audit_records();
     for (_, path, action, caller) in cases {
@@ -253,4 +256,10 @@ fn every_refused_scope_is_recorded_whatever_the_route() {
             "{path}: no {action} refusal of {caller}: {records:#?}"
         );
     }
+    assert!(
+        records.iter().any(|r| r["action"] == "key_delete"
+            && r["caller"] == "r"
+            && r["outcome"] == "forbidden"),
+        "{records:#?}"
+    );
 }

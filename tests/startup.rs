@@ -309,4 +309,17 @@ fn zero_and_huge_limits_are_normalised_at_start_and_the_server_answers() {
     let id = api.create_key("claude", "limits", "sk-limits");
     let r: serde_json::Value = api.get(&format!("/api/keys/{id}")).json().unwrap();
     assert_eq!(r["api_key"], "sk-limits");
+    drop(s);
+    // Timeouts past a day are taken as a day: a connection's deadline (its
+    // start plus the timeout) used to overflow the clock and panic.
+    let s = v.serve(&[
+        ("KEYHOLD_HANDSHAKE_TIMEOUT", huge.as_str()),
+        ("KEYHOLD_HEADER_TIMEOUT", huge.as_str()),
+        ("KEYHOLD_IDLE_TIMEOUT", huge.as_str()),
+    ]);
+    let api = Api::new(&s, &v.admin);
+    for _ in 0..3 {
+        let r: serde_json::Value = api.get(&format!("/api/keys/{id}")).json().unwrap();
+        assert_eq!(r["api_key"], "sk-limits");
+    }
 }

@@ -98,15 +98,20 @@ impl fmt::Debug for Tls {
     }
 }
 
-/// A timeout of at least one second.
+/// A timeout of one second to one day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeout(Duration);
 
 impl Timeout {
+    /// The longest timeout kept: a day (a connection's deadline is its
+    /// start plus the timeout, which must not overflow the clock).
+    pub const MAX_SECS: u64 = 86_400;
+
     /// `secs` seconds; 0 is taken as 1 (a zero timeout would close every
-    /// connection before its first byte).
+    /// connection before its first byte), and anything past a day as a
+    /// day.
     pub fn from_secs(secs: u64) -> Timeout {
-        Timeout(Duration::from_secs(secs.max(1)))
+        Timeout(Duration::from_secs(secs.clamp(1, Self::MAX_SECS)))
     }
 
     pub fn get(self) -> Duration {
@@ -119,13 +124,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_zero_timeout_is_one_second_and_others_are_kept() {
+    fn a_timeout_is_one_second_to_one_day() {
         assert_eq!(Timeout::from_secs(0).get(), Duration::from_secs(1));
         assert_eq!(Timeout::from_secs(1).get(), Duration::from_secs(1));
         assert_eq!(Timeout::from_secs(90).get(), Duration::from_secs(90));
         assert_eq!(
+            Timeout::from_secs(86_401).get(),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
             Timeout::from_secs(u64::MAX).get(),
-            Duration::from_secs(u64::MAX)
+            Duration::from_secs(86_400)
         );
     }
 }
