@@ -10,6 +10,10 @@
 //! running rotate again finishes the job. A token keeps its
 //! original Fernet timestamp (what Python's `MultiFernet.rotate` does), and
 //! created_at/expires_at are untouched, so ages and TTLs mean the same.
+//!
+//! Over 500 lines: one concept, the store's rewrite under a new key, step
+//! by step (keys, sealed secrets, record MAC secret, signing key, check
+//! value), each crash-safe on its own.
 
 use std::time::Duration;
 
