@@ -80,10 +80,9 @@ pub struct Prepended {
     pub keys: usize,
 }
 
-/// Generates a key and writes it at the top of the key file at `path`
-/// (created with mode 0600, and its directory with 0700, when missing).
-/// Returns once the file is durable and reads back with the new key first.
-pub fn prepend_new_key(path: &Path) -> Result<Prepended, KeyFileError> {
+/// Creates the directory `path` goes in (mode 0700) when it is missing,
+/// as a key file or an env file holding a key needs.
+pub fn create_parent_dir(path: &Path) -> Result<(), KeyFileError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             std::fs::DirBuilder::new()
@@ -96,6 +95,14 @@ pub fn prepend_new_key(path: &Path) -> Result<Prepended, KeyFileError> {
                 })?;
         }
     }
+    Ok(())
+}
+
+/// Generates a key and writes it at the top of the key file at `path`
+/// (created with mode 0600, and its directory with 0700, when missing).
+/// Returns once the file is durable and reads back with the new key first.
+pub fn prepend_new_key(path: &Path) -> Result<Prepended, KeyFileError> {
+    create_parent_dir(path)?;
     let _lock = lock_dir(path)?;
     let (existing, meta) = match std::fs::read(path) {
         Ok(b) => (

@@ -1,7 +1,7 @@
 //! `keyhold keygen [--env-file PATH | --key-file PATH]`
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -52,15 +52,7 @@ pub(super) fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
             .into());
         }
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("cannot create the directory {}", dir.display()))?;
-        }
-    }
+    crate::key_file::create_parent_dir(&path)?;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -133,21 +133,19 @@ pub(crate) fn unreadable(dir: &Path) -> Option<ConfigError> {
 mod tests {
     #[test]
     fn a_database_urls_password_is_masked() {
-        assert_eq!(
-            super::without_password("postgres://keyhold:s3cret@db:5432/k"),
-            "postgres://keyhold:***@db:5432/k"
-        );
-        assert_eq!(
-            super::without_password("--to-database-url=postgres://u:p@h/d"),
-            "--to-database-url=postgres://u:***@h/d"
-        );
-        assert_eq!(
-            super::without_password("postgres://u@h/d"),
-            "postgres://u@h/d"
-        );
-        assert_eq!(
-            super::without_password("/var/lib/keyhold"),
-            "/var/lib/keyhold"
-        );
+        for (given, shown) in [
+            (
+                "postgres://keyhold:s3cret@db:5432/k",
+                "postgres://keyhold:***@db:5432/k",
+            ),
+            (
+                "--to-database-url=postgres://u:p@h/d",
+                "--to-database-url=postgres://u:***@h/d",
+            ),
+            ("postgres://u@h/d", "postgres://u@h/d"),
+            ("/var/lib/keyhold", "/var/lib/keyhold"),
+        ] {
+            assert_eq!(super::without_password(given), shown);
+        }
     }
 }

@@ -227,15 +227,10 @@ mod tests {
     #[test]
     fn a_list_of_deleted_keys_says_when_each_is_purged_within_100_columns() {
         let k = KeyMeta {
-            id: "3f2a7c1e-8d4b-4e6f-9a0b-1c2d3e4f5a6b".into(),
-            provider: "claude".into(),
-            key_name: "prod".into(),
-            created_at: "2026-12-01T10:00:00Z".into(),
-            last_used: None,
-            expires_at: None,
             version: 1,
             deleted_at: Some("2026-12-07T10:00:00Z".into()),
             purge_at: Some("2026-12-14T10:00:00Z".into()),
+            ..crate::wire::tests::sample_key_meta()
         };
         let text = printed(&keys(std::slice::from_ref(&k), false, true));
         assert!(

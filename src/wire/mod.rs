@@ -27,4 +27,4 @@ pub use keys::{
 pub use tokens::{MintedToken, NewToken, RotateToken, TokenInfo, WhoAmI};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -18,9 +18,9 @@ fn info() -> TokenInfo {
     }
 }
 
-#[test]
-fn key_metadata_round_trips_in_its_wire_order() {
-    let meta = KeyMeta {
+/// A live key's metadata, for tests here and of the CLI's tables.
+pub(crate) fn sample_key_meta() -> KeyMeta {
+    KeyMeta {
         id: "3f2a7c1e-8d4b-4e6f-9a0b-1c2d3e4f5a6b".into(),
         provider: "claude".into(),
         key_name: "prod".into(),
@@ -30,7 +30,12 @@ fn key_metadata_round_trips_in_its_wire_order() {
         version: 2,
         deleted_at: None,
         purge_at: None,
-    };
+    }
+}
+
+#[test]
+fn key_metadata_round_trips_in_its_wire_order() {
+    let meta = sample_key_meta();
     let text = serde_json::to_string(&meta).unwrap();
     assert_eq!(
         text,

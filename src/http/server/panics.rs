@@ -96,6 +96,21 @@ fn panicked(request_id: &str) -> Response {
 mod tests {
     use warp::Filter;
 
+    /// Sends `GET /boom` then `GET /fine` on one connection; checks the
+    /// first was answered 500 with a request id; returns the whole answer.
+    async fn boom_then_fine(
+        routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
+    ) -> String {
+        let got = super::super::tests::exchange(
+            routes,
+            b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\nGET /fine HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 500"), "{got:?}");
+        assert!(got.contains("x-request-id: "), "{got:?}");
+        got
+    }
+
     #[tokio::test]
     async fn a_panicking_handler_is_answered_500_and_the_connection_goes_on() {
         let routes = warp::path("boom")
@@ -105,13 +120,7 @@ mod tests {
             .boxed();
         // Two requests on one connection: the panic is answered 500 with a
         // JSON detail and the request id, and the next request is served.
-        let got = super::super::tests::exchange(
-            routes,
-            b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\nGET /fine HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(got.starts_with("HTTP/1.1 500"), "{got:?}");
-        assert!(got.contains("x-request-id: "), "{got:?}");
+        let got = boom_then_fine(routes).await;
         assert!(
             got.contains("an internal error stopped this request"),
             "{got:?}"
@@ -133,13 +142,7 @@ mod tests {
             .or(warp::path("fine").map(|| warp::reply::Response::new("fine".into())))
             .unify()
             .boxed();
-        let got = super::super::tests::exchange(
-            routes,
-            b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\nGET /fine HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(got.starts_with("HTTP/1.1 500"), "{got:?}");
-        assert!(got.contains("x-request-id: "), "{got:?}");
+        let got = boom_then_fine(routes).await;
         assert!(got.ends_with("fine"), "{got:?}");
     }
 

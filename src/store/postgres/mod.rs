@@ -749,7 +749,7 @@ impl Backend for PgStore {
     }
 }
 
-fn ids_of<'a>(scan: scan::Scan<'a>) -> Items<'a, (i64, Uuid)> {
+fn ids_of<'a>(scan: scan::Paged<scan::Scan<'a>>) -> Items<'a, (i64, Uuid)> {
     Box::new(scan.filter_map(|item| match item {
         Err(e) => Some(Err(e)),
         Ok((k, _)) => crate::store::sled_store::entry_of_index(&k).map(Ok),

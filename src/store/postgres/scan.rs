@@ -53,12 +53,10 @@ pub(super) struct Scan<'a> {
     /// The prefix's end (exclusive), none when the prefix is empty.
     end: Option<Vec<u8>>,
     after: Option<Vec<u8>>,
-    buf: VecDeque<(Vec<u8>, Vec<u8>)>,
-    done: bool,
 }
 
 impl<'a> Scan<'a> {
-    pub(super) fn all(store: &'a PgStore, name: &'static str) -> Scan<'a> {
+    pub(super) fn all(store: &'a PgStore, name: &'static str) -> Paged<Scan<'a>> {
         Self::prefix(store, name, Vec::new(), false)
     }
 
@@ -67,7 +65,7 @@ impl<'a> Scan<'a> {
         name: &'static str,
         prefix: Vec<u8>,
         newest_first: bool,
-    ) -> Scan<'a> {
+    ) -> Paged<Scan<'a>> {
         let sql = table(name).map(|t| {
             if newest_first {
                 format!(
@@ -82,18 +80,20 @@ impl<'a> Scan<'a> {
             }
         });
         let end = prefix_end(&prefix);
-        Scan {
+        Paged::new(Scan {
             store,
             sql,
             prefix,
             end,
             after: None,
-            buf: VecDeque::new(),
-            done: false,
-        }
+        })
     }
+}
 
-    fn fill(&mut self) -> Result<()> {
+impl Pager for Scan<'_> {
+    type Item = (Vec<u8>, Vec<u8>);
+
+    fn next_page(&mut self) -> Result<Vec<Self::Item>> {
         let sql = match &self.sql {
             Ok(s) => s.clone(),
             Err(_) => {
@@ -116,24 +116,51 @@ impl<'a> Scan<'a> {
                 .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
                 .collect::<Vec<_>>())
         })?;
-        if (rows.len() as i64) < PAGE {
-            self.done = true;
-        }
         if let Some((k, _)) = rows.last() {
             self.after = Some(k.clone());
         }
-        self.buf.extend(rows);
-        Ok(())
+        Ok(rows)
     }
 }
 
-impl Iterator for Scan<'_> {
-    type Item = Result<(Vec<u8>, Vec<u8>)>;
+/// A source of rows a page at a time: a page shorter than [`PAGE`] is the
+/// last.
+pub(super) trait Pager {
+    type Item;
+    fn next_page(&mut self) -> Result<Vec<Self::Item>>;
+}
+
+/// A lazy walk over a [`Pager`]'s rows, one page held at a time; an error
+/// ends the walk.
+pub(super) struct Paged<P: Pager> {
+    pager: P,
+    buf: VecDeque<P::Item>,
+    done: bool,
+}
+
+impl<P: Pager> Paged<P> {
+    fn new(pager: P) -> Paged<P> {
+        Paged {
+            pager,
+            buf: VecDeque::new(),
+            done: false,
+        }
+    }
+}
+
+impl<P: Pager> Iterator for Paged<P> {
+    type Item = Result<P::Item>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() && !self.done {
-            if let Err(e) = self.fill() {
-                self.done = true;
-                return Some(Err(e));
+            match self.pager.next_page() {
+                Ok(rows) => {
+                    self.done = (rows.len() as i64) < PAGE;
+                    self.buf.extend(rows);
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
             }
         }
         self.buf.pop_front().map(Ok)
@@ -156,21 +183,21 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 pub(super) struct AuditScan<'a> {
     store: &'a PgStore,
     next: i64,
-    buf: VecDeque<(u64, Bytes)>,
-    done: bool,
 }
 
 impl<'a> AuditScan<'a> {
-    pub(super) fn new(store: &'a PgStore, from_seq: u64) -> AuditScan<'a> {
-        AuditScan {
+    pub(super) fn new(store: &'a PgStore, from_seq: u64) -> Paged<AuditScan<'a>> {
+        Paged::new(AuditScan {
             store,
             next: i64::try_from(from_seq).unwrap_or(i64::MAX),
-            buf: VecDeque::new(),
-            done: false,
-        }
+        })
     }
+}
 
-    fn fill(&mut self) -> Result<()> {
+impl Pager for AuditScan<'_> {
+    type Item = (u64, Bytes);
+
+    fn next_page(&mut self) -> Result<Vec<Self::Item>> {
         let from = self.next;
         let rows = self
             .store
@@ -188,27 +215,12 @@ impl<'a> AuditScan<'a> {
                     .map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)))
                     .collect::<Vec<_>>())
             })?;
-        if (rows.len() as i64) < PAGE {
-            self.done = true;
-        }
         if let Some((seq, _)) = rows.last() {
             self.next = seq.saturating_add(1);
         }
-        self.buf
-            .extend(rows.into_iter().map(|(s, v)| (s as u64, Bytes::from(v))));
-        Ok(())
-    }
-}
-
-impl Iterator for AuditScan<'_> {
-    type Item = Result<(u64, Bytes)>;
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.is_empty() && !self.done {
-            if let Err(e) = self.fill() {
-                self.done = true;
-                return Some(Err(e));
-            }
-        }
-        self.buf.pop_front().map(Ok)
+        Ok(rows
+            .into_iter()
+            .map(|(s, v)| (s as u64, Bytes::from(v)))
+            .collect())
     }
 }
