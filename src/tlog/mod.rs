@@ -10,3 +10,4 @@
 //! or where hashes live (the store does).
 
 pub(crate) mod merkle;
+pub(crate) mod note;
