@@ -9,5 +9,6 @@
 //! Not for: deciding what a record's leaf bytes are (the audit export does),
 //! or where hashes live (the store does).
 
+pub(crate) mod checkpoint;
 pub(crate) mod merkle;
 pub(crate) mod note;

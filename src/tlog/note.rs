@@ -80,10 +80,9 @@ impl VerifierKey {
     /// Parses `name+hex(key ID)+base64(type ‖ public key)`.
     pub(crate) fn parse(text: &str) -> Result<VerifierKey, NoteError> {
         let bad = NoteError::BadVerifierKey;
-        let mut parts = text.split('+');
-        let (Some(name), Some(id), Some(key), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // The base64 key may itself hold `+`: split at the first two only.
+        let mut parts = text.splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("it has not three parts joined by `+`"));
         };
         if !is_valid_key_name(name) {
