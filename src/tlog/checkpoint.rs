@@ -9,7 +9,7 @@
 //! Not for: the tree (see `merkle`), cosigning (see `cosignature.rs`).
 
 use super::merkle::Hash;
-use super::note::{self, Ed25519Verifier, Note, NoteError, NoteSigner, Verifier};
+use super::note::{self, Note, NoteError, NoteSigner, NoteVerifier, Verifier};
 
 /// The most extension lines read (the spec sets no bound; keyhold writes
 /// at most a few).
@@ -126,7 +126,7 @@ impl Checkpoint {
     pub(crate) fn open(
         msg: &[u8],
         origin: &str,
-        log: &Ed25519Verifier,
+        log: &NoteVerifier,
         others: &[&dyn Verifier],
     ) -> Result<(Checkpoint, Note), CheckpointError> {
         let mut known: Vec<&dyn Verifier> = vec![log];
@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn gos_signed_tree_head_opens_and_signing_it_again_gives_the_same_note() {
         use base64::Engine as _;
-        let log = Ed25519Verifier::from_vkey(GO_VKEY).unwrap();
+        let log = NoteVerifier::from_vkey(GO_VKEY).unwrap();
         let (checkpoint, _) =
             Checkpoint::open(GO_SIGNED.as_bytes(), "go.sum database tree", &log, &[]).unwrap();
         assert_eq!(checkpoint.size, 6);

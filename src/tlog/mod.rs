@@ -10,5 +10,6 @@
 //! or where hashes live (the store does).
 
 pub(crate) mod checkpoint;
+pub(crate) mod cosignature;
 pub(crate) mod merkle;
 pub(crate) mod note;

@@ -4,8 +4,8 @@
 //! A key is named by its name and a 4-byte key ID, SHA-256(name ‖ 0x0A ‖
 //! signature type ‖ public key)[:4]; its verifier key ("vkey") is the text
 //! `name+hex(key ID)+base64(type ‖ public key)`. This module signs and
-//! verifies Ed25519 notes (type 0x01); [`Verifier`] lets other signature
-//! types (the witnesses' cosignatures, `cosignature.rs`) take part in
+//! verifies Ed25519 notes (type 0x01); a [`NoteVerifier`] of type 0x04
+//! verifies a witness's cosignature (`cosignature.rs`) in the same
 //! [`open`]. Signatures by keys the caller does not know are kept,
 //! unverified, as the spec requires.
 //!
@@ -15,6 +15,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use sha2::{Digest, Sha256};
+
+use super::cosignature::{self, COSIGNATURE_TYPE};
 
 /// The signature type of plain Ed25519 note signatures.
 pub(crate) const ED25519_TYPE: u8 = 0x01;
@@ -119,19 +121,6 @@ impl VerifierKey {
         raw.extend_from_slice(&self.public);
         format!("{}+{:08x}+{}", self.name, self.key_id, BASE64.encode(raw))
     }
-
-    /// The 32-byte Ed25519 key of a vkey of type `sig_type`.
-    pub(crate) fn ed25519_key(&self, sig_type: u8) -> Result<[u8; 32], NoteError> {
-        if self.sig_type != sig_type {
-            return Err(NoteError::BadVerifierKey(
-                "it is not a key of the expected signature type",
-            ));
-        }
-        self.public
-            .as_slice()
-            .try_into()
-            .map_err(|_| NoteError::BadVerifierKey("an Ed25519 key is 32 bytes"))
-    }
 }
 
 /// A key that can verify signature lines of a note.
@@ -143,38 +132,72 @@ pub(crate) trait Verifier {
     fn verify(&self, text: &[u8], sig: &[u8]) -> bool;
 }
 
-/// An Ed25519 note verifier (signature type 0x01).
+/// A note verifier: a named Ed25519 key of signature type 0x01 (the
+/// signature is over the note text) or 0x04 (a witness's cosignature, see
+/// `cosignature.rs`), with its key ID. Its vkey says which.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Ed25519Verifier {
+pub(crate) struct NoteVerifier {
     name: String,
+    sig_type: u8,
     key_id: u32,
     public: [u8; 32],
 }
 
-impl Ed25519Verifier {
-    pub(crate) fn new(name: &str, public: [u8; 32]) -> Result<Ed25519Verifier, NoteError> {
+impl NoteVerifier {
+    /// The verifier of an Ed25519 key of `sig_type` (0x01 or 0x04).
+    pub(crate) fn new(
+        name: &str,
+        sig_type: u8,
+        public: [u8; 32],
+    ) -> Result<NoteVerifier, NoteError> {
+        if sig_type != ED25519_TYPE && sig_type != COSIGNATURE_TYPE {
+            return Err(NoteError::BadVerifierKey(
+                "only Ed25519 keys (type 0x01) and cosignature keys (0x04) are supported",
+            ));
+        }
         if !is_valid_key_name(name) {
             return Err(NoteError::BadKeyName);
         }
-        let key_id = key_id(name, ED25519_TYPE, &public);
-        Ok(Ed25519Verifier {
+        let key_id = key_id(name, sig_type, &public);
+        Ok(NoteVerifier {
             name: name.to_owned(),
+            sig_type,
             key_id,
             public,
         })
     }
 
-    /// Parses a vkey of type 0x01.
-    pub(crate) fn from_vkey(text: &str) -> Result<Ed25519Verifier, NoteError> {
+    /// Parses a vkey of type 0x01 or 0x04.
+    pub(crate) fn from_vkey(text: &str) -> Result<NoteVerifier, NoteError> {
         let vkey = VerifierKey::parse(text)?;
-        Ed25519Verifier::new(&vkey.name, vkey.ed25519_key(ED25519_TYPE)?)
+        let public = vkey
+            .public
+            .as_slice()
+            .try_into()
+            .map_err(|_| NoteError::BadVerifierKey("an Ed25519 key is 32 bytes"))?;
+        NoteVerifier::new(&vkey.name, vkey.sig_type, public)
+    }
+
+    /// Parses a vkey, which must be of type `sig_type`.
+    pub(crate) fn from_vkey_of_type(text: &str, sig_type: u8) -> Result<NoteVerifier, NoteError> {
+        let verifier = NoteVerifier::from_vkey(text)?;
+        if verifier.sig_type != sig_type {
+            return Err(NoteError::BadVerifierKey(
+                "it is not a key of the expected signature type",
+            ));
+        }
+        Ok(verifier)
+    }
+
+    pub(crate) fn sig_type(&self) -> u8 {
+        self.sig_type
     }
 
     pub(crate) fn vkey(&self) -> String {
         VerifierKey {
             name: self.name.clone(),
             key_id: self.key_id,
-            sig_type: ED25519_TYPE,
+            sig_type: self.sig_type,
             public: self.public.to_vec(),
         }
         .to_text()
@@ -183,9 +206,16 @@ impl Ed25519Verifier {
     pub(crate) fn public_key(&self) -> [u8; 32] {
         self.public
     }
+
+    /// True when `sig` is this key's plain Ed25519 signature of `msg`.
+    pub(crate) fn ed25519_verifies(&self, msg: &[u8], sig: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ED25519, &self.public)
+            .verify(msg, sig)
+            .is_ok()
+    }
 }
 
-impl Verifier for Ed25519Verifier {
+impl Verifier for NoteVerifier {
     fn name(&self) -> &str {
         &self.name
     }
@@ -193,60 +223,83 @@ impl Verifier for Ed25519Verifier {
         self.key_id
     }
     fn verify(&self, text: &[u8], sig: &[u8]) -> bool {
-        UnparsedPublicKey::new(&ED25519, &self.public)
-            .verify(text, sig)
-            .is_ok()
+        match self.sig_type {
+            ED25519_TYPE => self.ed25519_verifies(text, sig),
+            COSIGNATURE_TYPE => cosignature::verify(self, text, sig),
+            _ => false,
+        }
     }
 }
 
-/// An Ed25519 note signing key. Never printed.
-pub(crate) struct NoteSigner {
+/// A named Ed25519 signing key of one signature type. Never printed.
+pub(crate) struct SigningKey {
     pair: Ed25519KeyPair,
-    verifier: Ed25519Verifier,
+    verifier: NoteVerifier,
 }
 
-impl std::fmt::Debug for NoteSigner {
+impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NoteSigner")
+        f.debug_struct("SigningKey")
             .field("verifier", &self.verifier)
             .finish_non_exhaustive()
     }
 }
 
-impl NoteSigner {
-    /// The key of a 32-byte Ed25519 seed, named `name`.
-    pub(crate) fn from_seed(name: &str, seed: &[u8]) -> Result<NoteSigner, NoteError> {
-        let (pair, public) = ed25519_pair(seed)?;
-        Ok(NoteSigner {
+impl SigningKey {
+    /// The key of a 32-byte Ed25519 seed, named `name`, of `sig_type`.
+    pub(crate) fn from_seed(
+        name: &str,
+        sig_type: u8,
+        seed: &[u8],
+    ) -> Result<SigningKey, NoteError> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| NoteError::BadSeed)?;
+        let public = pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .map_err(|_| NoteError::BadSeed)?;
+        Ok(SigningKey {
             pair,
-            verifier: Ed25519Verifier::new(name, public)?,
+            verifier: NoteVerifier::new(name, sig_type, public)?,
         })
     }
 
-    pub(crate) fn verifier(&self) -> &Ed25519Verifier {
+    pub(crate) fn verifier(&self) -> &NoteVerifier {
         &self.verifier
+    }
+
+    /// A signature line whose bytes are `prefix` (a cosignature's
+    /// timestamp) then this key's Ed25519 signature of `msg`.
+    pub(crate) fn signature(&self, prefix: &[u8], msg: &[u8]) -> Signature {
+        let mut sig = prefix.to_vec();
+        sig.extend_from_slice(self.pair.sign(msg).as_ref());
+        Signature {
+            name: self.verifier.name.clone(),
+            key_id: self.verifier.key_id,
+            sig,
+        }
+    }
+}
+
+/// An Ed25519 note signing key (type 0x01).
+#[derive(Debug)]
+pub(crate) struct NoteSigner(SigningKey);
+
+impl NoteSigner {
+    /// The key of a 32-byte Ed25519 seed, named `name`.
+    pub(crate) fn from_seed(name: &str, seed: &[u8]) -> Result<NoteSigner, NoteError> {
+        SigningKey::from_seed(name, ED25519_TYPE, seed).map(NoteSigner)
+    }
+
+    pub(crate) fn verifier(&self) -> &NoteVerifier {
+        self.0.verifier()
     }
 
     /// This key's signature of `text`, which must end in a newline.
     pub(crate) fn sign(&self, text: &str) -> Result<Signature, NoteError> {
         check_text(text)?;
-        Ok(Signature {
-            name: self.verifier.name.clone(),
-            key_id: self.verifier.key_id,
-            sig: self.pair.sign(text.as_bytes()).as_ref().to_vec(),
-        })
+        Ok(self.0.signature(&[], text.as_bytes()))
     }
-}
-
-/// An Ed25519 key pair from a seed, with its public key.
-pub(crate) fn ed25519_pair(seed: &[u8]) -> Result<(Ed25519KeyPair, [u8; 32]), NoteError> {
-    let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| NoteError::BadSeed)?;
-    let public = pair
-        .public_key()
-        .as_ref()
-        .try_into()
-        .map_err(|_| NoteError::BadSeed)?;
-    Ok((pair, public))
 }
 
 /// A note text: valid as the text part of a note, ending in a newline.

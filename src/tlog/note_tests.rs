@@ -18,12 +18,12 @@ fn peter_signer() -> NoteSigner {
     NoteSigner::from_seed("PeterNeumann", &raw[1..]).unwrap()
 }
 
-fn peter() -> Ed25519Verifier {
-    Ed25519Verifier::from_vkey(PETER_VKEY).unwrap()
+fn peter() -> NoteVerifier {
+    NoteVerifier::from_vkey(PETER_VKEY).unwrap()
 }
 
-fn enoch() -> Ed25519Verifier {
-    Ed25519Verifier::from_vkey(ENOCH_VKEY).unwrap()
+fn enoch() -> NoteVerifier {
+    NoteVerifier::from_vkey(ENOCH_VKEY).unwrap()
 }
 
 fn note(sigs: &[&str]) -> Vec<u8> {
@@ -45,7 +45,7 @@ fn signing_with_gos_key_gives_gos_signature_and_vkey() {
 fn the_spec_example_verifies_with_its_vkey() {
     let vkey = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k";
     let msg = "This is an example message.\n\n— example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n";
-    let v = Ed25519Verifier::from_vkey(vkey).unwrap();
+    let v = NoteVerifier::from_vkey(vkey).unwrap();
     let opened = open(msg.as_bytes(), &[&v]).unwrap();
     assert_eq!(opened.text, "This is an example message.\n");
     assert_eq!(opened.to_text().unwrap(), msg);
@@ -205,7 +205,7 @@ fn mangled_verifier_keys_are_refused() {
         for j in i + 1..=b.len() {
             if (i, j) != (0, b.len()) {
                 let sub = String::from_utf8_lossy(&b[i..j]);
-                assert!(Ed25519Verifier::from_vkey(&sub).is_err(), "{sub}");
+                assert!(NoteVerifier::from_vkey(&sub).is_err(), "{sub}");
             }
         }
     }
@@ -213,17 +213,17 @@ fn mangled_verifier_keys_are_refused() {
     for i in 0..m.len() {
         m[i] = m[i].wrapping_add(1);
         assert!(
-            Ed25519Verifier::from_vkey(&String::from_utf8_lossy(&m)).is_err(),
+            NoteVerifier::from_vkey(&String::from_utf8_lossy(&m)).is_err(),
             "byte {i}"
         );
         m[i] = m[i].wrapping_sub(1);
     }
     // A wrong-length key and an unknown type, each with a matching key ID.
-    assert!(Ed25519Verifier::from_vkey(
+    assert!(NoteVerifier::from_vkey(
         "PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY=="
     )
     .is_err());
-    assert!(Ed25519Verifier::from_vkey(
+    assert!(NoteVerifier::from_vkey(
         "PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
     )
     .is_err());
