@@ -13,3 +13,4 @@ pub(crate) mod checkpoint;
 pub(crate) mod cosignature;
 pub(crate) mod merkle;
 pub(crate) mod note;
+pub(crate) mod proof;
