@@ -14,3 +14,6 @@ pub(crate) mod cosignature;
 pub(crate) mod merkle;
 pub(crate) mod note;
 pub(crate) mod proof;
+
+#[cfg(test)]
+mod hostile_tests;

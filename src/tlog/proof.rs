@@ -79,9 +79,7 @@ impl TlogProof {
         {
             return Err(bad("the extra data is too long"));
         }
-        if !self.checkpoint.ends_with('\n') || self.checkpoint.starts_with('\n') {
-            return Err(bad("the checkpoint is not a signed note"));
-        }
+        check_note_form(&self.checkpoint)?;
         let mut out = HEADER.to_owned();
         if let Some(extra) = &self.extra {
             out.push_str(&format!("extra {}\n", BASE64.encode(extra)));
@@ -140,9 +138,7 @@ impl TlogProof {
                 Hash::from_base64(line).ok_or(bad("a proof hash is not 32 bytes of base64"))?,
             );
         }
-        if rest.is_empty() {
-            return Err(bad("it has no checkpoint"));
-        }
+        check_note_form(rest)?;
         Ok(TlogProof {
             extra,
             index,
@@ -184,6 +180,18 @@ impl TlogProof {
             cosigned_by,
         })
     }
+}
+
+/// The checkpoint part has the outline of a note (opening it checks the
+/// rest): it neither is empty, nor starts with a blank line, and it ends in
+/// a newline. Parsing and formatting agree on it.
+fn check_note_form(checkpoint: &str) -> Result<(), TlogProofError> {
+    if checkpoint.starts_with('\n') || !checkpoint.ends_with('\n') {
+        return Err(TlogProofError::Malformed(
+            "the checkpoint is not a signed note",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
