@@ -2,7 +2,7 @@
 //! blank line, then signature lines `— <key name> base64(key ID ‖ sig)`.
 //!
 //! A key is named by its name and a 4-byte key ID, SHA-256(name ‖ 0x0A ‖
-//! signature type ‖ public key)[:4]; its verifier key ("vkey") is the text
+//! signature type ‖ public key)\[:4\]; its verifier key ("vkey") is the text
 //! `name+hex(key ID)+base64(type ‖ public key)`. This module signs and
 //! verifies Ed25519 notes (type 0x01); a [`NoteVerifier`] of type 0x04
 //! verifies a witness's cosignature (`cosignature.rs`) in the same
@@ -51,7 +51,7 @@ pub(crate) enum NoteError {
     NoTrustedSignature { signers: String },
 }
 
-/// The key ID of a key: SHA-256(name ‖ 0x0A ‖ type ‖ public key)[:4].
+/// The key ID of a key: `SHA-256(name ‖ 0x0A ‖ type ‖ public key)[:4]`.
 pub(crate) fn key_id(name: &str, sig_type: u8, public: &[u8]) -> u32 {
     let mut h = Sha256::new();
     h.update(name.as_bytes());

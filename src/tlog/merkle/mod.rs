@@ -15,25 +15,29 @@
 //!
 //! # Storage cost per record (issue 28: ≤ 250 bytes per record, all in)
 //!
-//! Hashes are 32 bytes; a tree of n leaves has [`stored_hash_count`]`(n)`
-//! ≈ 2n complete-subtree nodes.
-//! - **Every node** (Go's stored hashes): 64 bytes per record on average,
-//!   more with a key per hash. Stored inline in the record's own entry (the
-//!   nodes completed by leaf n go with record n), no extra key: 64 bytes.
-//!   Simplest; each proof is ≤ 2·log₂ n point reads.
-//! - **Leaf hashes plus nodes at levels ≥ h**: 32 + 64/2^h bytes (h = 4:
-//!   36 bytes). Nodes below h are recomputed from ≤ 2^h leaf hashes.
-//! - **Nodes at levels ≥ h only** (Go's tiles idea, leaves recomputed from
-//!   the records, as their bytes are the export line): 64/2^h bytes per
-//!   record (h = 4: 4 bytes; h = 8: 0.25 bytes). A proof then reads the
-//!   ≤ 2^h records of the aligned block around the leaf (plus, for a size
-//!   that is not a multiple of 2^h, the partial last block), re-serializes
-//!   and hashes them: for h = 8 about 256 records (~64 KB read, 256
-//!   SHA-256 of ~250 bytes) per proof, still O(1) in n. Appends need the
-//!   nodes below h of the open block: the writer keeps them in its
-//!   [`Frontier`] and rebuilds it at start from that block's records.
-//! - **The frontier only** (log₂ n hashes in memory, nothing per record):
-//!   enough for each commit's checkpoint, but no proofs against old sizes.
+//! A tree of n leaves has [`stored_hash_count`]`(n)` = 2n − popcount(n)
+//! complete-subtree nodes of 32 bytes: two per record on average. Leaf n's
+//! append completes the nodes at levels 1..=trailing_ones(n), so the nodes
+//! of a record can live in the record's own entry (sled chunk, PostgreSQL
+//! row) with no key of their own.
+//! - **Every node** (Go's stored hashes): 64 bytes per record (32 for the
+//!   leaf, 32 on average above), inline. Simplest; a proof at 10M records
+//!   reads ≤ 2·24 nodes, none recomputed. A quarter of the 250-byte budget.
+//! - **Leaf hashes plus nodes at levels ≥ h**: 32 + 64/2^h bytes (h = 3:
+//!   40 bytes). Nodes below h are hashed from ≤ 2^h leaf hashes.
+//! - **Nodes at levels ≥ h only** (Go's tiles idea; leaf hashes recomputed
+//!   from the records, as a leaf's bytes are its export line): 64/2^h bytes
+//!   per record — h = 3: 8 bytes, h = 4: 4 bytes, h = 8: 0.25 bytes. A node
+//!   below h is recomputed from the records of its aligned block of 2^h
+//!   leaves. An inclusion proof touches at most two blocks (the leaf's and
+//!   the tree's partial last one), a consistency proof at most two (each
+//!   size's last), as the tests check: with h = 3, the size of a sled chunk
+//!   (8 records), that is ≤ 16 records re-serialized and hashed per proof,
+//!   O(1) in n. Appends need no reads: the writer keeps the right edge in a
+//!   [`Frontier`] (≤ 62 hashes) and rebuilds it at start, where its nodes
+//!   below h come from the last partial block's records.
+//! - **The frontier only** (nothing per record): every commit's checkpoint,
+//!   but no proof against an older size; not enough for issue 27.
 //!
 //! The reader takes any `(level, index)` so that every option above is a
 //! [`HashReader`]: one that looks nodes up, or one that computes low

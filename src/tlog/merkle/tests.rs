@@ -2,7 +2,8 @@
 //! up to 100 leaves, through a dense store and through a reader that keeps
 //! only the upper levels.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 
 use super::proofs::{check_record, check_tree, prove_record, prove_tree};
 use super::*;
@@ -266,6 +267,13 @@ fn stored_hash_index_splits_back() {
         }
     }
     assert_eq!(stored_hash_count(0), 0);
+    for n in 0..2000u64 {
+        assert_eq!(
+            stored_hash_count(n),
+            2 * n - u64::from(n.count_ones()),
+            "{n}"
+        );
+    }
 }
 
 #[test]
@@ -312,11 +320,20 @@ fn sizes_and_indexes_out_of_range_are_refused() {
 }
 
 /// A reader that keeps only nodes at levels ≥ `height` and computes lower
-/// ones from the leaf hashes: the storage option of the module doc.
+/// ones from the leaf hashes: the storage option of the module doc. It
+/// notes which aligned blocks of 2^height leaves it hashed.
 struct UpperLevelsOnly {
     height: u8,
     leaves: Vec<Hash>,
     upper: HashMap<Node, Hash>,
+    blocks: RefCell<BTreeSet<u64>>,
+}
+
+impl UpperLevelsOnly {
+    /// How many blocks were hashed since the last call.
+    fn blocks_hashed(&self) -> usize {
+        std::mem::take(&mut *self.blocks.borrow_mut()).len()
+    }
 }
 
 impl HashReader for UpperLevelsOnly {
@@ -332,6 +349,7 @@ impl HashReader for UpperLevelsOnly {
                         .ok_or(TreeError::MissingNode(*node));
                 }
                 let start = (node.index << node.level) as usize;
+                self.blocks.borrow_mut().insert(start as u64 >> self.height);
                 let block = self.leaves.get(start..start + (1 << node.level));
                 block
                     .map(root_of_leaves)
@@ -369,6 +387,7 @@ fn every_proof_of_every_tree_up_to_100_verifies_and_no_altered_one_does() {
         height: 2,
         leaves: Vec::new(),
         upper: HashMap::new(),
+        blocks: RefCell::default(),
     };
     let mut frontier = Frontier::default();
     let mut roots = vec![EMPTY_TREE_HASH];
@@ -391,7 +410,9 @@ fn every_proof_of_every_tree_up_to_100_verifies_and_no_altered_one_does() {
 
         for n in 0..t {
             let proof = prove_record(t, n, &dense).unwrap();
+            upper.blocks_hashed();
             assert_eq!(proof, prove_record(t, n, &upper).unwrap());
+            assert!(upper.blocks_hashed() <= 2, "inclusion of {n} in {t}");
             let leaf_n = upper.leaves[n as usize];
             check_record(&proof, t, root, n, leaf_n).unwrap();
             flip_each(&proof, |p| check_record(p, t, root, n, leaf_n));
@@ -402,7 +423,9 @@ fn every_proof_of_every_tree_up_to_100_verifies_and_no_altered_one_does() {
         }
         for m in 1..=t {
             let proof = prove_tree(t, m, &dense).unwrap();
+            upper.blocks_hashed();
             assert_eq!(proof, prove_tree(t, m, &upper).unwrap());
+            assert!(upper.blocks_hashed() <= 2, "consistency of {m} with {t}");
             let old = roots[m as usize];
             check_tree(&proof, t, root, m, old).unwrap();
             flip_each(&proof, |p| check_tree(p, t, root, m, old));
