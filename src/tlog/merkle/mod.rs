@@ -331,7 +331,8 @@ pub(crate) fn tree_hash(n: u64, reader: &dyn HashReader) -> Result<Hash, TreeErr
 }
 
 /// The RFC 6962 root of a list of leaf hashes (the whole tree, computed in
-/// O(n)): for an export's leaves, or a reader's low levels.
+/// O(n)): for a reader's low levels. For a stream of leaves too long to
+/// hold (a whole export), append them to a [`Frontier`] instead.
 pub(crate) fn root_of_leaves(leaves: &[Hash]) -> Hash {
     match leaves {
         [] => EMPTY_TREE_HASH,
