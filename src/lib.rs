@@ -26,6 +26,9 @@ pub mod private_file;
 pub(crate) mod secret;
 pub mod store;
 pub mod time;
+// wired in by the next step of issue 27
+#[allow(dead_code)]
+pub(crate) mod tlog;
 pub mod token_records;
 pub mod unlock;
 pub mod vault;
