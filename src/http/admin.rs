@@ -12,7 +12,7 @@ use super::response::respond;
 use super::{AppState, State};
 use crate::access::{Caller, Scope};
 use crate::audit::{Action, Outcome};
-use crate::vault::{ReloadError, TokenRequest};
+use crate::vault::{EveryProvider, ReloadError, TokenRequest};
 use crate::wire::{Done, MintedToken, NewToken, RotateToken, SecretText, TokenInfo};
 
 /// Authenticates an admin (recording a refused scope).
@@ -26,12 +26,12 @@ async fn whole_store_caller(
     state: &State,
     ctx: &Ctx,
     action: Action,
-    what: &str,
+    what: EveryProvider,
 ) -> Result<Caller, ApiError> {
     let caller = admin_caller(state, ctx, action).await?;
     state
         .vault()
-        .require_whole_store(&AppState::origin(ctx), &caller, action, what)
+        .require_unlimited(&AppState::origin(ctx), &caller, action, what)
         .await?;
     Ok(caller)
 }
@@ -159,7 +159,8 @@ pub(super) async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response
 /// POST /api/admin/rotate — re-encrypt everything under the newest key.
 pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
     respond(&ctx, async {
-        let caller = whole_store_caller(&state, &ctx, Action::Rotate, "a rotation").await?;
+        let caller =
+            whole_store_caller(&state, &ctx, Action::Rotate, EveryProvider::Rotation).await?;
         let report = state.core.rotate(&AppState::origin(&ctx), &caller).await?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
     })
@@ -169,7 +170,8 @@ pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
 /// POST /api/admin/reload — read the keyring again (as SIGHUP does).
 pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
     respond(&ctx, async {
-        let caller = whole_store_caller(&state, &ctx, Action::Reload, "a reload").await?;
+        let caller =
+            whole_store_caller(&state, &ctx, Action::Reload, EveryProvider::Reload).await?;
         let ev = state.event(&ctx, Action::Reload, Some(&caller), Outcome::Success);
         let report = state.core.reload(ev).await.map_err(|e| match e {
             ReloadError::Refused(r) => ApiError::from(r),
@@ -186,7 +188,8 @@ pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
 /// temporary file (local disk speed), not while a slow client downloads.
 pub(super) async fn backup(state: State, ctx: Ctx) -> Response {
     respond(&ctx, async {
-        let caller = whole_store_caller(&state, &ctx, Action::Backup, "a backup").await?;
+        let caller =
+            whole_store_caller(&state, &ctx, Action::Backup, EveryProvider::Backup).await?;
         let (file, guard) = state.core.backup(&AppState::origin(&ctx), &caller).await?;
         let mut resp = super::stream::stream_blocking(move |out| {
             let _guard = guard;

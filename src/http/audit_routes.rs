@@ -81,13 +81,10 @@ fn unknown_parameter(name: &str) -> ApiError {
     ))
 }
 
+/// An auditor without a provider limit (refusals recorded under `action`).
 /// The audit log is one chain over every provider: a provider-limited
 /// token reads none of it (a filtered view could not be verified, and
 /// records without a provider would leak or vanish).
-const LIMITED_AUDIT_READER: &str = "this token is limited to some providers, and the audit log \
-     covers every provider: read it with an auditor token without a provider limit";
-
-/// An auditor without a provider limit (refusals recorded under `action`).
 async fn audit_reader(state: &State, ctx: &Ctx, action: Action) -> Result<Caller, ApiError> {
     let caller = state.authorize(ctx, Scope::AuditRead, action).await?;
     state
@@ -96,7 +93,7 @@ async fn audit_reader(state: &State, ctx: &Ctx, action: Action) -> Result<Caller
             &AppState::origin(ctx),
             &caller,
             action,
-            LIMITED_AUDIT_READER.into(),
+            crate::vault::EveryProvider::AuditLog,
         )
         .await?;
     Ok(caller)

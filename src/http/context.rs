@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::error::ApiError;
 use crate::limiter::{Decision, TrustedProxies};
+use crate::vault::Refusal;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -157,32 +158,22 @@ impl Ctx {
     }
 
     /// The bearer token, or why there is none usable.
-    pub fn bearer(&self) -> Result<&str, ApiError> {
+    pub fn bearer(&self) -> Result<&str, Refusal> {
+        use crate::vault::Unauthenticated as Why;
+        let refuse = |why| Refusal::Unauthenticated(why);
         let mut values = self.headers.get_all(AUTHORIZATION).iter();
-        let value = values.next().ok_or_else(|| {
-            ApiError::unauthenticated(
-                "missing Authorization header: send `Authorization: Bearer <token>` (make a token with `keyhold token create`)",
-            )
-        })?;
+        let value = values.next().ok_or(refuse(Why::Missing))?;
         if values.next().is_some() {
-            return Err(ApiError::unauthenticated(
-                "more than one Authorization header: send exactly one `Authorization: Bearer <token>`",
-            ));
+            return Err(refuse(Why::Several));
         }
-        let text = value.to_str().map_err(|_| {
-            ApiError::unauthenticated("the Authorization header is not readable text: send `Authorization: Bearer <token>`")
-        })?;
+        let text = value.to_str().map_err(|_| refuse(Why::Unreadable))?;
         let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::unauthenticated(
-                "unsupported Authorization scheme: send `Authorization: Bearer <token>`",
-            ));
+            return Err(refuse(Why::NotBearer));
         }
         let token = rest.trim();
         if token.is_empty() {
-            return Err(ApiError::unauthenticated(
-                "empty bearer token: send `Authorization: Bearer <token>`",
-            ));
+            return Err(refuse(Why::Empty));
         }
         Ok(token)
     }

@@ -275,9 +275,7 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
     let note = |name: &str| ctx.set_caller(name);
     let req = RevealRequest {
         origin: AppState::origin(&ctx),
-        token: ctx
-            .bearer()
-            .map_err(|e| crate::vault::Refusal::Unauthenticated(e.detail)),
+        token: ctx.bearer(),
         target,
         verdict: if decision.allowed {
             Ok(())

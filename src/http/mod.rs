@@ -27,6 +27,7 @@ mod extract;
 mod keys;
 pub mod observe;
 pub mod query_guard;
+pub(crate) mod refusal_text;
 mod request;
 mod response;
 mod reveal_batch;
@@ -94,9 +95,7 @@ impl AppState {
     /// Authenticates the request's bearer token through the vault (and
     /// notes the caller's name for the request log).
     pub(crate) async fn authenticate(&self, ctx: &Ctx) -> Result<Caller, ApiError> {
-        let token = ctx
-            .bearer()
-            .map_err(|e| crate::vault::Refusal::Unauthenticated(e.detail));
+        let token = ctx.bearer();
         let caller = self.vault().authenticate(&Self::origin(ctx), token).await?;
         ctx.set_caller(&caller.name);
         Ok(caller)

@@ -50,8 +50,7 @@ where
             } else {
                 Err(first.retry_after_secs)
             },
-            ctx.bearer()
-                .map_err(|e| crate::vault::Refusal::Unauthenticated(e.detail)),
+            ctx.bearer(),
             Some(&note),
             purpose.as_deref(),
         )

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::upkeep::Anchors;
-use super::{Origin, Refusal, Sink, Vault};
+use super::{Conflict, Origin, Refusal, Sink, Unfinished, Vault};
 use crate::access::Caller;
 use crate::audit::{
     self, Action, AuditEvent, AuditLog, AuditRecord, AuditWriter, BatchObserver, Coalescer,
@@ -89,8 +89,8 @@ pub enum ReloadError {
     #[error("the reload was interrupted; the server keeps its keyring")]
     Interrupted,
     /// Storage failed, the record could not be written, or the token's
-    /// record budget is spent: the refusal to answer.
-    #[error("{0} (the server keeps its keyring)")]
+    /// record budget is spent: the refusal to answer (each edge words it).
+    #[error("the reload was refused: {0:?} (the server keeps its keyring)")]
     Refused(Refusal),
 }
 
@@ -297,10 +297,10 @@ impl Core {
                 .map(|w| ExportPage { body, more: w.more })
         })
         .await
-        .map_err(|_| Refusal::Unavailable("the export was interrupted; retry".into()))?
+        .map_err(|_| Refusal::Unavailable(Unfinished::ExportInterrupted))?
         .map_err(|e| match e {
             audit::ExportError::Store(e) => Refusal::storage(&e),
-            _ => Refusal::Unavailable("the page could not be encoded; retry".into()),
+            _ => Refusal::Unavailable(Unfinished::PageNotEncoded),
         })
     }
 
@@ -333,10 +333,10 @@ impl Core {
             Exporter::new(&store, filter, ExportFormat::Jsonl).histogram(bucket_secs)
         })
         .await
-        .map_err(|_| Refusal::Unavailable("the count was interrupted; retry".into()))?
+        .map_err(|_| Refusal::Unavailable(Unfinished::CountInterrupted))?
         .map_err(|e| match e {
             audit::ExportError::Store(e) => Refusal::storage(&e),
-            _ => Refusal::Unavailable("the count failed; retry".into()),
+            _ => Refusal::Unavailable(Unfinished::CountFailed),
         })
     }
 
@@ -346,7 +346,7 @@ impl Core {
         let keys = self.audit.log().verify_keys();
         crate::blocking::run(move || audit::verify_store(&store, &keys))
             .await
-            .map_err(|_| Refusal::Unavailable("verification was interrupted; retry".into()))?
+            .map_err(|_| Refusal::Unavailable(Unfinished::VerifyInterrupted))?
             .map_err(|e| Refusal::storage(&e))
     }
 
@@ -363,7 +363,7 @@ impl Core {
             super::rotate_store(&store, &ring, &log, &name, Duration::ZERO, |_| {})
         })
         .await
-        .map_err(|_| Refusal::Unavailable("the rotation was interrupted; run it again".into()))??;
+        .map_err(|_| Refusal::Unavailable(Unfinished::RotationInterrupted))??;
         self.vault()
             .record_rotation(origin, Some(caller), &rotated)
             .await?;
@@ -455,7 +455,7 @@ impl Core {
             },
         )
         .await
-        .map_err(|_| Refusal::Unavailable("the backup was interrupted; retry".into()))?
+        .map_err(|_| Refusal::Unavailable(Unfinished::BackupInterrupted))?
         .map_err(|e| Refusal::storage(&e))?;
         Ok((file, guard))
     }
@@ -518,9 +518,7 @@ impl Core {
 }
 
 fn busy() -> Refusal {
-    Refusal::Conflict(
-        "a rotation, backup or reload is already running: wait for it to finish".into(),
-    )
+    Refusal::Conflict(Conflict::MaintenanceRunning)
 }
 
 /// A read-write temporary file, mode 0600, already unlinked: it vanishes

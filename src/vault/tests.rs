@@ -89,7 +89,7 @@ impl Fixture {
     fn reveal(&self, token: Option<&str>, target: Target) -> Result<Revealed, Refusal> {
         block(self.vault().reveal(RevealRequest {
             origin: Origin::cli(),
-            token: token.ok_or(Refusal::Unauthenticated("no token".into())),
+            token: token.ok_or(Refusal::Unauthenticated(Unauthenticated::Missing)),
             target,
             verdict: Ok(()),
             purpose: None,
@@ -136,26 +136,26 @@ fn each_refusal_is_recorded_with_its_outcome() {
         (
             None,
             Target::Id(id.to_string(), None),
-            Refusal::Unauthenticated("no token".into()),
+            Refusal::Unauthenticated(Unauthenticated::Missing),
             Outcome::Unauthenticated,
         ),
         (
             Some(&writer),
             Target::Id(id.to_string(), None),
-            reveal::missing_scope(crate::access::Scope::KeysReveal),
+            Refusal::missing_scope(crate::access::Scope::KeysReveal),
             Outcome::Forbidden,
         ),
         (
             Some(&f.admin),
             Target::Id(uuid::Uuid::new_v4().to_string(), None),
-            Refusal::no_such_key(),
+            Refusal::NotFound(Missing::Key),
             Outcome::NotFound,
         ),
         // Another provider's key answers like a missing one, recorded forbidden.
         (
             Some(&limited),
             Target::Id(id.to_string(), None),
-            Refusal::Beyond(refusal::NO_SUCH_KEY.into()),
+            Refusal::Beyond(Missing::Key),
             Outcome::Forbidden,
         ),
     ];
@@ -264,7 +264,7 @@ fn keys_are_checked_created_and_deleted_with_their_records() {
     };
     let got = block(f.vault().create_key(&Origin::cli(), &admin, bad)).unwrap_err();
     assert!(
-        matches!(&got, Refusal::Invalid(d) if d.contains("provider")),
+        matches!(&got, Refusal::Invalid(Invalid::Provider)),
         "{got:?}"
     );
     let id = f.key("claude", "sk", None);
@@ -366,7 +366,7 @@ fn an_expiring_token_is_refused_once_expired_and_a_rotation_keeps_the_grants() {
     // The old token is now expired (rotated); the new one works.
     let got = block(f.vault().authenticate(&Origin::cli(), Ok(&secret))).unwrap_err();
     match &got {
-        Refusal::TokenExpired(d) => assert!(d.contains("rotated"), "{d}"),
+        Refusal::TokenExpired { rotated, .. } => assert!(rotated),
         other => panic!("{other:?}"),
     }
     let last = f.last();
