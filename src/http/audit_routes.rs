@@ -123,7 +123,7 @@ fn console_session(ctx: &Ctx) -> Result<Option<String>, ApiError> {
 
 /// GET /api/audit
 pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         // Refusals go through the vault: recorded, coalesced per token,
         // budgeted.
         let caller = audit_reader(&state, &ctx, Action::AuditExport).await?;
@@ -206,7 +206,7 @@ const MAX_BUCKETS: i64 = 5000;
 /// GET /api/audit/stats — attempts per hour or day by outcome, over the
 /// same filters as the export (the console's chart).
 pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         audit_reader(&state, &ctx, Action::AuditExport).await?;
         let mut filter = ExportFilter::default();
         let mut bucket_secs = 3600i64;
@@ -274,7 +274,7 @@ pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
 
 /// GET /api/audit/verify
 pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         audit_reader(&state, &ctx, Action::AuditExport).await?;
         let report = state.core.verify_log().await?;
         // The status panel shows which key vouches for the chain: the

@@ -15,6 +15,8 @@ use warp::reply::Response;
 use zeroize::Zeroizing;
 
 use super::error::ApiError;
+use crate::access::Caller;
+use crate::audit::Action;
 use crate::limiter::{Decision, TrustedProxies};
 use crate::vault::Refusal;
 
@@ -95,6 +97,9 @@ pub struct Ctx {
     pub version: http::Version,
     /// The authenticated caller's name, for the request log.
     caller: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The caller once a scope check passed, and the action it was for:
+    /// a refusal answered after it is that caller's, recorded.
+    authorized: std::sync::Arc<std::sync::Mutex<Option<(Caller, Action)>>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -133,6 +138,7 @@ impl Ctx {
             read_timeout,
             version: http::Version::HTTP_11,
             caller: Default::default(),
+            authorized: Default::default(),
         }
     }
 
@@ -303,6 +309,18 @@ impl Ctx {
             }
         };
         let _ = tokio::time::timeout(self.read_timeout, drain).await;
+    }
+
+    /// Notes the caller that passed the scope check of `action`.
+    pub fn set_authorized(&self, caller: &Caller, action: Action) {
+        if let Ok(mut a) = self.authorized.lock() {
+            *a = Some((caller.clone(), action));
+        }
+    }
+
+    /// The caller that passed a scope check, and for which action.
+    pub fn authorized(&self) -> Option<(Caller, Action)> {
+        self.authorized.lock().ok().and_then(|a| a.clone())
     }
 
     /// Notes who the request is from (the request log names the caller).

@@ -15,6 +15,9 @@ pub struct ApiError {
     /// The refusal is about a stored record that failed its integrity
     /// check (its audit record says `tampered`).
     pub tampered: bool,
+    /// The vault decided its record (made, counted, or none due): the
+    /// edge records no more of it (see `AppState::answer_refused`).
+    pub recorded: bool,
 }
 
 impl ApiError {
@@ -24,6 +27,7 @@ impl ApiError {
             detail: detail.into(),
             retry_after: None,
             tampered: false,
+            recorded: false,
         }
     }
 
@@ -69,10 +73,8 @@ impl ApiError {
 
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            detail: detail.into(),
             retry_after: Some(1),
-            tampered: false,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail)
         }
     }
 
@@ -136,14 +138,17 @@ impl From<Refusal> for ApiError {
             // tells the caller to tell the operator).
             Refusal::TamperedRecord(_) => ApiError {
                 retry_after,
+                recorded: true,
                 ..ApiError::tampered(status, detail)
             },
             Refusal::TamperedToken => ApiError {
                 tampered: true,
+                recorded: true,
                 ..ApiError::new(status, detail)
             },
             _ => ApiError {
                 retry_after,
+                recorded: true,
                 ..ApiError::new(status, detail)
             },
         }

@@ -238,6 +238,9 @@ fn invalid(invalid: &Invalid) -> String {
             TokenError::InvalidProvider(provider.clone()).to_string()
         }
         Invalid::LimitedAuditor => TokenError::LimitedAuditor.to_string(),
+        Invalid::Request => "the request is invalid: GET /openapi.json describes each route's \
+             parameters and body"
+            .into(),
     }
 }
 

@@ -354,7 +354,7 @@ impl Core {
     /// rotation, whatever a reload does meanwhile), then records it.
     pub async fn rotate(&self, origin: &Origin, caller: &Caller) -> Result<RotateReport, Refusal> {
         let Ok(_guard) = self.maintenance.try_lock() else {
-            return Err(busy());
+            return Err(self.busy(origin, caller, Action::Rotate).await);
         };
         let (store, log) = (self.store.clone(), self.audit.log().clone());
         let ring = self.keyring.load();
@@ -433,11 +433,9 @@ impl Core {
         origin: &Origin,
         caller: &Caller,
     ) -> Result<(std::fs::File, tokio::sync::OwnedMutexGuard<()>), Refusal> {
-        let guard = self
-            .maintenance
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| busy())?;
+        let Ok(guard) = self.maintenance.clone().try_lock_owned() else {
+            return Err(self.busy(origin, caller, Action::Backup).await);
+        };
         let ev = self
             .vault()
             .event(origin, Action::Backup, Some(caller), Outcome::Success);
@@ -500,6 +498,16 @@ impl Core {
         Ok(())
     }
 
+    /// Refuses `action` because a rotation, backup or reload is running,
+    /// recording the refusal.
+    async fn busy(&self, origin: &Origin, caller: &Caller, action: Action) -> Refusal {
+        let vault = self.vault();
+        let ev = vault.event(origin, action, Some(caller), Outcome::Forbidden);
+        vault
+            .refused(ev, Refusal::Conflict(Conflict::MaintenanceRunning))
+            .await
+    }
+
     pub(super) fn store(&self) -> &Store {
         &self.store
     }
@@ -515,10 +523,6 @@ impl Core {
     pub(super) fn anchors(&self) -> &Anchors {
         &self.anchors
     }
-}
-
-fn busy() -> Refusal {
-    Refusal::Conflict(Conflict::MaintenanceRunning)
 }
 
 /// A read-write temporary file, mode 0600, already unlinked: it vanishes

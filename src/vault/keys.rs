@@ -233,7 +233,9 @@ impl Vault<'_> {
         caller: &Caller,
         new: NewKey,
     ) -> Result<KeyRecord, Refusal> {
-        new.check()?;
+        let action = Action::KeyCreate;
+        self.recorded(origin, Some(caller), action, new.check())
+            .await?;
         if !caller.may_use_provider(&new.provider) {
             let mut ev = self.event(origin, Action::KeyCreate, Some(caller), Outcome::Forbidden);
             ev.provider = Some(new.provider.clone());
@@ -243,7 +245,14 @@ impl Vault<'_> {
             return Err(self.refuse(ev, refusal).await);
         }
         let created_at_us = now_us();
-        let expires_at_us = expiry(created_at_us, new.ttl_seconds)?;
+        let expires_at_us = self
+            .recorded(
+                origin,
+                Some(caller),
+                action,
+                expiry(created_at_us, new.ttl_seconds),
+            )
+            .await?;
         let record = KeyRecord::new(
             Uuid::new_v4(),
             new.provider,
@@ -490,7 +499,10 @@ impl Vault<'_> {
                 ev.detail = Some("a stored key record failed its integrity check".into());
                 Err(self.refuse(ev, r).await)
             }
-            other => other,
+            other => {
+                self.recorded(origin, Some(caller), Action::KeyList, other)
+                    .await
+            }
         }
     }
 

@@ -275,6 +275,29 @@ impl Vault<'_> {
         self.refuse(event, refusal).await
     }
 
+    /// `checked`, or its refusal recorded as one of `action` by `caller`
+    /// (none: the operator offline). A failure of storage or of the audit
+    /// log is no refusal of the caller and passes unrecorded.
+    async fn recorded<T>(
+        &self,
+        origin: &Origin,
+        caller: Option<&Caller>,
+        action: Action,
+        checked: Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        match checked {
+            Ok(v) => Ok(v),
+            Err(r @ (Refusal::Storage | Refusal::AuditUnavailable | Refusal::Unavailable(_))) => {
+                Err(r)
+            }
+            Err(r) => {
+                let mut ev = self.event(origin, action, caller, r.outcome());
+                ev.detail = Some(format!("refused: {r:?}").chars().take(200).collect());
+                Err(self.refuse(ev, r).await)
+            }
+        }
+    }
+
     /// Records a refusal of `action` and hands it back.
     async fn refuse(&self, mut event: AuditEvent, mut refusal: Refusal) -> Refusal {
         event.outcome = refusal.outcome();

@@ -180,6 +180,9 @@ pub enum Invalid {
     TokenProvider { provider: String },
     /// An auditor or metrics token limited to providers.
     LimitedAuditor,
+    /// The request's own shape (its body, a query or a path segment),
+    /// refused by the edge that read it and worded there.
+    Request,
 }
 
 /// What the request conflicts with.

@@ -106,15 +106,22 @@ impl Vault<'_> {
         caller: Option<&Caller>,
         req: TokenRequest,
     ) -> Result<MintedToken, Refusal> {
+        let action = Action::TokenCreate;
         if req
             .ttl_seconds
             .is_some_and(|t| !(1..=MAX_TTL_SECONDS).contains(&t))
         {
-            return Err(token_ttl_invalid());
+            return self
+                .recorded(origin, caller, action, Err(token_ttl_invalid()))
+                .await;
         }
         // Name taken? and the write: one step for every node.
         let _one = self.token_lock().await?;
-        let prepared = token_records::prepare(self.store, &req.name, req.role, req.providers)?
+        let prepared = token_records::prepare(self.store, &req.name, req.role, req.providers)
+            .map_err(Refusal::from);
+        let prepared = self
+            .recorded(origin, caller, action, prepared)
+            .await?
             .expiring(req.ttl_seconds);
         if !covers(caller, prepared.record.providers.as_deref()) {
             let mut ev = self.event(origin, Action::TokenCreate, caller, Outcome::Forbidden);
@@ -221,7 +228,9 @@ impl Vault<'_> {
     ) -> Result<RotatedToken, Refusal> {
         let overlap = overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECONDS);
         if !(0..=MAX_TTL_SECONDS).contains(&overlap) {
-            return Err(overlap_invalid());
+            return self
+                .recorded(origin, caller, Action::TokenRotate, Err(overlap_invalid()))
+                .await;
         }
         // A revoke or another rotation between the read and the write
         // would otherwise be undone (the old record written back live).
@@ -327,16 +336,23 @@ impl Vault<'_> {
             .collect())
     }
 
-    /// One token by id or name, if `caller` reaches it.
-    pub fn find_token(
+    /// One token by id or name, if `caller` reaches it (a refusal
+    /// recorded under `token_list`).
+    pub async fn find_token(
         &self,
+        origin: &Origin,
         caller: Option<&Caller>,
         id_or_name: &str,
     ) -> Result<ListedToken, Refusal> {
-        let (_, rec) = token_records::find(self.store, id_or_name)?;
-        if !covers(caller, rec.providers.as_deref()) {
-            return Err(beyond(id_or_name));
-        }
+        let found = token_records::find(self.store, id_or_name)
+            .map_err(Refusal::from)
+            .and_then(|(_, rec)| match covers(caller, rec.providers.as_deref()) {
+                true => Ok(rec),
+                false => Err(beyond(id_or_name)),
+            });
+        let rec = self
+            .recorded(origin, caller, Action::TokenList, found)
+            .await?;
         let usage = self.store.token_usage().map_err(|e| Refusal::storage(&e))?;
         Ok(listed(rec, &usage, crate::time::now_us()))
     }

@@ -38,7 +38,8 @@ impl Vault<'_> {
         keep: NonZeroU32,
         window_us: i64,
     ) -> Result<KeyRecord, Refusal> {
-        new.check()?;
+        self.recorded(origin, Some(caller), Action::KeyPut, new.check())
+            .await?;
         let _one = self.key_lock().await?;
         let (mut ev, rec) = self
             .load_for_change(origin, caller, id, Action::KeyPut)
@@ -72,7 +73,10 @@ impl Vault<'_> {
             return Err(self.refuse(ev, refusal).await);
         }
         let now = now_us();
-        let expires_at_us = expiry(now, new.ttl_seconds)?;
+        let expires_at_us = match expiry(now, new.ttl_seconds) {
+            Ok(e) => e,
+            Err(r) => return Err(self.refuse(ev, r).await),
+        };
         let mut next = rec.clone();
         next.older.push(KeyVersion {
             number: rec.version,
@@ -187,15 +191,25 @@ impl Vault<'_> {
     }
 
     /// The versions of a key, oldest first (keys:list; the provider limit
-    /// answers like a missing key). Not audited: no secret leaves.
-    pub fn key_versions(&self, caller: &Caller, id: &str) -> Result<KeyRecord, Refusal> {
-        let Ok(id) = Uuid::parse_str(id) else {
-            return Err(Refusal::NotFound(Missing::Key));
+    /// answers like a missing key). Not audited when found (no secret
+    /// leaves); a refusal is recorded under `key_list`.
+    pub async fn key_versions(
+        &self,
+        origin: &Origin,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<KeyRecord, Refusal> {
+        let found = match Uuid::parse_str(id) {
+            Err(_) => Err(Refusal::NotFound(Missing::Key)),
+            Ok(id) => match self.store.get_key(&id).map_err(Refusal::of_store) {
+                Ok(Some(rec)) if caller.may_use_provider(&rec.provider) => Ok(rec),
+                Ok(Some(_)) => Err(Refusal::Beyond(Missing::Key)),
+                Ok(None) => Err(Refusal::NotFound(Missing::Key)),
+                Err(r) => Err(r),
+            },
         };
-        match self.store.get_key(&id).map_err(Refusal::of_store)? {
-            Some(rec) if caller.may_use_provider(&rec.provider) => Ok(rec),
-            _ => Err(Refusal::NotFound(Missing::Key)),
-        }
+        self.recorded(origin, Some(caller), Action::KeyList, found)
+            .await
     }
 }
 
