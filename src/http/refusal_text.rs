@@ -215,7 +215,7 @@ fn invalid(invalid: &Invalid) -> String {
         Invalid::Provider => "field `provider` must match [a-z0-9][a-z0-9_.-]{0,63} (for example \
              `claude` or `gemini`)"
             .into(),
-        Invalid::KeyName { why } => format!("field `key_name` {why}"),
+        Invalid::KeyName(why) => format!("field `key_name` {why}"),
         Invalid::ApiKeySize => format!(
             "field `api_key` must be 1 byte to {} KiB",
             MAX_API_KEY / 1024

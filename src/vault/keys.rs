@@ -42,8 +42,8 @@ impl NewKey {
         if !valid_provider(&self.provider) {
             return Err(Refusal::Invalid(Invalid::Provider));
         }
-        if let Some(why) = crate::access::key_name_problem(&self.key_name) {
-            return Err(Refusal::Invalid(Invalid::KeyName { why }));
+        if let Some(why) = crate::access::check_key_name(&self.key_name) {
+            return Err(Refusal::Invalid(Invalid::KeyName(why)));
         }
         check_api_key(&self.api_key)?;
         check_ttl(self.ttl_seconds)

@@ -161,9 +161,8 @@ pub enum Tampered {
 pub enum Invalid {
     /// A key's `provider` is not a provider name.
     Provider,
-    /// A key's `key_name` breaks a rule (`why`, from
-    /// [`crate::access::key_name_problem`]).
-    KeyName { why: String },
+    /// A key's `key_name` breaks this rule.
+    KeyName(crate::access::KeyNameProblem),
     /// An `api_key` empty or longer than [`super::MAX_API_KEY`].
     ApiKeySize,
     /// A key's `ttl_seconds` out of range.
