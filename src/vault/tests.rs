@@ -425,3 +425,59 @@ fn a_key_policy_takes_1_to_100_versions_and_a_window_up_to_ten_years() {
         KeyPolicy::new(10, 7 * 86_400).unwrap()
     );
 }
+
+/// Every refusal a vault method gives a caller is recorded by the vault
+/// itself (the HTTP edge counts on it: it records only its own), field
+/// rules and lookups included; a failure of storage is not a refusal.
+#[test]
+fn field_rules_and_lookups_are_refused_with_their_records() {
+    let f = fixture();
+    let writer = f.caller(&f.token(Role::Writer, None));
+    let admin = f.caller(&f.admin);
+    let n = || f.records().len();
+    let before = n();
+    let bad = NewKey {
+        provider: "claude".into(),
+        key_name: " padded".into(),
+        api_key: SecretString::new("sk".into()),
+        ttl_seconds: None,
+    };
+    let got = block(f.vault().create_key(&Origin::cli(), &writer, bad)).unwrap_err();
+    assert!(
+        matches!(got, Refusal::Invalid(Invalid::KeyName(_))),
+        "{got:?}"
+    );
+    let last = f.last();
+    assert_eq!(
+        (last.event.action, last.event.outcome, last.event.caller_id),
+        (Action::KeyCreate, Outcome::Forbidden, Some(writer.id))
+    );
+    let taken = TokenRequest {
+        name: "admin".into(),
+        role: Role::Reader,
+        providers: None,
+        ttl_seconds: None,
+    };
+    let got = block(f.vault().create_token(&Origin::cli(), Some(&admin), taken)).unwrap_err();
+    assert!(
+        matches!(got, Refusal::Conflict(Conflict::TokenNameTaken { .. })),
+        "{got:?}"
+    );
+    assert_eq!(f.last().event.action, Action::TokenCreate);
+    let missing = uuid::Uuid::new_v4().to_string();
+    let got = block(f.vault().key_versions(&Origin::cli(), &writer, &missing)).unwrap_err();
+    assert_eq!(got, Refusal::NotFound(Missing::Key));
+    assert_eq!(
+        (f.last().event.action, f.last().event.outcome),
+        (Action::KeyList, Outcome::NotFound)
+    );
+    let filter = KeyFilter {
+        provider: Some("Not A Provider".into()),
+        ..KeyFilter::default()
+    };
+    let got = block(f.vault().list_keys(&Origin::cli(), &writer, &filter)).unwrap_err();
+    assert_eq!(got, Refusal::Invalid(Invalid::ProviderFilter));
+    let got = block(f.vault().find_token(&Origin::cli(), Some(&admin), "nobody")).unwrap_err();
+    assert!(matches!(got, Refusal::NotFound(Missing::Token { .. })));
+    assert_eq!(n(), before + 5);
+}
