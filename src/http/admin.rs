@@ -178,7 +178,7 @@ pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
         let ev = state.event(&ctx, Action::Reload, Some(&caller), Outcome::Success);
         let report = state.core.reload(ev).await.map_err(|e| match e {
             ReloadError::Refused(r) => ApiError::from(r),
-            other => ApiError::conflict(other.to_string()),
+            other => ApiError::conflict(super::refusal_text::reload_refused(&other)),
         })?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
     })

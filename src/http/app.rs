@@ -228,16 +228,9 @@ fn spawn_reload_on_sighup(state: Arc<AppState>) -> Result<(), AppError> {
                 None,
             );
             ev.caller = "SIGHUP".into();
-            match state.core.reload(ev).await {
-                Ok(_) => {}
-                Err(crate::vault::ReloadError::Refused(r)) => tracing::error!(
-                    error = %format!(
-                        "{} (the server keeps its keyring)",
-                        super::refusal_text::detail(&r)
-                    ),
-                    "keyring reload refused"
-                ),
-                Err(e) => tracing::error!(error = %e, "keyring reload refused"),
+            if let Err(e) = state.core.reload(ev).await {
+                let why = super::refusal_text::reload_refused(&e);
+                tracing::error!(error = %why, "keyring reload refused");
             }
         }
     });

@@ -9,8 +9,8 @@
 use crate::duration::MAX_TTL_SECONDS;
 use crate::token_records::TokenError;
 use crate::vault::{
-    Conflict, Denied, EveryProvider, Invalid, Missing, Refusal, Removed, Tampered, Unauthenticated,
-    Unfinished, MAX_API_KEY,
+    Conflict, Denied, EveryProvider, Invalid, Missing, Refusal, ReloadError, Removed, Tampered,
+    Unauthenticated, Unfinished, MAX_API_KEY,
 };
 
 /// The detail of a missing key.
@@ -300,6 +300,24 @@ fn unfinished(what: Unfinished) -> &'static str {
         Unfinished::VerifyInterrupted => "verification was interrupted; retry",
         Unfinished::RotationInterrupted => "the rotation was interrupted; run it again",
         Unfinished::BackupInterrupted => "the backup was interrupted; retry",
+    }
+}
+
+/// Why a reload (SIGHUP or `POST /api/admin/reload`) did not happen.
+pub(crate) fn reload_refused(e: &ReloadError) -> String {
+    match e {
+        ReloadError::Busy => conflict(&Conflict::MaintenanceRunning),
+        ReloadError::Development => "a --dev server's keyring is a random key held in memory: \
+             there is nothing to reload"
+            .into(),
+        ReloadError::Keyring(e) => {
+            format!("the keyring could not be read again, so the server keeps its keyring: {e}")
+        }
+        ReloadError::StillNeeded(still) => still.to_string(),
+        ReloadError::Interrupted => {
+            "the reload was interrupted; the server keeps its keyring".into()
+        }
+        ReloadError::Refused(r) => format!("{} (the server keeps its keyring)", detail(r)),
     }
 }
 

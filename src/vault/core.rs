@@ -74,24 +74,29 @@ pub struct CorePolicy {
     pub key_policy: super::KeyPolicy,
 }
 
-/// Why a reload did not happen; the server keeps its keyring.
-#[derive(Debug, thiserror::Error)]
+/// Why a reload did not happen; the server keeps its keyring. No prose:
+/// the edge that asked words it (`http::refusal_text::reload_refused`).
+#[derive(Debug)]
 pub enum ReloadError {
-    #[error("a rotation, backup or reload is already running: wait for it to finish")]
+    /// A rotation, backup or reload is already running.
     Busy,
-    #[error("a --dev server's keyring is a random key held in memory: there is nothing to reload")]
+    /// A development server's keyring is a random key held in memory.
     Development,
-    #[error("the keyring could not be read again, so the server keeps its keyring: {0}")]
-    Keyring(#[from] crate::keyring::KeyringError),
+    /// The keyring could not be read again.
+    Keyring(crate::keyring::KeyringError),
     /// The new keyring lacks a key the store needs (the fix is named).
-    #[error("{0}")]
     StillNeeded(ReloadRefused),
-    #[error("the reload was interrupted; the server keeps its keyring")]
+    /// The reload was interrupted.
     Interrupted,
     /// Storage failed, the record could not be written, or the token's
-    /// record budget is spent: the refusal to answer (each edge words it).
-    #[error("the reload was refused: {0:?} (the server keeps its keyring)")]
+    /// record budget is spent: the refusal to answer.
     Refused(Refusal),
+}
+
+impl From<crate::keyring::KeyringError> for ReloadError {
+    fn from(e: crate::keyring::KeyringError) -> ReloadError {
+        ReloadError::Keyring(e)
+    }
 }
 
 /// How the server stands, for `/healthz`.
