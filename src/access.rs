@@ -142,26 +142,54 @@ pub fn valid_provider(p: &str) -> bool {
 /// Longest key name, in characters.
 pub const MAX_KEY_NAME: usize = 200;
 
+/// Why a key name is refused (its words name the first offending
+/// character by its code point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyNameProblem {
+    #[error("must be 1 to {MAX_KEY_NAME} characters")]
+    Length,
+    #[error("must not contain control characters (found U+{:04X})", *.0 as u32)]
+    Control(char),
+    #[error("must not begin or end with a space")]
+    OuterSpace,
+    #[error(
+        "must not contain separators other than the space, or characters that show as nothing \
+         (found U+{:04X}), which make one name look like another", *.0 as u32
+    )]
+    Invisible(char),
+    #[error(
+        "must not contain Unicode format characters such as bidi controls or zero-width \
+         characters (found U+{:04X}), which make one name look like another", *.0 as u32
+    )]
+    Format(char),
+    #[error(
+        "must be in Unicode normalization form C (NFC): normalize it first (for example \
+         Python's unicodedata.normalize('NFC', name))"
+    )]
+    NotNfc,
+}
+
+/// Why a key name is refused, if it is, in words (see [`check_key_name`]).
+pub fn key_name_problem(name: &str) -> Option<String> {
+    check_key_name(name).map(|p| p.to_string())
+}
+
 /// Why a key name is refused, if it is: 1 to [`MAX_KEY_NAME`] characters,
 /// none of them a control character or a Unicode format character (bidi
 /// controls such as U+202E, zero-width characters such as U+200B: they make
 /// one name look like another in the console and in `keys list`), and in
 /// Unicode NFC (so that two names that look the same are the same string).
-/// The message names the first offending character by its code point.
-pub fn key_name_problem(name: &str) -> Option<String> {
+pub fn check_key_name(name: &str) -> Option<KeyNameProblem> {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     let n = name.chars().count();
     if n == 0 || n > MAX_KEY_NAME {
-        return Some(format!("must be 1 to {MAX_KEY_NAME} characters"));
+        return Some(KeyNameProblem::Length);
     }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Some(format!(
-            "must not contain control characters (found U+{:04X})",
-            c as u32
-        ));
+        return Some(KeyNameProblem::Control(c));
     }
     if name.starts_with(' ') || name.ends_with(' ') {
-        return Some("must not begin or end with a space".into());
+        return Some(KeyNameProblem::OuterSpace);
     }
     // Separators other than the plain space, and characters that show as
     // nothing (default-ignorable code points, fillers, the braille blank).
@@ -174,28 +202,16 @@ pub fn key_name_problem(name: &str) -> Option<String> {
         ) && *c != ' '
             || invisible(*c)
     }) {
-        return Some(format!(
-            "must not contain separators other than the space, or characters that show as \
-             nothing (found U+{:04X}), which make one name look like another",
-            c as u32
-        ));
+        return Some(KeyNameProblem::Invisible(c));
     }
     if let Some(c) = name
         .chars()
         .find(|c| c.general_category() == GeneralCategory::Format)
     {
-        return Some(format!(
-            "must not contain Unicode format characters such as bidi controls or zero-width \
-             characters (found U+{:04X}), which make one name look like another",
-            c as u32
-        ));
+        return Some(KeyNameProblem::Format(c));
     }
     if !unicode_normalization::is_nfc(name) {
-        return Some(
-            "must be in Unicode normalization form C (NFC): normalize it first (for example \
-             Python's unicodedata.normalize('NFC', name))"
-                .into(),
-        );
+        return Some(KeyNameProblem::NotNfc);
     }
     None
 }
@@ -308,6 +324,21 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_key_name_says_which_rule_and_which_character() {
+        let said = |name: &str| key_name_problem(name).unwrap_or_default();
+        assert_eq!(said("fine name"), "");
+        assert_eq!(said(""), "must be 1 to 200 characters");
+        assert_eq!(
+            said("a\u{7}b"),
+            "must not contain control characters (found U+0007)"
+        );
+        assert_eq!(said(" a"), "must not begin or end with a space");
+        assert!(said("a\u{2028}b").contains("(found U+2028), which make one name look like"));
+        assert!(said("a\u{202E}b").contains("(found U+202E)"));
+        assert!(said("e\u{301}").starts_with("must be in Unicode normalization form C (NFC)"));
+    }
 
     #[test]
     fn tokens_are_prefixed_long_and_distinct() {

@@ -522,7 +522,17 @@ fn only_small_console_pages_join_a_session_and_every_other_export_is_recorded_ea
     s.stop();
 
     let records = v.audit_records();
-    let mine = exports_of(&records, "alice-audit");
+    let (mine, refused): (Vec<Value>, Vec<Value>) = exports_of(&records, "alice-audit")
+        .into_iter()
+        .partition(|r| r["outcome"] == "success");
+    // The malformed ids were refused to a token that passed its scope
+    // check: recorded, coalesced (the three in one second or two).
+    let counted: u64 = refused
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(counted, 3, "{refused:#?}");
+    assert!(refused.iter().all(|r| r["outcome"] == "forbidden"));
     // The session's one record (for its 3 pages) + 5 kinds x 2 + 2
     // without the header.
     assert_eq!(mine.len(), 1 + 10 + 2, "{mine:#?}");

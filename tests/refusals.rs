@@ -263,3 +263,142 @@ fn every_refused_scope_is_recorded_whatever_the_route() {
         "{records:#?}"
     );
 }
+
+/// The `detail`s of the records of `action` by `caller` with `outcome`.
+fn details(records: &[Value], outcome: &str) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r["outcome"] == outcome)
+        .map(|r| r["detail"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// A refusal answered to a token that passed its scope check is recorded
+/// whoever words it: the vault (a field rule, a name already taken) or
+/// the edge (a body that is not JSON, a query or a path that does not
+/// fit). Before, each of these was answered with no record at all.
+#[test]
+fn a_refused_body_query_or_field_of_an_authorised_token_is_recorded() {
+    let v = Vault::new();
+    let writer = v.token("backend", "writer", None);
+    let s = v.serve(&[]);
+    let api = Api::new(&s, &writer);
+    let admin = Api::new(&s, &v.admin);
+    let id = api.create_key("claude", "main", "sk-1");
+    // The edge's: a body that is not JSON (the first refusal, so its
+    // detail is the coalesced record's), then one without a field.
+    let r = api
+        .req(reqwest::Method::POST, "/api/keys")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The vault's own field rule.
+    let r = api.post_json(
+        "/api/keys",
+        &serde_json::json!({"provider": "Bad", "key_name": "k", "api_key": "x"}),
+    );
+    assert_eq!(r.status(), 422);
+    let r = api.post_json("/api/keys", &serde_json::json!({"provider": "claude"}));
+    assert_eq!(r.status(), 422);
+    // A malformed DELETE query, after the scope check.
+    let r = api.delete(&format!("/api/keys/{id}?purge=maybe"));
+    assert_eq!(r.status(), 422);
+    // An admin's: an unknown role, a name already taken, a version in the
+    // path that is not a number, versions of a missing key.
+    let r = admin.post_json(
+        "/api/tokens",
+        &serde_json::json!({"name": "x", "role": "overlord"}),
+    );
+    assert_eq!(r.status(), 422);
+    let r = admin.post_json(
+        "/api/tokens",
+        &serde_json::json!({"name": "backend", "role": "reader"}),
+    );
+    assert_eq!(r.status(), 409);
+    let r = admin
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/keys/{id}/versions/two/restore"),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = admin.get(&format!("/api/keys/{}/versions", uuid::Uuid::new_v4()));
+    assert_eq!(r.status(), 404);
+    s.stop();
+    let records = v.audit_records();
+    let of = |action: &str, caller: &str| -> Vec<Value> {
+        records
+            .iter()
+            .filter(|r| r["action"] == action && r["caller"] == caller)
+            .cloned()
+            .collect()
+    };
+    let created = of("key_create", "backend");
+    assert_eq!(count(&created, "forbidden"), 3, "{created:#?}");
+    let said = details(&created, "forbidden").join("\n");
+    assert!(said.contains("answered 400"), "{created:#?}");
+    let deleted = of("key_delete", "backend");
+    assert_eq!(count(&deleted, "forbidden"), 1, "{deleted:#?}");
+    assert!(details(&deleted, "forbidden")[0].contains("`purge`"));
+    let tokens = of("token_create", "admin");
+    assert_eq!(count(&tokens, "forbidden"), 2, "{tokens:#?}");
+    let restored = of("key_restore", "admin");
+    assert_eq!(count(&restored, "forbidden"), 1, "{restored:#?}");
+    let listed = of("key_list", "admin");
+    assert_eq!(count(&listed, "not_found"), 1, "{listed:#?}");
+    // No record holds the key a refused body carried.
+    let all = serde_json::to_string(&records).unwrap();
+    assert!(!all.contains("sk-1"));
+}
+
+/// Refusals the edge words count against the token's refusal budget like
+/// the vault's: a flood of bodies that are not JSON from a valid token is
+/// answered 429 past the budget, and its records add up to the requests.
+#[test]
+fn a_flood_of_bad_bodies_from_a_valid_token_is_bounded_by_its_refusal_budget() {
+    let v = Vault::new();
+    let writer = v.token("sloppy", "writer", None);
+    let s = v.serve(&[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = dir_bytes(&v.dir);
+    let sent = AtomicU64::new(0);
+    let statuses = std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let until = Instant::now() + Duration::from_secs(2);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                let api = Api::new(&s, &writer);
+                while Instant::now() < until {
+                    let r = api
+                        .req(reqwest::Method::POST, "/api/keys")
+                        .header("content-type", "application/json")
+                        .body("[")
+                        .send()
+                        .unwrap();
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    *statuses
+                        .lock()
+                        .unwrap()
+                        .entry(r.status().as_u16())
+                        .or_insert(0u64) += 1;
+                }
+            });
+        }
+    });
+    let sent = sent.load(Ordering::Relaxed);
+    let statuses = statuses.into_inner().unwrap();
+    let bad = statuses.get(&400).copied().unwrap_or(0);
+    // Burst 60, one more a second.
+    assert!((60..=63).contains(&bad), "{statuses:?}");
+    assert_eq!(
+        bad + statuses.get(&429).copied().unwrap_or(0),
+        sent,
+        "{statuses:?}"
+    );
+    let records = records_after(&v, s, before, "key_create", "sloppy");
+    assert_eq!(count(&records, "forbidden"), sent);
+    assert!(records.len() <= 16, "{} records", records.len());
+}

@@ -289,9 +289,11 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         };
         let rotated =
             crate::vault::rotate_store(&store, &keyring, &log, "cli", Duration::ZERO, |_| {})
+                .map_err(anyhow::Error::from)
                 .with_context(stopped)?;
         let vault = super::offline_vault(&store, &keyring, &log);
         super::block_on(vault.record_rotation(&crate::vault::Origin::cli(), None, &rotated))?
+            .map_err(anyhow::Error::from)
             .with_context(stopped)?;
         if !rotated.report.failed.is_empty() {
             return Err(anyhow::anyhow!(

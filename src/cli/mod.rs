@@ -18,6 +18,7 @@ mod keyring;
 mod lifecycle;
 mod migrate;
 mod owner;
+mod refusal;
 mod remote;
 mod serve;
 mod serve_flags;
@@ -170,7 +171,10 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
         }
         // A value the vault refused as invalid (a name, a role, a ttl):
         // a usage error, as the server's 422 is for a client command.
-        if let Some(crate::vault::Refusal::Invalid(_)) = cause.downcast_ref() {
+        if cause
+            .downcast_ref::<refusal::CliRefusal>()
+            .is_some_and(refusal::CliRefusal::is_usage_error)
+        {
             return ExitCode::from(2);
         }
         // A key file `rotate --new-key` could not write: nothing changed.

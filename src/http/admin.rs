@@ -12,7 +12,7 @@ use super::response::respond;
 use super::{AppState, State};
 use crate::access::{Caller, Scope};
 use crate::audit::{Action, Outcome};
-use crate::vault::{ReloadError, TokenRequest};
+use crate::vault::{EveryProvider, ReloadError, TokenRequest};
 use crate::wire::{Done, MintedToken, NewToken, RotateToken, SecretText, TokenInfo};
 
 /// Authenticates an admin (recording a refused scope).
@@ -26,12 +26,12 @@ async fn whole_store_caller(
     state: &State,
     ctx: &Ctx,
     action: Action,
-    what: &str,
+    what: EveryProvider,
 ) -> Result<Caller, ApiError> {
     let caller = admin_caller(state, ctx, action).await?;
     state
         .vault()
-        .require_whole_store(&AppState::origin(ctx), &caller, action, what)
+        .require_unlimited(&AppState::origin(ctx), &caller, action, what)
         .await?;
     Ok(caller)
 }
@@ -39,7 +39,7 @@ async fn whole_store_caller(
 /// GET /api/tokens — a provider-limited admin sees only the tokens that
 /// reach no further than itself.
 pub(super) async fn list_tokens(state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let caller = state
             .authorize(&ctx, Scope::Admin, Action::TokenList)
             .await?;
@@ -56,11 +56,14 @@ pub(super) async fn list_tokens(state: State, ctx: Ctx) -> Response {
 
 /// GET /api/tokens/{id}
 pub(super) async fn get_token(id: String, state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let caller = state
             .authorize(&ctx, Scope::Admin, Action::TokenList)
             .await?;
-        let rec = state.vault().find_token(Some(&caller), &id)?;
+        let rec = state
+            .vault()
+            .find_token(&AppState::origin(&ctx), Some(&caller), &id)
+            .await?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &TokenInfo::listed(&rec)))
     })
     .await
@@ -72,7 +75,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         // Authenticated and authorised before the body is read.
         let (caller, body) = state
             .caller_and_body(&ctx, body, Scope::Admin, Action::TokenCreate, false)
@@ -114,7 +117,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let (caller, body) = state
             .caller_and_body(&ctx, body, Scope::Admin, Action::TokenRotate, true)
             .await?;
@@ -139,7 +142,7 @@ where
 
 /// DELETE /api/tokens/{id}
 pub(super) async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let caller = admin_caller(&state, &ctx, Action::TokenRevoke).await?;
         let rec = state
             .vault()
@@ -158,8 +161,9 @@ pub(super) async fn revoke_token(id: String, state: State, ctx: Ctx) -> Response
 
 /// POST /api/admin/rotate — re-encrypt everything under the newest key.
 pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
-        let caller = whole_store_caller(&state, &ctx, Action::Rotate, "a rotation").await?;
+    respond(&state, &ctx, async {
+        let caller =
+            whole_store_caller(&state, &ctx, Action::Rotate, EveryProvider::Rotation).await?;
         let report = state.core.rotate(&AppState::origin(&ctx), &caller).await?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
     })
@@ -168,12 +172,13 @@ pub(super) async fn rotate(state: State, ctx: Ctx) -> Response {
 
 /// POST /api/admin/reload — read the keyring again (as SIGHUP does).
 pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
-        let caller = whole_store_caller(&state, &ctx, Action::Reload, "a reload").await?;
+    respond(&state, &ctx, async {
+        let caller =
+            whole_store_caller(&state, &ctx, Action::Reload, EveryProvider::Reload).await?;
         let ev = state.event(&ctx, Action::Reload, Some(&caller), Outcome::Success);
         let report = state.core.reload(ev).await.map_err(|e| match e {
             ReloadError::Refused(r) => ApiError::from(r),
-            other => ApiError::conflict(other.to_string()),
+            other => ApiError::conflict(super::refusal_text::reload_refused(&other)),
         })?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
     })
@@ -185,8 +190,9 @@ pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
 /// Writes are held back only while the snapshot is copied to a private
 /// temporary file (local disk speed), not while a slow client downloads.
 pub(super) async fn backup(state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
-        let caller = whole_store_caller(&state, &ctx, Action::Backup, "a backup").await?;
+    respond(&state, &ctx, async {
+        let caller =
+            whole_store_caller(&state, &ctx, Action::Backup, EveryProvider::Backup).await?;
         let (file, guard) = state.core.backup(&AppState::origin(&ctx), &caller).await?;
         let mut resp = super::stream::stream_blocking(move |out| {
             let _guard = guard;

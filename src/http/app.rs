@@ -229,7 +229,8 @@ fn spawn_reload_on_sighup(state: Arc<AppState>) -> Result<(), AppError> {
             );
             ev.caller = "SIGHUP".into();
             if let Err(e) = state.core.reload(ev).await {
-                tracing::error!(error = %e, "keyring reload refused");
+                let why = super::refusal_text::reload_refused(&e);
+                tracing::error!(error = %why, "keyring reload refused");
             }
         }
     });

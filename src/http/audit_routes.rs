@@ -81,13 +81,10 @@ fn unknown_parameter(name: &str) -> ApiError {
     ))
 }
 
+/// An auditor without a provider limit (refusals recorded under `action`).
 /// The audit log is one chain over every provider: a provider-limited
 /// token reads none of it (a filtered view could not be verified, and
 /// records without a provider would leak or vanish).
-const LIMITED_AUDIT_READER: &str = "this token is limited to some providers, and the audit log \
-     covers every provider: read it with an auditor token without a provider limit";
-
-/// An auditor without a provider limit (refusals recorded under `action`).
 async fn audit_reader(state: &State, ctx: &Ctx, action: Action) -> Result<Caller, ApiError> {
     let caller = state.authorize(ctx, Scope::AuditRead, action).await?;
     state
@@ -96,7 +93,7 @@ async fn audit_reader(state: &State, ctx: &Ctx, action: Action) -> Result<Caller
             &AppState::origin(ctx),
             &caller,
             action,
-            LIMITED_AUDIT_READER.into(),
+            crate::vault::EveryProvider::AuditLog,
         )
         .await?;
     Ok(caller)
@@ -126,7 +123,7 @@ fn console_session(ctx: &Ctx) -> Result<Option<String>, ApiError> {
 
 /// GET /api/audit
 pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         // Refusals go through the vault: recorded, coalesced per token,
         // budgeted.
         let caller = audit_reader(&state, &ctx, Action::AuditExport).await?;
@@ -209,7 +206,7 @@ const MAX_BUCKETS: i64 = 5000;
 /// GET /api/audit/stats — attempts per hour or day by outcome, over the
 /// same filters as the export (the console's chart).
 pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         audit_reader(&state, &ctx, Action::AuditExport).await?;
         let mut filter = ExportFilter::default();
         let mut bucket_secs = 3600i64;
@@ -277,7 +274,7 @@ pub(super) async fn stats(state: State, ctx: Ctx, query: String) -> Response {
 
 /// GET /api/audit/verify
 pub(super) async fn verify(state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         audit_reader(&state, &ctx, Action::AuditExport).await?;
         let report = state.core.verify_log().await?;
         // The status panel shows which key vouches for the chain: the

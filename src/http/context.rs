@@ -15,7 +15,10 @@ use warp::reply::Response;
 use zeroize::Zeroizing;
 
 use super::error::ApiError;
+use crate::access::Caller;
+use crate::audit::Action;
 use crate::limiter::{Decision, TrustedProxies};
+use crate::vault::Refusal;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -94,6 +97,9 @@ pub struct Ctx {
     pub version: http::Version,
     /// The authenticated caller's name, for the request log.
     caller: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The caller once a scope check passed, and the action it was for:
+    /// a refusal answered after it is that caller's, recorded.
+    authorized: std::sync::Arc<std::sync::Mutex<Option<(Caller, Action)>>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -132,6 +138,7 @@ impl Ctx {
             read_timeout,
             version: http::Version::HTTP_11,
             caller: Default::default(),
+            authorized: Default::default(),
         }
     }
 
@@ -157,32 +164,22 @@ impl Ctx {
     }
 
     /// The bearer token, or why there is none usable.
-    pub fn bearer(&self) -> Result<&str, ApiError> {
+    pub fn bearer(&self) -> Result<&str, Refusal> {
+        use crate::vault::Unauthenticated as Why;
+        let refuse = |why| Refusal::Unauthenticated(why);
         let mut values = self.headers.get_all(AUTHORIZATION).iter();
-        let value = values.next().ok_or_else(|| {
-            ApiError::unauthenticated(
-                "missing Authorization header: send `Authorization: Bearer <token>` (make a token with `keyhold token create`)",
-            )
-        })?;
+        let value = values.next().ok_or(refuse(Why::Missing))?;
         if values.next().is_some() {
-            return Err(ApiError::unauthenticated(
-                "more than one Authorization header: send exactly one `Authorization: Bearer <token>`",
-            ));
+            return Err(refuse(Why::Several));
         }
-        let text = value.to_str().map_err(|_| {
-            ApiError::unauthenticated("the Authorization header is not readable text: send `Authorization: Bearer <token>`")
-        })?;
+        let text = value.to_str().map_err(|_| refuse(Why::Unreadable))?;
         let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::unauthenticated(
-                "unsupported Authorization scheme: send `Authorization: Bearer <token>`",
-            ));
+            return Err(refuse(Why::NotBearer));
         }
         let token = rest.trim();
         if token.is_empty() {
-            return Err(ApiError::unauthenticated(
-                "empty bearer token: send `Authorization: Bearer <token>`",
-            ));
+            return Err(refuse(Why::Empty));
         }
         Ok(token)
     }
@@ -312,6 +309,18 @@ impl Ctx {
             }
         };
         let _ = tokio::time::timeout(self.read_timeout, drain).await;
+    }
+
+    /// Notes the caller that passed the scope check of `action`.
+    pub fn set_authorized(&self, caller: &Caller, action: Action) {
+        if let Ok(mut a) = self.authorized.lock() {
+            *a = Some((caller.clone(), action));
+        }
+    }
+
+    /// The caller that passed a scope check, and for which action.
+    pub fn authorized(&self) -> Option<(Caller, Action)> {
+        self.authorized.lock().ok().and_then(|a| a.clone())
     }
 
     /// Notes who the request is from (the request log names the caller).

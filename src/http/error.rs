@@ -2,6 +2,8 @@
 
 use http::StatusCode;
 
+use crate::vault::Refusal;
+
 /// An error answer. `detail` says what happened and what to do; it never
 /// holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +15,9 @@ pub struct ApiError {
     /// The refusal is about a stored record that failed its integrity
     /// check (its audit record says `tampered`).
     pub tampered: bool,
+    /// The vault decided its record (made, counted, or none due): the
+    /// edge records no more of it (see `AppState::answer_refused`).
+    pub recorded: bool,
 }
 
 impl ApiError {
@@ -22,6 +27,7 @@ impl ApiError {
             detail: detail.into(),
             retry_after: None,
             tampered: false,
+            recorded: false,
         }
     }
 
@@ -62,31 +68,19 @@ impl ApiError {
     }
 
     pub fn rate_limited(retry_after: u64) -> ApiError {
-        ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            detail: format!(
-                "too many reveals from this address: retry in {retry_after} s (see Retry-After)"
-            ),
-            retry_after: Some(retry_after),
-            tampered: false,
-        }
+        ApiError::from(Refusal::RateLimited(retry_after))
     }
 
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            detail: detail.into(),
             retry_after: Some(1),
-            tampered: false,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail)
         }
     }
 
     /// The audit record could not be made durable: nothing is answered.
     pub fn audit_unavailable() -> ApiError {
-        Self::unavailable(
-            "the audit log cannot be written right now, so the request was not served; \
-             retry shortly, and tell the operator (check disk space and `/healthz`)",
-        )
+        ApiError::from(Refusal::AuditUnavailable)
     }
 
     /// A storage error: logged in full, answered without internals.
@@ -103,38 +97,60 @@ impl ApiError {
     }
 
     pub fn storage(err: &dyn std::fmt::Display) -> ApiError {
-        tracing::error!(error = %err, "storage error");
-        Self::unavailable("storage is unavailable right now; retry shortly and tell the operator")
+        ApiError::from(Refusal::storage(err))
     }
 }
 
-/// The one mapping of the vault's refusals to HTTP statuses.
-impl From<crate::vault::Refusal> for ApiError {
-    fn from(r: crate::vault::Refusal) -> ApiError {
-        use crate::vault::Refusal as R;
-        let detail = r.to_string();
-        match r {
-            R::RateLimited(secs) => ApiError::rate_limited(secs),
-            R::TooManyRefusals(secs) | R::TooManyRecords(secs) => ApiError {
-                retry_after: Some(secs),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, detail)
+/// The one mapping of the vault's refusals to HTTP statuses (their words
+/// are in `refusal_text.rs`).
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        let detail = super::refusal_text::detail(&r);
+        let status = match &r {
+            Refusal::RateLimited(_) | Refusal::TooManyRefusals(_) | Refusal::TooManyRecords(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Refusal::Unauthenticated(_) | Refusal::TokenExpired { .. } | Refusal::TamperedToken => {
+                StatusCode::UNAUTHORIZED
+            }
+            Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+            Refusal::NotFound(_) | Refusal::Beyond(_) | Refusal::Deleted(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Refusal::Expired => StatusCode::GONE,
+            Refusal::DecryptFailed | Refusal::Conflict(_) | Refusal::TamperedRecord(_) => {
+                StatusCode::CONFLICT
+            }
+            Refusal::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::AuditUnavailable | Refusal::Storage | Refusal::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        let retry_after = match &r {
+            Refusal::RateLimited(secs)
+            | Refusal::TooManyRefusals(secs)
+            | Refusal::TooManyRecords(secs) => Some(*secs),
+            Refusal::AuditUnavailable | Refusal::Storage | Refusal::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        match &r {
+            // The server's log tells the operator what to run (the answer
+            // tells the caller to tell the operator).
+            Refusal::TamperedRecord(_) => ApiError {
+                retry_after,
+                recorded: true,
+                ..ApiError::tampered(status, detail)
             },
-            R::Unauthenticated(_) | R::TokenExpired(_) => ApiError::unauthenticated(detail),
-            R::TamperedToken => ApiError {
+            Refusal::TamperedToken => ApiError {
                 tampered: true,
-                ..ApiError::unauthenticated(detail)
+                recorded: true,
+                ..ApiError::new(status, detail)
             },
-            R::Forbidden(_) => ApiError::forbidden(detail),
-            R::NotFound(_) | R::Beyond(_) | R::Deleted(_) => ApiError::not_found(detail),
-            R::Expired => ApiError::gone(detail),
-            R::DecryptFailed | R::Conflict(_) => ApiError::conflict(detail),
-            R::TamperedRecord(_) => ApiError {
-                tampered: true,
-                ..ApiError::conflict(detail)
+            _ => ApiError {
+                retry_after,
+                recorded: true,
+                ..ApiError::new(status, detail)
             },
-            R::Invalid(_) => ApiError::invalid(detail),
-            R::AuditUnavailable => ApiError::audit_unavailable(),
-            R::Storage | R::Unavailable(_) => ApiError::unavailable(detail),
         }
     }
 }

@@ -29,7 +29,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let (state, ctx) = (&state, &ctx);
         let origin = AppState::origin(ctx);
         let vault = state.vault();
@@ -51,7 +51,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let (state, ctx, id) = (&state, &ctx, id.as_str());
         let origin = AppState::origin(ctx);
         let vault = state.vault();
@@ -76,11 +76,14 @@ where
 
 /// GET /api/keys/{id}/versions
 pub(super) async fn versions(id: String, state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let caller = state
             .authorize(&ctx, Scope::KeysList, Action::KeyList)
             .await?;
-        let rec = state.vault().key_versions(&caller, &id)?;
+        let rec = state
+            .vault()
+            .key_versions(&AppState::origin(&ctx), &caller, &id)
+            .await?;
         let out = state.core.versions(&rec, &caller);
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &out))
     })
@@ -89,12 +92,12 @@ pub(super) async fn versions(id: String, state: State, ctx: Ctx) -> Response {
 
 /// POST /api/keys/{id}/versions/{n}/restore (admin)
 pub(super) async fn restore_version(id: String, n: String, state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let origin = AppState::origin(&ctx);
         let vault = state.vault();
         let caller = state.authenticate(&ctx).await?;
-        vault
-            .require(&origin, &caller, Scope::Admin, Action::KeyRestore)
+        state
+            .require(&ctx, &caller, Scope::Admin, Action::KeyRestore)
             .await?;
         let Ok(n) = n.parse::<u32>() else {
             return Err(ApiError::invalid(
@@ -117,12 +120,12 @@ pub(super) async fn restore_version(id: String, n: String, state: State, ctx: Ct
 
 /// POST /api/keys/{id}/restore
 pub(super) async fn restore(id: String, state: State, ctx: Ctx) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let origin = AppState::origin(&ctx);
         let vault = state.vault();
         let caller = state.authenticate(&ctx).await?;
-        vault
-            .require(&origin, &caller, Scope::KeysWrite, Action::KeyRestore)
+        state
+            .require(&ctx, &caller, Scope::KeysWrite, Action::KeyRestore)
             .await?;
         let rec = vault
             .restore_key(
@@ -139,7 +142,7 @@ pub(super) async fn restore(id: String, state: State, ctx: Ctx) -> Response {
 
 /// GET /api/keys?provider=
 pub(super) async fn list(state: State, ctx: Ctx, query: String) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let (state, ctx, query) = (&state, &ctx, query.as_str());
         let caller = state
             .authorize(ctx, Scope::KeysList, Action::KeyList)
@@ -161,7 +164,7 @@ pub(super) async fn list(state: State, ctx: Ctx, query: String) -> Response {
 
 /// DELETE /api/keys/{id}[?purge=true]
 pub(super) async fn delete(id: String, state: State, ctx: Ctx, query: String) -> Response {
-    respond(&ctx, async {
+    respond(&state, &ctx, async {
         let (state, ctx, id, query) = (&state, &ctx, id.as_str(), query.as_str());
         let origin = AppState::origin(ctx);
         let vault = state.vault();
@@ -173,16 +176,16 @@ pub(super) async fn delete(id: String, state: State, ctx: Ctx, query: String) ->
             Err(e) => {
                 // A malformed query is answered only to a caller that may
                 // delete: a scope refusal comes first, and is recorded.
-                vault
-                    .require(&origin, &caller, Scope::KeysWrite, Action::KeyDelete)
+                state
+                    .require(ctx, &caller, Scope::KeysWrite, Action::KeyDelete)
                     .await?;
                 return Err(e);
             }
         };
         let id = if purge {
             // Destroying at once skips the recovery window: admins only.
-            vault
-                .require(&origin, &caller, Scope::Admin, Action::KeyPurge)
+            state
+                .require(ctx, &caller, Scope::Admin, Action::KeyPurge)
                 .await?;
             let id = vault.purge_key(&origin, &caller, id).await?;
             state.gauges.add_keys(-1);
@@ -190,8 +193,8 @@ pub(super) async fn delete(id: String, state: State, ctx: Ctx, query: String) ->
             state.core.scrub_removed().await;
             id
         } else {
-            vault
-                .require(&origin, &caller, Scope::KeysWrite, Action::KeyDelete)
+            state
+                .require(ctx, &caller, Scope::KeysWrite, Action::KeyDelete)
                 .await?;
             // The record stays (restorable) until the window ends: the key
             // count changes when it is destroyed.
@@ -275,9 +278,7 @@ async fn reveal(state: State, ctx: Ctx, target: Target) -> Response {
     let note = |name: &str| ctx.set_caller(name);
     let req = RevealRequest {
         origin: AppState::origin(&ctx),
-        token: ctx
-            .bearer()
-            .map_err(|e| crate::vault::Refusal::Unauthenticated(e.detail)),
+        token: ctx.bearer(),
         target,
         verdict: if decision.allowed {
             Ok(())

@@ -27,6 +27,7 @@ mod extract;
 mod keys;
 pub mod observe;
 pub mod query_guard;
+pub(crate) mod refusal_text;
 mod request;
 mod response;
 mod reveal_batch;
@@ -94,9 +95,7 @@ impl AppState {
     /// Authenticates the request's bearer token through the vault (and
     /// notes the caller's name for the request log).
     pub(crate) async fn authenticate(&self, ctx: &Ctx) -> Result<Caller, ApiError> {
-        let token = ctx
-            .bearer()
-            .map_err(|e| crate::vault::Refusal::Unauthenticated(e.detail));
+        let token = ctx.bearer();
         let caller = self.vault().authenticate(&Self::origin(ctx), token).await?;
         ctx.set_caller(&caller.name);
         Ok(caller)
@@ -112,10 +111,60 @@ impl AppState {
         action: Action,
     ) -> Result<Caller, ApiError> {
         let caller = self.authenticate(ctx).await?;
-        self.vault()
-            .require(&Self::origin(ctx), &caller, scope, action)
-            .await?;
+        self.require(ctx, &caller, scope, action).await?;
         Ok(caller)
+    }
+
+    /// Checks that `caller` holds `scope` for `action` through the vault
+    /// (a refusal recorded); once it does, a refusal answered later in
+    /// the request is recorded as that caller's ([`AppState::answer_refused`]).
+    pub(crate) async fn require(
+        &self,
+        ctx: &Ctx,
+        caller: &Caller,
+        scope: crate::access::Scope,
+        action: Action,
+    ) -> Result<(), ApiError> {
+        self.vault()
+            .require(&Self::origin(ctx), caller, scope, action)
+            .await?;
+        ctx.set_authorized(caller, action);
+        Ok(())
+    }
+
+    /// The one path of a refusal to an answer: a refusal the vault gave
+    /// has its record already (or counted, or none due); one the edge
+    /// gives itself (a body, query or path that does not fit) to a
+    /// caller that passed its scope check is recorded here, through the
+    /// vault, as that caller's refusal of the action (outcome
+    /// `forbidden`, coalesced and taken from its refusal budget: past it,
+    /// the answer is 429). Before a scope check passed nothing is
+    /// recorded here: unauthenticated junk costs no record.
+    pub(crate) async fn answer_refused(&self, ctx: &Ctx, e: ApiError) -> ApiError {
+        let status = e.status;
+        let caller_error = status.is_client_error()
+            && status != http::StatusCode::UNAUTHORIZED
+            && status != http::StatusCode::TOO_MANY_REQUESTS;
+        if e.recorded || !caller_error {
+            return e;
+        }
+        let Some((caller, action)) = ctx.authorized() else {
+            return e;
+        };
+        let mut ev = self.event(ctx, action, Some(&caller), Outcome::Forbidden);
+        ev.detail = Some(format!(
+            "answered {}: {}",
+            status.as_u16(),
+            e.detail.chars().take(200).collect::<String>()
+        ));
+        let refusal = crate::vault::Refusal::Invalid(crate::vault::Invalid::Request);
+        match self.vault().refused(ev, refusal).await {
+            spent @ crate::vault::Refusal::TooManyRefusals(_) => ApiError::from(spent),
+            _ => ApiError {
+                recorded: true,
+                ..e
+            },
+        }
     }
 
     /// The caller of a route that takes a body, and the body: the token is

@@ -12,11 +12,18 @@ use warp::reply::Response;
 
 use super::context::Ctx;
 use super::error::ApiError;
+use super::AppState;
 
-/// The answer of `work`: its response, or its error answered for `ctx`.
+/// The answer of `work`: its response, or its error answered for `ctx`,
+/// recorded first if it is a refusal of an authorised caller that has no
+/// record yet ([`AppState::answer_refused`]).
 pub(super) async fn respond(
+    state: &AppState,
     ctx: &Ctx,
     work: impl Future<Output = Result<Response, ApiError>>,
 ) -> Response {
-    work.await.unwrap_or_else(|e| ctx.error(&e))
+    match work.await {
+        Ok(resp) => resp,
+        Err(e) => ctx.error(&state.answer_refused(ctx, e).await),
+    }
 }

@@ -50,8 +50,7 @@ where
             } else {
                 Err(first.retry_after_secs)
             },
-            ctx.bearer()
-                .map_err(|e| crate::vault::Refusal::Unauthenticated(e.detail)),
+            ctx.bearer(),
             Some(&note),
             purpose.as_deref(),
         )
@@ -63,6 +62,8 @@ where
             return with_rate_headers(ctx.error(&ApiError::from(refusal)), &first);
         }
     };
+    // Admitted: a body that does not fit is this caller's refused reveal.
+    ctx.set_authorized(&caller, crate::audit::Action::Reveal);
     let targets = async {
         let permit = state.body_permit().await?;
         let value = ctx.read_json_body(body).await?;
@@ -71,7 +72,10 @@ where
     };
     let targets = match targets.await {
         Ok(t) => t,
-        Err(e) => return with_rate_headers(ctx.error(&e), &first),
+        Err(e) => {
+            let e = state.answer_refused(&ctx, e).await;
+            return with_rate_headers(ctx.error(&e), &first);
+        }
     };
     let rate = state.core.limiter().rate();
     if targets.len() > rate.count.get() as usize {
@@ -81,6 +85,7 @@ where
             targets.len(),
             rate.count
         ));
+        let e = state.answer_refused(&ctx, e).await;
         return with_rate_headers(ctx.error(&e), &first);
     }
     let more = (targets.len() - 1) as u32;

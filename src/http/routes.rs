@@ -319,10 +319,9 @@ fn metrics(s: &State) -> Route {
                 let caller = st
                     .authorize(&ctx, crate::access::Scope::MetricsRead, action)
                     .await?;
-                let detail = "this token is limited to some providers, and the metrics cover \
-                              every provider: read them with an unlimited metrics or admin token";
+                let what = crate::vault::EveryProvider::Metrics;
                 st.vault()
-                    .require_unlimited(&AppState::origin(&ctx), &caller, action, detail.into())
+                    .require_unlimited(&AppState::origin(&ctx), &caller, action, what)
                     .await
                     .map_err(ApiError::from)
             }

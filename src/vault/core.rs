@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::upkeep::Anchors;
-use super::{Origin, Refusal, Sink, Vault};
+use super::{Conflict, Origin, Refusal, Sink, Unfinished, Vault};
 use crate::access::Caller;
 use crate::audit::{
     self, Action, AuditEvent, AuditLog, AuditRecord, AuditWriter, BatchObserver, Coalescer,
@@ -74,24 +74,29 @@ pub struct CorePolicy {
     pub key_policy: super::KeyPolicy,
 }
 
-/// Why a reload did not happen; the server keeps its keyring.
-#[derive(Debug, thiserror::Error)]
+/// Why a reload did not happen; the server keeps its keyring. No prose:
+/// the edge that asked words it (`http::refusal_text::reload_refused`).
+#[derive(Debug)]
 pub enum ReloadError {
-    #[error("a rotation, backup or reload is already running: wait for it to finish")]
+    /// A rotation, backup or reload is already running.
     Busy,
-    #[error("a --dev server's keyring is a random key held in memory: there is nothing to reload")]
+    /// A development server's keyring is a random key held in memory.
     Development,
-    #[error("the keyring could not be read again, so the server keeps its keyring: {0}")]
-    Keyring(#[from] crate::keyring::KeyringError),
+    /// The keyring could not be read again.
+    Keyring(crate::keyring::KeyringError),
     /// The new keyring lacks a key the store needs (the fix is named).
-    #[error("{0}")]
     StillNeeded(ReloadRefused),
-    #[error("the reload was interrupted; the server keeps its keyring")]
+    /// The reload was interrupted.
     Interrupted,
     /// Storage failed, the record could not be written, or the token's
     /// record budget is spent: the refusal to answer.
-    #[error("{0} (the server keeps its keyring)")]
     Refused(Refusal),
+}
+
+impl From<crate::keyring::KeyringError> for ReloadError {
+    fn from(e: crate::keyring::KeyringError) -> ReloadError {
+        ReloadError::Keyring(e)
+    }
 }
 
 /// How the server stands, for `/healthz`.
@@ -297,10 +302,10 @@ impl Core {
                 .map(|w| ExportPage { body, more: w.more })
         })
         .await
-        .map_err(|_| Refusal::Unavailable("the export was interrupted; retry".into()))?
+        .map_err(|_| Refusal::Unavailable(Unfinished::ExportInterrupted))?
         .map_err(|e| match e {
             audit::ExportError::Store(e) => Refusal::storage(&e),
-            _ => Refusal::Unavailable("the page could not be encoded; retry".into()),
+            _ => Refusal::Unavailable(Unfinished::PageNotEncoded),
         })
     }
 
@@ -333,10 +338,10 @@ impl Core {
             Exporter::new(&store, filter, ExportFormat::Jsonl).histogram(bucket_secs)
         })
         .await
-        .map_err(|_| Refusal::Unavailable("the count was interrupted; retry".into()))?
+        .map_err(|_| Refusal::Unavailable(Unfinished::CountInterrupted))?
         .map_err(|e| match e {
             audit::ExportError::Store(e) => Refusal::storage(&e),
-            _ => Refusal::Unavailable("the count failed; retry".into()),
+            _ => Refusal::Unavailable(Unfinished::CountFailed),
         })
     }
 
@@ -346,7 +351,7 @@ impl Core {
         let keys = self.audit.log().verify_keys();
         crate::blocking::run(move || audit::verify_store(&store, &keys))
             .await
-            .map_err(|_| Refusal::Unavailable("verification was interrupted; retry".into()))?
+            .map_err(|_| Refusal::Unavailable(Unfinished::VerifyInterrupted))?
             .map_err(|e| Refusal::storage(&e))
     }
 
@@ -354,7 +359,7 @@ impl Core {
     /// rotation, whatever a reload does meanwhile), then records it.
     pub async fn rotate(&self, origin: &Origin, caller: &Caller) -> Result<RotateReport, Refusal> {
         let Ok(_guard) = self.maintenance.try_lock() else {
-            return Err(busy());
+            return Err(self.busy(origin, caller, Action::Rotate).await);
         };
         let (store, log) = (self.store.clone(), self.audit.log().clone());
         let ring = self.keyring.load();
@@ -363,7 +368,7 @@ impl Core {
             super::rotate_store(&store, &ring, &log, &name, Duration::ZERO, |_| {})
         })
         .await
-        .map_err(|_| Refusal::Unavailable("the rotation was interrupted; run it again".into()))??;
+        .map_err(|_| Refusal::Unavailable(Unfinished::RotationInterrupted))??;
         self.vault()
             .record_rotation(origin, Some(caller), &rotated)
             .await?;
@@ -433,11 +438,9 @@ impl Core {
         origin: &Origin,
         caller: &Caller,
     ) -> Result<(std::fs::File, tokio::sync::OwnedMutexGuard<()>), Refusal> {
-        let guard = self
-            .maintenance
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| busy())?;
+        let Ok(guard) = self.maintenance.clone().try_lock_owned() else {
+            return Err(self.busy(origin, caller, Action::Backup).await);
+        };
         let ev = self
             .vault()
             .event(origin, Action::Backup, Some(caller), Outcome::Success);
@@ -455,7 +458,7 @@ impl Core {
             },
         )
         .await
-        .map_err(|_| Refusal::Unavailable("the backup was interrupted; retry".into()))?
+        .map_err(|_| Refusal::Unavailable(Unfinished::BackupInterrupted))?
         .map_err(|e| Refusal::storage(&e))?;
         Ok((file, guard))
     }
@@ -500,6 +503,16 @@ impl Core {
         Ok(())
     }
 
+    /// Refuses `action` because a rotation, backup or reload is running,
+    /// recording the refusal.
+    async fn busy(&self, origin: &Origin, caller: &Caller, action: Action) -> Refusal {
+        let vault = self.vault();
+        let ev = vault.event(origin, action, Some(caller), Outcome::Forbidden);
+        vault
+            .refused(ev, Refusal::Conflict(Conflict::MaintenanceRunning))
+            .await
+    }
+
     pub(super) fn store(&self) -> &Store {
         &self.store
     }
@@ -515,12 +528,6 @@ impl Core {
     pub(super) fn anchors(&self) -> &Anchors {
         &self.anchors
     }
-}
-
-fn busy() -> Refusal {
-    Refusal::Conflict(
-        "a rotation, backup or reload is already running: wait for it to finish".into(),
-    )
 }
 
 /// A read-write temporary file, mode 0600, already unlinked: it vanishes

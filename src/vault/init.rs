@@ -2,7 +2,7 @@
 //! (`crate::unlock::initialise`), then the `init` record and the first
 //! admin token, in one audit commit.
 
-use super::Refusal;
+use super::{Conflict, Refusal};
 use crate::access::Role;
 use crate::audit::{Action, AuditEvent, AuditLog, Outcome, PublicKey};
 use crate::keyring::Keyring;
@@ -26,9 +26,7 @@ pub fn initialise(
 ) -> Result<Initialised, Refusal> {
     let public_key = crate::unlock::initialise(store, keyring).map_err(|e| match e {
         crate::unlock::UnlockError::Store(crate::store::StoreError::AlreadyInitialised(d)) => {
-            Refusal::Conflict(format!(
-                "the data directory {d} is already initialised; nothing was changed"
-            ))
+            Refusal::Conflict(Conflict::AlreadyInitialised { location: d })
         }
         e => Refusal::storage(&e),
     })?;

@@ -11,8 +11,7 @@ use std::num::NonZeroU32;
 
 use uuid::Uuid;
 
-use super::reveal::missing_scope;
-use super::{Origin, Refusal, Vault};
+use super::{Conflict, Denied, Invalid, Missing, Origin, Refusal, Removed, Tampered, Vault};
 use crate::access::{valid_provider, Caller, Scope};
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::duration::MAX_TTL_SECONDS;
@@ -41,14 +40,10 @@ impl NewKey {
     /// The field rules of the API, each failure naming its field.
     fn check(&self) -> Result<(), Refusal> {
         if !valid_provider(&self.provider) {
-            return Err(Refusal::Invalid(
-                "field `provider` must match [a-z0-9][a-z0-9_.-]{0,63} (for example `claude` or \
-                 `gemini`)"
-                    .into(),
-            ));
+            return Err(Refusal::Invalid(Invalid::Provider));
         }
-        if let Some(why) = crate::access::key_name_problem(&self.key_name) {
-            return Err(Refusal::Invalid(format!("field `key_name` {why}")));
+        if let Some(why) = crate::access::check_key_name(&self.key_name) {
+            return Err(Refusal::Invalid(Invalid::KeyName(why)));
         }
         check_api_key(&self.api_key)?;
         check_ttl(self.ttl_seconds)
@@ -184,10 +179,7 @@ impl NewVersion {
 fn check_api_key(api_key: &SecretString) -> Result<(), Refusal> {
     let len = api_key.expose().len();
     if len == 0 || len > MAX_API_KEY {
-        return Err(Refusal::Invalid(format!(
-            "field `api_key` must be 1 byte to {} KiB",
-            MAX_API_KEY / 1024
-        )));
+        return Err(Refusal::Invalid(Invalid::ApiKeySize));
     }
     Ok(())
 }
@@ -213,9 +205,7 @@ pub(super) fn expiry(from_us: i64, ttl_seconds: Option<i64>) -> Result<Option<i6
 
 /// The refusal of a ttl_seconds out of range.
 pub fn ttl_invalid() -> Refusal {
-    Refusal::Invalid(format!(
-        "field `ttl_seconds` must be a whole number from 1 to {MAX_TTL_SECONDS}"
-    ))
+    Refusal::Invalid(Invalid::KeyTtl)
 }
 
 impl Vault<'_> {
@@ -232,7 +222,7 @@ impl Vault<'_> {
             return Ok(());
         }
         let ev = self.event(origin, action, Some(caller), Outcome::Forbidden);
-        Err(self.refuse(ev, missing_scope(scope)).await)
+        Err(self.refuse(ev, Refusal::missing_scope(scope)).await)
     }
 
     /// Stores a new key (encrypted under the newest key of the keyring),
@@ -243,18 +233,26 @@ impl Vault<'_> {
         caller: &Caller,
         new: NewKey,
     ) -> Result<KeyRecord, Refusal> {
-        new.check()?;
+        let action = Action::KeyCreate;
+        self.recorded(origin, Some(caller), action, new.check())
+            .await?;
         if !caller.may_use_provider(&new.provider) {
             let mut ev = self.event(origin, Action::KeyCreate, Some(caller), Outcome::Forbidden);
             ev.provider = Some(new.provider.clone());
-            let refusal = Refusal::Forbidden(format!(
-                "this token is limited to other providers than `{}`",
-                new.provider
-            ));
+            let refusal = Refusal::Forbidden(Denied::OtherProvider {
+                provider: new.provider.clone(),
+            });
             return Err(self.refuse(ev, refusal).await);
         }
         let created_at_us = now_us();
-        let expires_at_us = expiry(created_at_us, new.ttl_seconds)?;
+        let expires_at_us = self
+            .recorded(
+                origin,
+                Some(caller),
+                action,
+                expiry(created_at_us, new.ttl_seconds),
+            )
+            .await?;
         let record = KeyRecord::new(
             Uuid::new_v4(),
             new.provider,
@@ -288,7 +286,7 @@ impl Vault<'_> {
             .load_for_change(origin, caller, id, Action::KeyDelete)
             .await?;
         if rec.deleted_at_us.is_some() {
-            return Err(self.refuse(ev, Refusal::deleted_key()).await);
+            return Err(self.refuse(ev, Refusal::Deleted(Removed::Key)).await);
         }
         ev.outcome = Outcome::Success;
         let id = rec.id;
@@ -338,25 +336,13 @@ impl Vault<'_> {
             ev.outcome = Outcome::Forbidden;
             ev.detail = Some("the key is not deleted".into());
             return Err(self
-                .refuse(
-                    ev,
-                    Refusal::Conflict(
-                        "this key is not deleted: there is nothing to restore".into(),
-                    ),
-                )
+                .refuse(ev, Refusal::Conflict(Conflict::KeyNotDeleted))
                 .await);
         };
         if deleted_at.saturating_add(window_us) <= now_us() {
             ev.detail = Some("its recovery window has ended".into());
             return Err(self
-                .refuse(
-                    ev,
-                    Refusal::Deleted(
-                        "this key's recovery window has ended: it is being destroyed and cannot \
-                         be restored; store the key again with POST /api/keys"
-                            .into(),
-                    ),
-                )
+                .refuse(ev, Refusal::Deleted(Removed::KeyPastRecovery))
                 .await);
         }
         ev.outcome = Outcome::Success;
@@ -489,13 +475,11 @@ impl Vault<'_> {
             Err(_) => None,
         };
         let Some(rec) = found else {
-            return Err(self.refuse(ev, Refusal::no_such_key()).await);
+            return Err(self.refuse(ev, Refusal::NotFound(Missing::Key)).await);
         };
         ev.provider = Some(rec.provider.clone());
         if !caller.may_use_provider(&rec.provider) {
-            return Err(self
-                .refuse(ev, Refusal::Beyond(super::refusal::NO_SUCH_KEY.into()))
-                .await);
+            return Err(self.refuse(ev, Refusal::Beyond(Missing::Key)).await);
         }
         Ok((ev, rec))
     }
@@ -515,7 +499,10 @@ impl Vault<'_> {
                 ev.detail = Some("a stored key record failed its integrity check".into());
                 Err(self.refuse(ev, r).await)
             }
-            other => other,
+            other => {
+                self.recorded(origin, Some(caller), Action::KeyList, other)
+                    .await
+            }
         }
     }
 
@@ -527,9 +514,7 @@ impl Vault<'_> {
         let provider = filter.provider.as_deref();
         if let Some(p) = provider {
             if !valid_provider(p) {
-                return Err(Refusal::Invalid(
-                    "query parameter `provider` must match [a-z0-9][a-z0-9_.-]{0,63}".into(),
-                ));
+                return Err(Refusal::Invalid(Invalid::ProviderFilter));
             }
         }
         // Deleted keys are not in the provider index: walk every key and
@@ -537,14 +522,7 @@ impl Vault<'_> {
         let walk = if filter.deleted { None } else { provider };
         let keys = self.store.list_keys(walk).map_err(|e| match e {
             crate::store::StoreError::Tampered { .. } => {
-                tracing::error!(
-                    "a stored key record failed its integrity check; run `keyhold check`"
-                );
-                Refusal::TamperedRecord(
-                    "a stored key record failed its integrity check (it was changed outside \
-                     keyhold), so the list is refused: tell the operator to run `keyhold check`"
-                        .into(),
-                )
+                Refusal::TamperedRecord(Tampered::KeyInList)
             }
             e => Refusal::storage(&e),
         })?;

@@ -12,9 +12,9 @@
 //! tokens (`tokens.rs`), rotation (`rotate.rs`), initialising a store
 //! (`init.rs`, over `crate::unlock`, which also opens one). The edges extract what a request or a
 //! command says, call the core, and present what it answers: a value, or
-//! a [`Refusal`], which maps once to an audit outcome
-//! ([`Refusal::outcome`]) and once to an HTTP status (in `http::error`)
-//! and an exit code (in `cli`).
+//! a [`Refusal`]: typed data, no prose, which maps once to an audit
+//! outcome ([`Refusal::outcome`]); each edge words it (`http::refusal_text`
+//! with its status in `http::error`; `cli::refusal` with its exit code).
 //!
 //! A reveal, read top to bottom in [`Vault::reveal`]: limiter verdict →
 //! caller → scope → load → expiry → decrypt → audit (durable) → revealed.
@@ -46,7 +46,10 @@ pub use keys::{
     DEFAULT_KEEP_VERSIONS, DEFAULT_RECOVERY_WINDOW_SECS, EXPIRING_WITHIN_DAYS, MAX_API_KEY,
     MAX_KEEP_VERSIONS, MAX_KEY_NAME,
 };
-pub use refusal::Refusal;
+pub use refusal::{
+    Conflict, Denied, EveryProvider, Invalid, Missing, Refusal, Removed, Tampered, Unauthenticated,
+    Unfinished,
+};
 pub use reveal::{RevealRequest, Revealed, Target};
 pub use reveal_batch::{BatchRefusal, MAX_BATCH};
 pub use rotate::{rotate_store, Rotated};
@@ -272,6 +275,29 @@ impl Vault<'_> {
         self.refuse(event, refusal).await
     }
 
+    /// `checked`, or its refusal recorded as one of `action` by `caller`
+    /// (none: the operator offline). A failure of storage or of the audit
+    /// log is no refusal of the caller and passes unrecorded.
+    async fn recorded<T>(
+        &self,
+        origin: &Origin,
+        caller: Option<&Caller>,
+        action: Action,
+        checked: Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        match checked {
+            Ok(v) => Ok(v),
+            Err(r @ (Refusal::Storage | Refusal::AuditUnavailable | Refusal::Unavailable(_))) => {
+                Err(r)
+            }
+            Err(r) => {
+                let mut ev = self.event(origin, action, caller, r.outcome());
+                ev.detail = Some(format!("refused: {r:?}").chars().take(200).collect());
+                Err(self.refuse(ev, r).await)
+            }
+        }
+    }
+
     /// Records a refusal of `action` and hands it back.
     async fn refuse(&self, mut event: AuditEvent, mut refusal: Refusal) -> Refusal {
         event.outcome = refusal.outcome();
@@ -364,27 +390,14 @@ impl Vault<'_> {
         let token = token?;
         match crate::token_records::check(self.store, token, crate::time::now_us()) {
             Ok(Checked::Valid(c)) => Ok(c),
-            Ok(Checked::Unknown) => Err(Refusal::Unauthenticated(
-                "invalid or revoked token: check the token, or ask an admin for a new one".into(),
-            )),
+            Ok(Checked::Unknown) => Err(Refusal::Unauthenticated(Unauthenticated::UnknownToken)),
             Ok(Checked::Expired {
                 caller,
                 at_us,
                 rotated,
             }) => {
                 let at = crate::time::to_rfc3339(at_us);
-                let refusal = Refusal::TokenExpired(if rotated {
-                    format!(
-                        "this token was rotated and its overlap window ended at {at}: use its \
-                         replacement, or ask an admin for a new one (keyhold token create or \
-                         rotate)"
-                    )
-                } else {
-                    format!(
-                        "this token expired at {at}: ask an admin for a new one (keyhold token \
-                         create or rotate)"
-                    )
-                });
+                let refusal = Refusal::TokenExpired { at_us, rotated };
                 let mut ev = self.event(
                     origin,
                     Action::Authenticate,

@@ -1,94 +1,232 @@
-//! Why the vault said no: one type for every rule's refusal, mapped once
-//! to the audit outcome it is recorded with ([`Refusal::outcome`]); the
-//! HTTP status is mapped once in `http::error`.
+//! Why the vault said no: one type for every rule's refusal, with the data
+//! that names the rule (which field, which key, which version, until
+//! when), never a sentence. It maps once to the audit outcome it is
+//! recorded with ([`Refusal::outcome`]); each edge words it for its
+//! reader: the HTTP edge as a status and a `detail` naming routes
+//! (`http::refusal_text`), the CLI as a message naming commands and an
+//! exit code (`cli::refusal`).
+//!
+//! Not for: prose. No route, header or command is named here.
 
+use uuid::Uuid;
+
+use crate::access::Scope;
 use crate::audit::Outcome;
 
-/// The detail of a missing key.
-pub(crate) const NO_SUCH_KEY: &str = "no key with this id: list keys with GET /api/keys";
-
-/// A refusal, with a detail that says what happened and what to do (never
-/// a secret).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A refusal. It carries no secret: ids, provider and key names (cut to
+/// 64 characters where the caller wrote them), numbers and times.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// Too many reveals from this client: retry after this many seconds.
-    #[error("too many reveals from this address: retry in {0} s (see Retry-After)")]
     RateLimited(u64),
     /// This token was refused too often (its refusal budget is spent):
     /// retry after this many seconds.
-    #[error(
-        "this token was refused too often in a short time, so further requests it makes that \
-         would be refused are answered 429: retry in {0} s (see Retry-After), and check what \
-         the token may do (GET /api/whoami)"
-    )]
     TooManyRefusals(u64),
     /// This token made too many successful audited requests in a short
     /// time (its record budget is spent): nothing was done; retry after
     /// this many seconds.
-    #[error(
-        "this token made too many audited requests in a short time (its record budget), so \
-         this one was not done: retry in {0} s (see Retry-After)"
-    )]
     TooManyRecords(u64),
-    /// No usable token, or an unknown or revoked one.
-    #[error("{0}")]
-    Unauthenticated(String),
+    /// No usable token: why the credential was not one.
+    Unauthenticated(Unauthenticated),
     /// The token is known but its expiry (a ttl, or the end of a
-    /// rotation's overlap) has passed: the detail names when.
-    #[error("{0}")]
-    TokenExpired(String),
+    /// rotation's overlap) passed at `at_us`.
+    TokenExpired {
+        at_us: i64,
+        /// The expiry was the end of a rotation's overlap.
+        rotated: bool,
+    },
     /// The token's stored record failed its integrity check.
-    #[error(
-        "this token's stored record failed its integrity check (it was changed outside keyhold) \
-         and is refused: tell the operator to run `keyhold check`"
-    )]
     TamperedToken,
     /// The token lacks a scope, or reaches beyond its providers.
-    #[error("{0}")]
-    Forbidden(String),
+    Forbidden(Denied),
     /// Nothing there (or, for a provider-limited caller, nothing of its
     /// providers there: answered alike).
-    #[error("{0}")]
-    NotFound(String),
-    /// Beyond the caller's providers: answered exactly like `NotFound`
-    /// with this detail, recorded `forbidden`.
-    #[error("{0}")]
-    Beyond(String),
-    /// The key is soft-deleted: answered 404 like a missing key, recorded
-    /// `deleted`.
-    #[error("{0}")]
-    Deleted(String),
+    NotFound(Missing),
+    /// Beyond the caller's providers: answered exactly like `NotFound` of
+    /// the same thing, recorded `forbidden`.
+    Beyond(Missing),
+    /// Soft-deleted, or past its recovery window: answered like a missing
+    /// key, recorded `deleted`.
+    Deleted(Removed),
     /// The key's ttl ran out.
-    #[error("this key has expired (its ttl_seconds ran out): store a new one")]
     Expired,
     /// No key of the keyring opens the stored key.
-    #[error(
-        "the stored key does not decrypt with this server's keyring (its Fernet key is not in \
-         FERNET_KEYS): tell the operator; `keyhold check` lists such keys"
-    )]
     DecryptFailed,
-    /// A stored key record failed its integrity check.
-    #[error("{0}")]
-    TamperedRecord(String),
-    /// A field of the request is missing or invalid (named).
-    #[error("{0}")]
-    Invalid(String),
+    /// A stored record failed its integrity check.
+    TamperedRecord(Tampered),
+    /// A field of the request is missing or invalid.
+    Invalid(Invalid),
     /// The request conflicts with what is stored.
-    #[error("{0}")]
-    Conflict(String),
+    Conflict(Conflict),
     /// The audit record could not be made durable: nothing was served.
-    #[error(
-        "the audit log cannot be written right now, so the request was not served; retry \
-         shortly, and tell the operator (check disk space and `/healthz`)"
-    )]
     AuditUnavailable,
-    /// Work that was interrupted or could not finish now (the detail says
-    /// what and that a retry may do): answered 503.
-    #[error("{0}")]
-    Unavailable(String),
-    /// Storage failed (logged; the detail says nothing internal).
-    #[error("storage is unavailable right now; retry shortly and tell the operator")]
+    /// Work that was interrupted or could not finish now (a retry may
+    /// do): answered 503.
+    Unavailable(Unfinished),
+    /// Storage failed (logged; nothing internal is told).
     Storage,
+}
+
+/// Why a presented credential is no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthenticated {
+    /// None was presented.
+    Missing,
+    /// More than one was presented.
+    Several,
+    /// It is not readable text.
+    Unreadable,
+    /// It is not a bearer token.
+    NotBearer,
+    /// The bearer token is empty.
+    Empty,
+    /// A token this vault does not know, or a revoked one.
+    UnknownToken,
+}
+
+/// What a token may not do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// It lacks this scope.
+    MissingScope(Scope),
+    /// It is limited to other providers than this one (a key it stores).
+    OtherProvider { provider: String },
+    /// A token it mints would reach beyond its own providers.
+    BroaderToken { providers: Vec<String> },
+    /// It is provider-limited, and this covers every provider.
+    EveryProvider(EveryProvider),
+}
+
+/// What covers every provider, so a provider-limited token may not do it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EveryProvider {
+    Rotation,
+    Reload,
+    Backup,
+    /// Reading the audit log (one chain over every provider).
+    AuditLog,
+    /// Reading the metrics.
+    Metrics,
+}
+
+/// What is not there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    /// No key with the id given.
+    Key,
+    /// A version asked for that is not a version number.
+    VersionNotANumber,
+    /// The version is in the recovery window: not revealable.
+    VersionInRecoveryWindow { version: u32 },
+    /// The version is not kept; `kept` are the ones that are.
+    VersionNotKept { version: u32, kept: Vec<u32> },
+    /// No live key of `provider` (named `name`, if given); `limited`: the
+    /// caller is provider-limited and is told alike when the key is
+    /// beyond its providers.
+    ProviderKey {
+        provider: String,
+        name: Option<String>,
+        limited: bool,
+    },
+    /// The version is not in the recovery window (a restore of it).
+    VersionNotInRecoveryWindow { version: u32 },
+    /// No token with this id or name.
+    Token { id_or_name: String },
+}
+
+/// What was deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// The key is soft-deleted (restorable within its recovery window).
+    Key,
+    /// The key's recovery window ended: it is being destroyed.
+    KeyPastRecovery,
+    /// This version's recovery window ended: it is being destroyed.
+    VersionPastRecovery { version: u32 },
+}
+
+/// Which stored record failed its integrity check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tampered {
+    /// The key asked for.
+    Key,
+    /// One of the keys a listing reads.
+    KeyInList,
+    /// A token record.
+    Token,
+}
+
+/// Which field is invalid, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// A key's `provider` is not a provider name.
+    Provider,
+    /// A key's `key_name` breaks this rule.
+    KeyName(crate::access::KeyNameProblem),
+    /// An `api_key` empty or longer than [`super::MAX_API_KEY`].
+    ApiKeySize,
+    /// A key's `ttl_seconds` out of range.
+    KeyTtl,
+    /// A token's `ttl_seconds` out of range.
+    TokenTtl,
+    /// A rotation's `overlap_seconds` out of range.
+    Overlap,
+    /// The `provider` a listing filters by is not a provider name.
+    ProviderFilter,
+    /// A token name that is not one.
+    TokenName { name: String },
+    /// A provider of a token's limit that is not a provider name.
+    TokenProvider { provider: String },
+    /// An auditor or metrics token limited to providers.
+    LimitedAuditor,
+    /// The request's own shape (its body, a query or a path segment),
+    /// refused by the edge that read it and worded there.
+    Request,
+}
+
+/// What the request conflicts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// A restore of a key that is not deleted.
+    KeyNotDeleted,
+    /// A new version of a key whose recovery window holds no more.
+    RecoveryWindowFull {
+        /// Versions held in all (kept and in the window).
+        held: usize,
+        kept: usize,
+        in_window: usize,
+        /// Bytes of ciphertext in the window.
+        bytes: usize,
+        /// When the oldest version in the window is destroyed.
+        until_us: Option<i64>,
+    },
+    /// Several live tokens share the name of a revoke (a rotation's
+    /// overlap): their ids.
+    SeveralLiveTokens { name: String, ids: Vec<Uuid> },
+    /// A live token already has this name.
+    TokenNameTaken { name: String },
+    /// The token is already revoked.
+    TokenRevoked { name: String },
+    /// The token was already rotated (into `to`).
+    TokenRotated { name: String, id: Uuid, to: Uuid },
+    /// The token's stored role is unknown to this keyhold.
+    UnknownStoredRole { role: String },
+    /// The store is already initialised (its location).
+    AlreadyInitialised { location: String },
+    /// A rotation, backup or reload is already running.
+    MaintenanceRunning,
+}
+
+/// What did not finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfinished {
+    ExportInterrupted,
+    PageNotEncoded,
+    CountInterrupted,
+    CountFailed,
+    VerifyInterrupted,
+    RotationInterrupted,
+    BackupInterrupted,
 }
 
 impl Refusal {
@@ -102,7 +240,7 @@ impl Refusal {
             Refusal::TamperedToken | Refusal::TamperedRecord(_) => Outcome::Tampered,
             Refusal::Forbidden(_) | Refusal::Beyond(_) => Outcome::Forbidden,
             Refusal::NotFound(_) => Outcome::NotFound,
-            Refusal::Expired | Refusal::TokenExpired(_) => Outcome::Expired,
+            Refusal::Expired | Refusal::TokenExpired { .. } => Outcome::Expired,
             Refusal::Deleted(_) => Outcome::Deleted,
             Refusal::DecryptFailed => Outcome::DecryptFailed,
             // Refusals of a request's shape or of storage are not attempts
@@ -121,38 +259,30 @@ impl Refusal {
         Refusal::Storage
     }
 
-    /// A stored key record failed its integrity check.
-    pub fn tampered_key() -> Refusal {
-        tracing::error!(
-            "a stored key record failed its integrity check (written or changed outside keyhold); \
-             it was refused. Run `keyhold check`"
-        );
-        Refusal::TamperedRecord(
-            "the stored record of this key failed its integrity check (it was changed outside \
-             keyhold) and is refused: tell the operator to run `keyhold check`"
-                .into(),
-        )
-    }
-
-    /// A soft-deleted key.
-    pub fn deleted_key() -> Refusal {
-        Refusal::Deleted(
-            "this key is deleted: POST /api/keys/{id}/restore brings it back within the recovery \
-             window (GET /api/keys?deleted=true lists deleted keys)"
-                .into(),
-        )
-    }
-
-    /// A missing key (or one beyond the caller's providers).
-    pub fn no_such_key() -> Refusal {
-        Refusal::NotFound(NO_SUCH_KEY.into())
-    }
-
     /// A store error as a refusal: tampering is said, the rest logged.
     pub fn of_store(e: crate::store::StoreError) -> Refusal {
         match e {
-            crate::store::StoreError::Tampered { .. } => Refusal::tampered_key(),
+            crate::store::StoreError::Tampered { .. } => Refusal::TamperedRecord(Tampered::Key),
             e => Refusal::storage(&e),
         }
+    }
+
+    /// The refusal of a token that lacks `scope`.
+    pub fn missing_scope(scope: Scope) -> Refusal {
+        Refusal::Forbidden(Denied::MissingScope(scope))
+    }
+
+    /// The same refusal for a thing beyond the caller's providers:
+    /// answered like a missing one, recorded `forbidden`.
+    pub(super) fn beyond(self) -> Refusal {
+        match self {
+            Refusal::NotFound(m) => Refusal::Beyond(m),
+            other => other,
+        }
+    }
+
+    /// Whether the refusal says a stored record failed its integrity check.
+    pub fn is_tampered(&self) -> bool {
+        matches!(self, Refusal::TamperedToken | Refusal::TamperedRecord(_))
     }
 }

@@ -14,7 +14,7 @@
 
 use uuid::Uuid;
 
-use super::{Origin, Refusal, Vault};
+use super::{Missing, Origin, Refusal, Removed, Vault};
 use crate::access::{valid_provider, Caller, Scope};
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::secret::SecretBytes;
@@ -165,7 +165,9 @@ impl Vault<'_> {
         ev.caller_id = Some(caller.id);
         // 3. the scope.
         if !caller.has(Scope::KeysReveal) {
-            return Err(self.refuse(ev, missing_scope(Scope::KeysReveal)).await);
+            return Err(self
+                .refuse(ev, Refusal::missing_scope(Scope::KeysReveal))
+                .await);
         }
         Ok((caller, ev))
     }
@@ -189,43 +191,30 @@ impl Vault<'_> {
         // A soft-deleted key is not revealable (answered like a missing
         // one, recorded `deleted`).
         if rec.deleted_at_us.is_some() {
-            return Err(self.refuse(ev, Refusal::deleted_key()).await);
+            return Err(self.refuse(ev, Refusal::Deleted(Removed::Key)).await);
         }
         // The version asked for (the current one unless named; 0 is what
         // the edge passes for a `version` that is not a number).
         let version = match target {
             Target::Id(_, Some(0)) => {
-                let refusal = Refusal::NotFound(
-                    "query parameter `version` must be a version number (1, 2, ...): list them \
-                     with GET /api/keys/{id}/versions"
-                        .into(),
-                );
+                let refusal = Refusal::NotFound(Missing::VersionNotANumber);
                 return Err(self.refuse(ev, refusal).await);
             }
             Target::Id(_, Some(v)) => *v,
             _ => rec.version,
         };
         if rec.dropped.iter().any(|d| d.version.number == version) {
-            let refusal = Refusal::NotFound(format!(
-                "version {version} of this key was pushed past the number of versions kept and is \
-                 in the recovery window: not revealable; an admin can put it back with POST \
-                 /api/keys/{{id}}/versions/{version}/restore"
-            ));
+            let refusal = Refusal::NotFound(Missing::VersionInRecoveryWindow { version });
             return Err(self.refuse(ev, refusal).await);
         }
         let Some((token, expires_at_us)) = rec.version_token(version) else {
-            let kept: Vec<String> = rec
+            let kept: Vec<u32> = rec
                 .older
                 .iter()
                 .map(|v| v.number)
                 .chain(std::iter::once(rec.version))
-                .map(|n| n.to_string())
                 .collect();
-            let refusal = Refusal::NotFound(format!(
-                "version {version} of this key is not kept (kept: {}); list them with GET \
-                 /api/keys/{{id}}/versions",
-                kept.join(", ")
-            ));
+            let refusal = Refusal::NotFound(Missing::VersionNotKept { version, kept });
             return Err(self.refuse(ev, refusal).await);
         };
         // 5. expiry.
@@ -302,17 +291,17 @@ impl Vault<'_> {
         match target {
             Target::Id(id, _) => {
                 let Ok(id) = Uuid::parse_str(id) else {
-                    return Err(Refusal::no_such_key());
+                    return Err(Refusal::NotFound(Missing::Key));
                 };
                 let rec = self
                     .store
                     .get_key(&id)
                     .map_err(Refusal::of_store)?
-                    .ok_or_else(Refusal::no_such_key)?;
+                    .ok_or(Refusal::NotFound(Missing::Key))?;
                 if !caller.may_use_provider(&rec.provider) {
                     ev.key_id = Some(rec.id);
                     ev.provider = Some(rec.provider.clone());
-                    return Err(beyond(Refusal::no_such_key()));
+                    return Err(Refusal::Beyond(Missing::Key));
                 }
                 Ok(rec)
             }
@@ -334,29 +323,17 @@ impl Vault<'_> {
         // missing or beyond its providers, and is not invited to store a
         // key that may well exist.
         let none = || {
-            let provider = provider.chars().take(64).collect::<String>();
-            let name = name.map(|n| format!("{:?}", n.chars().take(64).collect::<String>()));
-            Refusal::NotFound(match (name, caller.is_limited()) {
-                (None, false) => {
-                    format!("no key stored for provider `{provider}`: add one with POST /api/keys")
-                }
-                (Some(n), false) => format!(
-                    "no live key named {n} for provider `{provider}`: list keys with GET \
-                     /api/keys?provider={provider}"
-                ),
-                (n, true) => format!(
-                    "no key{} you may see for provider `{provider}`: this token reaches only \
-                     some providers (GET /api/whoami lists them); if the key should be there, \
-                     ask an admin",
-                    n.map_or(String::new(), |n| format!(" named {n}"))
-                ),
+            Refusal::NotFound(Missing::ProviderKey {
+                provider: provider.chars().take(64).collect(),
+                name: name.map(|n| n.chars().take(64).collect()),
+                limited: caller.is_limited(),
             })
         };
         if !valid_provider(provider) {
             return Err(none());
         }
         if !caller.may_use_provider(provider) {
-            return Err(beyond(none()));
+            return Err(none().beyond());
         }
         let now = now_us();
         let mut newest_expired = None;
@@ -379,20 +356,4 @@ impl Vault<'_> {
             None => Err(none()),
         }
     }
-}
-
-/// A refusal for a key beyond the caller's providers: answered as `answer`
-/// (like a missing key), recorded `forbidden`.
-fn beyond(answer: Refusal) -> Refusal {
-    match answer {
-        Refusal::NotFound(d) => Refusal::Beyond(d),
-        other => other,
-    }
-}
-
-/// The refusal of a token that lacks `scope`.
-pub(crate) fn missing_scope(scope: Scope) -> Refusal {
-    Refusal::Forbidden(format!(
-        "this token lacks the `{scope}` scope: use a token whose role grants it"
-    ))
 }

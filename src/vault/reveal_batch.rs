@@ -142,7 +142,7 @@ impl Vault<'_> {
             }
             _ => {
                 if let Err(e) = self.record_budgeted(ev, vec![]).await {
-                    tracing::error!(error = %e, "could not record a withheld key of a refused batch");
+                    tracing::error!(refusal = ?e, "could not record a withheld key of a refused batch");
                 }
             }
         }

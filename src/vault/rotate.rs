@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Origin, Refusal, Vault};
+use super::{Denied, EveryProvider, Origin, Refusal, Vault};
 use crate::access::Caller;
 use crate::audit::{Action, AuditLog, Outcome, PublicKey};
 use crate::keyring::Keyring;
@@ -52,43 +52,24 @@ pub fn rotate_store(
 }
 
 impl Vault<'_> {
-    /// Refuses a provider-limited caller an operation on the whole store
-    /// (rotation, backup), recording the refusal.
-    pub async fn require_whole_store(
-        &self,
-        origin: &Origin,
-        caller: &Caller,
-        action: Action,
-        what: &str,
-    ) -> Result<(), Refusal> {
-        self.require_unlimited(
-            origin,
-            caller,
-            action,
-            format!(
-                "this token is limited to some providers, and {what} covers every provider's \
-                 keys: use an admin token without a provider limit"
-            ),
-        )
-        .await
-    }
-
     /// Refuses a provider-limited `caller` what covers every provider (a
-    /// whole-store operation, the audit log, the metrics), recording the
-    /// refusal under `action`; `detail` says what to use instead.
+    /// whole-store operation, the audit log, the metrics: `what`),
+    /// recording the refusal under `action`.
     pub async fn require_unlimited(
         &self,
         origin: &Origin,
         caller: &Caller,
         action: Action,
-        detail: String,
+        what: EveryProvider,
     ) -> Result<(), Refusal> {
         if !caller.is_limited() {
             return Ok(());
         }
         let mut ev = self.event(origin, action, Some(caller), Outcome::Forbidden);
         ev.detail = Some("provider-limited token".into());
-        Err(self.refuse(ev, Refusal::Forbidden(detail)).await)
+        Err(self
+            .refuse(ev, Refusal::Forbidden(Denied::EveryProvider(what)))
+            .await)
     }
 
     /// Records a rotation (`caller` none: the operator offline).

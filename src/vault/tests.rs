@@ -89,7 +89,7 @@ impl Fixture {
     fn reveal(&self, token: Option<&str>, target: Target) -> Result<Revealed, Refusal> {
         block(self.vault().reveal(RevealRequest {
             origin: Origin::cli(),
-            token: token.ok_or(Refusal::Unauthenticated("no token".into())),
+            token: token.ok_or(Refusal::Unauthenticated(Unauthenticated::Missing)),
             target,
             verdict: Ok(()),
             purpose: None,
@@ -136,26 +136,26 @@ fn each_refusal_is_recorded_with_its_outcome() {
         (
             None,
             Target::Id(id.to_string(), None),
-            Refusal::Unauthenticated("no token".into()),
+            Refusal::Unauthenticated(Unauthenticated::Missing),
             Outcome::Unauthenticated,
         ),
         (
             Some(&writer),
             Target::Id(id.to_string(), None),
-            reveal::missing_scope(crate::access::Scope::KeysReveal),
+            Refusal::missing_scope(crate::access::Scope::KeysReveal),
             Outcome::Forbidden,
         ),
         (
             Some(&f.admin),
             Target::Id(uuid::Uuid::new_v4().to_string(), None),
-            Refusal::no_such_key(),
+            Refusal::NotFound(Missing::Key),
             Outcome::NotFound,
         ),
         // Another provider's key answers like a missing one, recorded forbidden.
         (
             Some(&limited),
             Target::Id(id.to_string(), None),
-            Refusal::Beyond(refusal::NO_SUCH_KEY.into()),
+            Refusal::Beyond(Missing::Key),
             Outcome::Forbidden,
         ),
     ];
@@ -264,7 +264,7 @@ fn keys_are_checked_created_and_deleted_with_their_records() {
     };
     let got = block(f.vault().create_key(&Origin::cli(), &admin, bad)).unwrap_err();
     assert!(
-        matches!(&got, Refusal::Invalid(d) if d.contains("provider")),
+        matches!(&got, Refusal::Invalid(Invalid::Provider)),
         "{got:?}"
     );
     let id = f.key("claude", "sk", None);
@@ -366,7 +366,7 @@ fn an_expiring_token_is_refused_once_expired_and_a_rotation_keeps_the_grants() {
     // The old token is now expired (rotated); the new one works.
     let got = block(f.vault().authenticate(&Origin::cli(), Ok(&secret))).unwrap_err();
     match &got {
-        Refusal::TokenExpired(d) => assert!(d.contains("rotated"), "{d}"),
+        Refusal::TokenExpired { rotated, .. } => assert!(rotated),
         other => panic!("{other:?}"),
     }
     let last = f.last();
@@ -424,4 +424,60 @@ fn a_key_policy_takes_1_to_100_versions_and_a_window_up_to_ten_years() {
         KeyPolicy::default(),
         KeyPolicy::new(10, 7 * 86_400).unwrap()
     );
+}
+
+/// Every refusal a vault method gives a caller is recorded by the vault
+/// itself (the HTTP edge counts on it: it records only its own), field
+/// rules and lookups included; a failure of storage is not a refusal.
+#[test]
+fn field_rules_and_lookups_are_refused_with_their_records() {
+    let f = fixture();
+    let writer = f.caller(&f.token(Role::Writer, None));
+    let admin = f.caller(&f.admin);
+    let n = || f.records().len();
+    let before = n();
+    let bad = NewKey {
+        provider: "claude".into(),
+        key_name: " padded".into(),
+        api_key: SecretString::new("sk".into()),
+        ttl_seconds: None,
+    };
+    let got = block(f.vault().create_key(&Origin::cli(), &writer, bad)).unwrap_err();
+    assert!(
+        matches!(got, Refusal::Invalid(Invalid::KeyName(_))),
+        "{got:?}"
+    );
+    let last = f.last();
+    assert_eq!(
+        (last.event.action, last.event.outcome, last.event.caller_id),
+        (Action::KeyCreate, Outcome::Forbidden, Some(writer.id))
+    );
+    let taken = TokenRequest {
+        name: "admin".into(),
+        role: Role::Reader,
+        providers: None,
+        ttl_seconds: None,
+    };
+    let got = block(f.vault().create_token(&Origin::cli(), Some(&admin), taken)).unwrap_err();
+    assert!(
+        matches!(got, Refusal::Conflict(Conflict::TokenNameTaken { .. })),
+        "{got:?}"
+    );
+    assert_eq!(f.last().event.action, Action::TokenCreate);
+    let missing = uuid::Uuid::new_v4().to_string();
+    let got = block(f.vault().key_versions(&Origin::cli(), &writer, &missing)).unwrap_err();
+    assert_eq!(got, Refusal::NotFound(Missing::Key));
+    assert_eq!(
+        (f.last().event.action, f.last().event.outcome),
+        (Action::KeyList, Outcome::NotFound)
+    );
+    let filter = KeyFilter {
+        provider: Some("Not A Provider".into()),
+        ..KeyFilter::default()
+    };
+    let got = block(f.vault().list_keys(&Origin::cli(), &writer, &filter)).unwrap_err();
+    assert_eq!(got, Refusal::Invalid(Invalid::ProviderFilter));
+    let got = block(f.vault().find_token(&Origin::cli(), Some(&admin), "nobody")).unwrap_err();
+    assert!(matches!(got, Refusal::NotFound(Missing::Token { .. })));
+    assert_eq!(n(), before + 5);
 }

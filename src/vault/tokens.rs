@@ -6,7 +6,7 @@
 
 use uuid::Uuid;
 
-use super::{Origin, Refusal, Vault};
+use super::{Conflict, Denied, Invalid, Missing, Origin, Refusal, Tampered, Vault};
 use crate::access::{Caller, Role};
 use crate::audit::{Action, Outcome};
 use crate::duration::MAX_TTL_SECONDS;
@@ -47,17 +47,12 @@ pub struct RotatedToken {
 
 /// The refusal of a `ttl_seconds` out of range (for tokens).
 pub fn token_ttl_invalid() -> Refusal {
-    Refusal::Invalid(format!(
-        "field `ttl_seconds` must be a whole number from 1 to {MAX_TTL_SECONDS} (10 years)"
-    ))
+    Refusal::Invalid(Invalid::TokenTtl)
 }
 
 /// The refusal of an `overlap_seconds` out of range.
 pub fn overlap_invalid() -> Refusal {
-    Refusal::Invalid(format!(
-        "field `overlap_seconds` must be a whole number from 0 to {MAX_TTL_SECONDS} (0: the old \
-         token stops now)"
-    ))
+    Refusal::Invalid(Invalid::Overlap)
 }
 
 /// A minted token: its record and its secret, shown once.
@@ -70,20 +65,20 @@ pub struct MintedToken {
 impl From<TokenError> for Refusal {
     fn from(e: TokenError) -> Refusal {
         match e {
-            TokenError::InvalidName(_)
-            | TokenError::InvalidProvider(_)
-            | TokenError::LimitedAuditor => Refusal::Invalid(e.to_string()),
-            TokenError::NameTaken(_)
-            | TokenError::AlreadyRevoked(_)
-            | TokenError::AlreadyRotated { .. }
-            | TokenError::StoredRole(_) => Refusal::Conflict(e.to_string()),
-            TokenError::NotFound(_) => Refusal::NotFound(e.to_string()),
+            TokenError::InvalidName(name) => Refusal::Invalid(Invalid::TokenName { name }),
+            TokenError::InvalidProvider(provider) => {
+                Refusal::Invalid(Invalid::TokenProvider { provider })
+            }
+            TokenError::LimitedAuditor => Refusal::Invalid(Invalid::LimitedAuditor),
+            TokenError::NameTaken(name) => Refusal::Conflict(Conflict::TokenNameTaken { name }),
+            TokenError::AlreadyRevoked(name) => Refusal::Conflict(Conflict::TokenRevoked { name }),
+            TokenError::AlreadyRotated { name, id, to } => {
+                Refusal::Conflict(Conflict::TokenRotated { name, id, to })
+            }
+            TokenError::StoredRole(role) => Refusal::Conflict(Conflict::UnknownStoredRole { role }),
+            TokenError::NotFound(id_or_name) => Refusal::NotFound(Missing::Token { id_or_name }),
             TokenError::Store(crate::store::StoreError::Tampered { .. }) => {
-                Refusal::TamperedRecord(
-                    "a stored token record failed its integrity check (it was changed outside \
-                     keyhold), so this is refused: tell the operator to run `keyhold check`"
-                        .into(),
-                )
+                Refusal::TamperedRecord(Tampered::Token)
             }
             TokenError::Random(_) | TokenError::Store(_) => Refusal::storage(&e),
         }
@@ -97,10 +92,9 @@ fn covers(caller: Option<&Caller>, providers: Option<&[String]>) -> bool {
 
 /// The answer for a token beyond the caller's providers: like a missing one.
 fn beyond(id: &str) -> Refusal {
-    match Refusal::from(TokenError::NotFound(id.chars().take(64).collect())) {
-        Refusal::NotFound(d) => Refusal::Beyond(d),
-        other => other,
-    }
+    Refusal::Beyond(Missing::Token {
+        id_or_name: id.chars().take(64).collect(),
+    })
 }
 
 impl Vault<'_> {
@@ -112,15 +106,22 @@ impl Vault<'_> {
         caller: Option<&Caller>,
         req: TokenRequest,
     ) -> Result<MintedToken, Refusal> {
+        let action = Action::TokenCreate;
         if req
             .ttl_seconds
             .is_some_and(|t| !(1..=MAX_TTL_SECONDS).contains(&t))
         {
-            return Err(token_ttl_invalid());
+            return self
+                .recorded(origin, caller, action, Err(token_ttl_invalid()))
+                .await;
         }
         // Name taken? and the write: one step for every node.
         let _one = self.token_lock().await?;
-        let prepared = token_records::prepare(self.store, &req.name, req.role, req.providers)?
+        let prepared = token_records::prepare(self.store, &req.name, req.role, req.providers)
+            .map_err(Refusal::from);
+        let prepared = self
+            .recorded(origin, caller, action, prepared)
+            .await?
             .expiring(req.ttl_seconds);
         if !covers(caller, prepared.record.providers.as_deref()) {
             let mut ev = self.event(origin, Action::TokenCreate, caller, Outcome::Forbidden);
@@ -128,14 +129,9 @@ impl Vault<'_> {
                 "token `{}` would reach beyond the caller's providers",
                 prepared.record.name
             ));
-            let limited = caller
-                .and_then(|c| c.providers.as_deref())
-                .unwrap_or_default()
-                .join(", ");
-            let refusal = Refusal::Forbidden(format!(
-                "this token is limited to the providers {limited}: a token it creates must be \
-                 limited to some of them (set `providers`)"
-            ));
+            let refusal = Refusal::Forbidden(Denied::BroaderToken {
+                providers: caller.and_then(|c| c.providers.clone()).unwrap_or_default(),
+            });
             return Err(self.refuse(ev, refusal).await);
         }
         let mut ev = self.event(origin, Action::TokenCreate, caller, Outcome::Success);
@@ -178,7 +174,7 @@ impl Vault<'_> {
         // (often the reason for the revoke) working. Ask for the id.
         if rec.id.to_string() != id_or_name {
             let now = crate::time::now_us();
-            let live: Vec<String> = self
+            let live: Vec<Uuid> = self
                 .store
                 .list_tokens()
                 .map_err(|e| Refusal::from(TokenError::Store(e)))?
@@ -186,18 +182,15 @@ impl Vault<'_> {
                 .map(|(_, r)| r)
                 .filter(|r| r.name == rec.name && token_records::is_live(r, now))
                 .filter(|r| covers(caller, r.providers.as_deref()))
-                .map(|r| r.id.to_string())
+                .map(|r| r.id)
                 .collect();
             if live.len() > 1 {
                 let mut ev = self.event(origin, Action::TokenRevoke, caller, Outcome::Forbidden);
                 ev.detail = Some(format!("several live tokens are named `{}`", rec.name));
-                let refusal = Refusal::Conflict(format!(
-                    "{} live tokens are named `{}` (a rotation's overlap): revoke each by its id \
-                     ({})",
-                    live.len(),
-                    rec.name,
-                    live.join(", ")
-                ));
+                let refusal = Refusal::Conflict(Conflict::SeveralLiveTokens {
+                    name: rec.name.clone(),
+                    ids: live,
+                });
                 return Err(self.refuse(ev, refusal).await);
             }
         }
@@ -235,7 +228,9 @@ impl Vault<'_> {
     ) -> Result<RotatedToken, Refusal> {
         let overlap = overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECONDS);
         if !(0..=MAX_TTL_SECONDS).contains(&overlap) {
-            return Err(overlap_invalid());
+            return self
+                .recorded(origin, caller, Action::TokenRotate, Err(overlap_invalid()))
+                .await;
         }
         // A revoke or another rotation between the read and the write
         // would otherwise be undone (the old record written back live).
@@ -303,12 +298,12 @@ impl Vault<'_> {
         action: Action,
         e: TokenError,
     ) -> Refusal {
-        let refusal = Refusal::from(e);
         let mut ev = self.event(origin, action, caller, Outcome::NotFound);
-        ev.detail = Some(match &refusal {
-            Refusal::NotFound(_) => "no such token".to_string(),
+        ev.detail = Some(match &e {
+            TokenError::NotFound(_) => "no such token".to_string(),
             other => other.to_string().chars().take(200).collect(),
         });
+        let refusal = Refusal::from(e);
         match refusal {
             Refusal::Storage => refusal,
             r => self.refuse(ev, r).await,
@@ -341,16 +336,23 @@ impl Vault<'_> {
             .collect())
     }
 
-    /// One token by id or name, if `caller` reaches it.
-    pub fn find_token(
+    /// One token by id or name, if `caller` reaches it (a refusal
+    /// recorded under `token_list`).
+    pub async fn find_token(
         &self,
+        origin: &Origin,
         caller: Option<&Caller>,
         id_or_name: &str,
     ) -> Result<ListedToken, Refusal> {
-        let (_, rec) = token_records::find(self.store, id_or_name)?;
-        if !covers(caller, rec.providers.as_deref()) {
-            return Err(beyond(id_or_name));
-        }
+        let found = token_records::find(self.store, id_or_name)
+            .map_err(Refusal::from)
+            .and_then(|(_, rec)| match covers(caller, rec.providers.as_deref()) {
+                true => Ok(rec),
+                false => Err(beyond(id_or_name)),
+            });
+        let rec = self
+            .recorded(origin, caller, Action::TokenList, found)
+            .await?;
         let usage = self.store.token_usage().map_err(|e| Refusal::storage(&e))?;
         Ok(listed(rec, &usage, crate::time::now_us()))
     }

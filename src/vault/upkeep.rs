@@ -178,8 +178,7 @@ fn spawn_key_upkeep(core: Arc<Core>, every: Duration, keys_changed: KeysChanged)
                         provider = %provider,
                         key_name = %name,
                         expires_at = %crate::time::to_rfc3339(*exp),
-                        "a key expires within 7 days: store a new version (keyhold keys put) \
-                         before it lapses"
+                        "a key expires within 7 days: store a new version of it before it lapses"
                     );
                 }
             }
@@ -194,7 +193,7 @@ fn spawn_key_upkeep(core: Arc<Core>, every: Duration, keys_changed: KeysChanged)
                         );
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "could not destroy deleted keys yet; retried later")
+                        tracing::warn!(refusal = ?e, "could not destroy deleted keys yet; retried later")
                     }
                 }
             }
@@ -206,7 +205,7 @@ fn spawn_key_upkeep(core: Arc<Core>, every: Duration, keys_changed: KeysChanged)
                         "destroyed key versions whose recovery window ended"
                     ),
                     Err(e) => tracing::warn!(
-                        error = %e,
+                        refusal = ?e,
                         "could not destroy key versions yet; retried later"
                     ),
                 }
@@ -258,6 +257,7 @@ pub(super) fn log_anchor(seq: u64, mac: &[u8; 32], key: PublicKey) {
     tracing::info!(
         anchor = %format!("{seq}:{}", crate::audit::hex(mac)),
         audit_public_key = %key,
-        "audit chain anchor (keep it off-box; check with `keyhold audit verify --anchor SEQ:MAC`)"
+        "audit chain anchor (keep it off-box: the audit log's verification checks the log \
+         against it)"
     );
 }

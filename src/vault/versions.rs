@@ -6,7 +6,7 @@
 
 use std::num::NonZeroU32;
 
-use super::{Origin, Refusal, Vault};
+use super::{Conflict, Missing, Origin, Refusal, Removed, Vault};
 use crate::access::Caller;
 use crate::audit::{Action, Outcome};
 use crate::store::{DroppedVersion, KeyRecord, KeyVersion, Write};
@@ -38,13 +38,14 @@ impl Vault<'_> {
         keep: NonZeroU32,
         window_us: i64,
     ) -> Result<KeyRecord, Refusal> {
-        new.check()?;
+        self.recorded(origin, Some(caller), Action::KeyPut, new.check())
+            .await?;
         let _one = self.key_lock().await?;
         let (mut ev, rec) = self
             .load_for_change(origin, caller, id, Action::KeyPut)
             .await?;
         if rec.deleted_at_us.is_some() {
-            return Err(self.refuse(ev, Refusal::deleted_key()).await);
+            return Err(self.refuse(ev, Refusal::Deleted(Removed::Key)).await);
         }
         // The recovery window of one key is bounded (MAX_DROPPED versions,
         // MAX_DROPPED_BYTES of ciphertext), so a flood of new versions
@@ -56,27 +57,26 @@ impl Vault<'_> {
         let moves = rec.older.len() + 2 > keep.get() as usize;
         if moves && (rec.dropped.len() >= MAX_DROPPED || bytes >= MAX_DROPPED_BYTES) {
             ev.detail = Some(format!("{held} versions held ({bytes} bytes)"));
-            let until = rec
+            let until_us = rec
                 .dropped
                 .iter()
                 .map(|d| d.dropped_at_us)
                 .min()
-                .map(|at| crate::time::to_rfc3339(at.saturating_add(window_us)));
-            let refusal = Refusal::Conflict(format!(
-                "this key holds {held} versions ({} kept, {} in the recovery window, {bytes} \
-                 bytes there), and its recovery window holds no more: no new version until {}, \
-                 or until an admin purges the key (DELETE /api/keys/{{id}}?purge=true)",
-                rec.older.len() + 1,
-                rec.dropped.len(),
-                until.map_or_else(
-                    || "versions leave the recovery window".to_string(),
-                    |t| format!("the oldest in the recovery window is destroyed ({t})")
-                )
-            ));
+                .map(|at| at.saturating_add(window_us));
+            let refusal = Refusal::Conflict(Conflict::RecoveryWindowFull {
+                held,
+                kept: rec.older.len() + 1,
+                in_window: rec.dropped.len(),
+                bytes,
+                until_us,
+            });
             return Err(self.refuse(ev, refusal).await);
         }
         let now = now_us();
-        let expires_at_us = expiry(now, new.ttl_seconds)?;
+        let expires_at_us = match expiry(now, new.ttl_seconds) {
+            Ok(e) => e,
+            Err(r) => return Err(self.refuse(ev, r).await),
+        };
         let mut next = rec.clone();
         next.older.push(KeyVersion {
             number: rec.version,
@@ -129,22 +129,16 @@ impl Vault<'_> {
             .load_for_change(origin, caller, id, Action::KeyRestore)
             .await?;
         if rec.deleted_at_us.is_some() {
-            return Err(self.refuse(ev, Refusal::deleted_key()).await);
+            return Err(self.refuse(ev, Refusal::Deleted(Removed::Key)).await);
         }
         let Some(i) = rec.dropped.iter().position(|d| d.version.number == n) else {
             ev.detail = Some(format!("version {n} is not in the recovery window"));
-            let refusal = Refusal::NotFound(format!(
-                "version {n} of this key is not in the recovery window (GET \
-                 /api/keys/{{id}}/versions lists each version and its state)"
-            ));
+            let refusal = Refusal::NotFound(Missing::VersionNotInRecoveryWindow { version: n });
             return Err(self.refuse(ev, refusal).await);
         };
         if rec.dropped[i].dropped_at_us.saturating_add(window_us) <= now_us() {
             ev.detail = Some(format!("version {n}: its recovery window has ended"));
-            let refusal = Refusal::Deleted(format!(
-                "version {n}'s recovery window has ended: it is being destroyed and cannot be \
-                 restored"
-            ));
+            let refusal = Refusal::Deleted(Removed::VersionPastRecovery { version: n });
             return Err(self.refuse(ev, refusal).await);
         }
         let back = rec.dropped.remove(i).version;
@@ -197,15 +191,25 @@ impl Vault<'_> {
     }
 
     /// The versions of a key, oldest first (keys:list; the provider limit
-    /// answers like a missing key). Not audited: no secret leaves.
-    pub fn key_versions(&self, caller: &Caller, id: &str) -> Result<KeyRecord, Refusal> {
-        let Ok(id) = Uuid::parse_str(id) else {
-            return Err(Refusal::no_such_key());
+    /// answers like a missing key). Not audited when found (no secret
+    /// leaves); a refusal is recorded under `key_list`.
+    pub async fn key_versions(
+        &self,
+        origin: &Origin,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<KeyRecord, Refusal> {
+        let found = match Uuid::parse_str(id) {
+            Err(_) => Err(Refusal::NotFound(Missing::Key)),
+            Ok(id) => match self.store.get_key(&id).map_err(Refusal::of_store) {
+                Ok(Some(rec)) if caller.may_use_provider(&rec.provider) => Ok(rec),
+                Ok(Some(_)) => Err(Refusal::Beyond(Missing::Key)),
+                Ok(None) => Err(Refusal::NotFound(Missing::Key)),
+                Err(r) => Err(r),
+            },
         };
-        match self.store.get_key(&id).map_err(Refusal::of_store)? {
-            Some(rec) if caller.may_use_provider(&rec.provider) => Ok(rec),
-            _ => Err(Refusal::no_such_key()),
-        }
+        self.recorded(origin, Some(caller), Action::KeyList, found)
+            .await
     }
 }
 

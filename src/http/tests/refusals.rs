@@ -111,39 +111,77 @@ async fn a_reveal_over_budget_answers_429_with_retry_after() {
 
 #[test]
 fn the_refusal_to_status_mapping_is_total() {
+    use crate::vault::{
+        Conflict, Denied, EveryProvider, Invalid, Missing, Removed, Tampered, Unauthenticated,
+        Unfinished,
+    };
     let cases = [
         (Refusal::RateLimited(3), StatusCode::TOO_MANY_REQUESTS),
+        (Refusal::TooManyRefusals(3), StatusCode::TOO_MANY_REQUESTS),
+        (Refusal::TooManyRecords(3), StatusCode::TOO_MANY_REQUESTS),
         (
-            Refusal::Unauthenticated("x".into()),
+            Refusal::Unauthenticated(Unauthenticated::UnknownToken),
             StatusCode::UNAUTHORIZED,
         ),
         (Refusal::TamperedToken, StatusCode::UNAUTHORIZED),
-        (Refusal::TokenExpired("x".into()), StatusCode::UNAUTHORIZED),
-        (Refusal::Forbidden("x".into()), StatusCode::FORBIDDEN),
-        (Refusal::NotFound("x".into()), StatusCode::NOT_FOUND),
-        (Refusal::Beyond("x".into()), StatusCode::NOT_FOUND),
+        (
+            Refusal::TokenExpired {
+                at_us: 0,
+                rotated: true,
+            },
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Refusal::Forbidden(Denied::EveryProvider(EveryProvider::Backup)),
+            StatusCode::FORBIDDEN,
+        ),
+        (Refusal::NotFound(Missing::Key), StatusCode::NOT_FOUND),
+        (Refusal::Beyond(Missing::Key), StatusCode::NOT_FOUND),
+        (Refusal::Deleted(Removed::Key), StatusCode::NOT_FOUND),
         (Refusal::Expired, StatusCode::GONE),
         (Refusal::DecryptFailed, StatusCode::CONFLICT),
-        (Refusal::TamperedRecord("x".into()), StatusCode::CONFLICT),
+        (Refusal::TamperedRecord(Tampered::Key), StatusCode::CONFLICT),
         (
-            Refusal::Invalid("x".into()),
+            Refusal::Invalid(Invalid::Provider),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        (Refusal::Conflict("x".into()), StatusCode::CONFLICT),
+        (
+            Refusal::Conflict(Conflict::MaintenanceRunning),
+            StatusCode::CONFLICT,
+        ),
         (Refusal::AuditUnavailable, StatusCode::SERVICE_UNAVAILABLE),
+        (
+            Refusal::Unavailable(Unfinished::BackupInterrupted),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
         (Refusal::Storage, StatusCode::SERVICE_UNAVAILABLE),
     ];
     for (refusal, want) in cases {
-        let tampered = matches!(refusal, Refusal::TamperedToken | Refusal::TamperedRecord(_));
         let e = ApiError::from(refusal.clone());
         assert_eq!(e.status, want, "{refusal:?}");
-        assert_eq!(e.tampered, tampered, "{refusal:?}");
+        assert_eq!(e.tampered, refusal.is_tampered(), "{refusal:?}");
         assert!(!e.detail.is_empty());
+        // Retry-After goes with every 429 and 503, and only with them.
+        let retry =
+            want == StatusCode::TOO_MANY_REQUESTS || want == StatusCode::SERVICE_UNAVAILABLE;
+        assert_eq!(e.retry_after.is_some(), retry, "{refusal:?}");
     }
     // Beyond and NotFound answer alike (a provider-limited caller cannot
-    // tell another provider's key from a missing one).
-    assert_eq!(
-        ApiError::from(Refusal::Beyond("same".into())).detail,
-        ApiError::from(Refusal::NotFound("same".into())).detail
-    );
+    // tell another provider's key, or token, from a missing one).
+    for missing in [
+        Missing::Key,
+        Missing::Token {
+            id_or_name: "bot".into(),
+        },
+        Missing::ProviderKey {
+            provider: "claude".into(),
+            name: Some("main".into()),
+            limited: true,
+        },
+    ] {
+        assert_eq!(
+            ApiError::from(Refusal::Beyond(missing.clone())),
+            ApiError::from(Refusal::NotFound(missing))
+        );
+    }
 }
