@@ -26,6 +26,9 @@
 mod core;
 mod init;
 mod keys;
+mod offline;
+mod offline_audit;
+mod offline_store;
 mod presented;
 mod refusal;
 mod reveal;
@@ -56,8 +59,27 @@ pub use tokens::{
 };
 pub use upkeep::KeysChanged;
 
+// The offline door: what a command opens instead of a store.
+pub use offline::{holds_store, CheckReport, Location, Offline, OfflineError, RetiredKey};
+pub use offline_audit::{parse_anchor, verify_export, Anchor};
+pub use offline_store::{
+    init_store, inspect_backup, inspect_backup_file, restore, BackupSummary, Made, Migrated,
+    Migration, Restored, BACKUP_MAGIC,
+};
+
+// The data the edges read and write through the core (the modules that
+// define them are the core's own).
+pub use crate::audit::views::MAX_PAGE;
+pub use crate::audit::{
+    hex, valid_session_id, Action, AuditEvent, ExportFilter, ExportFormat, Outcome, Page,
+    PublicKey, VerifyKeys, VerifyReport, View,
+};
+pub use crate::ops::backup::BackupInfo;
+pub use crate::ops::import::{ImportFormat, ImportOptions, ImportReport};
+pub use crate::store::{DatabaseUrl, DatabaseUrlArg, PgOptions, DEFAULT_CACHE_BYTES};
+
 use crate::access::Caller;
-use crate::audit::{Action, AuditError, AuditEvent, AuditLog, AuditWriter, Coalescer, Outcome};
+use crate::audit::{AuditError, AuditLog, AuditWriter, Coalescer};
 use crate::keyring::Keyring;
 use crate::store::{Store, Write};
 use crate::token_records::Checked;
