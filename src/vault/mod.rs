@@ -4,7 +4,11 @@
 //! keyring, the audit writer and coalescer, the limiter, the policies and
 //! the maintenance lock, runs the background upkeep (`upkeep.rs`), and is
 //! the HTTP edge's only door to them. Each request runs in a [`Vault`]
-//! view of it (an offline command makes its own view over its store).
+//! view of it. An offline command opens an [`Offline`] instead
+//! (`offline.rs`: the store with its keyring checked, the audit log, each
+//! offline command's work; `offline_store.rs`: init, restore, migrate;
+//! `offline_audit.rs`: verifying an export; `offline_error.rs`: the one
+//! error it fails with), and is the command line's only door.
 //!
 //! Every rule of keyhold that an edge (an HTTP handler, a CLI command)
 //! used to write itself lives here: the audit-first reveal (`reveal.rs`),
@@ -28,6 +32,7 @@ mod init;
 mod keys;
 mod offline;
 mod offline_audit;
+mod offline_error;
 mod offline_store;
 mod presented;
 mod refusal;

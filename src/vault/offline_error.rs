@@ -1,0 +1,186 @@
+//! Why an offline command failed: one [`OfflineError`], which carries the
+//! error of the part that failed (said as it says it) and tells a setup
+//! problem, found before any work, from a failure while working. It names
+//! no command: the command line renders the variants that a command
+//! fixes ([`OfflineError::Locked`]'s retired key, a stopped re-keying, a
+//! CSV export given to verify).
+//!
+//! Not for: exit codes (the command line maps [`OfflineError::is_setup`]).
+
+use std::path::PathBuf;
+
+use super::Refusal;
+use crate::audit::AuditError;
+use crate::keyring::KeyringError;
+use crate::ops::backup::BackupError;
+use crate::ops::import::ImportError;
+use crate::ops::migrate::MigrateError;
+use crate::ops::reload::ReloadRefused;
+use crate::store::StoreError;
+use crate::unlock::UnlockError;
+
+/// A retired key of the key file (or key command) that would open a store
+/// the active keys do not: what to put back.
+#[derive(Debug, Clone)]
+pub struct RetiredKey {
+    pub fingerprint: String,
+    /// The key file it is retired in (`None`: the key command's output).
+    pub file: Option<PathBuf>,
+}
+
+/// Why an offline command failed. Most variants carry the error of the
+/// part that failed, said as it says it; [`OfflineError::is_setup`] tells
+/// a problem found before any work (nothing changed) from a failure while
+/// working.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Unlock(#[from] UnlockError),
+    /// No active key of the keyring opens the store (`at`: where, when
+    /// the command says it; `retired`: a retired key that would).
+    #[error("{}", at.as_ref().map(|a| format!("cannot open the store in {a}")).unwrap_or_default())]
+    Locked {
+        at: Option<String>,
+        retired: Option<Box<RetiredKey>>,
+        #[source]
+        source: Box<UnlockError>,
+    },
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error(transparent)]
+    Replacement(#[from] ReloadRefused),
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error(transparent)]
+    Export(#[from] crate::audit::ExportError),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    /// A file of the command could not be read or written.
+    #[error("cannot {what}")]
+    File {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A restored store still needs a retired key after its re-keying:
+    /// the retired keys must be put back and the store rotated.
+    #[error(
+        "the backup was restored into {into}, but re-keying it under the newest active key \
+         stopped: some of it still needs a retired key{}",
+        failed.map(|n| format!(" ({n} key(s) could not be re-encrypted)")).unwrap_or_default()
+    )]
+    RekeyStopped {
+        into: String,
+        failed: Option<usize>,
+        #[source]
+        source: Option<Refusal>,
+    },
+    /// A file given to verify is a CSV export, not JSON Lines.
+    #[error("{name} is a CSV export: verification reads JSON Lines")]
+    CsvExport { name: String },
+}
+
+impl OfflineError {
+    /// A setup problem found before any work, with nothing changed (a
+    /// keyring that opens nothing, a store not initialised or not empty,
+    /// a backup refused before anything was written): the command line's
+    /// exit status 2. Anything else failed while working.
+    pub fn is_setup(&self) -> bool {
+        match self {
+            OfflineError::Locked { .. } | OfflineError::CsvExport { .. } => true,
+            OfflineError::RekeyStopped { .. } => false,
+            _ => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+                // A transparent variant shows the error it wraps and its
+                // sources, not itself: look at what it wraps first.
+                if let Some(inner) = self.wrapped() {
+                    cause = Some(inner);
+                }
+                while let Some(e) = cause {
+                    if let Some(verdict) = setup_verdict(e) {
+                        return verdict;
+                    }
+                    cause = e.source();
+                }
+                false
+            }
+        }
+    }
+
+    fn wrapped(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(match self {
+            OfflineError::Store(e) => e,
+            OfflineError::Unlock(e) => e,
+            OfflineError::Audit(e) => e,
+            OfflineError::Backup(e) => e,
+            OfflineError::Migrate(e) => e,
+            OfflineError::Replacement(e) => e,
+            OfflineError::Import(e) => e,
+            OfflineError::Export(e) => e,
+            OfflineError::Refused(e) => e,
+            OfflineError::Keyring(e) => e,
+            _ => return None,
+        })
+    }
+}
+
+/// Whether `e` decides the exit status: `Some(true)` a setup problem,
+/// `Some(false)` a failure while working, `None` look at its source.
+fn setup_verdict(e: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    if e.is::<KeyringError>() {
+        return Some(true);
+    }
+    if let Some(Refusal::Invalid(_)) = e.downcast_ref() {
+        return Some(true);
+    }
+    if let Some(MigrateError::TargetNotEmpty) = e.downcast_ref() {
+        return Some(true);
+    }
+    if let Some(
+        BackupError::NotEmpty(_)
+        | BackupError::NotAuthentic
+        | BackupError::Unauthenticated
+        | BackupError::Rewrapped(_),
+    ) = e.downcast_ref()
+    {
+        return Some(true);
+    }
+    if let Some(e) = e.downcast_ref::<StoreError>() {
+        return Some(matches!(
+            e,
+            StoreError::NotInitialised(_)
+                | StoreError::DatabaseNotInitialised(_)
+                | StoreError::NewerDatabase { .. }
+                | StoreError::AlreadyInitialised(_)
+                | StoreError::Open { .. }
+                | StoreError::BadCurrent { .. }
+                | StoreError::CurrentMissing { .. }
+                | StoreError::NewerSchema { .. }
+        ));
+    }
+    if let Some(
+        UnlockError::WrongKey { .. }
+        | UnlockError::Missing(_)
+        | UnlockError::StateDiffers(_)
+        | UnlockError::HeadRolledBack { .. }
+        | UnlockError::HeadWithoutState(_)
+        | UnlockError::HeadMissing
+        | UnlockError::LegacyRecordAltered(_)
+        | UnlockError::Downgraded,
+    ) = e.downcast_ref()
+    {
+        return Some(true);
+    }
+    if let Some(AuditError::MacKeyLocked | AuditError::NoMacKey) = e.downcast_ref() {
+        return Some(true);
+    }
+    None
+}
