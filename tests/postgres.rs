@@ -536,7 +536,18 @@ fn migrate_moves_a_store_both_ways_with_its_chain_verifiable() {
             &url,
         ],
     );
-    assert!(!again.status.success());
+    // Before anything is copied, as a setup problem (exit 2), saying what
+    // to migrate into instead.
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains(
+            "the target is not empty: it already holds a keyhold store (or audit records). Use \
+             a new or empty data directory, or a database without keyhold's records; nothing \
+             was changed"
+        ),
+        "{}",
+        stderr(&again)
+    );
     // And back to a new directory.
     let back = sled.tmp.path().join("back");
     let out = run_with_key(
@@ -588,6 +599,17 @@ fn backup_of_a_database_restores_into_another_database() {
         &["restore", file.to_str().unwrap(), "--database-url", &url],
     );
     assert_ok(&out);
+    // A second restore into the same database is refused the same way.
+    let again = run_with_key(
+        &v.key,
+        &["restore", file.to_str().unwrap(), "--database-url", &url],
+    );
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("it already holds a keyhold store"),
+        "{}",
+        stderr(&again)
+    );
     let w = PgVault {
         url,
         key: v.key.clone(),
@@ -1334,6 +1356,10 @@ fn a_token_forged_with_a_retired_keys_record_secret_is_refused_by_a_running_node
     let r = admin.get("/api/tokens");
     assert_eq!(r.status(), 409);
     assert!(detail(r).contains("integrity check"));
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn hex(b: &[u8]) -> String {

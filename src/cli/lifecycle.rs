@@ -10,7 +10,7 @@ use anyhow::Context;
 use super::{open_checked, progress_bar, ConfigError};
 use crate::config::{CheckArgs, ImportArgs, RotateArgs};
 use crate::keyring::Keyring;
-use crate::vault::{ImportFormat, ImportOptions};
+use crate::vault::{CheckReport, ImportFormat, ImportOptions};
 
 pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     if a.remote.remote {
@@ -120,7 +120,7 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {
-        for line in report.lines() {
+        for line in check_lines(&report) {
             writeln!(out, "{line}")?;
         }
     }
@@ -129,6 +129,79 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `keyhold check`'s findings, a line each.
+fn check_lines(report: &CheckReport) -> Vec<String> {
+    let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
+    let mut out = vec![format!(
+        "{} the keyring opens the store's check value",
+        mark(report.keyring_opens_store)
+    )];
+    out.push(format!(
+        "{} {} of {} keys decrypt with the keyring",
+        mark(report.keys_failed.is_empty()),
+        report.keys_ok,
+        report.keys_total
+    ));
+    for id in report.keys_failed.iter().take(50) {
+        out.push(format!("       does not decrypt: {id}"));
+    }
+    out.push(format!(
+        "{} every key and token record passes its integrity check",
+        mark(report.tampered.is_empty())
+    ));
+    for what in report.tampered.iter().take(50) {
+        out.push(format!(
+            "       tampered (written or changed outside keyhold; restore from a backup): {what}"
+        ));
+    }
+    if report.rotation_unfinished {
+        out.push(format!(
+            "{} a rotation stopped before every record was authenticated under its new record \
+             MAC secret: run `keyhold rotate` again to finish it",
+            mark(false)
+        ));
+    }
+    out.push(if report.on_older_key == 0 {
+        format!("{} nothing needs an older key of the keyring", mark(true))
+    } else {
+        format!(
+            "{} {} records still need an older key: run `keyhold rotate` before retiring it",
+            mark(false),
+            report.on_older_key
+        )
+    });
+    out.push(format!(
+        "{} the store matches the state its signed audit log last recorded",
+        mark(report.state.is_empty())
+    ));
+    for what in &report.state {
+        out.push(format!("       {what}"));
+    }
+    for what in report.stale.iter().take(50) {
+        out.push(format!(
+            "       older copy put back (restore from a backup): {what}"
+        ));
+    }
+    if !report.key_names.is_empty() {
+        out.push(format!(
+            "WARN {} keys have names the API refuses today (they can look like another key's \
+             name in listings: store them again under a plain name, then delete these)",
+            report.key_names.len()
+        ));
+        for what in report.key_names.iter().take(50) {
+            out.push(format!("       {what}"));
+        }
+    }
+    match &report.audit {
+        Some(r) => out.push(format!("{} audit chain: {r}", mark(r.is_ok()))),
+        None => out.push(format!(
+            "{} audit chain: the keyring cannot open the audit signing key",
+            mark(false)
+        )),
+    }
+    out
 }
 
 pub(super) fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {

@@ -214,6 +214,10 @@ fn said(cause: &(dyn std::error::Error + 'static)) -> String {
                 .map(|n| format!(" ({n} key(s) could not be re-encrypted)"))
                 .unwrap_or_default()
         ),
+        Some(OfflineError::TargetNotEmpty) => "the target is not empty: it already holds a \
+             keyhold store (or audit records). Use a new or empty data directory, or a database \
+             without keyhold's records; nothing was changed"
+            .to_string(),
         Some(OfflineError::CsvExport { name }) => format!(
             "{name} is a CSV export: verification reads JSON Lines; export again with `keyhold \
              audit export --format jsonl`"

@@ -12,7 +12,7 @@ use super::response::respond;
 use super::{AppState, State};
 use crate::access::{Caller, Scope};
 use crate::vault::{Action, Outcome};
-use crate::vault::{ReloadError, TokenRequest};
+use crate::vault::{ReloadError, ReloadRefused, TokenRequest};
 use crate::wire::{Done, MintedToken, NewToken, RotateToken, SecretText, TokenInfo};
 
 /// Authenticates an admin (recording a refused scope).
@@ -173,11 +173,32 @@ pub(super) async fn reload(state: State, ctx: Ctx) -> Response {
         let ev = state.event(&ctx, Action::Reload, Some(&caller), Outcome::Success);
         let report = state.core.reload(ev).await.map_err(|e| match e {
             ReloadError::Refused(r) => ApiError::from(r),
-            other => ApiError::conflict(other.to_string()),
+            other => ApiError::conflict(reload_refused(&other)),
         })?;
         Ok::<_, ApiError>(ctx.json(StatusCode::OK, &report))
     })
     .await
+}
+
+/// Why a reload was refused, said for the operator: a keyring that lacks
+/// a key the store needs names how to recover (the commands and routes).
+pub(super) fn reload_refused(e: &ReloadError) -> String {
+    let ReloadError::StillNeeded(ReloadRefused::StillNeeded { retired_in, .. }) = e else {
+        return e.to_string();
+    };
+    let fix = match retired_in {
+        Some(path) => format!(
+            "the keys it needs are retired in the key file: put them back with `keyhold keyring \
+             unretire --key-file {}` and reload again, then finish the rotation (`keyhold \
+             rotate --remote`, or POST /api/admin/rotate) before `keyhold keyring retire`",
+            path.display()
+        ),
+        None => "put the old key back in the key file (after the new one), reload, run the \
+                 rotation (`keyhold rotate --remote`, or POST /api/admin/rotate), then retire \
+                 the old key with `keyhold keyring retire` and reload again"
+            .to_string(),
+    };
+    format!("{e}: {fix}")
 }
 
 /// GET /api/admin/backup — streams one consistent snapshot of the store.

@@ -229,6 +229,7 @@ fn spawn_reload_on_sighup(state: Arc<AppState>) -> Result<(), AppError> {
             );
             ev.caller = "SIGHUP".into();
             if let Err(e) = state.core.reload(ev).await {
+                let e = super::admin::reload_refused(&e);
                 tracing::error!(error = %e, "keyring reload refused");
             }
         }

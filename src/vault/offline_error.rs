@@ -52,7 +52,11 @@ pub enum OfflineError {
     #[error(transparent)]
     Backup(#[from] BackupError),
     #[error(transparent)]
-    Migrate(#[from] MigrateError),
+    Migrate(MigrateError),
+    /// The target of a migration or a restore into a database already
+    /// holds a store (or audit records); nothing was changed.
+    #[error("{}", MigrateError::TargetNotEmpty)]
+    TargetNotEmpty,
     #[error(transparent)]
     Replacement(#[from] ReloadRefused),
     #[error(transparent)]
@@ -88,6 +92,15 @@ pub enum OfflineError {
     CsvExport { name: String },
 }
 
+impl From<MigrateError> for OfflineError {
+    fn from(e: MigrateError) -> OfflineError {
+        match e {
+            MigrateError::TargetNotEmpty => OfflineError::TargetNotEmpty,
+            other => OfflineError::Migrate(other),
+        }
+    }
+}
+
 impl OfflineError {
     /// A setup problem found before any work, with nothing changed (a
     /// keyring that opens nothing, a store not initialised or not empty,
@@ -95,7 +108,9 @@ impl OfflineError {
     /// exit status 2. Anything else failed while working.
     pub fn is_setup(&self) -> bool {
         match self {
-            OfflineError::Locked { .. } | OfflineError::CsvExport { .. } => true,
+            OfflineError::Locked { .. }
+            | OfflineError::CsvExport { .. }
+            | OfflineError::TargetNotEmpty => true,
             OfflineError::RekeyStopped { .. } => false,
             _ => {
                 let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
@@ -139,9 +154,6 @@ fn setup_verdict(e: &(dyn std::error::Error + 'static)) -> Option<bool> {
         return Some(true);
     }
     if let Some(Refusal::Invalid(_)) = e.downcast_ref() {
-        return Some(true);
-    }
-    if let Some(MigrateError::TargetNotEmpty) = e.downcast_ref() {
         return Some(true);
     }
     if let Some(
