@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use super::offline_error::{OfflineError, RetiredKey};
 use super::{Opened, Origin, Rotated, Sink, Vault};
-use crate::audit::{AuditError, AuditEvent, AuditKeys, AuditLog, ExportFilter, ExportFormat};
+use crate::audit::{AuditEvent, AuditKeys, AuditLog, ExportFilter, ExportFormat};
 use crate::keyring::{KeySource, Keyring};
 use crate::limiter::RevealRate;
 use crate::ops::import::{ImportFormat, ImportOptions, ImportReport, Plan};
@@ -270,8 +270,10 @@ impl Offline {
 
     /// What `keyhold serve` starts its core with.
     pub fn into_opened(self, reveal_rate: RevealRate) -> Result<Opened, OfflineError> {
-        self.log()?;
-        let log = self.log.into_inner().ok_or(AuditError::NoMacKey)?;
+        let log = match self.log.into_inner() {
+            Some(log) => log,
+            None => AuditLog::open(self.store.clone(), &self.keyring)?,
+        };
         Ok(Opened {
             store: self.store,
             keyring: self.keyring,

@@ -196,3 +196,45 @@ fn setup_verdict(e: &(dyn std::error::Error + 'static)) -> Option<bool> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_problems_are_told_from_failures_while_working() {
+        let setup = [
+            OfflineError::from(StoreError::NotInitialised("/srv/kh".into())),
+            OfflineError::from(MigrateError::TargetNotEmpty),
+            OfflineError::from(BackupError::NotAuthentic),
+            OfflineError::from(AuditError::MacKeyLocked),
+            OfflineError::from(UnlockError::HeadMissing),
+            OfflineError::CsvExport {
+                name: "log.csv".into(),
+            },
+        ];
+        for e in &setup {
+            assert!(e.is_setup(), "{e:?}");
+        }
+        let working = [
+            OfflineError::from(StoreError::Unavailable),
+            OfflineError::from(BackupError::Truncated),
+            OfflineError::from(AuditError::Store(StoreError::Unavailable)),
+            OfflineError::RekeyStopped {
+                into: "/srv/kh".into(),
+                failed: Some(1),
+                source: None,
+            },
+        ];
+        for e in &working {
+            assert!(!e.is_setup(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_that_is_not_empty_is_its_own_variant_naming_no_command() {
+        let e = OfflineError::from(MigrateError::TargetNotEmpty);
+        assert!(matches!(e, OfflineError::TargetNotEmpty));
+        assert!(!e.to_string().contains("keyhold "), "{e}");
+    }
+}
