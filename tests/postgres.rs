@@ -594,6 +594,15 @@ fn backup_of_a_database_restores_into_another_database() {
     let out = v.run(&["backup", file.to_str().unwrap()]);
     assert_ok(&out);
     let url = pg.database("restored");
+    // An empty database is no store yet: said with the init to run.
+    let out = run_with_key(&v.key, &["check", "--database-url", &url]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("holds no keyhold store: run `keyhold init --database-url URL` first"),
+        "{}",
+        stderr(&out)
+    );
     let out = run_with_key(
         &v.key,
         &["restore", file.to_str().unwrap(), "--database-url", &url],

@@ -136,7 +136,15 @@ fn an_uninitialised_directory_is_refused_saying_to_run_init() {
     for dir in [tmp.path().join("missing"), tmp.path().to_path_buf()] {
         let out = serve_exit(&dir, &[("FERNET_KEY", key.as_str())]);
         assert_eq!(out.status.code(), Some(2));
-        assert!(stderr(&out).contains("keyhold init"), "{}", stderr(&out));
+        let d = dir.display();
+        assert!(
+            stderr(&out).contains(&format!(
+                "keyhold: error: the data directory {d} is not initialised: run `keyhold init \
+                 --data-dir {d}` first"
+            )),
+            "{}",
+            stderr(&out)
+        );
     }
     // Nothing was created, so init still works there.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);

@@ -214,6 +214,14 @@ fn said(cause: &(dyn std::error::Error + 'static)) -> String {
                 .map(|n| format!(" ({n} key(s) could not be re-encrypted)"))
                 .unwrap_or_default()
         ),
+        Some(OfflineError::NotInitialised { dir }) => format!(
+            "the data directory {dir} is not initialised: run `keyhold init --data-dir {dir}` \
+             first"
+        ),
+        Some(OfflineError::DatabaseNotInitialised { url }) => format!(
+            "the database {url} holds no keyhold store: run `keyhold init --database-url URL` \
+             first"
+        ),
         Some(OfflineError::TargetNotEmpty) => "the target is not empty: it already holds a \
              keyhold store (or audit records). Use a new or empty data directory, or a database \
              without keyhold's records; nothing was changed"

@@ -130,11 +130,11 @@ pub(crate) const META_KEY_COUNT: &[u8] = b"key_count";
 /// Errors from the store. Each says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the data directory {0} is not initialised: run `keyhold init --data-dir {0}` first")]
+    /// (The command line names the `init` to run.)
+    #[error("the data directory {0} is not initialised")]
     NotInitialised(String),
-    #[error(
-        "the database {0} holds no keyhold store: run `keyhold init --database-url URL` first"
-    )]
+    /// (The command line names the `init` to run.)
+    #[error("the database {0} holds no store")]
     DatabaseNotInitialised(String),
     #[error("the data directory {0} is already initialised; nothing was changed")]
     AlreadyInitialised(String),

@@ -35,7 +35,13 @@ pub struct RetiredKey {
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// No store in the data directory `dir` (its `init` was not run).
+    #[error("{}", StoreError::NotInitialised(dir.clone()))]
+    NotInitialised { dir: String },
+    /// No store in the database `url` (shown without its password).
+    #[error("{}", StoreError::DatabaseNotInitialised(url.clone()))]
+    DatabaseNotInitialised { url: String },
     #[error(transparent)]
     Unlock(#[from] UnlockError),
     /// No active key of the keyring opens the store (`at`: where, when
@@ -92,6 +98,16 @@ pub enum OfflineError {
     CsvExport { name: String },
 }
 
+impl From<StoreError> for OfflineError {
+    fn from(e: StoreError) -> OfflineError {
+        match e {
+            StoreError::NotInitialised(dir) => OfflineError::NotInitialised { dir },
+            StoreError::DatabaseNotInitialised(url) => OfflineError::DatabaseNotInitialised { url },
+            other => OfflineError::Store(other),
+        }
+    }
+}
+
 impl From<MigrateError> for OfflineError {
     fn from(e: MigrateError) -> OfflineError {
         match e {
@@ -110,7 +126,9 @@ impl OfflineError {
         match self {
             OfflineError::Locked { .. }
             | OfflineError::CsvExport { .. }
-            | OfflineError::TargetNotEmpty => true,
+            | OfflineError::TargetNotEmpty
+            | OfflineError::NotInitialised { .. }
+            | OfflineError::DatabaseNotInitialised { .. } => true,
             OfflineError::RekeyStopped { .. } => false,
             _ => {
                 let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
@@ -232,9 +250,17 @@ mod tests {
     }
 
     #[test]
-    fn a_target_that_is_not_empty_is_its_own_variant_naming_no_command() {
-        let e = OfflineError::from(MigrateError::TargetNotEmpty);
-        assert!(matches!(e, OfflineError::TargetNotEmpty));
-        assert!(!e.to_string().contains("keyhold "), "{e}");
+    fn what_the_command_line_says_with_a_command_is_its_own_variant_naming_none() {
+        for e in [
+            OfflineError::from(MigrateError::TargetNotEmpty),
+            OfflineError::from(StoreError::NotInitialised("/srv/kh".into())),
+            OfflineError::from(StoreError::DatabaseNotInitialised("postgres://db".into())),
+        ] {
+            assert!(
+                !matches!(e, OfflineError::Store(_) | OfflineError::Migrate(_)),
+                "{e:?}"
+            );
+            assert!(!e.to_string().contains("keyhold "), "{e}");
+        }
     }
 }
