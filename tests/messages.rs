@@ -189,7 +189,14 @@ fn a_held_store_lock_is_said_in_words() {
         "{err}"
     );
     assert!(
-        err.contains("holds its lock") && err.contains("--remote"),
+        err.contains(&format!(
+            "keyhold: error: cannot open the store in {}: another process holds its lock (a \
+             running `keyhold serve`, or another keyhold command): stop it, or go through the \
+             running server with the same command's --remote form (`keyhold audit \
+             export|verify|public-key --remote`, `keyhold token ... --remote`, `keyhold rotate \
+             --remote`) or `keyhold keys ...`",
+            v.dir_str()
+        )),
         "{err}"
     );
 }

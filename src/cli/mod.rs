@@ -222,6 +222,12 @@ fn said(cause: &(dyn std::error::Error + 'static)) -> String {
             "the database {url} holds no keyhold store: run `keyhold init --database-url URL` \
              first"
         ),
+        Some(OfflineError::StoreHeld { path }) => format!(
+            "cannot open the store in {path}: another process holds its lock (a running `keyhold \
+             serve`, or another keyhold command): stop it, or go through the running server with \
+             the same command's --remote form (`keyhold audit export|verify|public-key --remote`, \
+             `keyhold token ... --remote`, `keyhold rotate --remote`) or `keyhold keys ...`"
+        ),
         Some(OfflineError::TargetNotEmpty) => "the target is not empty: it already holds a \
              keyhold store (or audit records). Use a new or empty data directory, or a database \
              without keyhold's records; nothing was changed"

@@ -140,6 +140,13 @@ pub enum StoreError {
     AlreadyInitialised(String),
     #[error("cannot open the store in {path}: {}", sled_store::open_reason(error))]
     Open { path: String, error: sled::Error },
+    /// Another process holds the data directory's lock (a running server,
+    /// or another command); the command line names the `--remote` forms.
+    #[error(
+        "cannot open the store in {path}: another process holds its lock: stop it, or go \
+         through the running server"
+    )]
+    Held { path: String },
     #[error("storage is being reopened after a disk error; retry shortly")]
     Unavailable,
     #[error("cannot {what}: {error}; check the disk (space, permissions) and retry")]

@@ -39,6 +39,9 @@ pub enum OfflineError {
     /// No store in the data directory `dir` (its `init` was not run).
     #[error("{}", StoreError::NotInitialised(dir.clone()))]
     NotInitialised { dir: String },
+    /// Another process holds the data directory's lock.
+    #[error("{}", StoreError::Held { path: path.clone() })]
+    StoreHeld { path: String },
     /// No store in the database `url` (shown without its password).
     #[error("{}", StoreError::DatabaseNotInitialised(url.clone()))]
     DatabaseNotInitialised { url: String },
@@ -103,6 +106,7 @@ impl From<StoreError> for OfflineError {
         match e {
             StoreError::NotInitialised(dir) => OfflineError::NotInitialised { dir },
             StoreError::DatabaseNotInitialised(url) => OfflineError::DatabaseNotInitialised { url },
+            StoreError::Held { path } => OfflineError::StoreHeld { path },
             other => OfflineError::Store(other),
         }
     }
@@ -128,6 +132,7 @@ impl OfflineError {
             | OfflineError::CsvExport { .. }
             | OfflineError::TargetNotEmpty
             | OfflineError::NotInitialised { .. }
+            | OfflineError::StoreHeld { .. }
             | OfflineError::DatabaseNotInitialised { .. } => true,
             OfflineError::RekeyStopped { .. } => false,
             _ => {
@@ -191,6 +196,7 @@ fn setup_verdict(e: &(dyn std::error::Error + 'static)) -> Option<bool> {
                 | StoreError::NewerDatabase { .. }
                 | StoreError::AlreadyInitialised(_)
                 | StoreError::Open { .. }
+                | StoreError::Held { .. }
                 | StoreError::BadCurrent { .. }
                 | StoreError::CurrentMissing { .. }
                 | StoreError::NewerSchema { .. }
@@ -255,6 +261,9 @@ mod tests {
             OfflineError::from(MigrateError::TargetNotEmpty),
             OfflineError::from(StoreError::NotInitialised("/srv/kh".into())),
             OfflineError::from(StoreError::DatabaseNotInitialised("postgres://db".into())),
+            OfflineError::from(StoreError::Held {
+                path: "/srv/kh".into(),
+            }),
         ] {
             assert!(
                 !matches!(e, OfflineError::Store(_) | OfflineError::Migrate(_)),
