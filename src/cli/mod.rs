@@ -147,14 +147,16 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 fn describe(err: &anyhow::Error) -> String {
     let mut msg = String::new();
     for cause in err.chain() {
-        let text = said(cause);
-        if msg.contains(&text) {
-            continue;
+        let (text, whole) = said(cause);
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
         }
-        if !msg.is_empty() {
-            msg.push_str(": ");
+        if whole {
+            break;
         }
-        msg.push_str(&text);
     }
     msg
 }
@@ -191,21 +193,28 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
 }
 
 /// One cause of an error as the command line says it: the vault's
-/// failures that a command fixes are said naming that command.
-fn said(cause: &(dyn std::error::Error + 'static)) -> String {
-    match cause.downcast_ref::<OfflineError>() {
-        Some(OfflineError::Locked {
-            at,
-            retired: Some(key),
-            ..
-        }) => {
-            let hint = retired_hint(key);
-            match at {
-                Some(at) => format!("{hint}: cannot open the store in {at}"),
-                None => hint,
-            }
+/// failures that a command fixes are said naming that command. `true`
+/// when the text says its causes too (they are not said again).
+fn said(cause: &(dyn std::error::Error + 'static)) -> (String, bool) {
+    let Some(e) = cause.downcast_ref::<OfflineError>() else {
+        return (cause.to_string(), false);
+    };
+    let text = match e {
+        OfflineError::Locked { at, retired, .. } => {
+            let mut parts: Vec<String> = retired.iter().map(|k| retired_hint(k)).collect();
+            parts.extend(at.iter().map(|at| format!("cannot open the store in {at}")));
+            let Some(origin) = e.wrong_keyring() else {
+                return (parts.join(": "), false);
+            };
+            parts.push(format!(
+                "the keyring does not open this store (wrong key): no key from {origin} opens \
+                 it (it was initialised with another Fernet key). Set the key it was \
+                 initialised with (FERNET_KEYS=new,old during a rotation; a retired key is in \
+                 the key file's retired section, see `keyhold keyring`)"
+            ));
+            return (parts.join(": "), true);
         }
-        Some(OfflineError::RekeyStopped { into, failed, .. }) => format!(
+        OfflineError::RekeyStopped { into, failed, .. } => format!(
             "the backup was restored into {into}, but re-keying it under the newest active key \
              stopped: some of it still needs a retired key. Put the retired keys back (`keyhold \
              keyring unretire`), run `keyhold rotate` on the restored store, then `keyhold \
@@ -214,30 +223,31 @@ fn said(cause: &(dyn std::error::Error + 'static)) -> String {
                 .map(|n| format!(" ({n} key(s) could not be re-encrypted)"))
                 .unwrap_or_default()
         ),
-        Some(OfflineError::NotInitialised { dir }) => format!(
+        OfflineError::NotInitialised { dir } => format!(
             "the data directory {dir} is not initialised: run `keyhold init --data-dir {dir}` \
              first"
         ),
-        Some(OfflineError::DatabaseNotInitialised { url }) => format!(
+        OfflineError::DatabaseNotInitialised { url } => format!(
             "the database {url} holds no keyhold store: run `keyhold init --database-url URL` \
              first"
         ),
-        Some(OfflineError::StoreHeld { path }) => format!(
+        OfflineError::StoreHeld { path } => format!(
             "cannot open the store in {path}: another process holds its lock (a running `keyhold \
              serve`, or another keyhold command): stop it, or go through the running server with \
              the same command's --remote form (`keyhold audit export|verify|public-key --remote`, \
              `keyhold token ... --remote`, `keyhold rotate --remote`) or `keyhold keys ...`"
         ),
-        Some(OfflineError::TargetNotEmpty) => "the target is not empty: it already holds a \
+        OfflineError::TargetNotEmpty => "the target is not empty: it already holds a \
              keyhold store (or audit records). Use a new or empty data directory, or a database \
              without keyhold's records; nothing was changed"
             .to_string(),
-        Some(OfflineError::CsvExport { name }) => format!(
+        OfflineError::CsvExport { name } => format!(
             "{name} is a CSV export: verification reads JSON Lines; export again with `keyhold \
              audit export --format jsonl`"
         ),
         _ => cause.to_string(),
-    }
+    };
+    (text, false)
 }
 
 /// What to run to put back the retired key a store needs.

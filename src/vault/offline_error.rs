@@ -122,6 +122,18 @@ impl From<MigrateError> for OfflineError {
 }
 
 impl OfflineError {
+    /// When no key of the keyring opens the store: where the keyring came
+    /// from (said in the message, with where to find the key).
+    pub fn wrong_keyring(&self) -> Option<&str> {
+        match self {
+            OfflineError::Locked { source, .. } => match source.as_ref() {
+                UnlockError::WrongKey { origin } => Some(origin),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// A setup problem found before any work, with nothing changed (a
     /// keyring that opens nothing, a store not initialised or not empty,
     /// a backup refused before anything was written): the command line's
