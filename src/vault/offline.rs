@@ -20,7 +20,7 @@ use crate::audit::{AuditEvent, AuditKeys, AuditLog, ExportFilter, ExportFormat};
 use crate::keyring::{KeySource, Keyring};
 use crate::limiter::RevealRate;
 use crate::ops::import::{ImportFormat, ImportOptions, ImportReport, Plan};
-use crate::store::{PgOptions, Store, StoreError};
+use crate::store::{PgOptions, Store};
 use crate::unlock::UnlockError;
 
 /// Where a store is: a data directory (with its page cache: `None` sizes
@@ -79,13 +79,17 @@ pub(super) fn open_initialised(at: &Location) -> Result<Store, OfflineError> {
         Location::Database(opts) => {
             let store = Store::connect(opts, false)?;
             if !store.is_initialised()? {
-                return Err(StoreError::DatabaseNotInitialised(opts.url.to_string()).into());
+                return Err(OfflineError::DatabaseNotInitialised {
+                    url: opts.url.to_string(),
+                });
             }
             store
         }
         Location::Dir { path, cache_bytes } => {
             if !crate::store::holds_store(path) {
-                return Err(StoreError::NotInitialised(path.display().to_string()).into());
+                return Err(OfflineError::NotInitialised {
+                    dir: path.display().to_string(),
+                });
             }
             let store = match cache_bytes {
                 Some(bytes) => Store::open_with_cache(path, *bytes)?,
@@ -96,7 +100,9 @@ pub(super) fn open_initialised(at: &Location) -> Result<Store, OfflineError> {
                 }
             };
             if !store.is_initialised()? {
-                return Err(StoreError::NotInitialised(path.display().to_string()).into());
+                return Err(OfflineError::NotInitialised {
+                    dir: path.display().to_string(),
+                });
             }
             store
         }
@@ -105,30 +111,21 @@ pub(super) fn open_initialised(at: &Location) -> Result<Store, OfflineError> {
     Ok(store)
 }
 
-/// Unlocks `store` with `keyring` (applying the record keys, upgrading a
-/// store from an older keyhold, audited); a keyring none of whose active
-/// keys opens the check value is refused, naming a retired key that would.
-pub(super) fn unlock(
-    store: &Store,
-    keyring: &Keyring,
-    at: Option<String>,
-) -> Result<(), OfflineError> {
-    match crate::unlock::unlock(store, keyring) {
-        Ok(_) => Ok(()),
-        Err(source @ UnlockError::WrongKey { .. }) => Err(OfflineError::Locked {
-            at,
-            retired: retired_key(store),
+/// Unlocks `store` at `at` with `keyring` (applying the record keys,
+/// upgrading a store from an older keyhold, audited); a keyring none of
+/// whose active keys opens the check value is refused, naming a retired
+/// key that would.
+pub(super) fn unlock(store: &Store, keyring: &Keyring, at: String) -> Result<(), OfflineError> {
+    crate::unlock::unlock(store, keyring)
+        .map(|_| ())
+        .map_err(|source| OfflineError::Locked {
+            at: Some(at),
+            retired: match source {
+                UnlockError::WrongKey { .. } => retired_key(store),
+                _ => None,
+            },
             source: Box::new(source),
-        }),
-        Err(source) => match at {
-            Some(at) => Err(OfflineError::Locked {
-                at: Some(at),
-                retired: None,
-                source: Box::new(source),
-            }),
-            None => Err(source.into()),
-        },
-    }
+        })
 }
 
 /// When no active key opens `store` but a retired key of the key file (or
@@ -174,7 +171,7 @@ impl Offline {
     /// it (a wrong key fails here, not at the first reveal).
     pub fn open(at: &Location, keyring: Keyring) -> Result<Offline, OfflineError> {
         let store = open_initialised(at)?;
-        unlock(&store, &keyring, Some(at.to_string()))?;
+        unlock(&store, &keyring, at.to_string())?;
         Ok(Offline::over(store, keyring))
     }
 

@@ -228,7 +228,7 @@ impl Migration {
     /// Opens the store at `from` (which `keyring` must open).
     pub fn open(from: &Location, keyring: Keyring) -> Result<Migration, OfflineError> {
         let source = open_initialised(from)?;
-        unlock(&source, &keyring, Some(from.to_string()))?;
+        unlock(&source, &keyring, from.to_string())?;
         Ok(Migration {
             source,
             keyring,
@@ -251,7 +251,7 @@ impl Migration {
         };
         let copied = crate::ops::migrate::copy_store(&source, &target)?;
         drop(source);
-        unlock(&target, &keyring, Some(to.to_string()))?;
+        unlock(&target, &keyring, to.to_string())?;
         let offline = Offline::over(target, keyring);
         let mut ev = AuditEvent::cli(
             Action::Restore,
