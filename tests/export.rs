@@ -371,35 +371,6 @@ fn csv_export_parses_back_with_a_csv_reader() {
 }
 
 #[test]
-fn a_csv_export_given_to_verify_is_refused_naming_the_export_to_make() {
-    let h = history();
-    let file = h.v.tmp.path().join("log.csv");
-    std::fs::write(&file, export_cli(&h.v, &["--format", "csv"])).unwrap();
-    let path = file.to_str().unwrap();
-    let out = run_with_key(
-        &h.v.key,
-        &[
-            "audit",
-            "verify",
-            h.v.store_args()[0],
-            h.v.store_args()[1],
-            "--file",
-            path,
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        said.contains(&format!(
-            "keyhold: error: {path} is a CSV export: verification reads JSON Lines; export again \
-             with `keyhold audit export --format jsonl`"
-        )),
-        "{said}"
-    );
-    assert!(out.stdout.is_empty(), "no report for a file never read");
-}
-
-#[test]
 fn every_export_is_audited_with_its_filters() {
     let h = history();
     export_cli(&h.v, &["--outcome", "forbidden"]);

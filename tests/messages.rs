@@ -232,10 +232,15 @@ fn verifying_a_csv_export_says_it_is_csv() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("CSV") && err.contains("--format jsonl"),
+        err.contains(&format!(
+            "keyhold: error: {} is a CSV export: verification reads JSON Lines; export again \
+             with `keyhold audit export --format jsonl`",
+            csv.display()
+        )),
         "{err}"
     );
     assert!(!err.to_lowercase().contains("tamper"), "{err}");
+    assert!(out.stdout.is_empty(), "no report for a file never read");
 }
 
 #[test]
