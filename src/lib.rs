@@ -2,9 +2,11 @@
 //!
 //! The library holds everything the `keyhold` binary does; `main.rs` only
 //! parses arguments and maps errors to exit codes. Layers point one way:
-//! [`http`] and [`cli`] call [`keyring`], [`store`], [`audit`] and
-//! [`access`]; those never call back up. [`http`] and [`client`] speak
-//! the API's JSON through the same types, in [`wire`].
+//! [`http`] and [`cli`] call the core, [`vault`] (a server's `Core`, an
+//! offline command's `Offline`), which calls [`keyring`], [`store`],
+//! [`audit`], [`ops`] and [`access`]; those never call back up. [`http`]
+//! and [`client`] speak the API's JSON through the same types, in
+//! [`wire`].
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 

@@ -42,7 +42,7 @@ pub enum UnlockError {
         "the keyring does not open this store (wrong key): no key from {origin} opens it (it was \
          initialised with another Fernet key). Set the key it was initialised with \
          (FERNET_KEYS=new,old during a rotation; a retired key is in the key file's retired \
-         section, see `keyhold keyring`)"
+         section)"
     )]
     WrongKey { origin: String },
     #[error("the store has no {0}: it is damaged; restore it from a backup")]

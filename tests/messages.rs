@@ -189,7 +189,14 @@ fn a_held_store_lock_is_said_in_words() {
         "{err}"
     );
     assert!(
-        err.contains("holds its lock") && err.contains("--remote"),
+        err.contains(&format!(
+            "keyhold: error: cannot open the store in {}: another process holds its lock (a \
+             running `keyhold serve`, or another keyhold command): stop it, or go through the \
+             running server with the same command's --remote form (`keyhold audit \
+             export|verify|public-key --remote`, `keyhold token ... --remote`, `keyhold rotate \
+             --remote`) or `keyhold keys ...`",
+            v.dir_str()
+        )),
         "{err}"
     );
 }
@@ -225,10 +232,15 @@ fn verifying_a_csv_export_says_it_is_csv() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("CSV") && err.contains("--format jsonl"),
+        err.contains(&format!(
+            "keyhold: error: {} is a CSV export: verification reads JSON Lines; export again \
+             with `keyhold audit export --format jsonl`",
+            csv.display()
+        )),
         "{err}"
     );
     assert!(!err.to_lowercase().contains("tamper"), "{err}");
+    assert!(out.stdout.is_empty(), "no report for a file never read");
 }
 
 #[test]

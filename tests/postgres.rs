@@ -536,7 +536,18 @@ fn migrate_moves_a_store_both_ways_with_its_chain_verifiable() {
             &url,
         ],
     );
-    assert!(!again.status.success());
+    // Before anything is copied, as a setup problem (exit 2), saying what
+    // to migrate into instead.
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains(
+            "the target is not empty: it already holds a keyhold store (or audit records). Use \
+             a new or empty data directory, or a database without keyhold's records; nothing \
+             was changed"
+        ),
+        "{}",
+        stderr(&again)
+    );
     // And back to a new directory.
     let back = sled.tmp.path().join("back");
     let out = run_with_key(
@@ -583,11 +594,31 @@ fn backup_of_a_database_restores_into_another_database() {
     let out = v.run(&["backup", file.to_str().unwrap()]);
     assert_ok(&out);
     let url = pg.database("restored");
+    // An empty database is no store yet: said with the init to run.
+    let out = run_with_key(&v.key, &["check", "--database-url", &url]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("holds no keyhold store: run `keyhold init --database-url URL` first"),
+        "{}",
+        stderr(&out)
+    );
     let out = run_with_key(
         &v.key,
         &["restore", file.to_str().unwrap(), "--database-url", &url],
     );
     assert_ok(&out);
+    // A second restore into the same database is refused the same way.
+    let again = run_with_key(
+        &v.key,
+        &["restore", file.to_str().unwrap(), "--database-url", &url],
+    );
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("it already holds a keyhold store"),
+        "{}",
+        stderr(&again)
+    );
     let w = PgVault {
         url,
         key: v.key.clone(),
@@ -1334,6 +1365,10 @@ fn a_token_forged_with_a_retired_keys_record_secret_is_refused_by_a_running_node
     let r = admin.get("/api/tokens");
     assert_eq!(r.status(), 409);
     assert!(detail(r).contains("integrity check"));
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn hex(b: &[u8]) -> String {

@@ -158,11 +158,30 @@ fn dropping_a_key_still_in_use_is_refused_and_the_old_keyring_kept() {
     assert!(d.contains("still needs"), "{d}");
     assert!(d.contains(&format!("key {id}")), "{d}");
     assert!(d.contains("POST /api/admin/rotate"), "{d}");
+    assert!(
+        d.contains(
+            "so the server keeps its keyring: put the old key back in the key file (after the \
+             new one), reload, run the rotation (`keyhold rotate --remote`, or POST \
+             /api/admin/rotate), then retire the old key with `keyhold keyring retire` and \
+             reload again"
+        ),
+        "{d}"
+    );
     assert!(!d.contains(&new) && !d.contains(&old));
 
-    // SIGHUP is refused the same way, and the server lives on.
+    // SIGHUP is refused the same way, naming the same fix in its log
+    // line, and the server lives on.
     sighup(&server);
     wait_for(&server, "keyring reload refused", 1);
+    let out = server.output();
+    let line = out
+        .lines()
+        .find(|l| l.contains("keyring reload refused"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("put the old key back in the key file"),
+        "{line}"
+    );
     let r = api.get(&format!("/api/keys/{id}"));
     assert_eq!(r.status(), 200, "the old keyring is still in use");
     // A key created now is still under the old newest key.

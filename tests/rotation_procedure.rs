@@ -272,3 +272,40 @@ fn a_start_after_retiring_during_an_unfinished_rotation_is_refused() {
     }
     s.stop();
 }
+
+/// An offline command whose keyring holds the store's key only as
+/// retired is refused (exit 2) saying which key and the exact command
+/// that puts it back; `check` says the same, without the "cannot open"
+/// part it never had.
+#[test]
+fn an_offline_command_with_the_needed_key_retired_names_the_unretire_command() {
+    let (_tmp, dir, file, _admin) = vault_with_key_file();
+    let (d, f) = (dir.to_str().unwrap(), file.to_str().unwrap());
+    let (old, _) = sections(&file);
+    assert_ok(&kh(&file, &["keygen", "--key-file", f]));
+    assert_ok(&kh(&file, &["keyring", "retire"]));
+    let hint = format!(
+        "the key this store needs ({}) is retired in {f}: put it back with `keyhold keyring \
+         unretire --key-file {f} {}`, run this again, and rotate before retiring it",
+        old[0], old[0]
+    );
+    let out = kh(&file, &["token", "list", "--data-dir", d]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{hint}: cannot open the store in {d}: ")),
+        "{}",
+        stderr(&out)
+    );
+    let out = kh(&file, &["check", "--data-dir", d]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("keyhold: error: {hint}: ")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("cannot open the store"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -125,7 +125,19 @@ fn a_wrong_key_is_refused_at_start_up() {
     let out = serve_exit(&v.dir, &[("FERNET_KEY", other.as_str())]);
     assert_eq!(out.status.code(), Some(2));
     let e = stderr(&out);
-    assert!(e.contains("wrong key"), "{e}");
+    // Said once, whole: where, why, and where a retired key would be.
+    assert!(
+        e.contains(&format!(
+            "keyhold: error: cannot open the store in {}: the keyring does not open this store \
+             (wrong key): no key from FERNET_KEY opens it (it was initialised with another \
+             Fernet key). Set the key it was initialised with (FERNET_KEYS=new,old during a \
+             rotation; a retired key is in the key file's retired section, see `keyhold \
+             keyring`)\n",
+            v.dir.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(e.matches("wrong key").count(), 1, "{e}");
     assert!(!e.contains(&other) && !e.contains(&v.key));
 }
 
@@ -136,7 +148,15 @@ fn an_uninitialised_directory_is_refused_saying_to_run_init() {
     for dir in [tmp.path().join("missing"), tmp.path().to_path_buf()] {
         let out = serve_exit(&dir, &[("FERNET_KEY", key.as_str())]);
         assert_eq!(out.status.code(), Some(2));
-        assert!(stderr(&out).contains("keyhold init"), "{}", stderr(&out));
+        let d = dir.display();
+        assert!(
+            stderr(&out).contains(&format!(
+                "keyhold: error: the data directory {d} is not initialised: run `keyhold init \
+                 --data-dir {d}` first"
+            )),
+            "{}",
+            stderr(&out)
+        );
     }
     // Nothing was created, so init still works there.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);

@@ -5,17 +5,14 @@
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{open_checked, open_log, ConfigError};
-use crate::audit::{Action, AuditEvent, Outcome};
+use super::{open_checked, ConfigError};
 use crate::config::{BackupArgs, RestoreArgs};
 use crate::keyring::Keyring;
-use crate::ops;
 use crate::private_file::PendingFile;
-use crate::store::Store;
+use crate::vault::{BackupInfo, Location};
 
 pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     if a.remote.remote {
@@ -25,9 +22,7 @@ pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
         let keyring = Keyring::from_env_with_retired()?;
         return verify_backup(&a.file, &keyring, a.output.is_json());
     }
-    let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data, &keyring)?;
-    let log = open_log(store.clone(), &keyring)?;
+    let offline = open_checked(&a.data, Keyring::from_env()?)?;
     // Written beside the target (mode 0600), then renamed: never a half
     // backup under the final name. Made before the audit record, so a
     // path that cannot be written records no backup.
@@ -36,16 +31,10 @@ pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
         Some(_) => a.file.display().to_string(),
         None => "stdout".to_string(),
     };
-    let ev = AuditEvent::cli(
-        Action::Backup,
-        Outcome::Success,
-        Some(format!("backup to {target}")),
-    );
-    log.append(&[(ev, vec![])])?;
     let entries = match file.take() {
-        None => ops::backup::write_backup(&store, &keyring, std::io::stdout().lock())?,
+        None => offline.backup(&target, std::io::stdout().lock())?,
         Some(mut file) => {
-            let n = ops::backup::write_backup(&store, &keyring, file.file())?;
+            let n = offline.backup(&target, file.file())?;
             file.commit()
                 .with_context(|| format!("cannot write the backup {}", a.file.display()))?;
             n
@@ -57,7 +46,7 @@ pub(super) fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
 
 /// Which key of `keyring` a backup's MAC is under, said for people:
 /// `FINGERPRINT (active)` or `FINGERPRINT (retired)`.
-fn key_named(keyring: &Keyring, info: &ops::backup::BackupInfo) -> String {
+fn key_named(keyring: &Keyring, info: &BackupInfo) -> String {
     match info.key_index {
         Some(i) => format!(
             "{} ({})",
@@ -95,12 +84,11 @@ fn verify_backup(
 ) -> anyhow::Result<ExitCode> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut entries_per_tree = std::collections::BTreeMap::<String, u64>::new();
-    let info = ops::backup::read_backup(file, keyring, false, |tree, _, _| {
-        *entries_per_tree.entry(tree.to_string()).or_default() += 1;
-        Ok(())
-    })
-    .with_context(|| format!("{} did not verify", path.display()))?;
+    let crate::vault::BackupSummary {
+        info,
+        trees: entries_per_tree,
+    } = crate::vault::inspect_backup(file, keyring)
+        .with_context(|| format!("{} did not verify", path.display()))?;
     let key = key_named(keyring, &info);
     if json {
         let mut out = std::io::stdout().lock();
@@ -145,9 +133,7 @@ pub(super) fn check_backups(files: &[std::path::PathBuf], json: bool) -> anyhow:
     let mut all_ok = true;
     let mut found = Vec::new();
     for path in files {
-        let read = std::fs::File::open(path)
-            .map_err(ops::backup::BackupError::from)
-            .and_then(|f| ops::backup::read_backup(f, &keyring, false, |_, _, _| Ok(())));
+        let read = crate::vault::inspect_backup_file(path, &keyring);
         let (ok, line, key) = match read {
             Ok(info) => {
                 let key = key_named(&keyring, &info);
@@ -201,54 +187,16 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let (info, store, into) = match (
+    let at = match (
         &a.data_dir,
         a.database
             .options()
             .map_err(|e| ConfigError(e.to_string()))?,
     ) {
-        (_, Some(opts)) => {
-            // Checked and staged in a private directory as on sled, then
-            // copied into the database (which must hold no store).
-            let to = Store::connect(&opts, true)?;
-            ops::migrate::check_empty(&to)?;
-            let staging =
-                std::env::temp_dir().join(format!("keyhold-restore-{}", uuid::Uuid::new_v4()));
-            let staged = (|| -> anyhow::Result<_> {
-                let info =
-                    ops::backup::restore(&a.file, &staging, &keyring, a.allow_unauthenticated)?;
-                let from = super::open_dir_initialised(&staging, None)?;
-                ops::migrate::copy_store(&from, &to)?;
-                from.close()?;
-                Ok(info)
-            })();
-            let _ = std::fs::remove_dir_all(&staging);
-            let info = staged?;
-            let data = crate::config::DataDir {
-                data_dir: std::path::PathBuf::new(),
-                database: a.database.clone(),
-            };
-            (info, open_checked(&data, &keyring)?, opts.url.to_string())
-        }
+        (_, Some(opts)) => Location::Database(Box::new(opts)),
         (Some(dir), None) => {
             super::owner::refuse_foreign_owner(dir)?;
-            let info = ops::backup::restore(&a.file, dir, &keyring, a.allow_unauthenticated)?;
-            // The same keyring must open what was restored; the chain must
-            // verify. A refused restore leaves nothing behind (the target
-            // was new or empty).
-            let data = crate::config::DataDir {
-                data_dir: dir.clone(),
-                database: a.database.clone(),
-            };
-            let store = match open_checked(&data, &keyring) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = crate::store::wait_until_released(dir);
-                    let _ = std::fs::remove_dir_all(dir);
-                    return Err(e);
-                }
-            };
-            (info, store, dir.display().to_string())
+            Location::dir(dir)
         }
         (None, None) => {
             return Err(ConfigError(
@@ -257,64 +205,23 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             .into())
         }
     };
-    let log = open_log(store.clone(), &keyring)?;
-    let active = Keyring::from_env()?;
-    let rekey = match ops::reload::check_replacement(&store, &active) {
-        Ok(()) => false,
-        Err(ops::reload::ReloadRefused::StillNeeded { .. }) => true,
-        Err(e) => return Err(e.into()),
-    };
-    let ev = AuditEvent::cli(
-        Action::Restore,
-        Outcome::Success,
-        Some(format!(
-            "restored {} entries from {} (backup made {})",
-            info.entries,
-            a.file.display(),
-            crate::time::to_rfc3339(info.created_at_us)
-        )),
-    );
-    log.append(&[(ev, vec![])])?;
-    if rekey {
-        // The backup needs a retired key: everything is re-encrypted and
-        // re-sealed under the newest active key, as `keyhold rotate` does
-        // (audited), so that the active keyring alone opens the store.
-        let stopped = || {
-            format!(
-                "the backup was restored into {into}, but re-keying it under the newest active \
-                 key stopped: some of it still needs a retired key. Put the retired keys back \
-                 (`keyhold keyring unretire`), run `keyhold rotate` on the restored store, then \
-                 `keyhold check`"
-            )
-        };
-        let rotated =
-            crate::vault::rotate_store(&store, &keyring, &log, "cli", Duration::ZERO, |_| {})
-                .map_err(anyhow::Error::from)
-                .with_context(stopped)?;
-        let vault = super::offline_vault(&store, &keyring, &log);
-        super::block_on(vault.record_rotation(&crate::vault::Origin::cli(), None, &rotated))?
-            .map_err(anyhow::Error::from)
-            .with_context(stopped)?;
-        if !rotated.report.failed.is_empty() {
-            return Err(anyhow::anyhow!(
-                "{} ({} key(s) could not be re-encrypted)",
-                stopped(),
-                rotated.report.failed.len()
-            ));
-        }
-        if ops::reload::check_replacement(&store, &active).is_err() {
-            return Err(anyhow::anyhow!("{}", stopped()));
-        }
+    let restored = crate::vault::restore(
+        &a.file,
+        &at,
+        keyring,
+        Keyring::from_env,
+        a.allow_unauthenticated,
+    )?;
+    if let Some(fingerprint) = &restored.rekeyed_under {
         eprintln!(
             "keyhold: the backup was made under a retired key: what it holds is now \
-             re-encrypted under the newest active key ({})",
-            active.fingerprints().first().map_or("", String::as_str)
+             re-encrypted under the newest active key ({fingerprint})"
         );
     }
-    let report = crate::audit::verify_store(&store, &log.verify_keys())?;
+    let report = restored.report;
     eprintln!(
-        "keyhold: restored {} entries into {}; audit chain: {report}",
-        info.entries, into
+        "keyhold: restored {} entries into {at}; audit chain: {report}",
+        restored.info.entries
     );
     if let (Some(dir), None) = (&a.data_dir, &a.database.database_url) {
         use std::os::unix::fs::MetadataExt;
@@ -379,7 +286,7 @@ fn backup_remote(a: &BackupArgs) -> anyhow::Result<ExitCode> {
 /// Copies a backup's body to `out`: it must begin as a backup does and
 /// arrive whole. Returns its length.
 fn download(body: &mut impl Read, out: &mut impl Write) -> anyhow::Result<u64> {
-    let magic = crate::ops::backup::MAGIC;
+    let magic = crate::vault::BACKUP_MAGIC;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use super::ConfigError;
 use crate::config::DataDir;
 use crate::keyring::Keyring;
-use crate::store::{Store, StoreError};
+use crate::vault::Location;
 
 pub(super) fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     let keyring = Keyring::from_env()?;
@@ -20,26 +20,19 @@ pub(super) fn run(args: DataDir) -> anyhow::Result<ExitCode> {
     {
         // Creates (or brings up to date) keyhold's tables, in one
         // transaction; refuses a database newer than this binary.
-        let store = Store::connect(&opts, true)?;
-        if store.is_initialised()? {
-            return Err(StoreError::AlreadyInitialised(opts.url.to_string()).into());
-        }
-        let done = crate::vault::initialise(&store, &keyring, "admin")?;
-        // The reveal rate every node will use (ops::settings).
-        let log = crate::audit::AuditLog::open(store.clone(), &keyring)?;
-        let rate = crate::limiter::RevealRate::default();
-        crate::ops::settings::set_reveal_rate(&log, rate, "init")?;
+        let url = opts.url.to_string();
+        let done = crate::vault::init_store(&Location::Database(Box::new(opts)), keyring)?;
+        let rate = done.reveal_rate.unwrap_or_default();
         let (token, public) = (done.admin_token, done.public_key);
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", token.expose()).context("cannot write to stdout")?;
         out.flush().ok();
         eprintln!(
-            "keyhold: initialised the database {}. Every node uses its reveal rate, {rate} \
+            "keyhold: initialised the database {url}. Every node uses its reveal rate, {rate} \
              (change it with `keyhold reveal-rate RATE --database-url URL`). The line above is the admin token `admin`: it \
              is shown only once, so store it in your secret manager now. Start each node with \
              `keyhold serve --database-url URL --node-name NAME`. The audit log is signed by \
-             {public}: keep this public key where auditors can find it.",
-            opts.url
+             {public}: keep this public key where auditors can find it."
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -53,11 +46,7 @@ pub(super) fn run(args: DataDir) -> anyhow::Result<ExitCode> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-    let store = Store::open(dir)?;
-    if store.is_initialised()? {
-        return Err(StoreError::AlreadyInitialised(dir.display().to_string()).into());
-    }
-    let done = crate::vault::initialise(&store, &keyring, "admin")?;
+    let done = crate::vault::init_store(&Location::dir(dir), keyring)?;
     let (token, public) = (done.admin_token, done.public_key);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", token.expose()).context("cannot write to stdout")?;
@@ -85,8 +74,12 @@ fn refuse_non_empty(dir: &std::path::Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
     };
-    if crate::store::holds_store(dir) {
-        return Err(StoreError::AlreadyInitialised(dir.display().to_string()).into());
+    if crate::vault::holds_store(dir) {
+        return Err(ConfigError(format!(
+            "the data directory {} is already initialised; nothing was changed",
+            dir.display()
+        ))
+        .into());
     }
     if entries.next().is_some() {
         return Err(ConfigError(format!(

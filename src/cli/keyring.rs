@@ -13,8 +13,6 @@ use std::process::ExitCode;
 
 use crate::config::KeyringCommand;
 use crate::key_file;
-use crate::keyring::{KeySource, Keyring};
-use crate::store::Store;
 
 /// How long an admin call (a reload, an online rotation of a large store)
 /// may take.
@@ -75,29 +73,4 @@ pub(super) fn run(c: KeyringCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// When no active key opens `store` but a retired key of the key file (or
-/// key command) does: what to run to put it back.
-pub(crate) fn retired_hint(store: &Store) -> Option<String> {
-    let ring = Keyring::from_env_with_retired().ok()?;
-    let check = store.check_value().ok()??;
-    let i = ring.opens_check(&check)?;
-    if !ring.is_retired(i) {
-        return None;
-    }
-    let fp = ring.fingerprints().get(i)?.clone();
-    Some(match ring.source() {
-        KeySource::File(path) => format!(
-            "the key this store needs ({fp}) is retired in {}: put it back with `keyhold keyring \
-             unretire --key-file {} {fp}`, run this again, and rotate before retiring it",
-            path.display(),
-            path.display()
-        ),
-        _ => format!(
-            "the key this store needs ({fp}) is in the retired section of the key command's \
-             output: move it above the `[retired]` line, run this again, and rotate before \
-             retiring it"
-        ),
-    })
 }

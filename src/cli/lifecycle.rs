@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{open_checked, open_initialised, open_log, progress_bar, ConfigError};
+use super::{open_checked, progress_bar, ConfigError};
 use crate::config::{CheckArgs, ImportArgs, RotateArgs};
 use crate::keyring::Keyring;
-use crate::ops;
-use crate::ops::import::ImportFormat;
+use crate::vault::{CheckReport, ImportFormat, ImportOptions};
 
 pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     if a.remote.remote {
@@ -45,37 +44,27 @@ pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
             }
         };
     }
-    let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data, &keyring)?;
+    let offline = open_checked(&a.data, Keyring::from_env()?)?;
     // The new key is on disk, durably, before any record is re-encrypted
     // under it: a crash or a closed shell cannot take it away.
-    let keyring = if a.new_key {
-        new_key_first(&keyring)?
+    let offline = if a.new_key {
+        let keyring = new_key_first(offline.keyring())?;
+        offline.rekeyed(keyring)
     } else {
-        keyring
+        offline
     };
-    let log = open_log(store.clone(), &keyring)?;
-    if keyring.len() < 2 {
+    if offline.keyring().len() < 2 {
         eprintln!(
             "keyhold: the keyring holds one key, so everything is already under it; to rotate, \
              run `keyhold rotate --new-key` with FERNET_KEY_FILE, or set FERNET_KEYS=new,old"
         );
     }
-    let bar = progress_bar(store.key_count() as u64, "rotating");
-    let rotated = crate::vault::rotate_store(
-        &store,
-        &keyring,
-        &log,
-        "cli",
-        Duration::from_millis(a.pace_ms),
-        |n| bar.set_position(n),
-    )?;
+    let bar = progress_bar(offline.key_count(), "rotating");
+    let rotated = offline.rotate(Duration::from_millis(a.pace_ms), |n| bar.set_position(n))?;
     bar.finish_and_clear();
-    if let Some(k) = rotated.new_public_key {
+    if let Some(k) = &rotated.new_public_key {
         eprintln!("keyhold: the audit log is now signed by {k} (the old key signed the hand-over)");
     }
-    let vault = super::offline_vault(&store, &keyring, &log);
-    super::block_on(vault.record_rotation(&crate::vault::Origin::cli(), None, &rotated))??;
     let report = rotated.report;
     eprintln!("keyhold: {}", report.summary());
     Ok(if report.failed.is_empty() {
@@ -122,39 +111,16 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         return super::backups::check_backups(&a.backups, a.output.is_json());
     }
     let keyring = Keyring::from_env()?;
-    let store = open_initialised(&a.data)?;
     // Damage is what check reports, not an error. A keyring that opens
     // nothing is not: every other line would be empty ("0 of 0 keys"), so
-    // it is the error (exit 2) that says which keyring to set. The state
-    // commitment was checked at open: what differs is reported.
-    let state = match crate::unlock::unlock(&store, &keyring) {
-        Ok(_) => Vec::new(),
-        Err(e) => {
-            use crate::unlock::UnlockError;
-            match e {
-                UnlockError::WrongKey { .. } => {
-                    let hint = super::keyring::retired_hint(&store);
-                    let e = anyhow::Error::new(e);
-                    return Err(match hint {
-                        Some(h) => e.context(h),
-                        None => e,
-                    });
-                }
-                UnlockError::StateDiffers(d) => d,
-                UnlockError::HeadRolledBack { .. }
-                | UnlockError::HeadWithoutState(_)
-                | UnlockError::HeadMissing => vec![e.to_string()],
-                e => return Err(e.into()),
-            }
-        }
-    };
-    let report = ops::check::check(&store, &keyring, state)?;
+    // it is the error (exit 2) that says which keyring to set.
+    let report = crate::vault::Offline::check(&super::location(&a.data)?, &keyring)?;
     let mut out = std::io::stdout().lock();
     if a.output.is_json() {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {
-        for line in report.lines() {
+        for line in check_lines(&report) {
             writeln!(out, "{line}")?;
         }
     }
@@ -163,6 +129,79 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `keyhold check`'s findings, a line each.
+fn check_lines(report: &CheckReport) -> Vec<String> {
+    let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
+    let mut out = vec![format!(
+        "{} the keyring opens the store's check value",
+        mark(report.keyring_opens_store)
+    )];
+    out.push(format!(
+        "{} {} of {} keys decrypt with the keyring",
+        mark(report.keys_failed.is_empty()),
+        report.keys_ok,
+        report.keys_total
+    ));
+    for id in report.keys_failed.iter().take(50) {
+        out.push(format!("       does not decrypt: {id}"));
+    }
+    out.push(format!(
+        "{} every key and token record passes its integrity check",
+        mark(report.tampered.is_empty())
+    ));
+    for what in report.tampered.iter().take(50) {
+        out.push(format!(
+            "       tampered (written or changed outside keyhold; restore from a backup): {what}"
+        ));
+    }
+    if report.rotation_unfinished {
+        out.push(format!(
+            "{} a rotation stopped before every record was authenticated under its new record \
+             MAC secret: run `keyhold rotate` again to finish it",
+            mark(false)
+        ));
+    }
+    out.push(if report.on_older_key == 0 {
+        format!("{} nothing needs an older key of the keyring", mark(true))
+    } else {
+        format!(
+            "{} {} records still need an older key: run `keyhold rotate` before retiring it",
+            mark(false),
+            report.on_older_key
+        )
+    });
+    out.push(format!(
+        "{} the store matches the state its signed audit log last recorded",
+        mark(report.state.is_empty())
+    ));
+    for what in &report.state {
+        out.push(format!("       {what}"));
+    }
+    for what in report.stale.iter().take(50) {
+        out.push(format!(
+            "       older copy put back (restore from a backup): {what}"
+        ));
+    }
+    if !report.key_names.is_empty() {
+        out.push(format!(
+            "WARN {} keys have names the API refuses today (they can look like another key's \
+             name in listings: store them again under a plain name, then delete these)",
+            report.key_names.len()
+        ));
+        for what in report.key_names.iter().take(50) {
+            out.push(format!("       {what}"));
+        }
+    }
+    match &report.audit {
+        Some(r) => out.push(format!("{} audit chain: {r}", mark(r.is_ok()))),
+        None => out.push(format!(
+            "{} audit chain: the keyring cannot open the audit signing key",
+            mark(false)
+        )),
+    }
+    out
 }
 
 pub(super) fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
@@ -177,34 +216,26 @@ pub(super) fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
             ))
         })?,
     };
-    let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data, &keyring)?;
+    let offline = open_checked(&a.data, Keyring::from_env()?)?;
     let file = std::fs::File::open(&a.from)
         .with_context(|| format!("cannot open {}", a.from.display()))?;
     let reference = match &a.reference_key_file {
         Some(path) => Some(read_reference_key(path)?),
         None => None,
     };
-    let options = ops::import::ImportOptions {
+    let options = ImportOptions {
         reference: reference.as_ref(),
         lowercase_providers: a.providers_lowercase,
     };
-    let plan = ops::import::plan_with(
-        &store,
-        &keyring,
-        std::io::BufReader::new(file),
-        format,
-        options,
-    )?;
+    let plan = offline.plan_import(std::io::BufReader::new(file), format, options)?;
     let report = if a.dry_run {
         let mut r = plan.report;
         r.dry_run = true;
         r
     } else {
-        let log = open_log(store.clone(), &keyring)?;
         let bar = progress_bar(plan.report.imported, "importing");
         let source = a.from.display().to_string();
-        let r = ops::import::apply(&log, plan, &source, |n| bar.set_position(n))?;
+        let r = offline.apply_import(plan, &source, |n| bar.set_position(n))?;
         bar.finish_and_clear();
         r
     };

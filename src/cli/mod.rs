@@ -30,10 +30,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::audit::AuditLog;
 use crate::config::{Cli, Command, DataDir, LogFormat};
 use crate::keyring::{Keyring, KeyringError};
-use crate::store::{Store, StoreError};
+use crate::vault::{Location, Offline, OfflineError};
 
 /// A configuration problem: exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -149,14 +148,16 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 fn describe(err: &anyhow::Error) -> String {
     let mut msg = String::new();
     for cause in err.chain() {
-        let text = cause.to_string();
-        if msg.contains(&text) {
-            continue;
+        let (text, whole) = said(cause);
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
         }
-        if !msg.is_empty() {
-            msg.push_str(": ");
+        if whole {
+            break;
         }
-        msg.push_str(&text);
     }
     msg
 }
@@ -187,152 +188,138 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
         {
             return ExitCode::from(2);
         }
-        if let Some(crate::ops::migrate::MigrateError::TargetNotEmpty) = cause.downcast_ref() {
-            return ExitCode::from(2);
-        }
-        if let Some(
-            crate::ops::backup::BackupError::NotEmpty(_)
-            | crate::ops::backup::BackupError::NotAuthentic
-            | crate::ops::backup::BackupError::Unauthenticated
-            | crate::ops::backup::BackupError::Rewrapped(_),
-        ) = cause.downcast_ref()
-        {
-            return ExitCode::from(2);
-        }
-        if let Some(e) = cause.downcast_ref::<StoreError>() {
-            return match e {
-                StoreError::NotInitialised(_)
-                | StoreError::DatabaseNotInitialised(_)
-                | StoreError::NewerDatabase { .. }
-                | StoreError::AlreadyInitialised(_)
-                | StoreError::Open { .. }
-                | StoreError::BadCurrent { .. }
-                | StoreError::CurrentMissing { .. }
-                | StoreError::NewerSchema { .. } => ExitCode::from(2),
-                _ => ExitCode::from(1),
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<crate::unlock::UnlockError>() {
-            if matches!(
-                e,
-                crate::unlock::UnlockError::WrongKey { .. }
-                    | crate::unlock::UnlockError::Missing(_)
-                    | crate::unlock::UnlockError::StateDiffers(_)
-                    | crate::unlock::UnlockError::HeadRolledBack { .. }
-                    | crate::unlock::UnlockError::HeadWithoutState(_)
-                    | crate::unlock::UnlockError::HeadMissing
-                    | crate::unlock::UnlockError::LegacyRecordAltered(_)
-                    | crate::unlock::UnlockError::Downgraded
-            ) {
-                return ExitCode::from(2);
-            }
-        }
-        if let Some(e) = cause.downcast_ref::<crate::audit::AuditError>() {
-            if matches!(
-                e,
-                crate::audit::AuditError::MacKeyLocked | crate::audit::AuditError::NoMacKey
-            ) {
-                return ExitCode::from(2);
-            }
+        // The vault says which of its failures are setup problems.
+        if let Some(e) = cause.downcast_ref::<OfflineError>() {
+            return ExitCode::from(if e.is_setup() { 2 } else { 1 });
         }
     }
     ExitCode::from(1)
 }
 
-/// Opens an initialised store (the data directory, or the database of
-/// `--database-url`) and checks that the keyring opens its check value (a
-/// wrong key fails here, not at the first reveal).
-pub(crate) fn open_checked(data: &DataDir, keyring: &Keyring) -> anyhow::Result<Store> {
-    open_checked_with_cache(data, keyring, Some(crate::store::DEFAULT_CACHE_BYTES))
+/// One cause of an error as the command line says it: the vault's
+/// failures that a command fixes are said naming that command. `true`
+/// when the text says its causes too (they are not said again).
+fn said(cause: &(dyn std::error::Error + 'static)) -> (String, bool) {
+    let Some(e) = cause.downcast_ref::<OfflineError>() else {
+        return (cause.to_string(), false);
+    };
+    let text = match e {
+        OfflineError::Locked { at, retired, .. } => {
+            let mut parts: Vec<String> = retired.iter().map(|k| retired_hint(k)).collect();
+            parts.extend(at.iter().map(|at| format!("cannot open the store in {at}")));
+            let Some(origin) = e.wrong_keyring() else {
+                return (parts.join(": "), false);
+            };
+            parts.push(format!(
+                "the keyring does not open this store (wrong key): no key from {origin} opens \
+                 it (it was initialised with another Fernet key). Set the key it was \
+                 initialised with (FERNET_KEYS=new,old during a rotation; a retired key is in \
+                 the key file's retired section, see `keyhold keyring`)"
+            ));
+            return (parts.join(": "), true);
+        }
+        OfflineError::RekeyStopped {
+            into,
+            failed,
+            refused,
+        } => format!(
+            "the backup was restored into {into}, but re-keying it under the newest active key \
+             stopped: some of it still needs a retired key. Put the retired keys back (`keyhold \
+             keyring unretire`), run `keyhold rotate` on the restored store, then `keyhold \
+             check`{}{}",
+            failed
+                .map(|n| format!(" ({n} key(s) could not be re-encrypted)"))
+                .unwrap_or_default(),
+            refused
+                .as_ref()
+                .map(|r| format!(": {}", refusal::CliRefusal(r.clone())))
+                .unwrap_or_default()
+        ),
+        OfflineError::NotInitialised { dir } => format!(
+            "the data directory {dir} is not initialised: run `keyhold init --data-dir {dir}` \
+             first"
+        ),
+        OfflineError::DatabaseNotInitialised { url } => format!(
+            "the database {url} holds no keyhold store: run `keyhold init --database-url URL` \
+             first"
+        ),
+        OfflineError::StoreHeld { path } => format!(
+            "cannot open the store in {path}: another process holds its lock (a running `keyhold \
+             serve`, or another keyhold command): stop it, or go through the running server with \
+             the same command's --remote form (`keyhold audit export|verify|public-key --remote`, \
+             `keyhold token ... --remote`, `keyhold rotate --remote`) or `keyhold keys ...`"
+        ),
+        OfflineError::TargetNotEmpty => "the target is not empty: it already holds a \
+             keyhold store (or audit records). Use a new or empty data directory, or a database \
+             without keyhold's records; nothing was changed"
+            .to_string(),
+        OfflineError::Refused(r) => refusal::CliRefusal(r.clone()).to_string(),
+        OfflineError::CsvExport { name } => format!(
+            "{name} is a CSV export: verification reads JSON Lines; export again with `keyhold \
+             audit export --format jsonl`"
+        ),
+        _ => cause.to_string(),
+    };
+    (text, false)
 }
 
-/// Opens with a page cache of `cache_bytes`, or sized to the store if `None`
-/// (sled; PostgreSQL keeps its own cache).
-pub(crate) fn open_checked_with_cache(
-    data: &DataDir,
-    keyring: &Keyring,
-    cache_bytes: Option<u64>,
-) -> anyhow::Result<Store> {
-    let store = open_initialised_with_cache(data, cache_bytes)?;
-    check_keyring(&store, keyring, &location(data))?;
-    Ok(store)
-}
-
-/// Where the store is, as said in messages (a database URL without its
-/// password).
-pub(crate) fn location(data: &DataDir) -> String {
-    match data.database.database_url.as_ref().map(|u| u.parse_url()) {
-        Some(Ok(url)) => url.to_string(),
-        Some(Err(_)) => "the database".into(),
-        None => data.data_dir.display().to_string(),
+/// What to run to put back the retired key a store needs.
+fn retired_hint(key: &crate::vault::RetiredKey) -> String {
+    let fp = &key.fingerprint;
+    match &key.file {
+        Some(path) => format!(
+            "the key this store needs ({fp}) is retired in {}: put it back with `keyhold keyring \
+             unretire --key-file {} {fp}`, run this again, and rotate before retiring it",
+            path.display(),
+            path.display()
+        ),
+        None => format!(
+            "the key this store needs ({fp}) is in the retired section of the key command's \
+             output: move it above the `[retired]` line, run this again, and rotate before \
+             retiring it"
+        ),
     }
 }
 
-/// Opens a store that `init` has run on.
-pub(crate) fn open_initialised(data: &DataDir) -> anyhow::Result<Store> {
-    open_initialised_with_cache(data, Some(crate::store::DEFAULT_CACHE_BYTES))
+/// Where `data` says the store is (a data directory is checked first: its
+/// owner, and that it can be read).
+pub(crate) fn location(data: &DataDir) -> anyhow::Result<Location> {
+    location_with_cache(data, Some(crate::vault::DEFAULT_CACHE_BYTES))
 }
 
-fn open_initialised_with_cache(data: &DataDir, cache_bytes: Option<u64>) -> anyhow::Result<Store> {
-    if let Some(opts) = data
+/// As [`location`], with a page cache of `cache_bytes`, or sized to the
+/// store if `None` (sled; PostgreSQL keeps its own cache).
+pub(crate) fn location_with_cache(
+    data: &DataDir,
+    cache_bytes: Option<u64>,
+) -> anyhow::Result<Location> {
+    match data
         .database
         .options()
         .map_err(|e| ConfigError(e.to_string()))?
     {
-        let store = Store::connect(&opts, false)?;
-        if !store.is_initialised()? {
-            return Err(StoreError::DatabaseNotInitialised(opts.url.to_string()).into());
-        }
-        store.check_schema()?;
-        return Ok(store);
+        Some(opts) => Ok(Location::Database(Box::new(opts))),
+        None => dir_location(&data.data_dir, cache_bytes),
     }
-    open_dir_initialised(&data.data_dir, cache_bytes)
 }
 
-/// Opens the initialised store in `dir`.
-pub(crate) fn open_dir_initialised(dir: &Path, cache_bytes: Option<u64>) -> anyhow::Result<Store> {
+/// The data directory `dir`, checked: refused if another user owns it or
+/// it cannot be read.
+pub(crate) fn dir_location(dir: &Path, cache_bytes: Option<u64>) -> anyhow::Result<Location> {
     owner::refuse_foreign_owner(dir)?;
     if let Some(e) = owner::unreadable(dir) {
         return Err(e.into());
     }
-    // Never create a store here: only `init` does (sled writes files on open).
-    if !crate::store::holds_store(dir) {
-        return Err(StoreError::NotInitialised(dir.display().to_string()).into());
-    }
-    let store = match cache_bytes {
-        Some(bytes) => Store::open_with_cache(dir, bytes)?,
-        None => {
-            let (store, bytes) = Store::open_auto_cache(dir)?;
-            tracing::debug!(cache_mib = bytes >> 20, "page cache sized to the store");
-            store
-        }
-    };
-    if !store.is_initialised()? {
-        return Err(StoreError::NotInitialised(dir.display().to_string()).into());
-    }
-    store.check_schema()?;
-    Ok(store)
+    Ok(Location::Dir {
+        path: dir.to_path_buf(),
+        cache_bytes,
+    })
 }
 
-/// Refuses a keyring none of whose keys opens the check value; applies
-/// the record keys (and upgrades a store from an older keyhold, audited).
-pub(crate) fn check_keyring(store: &Store, keyring: &Keyring, at: &str) -> anyhow::Result<()> {
-    match crate::unlock::unlock(store, keyring) {
-        Ok(_) => Ok(()),
-        Err(e @ crate::unlock::UnlockError::WrongKey { .. }) => {
-            let e = anyhow::Error::new(e).context(format!("cannot open the store in {at}"));
-            Err(match keyring::retired_hint(store) {
-                Some(hint) => e.context(hint),
-                None => e,
-            })
-        }
-        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open the store in {at}"))),
-    }
-}
-
-/// Opens the audit log for an offline command.
-pub(crate) fn open_log(store: Store, keyring: &Keyring) -> anyhow::Result<AuditLog> {
-    Ok(AuditLog::open(store, keyring)?)
+/// Opens the initialised store `data` names, checking that the keyring
+/// opens it (a wrong key fails here, not at the first reveal).
+pub(crate) fn open_checked(data: &DataDir, keyring: Keyring) -> anyhow::Result<Offline> {
+    Ok(Offline::open(&location(data)?, keyring)?)
 }
 
 /// Runs one of the vault core's async calls from an offline command (the
@@ -342,21 +329,6 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output
         .build()
         .context("cannot start the async runtime")?;
     Ok(rt.block_on(f))
-}
-
-/// The vault core as an offline command sees it: the store, the keyring,
-/// the audit log; no flood counter (each record is written).
-pub(crate) fn offline_vault<'a>(
-    store: &'a Store,
-    keyring: &'a Keyring,
-    log: &'a AuditLog,
-) -> crate::vault::Vault<'a> {
-    crate::vault::Vault {
-        store,
-        keyring: keyring.into(),
-        audit: crate::vault::Sink::Log(log),
-        coalescer: None,
-    }
 }
 
 /// A progress bar on stderr when it is a terminal; hidden otherwise.
@@ -386,8 +358,8 @@ pub(crate) fn init_logging(filter: &str) {
         .try_init();
 }
 
-/// `keyhold reveal-rate [RATE]` (a PostgreSQL store's; see
-/// `ops::settings`).
+/// `keyhold reveal-rate [RATE]` (a PostgreSQL store's, which its nodes
+/// share).
 fn reveal_rate(a: crate::config::RevealRateArgs) -> anyhow::Result<ExitCode> {
     if a.data.database.database_url.is_none() {
         return Err(ConfigError(
@@ -397,11 +369,10 @@ fn reveal_rate(a: crate::config::RevealRateArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
-    let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data, &keyring)?;
+    let offline = open_checked(&a.data, Keyring::from_env()?)?;
     match a.rate {
         None => {
-            match crate::ops::settings::stored_reveal_rate(&store)? {
+            match offline.stored_reveal_rate()? {
                 Some(r) => println!("{r}"),
                 None => println!(
                     "{} (not stored yet: the default, until a node starts or this command sets one)",
@@ -411,8 +382,7 @@ fn reveal_rate(a: crate::config::RevealRateArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(rate) => {
-            let log = crate::audit::AuditLog::open(store.clone(), &keyring)?;
-            let was = crate::ops::settings::set_reveal_rate(&log, rate, "cli")?;
+            let was = offline.set_reveal_rate(rate, "cli")?;
             eprintln!(
                 "keyhold: the reveal rate is now {rate}{}; running nodes use it within 10 s",
                 was.map(|w| format!(" (was {w})")).unwrap_or_default()

@@ -3,17 +3,15 @@
 //! running server (`http::app`).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 
 use super::serve_flags::SettingsError;
 use super::{init_logging, ConfigError};
-use crate::audit::AuditLog;
 use crate::config::{LogFormat, ServeArgs};
 use crate::keyring::Keyring;
 use crate::limiter::RevealRate;
-use crate::store::Store;
+use crate::vault::Offline;
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging_as(&args.log, args.log_format);
@@ -26,16 +24,10 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (opened, Some(token))
     } else {
         let keyring = Keyring::from_env()?;
-        let store = super::open_checked_with_cache(&args.data, &keyring, settings.cache_bytes)?;
-        let log = Arc::new(AuditLog::open(store.clone(), &keyring)?);
-        let reveal_rate = reveal_rate(settings.reveal_rate, &store, &log)?;
-        let opened = crate::vault::Opened {
-            store,
-            keyring,
-            log,
-            reveal_rate,
-        };
-        (opened, None)
+        let at = super::location_with_cache(&args.data, settings.cache_bytes)?;
+        let offline = Offline::open(&at, keyring)?;
+        let reveal_rate = reveal_rate(settings.reveal_rate, &offline)?;
+        (offline.into_opened(reveal_rate)?, None)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -74,15 +66,11 @@ fn init_logging_as(filter: &str, format: LogFormat) {
 /// default) where it holds the store alone; on a shared database the one
 /// the database stores (written from this node's if none is yet), and a
 /// node given another one refuses to start, saying both.
-fn reveal_rate(
-    given: Option<RevealRate>,
-    store: &Store,
-    log: &AuditLog,
-) -> anyhow::Result<RevealRate> {
-    if store.node().is_none() {
+fn reveal_rate(given: Option<RevealRate>, offline: &Offline) -> anyhow::Result<RevealRate> {
+    if !offline.is_shared() {
         return Ok(given.unwrap_or_default());
     }
-    match crate::ops::settings::stored_reveal_rate(store)? {
+    match offline.stored_reveal_rate()? {
         Some(stored) => match given {
             Some(given) if given != stored => {
                 Err(SettingsError::RevealRateDiffers { given, stored }.into())
@@ -91,7 +79,7 @@ fn reveal_rate(
         },
         None => {
             let rate = given.unwrap_or_default();
-            crate::ops::settings::set_reveal_rate(log, rate, "serve")?;
+            offline.set_reveal_rate(rate, "serve")?;
             Ok(rate)
         }
     }

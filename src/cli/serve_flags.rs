@@ -11,7 +11,7 @@
 //!
 //! Not for: the reveal rate a shared database stores (`cli::serve` checks
 //! the given one against it once the store is open), the Fernet keys
-//! (`keyring`), the store's location (`cli::open_checked_with_cache`).
+//! (`keyring`), the store's location (`cli::location_with_cache`).
 
 use std::time::Duration;
 

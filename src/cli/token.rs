@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::table::{shrinks, when, whole, Table};
-use super::{open_checked, open_log, ConfigError};
+use super::{open_checked, ConfigError};
 use crate::config::TokenCommand;
 use crate::duration::MAX_TTL_SECONDS;
 use crate::keyring::Keyring;
@@ -126,10 +126,8 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             Ok(())
         }),
         TokenCommand::Create(a) => {
-            let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data, &keyring)?;
-            let log = open_log(store.clone(), &keyring)?;
-            let vault = super::offline_vault(&store, &keyring, &log);
+            let offline = open_checked(&a.data, Keyring::from_env()?)?;
+            let vault = offline.vault()?;
             let request = crate::vault::TokenRequest {
                 name: a.name.clone(),
                 role: a.role.into(),
@@ -150,10 +148,8 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::Rotate(a) => {
             let overlap = overlap_of(a.overlap)?;
-            let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data, &keyring)?;
-            let log = open_log(store.clone(), &keyring)?;
-            let vault = super::offline_vault(&store, &keyring, &log);
+            let offline = open_checked(&a.data, Keyring::from_env()?)?;
+            let vault = offline.vault()?;
             let rotated = super::block_on(vault.rotate_token(
                 &Origin::cli(),
                 None,
@@ -176,10 +172,8 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::List(a) => {
             // Token records are authenticated under keys of the keyring
             // (schema 3), so listing them needs the keyring too.
-            let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data, &keyring)?;
-            let log = open_log(store.clone(), &keyring)?;
-            let all = super::offline_vault(&store, &keyring, &log).list_tokens(None)?;
+            let offline = open_checked(&a.data, Keyring::from_env()?)?;
+            let all = offline.vault()?.list_tokens(None)?;
             let mut out = std::io::stdout().lock();
             if a.output.is_json() {
                 let list: Vec<_> = all.iter().map(crate::wire::TokenInfo::listed).collect();
@@ -221,10 +215,8 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Revoke(a) => {
-            let keyring = Keyring::from_env()?;
-            let store = open_checked(&a.data, &keyring)?;
-            let log = open_log(store.clone(), &keyring)?;
-            let vault = super::offline_vault(&store, &keyring, &log);
+            let offline = open_checked(&a.data, Keyring::from_env()?)?;
+            let vault = offline.vault()?;
             let rec = super::block_on(vault.revoke_token(&Origin::cli(), None, &a.token))??;
             eprintln!("keyhold: revoked token `{}` ({})", rec.name, rec.id);
             Ok(ExitCode::SUCCESS)

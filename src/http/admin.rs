@@ -11,7 +11,7 @@ use super::extract;
 use super::response::respond;
 use super::{AppState, State};
 use crate::access::{Caller, Scope};
-use crate::audit::{Action, Outcome};
+use crate::vault::{Action, Outcome};
 use crate::vault::{EveryProvider, ReloadError, TokenRequest};
 use crate::wire::{Done, MintedToken, NewToken, RotateToken, SecretText, TokenInfo};
 

@@ -222,9 +222,9 @@ fn spawn_reload_on_sighup(state: Arc<AppState>) -> Result<(), AppError> {
         .map_err(AppError::Signal)?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let mut ev = crate::audit::AuditEvent::cli(
-                crate::audit::Action::Reload,
-                crate::audit::Outcome::Success,
+            let mut ev = crate::vault::AuditEvent::cli(
+                crate::vault::Action::Reload,
+                crate::vault::Outcome::Success,
                 None,
             );
             ev.caller = "SIGHUP".into();

@@ -13,7 +13,7 @@ use super::response::respond;
 use super::stream::stream_blocking;
 use super::{AppState, State};
 use crate::access::{Caller, Scope};
-use crate::audit::{self, Action, ExportFilter, ExportFormat, Outcome, Page, View};
+use crate::vault::{self, Action, ExportFilter, ExportFormat, Outcome, Page, View};
 
 /// Parses the export query: the filters (`since`, `until`, `key_id`,
 /// `caller`, `outcome`, `action`), `format`, and the page (`limit`,
@@ -112,7 +112,7 @@ fn console_session(ctx: &Ctx) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     match v.to_str() {
-        Ok(id) if values.next().is_none() && audit::valid_session_id(id) => Ok(Some(id.into())),
+        Ok(id) if values.next().is_none() && vault::valid_session_id(id) => Ok(Some(id.into())),
         _ => Err(ApiError::invalid(
             "header `X-Keyhold-Console-Session` must appear once, as 16 to 64 letters, digits, \
              `-` or `_` (the console makes one at each sign-in); leave it out to have each \
@@ -142,7 +142,7 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
         let session = session.filter(|_| {
             format == ExportFormat::Jsonl
                 && page.newest_first
-                && page.limit.is_some_and(|l| l <= audit::views::MAX_PAGE)
+                && page.limit.is_some_and(|l| l <= vault::MAX_PAGE)
         });
         let vault = state.vault();
         // Every page takes from the token's record budget, counted or not.
@@ -192,7 +192,7 @@ pub(super) async fn export(state: State, ctx: Ctx, query: String) -> Response {
             CONTENT_TYPE,
             HeaderValue::from_static(format.content_type()),
         );
-        if let Ok(v) = HeaderValue::from_str(&format!("{head_seq}:{}", audit::hex(&head_mac))) {
+        if let Ok(v) = HeaderValue::from_str(&format!("{head_seq}:{}", vault::hex(&head_mac))) {
             resp.headers_mut().insert("x-keyhold-audit-head", v);
         }
         Ok::<_, ApiError>(ctx.finish(resp))

@@ -18,8 +18,8 @@ use super::extract::{self, DeleteQuery, ListQuery, RevealQuery};
 use super::response::respond;
 use super::{AppState, State};
 use crate::access::Scope;
-use crate::audit::Action;
 use crate::time::to_rfc3339;
+use crate::vault::Action;
 use crate::vault::{NewKey, NewVersion, RevealRequest, Target};
 use crate::wire::{Done, KeyMeta, RevealedKey, SecretText};
 

@@ -46,8 +46,8 @@ pub use server_settings::{Listen, ServerSettings, Timeout, Tls};
 use std::sync::Arc;
 
 use crate::access::Caller;
-use crate::audit::{Action, AuditEvent, Outcome};
 use crate::limiter::TrustedProxies;
+use crate::vault::{Action, AuditEvent, Outcome};
 use context::Ctx;
 use error::ApiError;
 

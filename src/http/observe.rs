@@ -118,7 +118,7 @@ fn describe_and_register() {
     for route in routes {
         metrics::counter!("keyhold_request_panics_total", "route" => route).increment(0);
     }
-    for outcome in crate::audit::Outcome::ALL {
+    for outcome in crate::vault::Outcome::ALL {
         metrics::counter!("keyhold_reveals_total", "outcome" => outcome.as_str()).increment(0);
     }
     for reason in [REFUSED_PER_ADDRESS, REFUSED_TOTAL] {

@@ -9,8 +9,8 @@
 use crate::duration::MAX_TTL_SECONDS;
 use crate::token_records::TokenError;
 use crate::vault::{
-    Conflict, Denied, EveryProvider, Invalid, Missing, Refusal, ReloadError, Removed, Tampered,
-    Unauthenticated, Unfinished, MAX_API_KEY,
+    Conflict, Denied, EveryProvider, Invalid, Missing, Refusal, ReloadError, ReloadRefused,
+    Removed, Tampered, Unauthenticated, Unfinished, MAX_API_KEY,
 };
 
 /// The detail of a missing key.
@@ -313,7 +313,28 @@ pub(crate) fn reload_refused(e: &ReloadError) -> String {
         ReloadError::Keyring(e) => {
             format!("the keyring could not be read again, so the server keeps its keyring: {e}")
         }
-        ReloadError::StillNeeded(still) => still.to_string(),
+        ReloadError::StillNeeded(still) => {
+            let fix = match still {
+                ReloadRefused::StillNeeded {
+                    retired_in: Some(path),
+                    ..
+                } => format!(
+                    "the keys it needs are retired in the key file: put them back with `keyhold \
+                     keyring unretire --key-file {}` and reload again, then finish the rotation \
+                     (`keyhold rotate --remote`, or POST /api/admin/rotate) before `keyhold \
+                     keyring retire`",
+                    path.display()
+                ),
+                ReloadRefused::StillNeeded {
+                    retired_in: None, ..
+                } => "put the old key back in the key file (after the new one), reload, run the \
+                      rotation (`keyhold rotate --remote`, or POST /api/admin/rotate), then \
+                      retire the old key with `keyhold keyring retire` and reload again"
+                    .to_string(),
+                ReloadRefused::Store(_) => return still.to_string(),
+            };
+            format!("{still}: {fix}")
+        }
         ReloadError::Interrupted => {
             "the reload was interrupted; the server keeps its keyring".into()
         }

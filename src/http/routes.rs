@@ -315,7 +315,7 @@ fn metrics(s: &State) -> Route {
             // Metrics cover every provider: a provider-limited token reads
             // none of them (a limited admin included).
             let allowed = async {
-                let action = crate::audit::Action::MetricsRead;
+                let action = crate::vault::Action::MetricsRead;
                 let caller = st
                     .authorize(&ctx, crate::access::Scope::MetricsRead, action)
                     .await?;

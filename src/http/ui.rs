@@ -22,7 +22,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::context::{json_response, RequestId};
-use crate::audit::{Action, Outcome};
+use crate::vault::{Action, Outcome};
 
 /// The page's Content-Security-Policy: scripts and styles only from files
 /// of this origin (no inline code), calls only to this origin, no plugins,

@@ -1,4 +1,4 @@
-//! `keyhold check`: is everything in the store readable by this keyring,
+//! The store's check: is everything in the store readable by this keyring,
 //! does anything still need an older key, and does the audit chain verify.
 
 use serde::Serialize;
@@ -23,7 +23,7 @@ pub struct CheckReport {
     /// moved outside keyhold): key ids, or `token records`.
     pub tampered: Vec<String>,
     /// Records (keys and meta values) still under an older key of the
-    /// keyring: run `keyhold rotate` before retiring it.
+    /// keyring: a rotation must move them before that key is retired.
     pub on_older_key: u64,
     /// The audit chain, or `None` when the MAC key could not be opened.
     pub audit: Option<VerifyReport>,
@@ -34,7 +34,7 @@ pub struct CheckReport {
     /// what the signed log says of them.
     pub stale: Vec<String>,
     /// A rotation stopped before every record was authenticated under its
-    /// new record MAC secret (`keyhold rotate` again finishes it).
+    /// new record MAC secret (a rotation run again finishes it).
     pub rotation_unfinished: bool,
     /// Keys whose names the API would refuse today (control or Unicode
     /// format characters, not NFC), stored before the rule: a warning, not
@@ -51,79 +51,6 @@ impl CheckReport {
             && self.audit.as_ref().is_some_and(VerifyReport::is_ok)
             && self.state.is_empty()
             && !self.rotation_unfinished
-    }
-
-    /// Human-readable lines.
-    pub fn lines(&self) -> Vec<String> {
-        let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
-        let mut out = vec![format!(
-            "{} the keyring opens the store's check value",
-            mark(self.keyring_opens_store)
-        )];
-        out.push(format!(
-            "{} {} of {} keys decrypt with the keyring",
-            mark(self.keys_failed.is_empty()),
-            self.keys_ok,
-            self.keys_total
-        ));
-        for id in self.keys_failed.iter().take(50) {
-            out.push(format!("       does not decrypt: {id}"));
-        }
-        out.push(format!(
-            "{} every key and token record passes its integrity check",
-            mark(self.tampered.is_empty())
-        ));
-        for what in self.tampered.iter().take(50) {
-            out.push(format!(
-                "       tampered (written or changed outside keyhold; restore from a backup): {what}"
-            ));
-        }
-        if self.rotation_unfinished {
-            out.push(format!(
-                "{} a rotation stopped before every record was authenticated under its new record \
-                 MAC secret: run `keyhold rotate` again to finish it",
-                mark(false)
-            ));
-        }
-        out.push(if self.on_older_key == 0 {
-            format!("{} nothing needs an older key of the keyring", mark(true))
-        } else {
-            format!(
-                "{} {} records still need an older key: run `keyhold rotate` before retiring it",
-                mark(false),
-                self.on_older_key
-            )
-        });
-        out.push(format!(
-            "{} the store matches the state its signed audit log last recorded",
-            mark(self.state.is_empty())
-        ));
-        for what in &self.state {
-            out.push(format!("       {what}"));
-        }
-        for what in self.stale.iter().take(50) {
-            out.push(format!(
-                "       older copy put back (restore from a backup): {what}"
-            ));
-        }
-        if !self.key_names.is_empty() {
-            out.push(format!(
-                "WARN {} keys have names the API refuses today (they can look like another key's \
-                 name in listings: store them again under a plain name, then delete these)",
-                self.key_names.len()
-            ));
-            for what in self.key_names.iter().take(50) {
-                out.push(format!("       {what}"));
-            }
-        }
-        match &self.audit {
-            Some(r) => out.push(format!("{} audit chain: {r}", mark(r.is_ok()))),
-            None => out.push(format!(
-                "{} audit chain: the keyring cannot open the audit signing key",
-                mark(false)
-            )),
-        }
-        out
     }
 }
 

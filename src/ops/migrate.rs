@@ -5,7 +5,7 @@
 //! The target must hold no store (and, on PostgreSQL, no audit records).
 //! The schema mark is written last, so a copy that stops half-way leaves a
 //! target that no command takes for a store. The caller verifies the
-//! chain in the target afterwards (`cli::migrate`).
+//! chain in the target afterwards (`vault::Migration`).
 //!
 //! Not for: changing records (nothing is decrypted or re-encrypted).
 
@@ -14,10 +14,9 @@ use crate::store::{Store, StoreError, TABLES};
 /// Why a store could not be moved.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error(
-        "the target is not empty: it already holds a keyhold store (or audit records). Use a new \
-         or empty data directory, or a database without keyhold's records; nothing was changed"
-    )]
+    /// The target already holds a store (or audit records); nothing was
+    /// changed. The edge says where to migrate instead.
+    #[error("the target is not empty: it already holds a store (or audit records)")]
     TargetNotEmpty,
     #[error(transparent)]
     Store(#[from] StoreError),

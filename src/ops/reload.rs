@@ -1,5 +1,5 @@
 //! Whether a running server may take up a new keyring (a reload on
-//! SIGHUP or `POST /api/admin/reload`): only if every record the store
+//! SIGHUP or the admin route): only if every record the store
 //! needs a key for still opens with it — the check value, keyhold's own
 //! sealed secrets (record secret, audit signing key, audit MAC key) and
 //! every stored API key. A keyring that dropped a key something still
@@ -17,20 +17,25 @@ use crate::store::{
 /// Why a new keyring was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadRefused {
+    /// The edge that refuses it says how to recover (the key file's
+    /// `retired_in`, when its retired keys would open everything).
     #[error(
         "the new keyring does not open {} record(s) the store still needs ({}), so the server \
-         keeps its keyring: {fix}",
+         keeps its keyring",
         needed.len(),
         needed.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
     )]
-    StillNeeded { needed: Vec<String>, fix: String },
+    StillNeeded {
+        needed: Vec<String>,
+        retired_in: Option<std::path::PathBuf>,
+    },
     #[error("cannot read the store to check the new keyring: {0}")]
     Store(#[from] StoreError),
 }
 
 /// Refuses `new` unless it opens everything in `store` that needs a key.
-/// The refusal says how to recover: when the key file's retired keys
-/// would open everything, the exact `keyhold keyring unretire` command.
+/// The refusal says whether the key file's retired keys would open
+/// everything (so that unretiring them recovers).
 pub fn check_replacement(store: &Store, new: &Keyring) -> Result<(), ReloadRefused> {
     let needed = needed_by(store, new)?;
     if needed.is_empty() {
@@ -39,24 +44,13 @@ pub fn check_replacement(store: &Store, new: &Keyring) -> Result<(), ReloadRefus
     let with_retired = Keyring::from_env_with_retired()
         .ok()
         .filter(|all| all.len() > new.len());
-    let unretire = match (&with_retired, new.source()) {
+    let retired_in = match (&with_retired, new.source()) {
         (Some(all), crate::keyring::KeySource::File(path)) if needed_by(store, all)?.is_empty() => {
-            Some(path.display().to_string())
+            Some(path.clone())
         }
         _ => None,
     };
-    let fix = match unretire {
-        Some(path) => format!(
-            "the keys it needs are retired in the key file: put them back with `keyhold keyring \
-             unretire --key-file {path}` and reload again, then finish the rotation (`keyhold \
-             rotate --remote`, or POST /api/admin/rotate) before `keyhold keyring retire`"
-        ),
-        None => "put the old key back in the key file (after the new one), reload, run the \
-                 rotation (`keyhold rotate --remote`, or POST /api/admin/rotate), then retire \
-                 the old key with `keyhold keyring retire` and reload again"
-            .to_string(),
-    };
-    Err(ReloadRefused::StillNeeded { needed, fix })
+    Err(ReloadRefused::StillNeeded { needed, retired_in })
 }
 
 /// What in `store` needs a key that `keyring` does not hold.

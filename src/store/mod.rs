@@ -130,16 +130,23 @@ pub(crate) const META_KEY_COUNT: &[u8] = b"key_count";
 /// Errors from the store. Each says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the data directory {0} is not initialised: run `keyhold init --data-dir {0}` first")]
+    /// (The command line names the `init` to run.)
+    #[error("the data directory {0} is not initialised")]
     NotInitialised(String),
-    #[error(
-        "the database {0} holds no keyhold store: run `keyhold init --database-url URL` first"
-    )]
+    /// (The command line names the `init` to run.)
+    #[error("the database {0} holds no store")]
     DatabaseNotInitialised(String),
     #[error("the data directory {0} is already initialised; nothing was changed")]
     AlreadyInitialised(String),
     #[error("cannot open the store in {path}: {}", sled_store::open_reason(error))]
     Open { path: String, error: sled::Error },
+    /// Another process holds the data directory's lock (a running server,
+    /// or another command); the command line names the `--remote` forms.
+    #[error(
+        "cannot open the store in {path}: another process holds its lock: stop it, or go \
+         through the running server"
+    )]
+    Held { path: String },
     #[error("storage is being reopened after a disk error; retry shortly")]
     Unavailable,
     #[error("cannot {what}: {error}; check the disk (space, permissions) and retry")]

@@ -158,10 +158,10 @@ fn a_store_this_process_closed_opens_again_and_a_held_one_is_refused() {
     let held = Store::open(dir.path()).unwrap();
     assert_eq!(held.audit_last_seq().unwrap(), 20);
     let err = Store::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    assert!(matches!(err, StoreError::Held { .. }), "{err}");
     assert!(
         err.to_string()
-            .contains("stop it, or go through the running server"),
+            .contains("another process holds its lock: stop it, or go through the running server"),
         "{err}"
     );
 }

@@ -4,7 +4,11 @@
 //! keyring, the audit writer and coalescer, the limiter, the policies and
 //! the maintenance lock, runs the background upkeep (`upkeep.rs`), and is
 //! the HTTP edge's only door to them. Each request runs in a [`Vault`]
-//! view of it (an offline command makes its own view over its store).
+//! view of it. An offline command opens an [`Offline`] instead
+//! (`offline.rs`: the store with its keyring checked, the audit log, each
+//! offline command's work; `offline_store.rs`: init, restore, migrate;
+//! `offline_audit.rs`: verifying an export; `offline_error.rs`: the one
+//! error it fails with), and is the command line's only door.
 //!
 //! Every rule of keyhold that an edge (an HTTP handler, a CLI command)
 //! used to write itself lives here: the audit-first reveal (`reveal.rs`),
@@ -26,6 +30,10 @@
 mod core;
 mod init;
 mod keys;
+mod offline;
+mod offline_audit;
+mod offline_error;
+mod offline_store;
 mod presented;
 mod refusal;
 mod reveal;
@@ -59,8 +67,27 @@ pub use tokens::{
 };
 pub use upkeep::KeysChanged;
 
+// The offline door: what a command opens instead of a store.
+pub use offline::{holds_store, CheckReport, Location, Offline, OfflineError, RetiredKey};
+pub use offline_audit::{parse_anchor, verify_export, Anchor};
+pub use offline_store::{
+    init_store, inspect_backup, inspect_backup_file, restore, BackupSummary, Made, Migrated,
+    Migration, Restored, BACKUP_MAGIC,
+};
+
+// The data the edges read and write through the core (the modules that
+// define them are the core's own).
+pub use crate::audit::views::MAX_PAGE;
+pub use crate::audit::{
+    hex, valid_session_id, Action, AuditEvent, ExportFilter, ExportFormat, Outcome, Page,
+    PublicKey, VerifyKeys, VerifyReport, View,
+};
+pub use crate::ops::backup::BackupInfo;
+pub use crate::ops::import::{ImportFormat, ImportOptions, ImportReport};
+pub use crate::store::{DatabaseUrl, DatabaseUrlArg, PgOptions, DEFAULT_CACHE_BYTES};
+
 use crate::access::Caller;
-use crate::audit::{Action, AuditError, AuditEvent, AuditLog, AuditWriter, Coalescer, Outcome};
+use crate::audit::{AuditError, AuditLog, AuditWriter, Coalescer};
 use crate::keyring::Keyring;
 use crate::store::{Store, Write};
 use crate::token_records::Checked;

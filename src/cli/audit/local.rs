@@ -7,29 +7,24 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::common::{anchor_report, filter_pairs, parse_anchor, print_reports, verify_reader};
-use crate::audit::{
-    self, Action, AuditEvent, AuditKeys, AuditRecord, ExportFilter, ExportFormat, Exporter,
-    Outcome, PublicKey, VerifyKeys, VerifyReport,
-};
-use crate::cli::{open_checked, open_log, ConfigError};
+use super::common::{filter_pairs, parse_anchors, print_reports};
+use crate::cli::{open_checked, ConfigError};
 use crate::config::{AuditExportArgs, AuditPublicKeyArgs, AuditVerifyArgs, ExportFilterArgs};
 use crate::keyring::Keyring;
+use crate::vault::{hex, verify_export, ExportFilter, ExportFormat, PublicKey, VerifyKeys};
 
 /// `keyhold audit public-key`: the key that signs the log now.
 pub(super) fn public_key(a: AuditPublicKeyArgs) -> anyhow::Result<ExitCode> {
-    let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data, &keyring)?;
-    let keys = AuditKeys::unseal(&store, &keyring)?;
+    let key = open_checked(&a.data, Keyring::from_env()?)?.public_key()?;
     let mut out = std::io::stdout().lock();
     if a.output.is_json() {
         serde_json::to_writer(
             &mut out,
-            &serde_json::json!({"public_key": keys.public_key().to_string()}),
+            &serde_json::json!({"public_key": key.to_string()}),
         )?;
         writeln!(out)?;
     } else {
-        writeln!(out, "{}", keys.public_key())?;
+        writeln!(out, "{key}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -51,45 +46,34 @@ pub(super) fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
         crate::config::ExportFormatArg::Csv => ExportFormat::Csv,
     };
     let filter = filter_of(&a.filter)?;
-    let keyring = Keyring::from_env()?;
-    let store = open_checked(&a.data, &keyring)?;
-    let log = open_log(store.clone(), &keyring)?;
-    // The export is itself audited, before it is written.
-    let ev = AuditEvent::cli(
-        Action::AuditExport,
-        Outcome::Success,
-        Some(format!("format={} {}", format.as_str(), filter.describe())),
-    );
-    log.append(&[(ev, vec![])])?;
-    let exporter = Exporter::new(&store, filter, format);
-    let bar = progress_bar(store.audit_last_seq()?, a.output.is_some());
+    let offline = open_checked(&a.data, Keyring::from_env()?)?;
+    let bar = progress_bar(offline.audit_last_seq()?, a.output.is_some());
     let tick = |seq: u64| {
         if seq.is_multiple_of(1024) {
             bar.set_position(seq);
         }
     };
-    let written = match &a.output {
+    let (written, (seq, mac)) = match &a.output {
         Some(path) => {
             let file = std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
-            let n = exporter.write_to(&file, tick)?;
+            let done = offline.export(filter, format, &file, tick)?;
             file.sync_all()
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            n
+            done
         }
         None => {
             let stdout = std::io::stdout();
             let out = stdout.lock();
-            exporter.write_to(out, tick)?
+            offline.export(filter, format, out, tick)?
         }
     };
     bar.finish_and_clear();
-    let (seq, mac) = log.head();
     eprintln!(
         "keyhold: exported {written} audit records; the log's head when the export began was \
          {seq}:{} (verify an unfiltered export with `keyhold audit verify --file FILE --anchor {seq}:{}`)",
-        audit::hex(&mac),
-        audit::hex(&mac)
+        hex(&mac),
+        hex(&mac)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -105,13 +89,9 @@ fn progress_bar(total: u64, to_file: bool) -> indicatif::ProgressBar {
 }
 
 pub(super) fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
-    let anchors = a
-        .anchor
-        .iter()
-        .map(|s| parse_anchor(s))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let anchors = parse_anchors(&a.anchor)?;
     // With a public key, nothing but the file is read: no keyring, no store.
-    let (keys, store) =
+    let (keys, offline) =
         match &a.public_key {
             Some(_) if a.file.is_none() => return Err(ConfigError(
                 "--public-key verifies an export: give --file EXPORT.jsonl, or --remote to verify \
@@ -136,40 +116,30 @@ pub(super) fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
                 (VerifyKeys::public(key), None)
             }
             None => {
-                let keyring = Keyring::from_env()?;
-                let store = open_checked(&a.data, &keyring)?;
-                let keys = AuditKeys::unseal(&store, &keyring)?.verify_keys();
-                (keys, Some(store))
+                let offline = open_checked(&a.data, Keyring::from_env()?)?;
+                (offline.verify_keys()?, Some(offline))
             }
         };
-    let mut reports = Vec::new();
-    match (&a.file, store) {
+    let reports = match (&a.file, offline) {
+        // Anchors given with --file apply to the file: it must hold
+        // exactly those records (a cut tail is then caught).
         (Some(path), _) => {
-            let (report, found) = verify_file(path, &keys, a.filtered, &anchors)?;
-            reports.push(report);
-            // Anchors given with --file apply to the file: it must hold
-            // exactly those records (a cut tail is then caught).
-            for ((seq, mac), got) in anchors.iter().zip(found) {
-                reports.push(anchor_report(*seq, mac, got, "the file"));
-            }
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            verify_export(
+                &mut std::io::BufReader::new(file),
+                &path.display().to_string(),
+                "the file",
+                &keys,
+                a.filtered,
+                &anchors,
+            )?
         }
         (None, None) => {
             return Err(ConfigError("--public-key needs --file or --remote".into()).into())
         }
-        (None, Some(store)) => {
-            reports.push(audit::verify_store(&store, &keys)?);
-            for (seq, mac) in &anchors {
-                let got = store
-                    .audit_iter(*seq)
-                    .next()
-                    .transpose()?
-                    .filter(|(s, _)| s == seq)
-                    .and_then(|(_, b)| AuditRecord::decode(&b).ok())
-                    .map(|r| r.mac);
-                reports.push(anchor_report(*seq, mac, got, "the store"));
-            }
-        }
-    }
+        (None, Some(offline)) => offline.verify_log_anchored(&anchors)?,
+    };
     let ok = print_reports(&reports, a.output.is_json())?;
     let mut out = std::io::stdout().lock();
     // A file that verifies may still end early: cut after one of its
@@ -190,27 +160,4 @@ pub(super) fn verify(a: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// Verifies a JSON Lines export in one pass. By default the file must be
-/// a complete, unfiltered export: the whole chain from seq 1, no gap.
-/// With `filtered`, each record's MAC is checked, seqs must increase, and
-/// `prev` must link wherever two consecutive seqs sit side by side; the
-/// report counts the gaps, which a filter makes. Returns the report and,
-/// for each anchor, the mac the file holds at its seq.
-fn verify_file(
-    path: &std::path::Path,
-    keys: &VerifyKeys,
-    filtered: bool,
-    anchors: &[(u64, [u8; 32])],
-) -> anyhow::Result<(VerifyReport, Vec<Option<[u8; 32]>>)> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    verify_reader(
-        &mut std::io::BufReader::new(file),
-        &path.display().to_string(),
-        keys,
-        filtered,
-        anchors,
-    )
 }

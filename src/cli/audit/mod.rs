@@ -14,11 +14,7 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCommand::Export(a) if a.remote.remote => remote::export(a),
         AuditCommand::Verify(a) if a.remote.remote => {
-            let anchors = a
-                .anchor
-                .iter()
-                .map(|s| common::parse_anchor(s))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let anchors = common::parse_anchors(&a.anchor)?;
             remote::verify(a, anchors)
         }
         AuditCommand::PublicKey(a) if a.remote.remote => remote::public_key(a),

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::audit::{PublicKey, VerifyKeys};
 use crate::cli::ConfigError;
 use crate::client::{Client, ClientError};
 use crate::config::{
     AuditExportArgs, AuditPublicKeyArgs, AuditRemoteArgs, AuditVerifyArgs, ExportFormatArg,
 };
+use crate::vault::{PublicKey, VerifyKeys};
 
 /// How long a whole export may take to stream.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
@@ -142,7 +142,7 @@ pub(super) fn export(a: AuditExportArgs) -> anyhow::Result<ExitCode> {
 /// `keyhold audit verify --remote`.
 pub(super) fn verify(
     a: AuditVerifyArgs,
-    anchors: Vec<(u64, [u8; 32])>,
+    anchors: Vec<crate::vault::Anchor>,
 ) -> anyhow::Result<ExitCode> {
     if a.file.is_some() || a.filtered {
         return Err(ConfigError(
@@ -188,22 +188,14 @@ pub(super) fn verify(
         anchors.push(super::common::parse_anchor(&h).context("the server's head")?);
     }
     let mut reader = std::io::BufReader::new(resp);
-    let (report, found) = super::common::verify_reader(
+    let reports = crate::vault::verify_export(
         &mut reader,
+        "the server's export",
         "the server's export",
         &VerifyKeys::public(key),
         false,
         &anchors,
     )?;
-    let mut reports = vec![report];
-    for ((seq, mac), got) in anchors.iter().zip(found) {
-        reports.push(super::common::anchor_report(
-            *seq,
-            mac,
-            got,
-            "the server's export",
-        ));
-    }
     let ok = super::common::print_reports(&reports, a.output.is_json())?;
     Ok(if ok {
         ExitCode::SUCCESS

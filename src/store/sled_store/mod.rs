@@ -543,6 +543,13 @@ fn open_sled(path: &Path, cache: u64) -> Result<Db> {
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
+            // Past the wait: said as held (the edge names what to run
+            // instead), not as sled's IO error.
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                return Err(StoreError::Held {
+                    path: path.display().to_string(),
+                })
+            }
             res => {
                 return res.map_err(|error| StoreError::Open {
                     path: path.display().to_string(),
@@ -553,22 +560,10 @@ fn open_sled(path: &Path, cache: u64) -> Result<Db> {
     }
 }
 
-/// Why sled did not open a store, said for people: a held lock is the
-/// common case, and sled reports it as an IO error with Rust's Debug form
-/// of the OS error in it.
+/// Why sled did not open a store, said for people (a held lock is
+/// [`StoreError::Held`]).
 pub(super) fn open_reason(error: &sled::Error) -> String {
-    match error {
-        // sled =0.34.7 reports a held lock only by this message.
-        sled::Error::Io(e) if e.to_string().starts_with("could not acquire lock") => {
-            "another process holds its lock (a running `keyhold serve`, or another keyhold \
-             command): stop it, or go through the running server with the same command's \
-             --remote form (`keyhold audit export|verify|public-key --remote`, `keyhold token \
-             ... --remote`, `keyhold rotate --remote`) or `keyhold keys ...`"
-                .to_string()
-        }
-        sled::Error::Io(e) => format!("{e}; check the directory's permissions and the disk"),
-        e => format!("{e}; check the directory's permissions and the disk"),
-    }
+    format!("{error}; check the directory's permissions and the disk")
 }
 
 #[cfg(test)]
