@@ -31,7 +31,6 @@ pub mod time;
 // wired in by the next step of issue 27
 #[allow(dead_code)]
 pub(crate) mod tlog;
-pub mod token_records;
 pub mod unlock;
 pub mod vault;
 pub mod wire;

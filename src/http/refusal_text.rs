@@ -7,7 +7,7 @@
 //! (`cli::refusal`).
 
 use crate::duration::MAX_TTL_SECONDS;
-use crate::token_records::TokenError;
+use crate::vault::TokenError;
 use crate::vault::{
     Conflict, Denied, EveryProvider, Invalid, Missing, Refusal, ReloadError, ReloadRefused,
     Removed, Tampered, Unauthenticated, Unfinished, MAX_API_KEY,

@@ -2,13 +2,13 @@
 //! (`crate::unlock::initialise`), then the `init` record and the first
 //! admin token, in one audit commit.
 
+use super::token_records;
 use super::{Conflict, Refusal};
 use crate::access::Role;
 use crate::audit::{Action, AuditEvent, AuditLog, Outcome, PublicKey};
 use crate::keyring::Keyring;
 use crate::secret::SecretString;
 use crate::store::Store;
-use crate::token_records;
 
 /// A new store's first admin token (shown once) and audit public key.
 #[derive(Debug)]

@@ -39,6 +39,7 @@ mod refusal;
 mod reveal;
 mod reveal_batch;
 mod rotate;
+mod token_records;
 mod tokens;
 mod upkeep;
 mod versions;
@@ -61,6 +62,12 @@ pub use refusal::{
 pub use reveal::{RevealRequest, Revealed, Target};
 pub use reveal_batch::{BatchRefusal, MAX_BATCH};
 pub use rotate::{rotate_store, Rotated};
+/// A token record made the way `token create` makes it, not yet written:
+/// for the test suite, which stores records an older keyhold wrote.
+#[doc(hidden)]
+pub use token_records::prepare as prepare_token;
+/// Why a token operation was refused (worded by the edges).
+pub use token_records::TokenError;
 pub use tokens::{
     overlap_invalid, token_ttl_invalid, ListedToken, MintedToken, RotatedToken, TokenRequest,
     DEFAULT_OVERLAP_SECONDS,
@@ -86,11 +93,10 @@ pub use crate::ops::backup::BackupInfo;
 pub use crate::ops::import::{ImportFormat, ImportOptions, ImportReport};
 pub use crate::store::{DatabaseUrl, DatabaseUrlArg, PgOptions, DEFAULT_CACHE_BYTES};
 
-use crate::access::Caller;
+use crate::access::{self, Caller};
 use crate::audit::{AuditError, AuditLog, AuditWriter, Coalescer};
 use crate::keyring::Keyring;
 use crate::store::{Store, Write};
-use crate::token_records::Checked;
 
 /// Where the vault's audit records go: the server's group-commit writer,
 /// or an offline command's log.
@@ -415,7 +421,7 @@ impl Vault<'_> {
         token: Result<&str, Refusal>,
     ) -> Result<Caller, Refusal> {
         let token = token?;
-        match crate::token_records::check(self.store, token, crate::time::now_us()) {
+        match check(self.store, token, crate::time::now_us()) {
             Ok(Checked::Valid(c)) => Ok(c),
             Ok(Checked::Unknown) => Err(Refusal::Unauthenticated(Unauthenticated::UnknownToken)),
             Ok(Checked::Expired {
@@ -446,6 +452,55 @@ impl Vault<'_> {
             Err(e) => Err(Refusal::storage(&e)),
         }
     }
+}
+
+/// What a presented token turned out to be.
+#[derive(Debug)]
+pub(crate) enum Checked {
+    /// A live token: the caller it stands for.
+    Valid(Caller),
+    /// A known token whose expiry has passed (the caller it stood for,
+    /// for the audit record; never to be served).
+    Expired {
+        caller: Caller,
+        at_us: i64,
+        rotated: bool,
+    },
+    /// Unknown, malformed or revoked.
+    Unknown,
+}
+
+/// Checks a presented token at `now_us`.
+pub(crate) fn check(store: &Store, token: &str, now_us: i64) -> Result<Checked, StoreError> {
+    if !access::well_formed(token) {
+        return Ok(Checked::Unknown);
+    }
+    // The token is looked up by its SHA-256: no comparison ever touches
+    // the token itself, and the store compares digests, whose timing
+    // reveals nothing usable about a token (SHA-256 cannot be inverted).
+    let hash = access::hash_token(token);
+    let Some((_, rec)) = store.get_token(&hash)? else {
+        return Ok(Checked::Unknown);
+    };
+    if rec.revoked_at_us.is_some() {
+        return Ok(Checked::Unknown);
+    }
+    let expired = rec.expires_at_us.filter(|e| *e <= now_us);
+    let rotated = rec.rotated_to.is_some();
+    let caller = Caller {
+        id: rec.id,
+        name: rec.name,
+        scopes: rec.scopes,
+        providers: rec.providers,
+    };
+    Ok(match expired {
+        Some(at_us) => Checked::Expired {
+            caller,
+            at_us,
+            rotated,
+        },
+        None => Checked::Valid(caller),
+    })
 }
 
 #[cfg(test)]

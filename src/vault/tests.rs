@@ -50,9 +50,10 @@ impl Fixture {
     }
 
     fn caller(&self, token: &str) -> Caller {
-        crate::token_records::authenticate(&self.store, token)
-            .unwrap()
-            .unwrap()
+        match super::check(&self.store, token, crate::time::now_us()).unwrap() {
+            super::Checked::Valid(c) => c,
+            other => panic!("not a live token: {other:?}"),
+        }
     }
 
     fn token(&self, role: Role, providers: Option<Vec<String>>) -> String {
@@ -303,13 +304,13 @@ fn an_expiring_token_is_refused_once_expired_and_a_rotation_keeps_the_grants() {
     let rec = minted.record;
     assert_eq!(rec.ttl_seconds, Some(60));
     assert_eq!(rec.expires_at_us, Some(rec.created_at_us + 60_000_000));
-    let at = |us| crate::token_records::check(&f.store, &secret, us).unwrap();
+    let at = |us| super::check(&f.store, &secret, us).unwrap();
     assert!(matches!(
         at(rec.created_at_us + 59_000_000),
-        crate::token_records::Checked::Valid(_)
+        super::Checked::Valid(_)
     ));
     match at(rec.created_at_us + 60_000_000) {
-        crate::token_records::Checked::Expired {
+        super::Checked::Expired {
             caller, rotated, ..
         } => {
             assert_eq!(caller.id, rec.id);

@@ -6,13 +6,13 @@
 
 use uuid::Uuid;
 
+use super::token_records::{self, TokenError};
 use super::{Conflict, Denied, Invalid, Missing, Origin, Refusal, Tampered, Vault};
 use crate::access::{Caller, Role};
 use crate::audit::{Action, Outcome};
 use crate::duration::MAX_TTL_SECONDS;
 use crate::secret::SecretString;
 use crate::store::TokenRecord;
-use crate::token_records::{self, TokenError};
 
 /// A token to mint.
 #[derive(Debug, Clone)]

@@ -229,7 +229,7 @@ impl Vault {
                 [self.key.as_str()],
             )
             .unwrap();
-            let mut p = keyhold::token_records::prepare(
+            let mut p = keyhold::vault::prepare_token(
                 store,
                 name,
                 keyhold::access::Role::Reader,

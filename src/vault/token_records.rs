@@ -1,5 +1,6 @@
-//! Access-token management shared by the offline CLI and the admin HTTP
-//! routes: authenticate, create, find, revoke, rotate.
+//! Access-token records, for the vault's token rules (`tokens.rs`) and
+//! `init`: create, find, revoke, rotate. Checking a presented token is
+//! the caller step of every request (`Vault::authenticate`, in mod.rs).
 //!
 //! A token may expire (`expires_at`); an expired token is refused like
 //! an unknown one, but told that it expired. Rotation mints a successor
@@ -13,7 +14,7 @@
 
 use uuid::Uuid;
 
-use crate::access::{self, Caller, NewToken, Role};
+use crate::access::{self, NewToken, Role};
 use crate::store::{Store, StoreError, TokenRecord, Write};
 
 /// Why a token operation was refused. Messages say what to do.
@@ -51,64 +52,6 @@ pub enum TokenError {
     Random(getrandom::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// What a presented token turned out to be.
-#[derive(Debug)]
-pub enum Checked {
-    /// A live token: the caller it stands for.
-    Valid(Caller),
-    /// A known token whose expiry has passed (the caller it stood for,
-    /// for the audit record; never to be served).
-    Expired {
-        caller: Caller,
-        at_us: i64,
-        rotated: bool,
-    },
-    /// Unknown, malformed or revoked.
-    Unknown,
-}
-
-/// The caller a token stands for, or `None` when it is unknown, revoked
-/// or expired.
-pub fn authenticate(store: &Store, token: &str) -> Result<Option<Caller>, StoreError> {
-    Ok(match check(store, token, crate::time::now_us())? {
-        Checked::Valid(c) => Some(c),
-        Checked::Expired { .. } | Checked::Unknown => None,
-    })
-}
-
-/// Checks a presented token at `now_us`.
-pub fn check(store: &Store, token: &str, now_us: i64) -> Result<Checked, StoreError> {
-    if !access::well_formed(token) {
-        return Ok(Checked::Unknown);
-    }
-    // The token is looked up by its SHA-256: no comparison ever touches
-    // the token itself, and the store compares digests, whose timing
-    // reveals nothing usable about a token (SHA-256 cannot be inverted).
-    let hash = access::hash_token(token);
-    let Some((_, rec)) = store.get_token(&hash)? else {
-        return Ok(Checked::Unknown);
-    };
-    if rec.revoked_at_us.is_some() {
-        return Ok(Checked::Unknown);
-    }
-    let expired = rec.expires_at_us.filter(|e| *e <= now_us);
-    let rotated = rec.rotated_to.is_some();
-    let caller = Caller {
-        id: rec.id,
-        name: rec.name,
-        scopes: rec.scopes,
-        providers: rec.providers,
-    };
-    Ok(match expired {
-        Some(at_us) => Checked::Expired {
-            caller,
-            at_us,
-            rotated,
-        },
-        None => Checked::Valid(caller),
-    })
 }
 
 /// A token ready to be written: the secret (show it once) and its write.
@@ -210,7 +153,7 @@ fn prepare_named(
 }
 
 /// Finds a token by id, or by name (the live one first).
-pub fn find(store: &Store, id_or_name: &str) -> Result<([u8; 32], TokenRecord), TokenError> {
+pub(crate) fn find(store: &Store, id_or_name: &str) -> Result<([u8; 32], TokenRecord), TokenError> {
     let id = Uuid::parse_str(id_or_name).ok();
     let all = store.list_tokens()?;
     let now = crate::time::now_us();
@@ -227,7 +170,10 @@ pub fn find(store: &Store, id_or_name: &str) -> Result<([u8; 32], TokenRecord), 
 }
 
 /// The write that revokes a token.
-pub fn revoke(hash: [u8; 32], mut record: TokenRecord) -> Result<(TokenRecord, Write), TokenError> {
+pub(crate) fn revoke(
+    hash: [u8; 32],
+    mut record: TokenRecord,
+) -> Result<(TokenRecord, Write), TokenError> {
     if record.revoked_at_us.is_some() {
         return Err(TokenError::AlreadyRevoked(record.name));
     }
@@ -236,13 +182,13 @@ pub fn revoke(hash: [u8; 32], mut record: TokenRecord) -> Result<(TokenRecord, W
 }
 
 /// Neither revoked nor expired at `now_us`.
-pub fn is_live(rec: &TokenRecord, now_us: i64) -> bool {
+pub(crate) fn is_live(rec: &TokenRecord, now_us: i64) -> bool {
     rec.revoked_at_us.is_none() && !rec.expired_at(now_us)
 }
 
 /// A rotation ready to be written: the successor (its secret, shown
 /// once) and the predecessor as it will be stored.
-pub struct PreparedRotation {
+pub(crate) struct PreparedRotation {
     pub successor: PreparedToken,
     pub old: TokenRecord,
     old_at: [u8; 32],
@@ -250,7 +196,7 @@ pub struct PreparedRotation {
 
 impl PreparedRotation {
     /// Both writes, to land in one commit with the rotation's record.
-    pub fn writes(&self) -> Vec<Write> {
+    pub(crate) fn writes(&self) -> Vec<Write> {
         vec![
             self.successor.write(),
             Write::PutToken {
@@ -264,7 +210,7 @@ impl PreparedRotation {
 /// Mints the successor of the token stored at `at` (same name, role,
 /// scopes, providers and ttl length) and ends the old token's life
 /// `overlap_seconds` from now (never later than its own expiry).
-pub fn rotate(
+pub(crate) fn rotate(
     store: &Store,
     at: [u8; 32],
     mut old: TokenRecord,
