@@ -35,7 +35,7 @@ pub(crate) enum NoteError {
     TooLarge,
     #[error("malformed signed note: {0}; a note is text, a blank line and `— name signature` lines (c2sp.org/signed-note)")]
     Malformed(&'static str),
-    #[error("malformed verifier key: {0}; a verifier key is `name+keyid+base64key`, as `keyhold audit public-key --note` prints it")]
+    #[error("malformed verifier key: {0}; a verifier key is `name+keyid+base64key`, such as `example.com/log+5b0e3c1a+AQ...`")]
     BadVerifierKey(&'static str),
     #[error("a key name must be non-empty, without spaces or `+`")]
     BadKeyName,

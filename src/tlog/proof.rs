@@ -1,6 +1,6 @@
 //! C2SP tlog-proof bundles (c2sp.org/tlog-proof): an offline proof that a
-//! record is in the log, for `keyhold audit prove` and `audit verify
-//! --proof`.
+//! record is in the log (the bundle a record's proof is handed out as;
+//! wired in by the next step of issue 27).
 //!
 //! ```text
 //! c2sp.org/tlog-proof@v1
