@@ -1242,7 +1242,7 @@ fn a_schema_4_store_on_postgresql_is_upgraded_in_place() {
         let parsed: keyhold::store::DatabaseUrl = url.parse().unwrap();
         let opts = keyhold::store::PgOptions::new(parsed, None, "copy".into());
         let to = keyhold::store::Store::connect(&opts, true).unwrap();
-        keyhold::ops::migrate::copy_store(&from, &to).unwrap();
+        keyhold::ops::copy_store::copy_store(&from, &to).unwrap();
         from.close().unwrap();
     }
     let v = PgVault {

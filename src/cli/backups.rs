@@ -247,11 +247,11 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
 /// (`-`: stdout). Client errors exit 2 (setup) or 1; a transfer that
 /// breaks off leaves nothing under FILE and exits 1.
 fn backup_remote(a: &BackupArgs) -> anyhow::Result<ExitCode> {
-    let client = match super::remote::connect(&a.remote.client) {
+    let client = match super::remote_commands::connect(&a.remote.client) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("keyhold: error: {e}");
-            return Ok(super::remote::client_exit(&e));
+            return Ok(super::remote_commands::client_exit(&e));
         }
     };
     // Before the request: a path that cannot be written asks the server
@@ -261,7 +261,7 @@ fn backup_remote(a: &BackupArgs) -> anyhow::Result<ExitCode> {
         Ok(r) => r,
         Err(e) => {
             eprintln!("keyhold: error: {e}");
-            return Ok(super::remote::client_exit(&e));
+            return Ok(super::remote_commands::client_exit(&e));
         }
     };
     let (target, bytes) = match file.as_mut() {

@@ -22,16 +22,16 @@ pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
             )
             .into());
         }
-        let client = match super::remote::connect(&a.remote.client) {
+        let client = match super::remote_commands::connect(&a.remote.client) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("keyhold: error: {e}");
-                return Ok(super::remote::client_exit(&e));
+                return Ok(super::remote_commands::client_exit(&e));
             }
         };
         let answer = client.admin_post::<crate::wire::RotateReport>(
             "/api/admin/rotate",
-            super::keyring::ADMIN_TIMEOUT,
+            super::keyring_commands::ADMIN_TIMEOUT,
         );
         return match answer {
             Ok(report) => {
@@ -40,7 +40,7 @@ pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 eprintln!("keyhold: error: {e}");
-                Ok(super::remote::client_exit(&e))
+                Ok(super::remote_commands::client_exit(&e))
             }
         };
     }

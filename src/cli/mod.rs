@@ -14,14 +14,14 @@ mod completions;
 mod exec_env;
 mod init;
 mod keygen;
-mod keyring;
+mod keyring_commands;
 mod lifecycle;
 mod migrate;
 mod owner;
 mod refusal;
-mod remote;
+mod remote_commands;
 mod serve;
-mod serve_flags;
+mod serve_checks;
 mod table;
 mod token;
 
@@ -90,14 +90,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(a),
         Command::Token(c) => token::run(c),
         Command::Audit(c) => audit::run(c),
-        Command::Keyring(c) => keyring::run(c),
+        Command::Keyring(c) => keyring_commands::run(c),
         Command::Rotate(a) => lifecycle::rotate(a),
         Command::Check(a) => lifecycle::check(a),
         Command::Import(a) => lifecycle::import(a),
         Command::Backup(a) => backups::backup(a),
         Command::Restore(a) => backups::restore(a),
-        Command::Exec(a) => remote::exec(a),
-        Command::Keys(c) => remote::keys(c),
+        Command::Exec(a) => remote_commands::exec(a),
+        Command::Keys(c) => remote_commands::keys(c),
         Command::Version(a) => completions::version(a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),
@@ -166,7 +166,7 @@ fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
         if cause.is::<KeyringError>()
             || cause.is::<ConfigError>()
-            || cause.is::<serve_flags::SettingsError>()
+            || cause.is::<serve_checks::SettingsError>()
         {
             return ExitCode::from(2);
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::serve_flags::SettingsError;
+use super::serve_checks::SettingsError;
 use super::{init_logging, ConfigError};
 use crate::config::{LogFormat, ServeArgs};
 use crate::keyring::Keyring;
@@ -17,7 +17,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging_as(&args.log, args.log_format);
     // Everything that can be wrong with the configuration is found here,
     // before the runtime starts and before binding.
-    let settings = super::serve_flags::check(&args)?;
+    let settings = super::serve_checks::check(&args)?;
     let (opened, dev_token) = if settings.dev {
         let rate = settings.reveal_rate.unwrap_or_default();
         let (opened, token) = crate::vault::Opened::development("root", rate)?;

@@ -229,11 +229,11 @@ fn remote(
     a: &crate::config::RemoteArgs,
     f: impl FnOnce(&crate::client::Client) -> Result<(), crate::client::ClientError>,
 ) -> anyhow::Result<ExitCode> {
-    match super::remote::connect(&a.client).and_then(|c| f(&c)) {
+    match super::remote_commands::connect(&a.client).and_then(|c| f(&c)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("keyhold: error: {e}");
-            Ok(super::remote::client_exit(&e))
+            Ok(super::remote_commands::client_exit(&e))
         }
     }
 }

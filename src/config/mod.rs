@@ -15,13 +15,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-mod client;
-mod keyring;
-mod serve;
+mod client_flags;
+mod keyring_flags;
+mod serve_flags;
 
-pub use client::*;
-pub use keyring::*;
-pub use serve::*;
+pub use client_flags::*;
+pub use keyring_flags::*;
+pub use serve_flags::*;
 
 use crate::access::Role;
 use crate::limiter::{RevealRate, TrustedProxies};

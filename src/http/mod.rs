@@ -18,19 +18,19 @@
 //! answer carries `X-Request-Id`. Only unknown paths and methods reach
 //! [`recover`].
 
-mod admin;
+mod admin_routes;
 pub mod app;
 mod audit_routes;
+mod batch_routes;
 pub mod context;
 pub mod error;
 mod extract;
-mod keys;
+mod key_routes;
 pub mod observe;
 pub mod query_guard;
 pub(crate) mod refusal_text;
 mod request;
 mod response;
-mod reveal_batch;
 mod route_patterns;
 mod routes;
 pub mod server;

@@ -22,7 +22,7 @@ use warp::{Filter, Rejection};
 use super::context::{self, error_response, Ctx};
 use super::error::ApiError;
 use super::request::{ctx, query};
-use super::{admin, audit_routes, keys, AppState, State};
+use super::{admin_routes, audit_routes, key_routes, AppState, State};
 
 fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
@@ -58,7 +58,7 @@ fn create_key(s: &State) -> Route {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .and(warp::body::stream())
-        .then(keys::create)
+        .then(key_routes::create)
         .boxed()
 }
 
@@ -69,7 +69,7 @@ fn list_keys(s: &State) -> Route {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .and(query())
-        .then(keys::list)
+        .then(key_routes::list)
         .boxed()
 }
 
@@ -80,7 +80,7 @@ fn reveal_key(s: &State) -> Route {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .and(query())
-        .then(keys::reveal_by_id)
+        .then(key_routes::reveal_by_id)
         .boxed()
 }
 
@@ -92,7 +92,7 @@ fn delete_key(s: &State) -> Route {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .and(query())
-        .then(keys::delete)
+        .then(key_routes::delete)
         .boxed()
 }
 
@@ -103,7 +103,7 @@ fn put_key(s: &State) -> Route {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .and(warp::body::stream())
-        .then(keys::put)
+        .then(key_routes::put)
         .boxed()
 }
 
@@ -113,7 +113,7 @@ fn key_versions(s: &State) -> Route {
         .and(warp::get())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(keys::versions)
+        .then(key_routes::versions)
         .boxed()
 }
 
@@ -124,7 +124,7 @@ fn restore_key(s: &State) -> Route {
         .and(warp::post())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(keys::restore)
+        .then(key_routes::restore)
         .boxed()
 }
 
@@ -135,7 +135,7 @@ fn restore_version(s: &State) -> Route {
         .and(warp::post())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(keys::restore_version)
+        .then(key_routes::restore_version)
         .boxed()
 }
 
@@ -146,7 +146,7 @@ fn reveal_named(s: &State) -> Route {
         .and(warp::get())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(keys::reveal_named)
+        .then(key_routes::reveal_named)
         .boxed()
 }
 
@@ -156,7 +156,7 @@ fn reveal_provider(s: &State) -> Route {
         .and(warp::get())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(keys::reveal_newest)
+        .then(key_routes::reveal_newest)
         .boxed()
 }
 
@@ -168,7 +168,7 @@ fn reveal_batch(s: &State) -> Route {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .and(warp::body::stream())
-        .then(super::reveal_batch::reveal_batch)
+        .then(super::batch_routes::reveal_batch)
         .boxed()
 }
 
@@ -178,7 +178,7 @@ fn list_tokens(s: &State) -> Route {
         .and(warp::get())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(admin::list_tokens)
+        .then(admin_routes::list_tokens)
         .boxed()
 }
 
@@ -189,7 +189,7 @@ fn create_token(s: &State) -> Route {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .and(warp::body::stream())
-        .then(admin::create_token)
+        .then(admin_routes::create_token)
         .boxed()
 }
 
@@ -199,7 +199,7 @@ fn get_token(s: &State) -> Route {
         .and(warp::get())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(admin::get_token)
+        .then(admin_routes::get_token)
         .boxed()
 }
 
@@ -209,7 +209,7 @@ fn revoke_token(s: &State) -> Route {
         .and(warp::delete())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(admin::revoke_token)
+        .then(admin_routes::revoke_token)
         .boxed()
 }
 
@@ -220,7 +220,7 @@ fn rotate_token(s: &State) -> Route {
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
         .and(warp::body::stream())
-        .then(admin::rotate_token)
+        .then(admin_routes::rotate_token)
         .boxed()
 }
 
@@ -272,7 +272,7 @@ fn rotate(s: &State) -> Route {
         .and(warp::post())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(admin::rotate)
+        .then(admin_routes::rotate)
         .boxed()
 }
 
@@ -282,7 +282,7 @@ fn reload(s: &State) -> Route {
         .and(warp::post())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(admin::reload)
+        .then(admin_routes::reload)
         .boxed()
 }
 
@@ -292,7 +292,7 @@ fn backup(s: &State) -> Route {
         .and(warp::get())
         .and(with_state(s.clone()))
         .and(ctx(s.clone()))
-        .then(admin::backup)
+        .then(admin_routes::backup)
         .boxed()
 }
 

@@ -7,8 +7,8 @@
 
 pub mod backup;
 pub mod check;
+pub mod copy_store;
 pub mod import;
-pub mod migrate;
 pub mod reload;
 pub mod rewrap;
 pub mod settings;

@@ -13,9 +13,10 @@
 //! Every rule of keyhold that an edge (an HTTP handler, a CLI command)
 //! used to write itself lives here: the audit-first reveal (`reveal.rs`),
 //! storing and deleting keys (`keys.rs`), minting and revoking access
-//! tokens (`tokens.rs`), rotation (`rotate.rs`), initialising a store
-//! (`init.rs`, over `crate::unlock`, which also opens one). The edges extract what a request or a
-//! command says, call the core, and present what it answers: a value, or
+//! tokens (`tokens.rs`, over their records in `token_records.rs`),
+//! rotation (`rotate.rs`), initialising a store (`offline_store.rs`, over
+//! `crate::unlock`, which also opens one). The edges extract what a
+//! request or a command says, call the core, and present what it answers: a value, or
 //! a [`Refusal`]: typed data, no prose, which maps once to an audit
 //! outcome ([`Refusal::outcome`]); each edge words it (`http::refusal_text`
 //! with its status in `http::error`; `cli::refusal` with its exit code).
@@ -28,7 +29,6 @@
 //! Not for: transport, request parsing or presentation.
 
 mod core;
-mod init;
 mod keys;
 mod offline;
 mod offline_audit;
@@ -49,7 +49,6 @@ pub use self::core::{Core, CorePolicy, ExportPage, Health, OnBatch, Opened, Relo
 pub use crate::ops::reload::ReloadRefused;
 /// What the core's storage can fail with (the server's shutdown flush).
 pub use crate::store::StoreError;
-pub use init::{initialise, Initialised};
 pub use keys::{
     ttl_invalid, KeyFilter, KeyPolicy, KeyPolicyError, NewKey, NewVersion, Upkeep,
     DEFAULT_KEEP_VERSIONS, DEFAULT_RECOVERY_WINDOW_SECS, EXPIRING_WITHIN_DAYS, MAX_API_KEY,
@@ -78,8 +77,8 @@ pub use upkeep::KeysChanged;
 pub use offline::{holds_store, CheckReport, Location, Offline, OfflineError, RetiredKey};
 pub use offline_audit::{parse_anchor, verify_export, Anchor};
 pub use offline_store::{
-    init_store, inspect_backup, inspect_backup_file, restore, BackupSummary, Made, Migrated,
-    Migration, Restored, BACKUP_MAGIC,
+    init_store, initialise, inspect_backup, inspect_backup_file, restore, BackupSummary,
+    Initialised, Made, Migrated, Migration, Restored, BACKUP_MAGIC,
 };
 
 // The data the edges read and write through the core (the modules that

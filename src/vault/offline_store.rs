@@ -1,6 +1,8 @@
-//! Offline work that makes a store rather than opening one: `init`,
-//! restoring a backup, migrating between backends; and reading a backup
-//! without a store. The command line checks the directories it is given
+//! Offline work that makes a store rather than opening one: `init`
+//! (initialising a store: its sealed secrets and check value, then the
+//! `init` record and the first admin token, in one audit commit; `serve
+//! --dev` makes its store the same way), restoring a backup, migrating
+//! between backends; and reading a backup without a store. The command line checks the directories it is given
 //! (owner, emptiness) and creates them; this opens, fills and checks the
 //! store.
 //!
@@ -10,7 +12,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::offline::{open_initialised, unlock, Location, Offline, OfflineError};
-use crate::audit::{Action, AuditEvent, Outcome, PublicKey, VerifyReport};
+use super::token_records;
+use super::{Conflict, Refusal};
+use crate::access::Role;
+use crate::audit::{Action, AuditEvent, AuditLog, Outcome, PublicKey, VerifyReport};
 use crate::keyring::{Keyring, KeyringError};
 use crate::limiter::RevealRate;
 use crate::ops::backup::BackupInfo;
@@ -41,7 +46,7 @@ pub fn init_store(at: &Location, keyring: Keyring) -> Result<Made, OfflineError>
     if store.is_initialised()? {
         return Err(StoreError::AlreadyInitialised(at.to_string()).into());
     }
-    let done = super::initialise(&store, &keyring, "admin")?;
+    let done = initialise(&store, &keyring, "admin")?;
     let reveal_rate = match at {
         Location::Database(_) => {
             let offline = Offline::over(store, keyring);
@@ -120,7 +125,7 @@ pub fn restore(
             // Checked and staged in a private directory as on sled, then
             // copied into the database (which must hold no store).
             let to = Store::connect(opts, true)?;
-            crate::ops::migrate::check_empty(&to)?;
+            crate::ops::copy_store::check_empty(&to)?;
             let staging =
                 std::env::temp_dir().join(format!("keyhold-restore-{}", uuid::Uuid::new_v4()));
             let staged = (|| -> Result<_, OfflineError> {
@@ -130,7 +135,7 @@ pub fn restore(
                     path: staging.clone(),
                     cache_bytes: None,
                 })?;
-                crate::ops::migrate::copy_store(&from, &to)?;
+                crate::ops::copy_store::copy_store(&from, &to)?;
                 from.close()?;
                 Ok(info)
             })();
@@ -249,7 +254,7 @@ impl Migration {
             Location::Dir { path, .. } => Store::open(path)?,
             Location::Database(opts) => Store::connect(opts, true)?,
         };
-        let copied = crate::ops::migrate::copy_store(&source, &target)?;
+        let copied = crate::ops::copy_store::copy_store(&source, &target)?;
         drop(source);
         unlock(&target, &keyring, to.to_string())?;
         let offline = Offline::over(target, keyring);
@@ -278,4 +283,55 @@ impl Migration {
             report: offline.verify_log()?,
         })
     }
+}
+
+/// A new store's first admin token (shown once) and audit public key.
+#[derive(Debug)]
+pub struct Initialised {
+    pub admin_token: SecretString,
+    pub public_key: PublicKey,
+}
+
+/// Initialises an empty `store` under `keyring`, with a first admin token
+/// named `admin_name` (`init`: `admin`; `serve --dev`: `root`).
+pub fn initialise(
+    store: &Store,
+    keyring: &Keyring,
+    admin_name: &str,
+) -> Result<Initialised, Refusal> {
+    let public_key = crate::unlock::initialise(store, keyring).map_err(|e| match e {
+        crate::unlock::UnlockError::Store(crate::store::StoreError::AlreadyInitialised(d)) => {
+            Refusal::Conflict(Conflict::AlreadyInitialised { location: d })
+        }
+        e => Refusal::storage(&e),
+    })?;
+    let log = AuditLog::open(store.clone(), keyring).map_err(|e| Refusal::storage(&e))?;
+    let prepared = token_records::prepare(store, admin_name, Role::Admin, None)?;
+    let mut token_ev = AuditEvent::cli(
+        Action::TokenCreate,
+        Outcome::Success,
+        Some(format!(
+            "token {} `{}` role admin",
+            prepared.record.id, prepared.record.name
+        )),
+    );
+    token_ev.caller = "init".into();
+    let mut init_ev = AuditEvent::cli(
+        Action::Init,
+        Outcome::Success,
+        Some(format!(
+            "keyring key {}; audit signing key {public_key}",
+            keyring.fingerprints().first().map_or("", String::as_str)
+        )),
+    );
+    init_ev.caller = "init".into();
+    log.append(&[(init_ev, vec![]), (token_ev, vec![prepared.write()])])
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not write the init records");
+            Refusal::AuditUnavailable
+        })?;
+    Ok(Initialised {
+        admin_token: prepared.token.secret,
+        public_key,
+    })
 }

@@ -13,18 +13,18 @@
 //! Not for: the route table or status codes (see `http`); how the core
 //! keeps records (see `store`, `vault`).
 
-mod admin;
-mod errors;
-mod keys;
-mod tokens;
+mod admin_json;
+mod error_json;
+mod key_json;
+mod token_json;
 
 pub use crate::secret::SecretText;
-pub use admin::{AuditKey, ReloadReport, RotateReport};
-pub use errors::{ErrorBody, FailedKey};
-pub use keys::{
+pub use admin_json::{AuditKey, ReloadReport, RotateReport};
+pub use error_json::{ErrorBody, FailedKey};
+pub use key_json::{
     Done, KeyMeta, KeyRef, NewKey, NewVersion, RevealBatch, RevealedBatch, RevealedKey, VersionMeta,
 };
-pub use tokens::{MintedToken, NewToken, RotateToken, TokenInfo, WhoAmI};
+pub use token_json::{MintedToken, NewToken, RotateToken, TokenInfo, WhoAmI};
 
 #[cfg(test)]
 pub(crate) mod tests;

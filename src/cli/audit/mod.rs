@@ -8,16 +8,16 @@ use crate::config::AuditCommand;
 
 mod common;
 mod local;
-mod remote;
+mod remote_audit;
 
 pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::Export(a) if a.remote.remote => remote::export(a),
+        AuditCommand::Export(a) if a.remote.remote => remote_audit::export(a),
         AuditCommand::Verify(a) if a.remote.remote => {
             let anchors = common::parse_anchors(&a.anchor)?;
-            remote::verify(a, anchors)
+            remote_audit::verify(a, anchors)
         }
-        AuditCommand::PublicKey(a) if a.remote.remote => remote::public_key(a),
+        AuditCommand::PublicKey(a) if a.remote.remote => remote_audit::public_key(a),
         AuditCommand::Export(a) => local::export(a),
         AuditCommand::Verify(a) => local::verify(a),
         AuditCommand::PublicKey(a) => local::public_key(a),

@@ -54,13 +54,13 @@ macro_rules! route_tests {
     };
 }
 
-mod admin;
-mod audit;
-mod keys;
+mod admin_routes;
+mod audit_routes;
+mod key_routes;
 mod refusals;
-mod reveal;
+mod reveal_routes;
+mod route_table;
 mod served;
-mod table;
 
 /// The requests a test sent: method, route pattern, status.
 type Seen = Arc<Mutex<Vec<(String, &'static str, StatusCode)>>>;
@@ -339,7 +339,13 @@ const SUCCESS_ELSEWHERE: &[(&str, &str, &str)] = &[(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_has_its_answer_and_a_refusal() {
     let seen = Seen::default();
-    let cases = [keys::ALL, reveal::ALL, admin::ALL, audit::ALL, served::ALL];
+    let cases = [
+        key_routes::ALL,
+        reveal_routes::ALL,
+        admin_routes::ALL,
+        audit_routes::ALL,
+        served::ALL,
+    ];
     for (name, case) in cases.iter().flat_map(|c| c.iter()) {
         eprintln!("running {name}");
         case(Fx::recording(Setup::default(), seen.clone())).await;

@@ -27,12 +27,12 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// A connected client, or the exit status of why not (said on stderr).
 fn connect(a: &AuditRemoteArgs) -> Result<Client, ExitCode> {
-    crate::cli::remote::connect(&a.client).map_err(|e| failed(&e))
+    crate::cli::remote_commands::connect(&a.client).map_err(|e| failed(&e))
 }
 
 fn failed(e: &ClientError) -> ExitCode {
     eprintln!("keyhold: error: {e}");
-    crate::cli::remote::client_exit(e)
+    crate::cli::remote_commands::client_exit(e)
 }
 
 /// The public key the server says signs its log.

@@ -118,7 +118,7 @@ where
                 keys: keys
                     .iter()
                     .zip(&texts)
-                    .map(|(k, text)| super::keys::revealed(k, text))
+                    .map(|(k, text)| super::key_routes::revealed(k, text))
                     .collect(),
             };
             let secret_len = texts.iter().map(|t| t.len()).sum::<usize>() + 256 * keys.len();

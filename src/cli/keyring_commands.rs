@@ -55,11 +55,11 @@ pub(super) fn run(c: KeyringCommand) -> anyhow::Result<ExitCode> {
             );
         }
         KeyringCommand::Reload(a) => {
-            let client = match super::remote::connect(&a) {
+            let client = match super::remote_commands::connect(&a) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("keyhold: error: {e}");
-                    return Ok(super::remote::client_exit(&e));
+                    return Ok(super::remote_commands::client_exit(&e));
                 }
             };
             match client.admin_post::<crate::wire::ReloadReport>("/api/admin/reload", ADMIN_TIMEOUT)
@@ -67,7 +67,7 @@ pub(super) fn run(c: KeyringCommand) -> anyhow::Result<ExitCode> {
                 Ok(report) => super::table::print_json(&mut std::io::stdout().lock(), &report)?,
                 Err(e) => {
                     eprintln!("keyhold: error: {e}");
-                    return Ok(super::remote::client_exit(&e));
+                    return Ok(super::remote_commands::client_exit(&e));
                 }
             }
         }
