@@ -499,7 +499,7 @@ impl Core {
         }
         self.store.flush_async().await?;
         let (seq, mac) = self.audit_head();
-        super::upkeep::log_anchor(seq, &mac, self.public_key());
+        self.anchors.log_anchor(seq, &mac, self.public_key());
         Ok(())
     }
 

@@ -77,6 +77,7 @@ pub use tokens::{
     DEFAULT_OVERLAP_SECONDS,
 };
 pub use upkeep::KeysChanged;
+pub use upkeep::NoteWords;
 
 // The offline door: what a command opens instead of a store.
 pub use offline::{holds_store, CheckReport, Location, Offline, OfflineError, RetiredKey};
