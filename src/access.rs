@@ -237,9 +237,12 @@ fn invisible(c: char) -> bool {
     )
 }
 
-/// The rule for token names: 1–64 characters, letters, digits, `_.-@`.
+/// The rule for token names: 1–64 characters, letters, digits, `_.-@`,
+/// not starting with [`TOKEN_PREFIX`] (a name that could be a token's
+/// secret would be kept in lists and the audit log).
 pub fn valid_token_name(n: &str) -> bool {
     !n.is_empty()
+        && !n.starts_with(TOKEN_PREFIX)
         && n.len() <= 64
         && n.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'@'))

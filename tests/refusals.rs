@@ -402,3 +402,46 @@ fn a_flood_of_bad_bodies_from_a_valid_token_is_bounded_by_its_refusal_budget() {
     assert_eq!(count(&records, "forbidden"), sent);
     assert!(records.len() <= 16, "{} records", records.len());
 }
+
+/// Sends a POST with a declared body over the cap (and a little of it) on
+/// a fresh connection; the whole answer, as text.
+fn oversized_post(addr: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /api/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\n\r\n{{\"pad\":\"",
+        100 * 1024
+    );
+    let _ = c.write_all(head.as_bytes());
+    let _ = c.write_all(&[b'x'; 1024]);
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A refusal that leaves the body unread closes the connection, also past
+/// the token's refusal budget, where it is answered 429.
+#[test]
+fn a_429_for_an_unread_body_still_closes_the_connection() {
+    let v = Vault::new();
+    let writer = v.token("uploader", "writer", None);
+    let s = v.serve(&[("KEYHOLD_REFUSAL_BUDGET", "3/min")]);
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let a = oversized_post(&s.addr, &writer);
+        let spent = a.starts_with("HTTP/1.1 429 ");
+        answers.push(a);
+        if spent {
+            break;
+        }
+    }
+    let first = &answers[0];
+    assert!(first.starts_with("HTTP/1.1 413 "), "{first:?}");
+    let last = answers.last().unwrap();
+    assert!(last.starts_with("HTTP/1.1 429 "), "{answers:#?}");
+    let head = last.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.contains("\r\nconnection: close"), "{last:?}");
+    assert!(head.contains("\r\nretry-after: "), "{last:?}");
+}

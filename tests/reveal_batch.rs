@@ -282,3 +282,48 @@ fn malformed_oversized_and_unauthenticated_batches_are_refused() {
         .iter()
         .any(|r| r["outcome"] == "forbidden" && r["caller"] == "writer"));
 }
+
+/// The `outcome` counts of `keyhold_reveals_total`.
+fn reveals_counted(s: &Server, token: &str, outcome: &str) -> u64 {
+    let line = format!("keyhold_reveals_total{{outcome=\"{outcome}\"}} ");
+    metrics_text(s, token)
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// A batch the edge refuses for its shape (after the scope check) is
+/// recorded, but it is no reveal refused: the reveal metric does not
+/// count it.
+#[test]
+fn a_malformed_batch_is_not_counted_as_a_refused_reveal() {
+    let v = Vault::new();
+    let s = v.serve(&[]);
+    let api = Api::new(&s, &v.admin);
+    api.create_key("claude", "main", "sk-ant-A");
+    let before = reveals_counted(&s, &v.admin, "forbidden");
+    for keys in [
+        json!([]),
+        json!([{"provider": "claude", "keyname": "main"}]),
+        json!([{"provider": "claude"}, {"provider": "claude"}]),
+    ] {
+        assert_eq!(batch(&api, keys.clone()).status(), 422, "{keys}");
+    }
+    let r = api
+        .req(reqwest::Method::POST, "/api/reveal")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(reveals_counted(&s, &v.admin, "forbidden"), before);
+    s.stop();
+    // Each is recorded all the same, as the admin's refused reveal.
+    let recs = reveals(&v);
+    let refused: u64 = recs
+        .iter()
+        .filter(|r| r["outcome"] == "forbidden" && r["caller"] == "admin")
+        .map(|r| r["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(refused, 4, "{recs:#?}");
+}

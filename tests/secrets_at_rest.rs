@@ -118,3 +118,66 @@ fn no_secret_in_the_data_directory_or_the_server_output() {
         );
     }
 }
+
+/// A token's secret pasted where its id or name goes (a lookup, a revoke,
+/// a new token's name) is never kept: not in the audit log (its export,
+/// its records), not in any file of the data directory, not in what the
+/// server printed.
+#[test]
+fn a_token_pasted_as_an_id_or_a_name_is_kept_nowhere() {
+    let v = Vault::new();
+    let pasted = v.token("orchestrator", "reader", None);
+    let other = v.token("ci", "reader", None);
+    let s = v.serve(&[("KEYHOLD_LOG", "debug")]);
+    let admin = Api::new(&s, &v.admin);
+    // A lookup and a revoke by the secret instead of the id: no such token.
+    let r = admin.get(&format!("/api/tokens/{pasted}"));
+    assert_eq!(r.status(), 404);
+    assert!(!r.text().unwrap().contains(&pasted));
+    let r = admin.delete(&format!("/api/tokens/{other}"));
+    assert_eq!(r.status(), 404);
+    // A new token named with a secret: refused, the name not repeated.
+    let r = admin.post_json("/api/tokens", &json!({"name": other, "role": "reader"}));
+    assert_eq!(r.status(), 422);
+    let said = detail(r);
+    assert!(!said.contains(&other), "{said}");
+    assert!(said.contains("`kh_`"), "{said}");
+    let export = admin.get("/api/audit?format=jsonl");
+    assert_eq!(export.status(), 200);
+    let export = export.text().unwrap();
+    let (code, stdout, stderr) = s.stop();
+    assert_eq!(code, Some(0));
+    // The refusals are recorded, saying what they were.
+    let records = v.audit_records();
+    let refused: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["caller"] == "admin" && r["outcome"] != "success")
+        .collect();
+    assert!(
+        refused.iter().any(|r| r["action"] == "token_list"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("refused: no such token"))),
+        "{refused:#?}"
+    );
+    assert!(
+        refused.iter().any(|r| r["action"] == "token_create"),
+        "{refused:#?}"
+    );
+    let records = serde_json::to_string(&records).unwrap();
+    let printed = format!("{stdout}{stderr}");
+    for (what, secret) in [("pasted", &pasted), ("other", &other)] {
+        // The random part too, in case the prefix was cut.
+        let random = &secret[3..];
+        assert!(!export.contains(random), "{what}'s secret in the export");
+        assert!(!records.contains(random), "{what}'s secret in a record");
+        assert!(!printed.contains(random), "{what}'s secret in the output");
+        for (path, bytes) in read_tree(&v.dir) {
+            assert!(
+                !contains(&bytes, random.as_bytes()),
+                "{what}'s secret in {}",
+                path.display()
+            );
+        }
+    }
+}

@@ -60,7 +60,16 @@ pub(super) fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let bar = progress_bar(offline.key_count(), "rotating");
-    let rotated = offline.rotate(Duration::from_millis(a.pace_ms), |n| bar.set_position(n))?;
+    // Keys are re-encrypted one by one before the rotation is recorded: a
+    // failure of storage or of the audit log leaves it partly done.
+    let rotated = offline
+        .rotate(Duration::from_millis(a.pace_ms), |n| bar.set_position(n))
+        .map_err(|e| match e {
+            crate::vault::OfflineError::Refused(r) => anyhow::Error::new(
+                super::refusal::CliRefusal::during(r, super::refusal::Work::Rotation),
+            ),
+            other => anyhow::Error::new(other),
+        })?;
     bar.finish_and_clear();
     if let Some(k) = &rotated.new_public_key {
         eprintln!("keyhold: the audit log is now signed by {k} (the old key signed the hand-over)");

@@ -32,7 +32,7 @@ use anyhow::Context;
 
 use crate::config::{Cli, Command, DataDir, LogFormat};
 use crate::keyring::{Keyring, KeyringError};
-use crate::vault::{Location, Offline, OfflineError};
+use crate::vault::{Location, Offline, OfflineError, Refusal};
 
 /// A configuration problem: exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +220,17 @@ fn said(cause: &(dyn std::error::Error + 'static)) -> (String, bool) {
         }
         OfflineError::RekeyStopped {
             into,
+            refused:
+                Some(r @ (Refusal::AuditUnavailable | Refusal::Storage | Refusal::Unavailable(_))),
+            ..
+        } => format!(
+            "the backup was restored into {into}, but re-keying it under the newest active key \
+             stopped ({}): it may be partly done. Fix that, then run `keyhold rotate` on the \
+             restored store (it finishes what is left), then `keyhold check`",
+            refusal::CliRefusal::of(r.clone()).cause()
+        ),
+        OfflineError::RekeyStopped {
+            into,
             failed,
             refused,
         } => format!(
@@ -232,7 +243,7 @@ fn said(cause: &(dyn std::error::Error + 'static)) -> (String, bool) {
                 .unwrap_or_default(),
             refused
                 .as_ref()
-                .map(|r| format!(": {}", refusal::CliRefusal(r.clone())))
+                .map(|r| format!(": {}", refusal::CliRefusal::of(r.clone()).cause()))
                 .unwrap_or_default()
         ),
         OfflineError::NotInitialised { dir } => format!(
@@ -253,7 +264,7 @@ fn said(cause: &(dyn std::error::Error + 'static)) -> (String, bool) {
              keyhold store (or audit records). Use a new or empty data directory, or a database \
              without keyhold's records; nothing was changed"
             .to_string(),
-        OfflineError::Refused(r) => refusal::CliRefusal(r.clone()).to_string(),
+        OfflineError::Refused(r) => refusal::CliRefusal::of(r.clone()).to_string(),
         OfflineError::CsvExport { name } => format!(
             "{name} is a CSV export: verification reads JSON Lines; export again with `keyhold \
              audit export --format jsonl`"

@@ -173,7 +173,7 @@ pub(super) fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             // Token records are authenticated under keys of the keyring
             // (schema 3), so listing them needs the keyring too.
             let offline = open_checked(&a.data, Keyring::from_env()?)?;
-            let all = offline.vault()?.list_tokens(None)?;
+            let all = super::block_on(offline.vault()?.list_tokens(&Origin::cli(), None))??;
             let mut out = std::io::stdout().lock();
             if a.output.is_json() {
                 let list: Vec<_> = all.iter().map(crate::wire::TokenInfo::listed).collect();

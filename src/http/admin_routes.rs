@@ -45,7 +45,8 @@ pub(super) async fn list_tokens(state: State, ctx: Ctx) -> Response {
             .await?;
         let out: Vec<TokenInfo> = state
             .vault()
-            .list_tokens(Some(&caller))?
+            .list_tokens(&AppState::origin(&ctx), Some(&caller))
+            .await?
             .iter()
             .map(TokenInfo::listed)
             .collect();

@@ -78,6 +78,7 @@ pub async fn serve(settings: ServerSettings, started: Started) -> Result<(), App
         },
         Some(Box::new(observe::audit_batch)),
     ));
+    core.word_notes(observe::OPERATOR_NOTES);
     let reveal_rate = core.reveal_rate();
     let gauges = observe::Gauges::new();
     {

@@ -100,6 +100,9 @@ pub struct Ctx {
     /// The caller once a scope check passed, and the action it was for:
     /// a refusal answered after it is that caller's, recorded.
     authorized: std::sync::Arc<std::sync::Mutex<Option<(Caller, Action)>>>,
+    /// Set by the vault when it decided the record of a refusal it handed
+    /// back for this request (see `AppState::answer_refused`).
+    pub refusal_mark: crate::vault::RefusalMark,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -139,6 +142,7 @@ impl Ctx {
             version: http::Version::HTTP_11,
             caller: Default::default(),
             authorized: Default::default(),
+            refusal_mark: crate::vault::RefusalMark::new(),
         }
     }
 
@@ -489,10 +493,7 @@ pub fn error_response(err: &ApiError) -> Response {
     }
     // The body was not (wholly) read: the connection cannot carry another
     // request, so tell the client not to reuse it.
-    if matches!(
-        err.status,
-        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
-    ) {
+    if err.unread_body {
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }

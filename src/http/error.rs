@@ -15,9 +15,14 @@ pub struct ApiError {
     /// The refusal is about a stored record that failed its integrity
     /// check (its audit record says `tampered`).
     pub tampered: bool,
-    /// The vault decided its record (made, counted, or none due): the
-    /// edge records no more of it (see `AppState::answer_refused`).
+    /// Its record is decided: `AppState::answer_refused` recorded it (a
+    /// refusal the vault recorded is told by the request's mark, which
+    /// only the vault sets, never by this).
     pub recorded: bool,
+    /// The request's body was left (partly) unread, so the connection
+    /// closes after the answer (`Connection: close`), whatever the status
+    /// it ends with (a 413 or 408 past the refusal budget is a 429).
+    pub unread_body: bool,
 }
 
 impl ApiError {
@@ -28,6 +33,10 @@ impl ApiError {
             retry_after: None,
             tampered: false,
             recorded: false,
+            unread_body: matches!(
+                status,
+                StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+            ),
         }
     }
 
@@ -138,17 +147,14 @@ impl From<Refusal> for ApiError {
             // tells the caller to tell the operator).
             Refusal::TamperedRecord(_) => ApiError {
                 retry_after,
-                recorded: true,
                 ..ApiError::tampered(status, detail)
             },
             Refusal::TamperedToken => ApiError {
                 tampered: true,
-                recorded: true,
                 ..ApiError::new(status, detail)
             },
             _ => ApiError {
                 retry_after,
-                recorded: true,
                 ..ApiError::new(status, detail)
             },
         }

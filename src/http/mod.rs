@@ -89,6 +89,7 @@ impl AppState {
             peer,
             client: ctx.client_key().to_string(),
             operator: false,
+            mark: ctx.refusal_mark.clone(),
         }
     }
 
@@ -132,20 +133,24 @@ impl AppState {
         Ok(())
     }
 
-    /// The one path of a refusal to an answer: a refusal the vault gave
-    /// has its record already (or counted, or none due); one the edge
-    /// gives itself (a body, query or path that does not fit) to a
-    /// caller that passed its scope check is recorded here, through the
-    /// vault, as that caller's refusal of the action (outcome
-    /// `forbidden`, coalesced and taken from its refusal budget: past it,
-    /// the answer is 429). Before a scope check passed nothing is
-    /// recorded here: unauthenticated junk costs no record.
+    /// The one path of a refusal to an answer: a refusal whose record the
+    /// vault decided (it set the request's mark: made, counted, or none
+    /// due) is answered as it is; one the edge gives itself (a body, query
+    /// or path that does not fit) to a caller that passed its scope check
+    /// is recorded here, through the vault, as that caller's refusal of
+    /// the action (outcome `forbidden`, coalesced and taken from its
+    /// refusal budget: past it, the answer is 429; never counted in the
+    /// reveal metric). Before a scope check passed nothing is recorded
+    /// here: unauthenticated junk costs no record. The record's detail is
+    /// the answer's, with no control or format character and no
+    /// token-like word ([`record_text`]).
     pub(crate) async fn answer_refused(&self, ctx: &Ctx, e: ApiError) -> ApiError {
+        let decided = ctx.refusal_mark.take();
         let status = e.status;
         let caller_error = status.is_client_error()
             && status != http::StatusCode::UNAUTHORIZED
             && status != http::StatusCode::TOO_MANY_REQUESTS;
-        if e.recorded || !caller_error {
+        if e.recorded || decided || !caller_error {
             return e;
         }
         let Some((caller, action)) = ctx.authorized() else {
@@ -155,15 +160,26 @@ impl AppState {
         ev.detail = Some(format!(
             "answered {}: {}",
             status.as_u16(),
-            e.detail.chars().take(200).collect::<String>()
+            record_text(&e.detail)
         ));
         let refusal = crate::vault::Refusal::Invalid(crate::vault::Invalid::Request);
-        match self.vault().refused(ev, refusal).await {
-            spent @ crate::vault::Refusal::TooManyRefusals(_) => ApiError::from(spent),
-            _ => ApiError {
-                recorded: true,
-                ..e
+        let answer = match self
+            .vault()
+            .edge_refused(&Self::origin(ctx), ev, refusal)
+            .await
+        {
+            spent @ crate::vault::Refusal::TooManyRefusals(_) => ApiError {
+                // The body the refusal left unread still closes the
+                // connection.
+                unread_body: e.unread_body,
+                ..ApiError::from(spent)
             },
+            _ => e,
+        };
+        ctx.refusal_mark.take();
+        ApiError {
+            recorded: true,
+            ..answer
         }
     }
 
@@ -223,6 +239,33 @@ impl AppState {
         self.vault()
             .event(&Self::origin(ctx), action, caller, outcome)
     }
+}
+
+/// Caller text as a record keeps it: no control or format character
+/// (general category Cf: bidi overrides, zero-width marks), each dropped;
+/// a word that looks like a token (`kh_…`) cut to its prefix; at most 200
+/// characters.
+pub(crate) fn record_text(text: &str) -> String {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    let shown: String = text
+        .chars()
+        .filter(|c| !c.is_control() && c.general_category() != GeneralCategory::Format)
+        .collect();
+    let prefix = crate::access::TOKEN_PREFIX;
+    let mut out = String::with_capacity(shown.len());
+    let mut rest = shown.as_str();
+    while let Some(at) = rest.find(prefix) {
+        out.push_str(&rest[..at]);
+        out.push_str(prefix);
+        out.push('…');
+        let after = &rest[at + prefix.len()..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out.chars().take(200).collect()
 }
 
 #[cfg(test)]

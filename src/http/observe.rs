@@ -207,6 +207,15 @@ pub fn audit_batch(records: usize, commit: Duration) {
     metrics::histogram!("keyhold_audit_commit_seconds").record(commit.as_secs_f64());
 }
 
+/// The words of the vault's notes to the operator, naming the command
+/// that helps.
+pub const OPERATOR_NOTES: crate::vault::NoteWords = crate::vault::NoteWords {
+    key_expiring: "a key expires within 7 days: store a new version (keyhold keys put) before it \
+                   lapses",
+    anchor: "audit chain anchor (keep it off-box; check with `keyhold audit verify --anchor \
+             SEQ:MAC`)",
+};
+
 #[cfg(test)]
 mod tests {
     use super::{Kind, FAMILIES};

@@ -499,7 +499,7 @@ impl Core {
         }
         self.store.flush_async().await?;
         let (seq, mac) = self.audit_head();
-        super::upkeep::log_anchor(seq, &mac, self.public_key());
+        self.anchors.log_anchor(seq, &mac, self.public_key());
         Ok(())
     }
 
@@ -509,11 +509,18 @@ impl Core {
         let vault = self.vault();
         let ev = vault.event(origin, action, Some(caller), Outcome::Forbidden);
         vault
-            .refused(ev, Refusal::Conflict(Conflict::MaintenanceRunning))
+            .refused(origin, ev, Refusal::Conflict(Conflict::MaintenanceRunning))
             .await
     }
 
     pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The store, for the edge's tests that change it behind the vault's
+    /// back (tampering).
+    #[cfg(test)]
+    pub(crate) fn store_for_tests(&self) -> &Store {
         &self.store
     }
 

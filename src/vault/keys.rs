@@ -222,7 +222,7 @@ impl Vault<'_> {
             return Ok(());
         }
         let ev = self.event(origin, action, Some(caller), Outcome::Forbidden);
-        Err(self.refuse(ev, Refusal::missing_scope(scope)).await)
+        Err(self.refuse(origin, ev, Refusal::missing_scope(scope)).await)
     }
 
     /// Stores a new key (encrypted under the newest key of the keyring),
@@ -242,7 +242,7 @@ impl Vault<'_> {
             let refusal = Refusal::Forbidden(Denied::OtherProvider {
                 provider: new.provider.clone(),
             });
-            return Err(self.refuse(ev, refusal).await);
+            return Err(self.refuse(origin, ev, refusal).await);
         }
         let created_at_us = now_us();
         let expires_at_us = self
@@ -286,7 +286,9 @@ impl Vault<'_> {
             .load_for_change(origin, caller, id, Action::KeyDelete)
             .await?;
         if rec.deleted_at_us.is_some() {
-            return Err(self.refuse(ev, Refusal::Deleted(Removed::Key)).await);
+            return Err(self
+                .refuse(origin, ev, Refusal::Deleted(Removed::Key))
+                .await);
         }
         ev.outcome = Outcome::Success;
         let id = rec.id;
@@ -336,13 +338,13 @@ impl Vault<'_> {
             ev.outcome = Outcome::Forbidden;
             ev.detail = Some("the key is not deleted".into());
             return Err(self
-                .refuse(ev, Refusal::Conflict(Conflict::KeyNotDeleted))
+                .refuse(origin, ev, Refusal::Conflict(Conflict::KeyNotDeleted))
                 .await);
         };
         if deleted_at.saturating_add(window_us) <= now_us() {
             ev.detail = Some("its recovery window has ended".into());
             return Err(self
-                .refuse(ev, Refusal::Deleted(Removed::KeyPastRecovery))
+                .refuse(origin, ev, Refusal::Deleted(Removed::KeyPastRecovery))
                 .await);
         }
         ev.outcome = Outcome::Success;
@@ -469,17 +471,19 @@ impl Vault<'_> {
                 ev.key_id = Some(id);
                 match self.store.get_key(&id) {
                     Ok(found) => found,
-                    Err(e) => return Err(self.refuse(ev, Refusal::of_store(e)).await),
+                    Err(e) => return Err(self.refuse(origin, ev, Refusal::of_store(e)).await),
                 }
             }
             Err(_) => None,
         };
         let Some(rec) = found else {
-            return Err(self.refuse(ev, Refusal::NotFound(Missing::Key)).await);
+            return Err(self
+                .refuse(origin, ev, Refusal::NotFound(Missing::Key))
+                .await);
         };
         ev.provider = Some(rec.provider.clone());
         if !caller.may_use_provider(&rec.provider) {
-            return Err(self.refuse(ev, Refusal::Beyond(Missing::Key)).await);
+            return Err(self.refuse(origin, ev, Refusal::Beyond(Missing::Key)).await);
         }
         Ok((ev, rec))
     }
@@ -497,7 +501,7 @@ impl Vault<'_> {
             Err(r @ Refusal::TamperedRecord(_)) => {
                 let mut ev = self.event(origin, Action::KeyList, Some(caller), Outcome::Tampered);
                 ev.detail = Some("a stored key record failed its integrity check".into());
-                Err(self.refuse(ev, r).await)
+                Err(self.refuse(origin, ev, r).await)
             }
             other => {
                 self.recorded(origin, Some(caller), Action::KeyList, other)

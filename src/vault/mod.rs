@@ -10,6 +10,10 @@
 //! `offline_audit.rs`: verifying an export; `offline_error.rs`: the one
 //! error it fails with), and is the command line's only door.
 //!
+//! Over 500 lines: the view's one recording path (a record, the record and
+//! refusal budgets, a refusal recorded and marked, the token check) reads
+//! as one sequence here; each rule that uses it has a file of its own.
+//!
 //! Every rule of keyhold that an edge (an HTTP handler, a CLI command)
 //! used to write itself lives here: the audit-first reveal (`reveal.rs`),
 //! storing and deleting keys (`keys.rs`), minting and revoking access
@@ -72,6 +76,7 @@ pub use tokens::{
     DEFAULT_OVERLAP_SECONDS,
 };
 pub use upkeep::KeysChanged;
+pub use upkeep::NoteWords;
 
 // The offline door: what a command opens instead of a store.
 pub use offline::{holds_store, CheckReport, Location, Offline, OfflineError, RetiredKey};
@@ -137,6 +142,37 @@ pub struct Origin {
     pub client: String,
     /// The operator running an offline command (recorded as `cli`).
     pub operator: bool,
+    /// Set when the vault records (or counts, or decides against
+    /// recording) a refusal it hands back for this request, so that the
+    /// edge records no more of it.
+    pub mark: RefusalMark,
+}
+
+/// Whether the vault decided the record of a refusal it handed back: only
+/// the vault sets it (as it records), the edge that keeps it reads it.
+#[derive(Clone, Debug, Default)]
+pub struct RefusalMark(Option<std::sync::Arc<std::sync::atomic::AtomicBool>>);
+
+impl RefusalMark {
+    /// A mark for one request.
+    pub fn new() -> RefusalMark {
+        RefusalMark(Some(Default::default()))
+    }
+
+    /// Notes that a refusal's record was decided (vault only).
+    fn set(&self) {
+        if let Some(m) = &self.0 {
+            m.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a refusal's record was decided since the last take; clears
+    /// the mark.
+    pub fn take(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|m| m.swap(false, std::sync::atomic::Ordering::SeqCst))
+    }
 }
 
 impl Origin {
@@ -148,6 +184,7 @@ impl Origin {
             peer: None,
             client: "housekeeping".into(),
             operator: false,
+            mark: RefusalMark::default(),
         }
     }
 
@@ -159,6 +196,7 @@ impl Origin {
             peer: None,
             client: "local".into(),
             operator: true,
+            mark: RefusalMark::default(),
         }
     }
 }
@@ -250,7 +288,7 @@ impl Vault<'_> {
         event: AuditEvent,
         writes: Vec<Write>,
     ) -> Result<u64, Refusal> {
-        let shown = event.outcome.as_str();
+        let shown = Some(event.outcome.as_str());
         self.record_shown(event, writes, shown).await
     }
 
@@ -285,14 +323,15 @@ impl Vault<'_> {
         Ok(event)
     }
 
-    /// As [`Vault::record`], a reveal counted in the metrics as `shown`.
+    /// As [`Vault::record`], a reveal counted in the metrics as `shown`
+    /// (none: not counted).
     async fn record_shown(
         &self,
         event: AuditEvent,
         writes: Vec<Write>,
-        shown: &'static str,
+        shown: Option<&'static str>,
     ) -> Result<u64, Refusal> {
-        if event.action == Action::Reveal {
+        if let (Action::Reveal, Some(shown)) = (event.action, shown) {
             metrics::counter!("keyhold_reveals_total", "outcome" => shown).increment(1);
         }
         self.audit.record(event, writes).await.map_err(|e| {
@@ -303,8 +342,8 @@ impl Vault<'_> {
 
     /// Records a refusal (coalesced and budgeted for a token on a server,
     /// see [`Vault::refuse`]) and hands back what to answer.
-    pub async fn refused(&self, event: AuditEvent, refusal: Refusal) -> Refusal {
-        self.refuse(event, refusal).await
+    pub async fn refused(&self, origin: &Origin, event: AuditEvent, refusal: Refusal) -> Refusal {
+        self.refuse(origin, event, refusal).await
     }
 
     /// `checked`, or its refusal recorded as one of `action` by `caller`
@@ -324,14 +363,39 @@ impl Vault<'_> {
             }
             Err(r) => {
                 let mut ev = self.event(origin, action, caller, r.outcome());
-                ev.detail = Some(format!("refused: {r:?}").chars().take(200).collect());
-                Err(self.refuse(ev, r).await)
+                ev.detail = Some(format!("refused: {}", r.audit_detail()));
+                Err(self.refuse(origin, ev, r).await)
             }
         }
     }
 
+    /// Records a refusal the edge gave itself (a body, query or path that
+    /// does not fit) as [`Vault::refused`] does, but never counted in the
+    /// reveal metric: a malformed request is no reveal refused.
+    pub async fn edge_refused(
+        &self,
+        origin: &Origin,
+        event: AuditEvent,
+        refusal: Refusal,
+    ) -> Refusal {
+        self.refuse_counted(origin, event, refusal, false).await
+    }
+
     /// Records a refusal of `action` and hands it back.
-    async fn refuse(&self, mut event: AuditEvent, mut refusal: Refusal) -> Refusal {
+    async fn refuse(&self, origin: &Origin, event: AuditEvent, refusal: Refusal) -> Refusal {
+        self.refuse_counted(origin, event, refusal, true).await
+    }
+
+    /// As [`Vault::refuse`]; `metric`: a reveal's refusal is counted in
+    /// `keyhold_reveals_total`.
+    async fn refuse_counted(
+        &self,
+        origin: &Origin,
+        mut event: AuditEvent,
+        mut refusal: Refusal,
+        metric: bool,
+    ) -> Refusal {
+        origin.mark.set();
         event.outcome = refusal.outcome();
         // A server counts an authenticated caller's refusals (one record
         // per token, action, target, outcome and second) against the
@@ -344,12 +408,13 @@ impl Vault<'_> {
             // A record that failed its integrity check is written on its
             // own, before the answer, while the token is in budget.
             if event.outcome == Outcome::Tampered && spent.is_none() {
-                return match self.record(event, vec![]).await {
+                let shown = metric.then_some(event.outcome.as_str());
+                return match self.record_shown(event, vec![], shown).await {
                     Ok(_) => refusal,
                     Err(unavailable) => unavailable,
                 };
             }
-            if event.action == Action::Reveal {
+            if metric && event.action == Action::Reveal {
                 let shown = match (&refusal, spent) {
                     (_, Some(_)) => Outcome::RateLimited.as_str(),
                     (Refusal::Beyond(_), None) => Outcome::NotFound.as_str(),
@@ -385,6 +450,7 @@ impl Vault<'_> {
             Refusal::Beyond(_) => Outcome::NotFound.as_str(),
             _ => event.outcome.as_str(),
         };
+        let shown = metric.then_some(shown);
         match self.record_shown(event, vec![], shown).await {
             Ok(_) => refusal,
             Err(unavailable) => unavailable,
@@ -401,12 +467,13 @@ impl Vault<'_> {
         refusal: Refusal,
     ) -> Refusal {
         ev.outcome = refusal.outcome();
+        origin.mark.set();
         match self.coalescer {
             Some(c) => {
                 c.add(&origin.client, ev, crate::time::now_us());
                 refusal
             }
-            None => self.refuse(ev, refusal).await,
+            None => self.refuse(origin, ev, refusal).await,
         }
     }
 
@@ -446,7 +513,7 @@ impl Vault<'_> {
                      moved outside keyhold); refused"
                         .into(),
                 );
-                Err(self.refuse(ev, Refusal::TamperedToken).await)
+                Err(self.refuse(origin, ev, Refusal::TamperedToken).await)
             }
             Err(e) => Err(Refusal::storage(&e)),
         }

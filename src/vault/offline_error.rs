@@ -74,7 +74,7 @@ pub enum OfflineError {
     Export(#[from] crate::audit::ExportError),
     /// The vault refused (no prose in the core: the command line words
     /// it, naming commands).
-    #[error("refused: {0:?}")]
+    #[error("refused: {0}")]
     Refused(Refusal),
     #[error(transparent)]
     Keyring(#[from] KeyringError),

@@ -281,8 +281,205 @@ impl Refusal {
         }
     }
 
+    /// What the audit record of this refusal says: a fixed summary per
+    /// variant, with numbers, ids and scopes but never text the caller
+    /// typed (a token pasted as an id or a name would otherwise be kept
+    /// for good in the chained log) nor a Rust type name, so the durable
+    /// record format is this text, not the type's shape.
+    pub fn audit_detail(&self) -> String {
+        match self {
+            Refusal::RateLimited(_) => "too many reveals from this client".into(),
+            Refusal::TooManyRefusals(_) => "the token's refusal budget is spent".into(),
+            Refusal::TooManyRecords(_) => "the token's record budget is spent".into(),
+            Refusal::Unauthenticated(u) => match u {
+                Unauthenticated::Missing => "no token was presented",
+                Unauthenticated::Several => "more than one token was presented",
+                Unauthenticated::Unreadable => "the credential is not readable text",
+                Unauthenticated::NotBearer => "the credential is not a bearer token",
+                Unauthenticated::Empty => "the bearer token is empty",
+                Unauthenticated::UnknownToken => "an unknown or revoked token",
+            }
+            .into(),
+            Refusal::TokenExpired { rotated: false, .. } => "the token expired".into(),
+            Refusal::TokenExpired { rotated: true, .. } => {
+                "the token's rotation overlap ended".into()
+            }
+            Refusal::TamperedToken => "the token's stored record failed its integrity check".into(),
+            Refusal::Forbidden(d) => match d {
+                Denied::MissingScope(s) => format!("the token lacks the `{s}` scope"),
+                Denied::OtherProvider { .. } => {
+                    "the key's provider is beyond the token's providers".into()
+                }
+                Denied::BroaderToken { .. } => {
+                    "the token would reach beyond the caller's providers".into()
+                }
+                Denied::EveryProvider(w) => format!(
+                    "a provider-limited token may not {}",
+                    match w {
+                        EveryProvider::Rotation => "rotate the keyring",
+                        EveryProvider::Reload => "reload the keyring",
+                        EveryProvider::Backup => "back up the store",
+                        EveryProvider::AuditLog => "read the audit log",
+                        EveryProvider::Metrics => "read the metrics",
+                    }
+                ),
+            },
+            Refusal::NotFound(m) => missing_detail(m),
+            Refusal::Beyond(m) => format!("{} (beyond the caller's providers)", missing_detail(m)),
+            Refusal::Deleted(r) => match r {
+                Removed::Key => "the key is deleted".into(),
+                Removed::KeyPastRecovery => "the key's recovery window ended".into(),
+                Removed::VersionPastRecovery { version } => {
+                    format!("version {version}'s recovery window ended")
+                }
+            },
+            Refusal::Expired => "the key expired".into(),
+            Refusal::DecryptFailed => "no key of the keyring opens the stored key".into(),
+            Refusal::TamperedRecord(t) => format!(
+                "{} failed its integrity check",
+                match t {
+                    Tampered::Key => "the stored key",
+                    Tampered::KeyInList => "a stored key of the listing",
+                    Tampered::Token => "a stored token record",
+                }
+            ),
+            Refusal::Invalid(i) => match i {
+                Invalid::Provider => "invalid provider",
+                Invalid::KeyName(_) => "invalid key name",
+                Invalid::ApiKeySize => "the API key is empty or too long",
+                Invalid::KeyTtl => "the key's ttl is out of range",
+                Invalid::TokenTtl => "the token's ttl is out of range",
+                Invalid::Overlap => "the rotation's overlap is out of range",
+                Invalid::ProviderFilter => "invalid provider filter",
+                Invalid::TokenName { .. } => "invalid token name",
+                Invalid::TokenProvider { .. } => "invalid provider in the token's limit",
+                Invalid::LimitedAuditor => "an auditor or metrics token limited to providers",
+                Invalid::Request => "the request does not fit",
+            }
+            .into(),
+            Refusal::Conflict(c) => match c {
+                Conflict::KeyNotDeleted => "the key is not deleted".into(),
+                Conflict::RecoveryWindowFull { held, .. } => {
+                    format!("the recovery window is full ({held} versions held)")
+                }
+                Conflict::SeveralLiveTokens { ids, .. } => {
+                    format!("{} live tokens share the name", ids.len())
+                }
+                Conflict::TokenNameTaken { .. } => "a live token already has the name".into(),
+                Conflict::TokenRevoked { .. } => "the token is already revoked".into(),
+                Conflict::TokenRotated { id, to, .. } => {
+                    format!("token {id} was already rotated into {to}")
+                }
+                Conflict::UnknownStoredRole { .. } => {
+                    "the token's stored role is unknown to this keyhold".into()
+                }
+                Conflict::AlreadyInitialised { .. } => "the store is already initialised".into(),
+                Conflict::MaintenanceRunning => {
+                    "a rotation, backup or reload is already running".into()
+                }
+            },
+            Refusal::AuditUnavailable => "the audit record could not be made durable".into(),
+            Refusal::Unavailable(u) => format!(
+                "{} did not finish",
+                match u {
+                    Unfinished::ExportInterrupted => "an export",
+                    Unfinished::PageNotEncoded => "a page",
+                    Unfinished::CountInterrupted | Unfinished::CountFailed => "a count",
+                    Unfinished::VerifyInterrupted => "a verification",
+                    Unfinished::RotationInterrupted => "a rotation",
+                    Unfinished::BackupInterrupted => "a backup",
+                }
+            ),
+            Refusal::Storage => "storage failed".into(),
+        }
+    }
+
     /// Whether the refusal says a stored record failed its integrity check.
     pub fn is_tampered(&self) -> bool {
         matches!(self, Refusal::TamperedToken | Refusal::TamperedRecord(_))
+    }
+}
+
+/// What is missing, said without the caller's text.
+fn missing_detail(m: &Missing) -> String {
+    match m {
+        Missing::Key => "no such key".into(),
+        Missing::VersionNotANumber => "the version is not a number".into(),
+        Missing::VersionInRecoveryWindow { version } => {
+            format!("version {version} is in the recovery window")
+        }
+        Missing::VersionNotKept { version, .. } => format!("version {version} is not kept"),
+        Missing::ProviderKey { name: None, .. } => "no live key of the provider".into(),
+        Missing::ProviderKey { name: Some(_), .. } => {
+            "no live key of the provider by that name".into()
+        }
+        Missing::VersionNotInRecoveryWindow { version } => {
+            format!("version {version} is not in the recovery window")
+        }
+        Missing::Token { .. } => "no such token".into(),
+    }
+}
+
+/// The audit summary ([`Refusal::audit_detail`]): what a log line says
+/// of a refusal (never the caller's text).
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.audit_detail())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant that carries text the caller typed is summed up
+    /// without it, and without a Rust type name.
+    #[test]
+    fn the_audit_detail_never_holds_the_callers_text() {
+        let typed = "kh_ThisCouldBeAWholeTokenSecretPastedAsAnIdXYZ12";
+        let s = || typed.to_string();
+        let carrying = [
+            Refusal::NotFound(Missing::Token { id_or_name: s() }),
+            Refusal::Beyond(Missing::Token { id_or_name: s() }),
+            Refusal::NotFound(Missing::ProviderKey {
+                provider: s(),
+                name: Some(s()),
+                limited: false,
+            }),
+            Refusal::Invalid(Invalid::TokenName { name: s() }),
+            Refusal::Invalid(Invalid::TokenProvider { provider: s() }),
+            Refusal::Forbidden(Denied::OtherProvider { provider: s() }),
+            Refusal::Forbidden(Denied::BroaderToken {
+                providers: vec![s()],
+            }),
+            Refusal::Conflict(Conflict::SeveralLiveTokens {
+                name: s(),
+                ids: vec![Uuid::nil()],
+            }),
+            Refusal::Conflict(Conflict::TokenNameTaken { name: s() }),
+            Refusal::Conflict(Conflict::TokenRevoked { name: s() }),
+            Refusal::Conflict(Conflict::TokenRotated {
+                name: s(),
+                id: Uuid::nil(),
+                to: Uuid::nil(),
+            }),
+            Refusal::Conflict(Conflict::UnknownStoredRole { role: s() }),
+            Refusal::Conflict(Conflict::AlreadyInitialised { location: s() }),
+        ];
+        for r in carrying {
+            let d = r.audit_detail();
+            assert!(!d.contains("kh_"), "{d}");
+            assert!(!d.contains("ThisCouldBe"), "{d}");
+            for type_name in [
+                "Missing", "Token {", "Invalid", "Conflict", "Refusal", "NotFound", "Beyond(",
+            ] {
+                assert!(!d.contains(type_name), "{r:?}: {d}");
+            }
+            assert_eq!(r.to_string(), d);
+        }
+        assert_eq!(
+            Refusal::NotFound(Missing::Token { id_or_name: s() }).audit_detail(),
+            "no such token"
+        );
     }
 }

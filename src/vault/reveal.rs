@@ -87,7 +87,7 @@ impl Vault<'_> {
         let (caller, ev) = self
             .admit(&req.origin, req.verdict, req.token, req.on_caller, ev)
             .await?;
-        let opened = self.open(&caller, &req.target, ev).await?;
+        let opened = self.open(&req.origin, &caller, &req.target, ev).await?;
         self.hand_over(opened).await
     }
 
@@ -166,7 +166,7 @@ impl Vault<'_> {
         // 3. the scope.
         if !caller.has(Scope::KeysReveal) {
             return Err(self
-                .refuse(ev, Refusal::missing_scope(Scope::KeysReveal))
+                .refuse(origin, ev, Refusal::missing_scope(Scope::KeysReveal))
                 .await);
         }
         Ok((caller, ev))
@@ -177,6 +177,7 @@ impl Vault<'_> {
     /// recorded under `ev`; nothing is recorded for what opens.
     pub(super) async fn open(
         &self,
+        origin: &Origin,
         caller: &Caller,
         target: &Target,
         mut ev: AuditEvent,
@@ -184,28 +185,30 @@ impl Vault<'_> {
         // 4. load (and the provider limit).
         let rec = match self.load(caller, target, &mut ev) {
             Ok(rec) => rec,
-            Err(r) => return Err(self.refuse(ev, r).await),
+            Err(r) => return Err(self.refuse(origin, ev, r).await),
         };
         ev.key_id = Some(rec.id);
         ev.provider = Some(rec.provider.clone());
         // A soft-deleted key is not revealable (answered like a missing
         // one, recorded `deleted`).
         if rec.deleted_at_us.is_some() {
-            return Err(self.refuse(ev, Refusal::Deleted(Removed::Key)).await);
+            return Err(self
+                .refuse(origin, ev, Refusal::Deleted(Removed::Key))
+                .await);
         }
         // The version asked for (the current one unless named; 0 is what
         // the edge passes for a `version` that is not a number).
         let version = match target {
             Target::Id(_, Some(0)) => {
                 let refusal = Refusal::NotFound(Missing::VersionNotANumber);
-                return Err(self.refuse(ev, refusal).await);
+                return Err(self.refuse(origin, ev, refusal).await);
             }
             Target::Id(_, Some(v)) => *v,
             _ => rec.version,
         };
         if rec.dropped.iter().any(|d| d.version.number == version) {
             let refusal = Refusal::NotFound(Missing::VersionInRecoveryWindow { version });
-            return Err(self.refuse(ev, refusal).await);
+            return Err(self.refuse(origin, ev, refusal).await);
         }
         let Some((token, expires_at_us)) = rec.version_token(version) else {
             let kept: Vec<u32> = rec
@@ -215,16 +218,16 @@ impl Vault<'_> {
                 .chain(std::iter::once(rec.version))
                 .collect();
             let refusal = Refusal::NotFound(Missing::VersionNotKept { version, kept });
-            return Err(self.refuse(ev, refusal).await);
+            return Err(self.refuse(origin, ev, refusal).await);
         };
         // 5. expiry.
         let now = now_us();
         if expires_at_us.is_some_and(|e| e <= now) {
-            return Err(self.refuse(ev, Refusal::Expired).await);
+            return Err(self.refuse(origin, ev, Refusal::Expired).await);
         }
         // 6. decrypt.
         let Ok(opened) = self.keyring.decrypt(token) else {
-            return Err(self.refuse(ev, Refusal::DecryptFailed).await);
+            return Err(self.refuse(origin, ev, Refusal::DecryptFailed).await);
         };
         ev.outcome = Outcome::Success;
         let opened_by = format!("key {}", opened.fingerprint);
@@ -271,12 +274,13 @@ impl Vault<'_> {
         ev.outcome = refusal.outcome();
         match self.coalescer {
             Some(c) => {
+                origin.mark.set();
                 metrics::counter!("keyhold_reveals_total", "outcome" => ev.outcome.as_str())
                     .increment(1);
                 c.add(&origin.client, ev, now_us());
                 refusal
             }
-            None => self.refuse(ev, refusal).await,
+            None => self.refuse(origin, ev, refusal).await,
         }
     }
 

@@ -90,7 +90,7 @@ impl Vault<'_> {
         let mut opened: Vec<Opened> = Vec::with_capacity(n);
         let mut refused = Vec::new();
         for (i, target) in targets.iter().enumerate() {
-            match self.open(caller, target, event(i, target)).await {
+            match self.open(origin, caller, target, event(i, target)).await {
                 Ok(o) => opened.push(o),
                 Err(r) => refused.push((i, r)),
             }
@@ -142,7 +142,7 @@ impl Vault<'_> {
             }
             _ => {
                 if let Err(e) = self.record_budgeted(ev, vec![]).await {
-                    tracing::error!(refusal = ?e, "could not record a withheld key of a refused batch");
+                    tracing::error!(error = %e, "could not record a withheld key of a refused batch");
                 }
             }
         }

@@ -68,7 +68,7 @@ impl Vault<'_> {
         let mut ev = self.event(origin, action, Some(caller), Outcome::Forbidden);
         ev.detail = Some("provider-limited token".into());
         Err(self
-            .refuse(ev, Refusal::Forbidden(Denied::EveryProvider(what)))
+            .refuse(origin, ev, Refusal::Forbidden(Denied::EveryProvider(what)))
             .await)
     }
 

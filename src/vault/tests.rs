@@ -242,9 +242,7 @@ fn a_limited_admin_mints_nothing_broader_and_revokes_nothing_broader() {
     )
     .unwrap_err();
     assert!(matches!(got, Refusal::Beyond(_)), "{got:?}");
-    assert!(f
-        .vault()
-        .list_tokens(Some(&caller))
+    assert!(block(f.vault().list_tokens(&Origin::cli(), Some(&caller)))
         .unwrap()
         .iter()
         .all(|t| t.record.name != "admin"));

@@ -20,7 +20,7 @@ use crate::store::{Store, StoreError, TokenRecord, Write};
 /// Why a token operation was refused. Messages say what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("invalid token name `{0}`: use 1-64 letters, digits, `_`, `.`, `-` or `@`")]
+    #[error("{}", invalid_name(.0))]
     InvalidName(String),
     #[error("invalid provider `{0}` in the provider limit: a provider matches [a-z0-9][a-z0-9_.-]{{0,63}}")]
     InvalidProvider(String),
@@ -34,7 +34,7 @@ pub enum TokenError {
         "a live token named `{0}` already exists: pick another name, or revoke that one first"
     )]
     NameTaken(String),
-    #[error("no token with id or name `{0}`: list them with `keyhold token list`")]
+    #[error("no token with id or name {}: list them with `keyhold token list`", shown(.0))]
     NotFound(String),
     #[error("the token `{0}` is already revoked")]
     AlreadyRevoked(String),
@@ -52,6 +52,29 @@ pub enum TokenError {
     Random(getrandom::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A name or id as an answer shows it: quoted, unless it looks like a
+/// token's secret (pasted instead of its id), which is not repeated.
+fn shown(name: &str) -> String {
+    match name.starts_with(access::TOKEN_PREFIX) {
+        true => "`kh_…` (it looks like a token's secret: not shown)".into(),
+        false => format!("`{name}`"),
+    }
+}
+
+/// Why a token name is refused.
+fn invalid_name(name: &str) -> String {
+    if name.starts_with(access::TOKEN_PREFIX) {
+        return "a token name cannot start with `kh_`, as token secrets do (a name is shown in \
+                lists and kept in the audit log): pick a name that says who uses the token; if \
+                this was a token's secret, revoke that token and make a new one"
+            .into();
+    }
+    format!(
+        "invalid token name `{name}`: use 1-64 letters, digits, `_`, `.`, `-` or `@` (not \
+         starting with `kh_`)"
+    )
 }
 
 /// A token ready to be written: the secret (show it once) and its write.

@@ -132,7 +132,7 @@ impl Vault<'_> {
             let refusal = Refusal::Forbidden(Denied::BroaderToken {
                 providers: caller.and_then(|c| c.providers.clone()).unwrap_or_default(),
             });
-            return Err(self.refuse(ev, refusal).await);
+            return Err(self.refuse(origin, ev, refusal).await);
         }
         let mut ev = self.event(origin, Action::TokenCreate, caller, Outcome::Success);
         ev.detail = Some(format!(
@@ -161,7 +161,9 @@ impl Vault<'_> {
             Ok(found) => found,
             Err(TokenError::Store(e @ crate::store::StoreError::Tampered { .. })) => {
                 let ev = self.event(origin, Action::TokenRevoke, caller, Outcome::Tampered);
-                return Err(self.refuse(ev, Refusal::from(TokenError::Store(e))).await);
+                return Err(self
+                    .refuse(origin, ev, Refusal::from(TokenError::Store(e)))
+                    .await);
             }
             Err(e) => {
                 return Err(self
@@ -174,10 +176,13 @@ impl Vault<'_> {
         // (often the reason for the revoke) working. Ask for the id.
         if rec.id.to_string() != id_or_name {
             let now = crate::time::now_us();
-            let live: Vec<Uuid> = self
+            let listed = self
                 .store
                 .list_tokens()
-                .map_err(|e| Refusal::from(TokenError::Store(e)))?
+                .map_err(|e| Refusal::from(TokenError::Store(e)));
+            let live: Vec<Uuid> = self
+                .recorded(origin, caller, Action::TokenRevoke, listed)
+                .await?
                 .into_iter()
                 .map(|(_, r)| r)
                 .filter(|r| r.name == rec.name && token_records::is_live(r, now))
@@ -191,7 +196,7 @@ impl Vault<'_> {
                     name: rec.name.clone(),
                     ids: live,
                 });
-                return Err(self.refuse(ev, refusal).await);
+                return Err(self.refuse(origin, ev, refusal).await);
             }
         }
         if !covers(caller, rec.providers.as_deref()) {
@@ -200,7 +205,7 @@ impl Vault<'_> {
                 "token {} `{}` reaches beyond the caller's providers",
                 rec.id, rec.name
             ));
-            return Err(self.refuse(ev, beyond(id_or_name)).await);
+            return Err(self.refuse(origin, ev, beyond(id_or_name)).await);
         }
         let (rec, write) = match token_records::revoke(hash, rec) {
             Ok(done) => done,
@@ -239,7 +244,9 @@ impl Vault<'_> {
             Ok(found) => found,
             Err(TokenError::Store(e @ crate::store::StoreError::Tampered { .. })) => {
                 let ev = self.event(origin, Action::TokenRotate, caller, Outcome::Tampered);
-                return Err(self.refuse(ev, Refusal::from(TokenError::Store(e))).await);
+                return Err(self
+                    .refuse(origin, ev, Refusal::from(TokenError::Store(e)))
+                    .await);
             }
             Err(e) => {
                 return Err(self
@@ -253,7 +260,7 @@ impl Vault<'_> {
                 "token {} `{}` reaches beyond the caller's providers",
                 rec.id, rec.name
             ));
-            return Err(self.refuse(ev, beyond(id_or_name)).await);
+            return Err(self.refuse(origin, ev, beyond(id_or_name)).await);
         }
         let rotation = match token_records::rotate(self.store, at, rec, overlap) {
             Ok(r) => r,
@@ -306,7 +313,7 @@ impl Vault<'_> {
         let refusal = Refusal::from(e);
         match refusal {
             Refusal::Storage => refusal,
-            r => self.refuse(ev, r).await,
+            r => self.refuse(origin, ev, r).await,
         }
     }
 
@@ -320,12 +327,21 @@ impl Vault<'_> {
             .map_err(|e| Refusal::storage(&e))
     }
 
-    /// The tokens `caller` reaches, oldest first, with their last use.
-    pub fn list_tokens(&self, caller: Option<&Caller>) -> Result<Vec<ListedToken>, Refusal> {
+    /// The tokens `caller` reaches, oldest first, with their last use. A
+    /// stored token record that fails its integrity check refuses the
+    /// listing, recorded under `token_list`.
+    pub async fn list_tokens(
+        &self,
+        origin: &Origin,
+        caller: Option<&Caller>,
+    ) -> Result<Vec<ListedToken>, Refusal> {
         let all = self
             .store
             .list_tokens()
-            .map_err(|e| Refusal::from(TokenError::Store(e)))?;
+            .map_err(|e| Refusal::from(TokenError::Store(e)));
+        let all = self
+            .recorded(origin, caller, Action::TokenList, all)
+            .await?;
         let usage = self.store.token_usage().map_err(|e| Refusal::storage(&e))?;
         let now = crate::time::now_us();
         Ok(all

@@ -17,7 +17,37 @@ use crate::audit::{AuditError, AuditEvent, AuditRecord, PublicKey};
 /// Called with the change in the number of keys when upkeep destroys some.
 pub type KeysChanged = Arc<dyn Fn(i64) + Send + Sync>;
 
+/// The words of what the background work tells the operator in the log
+/// (a key lapsing soon, an off-box anchor), from the edge that runs the
+/// server, which names the command that helps (the vault names none).
+/// Until an edge gives them ([`Core::word_notes`]), [`NoteWords::PLAIN`].
+#[derive(Clone, Copy, Debug)]
+pub struct NoteWords {
+    /// A key lapses within 7 days (logged once a day per key, with its
+    /// `key_id`, `provider`, `key_name` and `expires_at`).
+    pub key_expiring: &'static str,
+    /// The chain's head as an off-box anchor (`anchor` = `SEQ:MAC`, with
+    /// `audit_public_key`).
+    pub anchor: &'static str,
+}
+
+impl NoteWords {
+    /// Words naming no command.
+    pub const PLAIN: NoteWords = NoteWords {
+        key_expiring: "a key expires within 7 days: store a new version of it before it lapses",
+        anchor: "audit chain anchor (keep it off-box: the audit log's verification checks the \
+                 log against it)",
+    };
+}
+
 impl Core {
+    /// Logs the operator's notes (lapsing keys, anchors) in `words` (set
+    /// once; later calls are ignored).
+    pub fn word_notes(&self, words: NoteWords) {
+        // Set once: a second call has nothing to replace.
+        let _ = self.anchors().words.set(words);
+    }
+
     /// Starts the background work (see the module's documentation); a
     /// key-upkeep pass every `key_upkeep_every`.
     pub fn spawn_upkeep(self: &Arc<Self>, key_upkeep_every: Duration, keys_changed: KeysChanged) {
@@ -178,7 +208,8 @@ fn spawn_key_upkeep(core: Arc<Core>, every: Duration, keys_changed: KeysChanged)
                         provider = %provider,
                         key_name = %name,
                         expires_at = %crate::time::to_rfc3339(*exp),
-                        "a key expires within 7 days: store a new version of it before it lapses"
+                        "{}",
+                        core.anchors().words().key_expiring
                     );
                 }
             }
@@ -193,7 +224,7 @@ fn spawn_key_upkeep(core: Arc<Core>, every: Duration, keys_changed: KeysChanged)
                         );
                     }
                     Err(e) => {
-                        tracing::warn!(refusal = ?e, "could not destroy deleted keys yet; retried later")
+                        tracing::warn!(error = %e, "could not destroy deleted keys yet; retried later")
                     }
                 }
             }
@@ -205,7 +236,7 @@ fn spawn_key_upkeep(core: Arc<Core>, every: Duration, keys_changed: KeysChanged)
                         "destroyed key versions whose recovery window ended"
                     ),
                     Err(e) => tracing::warn!(
-                        refusal = ?e,
+                        error = %e,
                         "could not destroy key versions yet; retried later"
                     ),
                 }
@@ -225,6 +256,8 @@ fn spawn_key_upkeep(core: Arc<Core>, every: Duration, keys_changed: KeysChanged)
 pub(super) struct Anchors {
     /// When the last anchor was logged, and its seq.
     last: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+    /// The words of the operator's notes (anchors, lapsing keys).
+    words: std::sync::OnceLock<NoteWords>,
 }
 
 impl Anchors {
@@ -238,7 +271,7 @@ impl Anchors {
         let due = last.0.is_none_or(|t| t.elapsed() >= Self::EVERY);
         if seq != 0 && seq != last.1 && due {
             *last = (Some(std::time::Instant::now()), seq);
-            log_anchor(seq, mac, key);
+            self.log_anchor(seq, mac, key);
         }
     }
 
@@ -248,16 +281,23 @@ impl Anchors {
             self.offer(r.seq, &r.mac, sig.key);
         }
     }
-}
 
-pub(super) fn log_anchor(seq: u64, mac: &[u8; 32], key: PublicKey) {
-    if seq == 0 {
-        return;
+    /// Logs the chain's head `seq:mac` as an anchor (none for an empty
+    /// log).
+    pub(super) fn log_anchor(&self, seq: u64, mac: &[u8; 32], key: PublicKey) {
+        if seq == 0 {
+            return;
+        }
+        tracing::info!(
+            anchor = %format!("{seq}:{}", crate::audit::hex(mac)),
+            audit_public_key = %key,
+            "{}",
+            self.words().anchor
+        );
     }
-    tracing::info!(
-        anchor = %format!("{seq}:{}", crate::audit::hex(mac)),
-        audit_public_key = %key,
-        "audit chain anchor (keep it off-box: the audit log's verification checks the log \
-         against it)"
-    );
+
+    /// The words of the operator's notes.
+    pub(super) fn words(&self) -> NoteWords {
+        self.words.get().copied().unwrap_or(NoteWords::PLAIN)
+    }
 }

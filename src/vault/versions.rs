@@ -45,7 +45,9 @@ impl Vault<'_> {
             .load_for_change(origin, caller, id, Action::KeyPut)
             .await?;
         if rec.deleted_at_us.is_some() {
-            return Err(self.refuse(ev, Refusal::Deleted(Removed::Key)).await);
+            return Err(self
+                .refuse(origin, ev, Refusal::Deleted(Removed::Key))
+                .await);
         }
         // The recovery window of one key is bounded (MAX_DROPPED versions,
         // MAX_DROPPED_BYTES of ciphertext), so a flood of new versions
@@ -70,12 +72,12 @@ impl Vault<'_> {
                 bytes,
                 until_us,
             });
-            return Err(self.refuse(ev, refusal).await);
+            return Err(self.refuse(origin, ev, refusal).await);
         }
         let now = now_us();
         let expires_at_us = match expiry(now, new.ttl_seconds) {
             Ok(e) => e,
-            Err(r) => return Err(self.refuse(ev, r).await),
+            Err(r) => return Err(self.refuse(origin, ev, r).await),
         };
         let mut next = rec.clone();
         next.older.push(KeyVersion {
@@ -129,17 +131,19 @@ impl Vault<'_> {
             .load_for_change(origin, caller, id, Action::KeyRestore)
             .await?;
         if rec.deleted_at_us.is_some() {
-            return Err(self.refuse(ev, Refusal::Deleted(Removed::Key)).await);
+            return Err(self
+                .refuse(origin, ev, Refusal::Deleted(Removed::Key))
+                .await);
         }
         let Some(i) = rec.dropped.iter().position(|d| d.version.number == n) else {
             ev.detail = Some(format!("version {n} is not in the recovery window"));
             let refusal = Refusal::NotFound(Missing::VersionNotInRecoveryWindow { version: n });
-            return Err(self.refuse(ev, refusal).await);
+            return Err(self.refuse(origin, ev, refusal).await);
         };
         if rec.dropped[i].dropped_at_us.saturating_add(window_us) <= now_us() {
             ev.detail = Some(format!("version {n}: its recovery window has ended"));
             let refusal = Refusal::Deleted(Removed::VersionPastRecovery { version: n });
-            return Err(self.refuse(ev, refusal).await);
+            return Err(self.refuse(origin, ev, refusal).await);
         }
         let back = rec.dropped.remove(i).version;
         rec.older.push(back);

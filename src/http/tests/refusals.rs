@@ -185,3 +185,56 @@ fn the_refusal_to_status_mapping_is_total() {
         );
     }
 }
+
+/// A listing refused because a stored token record failed its integrity
+/// check is recorded `tampered` by the vault, before the answer: the edge
+/// never takes a refusal for recorded unless the vault says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_listing_refused_as_tampered_is_recorded() {
+    let fx = Fx::new();
+    let reader = fx.token(Role::Reader, &[]).await;
+    // The admin's authentic record copied under the reader's storage key.
+    let store = fx.state.core.store_for_tests();
+    let at = store
+        .token_key(&crate::access::hash_token(&reader))
+        .unwrap();
+    let admin_at = store
+        .token_key(&crate::access::hash_token(&fx.admin))
+        .unwrap();
+    let admin_value = store
+        .entries("tokens")
+        .map(|e| e.unwrap())
+        .find(|(k, _)| **k == admin_at)
+        .unwrap()
+        .1;
+    store.put_entry("tokens", &at, &admin_value).unwrap();
+    let a = fx.get("/api/tokens", &fx.admin).await;
+    a.refused(StatusCode::CONFLICT, "integrity check");
+    let a = fx
+        .get("/api/audit?format=jsonl&order=desc&limit=5", &fx.admin)
+        .await;
+    let text = a.text();
+    let tampered: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["outcome"] == "tampered")
+        .collect();
+    assert_eq!(tampered.len(), 1, "{text}");
+    assert_eq!(tampered[0]["action"], "token_list", "{text}");
+    assert_eq!(tampered[0]["caller"], "admin", "{text}");
+}
+
+/// Caller text an edge refusal's record keeps: no control or format
+/// character (a bidi override would reorder what an auditor reads), no
+/// token-like word.
+#[test]
+fn a_refusals_record_keeps_no_format_character_nor_token() {
+    use crate::http::record_text;
+    let said = "query parameter `\u{202E}x\u{200B}\u{7}` is unknown";
+    assert_eq!(record_text(said), "query parameter `x` is unknown");
+    let token = format!("kh_{}", "A-b_9".repeat(9));
+    let said = format!("field `role`: `{token}` is no role; nor \u{2066}kh_x\u{2069}");
+    let kept = record_text(&said);
+    assert_eq!(kept, "field `role`: `kh_…` is no role; nor kh_…");
+    assert!(record_text(&"é".repeat(300)).chars().count() == 200);
+}
