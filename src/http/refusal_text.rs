@@ -173,7 +173,10 @@ fn not_found(missing: &Missing) -> String {
             "version {version} of this key is not in the recovery window (GET \
              /api/keys/{{id}}/versions lists each version and its state)"
         ),
-        Missing::Token { id_or_name } => TokenError::NotFound(id_or_name.clone()).to_string(),
+        Missing::Token { id_or_name } => format!(
+            "{}: list them with `keyhold token list`",
+            TokenError::NotFound(id_or_name.clone())
+        ),
     }
 }
 

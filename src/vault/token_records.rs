@@ -34,7 +34,8 @@ pub enum TokenError {
         "a live token named `{0}` already exists: pick another name, or revoke that one first"
     )]
     NameTaken(String),
-    #[error("no token with id or name {}: list them with `keyhold token list`", shown(.0))]
+    /// (The edges add how to list tokens.)
+    #[error("no token with id or name {}", shown(.0))]
     NotFound(String),
     #[error("the token `{0}` is already revoked")]
     AlreadyRevoked(String),
