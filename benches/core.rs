@@ -20,9 +20,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use keyhold::audit::{Action, AuditEvent, AuditLog, Outcome};
-use keyhold::keyring::Keyring;
-use keyhold::store::{KeyRecord, Store, Write};
+use keyhold::internals::audit::{Action, AuditEvent, AuditLog, Outcome};
+use keyhold::internals::keyring::Keyring;
+use keyhold::internals::store::{KeyRecord, Store, Write};
 use uuid::Uuid;
 
 const PROVIDERS: usize = 16;
@@ -58,7 +58,7 @@ fn fixture(keys: usize) -> Fixture {
         .expect("cannot make a temporary directory (set KEYHOLD_BENCH_DIR)");
     let store = Store::open(dir.path()).expect("open the store");
     let ring = Keyring::ephemeral();
-    keyhold::unlock::initialise(&store, &ring).expect("initialise the store");
+    keyhold::internals::unlock::initialise(&store, &ring).expect("initialise the store");
     let log = AuditLog::open(store, &ring).expect("open the audit log");
     let now_us = chrono::Utc::now().timestamp_micros();
     let mut ids = Vec::with_capacity(keys);

@@ -23,9 +23,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use keyhold::audit::{Action, AuditEvent, AuditLog, Outcome};
-use keyhold::keyring::Keyring;
-use keyhold::store::{KeyRecord, Store, Write};
+use keyhold::internals::audit::{Action, AuditEvent, AuditLog, Outcome};
+use keyhold::internals::keyring::Keyring;
+use keyhold::internals::store::{KeyRecord, Store, Write};
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         bail!("--batch must be at least 1");
     }
     let keyring = Keyring::from_env().context("set FERNET_KEY (the store's key)")?;
-    if !keyhold::store::holds_store(&args.data_dir) {
+    if !keyhold::internals::store::holds_store(&args.data_dir) {
         bail!(
             "{} holds no store: run `keyhold init --data-dir {}` first",
             args.data_dir.display(),
@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
     if !store.is_initialised()? {
         bail!("{} is not initialised", args.data_dir.display());
     }
-    keyhold::unlock::unlock(&store, &keyring)?;
+    keyhold::internals::unlock::unlock(&store, &keyring)?;
     let log = AuditLog::open(store.clone(), &keyring)?;
     let started = Instant::now();
 

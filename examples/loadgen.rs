@@ -518,7 +518,7 @@ fn fsync(dir: &Path, secs: f64, max: u64, name: &str) -> anyhow::Result<()> {
 
 fn fernet(iters: u64, repeats: u64) -> anyhow::Result<()> {
     use std::hint::black_box;
-    let ring = keyhold::keyring::Keyring::ephemeral();
+    let ring = keyhold::internals::keyring::Keyring::ephemeral();
     let plaintext = [b'k'; 100];
     let per_round = (iters / repeats.max(1)).max(1);
     let token = ring.encrypt(&plaintext);

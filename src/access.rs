@@ -18,10 +18,10 @@ use crate::secret::SecretString;
 
 /// The prefix every keyhold access token carries, so secret scanners can
 /// recognise one.
-pub const TOKEN_PREFIX: &str = "kh_";
+pub(crate) const TOKEN_PREFIX: &str = "kh_";
 const TOKEN_RANDOM_BYTES: usize = 32;
 /// Length of a well-formed token: prefix plus unpadded base64 of 32 bytes.
-pub const TOKEN_LEN: usize = 3 + 43;
+pub(crate) const TOKEN_LEN: usize = 3 + 43;
 
 /// What a token may do. One source of truth for scope names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -129,7 +129,7 @@ impl FromStr for Role {
 }
 
 /// The rule for provider names (also used for token provider limits).
-pub fn valid_provider(p: &str) -> bool {
+pub(crate) fn valid_provider(p: &str) -> bool {
     let b = p.as_bytes();
     !b.is_empty()
         && b.len() <= 64
@@ -140,7 +140,7 @@ pub fn valid_provider(p: &str) -> bool {
 }
 
 /// Longest key name, in characters.
-pub const MAX_KEY_NAME: usize = 200;
+pub(crate) const MAX_KEY_NAME: usize = 200;
 
 /// Why a key name is refused (its words name the first offending
 /// character by its code point).
@@ -170,7 +170,7 @@ pub enum KeyNameProblem {
 }
 
 /// Why a key name is refused, if it is, in words (see [`check_key_name`]).
-pub fn key_name_problem(name: &str) -> Option<String> {
+pub(crate) fn key_name_problem(name: &str) -> Option<String> {
     check_key_name(name).map(|p| p.to_string())
 }
 
@@ -179,7 +179,7 @@ pub fn key_name_problem(name: &str) -> Option<String> {
 /// controls such as U+202E, zero-width characters such as U+200B: they make
 /// one name look like another in the console and in `keys list`), and in
 /// Unicode NFC (so that two names that look the same are the same string).
-pub fn check_key_name(name: &str) -> Option<KeyNameProblem> {
+pub(crate) fn check_key_name(name: &str) -> Option<KeyNameProblem> {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     let n = name.chars().count();
     if n == 0 || n > MAX_KEY_NAME {
@@ -240,7 +240,7 @@ fn invisible(c: char) -> bool {
 /// The rule for token names: 1–64 characters, letters, digits, `_.-@`,
 /// not starting with [`TOKEN_PREFIX`] (a name that could be a token's
 /// secret would be kept in lists and the audit log).
-pub fn valid_token_name(n: &str) -> bool {
+pub(crate) fn valid_token_name(n: &str) -> bool {
     !n.is_empty()
         && !n.starts_with(TOKEN_PREFIX)
         && n.len() <= 64
@@ -255,7 +255,7 @@ pub struct NewToken {
 }
 
 /// Generates a new random access token.
-pub fn generate_token() -> Result<NewToken, getrandom::Error> {
+pub(crate) fn generate_token() -> Result<NewToken, getrandom::Error> {
     let mut raw = zeroize::Zeroizing::new([0u8; TOKEN_RANDOM_BYTES]);
     getrandom::fill(raw.as_mut())?;
     let mut s = String::with_capacity(TOKEN_LEN);
@@ -267,13 +267,13 @@ pub fn generate_token() -> Result<NewToken, getrandom::Error> {
 }
 
 /// SHA-256 of a token's text.
-pub fn hash_token(token: &str) -> [u8; 32] {
+pub(crate) fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
 /// True when `token` has the shape of a keyhold token (cheap pre-check, so
 /// garbage never reaches the store).
-pub fn well_formed(token: &str) -> bool {
+pub(crate) fn well_formed(token: &str) -> bool {
     token.len() == TOKEN_LEN
         && token.starts_with(TOKEN_PREFIX)
         && token[3..]
@@ -282,13 +282,13 @@ pub fn well_formed(token: &str) -> bool {
 }
 
 /// Constant-time equality of two digests.
-pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.ct_eq(b).into()
 }
 
 /// Who is calling: a token's identity and grants (never the token).
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub id: uuid::Uuid,
     pub name: String,
     pub scopes: Vec<Scope>,
@@ -296,11 +296,11 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn has(&self, scope: Scope) -> bool {
+    pub(crate) fn has(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
     }
 
-    pub fn may_use_provider(&self, provider: &str) -> bool {
+    pub(crate) fn may_use_provider(&self, provider: &str) -> bool {
         match &self.providers {
             None => true,
             Some(list) => list.iter().any(|p| p == provider),
@@ -308,14 +308,14 @@ impl Caller {
     }
 
     /// True when the token is limited to some providers.
-    pub fn is_limited(&self) -> bool {
+    pub(crate) fn is_limited(&self) -> bool {
         self.providers.is_some()
     }
 
     /// True when a token limited to `providers` (`None`: all) reaches no
     /// further than this caller: a limited caller never mints, sees or
     /// revokes a broader token.
-    pub fn covers(&self, providers: Option<&[String]>) -> bool {
+    pub(crate) fn covers(&self, providers: Option<&[String]>) -> bool {
         match (&self.providers, providers) {
             (None, _) => true,
             (Some(_), None) => false,

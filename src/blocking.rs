@@ -14,7 +14,7 @@ use std::future::Future;
 
 /// The request being served: what the panic hook names.
 #[derive(Clone, Debug)]
-pub struct Request {
+pub(crate) struct Request {
     /// The route's name, as in the metrics' `route` label.
     pub route: &'static str,
     /// The id the answer carries in `x-request-id`.
@@ -30,7 +30,7 @@ thread_local! {
 }
 
 /// The request this task or blocking thread serves, if any.
-pub fn current() -> Option<Request> {
+pub(crate) fn current() -> Option<Request> {
     IN_TASK
         .try_with(Request::clone)
         .ok()
@@ -38,7 +38,7 @@ pub fn current() -> Option<Request> {
 }
 
 /// Polls `fut` as `request`.
-pub async fn scope<F: Future>(request: Request, fut: F) -> F::Output {
+pub(crate) async fn scope<F: Future>(request: Request, fut: F) -> F::Output {
     IN_TASK.scope(request, fut).await
 }
 
@@ -46,12 +46,12 @@ pub async fn scope<F: Future>(request: Request, fut: F) -> F::Output {
 /// panicked outside a request.
 #[derive(Debug, thiserror::Error)]
 #[error("the work was interrupted (the server is stopping, or it hit an internal error)")]
-pub struct Interrupted;
+pub(crate) struct Interrupted;
 
 /// Runs `f` on a blocking thread as the current request. A panic in `f`
 /// is resumed here when a request is served (the server's guard answers
 /// 500); otherwise it is [`Interrupted`].
-pub async fn run<T, F>(f: F) -> Result<T, Interrupted>
+pub(crate) async fn run<T, F>(f: F) -> Result<T, Interrupted>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -67,7 +67,7 @@ where
 
 /// Runs `f` on this (blocking) thread as `request`: what `run` does on the
 /// thread, for producers that are spawned some other way.
-pub fn on_thread<T>(request: Option<Request>, f: impl FnOnce() -> T) -> T {
+pub(crate) fn on_thread<T>(request: Option<Request>, f: impl FnOnce() -> T) -> T {
     struct Leave(Option<Request>);
     impl Drop for Leave {
         fn drop(&mut self) {

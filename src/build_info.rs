@@ -6,24 +6,24 @@
 use serde::Serialize;
 
 /// The crate version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git commit (12 hex digits, `-modified` with uncommitted changes),
 /// or `unknown` when built outside a checkout.
-pub const COMMIT: &str = env!("KEYHOLD_BUILD_COMMIT");
+pub(crate) const COMMIT: &str = env!("KEYHOLD_BUILD_COMMIT");
 /// The target triple, e.g. `x86_64-unknown-linux-gnu`.
-pub const TARGET: &str = env!("KEYHOLD_BUILD_TARGET");
+pub(crate) const TARGET: &str = env!("KEYHOLD_BUILD_TARGET");
 
 /// The three facts, as `keyhold version --format json` and `/healthz`
 /// show them.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct BuildInfo {
+pub(crate) struct BuildInfo {
     pub version: &'static str,
     pub commit: &'static str,
     pub target: &'static str,
 }
 
 /// This binary's build.
-pub const BUILD: BuildInfo = BuildInfo {
+pub(crate) const BUILD: BuildInfo = BuildInfo {
     version: VERSION,
     commit: COMMIT,
     target: TARGET,

@@ -28,11 +28,11 @@ mod hints;
 mod tls_hint;
 
 /// Default server address.
-pub const DEFAULT_ADDR: &str = "http://127.0.0.1:8787";
+pub(crate) const DEFAULT_ADDR: &str = "http://127.0.0.1:8787";
 
 /// Why a client call failed. Messages say what to do; none holds a secret.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("no access token: set KEYHOLD_TOKEN or pass --token-file FILE (make one with `keyhold token create`)")]
     NoToken,
     #[error("cannot read the token file {path}: {error}")]
@@ -79,7 +79,7 @@ fn api_message(status: u16, detail: &str, retry_after: Option<u64>) -> String {
 
 /// Where a client command finds the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerAddr {
+pub(crate) enum ServerAddr {
     /// `http://…` or `https://…`, without a trailing slash.
     Url(String),
     /// A Unix-socket listener (`serve --listen unix:PATH`).
@@ -90,7 +90,7 @@ impl ServerAddr {
     /// Reads `http://HOST:PORT`, `https://HOST:PORT`, `unix:/PATH`, or a
     /// bare `HOST:PORT` (http on a loopback host — `localhost`,
     /// 127.0.0.0/8, `::1` — and https anywhere else). Host names are fine.
-    pub fn parse(addr: &str) -> Result<ServerAddr, ClientError> {
+    pub(crate) fn parse(addr: &str) -> Result<ServerAddr, ClientError> {
         let bad = || ClientError::BadAddr(addr.into());
         let text = addr.trim();
         if let Some(path) = text.strip_prefix("unix:") {
@@ -133,10 +133,10 @@ fn is_loopback_host(host: &str) -> bool {
 
 /// A revealed key, as `GET /api/keys/{id}` and the other reveals answer
 /// it. `api_key` is zeroized on drop and never printed by Debug.
-pub type Revealed = RevealedKey<'static>;
+pub(crate) type Revealed = RevealedKey<'static>;
 
 /// Reads the access token: `--token-file` if given, else `KEYHOLD_TOKEN`.
-pub fn token_from(token_file: Option<&Path>) -> Result<SecretString, ClientError> {
+pub(crate) fn token_from(token_file: Option<&Path>) -> Result<SecretString, ClientError> {
     if let Some(path) = token_file {
         let text = std::fs::read_to_string(path).map_err(|error| ClientError::TokenFile {
             path: path.to_path_buf(),
@@ -155,7 +155,7 @@ pub fn token_from(token_file: Option<&Path>) -> Result<SecretString, ClientError
 }
 
 /// A connection to one keyhold server with one token.
-pub struct Client {
+pub(crate) struct Client {
     http: reqwest::blocking::Client,
     base: String,
     /// The address as the user gave it (a URL, or `unix:PATH`), for messages.
@@ -178,10 +178,10 @@ impl std::fmt::Debug for Client {
 const PURGE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a backup download may take in all (the server's snapshot,
 /// then the transfer).
-pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Client {
-    pub fn new(
+    pub(crate) fn new(
         addr: &str,
         token: SecretString,
         ca_cert: Option<&Path>,
@@ -296,7 +296,7 @@ impl Client {
 
     /// The newest live key of `provider`. `purpose` (the program the key
     /// is for) goes to the audit record.
-    pub fn reveal_newest(
+    pub(crate) fn reveal_newest(
         &self,
         provider: &str,
         purpose: Option<&str>,
@@ -313,7 +313,7 @@ impl Client {
     /// The newest live key of `provider` named `key_name`
     /// (`GET /api/providers/{provider}/keys/{key_name}`). 404 when there
     /// is none.
-    pub fn reveal_newest_named(
+    pub(crate) fn reveal_newest_named(
         &self,
         provider: &str,
         key_name: &str,
@@ -333,7 +333,7 @@ impl Client {
     /// Several keys in one request (`POST /api/reveal`), all or none, in
     /// the order asked: each `(provider, None)` is the provider's newest
     /// live key, `(provider, Some(name))` the newest live key of that name.
-    pub fn reveal_batch(
+    pub(crate) fn reveal_batch(
         &self,
         refs: &[(&str, Option<&str>)],
         purpose: Option<&str>,
@@ -364,7 +364,7 @@ impl Client {
     }
 
     /// One key by id: its current version, or version `version`.
-    pub fn reveal(&self, id: &str, version: Option<u32>) -> Result<Revealed, ClientError> {
+    pub(crate) fn reveal(&self, id: &str, version: Option<u32>) -> Result<Revealed, ClientError> {
         let mut req = self
             .http
             .get(self.url(&format!("/api/keys/{}", encode(id))));
@@ -375,7 +375,7 @@ impl Client {
     }
 
     /// Stores a new version of key `id`; returns its metadata.
-    pub fn put(
+    pub(crate) fn put(
         &self,
         id: &str,
         api_key: &SecretString,
@@ -395,7 +395,7 @@ impl Client {
     }
 
     /// The versions of key `id`, oldest first.
-    pub fn versions(&self, id: &str) -> Result<Vec<VersionMeta>, ClientError> {
+    pub(crate) fn versions(&self, id: &str) -> Result<Vec<VersionMeta>, ClientError> {
         Self::json(
             self.send(
                 self.http
@@ -405,7 +405,7 @@ impl Client {
     }
 
     /// Brings back a deleted key within its recovery window.
-    pub fn restore(&self, id: &str) -> Result<KeyMeta, ClientError> {
+    pub(crate) fn restore(&self, id: &str) -> Result<KeyMeta, ClientError> {
         Self::json(
             self.send(
                 self.http
@@ -418,14 +418,9 @@ impl Client {
         Self::json(resp)
     }
 
-    /// Key metadata, optionally for one provider.
-    pub fn list(&self, provider: Option<&str>) -> Result<Vec<KeyMeta>, ClientError> {
-        self.list_with(provider, &[])
-    }
-
     /// Key metadata with more query parameters (`deleted`,
     /// `expiring_within`, `expired`).
-    pub fn list_with(
+    pub(crate) fn list_with(
         &self,
         provider: Option<&str>,
         params: &[(&str, String)],
@@ -441,7 +436,7 @@ impl Client {
     }
 
     /// Stores a key; returns its metadata.
-    pub fn add(
+    pub(crate) fn add(
         &self,
         provider: &str,
         name: &str,
@@ -459,7 +454,7 @@ impl Client {
 
     /// Deletes key `id` (restorable within the recovery window), or with
     /// `purge` destroys it at once (admin).
-    pub fn delete(&self, id: &str, purge: bool) -> Result<Done, ClientError> {
+    pub(crate) fn delete(&self, id: &str, purge: bool) -> Result<Done, ClientError> {
         let mut req = self
             .http
             .delete(self.url(&format!("/api/keys/{}", encode(id))));
@@ -473,7 +468,7 @@ impl Client {
 
     /// GETs `path` (with its query) and hands back the answer to read as
     /// a stream, allowing `timeout` for the whole of it.
-    pub fn get_stream(
+    pub(crate) fn get_stream(
         &self,
         path: &str,
         query: &[(&str, String)],
@@ -483,13 +478,13 @@ impl Client {
     }
 
     /// GETs `path` as JSON, read as `T`.
-    pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    pub(crate) fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         Self::json(self.send(self.http.get(self.url(path)))?)
     }
 
     /// POSTs to an admin route without a body (a reload, a rotation),
     /// allowing `timeout` for the answer.
-    pub fn admin_post<T: DeserializeOwned>(
+    pub(crate) fn admin_post<T: DeserializeOwned>(
         &self,
         path: &str,
         timeout: Duration,
@@ -499,7 +494,7 @@ impl Client {
 
     /// `GET /api/admin/backup` (admin): the answer, its body the backup
     /// (read it to the end: a transfer that breaks off is a read error).
-    pub fn backup(&self) -> Result<reqwest::blocking::Response, ClientError> {
+    pub(crate) fn backup(&self) -> Result<reqwest::blocking::Response, ClientError> {
         self.send(
             self.http
                 .get(self.url("/api/admin/backup"))
@@ -507,23 +502,13 @@ impl Client {
         )
     }
 
-    pub fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+    pub(crate) fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
         Self::json(self.send(self.http.get(self.url("/api/tokens")))?)
-    }
-
-    /// Creates a token; the answer's `token` is the secret, shown once.
-    pub fn create_token(
-        &self,
-        name: &str,
-        role: &str,
-        providers: Option<&[String]>,
-    ) -> Result<MintedToken<'static>, ClientError> {
-        self.create_token_expiring(name, role, providers, None)
     }
 
     /// Creates a token expiring `ttl_seconds` after now (`None`: never);
     /// the answer's `token` is the secret, shown once.
-    pub fn create_token_expiring(
+    pub(crate) fn create_token_expiring(
         &self,
         name: &str,
         role: &str,
@@ -542,7 +527,7 @@ impl Client {
     /// Rotates a token (by id or name): the answer's `token` is the
     /// replacement's secret, shown once; `replaced` is the old token,
     /// which works until the overlap ends (the server's default: `None`).
-    pub fn rotate_token(
+    pub(crate) fn rotate_token(
         &self,
         id_or_name: &str,
         overlap_seconds: Option<u64>,
@@ -559,7 +544,7 @@ impl Client {
         )
     }
 
-    pub fn revoke_token(&self, id_or_name: &str) -> Result<Done, ClientError> {
+    pub(crate) fn revoke_token(&self, id_or_name: &str) -> Result<Done, ClientError> {
         Self::json(
             self.send(
                 self.http

@@ -92,15 +92,15 @@ impl fmt::Display for Seconds {
 /// The longest ttl, overlap or recovery window keyhold stores, in
 /// seconds: ten years (a key's or token's `ttl_seconds`, a rotation's
 /// `overlap_seconds`).
-pub const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
+pub(crate) const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
 
 /// Ten years, the longest ttl or overlap keyhold stores.
-pub const TEN_YEARS: u64 = MAX_TTL_SECONDS as u64;
+pub(crate) const TEN_YEARS: u64 = MAX_TTL_SECONDS as u64;
 
 /// Why a duration flag with a range refused its value (clap prints it
 /// after the flag's name).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RangeError {
+pub(crate) enum RangeError {
     #[error(transparent)]
     NotADuration(#[from] DurationError),
     #[error(
@@ -112,7 +112,7 @@ pub enum RangeError {
 }
 
 /// The value parser of a `--ttl`: a duration from 1 s to 10 years.
-pub fn ttl(s: &str) -> Result<Seconds, RangeError> {
+pub(crate) fn ttl(s: &str) -> Result<Seconds, RangeError> {
     let d: Seconds = s.parse()?;
     if d.0 == 0 || d.0 > TEN_YEARS {
         return Err(RangeError::Ttl);
@@ -121,7 +121,7 @@ pub fn ttl(s: &str) -> Result<Seconds, RangeError> {
 }
 
 /// The value parser of a duration from 0 to 10 years (`--overlap`).
-pub fn up_to_ten_years(s: &str) -> Result<Seconds, RangeError> {
+pub(crate) fn up_to_ten_years(s: &str) -> Result<Seconds, RangeError> {
     let d: Seconds = s.parse()?;
     if d.0 > TEN_YEARS {
         return Err(RangeError::OverTenYears);

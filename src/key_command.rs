@@ -19,6 +19,9 @@ use zeroize::Zeroizing;
 
 /// Why KEYHOLD_KEY_COMMAND gave no keys. Messages say what to do and never
 /// show its output (it may hold keys).
+// Every variant is a failure of the command: the shared prefix is its
+// subject, as each message's is.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, thiserror::Error)]
 pub enum KeyCommandError {
     #[error(
@@ -48,15 +51,17 @@ pub enum KeyCommandError {
 }
 
 /// The variable that sets the deadline, in whole seconds.
-pub const TIMEOUT_VAR: &str = "KEYHOLD_KEY_COMMAND_TIMEOUT";
+pub(crate) const TIMEOUT_VAR: &str = "KEYHOLD_KEY_COMMAND_TIMEOUT";
 /// How long the command may take when the variable is not set.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes the command may print: room for over a thousand keys.
-pub const MAX_OUTPUT: usize = 64 * 1024;
+pub(crate) const MAX_OUTPUT: usize = 64 * 1024;
 
 /// Reads the deadline from `KEYHOLD_KEY_COMMAND_TIMEOUT` (a duration, 1 s
 /// to 1 h: `45`, `90s`, `1m30s`) through `lookup`.
-pub fn timeout_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Duration, KeyCommandError> {
+pub(crate) fn timeout_from(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Duration, KeyCommandError> {
     let Some(raw) = lookup(TIMEOUT_VAR) else {
         return Ok(DEFAULT_TIMEOUT);
     };
@@ -72,7 +77,7 @@ pub fn timeout_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Duration,
 }
 
 /// Runs `command` with `sh -c` and returns what it printed on stdout.
-pub fn run(command: &str, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, KeyCommandError> {
+pub(crate) fn run(command: &str, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, KeyCommandError> {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)

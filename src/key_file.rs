@@ -30,7 +30,7 @@ use crate::keyring::{generate_key, KeySource, Keyring, KeyringError};
 /// Why a key file could not be written. Messages say what to do; none
 /// holds key material.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyFileError {
+pub(crate) enum KeyFileError {
     #[error(
         "cannot create the directory {path}: {error}; create it (mode 0700) or pick another path"
     )]
@@ -75,14 +75,14 @@ pub enum KeyFileError {
 /// What [`prepend_new_key`] did: the new key's fingerprint (never the key)
 /// and how many keys the file now holds.
 #[derive(Debug, Clone)]
-pub struct Prepended {
+pub(crate) struct Prepended {
     pub fingerprint: String,
     pub keys: usize,
 }
 
 /// Creates the directory `path` goes in (mode 0700) when it is missing,
 /// as a key file or an env file holding a key needs.
-pub fn create_parent_dir(path: &Path) -> Result<(), KeyFileError> {
+pub(crate) fn create_parent_dir(path: &Path) -> Result<(), KeyFileError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             std::fs::DirBuilder::new()
@@ -101,7 +101,7 @@ pub fn create_parent_dir(path: &Path) -> Result<(), KeyFileError> {
 /// Generates a key and writes it at the top of the key file at `path`
 /// (created with mode 0600, and its directory with 0700, when missing).
 /// Returns once the file is durable and reads back with the new key first.
-pub fn prepend_new_key(path: &Path) -> Result<Prepended, KeyFileError> {
+pub(crate) fn prepend_new_key(path: &Path) -> Result<Prepended, KeyFileError> {
     create_parent_dir(path)?;
     let _lock = lock_dir(path)?;
     let (existing, meta) = match std::fs::read(path) {
@@ -182,13 +182,13 @@ fn parse(bytes: &[u8], source: KeySource) -> Result<Keyring, KeyringError> {
 /// The fingerprints of a key file's keys: active (newest first), then
 /// retired. Never the keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Listed {
+pub(crate) struct Listed {
     pub active: Vec<String>,
     pub retired: Vec<String>,
 }
 
 /// Lists the keys of the key file at `path` by fingerprint.
-pub fn list(path: &Path) -> Result<Listed, KeyFileError> {
+pub(crate) fn list(path: &Path) -> Result<Listed, KeyFileError> {
     let (text, _) = read_existing(path)?;
     listed(&text, path)
 }
@@ -349,7 +349,7 @@ fn rewrite_sections(
 /// Retires every active key of the key file but the newest: they move
 /// below its `[retired]` line (created if missing), where serving never
 /// reads them and restoring a backup still does.
-pub fn retire(path: &Path) -> Result<Listed, KeyFileError> {
+pub(crate) fn retire(path: &Path) -> Result<Listed, KeyFileError> {
     // The newest key as read under the lock: a key prepended meanwhile is
     // kept, not retired.
     rewrite_sections(path, |before, in_retired, fp| {
@@ -360,7 +360,7 @@ pub fn retire(path: &Path) -> Result<Listed, KeyFileError> {
 /// Puts retired keys back among the active ones (after them, as older
 /// keys): those with the given fingerprints, or all when none is given.
 /// Fingerprints the file does not hold as retired are refused.
-pub fn unretire(path: &Path, fingerprints: &[String]) -> Result<Listed, KeyFileError> {
+pub(crate) fn unretire(path: &Path, fingerprints: &[String]) -> Result<Listed, KeyFileError> {
     let now = list(path)?;
     if let Some(unknown) = fingerprints.iter().find(|f| !now.retired.contains(f)) {
         return Err(KeyFileError::NotRetired {

@@ -110,7 +110,7 @@ pub enum KeyringError {
 }
 
 /// The line that starts a key file's retired section.
-pub const RETIRED_MARKER: &str = "[retired]";
+pub(crate) const RETIRED_MARKER: &str = "[retired]";
 
 /// A key file's key lines (trimmed, comments and blank lines dropped):
 /// the active keys, then the retired ones.
@@ -171,7 +171,7 @@ const SEAL_PREFIX: &[u8] = b"keyhold-sealed-v1:";
 
 /// The plaintext whose Fernet token (under the derived check key) is the
 /// keyring check value.
-pub const CHECK_PLAINTEXT: &[u8] = b"keyhold keyring check v1";
+pub(crate) const CHECK_PLAINTEXT: &[u8] = b"keyhold keyring check v1";
 
 impl Derived {
     /// Derives the purpose keys from a Fernet key's text (already checked
@@ -472,7 +472,7 @@ impl Keyring {
 /// A plain `RwLock<Arc<_>>` (held only to clone or swap the `Arc`), rather
 /// than a new dependency: reloads are rare and readers hold it for
 /// nanoseconds.
-pub struct LiveKeyring {
+pub(crate) struct LiveKeyring {
     current: std::sync::RwLock<std::sync::Arc<Keyring>>,
 }
 
@@ -483,14 +483,14 @@ impl fmt::Debug for LiveKeyring {
 }
 
 impl LiveKeyring {
-    pub fn new(keyring: Keyring) -> LiveKeyring {
+    pub(crate) fn new(keyring: Keyring) -> LiveKeyring {
         LiveKeyring {
             current: std::sync::RwLock::new(std::sync::Arc::new(keyring)),
         }
     }
 
     /// The keyring now in use.
-    pub fn load(&self) -> std::sync::Arc<Keyring> {
+    pub(crate) fn load(&self) -> std::sync::Arc<Keyring> {
         match self.current.read() {
             Ok(k) => k.clone(),
             Err(p) => p.into_inner().clone(),
@@ -498,27 +498,12 @@ impl LiveKeyring {
     }
 
     /// Puts `keyring` in use; returns the one it replaced.
-    pub fn replace(&self, keyring: Keyring) -> std::sync::Arc<Keyring> {
+    pub(crate) fn replace(&self, keyring: Keyring) -> std::sync::Arc<Keyring> {
         let new = std::sync::Arc::new(keyring);
         match self.current.write() {
             Ok(mut k) => std::mem::replace(&mut *k, new),
             Err(p) => std::mem::replace(&mut *p.into_inner(), new),
         }
-    }
-
-    /// [`Keyring::encrypt`] with the keyring now in use.
-    pub fn encrypt(&self, plaintext: &[u8]) -> String {
-        self.load().encrypt(plaintext)
-    }
-
-    /// [`Keyring::decrypt`] with the keyring now in use.
-    pub fn decrypt(&self, token: &str) -> Result<Opened, DecryptError> {
-        self.load().decrypt(token)
-    }
-
-    /// [`Keyring::fingerprints`] of the keyring now in use.
-    pub fn fingerprints(&self) -> Vec<String> {
-        self.load().fingerprints()
     }
 }
 
@@ -613,7 +598,7 @@ pub fn token_timestamp(token: &str) -> Option<u64> {
 }
 
 /// Generates a new random Fernet key (url-safe base64 of 32 bytes).
-pub fn generate_key() -> SecretString {
+pub(crate) fn generate_key() -> SecretString {
     SecretString::new(Fernet::generate_key())
 }
 

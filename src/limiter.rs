@@ -114,7 +114,7 @@ impl ClientKey {
 
 /// The address a client is counted under: IPv4 as is (IPv4-mapped IPv6
 /// too), IPv6 by its /64 (one host usually holds a whole /64).
-pub fn network_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn network_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// A file being written for `path`.
 #[derive(Debug)]
-pub struct PendingFile {
+pub(crate) struct PendingFile {
     file: File,
     tmp: PathBuf,
     path: PathBuf,
@@ -25,7 +25,7 @@ pub struct PendingFile {
 
 impl PendingFile {
     /// Creates `FILE.partial-RANDOM` beside `path`, mode 0600.
-    pub fn create(path: &Path) -> io::Result<PendingFile> {
+    pub(crate) fn create(path: &Path) -> io::Result<PendingFile> {
         let name = path.file_name().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -50,18 +50,13 @@ impl PendingFile {
     }
 
     /// The file to write into.
-    pub fn file(&mut self) -> &mut File {
+    pub(crate) fn file(&mut self) -> &mut File {
         &mut self.file
-    }
-
-    /// Where it is written until [`PendingFile::commit`], for messages.
-    pub fn temporary_path(&self) -> &Path {
-        &self.tmp
     }
 
     /// Flushes the file to disk, moves it over `path` (replacing what was
     /// there) and flushes the directory.
-    pub fn commit(mut self) -> io::Result<()> {
+    pub(crate) fn commit(mut self) -> io::Result<()> {
         self.file.sync_all()?;
         std::fs::rename(&self.tmp, &self.path)?;
         self.done = true;

@@ -82,7 +82,7 @@ impl Zeroize for SecretString {
 /// borrowed from its zeroizing owner, so no plain copy is made to send it;
 /// received straight into a `SecretString`. `Debug` prints
 /// `[REDACTED]`.
-pub enum SecretText<'a> {
+pub(crate) enum SecretText<'a> {
     /// Borrowed from where the secret lives (the side that sends it).
     Borrowed(&'a str),
     /// Read from a body (the side that receives it).
@@ -91,7 +91,7 @@ pub enum SecretText<'a> {
 
 impl SecretText<'_> {
     /// The secret itself. Call sites are few and easy to audit.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         match self {
             SecretText::Borrowed(s) => s,
             SecretText::Owned(s) => s.expose(),
@@ -99,7 +99,7 @@ impl SecretText<'_> {
     }
 
     /// The secret as an owned, zeroizing string (a copy when borrowed).
-    pub fn into_secret(self) -> SecretString {
+    pub(crate) fn into_secret(self) -> SecretString {
         match self {
             SecretText::Borrowed(s) => SecretString::new(s.to_string()),
             SecretText::Owned(s) => s,

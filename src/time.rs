@@ -9,7 +9,7 @@ pub fn now_us() -> i64 {
 }
 
 /// RFC 3339, UTC, microsecond precision (`2026-11-28T23:17:20.123456Z`).
-pub fn to_rfc3339(us: i64) -> String {
+pub(crate) fn to_rfc3339(us: i64) -> String {
     match DateTime::<Utc>::from_timestamp_micros(us) {
         Some(t) => t.to_rfc3339_opts(SecondsFormat::Micros, true),
         None => format!("@{us}us"),
@@ -17,7 +17,7 @@ pub fn to_rfc3339(us: i64) -> String {
 }
 
 /// Parses RFC 3339 (any offset) into microseconds since the epoch.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&Utc).timestamp_micros())

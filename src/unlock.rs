@@ -229,7 +229,7 @@ fn relearn(store: &Store) -> Result<(), StoreError> {
 /// chain head holds (see `store::state`), or whose head was put back from
 /// an older copy. A head from before schema 5 holds no digest: nothing to
 /// compare yet (the upgrade to 5 writes the first).
-pub fn check_state(store: &Store) -> Result<(), UnlockError> {
+pub(crate) fn check_state(store: &Store) -> Result<(), UnlockError> {
     // On a shared database no node appends while the store is read, so
     // the head, the log's end and the records are one state.
     let _appends_held = store.lock_appends()?;
@@ -434,7 +434,7 @@ fn apply_record_keys(store: &Store, keyring: &Keyring) -> Result<(), UnlockError
 /// The store's record keys as its meta values and the keyring give them:
 /// the record secret, the record MAC secret once a rotation made one, and
 /// the next one while a rotation is unfinished.
-pub fn record_keys(store: &Store, keyring: &Keyring) -> Result<RecordKeys, UnlockError> {
+pub(crate) fn record_keys(store: &Store, keyring: &Keyring) -> Result<RecordKeys, UnlockError> {
     let sealed = store
         .meta_string(META_RECORD_SECRET)?
         .ok_or(UnlockError::Missing("record secret"))?;

@@ -39,7 +39,7 @@ fn junk_methods_leave_a_bounded_metrics_page() {
     let extra: Vec<&String> = series
         .iter()
         .filter(|l| {
-            !keyhold::http::ROUTES.iter().any(|(m, p)| {
+            !keyhold::internals::http::ROUTES.iter().any(|(m, p)| {
                 **l == format!(
                     "keyhold_requests_total{{route=\"{p}\",method=\"{m}\",status=\"200\"}}"
                 )
@@ -378,7 +378,11 @@ fn a_provider_limited_auditor_reads_no_audit_log() {
     let v = Vault::new();
     // None can be made any more (tests/names.rs); one stored by an older
     // keyhold still reads nothing.
-    let limited = v.stored_token("claude-auditor", keyhold::access::Role::Auditor, "claude");
+    let limited = v.stored_token(
+        "claude-auditor",
+        keyhold::internals::access::Role::Auditor,
+        "claude",
+    );
     let full = v.token("auditor", "auditor", None);
     let s = v.serve(&[]);
     Api::new(&s, &v.admin).create_key("gemini", "g", "AIza-other-team");
@@ -955,8 +959,11 @@ fn a_client_that_never_reads_its_answers_loses_its_slot() {
 fn the_new_routes_refuse_no_token_and_provider_limited_tokens() {
     let v = Vault::new();
     let limited_admin = v.token("limited-admin", "admin", Some("claude"));
-    let limited_auditor =
-        v.stored_token("limited-auditor", keyhold::access::Role::Auditor, "claude");
+    let limited_auditor = v.stored_token(
+        "limited-auditor",
+        keyhold::internals::access::Role::Auditor,
+        "claude",
+    );
     let s = v.serve(&[]);
     let anon = Api::anonymous(&s);
     assert_eq!(anon.get("/api/whoami").status(), 401);

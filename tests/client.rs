@@ -17,7 +17,7 @@ fn client_cmd(s: &Server, token: &str) -> Command {
 }
 
 fn sha256_hex(s: &str) -> String {
-    keyhold::audit::hex(&Sha256::digest(s.as_bytes()))
+    keyhold::internals::audit::hex(&Sha256::digest(s.as_bytes()))
 }
 
 /// Every process's command line, read from /proc.

@@ -68,7 +68,7 @@ fn every_console_answer_carries_the_security_headers_and_assets_are_hashed_and_c
     assert!(!page.contains("<script>") && !page.contains("style="));
 
     // The page names its assets by content hash; each is served for a year.
-    let names = keyhold::http::ui::asset_names();
+    let names = keyhold::internals::http::ui::asset_names();
     assert_eq!(names.len(), 2);
     for name in &names {
         assert!(page.contains(&format!("assets/{name}")), "{name}");

@@ -132,7 +132,7 @@ fn every_keyhold_command_in_the_docs_parses_against_the_binary() {
             let line_no = block.line + range.start;
             for argv in invocations(&line) {
                 checked += 1;
-                if let Err(e) = keyhold::config::Cli::try_parse_from(&argv) {
+                if let Err(e) = keyhold::Cli::try_parse_from(&argv) {
                     if matches!(
                         e.kind(),
                         clap::error::ErrorKind::DisplayHelp

@@ -53,7 +53,7 @@ fn env_file_references_resolve_and_other_lines_pass_through() {
     );
     assert_ok(&out);
     use sha2::Digest;
-    let want = keyhold::audit::hex(&sha2::Sha256::digest(
+    let want = keyhold::internals::audit::hex(&sha2::Sha256::digest(
         b"sk-ant-NEWEST|ghp-CI|hello world|unset",
     ));
     assert!(std::fs::read_to_string(&out_file)

@@ -11,9 +11,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use keyhold::audit::{Action, AuditEvent, AuditLog, Outcome};
-use keyhold::keyring::{KeySource, Keyring};
-use keyhold::store::Store;
+use keyhold::internals::audit::{Action, AuditEvent, AuditLog, Outcome};
+use keyhold::internals::keyring::{KeySource, Keyring};
+use keyhold::internals::store::Store;
 
 fn records() -> u64 {
     std::env::var("KEYHOLD_BENCH_RECORDS")
@@ -42,7 +42,7 @@ fn exporting_a_million_records_stays_in_bounded_memory() {
     {
         let store = Store::open(&v.dir).unwrap();
         let ring = Keyring::parse_list(KeySource::FernetKey, [v.key.as_str()]).unwrap();
-        keyhold::unlock::unlock(&store, &ring).unwrap();
+        keyhold::internals::unlock::unlock(&store, &ring).unwrap();
         let log = AuditLog::open(store, &ring).unwrap();
         let started = Instant::now();
         let mut written = log.store().audit_last_seq().unwrap();

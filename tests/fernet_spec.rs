@@ -3,7 +3,7 @@
 //! from the specification's repository; its README names the source), so a
 //! clone of keyhold alone runs this test.
 
-use keyhold::keyring::{token_timestamp, KeySource, Keyring};
+use keyhold::internals::keyring::{token_timestamp, KeySource, Keyring};
 use serde_json::Value;
 
 fn vectors(name: &str) -> Vec<Value> {

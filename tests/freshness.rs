@@ -203,7 +203,7 @@ fn a_schema_mark_set_back_is_refused() {
 }
 
 /// The store's audit records, decoded, by seq.
-fn read_records(dir: &Path) -> Vec<keyhold::audit::AuditRecord> {
+fn read_records(dir: &Path) -> Vec<keyhold::internals::audit::AuditRecord> {
     let log = with_store(dir, |store| {
         store
             .audit_iter(0)
@@ -211,7 +211,7 @@ fn read_records(dir: &Path) -> Vec<keyhold::audit::AuditRecord> {
             .collect::<Vec<_>>()
     });
     log.iter()
-        .map(|b| keyhold::audit::AuditRecord::decode(b).unwrap())
+        .map(|b| keyhold::internals::audit::AuditRecord::decode(b).unwrap())
         .collect()
 }
 
@@ -303,11 +303,11 @@ fn assert_stripped_prefix_caught(key: &str, dir: &Path, upto: u64, admin: &str) 
             if r.seq <= upto {
                 r.tag = None;
                 r.sig = None;
-                if r.event.action == keyhold::audit::Action::Reveal
-                    && r.event.outcome == keyhold::audit::Outcome::Success
+                if r.event.action == keyhold::internals::audit::Action::Reveal
+                    && r.event.outcome == keyhold::internals::audit::Outcome::Success
                 {
                     r.event.caller = "anonymous".into();
-                    r.event.outcome = keyhold::audit::Outcome::Forbidden;
+                    r.event.outcome = keyhold::internals::audit::Outcome::Forbidden;
                 }
             }
             t.insert(r.seq.to_be_bytes(), r.encode().unwrap()).unwrap();
@@ -696,7 +696,7 @@ fn the_first_rotation_makes_a_record_mac_secret_even_with_one_key_and_the_next_d
 /// from before the rotation keep the tag of their time.
 #[test]
 fn an_audit_tag_made_with_a_retired_keys_record_secret_is_refused_after_rotation() {
-    use keyhold::audit::{record_tag, AuditKeys, AuditRecord, ExportRecord};
+    use keyhold::internals::audit::{record_tag, AuditKeys, AuditRecord, ExportRecord};
     let v = Vault::new();
     let (id, before, new_key, _) = rotated(&v, "sk-tagged-0001");
     let s = Server::start(&v.dir, &[("FERNET_KEY", new_key.as_str())]);
@@ -711,8 +711,8 @@ fn an_audit_tag_made_with_a_retired_keys_record_secret_is_refused_after_rotation
     // The attacker's tag key: the one the retired key unseals from the
     // copy made before the rotation.
     let retired = with_unlocked_store(&before, &v.key, |store| {
-        let ring = keyhold::keyring::Keyring::parse_list(
-            keyhold::keyring::KeySource::FernetKey,
+        let ring = keyhold::internals::keyring::Keyring::parse_list(
+            keyhold::internals::keyring::KeySource::FernetKey,
             [v.key.as_str()],
         )
         .unwrap();
@@ -773,7 +773,7 @@ fn an_audit_tag_made_with_a_retired_keys_record_secret_is_refused_after_rotation
     );
     rec.event.caller = "anonymous".into();
     rec.event.caller_id = None;
-    rec.event.outcome = keyhold::audit::Outcome::Forbidden;
+    rec.event.outcome = keyhold::internals::audit::Outcome::Forbidden;
     rec.mac = AuditRecord::chain_hash(
         &rec.prev,
         rec.seq,

@@ -79,8 +79,11 @@ fn ttls_take_human_durations() {
 
 /// JSON Lines rows of the reference's table, tokens under `key`.
 fn reference_rows(key: &str, rows: &[(u32, &str, &str)]) -> String {
-    let ring = keyhold::keyring::Keyring::parse_list(keyhold::keyring::KeySource::FernetKey, [key])
-        .unwrap();
+    let ring = keyhold::internals::keyring::Keyring::parse_list(
+        keyhold::internals::keyring::KeySource::FernetKey,
+        [key],
+    )
+    .unwrap();
     rows.iter()
         .map(|(id, provider, secret)| {
             serde_json::json!({"id": id, "provider": provider, "key_name": format!("k{id}"),

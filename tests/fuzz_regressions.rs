@@ -13,15 +13,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use base64::Engine;
 
-use keyhold::audit::{
+use keyhold::internals::audit::{
     Action, AuditEvent, AuditRecord, ChainVerifier, ExportRecord, Head, MacKey, Outcome,
     VerifyKeys, VerifyReport, GENESIS,
 };
-use keyhold::keyring::{token_timestamp, KeySource, Keyring, KeyringError};
-use keyhold::limiter::{RevealRate, TrustedProxies};
-use keyhold::ops::backup::{read_backup, BackupError, BackupInfo, FORMAT_VERSION};
-use keyhold::ops::import::{import_id, parse_reference_time, read_rows, ImportFormat};
-use keyhold::store::{KeyRecord, TokenRecord, SCHEMA_VERSION};
+use keyhold::internals::keyring::{token_timestamp, KeySource, Keyring, KeyringError};
+use keyhold::internals::limiter::{RevealRate, TrustedProxies};
+use keyhold::internals::ops::backup::{read_backup, BackupError, BackupInfo, FORMAT_VERSION};
+use keyhold::internals::ops::import::{import_id, parse_reference_time, read_rows, ImportFormat};
+use keyhold::internals::store::{KeyRecord, TokenRecord, SCHEMA_VERSION};
 use sha2::{Digest, Sha256};
 
 /// Runs `f`, failing the test with `what` if it panics.
@@ -560,7 +560,11 @@ fn backup_reader_rejects_hostile_streams() {
         (
             "unknown tree",
             seal(
-                with(&entry(keyhold::store::TABLES.len() as u8, b"k", b"v")),
+                with(&entry(
+                    keyhold::internals::store::TABLES.len() as u8,
+                    b"k",
+                    b"v",
+                )),
                 1,
             ),
         ),

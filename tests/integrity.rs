@@ -404,14 +404,14 @@ fn an_export_verifies_with_the_public_key_alone_and_each_edit_is_caught_at_its_s
     // A forged newest record, re-hashed correctly but unsigned.
     let forged = with_lines(&file, "forged.jsonl", |l| {
         let mut last: Value = serde_json::from_str(l.last().unwrap()).unwrap();
-        let mut rec = keyhold::audit::AuditRecord::from_export(
+        let mut rec = keyhold::internals::audit::AuditRecord::from_export(
             &serde_json::from_value(last.clone()).unwrap(),
         )
         .unwrap();
         rec.seq += 1;
         rec.prev = rec.mac;
         rec.event.caller = "forger".into();
-        rec.mac = keyhold::audit::AuditRecord::chain_hash(
+        rec.mac = keyhold::internals::audit::AuditRecord::chain_hash(
             &rec.prev,
             rec.seq,
             rec.at_us,

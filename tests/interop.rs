@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::*;
-use keyhold::keyring::{KeySource, Keyring};
+use keyhold::internals::keyring::{KeySource, Keyring};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fernet_interop.py");
 

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use keyhold::keyring::token_timestamp;
+use keyhold::internals::keyring::token_timestamp;
 use serde_json::Value;
 
 fn with_keys(keys: &str, args: &[&str]) -> std::process::Output {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use clap::CommandFactory;
 use common::*;
-use keyhold::config::Cli;
+use keyhold::Cli;
 
 /// Every long flag of every (sub)command, `--help` and `--version` too.
 fn all_flags(cmd: &clap::Command, out: &mut BTreeSet<String>) {

@@ -53,28 +53,28 @@ fn a_store_holding_such_a_name_still_opens_and_check_lists_it() {
     let v = Vault::new();
     // A key stored before the rule, as an older keyhold would have.
     let id = with_unlocked_store(&v.dir, &v.key, |store| {
-        let ring = keyhold::keyring::Keyring::parse_list(
-            keyhold::keyring::KeySource::FernetKey,
+        let ring = keyhold::internals::keyring::Keyring::parse_list(
+            keyhold::internals::keyring::KeySource::FernetKey,
             [v.key.as_str()],
         )
         .unwrap();
-        let log = keyhold::audit::AuditLog::open(store.clone(), &ring).unwrap();
-        let rec = keyhold::store::KeyRecord::new(
+        let log = keyhold::internals::audit::AuditLog::open(store.clone(), &ring).unwrap();
+        let rec = keyhold::internals::store::KeyRecord::new(
             uuid::Uuid::new_v4(),
             "claude".into(),
             "prod\u{202e}niam".into(),
             ring.encrypt(b"sk-ant-older-000001"),
-            keyhold::time::now_us(),
+            keyhold::internals::time::now_us(),
             None,
             Some("older".into()),
         );
         let id = rec.id;
-        let ev = keyhold::audit::AuditEvent::cli(
-            keyhold::audit::Action::KeyCreate,
-            keyhold::audit::Outcome::Success,
+        let ev = keyhold::internals::audit::AuditEvent::cli(
+            keyhold::internals::audit::Action::KeyCreate,
+            keyhold::internals::audit::Outcome::Success,
             None,
         );
-        log.append(&[(ev, vec![keyhold::store::Write::PutKey(rec)])])
+        log.append(&[(ev, vec![keyhold::internals::store::Write::PutKey(rec)])])
             .unwrap();
         id
     });

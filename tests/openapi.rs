@@ -30,7 +30,7 @@ fn the_served_document_and_the_served_routes_agree() {
     let doc: Value = r.json().unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let docs = documented(&doc);
-    let served: BTreeSet<(String, String)> = keyhold::http::ROUTES
+    let served: BTreeSet<(String, String)> = keyhold::internals::http::ROUTES
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
@@ -89,7 +89,7 @@ fn the_served_document_and_the_served_routes_agree() {
 /// accepts (any other answers 422).
 #[test]
 fn the_documented_query_parameters_are_the_accepted_ones() {
-    let doc: Value = serde_json::from_str(keyhold::http::OPENAPI).unwrap();
+    let doc: Value = serde_json::from_str(keyhold::internals::http::OPENAPI).unwrap();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let mut documented: Vec<&str> = op["parameters"]
@@ -100,7 +100,7 @@ fn the_documented_query_parameters_are_the_accepted_ones() {
                 .map(|p| p["name"].as_str().unwrap())
                 .collect();
             let mut accepted =
-                keyhold::http::query_guard::known(&method.to_uppercase(), path).to_vec();
+                keyhold::internals::http::query_guard::known(&method.to_uppercase(), path).to_vec();
             documented.sort_unstable();
             accepted.sort_unstable();
             assert_eq!(documented, accepted, "{method} {path}");

@@ -26,8 +26,8 @@ fn json_of(out: &std::process::Output) -> Value {
 fn every_offline_listing_command_prints_json_with_format_json() {
     let v = Vault::new();
     let d = v.dir_str();
-    let ring = keyhold::keyring::Keyring::parse_list(
-        keyhold::keyring::KeySource::FernetKey,
+    let ring = keyhold::internals::keyring::Keyring::parse_list(
+        keyhold::internals::keyring::KeySource::FernetKey,
         [v.key.as_str()],
     )
     .unwrap();

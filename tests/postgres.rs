@@ -77,14 +77,14 @@ impl PgVault {
     /// The audit log read straight from the database (no command: a
     /// store that differs from its signed state is refused by them all).
     fn audit_records_raw(&self) -> Vec<Value> {
-        let url: keyhold::store::DatabaseUrl = self.url.parse().unwrap();
-        let opts = keyhold::store::PgOptions::new(url, None, "reader".into());
-        let store = keyhold::store::Store::connect(&opts, false).unwrap();
+        let url: keyhold::internals::store::DatabaseUrl = self.url.parse().unwrap();
+        let opts = keyhold::internals::store::PgOptions::new(url, None, "reader".into());
+        let store = keyhold::internals::store::Store::connect(&opts, false).unwrap();
         store
             .audit_iter(0)
             .map(|r| {
                 let (_, b) = r.unwrap();
-                let rec = keyhold::audit::AuditRecord::decode(&b).unwrap();
+                let rec = keyhold::internals::audit::AuditRecord::decode(&b).unwrap();
                 serde_json::to_value(rec.to_export()).unwrap()
             })
             .collect()
@@ -1238,11 +1238,11 @@ fn a_schema_4_store_on_postgresql_is_upgraded_in_place() {
     copy_dir(&data.join("schema4-store"), &dir);
     let url = pg.database("schema4");
     {
-        let from = keyhold::store::Store::open(&dir).unwrap();
-        let parsed: keyhold::store::DatabaseUrl = url.parse().unwrap();
-        let opts = keyhold::store::PgOptions::new(parsed, None, "copy".into());
-        let to = keyhold::store::Store::connect(&opts, true).unwrap();
-        keyhold::ops::copy_store::copy_store(&from, &to).unwrap();
+        let from = keyhold::internals::store::Store::open(&dir).unwrap();
+        let parsed: keyhold::internals::store::DatabaseUrl = url.parse().unwrap();
+        let opts = keyhold::internals::store::PgOptions::new(parsed, None, "copy".into());
+        let to = keyhold::internals::store::Store::connect(&opts, true).unwrap();
+        keyhold::internals::ops::copy_store::copy_store(&from, &to).unwrap();
         from.close().unwrap();
     }
     let v = PgVault {

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, Command, CommandFactory};
-use keyhold::config::Cli;
+use keyhold::Cli;
 
 const MARKER: &str = "<!-- Everything below this line is generated from src/config/ by \
 tests/reference.rs; edit the doc comments there, then run \
@@ -282,7 +282,7 @@ fn docs_reference_md_is_generated_from_the_clap_definitions() {
 fn the_reference_names_the_variables_read_outside_clap() {
     let text = std::fs::read_to_string(reference_path()).expect("read docs/reference.md");
     let header = text.split(MARKER).next().unwrap_or("");
-    for var in keyhold::keyring::SOURCE_VARS
+    for var in keyhold::internals::keyring::SOURCE_VARS
         .iter()
         .chain(["KEYHOLD_TOKEN"].iter())
     {

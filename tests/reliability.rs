@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use keyhold::keyring::{KeySource, Keyring};
-use keyhold::store::Store;
+use keyhold::internals::keyring::{KeySource, Keyring};
+use keyhold::internals::store::Store;
 use serde_json::Value;
 
 #[derive(Default)]

@@ -48,8 +48,8 @@ fn no_secret_in_the_data_directory_or_the_server_output() {
         .unwrap();
     // keyhold's own secrets, unsealed with the keyring as keyhold does.
     let (record_secret, signing_seed) = with_store(&v.dir, |store| {
-        let ring = keyhold::keyring::Keyring::parse_list(
-            keyhold::keyring::KeySource::FernetKey,
+        let ring = keyhold::internals::keyring::Keyring::parse_list(
+            keyhold::internals::keyring::KeySource::FernetKey,
             [v.key.as_str()],
         )
         .unwrap();
@@ -66,12 +66,12 @@ fn no_secret_in_the_data_directory_or_the_server_output() {
         };
         (
             open(
-                keyhold::store::META_RECORD_SECRET,
-                keyhold::store::RECORD_SECRET_PURPOSE,
+                keyhold::internals::store::META_RECORD_SECRET,
+                keyhold::internals::store::RECORD_SECRET_PURPOSE,
             ),
             open(
-                keyhold::store::META_SIGNING_KEY,
-                keyhold::audit::SIGNING_PURPOSE,
+                keyhold::internals::store::META_SIGNING_KEY,
+                keyhold::internals::audit::SIGNING_PURPOSE,
             ),
         )
     });
@@ -85,12 +85,12 @@ fn no_secret_in_the_data_directory_or_the_server_output() {
         ("record secret (raw)".into(), record_secret.clone()),
         (
             "record secret (hex)".into(),
-            keyhold::audit::hex(&record_secret).into_bytes(),
+            keyhold::internals::audit::hex(&record_secret).into_bytes(),
         ),
         ("audit signing seed (raw)".into(), signing_seed.clone()),
         (
             "audit signing seed (hex)".into(),
-            keyhold::audit::hex(&signing_seed).into_bytes(),
+            keyhold::internals::audit::hex(&signing_seed).into_bytes(),
         ),
     ];
     for k in &api_keys {

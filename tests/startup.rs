@@ -14,8 +14,8 @@ fn stderr(o: &std::process::Output) -> String {
 fn keygen_prints_one_valid_key() {
     let k = keygen();
     assert_eq!(k.len(), 44);
-    assert!(keyhold::keyring::Keyring::parse_list(
-        keyhold::keyring::KeySource::FernetKey,
+    assert!(keyhold::internals::keyring::Keyring::parse_list(
+        keyhold::internals::keyring::KeySource::FernetKey,
         [k.as_str()]
     )
     .is_ok());

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use keyhold::audit::AuditRecord;
+use keyhold::internals::audit::AuditRecord;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

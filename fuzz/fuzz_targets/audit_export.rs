@@ -12,7 +12,7 @@
 
 use std::sync::OnceLock;
 
-use keyhold::audit::{AuditRecord, ChainVerifier, ExportRecord, MacKey, VerifyKeys, GENESIS};
+use keyhold::internals::audit::{AuditRecord, ChainVerifier, ExportRecord, MacKey, VerifyKeys, GENESIS};
 use libfuzzer_sys::fuzz_target;
 
 fn key() -> MacKey {

@@ -13,9 +13,9 @@
 //!   mode & 8: the sink refuses the second entry.
 #![no_main]
 
-use keyhold::keyring::Keyring;
-use keyhold::ops::backup::{read_backup, BackupError};
-use keyhold::store::SCHEMA_VERSION;
+use keyhold::internals::keyring::Keyring;
+use keyhold::internals::ops::backup::{read_backup, BackupError};
+use keyhold::internals::store::SCHEMA_VERSION;
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 

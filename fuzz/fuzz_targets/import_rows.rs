@@ -5,7 +5,7 @@
 //! Input: one selector byte (format, or all three), then the file's bytes.
 #![no_main]
 
-use keyhold::ops::import::{import_id, parse_reference_time, read_rows, ImportFormat};
+use keyhold::internals::ops::import::{import_id, parse_reference_time, read_rows, ImportFormat};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
-use keyhold::keyring::{token_timestamp, KeySource, Keyring};
+use keyhold::internals::keyring::{token_timestamp, KeySource, Keyring};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use keyhold::limiter::{canonical, RevealLimiter, RevealRate, TrustedProxies};
+use keyhold::internals::limiter::{canonical, RevealLimiter, RevealRate, TrustedProxies};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

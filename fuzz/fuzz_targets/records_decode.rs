@@ -5,9 +5,9 @@
 //! own encode/decode and export round trips unchanged.
 #![no_main]
 
-use keyhold::audit::{AuditRecord, ExportRecord, Head};
-use keyhold::store::audit_chunks::{plan_append, Entries, IVec};
-use keyhold::store::{KeyRecord, TokenRecord};
+use keyhold::internals::audit::{AuditRecord, ExportRecord, Head};
+use keyhold::internals::store::audit_chunks::{plan_append, Entries, IVec};
+use keyhold::internals::store::{KeyRecord, TokenRecord};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

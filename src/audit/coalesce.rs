@@ -64,7 +64,7 @@ fn take(budget: Option<&Budget>, token: uuid::Uuid) -> Result<(), u64> {
 
 /// Counts coalesced attempts until they are drained into records.
 #[derive(Default)]
-pub struct Coalescer {
+pub(crate) struct Coalescer {
     /// (client key, outcome, second) → what is counted.
     pending: Mutex<HashMap<(String, &'static str, i64), Pending>>,
     /// Each token's budget of refusals (none: unlimited).
@@ -80,13 +80,14 @@ impl std::fmt::Debug for Coalescer {
 }
 
 impl Coalescer {
-    pub fn new() -> Coalescer {
+    #[cfg(test)]
+    pub(crate) fn new() -> Coalescer {
         Coalescer::default()
     }
 
     /// A coalescer that also gives each token `count` refusals per
     /// `period` (burst `count`).
-    pub fn with_refusal_budget(
+    pub(crate) fn with_refusal_budget(
         count: std::num::NonZeroU32,
         period: std::time::Duration,
     ) -> Coalescer {
@@ -98,7 +99,7 @@ impl Coalescer {
 
     /// Also gives each token `count` successful audited requests per
     /// `period` (burst `count`).
-    pub fn with_record_budget(
+    pub(crate) fn with_record_budget(
         mut self,
         count: std::num::NonZeroU32,
         period: std::time::Duration,
@@ -109,18 +110,18 @@ impl Coalescer {
 
     /// Takes one refusal from `token`'s budget; `Err(seconds)` when it is
     /// spent (retry after that many seconds, at least 1).
-    pub fn take_refusal(&self, token: uuid::Uuid) -> Result<(), u64> {
+    pub(crate) fn take_refusal(&self, token: uuid::Uuid) -> Result<(), u64> {
         take(self.refusals.as_ref(), token)
     }
 
     /// Takes one successful audited request from `token`'s budget;
     /// `Err(seconds)` when it is spent.
-    pub fn take_record(&self, token: uuid::Uuid) -> Result<(), u64> {
+    pub(crate) fn take_record(&self, token: uuid::Uuid) -> Result<(), u64> {
         take(self.records.as_ref(), token)
     }
 
     /// Forgets tokens whose refusal budget is full again.
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         for b in [&self.refusals, &self.records].into_iter().flatten() {
             b.retain_recent();
             b.shrink_to_fit();
@@ -128,7 +129,7 @@ impl Coalescer {
     }
 
     /// Counts one attempt by `client` (the limiter's key) at `now_us`.
-    pub fn add(&self, client: &str, event: AuditEvent, now_us: i64) {
+    pub(crate) fn add(&self, client: &str, event: AuditEvent, now_us: i64) {
         self.add_count(client, event, now_us.div_euclid(1_000_000), 1);
     }
 
@@ -178,7 +179,7 @@ impl Coalescer {
     /// Takes every count from seconds before `now_us` (or all of them when
     /// `all`) as records to write, each with its client and second so a
     /// failed write can be put back with [`restore`](Self::restore).
-    pub fn drain(&self, now_us: i64, all: bool) -> Vec<Drained> {
+    pub(crate) fn drain(&self, now_us: i64, all: bool) -> Vec<Drained> {
         let second = now_us.div_euclid(1_000_000);
         let mut map = match self.pending.lock() {
             Ok(m) => m,
@@ -201,7 +202,7 @@ impl Coalescer {
 
     /// Puts back the count of a record that could not be written, so it is
     /// written later and no attempt goes uncounted.
-    pub fn restore(&self, d: Drained) {
+    pub(crate) fn restore(&self, d: Drained) {
         let n = d.event.count.unwrap_or(1);
         let mut event = d.event;
         event.count = None;
@@ -212,7 +213,7 @@ impl Coalescer {
 
 /// A coalesced record ready to write.
 #[derive(Debug, Clone)]
-pub struct Drained {
+pub(crate) struct Drained {
     pub event: AuditEvent,
     client: String,
     second: i64,

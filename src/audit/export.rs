@@ -16,14 +16,14 @@ use crate::store::{Store, StoreError};
 
 /// Output format of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ExportFormat {
+pub(crate) enum ExportFormat {
     #[default]
     Jsonl,
     Csv,
 }
 
 impl ExportFormat {
-    pub fn parse(s: &str) -> Option<ExportFormat> {
+    pub(crate) fn parse(s: &str) -> Option<ExportFormat> {
         match s {
             "jsonl" | "json" | "ndjson" => Some(ExportFormat::Jsonl),
             "csv" => Some(ExportFormat::Csv),
@@ -31,14 +31,14 @@ impl ExportFormat {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ExportFormat::Jsonl => "jsonl",
             ExportFormat::Csv => "csv",
         }
     }
 
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             ExportFormat::Jsonl => "application/x-ndjson",
             ExportFormat::Csv => "text/csv; charset=utf-8",
@@ -48,7 +48,7 @@ impl ExportFormat {
 
 /// Which records an export holds. Every field narrows the selection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExportFilter {
+pub(crate) struct ExportFilter {
     pub since_us: Option<i64>,
     pub until_us: Option<i64>,
     pub key_id: Option<Uuid>,
@@ -60,12 +60,12 @@ pub struct ExportFilter {
 /// A filter value that does not parse; the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct FilterError(pub String);
+pub(crate) struct FilterError(pub String);
 
 impl ExportFilter {
     /// Sets one filter by name. Returns `Ok(false)` for a name that is not
     /// a filter.
-    pub fn set(&mut self, name: &str, value: &str) -> Result<bool, FilterError> {
+    pub(crate) fn set(&mut self, name: &str, value: &str) -> Result<bool, FilterError> {
         let time = |v: &str| {
             crate::time::parse_rfc3339(v).ok_or_else(|| {
                 FilterError(format!(
@@ -104,11 +104,7 @@ impl ExportFilter {
         Ok(true)
     }
 
-    pub fn is_empty(&self) -> bool {
-        *self == ExportFilter::default()
-    }
-
-    pub fn matches(&self, r: &AuditRecord) -> bool {
+    pub(crate) fn matches(&self, r: &AuditRecord) -> bool {
         self.since_us.is_none_or(|s| r.at_us >= s)
             && self.until_us.is_none_or(|u| r.at_us < u)
             && self.key_id.is_none_or(|k| r.event.key_id == Some(k))
@@ -121,7 +117,7 @@ impl ExportFilter {
     }
 
     /// A short description for the export's own audit record.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(s) = self.since_us {
             parts.push(format!("since={}", crate::time::to_rfc3339(s)));
@@ -151,7 +147,7 @@ impl ExportFilter {
 
 /// Errors while exporting.
 #[derive(Debug, thiserror::Error)]
-pub enum ExportError {
+pub(crate) enum ExportError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot write the export: {0}")]
@@ -164,7 +160,7 @@ pub enum ExportError {
 /// records with `after_seq < seq < before_seq`, at most `limit` of them.
 /// The default is the whole log, oldest first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Page {
+pub(crate) struct Page {
     pub after_seq: Option<u64>,
     pub before_seq: Option<u64>,
     pub limit: Option<u64>,
@@ -173,11 +169,11 @@ pub struct Page {
 
 impl Page {
     /// Largest `limit` a page may ask for.
-    pub const MAX_LIMIT: u64 = 1000;
+    pub(crate) const MAX_LIMIT: u64 = 1000;
 
     /// A short description for the export's own audit record ("" for the
     /// whole log).
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(a) = self.after_seq {
             parts.push(format!("after_seq={a}"));
@@ -197,7 +193,7 @@ impl Page {
 
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
+pub(crate) struct Written {
     pub records: u64,
     /// True when the page's limit stopped the export before the last
     /// matching record: another page follows.
@@ -209,7 +205,7 @@ pub struct Written {
 const BACKWARD_WINDOW: u64 = 512;
 
 /// Streams records of a store into a writer.
-pub struct Exporter<'a> {
+pub(crate) struct Exporter<'a> {
     store: &'a Store,
     filter: ExportFilter,
     format: ExportFormat,
@@ -226,7 +222,11 @@ type Item = (u64, Result<AuditRecord, Undecodable>);
 pub(super) struct Undecodable(StoreError);
 
 impl<'a> Exporter<'a> {
-    pub fn new(store: &'a Store, filter: ExportFilter, format: ExportFormat) -> Exporter<'a> {
+    pub(crate) fn new(
+        store: &'a Store,
+        filter: ExportFilter,
+        format: ExportFormat,
+    ) -> Exporter<'a> {
         Exporter {
             store,
             filter,
@@ -236,14 +236,14 @@ impl<'a> Exporter<'a> {
     }
 
     /// Limits the export to one page.
-    pub fn page(mut self, page: Page) -> Exporter<'a> {
+    pub(crate) fn page(mut self, page: Page) -> Exporter<'a> {
         self.page = page;
         self
     }
 
     /// Writes the export, calling `progress` with each seq scanned; returns
     /// how many records were written.
-    pub fn write_to<W: std::io::Write>(
+    pub(crate) fn write_to<W: std::io::Write>(
         &self,
         out: W,
         progress: impl FnMut(u64),
@@ -253,7 +253,7 @@ impl<'a> Exporter<'a> {
 
     /// Writes the export (its page, if one was set), calling `progress`
     /// with each seq scanned.
-    pub fn write_page<W: std::io::Write>(
+    pub(crate) fn write_page<W: std::io::Write>(
         &self,
         out: W,
         mut progress: impl FnMut(u64),
@@ -333,7 +333,7 @@ impl<'a> Exporter<'a> {
     /// Counts the filtered records (a coalesced record by its `count`)
     /// per bucket of `bucket_secs` seconds and outcome. The page is not
     /// used. Records that do not decode are counted apart.
-    pub fn histogram(&self, bucket_secs: i64) -> Result<Histogram, ExportError> {
+    pub(crate) fn histogram(&self, bucket_secs: i64) -> Result<Histogram, ExportError> {
         let bucket_us = bucket_secs.max(1).saturating_mul(1_000_000);
         let mut h = Histogram {
             bucket_secs: bucket_secs.max(1),
@@ -359,7 +359,7 @@ impl<'a> Exporter<'a> {
 
 /// Attempts per time bucket and outcome: only buckets that hold records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     pub bucket_secs: i64,
     /// Bucket start (µs since the epoch) → outcome → attempts.
     pub buckets: std::collections::BTreeMap<i64, std::collections::BTreeMap<&'static str, u64>>,
@@ -435,7 +435,7 @@ impl<W: std::io::Write> Sink<W> {
 const UNDECODABLE: &str = "UNDECODABLE RECORD (damaged or altered; run `keyhold audit verify`)";
 
 /// The column names, in order (the CSV header).
-pub const EXPORT_COLUMNS: [&str; 18] = [
+pub(crate) const EXPORT_COLUMNS: [&str; 18] = [
     "seq",
     "at",
     "request_id",

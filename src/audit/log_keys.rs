@@ -16,7 +16,7 @@ impl std::fmt::Debug for MacKey {
 }
 
 /// The purpose name the pre-schema-3 audit MAC key is sealed under.
-pub const MAC_KEY_PURPOSE: &str = "audit-mac-key";
+pub(crate) const MAC_KEY_PURPOSE: &str = "audit-mac-key";
 
 impl MacKey {
     /// A key from its 32 bytes.

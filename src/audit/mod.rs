@@ -26,7 +26,7 @@ mod log_keys;
 mod record;
 mod sign;
 mod verify;
-pub mod views;
+pub(crate) mod views;
 mod writer;
 
 use std::sync::Mutex;
@@ -36,25 +36,44 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-pub use coalesce::{Coalescer, Drained};
-pub use export::{
-    ExportError, ExportFilter, ExportFormat, Exporter, FilterError, Histogram, Page, Written,
-    EXPORT_COLUMNS,
-};
+pub(crate) use coalesce::Coalescer;
+
+pub(crate) use export::ExportError;
+pub(crate) use export::ExportFilter;
+pub(crate) use export::ExportFormat;
+pub(crate) use export::Exporter;
+pub(crate) use export::Histogram;
+pub(crate) use export::Page;
 pub use head::Head;
-pub use log_keys::{record_tag, AuditKeys, MacKey, VerifyKeys, MAC_KEY_PURPOSE};
-pub use record::{
-    hex, unhex32, Action, AuditEvent, AuditRecord, BadExportRecord, ExportRecord, Outcome,
-};
-pub use sign::{
-    AuditSigner, BadPublicKey, PublicKey, Signature, SignerError, HAND_OVER_PREFIX, SIGNING_PURPOSE,
-};
-pub use verify::{
-    legacy_prefix_hasher, legacy_prefix_update, ChainVerifier, Problem, VerifyReport,
-    LEGACY_PREFIX_WORDS,
-};
-pub use views::{valid_session_id, ConsoleViews, View};
-pub use writer::{AuditWriter, BatchObserver};
+pub use log_keys::record_tag;
+pub use log_keys::AuditKeys;
+pub use log_keys::MacKey;
+pub use log_keys::VerifyKeys;
+pub(crate) use log_keys::MAC_KEY_PURPOSE;
+pub use record::hex;
+pub(crate) use record::unhex32;
+pub use record::Action;
+pub use record::AuditEvent;
+pub use record::AuditRecord;
+pub(crate) use record::BadExportRecord;
+pub use record::ExportRecord;
+pub use record::Outcome;
+pub(crate) use sign::AuditSigner;
+pub(crate) use sign::PublicKey;
+pub(crate) use sign::Signature;
+pub(crate) use sign::HAND_OVER_PREFIX;
+pub use sign::SIGNING_PURPOSE;
+pub(crate) use verify::legacy_prefix_hasher;
+pub(crate) use verify::legacy_prefix_update;
+pub use verify::ChainVerifier;
+pub(crate) use verify::Problem;
+pub use verify::VerifyReport;
+pub(crate) use verify::LEGACY_PREFIX_WORDS;
+pub(crate) use views::valid_session_id;
+pub(crate) use views::ConsoleViews;
+pub(crate) use views::View;
+pub(crate) use writer::AuditWriter;
+pub(crate) use writer::BatchObserver;
 
 use crate::keyring::Keyring;
 use crate::store::backend::Op;
@@ -751,7 +770,7 @@ fn position_from(
 /// Verifies the whole chain in the store. The head is read first, so
 /// records a running server appends meanwhile are simply further records
 /// that must chain on from it (no false "truncated" under load).
-pub fn verify_store(store: &Store, keys: &VerifyKeys) -> Result<VerifyReport, StoreError> {
+pub(crate) fn verify_store(store: &Store, keys: &VerifyKeys) -> Result<VerifyReport, StoreError> {
     let head = Head::load(store)?;
     let mut v = ChainVerifier::for_store(keys.clone(), head.as_ref().map(Head::seq));
     for item in store.audit_iter(0) {

@@ -514,7 +514,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Parses 64 hex digits into 32 bytes.
-pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
     let b = s.as_bytes();
     if b.len() != 64 {
         return None;

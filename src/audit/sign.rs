@@ -18,7 +18,7 @@ use super::hex;
 pub const SIGNING_PURPOSE: &str = "audit-signing-key";
 const HEAD_TAG: &[u8] = b"keyhold-audit-head-v2";
 /// How a hand-over record's detail names the next key.
-pub const HAND_OVER_PREFIX: &str = "hand-over to ";
+pub(crate) const HAND_OVER_PREFIX: &str = "hand-over to ";
 
 /// An Ed25519 public key, printed `ed25519:<64 hex digits>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -90,7 +90,7 @@ fn head_message(seq: u64, mac: &[u8; 32]) -> Vec<u8> {
 }
 
 /// The audit signing key. Never printed.
-pub struct AuditSigner {
+pub(crate) struct AuditSigner {
     pair: Ed25519KeyPair,
     public: PublicKey,
 }
@@ -105,7 +105,7 @@ impl std::fmt::Debug for AuditSigner {
 
 /// Why a signing key could not be made or opened.
 #[derive(Debug, thiserror::Error)]
-pub enum SignerError {
+pub(crate) enum SignerError {
     #[error("the system random generator failed: {0}")]
     Random(getrandom::Error),
     #[error(
@@ -116,14 +116,14 @@ pub enum SignerError {
 
 impl AuditSigner {
     /// A new random key, with its seed (to be sealed).
-    pub fn generate() -> Result<(AuditSigner, Zeroizing<[u8; 32]>), SignerError> {
+    pub(crate) fn generate() -> Result<(AuditSigner, Zeroizing<[u8; 32]>), SignerError> {
         let mut seed = Zeroizing::new([0u8; 32]);
         getrandom::fill(seed.as_mut()).map_err(SignerError::Random)?;
         Ok((Self::from_seed(seed.as_ref())?, seed))
     }
 
     /// The key of a 32-byte seed.
-    pub fn from_seed(seed: &[u8]) -> Result<AuditSigner, SignerError> {
+    pub(crate) fn from_seed(seed: &[u8]) -> Result<AuditSigner, SignerError> {
         let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| SignerError::BadSeed)?;
         let public: [u8; 32] = pair
             .public_key()
@@ -136,12 +136,12 @@ impl AuditSigner {
         })
     }
 
-    pub fn public_key(&self) -> PublicKey {
+    pub(crate) fn public_key(&self) -> PublicKey {
         self.public
     }
 
     /// Signs the chain head (seq, mac).
-    pub fn sign(&self, seq: u64, mac: &[u8; 32]) -> Signature {
+    pub(crate) fn sign(&self, seq: u64, mac: &[u8; 32]) -> Signature {
         Signature {
             key: self.public,
             sig: self.pair.sign(&head_message(seq, mac)).as_ref().to_vec(),

@@ -158,13 +158,13 @@ const LEGACY_PREFIX_TAG: &[u8] = b"keyhold-legacy-prefix-v1\n";
 
 /// What an `upgrade` record's detail says when it commits to the log's
 /// old-format prefix: `legacy prefix 1..=N sha256 HEX`.
-pub const LEGACY_PREFIX_WORDS: &str = "legacy prefix 1..=";
+pub(crate) const LEGACY_PREFIX_WORDS: &str = "legacy prefix 1..=";
 
 /// Adds one old-format record to the hash of the prefix: its line in an
 /// unfiltered JSON Lines export and a newline, so anyone holding an export
 /// can recompute the hash (`printf 'keyhold-legacy-prefix-v1\n' | cat -
 /// <(head -n N export.jsonl) | sha256sum`).
-pub fn legacy_prefix_update(h: &mut sha2::Sha256, rec: &AuditRecord) {
+pub(crate) fn legacy_prefix_update(h: &mut sha2::Sha256, rec: &AuditRecord) {
     use sha2::Digest;
     if let Ok(line) = serde_json::to_vec(&rec.to_export()) {
         h.update(&line);
@@ -173,7 +173,7 @@ pub fn legacy_prefix_update(h: &mut sha2::Sha256, rec: &AuditRecord) {
 }
 
 /// A new hash of an old-format prefix (see [`legacy_prefix_update`]).
-pub fn legacy_prefix_hasher() -> sha2::Sha256 {
+pub(crate) fn legacy_prefix_hasher() -> sha2::Sha256 {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(LEGACY_PREFIX_TAG);

@@ -32,20 +32,20 @@ use std::sync::Mutex;
 
 /// Largest page (in records) that joins a session: the console shows 25,
 /// 50 or 100.
-pub const MAX_PAGE: u64 = 100;
+pub(crate) const MAX_PAGE: u64 = 100;
 /// A session with no page for this long (µs) ends.
-pub const IDLE: i64 = 10 * 60 * 1_000_000;
+pub(crate) const IDLE: i64 = 10 * 60 * 1_000_000;
 /// A session ends after this long (µs), however busy.
-pub const MAX_AGE: i64 = 60 * 60 * 1_000_000;
+pub(crate) const MAX_AGE: i64 = 60 * 60 * 1_000_000;
 /// A session ends at this many pages (at most `MAX_PAGES * MAX_PAGE`
 /// records shown per recorded session).
-pub const MAX_PAGES: u64 = 1000;
+pub(crate) const MAX_PAGES: u64 = 1000;
 /// Open sessions, at most; past it a page writes its own record.
-pub const MAX_SESSIONS: usize = 4096;
+pub(crate) const MAX_SESSIONS: usize = 4096;
 
 /// Whether `id` is a session id the console could have made: 16 to 64
 /// ASCII letters, digits, `-` or `_`.
-pub fn valid_session_id(id: &str) -> bool {
+pub(crate) fn valid_session_id(id: &str) -> bool {
     (16..=64).contains(&id.len())
         && id
             .bytes()
@@ -54,7 +54,7 @@ pub fn valid_session_id(id: &str) -> bool {
 
 /// What to do with one page of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
+pub(crate) enum View {
     /// The session's first page: write the session's record now, then
     /// call [`ConsoleViews::opened`].
     Open,
@@ -76,7 +76,7 @@ struct Session {
 
 /// The open console sessions of a server.
 #[derive(Default)]
-pub struct ConsoleViews {
+pub(crate) struct ConsoleViews {
     sessions: Mutex<HashMap<(uuid::Uuid, String), Session>>,
 }
 
@@ -87,7 +87,7 @@ impl std::fmt::Debug for ConsoleViews {
 }
 
 impl ConsoleViews {
-    pub fn new() -> ConsoleViews {
+    pub(crate) fn new() -> ConsoleViews {
         ConsoleViews::default()
     }
 
@@ -99,7 +99,7 @@ impl ConsoleViews {
     }
 
     /// One page of `session` by `token`, asked for at `now_us`.
-    pub fn view(&self, token: uuid::Uuid, session: &str, now_us: i64) -> View {
+    pub(crate) fn view(&self, token: uuid::Uuid, session: &str, now_us: i64) -> View {
         let mut sessions = self.lock();
         let key = (token, session.to_string());
         if let Some(s) = sessions.get_mut(&key) {
@@ -141,7 +141,7 @@ impl ConsoleViews {
 
     /// The record of `session` was written (`true`), or could not be: the
     /// session is forgotten and its next page opens it again.
-    pub fn opened(&self, token: uuid::Uuid, session: &str, written: bool) {
+    pub(crate) fn opened(&self, token: uuid::Uuid, session: &str, written: bool) {
         let mut sessions = self.lock();
         let key = (token, session.to_string());
         if written {

@@ -35,11 +35,11 @@ struct Job {
 
 /// Observes each durable batch (metrics, anchors). Called on the writer
 /// thread; keep it cheap.
-pub type BatchObserver = Box<dyn Fn(&[AuditRecord], Duration) + Send + Sync>;
+pub(crate) type BatchObserver = Box<dyn Fn(&[AuditRecord], Duration) + Send + Sync>;
 
 /// The handle request handlers use to append records durably.
 #[derive(Clone)]
-pub struct AuditWriter {
+pub(crate) struct AuditWriter {
     tx: mpsc::Sender<Job>,
     timeout: Duration,
     healthy: Arc<AtomicBool>,
@@ -60,7 +60,7 @@ impl std::fmt::Debug for AuditWriter {
 impl AuditWriter {
     /// Starts the writer thread. `timeout` bounds how long a request waits
     /// for its record to be durable.
-    pub fn start(
+    pub(crate) fn start(
         log: Arc<AuditLog>,
         timeout: Duration,
         observer: Option<BatchObserver>,
@@ -146,7 +146,11 @@ impl AuditWriter {
 
     /// Appends one record (with the writes that go with it) and waits until
     /// it is durable, at most the configured timeout.
-    pub async fn record(&self, event: AuditEvent, writes: Vec<Write>) -> Result<u64, AuditError> {
+    pub(crate) async fn record(
+        &self,
+        event: AuditEvent,
+        writes: Vec<Write>,
+    ) -> Result<u64, AuditError> {
         let (done, mut wait) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(PENDING));
         let job = Job {
@@ -190,13 +194,13 @@ impl AuditWriter {
 
     /// False after the last batch failed or timed out, until one succeeds
     /// (or, on a shared database, a probe finds it answering again).
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
     /// Why the writer is failing, when it is (never a secret: store errors
     /// name what failed, never a credential).
-    pub fn last_error(&self) -> Option<String> {
+    pub(crate) fn last_error(&self) -> Option<String> {
         match self.last_error.lock() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -206,7 +210,7 @@ impl AuditWriter {
     /// Records what a probe of the store found: a database that answers
     /// again makes the writer healthy; one that does not, failing (its
     /// error, said by `/healthz`, is kept as text).
-    pub fn probed<E: std::fmt::Display>(&self, result: Result<(), E>) {
+    pub(crate) fn probed<E: std::fmt::Display>(&self, result: Result<(), E>) {
         if self.stuck.load(Ordering::Relaxed) {
             return;
         }
@@ -222,7 +226,7 @@ impl AuditWriter {
         }
     }
 
-    pub fn log(&self) -> &Arc<AuditLog> {
+    pub(crate) fn log(&self) -> &Arc<AuditLog> {
         &self.log
     }
 }

@@ -37,7 +37,7 @@ use crate::vault::{Location, Offline, OfflineError, Refusal};
 /// A configuration problem: exit status 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ConfigError(pub String);
+pub(crate) struct ConfigError(pub String);
 
 /// Parses arguments, runs the command, maps errors to exit codes.
 pub fn main() -> ExitCode {

@@ -19,9 +19,9 @@ mod client_flags;
 mod keyring_flags;
 mod serve_flags;
 
-pub use client_flags::*;
-pub use keyring_flags::*;
-pub use serve_flags::*;
+pub(crate) use client_flags::*;
+pub(crate) use keyring_flags::*;
+pub(crate) use serve_flags::*;
 
 use crate::access::Role;
 use crate::limiter::{RevealRate, TrustedProxies};
@@ -355,7 +355,7 @@ impl DatabaseArgs {
 }
 
 /// The host name (the default node name).
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     let uname = rustix::system::uname();
     let name = uname.nodename().to_string_lossy().into_owned();
     if name.is_empty() {

@@ -16,7 +16,7 @@ use super::server::{serve as serve_http, Limits, Listener};
 use super::{observe, routes, AppState, ServerSettings};
 
 /// What `keyhold serve` opened before the runtime started.
-pub struct Started {
+pub(crate) struct Started {
     /// The store, its keyring and audit log, the reveal rate in force.
     pub opened: crate::vault::Opened,
     /// `serve --dev`: the root token, printed once with the banner.
@@ -25,7 +25,7 @@ pub struct Started {
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub(crate) enum AppError {
     #[error("cannot listen on {addr}: {error}")]
     Listen { addr: String, error: String },
     #[error("cannot listen for SIGHUP: {0}")]
@@ -37,7 +37,7 @@ pub enum AppError {
 /// Runs the server until SIGTERM or SIGINT: builds its state, starts the
 /// background tasks (metrics upkeep, key count, anchors, housekeeping,
 /// reload on SIGHUP), serves, then writes what is pending and flushes.
-pub async fn serve(settings: ServerSettings, started: Started) -> Result<(), AppError> {
+pub(crate) async fn serve(settings: ServerSettings, started: Started) -> Result<(), AppError> {
     let Started { opened, dev_token } = started;
     let listener = Listener::bind(&settings.listen.bind, settings.tls.clone().map(|t| t.0))
         .await

@@ -21,7 +21,7 @@ use crate::limiter::{Decision, TrustedProxies};
 use crate::vault::Refusal;
 
 /// Largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// Where a body of unknown length starts: it grows with what arrives.
 const FIRST_BODY_BUFFER: usize = 1024;
@@ -29,7 +29,7 @@ const FIRST_BODY_BUFFER: usize = 1024;
 /// What handlers leave in the answer's extensions for the request log
 /// (never sent to the client).
 #[derive(Debug, Clone)]
-pub struct RequestInfo {
+pub(crate) struct RequestInfo {
     pub request_id: String,
     pub client: String,
     pub caller: Option<String>,
@@ -39,12 +39,12 @@ pub struct RequestInfo {
 /// request extension (a refused HTTP/1 upload is drained, an HTTP/2 one
 /// is simply reset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpVersion(pub http::Version);
+pub(crate) struct HttpVersion(pub http::Version);
 
 /// The connection a request came over, inserted by keyhold's own server
 /// as a request extension (warp 0.4 has no remote-address filter).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Peer {
+pub(crate) enum Peer {
     Tcp(SocketAddr),
     /// A Unix socket; the peer's uid/pid where the OS gives them.
     Unix {
@@ -55,7 +55,7 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub fn ip(&self) -> IpAddr {
+    pub(crate) fn ip(&self) -> IpAddr {
         match self {
             Peer::Tcp(a) => crate::limiter::canonical(a.ip()),
             Peer::Unix { .. } => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -63,7 +63,7 @@ impl Peer {
     }
 
     /// How the audit log names this peer.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Peer::Tcp(a) => crate::limiter::canonical(a.ip()).to_string(),
             Peer::Unix { path, uid, pid } => {
@@ -83,7 +83,7 @@ impl Peer {
 /// What every handler knows about its request. `Debug` leaves the
 /// headers out: they carry the bearer token.
 #[derive(Clone)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub request_id: String,
     pub peer: Peer,
     /// The address the request is attributed to (limiter, audit).
@@ -117,7 +117,7 @@ impl std::fmt::Debug for Ctx {
 }
 
 impl Ctx {
-    pub fn new(
+    pub(crate) fn new(
         peer: Option<Peer>,
         headers: HeaderMap,
         proxies: &TrustedProxies,
@@ -148,7 +148,7 @@ impl Ctx {
 
     /// Who the rate limit (and the coalesced audit records) count this
     /// request under: the client address, or a Unix-socket caller's uid.
-    pub fn client_key(&self) -> crate::limiter::ClientKey {
+    pub(crate) fn client_key(&self) -> crate::limiter::ClientKey {
         match &self.peer {
             Peer::Unix { uid, .. } => crate::limiter::ClientKey::unix(*uid),
             Peer::Tcp(_) => crate::limiter::ClientKey::of(self.client_ip),
@@ -157,7 +157,7 @@ impl Ctx {
 
     /// The client as the audit log records it (`ip`), and the peer when it
     /// differs (`peer`).
-    pub fn audit_addresses(&self) -> (String, Option<String>) {
+    pub(crate) fn audit_addresses(&self) -> (String, Option<String>) {
         match &self.peer {
             Peer::Unix { .. } => (self.peer.describe(), None),
             Peer::Tcp(_) if self.forwarded => {
@@ -168,7 +168,7 @@ impl Ctx {
     }
 
     /// The bearer token, or why there is none usable.
-    pub fn bearer(&self) -> Result<&str, Refusal> {
+    pub(crate) fn bearer(&self) -> Result<&str, Refusal> {
         use crate::vault::Unauthenticated as Why;
         let refuse = |why| Refusal::Unauthenticated(why);
         let mut values = self.headers.get_all(AUTHORIZATION).iter();
@@ -192,7 +192,10 @@ impl Ctx {
     /// the content type is JSON. Call it only once the caller is
     /// authenticated and authorised, holding a body-read permit: an
     /// unauthenticated upload must cost nothing.
-    pub async fn read_json_body<S, B>(&self, stream: S) -> Result<serde_json::Value, ApiError>
+    pub(crate) async fn read_json_body<S, B>(
+        &self,
+        stream: S,
+    ) -> Result<serde_json::Value, ApiError>
     where
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: Buf,
@@ -203,7 +206,7 @@ impl Ctx {
     /// As [`read_json_body`](Self::read_json_body), for a route whose
     /// fields are all optional: an empty body (with or without a
     /// Content-Type) is `{}`.
-    pub async fn read_optional_json_body<S, B>(
+    pub(crate) async fn read_optional_json_body<S, B>(
         &self,
         stream: S,
     ) -> Result<serde_json::Value, ApiError>
@@ -275,7 +278,7 @@ impl Ctx {
     /// rather than a reset connection; on HTTP/2, or when the client waits
     /// for `100 Continue`, nothing is read (the stream is reset after the
     /// answer; the waiting client never sends the body).
-    pub async fn discard_body<S, B>(&self, mut stream: S)
+    pub(crate) async fn discard_body<S, B>(&self, mut stream: S)
     where
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: Buf,
@@ -316,19 +319,19 @@ impl Ctx {
     }
 
     /// Notes the caller that passed the scope check of `action`.
-    pub fn set_authorized(&self, caller: &Caller, action: Action) {
+    pub(crate) fn set_authorized(&self, caller: &Caller, action: Action) {
         if let Ok(mut a) = self.authorized.lock() {
             *a = Some((caller.clone(), action));
         }
     }
 
     /// The caller that passed a scope check, and for which action.
-    pub fn authorized(&self) -> Option<(Caller, Action)> {
+    pub(crate) fn authorized(&self) -> Option<(Caller, Action)> {
         self.authorized.lock().ok().and_then(|a| a.clone())
     }
 
     /// Notes who the request is from (the request log names the caller).
-    pub fn set_caller(&self, name: &str) {
+    pub(crate) fn set_caller(&self, name: &str) {
         if let Ok(mut c) = self.caller.lock() {
             *c = Some(name.to_string());
         }
@@ -336,7 +339,7 @@ impl Ctx {
 
     /// Adds the request id (and no-store) to an answer, and leaves the
     /// request's facts for the request log in its extensions.
-    pub fn finish(&self, mut resp: Response) -> Response {
+    pub(crate) fn finish(&self, mut resp: Response) -> Response {
         let caller = self.caller.lock().ok().and_then(|c| c.clone());
         resp.extensions_mut().insert(RequestInfo {
             request_id: self.request_id.clone(),
@@ -351,11 +354,11 @@ impl Ctx {
         resp
     }
 
-    pub fn json<T: Serialize>(&self, status: StatusCode, body: &T) -> Response {
+    pub(crate) fn json<T: Serialize>(&self, status: StatusCode, body: &T) -> Response {
         self.finish(json_response(status, body))
     }
 
-    pub fn error(&self, err: &ApiError) -> Response {
+    pub(crate) fn error(&self, err: &ApiError) -> Response {
         self.finish(error_response(err))
     }
 }
@@ -427,7 +430,7 @@ where
 
 /// A JSON answer that holds a secret: serialised into one buffer sized up
 /// front (no reallocation copies) that is zeroized when hyper drops it.
-pub fn secret_json_response<T: Serialize>(
+pub(crate) fn secret_json_response<T: Serialize>(
     status: StatusCode,
     body: &T,
     secret_len: usize,
@@ -448,7 +451,7 @@ pub fn secret_json_response<T: Serialize>(
 }
 
 /// A JSON answer.
-pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(bytes.into());
     *resp.status_mut() = status;
@@ -460,12 +463,12 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 /// The request id the server chose for a request (a request extension),
 /// which the handlers' context takes over.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub(crate) struct RequestId(pub String);
 
 /// The answer to any CONNECT (HTTP/1 and HTTP/2): keyhold is no proxy,
 /// and CONNECT's authority-form target panics warp's path filters, so the
 /// server answers it before they see it.
-pub fn connect_refused() -> Response {
+pub(crate) fn connect_refused() -> Response {
     let mut r = json_response(
         StatusCode::METHOD_NOT_ALLOWED,
         &serde_json::json!({
@@ -481,7 +484,7 @@ pub fn connect_refused() -> Response {
 }
 
 /// `{"detail": ...}` with its status (and Retry-After / WWW-Authenticate).
-pub fn error_response(err: &ApiError) -> Response {
+pub(crate) fn error_response(err: &ApiError) -> Response {
     let body = crate::wire::ErrorBody {
         detail: err.detail.clone(),
         failed: Vec::new(),
@@ -505,7 +508,7 @@ pub fn error_response(err: &ApiError) -> Response {
 }
 
 /// Adds the RateLimit-* headers of a decision.
-pub fn with_rate_headers(mut resp: Response, d: &Decision) -> Response {
+pub(crate) fn with_rate_headers(mut resp: Response, d: &Decision) -> Response {
     let h = resp.headers_mut();
     h.insert("ratelimit-limit", HeaderValue::from(d.limit));
     h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));

@@ -7,7 +7,7 @@ use crate::vault::Refusal;
 /// An error answer. `detail` says what happened and what to do; it never
 /// holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub detail: String,
     /// Seconds for `Retry-After` (429, some 503).
@@ -26,7 +26,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, detail: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, detail: impl Into<String>) -> ApiError {
         ApiError {
             status,
             detail: detail.into(),
@@ -40,61 +40,40 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(detail: impl Into<String>) -> ApiError {
         Self::new(StatusCode::BAD_REQUEST, detail)
     }
 
-    pub fn unauthenticated(detail: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::UNAUTHORIZED, detail)
-    }
-
-    pub fn forbidden(detail: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::FORBIDDEN, detail)
-    }
-
-    pub fn not_found(detail: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(detail: impl Into<String>) -> ApiError {
         Self::new(StatusCode::NOT_FOUND, detail)
     }
 
-    pub fn conflict(detail: impl Into<String>) -> ApiError {
+    pub(crate) fn conflict(detail: impl Into<String>) -> ApiError {
         Self::new(StatusCode::CONFLICT, detail)
     }
 
-    pub fn gone(detail: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::GONE, detail)
-    }
-
-    pub fn too_large(detail: impl Into<String>) -> ApiError {
+    pub(crate) fn too_large(detail: impl Into<String>) -> ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, detail)
     }
 
-    pub fn unsupported_media(detail: impl Into<String>) -> ApiError {
+    pub(crate) fn unsupported_media(detail: impl Into<String>) -> ApiError {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail)
     }
 
-    pub fn invalid(detail: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(detail: impl Into<String>) -> ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
     }
 
-    pub fn rate_limited(retry_after: u64) -> ApiError {
-        ApiError::from(Refusal::RateLimited(retry_after))
-    }
-
-    pub fn unavailable(detail: impl Into<String>) -> ApiError {
+    pub(crate) fn unavailable(detail: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(1),
             ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail)
         }
     }
 
-    /// The audit record could not be made durable: nothing is answered.
-    pub fn audit_unavailable() -> ApiError {
-        ApiError::from(Refusal::AuditUnavailable)
-    }
-
     /// A storage error: logged in full, answered without internals.
     /// A stored record failed its integrity check: refused, never honoured.
-    pub fn tampered(status: StatusCode, detail: impl Into<String>) -> ApiError {
+    pub(crate) fn tampered(status: StatusCode, detail: impl Into<String>) -> ApiError {
         tracing::error!(
             "a stored record failed its integrity check (written or changed outside keyhold); \
              it was refused. Run `keyhold check`"
@@ -105,7 +84,7 @@ impl ApiError {
         }
     }
 
-    pub fn storage(err: &dyn std::fmt::Display) -> ApiError {
+    pub(crate) fn storage(err: &dyn std::fmt::Display) -> ApiError {
         ApiError::from(Refusal::storage(err))
     }
 }

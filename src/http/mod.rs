@@ -19,29 +19,33 @@
 //! [`recover`].
 
 mod admin_routes;
-pub mod app;
+pub(crate) mod app;
 mod audit_routes;
 mod batch_routes;
-pub mod context;
-pub mod error;
+pub(crate) mod context;
+pub(crate) mod error;
 mod extract;
 mod key_routes;
-pub mod observe;
-pub mod query_guard;
+pub(crate) mod observe;
+pub(crate) mod query_guard;
 pub(crate) mod refusal_text;
 mod request;
 mod response;
 mod route_patterns;
 mod routes;
-pub mod server;
+pub(crate) mod server;
 mod server_settings;
 mod stream;
-pub mod ui;
+pub(crate) mod ui;
 mod whoami;
 
-pub use route_patterns::{route_label, ROUTES};
-pub use routes::{routes, OPENAPI};
-pub use server_settings::{Listen, ServerSettings, Timeout, Tls};
+pub use route_patterns::ROUTES;
+pub(crate) use routes::routes;
+pub use routes::OPENAPI;
+pub(crate) use server_settings::Listen;
+pub(crate) use server_settings::ServerSettings;
+pub(crate) use server_settings::Timeout;
+pub(crate) use server_settings::Tls;
 
 use std::sync::Arc;
 
@@ -53,7 +57,7 @@ use error::ApiError;
 
 /// Everything the handlers share: the vault's core (the only door to the
 /// store, the keyring and the audit log) and what is HTTP's own.
-pub struct AppState {
+pub(crate) struct AppState {
     pub core: Arc<crate::vault::Core>,
     pub proxies: TrustedProxies,
     /// Serves /metrics (absent when no recorder could be installed).
@@ -72,7 +76,7 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-pub type State = Arc<AppState>;
+pub(crate) type State = Arc<AppState>;
 
 impl AppState {
     /// The vault as this request sees it.

@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// One finished request, for logs and metrics.
 #[derive(Debug, Clone)]
-pub struct RequestDone {
+pub(crate) struct RequestDone {
     pub method: http::Method,
     pub route: &'static str,
     pub status: u16,
@@ -23,7 +23,7 @@ pub struct RequestDone {
 }
 
 /// Called for every finished request.
-pub type RequestObserver = Arc<dyn Fn(&RequestDone) + Send + Sync>;
+pub(crate) type RequestObserver = Arc<dyn Fn(&RequestDone) + Send + Sync>;
 
 /// Latency buckets, seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -34,11 +34,11 @@ const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 2
 
 /// How often histogram samples are folded into their buckets (the
 /// exporter keeps raw samples until then, 8 bytes each).
-pub const UPKEEP_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const UPKEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// What a metric family is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
     Histogram,
@@ -46,7 +46,7 @@ pub enum Kind {
 
 /// Every metric family keyhold exports: name, kind and its `# HELP` text.
 /// A unit test checks that every metric the source records is here.
-pub const FAMILIES: &[(&str, Kind, &str)] = &[
+pub(crate) const FAMILIES: &[(&str, Kind, &str)] = &[
     ("keyhold_requests_total", Kind::Counter, "Requests answered, by route pattern, method and status."),
     ("keyhold_request_duration_seconds", Kind::Histogram, "Time from a request's headers to its answer, by route pattern."),
     ("keyhold_request_panics_total", Kind::Counter, "Requests whose handler panicked (answered 500, logged with the request id), by route pattern."),
@@ -66,16 +66,16 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
 ];
 
 /// `reason` of `keyhold_connections_refused_total`: the per-client cap.
-pub const REFUSED_PER_ADDRESS: &str = "per_address";
+pub(crate) const REFUSED_PER_ADDRESS: &str = "per_address";
 /// `reason` of `keyhold_connections_refused_total`: the total cap.
-pub const REFUSED_TOTAL: &str = "total";
+pub(crate) const REFUSED_TOTAL: &str = "total";
 
 /// Installs the process-wide Prometheus recorder. `None` if one is
 /// already installed (then metrics are not served). Every family is
 /// described (its `# HELP` line), and every counter is registered at 0 for
 /// the label values known up front, so that a scrape right after start
 /// shows them and `rate()` sees their first increase.
-pub fn install_recorder() -> Option<PrometheusHandle> {
+pub(crate) fn install_recorder() -> Option<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
         .ok()?
@@ -134,20 +134,20 @@ fn describe_and_register() {
 
 /// Gauges that are read when scraped.
 #[derive(Debug, Default)]
-pub struct Gauges {
+pub(crate) struct Gauges {
     /// Stored keys (counted at start, then kept by creates and deletes);
     /// -1 until the first count is done.
     pub keys: AtomicI64,
 }
 
 impl Gauges {
-    pub fn new() -> Arc<Gauges> {
+    pub(crate) fn new() -> Arc<Gauges> {
         Arc::new(Gauges {
             keys: AtomicI64::new(-1),
         })
     }
 
-    pub fn add_keys(&self, n: i64) {
+    pub(crate) fn add_keys(&self, n: i64) {
         let _ = self
             .keys
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
@@ -157,7 +157,7 @@ impl Gauges {
 }
 
 /// The request observer: one log line and the request metrics.
-pub fn request_observer() -> RequestObserver {
+pub(crate) fn request_observer() -> RequestObserver {
     Arc::new(|r: &RequestDone| {
         let status = r.status.to_string();
         metrics::counter!(
@@ -186,7 +186,7 @@ pub fn request_observer() -> RequestObserver {
 /// The `method` label: one of the methods HTTP defines, or `other`, so a
 /// client sending made-up methods cannot add label values (each one a
 /// time series kept forever).
-pub fn method_label(method: &http::Method) -> &'static str {
+pub(crate) fn method_label(method: &http::Method) -> &'static str {
     match method.as_str() {
         "GET" => "GET",
         "HEAD" => "HEAD",
@@ -202,14 +202,14 @@ pub fn method_label(method: &http::Method) -> &'static str {
 }
 
 /// Records one durable audit batch.
-pub fn audit_batch(records: usize, commit: Duration) {
+pub(crate) fn audit_batch(records: usize, commit: Duration) {
     metrics::histogram!("keyhold_audit_batch_size").record(records as f64);
     metrics::histogram!("keyhold_audit_commit_seconds").record(commit.as_secs_f64());
 }
 
 /// The words of the vault's notes to the operator, naming the command
 /// that helps.
-pub const OPERATOR_NOTES: crate::vault::NoteWords = crate::vault::NoteWords {
+pub(crate) const OPERATOR_NOTES: crate::vault::NoteWords = crate::vault::NoteWords {
     key_expiring: "a key expires within 7 days: store a new version (keyhold keys put) before it \
                    lapses",
     anchor: "audit chain anchor (keep it off-box; check with `keyhold audit verify --anchor \

@@ -15,7 +15,7 @@ use super::route_patterns::{route_label, ROUTES};
 
 /// The query parameters of each route that takes any; every other route
 /// in [`ROUTES`] takes none.
-pub const QUERY_PARAMS: &[(&str, &str, &[&str])] = &[
+pub(crate) const QUERY_PARAMS: &[(&str, &str, &[&str])] = &[
     (
         "GET",
         "/api/keys",
@@ -60,7 +60,7 @@ pub fn known(method: &str, route: &str) -> &'static [&'static str] {
 /// The refusal of `query` on this request, if it names a parameter its
 /// route does not know (or cannot be read). Unknown paths and methods pass:
 /// the route table answers them.
-pub fn check(method: &Method, path: &str, query: &str) -> Option<ApiError> {
+pub(crate) fn check(method: &Method, path: &str, query: &str) -> Option<ApiError> {
     if query.is_empty() {
         return None;
     }

@@ -45,7 +45,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// The route pattern a request path falls under (`unmatched` for none):
 /// ids never become labels. Called for every request (the metrics' label
 /// and the request log), so it allocates nothing.
-pub fn route_label(method: &http::Method, path: &str) -> &'static str {
+pub(crate) fn route_label(method: &http::Method, path: &str) -> &'static str {
     let path = if path.len() > 1 {
         path.trim_end_matches('/')
     } else {

@@ -377,7 +377,7 @@ fn openapi() -> Route {
 
 /// The whole API. Order matters only where paths overlap: specific paths
 /// come before the `{id}` captures.
-pub fn routes(state: State) -> BoxedFilter<(Response,)> {
+pub(crate) fn routes(state: State) -> BoxedFilter<(Response,)> {
     let s = &state;
     let table = [
         create_key(s),

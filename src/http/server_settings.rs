@@ -22,7 +22,7 @@ use crate::vault::KeyPolicy;
 
 /// `keyhold serve`'s settings, every value checked.
 #[derive(Debug)]
-pub struct ServerSettings {
+pub(crate) struct ServerSettings {
     /// `--listen`: where the API is served.
     pub listen: Listen,
     /// `--metrics-listen`: /metrics without a token, on a loopback address
@@ -68,7 +68,7 @@ pub struct ServerSettings {
 
 impl ServerSettings {
     /// The main listener's connection limits.
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             max_connections: self.max_connections.get(),
             max_connections_per_ip: self.max_connections_per_ip,
@@ -83,14 +83,14 @@ impl ServerSettings {
 /// An address to listen on, resolved, with the text it was given as (for
 /// messages: `cannot listen on {given}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listen {
+pub(crate) struct Listen {
     pub bind: Bind,
     pub given: String,
 }
 
 /// A TLS configuration, its files read and checked.
 #[derive(Clone)]
-pub struct Tls(pub TlsAcceptor);
+pub(crate) struct Tls(pub TlsAcceptor);
 
 impl fmt::Debug for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -100,21 +100,21 @@ impl fmt::Debug for Tls {
 
 /// A timeout of one second to one day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeout(Duration);
+pub(crate) struct Timeout(Duration);
 
 impl Timeout {
     /// The longest timeout kept: a day (a connection's deadline is its
     /// start plus the timeout, which must not overflow the clock).
-    pub const MAX_SECS: u64 = 86_400;
+    pub(crate) const MAX_SECS: u64 = 86_400;
 
     /// `secs` seconds; 0 is taken as 1 (a zero timeout would close every
     /// connection before its first byte), and anything past a day as a
     /// day.
-    pub fn from_secs(secs: u64) -> Timeout {
+    pub(crate) fn from_secs(secs: u64) -> Timeout {
         Timeout(Duration::from_secs(secs.clamp(1, Self::MAX_SECS)))
     }
 
-    pub fn get(self) -> Duration {
+    pub(crate) fn get(self) -> Duration {
         self.0
     }
 }

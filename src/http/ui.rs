@@ -28,7 +28,7 @@ use crate::vault::{Action, Outcome};
 /// of this origin (no inline code), calls only to this origin, no plugins,
 /// no framing, no form posts anywhere (the sign-in form is handled by the
 /// script; were it ever submitted, the token must not land in a URL).
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
@@ -95,7 +95,7 @@ pub fn asset_names() -> Vec<String> {
 
 /// Everything under `/ui`: the page, its assets, and a 404/405 for the
 /// rest, each with the console's security headers.
-pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path("ui")
         .and(warp::method())
         .and(warp::path::full())

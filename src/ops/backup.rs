@@ -34,7 +34,7 @@ use crate::keyring::Keyring;
 use crate::store::{Store, StoreError, META_KEY_COUNT, SCHEMA_VERSION};
 
 /// How every backup begins.
-pub const MAGIC: &[u8] = b"KEYHOLD-BACKUP\n";
+pub(crate) const MAGIC: &[u8] = b"KEYHOLD-BACKUP\n";
 /// The backup format this binary writes (and the newest it reads).
 pub const FORMAT_VERSION: u32 = 2;
 const ENTRY: u8 = 1;
@@ -132,7 +132,11 @@ fn format_1_entry(name: &str, k: &[u8], v: &[u8]) -> Result<(), BackupError> {
 /// held back too (`Store::lock_appends`), so the snapshot is one state and
 /// its chain head vouches for its records. Returns the entry count. Call
 /// it from a thread that may block.
-pub fn write_backup(store: &Store, keyring: &Keyring, out: impl Write) -> Result<u64, BackupError> {
+pub(crate) fn write_backup(
+    store: &Store,
+    keyring: &Keyring,
+    out: impl Write,
+) -> Result<u64, BackupError> {
     let _appends_held = store.lock_appends()?;
     let newest = keyring
         .backup_mac_keys()
@@ -400,7 +404,7 @@ pub fn read_backup(
 /// every entry) and nothing is written unless it is intact; then it is
 /// read again into a sibling directory, which is moved into place. On
 /// failure nothing is left behind.
-pub fn restore(
+pub(crate) fn restore(
     path: &Path,
     target: &Path,
     keyring: &Keyring,

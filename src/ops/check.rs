@@ -12,7 +12,7 @@ use crate::store::{
 
 /// The findings of a check.
 #[derive(Debug, Clone, Serialize)]
-pub struct CheckReport {
+pub(crate) struct CheckReport {
     /// A key of the keyring opens the check value.
     pub keyring_opens_store: bool,
     pub keys_total: u64,
@@ -43,7 +43,7 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    pub fn all_well(&self) -> bool {
+    pub(crate) fn all_well(&self) -> bool {
         self.keyring_opens_store
             && self.keys_failed.is_empty()
             && self.tampered.is_empty()
@@ -58,7 +58,7 @@ impl CheckReport {
 /// the keyring did not open the store, only that is reported. `state` is
 /// what the check at open found of the state commitment (empty: the store
 /// matches it), so the store is not walked for it twice.
-pub fn check(
+pub(crate) fn check(
     store: &Store,
     keyring: &Keyring,
     state: Vec<String>,

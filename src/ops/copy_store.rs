@@ -33,7 +33,7 @@ pub struct Copied {
 const SCHEMA: &[u8] = b"schema_version";
 
 /// Refuses a target that holds a store or audit records.
-pub fn check_empty(to: &Store) -> Result<(), MigrateError> {
+pub(crate) fn check_empty(to: &Store) -> Result<(), MigrateError> {
     if to.is_initialised()? || to.audit_last_seq()? != 0 {
         return Err(MigrateError::TargetNotEmpty);
     }

@@ -85,7 +85,7 @@ pub enum ImportError {
 
 /// A row that was not imported, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Rejected {
+pub(crate) struct Rejected {
     /// 1-based row number in the input.
     pub row: u64,
     /// The row's id as given, when it had one.
@@ -95,7 +95,7 @@ pub struct Rejected {
 
 /// What an import did (or, for a dry run, would do).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ImportReport {
+pub(crate) struct ImportReport {
     pub rows: u64,
     pub imported: u64,
     pub already_present: u64,
@@ -104,7 +104,7 @@ pub struct ImportReport {
 }
 
 impl ImportReport {
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "{} rows: {} {}, {} already present, {} rejected",
             self.rows,
@@ -121,14 +121,14 @@ impl ImportReport {
 }
 
 /// Checked rows ready to write.
-pub struct Plan {
+pub(crate) struct Plan {
     pub report: ImportReport,
     records: Vec<(KeyRecord, Option<i64>)>,
 }
 
 /// Choices of an import beyond the rows themselves.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ImportOptions<'a> {
+pub(crate) struct ImportOptions<'a> {
     /// The Python reference's key(s), used beside keyhold's keyring: a row
     /// only they open is re-encrypted under keyhold's newest key (its
     /// Fernet timestamp kept, as rotation does), so the server never
@@ -139,18 +139,8 @@ pub struct ImportOptions<'a> {
     pub lowercase_providers: bool,
 }
 
-/// Reads and checks every row; writes nothing.
-pub fn plan(
-    store: &Store,
-    keyring: &Keyring,
-    input: impl Read,
-    format: ImportFormat,
-) -> Result<Plan, ImportError> {
-    plan_with(store, keyring, input, format, ImportOptions::default())
-}
-
 /// [`plan`] with options.
-pub fn plan_with(
+pub(crate) fn plan_with(
     store: &Store,
     keyring: &Keyring,
     input: impl Read,
@@ -224,7 +214,7 @@ pub fn plan_with(
 
 /// Writes a plan, in chunks, each with its audit record. Returns the
 /// report.
-pub fn apply(
+pub(crate) fn apply(
     log: &AuditLog,
     plan: Plan,
     source: &str,
@@ -270,7 +260,7 @@ pub fn apply(
 }
 
 /// One input row, by column name.
-pub type Row = serde_json::Map<String, Value>;
+pub(crate) type Row = serde_json::Map<String, Value>;
 
 pub fn read_rows(
     mut input: impl Read,

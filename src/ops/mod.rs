@@ -5,10 +5,10 @@
 //! Not for: HTTP or argument parsing; these take a store and a keyring and
 //! return reports.
 
-pub mod backup;
-pub mod check;
-pub mod copy_store;
-pub mod import;
-pub mod reload;
-pub mod rewrap;
-pub mod settings;
+pub(crate) mod backup;
+pub(crate) mod check;
+pub(crate) mod copy_store;
+pub(crate) mod import;
+pub(crate) mod reload;
+pub(crate) mod rewrap;
+pub(crate) mod settings;

@@ -16,7 +16,7 @@ use crate::store::{
 
 /// Why a new keyring was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadRefused {
+pub(crate) enum ReloadRefused {
     /// The edge that refuses it says how to recover (the key file's
     /// `retired_in`, when its retired keys would open everything).
     #[error(
@@ -36,7 +36,7 @@ pub enum ReloadRefused {
 /// Refuses `new` unless it opens everything in `store` that needs a key.
 /// The refusal says whether the key file's retired keys would open
 /// everything (so that unretiring them recovers).
-pub fn check_replacement(store: &Store, new: &Keyring) -> Result<(), ReloadRefused> {
+pub(crate) fn check_replacement(store: &Store, new: &Keyring) -> Result<(), ReloadRefused> {
     let needed = needed_by(store, new)?;
     if needed.is_empty() {
         return Ok(());

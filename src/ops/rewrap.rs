@@ -33,7 +33,7 @@ use crate::store::{
 
 /// What a rotation did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RotateReport {
+pub(crate) struct RotateReport {
     /// Records re-encrypted under the newest key.
     pub rotated: u64,
     /// Records already under the newest key.
@@ -48,7 +48,7 @@ pub struct RotateReport {
 }
 
 impl RotateReport {
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut s = format!(
             "rotated {} keys, {} already current",
             self.rotated, self.already_current
@@ -90,7 +90,7 @@ const CHUNK: usize = 256;
 /// matches the store (see `store::state`); a crash between commits leaves
 /// each record readable by the keyring, and running rotate again finishes
 /// the job.
-pub fn rewrap_all(
+pub(crate) fn rewrap_all(
     store: &Store,
     keyring: &Keyring,
     log: &AuditLog,
@@ -209,7 +209,7 @@ pub fn rewrap_all(
 /// keyring that dropped or retired that key before the rotation finished
 /// is refused at start (naming `keyhold keyring unretire`), not taken up
 /// with secrets it cannot open. True when it was re-sealed.
-pub fn reseal_check(
+pub(crate) fn reseal_check(
     store: &Store,
     keyring: &Keyring,
     log: &AuditLog,
@@ -493,7 +493,7 @@ fn reseal_meta(
 /// Starts a new audit signing key when the current one is sealed under an
 /// older key of the keyring (a rotation): the old key signs the hand-over
 /// record. Returns the new public key, or `None` when nothing was due.
-pub fn rotate_signing_key(
+pub(crate) fn rotate_signing_key(
     log: &AuditLog,
     keyring: &Keyring,
     caller: &str,

@@ -14,10 +14,10 @@ use crate::limiter::RevealRate;
 use crate::store::{Store, StoreError, Write};
 
 /// Meta: the reveal rate every node of a shared store uses (`10/min`).
-pub const META_REVEAL_RATE: &[u8] = b"reveal_rate";
+pub(crate) const META_REVEAL_RATE: &[u8] = b"reveal_rate";
 
 /// The stored reveal rate, if one is stored.
-pub fn stored_reveal_rate(store: &Store) -> Result<Option<RevealRate>, StoreError> {
+pub(crate) fn stored_reveal_rate(store: &Store) -> Result<Option<RevealRate>, StoreError> {
     let Some(v) = store.meta_value(META_REVEAL_RATE)? else {
         return Ok(None);
     };
@@ -36,7 +36,7 @@ pub fn stored_reveal_rate(store: &Store) -> Result<Option<RevealRate>, StoreErro
 /// the database behind keyhold's back must not take effect): `Ok(None)`
 /// when none is stored or the head's state digest does not hold this
 /// value (a change racing the read shows as that too: read again later).
-pub fn vouched_reveal_rate(store: &Store) -> Result<Option<RevealRate>, AuditError> {
+pub(crate) fn vouched_reveal_rate(store: &Store) -> Result<Option<RevealRate>, AuditError> {
     let Some(raw) = store.meta_value(META_REVEAL_RATE)? else {
         return Ok(None);
     };
@@ -57,7 +57,7 @@ pub fn vouched_reveal_rate(store: &Store) -> Result<Option<RevealRate>, AuditErr
 
 /// Stores `rate` as the reveal rate, with an audit record (caller `who`)
 /// saying what it was. Returns the rate it replaced.
-pub fn set_reveal_rate(
+pub(crate) fn set_reveal_rate(
     log: &AuditLog,
     rate: RevealRate,
     who: &str,

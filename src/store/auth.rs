@@ -248,7 +248,7 @@ impl RecordKeys {
 /// tags the records, as postcard `Vec<(first seq, index of the secret)>`.
 /// Absent: the record secret's key tags every record (a store never
 /// rotated, or rotated before the tag key moved with the rotation).
-pub const META_AUDIT_TAG_EPOCHS: &[u8] = b"audit_tag_epochs";
+pub(crate) const META_AUDIT_TAG_EPOCHS: &[u8] = b"audit_tag_epochs";
 
 /// The keys of the per-record audit tags (checked with the keyring on
 /// filtered exports; the public hash chain covers complete ones), by seq:

@@ -150,19 +150,20 @@ pub struct SharedCell {
 
 /// What [`Backend::commit_at_head`] calls with the stored chain head and
 /// the newest record: returns the records, the new head and the ops.
-pub type ChainAtHead<'a> = dyn FnMut(Option<Bytes>, Option<(u64, Bytes)>) -> Result<Chained> + 'a;
+pub(crate) type ChainAtHead<'a> =
+    dyn FnMut(Option<Bytes>, Option<(u64, Bytes)>) -> Result<Chained> + 'a;
 
 /// A chained batch: its encoded records, the new head, the ops.
-pub type Chained = (Vec<(u64, Vec<u8>)>, Vec<u8>, Vec<Op>);
+pub(crate) type Chained = (Vec<(u64, Vec<u8>)>, Vec<u8>, Vec<Op>);
 
 /// A lock held in a database shared by nodes (released when dropped).
-pub type SharedLock = Box<dyn std::any::Any + Send + Sync>;
+pub(crate) type SharedLock = Box<dyn std::any::Any + Send + Sync>;
 
 /// A lazy walk over stored items.
-pub type Items<'a, T> = Box<dyn Iterator<Item = Result<T>> + 'a>;
+pub(crate) type Items<'a, T> = Box<dyn Iterator<Item = Result<T>> + 'a>;
 
 /// What keyhold needs from a database.
-pub trait Backend: Send + Sync {
+pub(crate) trait Backend: Send + Sync {
     /// Where the store lives on this host, if it is a directory.
     fn dir(&self) -> Option<PathBuf>;
     /// Makes everything written so far durable.
@@ -248,8 +249,6 @@ pub trait Backend: Send + Sync {
 
     // ---- meta ----
     fn meta_get(&self, name: &[u8]) -> Result<Option<Bytes>>;
-    /// Replaces a meta value only if it still holds `current`.
-    fn meta_swap(&self, name: &[u8], current: &[u8], new: &[u8]) -> Result<bool>;
     /// Writes the first meta values in one durable step, unless `guard`
     /// (the schema's name) is already set: then `false`, nothing written.
     fn meta_init(&self, guard: &[u8], values: &[(&[u8], &[u8])]) -> Result<bool>;

@@ -32,13 +32,13 @@
 //! together so the rules of authentication read in one place.
 
 mod auth;
-pub mod backend;
+pub(crate) mod backend;
 mod changes;
 mod commitment;
 
 use commitment::KeysMark;
-pub use commitment::Stamped;
-pub mod postgres;
+pub(crate) use commitment::Stamped;
+pub(crate) mod postgres;
 mod queries;
 mod records;
 mod sled_store;
@@ -50,34 +50,47 @@ use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
 
+pub(crate) use backend::Bytes;
+pub(crate) use backend::SharedCell;
+pub use backend::TABLES;
 use backend::{Backend, Op};
-pub use backend::{Bytes, SharedCell, TABLES};
-pub use postgres::{DatabaseUrl, DatabaseUrlArg, DatabaseUrlError, PgOptions};
-pub use sled_store::audit_chunks;
-pub use sled_store::{holds_store, sled_dir, wait_until_released};
+pub use postgres::DatabaseUrl;
+pub(crate) use postgres::DatabaseUrlArg;
+pub(crate) use postgres::DatabaseUrlError;
+pub use postgres::PgOptions;
+pub(crate) use sled_store::audit_chunks;
+pub use sled_store::holds_store;
+pub use sled_store::sled_dir;
+pub use sled_store::wait_until_released;
 
+pub(crate) use auth::AuditTagKeys;
+pub(crate) use auth::RecordKeys;
+pub(crate) use auth::META_AUDIT_TAG_EPOCHS;
 pub use auth::SEALED_PURPOSE as RECORD_SECRET_PURPOSE;
-pub use auth::{AuditTagKeys, RecordKeys, META_AUDIT_TAG_EPOCHS};
 use records::Auth;
-pub use records::{DroppedVersion, KeyRecord, KeyVersion, TokenRecord};
-pub use state::{SealedState, StateDigest};
+pub(crate) use records::DroppedVersion;
+pub use records::KeyRecord;
+pub(crate) use records::KeyVersion;
+pub use records::TokenRecord;
+pub(crate) use state::SealedState;
+pub(crate) use state::StateDigest;
 
 /// Default sled page cache: 8 MiB, the smallest `serve` sizes itself.
 /// Reveals of 100,000 keys ran as fast with 8 as with 16 (the OS page
 /// cache holds the file); the smaller cache keeps a loaded server under
 /// 64 MiB (BENCHMARKS.md).
-pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Page cache `serve` gives each stored key when it sizes the cache itself.
-pub const CACHE_BYTES_PER_KEY: u64 = 64;
+pub(crate) const CACHE_BYTES_PER_KEY: u64 = 64;
 /// The largest page cache `serve` sizes itself: 256 MiB.
-pub const MAX_AUTO_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_AUTO_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The page cache for a store of `keys` keys: 64 bytes a key, at least
 /// 8 MiB and at most 256 MiB. Reveals of random keys pull a whole leaf
 /// each; on 1,000,000 keys an 8 MiB cache held too few of them and cost a
 /// third of the throughput, while the store's own index already takes
 /// ~150 MiB there (BENCHMARKS.md).
-pub fn auto_cache_bytes(keys: u64) -> u64 {
+pub(crate) fn auto_cache_bytes(keys: u64) -> u64 {
     keys.saturating_mul(CACHE_BYTES_PER_KEY)
         .clamp(DEFAULT_CACHE_BYTES, MAX_AUTO_CACHE_BYTES)
 }
@@ -100,26 +113,26 @@ pub fn auto_cache_bytes(keys: u64) -> u64 {
 pub const SCHEMA_VERSION: u32 = 5;
 
 pub(crate) const META_SCHEMA: &[u8] = b"schema_version";
-pub const META_CHECK: &[u8] = b"keyring_check";
+pub(crate) const META_CHECK: &[u8] = b"keyring_check";
 /// The HMAC key of the audit records written before schema 3, sealed.
-pub const META_AUDIT_KEY: &[u8] = b"audit_mac_key";
+pub(crate) const META_AUDIT_KEY: &[u8] = b"audit_mac_key";
 /// The record secret (see `auth`), sealed.
 pub const META_RECORD_SECRET: &[u8] = b"record_secret";
 /// The record MAC secret (see `auth`), sealed; absent until the first
 /// rotation (the record secret serves until then).
-pub const META_RECORD_MAC_SECRET: &[u8] = b"record_mac_secret";
+pub(crate) const META_RECORD_MAC_SECRET: &[u8] = b"record_mac_secret";
 /// The next record MAC secret, sealed, while a rotation moves every key
 /// and token record over to it.
-pub const META_RECORD_MAC_NEXT: &[u8] = b"record_mac_secret_next";
+pub(crate) const META_RECORD_MAC_NEXT: &[u8] = b"record_mac_secret_next";
 /// The purpose both record MAC secrets are sealed under.
-pub const RECORD_MAC_PURPOSE: &str = "record-mac-secret";
+pub(crate) const RECORD_MAC_PURPOSE: &str = "record-mac-secret";
 /// The audit signing key's Ed25519 seed, sealed.
 pub const META_SIGNING_KEY: &[u8] = b"audit_signing_key";
 /// The audit signing key's public key (32 bytes; informative only: trust
 /// comes from the sealed seed or from the operator).
-pub const META_PUBLIC_KEY: &[u8] = b"audit_public_key";
+pub(crate) const META_PUBLIC_KEY: &[u8] = b"audit_public_key";
 /// Present while the upgrade to schema 3 is under way (its step 1 done).
-pub const META_UPGRADING: &[u8] = b"upgrade_to_3";
+pub(crate) const META_UPGRADING: &[u8] = b"upgrade_to_3";
 pub(crate) const META_AUDIT_HEAD: &[u8] = b"audit_head";
 /// The number of stored keys (u64, big-endian), kept by every commit that
 /// adds or removes a key, so that counting never walks the store. A store
@@ -214,7 +227,7 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-pub type Result<T> = std::result::Result<T, StoreError>;
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
 /// One change that is committed together with its audit record.
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ use crate::wire::{KeyMeta, ReloadReport, VersionMeta};
 
 /// What `keyhold serve` opened before the runtime started: the store
 /// (unlocked), its keyring and audit log, and the reveal rate in force.
-pub struct Opened {
+pub(crate) struct Opened {
     pub store: Store,
     pub keyring: Keyring,
     pub log: Arc<AuditLog>,
@@ -43,7 +43,7 @@ impl Opened {
     /// `serve --dev` (and the handlers' tests): an in-memory store under a
     /// random key, initialised with a first admin token named `admin_name`
     /// (returned, shown once).
-    pub fn development(
+    pub(crate) fn development(
         admin_name: &str,
         reveal_rate: RevealRate,
     ) -> Result<(Opened, crate::secret::SecretString), Refusal> {
@@ -64,7 +64,7 @@ impl Opened {
 
 /// The policies a server runs its core with, checked once at start.
 #[derive(Debug, Clone)]
-pub struct CorePolicy {
+pub(crate) struct CorePolicy {
     /// How long a request waits for its audit record to be durable.
     pub audit_timeout: Duration,
     /// A token's refusals, at most `count` a `period` before 429.
@@ -77,7 +77,7 @@ pub struct CorePolicy {
 /// Why a reload did not happen; the server keeps its keyring. No prose:
 /// the edge that asked words it (`http::refusal_text::reload_refused`).
 #[derive(Debug)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     /// A rotation, backup or reload is already running.
     Busy,
     /// A development server's keyring is a random key held in memory.
@@ -101,7 +101,7 @@ impl From<crate::keyring::KeyringError> for ReloadError {
 
 /// How the server stands, for `/healthz`.
 #[derive(Debug, Clone)]
-pub struct Health {
+pub(crate) struct Health {
     /// The audit writer can make records durable.
     pub writer_ok: bool,
     /// Another node's rotation replaced the record keys: restart needed.
@@ -114,14 +114,14 @@ pub struct Health {
 
 /// A page of the audit log, written whole.
 #[derive(Debug)]
-pub struct ExportPage {
+pub(crate) struct ExportPage {
     pub body: Vec<u8>,
     /// Another page follows.
     pub more: bool,
 }
 
 /// The server's vault: see the module's documentation.
-pub struct Core {
+pub(crate) struct Core {
     store: Store,
     keyring: LiveKeyring,
     audit: AuditWriter,
@@ -136,7 +136,7 @@ pub struct Core {
 }
 
 /// Called with the size and the time of each durable batch of records.
-pub type OnBatch = Box<dyn Fn(usize, Duration) + Send + Sync>;
+pub(crate) type OnBatch = Box<dyn Fn(usize, Duration) + Send + Sync>;
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,7 +149,7 @@ impl Core {
     /// tokio runtime: the audit writer's thread hands results back to it).
     /// `on_batch` sees the size and time of each durable batch of records
     /// (metrics); the core anchors the chain's head off-box from them.
-    pub fn start(opened: Opened, policy: CorePolicy, on_batch: Option<OnBatch>) -> Core {
+    pub(crate) fn start(opened: Opened, policy: CorePolicy, on_batch: Option<OnBatch>) -> Core {
         let Opened {
             store,
             keyring,
@@ -191,7 +191,7 @@ impl Core {
 
     /// The vault as one request sees it (a snapshot of the live keyring: a
     /// reload swaps it for later requests only).
-    pub fn vault(&self) -> Vault<'_> {
+    pub(crate) fn vault(&self) -> Vault<'_> {
         Vault {
             store: &self.store,
             keyring: super::KeyringRef::Shared(self.keyring.load()),
@@ -201,22 +201,26 @@ impl Core {
     }
 
     /// The reveal limiter (per client address).
-    pub fn limiter(&self) -> &RevealLimiter {
+    pub(crate) fn limiter(&self) -> &RevealLimiter {
         &self.limiter
     }
 
     /// The reveal rate the server started with.
-    pub fn reveal_rate(&self) -> RevealRate {
+    pub(crate) fn reveal_rate(&self) -> RevealRate {
         self.reveal_rate
     }
 
     /// Versions kept and the recovery window of deleted keys.
-    pub fn key_policy(&self) -> &super::KeyPolicy {
+    pub(crate) fn key_policy(&self) -> &super::KeyPolicy {
         &self.key_policy
     }
 
     /// A key's metadata as answered (with its last use).
-    pub fn key_meta(&self, rec: &crate::store::KeyRecord, last_used: Option<i64>) -> KeyMeta {
+    pub(crate) fn key_meta(
+        &self,
+        rec: &crate::store::KeyRecord,
+        last_used: Option<i64>,
+    ) -> KeyMeta {
         super::presented::key_meta(rec, last_used, &self.key_policy)
     }
 
@@ -224,7 +228,7 @@ impl Core {
     /// last use read from the store. The change is done: a failure to read
     /// the last use is logged and the answer goes without it, rather than a
     /// 503 that would invite a retry storing the change twice.
-    pub fn key_meta_used(&self, rec: &crate::store::KeyRecord) -> KeyMeta {
+    pub(crate) fn key_meta_used(&self, rec: &crate::store::KeyRecord) -> KeyMeta {
         let used = match self.store.last_used(&rec.id) {
             Ok(used) => used,
             Err(e) => {
@@ -237,18 +241,22 @@ impl Core {
 
     /// A key's versions, oldest first, each with its state, as `caller`
     /// may see them.
-    pub fn versions(&self, rec: &crate::store::KeyRecord, caller: &Caller) -> Vec<VersionMeta> {
+    pub(crate) fn versions(
+        &self,
+        rec: &crate::store::KeyRecord,
+        caller: &Caller,
+    ) -> Vec<VersionMeta> {
         super::presented::versions_for(rec, self.key_policy.recovery_window_us, Some(caller))
     }
 
     /// How many keys the store holds (walks them if its count is unreadable:
     /// call it off the async workers).
-    pub fn key_count(&self) -> usize {
+    pub(crate) fn key_count(&self) -> usize {
         self.store.key_count()
     }
 
     /// How the server stands.
-    pub fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         let keys_replaced = self.store.record_keys_replaced();
         let writer_ok = self.audit.is_healthy();
         let detail = match self.audit.last_error().filter(|_| !writer_ok) {
@@ -265,29 +273,29 @@ impl Core {
     }
 
     /// The audit chain's head: its seq and MAC.
-    pub fn audit_head(&self) -> (u64, [u8; 32]) {
+    pub(crate) fn audit_head(&self) -> (u64, [u8; 32]) {
         self.audit.log().head()
     }
 
     /// The key that signs the audit chain now.
-    pub fn public_key(&self) -> PublicKey {
+    pub(crate) fn public_key(&self) -> PublicKey {
         self.audit.log().public_key()
     }
 
     /// A console session's page: whether it opens, joins or stands outside
     /// a session (see `audit::ConsoleViews`).
-    pub fn console_view(&self, token: uuid::Uuid, session: &str) -> View {
+    pub(crate) fn console_view(&self, token: uuid::Uuid, session: &str) -> View {
         self.views.view(token, session, crate::time::now_us())
     }
 
     /// The record of a console session was written, or not.
-    pub fn console_opened(&self, token: uuid::Uuid, session: &str, written: bool) {
+    pub(crate) fn console_opened(&self, token: uuid::Uuid, session: &str, written: bool) {
         self.views.opened(token, session, written)
     }
 
     /// One page of the audit log (at most `Page::MAX_LIMIT` records),
     /// written whole, off the async workers.
-    pub async fn export_page(
+    pub(crate) async fn export_page(
         &self,
         filter: ExportFilter,
         format: ExportFormat,
@@ -311,7 +319,7 @@ impl Core {
 
     /// The whole export (past the filters), as a producer that writes it to
     /// `out` on a blocking thread.
-    pub fn export_to(
+    pub(crate) fn export_to(
         &self,
         filter: ExportFilter,
         format: ExportFormat,
@@ -328,7 +336,7 @@ impl Core {
     }
 
     /// Attempts per bucket of `bucket_secs` and outcome, past the filters.
-    pub async fn histogram(
+    pub(crate) async fn histogram(
         &self,
         filter: ExportFilter,
         bucket_secs: i64,
@@ -346,7 +354,7 @@ impl Core {
     }
 
     /// Verifies the whole stored audit chain.
-    pub async fn verify_log(&self) -> Result<audit::VerifyReport, Refusal> {
+    pub(crate) async fn verify_log(&self) -> Result<audit::VerifyReport, Refusal> {
         let store = self.store.clone();
         let keys = self.audit.log().verify_keys();
         crate::blocking::run(move || audit::verify_store(&store, &keys))
@@ -357,7 +365,11 @@ impl Core {
 
     /// Rotates everything under the newest key (one keyring for the whole
     /// rotation, whatever a reload does meanwhile), then records it.
-    pub async fn rotate(&self, origin: &Origin, caller: &Caller) -> Result<RotateReport, Refusal> {
+    pub(crate) async fn rotate(
+        &self,
+        origin: &Origin,
+        caller: &Caller,
+    ) -> Result<RotateReport, Refusal> {
         let Ok(_guard) = self.maintenance.try_lock() else {
             return Err(self.busy(origin, caller, Action::Rotate).await);
         };
@@ -380,7 +392,7 @@ impl Core {
     /// in a running process) and puts it in use, unless something the
     /// store needs would no longer open with it. `ev` says who asked and
     /// is recorded, durably, before the new keyring is used.
-    pub async fn reload(&self, mut ev: AuditEvent) -> Result<ReloadReport, ReloadError> {
+    pub(crate) async fn reload(&self, mut ev: AuditEvent) -> Result<ReloadReport, ReloadError> {
         let Ok(_guard) = self.maintenance.try_lock() else {
             return Err(ReloadError::Busy);
         };
@@ -433,7 +445,7 @@ impl Core {
     /// temporary file while writes are held back (local disk speed), then
     /// handed over with the maintenance lock, which is held until the
     /// caller has sent it.
-    pub async fn backup(
+    pub(crate) async fn backup(
         &self,
         origin: &Origin,
         caller: &Caller,
@@ -467,7 +479,7 @@ impl Core {
     /// store's files so that none holds the destroyed ciphertexts, off the
     /// async workers, and says in the log how it went. A failure leaves
     /// the rewrite due: the next upkeep pass tries again.
-    pub async fn scrub_removed(self: &Arc<Self>) {
+    pub(crate) async fn scrub_removed(self: &Arc<Self>) {
         let core = self.clone();
         match tokio::task::spawn_blocking(move || core.vault().scrub_if_due()).await {
             Ok(Ok(None)) => {}
@@ -489,7 +501,7 @@ impl Core {
 
     /// At shutdown: writes the attempts counted but not yet recorded,
     /// flushes the store and logs the chain's head as an anchor.
-    pub async fn close(&self) -> Result<(), StoreError> {
+    pub(crate) async fn close(&self) -> Result<(), StoreError> {
         let pending = self.coalescer.drain(0, true);
         if !pending.is_empty() {
             let batch: Vec<_> = pending.into_iter().map(|d| (d.event, vec![])).collect();

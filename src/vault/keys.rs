@@ -20,13 +20,11 @@ use crate::store::{Guarded, KeyRecord, Write, WriteLock};
 use crate::time::now_us;
 
 /// Largest API key accepted.
-pub const MAX_API_KEY: usize = 16 * 1024;
-/// Longest key_name, in characters.
-pub use crate::access::MAX_KEY_NAME;
+pub(crate) const MAX_API_KEY: usize = 16 * 1024;
 
 /// A key to store, as the caller gave it (checked by [`Vault::create_key`]).
 #[derive(Debug)]
-pub struct NewKey {
+pub(crate) struct NewKey {
     pub provider: String,
     pub key_name: String,
     pub api_key: SecretString,
@@ -52,7 +50,7 @@ impl NewKey {
 
 /// Which keys a listing shows.
 #[derive(Debug, Clone, Default)]
-pub struct KeyFilter {
+pub(crate) struct KeyFilter {
     /// One provider's keys only.
     pub provider: Option<String>,
     /// Soft-deleted keys instead of live ones.
@@ -86,22 +84,22 @@ impl KeyFilter {
 
 /// The most versions a server may keep of a key: a record holds all of
 /// them (each up to 16 KiB), and a backup entry is at most 16 MiB.
-pub const MAX_KEEP_VERSIONS: u32 = 100;
+pub(crate) const MAX_KEEP_VERSIONS: u32 = 100;
 /// How many versions of a key are kept by default.
-pub const DEFAULT_KEEP_VERSIONS: NonZeroU32 = match NonZeroU32::new(10) {
+pub(crate) const DEFAULT_KEEP_VERSIONS: NonZeroU32 = match NonZeroU32::new(10) {
     Some(n) => n,
     None => NonZeroU32::MIN,
 };
 /// How long a deleted key can be restored by default: 7 days.
-pub const DEFAULT_RECOVERY_WINDOW_SECS: u64 = 7 * 24 * 3600;
+pub(crate) const DEFAULT_RECOVERY_WINDOW_SECS: u64 = 7 * 24 * 3600;
 
 const DAY_US: i64 = 86_400 * 1_000_000;
 /// The windows of the `keyhold_keys_expiring{within=...}` gauges, in days.
-pub const EXPIRING_WITHIN_DAYS: [i64; 3] = [1, 7, 30];
+pub(crate) const EXPIRING_WITHIN_DAYS: [i64; 3] = [1, 7, 30];
 
 /// What one housekeeping pass over the keys found.
 #[derive(Debug, Default)]
-pub struct Upkeep {
+pub(crate) struct Upkeep {
     /// Deleted keys whose recovery window has ended.
     pub due: Vec<KeyRecord>,
     /// Live keys lapsing within 1, 7 and 30 days (not yet lapsed).
@@ -118,7 +116,7 @@ pub struct Upkeep {
 /// deleted key can be restored. Made once at start ([`KeyPolicy::new`]
 /// refuses what is out of range), so nothing that reads it re-checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyPolicy {
+pub(crate) struct KeyPolicy {
     /// 1 to [`MAX_KEEP_VERSIONS`].
     pub keep_versions: NonZeroU32,
     /// 0 to [`MAX_TTL_SECONDS`], in microseconds.
@@ -136,7 +134,7 @@ impl Default for KeyPolicy {
 
 /// A key policy out of range (the edge that took the value names its flag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum KeyPolicyError {
+pub(crate) enum KeyPolicyError {
     #[error("{0} versions kept: keep from 1 to {MAX_KEEP_VERSIONS}")]
     KeepVersions(u32),
     #[error("a recovery window of {0} s: at most 10 years ({MAX_TTL_SECONDS} s)")]
@@ -147,7 +145,10 @@ impl KeyPolicy {
     /// Keeps `keep_versions` versions of each key (1 to
     /// [`MAX_KEEP_VERSIONS`]) and deleted keys for `recovery_window_secs`
     /// (at most ten years); refuses anything else.
-    pub fn new(keep_versions: u32, recovery_window_secs: u64) -> Result<KeyPolicy, KeyPolicyError> {
+    pub(crate) fn new(
+        keep_versions: u32,
+        recovery_window_secs: u64,
+    ) -> Result<KeyPolicy, KeyPolicyError> {
         let keep = NonZeroU32::new(keep_versions)
             .filter(|k| k.get() <= MAX_KEEP_VERSIONS)
             .ok_or(KeyPolicyError::KeepVersions(keep_versions))?;
@@ -164,7 +165,7 @@ impl KeyPolicy {
 
 /// A new version of a key, as the caller gave it.
 #[derive(Debug)]
-pub struct NewVersion {
+pub(crate) struct NewVersion {
     pub api_key: SecretString,
     pub ttl_seconds: Option<i64>,
 }
@@ -204,14 +205,14 @@ pub(super) fn expiry(from_us: i64, ttl_seconds: Option<i64>) -> Result<Option<i6
 }
 
 /// The refusal of a ttl_seconds out of range.
-pub fn ttl_invalid() -> Refusal {
+pub(crate) fn ttl_invalid() -> Refusal {
     Refusal::Invalid(Invalid::KeyTtl)
 }
 
 impl Vault<'_> {
     /// Checks that `caller` holds `scope` for `action`, recording a
     /// refusal. Edges call it before they read a request's body.
-    pub async fn require(
+    pub(crate) async fn require(
         &self,
         origin: &Origin,
         caller: &Caller,
@@ -227,7 +228,7 @@ impl Vault<'_> {
 
     /// Stores a new key (encrypted under the newest key of the keyring),
     /// with its audit record, for a caller that holds `keys:write`.
-    pub async fn create_key(
+    pub(crate) async fn create_key(
         &self,
         origin: &Origin,
         caller: &Caller,
@@ -275,7 +276,7 @@ impl Vault<'_> {
     /// `keys:write`. A key of another provider answers exactly like a
     /// missing one, and so does a key already deleted (both are recorded,
     /// so they take as long).
-    pub async fn delete_key(
+    pub(crate) async fn delete_key(
         &self,
         origin: &Origin,
         caller: &Caller,
@@ -300,7 +301,7 @@ impl Vault<'_> {
 
     /// Destroys a key at once, live or deleted, every version of it
     /// (`DELETE /api/keys/{id}?purge=true`, admin): audited `key_purge`.
-    pub async fn purge_key(
+    pub(crate) async fn purge_key(
         &self,
         origin: &Origin,
         caller: &Caller,
@@ -323,7 +324,7 @@ impl Vault<'_> {
 
     /// Brings back a soft-deleted key within `window_us` of its deletion
     /// (`POST /api/keys/{id}/restore`, keys:write).
-    pub async fn restore_key(
+    pub(crate) async fn restore_key(
         &self,
         origin: &Origin,
         caller: &Caller,
@@ -356,7 +357,7 @@ impl Vault<'_> {
     /// One pass over every key for the server's housekeeping: the deleted
     /// keys whose recovery window (`window_us`) has ended, and what the
     /// expiry gauges and warnings need. Blocking (a walk of the store).
-    pub fn key_upkeep(&self, window_us: i64) -> Upkeep {
+    pub(crate) fn key_upkeep(&self, window_us: i64) -> Upkeep {
         let now = now_us();
         let mut up = Upkeep::default();
         for (rec, _) in self.store.iter_keys().filter_map(|item| item.ok()) {
@@ -407,7 +408,7 @@ impl Vault<'_> {
     /// recovery window has ended, each audited `key_purge` (caller
     /// `housekeeping`). A key restored meanwhile is left alone. Returns
     /// how many were destroyed.
-    pub async fn purge_deleted(&self, due: Vec<KeyRecord>) -> Result<usize, Refusal> {
+    pub(crate) async fn purge_deleted(&self, due: Vec<KeyRecord>) -> Result<usize, Refusal> {
         let mut n = 0;
         for rec in due {
             let _one = self.key_lock().await?;
@@ -435,7 +436,7 @@ impl Vault<'_> {
     /// ([`crate::store::Store::scrub_if_due`]). Returns how long it took and how
     /// long other uses of the store waited, or `None` when nothing was
     /// due. Blocking: call it off the async workers.
-    pub fn scrub_if_due(
+    pub(crate) fn scrub_if_due(
         &self,
     ) -> Result<Option<(std::time::Duration, std::time::Duration)>, crate::store::StoreError> {
         let started = std::time::Instant::now();
@@ -491,7 +492,7 @@ impl Vault<'_> {
     /// The keys a caller with `keys:list` sees (its providers only),
     /// oldest first, each with its last use. A listing refused because a
     /// record failed its integrity check is recorded.
-    pub async fn list_keys(
+    pub(crate) async fn list_keys(
         &self,
         origin: &Origin,
         caller: &Caller,

@@ -48,54 +48,93 @@ mod tokens;
 mod upkeep;
 mod versions;
 
-pub use self::core::{Core, CorePolicy, ExportPage, Health, OnBatch, Opened, ReloadError};
+pub(crate) use self::core::Core;
+
+pub(crate) use self::core::CorePolicy;
+
+pub(crate) use self::core::Opened;
+
+pub(crate) use self::core::ReloadError;
 /// A reload refused because the new keyring lacks a key the store needs.
-pub use crate::ops::reload::ReloadRefused;
+pub(crate) use crate::ops::reload::ReloadRefused;
 /// What the core's storage can fail with (the server's shutdown flush).
-pub use crate::store::StoreError;
-pub use keys::{
-    ttl_invalid, KeyFilter, KeyPolicy, KeyPolicyError, NewKey, NewVersion, Upkeep,
-    DEFAULT_KEEP_VERSIONS, DEFAULT_RECOVERY_WINDOW_SECS, EXPIRING_WITHIN_DAYS, MAX_API_KEY,
-    MAX_KEEP_VERSIONS, MAX_KEY_NAME,
-};
-pub use refusal::{
-    Conflict, Denied, EveryProvider, Invalid, Missing, Refusal, Removed, Tampered, Unauthenticated,
-    Unfinished,
-};
-pub use reveal::{RevealRequest, Revealed, Target};
-pub use reveal_batch::{BatchRefusal, MAX_BATCH};
-pub use rotate::{rotate_store, Rotated};
+pub(crate) use crate::store::StoreError;
+pub(crate) use keys::KeyFilter;
+pub(crate) use keys::KeyPolicy;
+pub(crate) use keys::KeyPolicyError;
+pub(crate) use keys::NewKey;
+pub(crate) use keys::NewVersion;
+pub(crate) use keys::EXPIRING_WITHIN_DAYS;
+pub(crate) use keys::MAX_API_KEY;
+pub(crate) use refusal::Conflict;
+pub(crate) use refusal::Denied;
+pub(crate) use refusal::EveryProvider;
+pub(crate) use refusal::Invalid;
+pub(crate) use refusal::Missing;
+pub(crate) use refusal::Refusal;
+pub(crate) use refusal::Removed;
+pub(crate) use refusal::Tampered;
+pub(crate) use refusal::Unauthenticated;
+pub(crate) use refusal::Unfinished;
+pub(crate) use reveal::RevealRequest;
+pub(crate) use reveal::Revealed;
+pub(crate) use reveal::Target;
+pub(crate) use reveal_batch::BatchRefusal;
+pub(crate) use reveal_batch::MAX_BATCH;
+pub(crate) use rotate::rotate_store;
+pub(crate) use rotate::Rotated;
 /// A token record made the way `token create` makes it, not yet written:
 /// for the test suite, which stores records an older keyhold wrote.
 #[doc(hidden)]
 pub use token_records::prepare as prepare_token;
 /// Why a token operation was refused (worded by the edges).
-pub use token_records::TokenError;
-pub use tokens::{
-    overlap_invalid, token_ttl_invalid, ListedToken, MintedToken, RotatedToken, TokenRequest,
-    DEFAULT_OVERLAP_SECONDS,
-};
-pub use upkeep::KeysChanged;
-pub use upkeep::NoteWords;
+pub(crate) use token_records::TokenError;
+pub(crate) use tokens::ListedToken;
+pub(crate) use tokens::MintedToken;
+pub(crate) use tokens::TokenRequest;
+pub(crate) use upkeep::NoteWords;
 
 // The offline door: what a command opens instead of a store.
-pub use offline::{holds_store, CheckReport, Location, Offline, OfflineError, RetiredKey};
-pub use offline_audit::{parse_anchor, verify_export, Anchor};
-pub use offline_store::{
-    init_store, initialise, inspect_backup, inspect_backup_file, restore, BackupSummary,
-    Initialised, Made, Migrated, Migration, Restored, BACKUP_MAGIC,
-};
+pub(crate) use offline::holds_store;
+pub(crate) use offline::CheckReport;
+pub(crate) use offline::Location;
+pub(crate) use offline::Offline;
+pub(crate) use offline::OfflineError;
+pub(crate) use offline::RetiredKey;
+pub(crate) use offline_audit::parse_anchor;
+pub(crate) use offline_audit::verify_export;
+pub(crate) use offline_audit::Anchor;
+pub(crate) use offline_store::init_store;
+pub(crate) use offline_store::initialise;
+pub(crate) use offline_store::inspect_backup;
+pub(crate) use offline_store::inspect_backup_file;
+pub(crate) use offline_store::restore;
+pub(crate) use offline_store::BackupSummary;
+pub(crate) use offline_store::Migration;
+pub(crate) use offline_store::BACKUP_MAGIC;
 
 // The data the edges read and write through the core (the modules that
 // define them are the core's own).
-pub use crate::audit::views::MAX_PAGE;
-pub use crate::audit::{
-    hex, valid_session_id, Action, AuditEvent, ExportFilter, ExportFormat, Outcome, Page,
-    PublicKey, VerifyKeys, VerifyReport, View,
-};
-pub use crate::ops::backup::BackupInfo;
-pub use crate::ops::import::{ImportFormat, ImportOptions, ImportReport};
-pub use crate::store::{DatabaseUrl, DatabaseUrlArg, PgOptions, DEFAULT_CACHE_BYTES};
+pub(crate) use crate::audit::hex;
+pub(crate) use crate::audit::valid_session_id;
+pub(crate) use crate::audit::views::MAX_PAGE;
+pub(crate) use crate::audit::Action;
+pub(crate) use crate::audit::AuditEvent;
+pub(crate) use crate::audit::ExportFilter;
+pub(crate) use crate::audit::ExportFormat;
+pub(crate) use crate::audit::Outcome;
+pub(crate) use crate::audit::Page;
+pub(crate) use crate::audit::PublicKey;
+pub(crate) use crate::audit::VerifyKeys;
+pub(crate) use crate::audit::VerifyReport;
+pub(crate) use crate::audit::View;
+pub(crate) use crate::ops::backup::BackupInfo;
+pub(crate) use crate::ops::import::ImportFormat;
+pub(crate) use crate::ops::import::ImportOptions;
+pub(crate) use crate::store::DatabaseUrl;
+pub(crate) use crate::store::DatabaseUrlArg;
+pub(crate) use crate::store::PgOptions;
+pub(crate) use crate::store::DEFAULT_CACHE_BYTES;
 
 use crate::access::{self, Caller};
 use crate::audit::{AuditError, AuditLog, AuditWriter, Coalescer};
@@ -105,14 +144,18 @@ use crate::store::{Store, Write};
 /// Where the vault's audit records go: the server's group-commit writer,
 /// or an offline command's log.
 #[derive(Clone, Copy)]
-pub enum Sink<'a> {
+pub(crate) enum Sink<'a> {
     Writer(&'a AuditWriter),
     Log(&'a AuditLog),
 }
 
 impl Sink<'_> {
     /// Appends one record (with the writes it records) durably.
-    pub async fn record(&self, event: AuditEvent, writes: Vec<Write>) -> Result<u64, AuditError> {
+    pub(crate) async fn record(
+        &self,
+        event: AuditEvent,
+        writes: Vec<Write>,
+    ) -> Result<u64, AuditError> {
         match self {
             Sink::Writer(w) => w.record(event, writes).await,
             Sink::Log(l) => l
@@ -120,19 +163,11 @@ impl Sink<'_> {
                 .map(|seqs| seqs.first().copied().unwrap_or(0)),
         }
     }
-
-    /// The log behind the sink (for a hand-over of the signing key).
-    pub fn log(&self) -> &AuditLog {
-        match self {
-            Sink::Writer(w) => w.log(),
-            Sink::Log(l) => l,
-        }
-    }
 }
 
 /// Who is asking, as the audit log records it.
 #[derive(Debug, Clone)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub request_id: String,
     /// The client address the request is attributed to (`local` offline).
     pub ip: String,
@@ -151,11 +186,11 @@ pub struct Origin {
 /// Whether the vault decided the record of a refusal it handed back: only
 /// the vault sets it (as it records), the edge that keeps it reads it.
 #[derive(Clone, Debug, Default)]
-pub struct RefusalMark(Option<std::sync::Arc<std::sync::atomic::AtomicBool>>);
+pub(crate) struct RefusalMark(Option<std::sync::Arc<std::sync::atomic::AtomicBool>>);
 
 impl RefusalMark {
     /// A mark for one request.
-    pub fn new() -> RefusalMark {
+    pub(crate) fn new() -> RefusalMark {
         RefusalMark(Some(Default::default()))
     }
 
@@ -168,7 +203,7 @@ impl RefusalMark {
 
     /// Whether a refusal's record was decided since the last take; clears
     /// the mark.
-    pub fn take(&self) -> bool {
+    pub(crate) fn take(&self) -> bool {
         self.0
             .as_ref()
             .is_some_and(|m| m.swap(false, std::sync::atomic::Ordering::SeqCst))
@@ -177,7 +212,7 @@ impl RefusalMark {
 
 impl Origin {
     /// The server's own housekeeping (purges after the recovery window).
-    pub fn housekeeping() -> Origin {
+    pub(crate) fn housekeeping() -> Origin {
         Origin {
             request_id: uuid::Uuid::new_v4().to_string(),
             ip: "local".into(),
@@ -189,7 +224,7 @@ impl Origin {
     }
 
     /// An offline command run by the operator.
-    pub fn cli() -> Origin {
+    pub(crate) fn cli() -> Origin {
         Origin {
             request_id: uuid::Uuid::new_v4().to_string(),
             ip: "local".into(),
@@ -204,7 +239,7 @@ impl Origin {
 /// The keyring a vault view uses: an offline command's own, or a snapshot
 /// of a server's live keyring (a reload swaps it for later requests only).
 #[derive(Clone)]
-pub enum KeyringRef<'a> {
+pub(crate) enum KeyringRef<'a> {
     Borrowed(&'a Keyring),
     Shared(std::sync::Arc<Keyring>),
 }
@@ -229,7 +264,7 @@ impl<'a> From<&'a Keyring> for KeyringRef<'a> {
 /// where audit records go and, on a server, the counter of flooding
 /// attempts.
 #[derive(Clone)]
-pub struct Vault<'a> {
+pub(crate) struct Vault<'a> {
     pub store: &'a Store,
     pub keyring: KeyringRef<'a>,
     pub audit: Sink<'a>,
@@ -241,7 +276,7 @@ pub struct Vault<'a> {
 
 impl Vault<'_> {
     /// A base audit event of `action` for `origin`.
-    pub fn event(
+    pub(crate) fn event(
         &self,
         origin: &Origin,
         action: Action,
@@ -276,14 +311,18 @@ impl Vault<'_> {
     /// first. Past it nothing is written with the record (so nothing is
     /// done), the attempt is counted coalesced as `rate_limited`, and the
     /// answer is 429.
-    pub async fn record(&self, event: AuditEvent, writes: Vec<Write>) -> Result<u64, Refusal> {
+    pub(crate) async fn record(
+        &self,
+        event: AuditEvent,
+        writes: Vec<Write>,
+    ) -> Result<u64, Refusal> {
         let event = self.spend_record_budget(event)?;
         self.record_budgeted(event, writes).await
     }
 
     /// As [`Vault::record`], for an event that already took its budget
     /// ([`Vault::spend_record_budget`]).
-    pub async fn record_budgeted(
+    pub(crate) async fn record_budgeted(
         &self,
         event: AuditEvent,
         writes: Vec<Write>,
@@ -298,7 +337,7 @@ impl Vault<'_> {
     /// `rate_limited` and the refusal is a 429. A console page counted
     /// into its session (see `audit::ConsoleViews`) takes from it too,
     /// though it writes no record of its own.
-    pub fn spend_record_budget(&self, event: AuditEvent) -> Result<AuditEvent, Refusal> {
+    pub(crate) fn spend_record_budget(&self, event: AuditEvent) -> Result<AuditEvent, Refusal> {
         if let (Some(c), Some(token), Outcome::Success) =
             (self.coalescer, event.caller_id, event.outcome)
         {
@@ -342,7 +381,12 @@ impl Vault<'_> {
 
     /// Records a refusal (coalesced and budgeted for a token on a server,
     /// see [`Vault::refuse`]) and hands back what to answer.
-    pub async fn refused(&self, origin: &Origin, event: AuditEvent, refusal: Refusal) -> Refusal {
+    pub(crate) async fn refused(
+        &self,
+        origin: &Origin,
+        event: AuditEvent,
+        refusal: Refusal,
+    ) -> Refusal {
         self.refuse(origin, event, refusal).await
     }
 
@@ -372,7 +416,7 @@ impl Vault<'_> {
     /// Records a refusal the edge gave itself (a body, query or path that
     /// does not fit) as [`Vault::refused`] does, but never counted in the
     /// reveal metric: a malformed request is no reveal refused.
-    pub async fn edge_refused(
+    pub(crate) async fn edge_refused(
         &self,
         origin: &Origin,
         event: AuditEvent,
@@ -481,7 +525,7 @@ impl Vault<'_> {
     /// could read (or why it could read none). A token whose stored record
     /// failed its integrity check is refused and recorded here, whatever
     /// the action.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         origin: &Origin,
         token: Result<&str, Refusal>,

@@ -14,7 +14,9 @@ use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use super::offline_error::{OfflineError, RetiredKey};
+pub(crate) use super::offline_error::OfflineError;
+
+pub(crate) use super::offline_error::RetiredKey;
 use super::{Opened, Origin, Rotated, Sink, Vault};
 use crate::audit::{AuditEvent, AuditKeys, AuditLog, ExportFilter, ExportFormat};
 use crate::keyring::{KeySource, Keyring};
@@ -26,7 +28,7 @@ use crate::unlock::UnlockError;
 /// Where a store is: a data directory (with its page cache: `None` sizes
 /// it to the store), or a PostgreSQL database.
 #[derive(Debug, Clone)]
-pub enum Location {
+pub(crate) enum Location {
     Dir {
         path: PathBuf,
         cache_bytes: Option<u64>,
@@ -36,7 +38,7 @@ pub enum Location {
 
 impl Location {
     /// A data directory with the default page cache.
-    pub fn dir(path: &Path) -> Location {
+    pub(crate) fn dir(path: &Path) -> Location {
         Location::Dir {
             path: path.to_path_buf(),
             cache_bytes: Some(crate::store::DEFAULT_CACHE_BYTES),
@@ -68,7 +70,7 @@ fn run<F: std::future::Future>(f: F) -> Result<F::Output, OfflineError> {
 }
 
 /// Whether `dir` holds a store (sled's files), initialised or not.
-pub fn holds_store(dir: &Path) -> bool {
+pub(crate) fn holds_store(dir: &Path) -> bool {
     crate::store::holds_store(dir)
 }
 
@@ -148,7 +150,7 @@ fn retired_key(store: &Store) -> Option<Box<RetiredKey>> {
 
 /// An initialised store opened by an offline command, with its keyring
 /// checked: see the module's documentation.
-pub struct Offline {
+pub(crate) struct Offline {
     store: Store,
     keyring: Keyring,
     /// Opened at the first record (verifying or reading needs none, and a
@@ -164,12 +166,12 @@ impl std::fmt::Debug for Offline {
 
 /// The store's keys and tokens, checked without a store opened for work:
 /// see [`Offline::check`].
-pub use crate::ops::check::CheckReport;
+pub(crate) use crate::ops::check::CheckReport;
 
 impl Offline {
     /// Opens the initialised store at `at` and checks that `keyring` opens
     /// it (a wrong key fails here, not at the first reveal).
-    pub fn open(at: &Location, keyring: Keyring) -> Result<Offline, OfflineError> {
+    pub(crate) fn open(at: &Location, keyring: Keyring) -> Result<Offline, OfflineError> {
         let store = open_initialised(at)?;
         unlock(&store, &keyring, at.to_string())?;
         Ok(Offline::over(store, keyring))
@@ -186,7 +188,7 @@ impl Offline {
     /// `keyhold check`: what is wrong with the store at `at`, said as a
     /// report (damage is the report, not an error). A keyring that opens
     /// nothing is the error: every line would be empty.
-    pub fn check(at: &Location, keyring: &Keyring) -> Result<CheckReport, OfflineError> {
+    pub(crate) fn check(at: &Location, keyring: &Keyring) -> Result<CheckReport, OfflineError> {
         let store = open_initialised(at)?;
         // The state commitment was checked at open: what differs is
         // reported.
@@ -212,21 +214,21 @@ impl Offline {
 
     /// The same store under `keyring` (a rotation's new key, read back),
     /// before any record is written.
-    pub fn rekeyed(self, keyring: Keyring) -> Offline {
+    pub(crate) fn rekeyed(self, keyring: Keyring) -> Offline {
         Offline::over(self.store, keyring)
     }
 
-    pub fn keyring(&self) -> &Keyring {
+    pub(crate) fn keyring(&self) -> &Keyring {
         &self.keyring
     }
 
     /// How many keys the store holds.
-    pub fn key_count(&self) -> u64 {
+    pub(crate) fn key_count(&self) -> u64 {
         self.store.key_count() as u64
     }
 
     /// The store of a database several nodes share (not a data directory).
-    pub fn is_shared(&self) -> bool {
+    pub(crate) fn is_shared(&self) -> bool {
         self.store.node().is_some()
     }
 
@@ -235,7 +237,7 @@ impl Offline {
     }
 
     /// Verifies the store's whole audit chain under the log's keys.
-    pub fn verify_log(&self) -> Result<crate::audit::VerifyReport, OfflineError> {
+    pub(crate) fn verify_log(&self) -> Result<crate::audit::VerifyReport, OfflineError> {
         let keys = self.log()?.verify_keys();
         Ok(crate::audit::verify_store(&self.store, &keys)?)
     }
@@ -256,7 +258,7 @@ impl Offline {
 
     /// The vault's rules over this store, for the operator (no flood
     /// counter: each record is written).
-    pub fn vault(&self) -> Result<Vault<'_>, OfflineError> {
+    pub(crate) fn vault(&self) -> Result<Vault<'_>, OfflineError> {
         Ok(Vault {
             store: &self.store,
             keyring: (&self.keyring).into(),
@@ -266,7 +268,7 @@ impl Offline {
     }
 
     /// What `keyhold serve` starts its core with.
-    pub fn into_opened(self, reveal_rate: RevealRate) -> Result<Opened, OfflineError> {
+    pub(crate) fn into_opened(self, reveal_rate: RevealRate) -> Result<Opened, OfflineError> {
         let log = match self.log.into_inner() {
             Some(log) => log,
             None => AuditLog::open(self.store.clone(), &self.keyring)?,
@@ -281,13 +283,13 @@ impl Offline {
 
     /// The reveal rate a shared database stores for all its nodes, if one
     /// is stored yet.
-    pub fn stored_reveal_rate(&self) -> Result<Option<RevealRate>, OfflineError> {
+    pub(crate) fn stored_reveal_rate(&self) -> Result<Option<RevealRate>, OfflineError> {
         Ok(crate::ops::settings::stored_reveal_rate(&self.store)?)
     }
 
     /// Stores the reveal rate of a shared database (audited, `by` naming
     /// who set it); returns the one it replaces.
-    pub fn set_reveal_rate(
+    pub(crate) fn set_reveal_rate(
         &self,
         rate: RevealRate,
         by: &str,
@@ -303,7 +305,7 @@ impl Offline {
     /// `pace` between keys, `progress` told how many are done), hands the
     /// audit signing key over, and records the rotation. Blocks: call it
     /// outside an async runtime.
-    pub fn rotate(
+    pub(crate) fn rotate(
         &self,
         pace: Duration,
         progress: impl FnMut(u64),
@@ -316,7 +318,7 @@ impl Offline {
     }
 
     /// Reads rows to import and decides each (nothing is written).
-    pub fn plan_import(
+    pub(crate) fn plan_import(
         &self,
         input: impl std::io::Read,
         format: ImportFormat,
@@ -332,7 +334,7 @@ impl Offline {
     }
 
     /// Writes a planned import (audited, `source` naming the file).
-    pub fn apply_import(
+    pub(crate) fn apply_import(
         &self,
         plan: Plan,
         source: &str,
@@ -348,7 +350,11 @@ impl Offline {
 
     /// Records a backup to `target` (said in the record), then writes it
     /// to `out`; returns its entry count.
-    pub fn backup(&self, target: &str, out: impl std::io::Write) -> Result<u64, OfflineError> {
+    pub(crate) fn backup(
+        &self,
+        target: &str,
+        out: impl std::io::Write,
+    ) -> Result<u64, OfflineError> {
         self.record(AuditEvent::cli(
             crate::audit::Action::Backup,
             crate::audit::Outcome::Success,
@@ -362,19 +368,19 @@ impl Offline {
     }
 
     /// The key that signs the audit log now.
-    pub fn public_key(&self) -> Result<crate::audit::PublicKey, OfflineError> {
+    pub(crate) fn public_key(&self) -> Result<crate::audit::PublicKey, OfflineError> {
         Ok(AuditKeys::unseal(&self.store, &self.keyring)?.public_key())
     }
 
     /// The log's last seq (how far an export goes).
-    pub fn audit_last_seq(&self) -> Result<u64, OfflineError> {
+    pub(crate) fn audit_last_seq(&self) -> Result<u64, OfflineError> {
         Ok(self.store.audit_last_seq()?)
     }
 
     /// Records an export, then writes the log's records `filter` selects
     /// to `out` (`progress` told each seq). Returns how many were written
     /// and the log's head when the export began.
-    pub fn export(
+    pub(crate) fn export(
         &self,
         filter: ExportFilter,
         format: ExportFormat,

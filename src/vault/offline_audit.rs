@@ -14,10 +14,10 @@ use crate::audit::{
 };
 
 /// A head kept from earlier: the record at `seq` must have this MAC.
-pub type Anchor = (u64, Mac);
+pub(crate) type Anchor = (u64, Mac);
 
 /// Reads `SEQ:MAC` (MAC as 64 hex digits); `None` if it is not one.
-pub fn parse_anchor(text: &str) -> Option<Anchor> {
+pub(crate) fn parse_anchor(text: &str) -> Option<Anchor> {
     text.split_once(':')
         .and_then(|(s, m)| Some((s.trim().parse::<u64>().ok()?, unhex32(m.trim())?)))
 }
@@ -38,7 +38,7 @@ const MAX_LINE: u64 = 1 << 20;
 /// consecutive seqs sit side by side; the report counts the gaps, which a
 /// filter makes. Returns the chain's report, then one for each anchor:
 /// the stream must hold exactly that record (a cut tail is then caught).
-pub fn verify_export(
+pub(crate) fn verify_export(
     input: &mut dyn BufRead,
     name: &str,
     holder: &str,
@@ -193,13 +193,13 @@ fn parse_line(line: &str) -> Result<AuditRecord, BadLine> {
 impl Offline {
     /// What verifying this store's log (or an export of it) takes: its
     /// keys, read without opening the log (a damaged chain is reported).
-    pub fn verify_keys(&self) -> Result<VerifyKeys, OfflineError> {
+    pub(crate) fn verify_keys(&self) -> Result<VerifyKeys, OfflineError> {
         Ok(AuditKeys::unseal(self.store(), self.keyring())?.verify_keys())
     }
 
     /// Verifies the store's chain, then each anchor against the record
     /// the store holds at its seq.
-    pub fn verify_log_anchored(
+    pub(crate) fn verify_log_anchored(
         &self,
         anchors: &[Anchor],
     ) -> Result<Vec<VerifyReport>, OfflineError> {

@@ -22,7 +22,7 @@ use crate::unlock::UnlockError;
 /// A retired key of the key file (or key command) that would open a store
 /// the active keys do not: what to put back.
 #[derive(Debug, Clone)]
-pub struct RetiredKey {
+pub(crate) struct RetiredKey {
     pub fingerprint: String,
     /// The key file it is retired in (`None`: the key command's output).
     pub file: Option<PathBuf>,
@@ -33,7 +33,7 @@ pub struct RetiredKey {
 /// a problem found before any work (nothing changed) from a failure while
 /// working.
 #[derive(Debug, thiserror::Error)]
-pub enum OfflineError {
+pub(crate) enum OfflineError {
     #[error(transparent)]
     Store(StoreError),
     /// No store in the data directory `dir` (its `init` was not run).
@@ -132,7 +132,7 @@ impl From<MigrateError> for OfflineError {
 impl OfflineError {
     /// When no key of the keyring opens the store: where the keyring came
     /// from (said in the message, with where to find the key).
-    pub fn wrong_keyring(&self) -> Option<&str> {
+    pub(crate) fn wrong_keyring(&self) -> Option<&str> {
         match self {
             OfflineError::Locked { source, .. } => match source.as_ref() {
                 UnlockError::WrongKey { origin } => Some(origin),
@@ -146,7 +146,7 @@ impl OfflineError {
     /// keyring that opens nothing, a store not initialised or not empty,
     /// a backup refused before anything was written): the command line's
     /// exit status 2. Anything else failed while working.
-    pub fn is_setup(&self) -> bool {
+    pub(crate) fn is_setup(&self) -> bool {
         match self {
             OfflineError::Locked { .. }
             | OfflineError::CsvExport { .. }

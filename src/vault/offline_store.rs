@@ -24,7 +24,7 @@ use crate::store::{Store, StoreError};
 
 /// A store just made by `init`.
 #[derive(Debug)]
-pub struct Made {
+pub(crate) struct Made {
     /// The first admin token, shown once.
     pub admin_token: SecretString,
     /// The key that signs the audit log.
@@ -38,7 +38,7 @@ pub struct Made {
 /// to date in one transaction; a newer database is refused) and its
 /// shared reveal rate; a data directory must exist (the caller made it,
 /// new or empty).
-pub fn init_store(at: &Location, keyring: Keyring) -> Result<Made, OfflineError> {
+pub(crate) fn init_store(at: &Location, keyring: Keyring) -> Result<Made, OfflineError> {
     let store = match at {
         Location::Database(opts) => Store::connect(opts, true)?,
         Location::Dir { path, .. } => Store::open(path)?,
@@ -65,7 +65,7 @@ pub fn init_store(at: &Location, keyring: Keyring) -> Result<Made, OfflineError>
 
 /// What a backup holds, read through and checked (nothing is restored).
 #[derive(Debug)]
-pub struct BackupSummary {
+pub(crate) struct BackupSummary {
     pub info: BackupInfo,
     /// Entries per table.
     pub trees: BTreeMap<String, u64>,
@@ -73,7 +73,7 @@ pub struct BackupSummary {
 
 /// Reads a backup through, checking it end to end under `keyring`
 /// (retired keys included).
-pub fn inspect_backup(
+pub(crate) fn inspect_backup(
     input: impl std::io::Read,
     keyring: &Keyring,
 ) -> Result<BackupSummary, OfflineError> {
@@ -87,17 +87,20 @@ pub fn inspect_backup(
 
 /// As [`inspect_backup`], of the file at `path` (a file that cannot be
 /// opened is said as a backup that cannot be read).
-pub fn inspect_backup_file(path: &Path, keyring: &Keyring) -> Result<BackupInfo, OfflineError> {
+pub(crate) fn inspect_backup_file(
+    path: &Path,
+    keyring: &Keyring,
+) -> Result<BackupInfo, OfflineError> {
     let file = std::fs::File::open(path).map_err(crate::ops::backup::BackupError::from)?;
     Ok(inspect_backup(file, keyring)?.info)
 }
 
 /// The first bytes of every backup.
-pub const BACKUP_MAGIC: &[u8] = crate::ops::backup::MAGIC;
+pub(crate) const BACKUP_MAGIC: &[u8] = crate::ops::backup::MAGIC;
 
 /// A backup restored.
 #[derive(Debug)]
-pub struct Restored {
+pub(crate) struct Restored {
     pub info: BackupInfo,
     /// It needed a retired key, and was re-keyed under the newest active
     /// key (whose fingerprint this is).
@@ -113,7 +116,7 @@ pub struct Restored {
 /// newest key of `active` (audited, as a rotation), so that the active
 /// keyring alone opens it. A restore refused before its end leaves nothing
 /// behind in a directory.
-pub fn restore(
+pub(crate) fn restore(
     file: &Path,
     at: &Location,
     keyring: Keyring,
@@ -207,7 +210,7 @@ pub fn restore(
 
 /// A store moved to another backend.
 #[derive(Debug)]
-pub struct Migrated {
+pub(crate) struct Migrated {
     /// How many audit records were copied.
     pub audit_records: u64,
     /// The target's audit chain, verified after the move was recorded.
@@ -215,7 +218,7 @@ pub struct Migrated {
 }
 
 /// A store about to move to another backend: opened, its keyring checked.
-pub struct Migration {
+pub(crate) struct Migration {
     source: Store,
     keyring: Keyring,
     from: String,
@@ -231,7 +234,7 @@ impl std::fmt::Debug for Migration {
 
 impl Migration {
     /// Opens the store at `from` (which `keyring` must open).
-    pub fn open(from: &Location, keyring: Keyring) -> Result<Migration, OfflineError> {
+    pub(crate) fn open(from: &Location, keyring: Keyring) -> Result<Migration, OfflineError> {
         let source = open_initialised(from)?;
         unlock(&source, &keyring, from.to_string())?;
         Ok(Migration {
@@ -244,7 +247,7 @@ impl Migration {
     /// Moves the whole store to `to`: a directory the caller made new or
     /// empty, or a database without keyhold's records. The move is
     /// recorded in the target and its chain verified.
-    pub fn to(self, to: &Location) -> Result<Migrated, OfflineError> {
+    pub(crate) fn to(self, to: &Location) -> Result<Migrated, OfflineError> {
         let Migration {
             source,
             keyring,
@@ -287,14 +290,14 @@ impl Migration {
 
 /// A new store's first admin token (shown once) and audit public key.
 #[derive(Debug)]
-pub struct Initialised {
+pub(crate) struct Initialised {
     pub admin_token: SecretString,
     pub public_key: PublicKey,
 }
 
 /// Initialises an empty `store` under `keyring`, with a first admin token
 /// named `admin_name` (`init`: `admin`; `serve --dev`: `root`).
-pub fn initialise(
+pub(crate) fn initialise(
     store: &Store,
     keyring: &Keyring,
     admin_name: &str,

@@ -23,7 +23,7 @@ use crate::time::now_us;
 
 /// What a reveal asks for.
 #[derive(Debug, Clone)]
-pub enum Target {
+pub(crate) enum Target {
     /// A key by its id (as the caller wrote it; not checked yet): its
     /// current version, or the version named (0: the caller's `version`
     /// was not a version number; refused, recorded).
@@ -35,7 +35,7 @@ pub enum Target {
 }
 
 /// One reveal attempt.
-pub struct RevealRequest<'r> {
+pub(crate) struct RevealRequest<'r> {
     pub origin: Origin,
     /// The bearer token, or why the edge could read none.
     pub token: Result<&'r str, Refusal>,
@@ -68,7 +68,7 @@ impl Opened {
 
 /// A revealed key: its plaintext is zeroized on drop.
 #[derive(Debug)]
-pub struct Revealed {
+pub(crate) struct Revealed {
     pub id: Uuid,
     pub provider: String,
     pub key_name: String,
@@ -82,7 +82,7 @@ pub struct Revealed {
 impl Vault<'_> {
     /// Reveals a key, audit-first (see the module docs). Every refusal has
     /// been recorded (or counted) when it is returned.
-    pub async fn reveal(&self, req: RevealRequest<'_>) -> Result<Revealed, Refusal> {
+    pub(crate) async fn reveal(&self, req: RevealRequest<'_>) -> Result<Revealed, Refusal> {
         let ev = self.reveal_event(&req.origin, &req.target, req.purpose.as_deref(), None);
         let (caller, ev) = self
             .admit(&req.origin, req.verdict, req.token, req.on_caller, ev)

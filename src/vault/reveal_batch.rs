@@ -20,11 +20,11 @@ use super::{Origin, Refusal, Vault};
 use crate::access::Caller;
 
 /// The most keys one batch may ask for.
-pub const MAX_BATCH: usize = 32;
+pub(crate) const MAX_BATCH: usize = 32;
 
 /// Why a batch revealed nothing.
 #[derive(Debug)]
-pub enum BatchRefusal {
+pub(crate) enum BatchRefusal {
     /// The request as a whole: rate limited, or the audit record could
     /// not be made durable.
     Whole(Refusal),
@@ -37,7 +37,7 @@ impl Vault<'_> {
     /// Admits a batch reveal: the limiter's verdict on its first cell,
     /// the caller, the `keys:reveal` scope, recorded as one reveal
     /// attempt when refused (the keys asked for are not read yet).
-    pub async fn admit_batch(
+    pub(crate) async fn admit_batch(
         &self,
         origin: &Origin,
         verdict: Result<(), u64>,
@@ -62,7 +62,7 @@ impl Vault<'_> {
     /// Reveals every key of `targets` for an admitted `caller`, or none.
     /// `rest` is the limiter's verdict on the batch's other cells (one a
     /// key past the first): refused, each key is counted rate-limited.
-    pub async fn reveal_batch(
+    pub(crate) async fn reveal_batch(
         &self,
         origin: &Origin,
         caller: &Caller,

@@ -14,7 +14,7 @@ use crate::store::Store;
 
 /// What a rotation did.
 #[derive(Debug)]
-pub struct Rotated {
+pub(crate) struct Rotated {
     pub report: RotateReport,
     /// The new audit signing key, when one was started.
     pub new_public_key: Option<PublicKey>,
@@ -23,7 +23,7 @@ pub struct Rotated {
 /// Rotates everything (blocking: run it off an async runtime's threads).
 /// `who` names the caller in the hand-over record; `pace` sleeps between
 /// records; `progress` is told the number of keys visited.
-pub fn rotate_store(
+pub(crate) fn rotate_store(
     store: &Store,
     keyring: &Keyring,
     log: &AuditLog,
@@ -55,7 +55,7 @@ impl Vault<'_> {
     /// Refuses a provider-limited `caller` what covers every provider (a
     /// whole-store operation, the audit log, the metrics: `what`),
     /// recording the refusal under `action`.
-    pub async fn require_unlimited(
+    pub(crate) async fn require_unlimited(
         &self,
         origin: &Origin,
         caller: &Caller,
@@ -73,7 +73,7 @@ impl Vault<'_> {
     }
 
     /// Records a rotation (`caller` none: the operator offline).
-    pub async fn record_rotation(
+    pub(crate) async fn record_rotation(
         &self,
         origin: &Origin,
         caller: Option<&Caller>,

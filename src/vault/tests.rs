@@ -1,5 +1,6 @@
 //! The core tested directly on a temporary store: no HTTP, no terminal.
 
+use super::keys::MAX_KEEP_VERSIONS;
 use super::*;
 use crate::access::Role;
 use crate::audit::AuditRecord;

@@ -16,7 +16,7 @@ use crate::store::TokenRecord;
 
 /// A token to mint.
 #[derive(Debug, Clone)]
-pub struct TokenRequest {
+pub(crate) struct TokenRequest {
     pub name: String,
     pub role: Role,
     /// `None`: every provider.
@@ -26,11 +26,11 @@ pub struct TokenRequest {
 }
 
 /// The overlap of a rotation when none is given: one hour.
-pub const DEFAULT_OVERLAP_SECONDS: i64 = 3600;
+pub(crate) const DEFAULT_OVERLAP_SECONDS: i64 = 3600;
 
 /// A token as listed: its record, its last use and whether it expired.
 #[derive(Debug, Clone)]
-pub struct ListedToken {
+pub(crate) struct ListedToken {
     pub record: TokenRecord,
     /// When an audited action made with it was last committed.
     pub last_used_us: Option<i64>,
@@ -40,24 +40,24 @@ pub struct ListedToken {
 /// A rotation: the successor (with its secret, shown once) and the old
 /// token as it now is (expiring at the end of the overlap).
 #[derive(Debug)]
-pub struct RotatedToken {
+pub(crate) struct RotatedToken {
     pub new: MintedToken,
     pub old: TokenRecord,
 }
 
 /// The refusal of a `ttl_seconds` out of range (for tokens).
-pub fn token_ttl_invalid() -> Refusal {
+pub(crate) fn token_ttl_invalid() -> Refusal {
     Refusal::Invalid(Invalid::TokenTtl)
 }
 
 /// The refusal of an `overlap_seconds` out of range.
-pub fn overlap_invalid() -> Refusal {
+pub(crate) fn overlap_invalid() -> Refusal {
     Refusal::Invalid(Invalid::Overlap)
 }
 
 /// A minted token: its record and its secret, shown once.
 #[derive(Debug)]
-pub struct MintedToken {
+pub(crate) struct MintedToken {
     pub record: TokenRecord,
     pub secret: SecretString,
 }
@@ -100,7 +100,7 @@ fn beyond(id: &str) -> Refusal {
 impl Vault<'_> {
     /// Mints a token (recorded with its creation). `caller` has been
     /// checked for `admin` by the edge; `None` is the operator offline.
-    pub async fn create_token(
+    pub(crate) async fn create_token(
         &self,
         origin: &Origin,
         caller: Option<&Caller>,
@@ -150,7 +150,7 @@ impl Vault<'_> {
     }
 
     /// Revokes a token by id or name (recorded).
-    pub async fn revoke_token(
+    pub(crate) async fn revoke_token(
         &self,
         origin: &Origin,
         caller: Option<&Caller>,
@@ -224,7 +224,7 @@ impl Vault<'_> {
     /// Rotates a token by id or name (the newest live token of that
     /// name): mints its successor and ends the old one `overlap_seconds`
     /// from now, both in one commit with one `token_rotate` record.
-    pub async fn rotate_token(
+    pub(crate) async fn rotate_token(
         &self,
         origin: &Origin,
         caller: Option<&Caller>,
@@ -330,7 +330,7 @@ impl Vault<'_> {
     /// The tokens `caller` reaches, oldest first, with their last use. A
     /// stored token record that fails its integrity check refuses the
     /// listing, recorded under `token_list`.
-    pub async fn list_tokens(
+    pub(crate) async fn list_tokens(
         &self,
         origin: &Origin,
         caller: Option<&Caller>,
@@ -354,7 +354,7 @@ impl Vault<'_> {
 
     /// One token by id or name, if `caller` reaches it (a refusal
     /// recorded under `token_list`).
-    pub async fn find_token(
+    pub(crate) async fn find_token(
         &self,
         origin: &Origin,
         caller: Option<&Caller>,

@@ -15,14 +15,14 @@ use super::core::Core;
 use crate::audit::{AuditError, AuditEvent, AuditRecord, PublicKey};
 
 /// Called with the change in the number of keys when upkeep destroys some.
-pub type KeysChanged = Arc<dyn Fn(i64) + Send + Sync>;
+pub(crate) type KeysChanged = Arc<dyn Fn(i64) + Send + Sync>;
 
 /// The words of what the background work tells the operator in the log
 /// (a key lapsing soon, an off-box anchor), from the edge that runs the
 /// server, which names the command that helps (the vault names none).
 /// Until an edge gives them ([`Core::word_notes`]), [`NoteWords::PLAIN`].
 #[derive(Clone, Copy, Debug)]
-pub struct NoteWords {
+pub(crate) struct NoteWords {
     /// A key lapses within 7 days (logged once a day per key, with its
     /// `key_id`, `provider`, `key_name` and `expires_at`).
     pub key_expiring: &'static str,
@@ -33,7 +33,7 @@ pub struct NoteWords {
 
 impl NoteWords {
     /// Words naming no command.
-    pub const PLAIN: NoteWords = NoteWords {
+    pub(crate) const PLAIN: NoteWords = NoteWords {
         key_expiring: "a key expires within 7 days: store a new version of it before it lapses",
         anchor: "audit chain anchor (keep it off-box: the audit log's verification checks the \
                  log against it)",
@@ -43,14 +43,18 @@ impl NoteWords {
 impl Core {
     /// Logs the operator's notes (lapsing keys, anchors) in `words` (set
     /// once; later calls are ignored).
-    pub fn word_notes(&self, words: NoteWords) {
+    pub(crate) fn word_notes(&self, words: NoteWords) {
         // Set once: a second call has nothing to replace.
         let _ = self.anchors().words.set(words);
     }
 
     /// Starts the background work (see the module's documentation); a
     /// key-upkeep pass every `key_upkeep_every`.
-    pub fn spawn_upkeep(self: &Arc<Self>, key_upkeep_every: Duration, keys_changed: KeysChanged) {
+    pub(crate) fn spawn_upkeep(
+        self: &Arc<Self>,
+        key_upkeep_every: Duration,
+        keys_changed: KeysChanged,
+    ) {
         spawn_storage_watch(self.clone());
         spawn_key_upkeep(self.clone(), key_upkeep_every, keys_changed);
         let core = self.clone();

@@ -29,7 +29,7 @@ impl Vault<'_> {
     /// (named in the audit record's detail): not revealable, restorable by
     /// an admin, destroyed when the window ends. Only an admin's purge, or
     /// the end of the window, destroys a version.
-    pub async fn put_version(
+    pub(crate) async fn put_version(
         &self,
         origin: &Origin,
         caller: &Caller,
@@ -118,7 +118,7 @@ impl Vault<'_> {
 
     /// Puts version `n` of a key back from the recovery window among its
     /// kept versions (`POST /api/keys/{id}/versions/{n}/restore`, admin).
-    pub async fn restore_version(
+    pub(crate) async fn restore_version(
         &self,
         origin: &Origin,
         caller: &Caller,
@@ -158,7 +158,7 @@ impl Vault<'_> {
     /// (from [`Vault::key_upkeep`]) whose window (`window_us`) has ended,
     /// each key's in one record audited `key_purge` (caller
     /// `housekeeping`). Returns how many versions were destroyed.
-    pub async fn purge_dropped(
+    pub(crate) async fn purge_dropped(
         &self,
         due: Vec<KeyRecord>,
         window_us: i64,
@@ -197,7 +197,7 @@ impl Vault<'_> {
     /// The versions of a key, oldest first (keys:list; the provider limit
     /// answers like a missing key). Not audited when found (no secret
     /// leaves); a refusal is recorded under `key_list`.
-    pub async fn key_versions(
+    pub(crate) async fn key_versions(
         &self,
         origin: &Origin,
         caller: &Caller,

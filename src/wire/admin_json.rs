@@ -3,12 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::ops::rewrap::RotateReport;
+pub(crate) use crate::ops::rewrap::RotateReport;
 
 /// What a keyring reload did: the keyring now in use (fingerprints,
 /// newest first; never a key) and the one before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReloadReport {
+pub(crate) struct ReloadReport {
     pub source: String,
     pub fingerprints: Vec<String>,
     pub previous: Vec<String>,
@@ -18,6 +18,6 @@ pub struct ReloadReport {
 /// `GET /api/audit/verify`, as far as `audit public-key --remote` reads
 /// it: the public key the server says signs its log.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct AuditKey {
+pub(crate) struct AuditKey {
     pub public_key: String,
 }

@@ -10,7 +10,7 @@ use crate::secret::SecretText;
 /// `POST /api/keys`: a key to store. Fields in the order clients have
 /// always sent them (a JSON map's name order).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct NewKey<'a> {
+pub(crate) struct NewKey<'a> {
     pub api_key: SecretText<'a>,
     pub key_name: String,
     pub provider: String,
@@ -21,7 +21,7 @@ pub struct NewKey<'a> {
 
 /// `PUT /api/keys/{id}`: a new version of a key.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct NewVersion<'a> {
+pub(crate) struct NewVersion<'a> {
     pub api_key: SecretText<'a>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<i64>,
@@ -31,7 +31,7 @@ pub struct NewVersion<'a> {
 /// fields, then the current version's number and, for a deleted key, when
 /// it was deleted and when it will be destroyed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyMeta {
+pub(crate) struct KeyMeta {
     pub id: String,
     pub provider: String,
     pub key_name: String,
@@ -45,7 +45,7 @@ pub struct KeyMeta {
 
 /// One version's metadata (`GET /api/keys/{id}/versions`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VersionMeta {
+pub(crate) struct VersionMeta {
     pub version: u32,
     pub created_at: String,
     /// The token that stored it: shown to admins and auditors only.
@@ -64,7 +64,7 @@ pub struct VersionMeta {
 /// from the key it opened; a client reads `api_key` into a zeroizing
 /// string.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct RevealedKey<'a> {
+pub(crate) struct RevealedKey<'a> {
     pub id: String,
     pub provider: Cow<'a, str>,
     pub key_name: Cow<'a, str>,
@@ -83,7 +83,7 @@ fn first_version() -> u32 {
 
 /// `POST /api/reveal`: the keys wanted, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevealBatch {
+pub(crate) struct RevealBatch {
     pub keys: Vec<KeyRef>,
 }
 
@@ -91,7 +91,7 @@ pub struct RevealBatch {
 /// `provider` (with `key_name`): its newest live key. Fields in the order
 /// clients have always sent them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRef {
+pub(crate) struct KeyRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,14 +105,14 @@ pub struct KeyRef {
 /// The answer of `POST /api/reveal`: every key asked for, in order, each
 /// as a single reveal answers it.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct RevealedBatch<'a> {
+pub(crate) struct RevealedBatch<'a> {
     pub keys: Vec<RevealedKey<'a>>,
 }
 
 /// What a delete or a revocation did: `status` (`deleted`, `revoked`)
 /// and the id it applied to. In name order, as always sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Done {
+pub(crate) struct Done {
     pub id: String,
     pub status: Cow<'static, str>,
 }

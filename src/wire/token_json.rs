@@ -12,7 +12,7 @@ use crate::vault::ListedToken;
 /// `POST /api/tokens`: a token to mint. Fields in the order clients have
 /// always sent them (a JSON map's name order).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewToken {
+pub(crate) struct NewToken {
     pub name: String,
     /// `null`: every provider.
     #[serde(default)]
@@ -26,14 +26,14 @@ pub struct NewToken {
 /// `POST /api/tokens/{id}/rotate`: how long the old token keeps working
 /// (absent: the server's default; an empty body is `{}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RotateToken {
+pub(crate) struct RotateToken {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlap_seconds: Option<i64>,
 }
 
 /// A token as listed (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenInfo {
+pub(crate) struct TokenInfo {
     pub id: String,
     pub name: String,
     pub role: String,
@@ -58,7 +58,7 @@ pub struct TokenInfo {
 
 impl TokenInfo {
     /// A token as listed, with its last use.
-    pub fn listed(t: &ListedToken) -> TokenInfo {
+    pub(crate) fn listed(t: &ListedToken) -> TokenInfo {
         TokenInfo {
             expired: t.expired,
             last_used: t.last_used_us.map(to_rfc3339),
@@ -67,7 +67,7 @@ impl TokenInfo {
     }
 
     /// A token just written (never used yet).
-    pub fn of(r: &TokenRecord) -> TokenInfo {
+    pub(crate) fn of(r: &TokenRecord) -> TokenInfo {
         TokenInfo {
             expires_at: r.expires_at_us.map(to_rfc3339),
             expired: r.expired_at(crate::time::now_us()),
@@ -92,7 +92,7 @@ impl TokenInfo {
 /// On the wire its fields (and `replaced`'s) come in name order, not in
 /// [`TokenInfo`]'s: the answer has always been built as a JSON map.
 #[derive(Debug, Deserialize)]
-pub struct MintedToken<'a> {
+pub(crate) struct MintedToken<'a> {
     pub token: SecretText<'a>,
     #[serde(default)]
     pub replaced: Option<TokenInfo>,
@@ -145,7 +145,7 @@ impl Serialize for MintedToken<'_> {
 
 /// The answer of `GET /api/whoami`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WhoAmI {
+pub(crate) struct WhoAmI {
     pub name: String,
     pub id: String,
     /// The scopes the token holds in effect (`admin` grants every scope,

@@ -160,13 +160,17 @@ impl Vault {
 
     /// Runs `f` on this vault's stopped store, unlocked with the Fernet
     /// key `key` (sled: the directory; PostgreSQL: the database).
-    pub fn with_unlocked<T>(&self, key: &str, f: impl FnOnce(&keyhold::store::Store) -> T) -> T {
+    pub fn with_unlocked<T>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&keyhold::internals::store::Store) -> T,
+    ) -> T {
         match &self.pg {
             None => with_unlocked_store(&self.dir, key, f),
             Some((_, url)) => {
-                let url: keyhold::store::DatabaseUrl = url.parse().unwrap();
-                let opts = keyhold::store::PgOptions::new(url, None, "test".into());
-                let store = keyhold::store::Store::connect(&opts, false).unwrap();
+                let url: keyhold::internals::store::DatabaseUrl = url.parse().unwrap();
+                let opts = keyhold::internals::store::PgOptions::new(url, None, "test".into());
+                let store = keyhold::internals::store::Store::connect(&opts, false).unwrap();
                 unlock(&store, key);
                 f(&store)
             }
@@ -222,26 +226,31 @@ impl Vault {
     /// A token record as an older keyhold stored it, whose fields today's
     /// rules refuse at creation (an auditor limited to providers): written
     /// through the library, with its audit record (sled stores only).
-    pub fn stored_token(&self, name: &str, role: keyhold::access::Role, provider: &str) -> String {
+    pub fn stored_token(
+        &self,
+        name: &str,
+        role: keyhold::internals::access::Role,
+        provider: &str,
+    ) -> String {
         with_unlocked_store(&self.dir, &self.key, |store| {
-            let ring = keyhold::keyring::Keyring::parse_list(
-                keyhold::keyring::KeySource::FernetKey,
+            let ring = keyhold::internals::keyring::Keyring::parse_list(
+                keyhold::internals::keyring::KeySource::FernetKey,
                 [self.key.as_str()],
             )
             .unwrap();
-            let mut p = keyhold::vault::prepare_token(
+            let mut p = keyhold::internals::vault::prepare_token(
                 store,
                 name,
-                keyhold::access::Role::Reader,
+                keyhold::internals::access::Role::Reader,
                 Some(vec![provider.to_string()]),
             )
             .unwrap();
             p.record.role = role.as_str().into();
             p.record.scopes = role.scopes();
-            let log = keyhold::audit::AuditLog::open(store.clone(), &ring).unwrap();
-            let ev = keyhold::audit::AuditEvent::cli(
-                keyhold::audit::Action::TokenCreate,
-                keyhold::audit::Outcome::Success,
+            let log = keyhold::internals::audit::AuditLog::open(store.clone(), &ring).unwrap();
+            let ev = keyhold::internals::audit::AuditEvent::cli(
+                keyhold::internals::audit::Action::TokenCreate,
+                keyhold::internals::audit::Outcome::Success,
                 None,
             );
             log.append(&[(ev, vec![p.write()])]).unwrap();
@@ -563,8 +572,8 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// Runs `f` on the stopped store in `dir`, opened with the library, and
 /// returns once the store is closed and free for the next `keyhold` run
 /// (sled lets go of its lock a moment after the handle is dropped).
-pub fn with_store<T>(dir: &Path, f: impl FnOnce(&keyhold::store::Store) -> T) -> T {
-    let store = keyhold::store::Store::open(dir).unwrap();
+pub fn with_store<T>(dir: &Path, f: impl FnOnce(&keyhold::internals::store::Store) -> T) -> T {
+    let store = keyhold::internals::store::Store::open(dir).unwrap();
     let out = f(&store);
     store.close().unwrap();
     out
@@ -575,7 +584,7 @@ pub fn with_store<T>(dir: &Path, f: impl FnOnce(&keyhold::store::Store) -> T) ->
 pub fn with_unlocked_store<T>(
     dir: &Path,
     key: &str,
-    f: impl FnOnce(&keyhold::store::Store) -> T,
+    f: impl FnOnce(&keyhold::internals::store::Store) -> T,
 ) -> T {
     with_store(dir, |store| {
         unlock(store, key);
@@ -584,10 +593,13 @@ pub fn with_unlocked_store<T>(
 }
 
 /// Applies the record keys of `store` with the Fernet key `key`.
-pub fn unlock(store: &keyhold::store::Store, key: &str) {
-    let ring = keyhold::keyring::Keyring::parse_list(keyhold::keyring::KeySource::FernetKey, [key])
-        .unwrap();
-    keyhold::unlock::unlock(store, &ring).unwrap();
+pub fn unlock(store: &keyhold::internals::store::Store, key: &str) {
+    let ring = keyhold::internals::keyring::Keyring::parse_list(
+        keyhold::internals::keyring::KeySource::FernetKey,
+        [key],
+    )
+    .unwrap();
+    keyhold::internals::unlock::unlock(store, &ring).unwrap();
 }
 
 const FIXTURE: &str = concat!(
@@ -685,12 +697,12 @@ pub fn serve_must_refuse(dir: &Path, key: &str) -> String {
 /// Opens the store's files with sled itself, as someone with write access
 /// to the disk can (the server stopped), runs `f`, and lets go of the lock.
 pub fn with_sled<T>(dir: &Path, f: impl FnOnce(&sled::Db) -> T) -> T {
-    keyhold::store::wait_until_released(dir).unwrap();
-    let db = sled::open(keyhold::store::sled_dir(dir).unwrap()).unwrap();
+    keyhold::internals::store::wait_until_released(dir).unwrap();
+    let db = sled::open(keyhold::internals::store::sled_dir(dir).unwrap()).unwrap();
     let out = f(&db);
     db.flush().unwrap();
     drop(db);
-    keyhold::store::wait_until_released(dir).unwrap();
+    keyhold::internals::store::wait_until_released(dir).unwrap();
     out
 }
 

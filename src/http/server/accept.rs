@@ -76,7 +76,7 @@ const WAITING_MAX: usize = 64;
 /// Serves `routes` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits (at most `limits.shutdown_grace`) for open
 /// connections to finish.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: Listener,
     routes: BoxedFilter<(Response,)>,
     limits: Limits,

@@ -15,7 +15,7 @@ use crate::http::context::Peer;
 
 /// Where to listen: `host:port` or `unix:/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Bind {
+pub(crate) enum Bind {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
@@ -24,7 +24,7 @@ pub enum Bind {
 /// message says which shapes are taken).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct BadBind(String);
+pub(crate) struct BadBind(String);
 
 impl std::str::FromStr for Bind {
     type Err = BadBind;
@@ -78,7 +78,7 @@ enum Socket {
 }
 
 /// A bound listener, with TLS when configured.
-pub struct Listener {
+pub(crate) struct Listener {
     socket: Socket,
     /// The handshake each accepted TCP connection goes through, if any.
     pub(super) tls: Option<TlsAcceptor>,
@@ -94,7 +94,7 @@ impl Listener {
     /// Binds. A Unix socket gets mode 0660; a stale socket file left by a
     /// dead server is replaced, a live one is refused (`unix_socket`); its file
     /// is removed when the listener is dropped.
-    pub async fn bind(bind: &Bind, tls: Option<TlsAcceptor>) -> std::io::Result<Listener> {
+    pub(crate) async fn bind(bind: &Bind, tls: Option<TlsAcceptor>) -> std::io::Result<Listener> {
         let socket = match bind {
             Bind::Tcp(addr) => Socket::Tcp(TcpListener::bind(addr).await?),
             Bind::Unix(path) => {
@@ -106,7 +106,7 @@ impl Listener {
     }
 
     /// `http://ADDR`, `https://ADDR` or `unix:/path`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.socket {
             Socket::Tcp(l) => {
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -120,14 +120,14 @@ impl Listener {
     }
 
     /// The TCP address, when TCP.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         match &self.socket {
             Socket::Tcp(l) => l.local_addr().ok(),
             Socket::Unix(..) => None,
         }
     }
 
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
 }

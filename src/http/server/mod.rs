@@ -46,13 +46,16 @@ mod unix_socket;
 
 use std::time::Duration;
 
-pub use accept::serve;
-pub use bind::{BadBind, Bind, Listener};
-pub use tls::{load_tls, TlsSetupError};
+pub(crate) use accept::serve;
+pub(crate) use bind::BadBind;
+pub(crate) use bind::Bind;
+pub(crate) use bind::Listener;
+pub(crate) use tls::load_tls;
+pub(crate) use tls::TlsSetupError;
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Open connections at most; further ones wait in the accept queue.
     pub max_connections: usize,
     /// Open connections from one client address (an IPv4 address, an

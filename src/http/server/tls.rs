@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// Why TLS could not be set up. Messages say what to do.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
+pub(crate) enum TlsSetupError {
     #[error("cannot read the TLS certificate {path}: {detail}; give a PEM file (--tls-cert / KEYHOLD_TLS_CERT)")]
     Cert { path: PathBuf, detail: String },
     #[error("cannot read the TLS private key {path}: {detail}; give a PEM file (--tls-key / KEYHOLD_TLS_KEY)")]
@@ -23,7 +23,7 @@ pub enum TlsSetupError {
 }
 
 /// A rustls acceptor for a PEM certificate chain and private key.
-pub fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
+pub(crate) fn load_tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)

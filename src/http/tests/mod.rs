@@ -16,7 +16,8 @@ use serde_json::Value;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::{route_label, routes, AppState, State, ROUTES};
+use super::route_patterns::route_label;
+use super::{routes, AppState, State, ROUTES};
 use crate::access::Role;
 use crate::limiter::TrustedProxies;
 use crate::vault::{Core, CorePolicy, KeyPolicy, Opened, Origin, TokenRequest};

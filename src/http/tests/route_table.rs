@@ -3,7 +3,8 @@
 
 use http::StatusCode;
 
-use crate::http::{route_label, ROUTES};
+use crate::http::route_patterns::route_label;
+use crate::http::ROUTES;
 
 /// The label as it was computed before it stopped allocating: every
 /// pattern and the path split into vectors.

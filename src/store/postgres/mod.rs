@@ -29,7 +29,11 @@ mod scan;
 mod schema;
 mod url;
 
-pub use url::{DatabaseUrl, DatabaseUrlArg, DatabaseUrlError};
+pub use url::DatabaseUrl;
+
+pub(crate) use url::DatabaseUrlArg;
+
+pub(crate) use url::DatabaseUrlError;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -519,10 +523,6 @@ impl Backend for PgStore {
 
     fn meta_get(&self, name: &[u8]) -> Result<Option<Bytes>> {
         self.get("meta", name.to_vec())
-    }
-
-    fn meta_swap(&self, name: &[u8], current: &[u8], new: &[u8]) -> Result<bool> {
-        self.swap("meta", name.to_vec(), current, new)
     }
 
     fn meta_init(&self, guard: &[u8], values: &[(&[u8], &[u8])]) -> Result<bool> {

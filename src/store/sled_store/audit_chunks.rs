@@ -34,14 +34,14 @@ use crate::store::{corrupt, StoreError};
 /// First byte of a chunk value. A schema-1 record starts with its enum
 /// variant index as a postcard varint, which is 0 today and could reach
 /// 0xFF only as the first byte of a variant index of at least 255.
-pub const CHUNK_TAG: u8 = 0xFF;
+pub(crate) const CHUNK_TAG: u8 = 0xFF;
 /// Most records in one chunk.
-pub const MAX_RECORDS: usize = 8;
+pub(crate) const MAX_RECORDS: usize = 8;
 /// A chunk takes no further record once this large. A leaf of 16 such
 /// chunks stays well under the ~128 KiB (a quarter of a segment) past which
 /// sled 0.34 writes a page to a separate blob file. A record larger than
 /// this still gets a chunk of its own; records are a few hundred bytes.
-pub const MAX_BYTES: usize = 2 * 1024;
+pub(crate) const MAX_BYTES: usize = 2 * 1024;
 const ENTRY_HEADER: usize = 12;
 
 /// The records stored in one entry of the `audit` tree, oldest first, as
@@ -131,7 +131,7 @@ impl Iterator for Entries {
 /// again and yields what was appended meanwhile. A record written while
 /// the walk runs is never skipped with later ones read (which `audit
 /// verify` would take for a missing record).
-pub struct Walk {
+pub(crate) struct Walk {
     tree: sled::Tree,
     current: Option<Reading>,
     /// Where the first lookup starts, until it is made.
@@ -153,7 +153,7 @@ struct Reading {
 }
 
 impl Walk {
-    pub fn new(tree: sled::Tree, start: Vec<u8>) -> Walk {
+    pub(crate) fn new(tree: sled::Tree, start: Vec<u8>) -> Walk {
         Walk {
             tree,
             current: None,

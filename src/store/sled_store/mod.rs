@@ -12,11 +12,13 @@
 //! Over 500 lines: one concept (the sled backend's implementation of the
 //! seam), most of it the trait's methods, one short function each.
 
-pub mod audit_chunks;
+pub(crate) mod audit_chunks;
 mod commit;
 mod rewrite;
 
-pub use rewrite::{holds_store, sled_dir};
+pub use rewrite::holds_store;
+
+pub use rewrite::sled_dir;
 
 pub(crate) use commit::{decode_count, entry_of_index, provider_index_key, provider_prefix};
 
@@ -306,14 +308,6 @@ impl Backend for SledStore {
 
     fn meta_get(&self, name: &[u8]) -> Result<Option<Bytes>> {
         Ok(self.t()?.meta.get(name)?.map(Bytes::from))
-    }
-
-    fn meta_swap(&self, name: &[u8], current: &[u8], new: &[u8]) -> Result<bool> {
-        let res = self
-            .t()?
-            .meta
-            .compare_and_swap(name, Some(current), Some(new))?;
-        Ok(res.is_ok())
     }
 
     fn meta_init(&self, guard: &[u8], values: &[(&[u8], &[u8])]) -> Result<bool> {
