@@ -63,7 +63,7 @@ where
         }
     };
     // Admitted: a body that does not fit is this caller's refused reveal.
-    ctx.set_authorized(&caller, crate::audit::Action::Reveal);
+    ctx.set_authorized(&caller, crate::vault::Action::Reveal);
     let targets = async {
         let permit = state.body_permit().await?;
         let value = ctx.read_json_body(body).await?;

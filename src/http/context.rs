@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 
 use super::error::ApiError;
 use crate::access::Caller;
-use crate::audit::Action;
 use crate::limiter::{Decision, TrustedProxies};
+use crate::vault::Action;
 use crate::vault::Refusal;
 
 /// Largest request body accepted.

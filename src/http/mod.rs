@@ -42,10 +42,7 @@ mod whoami;
 pub use route_patterns::ROUTES;
 pub(crate) use routes::routes;
 pub use routes::OPENAPI;
-pub(crate) use server_settings::Listen;
-pub(crate) use server_settings::ServerSettings;
-pub(crate) use server_settings::Timeout;
-pub(crate) use server_settings::Tls;
+pub(crate) use server_settings::{Listen, ServerSettings, Timeout, Tls};
 
 use std::sync::Arc;
 

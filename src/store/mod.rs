@@ -50,30 +50,23 @@ use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
 
-pub(crate) use backend::Bytes;
-pub(crate) use backend::SharedCell;
 pub use backend::TABLES;
 use backend::{Backend, Op};
+pub(crate) use backend::{Bytes, SharedCell};
 pub use postgres::DatabaseUrl;
-pub(crate) use postgres::DatabaseUrlArg;
-pub(crate) use postgres::DatabaseUrlError;
 pub use postgres::PgOptions;
+pub(crate) use postgres::{DatabaseUrlArg, DatabaseUrlError};
 pub(crate) use sled_store::audit_chunks;
-pub use sled_store::holds_store;
-pub use sled_store::sled_dir;
-pub use sled_store::wait_until_released;
+pub use sled_store::{holds_store, sled_dir, wait_until_released};
 
-pub(crate) use auth::AuditTagKeys;
-pub(crate) use auth::RecordKeys;
-pub(crate) use auth::META_AUDIT_TAG_EPOCHS;
 pub use auth::SEALED_PURPOSE as RECORD_SECRET_PURPOSE;
+pub(crate) use auth::{AuditTagKeys, RecordKeys, META_AUDIT_TAG_EPOCHS};
 use records::Auth;
 pub(crate) use records::DroppedVersion;
 pub use records::KeyRecord;
 pub(crate) use records::KeyVersion;
 pub use records::TokenRecord;
-pub(crate) use state::SealedState;
-pub(crate) use state::StateDigest;
+pub(crate) use state::{SealedState, StateDigest};
 
 /// Default sled page cache: 8 MiB, the smallest `serve` sizes itself.
 /// Reveals of 100,000 keys ran as fast with 8 as with 16 (the OS page

@@ -11,14 +11,10 @@
 //! Not for: the witness protocol (c2sp.org/tlog-witness) or its state.
 
 use super::checkpoint::{Checkpoint, CheckpointError};
-use super::note::{NoteError, NoteVerifier, Signature, SigningKey};
-
-/// The signature type of Ed25519 cosignatures.
-pub(crate) const COSIGNATURE_TYPE: u8 = 0x04;
-/// A timestamp is at most 2^63 − 1.
-pub(crate) const MAX_TIMESTAMP: u64 = i64::MAX as u64;
-const TIMESTAMP_BYTES: usize = 8;
-const ED25519_SIGNATURE_BYTES: usize = 64;
+pub(crate) use super::note::{signed_message, COSIGNATURE_TYPE, MAX_TIMESTAMP};
+use super::note::{
+    NoteError, NoteVerifier, Signature, SigningKey, ED25519_SIGNATURE_BYTES, TIMESTAMP_BYTES,
+};
 
 /// Why a cosignature could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,11 +27,6 @@ pub(crate) enum CosignatureError {
     Note(#[from] NoteError),
 }
 
-/// The message a cosignature signs.
-pub(crate) fn signed_message(timestamp: u64, checkpoint_text: &str) -> Vec<u8> {
-    format!("cosignature/v1\ntime {timestamp}\n{checkpoint_text}").into_bytes()
-}
-
 /// The timestamp of a cosignature line's signature, if it has the form of
 /// an Ed25519 cosignature (verify it first; this does not).
 pub(crate) fn timestamp(sig: &Signature) -> Option<u64> {
@@ -44,21 +35,6 @@ pub(crate) fn timestamp(sig: &Signature) -> Option<u64> {
     }
     let (time, _) = sig.sig.split_first_chunk::<TIMESTAMP_BYTES>()?;
     Some(u64::from_be_bytes(*time)).filter(|t| *t <= MAX_TIMESTAMP)
-}
-
-/// True when `sig` (the bytes after the key ID) is `key`'s cosignature of
-/// the checkpoint note `text`: [`NoteVerifier`]'s check for type 0x04.
-pub(crate) fn verify(key: &NoteVerifier, text: &[u8], sig: &[u8]) -> bool {
-    let (Some((time, ed25519)), Ok(text)) = (
-        sig.split_first_chunk::<TIMESTAMP_BYTES>(),
-        std::str::from_utf8(text),
-    ) else {
-        return false;
-    };
-    let time = u64::from_be_bytes(*time);
-    time <= MAX_TIMESTAMP
-        && ed25519.len() == ED25519_SIGNATURE_BYTES
-        && key.ed25519_verifies(&signed_message(time, text), ed25519)
 }
 
 /// A witness's cosigning key (type 0x04).

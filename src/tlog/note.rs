@@ -1,3 +1,6 @@
+//! Over 500 lines: one format, signed notes, with the check of every signature
+//! type a verifier key names (Ed25519 and the cosignatures of 0x04).
+//!
 //! C2SP signed notes (c2sp.org/signed-note): a text ending in a newline, a
 //! blank line, then signature lines `— <key name> base64(key ID ‖ sig)`.
 //!
@@ -15,8 +18,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use sha2::{Digest, Sha256};
-
-use super::cosignature::{self, COSIGNATURE_TYPE};
 
 /// The signature type of plain Ed25519 note signatures.
 pub(crate) const ED25519_TYPE: u8 = 0x01;
@@ -225,7 +226,7 @@ impl Verifier for NoteVerifier {
     fn verify(&self, text: &[u8], sig: &[u8]) -> bool {
         match self.sig_type {
             ED25519_TYPE => self.ed25519_verifies(text, sig),
-            COSIGNATURE_TYPE => cosignature::verify(self, text, sig),
+            COSIGNATURE_TYPE => verify_cosignature(self, text, sig),
             _ => false,
         }
     }
@@ -472,6 +473,36 @@ pub(crate) fn open(msg: &[u8], known: &[&dyn Verifier]) -> Result<Note, NoteErro
         });
     }
     Ok(note)
+}
+
+// Cosignatures (c2sp.org/tlog-cosignature, `cosignature.rs`) are checked
+// here, with every other signature type a verifier key can name.
+
+/// The signature type of Ed25519 cosignatures.
+pub(crate) const COSIGNATURE_TYPE: u8 = 0x04;
+/// A timestamp is at most 2^63 − 1.
+pub(crate) const MAX_TIMESTAMP: u64 = i64::MAX as u64;
+pub(super) const TIMESTAMP_BYTES: usize = 8;
+pub(super) const ED25519_SIGNATURE_BYTES: usize = 64;
+
+/// The message a cosignature signs.
+pub(crate) fn signed_message(timestamp: u64, checkpoint_text: &str) -> Vec<u8> {
+    format!("cosignature/v1\ntime {timestamp}\n{checkpoint_text}").into_bytes()
+}
+
+/// True when `sig` (the bytes after the key ID) is `key`'s cosignature of
+/// the checkpoint note `text`: [`NoteVerifier`]'s check for type 0x04.
+pub(crate) fn verify_cosignature(key: &NoteVerifier, text: &[u8], sig: &[u8]) -> bool {
+    let (Some((time, ed25519)), Ok(text)) = (
+        sig.split_first_chunk::<TIMESTAMP_BYTES>(),
+        std::str::from_utf8(text),
+    ) else {
+        return false;
+    };
+    let time = u64::from_be_bytes(*time);
+    time <= MAX_TIMESTAMP
+        && ed25519.len() == ED25519_SIGNATURE_BYTES
+        && key.ed25519_verifies(&signed_message(time, text), ed25519)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::upkeep::Anchors;
+use super::notes::Anchors;
 use super::{Conflict, Origin, Refusal, Sink, Unfinished, Vault};
 use crate::access::Caller;
 use crate::audit::{

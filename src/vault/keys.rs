@@ -284,13 +284,8 @@ impl Vault<'_> {
     ) -> Result<Uuid, Refusal> {
         let _one = self.key_lock().await?;
         let (mut ev, rec) = self
-            .load_for_change(origin, caller, id, Action::KeyDelete)
+            .load_live_for_change(origin, caller, id, Action::KeyDelete)
             .await?;
-        if rec.deleted_at_us.is_some() {
-            return Err(self
-                .refuse(origin, ev, Refusal::Deleted(Removed::Key))
-                .await);
-        }
         ev.outcome = Outcome::Success;
         let id = rec.id;
         let mut rec = rec;
@@ -485,6 +480,24 @@ impl Vault<'_> {
         ev.provider = Some(rec.provider.clone());
         if !caller.may_use_provider(&rec.provider) {
             return Err(self.refuse(origin, ev, Refusal::Beyond(Missing::Key)).await);
+        }
+        Ok((ev, rec))
+    }
+
+    /// As [`Vault::load_for_change`], for a change a deleted key refuses
+    /// (a new version, a delete): a deleted key is refused, recorded.
+    pub(super) async fn load_live_for_change(
+        &self,
+        origin: &Origin,
+        caller: &Caller,
+        id: &str,
+        action: Action,
+    ) -> Result<(AuditEvent, KeyRecord), Refusal> {
+        let (ev, rec) = self.load_for_change(origin, caller, id, action).await?;
+        if rec.deleted_at_us.is_some() {
+            return Err(self
+                .refuse(origin, ev, Refusal::Deleted(Removed::Key))
+                .await);
         }
         Ok((ev, rec))
     }

@@ -34,6 +34,7 @@
 
 mod core;
 mod keys;
+mod notes;
 mod offline;
 mod offline_audit;
 mod offline_error;
@@ -59,82 +60,44 @@ pub(crate) use self::core::ReloadError;
 pub(crate) use crate::ops::reload::ReloadRefused;
 /// What the core's storage can fail with (the server's shutdown flush).
 pub(crate) use crate::store::StoreError;
-pub(crate) use keys::KeyFilter;
-pub(crate) use keys::KeyPolicy;
-pub(crate) use keys::KeyPolicyError;
-pub(crate) use keys::NewKey;
-pub(crate) use keys::NewVersion;
-pub(crate) use keys::EXPIRING_WITHIN_DAYS;
-pub(crate) use keys::MAX_API_KEY;
-pub(crate) use refusal::Conflict;
-pub(crate) use refusal::Denied;
-pub(crate) use refusal::EveryProvider;
-pub(crate) use refusal::Invalid;
-pub(crate) use refusal::Missing;
-pub(crate) use refusal::Refusal;
-pub(crate) use refusal::Removed;
-pub(crate) use refusal::Tampered;
-pub(crate) use refusal::Unauthenticated;
-pub(crate) use refusal::Unfinished;
-pub(crate) use reveal::RevealRequest;
-pub(crate) use reveal::Revealed;
-pub(crate) use reveal::Target;
-pub(crate) use reveal_batch::BatchRefusal;
-pub(crate) use reveal_batch::MAX_BATCH;
-pub(crate) use rotate::rotate_store;
-pub(crate) use rotate::Rotated;
+pub(crate) use keys::{
+    KeyFilter, KeyPolicy, KeyPolicyError, NewKey, NewVersion, EXPIRING_WITHIN_DAYS, MAX_API_KEY,
+};
+pub(crate) use notes::NoteWords;
+pub(crate) use refusal::{
+    Conflict, Denied, EveryProvider, Invalid, Missing, Refusal, Removed, Tampered, Unauthenticated,
+    Unfinished,
+};
+pub(crate) use reveal::{RevealRequest, Revealed, Target};
+pub(crate) use reveal_batch::{BatchRefusal, MAX_BATCH};
+pub(crate) use rotate::{rotate_store, Rotated};
 /// A token record made the way `token create` makes it, not yet written:
 /// for the test suite, which stores records an older keyhold wrote.
 #[doc(hidden)]
 pub use token_records::prepare as prepare_token;
 /// Why a token operation was refused (worded by the edges).
 pub(crate) use token_records::TokenError;
-pub(crate) use tokens::ListedToken;
-pub(crate) use tokens::MintedToken;
-pub(crate) use tokens::TokenRequest;
-pub(crate) use upkeep::NoteWords;
+pub(crate) use tokens::{ListedToken, MintedToken, TokenRequest};
 
 // The offline door: what a command opens instead of a store.
-pub(crate) use offline::holds_store;
-pub(crate) use offline::CheckReport;
-pub(crate) use offline::Location;
-pub(crate) use offline::Offline;
-pub(crate) use offline::OfflineError;
-pub(crate) use offline::RetiredKey;
-pub(crate) use offline_audit::parse_anchor;
-pub(crate) use offline_audit::verify_export;
-pub(crate) use offline_audit::Anchor;
-pub(crate) use offline_store::init_store;
-pub(crate) use offline_store::initialise;
-pub(crate) use offline_store::inspect_backup;
-pub(crate) use offline_store::inspect_backup_file;
-pub(crate) use offline_store::restore;
-pub(crate) use offline_store::BackupSummary;
-pub(crate) use offline_store::Migration;
-pub(crate) use offline_store::BACKUP_MAGIC;
+pub(crate) use offline::{holds_store, CheckReport, Location, Offline, OfflineError, RetiredKey};
+pub(crate) use offline_audit::{parse_anchor, verify_export, Anchor};
+pub(crate) use offline_store::{
+    init_store, initialise, inspect_backup, inspect_backup_file, restore, BackupSummary, Migration,
+    BACKUP_MAGIC,
+};
 
 // The data the edges read and write through the core (the modules that
 // define them are the core's own).
-pub(crate) use crate::audit::hex;
-pub(crate) use crate::audit::valid_session_id;
 pub(crate) use crate::audit::views::MAX_PAGE;
-pub(crate) use crate::audit::Action;
-pub(crate) use crate::audit::AuditEvent;
-pub(crate) use crate::audit::ExportFilter;
-pub(crate) use crate::audit::ExportFormat;
-pub(crate) use crate::audit::Outcome;
-pub(crate) use crate::audit::Page;
-pub(crate) use crate::audit::PublicKey;
-pub(crate) use crate::audit::VerifyKeys;
-pub(crate) use crate::audit::VerifyReport;
-pub(crate) use crate::audit::View;
+pub(crate) use crate::audit::{hex, valid_session_id};
+pub(crate) use crate::audit::{
+    Action, AuditEvent, ExportFilter, ExportFormat, Outcome, Page, PublicKey, VerifyKeys,
+    VerifyReport, View,
+};
 pub(crate) use crate::ops::backup::BackupInfo;
-pub(crate) use crate::ops::import::ImportFormat;
-pub(crate) use crate::ops::import::ImportOptions;
-pub(crate) use crate::store::DatabaseUrl;
-pub(crate) use crate::store::DatabaseUrlArg;
-pub(crate) use crate::store::PgOptions;
-pub(crate) use crate::store::DEFAULT_CACHE_BYTES;
+pub(crate) use crate::ops::import::{ImportFormat, ImportOptions};
+pub(crate) use crate::store::{DatabaseUrl, DatabaseUrlArg, PgOptions, DEFAULT_CACHE_BYTES};
 
 use crate::access::{self, Caller};
 use crate::audit::{AuditError, AuditLog, AuditWriter, Coalescer};
@@ -501,10 +464,11 @@ impl Vault<'_> {
         }
     }
 
-    /// Counts a refused attempt that a flood could repeat (an expired
-    /// token): on a server one record per client, outcome and second;
+    /// Counts a refused attempt that a flood could repeat (rate-limited,
+    /// unauthenticated, an expired token): on a server one record per
+    /// client, outcome and second (a reveal counted in the metrics too);
     /// offline, written.
-    async fn count_refused(
+    pub(super) async fn count_refused(
         &self,
         origin: &Origin,
         mut ev: AuditEvent,
@@ -514,6 +478,10 @@ impl Vault<'_> {
         origin.mark.set();
         match self.coalescer {
             Some(c) => {
+                if ev.action == Action::Reveal {
+                    metrics::counter!("keyhold_reveals_total", "outcome" => ev.outcome.as_str())
+                        .increment(1);
+                }
                 c.add(&origin.client, ev, crate::time::now_us());
                 refusal
             }

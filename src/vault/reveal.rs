@@ -148,14 +148,16 @@ impl Vault<'_> {
         if let Err(retry_after) = verdict {
             metrics::counter!("keyhold_rate_limited_total").increment(1);
             return Err(self
-                .count(origin, ev, Refusal::RateLimited(retry_after))
+                .count_refused(origin, ev, Refusal::RateLimited(retry_after))
                 .await);
         }
         // 2. the caller (a tampered token record is recorded by
         //    `authenticate` itself).
         let caller = match self.authenticate(origin, token).await {
             Ok(c) => c,
-            Err(r @ Refusal::Unauthenticated(_)) => return Err(self.count(origin, ev, r).await),
+            Err(r @ Refusal::Unauthenticated(_)) => {
+                return Err(self.count_refused(origin, ev, r).await)
+            }
             Err(r) => return Err(r),
         };
         if let Some(note) = on_caller {
@@ -261,27 +263,6 @@ impl Vault<'_> {
         )
         .await?;
         Ok(revealed)
-    }
-
-    /// Counts a flooding attempt (rate-limited, unauthenticated): on a
-    /// server one record per client, outcome and second; offline, written.
-    pub(super) async fn count(
-        &self,
-        origin: &Origin,
-        mut ev: AuditEvent,
-        refusal: Refusal,
-    ) -> Refusal {
-        ev.outcome = refusal.outcome();
-        match self.coalescer {
-            Some(c) => {
-                origin.mark.set();
-                metrics::counter!("keyhold_reveals_total", "outcome" => ev.outcome.as_str())
-                    .increment(1);
-                c.add(&origin.client, ev, now_us());
-                refusal
-            }
-            None => self.refuse(origin, ev, refusal).await,
-        }
     }
 
     /// Loads what the reveal asks for. Another provider's key answers like

@@ -82,7 +82,7 @@ impl Vault<'_> {
             let mut refusal = Refusal::RateLimited(retry_after);
             for (i, target) in targets.iter().enumerate() {
                 refusal = self
-                    .count(origin, event(i, target), Refusal::RateLimited(retry_after))
+                    .count_refused(origin, event(i, target), Refusal::RateLimited(retry_after))
                     .await;
             }
             return Err(BatchRefusal::Whole(refusal));

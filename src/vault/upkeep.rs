@@ -12,40 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::core::Core;
-use crate::audit::{AuditError, AuditEvent, AuditRecord, PublicKey};
+use super::notes::{Anchors, NoteWords};
+use crate::audit::{AuditError, AuditEvent};
 
 /// Called with the change in the number of keys when upkeep destroys some.
 pub(crate) type KeysChanged = Arc<dyn Fn(i64) + Send + Sync>;
-
-/// The words of what the background work tells the operator in the log
-/// (a key lapsing soon, an off-box anchor), from the edge that runs the
-/// server, which names the command that helps (the vault names none).
-/// Until an edge gives them ([`Core::word_notes`]), [`NoteWords::PLAIN`].
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct NoteWords {
-    /// A key lapses within 7 days (logged once a day per key, with its
-    /// `key_id`, `provider`, `key_name` and `expires_at`).
-    pub key_expiring: &'static str,
-    /// The chain's head as an off-box anchor (`anchor` = `SEQ:MAC`, with
-    /// `audit_public_key`).
-    pub anchor: &'static str,
-}
-
-impl NoteWords {
-    /// Words naming no command.
-    pub(crate) const PLAIN: NoteWords = NoteWords {
-        key_expiring: "a key expires within 7 days: store a new version of it before it lapses",
-        anchor: "audit chain anchor (keep it off-box: the audit log's verification checks the \
-                 log against it)",
-    };
-}
 
 impl Core {
     /// Logs the operator's notes (lapsing keys, anchors) in `words` (set
     /// once; later calls are ignored).
     pub(crate) fn word_notes(&self, words: NoteWords) {
-        // Set once: a second call has nothing to replace.
-        let _ = self.anchors().words.set(words);
+        self.anchors().set_words(words);
     }
 
     /// Starts the background work (see the module's documentation); a
@@ -248,60 +225,4 @@ fn spawn_key_upkeep(core: Arc<Core>, every: Duration, keys_changed: KeysChanged)
             core.scrub_removed().await;
         }
     });
-}
-
-/// Off-box anchors: the chain head is written to the log at most once a
-/// minute while records are being added (at the first batch, then when a
-/// minute has passed and the head moved, from a batch or the timer), and
-/// once at shutdown, so a log collector on another host holds anchors that
-/// `keyhold audit verify --anchor SEQ:MAC` checks (a rollback of the whole
-/// store to an older copy is then caught too).
-#[derive(Default)]
-pub(super) struct Anchors {
-    /// When the last anchor was logged, and its seq.
-    last: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
-    /// The words of the operator's notes (anchors, lapsing keys).
-    words: std::sync::OnceLock<NoteWords>,
-}
-
-impl Anchors {
-    const EVERY: Duration = Duration::from_secs(60);
-
-    pub(super) fn offer(&self, seq: u64, mac: &[u8; 32], key: PublicKey) {
-        let mut last = match self.last.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        let due = last.0.is_none_or(|t| t.elapsed() >= Self::EVERY);
-        if seq != 0 && seq != last.1 && due {
-            *last = (Some(std::time::Instant::now()), seq);
-            self.log_anchor(seq, mac, key);
-        }
-    }
-
-    /// Offers the last record of a durable batch.
-    pub(super) fn offer_batch(&self, records: &[AuditRecord]) {
-        if let Some((r, sig)) = records.last().and_then(|r| Some((r, r.sig.as_ref()?))) {
-            self.offer(r.seq, &r.mac, sig.key);
-        }
-    }
-
-    /// Logs the chain's head `seq:mac` as an anchor (none for an empty
-    /// log).
-    pub(super) fn log_anchor(&self, seq: u64, mac: &[u8; 32], key: PublicKey) {
-        if seq == 0 {
-            return;
-        }
-        tracing::info!(
-            anchor = %format!("{seq}:{}", crate::audit::hex(mac)),
-            audit_public_key = %key,
-            "{}",
-            self.words().anchor
-        );
-    }
-
-    /// The words of the operator's notes.
-    pub(super) fn words(&self) -> NoteWords {
-        self.words.get().copied().unwrap_or(NoteWords::PLAIN)
-    }
 }

@@ -42,13 +42,8 @@ impl Vault<'_> {
             .await?;
         let _one = self.key_lock().await?;
         let (mut ev, rec) = self
-            .load_for_change(origin, caller, id, Action::KeyPut)
+            .load_live_for_change(origin, caller, id, Action::KeyPut)
             .await?;
-        if rec.deleted_at_us.is_some() {
-            return Err(self
-                .refuse(origin, ev, Refusal::Deleted(Removed::Key))
-                .await);
-        }
         // The recovery window of one key is bounded (MAX_DROPPED versions,
         // MAX_DROPPED_BYTES of ciphertext), so a flood of new versions
         // cannot grow a record without bound, nor destroy any (that is an

@@ -19,25 +19,12 @@ mod key_json;
 mod token_json;
 
 pub(crate) use crate::secret::SecretText;
-pub(crate) use admin_json::AuditKey;
-pub(crate) use admin_json::ReloadReport;
-pub(crate) use admin_json::RotateReport;
-pub(crate) use error_json::ErrorBody;
-pub(crate) use error_json::FailedKey;
-pub(crate) use key_json::Done;
-pub(crate) use key_json::KeyMeta;
-pub(crate) use key_json::KeyRef;
-pub(crate) use key_json::NewKey;
-pub(crate) use key_json::NewVersion;
-pub(crate) use key_json::RevealBatch;
-pub(crate) use key_json::RevealedBatch;
-pub(crate) use key_json::RevealedKey;
-pub(crate) use key_json::VersionMeta;
-pub(crate) use token_json::MintedToken;
-pub(crate) use token_json::NewToken;
-pub(crate) use token_json::RotateToken;
-pub(crate) use token_json::TokenInfo;
-pub(crate) use token_json::WhoAmI;
+pub(crate) use admin_json::{AuditKey, ReloadReport, RotateReport};
+pub(crate) use error_json::{ErrorBody, FailedKey};
+pub(crate) use key_json::{
+    Done, KeyMeta, KeyRef, NewKey, NewVersion, RevealBatch, RevealedBatch, RevealedKey, VersionMeta,
+};
+pub(crate) use token_json::{MintedToken, NewToken, RotateToken, TokenInfo, WhoAmI};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -47,11 +47,8 @@ mod unix_socket;
 use std::time::Duration;
 
 pub(crate) use accept::serve;
-pub(crate) use bind::BadBind;
-pub(crate) use bind::Bind;
-pub(crate) use bind::Listener;
-pub(crate) use tls::load_tls;
-pub(crate) use tls::TlsSetupError;
+pub(crate) use bind::{BadBind, Bind, Listener};
+pub(crate) use tls::{load_tls, TlsSetupError};
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
