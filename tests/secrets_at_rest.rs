@@ -181,3 +181,63 @@ fn a_token_pasted_as_an_id_or_a_name_is_kept_nowhere() {
         }
     }
 }
+
+/// What a caller types where a record keeps it (an export's caller filter,
+/// a reveal's key name, its purpose) never reaches the log whole when it
+/// looks like a secret: a token, or a long run such as a provider's key.
+#[test]
+fn a_secret_typed_into_a_filter_a_name_or_a_purpose_is_kept_nowhere() {
+    let v = Vault::new();
+    let pasted = v.token("orchestrator", "reader", None);
+    let auditor = v.token("auditor", "auditor", None);
+    let provider_key = "sk-live-0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    let s = v.serve(&[]);
+    let admin = Api::new(&s, &v.admin);
+    admin.create_key("claude", "prod", "sk-ant-stored");
+    // An auditor filters the log by a token's secret (and by a bidi trick).
+    let audit = Api::new(&s, &auditor);
+    let r = audit.get(&format!("/api/audit?format=jsonl&caller={pasted}"));
+    assert_eq!(r.status(), 200);
+    let r = audit.get("/api/audit?format=jsonl&caller=x%0A%E2%80%AEevil");
+    assert_eq!(r.status(), 200);
+    // A reveal by a name that is a secret, with a purpose holding another.
+    let r = admin
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/providers/claude/keys/{pasted}"),
+        )
+        .header("x-keyhold-purpose", format!("ci run {provider_key}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (code, _, _) = s.stop();
+    assert_eq!(code, Some(0));
+    let records = v.audit_records();
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains(&pasted[3..]), "a token's secret in a record");
+    assert!(
+        !text.contains(&provider_key[4..]),
+        "a provider key in a record"
+    );
+    assert!(!text.contains('\u{202E}'), "a bidi override in a record");
+    // What was filtered and asked is still said, cut.
+    assert!(
+        records.iter().any(|r| r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("caller=kh_…"))),
+        "{records:#?}"
+    );
+    assert!(
+        records.iter().any(|r| r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("by name \"kh_…\"") && d.contains("for ci run sk-l…"))),
+        "{records:#?}"
+    );
+    for (path, bytes) in read_tree(&v.dir) {
+        assert!(
+            !contains(&bytes, &pasted.as_bytes()[3..]),
+            "the token's secret in {}",
+            path.display()
+        );
+    }
+}

@@ -129,7 +129,7 @@ impl ExportFilter {
             parts.push(format!("key_id={k}"));
         }
         if let Some(c) = &self.caller {
-            parts.push(format!("caller={c}"));
+            parts.push(format!("caller={}", super::record_text(c)));
         }
         if let Some(o) = self.outcome {
             parts.push(format!("outcome={}", o.as_str()));

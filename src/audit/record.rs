@@ -527,3 +527,67 @@ pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
     }
     Some(out)
 }
+
+/// Caller text as a record keeps it: no control or format character
+/// (general category Cf: bidi overrides, zero-width marks), each dropped;
+/// a word that looks like a token (`kh_…`), and any run of 32 or more
+/// letters, digits, `-` or `_` but a UUID (a secret of another form: a
+/// provider's API key, a token without its prefix), cut to its first
+/// characters; at
+/// most 200 characters. Records are kept for good and read by every
+/// auditor: what a caller typed never reaches one whole.
+pub(crate) fn record_text(text: &str) -> String {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    let shown: String = text
+        .chars()
+        .filter(|c| !c.is_control() && c.general_category() != GeneralCategory::Format)
+        .collect();
+    let prefix = crate::access::TOKEN_PREFIX;
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut out = String::with_capacity(shown.len());
+    let mut rest = shown.as_str();
+    while !rest.is_empty() {
+        let start = rest.find(word).unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find(|c: char| !word(c)).unwrap_or(rest.len());
+        let run = &rest[..end];
+        if let Some(at) = run.find(prefix) {
+            out.push_str(&run[..at]);
+            out.push_str(prefix);
+            out.push('…');
+        } else if run.len() >= 32 && uuid::Uuid::try_parse(run).is_err() {
+            out.push_str(&run[..4]);
+            out.push('…');
+        } else {
+            out.push_str(run);
+        }
+        rest = &rest[end..];
+    }
+    out.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod record_text_tests {
+    use super::record_text;
+
+    #[test]
+    fn a_record_keeps_no_secret_like_word_whole() {
+        assert_eq!(
+            record_text("query parameter `x` is unknown"),
+            "query parameter `x` is unknown"
+        );
+        let token = format!("kh_{}", "A".repeat(43));
+        assert_eq!(record_text(&format!("by {token} now")), "by kh_… now");
+        assert_eq!(record_text(&format!("x{token}")), "xkh_…");
+        let key = "sk-live-0123456789abcdefghijklmnopqrstuvwxyz";
+        assert_eq!(record_text(&format!("for {key}")), "for sk-l…");
+        // A word under 32 characters is kept: names, ids' parts, words.
+        let short = "a".repeat(31);
+        assert_eq!(record_text(&short), short);
+        let id = "3f2a7c1e-8d4b-4e6f-9a0b-1c2d3e4f5a6b";
+        assert_eq!(record_text(&format!("job {id}")), format!("job {id}"));
+        assert_eq!(record_text("x\u{202E}y\n"), "xy");
+        assert_eq!(record_text(&"é".repeat(300)).chars().count(), 200);
+    }
+}

@@ -242,32 +242,8 @@ impl AppState {
     }
 }
 
-/// Caller text as a record keeps it: no control or format character
-/// (general category Cf: bidi overrides, zero-width marks), each dropped;
-/// a word that looks like a token (`kh_…`) cut to its prefix; at most 200
-/// characters.
-pub(crate) fn record_text(text: &str) -> String {
-    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
-    let shown: String = text
-        .chars()
-        .filter(|c| !c.is_control() && c.general_category() != GeneralCategory::Format)
-        .collect();
-    let prefix = crate::access::TOKEN_PREFIX;
-    let mut out = String::with_capacity(shown.len());
-    let mut rest = shown.as_str();
-    while let Some(at) = rest.find(prefix) {
-        out.push_str(&rest[..at]);
-        out.push_str(prefix);
-        out.push('…');
-        let after = &rest[at + prefix.len()..];
-        let end = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-            .unwrap_or(after.len());
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out.chars().take(200).collect()
-}
+/// Caller text as a record keeps it (the core's rule, `vault::record_text`).
+pub(crate) use crate::vault::record_text;
 
 #[cfg(test)]
 mod tests;

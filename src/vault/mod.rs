@@ -56,6 +56,9 @@ pub(crate) use self::core::CorePolicy;
 pub(crate) use self::core::Opened;
 
 pub(crate) use self::core::ReloadError;
+/// Caller text as a record keeps it (no control or format character, no
+/// token or secret-like word whole, at most 200 characters).
+pub(crate) use crate::audit::record_text;
 /// A reload refused because the new keyring lacks a key the store needs.
 pub(crate) use crate::ops::reload::ReloadRefused;
 /// What the core's storage can fail with (the server's shutdown flush).

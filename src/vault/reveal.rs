@@ -121,11 +121,14 @@ impl Vault<'_> {
         if let Target::Named(_, name) = target {
             notes.push(format!(
                 "by name {:?}",
-                name.chars().take(64).collect::<String>()
+                crate::audit::record_text(name)
+                    .chars()
+                    .take(64)
+                    .collect::<String>()
             ));
         }
         if let Some(purpose) = purpose {
-            notes.push(format!("for {purpose}"));
+            notes.push(format!("for {}", crate::audit::record_text(purpose)));
         }
         if !notes.is_empty() {
             ev.detail = Some(notes.join("; "));

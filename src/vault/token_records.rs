@@ -126,7 +126,10 @@ fn prepare_named(
     providers: Option<Vec<String>>,
     unique: bool,
 ) -> Result<PreparedToken, TokenError> {
-    if !access::valid_token_name(name) {
+    // A rotation carries its predecessor's name over as it is (a name
+    // stored before today's rules, such as one starting with `kh_`, must
+    // not make the token impossible to rotate); a new name is checked.
+    if unique && !access::valid_token_name(name) {
         return Err(TokenError::InvalidName(name.chars().take(64).collect()));
     }
     let providers = match providers {

@@ -224,7 +224,8 @@ impl Vault {
     }
 
     /// A token record as an older keyhold stored it, whose fields today's
-    /// rules refuse at creation (an auditor limited to providers): written
+    /// rules refuse at creation (an auditor limited to providers, a name
+    /// starting with `kh_`): written
     /// through the library, with its audit record (sled stores only).
     pub fn stored_token(
         &self,
@@ -240,11 +241,13 @@ impl Vault {
             .unwrap();
             let mut p = keyhold::internals::vault::prepare_token(
                 store,
-                name,
+                "legacy",
                 keyhold::internals::access::Role::Reader,
                 Some(vec![provider.to_string()]),
             )
             .unwrap();
+            // The name as it was stored, whatever today's rules say of it.
+            p.record.name = name.into();
             p.record.role = role.as_str().into();
             p.record.scopes = role.scopes();
             let log = keyhold::internals::audit::AuditLog::open(store.clone(), &ring).unwrap();
