@@ -156,3 +156,40 @@ fn an_auditor_token_cannot_be_limited_to_providers() {
     assert_ok(&create("audit", "auditor", &[]));
     assert_ok(&create("read-claude", "reader", &["--providers", "claude"]));
 }
+
+/// A token whose name was stored before names starting with `kh_` were
+/// refused still rotates, by name, keeping its name. (Written through the
+/// library as an older keyhold stored it: sled stores only, as the other
+/// tests of stored records.)
+#[test]
+fn a_token_named_before_the_kh_rule_still_rotates() {
+    let v = Vault::new();
+    v.stored_token(
+        "kh_legacy",
+        keyhold::internals::access::Role::Reader,
+        "claude",
+    );
+    let [flag, place] = v.store_args();
+    let out = run_with_key(
+        &v.key,
+        &[
+            "token",
+            "rotate",
+            flag,
+            place,
+            "kh_legacy",
+            "--overlap",
+            "0",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = String::from_utf8(out.stdout).unwrap();
+    assert!(new.trim().starts_with("kh_"), "a new token is printed");
+    let out = run_with_key(&v.key, &["token", "list", flag, place]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("kh_legacy"), "{listed}");
+}

@@ -563,38 +563,3 @@ fn a_store_from_before_keeps_its_tokens_and_gains_last_use() {
     );
     assert_ok(&out);
 }
-
-/// A token whose name was stored before names starting with `kh_` were
-/// refused still rotates, by name, keeping its name.
-#[test]
-fn a_token_named_before_the_kh_rule_still_rotates() {
-    let v = Vault::new();
-    v.stored_token(
-        "kh_legacy",
-        keyhold::internals::access::Role::Reader,
-        "claude",
-    );
-    let [flag, place] = v.store_args();
-    let out = run_with_key(
-        &v.key,
-        &[
-            "token",
-            "rotate",
-            flag,
-            place,
-            "kh_legacy",
-            "--overlap",
-            "0",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let new = String::from_utf8(out.stdout).unwrap();
-    assert!(new.trim().starts_with("kh_"), "a new token is printed");
-    let out = run_with_key(&v.key, &["token", "list", flag, place]);
-    let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(listed.contains("kh_legacy"), "{listed}");
-}
